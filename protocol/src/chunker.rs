@@ -1,0 +1,306 @@
+//! How an image is cut into chunks.
+//!
+//! Two strategies, recorded in every manifest so a device can cut its *active* image the
+//! same way and reuse the chunks it already has:
+//! - FastCDC (content-defined, 16/64/256 KiB by default) for Linux filesystem images, where an
+//!   insertion shifts bytes and fixed chunks would all change;
+//! - fixed-size chunks aligned to flash sectors for MCU firmware, which needs no heap.
+
+/// The chunking strategy and its parameters, as stored in a manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunking {
+    /// Every chunk is `size_bytes` long except possibly the last.
+    Fixed {
+        /// Chunk length in bytes; a multiple of the flash sector size on MCUs.
+        size_bytes: u32,
+    },
+    /// FastCDC (2020 variant, normalization level 1) with these bounds.
+    FastCdc {
+        /// No chunk is shorter, except the last.
+        min_bytes: u32,
+        /// The target average.
+        avg_bytes: u32,
+        /// No chunk is longer.
+        max_bytes: u32,
+    },
+}
+
+/// The limits every chunking must respect. They bound what a device must buffer for one
+/// chunk and keep FastCDC inside the ranges its implementation accepts.
+pub mod limits {
+    /// Smallest fixed chunk (one small flash page).
+    pub const MIN_FIXED_BYTES: u32 = 256;
+    /// Largest chunk of any kind: a device buffers one stored chunk at a time.
+    pub const MAX_CHUNK_BYTES: u32 = 4 * 1024 * 1024;
+    /// FastCDC's smallest accepted minimum.
+    pub const MIN_CDC_MIN_BYTES: u32 = 64;
+    /// FastCDC's largest accepted minimum.
+    pub const MAX_CDC_MIN_BYTES: u32 = 1024 * 1024;
+    /// FastCDC's smallest accepted average.
+    pub const MIN_CDC_AVG_BYTES: u32 = 256;
+    /// FastCDC's smallest accepted maximum.
+    pub const MIN_CDC_MAX_BYTES: u32 = 1024;
+}
+
+/// Why chunking parameters were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkingError {
+    /// A fixed size outside `MIN_FIXED_BYTES..=MAX_CHUNK_BYTES`.
+    FixedSizeOutOfRange,
+    /// FastCDC bounds that are out of range or not ordered `min <= avg <= max`.
+    CdcBoundsInvalid,
+}
+
+impl core::fmt::Display for ChunkingError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ChunkingError::FixedSizeOutOfRange => write!(
+                f,
+                "fixed chunk size must be between {} and {} bytes",
+                limits::MIN_FIXED_BYTES,
+                limits::MAX_CHUNK_BYTES
+            ),
+            ChunkingError::CdcBoundsInvalid => write!(
+                f,
+                "FastCDC bounds must satisfy {}<=min<={}, avg>={}, {}<=max<={}, min<=avg<=max",
+                limits::MIN_CDC_MIN_BYTES,
+                limits::MAX_CDC_MIN_BYTES,
+                limits::MIN_CDC_AVG_BYTES,
+                limits::MIN_CDC_MAX_BYTES,
+                limits::MAX_CHUNK_BYTES
+            ),
+        }
+    }
+}
+
+impl Chunking {
+    /// FastCDC with otamesh's defaults: 16 KiB / 64 KiB / 256 KiB.
+    pub const DEFAULT_CDC: Chunking = Chunking::FastCdc {
+        min_bytes: 16 * 1024,
+        avg_bytes: 64 * 1024,
+        max_bytes: 256 * 1024,
+    };
+
+    /// Checks the parameters against [`limits`]; decoding a manifest calls this so a
+    /// hostile manifest cannot make a device chunk with absurd bounds.
+    pub fn validate(&self) -> Result<(), ChunkingError> {
+        use limits::*;
+        match *self {
+            Chunking::Fixed { size_bytes } => {
+                if (MIN_FIXED_BYTES..=MAX_CHUNK_BYTES).contains(&size_bytes) {
+                    Ok(())
+                } else {
+                    Err(ChunkingError::FixedSizeOutOfRange)
+                }
+            }
+            Chunking::FastCdc {
+                min_bytes,
+                avg_bytes,
+                max_bytes,
+            } => {
+                let ok = (MIN_CDC_MIN_BYTES..=MAX_CDC_MIN_BYTES).contains(&min_bytes)
+                    && avg_bytes >= MIN_CDC_AVG_BYTES
+                    && (MIN_CDC_MAX_BYTES..=MAX_CHUNK_BYTES).contains(&max_bytes)
+                    && min_bytes <= avg_bytes
+                    && avg_bytes <= max_bytes;
+                if ok {
+                    Ok(())
+                } else {
+                    Err(ChunkingError::CdcBoundsInvalid)
+                }
+            }
+        }
+    }
+
+    /// The longest chunk these parameters can produce.
+    pub fn max_chunk_bytes(&self) -> u32 {
+        match *self {
+            Chunking::Fixed { size_bytes } => size_bytes,
+            Chunking::FastCdc { max_bytes, .. } => max_bytes,
+        }
+    }
+}
+
+/// A chunk's place in the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkSpan {
+    /// Byte offset in the image.
+    pub offset: u64,
+    /// Length in bytes.
+    pub length: u32,
+}
+
+/// Fixed-size spans over an image of `image_len` bytes; no heap, usable on MCUs.
+#[derive(Debug, Clone)]
+pub struct FixedSpans {
+    next_offset: u64,
+    image_len: u64,
+    size_bytes: u32,
+}
+
+impl FixedSpans {
+    /// Spans of `size_bytes` over `image_len` bytes. `size_bytes` must be non-zero.
+    pub fn new(image_len: u64, size_bytes: u32) -> Self {
+        FixedSpans {
+            next_offset: 0,
+            image_len,
+            size_bytes: size_bytes.max(1),
+        }
+    }
+}
+
+impl Iterator for FixedSpans {
+    type Item = ChunkSpan;
+    fn next(&mut self) -> Option<ChunkSpan> {
+        if self.next_offset >= self.image_len {
+            return None;
+        }
+        let length = (self.image_len - self.next_offset).min(self.size_bytes as u64) as u32;
+        let span = ChunkSpan {
+            offset: self.next_offset,
+            length,
+        };
+        self.next_offset += length as u64;
+        Some(span)
+    }
+}
+
+/// Cuts an in-memory image into spans. Used by devices to find reusable chunks in their
+/// active slot and by tests; the seeder streams with [`stream_chunks`].
+#[cfg(feature = "std")]
+pub fn spans(data: &[u8], chunking: Chunking) -> Result<std::vec::Vec<ChunkSpan>, ChunkingError> {
+    chunking.validate()?;
+    Ok(match chunking {
+        Chunking::Fixed { size_bytes } => FixedSpans::new(data.len() as u64, size_bytes).collect(),
+        Chunking::FastCdc {
+            min_bytes,
+            avg_bytes,
+            max_bytes,
+        } => fastcdc::v2020::FastCDC::new(data, min_bytes, avg_bytes, max_bytes)
+            .map(|c| ChunkSpan {
+                offset: c.offset as u64,
+                length: c.length as u32,
+            })
+            .collect(),
+    })
+}
+
+/// One chunk read from a stream: its span and its plaintext bytes.
+#[cfg(feature = "std")]
+#[derive(Debug)]
+pub struct StreamChunk {
+    /// Where it sits in the image.
+    pub span: ChunkSpan,
+    /// Its plaintext bytes.
+    pub data: std::vec::Vec<u8>,
+}
+
+/// Streams `reader` through the chunker, calling `each` per chunk, holding at most one
+/// maximum-size chunk (plus FastCDC's read buffer) in memory. This is what lets
+/// `seeder release add` take a multi-GiB image in bounded memory.
+#[cfg(feature = "std")]
+pub fn stream_chunks<R: std::io::Read, E: From<std::io::Error>>(
+    mut reader: R,
+    chunking: Chunking,
+    mut each: impl FnMut(StreamChunk) -> Result<(), E>,
+) -> Result<(), E> {
+    use std::io::{Error, ErrorKind};
+    chunking
+        .validate()
+        .map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+    match chunking {
+        Chunking::Fixed { size_bytes } => {
+            let mut offset = 0u64;
+            loop {
+                let mut data = std::vec![0u8; size_bytes as usize];
+                let mut filled = 0;
+                while filled < data.len() {
+                    match reader.read(&mut data[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if filled == 0 {
+                    return Ok(());
+                }
+                data.truncate(filled);
+                let span = ChunkSpan {
+                    offset,
+                    length: filled as u32,
+                };
+                offset += filled as u64;
+                each(StreamChunk { span, data })?;
+                if filled < size_bytes as usize {
+                    return Ok(());
+                }
+            }
+        }
+        Chunking::FastCdc {
+            min_bytes,
+            avg_bytes,
+            max_bytes,
+        } => {
+            let cdc = fastcdc::v2020::StreamCDC::new(reader, min_bytes, avg_bytes, max_bytes);
+            for chunk in cdc {
+                let chunk = chunk.map_err(|e| match e {
+                    fastcdc::v2020::Error::IoError(io) => io,
+                    other => Error::other(std::format!("chunker: {other:?}")),
+                })?;
+                each(StreamChunk {
+                    span: ChunkSpan {
+                        offset: chunk.offset,
+                        length: chunk.length as u32,
+                    },
+                    data: chunk.data,
+                })?;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_spans_cover_the_image() {
+        let spans: std::vec::Vec<_> = FixedSpans::new(10_000, 4096).collect();
+        assert_eq!(spans.len(), 3);
+        assert_eq!(spans[2], ChunkSpan { offset: 8192, length: 1808 });
+        assert_eq!(FixedSpans::new(0, 4096).count(), 0);
+    }
+
+    #[test]
+    fn validate_refuses_bad_bounds() {
+        assert!(Chunking::DEFAULT_CDC.validate().is_ok());
+        assert!(Chunking::Fixed { size_bytes: 0 }.validate().is_err());
+        let inverted = Chunking::FastCdc { min_bytes: 65536, avg_bytes: 16384, max_bytes: 262144 };
+        assert_eq!(inverted.validate(), Err(ChunkingError::CdcBoundsInvalid));
+    }
+
+    #[test]
+    fn streaming_matches_in_memory() {
+        let mut data = std::vec![0u8; 3 << 20];
+        let mut x = 0x2545F4914F6CDD1Du64;
+        for b in data.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        for chunking in [Chunking::DEFAULT_CDC, Chunking::Fixed { size_bytes: 65536 }] {
+            let expected = spans(&data, chunking).unwrap();
+            let mut got = std::vec::Vec::new();
+            stream_chunks::<_, std::io::Error>(&data[..], chunking, |c| {
+                assert_eq!(&data[c.span.offset as usize..][..c.span.length as usize], &c.data[..]);
+                got.push(c.span);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got, expected);
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! `seeder`: the otamesh publisher. Holds the signing keys, builds releases into a standard
+//! TUF repository, and verifies what it published.
+#![deny(missing_docs)]
+
+mod atomic;
+mod init;
+mod inspect;
+mod keys;
+mod release;
+mod repo;
+mod rotate;
+mod time;
+mod trusted;
+mod verify;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use repo::Repo;
+
+/// otamesh publisher: signs firmware releases into a TUF repository.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a repository: keys for root, targets, snapshot, timestamp, and root v1.
+    Init {
+        /// Repository directory (created if missing).
+        #[arg(long)]
+        repo: PathBuf,
+        /// Keys per role, e.g. `--keys root=3` (default 1 each).
+        #[arg(long = "keys", value_parser = parse_role_count)]
+        keys: Vec<(String, usize)>,
+        /// Signatures required per role, e.g. `--threshold root=2` (default 1).
+        #[arg(long = "threshold", value_parser = parse_role_count)]
+        threshold: Vec<(String, usize)>,
+    },
+    /// Add or extract releases.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Verify all metadata, every target and every chunk; name each problem.
+    Verify {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Trusted root to start from (default: the repository's metadata/1.root.json).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Show roles, keys, expiries, releases, chunk counts and deduplication.
+    Inspect {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+    },
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Manage the timestamp role.
+    #[command(subcommand)]
+    Timestamp(TimestampCommand),
+}
+
+#[derive(Subcommand)]
+enum ReleaseCommand {
+    /// Chunk an image into the content store and publish its manifest as a TUF target.
+    Add {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// The image file.
+        #[arg(long)]
+        image: PathBuf,
+        /// Release name (A-Z a-z 0-9 . _ + -).
+        #[arg(long)]
+        name: String,
+        /// Release version.
+        #[arg(long)]
+        version: String,
+        /// Hardware class the image is built for.
+        #[arg(long)]
+        hw_class: String,
+        /// Anti-rollback counter; devices refuse releases below the one they have.
+        #[arg(long, default_value_t = 0)]
+        security_counter: u64,
+        /// `cdc` (FastCDC 16/64/256 KiB, for filesystem images) or `fixed:BYTES` (MCU flash sectors).
+        #[arg(long, default_value = "cdc")]
+        chunking: String,
+        /// `zstd` or `none`.
+        #[arg(long, default_value = "zstd")]
+        compress: String,
+        /// Store chunks in plaintext instead of encrypting them under the fleet content key.
+        #[arg(long)]
+        no_encrypt: bool,
+    },
+    /// Rebuild a release's image, verifying metadata, manifest, every chunk and the image.
+    Extract {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Release name.
+        #[arg(long)]
+        name: String,
+        /// Release version.
+        #[arg(long)]
+        version: String,
+        /// Output file (written only if everything verifies).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Replace a role's keys and publish a new root signed by the old and new root keys.
+    Rotate {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// root, targets, snapshot or timestamp.
+        #[arg(long)]
+        role: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TimestampCommand {
+    /// Re-sign the timestamp with a new expiry so clients do not see a frozen repository.
+    Refresh {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Lifetime such as 12h, 7d, 2w.
+        #[arg(long, default_value = "7d")]
+        expires: String,
+    },
+}
+
+fn parse_role_count(text: &str) -> Result<(String, usize), String> {
+    let (role, n) = text.split_once('=').ok_or_else(|| format!("`{text}` must look like ROLE=N"))?;
+    let n = n.parse().map_err(|_| format!("`{n}` is not a number"))?;
+    Ok((role.to_string(), n))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match run(&cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            if cli.json {
+                println!("{}", serde_json::json!({"ok": false, "error": format!("{e:#}")}));
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{}", text());
+    }
+    Ok(())
+}
+
+fn run(cli: &Cli) -> Result<i32> {
+    match &cli.command {
+        Command::Init { repo, keys, threshold } => {
+            let counts: BTreeMap<_, _> = keys.iter().cloned().collect();
+            let thresholds: BTreeMap<_, _> = threshold.iter().cloned().collect();
+            let report = init::run(&Repo::at(repo), &counts, &thresholds)?;
+            print(cli.json, &report.roles, || {
+                let mut out = format!("initialized {}", repo.display());
+                for (role, (ids, t)) in &report.roles {
+                    out += &format!("\n  {role:<9} {t} of {} keys", ids.len());
+                }
+                out
+            })?;
+        }
+        Command::Release(ReleaseCommand::Add {
+            repo,
+            image,
+            name,
+            version,
+            hw_class,
+            security_counter,
+            chunking,
+            compress,
+            no_encrypt,
+        }) => {
+            let zstd_level = match compress.as_str() {
+                "zstd" => Some(release::ZSTD_LEVEL),
+                "none" => None,
+                other => anyhow::bail!("--compress `{other}` must be zstd or none"),
+            };
+            let req = release::AddRequest {
+                image,
+                name,
+                version,
+                hw_class,
+                security_counter: *security_counter,
+                chunking: release::parse_chunking(chunking)?,
+                zstd_level,
+                encrypt: !no_encrypt,
+                progress: !cli.json,
+            };
+            let r = release::add(&Repo::at(repo), &req)?;
+            print(cli.json, &r, || {
+                if r.published {
+                    format!(
+                        "published {name} {version} as {}: {} chunks ({} new), {} image bytes, {} stored ({} new), manifest {} bytes",
+                        r.target, r.chunks, r.new_chunks, r.image_bytes, r.stored_bytes, r.new_stored_bytes, r.manifest_bytes
+                    )
+                } else {
+                    format!("{name} {version} is already published with this content; nothing to do")
+                }
+            })?;
+        }
+        Command::Release(ReleaseCommand::Extract { repo, name, version, out }) => {
+            let r = release::extract(&Repo::at(repo), name, version, out)?;
+            print(cli.json, &r, || {
+                format!("wrote {} ({} bytes, {} chunks verified, blake3 {})", r.out, r.image_bytes, r.chunks, r.image_blake3)
+            })?;
+        }
+        Command::Verify { repo, root } => {
+            let r = verify::run(&Repo::at(repo), root.as_deref(), time::now_unix())?;
+            print(cli.json, &r, || {
+                let mut out = format!(
+                    "{}: {} metadata files, {} releases, {} chunk files checked, {} problems",
+                    if r.ok { "ok" } else { "FAILED" },
+                    r.metadata_files,
+                    r.releases,
+                    r.chunk_files,
+                    r.problems.len()
+                );
+                for p in &r.problems {
+                    out += &format!("\n  {}: {}", p.file, p.problem);
+                }
+                out
+            })?;
+            return Ok(if r.ok { 0 } else { 1 });
+        }
+        Command::Inspect { repo } => {
+            let r = inspect::run(&Repo::at(repo))?;
+            print(cli.json, &r, || {
+                let mut out = String::from("roles:");
+                for role in &r.roles {
+                    out += &format!(
+                        "\n  {:<9} v{:<4} {} of {} keys, expires {}",
+                        role.role,
+                        role.version,
+                        role.threshold,
+                        role.keyids.len(),
+                        role.expires
+                    );
+                }
+                out += &format!("\nreleases: {}", r.releases.len());
+                for rel in &r.releases {
+                    out += &format!(
+                        "\n  {} {} [{}] counter {}: {} bytes, {} chunks, {} stored",
+                        rel.name, rel.version, rel.hw_class, rel.security_counter, rel.image_bytes, rel.chunks, rel.stored_bytes
+                    );
+                }
+                out += &format!(
+                    "\nstore: {} chunks, {} bytes, dedup ratio {:.2}",
+                    r.store_chunks, r.store_bytes, r.dedup_ratio
+                );
+                out
+            })?;
+        }
+        Command::Key(KeyCommand::Rotate { repo, role }) => {
+            let ids = rotate::rotate(&Repo::at(repo), role)?;
+            print(cli.json, &serde_json::json!({"role": role, "keyids": ids}), || {
+                format!("rotated {role}: new key ids {}", ids.join(", "))
+            })?;
+        }
+        Command::Timestamp(TimestampCommand::Refresh { repo, expires }) => {
+            let lifetime = time::parse_duration(expires).context("--expires")?;
+            let v = rotate::refresh_timestamp(&Repo::at(repo), lifetime)?;
+            print(cli.json, &v, || format!("timestamp v{} expires {}", v["version"], v["expires"].as_str().unwrap_or("?")))?;
+        }
+    }
+    Ok(0)
+}

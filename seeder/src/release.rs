@@ -1,0 +1,324 @@
+//! `seeder release add` and `seeder release extract`.
+
+use anyhow::{bail, Context, Result};
+use protocol::chunker::{self, Chunking};
+use protocol::codec::{self, ContentKey};
+use protocol::manifest::{ChunkEntry, ManifestView, ReleaseManifest};
+use protocol::reassemble::ImageVerifier;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sha2::Digest;
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::atomic;
+use crate::keys;
+use crate::repo::{ExtraSigners, Repo};
+use crate::trusted;
+
+/// zstd level for chunk compression: fast enough to keep up with hashing, and stable across
+/// releases so unchanged chunks compress to the same bytes.
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// What `release add` was asked to publish.
+pub struct AddRequest<'a> {
+    /// The image file.
+    pub image: &'a Path,
+    /// Release name.
+    pub name: &'a str,
+    /// Release version.
+    pub version: &'a str,
+    /// Hardware class.
+    pub hw_class: &'a str,
+    /// Anti-rollback counter.
+    pub security_counter: u64,
+    /// Chunking.
+    pub chunking: Chunking,
+    /// zstd level, or none.
+    pub zstd_level: Option<i32>,
+    /// Encrypt with the repository's content key.
+    pub encrypt: bool,
+    /// Draw a progress bar.
+    pub progress: bool,
+}
+
+/// What `release add` did.
+#[derive(Debug, Serialize)]
+pub struct AddReport {
+    /// The TUF target path of the manifest.
+    pub target: String,
+    /// False when the same content was already published (a no-op).
+    pub published: bool,
+    /// Plaintext image bytes.
+    pub image_bytes: u64,
+    /// Chunks in the manifest.
+    pub chunks: usize,
+    /// Chunks that were not in the store before.
+    pub new_chunks: usize,
+    /// Sum of stored chunk bytes.
+    pub stored_bytes: u64,
+    /// Stored bytes of the new chunks: what this release adds to the store.
+    pub new_stored_bytes: u64,
+    /// Manifest length.
+    pub manifest_bytes: usize,
+}
+
+/// The TUF target path of a release's manifest.
+pub fn target_path(name: &str, version: &str) -> String {
+    format!("releases/{name}/{version}.manifest")
+}
+
+/// Names and versions become path segments and URL parts, so keep them to a safe alphabet.
+pub fn check_segment(what: &str, text: &str, max: usize) -> Result<()> {
+    let ok = !text.is_empty()
+        && text.len() <= max
+        && !text.starts_with('.')
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+    if !ok {
+        bail!("{what} `{text}` must be 1-{max} characters of A-Z a-z 0-9 . _ + - and not start with a dot");
+    }
+    Ok(())
+}
+
+/// Parses `cdc` or `fixed:BYTES` (BYTES may end in K or M, powers of 1024).
+pub fn parse_chunking(text: &str) -> Result<Chunking> {
+    let chunking = match text {
+        "cdc" => Chunking::DEFAULT_CDC,
+        _ => {
+            let size = text
+                .strip_prefix("fixed:")
+                .with_context(|| format!("chunking `{text}` must be `cdc` or `fixed:BYTES` (e.g. fixed:4096, fixed:64K)"))?;
+            let (digits, scale) = match size.as_bytes().last() {
+                Some(b'K' | b'k') => (&size[..size.len() - 1], 1024),
+                Some(b'M' | b'm') => (&size[..size.len() - 1], 1024 * 1024),
+                _ => (size, 1),
+            };
+            let n: u32 = digits.parse().with_context(|| format!("`{size}` is not a chunk size"))?;
+            Chunking::Fixed { size_bytes: n.checked_mul(scale).context("chunk size too large")? }
+        }
+    };
+    chunking.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(chunking)
+}
+
+/// Chunks, seals and stores the image, then publishes its manifest as a TUF target.
+pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
+    check_segment("name", req.name, protocol::manifest::limits::MAX_NAME_BYTES)?;
+    check_segment("version", req.version, protocol::manifest::limits::MAX_VERSION_BYTES)?;
+    check_segment("hardware class", req.hw_class, protocol::manifest::limits::MAX_HW_CLASS_BYTES)?;
+    let current = repo.current()?;
+    // Fail before the long part if the keys to publish are missing.
+    for role in ["targets", "snapshot", "timestamp"] {
+        repo.signers(&current, role)?;
+    }
+    let key = if req.encrypt { Some(keys::load_content_key(&keys::content_key_path(&repo.keys_dir()))?) } else { None };
+
+    let file = File::open(req.image).with_context(|| format!("cannot open image {}", req.image.display()))?;
+    let image_len = file.metadata()?.len();
+    let bar = progress_bar(req.progress, image_len);
+    let staging = repo.chunks_dir().join(".staging");
+    fs::create_dir_all(&staging)?;
+    atomic::remove_stale_temps(&staging);
+
+    let mut blake3 = blake3::Hasher::new();
+    let mut sha256 = sha2::Sha256::new();
+    let mut entries = Vec::new();
+    let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut new_stored_bytes = 0u64;
+    chunker::stream_chunks::<_, anyhow::Error>(BufReader::with_capacity(1 << 20, file), req.chunking, |chunk| {
+        blake3.update(&chunk.data);
+        sha256.update(&chunk.data);
+        let sealed = codec::seal(&chunk.data, req.zstd_level, key.as_ref())?;
+        let final_path = repo.chunk_path(&sealed.id);
+        if seen.insert(sealed.id) && !chunk_is_stored(&final_path, &sealed.id) {
+            let staged_path = staging.join(sealed.id.to_hex());
+            fs::write(&staged_path, &sealed.stored).with_context(|| format!("cannot write {}", staged_path.display()))?;
+            staged.push((staged_path, final_path));
+            new_stored_bytes += sealed.stored.len() as u64;
+        }
+        entries.push(ChunkEntry {
+            offset: chunk.span.offset,
+            length: chunk.span.length,
+            codec: sealed.codec,
+            stored_length: sealed.stored.len() as u32,
+            id: sealed.id,
+        });
+        bar.inc(chunk.span.length as u64);
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+
+    let manifest = ReleaseManifest {
+        name: req.name.into(),
+        version: req.version.into(),
+        hw_class: req.hw_class.into(),
+        security_counter: req.security_counter,
+        image_len,
+        image_blake3: *blake3.finalize().as_bytes(),
+        image_sha256: sha256.finalize().into(),
+        content_key_id: key.as_ref().map(ContentKey::id),
+        chunking: req.chunking,
+        chunks: entries,
+    };
+    let manifest_bytes = manifest.encode().map_err(|e| anyhow::anyhow!("cannot build the manifest: {e}"))?;
+    let target = target_path(req.name, req.version);
+    let mut report = AddReport {
+        target: target.clone(),
+        published: true,
+        image_bytes: image_len,
+        chunks: manifest.chunks.len(),
+        new_chunks: staged.len(),
+        stored_bytes: manifest.stored_bytes(),
+        new_stored_bytes,
+        manifest_bytes: manifest_bytes.len(),
+    };
+
+    let mut targets_map = current.targets["targets"].as_object().cloned().unwrap_or_default();
+    if let Some(existing) = targets_map.get(&target) {
+        for (path, _) in &staged {
+            let _ = fs::remove_file(path);
+        }
+        let same = existing["custom"]["otamesh"]["image_blake3"].as_str() == Some(&protocol::hex::encode(&manifest.image_blake3))
+            && existing["custom"]["otamesh"]["hw_class"].as_str() == Some(req.hw_class)
+            && existing["custom"]["otamesh"]["security_counter"].as_u64() == Some(req.security_counter);
+        if !same {
+            bail!("{} {} is already published with other content; publish it under a new version", req.name, req.version);
+        }
+        report.published = false;
+        report.new_chunks = 0;
+        report.new_stored_bytes = 0;
+        return Ok(report);
+    }
+
+    // Chunk bodies become durable before they get their final names, and before any
+    // metadata names them: one syncfs for the batch instead of an fsync per chunk.
+    atomic::sync_filesystem(&staging)?;
+    for (staged_path, final_path) in &staged {
+        let dir = final_path.parent().context("chunk path has no parent")?;
+        fs::create_dir_all(dir)?;
+        fs::rename(staged_path, final_path).with_context(|| format!("cannot move chunk into {}", final_path.display()))?;
+    }
+    atomic::sync_filesystem(&repo.chunks_dir())?;
+
+    let sha256_hex = protocol::hex::encode(&sha2::Sha256::digest(&manifest_bytes));
+    atomic::write_file(&repo.target_file_path(&target, &sha256_hex), &manifest_bytes, 0o644)?;
+    targets_map.insert(target, target_entry(&manifest, &manifest_bytes, &sha256_hex));
+    repo.publish_targets(&current, targets_map, &ExtraSigners::default())?;
+    Ok(report)
+}
+
+fn chunk_is_stored(path: &Path, id: &protocol::ChunkId) -> bool {
+    // An existing file is reused only if it still hashes to its name: a damaged chunk is
+    // rewritten rather than trusted.
+    fs::read(path).map(|bytes| id.matches(&bytes)).unwrap_or(false)
+}
+
+fn target_entry(manifest: &ReleaseManifest, bytes: &[u8], sha256_hex: &str) -> Value {
+    let chunking = match manifest.chunking {
+        Chunking::Fixed { size_bytes } => json!({"kind": "fixed", "size_bytes": size_bytes}),
+        Chunking::FastCdc { min_bytes, avg_bytes, max_bytes } => {
+            json!({"kind": "fastcdc", "min_bytes": min_bytes, "avg_bytes": avg_bytes, "max_bytes": max_bytes})
+        }
+    };
+    json!({
+        "length": bytes.len(),
+        "hashes": {"sha256": sha256_hex},
+        "custom": {"otamesh": {
+            "name": manifest.name,
+            "version": manifest.version,
+            "hw_class": manifest.hw_class,
+            "security_counter": manifest.security_counter,
+            "image_length": manifest.image_len,
+            "image_blake3": protocol::hex::encode(&manifest.image_blake3),
+            "image_sha256": protocol::hex::encode(&manifest.image_sha256),
+            "chunk_count": manifest.chunks.len(),
+            "stored_bytes": manifest.stored_bytes(),
+            "encrypted": manifest.content_key_id.is_some(),
+            "chunking": chunking,
+        }},
+    })
+}
+
+fn progress_bar(enabled: bool, total: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !enabled || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} chunking {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// What `release extract` wrote.
+#[derive(Debug, Serialize)]
+pub struct ExtractReport {
+    /// The output file.
+    pub out: String,
+    /// Bytes written.
+    pub image_bytes: u64,
+    /// Chunks read and verified.
+    pub chunks: u32,
+    /// blake3 of the image, hex.
+    pub image_blake3: String,
+}
+
+/// Rebuilds a release's image, verifying metadata through TUF from the repository's first
+/// root, the manifest against its target hashes, every chunk against its id, and the whole
+/// image against its signed hashes. Writes to a temp file renamed into place only on success.
+pub fn extract(repo: &Repo, name: &str, version: &str, out: &Path) -> Result<ExtractReport> {
+    check_segment("name", name, protocol::manifest::limits::MAX_NAME_BYTES)?;
+    check_segment("version", version, protocol::manifest::limits::MAX_VERSION_BYTES)?;
+    let verified = trusted::load(repo, None, crate::time::now_unix())?;
+    let target = target_path(name, version);
+    let manifest_bytes = verified
+        .read_target(repo, &target)?
+        .with_context(|| format!("{name} {version} is not published in {}; see `seeder inspect`", repo.dir.display()))?;
+    let view = ManifestView::new_checked(&manifest_bytes).map_err(|e| anyhow::anyhow!("manifest of {name} {version}: {e}"))?;
+    let key = match view.content_key_id() {
+        None => None,
+        Some(id) => {
+            let key = keys::load_content_key(&keys::content_key_path(&repo.keys_dir()))?;
+            if key.id() != id {
+                bail!("{name} {version} was encrypted under another content key than {}", repo.keys_dir().display());
+            }
+            Some(key)
+        }
+    };
+
+    let tmp = atomic::temp_path(out);
+    let result = (|| -> Result<()> {
+        let mut file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut verifier = ImageVerifier::new();
+        for (index, entry) in view.chunks().enumerate() {
+            let path = repo.chunk_path(&entry.id);
+            let mut stored = Vec::with_capacity(entry.stored_length as usize);
+            File::open(&path)
+                .with_context(|| format!("chunk {index} is missing: {}", path.display()))?
+                .take(entry.stored_length as u64 + 1)
+                .read_to_end(&mut stored)?;
+            let plain = codec::open(&entry, key.as_ref(), stored).map_err(|e| anyhow::anyhow!("chunk {index} ({}): {e}", path.display()))?;
+            verifier.update(&entry, &plain).map_err(|e| anyhow::anyhow!("{e}"))?;
+            file.write_all(&plain)?;
+        }
+        verifier.finish(&view).map_err(|e| anyhow::anyhow!("{name} {version}: {e}"))?;
+        file.sync_all()?;
+        fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    Ok(ExtractReport {
+        out: out.display().to_string(),
+        image_bytes: view.image_len(),
+        chunks: view.chunk_count(),
+        image_blake3: protocol::hex::encode(&view.image_blake3()),
+    })
+}

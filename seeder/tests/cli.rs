@@ -1,0 +1,305 @@
+//! The seeder as an operator uses it: the real binary on real files.
+
+use serde_json::Value;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn seeder(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seeder")).args(args).output().expect("seeder runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = seeder(args);
+    assert!(
+        out.status.success(),
+        "seeder {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(&all)).unwrap()
+}
+
+/// Deterministic pseudo-random bytes (xorshift64), fast enough for 64 MiB in debug builds.
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    repo: PathBuf,
+    work: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let work = dir.path().to_path_buf();
+        ok(&["init", "--repo", repo.to_str().unwrap()]);
+        Fixture { _dir: dir, repo, work }
+    }
+    fn repo(&self) -> &str {
+        self.repo.to_str().unwrap()
+    }
+    fn image(&self, name: &str, bytes: &[u8]) -> String {
+        let path = self.work.join(name);
+        fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+    fn add(&self, image: &str, version: &str, extra: &[&str]) -> Value {
+        let mut args = vec!["release", "add", "--repo", self.repo(), "--image", image, "--name", "gw", "--version", version];
+        args.extend_from_slice(&["--hw-class", "imx8"]);
+        args.extend_from_slice(extra);
+        json(&args)
+    }
+    fn verify(&self) -> (bool, Value) {
+        let out = seeder(&["--json", "verify", "--repo", self.repo()]);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(out.status.success(), report["ok"].as_bool().unwrap());
+        (out.status.success(), report)
+    }
+    fn extract(&self, version: &str) -> Vec<u8> {
+        let out = self.work.join(format!("extracted-{version}"));
+        ok(&["release", "extract", "--repo", self.repo(), "--name", "gw", "--version", version, "--out", out.to_str().unwrap()]);
+        fs::read(out).unwrap()
+    }
+}
+
+#[test]
+fn add_verify_extract_round_trips_a_64_mib_image() {
+    let f = Fixture::new();
+    let data = random_bytes(64 << 20, 1);
+    let image = f.image("v1.img", &data);
+    let report = f.add(&image, "1.0.0", &[]);
+    assert_eq!(report["published"], true);
+    assert_eq!(report["image_bytes"], 64 << 20);
+    let chunks = report["chunks"].as_u64().unwrap();
+    assert!((400..=2000).contains(&chunks), "FastCDC 64 KiB average gave {chunks} chunks");
+    assert!(f.verify().0);
+    assert!(f.extract("1.0.0") == data, "extracted image differs");
+
+    // The same content again is a no-op; other content under the same version is refused.
+    assert_eq!(f.add(&image, "1.0.0", &[])["published"], false);
+    let other = f.image("other.img", &random_bytes(1 << 20, 2));
+    let out = seeder(&["release", "add", "--repo", f.repo(), "--image", &other, "--name", "gw", "--version", "1.0.0", "--hw-class", "imx8"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already published with other content"));
+}
+
+#[test]
+fn a_second_release_reuses_unchanged_chunks() {
+    let f = Fixture::new();
+    let mut data = random_bytes(8 << 20, 3);
+    f.add(&f.image("v1.img", &data), "1", &[]);
+    // Change 64 KiB in the middle: only the chunks around it are new.
+    data[4 << 20..(4 << 20) + 65536].copy_from_slice(&random_bytes(65536, 4));
+    let report = f.add(&f.image("v2.img", &data), "2", &[]);
+    let (chunks, new) = (report["chunks"].as_u64().unwrap(), report["new_chunks"].as_u64().unwrap());
+    assert!(new <= 4 && new >= 1, "{new} of {chunks} chunks were new");
+    assert_eq!(f.extract("2"), data);
+    let inspect = json(&["inspect", "--repo", f.repo()]);
+    assert!(inspect["dedup_ratio"].as_f64().unwrap() > 1.8, "{inspect}");
+    assert_eq!(inspect["releases"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn fixed_chunks_without_compression_or_encryption_round_trip() {
+    let f = Fixture::new();
+    let data = random_bytes(300_000, 5);
+    let report = f.add(&f.image("mcu.bin", &data), "7", &["--chunking", "fixed:4K", "--compress", "none", "--no-encrypt"]);
+    assert_eq!(report["chunks"], 74);
+    assert_eq!(report["stored_bytes"], 300_000);
+    assert_eq!(f.extract("7"), data);
+}
+
+fn flip_byte(path: &Path, at: usize) {
+    let mut bytes = fs::read(path).unwrap();
+    let i = at % bytes.len();
+    bytes[i] ^= 0x01;
+    fs::write(path, bytes).unwrap();
+}
+
+fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            all_files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn verify_names_every_file_with_a_flipped_byte() {
+    let f = Fixture::new();
+    f.add(&f.image("v1.img", &random_bytes(2 << 20, 6)), "1", &[]);
+    f.add(&f.image("v2.img", &random_bytes(1 << 20, 7)), "2", &[]);
+    assert!(f.verify().0);
+    let mut files = Vec::new();
+    for sub in ["metadata", "targets", "chunks"] {
+        all_files(&f.repo.join(sub), &mut files);
+    }
+    assert!(files.len() > 30, "only {} files", files.len());
+    for (n, path) in files.iter().enumerate() {
+        // A byte inside the JSON body for metadata, anywhere for binary files.
+        let at = if path.extension().is_some_and(|e| e == "json") { 120 + n * 7 } else { n * 7919 };
+        flip_byte(path, at);
+        let (passed, report) = f.verify();
+        let named = report["problems"].as_array().unwrap().iter().any(|p| {
+            p["file"].as_str().unwrap().contains(path.to_str().unwrap())
+                || p["problem"].as_str().unwrap().contains(path.to_str().unwrap())
+        });
+        assert!(!passed && named, "flipping a byte in {} was not reported: {report}", path.display());
+        flip_byte(path, at);
+    }
+    assert!(f.verify().0);
+}
+
+#[test]
+fn extract_refuses_a_corrupted_chunk_and_writes_nothing() {
+    let f = Fixture::new();
+    f.add(&f.image("v1.img", &random_bytes(1 << 20, 8)), "1", &[]);
+    let mut chunks = Vec::new();
+    all_files(&f.repo.join("chunks"), &mut chunks);
+    flip_byte(&chunks[0], 10);
+    let out_path = f.work.join("out.img");
+    let out = seeder(&["release", "extract", "--repo", f.repo(), "--name", "gw", "--version", "1", "--out", out_path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("do not match the signed chunk id"));
+    assert!(!out_path.exists());
+}
+
+#[test]
+fn key_rotation_of_every_role_keeps_the_repository_verifiable() {
+    let f = Fixture::new();
+    let data = random_bytes(1 << 20, 9);
+    f.add(&f.image("v1.img", &data), "1", &[]);
+    for role in ["timestamp", "snapshot", "targets", "root"] {
+        let before = json(&["inspect", "--repo", f.repo()]);
+        let rotated = json(&["key", "rotate", "--repo", f.repo(), "--role", role]);
+        let new_ids = rotated["keyids"].as_array().unwrap();
+        let after = json(&["inspect", "--repo", f.repo()]);
+        let role_after = after["roles"].as_array().unwrap().iter().find(|r| r["role"] == role).unwrap();
+        assert_eq!(&role_after["keyids"], &Value::Array(new_ids.clone()));
+        assert_eq!(after["roles"][0]["version"].as_u64().unwrap(), before["roles"][0]["version"].as_u64().unwrap() + 1);
+        let (passed, report) = f.verify();
+        assert!(passed, "after rotating {role}: {report}");
+    }
+    assert_eq!(f.extract("1"), data);
+    // New releases are signed with the new keys.
+    f.add(&f.image("v2.img", &random_bytes(1 << 20, 10)), "2", &[]);
+    assert!(f.verify().0);
+    assert!(fs::read_dir(f.repo.join("keys/retired")).unwrap().count() >= 4);
+}
+
+#[test]
+fn timestamp_refresh_renews_expiry() {
+    let f = Fixture::new();
+    let v = json(&["timestamp", "refresh", "--repo", f.repo(), "--expires", "2h"]);
+    assert_eq!(v["version"], 2);
+    assert!(f.verify().0);
+    let out = seeder(&["timestamp", "refresh", "--repo", f.repo(), "--expires", "soon"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn errors_are_one_line_and_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["inspect", "--repo", missing.to_str().unwrap()],
+        vec!["release", "add", "--repo", missing.to_str().unwrap(), "--image", "x", "--name", "a/b", "--version", "1", "--hw-class", "h"],
+        vec!["release", "add", "--repo", missing.to_str().unwrap(), "--image", "x", "--name", "a", "--version", "1", "--hw-class", "h", "--chunking", "fixed:1"],
+    ];
+    for args in cases {
+        let out = seeder(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+    }
+}
+
+#[test]
+fn killed_release_add_never_leaves_an_unverifiable_repository() {
+    let f = Fixture::new();
+    let v1 = random_bytes(1 << 20, 11);
+    f.add(&f.image("v1.img", &v1), "1", &[]);
+    let v2 = f.image("v2.img", &random_bytes(24 << 20, 12));
+    // Kill points spread across the run (chunking, the chunk commit, metadata writes).
+    // These delays inject the fault; nothing waits on them for correctness.
+    let mut x = 0x9E3779B97F4A7C15u64;
+    let mut completed = false;
+    for round in 0..12 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay_ms = x % 2500;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_seeder"))
+            .args(["release", "add", "--repo", f.repo(), "--image", &v2, "--name", "gw", "--version", "2", "--hw-class", "imx8"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // The delay injects the fault at a random point; the wait itself returns on exit.
+        use wait_timeout::ChildExt;
+        match child.wait_timeout(std::time::Duration::from_millis(delay_ms)).unwrap() {
+            Some(_) => completed = true,
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+            }
+        }
+        let (passed, report) = f.verify();
+        assert!(passed, "round {round}: killed after {delay_ms} ms left a bad repository: {report}");
+        assert_eq!(f.extract("1"), v1, "round {round}: the previous release no longer extracts");
+    }
+    // Finishing the interrupted publish works and yields a verifiable release.
+    let report = f.add(&v2, "2", &[]);
+    assert!(report["published"].as_bool().unwrap() || completed);
+    assert!(f.verify().0);
+    assert_eq!(f.extract("2"), fs::read(&v2).unwrap());
+}
+
+#[test]
+fn python_tuf_ngclient_downloads_a_release() {
+    let f = Fixture::new();
+    f.add(&f.image("v1.img", &random_bytes(1 << 20, 13)), "1.0.0", &[]);
+    // Rotations exercise python-tuf's root chain and fast-forward recovery.
+    ok(&["key", "rotate", "--repo", f.repo(), "--role", "root"]);
+    ok(&["key", "rotate", "--repo", f.repo(), "--role", "timestamp"]);
+    f.add(&f.image("v2.img", &random_bytes(1 << 20, 14)), "2.0.0", &[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/ngclient_download.py");
+    let root = f.repo.join("metadata/1.root.json");
+    let out_file = f.work.join("manifest.dl");
+    let out = Command::new("python3")
+        .args([script.to_str().unwrap(), f.repo(), root.to_str().unwrap(), "releases/gw/2.0.0.manifest", out_file.to_str().unwrap()])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python-tuf failed (is `pip install tuf` done?): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let downloaded = fs::read(&out_file).unwrap();
+    let view = protocol::manifest::ManifestView::new_checked(&downloaded).unwrap();
+    assert_eq!((view.name(), view.version(), view.hw_class()), ("gw", "2.0.0", "imx8"));
+}
