@@ -95,6 +95,7 @@ impl ContentKey {
         XChaCha20Poly1305::new((&key).into())
     }
 
+    #[cfg(feature = "std")]
     fn nonce_for(&self, codec: Codec, payload: &[u8]) -> [u8; 24] {
         let nonce_key = blake3::derive_key("otamesh 2026-11 chunk nonce key v1", &self.0);
         let mut hasher = blake3::Hasher::new_keyed(&nonce_key);

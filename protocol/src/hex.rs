@@ -44,7 +44,7 @@ pub fn decode_array<const N: usize>(text: &str) -> Result<[u8; N], HexError> {
 #[cfg(feature = "alloc")]
 pub fn decode(text: &str) -> Result<alloc::vec::Vec<u8>, HexError> {
     let bytes = text.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(HexError::BadLength);
     }
     bytes

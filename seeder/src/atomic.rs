@@ -59,15 +59,3 @@ pub fn sync_filesystem(path: &Path) -> Result<()> {
     }
     Ok(())
 }
-
-/// Removes temp files a killed run left behind in `dir` (not recursive).
-pub fn remove_stale_temps(dir: &Path) {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if name.to_string_lossy().starts_with('.') && name.to_string_lossy().contains(".tmp-") {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-    }
-}

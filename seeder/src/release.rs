@@ -118,38 +118,17 @@ pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
     let file = File::open(req.image).with_context(|| format!("cannot open image {}", req.image.display()))?;
     let image_len = file.metadata()?.len();
     let bar = progress_bar(req.progress, image_len);
-    let staging = repo.chunks_dir().join(".staging");
-    fs::create_dir_all(&staging)?;
-    atomic::remove_stale_temps(&staging);
+    prepare_chunk_dirs(repo)?;
 
     let mut blake3 = blake3::Hasher::new();
     let mut sha256 = sha2::Sha256::new();
-    let mut entries = Vec::new();
-    let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let mut seen = HashSet::new();
-    let mut new_stored_bytes = 0u64;
-    chunker::stream_chunks::<_, anyhow::Error>(BufReader::with_capacity(1 << 20, file), req.chunking, |chunk| {
-        blake3.update(&chunk.data);
-        sha256.update(&chunk.data);
-        let sealed = codec::seal(&chunk.data, req.zstd_level, key.as_ref())?;
-        let final_path = repo.chunk_path(&sealed.id);
-        if seen.insert(sealed.id) && !chunk_is_stored(&final_path, &sealed.id) {
-            let staged_path = staging.join(sealed.id.to_hex());
-            fs::write(&staged_path, &sealed.stored).with_context(|| format!("cannot write {}", staged_path.display()))?;
-            staged.push((staged_path, final_path));
-            new_stored_bytes += sealed.stored.len() as u64;
-        }
-        entries.push(ChunkEntry {
-            offset: chunk.span.offset,
-            length: chunk.span.length,
-            codec: sealed.codec,
-            stored_length: sealed.stored.len() as u32,
-            id: sealed.id,
-        });
-        bar.inc(chunk.span.length as u64);
-        Ok(())
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+    let sealed = seal_in_parallel(repo, workers, req, key.as_ref(), &bar, file, |data| {
+        blake3.update(data);
+        sha256.update(data);
     })?;
     bar.finish_and_clear();
+    let SealOutput { entries, staged, new_stored_bytes } = sealed;
 
     let manifest = ReleaseManifest {
         name: req.name.into(),
@@ -195,10 +174,8 @@ pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
 
     // Chunk bodies become durable before they get their final names, and before any
     // metadata names them: one syncfs for the batch instead of an fsync per chunk.
-    atomic::sync_filesystem(&staging)?;
+    atomic::sync_filesystem(&repo.chunks_dir())?;
     for (staged_path, final_path) in &staged {
-        let dir = final_path.parent().context("chunk path has no parent")?;
-        fs::create_dir_all(dir)?;
         fs::rename(staged_path, final_path).with_context(|| format!("cannot move chunk into {}", final_path.display()))?;
     }
     atomic::sync_filesystem(&repo.chunks_dir())?;
@@ -208,6 +185,147 @@ pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
     targets_map.insert(target, target_entry(&manifest, &manifest_bytes, &sha256_hex));
     repo.publish_targets(&current, targets_map, &ExtraSigners::default())?;
     Ok(report)
+}
+
+/// What sealing produced: manifest entries in image order and the new chunk files staged.
+struct SealOutput {
+    entries: Vec<ChunkEntry>,
+    staged: Vec<(PathBuf, PathBuf)>,
+    new_stored_bytes: u64,
+}
+
+/// Streams the image through the chunker on this thread (feeding `hash_plaintext` in image
+/// order) while `workers` threads compress, encrypt, hash and stage chunks. Creating one file
+/// per chunk costs far more system time than the crypto costs CPU, so spreading it over
+/// every core is what makes `release add` fast. Memory stays bounded: the job queue holds at
+/// most `2 × workers` chunks.
+#[allow(clippy::too_many_arguments)]
+fn seal_in_parallel(
+    repo: &Repo,
+    workers: usize,
+    req: &AddRequest<'_>,
+    key: Option<&ContentKey>,
+    bar: &indicatif::ProgressBar,
+    image: File,
+    mut hash_plaintext: impl FnMut(&[u8]),
+) -> Result<SealOutput> {
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+
+    type Sealed = (usize, ChunkEntry, Option<(PathBuf, PathBuf, u64)>);
+    let (job_tx, job_rx) = mpsc::sync_channel::<(usize, chunker::StreamChunk)>(2 * workers);
+    let job_rx = Mutex::new(job_rx);
+    let (done_tx, done_rx) = mpsc::channel::<Result<Sealed>>();
+    let seen = Mutex::new(HashSet::new());
+    // Without a nudge the kernel holds a whole GiB of new chunk files dirty until the final
+    // syncfs, then writes it while we wait. Flushing every FLUSH_EVERY_BYTES from a side
+    // thread overlaps disk writes with chunking; the final syncfs then has little left.
+    const FLUSH_EVERY_BYTES: u64 = 128 << 20;
+    let written = std::sync::atomic::AtomicU64::new(0);
+    let (flush_tx, flush_rx) = mpsc::sync_channel::<()>(1);
+    let chunks_dir = repo.chunks_dir();
+
+    std::thread::scope(|scope| -> Result<SealOutput> {
+        scope.spawn(move || {
+            while flush_rx.recv().is_ok() {
+                let _ = atomic::sync_filesystem(&chunks_dir);
+            }
+        });
+        for _ in 0..workers {
+            let done_tx = done_tx.clone();
+            let (job_rx, seen, written) = (&job_rx, &seen, &written);
+            scope.spawn(move || loop {
+                let job = job_rx.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
+                let Ok((index, chunk)) = job else { return };
+                let result = (|| -> Result<Sealed> {
+                    let sealed = codec::seal(&chunk.data, req.zstd_level, key)?;
+                    let entry = ChunkEntry {
+                        offset: chunk.span.offset,
+                        length: chunk.span.length,
+                        codec: sealed.codec,
+                        stored_length: sealed.stored.len() as u32,
+                        id: sealed.id,
+                    };
+                    let first = seen.lock().map(|mut s| s.insert(sealed.id)).unwrap_or(false);
+                    let final_path = repo.chunk_path(&sealed.id);
+                    if !first || chunk_is_stored(&final_path, &sealed.id) {
+                        return Ok((index, entry, None));
+                    }
+                    // Staged beside its final name: creates spread over 256 directories instead
+                    // of contending for one directory's lock, and the rename stays in-directory.
+                    let staged_path = staged_name(&final_path);
+                    fs::write(&staged_path, &sealed.stored)
+                        .with_context(|| format!("cannot write {}", staged_path.display()))?;
+                    written.fetch_add(sealed.stored.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    Ok((index, entry, Some((staged_path, final_path, sealed.stored.len() as u64))))
+                })();
+                if done_tx.send(result).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(done_tx);
+
+        let mut index = 0usize;
+        let mut flushed_at = 0u64;
+        let streamed = chunker::stream_chunks::<_, anyhow::Error>(BufReader::with_capacity(1 << 20, image), req.chunking, |chunk| {
+            hash_plaintext(&chunk.data);
+            bar.inc(chunk.span.length as u64);
+            job_tx.send((index, chunk)).map_err(|_| anyhow::anyhow!("a sealing worker stopped"))?;
+            index += 1;
+            let now_written = written.load(std::sync::atomic::Ordering::Relaxed);
+            if now_written - flushed_at >= FLUSH_EVERY_BYTES && flush_tx.try_send(()).is_ok() {
+                flushed_at = now_written;
+            }
+            Ok(())
+        });
+        drop(job_tx);
+        drop(flush_tx);
+
+        let mut out = SealOutput { entries: Vec::with_capacity(index), staged: Vec::new(), new_stored_bytes: 0 };
+        let mut sealed: Vec<Sealed> = Vec::with_capacity(index);
+        let mut first_error = None;
+        for result in done_rx {
+            match result {
+                Ok(item) => sealed.push(item),
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        streamed?;
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        sealed.sort_by_key(|(i, _, _)| *i);
+        for (_, entry, staged) in sealed {
+            if let Some((staged_path, final_path, bytes)) = staged {
+                out.staged.push((staged_path, final_path));
+                out.new_stored_bytes += bytes;
+            }
+            out.entries.push(entry);
+        }
+        Ok(out)
+    })
+}
+
+/// The hidden name a chunk is written under before it is durable; `seeder verify` and the
+/// store ignore dot-files, and the next `release add` removes leftovers.
+fn staged_name(final_path: &Path) -> PathBuf {
+    let name = final_path.file_name().and_then(|n| n.to_str()).unwrap_or("chunk");
+    final_path.with_file_name(format!(".{name}.staged"))
+}
+
+/// Creates the 256 fan-out directories and removes chunks a killed run left staged.
+fn prepare_chunk_dirs(repo: &Repo) -> Result<()> {
+    for byte in 0..=255u8 {
+        let dir = repo.chunks_dir().join(protocol::hex::encode(&[byte]));
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for entry in fs::read_dir(&dir)?.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".staged") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn chunk_is_stored(path: &Path, id: &protocol::ChunkId) -> bool {

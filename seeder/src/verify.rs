@@ -208,9 +208,6 @@ fn check_unreferenced_targets(repo: &Repo, referenced: &HashSet<PathBuf>, report
 fn check_chunk_store(repo: &Repo, referenced: &HashSet<ChunkId>, report: &mut VerifyReport) {
     let root = repo.chunks_dir();
     for path in walk_files(&root) {
-        if path.strip_prefix(&root).is_ok_and(|p| p.starts_with(".staging")) {
-            continue;
-        }
         report.chunk_files += 1;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let Ok(id) = ChunkId::from_hex(&name) else {

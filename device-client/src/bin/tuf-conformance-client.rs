@@ -45,7 +45,7 @@ enum Command {
 }
 
 fn config() -> Config {
-    Config::default()
+    device_client::tuf_config()
 }
 
 fn run(cli: Cli) -> Result<()> {
