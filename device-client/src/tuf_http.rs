@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use protocol::tuf::{
-    encode_role_name, Config, Event, FetchError, Request, Source, TargetFile, Updater,
-};
+use protocol::tuf::{encode_role_name, Config, Event, FetchError, Request, Source, TargetFile, Updater};
 
 /// How long one HTTP request may take end to end.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,22 +43,14 @@ pub fn unix_now() -> i64 {
 
 /// GETs `url`, reading at most `max_length + 1` bytes so an endless response costs at most
 /// one byte more than the cap.
-pub fn fetch_capped(
-    agent: &ureq::Agent,
-    url: &str,
-    max_length: u64,
-) -> std::result::Result<Vec<u8>, FetchError> {
+pub fn fetch_capped(agent: &ureq::Agent, url: &str, max_length: u64) -> std::result::Result<Vec<u8>, FetchError> {
     let response = match agent.get(url).call() {
         Ok(r) => r,
         Err(ureq::Error::Status(403 | 404, _)) => return Err(FetchError::NotFound),
         Err(_) => return Err(FetchError::Failed),
     };
     let mut body = Vec::new();
-    response
-        .into_reader()
-        .take(max_length.saturating_add(1))
-        .read_to_end(&mut body)
-        .map_err(|_| FetchError::Failed)?;
+    response.into_reader().take(max_length.saturating_add(1)).read_to_end(&mut body).map_err(|_| FetchError::Failed)?;
     if body.len() as u64 > max_length {
         return Err(FetchError::TooLarge);
     }
@@ -72,8 +62,7 @@ pub fn write_atomic(dir: &Path, file_name: &str, bytes: &[u8]) -> Result<PathBuf
     let path = dir.join(file_name);
     let tmp = dir.join(format!(".{file_name}.tmp"));
     {
-        let mut file =
-            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         file.write_all(bytes)?;
         file.sync_all()?;
     }
@@ -87,9 +76,7 @@ pub fn write_atomic(dir: &Path, file_name: &str, bytes: &[u8]) -> Result<PathBuf
 fn read_capped_file(path: &Path, max_length: u64) -> std::result::Result<Vec<u8>, FetchError> {
     let file = fs::File::open(path).map_err(|_| FetchError::NotFound)?;
     let mut body = Vec::new();
-    file.take(max_length.saturating_add(1))
-        .read_to_end(&mut body)
-        .map_err(|_| FetchError::Failed)?;
+    file.take(max_length.saturating_add(1)).read_to_end(&mut body).map_err(|_| FetchError::Failed)?;
     if body.len() as u64 > max_length {
         return Err(FetchError::TooLarge);
     }
@@ -108,8 +95,7 @@ impl TufHttpClient {
         let root_path = metadata_dir.join("root.json");
         let root = read_capped_file(&root_path, config.root_max_length)
             .map_err(|e| anyhow!("reading {}: {e:?}", root_path.display()))?;
-        let updater = Updater::new(&root, unix_now(), config)
-            .map_err(|e| anyhow!("trusted root is invalid: {e}"))?;
+        let updater = Updater::new(&root, unix_now(), config).map_err(|e| anyhow!("trusted root is invalid: {e}"))?;
         Ok(TufHttpClient {
             updater,
             agent: ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT).build(),
@@ -125,15 +111,10 @@ impl TufHttpClient {
 
     fn answer(&self, request: &Request) -> std::result::Result<Vec<u8>, FetchError> {
         match request.source {
-            Source::Cache => read_capped_file(
-                &self.metadata_dir.join(&request.file_name),
-                request.max_length,
-            ),
-            Source::Remote => fetch_capped(
-                &self.agent,
-                &format!("{}{}", self.metadata_url, request.file_name),
-                request.max_length,
-            ),
+            Source::Cache => read_capped_file(&self.metadata_dir.join(&request.file_name), request.max_length),
+            Source::Remote => {
+                fetch_capped(&self.agent, &format!("{}{}", self.metadata_url, request.file_name), request.max_length)
+            }
         }
     }
 
@@ -144,11 +125,7 @@ impl TufHttpClient {
             while let Some(event) = self.updater.poll_event() {
                 match event {
                     Event::Persist { role, bytes } => {
-                        write_atomic(
-                            &self.metadata_dir,
-                            &format!("{}.json", encode_role_name(&role)),
-                            &bytes,
-                        )?;
+                        write_atomic(&self.metadata_dir, &format!("{}.json", encode_role_name(&role)), &bytes)?;
                     }
                     Event::Refreshed => {}
                     Event::TargetFound(t) => found = Some(Some(t)),
@@ -159,9 +136,7 @@ impl TufHttpClient {
                 return Ok(found);
             };
             let response = self.answer(&request);
-            self.updater
-                .handle_response(response)
-                .map_err(|e| anyhow!("{e}"))?;
+            self.updater.handle_response(response).map_err(|e| anyhow!("{e}"))?;
         }
     }
 
@@ -174,8 +149,7 @@ impl TufHttpClient {
     /// Finds `path` in the delegation tree, refreshing first if needed.
     pub fn find_target(&mut self, path: &str) -> Result<Option<TargetFile>> {
         self.updater.find_target(path).map_err(|e| anyhow!("{e}"))?;
-        self.drive()?
-            .ok_or_else(|| anyhow!("target search for {path} did not finish"))
+        self.drive()?.ok_or_else(|| anyhow!("target search for {path} did not finish"))
     }
 
     /// The local copy of `target` if it exists and verifies.
@@ -186,12 +160,7 @@ impl TufHttpClient {
     }
 
     /// Downloads, verifies and stores `target` under `target_dir`.
-    pub fn download_target(
-        &self,
-        target: &TargetFile,
-        target_base_url: &str,
-        target_dir: &Path,
-    ) -> Result<PathBuf> {
+    pub fn download_target(&self, target: &TargetFile, target_base_url: &str, target_dir: &Path) -> Result<PathBuf> {
         let mut url_path = target.path.clone();
         if self.updater.trusted().root().consistent_snapshot {
             let Some(hash) = target.hashes.values().next() else {
@@ -203,11 +172,8 @@ impl TufHttpClient {
             };
         }
         let url = format!("{}{url_path}", with_slash(target_base_url));
-        let bytes = fetch_capped(&self.agent, &url, target.length)
-            .map_err(|e| anyhow!("downloading {url}: {e:?}"))?;
-        target
-            .verify(&bytes)
-            .map_err(|e| anyhow!("target {}: {e}", target.path))?;
+        let bytes = fetch_capped(&self.agent, &url, target.length).map_err(|e| anyhow!("downloading {url}: {e:?}"))?;
+        target.verify(&bytes).map_err(|e| anyhow!("target {}: {e}", target.path))?;
         fs::create_dir_all(target_dir)?;
         write_atomic(target_dir, &encode_role_name(&target.path), &bytes)
     }

@@ -75,11 +75,8 @@ impl core::fmt::Display for ChunkingError {
 
 impl Chunking {
     /// FastCDC with otamesh's defaults: 16 KiB / 64 KiB / 256 KiB.
-    pub const DEFAULT_CDC: Chunking = Chunking::FastCdc {
-        min_bytes: 16 * 1024,
-        avg_bytes: 64 * 1024,
-        max_bytes: 256 * 1024,
-    };
+    pub const DEFAULT_CDC: Chunking =
+        Chunking::FastCdc { min_bytes: 16 * 1024, avg_bytes: 64 * 1024, max_bytes: 256 * 1024 };
 
     /// Checks the parameters against [`limits`]; decoding a manifest calls this so a
     /// hostile manifest cannot make a device chunk with absurd bounds.
@@ -93,11 +90,7 @@ impl Chunking {
                     Err(ChunkingError::FixedSizeOutOfRange)
                 }
             }
-            Chunking::FastCdc {
-                min_bytes,
-                avg_bytes,
-                max_bytes,
-            } => {
+            Chunking::FastCdc { min_bytes, avg_bytes, max_bytes } => {
                 let ok = (MIN_CDC_MIN_BYTES..=MAX_CDC_MIN_BYTES).contains(&min_bytes)
                     && avg_bytes >= MIN_CDC_AVG_BYTES
                     && (MIN_CDC_MAX_BYTES..=MAX_CHUNK_BYTES).contains(&max_bytes)
@@ -141,11 +134,7 @@ pub struct FixedSpans {
 impl FixedSpans {
     /// Spans of `size_bytes` over `image_len` bytes. `size_bytes` must be non-zero.
     pub fn new(image_len: u64, size_bytes: u32) -> Self {
-        FixedSpans {
-            next_offset: 0,
-            image_len,
-            size_bytes: size_bytes.max(1),
-        }
+        FixedSpans { next_offset: 0, image_len, size_bytes: size_bytes.max(1) }
     }
 }
 
@@ -156,10 +145,7 @@ impl Iterator for FixedSpans {
             return None;
         }
         let length = (self.image_len - self.next_offset).min(self.size_bytes as u64) as u32;
-        let span = ChunkSpan {
-            offset: self.next_offset,
-            length,
-        };
+        let span = ChunkSpan { offset: self.next_offset, length };
         self.next_offset += length as u64;
         Some(span)
     }
@@ -172,16 +158,11 @@ pub fn spans(data: &[u8], chunking: Chunking) -> Result<std::vec::Vec<ChunkSpan>
     chunking.validate()?;
     Ok(match chunking {
         Chunking::Fixed { size_bytes } => FixedSpans::new(data.len() as u64, size_bytes).collect(),
-        Chunking::FastCdc {
-            min_bytes,
-            avg_bytes,
-            max_bytes,
-        } => fastcdc::v2020::FastCDC::new(data, min_bytes, avg_bytes, max_bytes)
-            .map(|c| ChunkSpan {
-                offset: c.offset as u64,
-                length: c.length as u32,
-            })
-            .collect(),
+        Chunking::FastCdc { min_bytes, avg_bytes, max_bytes } => {
+            fastcdc::v2020::FastCDC::new(data, min_bytes, avg_bytes, max_bytes)
+                .map(|c| ChunkSpan { offset: c.offset as u64, length: c.length as u32 })
+                .collect()
+        }
     })
 }
 
@@ -205,9 +186,7 @@ pub fn stream_chunks<R: std::io::Read, E: From<std::io::Error>>(
     mut each: impl FnMut(StreamChunk) -> Result<(), E>,
 ) -> Result<(), E> {
     use std::io::{Error, ErrorKind};
-    chunking
-        .validate()
-        .map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+    chunking.validate().map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
     match chunking {
         Chunking::Fixed { size_bytes } => {
             let mut offset = 0u64;
@@ -226,10 +205,7 @@ pub fn stream_chunks<R: std::io::Read, E: From<std::io::Error>>(
                     return Ok(());
                 }
                 data.truncate(filled);
-                let span = ChunkSpan {
-                    offset,
-                    length: filled as u32,
-                };
+                let span = ChunkSpan { offset, length: filled as u32 };
                 offset += filled as u64;
                 each(StreamChunk { span, data })?;
                 if filled < size_bytes as usize {
@@ -237,11 +213,7 @@ pub fn stream_chunks<R: std::io::Read, E: From<std::io::Error>>(
                 }
             }
         }
-        Chunking::FastCdc {
-            min_bytes,
-            avg_bytes,
-            max_bytes,
-        } => {
+        Chunking::FastCdc { min_bytes, avg_bytes, max_bytes } => {
             let cdc = fastcdc::v2020::StreamCDC::new(reader, min_bytes, avg_bytes, max_bytes);
             for chunk in cdc {
                 let chunk = chunk.map_err(|e| match e {
@@ -249,10 +221,7 @@ pub fn stream_chunks<R: std::io::Read, E: From<std::io::Error>>(
                     other => Error::other(std::format!("chunker: {other:?}")),
                 })?;
                 each(StreamChunk {
-                    span: ChunkSpan {
-                        offset: chunk.offset,
-                        length: chunk.length as u32,
-                    },
+                    span: ChunkSpan { offset: chunk.offset, length: chunk.length as u32 },
                     data: chunk.data,
                 })?;
             }

@@ -44,10 +44,7 @@ pub struct Codec {
 impl Codec {
     /// Parses the manifest's codec byte; unknown bits are refused.
     pub fn from_byte(byte: u8) -> Option<Codec> {
-        (byte & !0b11 == 0).then_some(Codec {
-            zstd: byte & 1 != 0,
-            encrypted: byte & 2 != 0,
-        })
+        (byte & !0b11 == 0).then_some(Codec { zstd: byte & 1 != 0, encrypted: byte & 2 != 0 })
     }
 
     /// The manifest's codec byte.
@@ -172,7 +169,11 @@ pub fn open_in_place<'b>(
         return Ok(stored);
     }
     let key = key.ok_or(ChunkError::MissingContentKey)?;
-    // The length check above guarantees stored.len() >= AEAD_OVERHEAD_BYTES.
+    // Entries from a checked manifest always leave room for nonce and tag, but `ChunkEntry`
+    // can be built by hand: never trust that here.
+    if stored.len() < AEAD_OVERHEAD_BYTES as usize {
+        return Err(ChunkError::StoredLengthMismatch);
+    }
     let (nonce, rest) = stored.split_at_mut(24);
     let (payload, tag) = rest.split_at_mut(rest.len() - 16);
     let aad = aad(entry.codec);
@@ -239,7 +240,11 @@ pub fn seal(plaintext: &[u8], zstd_level: Option<i32>, key: Option<&ContentKey>)
 
 /// Verifies, decrypts and decompresses a stored chunk into its plaintext.
 #[cfg(feature = "std")]
-pub fn open(entry: &ChunkEntry, key: Option<&ContentKey>, mut stored: std::vec::Vec<u8>) -> Result<std::vec::Vec<u8>, ChunkError> {
+pub fn open(
+    entry: &ChunkEntry,
+    key: Option<&ContentKey>,
+    mut stored: std::vec::Vec<u8>,
+) -> Result<std::vec::Vec<u8>, ChunkError> {
     let payload_len = open_in_place(entry, key, &mut stored)?.len();
     if entry.codec.encrypted {
         stored.copy_within(24..24 + payload_len, 0);
@@ -304,6 +309,22 @@ mod tests {
             assert!(err.is_peer_fault());
         }
         assert_eq!(open(&entry, Some(&key), sealed.stored[1..].to_vec()), Err(ChunkError::StoredLengthMismatch));
+    }
+
+    #[test]
+    fn a_hand_made_entry_shorter_than_the_aead_overhead_is_refused_not_a_panic() {
+        let mut stored = [7u8; 10];
+        let entry = ChunkEntry {
+            offset: 0,
+            length: 1,
+            codec: Codec { zstd: false, encrypted: true },
+            stored_length: 10,
+            id: crate::ChunkId::of(&stored),
+        };
+        assert_eq!(
+            open_in_place(&entry, Some(&ContentKey([0; 32])), &mut stored).unwrap_err(),
+            ChunkError::StoredLengthMismatch
+        );
     }
 
     #[test]

@@ -47,10 +47,7 @@ pub fn decode(text: &str) -> Result<alloc::vec::Vec<u8>, HexError> {
     if !bytes.len().is_multiple_of(2) {
         return Err(HexError::BadLength);
     }
-    bytes
-        .chunks_exact(2)
-        .map(|pair| Ok(digit(pair[0])? << 4 | digit(pair[1])?))
-        .collect()
+    bytes.chunks_exact(2).map(|pair| Ok(digit(pair[0])? << 4 | digit(pair[1])?)).collect()
 }
 
 /// Writes `bytes` as lowercase hex to a formatter (no allocation).

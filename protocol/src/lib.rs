@@ -24,7 +24,10 @@ pub mod hex;
 pub mod manifest;
 pub mod reassemble;
 pub mod sig;
+pub mod time;
 
+#[cfg(feature = "alloc")]
+pub mod edge;
 #[cfg(feature = "alloc")]
 pub mod tuf;
 

@@ -70,6 +70,11 @@ impl Ed25519PublicKey {
     /// Verifies under the policy in the module docs.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), SigError> {
         let bytes: &[u8; 64] = signature.try_into().map_err(|_| SigError::BadSignature)?;
+        // A non-canonical `s` (>= the group order) is a malformed signature, not a mismatch.
+        let s: [u8; 32] = bytes[32..].try_into().map_err(|_| SigError::BadSignature)?;
+        if curve25519_dalek::Scalar::from_canonical_bytes(s).is_none().into() {
+            return Err(SigError::BadSignature);
+        }
         let sig = Signature::from_bytes(bytes);
         self.0.verify_strict(message, &sig).map_err(|_| SigError::Mismatch)
     }

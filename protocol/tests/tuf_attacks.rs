@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 
 use ed25519_dalek::{Signer, SigningKey};
-use protocol::tuf::{
-    canonical, Config, Error, Event, FetchError, RepositoryError, Source, TargetFile, Updater,
-};
+use protocol::tuf::{canonical, Config, Error, Event, FetchError, RepositoryError, Source, TargetFile, Updater};
 use serde_json::{json, Value};
 use sha2::Digest;
 
@@ -68,11 +66,7 @@ impl RootKeys {
 
 fn root_signed(version: u64, expires: &str, k: &RootKeys) -> Value {
     let mut keys = serde_json::Map::new();
-    let all = k
-        .root
-        .iter()
-        .chain(k.snapshot.iter())
-        .chain([&k.timestamp, &k.targets]);
+    let all = k.root.iter().chain(k.snapshot.iter()).chain([&k.timestamp, &k.targets]);
     for sk in all {
         keys.insert(keyid(sk), key_json(sk));
     }
@@ -95,10 +89,8 @@ fn timestamp_signed(version: u64, snapshot_version: u64, expires: &str) -> Value
 }
 
 fn snapshot_signed(version: u64, meta: &[(&str, u64)], expires: &str) -> Value {
-    let meta: serde_json::Map<String, Value> = meta
-        .iter()
-        .map(|(role, v)| (format!("{role}.json"), json!({"version": v})))
-        .collect();
+    let meta: serde_json::Map<String, Value> =
+        meta.iter().map(|(role, v)| (format!("{role}.json"), json!({"version": v}))).collect();
     json!({"_type": "snapshot", "spec_version": "1.0.31", "version": version,
            "expires": expires, "meta": meta})
 }
@@ -107,10 +99,7 @@ fn targets_signed(version: u64, targets: &[(&str, &[u8])], expires: &str) -> Val
     let targets: serde_json::Map<String, Value> = targets
         .iter()
         .map(|(path, bytes)| {
-            (
-                path.to_string(),
-                json!({"length": bytes.len(), "hashes": {"sha256": sha256_hex(bytes)}}),
-            )
+            (path.to_string(), json!({"length": bytes.len(), "hashes": {"sha256": sha256_hex(bytes)}}))
         })
         .collect();
     json!({"_type": "targets", "spec_version": "1.0.31", "version": version,
@@ -134,29 +123,11 @@ impl World {
     /// targets v1 with one target.
     fn standard(k: &RootKeys) -> (World, Vec<u8>) {
         let mut w = World::default();
-        let root = sign(
-            &root_signed(1, FUTURE, k),
-            &k.root.iter().collect::<Vec<_>>(),
-        );
+        let root = sign(&root_signed(1, FUTURE, k), &k.root.iter().collect::<Vec<_>>());
         w.put("1.root.json", root.clone());
-        w.put(
-            "timestamp.json",
-            sign(&timestamp_signed(1, 1, FUTURE), &[&k.timestamp]),
-        );
-        w.put(
-            "1.snapshot.json",
-            sign(
-                &snapshot_signed(1, &[("targets", 1)], FUTURE),
-                &[&k.snapshot[0]],
-            ),
-        );
-        w.put(
-            "1.targets.json",
-            sign(
-                &targets_signed(1, &[("file.txt", b"hello")], FUTURE),
-                &[&k.targets],
-            ),
-        );
+        w.put("timestamp.json", sign(&timestamp_signed(1, 1, FUTURE), &[&k.timestamp]));
+        w.put("1.snapshot.json", sign(&snapshot_signed(1, &[("targets", 1)], FUTURE), &[&k.snapshot[0]]));
+        w.put("1.targets.json", sign(&targets_signed(1, &[("file.txt", b"hello")], FUTURE), &[&k.targets]));
         (w, root)
     }
 
@@ -180,10 +151,7 @@ impl World {
                     &self.remote
                 }
             };
-            let response = store
-                .get(&req.file_name)
-                .cloned()
-                .ok_or(FetchError::NotFound);
+            let response = store.get(&req.file_name).cloned().ok_or(FetchError::NotFound);
             updater.handle_response(response)?;
         }
     }
@@ -228,15 +196,7 @@ fn happy_path_refresh_and_lookup() {
     let (mut w, root) = World::standard(&k);
     let target = w.find(&root, "file.txt").unwrap().expect("found");
     target.verify(b"hello").unwrap();
-    assert_eq!(
-        w.requests,
-        [
-            "2.root.json",
-            "timestamp.json",
-            "1.snapshot.json",
-            "1.targets.json"
-        ]
-    );
+    assert_eq!(w.requests, ["2.root.json", "timestamp.json", "1.snapshot.json", "1.targets.json"]);
     assert_eq!(w.find(&root, "missing.txt").unwrap(), None);
 }
 
@@ -246,12 +206,7 @@ fn arbitrary_installation_target_bytes_must_match_hashes() {
     let (mut w, root) = World::standard(&k);
     let target = w.find(&root, "file.txt").unwrap().unwrap();
     // Same length, different content: only the hash catches it.
-    assert_eq!(
-        target.verify(b"hellO"),
-        Err(RepositoryError::LengthOrHashMismatch {
-            role: role("file.txt")
-        })
-    );
+    assert_eq!(target.verify(b"hellO"), Err(RepositoryError::LengthOrHashMismatch { role: role("file.txt") }));
     assert!(target.verify(b"hello!").is_err());
     let mut no_known_hash = target.clone();
     no_known_hash.hashes = [("md5".to_string(), "00".to_string())].into();
@@ -264,17 +219,11 @@ fn endless_data_is_capped() {
     let (mut w, root) = World::standard(&k);
     // A valid, signed timestamp padded beyond the cap with JSON whitespace.
     let mut ts = sign(&timestamp_signed(1, 1, FUTURE), &[&k.timestamp]);
-    ts.extend(std::iter::repeat_n(
-        b' ',
-        Config::default().timestamp_max_length as usize,
-    ));
+    ts.extend(std::iter::repeat_n(b' ', Config::default().timestamp_max_length as usize));
     w.put("timestamp.json", ts);
     assert_eq!(
         repo_err(w.refresh(&root, NOW)),
-        RepositoryError::TooLarge {
-            role: role("timestamp"),
-            max_length: 16_384
-        }
+        RepositoryError::TooLarge { role: role("timestamp"), max_length: 16_384 }
     );
 }
 
@@ -283,31 +232,16 @@ fn fast_forward_recovery_after_timestamp_key_rotation() {
     let k = RootKeys::new();
     let (mut w, root) = World::standard(&k);
     // The client once trusted a (maliciously) high timestamp version.
-    w.put(
-        "timestamp.json",
-        sign(&timestamp_signed(100, 1, FUTURE), &[&k.timestamp]),
-    );
+    w.put("timestamp.json", sign(&timestamp_signed(100, 1, FUTURE), &[&k.timestamp]));
     w.refresh(&root, NOW).unwrap();
     // Without a key rotation, going back to version 1 is a rollback.
-    w.put(
-        "timestamp.json",
-        sign(&timestamp_signed(1, 1, FUTURE), &[&k.timestamp]),
-    );
-    assert!(matches!(
-        repo_err(w.refresh(&root, NOW)),
-        RepositoryError::Rollback { .. }
-    ));
+    w.put("timestamp.json", sign(&timestamp_signed(1, 1, FUTURE), &[&k.timestamp]));
+    assert!(matches!(repo_err(w.refresh(&root, NOW)), RepositoryError::Rollback { .. }));
     // Rotating the timestamp key in root v2 discards the old timestamp.
     let mut k2 = k.clone();
     k2.timestamp = key(20);
-    w.put(
-        "2.root.json",
-        sign(&root_signed(2, FUTURE, &k2), &[&k.root[0]]),
-    );
-    w.put(
-        "timestamp.json",
-        sign(&timestamp_signed(1, 1, FUTURE), &[&k2.timestamp]),
-    );
+    w.put("2.root.json", sign(&root_signed(2, FUTURE, &k2), &[&k.root[0]]));
+    w.put("timestamp.json", sign(&timestamp_signed(1, 1, FUTURE), &[&k2.timestamp]));
     let updater = w.refresh(&root, NOW).unwrap();
     assert_eq!(updater.trusted().timestamp().unwrap().common.version, 1);
 }
@@ -316,46 +250,19 @@ fn fast_forward_recovery_after_timestamp_key_rotation() {
 fn indefinite_freeze_expired_timestamp() {
     let k = RootKeys::new();
     let (mut w, root) = World::standard(&k);
-    w.put(
-        "timestamp.json",
-        sign(&timestamp_signed(1, 1, PAST), &[&k.timestamp]),
-    );
-    assert_eq!(
-        repo_err(w.refresh(&root, NOW)),
-        RepositoryError::ExpiredMetadata {
-            role: role("timestamp")
-        }
-    );
+    w.put("timestamp.json", sign(&timestamp_signed(1, 1, PAST), &[&k.timestamp]));
+    assert_eq!(repo_err(w.refresh(&root, NOW)), RepositoryError::ExpiredMetadata { role: role("timestamp") });
 }
 
 #[test]
 fn indefinite_freeze_expired_snapshot_and_targets() {
     let k = RootKeys::new();
     let (mut w, root) = World::standard(&k);
-    w.put(
-        "1.snapshot.json",
-        sign(
-            &snapshot_signed(1, &[("targets", 1)], PAST),
-            &[&k.snapshot[0]],
-        ),
-    );
-    assert_eq!(
-        repo_err(w.refresh(&root, NOW)),
-        RepositoryError::ExpiredMetadata {
-            role: role("snapshot")
-        }
-    );
+    w.put("1.snapshot.json", sign(&snapshot_signed(1, &[("targets", 1)], PAST), &[&k.snapshot[0]]));
+    assert_eq!(repo_err(w.refresh(&root, NOW)), RepositoryError::ExpiredMetadata { role: role("snapshot") });
     let (mut w, root) = World::standard(&k);
-    w.put(
-        "1.targets.json",
-        sign(&targets_signed(1, &[], PAST), &[&k.targets]),
-    );
-    assert_eq!(
-        repo_err(w.refresh(&root, NOW)),
-        RepositoryError::ExpiredMetadata {
-            role: role("targets")
-        }
-    );
+    w.put("1.targets.json", sign(&targets_signed(1, &[], PAST), &[&k.targets]));
+    assert_eq!(repo_err(w.refresh(&root, NOW)), RepositoryError::ExpiredMetadata { role: role("targets") });
 }
 
 #[test]
@@ -363,35 +270,15 @@ fn stale_cached_metadata_still_allows_refresh_and_protects_rollback() {
     let k = RootKeys::new();
     let (mut w, root) = World::standard(&k);
     // Cached copies from a year ago: expired now.
-    w.cache.insert(
-        "timestamp.json".into(),
-        sign(
-            &timestamp_signed(3, 1, "2026-06-01T00:00:00Z"),
-            &[&k.timestamp],
-        ),
-    );
-    w.put(
-        "timestamp.json",
-        sign(&timestamp_signed(4, 1, FUTURE), &[&k.timestamp]),
-    );
-    w.refresh(&root, NOW)
-        .expect("expired cache must not block a refresh");
+    w.cache.insert("timestamp.json".into(), sign(&timestamp_signed(3, 1, "2026-06-01T00:00:00Z"), &[&k.timestamp]));
+    w.put("timestamp.json", sign(&timestamp_signed(4, 1, FUTURE), &[&k.timestamp]));
+    w.refresh(&root, NOW).expect("expired cache must not block a refresh");
     // The expired cached copy (now v4 was persisted; put back an expired v5) still
     // provides rollback protection.
-    w.cache.insert(
-        "timestamp.json".into(),
-        sign(
-            &timestamp_signed(5, 1, "2026-06-01T00:00:00Z"),
-            &[&k.timestamp],
-        ),
-    );
+    w.cache.insert("timestamp.json".into(), sign(&timestamp_signed(5, 1, "2026-06-01T00:00:00Z"), &[&k.timestamp]));
     assert_eq!(
         repo_err(w.refresh(&root, NOW)),
-        RepositoryError::Rollback {
-            role: role("timestamp"),
-            trusted: 5,
-            got: 4
-        }
+        RepositoryError::Rollback { role: role("timestamp"), trusted: 5, got: 4 }
     );
 }
 
@@ -399,25 +286,12 @@ fn stale_cached_metadata_still_allows_refresh_and_protects_rollback() {
 fn mix_and_match_snapshot_version_must_match_timestamp() {
     let k = RootKeys::new();
     let (mut w, root) = World::standard(&k);
-    w.put(
-        "timestamp.json",
-        sign(&timestamp_signed(1, 2, FUTURE), &[&k.timestamp]),
-    );
+    w.put("timestamp.json", sign(&timestamp_signed(1, 2, FUTURE), &[&k.timestamp]));
     // An old snapshot served under the new name.
-    w.put(
-        "2.snapshot.json",
-        sign(
-            &snapshot_signed(1, &[("targets", 1)], FUTURE),
-            &[&k.snapshot[0]],
-        ),
-    );
+    w.put("2.snapshot.json", sign(&snapshot_signed(1, &[("targets", 1)], FUTURE), &[&k.snapshot[0]]));
     assert_eq!(
         repo_err(w.refresh(&root, NOW)),
-        RepositoryError::BadVersion {
-            role: role("snapshot"),
-            expected: 2,
-            got: 1
-        }
+        RepositoryError::BadVersion { role: role("snapshot"), expected: 2, got: 1 }
     );
 }
 
@@ -425,28 +299,12 @@ fn mix_and_match_snapshot_version_must_match_timestamp() {
 fn mix_and_match_targets_version_must_match_snapshot() {
     let k = RootKeys::new();
     let (mut w, root) = World::standard(&k);
-    w.put(
-        "timestamp.json",
-        sign(&timestamp_signed(1, 1, FUTURE), &[&k.timestamp]),
-    );
-    w.put(
-        "1.snapshot.json",
-        sign(
-            &snapshot_signed(1, &[("targets", 2)], FUTURE),
-            &[&k.snapshot[0]],
-        ),
-    );
-    w.put(
-        "2.targets.json",
-        sign(&targets_signed(1, &[], FUTURE), &[&k.targets]),
-    );
+    w.put("timestamp.json", sign(&timestamp_signed(1, 1, FUTURE), &[&k.timestamp]));
+    w.put("1.snapshot.json", sign(&snapshot_signed(1, &[("targets", 2)], FUTURE), &[&k.snapshot[0]]));
+    w.put("2.targets.json", sign(&targets_signed(1, &[], FUTURE), &[&k.targets]));
     assert_eq!(
         repo_err(w.refresh(&root, NOW)),
-        RepositoryError::BadVersion {
-            role: role("targets"),
-            expected: 2,
-            got: 1
-        }
+        RepositoryError::BadVersion { role: role("targets"), expected: 2, got: 1 }
     );
 }
 
@@ -454,42 +312,24 @@ fn mix_and_match_targets_version_must_match_snapshot() {
 fn mix_and_match_snapshot_hash_from_timestamp() {
     let k = RootKeys::new();
     let (mut w, root) = World::standard(&k);
-    let snapshot = sign(
-        &snapshot_signed(1, &[("targets", 1)], FUTURE),
-        &[&k.snapshot[0]],
-    );
+    let snapshot = sign(&snapshot_signed(1, &[("targets", 1)], FUTURE), &[&k.snapshot[0]]);
     let mut ts = timestamp_signed(1, 1, FUTURE);
     ts["meta"]["snapshot.json"]["hashes"] = json!({"sha256": sha256_hex(b"another snapshot")});
     ts["meta"]["snapshot.json"]["length"] = json!(snapshot.len());
     w.put("timestamp.json", sign(&ts, &[&k.timestamp]));
-    assert_eq!(
-        repo_err(w.refresh(&root, NOW)),
-        RepositoryError::LengthOrHashMismatch {
-            role: role("snapshot")
-        }
-    );
+    assert_eq!(repo_err(w.refresh(&root, NOW)), RepositoryError::LengthOrHashMismatch { role: role("snapshot") });
 }
 
 #[test]
 fn rollback_timestamp_version() {
     let k = RootKeys::new();
     let (mut w, root) = World::standard(&k);
-    w.put(
-        "timestamp.json",
-        sign(&timestamp_signed(2, 1, FUTURE), &[&k.timestamp]),
-    );
+    w.put("timestamp.json", sign(&timestamp_signed(2, 1, FUTURE), &[&k.timestamp]));
     w.refresh(&root, NOW).unwrap();
-    w.put(
-        "timestamp.json",
-        sign(&timestamp_signed(1, 1, FUTURE), &[&k.timestamp]),
-    );
+    w.put("timestamp.json", sign(&timestamp_signed(1, 1, FUTURE), &[&k.timestamp]));
     assert_eq!(
         repo_err(w.refresh(&root, NOW)),
-        RepositoryError::Rollback {
-            role: role("timestamp"),
-            trusted: 2,
-            got: 1
-        }
+        RepositoryError::Rollback { role: role("timestamp"), trusted: 2, got: 1 }
     );
 }
 
@@ -497,29 +337,13 @@ fn rollback_timestamp_version() {
 fn rollback_snapshot_version_in_timestamp() {
     let k = RootKeys::new();
     let (mut w, root) = World::standard(&k);
-    w.put(
-        "timestamp.json",
-        sign(&timestamp_signed(1, 2, FUTURE), &[&k.timestamp]),
-    );
-    w.put(
-        "2.snapshot.json",
-        sign(
-            &snapshot_signed(2, &[("targets", 1)], FUTURE),
-            &[&k.snapshot[0]],
-        ),
-    );
+    w.put("timestamp.json", sign(&timestamp_signed(1, 2, FUTURE), &[&k.timestamp]));
+    w.put("2.snapshot.json", sign(&snapshot_signed(2, &[("targets", 1)], FUTURE), &[&k.snapshot[0]]));
     w.refresh(&root, NOW).unwrap();
-    w.put(
-        "timestamp.json",
-        sign(&timestamp_signed(2, 1, FUTURE), &[&k.timestamp]),
-    );
+    w.put("timestamp.json", sign(&timestamp_signed(2, 1, FUTURE), &[&k.timestamp]));
     assert_eq!(
         repo_err(w.refresh(&root, NOW)),
-        RepositoryError::Rollback {
-            role: role("snapshot"),
-            trusted: 2,
-            got: 1
-        }
+        RepositoryError::Rollback { role: role("snapshot"), trusted: 2, got: 1 }
     );
 }
 
@@ -527,36 +351,14 @@ fn rollback_snapshot_version_in_timestamp() {
 fn rollback_targets_version_in_snapshot() {
     let k = RootKeys::new();
     let (mut w, root) = World::standard(&k);
-    w.put(
-        "1.snapshot.json",
-        sign(
-            &snapshot_signed(1, &[("targets", 2)], FUTURE),
-            &[&k.snapshot[0]],
-        ),
-    );
-    w.put(
-        "2.targets.json",
-        sign(&targets_signed(2, &[], FUTURE), &[&k.targets]),
-    );
+    w.put("1.snapshot.json", sign(&snapshot_signed(1, &[("targets", 2)], FUTURE), &[&k.snapshot[0]]));
+    w.put("2.targets.json", sign(&targets_signed(2, &[], FUTURE), &[&k.targets]));
     w.refresh(&root, NOW).unwrap();
-    w.put(
-        "timestamp.json",
-        sign(&timestamp_signed(2, 2, FUTURE), &[&k.timestamp]),
-    );
-    w.put(
-        "2.snapshot.json",
-        sign(
-            &snapshot_signed(2, &[("targets", 1)], FUTURE),
-            &[&k.snapshot[0]],
-        ),
-    );
+    w.put("timestamp.json", sign(&timestamp_signed(2, 2, FUTURE), &[&k.timestamp]));
+    w.put("2.snapshot.json", sign(&snapshot_signed(2, &[("targets", 1)], FUTURE), &[&k.snapshot[0]]));
     assert_eq!(
         repo_err(w.refresh(&root, NOW)),
-        RepositoryError::Rollback {
-            role: role("targets"),
-            trusted: 2,
-            got: 1
-        }
+        RepositoryError::Rollback { role: role("targets"), trusted: 2, got: 1 }
     );
 }
 
@@ -565,20 +367,9 @@ fn rollback_role_removed_from_snapshot() {
     let k = RootKeys::new();
     let (mut w, root) = World::standard(&k);
     w.refresh(&root, NOW).unwrap();
-    w.put(
-        "timestamp.json",
-        sign(&timestamp_signed(2, 2, FUTURE), &[&k.timestamp]),
-    );
-    w.put(
-        "2.snapshot.json",
-        sign(&snapshot_signed(2, &[], FUTURE), &[&k.snapshot[0]]),
-    );
-    assert_eq!(
-        repo_err(w.refresh(&root, NOW)),
-        RepositoryError::RoleRemoved {
-            role: role("targets.json")
-        }
-    );
+    w.put("timestamp.json", sign(&timestamp_signed(2, 2, FUTURE), &[&k.timestamp]));
+    w.put("2.snapshot.json", sign(&snapshot_signed(2, &[], FUTURE), &[&k.snapshot[0]]));
+    assert_eq!(repo_err(w.refresh(&root, NOW)), RepositoryError::RoleRemoved { role: role("targets.json") });
 }
 
 #[test]
@@ -587,41 +378,16 @@ fn keys_below_threshold() {
     k.snapshot = vec![key(3), key(5)];
     k.snapshot_threshold = 2;
     let (mut w, root) = World::standard(&k);
-    w.put(
-        "1.snapshot.json",
-        sign(
-            &snapshot_signed(1, &[("targets", 1)], FUTURE),
-            &[&k.snapshot[0]],
-        ),
-    );
+    w.put("1.snapshot.json", sign(&snapshot_signed(1, &[("targets", 1)], FUTURE), &[&k.snapshot[0]]));
     assert_eq!(
         repo_err(w.refresh(&root, NOW)),
-        RepositoryError::ThresholdNotMet {
-            role: role("snapshot"),
-            valid: 1,
-            threshold: 2
-        }
+        RepositoryError::ThresholdNotMet { role: role("snapshot"), valid: 1, threshold: 2 }
     );
     // A signature by a key the role does not list does not count either.
-    w.put(
-        "1.snapshot.json",
-        sign(
-            &snapshot_signed(1, &[("targets", 1)], FUTURE),
-            &[&k.snapshot[0], &key(9)],
-        ),
-    );
-    assert!(matches!(
-        repo_err(w.refresh(&root, NOW)),
-        RepositoryError::ThresholdNotMet { valid: 1, .. }
-    ));
+    w.put("1.snapshot.json", sign(&snapshot_signed(1, &[("targets", 1)], FUTURE), &[&k.snapshot[0], &key(9)]));
+    assert!(matches!(repo_err(w.refresh(&root, NOW)), RepositoryError::ThresholdNotMet { valid: 1, .. }));
     // Both keys: accepted.
-    w.put(
-        "1.snapshot.json",
-        sign(
-            &snapshot_signed(1, &[("targets", 1)], FUTURE),
-            &[&k.snapshot[0], &k.snapshot[1]],
-        ),
-    );
+    w.put("1.snapshot.json", sign(&snapshot_signed(1, &[("targets", 1)], FUTURE), &[&k.snapshot[0], &k.snapshot[1]]));
     w.refresh(&root, NOW).unwrap();
 }
 
@@ -631,19 +397,8 @@ fn keys_below_threshold_duplicate_signatures_from_one_key() {
     k.snapshot = vec![key(3), key(5)];
     k.snapshot_threshold = 2;
     let (mut w, root) = World::standard(&k);
-    w.put(
-        "1.snapshot.json",
-        sign(
-            &snapshot_signed(1, &[("targets", 1)], FUTURE),
-            &[&k.snapshot[0], &k.snapshot[0]],
-        ),
-    );
-    assert_eq!(
-        repo_err(w.refresh(&root, NOW)),
-        RepositoryError::DuplicateSignature {
-            role: role("snapshot")
-        }
-    );
+    w.put("1.snapshot.json", sign(&snapshot_signed(1, &[("targets", 1)], FUTURE), &[&k.snapshot[0], &k.snapshot[0]]));
+    assert_eq!(repo_err(w.refresh(&root, NOW)), RepositoryError::DuplicateSignature { role: role("snapshot") });
 }
 
 #[test]
@@ -658,40 +413,18 @@ fn wrong_target_path_not_delegated_to_signing_role() {
                    "terminating": false, "paths": ["team-a/*"]}]
     });
     w.put("1.targets.json", sign(&top, &[&k.targets]));
-    w.put(
-        "1.snapshot.json",
-        sign(
-            &snapshot_signed(1, &[("targets", 1), ("team-a", 1)], FUTURE),
-            &[&k.snapshot[0]],
-        ),
-    );
+    w.put("1.snapshot.json", sign(&snapshot_signed(1, &[("targets", 1), ("team-a", 1)], FUTURE), &[&k.snapshot[0]]));
     // team-a lists a target outside its delegated paths.
     w.put(
         "1.team-a.json",
-        sign(
-            &targets_signed(
-                1,
-                &[("team-a/ok.bin", b"ok"), ("team-b/evil.bin", b"evil")],
-                FUTURE,
-            ),
-            &[&delegate],
-        ),
+        sign(&targets_signed(1, &[("team-a/ok.bin", b"ok"), ("team-b/evil.bin", b"evil")], FUTURE), &[&delegate]),
     );
     assert!(w.find(&root, "team-a/ok.bin").unwrap().is_some());
     assert_eq!(w.find(&root, "team-b/evil.bin").unwrap(), None);
     // And team-a metadata signed by a key team-a was not delegated is refused.
-    w.put(
-        "1.team-a.json",
-        sign(
-            &targets_signed(1, &[("team-a/ok.bin", b"ok")], FUTURE),
-            &[&key(31)],
-        ),
-    );
+    w.put("1.team-a.json", sign(&targets_signed(1, &[("team-a/ok.bin", b"ok")], FUTURE), &[&key(31)]));
     w.cache.remove("team-a.json");
-    assert!(matches!(
-        w.find(&root, "team-a/ok.bin"),
-        Err(Error::Repository(RepositoryError::ThresholdNotMet { .. }))
-    ));
+    assert!(matches!(w.find(&root, "team-a/ok.bin"), Err(Error::Repository(RepositoryError::ThresholdNotMet { .. }))));
 }
 
 #[test]
@@ -701,36 +434,19 @@ fn root_rotation_new_root_must_be_signed_by_old_threshold() {
     let mut k2 = k.clone();
     k2.root = vec![key(40)];
     // Signed only by the new key.
-    w.put(
-        "2.root.json",
-        sign(&root_signed(2, FUTURE, &k2), &[&k2.root[0]]),
-    );
+    w.put("2.root.json", sign(&root_signed(2, FUTURE, &k2), &[&k2.root[0]]));
     assert_eq!(
         repo_err(w.refresh(&root, NOW)),
-        RepositoryError::ThresholdNotMet {
-            role: role("root"),
-            valid: 0,
-            threshold: 1
-        }
+        RepositoryError::ThresholdNotMet { role: role("root"), valid: 0, threshold: 1 }
     );
     // Signed only by the old key: the new root's own threshold is not met.
-    w.put(
-        "2.root.json",
-        sign(&root_signed(2, FUTURE, &k2), &[&k.root[0]]),
-    );
+    w.put("2.root.json", sign(&root_signed(2, FUTURE, &k2), &[&k.root[0]]));
     assert_eq!(
         repo_err(w.refresh(&root, NOW)),
-        RepositoryError::ThresholdNotMet {
-            role: role("root"),
-            valid: 0,
-            threshold: 1
-        }
+        RepositoryError::ThresholdNotMet { role: role("root"), valid: 0, threshold: 1 }
     );
     // Both: accepted, and persisted as root.
-    w.put(
-        "2.root.json",
-        sign(&root_signed(2, FUTURE, &k2), &[&k.root[0], &k2.root[0]]),
-    );
+    w.put("2.root.json", sign(&root_signed(2, FUTURE, &k2), &[&k.root[0], &k2.root[0]]));
     let updater = w.refresh(&root, NOW).unwrap();
     assert_eq!(updater.trusted().root().common.version, 2);
 }
@@ -739,17 +455,10 @@ fn root_rotation_new_root_must_be_signed_by_old_threshold() {
 fn root_rotation_version_skip() {
     let k = RootKeys::new();
     let (mut w, root) = World::standard(&k);
-    w.put(
-        "2.root.json",
-        sign(&root_signed(3, FUTURE, &k), &[&k.root[0]]),
-    );
+    w.put("2.root.json", sign(&root_signed(3, FUTURE, &k), &[&k.root[0]]));
     assert_eq!(
         repo_err(w.refresh(&root, NOW)),
-        RepositoryError::BadVersion {
-            role: role("root"),
-            expected: 2,
-            got: 3
-        }
+        RepositoryError::BadVersion { role: role("root"), expected: 2, got: 3 }
     );
 }
 
@@ -759,19 +468,9 @@ fn root_rotation_expired_final_root() {
     let (mut w, _) = World::standard(&k);
     // The initial root is expired, but rotating from it is allowed ...
     let old_root = sign(&root_signed(1, PAST, &k), &[&k.root[0]]);
-    w.put(
-        "2.root.json",
-        sign(&root_signed(2, FUTURE, &k), &[&k.root[0]]),
-    );
-    w.refresh(&old_root, NOW)
-        .expect("update from an expired root");
+    w.put("2.root.json", sign(&root_signed(2, FUTURE, &k), &[&k.root[0]]));
+    w.refresh(&old_root, NOW).expect("update from an expired root");
     // ... while an expired final root stops the refresh.
-    w.put(
-        "3.root.json",
-        sign(&root_signed(3, PAST, &k), &[&k.root[0]]),
-    );
-    assert_eq!(
-        repo_err(w.refresh(&old_root, NOW)),
-        RepositoryError::ExpiredMetadata { role: role("root") }
-    );
+    w.put("3.root.json", sign(&root_signed(3, PAST, &k), &[&k.root[0]]));
+    assert_eq!(repo_err(w.refresh(&old_root, NOW)), RepositoryError::ExpiredMetadata { role: role("root") });
 }

@@ -42,9 +42,7 @@ pub fn temp_path(path: &Path) -> std::path::PathBuf {
 
 /// Makes a rename in `dir` durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot fsync {}", dir.display()))
+    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot fsync {}", dir.display()))
 }
 
 /// Flushes every dirty page of the filesystem holding `path` with one `syncfs(2)`: far cheaper

@@ -60,10 +60,12 @@ impl RoleKey {
     /// Loads a key file written by [`RoleKey::save`].
     pub fn load(path: &Path) -> Result<Self> {
         let text = fs::read(path).with_context(|| format!("cannot read key {}", path.display()))?;
-        let body: Value = serde_json::from_slice(&text).with_context(|| format!("key {} is not JSON", path.display()))?;
-        let private = body["private"].as_str().with_context(|| format!("key {} has no private part", path.display()))?;
-        let seed: [u8; 32] = protocol::hex::decode_array(private)
-            .map_err(|e| anyhow::anyhow!("key {}: {e}", path.display()))?;
+        let body: Value =
+            serde_json::from_slice(&text).with_context(|| format!("key {} is not JSON", path.display()))?;
+        let private =
+            body["private"].as_str().with_context(|| format!("key {} has no private part", path.display()))?;
+        let seed: [u8; 32] =
+            protocol::hex::decode_array(private).map_err(|e| anyhow::anyhow!("key {}: {e}", path.display()))?;
         let signing = SigningKey::from_bytes(&seed);
         let key = RoleKey { keyid: keyid(&public_key_object(&signing)), signing, path: path.to_owned() };
         if body["keyid"].as_str() != Some(key.keyid.as_str()) {

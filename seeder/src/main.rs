@@ -237,7 +237,10 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Release(ReleaseCommand::Extract { repo, name, version, out }) => {
             let r = release::extract(&Repo::at(repo), name, version, out)?;
             print(cli.json, &r, || {
-                format!("wrote {} ({} bytes, {} chunks verified, blake3 {})", r.out, r.image_bytes, r.chunks, r.image_blake3)
+                format!(
+                    "wrote {} ({} bytes, {} chunks verified, blake3 {})",
+                    r.out, r.image_bytes, r.chunks, r.image_blake3
+                )
             })?;
         }
         Command::Verify { repo, root } => {
@@ -276,7 +279,13 @@ fn run(cli: &Cli) -> Result<i32> {
                 for rel in &r.releases {
                     out += &format!(
                         "\n  {} {} [{}] counter {}: {} bytes, {} chunks, {} stored",
-                        rel.name, rel.version, rel.hw_class, rel.security_counter, rel.image_bytes, rel.chunks, rel.stored_bytes
+                        rel.name,
+                        rel.version,
+                        rel.hw_class,
+                        rel.security_counter,
+                        rel.image_bytes,
+                        rel.chunks,
+                        rel.stored_bytes
                     );
                 }
                 out += &format!(
@@ -295,7 +304,9 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Timestamp(TimestampCommand::Refresh { repo, expires }) => {
             let lifetime = time::parse_duration(expires).context("--expires")?;
             let v = rotate::refresh_timestamp(&Repo::at(repo), lifetime)?;
-            print(cli.json, &v, || format!("timestamp v{} expires {}", v["version"], v["expires"].as_str().unwrap_or("?")))?;
+            print(cli.json, &v, || {
+                format!("timestamp v{} expires {}", v["version"], v["expires"].as_str().unwrap_or("?"))
+            })?;
         }
     }
     Ok(0)

@@ -87,9 +87,9 @@ pub fn parse_chunking(text: &str) -> Result<Chunking> {
     let chunking = match text {
         "cdc" => Chunking::DEFAULT_CDC,
         _ => {
-            let size = text
-                .strip_prefix("fixed:")
-                .with_context(|| format!("chunking `{text}` must be `cdc` or `fixed:BYTES` (e.g. fixed:4096, fixed:64K)"))?;
+            let size = text.strip_prefix("fixed:").with_context(|| {
+                format!("chunking `{text}` must be `cdc` or `fixed:BYTES` (e.g. fixed:4096, fixed:64K)")
+            })?;
             let (digits, scale) = match size.as_bytes().last() {
                 Some(b'K' | b'k') => (&size[..size.len() - 1], 1024),
                 Some(b'M' | b'm') => (&size[..size.len() - 1], 1024 * 1024),
@@ -160,11 +160,16 @@ pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
         for (path, _) in &staged {
             let _ = fs::remove_file(path);
         }
-        let same = existing["custom"]["otamesh"]["image_blake3"].as_str() == Some(&protocol::hex::encode(&manifest.image_blake3))
+        let same = existing["custom"]["otamesh"]["image_blake3"].as_str()
+            == Some(&protocol::hex::encode(&manifest.image_blake3))
             && existing["custom"]["otamesh"]["hw_class"].as_str() == Some(req.hw_class)
             && existing["custom"]["otamesh"]["security_counter"].as_u64() == Some(req.security_counter);
         if !same {
-            bail!("{} {} is already published with other content; publish it under a new version", req.name, req.version);
+            bail!(
+                "{} {} is already published with other content; publish it under a new version",
+                req.name,
+                req.version
+            );
         }
         report.published = false;
         report.new_chunks = 0;
@@ -176,7 +181,8 @@ pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
     // metadata names them: one syncfs for the batch instead of an fsync per chunk.
     atomic::sync_filesystem(&repo.chunks_dir())?;
     for (staged_path, final_path) in &staged {
-        fs::rename(staged_path, final_path).with_context(|| format!("cannot move chunk into {}", final_path.display()))?;
+        fs::rename(staged_path, final_path)
+            .with_context(|| format!("cannot move chunk into {}", final_path.display()))?;
     }
     atomic::sync_filesystem(&repo.chunks_dir())?;
 
@@ -268,17 +274,21 @@ fn seal_in_parallel(
 
         let mut index = 0usize;
         let mut flushed_at = 0u64;
-        let streamed = chunker::stream_chunks::<_, anyhow::Error>(BufReader::with_capacity(1 << 20, image), req.chunking, |chunk| {
-            hash_plaintext(&chunk.data);
-            bar.inc(chunk.span.length as u64);
-            job_tx.send((index, chunk)).map_err(|_| anyhow::anyhow!("a sealing worker stopped"))?;
-            index += 1;
-            let now_written = written.load(std::sync::atomic::Ordering::Relaxed);
-            if now_written - flushed_at >= FLUSH_EVERY_BYTES && flush_tx.try_send(()).is_ok() {
-                flushed_at = now_written;
-            }
-            Ok(())
-        });
+        let streamed = chunker::stream_chunks::<_, anyhow::Error>(
+            BufReader::with_capacity(1 << 20, image),
+            req.chunking,
+            |chunk| {
+                hash_plaintext(&chunk.data);
+                bar.inc(chunk.span.length as u64);
+                job_tx.send((index, chunk)).map_err(|_| anyhow::anyhow!("a sealing worker stopped"))?;
+                index += 1;
+                let now_written = written.load(std::sync::atomic::Ordering::Relaxed);
+                if now_written - flushed_at >= FLUSH_EVERY_BYTES && flush_tx.try_send(()).is_ok() {
+                    flushed_at = now_written;
+                }
+                Ok(())
+            },
+        );
         drop(job_tx);
         drop(flush_tx);
 
@@ -367,8 +377,10 @@ fn progress_bar(enabled: bool, total: u64) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} chunking {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} chunking {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
 }
@@ -394,10 +406,11 @@ pub fn extract(repo: &Repo, name: &str, version: &str, out: &Path) -> Result<Ext
     check_segment("version", version, protocol::manifest::limits::MAX_VERSION_BYTES)?;
     let verified = trusted::load(repo, None, crate::time::now_unix())?;
     let target = target_path(name, version);
-    let manifest_bytes = verified
-        .read_target(repo, &target)?
-        .with_context(|| format!("{name} {version} is not published in {}; see `seeder inspect`", repo.dir.display()))?;
-    let view = ManifestView::new_checked(&manifest_bytes).map_err(|e| anyhow::anyhow!("manifest of {name} {version}: {e}"))?;
+    let manifest_bytes = verified.read_target(repo, &target)?.with_context(|| {
+        format!("{name} {version} is not published in {}; see `seeder inspect`", repo.dir.display())
+    })?;
+    let view =
+        ManifestView::new_checked(&manifest_bytes).map_err(|e| anyhow::anyhow!("manifest of {name} {version}: {e}"))?;
     let key = match view.content_key_id() {
         None => None,
         Some(id) => {
@@ -420,7 +433,8 @@ pub fn extract(repo: &Repo, name: &str, version: &str, out: &Path) -> Result<Ext
                 .with_context(|| format!("chunk {index} is missing: {}", path.display()))?
                 .take(entry.stored_length as u64 + 1)
                 .read_to_end(&mut stored)?;
-            let plain = codec::open(&entry, key.as_ref(), stored).map_err(|e| anyhow::anyhow!("chunk {index} ({}): {e}", path.display()))?;
+            let plain = codec::open(&entry, key.as_ref(), stored)
+                .map_err(|e| anyhow::anyhow!("chunk {index} ({}): {e}", path.display()))?;
             verifier.update(&entry, &plain).map_err(|e| anyhow::anyhow!("{e}"))?;
             file.write_all(&plain)?;
         }

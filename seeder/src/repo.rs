@@ -139,9 +139,9 @@ impl Repo {
     pub fn latest_root_version(&self) -> Result<u64> {
         let mut latest = 0;
         let dir = self.metadata_dir();
-        for entry in fs::read_dir(&dir)
-            .with_context(|| format!("{} is not a seeder repository; run `seeder init --repo DIR`", self.dir.display()))?
-        {
+        for entry in fs::read_dir(&dir).with_context(|| {
+            format!("{} is not a seeder repository; run `seeder init --repo DIR`", self.dir.display())
+        })? {
             let name = entry?.file_name();
             if let Some(n) = name.to_str().and_then(|n| n.strip_suffix(".root.json")).and_then(|n| n.parse().ok()) {
                 latest = latest.max(n);
@@ -160,9 +160,12 @@ impl Repo {
         let root_version = self.latest_root_version()?;
         let root = self.read_envelope(&format!("{root_version}.root.json"))?["signed"].take();
         let timestamp = self.read_envelope("timestamp.json")?["signed"].take();
-        let snapshot_version = timestamp["meta"]["snapshot.json"]["version"].as_u64().context("timestamp.json names no snapshot version")?;
+        let snapshot_version = timestamp["meta"]["snapshot.json"]["version"]
+            .as_u64()
+            .context("timestamp.json names no snapshot version")?;
         let snapshot = self.read_envelope(&format!("{snapshot_version}.snapshot.json"))?["signed"].take();
-        let targets_version = snapshot["meta"]["targets.json"]["version"].as_u64().context("snapshot names no targets version")?;
+        let targets_version =
+            snapshot["meta"]["targets.json"]["version"].as_u64().context("snapshot names no targets version")?;
         let targets = self.read_envelope(&format!("{targets_version}.targets.json"))?["signed"].take();
         Ok(Current { root, root_version, targets, snapshot, timestamp })
     }
@@ -197,7 +200,12 @@ impl Repo {
     /// Publishes a new targets object: writes targets, snapshot, then timestamp (the commit
     /// point). `extra_signers` adds signatures from keys a rotation is retiring, so the new
     /// files verify under both the old and the new root.
-    pub fn publish_targets(&self, current: &Current, targets_map: Map<String, Value>, extra: &ExtraSigners) -> Result<()> {
+    pub fn publish_targets(
+        &self,
+        current: &Current,
+        targets_map: Map<String, Value>,
+        extra: &ExtraSigners,
+    ) -> Result<()> {
         let now = time::now_unix();
         let targets_version = current.version("targets") + 1;
         let mut targets = current.targets.clone();

@@ -66,8 +66,7 @@ pub fn load(repo: &Repo, root_file: Option<&Path>, now: i64) -> Result<Verified>
         .context("snapshot names no targets.json")?;
     let path = metadata.join(format!("{version}.targets.json"));
     let bytes = read_capped(&path, config.targets_max_length)?;
-    set.update_delegated_targets(&bytes, "targets", "root")
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    set.update_delegated_targets(&bytes, "targets", "root").map_err(|e| anyhow!("{}: {e}", path.display()))?;
     files.push(path.display().to_string());
     Ok(Verified { set, files })
 }

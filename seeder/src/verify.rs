@@ -77,7 +77,9 @@ pub fn run(repo: &Repo, root_file: Option<&Path>, now: i64) -> Result<VerifyRepo
                             }
                             let chunk_path = repo.chunk_path(&entry.id);
                             match fs::read(&chunk_path) {
-                                Err(_) => report.problem(&chunk_path, format!("chunk {index} of {} is missing", target.path)),
+                                Err(_) => {
+                                    report.problem(&chunk_path, format!("chunk {index} of {} is missing", target.path))
+                                }
                                 Ok(stored) => {
                                     if let Err(e) = protocol::codec::verify_stored(&entry, &stored) {
                                         report.problem(&chunk_path, format!("chunk {index} of {}: {e}", target.path));

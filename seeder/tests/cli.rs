@@ -63,7 +63,8 @@ impl Fixture {
         path.to_str().unwrap().to_string()
     }
     fn add(&self, image: &str, version: &str, extra: &[&str]) -> Value {
-        let mut args = vec!["release", "add", "--repo", self.repo(), "--image", image, "--name", "gw", "--version", version];
+        let mut args =
+            vec!["release", "add", "--repo", self.repo(), "--image", image, "--name", "gw", "--version", version];
         args.extend_from_slice(&["--hw-class", "imx8"]);
         args.extend_from_slice(extra);
         json(&args)
@@ -76,7 +77,18 @@ impl Fixture {
     }
     fn extract(&self, version: &str) -> Vec<u8> {
         let out = self.work.join(format!("extracted-{version}"));
-        ok(&["release", "extract", "--repo", self.repo(), "--name", "gw", "--version", version, "--out", out.to_str().unwrap()]);
+        ok(&[
+            "release",
+            "extract",
+            "--repo",
+            self.repo(),
+            "--name",
+            "gw",
+            "--version",
+            version,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         fs::read(out).unwrap()
     }
 }
@@ -97,7 +109,20 @@ fn add_verify_extract_round_trips_a_64_mib_image() {
     // The same content again is a no-op; other content under the same version is refused.
     assert_eq!(f.add(&image, "1.0.0", &[])["published"], false);
     let other = f.image("other.img", &random_bytes(1 << 20, 2));
-    let out = seeder(&["release", "add", "--repo", f.repo(), "--image", &other, "--name", "gw", "--version", "1.0.0", "--hw-class", "imx8"]);
+    let out = seeder(&[
+        "release",
+        "add",
+        "--repo",
+        f.repo(),
+        "--image",
+        &other,
+        "--name",
+        "gw",
+        "--version",
+        "1.0.0",
+        "--hw-class",
+        "imx8",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already published with other content"));
 }
@@ -111,7 +136,7 @@ fn a_second_release_reuses_unchanged_chunks() {
     data[4 << 20..(4 << 20) + 65536].copy_from_slice(&random_bytes(65536, 4));
     let report = f.add(&f.image("v2.img", &data), "2", &[]);
     let (chunks, new) = (report["chunks"].as_u64().unwrap(), report["new_chunks"].as_u64().unwrap());
-    assert!(new <= 4 && new >= 1, "{new} of {chunks} chunks were new");
+    assert!((1..=4).contains(&new), "{new} of {chunks} chunks were new");
     assert_eq!(f.extract("2"), data);
     let inspect = json(&["inspect", "--repo", f.repo()]);
     assert!(inspect["dedup_ratio"].as_f64().unwrap() > 1.8, "{inspect}");
@@ -122,7 +147,8 @@ fn a_second_release_reuses_unchanged_chunks() {
 fn fixed_chunks_without_compression_or_encryption_round_trip() {
     let f = Fixture::new();
     let data = random_bytes(300_000, 5);
-    let report = f.add(&f.image("mcu.bin", &data), "7", &["--chunking", "fixed:4K", "--compress", "none", "--no-encrypt"]);
+    let report =
+        f.add(&f.image("mcu.bin", &data), "7", &["--chunking", "fixed:4K", "--compress", "none", "--no-encrypt"]);
     assert_eq!(report["chunks"], 74);
     assert_eq!(report["stored_bytes"], 300_000);
     assert_eq!(f.extract("7"), data);
@@ -180,7 +206,18 @@ fn extract_refuses_a_corrupted_chunk_and_writes_nothing() {
     all_files(&f.repo.join("chunks"), &mut chunks);
     flip_byte(&chunks[0], 10);
     let out_path = f.work.join("out.img");
-    let out = seeder(&["release", "extract", "--repo", f.repo(), "--name", "gw", "--version", "1", "--out", out_path.to_str().unwrap()]);
+    let out = seeder(&[
+        "release",
+        "extract",
+        "--repo",
+        f.repo(),
+        "--name",
+        "gw",
+        "--version",
+        "1",
+        "--out",
+        out_path.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("do not match the signed chunk id"));
     assert!(!out_path.exists());
@@ -225,8 +262,36 @@ fn errors_are_one_line_and_say_what_to_do() {
     let missing = dir.path().join("nope");
     let cases: Vec<Vec<&str>> = vec![
         vec!["inspect", "--repo", missing.to_str().unwrap()],
-        vec!["release", "add", "--repo", missing.to_str().unwrap(), "--image", "x", "--name", "a/b", "--version", "1", "--hw-class", "h"],
-        vec!["release", "add", "--repo", missing.to_str().unwrap(), "--image", "x", "--name", "a", "--version", "1", "--hw-class", "h", "--chunking", "fixed:1"],
+        vec![
+            "release",
+            "add",
+            "--repo",
+            missing.to_str().unwrap(),
+            "--image",
+            "x",
+            "--name",
+            "a/b",
+            "--version",
+            "1",
+            "--hw-class",
+            "h",
+        ],
+        vec![
+            "release",
+            "add",
+            "--repo",
+            missing.to_str().unwrap(),
+            "--image",
+            "x",
+            "--name",
+            "a",
+            "--version",
+            "1",
+            "--hw-class",
+            "h",
+            "--chunking",
+            "fixed:1",
+        ],
     ];
     for args in cases {
         let out = seeder(&args);
@@ -253,7 +318,20 @@ fn killed_release_add_never_leaves_an_unverifiable_repository() {
         x ^= x << 17;
         let delay_ms = x % 2500;
         let mut child = Command::new(env!("CARGO_BIN_EXE_seeder"))
-            .args(["release", "add", "--repo", f.repo(), "--image", &v2, "--name", "gw", "--version", "2", "--hw-class", "imx8"])
+            .args([
+                "release",
+                "add",
+                "--repo",
+                f.repo(),
+                "--image",
+                &v2,
+                "--name",
+                "gw",
+                "--version",
+                "2",
+                "--hw-class",
+                "imx8",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -290,7 +368,13 @@ fn python_tuf_ngclient_downloads_a_release() {
     let root = f.repo.join("metadata/1.root.json");
     let out_file = f.work.join("manifest.dl");
     let out = Command::new("python3")
-        .args([script.to_str().unwrap(), f.repo(), root.to_str().unwrap(), "releases/gw/2.0.0.manifest", out_file.to_str().unwrap()])
+        .args([
+            script.to_str().unwrap(),
+            f.repo(),
+            root.to_str().unwrap(),
+            "releases/gw/2.0.0.manifest",
+            out_file.to_str().unwrap(),
+        ])
         .output()
         .expect("python3 runs");
     assert!(

@@ -51,32 +51,21 @@ fn config() -> Config {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init { trusted_root } => {
-            let bytes = std::fs::read(&trusted_root)
-                .with_context(|| format!("reading {}", trusted_root.display()))?;
+            let bytes = std::fs::read(&trusted_root).with_context(|| format!("reading {}", trusted_root.display()))?;
             std::fs::create_dir_all(&cli.metadata_dir)?;
             device_client::tuf_http::write_atomic(&cli.metadata_dir, "root.json", &bytes)?;
         }
         Command::Refresh => {
-            let url = cli
-                .metadata_url
-                .ok_or_else(|| anyhow!("--metadata-url required"))?;
+            let url = cli.metadata_url.ok_or_else(|| anyhow!("--metadata-url required"))?;
             TufHttpClient::new(&cli.metadata_dir, &url, config())?.refresh()?;
         }
         Command::Download => {
-            let url = cli
-                .metadata_url
-                .ok_or_else(|| anyhow!("--metadata-url required"))?;
-            let base = cli
-                .target_base_url
-                .ok_or_else(|| anyhow!("--target-base-url required"))?;
-            let dir = cli
-                .target_dir
-                .ok_or_else(|| anyhow!("--target-dir required"))?;
+            let url = cli.metadata_url.ok_or_else(|| anyhow!("--metadata-url required"))?;
+            let base = cli.target_base_url.ok_or_else(|| anyhow!("--target-base-url required"))?;
+            let dir = cli.target_dir.ok_or_else(|| anyhow!("--target-dir required"))?;
             let mut client = TufHttpClient::new(&cli.metadata_dir, &url, config())?;
             for name in &cli.target_name {
-                let target = client
-                    .find_target(name)?
-                    .ok_or_else(|| anyhow!("{name} not found in repository"))?;
+                let target = client.find_target(name)?.ok_or_else(|| anyhow!("{name} not found in repository"))?;
                 if TufHttpClient::cached_target(&dir, &target).is_none() {
                     client.download_target(&target, &base, &dir)?;
                 }

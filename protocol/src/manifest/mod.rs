@@ -22,13 +22,13 @@
 //! index was wrong. Non-goals: extensibility inside version 1 (a new layout gets a new format
 //! number), human readability (TUF custom fields carry the human view).
 
-mod view;
 #[cfg(feature = "alloc")]
 mod owned;
+mod view;
 
-pub use view::{ChunkEntry, ChunkEntries, ManifestView};
 #[cfg(feature = "alloc")]
 pub use owned::ReleaseManifest;
+pub use view::{ChunkEntries, ChunkEntry, ManifestView};
 
 /// The four bytes every manifest starts with.
 pub const MAGIC: [u8; 4] = *b"OTAM";

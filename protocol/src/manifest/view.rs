@@ -126,11 +126,7 @@ impl<'a> ManifestView<'a> {
         let chunking = match kind {
             0 if b == 0 && c == 0 => Chunking::Fixed { size_bytes: a },
             0 => return Err(ManifestError::Chunking(crate::chunker::ChunkingError::FixedSizeOutOfRange)),
-            1 => Chunking::FastCdc {
-                min_bytes: a,
-                avg_bytes: b,
-                max_bytes: c,
-            },
+            1 => Chunking::FastCdc { min_bytes: a, avg_bytes: b, max_bytes: c },
             other => return Err(ManifestError::UnknownChunkingKind(other)),
         };
         chunking.validate().map_err(ManifestError::Chunking)?;
@@ -245,13 +241,7 @@ impl<'a> ManifestView<'a> {
         let start = self.entries_offset + index as usize * limits::ENTRY_BYTES;
         let raw = self.bytes.get(start..start + limits::ENTRY_BYTES)?;
         let (offset, length, codec, stored_length, id) = decode_entry(raw)?;
-        Some(ChunkEntry {
-            offset,
-            length,
-            codec: Codec::from_byte(codec)?,
-            stored_length,
-            id: ChunkId(id),
-        })
+        Some(ChunkEntry { offset, length, codec: Codec::from_byte(codec)?, stored_length, id: ChunkId(id) })
     }
     /// All chunks in image order.
     pub fn chunks(&self) -> ChunkEntries<'a> {

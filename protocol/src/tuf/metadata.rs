@@ -42,10 +42,7 @@ pub struct Envelope {
 impl Envelope {
     /// Parses a metadata file. `role` only labels errors.
     pub fn parse(role: &str, bytes: &[u8]) -> Result<Self, RepositoryError> {
-        let bad = |reason| RepositoryError::Malformed {
-            role: role.to_string(),
-            reason,
-        };
+        let bad = |reason| RepositoryError::Malformed { role: role.to_string(), reason };
         let value: Value = serde_json::from_slice(bytes).map_err(|_| bad("not JSON"))?;
         let mut obj = match value {
             Value::Object(obj) => obj,
@@ -62,33 +59,17 @@ impl Envelope {
         let mut signatures = Vec::with_capacity(sigs.len());
         let mut seen = BTreeSet::new();
         for sig in &sigs {
-            let keyid = sig
-                .get("keyid")
-                .and_then(Value::as_str)
-                .ok_or(bad("signature without keyid"))?;
-            let text = sig
-                .get("sig")
-                .and_then(Value::as_str)
-                .ok_or(bad("signature without sig"))?;
+            let keyid = sig.get("keyid").and_then(Value::as_str).ok_or(bad("signature without keyid"))?;
+            let text = sig.get("sig").and_then(Value::as_str).ok_or(bad("signature without sig"))?;
             // The specification requires unique key ids in `signatures`; a repeated key id
             // is an attempt (or a bug) to make one key count twice.
             if !seen.insert(keyid) {
-                return Err(RepositoryError::DuplicateSignature {
-                    role: role.to_string(),
-                });
+                return Err(RepositoryError::DuplicateSignature { role: role.to_string() });
             }
-            signatures.push(Signature {
-                keyid: keyid.to_string(),
-                sig: crate::hex::decode(text).ok(),
-            });
+            signatures.push(Signature { keyid: keyid.to_string(), sig: crate::hex::decode(text).ok() });
         }
-        let signed_bytes =
-            canonical::to_vec(&signed).map_err(|_| bad("signed has no canonical form"))?;
-        Ok(Envelope {
-            signed,
-            signed_bytes,
-            signatures,
-        })
+        let signed_bytes = canonical::to_vec(&signed).map_err(|_| bad("signed has no canonical form"))?;
+        Ok(Envelope { signed, signed_bytes, signatures })
     }
 }
 
@@ -127,10 +108,7 @@ impl Key {
     }
 
     fn parse(role: &str, value: &Value) -> Result<Self, RepositoryError> {
-        let bad = |reason| RepositoryError::Malformed {
-            role: role.to_string(),
-            reason,
-        };
+        let bad = |reason| RepositoryError::Malformed { role: role.to_string(), reason };
         let keytype = value.get("keytype").and_then(Value::as_str);
         let scheme = value.get("scheme").and_then(Value::as_str);
         let keyval = value.get("keyval").and_then(Value::as_object);
@@ -140,11 +118,7 @@ impl Key {
         Ok(Key {
             keytype: keytype.to_string(),
             scheme: scheme.to_string(),
-            public: keyval
-                .get("public")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
+            public: keyval.get("public").and_then(Value::as_str).unwrap_or("").to_string(),
         })
     }
 }
@@ -261,9 +235,7 @@ pub(crate) fn verify_length_and_hashes(
     hashes: &BTreeMap<String, String>,
     bytes: &[u8],
 ) -> Result<(), RepositoryError> {
-    let mismatch = || RepositoryError::LengthOrHashMismatch {
-        role: role.to_string(),
-    };
+    let mismatch = || RepositoryError::LengthOrHashMismatch { role: role.to_string() };
     if length.is_some_and(|len| len != bytes.len() as u64) {
         return Err(mismatch());
     }
@@ -277,9 +249,7 @@ pub(crate) fn verify_length_and_hashes(
         }
     }
     if !hashes.is_empty() && checked == 0 {
-        return Err(RepositoryError::NoSupportedHash {
-            role: role.to_string(),
-        });
+        return Err(RepositoryError::NoSupportedHash { role: role.to_string() });
     }
     Ok(())
 }
@@ -343,27 +313,17 @@ impl SuccinctRoles {
         let hash = sha2::Sha256::digest(target_path.as_bytes());
         let first = u32::from_be_bytes([hash[0], hash[1], hash[2], hash[3]]);
         let bin = u64::from(first) >> (32 - self.bit_length);
-        alloc::format!(
-            "{}-{:0width$x}",
-            self.name_prefix,
-            bin,
-            width = self.suffix_len()
-        )
+        alloc::format!("{}-{:0width$x}", self.name_prefix, bin, width = self.suffix_len())
     }
 
     /// Whether `name` is one of the bins.
     pub fn is_bin(&self, name: &str) -> bool {
-        let Some(suffix) = name
-            .strip_prefix(self.name_prefix.as_str())
-            .and_then(|s| s.strip_prefix('-'))
-        else {
+        let Some(suffix) = name.strip_prefix(self.name_prefix.as_str()).and_then(|s| s.strip_prefix('-')) else {
             return false;
         };
         suffix.len() == self.suffix_len()
             && u64::from_str_radix(suffix, 16).is_ok_and(|bin| bin < (1u64 << self.bit_length))
-            && suffix
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && suffix.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     }
 }
 
@@ -418,10 +378,7 @@ pub fn path_matches(pattern: &str, target_path: &str) -> bool {
     let pattern_parts: Vec<&str> = pattern.split('/').collect();
     let target_parts: Vec<&str> = target_path.split('/').collect();
     pattern_parts.len() == target_parts.len()
-        && pattern_parts
-            .iter()
-            .zip(&target_parts)
-            .all(|(p, t)| fnmatch(p.as_bytes(), t.as_bytes()))
+        && pattern_parts.iter().zip(&target_parts).all(|(p, t)| fnmatch(p.as_bytes(), t.as_bytes()))
 }
 
 /// Python's `fnmatch`: `*`, `?`, `[seq]`, `[!seq]`; no escaping. Iterative backtracking
@@ -509,17 +466,10 @@ fn match_class(pattern: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
 // ---- parsing of `signed` ----
 
 fn malformed(role: &str, reason: &'static str) -> RepositoryError {
-    RepositoryError::Malformed {
-        role: role.to_string(),
-        reason,
-    }
+    RepositoryError::Malformed { role: role.to_string(), reason }
 }
 
-fn obj<'a>(
-    role: &str,
-    v: &'a Value,
-    reason: &'static str,
-) -> Result<&'a Map<String, Value>, RepositoryError> {
+fn obj<'a>(role: &str, v: &'a Value, reason: &'static str) -> Result<&'a Map<String, Value>, RepositoryError> {
     v.as_object().ok_or_else(|| malformed(role, reason))
 }
 
@@ -531,32 +481,18 @@ fn positive(role: &str, v: Option<&Value>, reason: &'static str) -> Result<u64, 
 }
 
 /// Checks `_type`, `spec_version`, `version` and `expires`.
-pub fn parse_common(
-    role: &str,
-    signed: &Value,
-    expected_type: &str,
-) -> Result<Common, RepositoryError> {
+pub fn parse_common(role: &str, signed: &Value, expected_type: &str) -> Result<Common, RepositoryError> {
     match signed.get("_type").and_then(Value::as_str) {
         Some(t) if t == expected_type => {}
-        _ => {
-            return Err(RepositoryError::WrongType {
-                role: role.to_string(),
-            })
-        }
+        _ => return Err(RepositoryError::WrongType { role: role.to_string() }),
     }
-    let spec = signed
-        .get("spec_version")
-        .and_then(Value::as_str)
-        .ok_or_else(|| malformed(role, "missing spec_version"))?;
+    let spec =
+        signed.get("spec_version").and_then(Value::as_str).ok_or_else(|| malformed(role, "missing spec_version"))?;
     let parts: Vec<&str> = spec.split('.').collect();
     if !(2..=3).contains(&parts.len()) || parts[0] != "1" {
         return Err(malformed(role, "unsupported spec_version"));
     }
-    let version = positive(
-        role,
-        signed.get("version"),
-        "version must be an integer >= 1",
-    )?;
+    let version = positive(role, signed.get("version"), "version must be an integer >= 1")?;
     let expires = signed
         .get("expires")
         .and_then(Value::as_str)
@@ -567,22 +503,15 @@ pub fn parse_common(
 
 fn parse_keys(role: &str, v: Option<&Value>) -> Result<BTreeMap<String, Key>, RepositoryError> {
     let map = obj(role, v.unwrap_or(&Value::Null), "keys must be an object")?;
-    map.iter()
-        .map(|(id, k)| Ok((id.clone(), Key::parse(role, k)?)))
-        .collect()
+    map.iter().map(|(id, k)| Ok((id.clone(), Key::parse(role, k)?))).collect()
 }
 
 fn parse_role_keys(role: &str, v: &Value) -> Result<RoleKeys, RepositoryError> {
-    let ids = v
-        .get("keyids")
-        .and_then(Value::as_array)
-        .ok_or_else(|| malformed(role, "role without keyids"))?;
+    let ids = v.get("keyids").and_then(Value::as_array).ok_or_else(|| malformed(role, "role without keyids"))?;
     let mut keyids = Vec::with_capacity(ids.len());
     let mut seen = BTreeSet::new();
     for id in ids {
-        let id = id
-            .as_str()
-            .ok_or_else(|| malformed(role, "keyid is not a string"))?;
+        let id = id.as_str().ok_or_else(|| malformed(role, "keyid is not a string"))?;
         if !seen.insert(id) {
             return Err(malformed(role, "duplicate keyid in role"));
         }
@@ -600,9 +529,7 @@ fn parse_hashes(role: &str, v: &Value) -> Result<BTreeMap<String, String>, Repos
     }
     map.iter()
         .map(|(alg, h)| {
-            h.as_str()
-                .map(|h| (alg.clone(), h.to_string()))
-                .ok_or_else(|| malformed(role, "hash is not a string"))
+            h.as_str().map(|h| (alg.clone(), h.to_string())).ok_or_else(|| malformed(role, "hash is not a string"))
         })
         .collect()
 }
@@ -612,20 +539,13 @@ fn parse_meta_file(role: &str, v: &Value) -> Result<MetaFile, RepositoryError> {
     let version = positive(role, v.get("version"), "meta version must be >= 1")?;
     let length = match v.get("length") {
         None => None,
-        Some(l) => Some(
-            l.as_u64()
-                .ok_or_else(|| malformed(role, "length must be a non-negative integer"))?,
-        ),
+        Some(l) => Some(l.as_u64().ok_or_else(|| malformed(role, "length must be a non-negative integer"))?),
     };
     let hashes = match v.get("hashes") {
         None => BTreeMap::new(),
         Some(h) => parse_hashes(role, h)?,
     };
-    Ok(MetaFile {
-        version,
-        length,
-        hashes,
-    })
+    Ok(MetaFile { version, length, hashes })
 }
 
 impl Root {
@@ -640,27 +560,15 @@ impl Root {
             Some(_) => return Err(malformed(role, "consistent_snapshot must be a boolean")),
         };
         let keys = parse_keys(role, s.get("keys"))?;
-        let roles_obj = obj(
-            role,
-            s.get("roles").unwrap_or(&Value::Null),
-            "roles must be an object",
-        )?;
-        if roles_obj.len() != TOP_LEVEL_ROLES.len()
-            || !TOP_LEVEL_ROLES.iter().all(|r| roles_obj.contains_key(*r))
-        {
+        let roles_obj = obj(role, s.get("roles").unwrap_or(&Value::Null), "roles must be an object")?;
+        if roles_obj.len() != TOP_LEVEL_ROLES.len() || !TOP_LEVEL_ROLES.iter().all(|r| roles_obj.contains_key(*r)) {
             return Err(malformed(role, "roles must be exactly the top-level roles"));
         }
         let mut roles = BTreeMap::new();
         for (name, v) in roles_obj {
             roles.insert(name.clone(), parse_role_keys(role, v)?);
         }
-        Ok(Root {
-            common,
-            consistent_snapshot,
-            keys,
-            roles,
-            envelope,
-        })
+        Ok(Root { common, consistent_snapshot, keys, roles, envelope })
     }
 }
 
@@ -674,10 +582,7 @@ impl Timestamp {
             .get("meta")
             .and_then(|m| m.get("snapshot.json"))
             .ok_or_else(|| malformed(role, "meta lacks snapshot.json"))?;
-        Ok(Timestamp {
-            common,
-            snapshot_meta: parse_meta_file(role, snapshot)?,
-        })
+        Ok(Timestamp { common, snapshot_meta: parse_meta_file(role, snapshot)? })
     }
 }
 
@@ -687,11 +592,7 @@ impl Snapshot {
         let role = "snapshot";
         let s = &envelope.signed;
         let common = parse_common(role, s, "snapshot")?;
-        let meta = obj(
-            role,
-            s.get("meta").unwrap_or(&Value::Null),
-            "meta must be an object",
-        )?;
+        let meta = obj(role, s.get("meta").unwrap_or(&Value::Null), "meta must be an object")?;
         let meta = meta
             .iter()
             .map(|(name, v)| Ok((name.clone(), parse_meta_file(role, v)?)))
@@ -705,11 +606,7 @@ impl Targets {
     pub fn parse(role: &str, envelope: &Envelope) -> Result<Self, RepositoryError> {
         let s = &envelope.signed;
         let common = parse_common(role, s, "targets")?;
-        let targets_obj = obj(
-            role,
-            s.get("targets").unwrap_or(&Value::Null),
-            "targets must be an object",
-        )?;
+        let targets_obj = obj(role, s.get("targets").unwrap_or(&Value::Null), "targets must be an object")?;
         let mut targets = BTreeMap::new();
         for (path, v) in targets_obj {
             obj(role, v, "target must be an object")?;
@@ -717,46 +614,25 @@ impl Targets {
                 .get("length")
                 .and_then(Value::as_u64)
                 .ok_or_else(|| malformed(role, "target length must be a non-negative integer"))?;
-            let hashes = parse_hashes(
-                role,
-                v.get("hashes")
-                    .ok_or_else(|| malformed(role, "target without hashes"))?,
-            )?;
+            let hashes = parse_hashes(role, v.get("hashes").ok_or_else(|| malformed(role, "target without hashes"))?)?;
             targets.insert(
                 path.clone(),
-                TargetFile {
-                    path: path.clone(),
-                    length,
-                    hashes,
-                    custom: v.get("custom").cloned(),
-                },
+                TargetFile { path: path.clone(), length, hashes, custom: v.get("custom").cloned() },
             );
         }
         let delegations = match s.get("delegations") {
             None => None,
             Some(d) => Some(parse_delegations(role, d)?),
         };
-        Ok(Targets {
-            common,
-            targets,
-            delegations,
-        })
+        Ok(Targets { common, targets, delegations })
     }
 }
 
-fn string_list(
-    role: &str,
-    v: &Value,
-    reason: &'static str,
-) -> Result<Vec<String>, RepositoryError> {
+fn string_list(role: &str, v: &Value, reason: &'static str) -> Result<Vec<String>, RepositoryError> {
     v.as_array()
         .ok_or_else(|| malformed(role, reason))?
         .iter()
-        .map(|s| {
-            s.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| malformed(role, reason))
-        })
+        .map(|s| s.as_str().map(str::to_string).ok_or_else(|| malformed(role, reason)))
         .collect()
 }
 
@@ -767,9 +643,7 @@ fn parse_delegations(role: &str, d: &Value) -> Result<Delegations, RepositoryErr
     let mut succinct_roles = None;
     match (d.get("roles"), d.get("succinct_roles")) {
         (Some(list), None) => {
-            let list = list
-                .as_array()
-                .ok_or_else(|| malformed(role, "delegated roles must be a list"))?;
+            let list = list.as_array().ok_or_else(|| malformed(role, "delegated roles must be a list"))?;
             let mut names = BTreeSet::new();
             for r in list {
                 let name = r
@@ -822,18 +696,9 @@ fn parse_delegations(role: &str, d: &Value) -> Result<Delegations, RepositoryErr
                 name_prefix: name_prefix.to_string(),
             });
         }
-        _ => {
-            return Err(malformed(
-                role,
-                "delegations need exactly one of roles and succinct_roles",
-            ))
-        }
+        _ => return Err(malformed(role, "delegations need exactly one of roles and succinct_roles")),
     }
-    Ok(Delegations {
-        keys,
-        roles,
-        succinct_roles,
-    })
+    Ok(Delegations { keys, roles, succinct_roles })
 }
 
 /// Counts distinct authorized keys whose signature over `envelope.signed_bytes` verifies
@@ -859,11 +724,7 @@ pub fn verify_threshold(
     }
     let valid = valid.len() as u32;
     if valid < role_keys.threshold {
-        return Err(RepositoryError::ThresholdNotMet {
-            role: role.to_string(),
-            valid,
-            threshold: role_keys.threshold,
-        });
+        return Err(RepositoryError::ThresholdNotMet { role: role.to_string(), valid, threshold: role_keys.threshold });
     }
     Ok(())
 }
@@ -888,10 +749,7 @@ mod tests {
     #[test]
     fn succinct_bins() {
         let s = SuccinctRoles {
-            keys: RoleKeys {
-                keyids: Vec::new(),
-                threshold: 1,
-            },
+            keys: RoleKeys { keyids: Vec::new(), threshold: 1 },
             bit_length: 8,
             name_prefix: "bin".into(),
         };

@@ -183,16 +183,10 @@ impl core::fmt::Display for RepositoryError {
             Malformed { role, reason } => write!(f, "{role}: malformed metadata: {reason}"),
             WrongType { role } => write!(f, "{role}: wrong metadata _type"),
             DuplicateSignature { role } => write!(f, "{role}: duplicate signature key id"),
-            ThresholdNotMet {
-                role,
-                valid,
-                threshold,
-            } => write!(f, "{role}: {valid} valid signatures, threshold {threshold}"),
-            BadVersion {
-                role,
-                expected,
-                got,
-            } => write!(f, "{role}: expected version {expected}, got {got}"),
+            ThresholdNotMet { role, valid, threshold } => {
+                write!(f, "{role}: {valid} valid signatures, threshold {threshold}")
+            }
+            BadVersion { role, expected, got } => write!(f, "{role}: expected version {expected}, got {got}"),
             Rollback { role, trusted, got } => {
                 write!(f, "{role}: version rollback from {trusted} to {got}")
             }

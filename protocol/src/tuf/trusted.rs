@@ -27,10 +27,7 @@ pub struct TrustedMetadataSet {
 }
 
 fn expired(role: &str) -> Error {
-    RepositoryError::ExpiredMetadata {
-        role: role.to_string(),
-    }
-    .into()
+    RepositoryError::ExpiredMetadata { role: role.to_string() }.into()
 }
 
 impl TrustedMetadataSet {
@@ -39,21 +36,8 @@ impl TrustedMetadataSet {
     /// timestamp, so an expired device can still rotate forward.
     pub fn new(root_bytes: &[u8], now: i64, hook: Option<VerifyHook>) -> Result<Self, Error> {
         let root = Root::parse(Envelope::parse("root", root_bytes)?)?;
-        verify_threshold(
-            "root",
-            &root.keys,
-            &root.roles["root"],
-            &root.envelope,
-            hook,
-        )?;
-        Ok(TrustedMetadataSet {
-            now,
-            hook,
-            root,
-            timestamp: None,
-            snapshot: None,
-            targets: BTreeMap::new(),
-        })
+        verify_threshold("root", &root.keys, &root.roles["root"], &root.envelope, hook)?;
+        Ok(TrustedMetadataSet { now, hook, root, timestamp: None, snapshot: None, targets: BTreeMap::new() })
     }
 
     /// The current trusted root.
@@ -91,13 +75,7 @@ impl TrustedMetadataSet {
         let envelope = Envelope::parse("root", bytes)?;
         // Type first, then the old root's signatures, as python-tuf does.
         super::metadata::parse_common("root", &envelope.signed, "root")?;
-        verify_threshold(
-            "root",
-            &self.root.keys,
-            &self.root.roles["root"],
-            &envelope,
-            self.hook,
-        )?;
+        verify_threshold("root", &self.root.keys, &self.root.roles["root"], &envelope, self.hook)?;
         let new_root = Root::parse(envelope)?;
         let expected = self.root.common.version + 1;
         if new_root.common.version != expected {
@@ -108,13 +86,7 @@ impl TrustedMetadataSet {
             }
             .into());
         }
-        verify_threshold(
-            "root",
-            &new_root.keys,
-            &new_root.roles["root"],
-            &new_root.envelope,
-            self.hook,
-        )?;
+        verify_threshold("root", &new_root.keys, &new_root.roles["root"], &new_root.envelope, self.hook)?;
         self.root = new_root;
         Ok(())
     }
@@ -131,13 +103,7 @@ impl TrustedMetadataSet {
         }
         let envelope = Envelope::parse("timestamp", bytes)?;
         let new = Timestamp::parse(&envelope)?;
-        verify_threshold(
-            "timestamp",
-            &self.root.keys,
-            &self.root.roles["timestamp"],
-            &envelope,
-            self.hook,
-        )?;
+        verify_threshold("timestamp", &self.root.keys, &self.root.roles["timestamp"], &envelope, self.hook)?;
         if let Some(old) = &self.timestamp {
             if new.common.version < old.common.version {
                 return Err(RepositoryError::Rollback {
@@ -165,10 +131,7 @@ impl TrustedMetadataSet {
     }
 
     fn check_final_timestamp(&self) -> Result<&Timestamp, Error> {
-        let ts = self
-            .timestamp
-            .as_ref()
-            .ok_or(Error::InvalidState("no timestamp"))?;
+        let ts = self.timestamp.as_ref().ok_or(Error::InvalidState("no timestamp"))?;
         if ts.common.is_expired(self.now) {
             return Err(expired("timestamp"));
         }
@@ -192,13 +155,7 @@ impl TrustedMetadataSet {
         }
         let envelope = Envelope::parse("snapshot", bytes)?;
         let new = Snapshot::parse(&envelope)?;
-        verify_threshold(
-            "snapshot",
-            &self.root.keys,
-            &self.root.roles["snapshot"],
-            &envelope,
-            self.hook,
-        )?;
+        verify_threshold("snapshot", &self.root.keys, &self.root.roles["snapshot"], &envelope, self.hook)?;
         if let Some(old) = &self.snapshot {
             for (name, old_info) in &old.meta {
                 let Some(new_info) = new.meta.get(name) else {
@@ -220,10 +177,7 @@ impl TrustedMetadataSet {
     }
 
     fn check_final_snapshot(&self) -> Result<&Snapshot, Error> {
-        let snapshot = self
-            .snapshot
-            .as_ref()
-            .ok_or(Error::InvalidState("no snapshot"))?;
+        let snapshot = self.snapshot.as_ref().ok_or(Error::InvalidState("no snapshot"))?;
         if snapshot.common.is_expired(self.now) {
             return Err(expired("snapshot"));
         }
@@ -242,39 +196,22 @@ impl TrustedMetadataSet {
     /// Verifies `bytes` as targets role `role`, delegated by `delegator` (`root` for the
     /// top-level `targets`): length/hashes and version from the snapshot, signatures from
     /// the delegator's keys, expiry.
-    pub fn update_delegated_targets(
-        &mut self,
-        bytes: &[u8],
-        role: &str,
-        delegator: &str,
-    ) -> Result<(), Error> {
+    pub fn update_delegated_targets(&mut self, bytes: &[u8], role: &str, delegator: &str) -> Result<(), Error> {
         let meta = self
             .check_final_snapshot()?
             .meta
             .get(&alloc::format!("{role}.json"))
             .cloned()
-            .ok_or_else(|| RepositoryError::MissingFromSnapshot {
-                role: role.to_string(),
-            })?;
+            .ok_or_else(|| RepositoryError::MissingFromSnapshot { role: role.to_string() })?;
         meta.verify(role, bytes)?;
         let envelope = Envelope::parse(role, bytes)?;
         super::metadata::parse_common(role, &envelope.signed, "targets")?;
         if delegator == "root" {
-            verify_threshold(
-                role,
-                &self.root.keys,
-                &self.root.roles["targets"],
-                &envelope,
-                self.hook,
-            )?;
+            verify_threshold(role, &self.root.keys, &self.root.roles["targets"], &envelope, self.hook)?;
         } else {
-            let not_delegated = || RepositoryError::NotDelegated {
-                role: role.to_string(),
-                delegator: delegator.to_string(),
-            };
-            let parent = self
-                .targets(delegator)
-                .ok_or(Error::InvalidState("delegator not loaded"))?;
+            let not_delegated =
+                || RepositoryError::NotDelegated { role: role.to_string(), delegator: delegator.to_string() };
+            let parent = self.targets(delegator).ok_or(Error::InvalidState("delegator not loaded"))?;
             let delegations = parent.delegations.as_ref().ok_or_else(not_delegated)?;
             let role_keys = delegations.role_keys(role).ok_or_else(not_delegated)?;
             verify_threshold(role, &delegations.keys, role_keys, &envelope, self.hook)?;
@@ -291,8 +228,7 @@ impl TrustedMetadataSet {
         if new.common.is_expired(self.now) {
             return Err(expired(role));
         }
-        self.targets
-            .insert(role.to_string(), (delegator.to_string(), new));
+        self.targets.insert(role.to_string(), (delegator.to_string(), new));
         Ok(())
     }
 }

@@ -71,22 +71,13 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     Idle,
-    Root {
-        next_version: u64,
-        last_version: u64,
-    },
+    Root { next_version: u64, last_version: u64 },
     CachedTimestamp,
     RemoteTimestamp,
     CachedSnapshot,
     RemoteSnapshot,
-    CachedRole {
-        role: String,
-        delegator: String,
-    },
-    RemoteRole {
-        role: String,
-        delegator: String,
-    },
+    CachedRole { role: String, delegator: String },
+    RemoteRole { role: String, delegator: String },
 }
 
 #[derive(Debug, Clone)]
@@ -207,9 +198,7 @@ impl Updater {
         };
         Some(match &self.phase {
             Phase::Idle => return None,
-            Phase::Root { next_version, .. } => {
-                remote("root", Some(*next_version), self.config.root_max_length)
-            }
+            Phase::Root { next_version, .. } => remote("root", Some(*next_version), self.config.root_max_length),
             Phase::CachedTimestamp => cached("timestamp", self.config.timestamp_max_length),
             Phase::RemoteTimestamp => remote("timestamp", None, self.config.timestamp_max_length),
             Phase::CachedSnapshot => cached("snapshot", self.config.snapshot_max_length),
@@ -223,16 +212,8 @@ impl Updater {
             }
             Phase::CachedRole { role, .. } => cached(role, self.config.targets_max_length),
             Phase::RemoteRole { role, .. } => {
-                let meta = self
-                    .trusted
-                    .snapshot()?
-                    .meta
-                    .get(&alloc::format!("{role}.json"))?;
-                remote(
-                    role,
-                    consistent.then_some(meta.version),
-                    meta.length.unwrap_or(self.config.targets_max_length),
-                )
+                let meta = self.trusted.snapshot()?.meta.get(&alloc::format!("{role}.json"))?;
+                remote(role, consistent.then_some(meta.version), meta.length.unwrap_or(self.config.targets_max_length))
             }
         })
     }
@@ -250,9 +231,7 @@ impl Updater {
     }
 
     fn step(&mut self, response: Result<Vec<u8>, FetchError>) -> Result<(), Error> {
-        let request = self
-            .poll_request()
-            .ok_or(Error::InvalidState("response without a request"))?;
+        let request = self.poll_request().ok_or(Error::InvalidState("response without a request"))?;
         // Enforce the cap here too: a driver that forgot to bound its read must not make
         // the updater parse an endless response.
         let response = match response {
@@ -261,31 +240,20 @@ impl Updater {
         };
         let fetch_error = |failure: FetchError| -> Error {
             match failure {
-                FetchError::TooLarge => RepositoryError::TooLarge {
-                    role: request.role.clone(),
-                    max_length: request.max_length,
+                FetchError::TooLarge => {
+                    RepositoryError::TooLarge { role: request.role.clone(), max_length: request.max_length }.into()
                 }
-                .into(),
-                failure => Error::Fetch {
-                    role: request.role.clone(),
-                    failure,
-                },
+                failure => Error::Fetch { role: request.role.clone(), failure },
             }
         };
         match core::mem::replace(&mut self.phase, Phase::Idle) {
             Phase::Idle => return Err(Error::InvalidState("no operation in progress")),
-            Phase::Root {
-                next_version,
-                last_version,
-            } => match response {
+            Phase::Root { next_version, last_version } => match response {
                 Ok(bytes) => {
                     self.trusted.update_root(&bytes)?;
                     self.persist("root", bytes);
                     self.phase = if next_version < last_version {
-                        Phase::Root {
-                            next_version: next_version + 1,
-                            last_version,
-                        }
+                        Phase::Root { next_version: next_version + 1, last_version }
                     } else {
                         Phase::CachedTimestamp
                     };
@@ -328,10 +296,7 @@ impl Updater {
             }
             Phase::CachedRole { role, delegator } => {
                 let loaded = match response {
-                    Ok(bytes) => self
-                        .trusted
-                        .update_delegated_targets(&bytes, &role, &delegator)
-                        .is_ok(),
+                    Ok(bytes) => self.trusted.update_delegated_targets(&bytes, &role, &delegator).is_ok(),
                     Err(_) => false,
                 };
                 if loaded {
@@ -342,8 +307,7 @@ impl Updater {
             }
             Phase::RemoteRole { role, delegator } => {
                 let bytes = response.map_err(fetch_error)?;
-                self.trusted
-                    .update_delegated_targets(&bytes, &role, &delegator)?;
+                self.trusted.update_delegated_targets(&bytes, &role, &delegator)?;
                 self.persist(&role, bytes);
                 self.role_loaded(&role)?;
             }
@@ -352,10 +316,7 @@ impl Updater {
     }
 
     fn persist(&mut self, role: &str, bytes: Vec<u8>) {
-        self.events.push_back(Event::Persist {
-            role: role.to_string(),
-            bytes,
-        });
+        self.events.push_back(Event::Persist { role: role.to_string(), bytes });
     }
 
     /// Uses the trusted copy if it was verified via this delegator, else asks the cache.
@@ -368,10 +329,7 @@ impl Updater {
     }
 
     fn go_remote(&mut self, role: String, delegator: String) -> Result<(), Error> {
-        let listed = self
-            .trusted
-            .snapshot()
-            .is_some_and(|s| s.meta.contains_key(&alloc::format!("{role}.json")));
+        let listed = self.trusted.snapshot().is_some_and(|s| s.meta.contains_key(&alloc::format!("{role}.json")));
         if !listed {
             return Err(RepositoryError::MissingFromSnapshot { role }.into());
         }
@@ -389,10 +347,7 @@ impl Updater {
             }
             return Ok(());
         };
-        let targets = self
-            .trusted
-            .targets(role)
-            .ok_or(Error::InvalidState("loaded role missing"))?;
+        let targets = self.trusted.targets(role).ok_or(Error::InvalidState("loaded role missing"))?;
         if let Some(target) = targets.targets.get(&walk.path) {
             self.events.push_back(Event::TargetFound(target.clone()));
             self.walk = None;

@@ -1,0 +1,53 @@
+//! Prints each publishing pipeline's throughput and its ratio to raw blake3, all measured in
+//! this one process (best of 3), because on shared 2-core machines only same-run ratios
+//! are comparable. Run through `scripts/bench-pipeline` (release build).
+//!
+//! `cargo run --release -p protocol --example pipeline_ratio [-- IMAGE_MIB]` (default 256).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use protocol::chunker::Chunking;
+
+#[path = "../benches/common/pipelines.rs"]
+mod pipelines;
+
+const RUNS: usize = 3;
+
+fn best_of(runs: usize, image: &[u8], run: fn(&[u8]) -> u64) -> Duration {
+    let mut checksum = None;
+    (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            let sum = black_box(run(black_box(image)));
+            let elapsed = start.elapsed();
+            // Deterministic pipelines must produce the same output every time.
+            assert!(
+                checksum.replace(sum).is_none_or(|previous| previous == sum),
+                "pipeline output changed between runs"
+            );
+            elapsed
+        })
+        .min()
+        .expect("at least one run")
+}
+
+fn main() {
+    let mib: usize = match std::env::args().nth(1) {
+        Some(arg) => arg.parse().unwrap_or_else(|_| panic!("IMAGE_MIB must be a number, got {arg:?}")),
+        None => 256,
+    };
+    let image = pipelines::image(mib << 20);
+    let gib = image.len() as f64 / (1u64 << 30) as f64;
+    println!("image: {mib} MiB (half incompressible, half low-entropy 4 KiB blocks), best of {RUNS}");
+    println!("{:<40} {:>9} {:>12}", "pipeline", "GiB/s", "vs blake3");
+    let mut baseline = None;
+    for (name, run) in pipelines::all() {
+        let rate = gib / best_of(RUNS, &image, run).as_secs_f64();
+        let base = *baseline.get_or_insert(rate);
+        println!("{name:<40} {rate:>9.3} {:>11.3}x", rate / base);
+    }
+    for (name, chunking) in [("FastCDC 16/64/256K", Chunking::DEFAULT_CDC), ("Fixed 64K", pipelines::FIXED_64K)] {
+        println!("manifest bytes per GiB, {name}: {:.0}", pipelines::manifest_bytes_per_gib(&image, chunking));
+    }
+}

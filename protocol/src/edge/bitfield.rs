@@ -1,0 +1,101 @@
+//! Which chunks of a release a node holds: one bit per chunk index.
+
+use alloc::vec::Vec;
+
+/// A fixed-length set of chunk indices.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Bitfield {
+    words: Vec<u64>,
+    len: u32,
+    ones: u32,
+}
+
+impl Bitfield {
+    /// An empty set over `len` chunks.
+    pub fn new(len: u32) -> Self {
+        Bitfield { words: alloc::vec![0; (len as usize).div_ceil(64)], len, ones: 0 }
+    }
+    /// A full set over `len` chunks (what an origin holds).
+    pub fn full(len: u32) -> Self {
+        let mut b = Self::new(len);
+        for i in 0..len {
+            b.set(i);
+        }
+        b
+    }
+    /// Number of chunks the set ranges over.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+    /// True when it ranges over no chunks.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Number of chunks held.
+    pub fn count(&self) -> u32 {
+        self.ones
+    }
+    /// True when every chunk is held.
+    pub fn is_full(&self) -> bool {
+        self.ones == self.len
+    }
+    /// Whether chunk `i` is held; out-of-range indices are not.
+    pub fn get(&self, i: u32) -> bool {
+        i < self.len && self.words[(i / 64) as usize] >> (i % 64) & 1 == 1
+    }
+    /// Marks chunk `i` held; returns whether it was newly set.
+    pub fn set(&mut self, i: u32) -> bool {
+        if i >= self.len || self.get(i) {
+            return false;
+        }
+        self.words[(i / 64) as usize] |= 1 << (i % 64);
+        self.ones += 1;
+        true
+    }
+    /// Marks chunk `i` not held; returns whether it was set.
+    pub fn clear(&mut self, i: u32) -> bool {
+        if !self.get(i) {
+            return false;
+        }
+        self.words[(i / 64) as usize] &= !(1 << (i % 64));
+        self.ones -= 1;
+        true
+    }
+    /// Little-endian bytes, bit i of byte i/8 = chunk i; the wire form of a Have message.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out: Vec<u8> = self.words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        out.truncate((self.len as usize).div_ceil(8));
+        out
+    }
+    /// Parses the wire form for a release of `len` chunks. Bits past `len` are ignored, so a
+    /// peer cannot claim chunks that do not exist.
+    pub fn from_bytes(len: u32, bytes: &[u8]) -> Self {
+        let mut b = Self::new(len);
+        for i in 0..len {
+            if bytes.get((i / 8) as usize).is_some_and(|byte| byte >> (i % 8) & 1 == 1) {
+                b.set(i);
+            }
+        }
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_clear_count_and_wire_form() {
+        let mut b = Bitfield::new(70);
+        assert!(b.set(0) && b.set(69) && !b.set(69) && !b.set(70));
+        assert_eq!(b.count(), 2);
+        let bytes = b.to_bytes();
+        assert_eq!(bytes.len(), 9);
+        assert_eq!(Bitfield::from_bytes(70, &bytes), b);
+        assert!(b.clear(0) && !b.clear(0));
+        assert_eq!(b.count(), 1);
+        assert!(Bitfield::full(70).is_full());
+        // Bits beyond the length in a hostile message are ignored.
+        assert_eq!(Bitfield::from_bytes(3, &[0xff, 0xff]).count(), 3);
+    }
+}

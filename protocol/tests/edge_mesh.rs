@@ -1,0 +1,370 @@
+//! Many edge schedulers on virtual time, without sockets: the mesh's claims checked
+//! deterministically. A tiny network model delivers each request after latency plus its
+//! bytes over the link's bandwidth (LAN fast, backhaul slow); the origin and any liar are
+//! simple responders, every edge node is the real `FetchScheduler`.
+
+use protocol::edge::{
+    ChunkOutcome, ChunkSpec, EdgeEvent, FetchScheduler, NodeId, PeerRole, ReleaseId, ReleaseSpec, Request, RequestId,
+    SchedulerConfig, SiteId, SourceClass,
+};
+use protocol::time::{Duration, Instant};
+use protocol::ChunkId;
+use std::collections::{BTreeMap, BTreeSet};
+
+const LAN_BYTES_PER_SEC: u64 = 125_000_000;
+const WAN_BYTES_PER_SEC: u64 = 12_500_000;
+const LATENCY: Duration = Duration(2_000);
+
+#[derive(Debug)]
+enum Delivery {
+    Chunks { to: usize, id: RequestId, outcomes: Vec<(u32, ChunkOutcome)> },
+    Have { to: usize, from: NodeId, release: ReleaseId, bits: Vec<u8> },
+}
+
+/// How a scripted (non-scheduler) peer misbehaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Behaviour {
+    /// Claims every chunk and sends garbage.
+    Liar,
+}
+
+struct Net {
+    now: Instant,
+    nodes: Vec<Option<FetchScheduler>>, // None = crashed
+    ids: Vec<NodeId>,
+    sites: Vec<SiteId>,
+    origin: NodeId,
+    liars: BTreeMap<NodeId, Behaviour>,
+    queue: BTreeMap<(Instant, u64), Delivery>,
+    seq: u64,
+    release: ReleaseId,
+    spec: ReleaseSpec,
+    stored: Vec<BTreeSet<ChunkId>>,
+    disconnected: Vec<(usize, NodeId)>,
+    /// Chunk requests sent to a peer after the sender had disconnected it.
+    requests_after_ban: u64,
+}
+
+fn node_id(i: u64) -> NodeId {
+    NodeId::from_identity(&i.to_le_bytes())
+}
+
+impl Net {
+    fn new(sites: usize, per_site: usize, chunks: u32, liar_in_site: Option<usize>) -> Net {
+        let spec = ReleaseSpec {
+            hw_class: "gw".into(),
+            chunks: (0..chunks)
+                .map(|i| ChunkSpec { id: ChunkId::of(&i.to_le_bytes()), stored_len: 60_000 + (i % 7) * 1000 })
+                .collect(),
+        };
+        let release = ReleaseId([7; 32]);
+        let origin = node_id(9999);
+        let mut net = Net {
+            now: Instant(0),
+            nodes: Vec::new(),
+            ids: Vec::new(),
+            sites: Vec::new(),
+            origin,
+            liars: BTreeMap::new(),
+            queue: BTreeMap::new(),
+            seq: 0,
+            release,
+            spec,
+            stored: Vec::new(),
+            disconnected: Vec::new(),
+            requests_after_ban: 0,
+        };
+        for s in 0..sites {
+            for m in 0..per_site {
+                let id = node_id((s * 100 + m) as u64);
+                let site = SiteId(s as u64);
+                net.ids.push(id);
+                net.sites.push(site);
+                net.nodes.push(Some(FetchScheduler::new(id, site, SchedulerConfig::default())));
+                net.stored.push(BTreeSet::new());
+            }
+        }
+        if let Some(s) = liar_in_site {
+            net.liars.insert(node_id(666), Behaviour::Liar);
+            let _ = s;
+        }
+        // Everyone connects to everyone in its site, to the origin, to one node per other site.
+        for i in 0..net.nodes.len() {
+            for j in 0..net.nodes.len() {
+                if i != j && (net.sites[i] == net.sites[j] || j % per_site == 0) {
+                    let (id, site) = (net.ids[j], net.sites[j]);
+                    net.node(i).handle_peer_up(Instant(0), id, site, PeerRole::Edge);
+                }
+            }
+            net.node(i).handle_peer_up(Instant(0), origin, SiteId(u64::MAX - 1), PeerRole::Origin);
+            if let Some(s) = liar_in_site {
+                if net.sites[i] == SiteId(s as u64) {
+                    let site = net.sites[i];
+                    net.node(i).handle_peer_up(Instant(0), node_id(666), site, PeerRole::Edge);
+                }
+            }
+            let spec = net.spec.clone();
+            net.node(i).handle_release(Instant(0), release, spec);
+        }
+        net
+    }
+
+    fn node(&mut self, i: usize) -> &mut FetchScheduler {
+        self.nodes[i].as_mut().expect("node is up")
+    }
+
+    fn index_of(&self, id: &NodeId) -> Option<usize> {
+        self.ids.iter().position(|x| x == id)
+    }
+
+    fn push(&mut self, at: Instant, d: Delivery) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), d);
+    }
+
+    /// Drains every node's outputs into the network.
+    fn drain(&mut self) {
+        for i in 0..self.nodes.len() {
+            let Some(node) = self.nodes[i].as_mut() else { continue };
+            let mut requests = Vec::new();
+            while let Some(r) = node.poll_request() {
+                requests.push(r);
+            }
+            while let Some(e) = node.poll_event() {
+                match e {
+                    EdgeEvent::Store { chunk } => {
+                        self.stored[i].insert(chunk);
+                    }
+                    EdgeEvent::Evict { chunk } => {
+                        self.stored[i].remove(&chunk);
+                    }
+                    EdgeEvent::Disconnect { peer, .. } => self.disconnected.push((i, peer)),
+                    _ => {}
+                }
+            }
+            for r in requests {
+                self.route(i, r);
+            }
+        }
+    }
+
+    fn route(&mut self, from: usize, request: Request) {
+        let now = self.now;
+        match request {
+            Request::Have { peer, release } => {
+                let bits = match self.index_of(&peer) {
+                    Some(j) => match &self.nodes[j] {
+                        Some(n) => n.have(&release).map(|b| b.to_bytes()).unwrap_or_default(),
+                        None => return, // crashed: never answers; the requester's peer_down comes separately
+                    },
+                    None if self.liars.contains_key(&peer) => vec![0xff; 1 + self.spec.chunks.len() / 8],
+                    None => return,
+                };
+                self.push(now + LATENCY, Delivery::Have { to: from, from: peer, release, bits });
+            }
+            Request::Chunks { id, peer, indices, class, bytes, .. } => {
+                if self.disconnected.contains(&(from, peer)) {
+                    self.requests_after_ban += 1;
+                }
+                let outcomes: Vec<(u32, ChunkOutcome)> = if peer == self.origin {
+                    indices.iter().map(|i| (*i, ChunkOutcome::Verified)).collect()
+                } else if self.liars.contains_key(&peer) {
+                    indices.iter().map(|i| (*i, ChunkOutcome::Corrupt)).collect()
+                } else {
+                    let Some(j) = self.index_of(&peer) else { return };
+                    let Some(_) = &self.nodes[j] else { return };
+                    indices
+                        .iter()
+                        .map(|i| {
+                            let chunk = self.spec.chunks[*i as usize].id;
+                            let ok = self.stored[j].contains(&chunk);
+                            (*i, if ok { ChunkOutcome::Verified } else { ChunkOutcome::Missing })
+                        })
+                        .collect()
+                };
+                let rate = if class == SourceClass::Site { LAN_BYTES_PER_SEC } else { WAN_BYTES_PER_SEC };
+                let at = now + LATENCY + Duration(bytes * 1_000_000 / rate);
+                self.push(at, Delivery::Chunks { to: from, id, outcomes });
+            }
+        }
+    }
+
+    fn all_complete(&self) -> bool {
+        self.nodes.iter().flatten().all(|n| n.is_complete(&self.release))
+    }
+
+    /// Runs until every live node has the release, or `limit` of virtual time passes.
+    fn run(&mut self, limit: Instant) {
+        self.drain();
+        while !self.all_complete() && self.now < limit {
+            let next_timer = self.nodes.iter().flatten().filter_map(|n| n.poll_timeout()).min();
+            let next_delivery = self.queue.keys().next().map(|(t, _)| *t);
+            let Some(next) = [next_timer, next_delivery].into_iter().flatten().min() else { break };
+            self.now = next.max(self.now);
+            if next_delivery == Some(next) {
+                let key = *self.queue.keys().next().unwrap();
+                let d = self.queue.remove(&key).unwrap();
+                match d {
+                    Delivery::Chunks { to, id, outcomes } => {
+                        if let Some(n) = self.nodes[to].as_mut() {
+                            n.handle_response(self.now, id, &outcomes);
+                        }
+                    }
+                    Delivery::Have { to, from, release, bits } => {
+                        if let Some(n) = self.nodes[to].as_mut() {
+                            n.handle_have(self.now, from, release, &bits);
+                        }
+                    }
+                }
+            } else {
+                let now = self.now;
+                for n in self.nodes.iter_mut().flatten() {
+                    if n.poll_timeout().is_some_and(|t| t <= now) {
+                        n.handle_timeout(now);
+                    }
+                }
+            }
+            self.drain();
+        }
+    }
+
+    fn backhaul_by_site(&self) -> BTreeMap<SiteId, u64> {
+        let mut out = BTreeMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(n) = n {
+                *out.entry(self.sites[i]).or_insert(0) += n.stats().backhaul_bytes();
+            }
+        }
+        out
+    }
+
+    fn release_bytes(&self) -> u64 {
+        self.spec.chunks.iter().map(|c| c.stored_len as u64).sum()
+    }
+}
+
+#[test]
+fn three_sites_fetch_each_chunk_over_their_backhaul_once() {
+    let mut net = Net::new(3, 2, 300, None);
+    net.run(Instant(600_000_000));
+    assert!(net.all_complete(), "not every node completed by {:?}", net.now);
+    let release_bytes = net.release_bytes();
+    for (site, bytes) in net.backhaul_by_site() {
+        let amplification = bytes as f64 / release_bytes as f64;
+        assert!(amplification <= 1.0, "site {site:?} backhaul amplification {amplification:.3}");
+        assert!(amplification >= 1.0, "site {site:?} got bytes without fetching them? {amplification:.3}");
+    }
+    // Each member brought in roughly half its site's bytes: the share is balanced.
+    for n in net.nodes.iter().flatten() {
+        let share = n.stats().backhaul_bytes() as f64 / release_bytes as f64;
+        assert!((0.35..=0.65).contains(&share), "unbalanced share {share:.2}");
+        assert_eq!(n.stats().corrupt_chunks, 0);
+    }
+}
+
+#[test]
+fn same_seed_same_run() {
+    let run = || {
+        let mut net = Net::new(2, 3, 120, None);
+        net.run(Instant(600_000_000));
+        (net.now, net.nodes.iter().flatten().map(|n| n.stats()).collect::<Vec<_>>())
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn a_liar_is_disconnected_and_the_release_still_arrives_whole() {
+    let mut net = Net::new(2, 2, 200, Some(0));
+    net.run(Instant(600_000_000));
+    assert!(net.all_complete());
+    let liar = node_id(666);
+    let accusers: BTreeSet<usize> = net.disconnected.iter().filter(|(_, p)| *p == liar).map(|(i, _)| *i).collect();
+    assert!(!accusers.is_empty(), "nobody noticed the liar");
+    for i in accusers {
+        assert_eq!(net.sites[i], SiteId(0));
+        assert!(net.nodes[i].as_ref().unwrap().stats().corrupt_chunks >= 1);
+    }
+    // An unproven peer gets one batch at a time, so a liar costs each victim one batch; once
+    // banned it is never asked again (the ban outlasts the run).
+    for n in net.nodes.iter().flatten() {
+        assert!(
+            n.stats().corrupt_chunks <= 64,
+            "{} corrupt chunks before the liar was caught",
+            n.stats().corrupt_chunks
+        );
+    }
+    assert_eq!(net.requests_after_ban, 0);
+}
+
+#[test]
+fn when_a_site_member_dies_its_share_moves_to_the_survivor() {
+    let mut net = Net::new(1, 2, 200, None);
+    // Let the transfer get going, then crash node 1.
+    net.run(Instant(300_000));
+    assert!(!net.all_complete());
+    let dead = net.ids[1];
+    net.nodes[1] = None;
+    let now = net.now;
+    net.node(0).handle_peer_down(now, dead);
+    net.run(Instant(600_000_000));
+    let survivor = net.nodes[0].as_ref().unwrap();
+    assert!(survivor.is_complete(&net.release));
+    // The survivor fetched what it needed; total backhaul is at most one release plus what
+    // the dead node had already pulled in and took with it.
+    assert!(survivor.stats().backhaul_bytes() <= net.release_bytes());
+}
+
+#[test]
+fn pre_staging_follows_served_hardware_classes() {
+    let me = node_id(1);
+    let config = SchedulerConfig { served_hw_classes: vec!["gw".into()], ..SchedulerConfig::default() };
+    let mut node = FetchScheduler::new(me, SiteId(1), config);
+    node.handle_peer_up(Instant(0), node_id(2), SiteId(9), PeerRole::Origin);
+    let spec = |hw: &str| ReleaseSpec {
+        hw_class: hw.into(),
+        chunks: vec![ChunkSpec { id: ChunkId([1; 32]), stored_len: 10 }],
+    };
+    node.handle_release(Instant(0), ReleaseId([1; 32]), spec("sensor"));
+    assert_eq!(node.poll_request(), None, "an unserved class is not pre-staged");
+    node.handle_release(
+        Instant(0),
+        ReleaseId([2; 32]),
+        ReleaseSpec { hw_class: "gw".into(), chunks: vec![ChunkSpec { id: ChunkId([2; 32]), stored_len: 10 }] },
+    );
+    assert!(matches!(node.poll_request(), Some(Request::Chunks { class: SourceClass::Origin, .. })));
+    node.handle_demand(Instant(0), &ReleaseId([1; 32]));
+    assert!(matches!(node.poll_request(), Some(Request::Chunks { .. })), "a demanded release is fetched");
+}
+
+#[test]
+fn cache_pins_current_and_previous_release_and_evicts_older() {
+    let me = node_id(1);
+    let config = SchedulerConfig { capacity_bytes: 2_500, ..SchedulerConfig::default() };
+    let mut node = FetchScheduler::new(me, SiteId(1), config);
+    let origin = node_id(2);
+    node.handle_peer_up(Instant(0), origin, SiteId(9), PeerRole::Origin);
+    let mut now = Instant(0);
+    for v in 0..3u8 {
+        let chunks = (0..10u8).map(|c| ChunkSpec { id: ChunkId([v * 16 + c; 32]), stored_len: 100 }).collect();
+        node.handle_release(now, ReleaseId([v; 32]), ReleaseSpec { hw_class: "gw".into(), chunks });
+        while let Some(r) = node.poll_request() {
+            if let Request::Chunks { id, indices, .. } = r {
+                now = now + Duration(1000);
+                let outcomes: Vec<_> = indices.iter().map(|i| (*i, ChunkOutcome::Verified)).collect();
+                node.handle_response(now, id, &outcomes);
+            }
+        }
+        assert!(node.is_complete(&ReleaseId([v; 32])));
+    }
+    // Release 0 is neither current nor previous: it was evicted to make room.
+    assert!(!node.is_complete(&ReleaseId([0; 32])));
+    assert!(node.is_complete(&ReleaseId([1; 32])) && node.is_complete(&ReleaseId([2; 32])));
+    assert!(node.cache().used_bytes() <= 2_500);
+    let mut evicted = 0;
+    while let Some(e) = node.poll_event() {
+        if matches!(e, EdgeEvent::Evict { .. }) {
+            evicted += 1;
+        }
+    }
+    assert_eq!(evicted, 5);
+}
