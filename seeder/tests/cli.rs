@@ -260,40 +260,14 @@ fn timestamp_refresh_renews_expiry() {
 fn errors_are_one_line_and_say_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope");
-    let cases: Vec<Vec<&str>> = vec![
-        vec!["inspect", "--repo", missing.to_str().unwrap()],
-        vec![
-            "release",
-            "add",
-            "--repo",
-            missing.to_str().unwrap(),
-            "--image",
-            "x",
-            "--name",
-            "a/b",
-            "--version",
-            "1",
-            "--hw-class",
-            "h",
-        ],
-        vec![
-            "release",
-            "add",
-            "--repo",
-            missing.to_str().unwrap(),
-            "--image",
-            "x",
-            "--name",
-            "a",
-            "--version",
-            "1",
-            "--hw-class",
-            "h",
-            "--chunking",
-            "fixed:1",
-        ],
+    let repo = missing.to_str().unwrap();
+    let cases = [
+        format!("inspect --repo {repo}"),
+        format!("release add --repo {repo} --image x --name a/b --version 1 --hw-class h"),
+        format!("release add --repo {repo} --image x --name a --version 1 --hw-class h --chunking fixed:1"),
     ];
-    for args in cases {
+    for case in &cases {
+        let args: Vec<&str> = case.split(' ').collect();
         let out = seeder(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}");

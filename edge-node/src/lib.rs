@@ -1,0 +1,13 @@
+//! otamesh edge node: the daemon on factory gateways that caches release chunks near
+//! devices. This library holds its parts so integration tests can drive them directly;
+//! `main.rs` is the daemon.
+//!
+//! - [`network`]: the libp2p mesh (QUIC, TCP, identify, Kademlia, gossipsub, chunk and
+//!   Have request-response). Its event loop never awaits the application.
+//! - [`store`]: chunk bodies on disk, written crash-safely, verified on every read.
+//! - [`metrics`]: counters for `/metrics` and `edge-node status`.
+#![deny(missing_docs)]
+
+pub mod metrics;
+pub mod network;
+pub mod store;

@@ -1,0 +1,93 @@
+//! Counters the daemon updates and the ops endpoints read: Prometheus `/metrics`, `/status`
+//! and `edge-node status`. Plain atomics: updated on hot paths, read rarely.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Where bytes came from or went to. `site` is the LAN, `wan` another site's edge node,
+/// `origin` the seeder; `device` is a device on our LAN.
+pub const SOURCE_CLASSES: [&str; 3] = ["site", "wan", "origin"];
+
+/// Every counter the edge node exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Verified chunk bytes received, by source class (site, wan, origin).
+    pub bytes_in: [AtomicU64; 3],
+    /// Chunk bytes sent to other edge nodes.
+    pub bytes_out_peers: AtomicU64,
+    /// Chunk bytes sent to devices.
+    pub bytes_out_devices: AtomicU64,
+    /// Chunk reads answered from the store.
+    pub cache_hits: AtomicU64,
+    /// Chunk reads we could not answer.
+    pub cache_misses: AtomicU64,
+    /// Chunks that failed verification (from peers, or damaged on disk).
+    pub corrupt_chunks: AtomicU64,
+    /// Chunks in the store.
+    pub chunks_stored: AtomicU64,
+    /// Bytes in the store.
+    pub bytes_stored: AtomicU64,
+    /// Connected mesh peers.
+    pub peers: AtomicU64,
+    /// Connected devices.
+    pub devices: AtomicU64,
+    /// Releases completely cached.
+    pub releases_complete: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP otamesh_edge_{name} {help}\n# TYPE otamesh_edge_{name} {kind}");
+        };
+        family("bytes_in_total", "counter", "Verified chunk bytes received, by source class.");
+        let mut lines = String::new();
+        for (class, counter) in SOURCE_CLASSES.iter().zip(&self.bytes_in) {
+            let _ = writeln!(lines, "otamesh_edge_bytes_in_total{{source=\"{class}\"}} {}", counter.load(Relaxed));
+        }
+        out.push_str(&lines);
+        let simple: [(&str, &str, &str, &AtomicU64); 10] = [
+            ("bytes_out_peers_total", "counter", "Chunk bytes sent to other edge nodes.", &self.bytes_out_peers),
+            ("bytes_out_devices_total", "counter", "Chunk bytes sent to devices.", &self.bytes_out_devices),
+            ("cache_hits_total", "counter", "Chunk reads answered from the store.", &self.cache_hits),
+            ("cache_misses_total", "counter", "Chunk reads that could not be answered.", &self.cache_misses),
+            ("corrupt_chunks_total", "counter", "Chunks that failed verification.", &self.corrupt_chunks),
+            ("chunks", "gauge", "Chunks in the store.", &self.chunks_stored),
+            ("stored_bytes", "gauge", "Bytes in the store.", &self.bytes_stored),
+            ("peers", "gauge", "Connected mesh peers.", &self.peers),
+            ("devices", "gauge", "Connected devices.", &self.devices),
+            ("releases_complete", "gauge", "Releases completely cached.", &self.releases_complete),
+        ];
+        for (name, kind, help, counter) in simple {
+            let _ = writeln!(
+                out,
+                "# HELP otamesh_edge_{name} {help}\n# TYPE otamesh_edge_{name} {kind}\notamesh_edge_{name} {}",
+                counter.load(Relaxed)
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        Metrics::add(&m.bytes_in[2], 42);
+        Metrics::add(&m.cache_hits, 3);
+        let text = m.render();
+        assert!(text.contains("otamesh_edge_bytes_in_total{source=\"origin\"} 42\n"));
+        assert!(text.contains("# TYPE otamesh_edge_cache_hits_total counter\notamesh_edge_cache_hits_total 3\n"));
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 11);
+    }
+}

@@ -1,0 +1,68 @@
+//! The node's persistent libp2p identity. The key only names the node in the mesh (its
+//! `PeerId`); it cannot authorize firmware, which only the seeder's keys do.
+
+use std::{
+    fs,
+    io::{self, Read, Write},
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::Path,
+};
+
+use libp2p::identity::{KeyType, Keypair};
+
+/// A protobuf-encoded ed25519 keypair is 68 bytes; anything much larger is not ours.
+const MAX_KEY_FILE_BYTES: u64 = 1024;
+
+/// Loads the node key from `path`, or creates one there if the file does not exist.
+///
+/// The file holds a protobuf-encoded ed25519 keypair. It is created with mode 0600, written
+/// to a temporary file, fsynced and renamed into place (and the directory fsynced), so a
+/// crash leaves either no key or a whole one, never a torn one that would change the
+/// node's identity.
+pub fn load_or_create_keypair(path: &Path) -> io::Result<Keypair> {
+    match fs::File::open(path) {
+        Ok(file) => {
+            let mut bytes = Vec::new();
+            file.take(MAX_KEY_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+            if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "node key file is too large"));
+            }
+            let keypair = Keypair::from_protobuf_encoding(&bytes)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("node key file: {e}")))?;
+            if keypair.key_type() != KeyType::Ed25519 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "node key is not ed25519"));
+            }
+            Ok(keypair)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let keypair = Keypair::generate_ed25519();
+            let bytes =
+                keypair.to_protobuf_encoding().map_err(|e| io::Error::other(format!("encoding node key: {e}")))?;
+            write_atomically(path, &bytes)?;
+            Ok(keypair)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let file_name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let mut tmp_name = file_name.to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    {
+        // truncate: a temp file left by a crash is garbage; create mode 0600 from the start
+        // so the secret is never readable by others, not even briefly.
+        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        // A leftover temp file keeps its old mode through open(); force 0600 before writing.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
+}
