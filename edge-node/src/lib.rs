@@ -8,6 +8,11 @@
 //! - [`metrics`]: counters for `/metrics` and `edge-node status`.
 #![deny(missing_docs)]
 
+pub mod daemon;
+pub mod device;
+pub mod http;
 pub mod metrics;
 pub mod network;
+pub mod origin;
+pub mod repo_files;
 pub mod store;

@@ -1,5 +1,177 @@
-//! otamesh edge node. The libp2p mesh, chunk store and device service arrive with issue 3.
+//! `edge-node`: the otamesh daemon for factory gateways.
+//!
+//! `edge-node run` joins the mesh, pre-stages releases for the hardware classes it serves,
+//! caches verified chunks and serves devices and standard TUF clients on its LAN.
+//! `edge-node status` asks a running node what it holds.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use edge_node::daemon::{self, config::EdgeConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// otamesh edge node: caches signed releases near devices.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node. Every setting can come from --config and be overridden by a flag.
+    Run(Box<RunArgs>),
+    /// Show a running node's peers, releases, store and traffic.
+    Status {
+        /// The node's ops HTTP address.
+        #[arg(long, default_value = "127.0.0.1:4180")]
+        http: SocketAddr,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TOML config file (see `edge_node::daemon::config` for every key and its default).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory for the store, TUF state, mirror and node key.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Site name; nodes of one site fetch each chunk over the backhaul once.
+    #[arg(long)]
+    site: Option<String>,
+    /// libp2p listen multiaddr (repeatable).
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Peer to dial at start, a multiaddr ending in /p2p/<peer id> (repeatable).
+    #[arg(long)]
+    bootstrap: Vec<String>,
+    /// Store capacity, e.g. 16GiB.
+    #[arg(long)]
+    capacity: Option<String>,
+    /// TUF root.json to pin (default: the origin's on first use).
+    #[arg(long)]
+    trusted_root: Option<PathBuf>,
+    /// Hardware class to pre-stage (repeatable; default all).
+    #[arg(long = "serve-hw-class")]
+    serve_hw_classes: Vec<String>,
+    /// Disable mDNS discovery.
+    #[arg(long)]
+    no_mdns: bool,
+    /// Ops HTTP address (TUF mirror, /metrics, /status).
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Device service QUIC address.
+    #[arg(long)]
+    device_quic_listen: Option<SocketAddr>,
+    /// Device service TCP address.
+    #[arg(long)]
+    device_tcp_listen: Option<SocketAddr>,
+    /// Seconds between repository polls.
+    #[arg(long)]
+    refresh_secs: Option<u64>,
+}
+
+impl RunArgs {
+    fn resolve(self) -> Result<EdgeConfig> {
+        let mut c = match &self.config {
+            Some(path) => EdgeConfig::from_file(path)?,
+            None => EdgeConfig::default(),
+        };
+        if let Some(v) = self.data_dir {
+            c.data_dir = v;
+        }
+        if let Some(v) = self.site {
+            c.site = v;
+        }
+        if !self.listen.is_empty() {
+            c.listen = self.listen;
+        }
+        c.bootstrap.extend(self.bootstrap);
+        if let Some(v) = self.capacity {
+            c.capacity = v;
+        }
+        if self.trusted_root.is_some() {
+            c.trusted_root = self.trusted_root;
+        }
+        if !self.serve_hw_classes.is_empty() {
+            c.serve_hw_classes = self.serve_hw_classes;
+        }
+        if self.no_mdns {
+            c.mdns = false;
+        }
+        if let Some(v) = self.http_listen {
+            c.http_listen = v;
+        }
+        if let Some(v) = self.device_quic_listen {
+            c.device_quic_listen = v;
+        }
+        if let Some(v) = self.device_tcp_listen {
+            c.device_tcp_listen = v;
+        }
+        if let Some(v) = self.refresh_secs {
+            c.refresh_secs = v;
+        }
+        c.capacity_bytes().context("--capacity")?;
+        Ok(c)
+    }
+}
+
 fn main() {
-    eprintln!("edge-node: not built yet; see issue 3 (the mesh)");
-    std::process::exit(1);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Status { http, json } => {
+            let status = edge_node::http::fetch_status(http)
+                .await
+                .with_context(|| format!("is an edge node running with --http-listen {http}?"))?;
+            println!("{}", edge_node::http::print_status(&status, json));
+            Ok(())
+        }
+        Command::Run(args) => {
+            let config = (*args).resolve()?;
+            let http = tokio::net::TcpListener::bind(config.http_listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (--http-listen)", config.http_listen))?;
+            let mirror_root = config.data_dir.join("repo");
+            daemon::run(config, move |running| {
+                let status = running.status.clone();
+                let state = edge_node::http::HttpState {
+                    mirror_root,
+                    metrics: running.metrics.clone(),
+                    status: Arc::new(move || status.lock().map(|s| s.clone()).unwrap_or_default()),
+                };
+                if let Ok(addr) = http.local_addr() {
+                    tracing::info!(%addr, "ops HTTP listening");
+                }
+                tokio::spawn(edge_node::http::serve(http, state));
+            })
+            .await
+        }
+    }
 }

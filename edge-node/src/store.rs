@@ -44,6 +44,12 @@ impl ChunkStore {
         Ok(ChunkStore { root })
     }
 
+    /// Opens an existing store without touching it: the origin reads the seeder's chunk
+    /// tree, where a concurrent `seeder release add` may have files staged.
+    pub fn open_read_only(data_dir: &Path) -> Self {
+        ChunkStore { root: data_dir.join("chunks") }
+    }
+
     fn path(&self, id: &ChunkId) -> PathBuf {
         let hex = id.to_hex();
         self.root.join(&hex[..2]).join(hex)

@@ -84,7 +84,7 @@ impl Node {
 
     async fn wait_identified(&mut self, peer: PeerId) -> Option<SiteName> {
         self.wait_for("PeerIdentified", |e| match e {
-            NetworkEvent::PeerIdentified { peer: p, site, addrs } if p == peer => {
+            NetworkEvent::PeerIdentified { peer: p, site, addrs, .. } if p == peer => {
                 assert!(!addrs.is_empty(), "identify carries listen addresses");
                 Ok(site)
             }

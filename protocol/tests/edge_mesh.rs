@@ -368,3 +368,25 @@ fn cache_pins_current_and_previous_release_and_evicts_older() {
     }
     assert_eq!(evicted, 5);
 }
+
+#[test]
+fn a_node_that_joins_late_takes_its_share_from_its_site_mate_not_the_backhaul() {
+    let mut net = Net::new(1, 2, 150, None);
+    // Node 1 starts alone in the site: it is responsible for everything and fetches it all.
+    let late = net.ids[1];
+    let now = Instant(0);
+    net.node(0).handle_peer_down(now, late);
+    let early = net.nodes[1].take();
+    net.run(Instant(600_000_000));
+    assert!(net.nodes[0].as_ref().unwrap().is_complete(&net.release));
+    // Node 1 joins: it must take everything from node 0 over the LAN.
+    net.nodes[1] = early;
+    let (id0, site) = (net.ids[0], net.sites[0]);
+    let now = net.now;
+    net.node(1).handle_peer_up(now, id0, site, PeerRole::Edge);
+    net.node(0).handle_peer_up(now, late, site, PeerRole::Edge);
+    net.run(Instant(1_200_000_000));
+    let joined = net.nodes[1].as_ref().unwrap();
+    assert!(joined.is_complete(&net.release));
+    assert_eq!(joined.stats().backhaul_bytes(), 0, "the late node used the backhaul: {:?}", joined.stats());
+}

@@ -70,6 +70,24 @@ enum Command {
     /// Manage the timestamp role.
     #[command(subcommand)]
     Timestamp(TimestampCommand),
+    /// Join the mesh as the origin: serve metadata and chunks, announce every new release.
+    Serve {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// libp2p listen multiaddr (repeatable).
+        #[arg(long, default_values_t = ["/ip4/0.0.0.0/udp/4100/quic-v1".to_string(), "/ip4/0.0.0.0/tcp/4100".to_string()])]
+        listen: Vec<String>,
+        /// Peer to dial at start (repeatable).
+        #[arg(long)]
+        bootstrap: Vec<String>,
+        /// Disable mDNS discovery.
+        #[arg(long)]
+        no_mdns: bool,
+        /// Seconds between re-announcements of an unchanged timestamp.
+        #[arg(long, default_value_t = 30)]
+        announce_secs: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -300,6 +318,35 @@ fn run(cli: &Cli) -> Result<i32> {
             print(cli.json, &serde_json::json!({"role": role, "keyids": ids}), || {
                 format!("rotated {role}: new key ids {}", ids.join(", "))
             })?;
+        }
+        Command::Serve { repo, listen, bootstrap, no_mdns, announce_secs } => {
+            repo::Repo::at(repo).current().context("nothing to serve")?;
+            let config = edge_node::origin::OriginConfig {
+                repo: repo.clone(),
+                listen: listen.clone(),
+                bootstrap: bootstrap.clone(),
+                key_path: repo.join("keys/origin-node.key"),
+                mdns: !no_mdns,
+                announce_every: std::time::Duration::from_secs((*announce_secs).max(1)),
+            };
+            let json = cli.json;
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(edge_node::origin::run(config, move |handle| {
+                let addrs: Vec<String> = handle.addrs.iter().map(|a| a.to_string()).collect();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"peer_id": handle.client.local_peer_id().to_string(), "addrs": addrs})
+                    );
+                } else {
+                    println!("origin {} listening; edge nodes bootstrap to:", handle.client.local_peer_id());
+                    for addr in &addrs {
+                        println!("  {addr}");
+                    }
+                }
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+            }))?;
         }
         Command::Timestamp(TimestampCommand::Refresh { repo, expires }) => {
             let lifetime = time::parse_duration(expires).context("--expires")?;

@@ -13,19 +13,24 @@ use libp2p::{
 };
 
 use super::{
-    codec::{ChunkCodec, HaveCodec},
+    codec::{ChunkCodec, HaveCodec, MetaCodec},
     NetworkConfig, NetworkError,
 };
 
 /// identify's protocol version: peers that differ speak a different mesh.
 pub const IDENTIFY_PROTOCOL_VERSION: &str = "/otamesh/1.0.0";
-/// Prefix of identify's agent version; the site name follows `site=`.
+/// Prefix of an edge node's identify agent version; the site name follows `site=`.
 pub const AGENT_PREFIX: &str = "otamesh-edge/0.1 site=";
+/// Prefix of the origin's (the seeder's) agent version. The claim is not trusted for
+/// content: an "origin" that sends a bad chunk is caught and banned like any peer.
+pub const ORIGIN_AGENT_PREFIX: &str = "otamesh-origin/0.1 site=";
 /// Chunk batches.
 pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/chunks/1");
 /// Chunk inventories. A separate protocol from chunks so its small messages get their own
 /// stream budget and never queue behind 8 MiB batches.
 pub const HAVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/have/1");
+/// Repository files (TUF metadata, manifests), fetched from any peer and verified locally.
+pub const META_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/meta/1");
 /// Our own Kademlia protocol name, so the mesh's DHT never merges with the public IPFS DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/kad/1.0.0");
 /// Gossipsub topic of signed release announcements.
@@ -95,6 +100,16 @@ impl SiteName {
     pub fn from_agent_version(agent_version: &str) -> Option<Self> {
         SiteName::new(agent_version.strip_prefix(AGENT_PREFIX)?).ok()
     }
+
+    /// The origin's agent version: `otamesh-origin/0.1 site=<name>`.
+    pub fn to_origin_agent_version(&self) -> String {
+        format!("{ORIGIN_AGENT_PREFIX}{}", self.0)
+    }
+
+    /// The site of a peer claiming to be the origin, from its agent version.
+    pub fn from_origin_agent_version(agent_version: &str) -> Option<Self> {
+        SiteName::new(agent_version.strip_prefix(ORIGIN_AGENT_PREFIX)?).ok()
+    }
 }
 
 impl fmt::Display for SiteName {
@@ -117,6 +132,7 @@ pub(crate) struct Behaviour {
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) chunks: request_response::Behaviour<ChunkCodec>,
     pub(crate) have: request_response::Behaviour<HaveCodec>,
+    pub(crate) meta: request_response::Behaviour<MetaCodec>,
     pub(crate) mdns: Toggle<libp2p::mdns::tokio::Behaviour>,
 }
 
@@ -125,8 +141,9 @@ impl Behaviour {
         let peer_id = key.public().to_peer_id();
 
         let identify = identify::Behaviour::new(
-            identify::Config::new(IDENTIFY_PROTOCOL_VERSION.into(), key.public())
-                .with_agent_version(config.site.to_agent_version()),
+            identify::Config::new(IDENTIFY_PROTOCOL_VERSION.into(), key.public()).with_agent_version(
+                if config.origin { config.site.to_origin_agent_version() } else { config.site.to_agent_version() },
+            ),
         );
 
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
@@ -153,7 +170,8 @@ impl Behaviour {
             .with_request_timeout(config.request_timeout)
             .with_max_concurrent_streams(config.max_concurrent_streams);
         let chunks = request_response::Behaviour::new([(CHUNK_PROTOCOL, ProtocolSupport::Full)], rr_config.clone());
-        let have = request_response::Behaviour::new([(HAVE_PROTOCOL, ProtocolSupport::Full)], rr_config);
+        let have = request_response::Behaviour::new([(HAVE_PROTOCOL, ProtocolSupport::Full)], rr_config.clone());
+        let meta = request_response::Behaviour::new([(META_PROTOCOL, ProtocolSupport::Full)], rr_config);
 
         let mdns = if config.enable_mdns {
             let mdns = libp2p::mdns::tokio::Behaviour::new(libp2p::mdns::Config::default(), peer_id)
@@ -163,7 +181,7 @@ impl Behaviour {
             None
         };
 
-        Ok(Behaviour { identify, kademlia, gossipsub, chunks, have, mdns: Toggle::from(mdns) })
+        Ok(Behaviour { identify, kademlia, gossipsub, chunks, have, meta, mdns: Toggle::from(mdns) })
     }
 }
 

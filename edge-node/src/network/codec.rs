@@ -13,7 +13,7 @@ use std::{io, marker::PhantomData};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{request_response, StreamProtocol};
 
-use super::messages::{ChunkRequest, ChunkResponse, HaveRequest, HaveResponse, WireMessage};
+use super::messages::{ChunkRequest, ChunkResponse, HaveRequest, HaveResponse, MetaRequest, MetaResponse, WireMessage};
 
 /// Bytes of the frame's length prefix.
 pub const FRAME_HEADER_BYTES: usize = 4;
@@ -80,6 +80,8 @@ impl<Req, Resp> Clone for WireCodec<Req, Resp> {
 pub type ChunkCodec = WireCodec<ChunkRequest, ChunkResponse>;
 /// The chunk inventory protocol, `/otamesh/have/1`.
 pub type HaveCodec = WireCodec<HaveRequest, HaveResponse>;
+/// The repository file protocol, `/otamesh/meta/1`.
+pub type MetaCodec = WireCodec<MetaRequest, MetaResponse>;
 
 impl<Req, Resp> request_response::Codec for WireCodec<Req, Resp>
 where

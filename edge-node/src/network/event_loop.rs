@@ -18,8 +18,8 @@ use tracing::{debug, warn};
 
 use super::{
     behaviour::{release_key, Behaviour, BehaviourEvent, KAD_PROTOCOL, RELEASES_TOPIC},
-    ChunkReply, ChunkResponse, ChunkResult, Command, ConnectedPeer, HaveReply, HaveResponse, NetworkError,
-    NetworkEvent, Reply, SiteName,
+    ChunkReply, ChunkResponse, ChunkResult, Command, ConnectedPeer, HaveReply, HaveResponse, MetaReply, MetaRequest,
+    MetaResponse, NetworkError, NetworkEvent, Reply, SiteName,
 };
 
 /// Most addresses taken from one identify message into the DHT routing table; identify
@@ -40,6 +40,7 @@ pub struct EventLoop {
     pending_get_providers: HashMap<kad::QueryId, Reply<HashSet<PeerId>>>,
     pending_chunks: HashMap<OutboundRequestId, Reply<ChunkResponse>>,
     pending_have: HashMap<OutboundRequestId, Reply<HaveResponse>>,
+    pending_meta: HashMap<OutboundRequestId, Reply<MetaResponse>>,
     dropped_events: u64,
 }
 
@@ -62,6 +63,7 @@ impl EventLoop {
             pending_get_providers: HashMap::new(),
             pending_chunks: HashMap::new(),
             pending_have: HashMap::new(),
+            pending_meta: HashMap::new(),
             dropped_events: 0,
         }
     }
@@ -86,6 +88,7 @@ impl EventLoop {
             + self.pending_get_providers.len()
             + self.pending_chunks.len()
             + self.pending_have.len()
+            + self.pending_meta.len()
     }
 
     /// Hands an event to the application without waiting (see the module's invariant).
@@ -114,6 +117,7 @@ impl EventLoop {
                 | Command::GetProviders { .. }
                 | Command::RequestChunks { .. }
                 | Command::RequestHave { .. }
+                | Command::RequestMeta { .. }
         );
         if needs_slot && self.pending_count() >= self.max_pending {
             refuse(command, NetworkError::TooManyPending);
@@ -182,6 +186,17 @@ impl EventLoop {
                 let result = self.swarm.behaviour_mut().have.send_response(reply_to.0, response);
                 let _ = reply.send(result.map_err(|_| NetworkError::ResponseNotSent));
             }
+            Command::RequestMeta { peer, request, reply } => {
+                let request_id = self.swarm.behaviour_mut().meta.send_request(&peer, request);
+                self.pending_meta.insert(request_id, reply);
+            }
+            Command::RespondMeta { reply_to, response, reply } => {
+                let result = self.swarm.behaviour_mut().meta.send_response(reply_to.0, response);
+                let _ = reply.send(result.map_err(|_| NetworkError::ResponseNotSent));
+            }
+            Command::Disconnect { peer } => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
             Command::ConnectedPeers { reply } => {
                 let peers = self
                     .peers
@@ -200,6 +215,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.handle_gossipsub(event),
             SwarmEvent::Behaviour(BehaviourEvent::Chunks(event)) => self.handle_chunks(event),
             SwarmEvent::Behaviour(BehaviourEvent::Have(event)) => self.handle_have(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Meta(event)) => self.handle_meta(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => self.handle_mdns(event),
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, .. } => {
                 self.peers.entry(peer_id).or_insert((None, 0)).1 += 1;
@@ -245,7 +261,9 @@ impl EventLoop {
         let identify::Event::Received { peer_id, info, .. } = event else {
             return;
         };
-        let site = SiteName::from_agent_version(&info.agent_version);
+        let origin_site = SiteName::from_origin_agent_version(&info.agent_version);
+        let origin = origin_site.is_some();
+        let site = SiteName::from_agent_version(&info.agent_version).or(origin_site);
         if let Some(entry) = self.peers.get_mut(&peer_id) {
             entry.0 = site.clone();
         }
@@ -257,7 +275,7 @@ impl EventLoop {
         }
         let mut addrs = info.listen_addrs;
         addrs.truncate(MAX_IDENTIFY_ADDRS);
-        let _ = self.emit(NetworkEvent::PeerIdentified { peer: peer_id, site, addrs });
+        let _ = self.emit(NetworkEvent::PeerIdentified { peer: peer_id, site, origin, addrs });
     }
 
     fn handle_kademlia(&mut self, event: kad::Event) {
@@ -367,6 +385,30 @@ impl EventLoop {
         }
     }
 
+    fn handle_meta(&mut self, event: request_response::Event<MetaRequest, MetaResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let _ = self.emit(NetworkEvent::InboundMetaRequest { peer, request, reply: MetaReply(channel) });
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(reply) = self.pending_meta.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                if let Some(reply) = self.pending_meta.remove(&request_id) {
+                    let _ = reply.send(Err(NetworkError::Request(error)));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "inbound meta request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
     fn handle_mdns(&mut self, event: libp2p::mdns::Event) {
         let libp2p::mdns::Event::Discovered(found) = event else {
             return;
@@ -392,9 +434,12 @@ fn refuse(command: Command, error: NetworkError) {
         Command::GetProviders { reply, .. } => drop(reply.send(Err(error))),
         Command::RequestChunks { reply, .. } => drop(reply.send(Err(error))),
         Command::RequestHave { reply, .. } => drop(reply.send(Err(error))),
+        Command::RequestMeta { reply, .. } => drop(reply.send(Err(error))),
         Command::Listen { reply, .. } => drop(reply.send(Err(error))),
         Command::Publish { reply, .. } => drop(reply.send(Err(error))),
-        Command::RespondChunks { reply, .. } | Command::RespondHave { reply, .. } => drop(reply.send(Err(error))),
-        Command::ListenAddrs { .. } | Command::ConnectedPeers { .. } => {}
+        Command::RespondChunks { reply, .. }
+        | Command::RespondHave { reply, .. }
+        | Command::RespondMeta { reply, .. } => drop(reply.send(Err(error))),
+        Command::ListenAddrs { .. } | Command::ConnectedPeers { .. } | Command::Disconnect { .. } => {}
     }
 }

@@ -30,6 +30,13 @@ const KIND_CHUNK_REQUEST: u8 = 0x01;
 const KIND_CHUNK_RESPONSE: u8 = 0x02;
 const KIND_HAVE_REQUEST: u8 = 0x03;
 const KIND_HAVE_RESPONSE: u8 = 0x04;
+const KIND_META_REQUEST: u8 = 0x05;
+const KIND_META_RESPONSE: u8 = 0x06;
+
+/// Longest name in a [`MetaRequest`].
+pub const MAX_META_NAME_BYTES: usize = 255;
+/// Largest file a [`MetaResponse`] carries: TUF metadata and release manifests.
+pub const MAX_META_BYTES: usize = 64 * 1024 * 1024;
 
 const STATUS_OK: u8 = 0;
 const STATUS_NOT_FOUND: u8 = 1;
@@ -165,6 +172,22 @@ pub struct HaveResponse {
     /// Bit `i` (LSB-first within each byte) set = the peer holds chunk index `i` of the
     /// release's chunk manifest.
     pub bitfield: Vec<u8>,
+}
+
+/// "Send me this repository file": a TUF metadata file (`metadata/3.snapshot.json`) or a
+/// target file (`targets/releases/gw/<hash>.1.0.0.manifest`). Any peer may answer: the
+/// requester verifies everything against its pinned root, so the source is not trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaRequest {
+    /// Repository-relative path.
+    pub name: String,
+}
+
+/// The file, or `None` if the peer does not have it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaResponse {
+    /// The bytes, unverified.
+    pub body: Option<Vec<u8>>,
 }
 
 impl HaveResponse {
@@ -416,6 +439,61 @@ impl WireMessage for HaveResponse {
     }
 }
 
+impl WireMessage for MetaRequest {
+    const MAX_ENCODED_BYTES: usize = 1 + 1 + MAX_META_NAME_BYTES;
+
+    fn encode(&self) -> Result<Vec<u8>, WireError> {
+        check_limit("name length", self.name.len() as u64, MAX_META_NAME_BYTES as u64)?;
+        let mut out = Vec::with_capacity(2 + self.name.len());
+        out.push(KIND_META_REQUEST);
+        out.push(self.name.len() as u8);
+        out.extend_from_slice(self.name.as_bytes());
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader { bytes };
+        r.kind(KIND_META_REQUEST)?;
+        let len = r.take(1, "name length")?[0] as usize;
+        let name = std::str::from_utf8(r.take(len, "name")?).map_err(|_| WireError::ReleaseNotUtf8)?.to_owned();
+        r.finish()?;
+        Ok(MetaRequest { name })
+    }
+}
+
+impl WireMessage for MetaResponse {
+    const MAX_ENCODED_BYTES: usize = 1 + 1 + 4 + MAX_META_BYTES;
+
+    fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut out = vec![KIND_META_RESPONSE];
+        match &self.body {
+            None => out.push(0),
+            Some(body) => {
+                check_limit("file length", body.len() as u64, MAX_META_BYTES as u64)?;
+                out.push(1);
+                out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+                out.extend_from_slice(body);
+            }
+        }
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader { bytes };
+        r.kind(KIND_META_RESPONSE)?;
+        let body = match r.take(1, "presence")?[0] {
+            0 => None,
+            _ => {
+                let len = r.u32("file length")?;
+                check_limit("file length", u64::from(len), MAX_META_BYTES as u64)?;
+                Some(r.take(len as usize, "file")?.to_vec())
+            }
+        };
+        r.finish()?;
+        Ok(MetaResponse { body })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,6 +514,17 @@ mod tests {
                 ChunkItem { id: [4; 32], result: ChunkResult::Ok(Vec::new()) },
             ],
         }
+    }
+
+    #[test]
+    fn meta_round_trips_and_truncations() {
+        let b = round_trip(&MetaRequest { name: "metadata/3.snapshot.json".into() });
+        truncations_refused::<MetaRequest>(&b);
+        let b = round_trip(&MetaResponse { body: Some(b"{}".to_vec()) });
+        truncations_refused::<MetaResponse>(&b);
+        round_trip(&MetaResponse { body: None });
+        let long = MetaRequest { name: "x".repeat(MAX_META_NAME_BYTES + 1) };
+        assert!(long.encode().is_err());
     }
 
     fn sample_have() -> HaveResponse {

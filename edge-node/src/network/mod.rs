@@ -37,7 +37,10 @@ pub use behaviour::{
 };
 pub use event_loop::EventLoop;
 pub use keyfile::load_or_create_keypair;
-pub use messages::{ChunkItem, ChunkRange, ChunkRequest, ChunkResponse, ChunkResult, HaveRequest, HaveResponse};
+pub use messages::{
+    ChunkItem, ChunkRange, ChunkRequest, ChunkResponse, ChunkResult, HaveRequest, HaveResponse, MetaRequest,
+    MetaResponse,
+};
 
 use behaviour::Behaviour;
 
@@ -46,6 +49,8 @@ use behaviour::Behaviour;
 pub struct NetworkConfig {
     /// This node's site, announced to peers through identify.
     pub site: SiteName,
+    /// Announce this node as the origin (the seeder) rather than an edge node.
+    pub origin: bool,
     /// Discover peers on the local network by mDNS. Off in tests: it multicasts on every
     /// interface.
     pub enable_mdns: bool,
@@ -73,6 +78,7 @@ impl NetworkConfig {
     pub fn new(site: SiteName) -> Self {
         NetworkConfig {
             site,
+            origin: false,
             enable_mdns: true,
             request_timeout: Duration::from_secs(30),
             max_concurrent_streams: 32,
@@ -144,6 +150,11 @@ pub struct ChunkReply(ResponseChannel<ChunkResponse>);
 #[derive(Debug)]
 pub struct HaveReply(ResponseChannel<HaveResponse>);
 
+/// How the application answers an inbound repository file request; consumed by
+/// [`NetworkClient::respond_meta`].
+#[derive(Debug)]
+pub struct MetaReply(ResponseChannel<MetaResponse>);
+
 /// Something the mesh tells the application.
 #[derive(Debug)]
 pub enum NetworkEvent {
@@ -151,8 +162,10 @@ pub enum NetworkEvent {
     PeerIdentified {
         /// The peer.
         peer: PeerId,
-        /// Its site, `None` if it is not an otamesh edge node or sent an invalid name.
+        /// Its site, `None` if it is not an otamesh node or sent an invalid name.
         site: Option<SiteName>,
+        /// It claims to be the origin (the seeder).
+        origin: bool,
         /// The addresses it listens on, as it reports them.
         addrs: Vec<Multiaddr>,
     },
@@ -192,6 +205,15 @@ pub enum NetworkEvent {
         /// The handle to answer through.
         reply: HaveReply,
     },
+    /// A peer asks for a repository file; answer with [`NetworkClient::respond_meta`].
+    InboundMetaRequest {
+        /// The requester.
+        peer: PeerId,
+        /// What it asks for.
+        request: MetaRequest,
+        /// The handle to answer through.
+        reply: MetaReply,
+    },
 }
 
 /// A connected peer, as returned by [`NetworkClient::connected_peers`].
@@ -219,7 +241,10 @@ enum Command {
     RequestHave { peer: PeerId, request: HaveRequest, reply: Reply<HaveResponse> },
     RespondChunks { reply_to: ChunkReply, response: ChunkResponse, reply: Reply<()> },
     RespondHave { reply_to: HaveReply, response: HaveResponse, reply: Reply<()> },
+    RequestMeta { peer: PeerId, request: MetaRequest, reply: Reply<MetaResponse> },
+    RespondMeta { reply_to: MetaReply, response: MetaResponse, reply: Reply<()> },
     ConnectedPeers { reply: oneshot::Sender<Vec<ConnectedPeer>> },
+    Disconnect { peer: PeerId },
 }
 
 /// A handle to the mesh; cheap to clone, usable from any task.
@@ -307,6 +332,22 @@ impl NetworkClient {
     /// Answers an inbound have request.
     pub async fn respond_have(&self, reply_to: HaveReply, response: HaveResponse) -> Result<(), NetworkError> {
         self.call(|reply| Command::RespondHave { reply_to, response, reply }).await
+    }
+
+    /// Asks `peer` for a repository file (unverified; the caller checks it).
+    pub async fn request_meta(&self, peer: PeerId, name: &str) -> Result<MetaResponse, NetworkError> {
+        let request = MetaRequest { name: name.to_owned() };
+        self.call(|reply| Command::RequestMeta { peer, request, reply }).await
+    }
+
+    /// Answers an inbound repository file request.
+    pub async fn respond_meta(&self, reply_to: MetaReply, response: MetaResponse) -> Result<(), NetworkError> {
+        self.call(|reply| Command::RespondMeta { reply_to, response, reply }).await
+    }
+
+    /// Closes every connection to `peer` (it sent data that failed verification).
+    pub async fn disconnect(&self, peer: PeerId) -> Result<(), NetworkError> {
+        self.commands.send(Command::Disconnect { peer }).await.map_err(|_| NetworkError::EventLoopStopped)
     }
 
     /// Peers with at least one open connection, with their site if identified.

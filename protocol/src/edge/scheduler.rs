@@ -468,8 +468,11 @@ impl FetchScheduler {
     /// A Have request failed.
     pub fn handle_have_failed(&mut self, now: Instant, peer: NodeId, release: ReleaseId) {
         self.now = now;
+        let n = self.releases.get(&release).map_or(0, |r| r.have.len());
         if let Some(h) = self.peers.get_mut(&peer).and_then(|p| p.haves.get_mut(&release)) {
             h.query_inflight = false;
+            // A site-mate that cannot answer is taken to hold nothing, so waiting on it ends.
+            h.bits.get_or_insert_with(|| Bitfield::new(n));
         }
         self.dirty = true;
     }
@@ -785,6 +788,20 @@ impl FetchScheduler {
             if !stalled {
                 return None;
             }
+        }
+        // Before spending backhaul on our share, hear from every site-mate once: one of them
+        // may hold the chunk already (a node that joins late must not re-fetch what its site has).
+        let unheard: Vec<NodeId> = members
+            .iter()
+            .filter(|m| **m != self.me)
+            .filter(|m| self.peers.get(*m).is_some_and(|p| p.haves.get(rid).is_none_or(|h| h.bits.is_none())))
+            .copied()
+            .collect();
+        if !unheard.is_empty() {
+            for member in unheard {
+                have_polls.insert((member, *rid));
+            }
+            return None;
         }
         // 3. Our share: another site's edge node that has it, then the origin.
         let mut wan = self

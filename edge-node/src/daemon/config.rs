@@ -1,0 +1,130 @@
+//! Edge node settings: a TOML file, every field overridable by a flag, and defaults that run
+//! with no configuration at all.
+//!
+//! ```toml
+//! data_dir = "otamesh-edge"            # store, TUF state, mirror, node key
+//! site = "default"                     # nodes with the same site share one backhaul fetch
+//! listen = ["/ip4/0.0.0.0/udp/4101/quic-v1", "/ip4/0.0.0.0/tcp/4101"]
+//! bootstrap = []                       # multiaddrs ending in /p2p/<peer id>: origin, site-mates
+//! capacity = "16GiB"                   # chunk store capacity
+//! trusted_root = ""                    # root.json to pin; empty: pin the origin's 1.root.json on first use
+//! serve_hw_classes = []                # hardware classes to pre-stage; empty: all
+//! mdns = true                          # find site-mates on the LAN
+//! http_listen = "127.0.0.1:4180"       # TUF mirror, /metrics, /status
+//! device_quic_listen = "0.0.0.0:4433"  # device service (QUIC, ALPN otamesh-device/1)
+//! device_tcp_listen = "0.0.0.0:4434"   # device service (framed TCP, for MCUs)
+//! refresh_secs = 60                    # poll the repository even without announcements
+//! ```
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Resolved settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// Where everything this node keeps lives.
+    pub data_dir: PathBuf,
+    /// Site name.
+    pub site: String,
+    /// libp2p listen multiaddrs.
+    pub listen: Vec<String>,
+    /// Peers to dial at start.
+    pub bootstrap: Vec<String>,
+    /// Store capacity, e.g. `16GiB`, `500MB`, `1048576`.
+    pub capacity: String,
+    /// Pinned TUF root; empty for trust on first use.
+    pub trusted_root: Option<PathBuf>,
+    /// Hardware classes to pre-stage; empty for all.
+    pub serve_hw_classes: Vec<String>,
+    /// mDNS discovery.
+    pub mdns: bool,
+    /// Ops HTTP listen address.
+    pub http_listen: SocketAddr,
+    /// Device service QUIC address.
+    pub device_quic_listen: SocketAddr,
+    /// Device service TCP address.
+    pub device_tcp_listen: SocketAddr,
+    /// Seconds between repository polls.
+    pub refresh_secs: u64,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            data_dir: PathBuf::from("otamesh-edge"),
+            site: "default".into(),
+            listen: vec!["/ip4/0.0.0.0/udp/4101/quic-v1".into(), "/ip4/0.0.0.0/tcp/4101".into()],
+            bootstrap: Vec::new(),
+            capacity: "16GiB".into(),
+            trusted_root: None,
+            serve_hw_classes: Vec::new(),
+            mdns: true,
+            http_listen: ([127, 0, 0, 1], 4180).into(),
+            device_quic_listen: ([0, 0, 0, 0], 4433).into(),
+            device_tcp_listen: ([0, 0, 0, 0], 4434).into(),
+            refresh_secs: 60,
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// Reads a TOML file; unknown keys are an error so typos do not pass silently.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        if text.len() > 1 << 20 {
+            bail!("config {} is over 1 MiB", path.display());
+        }
+        toml::from_str(&text).with_context(|| format!("config {} is invalid", path.display()))
+    }
+
+    /// Capacity in bytes.
+    pub fn capacity_bytes(&self) -> Result<u64> {
+        parse_bytes(&self.capacity)
+    }
+}
+
+/// Parses `16GiB`, `500MB`, `64KiB`, `1048576`.
+pub fn parse_bytes(text: &str) -> Result<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().with_context(|| format!("`{text}` is not a size like 16GiB or 500MB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        other => bail!("`{text}` has unknown unit `{other}`; use B, KB, MB, GB, KiB, MiB, GiB"),
+    };
+    n.checked_mul(scale).context("size overflows")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_defaults() {
+        assert_eq!(parse_bytes("16GiB").unwrap(), 16 << 30);
+        assert_eq!(parse_bytes("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert!(parse_bytes("12 parsecs").is_err());
+        assert_eq!(EdgeConfig::default().capacity_bytes().unwrap(), 16 << 30);
+    }
+
+    #[test]
+    fn toml_overrides_and_rejects_unknown_keys() {
+        let c: EdgeConfig = toml::from_str("site = \"plant-7\"\ncapacity = \"2GiB\"\nmdns = false").unwrap();
+        assert_eq!((c.site.as_str(), c.mdns), ("plant-7", false));
+        assert_eq!(c.listen, EdgeConfig::default().listen);
+        assert!(toml::from_str::<EdgeConfig>("sitee = \"x\"").is_err());
+    }
+}

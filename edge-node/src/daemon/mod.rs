@@ -1,0 +1,632 @@
+//! `edge-node run`: the thin driver around `protocol::edge::FetchScheduler`.
+//!
+//! One task owns the scheduler and selects between mesh events, results of the requests it
+//! spawned, and the scheduler's own timer. After every input it drains the scheduler
+//! (`poll_request`, `poll_event`) and turns decisions into IO: chunk and Have requests to
+//! peers, writes and deletes in the store, disconnects of liars. Verification happens here,
+//! before the scheduler hears of a chunk: bytes that do not hash to their id are reported
+//! `Corrupt` and never reach the store.
+
+pub mod config;
+pub mod tuf_sync;
+
+use anyhow::{Context, Result};
+use libp2p::{Multiaddr, PeerId};
+use protocol::edge::{
+    ChunkOutcome, ChunkSpec, EdgeEvent, FetchScheduler, NodeId, PeerRole, ReleaseId, ReleaseSpec, Request, RequestId,
+    SchedulerConfig, SiteId, SourceClass,
+};
+use protocol::manifest::{ChunkEntry, ManifestView};
+use protocol::ChunkId;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant as WallInstant;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+use crate::network::{
+    self, ChunkItem, ChunkRange, ChunkRequest, ChunkResponse, ChunkResult, HaveResponse, MetaResponse, NetworkClient,
+    NetworkConfig, NetworkEvent, SiteName,
+};
+use crate::store::ChunkStore;
+use config::EdgeConfig;
+use tuf_sync::TufDirs;
+
+/// What the status endpoint shows; refreshed by the main loop.
+pub type StatusHandle = Arc<Mutex<serde_json::Value>>;
+
+/// A release this node knows, with the manifest entries needed to verify its chunks.
+struct KnownRelease {
+    key: String,
+    target_path: String,
+    name: String,
+    version: String,
+    hw_class: String,
+    entries: Vec<ChunkEntry>,
+}
+
+/// Results of work the main loop spawned.
+enum Internal {
+    Chunks { id: RequestId, outcomes: Vec<(u32, ChunkOutcome)>, verified: Vec<(ChunkId, Vec<u8>)> },
+    ChunksFailed { id: RequestId },
+    Have { peer: NodeId, release: ReleaseId, bits: Option<Vec<u8>> },
+    Refreshed(Result<Vec<tuf_sync::FoundRelease>>),
+    StoreFailed(Vec<ChunkId>),
+    Served(Vec<ChunkId>),
+}
+
+/// Maps a libp2p peer to the protocol's node id.
+pub fn node_id(peer: &PeerId) -> NodeId {
+    NodeId::from_identity(&peer.to_bytes())
+}
+
+/// The running node's handles, for tests and the ops server.
+pub struct Running {
+    /// Mesh client.
+    pub client: NetworkClient,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Status snapshot.
+    pub status: StatusHandle,
+}
+
+struct Daemon {
+    config: EdgeConfig,
+    started: WallInstant,
+    client: NetworkClient,
+    scheduler: FetchScheduler,
+    store: ChunkStore,
+    metrics: Arc<Metrics>,
+    status: StatusHandle,
+    dirs: TufDirs,
+    peers: HashMap<NodeId, PeerId>,
+    sites: HashMap<PeerId, (String, bool)>,
+    releases: BTreeMap<ReleaseId, KnownRelease>,
+    by_key: HashMap<String, ReleaseId>,
+    pending: HashMap<ChunkId, Vec<u8>>,
+    internal_tx: mpsc::Sender<Internal>,
+    refreshing: bool,
+    announced: Option<Vec<u8>>,
+}
+
+/// Starts the node and runs it until the process is stopped.
+pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let keypair = network::load_or_create_keypair(&config.data_dir.join("node.key"))
+        .with_context(|| format!("cannot load or create the node key in {}", config.data_dir.display()))?;
+    let site = SiteName::new(config.site.clone()).map_err(|e| anyhow::anyhow!("site `{}`: {e}", config.site))?;
+    let mut net_config = NetworkConfig::new(site);
+    net_config.enable_mdns = config.mdns;
+    let (client, mut events, event_loop) = network::new(keypair, net_config)?;
+    tokio::spawn(event_loop.run());
+    for addr in &config.listen {
+        let addr: Multiaddr = addr.parse().with_context(|| format!("listen address `{addr}` is not a multiaddr"))?;
+        let bound = client.listen(addr.clone()).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let dialable = bound.with(libp2p::multiaddr::Protocol::P2p(client.local_peer_id()));
+        info!(addr = %dialable, "listening");
+    }
+    let store = ChunkStore::open(&config.data_dir)?;
+    let dirs = TufDirs::new(&config.data_dir);
+    if !dirs.has_root() {
+        if let Some(path) = &config.trusted_root {
+            let root = std::fs::read(path).with_context(|| format!("cannot read trusted root {}", path.display()))?;
+            dirs.pin_root(&root, unix_now())?;
+        }
+    }
+    let me = node_id(&client.local_peer_id());
+    let scheduler_config = SchedulerConfig {
+        served_hw_classes: config.serve_hw_classes.clone(),
+        capacity_bytes: config.capacity_bytes()?,
+        ..SchedulerConfig::default()
+    };
+    let scheduler = FetchScheduler::new(me, SiteId::from_name(&config.site), scheduler_config);
+    let metrics = Arc::new(Metrics::default());
+    let status: StatusHandle = Arc::new(Mutex::new(json!({})));
+    let (internal_tx, mut internal_rx) = mpsc::channel(1024);
+    let mut daemon = Daemon {
+        config,
+        started: WallInstant::now(),
+        client: client.clone(),
+        scheduler,
+        store,
+        metrics: metrics.clone(),
+        status: status.clone(),
+        dirs,
+        peers: HashMap::new(),
+        sites: HashMap::new(),
+        releases: BTreeMap::new(),
+        by_key: HashMap::new(),
+        pending: HashMap::new(),
+        internal_tx,
+        refreshing: false,
+        announced: None,
+    };
+    daemon.load_local_state();
+    for addr in daemon.config.bootstrap.clone() {
+        match addr.parse::<Multiaddr>() {
+            Ok(addr) => {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = client.dial(addr.clone()).await {
+                        warn!(%addr, %e, "bootstrap dial failed");
+                    }
+                });
+            }
+            Err(e) => warn!(%addr, %e, "bootstrap address is not a multiaddr"),
+        }
+    }
+    on_ready(&Running { client, metrics, status });
+    daemon.update_status();
+
+    let mut refresh_tick = tokio::time::interval(std::time::Duration::from_secs(daemon.config.refresh_secs.max(1)));
+    let mut status_tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        daemon.pump();
+        let deadline = daemon.scheduler.poll_timeout().map(|t| daemon.wall(t));
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => daemon.handle_network(event),
+                None => anyhow::bail!("the network event loop stopped"),
+            },
+            Some(msg) = internal_rx.recv() => daemon.handle_internal(msg),
+            _ = sleep => { let now = daemon.now(); daemon.scheduler.handle_timeout(now); }
+            _ = refresh_tick.tick() => daemon.start_refresh(),
+            _ = status_tick.tick() => daemon.update_status(),
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl Daemon {
+    fn now(&self) -> protocol::time::Instant {
+        protocol::time::Instant(self.started.elapsed().as_micros() as u64)
+    }
+
+    fn wall(&self, t: protocol::time::Instant) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.started + std::time::Duration::from_micros(t.0))
+    }
+
+    /// Rebuilds what survives a restart: the chunk store into the cache, and the releases of
+    /// the last verified metadata, so the node serves while its WAN is down.
+    fn load_local_state(&mut self) {
+        for (id, len) in self.store.scan() {
+            for victim in self.scheduler.handle_local_chunk(id, len) {
+                let _ = self.store.remove(&victim);
+            }
+        }
+        if let Some(trusted) = self.dirs.load_cached(unix_now()) {
+            if let Some(targets) = trusted.targets("targets") {
+                for target in targets.targets.values() {
+                    let Some(name) = tuf_sync::target_file_name(target) else { continue };
+                    if let Some(bytes) = crate::repo_files::read(&self.dirs.mirror, &name, target.length) {
+                        if target.verify(&bytes).is_ok() {
+                            self.register_release(&target.path, &bytes);
+                        }
+                    }
+                }
+            }
+        }
+        info!(chunks = self.scheduler.cache().len(), releases = self.releases.len(), "local state loaded");
+    }
+
+    fn sources(&self) -> Vec<PeerId> {
+        // The origin first (it has everything), then site-mates, then anyone.
+        let mut peers: Vec<(u8, PeerId)> = self
+            .sites
+            .iter()
+            .map(|(peer, (site, origin))| {
+                let rank = if *origin {
+                    0
+                } else if *site == self.config.site {
+                    1
+                } else {
+                    2
+                };
+                (rank, *peer)
+            })
+            .collect();
+        peers.sort();
+        peers.into_iter().map(|(_, p)| p).collect()
+    }
+
+    fn start_refresh(&mut self) {
+        if self.refreshing {
+            return;
+        }
+        let sources = self.sources();
+        if sources.is_empty() {
+            return;
+        }
+        self.refreshing = true;
+        let (client, dirs, tx) = (self.client.clone(), self.dirs.clone(), self.internal_tx.clone());
+        let announced = self.announced.take();
+        let known: std::collections::HashSet<String> = self.releases.values().map(|r| r.target_path.clone()).collect();
+        tokio::spawn(async move {
+            let result = async {
+                if !dirs.has_root() {
+                    // Trust on first use: no root was configured, so pin the origin's first
+                    // root. Production nodes set `trusted_root`.
+                    let root = client
+                        .request_meta(sources[0], "metadata/1.root.json")
+                        .await
+                        .ok()
+                        .and_then(|r| r.body)
+                        .context("no peer served metadata/1.root.json")?;
+                    warn!("no trusted_root configured: pinning the origin's 1.root.json on first use");
+                    dirs.pin_root(&root, unix_now())?;
+                }
+                let trusted = tuf_sync::refresh(&client, &sources, &dirs, unix_now(), announced).await?;
+                Ok(tuf_sync::new_releases(&client, &sources, &dirs, &trusted, &|path| known.contains(path)).await)
+            }
+            .await;
+            let _ = tx.send(Internal::Refreshed(result)).await;
+        });
+    }
+
+    fn register_release(&mut self, target_path: &str, manifest: &[u8]) {
+        let Ok(view) = ManifestView::new_checked(manifest) else { return };
+        let id = ReleaseId::of_manifest(manifest);
+        if self.releases.contains_key(&id) {
+            return;
+        }
+        let entries: Vec<ChunkEntry> = view.chunks().collect();
+        let spec = ReleaseSpec {
+            hw_class: view.hw_class().into(),
+            chunks: entries.iter().map(|e| ChunkSpec { id: e.id, stored_len: e.stored_length }).collect(),
+        };
+        let key = protocol::hex::encode(&id.0);
+        self.by_key.insert(key.clone(), id);
+        self.releases.insert(
+            id,
+            KnownRelease {
+                key,
+                target_path: target_path.into(),
+                name: view.name().into(),
+                version: view.version().into(),
+                hw_class: view.hw_class().into(),
+                entries,
+            },
+        );
+        let now = self.now();
+        self.scheduler.handle_release(now, id, spec);
+    }
+
+    fn handle_network(&mut self, event: NetworkEvent) {
+        let now = self.now();
+        match event {
+            NetworkEvent::PeerIdentified { peer, site, origin, .. } => {
+                let Some(site) = site else { return };
+                let first = !self.sites.contains_key(&peer);
+                self.sites.insert(peer, (site.as_str().to_string(), origin));
+                self.peers.insert(node_id(&peer), peer);
+                let role = if origin { PeerRole::Origin } else { PeerRole::Edge };
+                self.scheduler.handle_peer_up(now, node_id(&peer), SiteId::from_name(site.as_str()), role);
+                Metrics::add(&self.metrics.peers, u64::from(first));
+                if first {
+                    self.start_refresh();
+                }
+            }
+            NetworkEvent::PeerDisconnected { peer } => {
+                if self.sites.remove(&peer).is_some() {
+                    self.metrics.peers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                self.scheduler.handle_peer_down(now, node_id(&peer));
+            }
+            NetworkEvent::AnnouncementSubscriber { .. } => {}
+            NetworkEvent::Announcement { bytes, .. } => {
+                debug!(len = bytes.len(), "release announcement");
+                self.announced = Some(bytes);
+                self.start_refresh();
+            }
+            NetworkEvent::InboundChunkRequest { peer: _, request, reply } => {
+                let (store, client, metrics, tx) =
+                    (self.store.clone(), self.client.clone(), self.metrics.clone(), self.internal_tx.clone());
+                tokio::spawn(async move {
+                    let (response, served, damaged) =
+                        tokio::task::spawn_blocking(move || serve_chunks(&store, &metrics, &request))
+                            .await
+                            .unwrap_or_else(|_| (ChunkResponse { items: Vec::new() }, Vec::new(), Vec::new()));
+                    let _ = client.respond_chunks(reply, response).await;
+                    let _ = tx.send(Internal::Served(served)).await;
+                    if !damaged.is_empty() {
+                        let _ = tx.send(Internal::StoreFailed(damaged)).await;
+                    }
+                });
+            }
+            NetworkEvent::InboundHaveRequest { request, reply, .. } => {
+                let bitfield = self
+                    .by_key
+                    .get(&request.release)
+                    .and_then(|id| self.scheduler.have(id))
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let client = self.client.clone();
+                let response = HaveResponse { release: request.release, bitfield };
+                tokio::spawn(async move {
+                    let _ = client.respond_have(reply, response).await;
+                });
+            }
+            NetworkEvent::InboundMetaRequest { request, reply, .. } => {
+                let (mirror, client) = (self.dirs.mirror.clone(), self.client.clone());
+                tokio::spawn(async move {
+                    let body = tokio::task::spawn_blocking(move || {
+                        crate::repo_files::read(&mirror, &request.name, network::messages::MAX_META_BYTES as u64)
+                    })
+                    .await
+                    .ok()
+                    .flatten();
+                    let _ = client.respond_meta(reply, MetaResponse { body }).await;
+                });
+            }
+        }
+    }
+
+    fn handle_internal(&mut self, msg: Internal) {
+        let now = self.now();
+        match msg {
+            Internal::Chunks { id, outcomes, verified } => {
+                for (chunk, bytes) in verified {
+                    self.pending.insert(chunk, bytes);
+                }
+                let corrupt = outcomes.iter().filter(|(_, o)| *o == ChunkOutcome::Corrupt).count() as u64;
+                Metrics::add(&self.metrics.corrupt_chunks, corrupt);
+                self.scheduler.handle_response(now, id, &outcomes);
+            }
+            Internal::ChunksFailed { id } => self.scheduler.handle_request_failed(now, id),
+            Internal::Have { peer, release, bits } => match bits {
+                Some(bits) => self.scheduler.handle_have(now, peer, release, &bits),
+                None => self.scheduler.handle_have_failed(now, peer, release),
+            },
+            Internal::Refreshed(result) => {
+                self.refreshing = false;
+                match result {
+                    Ok(found) => {
+                        for release in found {
+                            self.register_release(&release.target_path, &release.manifest);
+                        }
+                    }
+                    Err(e) => warn!("repository refresh failed: {e:#}"),
+                }
+            }
+            Internal::StoreFailed(ids) => {
+                for id in ids {
+                    self.scheduler.handle_chunk_lost(id);
+                }
+            }
+            Internal::Served(ids) => {
+                for id in ids {
+                    self.scheduler.handle_served(&id);
+                }
+            }
+        }
+    }
+
+    /// Drains the scheduler: sends its requests, applies its events.
+    fn pump(&mut self) {
+        while let Some(request) = self.scheduler.poll_request() {
+            match request {
+                Request::Chunks { id, peer, release, indices, class, .. } => {
+                    self.send_chunks(id, peer, release, indices, class)
+                }
+                Request::Have { peer, release } => {
+                    let (Some(pid), Some(info)) = (self.peers.get(&peer).copied(), self.releases.get(&release)) else {
+                        continue;
+                    };
+                    let (client, tx, key) = (self.client.clone(), self.internal_tx.clone(), info.key.clone());
+                    tokio::spawn(async move {
+                        let bits =
+                            client.request_have(pid, &key).await.ok().filter(|r| r.release == key).map(|r| r.bitfield);
+                        let _ = tx.send(Internal::Have { peer, release, bits }).await;
+                    });
+                }
+            }
+        }
+        let mut to_write: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+        while let Some(event) = self.scheduler.poll_event() {
+            match event {
+                EdgeEvent::Store { chunk } => {
+                    if let Some(bytes) = self.pending.remove(&chunk) {
+                        to_write.push((chunk, bytes));
+                    }
+                }
+                EdgeEvent::Discard { chunk } => {
+                    self.pending.remove(&chunk);
+                    warn!(%chunk, "cache is full of pinned releases; raise `capacity`");
+                }
+                EdgeEvent::Evict { chunk } => {
+                    let store = self.store.clone();
+                    tokio::task::spawn_blocking(move || store.remove(&chunk));
+                }
+                EdgeEvent::ReleaseComplete { release } => {
+                    if let Some(info) = self.releases.get(&release) {
+                        info!(release = %info.target_path, "release complete");
+                        let (client, key) = (self.client.clone(), info.key.clone());
+                        tokio::spawn(async move {
+                            let _ = client.start_providing(&key).await;
+                        });
+                    }
+                }
+                EdgeEvent::Disconnect { peer, until } => {
+                    if let Some(pid) = self.peers.get(&peer).copied() {
+                        warn!(%pid, ban_until_us = until.0, "peer sent a chunk that failed verification; disconnecting");
+                        let client = self.client.clone();
+                        tokio::spawn(async move { client.disconnect(pid).await });
+                    }
+                }
+            }
+        }
+        // Verified chunks that were not admitted (or came twice) are dropped.
+        self.pending.clear();
+        if !to_write.is_empty() {
+            let (store, tx, metrics) = (self.store.clone(), self.internal_tx.clone(), self.metrics.clone());
+            tokio::spawn(async move {
+                let ids: Vec<ChunkId> = to_write.iter().map(|(id, _)| *id).collect();
+                let written = tokio::task::spawn_blocking(move || {
+                    let batch: Vec<(ChunkId, &[u8])> = to_write.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+                    let bytes: u64 = batch.iter().map(|(_, b)| b.len() as u64).sum();
+                    store.put_batch(&batch).map(|_| bytes)
+                })
+                .await;
+                match written {
+                    Ok(Ok(bytes)) => {
+                        Metrics::add(&metrics.chunks_stored, ids.len() as u64);
+                        Metrics::add(&metrics.bytes_stored, bytes);
+                    }
+                    _ => {
+                        warn!("writing chunks to the store failed");
+                        let _ = tx.send(Internal::StoreFailed(ids)).await;
+                    }
+                }
+            });
+        }
+    }
+
+    fn send_chunks(&mut self, id: RequestId, peer: NodeId, release: ReleaseId, indices: Vec<u32>, class: SourceClass) {
+        let (Some(pid), Some(info)) = (self.peers.get(&peer).copied(), self.releases.get(&release)) else {
+            let now = self.now();
+            self.scheduler.handle_request_failed(now, id);
+            return;
+        };
+        let entries: Vec<(u32, ChunkEntry)> =
+            indices.iter().filter_map(|i| info.entries.get(*i as usize).map(|e| (*i, *e))).collect();
+        let request = ChunkRequest {
+            release: info.key.clone(),
+            chunks: entries
+                .iter()
+                .map(|(_, e)| ChunkRange { id: e.id.0, offset: 0, length: e.stored_length })
+                .collect(),
+        };
+        let (client, tx, metrics) = (self.client.clone(), self.internal_tx.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            let response = match client.request_chunks(pid, request).await {
+                Ok(response) => response,
+                Err(e) => {
+                    debug!(%pid, %e, "chunk request failed");
+                    let _ = tx.send(Internal::ChunksFailed { id }).await;
+                    return;
+                }
+            };
+            // Hashing up to 8 MiB is CPU work: keep it off the async workers.
+            let checked = tokio::task::spawn_blocking(move || verify_response(&entries, response)).await;
+            let Ok((outcomes, verified)) = checked else {
+                let _ = tx.send(Internal::ChunksFailed { id }).await;
+                return;
+            };
+            let bytes: u64 = verified.iter().map(|(_, b)| b.len() as u64).sum();
+            Metrics::add(&metrics.bytes_in[class as usize], bytes);
+            let _ = tx.send(Internal::Chunks { id, outcomes, verified }).await;
+        });
+    }
+
+    fn update_status(&mut self) {
+        let peers: Vec<_> = self
+            .sites
+            .iter()
+            .map(|(peer, (site, origin))| json!({"peer": peer.to_string(), "site": site, "origin": origin}))
+            .collect();
+        let releases: Vec<_> = self
+            .releases
+            .iter()
+            .map(|(id, r)| {
+                let have = self.scheduler.have(id).map(|b| b.count()).unwrap_or(0);
+                json!({
+                    "name": r.name, "version": r.version, "hw_class": r.hw_class, "target": r.target_path,
+                    "chunks": r.entries.len(), "have": have, "complete": self.scheduler.is_complete(id),
+                })
+            })
+            .collect();
+        let stats = self.scheduler.stats();
+        let cache = self.scheduler.cache();
+        let status = json!({
+            "node_id": self.client.local_peer_id().to_string(),
+            "site": self.config.site,
+            "peers": peers,
+            "releases": releases,
+            "store": {"chunks": cache.len(), "bytes": cache.used_bytes(), "capacity_bytes": cache.capacity_bytes()},
+            "bytes_in": {
+                "site": stats.bytes_in[SourceClass::Site as usize],
+                "wan": stats.bytes_in[SourceClass::Wan as usize],
+                "origin": stats.bytes_in[SourceClass::Origin as usize],
+            },
+            "corrupt_chunks": stats.corrupt_chunks,
+        });
+        let complete = self.releases.keys().filter(|id| self.scheduler.is_complete(id)).count() as u64;
+        self.metrics.releases_complete.store(complete, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut slot) = self.status.lock() {
+            *slot = status;
+        }
+    }
+}
+
+/// Per-index outcomes of a chunk response, and the bytes of the chunks that verified.
+type CheckedResponse = (Vec<(u32, ChunkOutcome)>, Vec<(ChunkId, Vec<u8>)>);
+
+/// Checks each returned chunk against its manifest entry (length, then blake3).
+fn verify_response(entries: &[(u32, ChunkEntry)], response: ChunkResponse) -> CheckedResponse {
+    let mut items: HashMap<[u8; 32], ChunkItem> = response.items.into_iter().map(|item| (item.id, item)).collect();
+    let mut outcomes = Vec::with_capacity(entries.len());
+    let mut verified = Vec::new();
+    for (index, entry) in entries {
+        let outcome = match items.remove(&entry.id.0).map(|item| item.result) {
+            Some(ChunkResult::Ok(bytes)) => match protocol::codec::verify_stored(entry, &bytes) {
+                Ok(()) => {
+                    verified.push((entry.id, bytes));
+                    ChunkOutcome::Verified
+                }
+                Err(_) => ChunkOutcome::Corrupt,
+            },
+            _ => ChunkOutcome::Missing,
+        };
+        outcomes.push((*index, outcome));
+    }
+    (outcomes, verified)
+}
+
+/// Answers a peer's chunk request from the store (every body re-verified on read).
+/// Damaged bodies are deleted by the store and returned so the cache forgets them.
+pub fn serve_chunks(
+    store: &ChunkStore,
+    metrics: &Metrics,
+    request: &ChunkRequest,
+) -> (ChunkResponse, Vec<ChunkId>, Vec<ChunkId>) {
+    let mut items = Vec::with_capacity(request.chunks.len());
+    let mut served = Vec::new();
+    let mut damaged = Vec::new();
+    for range in &request.chunks {
+        let id = ChunkId(range.id);
+        let result = match store.get(&id, protocol::manifest::limits::MAX_STORED_CHUNK_BYTES as u64) {
+            Ok(bytes) => {
+                let start = (range.offset as usize).min(bytes.len());
+                let end =
+                    if range.length == 0 { bytes.len() } else { (start + range.length as usize).min(bytes.len()) };
+                Metrics::add(&metrics.cache_hits, 1);
+                Metrics::add(&metrics.bytes_out_peers, (end - start) as u64);
+                served.push(id);
+                ChunkResult::Ok(bytes[start..end].to_vec())
+            }
+            Err(crate::store::ReadError::Damaged) => {
+                Metrics::add(&metrics.corrupt_chunks, 1);
+                damaged.push(id);
+                ChunkResult::NotFound
+            }
+            Err(crate::store::ReadError::Missing) => {
+                Metrics::add(&metrics.cache_misses, 1);
+                ChunkResult::NotFound
+            }
+        };
+        items.push(ChunkItem { id: range.id, result });
+    }
+    (ChunkResponse { items }, served, damaged)
+}

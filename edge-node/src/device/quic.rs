@@ -1,0 +1,274 @@
+//! QUIC for Linux devices: quinn, ALPN [`super::ALPN`], one request per bidirectional stream
+//! (a frame each way, then the stream is finished), so a slow chunk batch never blocks a
+//! metadata poll on the same connection.
+//!
+//! The certificate is self-signed and devices accept any certificate: every byte they
+//! receive is verified against TUF metadata (from their pinned root) and chunk ids, so the
+//! certificate would add nothing but a key to manage and rotate on every edge node. QUIC
+//! here provides confidentiality of what a device fetches, flow control and congestion
+//! control — not trust.
+//!
+//! A request that does not parse gets an `Error` response on its stream; the connection and
+//! its other streams are unaffected. A stream whose request is not complete within
+//! `request_timeout` is reset.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use protocol::device_wire::{frame_body_len, limits, ErrorCode, FRAME_HEADER_BYTES};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{timeout, timeout_at, Instant};
+
+use super::{Answer, ClientError, DeviceBackend, DeviceGauge, DeviceServiceConfig, Shared};
+use crate::metrics::Metrics;
+
+/// The server name clients put in the TLS handshake. Not checked (see the module doc).
+pub const SERVER_NAME: &str = "otamesh-edge";
+
+const CERT_FILE: &str = "device-quic-cert.der";
+const KEY_FILE: &str = "device-quic-key.der";
+
+/// Application error code when the server closes or resets on its own initiative.
+const CODE_STALLED: u32 = 1;
+
+/// The crypto provider, chosen explicitly: libp2p enables rustls' aws-lc-rs provider in the
+/// same binary, and rustls refuses to guess between two.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Loads the certificate from `dir` if both files exist, else generates one (and saves it
+/// to `dir` if given). Blocking file IO: runs once at start.
+fn certificate(dir: Option<&Path>) -> anyhow::Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
+    if let Some(dir) = dir {
+        let (cert, key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+        if cert.exists() && key.exists() {
+            let cert = CertificateDer::from(std::fs::read(cert)?);
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(std::fs::read(key)?));
+            return Ok((cert, key));
+        }
+    }
+    let generated = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])?;
+    let cert = generated.cert.der().clone();
+    let key_der = generated.key_pair.serialize_der();
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir)?;
+        write_atomically(&dir.join(KEY_FILE), &key_der, 0o600)?;
+        write_atomically(&dir.join(CERT_FILE), &cert, 0o644)?;
+    }
+    Ok((cert, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der))))
+}
+
+/// Write-temp, fsync, rename: a crash leaves the old file or the new one, never half of one.
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Creates the server endpoint.
+pub(crate) fn bind_server(config: &DeviceServiceConfig, addr: SocketAddr) -> anyhow::Result<Endpoint> {
+    let (cert, key) = certificate(config.cert_dir.as_deref())?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)?;
+    tls.alpn_protocols = vec![super::ALPN.to_vec()];
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    let mut transport = TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams_per_connection))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .max_idle_timeout(Some(IdleTimeout::try_from(config.idle_timeout)?));
+    server.transport_config(Arc::new(transport));
+    Ok(Endpoint::server(server, addr)?)
+}
+
+/// Accepts QUIC devices until the task is aborted.
+pub(crate) async fn serve<B: DeviceBackend>(endpoint: Endpoint, shared: Arc<Shared<B>>, connections: Arc<Semaphore>) {
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                match connections.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tasks.spawn(connection(incoming, shared.clone(), permit));
+                    }
+                    // Refused before the handshake: costs one packet, no crypto, no state.
+                    Err(_) => incoming.refuse(),
+                }
+            }
+            Some(_) = tasks.join_next() => {}
+        }
+    }
+}
+
+async fn connection<B: DeviceBackend>(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared<B>>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let peer = incoming.remote_address();
+    let connection = match timeout(shared.config.request_timeout, incoming).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => return tracing::debug!(%peer, %error, "device quic handshake failed"),
+        Err(_) => return tracing::debug!(%peer, "device quic handshake timed out"),
+    };
+    let _gauge = DeviceGauge::new(shared.metrics.clone());
+    // Stream tasks live here so they end with the connection; quinn's stream limit bounds
+    // how many exist at once.
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = connection.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    streams.spawn(stream(send, recv, peer, shared.clone()));
+                }
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "device quic connection ended");
+                    break;
+                }
+            },
+            Some(_) = streams.join_next() => {}
+        }
+    }
+}
+
+async fn stream<B: DeviceBackend>(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    peer: SocketAddr,
+    shared: Arc<Shared<B>>,
+) {
+    let deadline = Instant::now() + shared.config.request_timeout;
+    let request = async {
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        recv.read_exact(&mut header).await.map_err(|_| None)?;
+        let len = frame_body_len(header, limits::MAX_REQUEST_BYTES).map_err(Some)?;
+        // `len` is at most MAX_REQUEST_BYTES: checked before this allocation.
+        let mut body = vec![0u8; len];
+        recv.read_exact(&mut body).await.map_err(|_| None)?;
+        Ok(body)
+    };
+    let answer = match timeout_at(deadline, request).await {
+        Ok(Ok(body)) => shared.answer(peer, &body).await,
+        Ok(Err(Some(error))) => Answer::error(ErrorCode::for_request_error(error)),
+        Ok(Err(None)) => return, // the peer reset or closed; nothing to answer
+        Err(_) => {
+            let _ = recv.stop(VarInt::from_u32(CODE_STALLED));
+            let _ = send.reset(VarInt::from_u32(CODE_STALLED));
+            return tracing::debug!(%peer, "device quic request stalled; stream reset");
+        }
+    };
+    match timeout(shared.config.response_timeout, send.write_all(&answer.frame)).await {
+        Ok(Ok(())) => {
+            Metrics::add(&shared.metrics.bytes_out_devices, answer.frame.len() as u64);
+            let _ = send.finish();
+        }
+        Ok(Err(error)) => tracing::debug!(%peer, %error, "device quic write failed"),
+        Err(_) => {
+            let _ = send.reset(VarInt::from_u32(CODE_STALLED));
+        }
+    }
+}
+
+/// Accepts any server certificate; still checks the handshake signature so the TLS session
+/// is well-formed. See the module doc for why that is enough.
+#[derive(Debug)]
+struct AnyServerCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Client side: an endpoint and a connection to `addr`.
+pub(crate) async fn connect(addr: SocketAddr) -> Result<(Endpoint, quinn::Connection), ClientError> {
+    let provider = provider();
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Connect(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![super::ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| ClientError::Connect(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = TransportConfig::default();
+    // A window that holds a whole 8 MiB batch lets one stream run at link speed on a LAN.
+    transport.stream_receive_window(VarInt::from_u32(limits::MAX_RESPONSE_BYTES as u32 + 4096));
+    client.transport_config(Arc::new(transport));
+    let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let mut endpoint = Endpoint::client(bind)?;
+    endpoint.set_default_client_config(client);
+    let connecting = endpoint.connect(addr, SERVER_NAME).map_err(|e| ClientError::Connect(e.to_string()))?;
+    let connection = connecting.await.map_err(|e| ClientError::Connect(e.to_string()))?;
+    Ok((endpoint, connection))
+}
+
+/// Client side: one request on a new stream, one response body back.
+pub(crate) async fn round_trip(connection: &quinn::Connection, frame: &[u8]) -> Result<Vec<u8>, ClientError> {
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| ClientError::Io(e.into()))?;
+    send.write_all(frame).await.map_err(|e| ClientError::Io(e.into()))?;
+    let _ = send.finish();
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    recv.read_exact(&mut header).await.map_err(read_error)?;
+    let len = frame_body_len(header, limits::MAX_RESPONSE_BYTES).map_err(ClientError::Malformed)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(read_error)?;
+    Ok(body)
+}
+
+fn read_error(error: quinn::ReadExactError) -> ClientError {
+    match error {
+        quinn::ReadExactError::FinishedEarly(_) => ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()),
+        quinn::ReadExactError::ReadError(e) => ClientError::Io(e.into()),
+    }
+}

@@ -1,0 +1,445 @@
+//! The device service over real sockets on 127.0.0.1: both transports, the limits, load and
+//! a throughput print. Every wait has a timeout; nothing synchronizes by sleeping.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edge_node::device::{
+    ChunkLookup, ClientError, DeviceAddrs, DeviceBackend, DeviceClient, DeviceService, DeviceServiceConfig,
+};
+use edge_node::metrics::Metrics;
+use protocol::device_wire::{
+    limits, ChunkRange, ChunkStatus, ErrorCode, Request, Response, ResponseView, FRAME_HEADER_BYTES,
+};
+use protocol::ChunkId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// An in-memory backend: files by name, chunks by id, some chunks "busy".
+#[derive(Default)]
+struct MemBackend {
+    metadata: HashMap<String, Vec<u8>>,
+    targets: HashMap<String, Vec<u8>>,
+    chunks: HashMap<ChunkId, Arc<Vec<u8>>>,
+    busy: Vec<ChunkId>,
+    statuses: Mutex<Vec<(SocketAddr, Vec<u8>)>>,
+}
+
+impl MemBackend {
+    fn add_chunk(&mut self, bytes: Vec<u8>) -> ChunkId {
+        let id = ChunkId::of(&bytes);
+        self.chunks.insert(id, Arc::new(bytes));
+        id
+    }
+}
+
+impl DeviceBackend for MemBackend {
+    async fn metadata(&self, name: &str) -> Option<Vec<u8>> {
+        self.metadata.get(name).cloned()
+    }
+
+    async fn target(&self, path: &str) -> Option<Vec<u8>> {
+        self.targets.get(path).cloned()
+    }
+
+    async fn chunk(&self, id: ChunkId) -> ChunkLookup {
+        if self.busy.contains(&id) {
+            return ChunkLookup::Busy;
+        }
+        match self.chunks.get(&id) {
+            Some(bytes) => ChunkLookup::Found(bytes.as_ref().clone()),
+            None => ChunkLookup::Missing,
+        }
+    }
+
+    async fn report_status(&self, peer: SocketAddr, body: Vec<u8>) {
+        self.statuses.lock().unwrap().push((peer, body));
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+fn localhost_config() -> DeviceServiceConfig {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    DeviceServiceConfig { quic_addr: Some(any), tcp_addr: Some(any), ..DeviceServiceConfig::default() }
+}
+
+struct Fixture {
+    addrs: DeviceAddrs,
+    task: JoinHandle<()>,
+    backend: Arc<MemBackend>,
+    metrics: Arc<Metrics>,
+    chunk_a: ChunkId,
+    chunk_b: ChunkId,
+    busy: ChunkId,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn start(config: DeviceServiceConfig) -> Fixture {
+    let mut backend = MemBackend::default();
+    backend.metadata.insert("timestamp.json".into(), b"{\"signed\":{\"_type\":\"timestamp\"}}".to_vec());
+    backend.metadata.insert("1.root.json".into(), b"{\"signed\":{\"_type\":\"root\"}}".to_vec());
+    backend.targets.insert("releases/gw/1.0.0.manifest".into(), pattern(3000, 7));
+    let chunk_a = backend.add_chunk(pattern(64 * 1024, 1));
+    let chunk_b = backend.add_chunk(pattern(1000, 2));
+    let busy = backend.add_chunk(pattern(10, 3));
+    backend.busy.push(busy);
+    let backend = Arc::new(backend);
+    let metrics = Arc::new(Metrics::default());
+    let (addrs, task) = DeviceService::bind(config, backend.clone(), metrics.clone()).await.unwrap();
+    Fixture { addrs, task, backend, metrics, chunk_a, chunk_b, busy }
+}
+
+async fn quic(f: &Fixture) -> DeviceClient {
+    timeout(WAIT, DeviceClient::connect_quic(f.addrs.quic.unwrap())).await.unwrap().unwrap()
+}
+
+async fn tcp(f: &Fixture) -> DeviceClient {
+    timeout(WAIT, DeviceClient::connect_tcp(f.addrs.tcp.unwrap())).await.unwrap().unwrap()
+}
+
+/// Metadata, targets, ranges, not-found paths and status reports, on either transport.
+async fn fetch_everything(f: &Fixture, client: &mut DeviceClient) {
+    let ts = client.get_metadata("timestamp.json").await.unwrap();
+    assert_eq!(ts.as_deref(), Some(&f.backend.metadata["timestamp.json"][..]));
+    assert_eq!(client.get_metadata("2.root.json").await.unwrap(), None);
+    let manifest = client.get_target("releases/gw/1.0.0.manifest").await.unwrap();
+    assert_eq!(manifest.as_deref(), Some(&f.backend.targets["releases/gw/1.0.0.manifest"][..]));
+    assert_eq!(client.get_target("releases/gw/9.9.9.manifest").await.unwrap(), None);
+
+    let a = f.backend.chunks[&f.chunk_a].clone();
+    let b = f.backend.chunks[&f.chunk_b].clone();
+    let unknown = ChunkId([0xee; 32]);
+    let ranges = [
+        ChunkRange::whole(f.chunk_a),
+        ChunkRange { id: f.chunk_a, offset: 100, length: 50 },
+        ChunkRange { id: f.chunk_b, offset: 990, length: 0 },
+        ChunkRange { id: f.chunk_b, offset: 990, length: 11 }, // one byte past the end
+        ChunkRange { id: f.chunk_b, offset: 1001, length: 0 }, // offset past the end
+        ChunkRange::whole(unknown),
+        ChunkRange::whole(f.busy),
+    ];
+    let batch = client.get_chunks(&ranges).await.unwrap();
+    let items: Vec<_> = batch.items().iter().collect();
+    assert_eq!(items.len(), ranges.len());
+    assert_eq!(items[0].status, ChunkStatus::Ok(&a[..]));
+    assert!(f.chunk_a.matches(match items[0].status {
+        ChunkStatus::Ok(bytes) => bytes,
+        _ => unreachable!(),
+    }));
+    assert_eq!(items[1].status, ChunkStatus::Ok(&a[100..150]));
+    assert_eq!(items[2].status, ChunkStatus::Ok(&b[990..]));
+    assert_eq!(items[3].status, ChunkStatus::NotFound);
+    assert_eq!(items[4].status, ChunkStatus::NotFound);
+    assert_eq!(items[5].status, ChunkStatus::NotFound);
+    assert_eq!(items[6].status, ChunkStatus::Busy);
+
+    client.report_status(b"signed status v1").await.unwrap();
+    assert!(f.backend.statuses.lock().unwrap().iter().any(|(_, body)| body == b"signed status v1"));
+}
+
+/// A `GetChunks` frame with 300 ranges: well-framed, 12 KiB, above `MAX_RANGES`.
+fn three_hundred_ranges() -> Vec<u8> {
+    let count: u16 = 300;
+    let body_len = 1 + 2 + usize::from(count) * 40;
+    let mut frame = (body_len as u32).to_le_bytes().to_vec();
+    frame.push(0x03);
+    frame.extend_from_slice(&count.to_le_bytes());
+    frame.resize(FRAME_HEADER_BYTES + body_len, 0);
+    frame
+}
+
+fn expect_error(body: &[u8], code: ErrorCode) {
+    assert_eq!(ResponseView::parse(body).unwrap(), Response::Error { code });
+}
+
+mod fetch {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quic_serves_metadata_targets_and_chunk_ranges() {
+        let f = start(localhost_config()).await;
+        let mut client = quic(&f).await;
+        timeout(WAIT, fetch_everything(&f, &mut client)).await.unwrap();
+        assert!(f.metrics.bytes_out_devices.load(Relaxed) > 64 * 1024);
+        assert!(f.metrics.cache_hits.load(Relaxed) >= 5);
+        assert!(f.metrics.cache_misses.load(Relaxed) >= 1);
+        assert_eq!(f.metrics.devices.load(Relaxed), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp_serves_metadata_targets_and_chunk_ranges() {
+        let f = start(localhost_config()).await;
+        let mut client = tcp(&f).await;
+        timeout(WAIT, fetch_everything(&f, &mut client)).await.unwrap();
+        assert!(f.metrics.bytes_out_devices.load(Relaxed) > 64 * 1024);
+        assert_eq!(f.metrics.devices.load(Relaxed), 1);
+    }
+
+    /// QUIC: each request has its own stream, so a refused request leaves the connection
+    /// usable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quic_too_many_ranges_is_refused_and_connection_stays_usable() {
+        let f = start(localhost_config()).await;
+        let mut client = quic(&f).await;
+        let body = timeout(WAIT, client.request_frame(&three_hundred_ranges())).await.unwrap().unwrap();
+        expect_error(&body, ErrorCode::TOO_LARGE);
+        assert!(client.get_metadata("timestamp.json").await.unwrap().is_some());
+    }
+
+    /// TCP: the frame was intact, so the server answers `Error(TOO_LARGE)` and keeps the
+    /// connection (requests are read whole, so the next frame starts cleanly).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp_too_many_ranges_is_refused_and_connection_stays_usable() {
+        let f = start(localhost_config()).await;
+        let mut client = tcp(&f).await;
+        let body = timeout(WAIT, client.request_frame(&three_hundred_ranges())).await.unwrap().unwrap();
+        expect_error(&body, ErrorCode::TOO_LARGE);
+        assert!(client.get_metadata("timestamp.json").await.unwrap().is_some());
+        // An unparseable (but framed) request: BAD_REQUEST, still usable.
+        let body = client.request_frame(&[2, 0, 0, 0, 0x01, 0xff]).await.unwrap();
+        expect_error(&body, ErrorCode::BAD_REQUEST);
+        assert!(client.get_target("releases/gw/1.0.0.manifest").await.unwrap().is_some());
+    }
+
+    /// A length prefix above the request limit: answered `Error(TOO_LARGE)`, then closed,
+    /// because skipping an arbitrary body to resynchronize is exactly what the limit forbids.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp_oversized_frame_is_refused_and_closed() {
+        let f = start(localhost_config()).await;
+        let mut stream = TcpStream::connect(f.addrs.tcp.unwrap()).await.unwrap();
+        stream.write_all(&(limits::MAX_REQUEST_BYTES as u32 + 1).to_le_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        timeout(WAIT, stream.read_to_end(&mut reply)).await.unwrap().unwrap();
+        expect_error(&reply[FRAME_HEADER_BYTES..], ErrorCode::TOO_LARGE);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quic_certificate_is_persisted_in_cert_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DeviceServiceConfig { cert_dir: Some(dir.path().into()), ..localhost_config() };
+        let first = start(config.clone()).await;
+        let cert = std::fs::read(dir.path().join("device-quic-cert.der")).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join("device-quic-key.der")).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        drop(first);
+        let second = start(config).await;
+        assert_eq!(std::fs::read(dir.path().join("device-quic-cert.der")).unwrap(), cert);
+        let mut client = quic(&second).await;
+        assert!(client.get_metadata("1.root.json").await.unwrap().is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn client_refuses_requests_over_the_limits_without_sending() {
+        let f = start(localhost_config()).await;
+        let mut client = tcp(&f).await;
+        let ranges = vec![ChunkRange::whole(f.chunk_a); 257];
+        assert!(matches!(client.get_chunks(&ranges).await, Err(ClientError::Request(_))));
+        assert!(matches!(client.get_metadata("../secret").await, Err(ClientError::Request(_))));
+        assert!(client.get_metadata("timestamp.json").await.unwrap().is_some());
+    }
+
+    /// A batch bigger than `max_response_bytes`: the items that fit are served, the rest are
+    /// `Busy` (ask again), never a response over the limit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batch_over_response_budget_answers_rest_busy() {
+        let config = DeviceServiceConfig { max_response_bytes: 100 * 1024, ..localhost_config() };
+        let f = start(config).await;
+        let mut client = quic(&f).await;
+        let ranges = [ChunkRange::whole(f.chunk_a), ChunkRange::whole(f.chunk_a), ChunkRange::whole(f.chunk_b)];
+        let batch = timeout(WAIT, client.get_chunks(&ranges)).await.unwrap().unwrap();
+        let statuses: Vec<_> = batch.items().iter().map(|i| i.status).collect();
+        assert!(matches!(statuses[0], ChunkStatus::Ok(b) if b.len() == 64 * 1024));
+        assert_eq!(statuses[1], ChunkStatus::Busy);
+        assert!(matches!(statuses[2], ChunkStatus::Ok(b) if b.len() == 1000));
+    }
+}
+
+mod limits_enforced {
+    use super::*;
+
+    /// Over `max_connections`, TCP devices get `Error(BUSY)` and EOF, QUIC devices a refused
+    /// handshake; a freed slot is reusable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_beyond_the_limit_are_refused() {
+        let f = start(DeviceServiceConfig { max_connections: 2, ..localhost_config() }).await;
+        // A completed request proves the server accepted (and counted) each connection.
+        let mut first = tcp(&f).await;
+        first.get_metadata("timestamp.json").await.unwrap();
+        let mut second = quic(&f).await;
+        second.get_metadata("timestamp.json").await.unwrap();
+        assert_eq!(f.metrics.devices.load(Relaxed), 2);
+
+        let mut refused = TcpStream::connect(f.addrs.tcp.unwrap()).await.unwrap();
+        let mut reply = Vec::new();
+        timeout(WAIT, refused.read_to_end(&mut reply)).await.unwrap().unwrap();
+        expect_error(&reply[FRAME_HEADER_BYTES..], ErrorCode::BUSY);
+
+        let quic_refused = timeout(WAIT, DeviceClient::connect_quic(f.addrs.quic.unwrap())).await.unwrap();
+        assert!(matches!(quic_refused, Err(ClientError::Connect(_))), "{quic_refused:?}");
+
+        // Free a slot; the server notices the close asynchronously, so retry until it has.
+        drop(first);
+        let reconnected = timeout(WAIT, async {
+            loop {
+                let mut client = tcp(&f).await;
+                match client.get_metadata("timestamp.json").await {
+                    Ok(_) => return client,
+                    Err(_) => tokio::task::yield_now().await,
+                }
+            }
+        })
+        .await;
+        assert!(reconnected.is_ok());
+        second.get_metadata("1.root.json").await.unwrap();
+    }
+
+    /// Slow loris: half a frame, then silence. The read deadline drops that client; another
+    /// client is served throughout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stalled_partial_frame_is_disconnected_by_read_deadline() {
+        let config = DeviceServiceConfig { request_timeout: Duration::from_millis(300), ..localhost_config() };
+        let f = start(config).await;
+        let mut loris = TcpStream::connect(f.addrs.tcp.unwrap()).await.unwrap();
+        let frame = Request::GetMetadata { name: "timestamp.json" }.to_frame().unwrap();
+        loris.write_all(&frame[..frame.len() / 2]).await.unwrap();
+
+        let mut honest = tcp(&f).await;
+        let started = Instant::now();
+        let loris_read = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            loris.read(&mut buf).await
+        });
+        // Meanwhile the honest client keeps working, request after request.
+        let served = timeout(WAIT, async {
+            let mut served = 0;
+            while !loris_read.is_finished() {
+                assert!(honest.get_metadata("timestamp.json").await.unwrap().is_some());
+                served += 1;
+            }
+            served
+        })
+        .await
+        .expect("the stalled client was never disconnected");
+        let read = loris_read.await.unwrap();
+        // EOF (0) or a reset: either way the server dropped it, and sent no response.
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert!(served > 0);
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        assert!(honest.get_target("releases/gw/1.0.0.manifest").await.unwrap().is_some());
+    }
+}
+
+mod load {
+    use super::*;
+
+    fn rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// 200 devices at once (half TCP, half QUIC), each fetching a few chunks. Asserts
+    /// correctness; prints time and memory.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_hundred_concurrent_clients_fetch_chunks() {
+        let f = Arc::new(start(localhost_config()).await);
+        let rss_before = rss_kib();
+        let started = Instant::now();
+        let mut clients = Vec::new();
+        for i in 0..200 {
+            let f = f.clone();
+            clients.push(tokio::spawn(async move {
+                let mut client = if i % 2 == 0 { tcp(&f).await } else { quic(&f).await };
+                for _ in 0..3 {
+                    let ranges = [
+                        ChunkRange::whole(f.chunk_a),
+                        ChunkRange { id: f.chunk_b, offset: i, length: 10 },
+                        ChunkRange::whole(f.chunk_b),
+                    ];
+                    let batch = client.get_chunks(&ranges).await.unwrap();
+                    let items: Vec<_> = batch.items().iter().collect();
+                    let b = &f.backend.chunks[&f.chunk_b];
+                    assert_eq!(items[0].status, ChunkStatus::Ok(&f.backend.chunks[&f.chunk_a][..]));
+                    assert_eq!(items[1].status, ChunkStatus::Ok(&b[i as usize..i as usize + 10]));
+                    assert_eq!(items[2].status, ChunkStatus::Ok(&b[..]));
+                }
+                client
+            }));
+        }
+        let mut held = Vec::new();
+        for client in clients {
+            held.push(timeout(Duration::from_secs(120), client).await.unwrap().unwrap());
+        }
+        let elapsed = started.elapsed();
+        assert_eq!(f.metrics.devices.load(Relaxed), 200);
+        println!(
+            "200 concurrent clients x 3 batches (~196 KiB each): {:.2?}, RSS {} MiB -> {} MiB",
+            elapsed,
+            rss_before / 1024,
+            rss_kib() / 1024
+        );
+    }
+
+    /// One QUIC client fetching 256 MiB as 4 MiB batches of 256 KiB chunks. Prints MiB/s;
+    /// run with `cargo test --release -p edge-node --test device_service -- --nocapture
+    /// throughput`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn throughput_quic_256_mib_in_4_mib_batches() {
+        let mut backend = MemBackend::default();
+        let ids: Vec<ChunkId> = (0..16).map(|i| backend.add_chunk(pattern(256 * 1024, i))).collect();
+        let backend = Arc::new(backend);
+        let metrics = Arc::new(Metrics::default());
+        let (addrs, task) = DeviceService::bind(localhost_config(), backend.clone(), metrics).await.unwrap();
+        let mut client = quic_at(addrs.quic.unwrap()).await;
+        let ranges: Vec<ChunkRange> = ids.iter().map(|id| ChunkRange::whole(*id)).collect();
+
+        // Verify one batch fully, outside the timed loop.
+        let batch = client.get_chunks(&ranges).await.unwrap();
+        assert!(batch.items().iter().all(|item| matches!(item.status, ChunkStatus::Ok(b) if item.id.matches(b))));
+
+        let total: usize = 256 * 1024 * 1024;
+        let started = Instant::now();
+        let mut received = 0usize;
+        while received < total {
+            let batch = timeout(WAIT, client.get_chunks(&ranges)).await.unwrap().unwrap();
+            for item in batch.items().iter() {
+                match item.status {
+                    ChunkStatus::Ok(bytes) => received += bytes.len(),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "throughput: QUIC, 1 client, {} MiB in 4 MiB batches of 256 KiB chunks: {:.2} s, {:.0} MiB/s",
+            received >> 20,
+            secs,
+            (received >> 20) as f64 / secs
+        );
+        task.abort();
+    }
+
+    async fn quic_at(addr: SocketAddr) -> DeviceClient {
+        timeout(WAIT, DeviceClient::connect_quic(addr)).await.unwrap().unwrap()
+    }
+}
