@@ -1,0 +1,181 @@
+//! The mesh with real processes on 127.0.0.1: a seeder origin and edge nodes in sites.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+use support::{eventually, random_bytes, store_is_intact, Edge, Origin};
+
+const RELEASE_MIB: usize = 64;
+
+fn write_image(dir: &Path, seed: u64) -> std::path::PathBuf {
+    let path = dir.join(format!("image-{seed}.img"));
+    std::fs::write(&path, random_bytes(RELEASE_MIB << 20, seed)).unwrap();
+    path
+}
+
+/// Starts `per_site` nodes in each site: the first bootstraps to the origin, the rest also to
+/// their site's first node (sites find each other by mDNS in production; tests run with it off).
+fn start_sites(dir: &Path, origin: &Origin, sites: usize, per_site: usize) -> Vec<Edge> {
+    let mut edges = Vec::new();
+    for s in 0..sites {
+        let first = edges.len();
+        for m in 0..per_site {
+            let name = format!("edge-s{s}-{m}");
+            let mut boot = vec![origin.addr.as_str()];
+            let mate;
+            if m > 0 {
+                mate = edges.get(first).map(|e: &Edge| e.p2p.clone()).unwrap();
+                boot.push(mate.as_str());
+            }
+            edges.push(Edge::start(&name, &dir.join(&name), &format!("site-{s}"), &boot));
+        }
+    }
+    // Everyone sees the origin and its site-mates before the release is published, so the
+    // rendezvous split is what it will be for the whole transfer.
+    for e in &edges {
+        eventually(&format!("{} to see its peers", e.proc.name), Duration::from_secs(60), || {
+            (e.peer_count() >= per_site).then_some(())
+        });
+    }
+    edges
+}
+
+#[test]
+fn six_edge_nodes_in_three_sites_prestage_a_release_crossing_each_backhaul_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start(dir.path());
+    let edges = start_sites(dir.path(), &origin, 3, 2);
+    let stored = origin.publish(&write_image(dir.path(), 1), "1.0.0");
+
+    for e in &edges {
+        eventually(&format!("{} to pre-stage 1.0.0", e.proc.name), Duration::from_secs(240), || {
+            e.has_release("1.0.0").then_some(())
+        });
+    }
+    for site in 0..3 {
+        let members: Vec<&Edge> = edges.iter().filter(|e| e.site == format!("site-{site}")).collect();
+        let backhaul: u64 = members.iter().map(|e| e.backhaul_bytes()).sum();
+        let amplification = backhaul as f64 / stored as f64;
+        eprintln!("site-{site}: {backhaul} backhaul bytes for {stored} stored bytes = {amplification:.3}");
+        assert!(amplification <= 1.02, "site-{site} pulled {amplification:.3}x the release over its backhaul");
+    }
+    for e in &edges {
+        let (chunks, bad) = store_is_intact(&e.data_dir);
+        assert!(chunks > 0 && bad.is_empty(), "{}: {chunks} chunks, damaged {bad:?}", e.proc.name);
+    }
+
+    // A standard TUF client uses an edge node as its mirror.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/ngclient_mirror.py");
+    let out_file = dir.path().join("manifest.via-edge");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(format!("http://{}", edges[3].http))
+        .arg(origin.repo.join("metadata/1.root.json"))
+        .arg("releases/gw/1.0.0.manifest")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "python-tuf via the edge mirror: {}", String::from_utf8_lossy(&out.stderr));
+    let via_edge = std::fs::read(&out_file).unwrap();
+    let view = protocol::manifest::ManifestView::new_checked(&via_edge).unwrap();
+    assert_eq!((view.name(), view.version()), ("gw", "1.0.0"));
+}
+
+#[test]
+fn a_node_killed_mid_transfer_does_not_stop_its_site_and_restarts_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start(dir.path());
+    let mut edges = start_sites(dir.path(), &origin, 1, 2);
+    origin.publish(&write_image(dir.path(), 2), "1.0.0");
+
+    // Kill the second node once it holds part of the release (its share is half the chunks).
+    let victim_have = |e: &Edge| -> u64 { e.status().and_then(|s| s["releases"][0]["have"].as_u64()).unwrap_or(0) };
+    eventually("the victim to start receiving", Duration::from_secs(120), || {
+        (victim_have(&edges[1]) >= 20).then_some(())
+    });
+    edges[1].proc.kill();
+
+    // The survivor takes over the dead node's share and completes.
+    eventually("the survivor to complete", Duration::from_secs(240), || edges[0].has_release("1.0.0").then_some(()));
+
+    // The killed node restarts on the same data dir, completes, and holds only intact chunks.
+    let (dir1, site1) = (edges[1].data_dir.clone(), edges[1].site.clone());
+    let boot = [origin.addr.clone(), edges[0].p2p.clone()];
+    let restarted = Edge::start("edge-restarted", &dir1, &site1, &[boot[0].as_str(), boot[1].as_str()]);
+    eventually("the restarted node to complete", Duration::from_secs(240), || {
+        restarted.has_release("1.0.0").then_some(())
+    });
+    let (chunks, bad) = store_is_intact(&dir1);
+    assert!(chunks > 0 && bad.is_empty(), "restarted store: {chunks} chunks, damaged {bad:?}");
+    edges.push(restarted);
+}
+
+/// A hostile site-mate: claims every chunk of every release and answers with garbage.
+async fn run_liar(bootstrap: Vec<String>, ready: std::sync::mpsc::Sender<String>) {
+    use edge_node::network::{
+        self, ChunkItem, ChunkResponse, ChunkResult, HaveResponse, MetaResponse, NetworkConfig, NetworkEvent, SiteName,
+    };
+    let keypair = libp2p::identity::Keypair::generate_ed25519();
+    let mut config = NetworkConfig::new(SiteName::new("site-0").unwrap());
+    config.enable_mdns = false;
+    let (client, mut events, event_loop) = network::new(keypair, config).unwrap();
+    tokio::spawn(event_loop.run());
+    client.listen("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()).await.unwrap();
+    for addr in bootstrap {
+        let _ = client.dial(addr.parse().unwrap()).await;
+    }
+    let _ = ready.send(client.local_peer_id().to_string());
+    while let Some(event) = events.recv().await {
+        let client = client.clone();
+        match event {
+            NetworkEvent::InboundHaveRequest { request, reply, .. } => {
+                let response = HaveResponse { release: request.release, bitfield: vec![0xff; 4096] };
+                tokio::spawn(async move { client.respond_have(reply, response).await });
+            }
+            NetworkEvent::InboundChunkRequest { request, reply, .. } => {
+                let items = request
+                    .chunks
+                    .iter()
+                    .map(|r| ChunkItem {
+                        id: r.id,
+                        result: ChunkResult::Ok(random_bytes(r.length as usize, r.offset as u64 + 7)),
+                    })
+                    .collect();
+                tokio::spawn(async move { client.respond_chunks(reply, ChunkResponse { items }).await });
+            }
+            NetworkEvent::InboundMetaRequest { reply, .. } => {
+                tokio::spawn(async move { client.respond_meta(reply, MetaResponse { body: None }).await });
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_peer_serving_corrupt_chunks_is_caught_and_the_release_still_arrives_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start(dir.path());
+    let edges = start_sites(dir.path(), &origin, 1, 2);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let bootstrap = edges.iter().map(|e| e.p2p.clone()).collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.spawn(run_liar(bootstrap, tx));
+    let liar = rx.recv_timeout(Duration::from_secs(30)).expect("liar started");
+    for e in &edges {
+        eventually(&format!("{} to see the liar", e.proc.name), Duration::from_secs(60), || {
+            e.status()?["peers"].as_array()?.iter().any(|p| p["peer"] == liar.as_str()).then_some(())
+        });
+    }
+    origin.publish(&write_image(dir.path(), 3), "1.0.0");
+    for e in &edges {
+        eventually(&format!("{} to complete despite the liar", e.proc.name), Duration::from_secs(240), || {
+            e.has_release("1.0.0").then_some(())
+        });
+        let (chunks, bad) = store_is_intact(&e.data_dir);
+        assert!(chunks > 0 && bad.is_empty(), "{}: stored a corrupt chunk: {bad:?}", e.proc.name);
+    }
+    let caught: u64 = edges.iter().map(|e| e.status().unwrap()["corrupt_chunks"].as_u64().unwrap_or(0)).sum();
+    assert!(caught > 0, "nobody asked the liar for anything; the test proves nothing");
+    assert!(edges.iter().any(|e| e.proc.output().contains("failed verification; disconnecting")));
+}

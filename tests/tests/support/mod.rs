@@ -1,0 +1,302 @@
+//! Real processes for integration tests: spawn the binaries, learn their addresses from their
+//! own output, wait on conditions with deadlines (never fixed sleeps), and kill everything on
+//! drop — also when a test panics.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A workspace binary built by `cargo test --workspace`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/debug");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build -p {name}` (or `cargo test --workspace`)", path.display());
+    path
+}
+
+/// A child process whose output lines are collected; killed on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    notify: mpsc::Receiver<()>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, program: &Path, args: &[String]) -> Proc {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info,libp2p=warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, notify) = mpsc::channel();
+        for stream in
+            [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())]
+        {
+            let (lines, tx) = (lines.clone(), tx.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                    let _ = tx.send(());
+                }
+            });
+        }
+        Proc { name: name.into(), child, lines, notify }
+    }
+
+    /// Waits until an output line satisfies `find`, returning what it extracted.
+    pub fn wait_line<T>(&self, what: &str, timeout: Duration, find: impl Fn(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        loop {
+            {
+                let lines = self.lines.lock().unwrap();
+                for line in &lines[seen..] {
+                    if let Some(found) = find(line) {
+                        return found;
+                    }
+                }
+                seen = lines.len();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{}: no line with {what} within {timeout:?}; output:\n{}",
+                self.name,
+                self.output()
+            );
+            let _ = self.notify.recv_timeout(left);
+        }
+    }
+
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// SIGKILL, as a power cut or OOM kill would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Extracts the value of `key=` (tracing's field format) from a log line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!("{key}="))? + key.len() + 1;
+    Some(line[start..].split_whitespace().next()?.trim_matches('"'))
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        // Polling a status endpoint: the interval bounds load, not correctness.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// GET `path` from an HTTP/1.1 server; body on 200.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<Vec<u8>> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&response[..split]);
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    Some(response[split + 4..].to_vec())
+}
+
+/// `/status` of an edge node as JSON.
+pub fn status(addr: SocketAddr) -> Option<Value> {
+    serde_json::from_slice(&http_get(addr, "/status")?).ok()
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Runs the seeder to completion, panicking with its output on failure.
+pub fn seeder(args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = Command::new(bin("seeder")).args(&all).output().expect("seeder runs");
+    assert!(
+        out.status.success(),
+        "seeder {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// A seeder repository served as the mesh origin.
+pub struct Origin {
+    pub proc: Proc,
+    pub repo: PathBuf,
+    pub addr: String,
+}
+
+impl Origin {
+    pub fn start(dir: &Path) -> Origin {
+        let repo = dir.join("repo");
+        seeder(&["init", "--repo", repo.to_str().unwrap()]);
+        let args: Vec<String> = [
+            "--json",
+            "serve",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--no-mdns",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let proc = Proc::spawn("origin", &bin("seeder"), &args);
+        let addr = proc.wait_line("origin addrs", Duration::from_secs(30), |line| {
+            let v: Value = serde_json::from_str(line).ok()?;
+            Some(v["addrs"][0].as_str()?.to_string())
+        });
+        Origin { proc, repo, addr }
+    }
+
+    /// Publishes an image as release `gw` `version`; returns its stored bytes.
+    pub fn publish(&self, image: &Path, version: &str) -> u64 {
+        let report = seeder(&[
+            "release",
+            "add",
+            "--repo",
+            self.repo.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--name",
+            "gw",
+            "--version",
+            version,
+            "--hw-class",
+            "imx8",
+        ]);
+        report["stored_bytes"].as_u64().unwrap()
+    }
+}
+
+/// A running edge node and the addresses it reported.
+pub struct Edge {
+    pub proc: Proc,
+    pub data_dir: PathBuf,
+    pub site: String,
+    pub p2p: String,
+    pub http: SocketAddr,
+}
+
+impl Edge {
+    pub fn start(name: &str, data_dir: &Path, site: &str, bootstrap: &[&str]) -> Edge {
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--data-dir".into(),
+            data_dir.to_str().unwrap().into(),
+            "--site".into(),
+            site.into(),
+            "--listen".into(),
+            "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+            "--no-mdns".into(),
+            "--http-listen".into(),
+            "127.0.0.1:0".into(),
+            "--device-quic-listen".into(),
+            "127.0.0.1:0".into(),
+            "--device-tcp-listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        for b in bootstrap {
+            args.push("--bootstrap".into());
+            args.push(b.to_string());
+        }
+        let proc = Proc::spawn(name, &bin("edge-node"), &args);
+        let p2p = proc.wait_line("p2p address", Duration::from_secs(30), |l| {
+            (l.contains("listening") && l.contains("/p2p/")).then(|| field(l, "addr").map(String::from)).flatten()
+        });
+        let http = proc.wait_line("http address", Duration::from_secs(30), |l| {
+            l.contains("ops HTTP listening").then(|| field(l, "addr")?.parse().ok()).flatten()
+        });
+        Edge { proc, data_dir: data_dir.into(), site: site.into(), p2p, http }
+    }
+
+    pub fn status(&self) -> Option<Value> {
+        status(self.http)
+    }
+
+    /// True once `/status` says the release `version` is complete.
+    pub fn has_release(&self, version: &str) -> bool {
+        self.status().is_some_and(|s| {
+            s["releases"]
+                .as_array()
+                .is_some_and(|rs| rs.iter().any(|r| r["version"] == version && r["complete"] == true))
+        })
+    }
+
+    /// Bytes that entered this node from outside its site (wan + origin).
+    pub fn backhaul_bytes(&self) -> u64 {
+        let s = self.status().unwrap_or_default();
+        s["bytes_in"]["wan"].as_u64().unwrap_or(0) + s["bytes_in"]["origin"].as_u64().unwrap_or(0)
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.status().and_then(|s| s["peers"].as_array().map(Vec::len)).unwrap_or(0)
+    }
+}
+
+/// Every chunk file in a store hashes to its name: what a node could serve is intact.
+pub fn store_is_intact(data_dir: &Path) -> (usize, Vec<PathBuf>) {
+    let mut count = 0;
+    let mut bad = Vec::new();
+    for fanout in std::fs::read_dir(data_dir.join("chunks")).unwrap().flatten() {
+        for file in std::fs::read_dir(fanout.path()).unwrap().flatten() {
+            let name = file.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            count += 1;
+            let bytes = std::fs::read(file.path()).unwrap();
+            if blake3::hash(&bytes).to_hex().as_str() != name {
+                bad.push(file.path());
+            }
+        }
+    }
+    (count, bad)
+}
