@@ -8,6 +8,7 @@
 //! `Corrupt` and never reach the store.
 
 pub mod config;
+mod device_backend;
 pub mod tuf_sync;
 
 use anyhow::{Context, Result};
@@ -49,12 +50,24 @@ struct KnownRelease {
 
 /// Results of work the main loop spawned.
 enum Internal {
-    Chunks { id: RequestId, outcomes: Vec<(u32, ChunkOutcome)>, verified: Vec<(ChunkId, Vec<u8>)> },
-    ChunksFailed { id: RequestId },
-    Have { peer: NodeId, release: ReleaseId, bits: Option<Vec<u8>> },
+    Chunks {
+        id: RequestId,
+        outcomes: Vec<(u32, ChunkOutcome)>,
+        verified: Vec<(ChunkId, Vec<u8>)>,
+    },
+    ChunksFailed {
+        id: RequestId,
+    },
+    Have {
+        peer: NodeId,
+        release: ReleaseId,
+        bits: Option<Vec<u8>>,
+    },
     Refreshed(Result<Vec<tuf_sync::FoundRelease>>),
     StoreFailed(Vec<ChunkId>),
     Served(Vec<ChunkId>),
+    /// A device asked for a chunk we lack.
+    Demand(ChunkId),
 }
 
 /// Maps a libp2p peer to the protocol's node id.
@@ -87,6 +100,7 @@ struct Daemon {
     by_key: HashMap<String, ReleaseId>,
     pending: HashMap<ChunkId, Vec<u8>>,
     internal_tx: mpsc::Sender<Internal>,
+    device: Arc<device_backend::Backend>,
     refreshing: bool,
     announced: Option<Vec<u8>>,
 }
@@ -126,6 +140,18 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
     let metrics = Arc::new(Metrics::default());
     let status: StatusHandle = Arc::new(Mutex::new(json!({})));
     let (internal_tx, mut internal_rx) = mpsc::channel(1024);
+    let device = device_backend::Backend::new(dirs.mirror.clone(), store.clone(), internal_tx.clone());
+    let device_config = crate::device::DeviceServiceConfig {
+        quic_addr: Some(config.device_quic_listen),
+        tcp_addr: Some(config.device_tcp_listen),
+        cert_dir: Some(config.data_dir.clone()),
+        ..Default::default()
+    };
+    let (device_addrs, _device_task) =
+        crate::device::DeviceService::bind(device_config, device.clone(), metrics.clone())
+            .await
+            .context("cannot start the device service (--device-quic-listen / --device-tcp-listen)")?;
+    info!(quic = ?device_addrs.quic, tcp = ?device_addrs.tcp, "device service listening");
     let mut daemon = Daemon {
         config,
         started: WallInstant::now(),
@@ -141,6 +167,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         by_key: HashMap::new(),
         pending: HashMap::new(),
         internal_tx,
+        device,
         refreshing: false,
         announced: None,
     };
@@ -183,6 +210,11 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
             _ = status_tick.tick() => daemon.update_status(),
         }
     }
+}
+
+fn sha2_digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 fn unix_now() -> i64 {
@@ -288,6 +320,16 @@ impl Daemon {
         };
         let key = protocol::hex::encode(&id.0);
         self.by_key.insert(key.clone(), id);
+        if let Ok(mut targets) = self.device.targets.write() {
+            let sha256 = protocol::hex::encode(&sha2_digest(manifest));
+            let (dir, base) = target_path.rsplit_once('/').unwrap_or(("", target_path));
+            let file = if dir.is_empty() {
+                format!("targets/{sha256}.{base}")
+            } else {
+                format!("targets/{dir}/{sha256}.{base}")
+            };
+            targets.insert(target_path.to_string(), (file, manifest.len() as u64));
+        }
         self.releases.insert(
             id,
             KnownRelease {
@@ -408,6 +450,13 @@ impl Daemon {
             Internal::Served(ids) => {
                 for id in ids {
                     self.scheduler.handle_served(&id);
+                }
+            }
+            Internal::Demand(chunk) => {
+                let wanted =
+                    self.releases.iter().find(|(_, r)| r.entries.iter().any(|e| e.id == chunk)).map(|(id, _)| *id);
+                if let Some(release) = wanted {
+                    self.scheduler.handle_demand(now, &release);
                 }
             }
         }

@@ -223,6 +223,8 @@ pub struct Edge {
     pub site: String,
     pub p2p: String,
     pub http: SocketAddr,
+    pub device_quic: SocketAddr,
+    pub device_tcp: SocketAddr,
 }
 
 impl Edge {
@@ -254,7 +256,17 @@ impl Edge {
         let http = proc.wait_line("http address", Duration::from_secs(30), |l| {
             l.contains("ops HTTP listening").then(|| field(l, "addr")?.parse().ok()).flatten()
         });
-        Edge { proc, data_dir: data_dir.into(), site: site.into(), p2p, http }
+        let device = |key: &'static str| {
+            move |l: &str| {
+                let v = field(l, key)?;
+                l.contains("device service listening")
+                    .then(|| v.trim_start_matches("Some(").trim_end_matches(')').parse().ok())
+                    .flatten()
+            }
+        };
+        let device_quic = proc.wait_line("device QUIC address", Duration::from_secs(30), device("quic"));
+        let device_tcp = proc.wait_line("device TCP address", Duration::from_secs(30), device("tcp"));
+        Edge { proc, data_dir: data_dir.into(), site: site.into(), p2p, http, device_quic, device_tcp }
     }
 
     pub fn status(&self) -> Option<Value> {

@@ -1,0 +1,85 @@
+//! The daemon's side of the device service: TUF files from the mirror, chunks from the
+//! verified store, misses turned into on-demand fetches, status reports kept for upstream.
+
+use protocol::ChunkId;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::mpsc;
+
+use super::Internal;
+use crate::device::{ChunkLookup, DeviceBackend};
+use crate::store::{ChunkStore, ReadError};
+
+/// Most status reports kept while the upstream path is unavailable.
+const MAX_KEPT_STATUS_REPORTS: usize = 4096;
+
+/// Shared between the main loop (which fills `targets`) and the device service.
+pub struct Backend {
+    pub(super) mirror: PathBuf,
+    pub(super) store: ChunkStore,
+    /// TUF target path → repository file name (consistent-snapshot, hash-prefixed).
+    pub(super) targets: RwLock<HashMap<String, (String, u64)>>,
+    pub(super) internal: mpsc::Sender<Internal>,
+    /// Recent device status reports, newest last.
+    pub(super) status_reports: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
+}
+
+impl Backend {
+    pub(super) fn new(mirror: PathBuf, store: ChunkStore, internal: mpsc::Sender<Internal>) -> Arc<Self> {
+        Arc::new(Backend {
+            mirror,
+            store,
+            targets: RwLock::new(HashMap::new()),
+            internal,
+            status_reports: Mutex::new(VecDeque::new()),
+        })
+    }
+}
+
+impl DeviceBackend for Backend {
+    async fn metadata(&self, name: &str) -> Option<Vec<u8>> {
+        let (mirror, name) = (self.mirror.clone(), format!("metadata/{name}"));
+        tokio::task::spawn_blocking(move || crate::repo_files::read(&mirror, &name, 64 << 20)).await.ok().flatten()
+    }
+
+    async fn target(&self, path: &str) -> Option<Vec<u8>> {
+        let (file, length) = self.targets.read().ok()?.get(path).cloned()?;
+        let mirror = self.mirror.clone();
+        tokio::task::spawn_blocking(move || crate::repo_files::read(&mirror, &file, length)).await.ok().flatten()
+    }
+
+    async fn chunk(&self, id: ChunkId) -> ChunkLookup {
+        let store = self.store.clone();
+        let max = protocol::manifest::limits::MAX_STORED_CHUNK_BYTES as u64;
+        let read = tokio::task::spawn_blocking(move || store.get(&id, max)).await;
+        match read {
+            Ok(Ok(bytes)) => {
+                let _ = self.internal.try_send(Internal::Served(vec![id]));
+                ChunkLookup::Found(bytes)
+            }
+            Ok(Err(ReadError::Damaged)) => {
+                let _ = self.internal.try_send(Internal::StoreFailed(vec![id]));
+                ChunkLookup::Busy
+            }
+            Ok(Err(ReadError::Missing)) => {
+                // A device wants a chunk we do not hold: fetch its release now. The device is
+                // told to ask again rather than to look elsewhere.
+                let _ = self.internal.try_send(Internal::Demand(id));
+                ChunkLookup::Busy
+            }
+            Err(_) => ChunkLookup::Busy,
+        }
+    }
+
+    async fn report_status(&self, peer: SocketAddr, body: Vec<u8>) {
+        tracing::debug!(%peer, len = body.len(), "device status report");
+        if let Ok(mut reports) = self.status_reports.lock() {
+            if reports.len() >= MAX_KEPT_STATUS_REPORTS {
+                reports.pop_front();
+            }
+            reports.push_back((peer, body));
+        }
+    }
+}
