@@ -13,13 +13,18 @@ What is timed:
 - BitTorrent: from starting the leechers (the seeder is already seeding, the tracker up)
   until every leecher has exited with the whole file (aria2c checks every piece's SHA-1).
 """
-import argparse, json, os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, shutil, signal, subprocess, sys, tempfile, threading, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.path.join(ROOT, "target", "release")
 
 
+def log(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
 def wait(what, timeout, check, interval=0.05):
+    log(f"waiting for {what}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
@@ -74,11 +79,15 @@ def bench_otamesh(work, image, nodes, sites):
         subprocess.run([f"{TARGET}/seeder", "init", "--repo", repo], check=True, capture_output=True)
         origin = procs.start([f"{TARGET}/seeder", "--json", "serve", "--repo", repo, "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-mdns"])
         origin_addr = json.loads(origin.stdout.readline())["addrs"][0]
+        for stream in (origin.stdout, origin.stderr):
+            threading.Thread(target=lambda s=stream: [None for _ in s], daemon=True).start()
+        log(f"origin at {origin_addr}")
         edges = []
         firsts = {}
         for i in range(nodes):
             site = f"site-{i % sites}"
-            boot = [origin_addr] + ([firsts[site]] if site in firsts else [])
+            # Site-mates dial each other, as mDNS makes them do on a real LAN.
+            boot = [origin_addr] + firsts.get(site, [])
             args = [f"{TARGET}/edge-node", "run", "--data-dir", os.path.join(work, f"edge{i}"), "--site", site,
                     "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-mdns", "--http-listen", "127.0.0.1:0",
                     "--device-quic-listen", "127.0.0.1:0", "--device-tcp-listen", "127.0.0.1:0"]
@@ -88,9 +97,9 @@ def bench_otamesh(work, image, nodes, sites):
             p2p = read_line_matching(p.stderr, r"addr=(\S+/p2p/\S+)")
             http = read_line_matching(p.stderr, r"ops HTTP listening addr=(\S+)")
             # Keep draining the log so the pipe never blocks the node.
-            import threading
             threading.Thread(target=lambda s=p.stderr: [None for _ in s], daemon=True).start()
-            firsts.setdefault(site, p2p)
+            firsts.setdefault(site, []).append(p2p)
+            log(f"edge {i} at {p2p}, http {http}")
             edges.append(http)
         per_site = nodes // sites
         for http in edges:
@@ -153,6 +162,8 @@ def bench_bittorrent(work, image, nodes):
 
 
 def main():
+    # `timeout` and Ctrl-C must still run the cleanup that kills every child.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--nodes", type=int, default=8)

@@ -5,12 +5,14 @@
 //! - [`network`]: the libp2p mesh (QUIC, TCP, identify, Kademlia, gossipsub, chunk and
 //!   Have request-response). Its event loop never awaits the application.
 //! - [`store`]: chunk bodies on disk, written crash-safely, verified on every read.
+//! - [`index`]: the store's inventory and LRU recency in sled, so restarts keep eviction order.
 //! - [`metrics`]: counters for `/metrics` and `edge-node status`.
 #![deny(missing_docs)]
 
 pub mod daemon;
 pub mod device;
 pub mod http;
+pub mod index;
 pub mod metrics;
 pub mod network;
 pub mod origin;

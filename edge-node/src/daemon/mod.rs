@@ -26,6 +26,7 @@ use std::time::Instant as WallInstant;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::index::StoreIndex;
 use crate::metrics::Metrics;
 use crate::network::{
     self, ChunkItem, ChunkRange, ChunkRequest, ChunkResponse, ChunkResult, HaveResponse, MetaResponse, NetworkClient,
@@ -91,6 +92,7 @@ struct Daemon {
     client: NetworkClient,
     scheduler: FetchScheduler,
     store: ChunkStore,
+    index: StoreIndex,
     metrics: Arc<Metrics>,
     status: StatusHandle,
     dirs: TufDirs,
@@ -123,6 +125,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         info!(addr = %dialable, "listening");
     }
     let store = ChunkStore::open(&config.data_dir)?;
+    let index = StoreIndex::open(&config.data_dir)?;
     let dirs = TufDirs::new(&config.data_dir);
     if !dirs.has_root() {
         if let Some(path) = &config.trusted_root {
@@ -158,6 +161,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         client: client.clone(),
         scheduler,
         store,
+        index,
         metrics: metrics.clone(),
         status: status.clone(),
         dirs,
@@ -171,7 +175,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         refreshing: false,
         announced: None,
     };
-    daemon.load_local_state();
+    daemon.load_local_state()?;
     for addr in daemon.config.bootstrap.clone() {
         match addr.parse::<Multiaddr>() {
             Ok(addr) => {
@@ -217,6 +221,10 @@ fn sha2_digest(bytes: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(bytes).into()
 }
 
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -232,10 +240,14 @@ impl Daemon {
 
     /// Rebuilds what survives a restart: the chunk store into the cache, and the releases of
     /// the last verified metadata, so the node serves while its WAN is down.
-    fn load_local_state(&mut self) {
-        for (id, len) in self.store.scan() {
+    fn load_local_state(&mut self) -> Result<()> {
+        // Files are the truth; the index orders them least-recently-used first, so the
+        // cache evicts after a restart what it would have evicted before it.
+        let ordered = self.index.reconcile(self.store.scan())?;
+        for (id, len) in ordered {
             for victim in self.scheduler.handle_local_chunk(id, len) {
                 let _ = self.store.remove(&victim);
+                let _ = self.index.removed(&victim);
             }
         }
         if let Some(trusted) = self.dirs.load_cached(unix_now()) {
@@ -251,6 +263,7 @@ impl Daemon {
             }
         }
         info!(chunks = self.scheduler.cache().len(), releases = self.releases.len(), "local state loaded");
+        Ok(())
     }
 
     fn sources(&self) -> Vec<PeerId> {
@@ -445,12 +458,15 @@ impl Daemon {
             Internal::StoreFailed(ids) => {
                 for id in ids {
                     self.scheduler.handle_chunk_lost(id);
+                    let _ = self.index.removed(&id);
                 }
             }
             Internal::Served(ids) => {
-                for id in ids {
-                    self.scheduler.handle_served(&id);
+                for id in &ids {
+                    self.scheduler.handle_served(id);
                 }
+                let index = self.index.clone();
+                tokio::task::spawn_blocking(move || index.used(&ids, unix_micros()));
             }
             Internal::Demand(chunk) => {
                 let wanted =
@@ -495,8 +511,11 @@ impl Daemon {
                     warn!(%chunk, "cache is full of pinned releases; raise `capacity`");
                 }
                 EdgeEvent::Evict { chunk } => {
-                    let store = self.store.clone();
-                    tokio::task::spawn_blocking(move || store.remove(&chunk));
+                    let (store, index) = (self.store.clone(), self.index.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let _ = index.removed(&chunk);
+                        store.remove(&chunk)
+                    });
                 }
                 EdgeEvent::ReleaseComplete { release } => {
                     if let Some(info) = self.releases.get(&release) {
@@ -519,13 +538,18 @@ impl Daemon {
         // Verified chunks that were not admitted (or came twice) are dropped.
         self.pending.clear();
         if !to_write.is_empty() {
-            let (store, tx, metrics) = (self.store.clone(), self.internal_tx.clone(), self.metrics.clone());
+            let (store, index) = (self.store.clone(), self.index.clone());
+            let (tx, metrics) = (self.internal_tx.clone(), self.metrics.clone());
             tokio::spawn(async move {
                 let ids: Vec<ChunkId> = to_write.iter().map(|(id, _)| *id).collect();
                 let written = tokio::task::spawn_blocking(move || {
                     let batch: Vec<(ChunkId, &[u8])> = to_write.iter().map(|(id, b)| (*id, b.as_slice())).collect();
                     let bytes: u64 = batch.iter().map(|(_, b)| b.len() as u64).sum();
-                    store.put_batch(&batch).map(|_| bytes)
+                    store.put_batch(&batch)?;
+                    // Indexed only once the files are durable.
+                    let lens: Vec<(ChunkId, u64)> = batch.iter().map(|(id, b)| (*id, b.len() as u64)).collect();
+                    index.stored(&lens, unix_micros())?;
+                    anyhow::Ok(bytes)
                 })
                 .await;
                 match written {
