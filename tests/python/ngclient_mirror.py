@@ -17,8 +17,9 @@ import tempfile
 from tuf.ngclient import Updater
 
 
-def main() -> int:
-    base_url, trusted_root, target_path, out_file = sys.argv[1:5]
+def download(base_url: str, trusted_root: str, target_path: str, out_file: str) -> int:
+    """Refresh from `base_url` starting at `trusted_root`, download `target_path` to
+    `out_file`. Returns 0, or 2 when the target is not in the signed metadata."""
     base_url = base_url.rstrip("/")
     with tempfile.TemporaryDirectory() as work:
         metadata_dir = os.path.join(work, "metadata")
@@ -47,6 +48,10 @@ def main() -> int:
         shutil.copy(path, out_file)
         print(f"downloaded {target_path} through {base_url}: {info.length} bytes")
     return 0
+
+
+def main() -> int:
+    return download(*sys.argv[1:5])
 
 
 if __name__ == "__main__":
