@@ -240,6 +240,20 @@ struct Writer<'a> {
     pos: usize,
 }
 
+impl<'a> Writer<'a> {
+    /// Checks that `out` holds a whole frame of `body_len` and writes its length prefix.
+    /// Callers have bounded `body_len` by a limit far below 4 GiB.
+    fn start_frame(out: &'a mut [u8], body_len: usize) -> Result<Self, WireError> {
+        let needed = FRAME_HEADER_BYTES + body_len;
+        if out.len() < needed {
+            return Err(WireError::BufferTooSmall { needed });
+        }
+        let mut w = Writer { out, pos: 0 };
+        w.put(&(body_len as u32).to_le_bytes());
+        Ok(w)
+    }
+}
+
 impl Writer<'_> {
     fn put(&mut self, bytes: &[u8]) {
         // Callers size the buffer with `encoded_len` first; `get_mut` keeps this panic-free
@@ -456,14 +470,8 @@ impl Request<'_> {
 
     /// Writes the whole frame (length prefix and body) into `out`; returns its length.
     pub fn emit(&self, out: &mut [u8]) -> Result<usize, WireError> {
-        let body_len = self.body_len()?;
-        let needed = FRAME_HEADER_BYTES + body_len;
-        if out.len() < needed {
-            return Err(WireError::BufferTooSmall { needed });
-        }
-        let mut w = Writer { out, pos: 0 };
         // body_len ≤ MAX_REQUEST_BYTES, so every cast below is lossless.
-        w.put(&(body_len as u32).to_le_bytes());
+        let mut w = Writer::start_frame(out, self.body_len()?)?;
         match self {
             Request::GetMetadata { name } => {
                 w.put(&[KIND_GET_METADATA]);
@@ -723,14 +731,8 @@ impl Response<'_> {
 
     /// Writes the whole frame (length prefix and body) into `out`; returns its length.
     pub fn emit(&self, out: &mut [u8]) -> Result<usize, WireError> {
-        let body_len = self.body_len()?;
-        let needed = FRAME_HEADER_BYTES + body_len;
-        if out.len() < needed {
-            return Err(WireError::BufferTooSmall { needed });
-        }
-        let mut w = Writer { out, pos: 0 };
         // body_len ≤ MAX_RESPONSE_BYTES < 4 GiB, so every length cast below is lossless.
-        w.put(&(body_len as u32).to_le_bytes());
+        let mut w = Writer::start_frame(out, self.body_len()?)?;
         match self {
             Response::Bytes(bytes) => {
                 w.put(&[KIND_BYTES]);
