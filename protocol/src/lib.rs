@@ -22,6 +22,7 @@ pub mod chunker;
 pub mod codec;
 pub mod device_wire;
 pub mod hex;
+pub mod install;
 pub mod manifest;
 pub mod reassemble;
 pub mod sig;
