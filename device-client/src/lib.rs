@@ -1,8 +1,23 @@
-//! otamesh device agents. For now: a TUF client over HTTP that drives `protocol::tuf`.
+//! otamesh device agents: the Linux agent (`device-client run|check|status`) that drives
+//! `protocol::install::Engine`, plus a TUF client over HTTP and the tuf-conformance CLI.
+//!
+//! Module map: `agent` (the engine driver), `config`, `bootloader` (slot switching
+//! backends), `edges` (edge ranking), `tuf_edge` (TUF through an edge node), `fetch` (chunk
+//! reuse and parallel verified download), `slot` (slot files and progress), `health`
+//! (trial checks), `status` (signed status reports).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod bootloader;
+pub mod config;
+pub mod edges;
+pub mod fetch;
+pub mod health;
 pub mod rsa_pss;
+pub mod slot;
+pub mod status;
+pub mod tuf_edge;
 pub mod tuf_http;
 
 /// The TUF limits and verifiers device-side clients use: the protocol defaults plus RSA-PSS,

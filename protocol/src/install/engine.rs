@@ -365,6 +365,7 @@ impl Engine {
     pub fn handle_download_done(&mut self, _now: Instant) {
         if self.record.state == State::Downloading {
             self.network_failures = 0;
+            self.record.last_error = None;
             self.set_state(State::Verifying);
             self.push(Action::Persist);
             self.push(Action::VerifyImage { slot: self.record.inactive() });

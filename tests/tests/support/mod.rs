@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod device;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

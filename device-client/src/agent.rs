@@ -1,0 +1,552 @@
+//! The Linux agent: drives `protocol::install::Engine` with real slots, a real bootloader
+//! backend and real edge nodes.
+//!
+//! The loop is the sans-IO pattern: feed one input, then carry out every action the engine
+//! queued, in order, then sleep until its timer. Files in `data_dir`:
+//! - `record` — the engine's record (temp, fsync, rename on every `Persist`);
+//! - `target.manifest` — the manifest being installed, written before the download starts;
+//! - `installed.manifest` — the active slot's manifest, for chunk reuse;
+//! - `progress` — which target chunks are durable in the inactive slot;
+//! - `metadata/` — verified TUF metadata, `root.json` pinned;
+//! - `status.json` — the last status document; `device.key` — the device identity.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use protocol::codec::ContentKey;
+use protocol::install::{
+    Action, Engine, EngineConfig, ErrorCode, GateDecision, HealthOutcome, Label, Offer, Record, Release, Slot, State,
+};
+use protocol::manifest::ManifestView;
+use protocol::time::Instant;
+use serde_json::Value;
+
+use crate::bootloader::{self, Bootloader};
+use crate::config::AgentConfig;
+use crate::edges::EdgePool;
+use crate::fetch::{self, Counts, DownloadError, DownloadJob};
+use crate::health::{self, Verdict};
+use crate::status;
+use crate::tuf_edge::{self, MetadataDir};
+use crate::tuf_http::{unix_now, write_atomic};
+
+/// `run` keeps going; `check` makes one update attempt (through reboots) and exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The daemon.
+    Run,
+    /// One attempt.
+    Check,
+}
+
+/// How a `check` ended.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    /// The record at the end.
+    pub record: Record,
+    /// The last status document.
+    pub status: Value,
+}
+
+/// The agent.
+pub struct Agent {
+    config: AgentConfig,
+    mode: Mode,
+    engine: Engine,
+    bootloader: Box<dyn Bootloader>,
+    pool: EdgePool,
+    metadata: MetadataDir,
+    key: Option<ContentKey>,
+    device_key: ed25519_dalek::SigningKey,
+    started: std::time::Instant,
+    /// The verified manifest of the release offered in the current check.
+    offered: Option<Vec<u8>>,
+    counts: Option<Counts>,
+    health: Option<String>,
+    last_status: Value,
+    progress_bar: Option<indicatif::ProgressBar>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("state", &self.engine.state()).finish()
+    }
+}
+
+impl Agent {
+    /// Opens the data directory, the record and the bootloader.
+    pub fn open(config: AgentConfig, mode: Mode) -> Result<Agent> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        let metadata = MetadataDir(config.data_dir.join("metadata"));
+        match &config.trusted_root {
+            Some(root) => metadata.pin_root_if_missing(root)?,
+            None if !metadata.0.join("root.json").exists() => {
+                bail!("no trusted root: set trusted_root in the config to the fleet's root.json")
+            }
+            None => {}
+        }
+        let key = match &config.content_key {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read content key {}", path.display()))?;
+                let bytes = protocol::hex::decode_array::<32>(text.trim())
+                    .map_err(|_| anyhow!("content key {} must be 64 hex characters", path.display()))?;
+                Some(ContentKey(bytes))
+            }
+            None => None,
+        };
+        let record = load_record(&config)?;
+        let hw_class = Label::new(&config.hw_class).context("hw_class is too long")?;
+        let engine_config = EngineConfig {
+            check_interval: protocol::time::Duration::from_secs(config.check_interval_secs),
+            trial_deadline: protocol::time::Duration::from_secs(config.trial_deadline_secs),
+            ..EngineConfig::new(hw_class)
+        };
+        let bootloader = bootloader::open(&config.bootloader, &config.data_dir)?;
+        let pool = EdgePool::new(config.edge_addrs()?, Duration::from_secs(config.request_timeout_secs));
+        let device_key = status::load_or_create_key(&config.data_dir)?;
+        Ok(Agent {
+            engine: Engine::new(engine_config, record),
+            config,
+            mode,
+            bootloader,
+            pool,
+            metadata,
+            key,
+            device_key,
+            started: std::time::Instant::now(),
+            offered: None,
+            counts: None,
+            health: None,
+            last_status: Value::Null,
+            progress_bar: None,
+        })
+    }
+
+    fn now(&self) -> Instant {
+        Instant(self.started.elapsed().as_micros() as u64)
+    }
+
+    /// Boots, then runs until `check` is done (or forever for `run`).
+    pub async fn run(mut self) -> Result<CheckResult> {
+        let boot = self.bootloader.boot_info().context("bootloader")?;
+        tracing::info!(booted = boot.booted.name(), pending = ?boot.pending.map(|s| s.name()),
+            state = self.engine.state().name(), version = self.engine.record().installed.version.as_str(), "agent start");
+        let now = self.now();
+        self.engine.handle_boot(now, boot);
+        self.drain().await?;
+        if is_resting(self.engine.state()) {
+            let now = self.now();
+            self.engine.handle_check(now);
+            self.drain().await?;
+        }
+        loop {
+            let record = self.engine.record();
+            let attempt_failed = record.state == State::Downloading && record.last_error.is_some();
+            if self.mode == Mode::Check && (is_resting(record.state) || attempt_failed) {
+                self.report().await;
+                return Ok(CheckResult { record: *self.engine.record(), status: self.last_status.clone() });
+            }
+            let Some(at) = self.engine.poll_timeout() else {
+                if self.mode == Mode::Check {
+                    bail!("install engine stopped in state {} with nothing to wait for", self.engine.state().name());
+                }
+                tokio::time::sleep(Duration::from_secs(self.config.check_interval_secs)).await;
+                let now = self.now();
+                self.engine.handle_check(now);
+                self.drain().await?;
+                continue;
+            };
+            let wait = Duration::from_micros(at.0.saturating_sub(self.now().0));
+            tokio::time::sleep(wait).await;
+            let now = self.now();
+            self.engine.handle_timeout(now);
+            self.drain().await?;
+        }
+    }
+
+    /// Carries out queued actions until none is left.
+    async fn drain(&mut self) -> Result<()> {
+        while let Some(action) = self.engine.poll_action() {
+            tracing::debug!(?action, state = self.engine.state().name(), "action");
+            self.execute(action).await?;
+        }
+        Ok(())
+    }
+
+    async fn execute(&mut self, action: Action) -> Result<()> {
+        let now = self.now();
+        match action {
+            Action::Persist => self.persist()?,
+            Action::FetchMetadata => self.fetch_metadata().await,
+            Action::AskGate { .. } => {
+                // Rollout waves arrive with the control plane; until then every device proceeds.
+                if let Some(manifest) = &self.offered {
+                    write_atomic(&self.config.data_dir, "target.manifest", manifest)?;
+                }
+                self.engine.handle_gate(now, GateDecision::Proceed);
+            }
+            Action::ResetProgress => {
+                let _ = std::fs::remove_file(self.config.data_dir.join("progress"));
+                self.counts = None;
+            }
+            Action::Download { slot } => self.download(slot).await?,
+            Action::VerifyImage { slot } => {
+                let ok = self.verify_image(slot).await;
+                self.engine.handle_image_verified(self.now(), ok);
+            }
+            Action::ActivateSlot { slot } => match self.bootloader.activate(slot) {
+                Ok(()) => self.engine.handle_slot_activated(now),
+                Err(e) => {
+                    tracing::error!(slot = slot.name(), "cannot activate slot: {e:#}");
+                    self.engine.handle_storage_failed(now);
+                }
+            },
+            Action::Reboot => self.reboot().await?,
+            Action::RunHealthChecks { deadline } => {
+                let left = Duration::from_micros(deadline.0.saturating_sub(now.0));
+                let record = self.engine.record();
+                let trial = health::TrialInfo {
+                    version: record.target.map(|t| t.version.as_str().to_string()).unwrap_or_default(),
+                    slot: record.inactive().name().to_string(),
+                };
+                let checks = &self.config.health_check;
+                let verdict =
+                    health::run_checks(checks, &trial, &mut self.pool, std::time::Instant::now() + left).await;
+                let outcome = match &verdict {
+                    Verdict::Healthy => {
+                        self.health = Some("healthy".into());
+                        HealthOutcome::Healthy
+                    }
+                    Verdict::Failed { check, why } => {
+                        tracing::warn!(check, why, "health check failed; rolling back");
+                        self.health = Some(format!("{check}: {why}"));
+                        HealthOutcome::Failed
+                    }
+                };
+                self.engine.handle_health(self.now(), outcome);
+            }
+            Action::Commit { slot } => {
+                self.bootloader.commit(slot).with_context(|| format!("committing slot {}", slot.name()))?;
+                self.engine.handle_committed(now);
+                tracing::info!(
+                    version = self.engine.record().installed.version.as_str(),
+                    slot = slot.name(),
+                    "committed"
+                );
+            }
+            Action::RollBack { slot } => {
+                self.bootloader.roll_back(slot).with_context(|| format!("rolling back to slot {}", slot.name()))?;
+                tracing::warn!(slot = slot.name(), "rolled back");
+            }
+            Action::Report => self.report().await,
+        }
+        Ok(())
+    }
+
+    fn persist(&mut self) -> Result<()> {
+        let record = self.engine.record();
+        write_atomic(&self.config.data_dir, "record", &record.encode())?;
+        // Keep the installed release's manifest for chunk reuse; drop a finished target's.
+        let dir = &self.config.data_dir;
+        let target = dir.join("target.manifest");
+        if record.target.is_none() && target.exists() {
+            let is_installed =
+                std::fs::read(&target).is_ok_and(|m| *blake3::hash(&m).as_bytes() == record.installed.id);
+            if is_installed {
+                std::fs::rename(&target, dir.join("installed.manifest"))?;
+            } else {
+                std::fs::remove_file(&target)?;
+            }
+            sync_dir(dir);
+        }
+        Ok(())
+    }
+
+    /// Refreshes TUF through up to three edge nodes and keeps the newest verified view, so
+    /// one edge replaying old (validly signed) metadata cannot freeze the device while an
+    /// honest one has news; an edge whose metadata fails verification — including a replay
+    /// older than what the device already trusts — is penalized.
+    async fn fetch_metadata(&mut self) {
+        let now = self.now();
+        let mut edges = self.pool.connect_ranked().await;
+        if edges.is_empty() {
+            tracing::warn!("no edge node reachable");
+            return self.engine.handle_check_failed(now, ErrorCode::Network);
+        }
+        let mut last = ErrorCode::Network;
+        let mut best: Option<(u64, protocol::tuf::TrustedMetadataSet)> = None;
+        for edge in edges.iter_mut().take(3) {
+            match tuf_edge::refresh(&mut edge.client, &self.metadata).await {
+                Ok(trusted) => {
+                    let version = trusted.timestamp().map_or(0, |t| t.common.version);
+                    if best.as_ref().is_none_or(|(v, _)| version > *v) {
+                        best = Some((version, trusted));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(edge = %edge.addr, "metadata from edge node rejected: {e:#}");
+                    self.pool.penalize(edge.addr, "metadata failed verification");
+                    last = ErrorCode::Verification;
+                }
+            }
+        }
+        let Some((_, trusted)) = best else { return self.engine.handle_check_failed(self.now(), last) };
+        let Some(target) = tuf_edge::choose_release(&trusted, &self.config.release, &self.config.hw_class) else {
+            tracing::info!(release = %self.config.release, "no release published for this device");
+            return self.engine.handle_no_update(self.now());
+        };
+        let target = target.clone();
+        for edge in edges.iter_mut() {
+            let manifest = match tuf_edge::fetch_manifest(&mut edge.client, &target).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(edge = %edge.addr, "manifest from edge node rejected: {e:#}");
+                    last = ErrorCode::Verification;
+                    continue;
+                }
+            };
+            let Ok(view) = ManifestView::new_checked(&manifest) else { continue };
+            let (Some(version), Some(hw_class)) = (Label::new(view.version()), Label::new(view.hw_class())) else {
+                last = ErrorCode::Verification;
+                continue;
+            };
+            let offer = Offer {
+                release: Release {
+                    id: *blake3::hash(&manifest).as_bytes(),
+                    version,
+                    security_counter: view.security_counter(),
+                    image_len: view.image_len(),
+                    chunk_count: view.chunk_count(),
+                },
+                hw_class,
+            };
+            tracing::info!(edge = %edge.addr, version = view.version(), "release found");
+            self.offered = Some(manifest);
+            return self.engine.handle_offer(self.now(), offer);
+        }
+        self.engine.handle_check_failed(self.now(), last);
+    }
+
+    /// The target manifest on disk, checked against the record's target id.
+    fn target_manifest(&self) -> Result<Vec<u8>> {
+        let target = self.engine.record().target.context("no target")?;
+        let bytes = std::fs::read(self.config.data_dir.join("target.manifest")).context("target manifest missing")?;
+        if *blake3::hash(&bytes).as_bytes() != target.id {
+            bail!("target manifest on disk does not match the record");
+        }
+        Ok(bytes)
+    }
+
+    fn installed_manifest(&self) -> Option<Vec<u8>> {
+        let bytes = std::fs::read(self.config.data_dir.join("installed.manifest")).ok()?;
+        (*blake3::hash(&bytes).as_bytes() == self.engine.record().installed.id).then_some(bytes)
+    }
+
+    async fn download(&mut self, slot: Slot) -> Result<()> {
+        let manifest = match self.target_manifest() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!("{e:#}; abandoning this target");
+                self.engine.handle_storage_failed(self.now());
+                return Ok(());
+            }
+        };
+        let record = *self.engine.record();
+        // After a failed image check the active slot is suspect: fetch everything.
+        let reuse_from = (record.verify_failures == 0)
+            .then(|| self.installed_manifest())
+            .flatten()
+            .map(|m| (self.config.slot_path(record.active).to_path_buf(), m));
+        let job = DownloadJob {
+            manifest: manifest.clone(),
+            key: self.key.clone(),
+            slot: self.config.slot_path(slot).to_path_buf(),
+            reuse_from,
+            progress: self.config.data_dir.join("progress"),
+            carried: (record.bytes_fetched, record.bytes_reused),
+            parallel_edges: self.config.parallel_edges,
+        };
+        let view = ManifestView::new_checked(&manifest).map_err(|e| anyhow!("{e}"))?;
+        let bar = self.progress_bar(view.image_len(), view.version());
+        let image_len = view.image_len().max(1);
+        let chunk_count = view.chunk_count().max(1);
+        let mut last_log = std::time::Instant::now();
+        let engine = &mut self.engine;
+        let data_dir = self.config.data_dir.clone();
+        let result = fetch::download(job, &mut self.pool, |counts| {
+            engine.handle_progress(counts.chunks_done, counts.bytes_fetched, counts.bytes_reused);
+            while let Some(action) = engine.poll_action() {
+                if action == Action::Persist {
+                    write_atomic(&data_dir, "record", &engine.record().encode())?;
+                }
+            }
+            let done = counts.chunks_done as u64 * image_len / chunk_count as u64;
+            match &bar {
+                Some(bar) => bar.set_position(done),
+                None if last_log.elapsed() > Duration::from_secs(2) => {
+                    last_log = std::time::Instant::now();
+                    tracing::info!(
+                        chunks = counts.chunks_done,
+                        of = counts.chunk_count,
+                        fetched = counts.bytes_fetched,
+                        reused = counts.bytes_reused,
+                        "downloading"
+                    );
+                }
+                None => {}
+            }
+            Ok(())
+        })
+        .await;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let now = self.now();
+        match result {
+            Ok(counts) => {
+                tracing::info!(
+                    fetched = counts.bytes_fetched,
+                    reused = counts.bytes_reused,
+                    chunks = counts.chunk_count,
+                    "download complete"
+                );
+                self.counts = Some(counts);
+                self.engine.handle_download_done(now);
+            }
+            Err(DownloadError::Network(why)) => {
+                tracing::warn!("download stopped: {why}");
+                self.engine.handle_download_failed(now, ErrorCode::Network);
+            }
+            Err(DownloadError::Storage(e)) => {
+                tracing::error!("download failed: {e:#}");
+                self.engine.handle_storage_failed(now);
+            }
+        }
+        Ok(())
+    }
+
+    fn progress_bar(&self, total: u64, version: &str) -> Option<indicatif::ProgressBar> {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let bar = indicatif::ProgressBar::new(total);
+        let style =
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .ok()?;
+        bar.set_style(style.progress_chars("=> "));
+        bar.set_message(format!("v{version}"));
+        let _ = &self.progress_bar;
+        Some(bar)
+    }
+
+    async fn verify_image(&mut self, slot: Slot) -> bool {
+        let Ok(manifest) = self.target_manifest() else { return false };
+        let path = self.config.slot_path(slot).to_path_buf();
+        let result = tokio::task::spawn_blocking(move || {
+            let view = ManifestView::new_checked(&manifest).map_err(|e| anyhow!("{e}"))?;
+            let (blake, sha) = crate::slot::hash_image(&path, view.image_len())?;
+            Ok::<_, anyhow::Error>(blake == view.image_blake3() && sha == view.image_sha256())
+        })
+        .await;
+        match result {
+            Ok(Ok(true)) => true,
+            Ok(Ok(false)) => {
+                tracing::error!(slot = slot.name(), "image hash does not match the manifest; downloading again");
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::error!(slot = slot.name(), "cannot verify image: {e:#}");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    async fn reboot(&mut self) -> Result<()> {
+        self.report().await;
+        if let Some((program, args)) = self.config.reboot.split_first() {
+            tracing::info!(command = ?self.config.reboot, "rebooting");
+            let status = std::process::Command::new(program).args(args).status();
+            match status {
+                Ok(s) if s.success() => {
+                    // The machine is going down; wait for it.
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                    bail!("reboot command returned but the device did not reboot");
+                }
+                Ok(s) => bail!("reboot command {:?} failed: {s}", self.config.reboot),
+                Err(e) => bail!("cannot run reboot command {:?}: {e}", self.config.reboot),
+            }
+        }
+        tracing::info!("restarting the agent (reboot stand-in)");
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().context("cannot find own executable")?;
+        let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec();
+        Err(anyhow!("cannot restart the agent: {err}"))
+    }
+
+    async fn report(&mut self) {
+        let doc = status::document(
+            &self.device_key,
+            &self.config.release,
+            self.engine.record(),
+            self.counts,
+            self.health.as_deref(),
+            unix_now(),
+        );
+        if let Ok(bytes) = serde_json::to_vec_pretty(&doc) {
+            let _ = write_atomic(&self.config.data_dir, "status.json", &bytes);
+        }
+        let signed = status::sign(&self.device_key, &doc);
+        self.last_status = doc;
+        // Best effort: an edge node that is reachable right now forwards it.
+        let send = async {
+            for mut edge in self.pool.connect_ranked().await.into_iter().take(1) {
+                edge.client.set_request_timeout(Duration::from_secs(2));
+                if let Err(e) = edge.client.report_status(&signed).await {
+                    tracing::debug!(edge = %edge.addr, %e, "status report not delivered");
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), send).await;
+    }
+}
+
+fn is_resting(state: State) -> bool {
+    matches!(state, State::Idle | State::Committed | State::RolledBack)
+}
+
+fn load_record(config: &AgentConfig) -> Result<Record> {
+    let path = config.data_dir.join("record");
+    match std::fs::read(&path) {
+        Ok(bytes) => Record::decode(&bytes).map_err(|e| {
+            anyhow!(
+                "{} is damaged ({e:?}); restore it or delete it to treat slot A as the factory image",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let version = Label::new(&config.factory_version).context("factory_version too long")?;
+            Ok(Record::factory(Slot::A, Release::unknown(version, config.factory_security_counter)))
+        }
+        Err(e) => Err(anyhow!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// The data directory's status document, for `device-client status`.
+pub fn read_status(data_dir: &Path) -> Result<Value> {
+    let path: PathBuf = data_dir.join("status.json");
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("no status at {}: has the agent run with this data dir?", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
+}

@@ -1,0 +1,208 @@
+//! Slots and download progress on disk.
+//!
+//! A slot is a file or a block device; chunks are written at their image offsets, and a
+//! chunk only counts as done once its bytes are synced and its bit is set in the progress
+//! file (written temp, fsync, rename). So after a kill or power cut every bit set names a
+//! chunk that is really in the slot, and no verified chunk is fetched twice.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sha2::Digest;
+
+/// An open slot.
+#[derive(Debug)]
+pub struct SlotFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl SlotFile {
+    /// Opens `path` for writing an image of `image_len` bytes. A regular file is created and
+    /// sized; a block device must already be large enough.
+    pub fn open_for_write(path: &Path, image_len: u64) -> Result<SlotFile> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("cannot open slot {}", path.display()))?;
+        let meta = file.metadata()?;
+        if meta.file_type().is_block_device() {
+            let size = block_device_size(&file)?;
+            if size < image_len {
+                bail!("slot {} holds {size} bytes, the image needs {image_len}", path.display());
+            }
+        } else if meta.len() != image_len {
+            file.set_len(image_len).with_context(|| format!("cannot size slot {}", path.display()))?;
+        }
+        Ok(SlotFile { file, path: path.to_path_buf() })
+    }
+
+    /// Opens a slot read-only (the active slot, for chunk reuse).
+    pub fn open_read(path: &Path) -> Result<SlotFile> {
+        let file = File::open(path).with_context(|| format!("cannot open slot {}", path.display()))?;
+        Ok(SlotFile { file, path: path.to_path_buf() })
+    }
+
+    /// Writes `bytes` at `offset`.
+    pub fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<()> {
+        self.file.write_all_at(bytes, offset).with_context(|| format!("writing slot {}", self.path.display()))
+    }
+
+    /// Reads exactly `len` bytes at `offset`.
+    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, offset).with_context(|| format!("reading slot {}", self.path.display()))?;
+        Ok(buf)
+    }
+
+    /// Makes every write so far durable.
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_data().with_context(|| format!("syncing slot {}", self.path.display()))
+    }
+}
+
+fn block_device_size(file: &File) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = file.try_clone()?;
+    let size = f.seek(SeekFrom::End(0))?;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(size)
+}
+
+/// The blake3 and sha256 of the first `len` bytes of `path`: what the manifest says the
+/// whole image hashes to.
+pub fn hash_image(path: &Path, len: u64) -> Result<([u8; 32], [u8; 32])> {
+    let mut file = File::open(path).with_context(|| format!("cannot open slot {}", path.display()))?.take(len);
+    let mut blake = blake3::Hasher::new();
+    let mut sha = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut seen = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        blake.update(&buf[..n]);
+        sha.update(&buf[..n]);
+        seen += n as u64;
+    }
+    if seen != len {
+        bail!("slot {} is {seen} bytes, the image is {len}", path.display());
+    }
+    Ok((*blake.finalize().as_bytes(), sha.finalize().into()))
+}
+
+const PROGRESS_MAGIC: &[u8; 4] = b"OTPG";
+
+/// Which chunks of a target are durable in the inactive slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    release: [u8; 32],
+    done: Vec<u64>,
+    chunk_count: u32,
+}
+
+impl Progress {
+    /// Nothing done yet for `release`.
+    pub fn new(release: [u8; 32], chunk_count: u32) -> Progress {
+        Progress { release, done: vec![0; (chunk_count as usize).div_ceil(64)], chunk_count }
+    }
+
+    /// The progress saved at `path` if it is for `release` and intact; otherwise fresh.
+    pub fn load_or_new(path: &Path, release: [u8; 32], chunk_count: u32) -> Progress {
+        Self::load(path).filter(|p| p.release == release && p.chunk_count == chunk_count).unwrap_or_else(|| {
+            let _ = fs::remove_file(path);
+            Progress::new(release, chunk_count)
+        })
+    }
+
+    fn load(path: &Path) -> Option<Progress> {
+        let bytes = fs::read(path).ok()?;
+        let (body, sum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+        if blake3::hash(body).as_bytes() != sum || body.get(..4)? != PROGRESS_MAGIC {
+            return None;
+        }
+        let release: [u8; 32] = body.get(4..36)?.try_into().ok()?;
+        let chunk_count = u32::from_le_bytes(body.get(36..40)?.try_into().ok()?);
+        let words = body.get(40..)?;
+        if words.len() != (chunk_count as usize).div_ceil(64) * 8 {
+            return None;
+        }
+        let done = words.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8]))).collect();
+        Some(Progress { release, done, chunk_count })
+    }
+
+    /// Writes the progress durably (temp, fsync, rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut bytes = Vec::with_capacity(40 + self.done.len() * 8 + 32);
+        bytes.extend_from_slice(PROGRESS_MAGIC);
+        bytes.extend_from_slice(&self.release);
+        bytes.extend_from_slice(&self.chunk_count.to_le_bytes());
+        for w in &self.done {
+            bytes.extend_from_slice(&w.to_le_bytes());
+        }
+        let sum = blake3::hash(&bytes);
+        bytes.extend_from_slice(sum.as_bytes());
+        let dir = path.parent().context("progress path has no directory")?;
+        let name = path.file_name().and_then(|n| n.to_str()).context("progress path has no file name")?;
+        crate::tuf_http::write_atomic(dir, name, &bytes)?;
+        Ok(())
+    }
+
+    /// True if chunk `index` is durable.
+    pub fn is_done(&self, index: u32) -> bool {
+        self.done.get(index as usize / 64).is_some_and(|w| w & (1 << (index % 64)) != 0)
+    }
+
+    /// Marks chunk `index` done (call only after its bytes are synced).
+    pub fn mark(&mut self, index: u32) {
+        if let Some(w) = self.done.get_mut(index as usize / 64) {
+            *w |= 1 << (index % 64);
+        }
+    }
+
+    /// Chunks done.
+    pub fn count(&self) -> u32 {
+        self.done.iter().map(|w| w.count_ones()).sum()
+    }
+
+    /// The release this progress is for.
+    pub fn release(&self) -> [u8; 32] {
+        self.release
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_round_trips_and_rejects_damage_or_other_releases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("progress");
+        let mut p = Progress::new([3; 32], 130);
+        for i in [0, 63, 64, 129] {
+            p.mark(i);
+        }
+        p.save(&path).unwrap();
+        let back = Progress::load_or_new(&path, [3; 32], 130);
+        assert_eq!(back, p);
+        assert_eq!(back.count(), 4);
+        assert!(back.is_done(129) && !back.is_done(128));
+        assert_eq!(Progress::load_or_new(&path, [4; 32], 130).count(), 0);
+        p.save(&path).unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[45] ^= 1;
+        fs::write(&path, bytes).unwrap();
+        assert_eq!(Progress::load_or_new(&path, [3; 32], 130).count(), 0);
+    }
+}

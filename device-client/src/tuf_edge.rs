@@ -1,0 +1,154 @@
+//! TUF through an edge node's device service, and the choice of release for this device.
+//!
+//! The edge node is untrusted: it relays metadata and manifests, and the sans-IO updater in
+//! `protocol::tuf` verifies them against the root pinned in the agent's data directory. A
+//! stale timestamp, a replayed older snapshot or a manifest whose hash does not match its
+//! signed target fails here, and the agent moves on to another edge node.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use edge_node::device::client::DeviceClient;
+use protocol::manifest::ManifestView;
+use protocol::tuf::{encode_role_name, Event, FetchError, Request, Source, TargetFile, TrustedMetadataSet, Updater};
+
+use crate::tuf_http::{unix_now, write_atomic};
+
+/// Where the agent keeps verified metadata: `metadata_dir/root.json` is the pinned root.
+#[derive(Debug, Clone)]
+pub struct MetadataDir(pub PathBuf);
+
+impl MetadataDir {
+    /// Pins `root` if nothing is pinned yet (a device's first start).
+    pub fn pin_root_if_missing(&self, root: &Path) -> Result<()> {
+        fs::create_dir_all(&self.0)?;
+        if self.0.join("root.json").exists() {
+            return Ok(());
+        }
+        let bytes = fs::read(root).with_context(|| format!("cannot read trusted root {}", root.display()))?;
+        Updater::new(&bytes, unix_now(), crate::tuf_config())
+            .map_err(|e| anyhow!("trusted root {} is invalid: {e}", root.display()))?;
+        write_atomic(&self.0, "root.json", &bytes)?;
+        Ok(())
+    }
+
+    fn read_cached(&self, request: &Request) -> std::result::Result<Vec<u8>, FetchError> {
+        let file = fs::File::open(self.0.join(&request.file_name)).map_err(|_| FetchError::NotFound)?;
+        let mut bytes = Vec::new();
+        file.take(request.max_length + 1).read_to_end(&mut bytes).map_err(|_| FetchError::Failed)?;
+        if bytes.len() as u64 > request.max_length {
+            return Err(FetchError::TooLarge);
+        }
+        Ok(bytes)
+    }
+}
+
+/// One full TUF refresh (root chain, timestamp, snapshot, targets) through `edge`.
+pub async fn refresh(edge: &mut DeviceClient, dir: &MetadataDir) -> Result<TrustedMetadataSet> {
+    let root = fs::read(dir.0.join("root.json")).context("no pinned root in the metadata directory")?;
+    let mut updater = Updater::new(&root, unix_now(), crate::tuf_config()).map_err(|e| anyhow!("pinned root: {e}"))?;
+    updater.refresh();
+    loop {
+        while let Some(event) = updater.poll_event() {
+            if let Event::Persist { role, bytes } = event {
+                write_atomic(&dir.0, &format!("{}.json", encode_role_name(&role)), &bytes)?;
+            }
+        }
+        let Some(request) = updater.poll_request() else { break };
+        let response = match request.source {
+            Source::Cache => dir.read_cached(&request),
+            Source::Remote => match edge.get_metadata(&request.file_name).await {
+                Ok(Some(bytes)) if bytes.len() as u64 <= request.max_length => Ok(bytes),
+                Ok(Some(_)) => Err(FetchError::TooLarge),
+                Ok(None) => Err(FetchError::NotFound),
+                Err(e) => {
+                    tracing::debug!(%e, file = %request.file_name, "metadata fetch failed");
+                    Err(FetchError::Failed)
+                }
+            },
+        };
+        updater.handle_response(response).map_err(|e| anyhow!("metadata did not verify: {e}"))?;
+    }
+    if updater.trusted().targets("targets").is_none() {
+        bail!("refresh ended without verified targets");
+    }
+    Ok(updater.trusted().clone())
+}
+
+/// The release a device of `hw_class` following `release` should run: among the signed
+/// targets `releases/<release>/*.manifest`, the highest security counter, then the highest
+/// version. Targets for other hardware classes are only returned when none match, so the
+/// engine can say why it refused.
+pub fn choose_release<'a>(trusted: &'a TrustedMetadataSet, release: &str, hw_class: &str) -> Option<&'a TargetFile> {
+    let targets = trusted.targets("targets")?;
+    let prefix = format!("releases/{release}/");
+    let candidates: Vec<&TargetFile> =
+        targets.targets.values().filter(|t| t.path.starts_with(&prefix) && t.path.ends_with(".manifest")).collect();
+    let rank = |t: &&&TargetFile| {
+        let o = t.custom.as_ref().map(|c| &c["otamesh"]);
+        let counter = o.and_then(|o| o["security_counter"].as_u64()).unwrap_or(0);
+        let version = o.and_then(|o| o["version"].as_str()).unwrap_or("").to_string();
+        (counter, VersionKey(version))
+    };
+    let matching = candidates
+        .iter()
+        .filter(|t| t.custom.as_ref().and_then(|c| c["otamesh"]["hw_class"].as_str()).is_some_and(|c| c == hw_class));
+    matching.max_by_key(rank).or_else(|| candidates.iter().max_by_key(rank)).copied()
+}
+
+/// Downloads the manifest of `target` through `edge` and checks it against the signed
+/// length and hashes, then decodes it.
+pub async fn fetch_manifest(edge: &mut DeviceClient, target: &TargetFile) -> Result<Vec<u8>> {
+    let bytes = edge
+        .get_target(&target.path)
+        .await
+        .map_err(|e| anyhow!("fetching {}: {e}", target.path))?
+        .ok_or_else(|| anyhow!("edge node does not have {}", target.path))?;
+    target.verify(&bytes).map_err(|e| anyhow!("manifest {} did not verify: {e}", target.path))?;
+    ManifestView::new_checked(&bytes).map_err(|e| anyhow!("manifest {} does not decode: {e}", target.path))?;
+    Ok(bytes)
+}
+
+/// Orders versions like `1.10.0` after `1.9.0`: digit runs compare as numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct VersionKey(String);
+
+impl Ord for VersionKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        fn parts(s: &str) -> Vec<(u64, String)> {
+            let mut out = Vec::new();
+            let mut rest = s;
+            while !rest.is_empty() {
+                let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+                let (num, tail) = rest.split_at(digits);
+                let text_end = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+                let (text, next) = tail.split_at(text_end);
+                out.push((num.parse().unwrap_or(0), text.to_string()));
+                rest = next;
+            }
+            out
+        }
+        parts(&self.0).cmp(&parts(&other.0))
+    }
+}
+
+impl PartialOrd for VersionKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VersionKey;
+
+    #[test]
+    fn versions_compare_numerically() {
+        let v = |s: &str| VersionKey(s.into());
+        assert!(v("1.10.0") > v("1.9.0"));
+        assert!(v("2.0.0") > v("1.99.99"));
+        assert!(v("1.0.0-rc2") > v("1.0.0-rc1"));
+    }
+}

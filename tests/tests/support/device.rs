@@ -1,0 +1,114 @@
+//! Linux device agents as real processes: a config per device (file-backed slots, the file
+//! bootloader, the repository's root and content key), `device-client check` runs with a
+//! deadline, and helpers that read what the device holds.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::bin;
+
+/// One device: its directory holds the config, data dir and both slots.
+pub struct Device {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+}
+
+/// How a `check` run ended.
+#[derive(Debug)]
+pub struct CheckRun {
+    pub success: bool,
+    pub output: String,
+}
+
+impl Device {
+    /// A device of hardware class `imx8` following release `gw`; `health` is an extra health
+    /// check command (argv), e.g. one rigged to fail for a version.
+    pub fn new(dir: &Path, repo: &Path, edges: &[String], health: Option<&[&str]>) -> Device {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut config = format!(
+            "data_dir = {data:?}\nrelease = \"gw\"\nhw_class = \"imx8\"\ntrusted_root = {root:?}\n\
+             content_key = {key:?}\nedges = {edges:?}\nslot_a = {a:?}\nslot_b = {b:?}\n\
+             request_timeout_secs = 5\ntrial_deadline_secs = 30\n\n[bootloader]\nkind = \"file\"\n",
+            data = dir.join("data"),
+            root = repo.join("metadata/1.root.json"),
+            key = repo.join("keys/content.key"),
+            a = dir.join("slot-a.img"),
+            b = dir.join("slot-b.img"),
+        );
+        if let Some(cmd) = health {
+            config.push_str(&format!("\n[[health_check]]\nname = \"app\"\ncommand = {cmd:?}\ntimeout_secs = 10\n"));
+        }
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, config).unwrap();
+        Device { dir: dir.into(), config: path }
+    }
+
+    /// Starts `device-client check` without waiting.
+    pub fn spawn_check(&self) -> std::process::Child {
+        Command::new(bin("device-client"))
+            .args(["check", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("device-client starts")
+    }
+
+    /// Runs `device-client check` to its end (through its own restarts); kills it and panics
+    /// after `timeout`.
+    pub fn check(&self, timeout: Duration) -> CheckRun {
+        let child = self.spawn_check();
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(Ok(out)) => CheckRun {
+                success: out.status.success(),
+                output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+            },
+            Ok(Err(e)) => panic!("device-client check: {e}"),
+            Err(_) => {
+                kill9(pid);
+                panic!("device-client check did not finish within {timeout:?}");
+            }
+        }
+    }
+
+    /// The agent's last status document.
+    pub fn status(&self) -> Value {
+        let bytes = std::fs::read(self.dir.join("data/status.json")).expect("status.json");
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// The file bootloader's env: (active, pending).
+    pub fn bootenv(&self) -> (String, Option<String>) {
+        let text = std::fs::read_to_string(self.dir.join("data/bootenv")).unwrap_or_default();
+        let get = |k: &str| {
+            text.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).map(str::trim).filter(|v| !v.is_empty())
+        };
+        (get("active").unwrap_or("a").to_string(), get("pending").map(String::from))
+    }
+
+    /// The bytes of slot `a` or `b` (empty if it does not exist yet).
+    pub fn slot(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.dir.join(format!("slot-{name}.img"))).unwrap_or_default()
+    }
+
+    /// The slot the bootloader would boot next: the pending one if any, else the active one.
+    pub fn next_boot_slot(&self) -> String {
+        let (active, pending) = self.bootenv();
+        pending.unwrap_or(active)
+    }
+}
+
+pub fn kill9(pid: u32) {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+}
