@@ -1,0 +1,389 @@
+//! `simnet demo`: the live demo with real daemons on loopback and no configuration.
+//!
+//! A seeder publishes into a TUF repository and serves it to the mesh; two sites of two edge
+//! nodes each pre-stage every release; 24 Linux device agents (file-backed A/B slots, the
+//! file bootloader, restart-as-reboot) install v1 and then v2, a few percent of which
+//! changed. One device's health check is rigged to fail on v2, so it rolls back. The demo
+//! ends with a table of final states and bytes: from the origin, over each site's backhaul
+//! against the naive figure (every device from the origin), saved by chunk reuse.
+//!
+//! Everything runs in a temporary directory that is removed at the end (`--keep` keeps it),
+//! and every process is killed when the demo ends, fails or is interrupted.
+
+mod images;
+mod procs;
+mod summary;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use procs::{field, get_json, Proc};
+pub use summary::Summary;
+
+/// Demo settings; the defaults are what `simnet demo` runs.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    /// Sites.
+    pub sites: usize,
+    /// Edge nodes per site.
+    pub edges_per_site: usize,
+    /// Device agents in all.
+    pub devices: usize,
+    /// Image size in MiB.
+    pub image_mib: usize,
+    /// Keep the working directory.
+    pub keep: bool,
+    /// Where the daemon binaries are; `None`: next to this executable, built by cargo first.
+    pub bin_dir: Option<PathBuf>,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig { sites: 2, edges_per_site: 2, devices: 24, image_mib: 32, keep: false, bin_dir: None }
+    }
+}
+
+struct Edge {
+    _proc: Proc,
+    site: usize,
+    p2p: String,
+    http: SocketAddr,
+    device_quic: SocketAddr,
+}
+
+struct Device {
+    dir: PathBuf,
+    site: usize,
+    rigged: bool,
+    _proc: Proc,
+}
+
+const RIGGED_VERSION: &str = "2.0.0";
+const PHASE_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Runs the demo and prints its summary.
+pub fn run(config: &DemoConfig) -> Result<Summary> {
+    let (seeder, edge_bin, device_bin) = procs::daemon_binaries(config.bin_dir.as_deref())?;
+    let work = tempfile::Builder::new().prefix("otamesh-demo-").tempdir().context("temp dir")?;
+    let dir = work.path().to_path_buf();
+    let result = run_in(config, &dir, &seeder, &edge_bin, &device_bin);
+    if config.keep {
+        let kept = work.keep();
+        eprintln!("kept {}", kept.display());
+    }
+    result
+}
+
+fn say(text: &str) {
+    eprintln!("\x1b[1m== {text}\x1b[0m");
+}
+
+fn run_in(config: &DemoConfig, dir: &Path, seeder: &Path, edge_bin: &Path, device_bin: &Path) -> Result<Summary> {
+    let repo = dir.join("repo");
+    let repo_s = repo.to_str().context("path")?.to_string();
+    say("seeder init: a TUF repository with ed25519 keys for every role and a fleet content key");
+    procs::run(seeder, &["init", "--repo", &repo_s])?;
+    let (v1, v2) = images::write(dir, config.image_mib)?;
+
+    say("seeder serve: the origin joins the mesh");
+    let origin = Proc::spawn(
+        "origin",
+        seeder,
+        &strings(&["--json", "serve", "--repo", &repo_s, "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-mdns"]),
+    )?;
+    let origin_addr = origin.wait_line("origin address", Duration::from_secs(30), |line| {
+        let v: Value = serde_json::from_str(line).ok()?;
+        Some(v["addrs"][0].as_str()?.to_string())
+    })?;
+
+    say(&format!("{} sites × {} edge nodes", config.sites, config.edges_per_site));
+    let mut edges: Vec<Edge> = Vec::new();
+    for site in 0..config.sites {
+        for member in 0..config.edges_per_site {
+            let mut boot = vec![origin_addr.clone()];
+            if member > 0 {
+                boot.push(edges[edges.len() - member].p2p.clone());
+            }
+            edges.push(start_edge(edge_bin, &dir.join(format!("edge-{site}-{member}")), site, &boot)?);
+        }
+    }
+    wait_until("edge nodes to see their peers", Duration::from_secs(60), || {
+        edges.iter().all(|e| peer_count(e) >= config.edges_per_site)
+    })?;
+
+    say(&format!("publish v1.0.0 ({} MiB image)", config.image_mib));
+    let stored_v1 = publish(seeder, &repo_s, &v1, "1.0.0", 1)?;
+    wait_until("every edge node to pre-stage v1", PHASE_TIMEOUT, || edges.iter().all(|e| has_release(e, "1.0.0")))?;
+
+    let per_site = config.devices / config.sites.max(1);
+    say(&format!("{} device agents ({per_site} per site) install v1 from their site's edge nodes", config.devices));
+    let rigged_index = config.devices.saturating_sub(7);
+    let mut devices = Vec::new();
+    for i in 0..config.devices {
+        let site = (i / per_site.max(1)).min(config.sites - 1);
+        let site_edges: Vec<String> =
+            edges.iter().filter(|e| e.site == site).map(|e| format!("quic://{}", e.device_quic)).collect();
+        devices.push(start_device(device_bin, &dir.join(format!("device-{i:02}")), &repo, &site_edges, site, i == rigged_index)?);
+    }
+    let v1_started = Instant::now();
+    wait_devices(&devices, "v1", PHASE_TIMEOUT, |s, _| s.state == "committed" && s.version == "1.0.0")?;
+    let v1_time = v1_started.elapsed();
+    let after_v1 = edge_counters(&edges);
+
+    say("publish v2.0.0: a few percent of the image changed");
+    let stored_v2 = publish(seeder, &repo_s, &v2, "2.0.0", 2)?;
+    let v2_started = Instant::now();
+    wait_devices(&devices, "v2", PHASE_TIMEOUT, |s, rigged| {
+        if rigged {
+            s.state == "rolled-back" && s.version == "1.0.0"
+        } else {
+            s.state == "committed" && s.version == "2.0.0"
+        }
+    })?;
+    let v2_time = v2_started.elapsed();
+    let after_v2 = edge_counters(&edges);
+
+    let statuses: Vec<DeviceStatus> = devices.iter().map(|d| read_status(&d.dir)).collect();
+    let mut states = BTreeMap::new();
+    for s in &statuses {
+        let key = match s.error.as_deref() {
+            Some(e) if s.state == "rolled-back" => format!("rolled back to {} ({e})", s.version),
+            _ => format!("{} {}", s.state, s.version),
+        };
+        *states.entry(key).or_insert(0usize) += 1;
+    }
+    let mut sites = Vec::new();
+    for site in 0..config.sites {
+        let in_site = devices.iter().filter(|d| d.site == site).count() as u64;
+        let backhaul = |c: &BTreeMap<usize, (u64, u64, u64)>| {
+            c.iter().filter(|(i, _)| edges[**i].site == site).map(|(_, (_, wan, origin))| wan + origin).sum::<u64>()
+        };
+        let v1_bytes = backhaul(&after_v1);
+        sites.push(summary::SiteBytes {
+            site: format!("site-{site}"),
+            devices: in_site,
+            backhaul_v1: v1_bytes,
+            backhaul_v2: backhaul(&after_v2) - v1_bytes,
+            naive_v1: in_site * stored_v1,
+            naive_v2: in_site * stored_v2,
+        });
+    }
+    let origin_v1: u64 = after_v1.values().map(|(_, _, o)| o).sum();
+    let origin_v2: u64 = after_v2.values().map(|(_, _, o)| o).sum::<u64>() - origin_v1;
+    let summary = Summary {
+        devices: config.devices,
+        states,
+        stored_v1,
+        stored_v2,
+        image_bytes: (config.image_mib as u64) << 20,
+        origin_v1,
+        origin_v2,
+        sites,
+        reused_v2: statuses.iter().filter(|s| s.version == "2.0.0").map(|s| s.bytes_reused).sum(),
+        fetched_v2: statuses.iter().filter(|s| s.version == "2.0.0").map(|s| s.bytes_fetched).sum(),
+        v1_time,
+        v2_time,
+    };
+    drop(devices);
+    drop(edges);
+    drop(origin);
+    Ok(summary)
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+fn start_edge(bin: &Path, data_dir: &Path, site: usize, bootstrap: &[String]) -> Result<Edge> {
+    let mut args = strings(&[
+        "run",
+        "--data-dir",
+        data_dir.to_str().context("path")?,
+        "--site",
+        &format!("site-{site}"),
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "--no-mdns",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--device-quic-listen",
+        "127.0.0.1:0",
+        "--device-tcp-listen",
+        "127.0.0.1:0",
+    ]);
+    for b in bootstrap {
+        args.push("--bootstrap".into());
+        args.push(b.clone());
+    }
+    let name = data_dir.file_name().and_then(|n| n.to_str()).unwrap_or("edge").to_string();
+    let proc = Proc::spawn(&name, bin, &args)?;
+    let timeout = Duration::from_secs(30);
+    let p2p = proc.wait_line("p2p address", timeout, |l| {
+        (l.contains("listening") && l.contains("/p2p/")).then(|| field(l, "addr").map(String::from)).flatten()
+    })?;
+    let http = proc.wait_line("ops HTTP address", timeout, |l| {
+        l.contains("ops HTTP listening").then(|| field(l, "addr")?.parse().ok()).flatten()
+    })?;
+    let device_quic = proc.wait_line("device QUIC address", timeout, |l| {
+        let v = field(l, "quic")?;
+        l.contains("device service listening")
+            .then(|| v.trim_start_matches("Some(").trim_end_matches(')').parse().ok())
+            .flatten()
+    })?;
+    Ok(Edge { _proc: proc, site, p2p, http, device_quic })
+}
+
+fn start_device(bin: &Path, dir: &Path, repo: &Path, edges: &[String], site: usize, rigged: bool) -> Result<Device> {
+    std::fs::create_dir_all(dir)?;
+    let mut config = format!(
+        "data_dir = {data:?}\nrelease = \"gw\"\nhw_class = \"imx8-gw\"\ntrusted_root = {root:?}\n\
+         content_key = {key:?}\nedges = {edges:?}\nslot_a = {a:?}\nslot_b = {b:?}\n\
+         check_interval_secs = 1\ntrial_deadline_secs = 30\nrequest_timeout_secs = 10\n\n[bootloader]\nkind = \"file\"\n",
+        data = dir.join("data"),
+        root = repo.join("metadata/1.root.json"),
+        key = repo.join("keys/content.key"),
+        a = dir.join("slot-a.img"),
+        b = dir.join("slot-b.img"),
+    );
+    if rigged {
+        // This unit's application does not start on v2: the trial must roll it back.
+        config.push_str(&format!(
+            "\n[[health_check]]\nname = \"app\"\ncommand = [\"sh\", \"-c\", \"test \\\"$OTAMESH_VERSION\\\" != {RIGGED_VERSION}\"]\ntimeout_secs = 10\n"
+        ));
+    }
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, config)?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("device").to_string();
+    let proc = Proc::spawn(&name, bin, &strings(&["run", "--config", path.to_str().context("path")?]))?;
+    Ok(Device { dir: dir.into(), site, rigged, _proc: proc })
+}
+
+fn publish(seeder: &Path, repo: &str, image: &Path, version: &str, counter: u64) -> Result<u64> {
+    let out = procs::run(
+        seeder,
+        &[
+            "--json",
+            "release",
+            "add",
+            "--repo",
+            repo,
+            "--image",
+            image.to_str().context("path")?,
+            "--name",
+            "gw",
+            "--version",
+            version,
+            "--hw-class",
+            "imx8-gw",
+            "--security-counter",
+            &counter.to_string(),
+        ],
+    )?;
+    let report: Value = serde_json::from_str(&out).context("seeder --json output")?;
+    report["stored_bytes"].as_u64().context("seeder reported no stored_bytes")
+}
+
+fn peer_count(edge: &Edge) -> usize {
+    get_json(edge.http, "/status").and_then(|s| s["peers"].as_array().map(Vec::len)).unwrap_or(0)
+}
+
+fn has_release(edge: &Edge, version: &str) -> bool {
+    get_json(edge.http, "/status").is_some_and(|s| {
+        s["releases"].as_array().is_some_and(|rs| rs.iter().any(|r| r["version"] == version && r["complete"] == true))
+    })
+}
+
+/// Edge index → (site, wan, origin) bytes in.
+fn edge_counters(edges: &[Edge]) -> BTreeMap<usize, (u64, u64, u64)> {
+    edges
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let s = get_json(e.http, "/status").unwrap_or_default();
+            let get = |k: &str| s["bytes_in"][k].as_u64().unwrap_or(0);
+            (i, (get("site"), get("wan"), get("origin")))
+        })
+        .collect()
+}
+
+/// Polls `done` every 200 ms until it holds or `timeout` passes.
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Default)]
+struct DeviceStatus {
+    state: String,
+    version: String,
+    error: Option<String>,
+    bytes_fetched: u64,
+    bytes_reused: u64,
+}
+
+fn read_status(dir: &Path) -> DeviceStatus {
+    let Some(v) = std::fs::read(dir.join("data/status.json")).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    else {
+        return DeviceStatus { state: "starting".into(), ..DeviceStatus::default() };
+    };
+    DeviceStatus {
+        state: v["state"].as_str().unwrap_or("?").into(),
+        version: v["version"].as_str().unwrap_or("?").into(),
+        error: v["error"].as_str().map(String::from),
+        bytes_fetched: v["progress"]["bytes_fetched"].as_u64().unwrap_or(0),
+        bytes_reused: v["progress"]["bytes_reused"].as_u64().unwrap_or(0),
+    }
+}
+
+/// Waits until every device satisfies `done`, printing the fleet's states as they change.
+fn wait_devices(
+    devices: &[Device],
+    phase: &str,
+    timeout: Duration,
+    done: impl Fn(&DeviceStatus, bool) -> bool,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut last_line = String::new();
+    loop {
+        let statuses: Vec<DeviceStatus> = devices.iter().map(|d| read_status(&d.dir)).collect();
+        let finished = statuses.iter().zip(devices).filter(|(s, d)| done(s, d.rigged)).count();
+        let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
+        for s in &statuses {
+            *by_state.entry(format!("{} {}", s.state, s.version)).or_default() += 1;
+        }
+        let line = format!(
+            "{phase}: {finished}/{} done after {:.1} s — {}",
+            devices.len(),
+            started.elapsed().as_secs_f64(),
+            by_state.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")
+        );
+        if line.split(" after ").next() != last_line.split(" after ").next() || line.ends_with("done") {
+            eprintln!("   {line}");
+            last_line = line;
+        }
+        if finished == devices.len() {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            let stuck: Vec<String> = statuses
+                .iter()
+                .zip(devices)
+                .filter(|(s, d)| !done(s, d.rigged))
+                .map(|(s, d)| format!("{}: {} {} {:?}", d.dir.display(), s.state, s.version, s.error))
+                .collect();
+            bail!("{phase} did not finish within {timeout:?}; not done:\n{}", stuck.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
