@@ -1,0 +1,117 @@
+//! Invariant checkers, evaluated while the simulation runs (TigerBeetle's VOPR style): the
+//! first violation stops the run, and the caller prints the seed that replays it.
+//!
+//! - no device installs bytes that do not match the signed manifest;
+//! - no edge node serves a chunk it did not verify;
+//! - every device ends committed or rolled back;
+//! - each site's backhaul carries at most `max_backhaul_amplification` × the release.
+
+use serde::Serialize;
+
+use crate::engine::Micros;
+
+/// One broken invariant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Violation {
+    /// Which checker.
+    pub check: &'static str,
+    /// Virtual time, seconds.
+    pub at_s: f64,
+    /// What exactly.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at {:.3} s: {}", self.check, self.at_s, self.detail)
+    }
+}
+
+/// Checker names, as reports and tests use them.
+pub mod names {
+    /// A device installed bytes that do not match the manifest.
+    pub const INSTALLED_UNVERIFIED: &str = "device-installed-unverified-bytes";
+    /// An edge node served a chunk it had not verified.
+    pub const SERVED_UNVERIFIED: &str = "edge-served-unverified-chunk";
+    /// A device ended neither committed nor rolled back.
+    pub const NOT_CONVERGED: &str = "device-not-converged";
+    /// A site's backhaul carried too much.
+    pub const AMPLIFICATION: &str = "backhaul-amplification";
+}
+
+/// Collects violations; the run stops at the first.
+#[derive(Debug, Default)]
+pub struct Checkers {
+    /// Largest allowed backhaul bytes per site.
+    pub max_backhaul_bytes: f64,
+    /// What went wrong, in order.
+    pub violations: Vec<Violation>,
+}
+
+fn at_s(now: Micros) -> f64 {
+    now as f64 / 1e6
+}
+
+impl Checkers {
+    /// Checkers for a release of `release_bytes` and an amplification limit.
+    pub fn new(release_bytes: u64, max_amplification: f64) -> Self {
+        Checkers { max_backhaul_bytes: release_bytes as f64 * max_amplification, violations: Vec::new() }
+    }
+
+    /// True once anything failed.
+    pub fn failed(&self) -> bool {
+        !self.violations.is_empty()
+    }
+
+    /// A device starts writing its slot; `tainted` if any byte it holds is not the signed one.
+    pub fn device_installs(&mut self, now: Micros, device: u64, tainted: bool) {
+        if tainted {
+            self.violations.push(Violation {
+                check: names::INSTALLED_UNVERIFIED,
+                at_s: at_s(now),
+                detail: format!("device {device} installed an image with chunks that do not match the manifest"),
+            });
+        }
+    }
+
+    /// An edge node sends chunks; `unverified` of them were stored without verification.
+    pub fn edge_serves(&mut self, now: Micros, site: u32, edge: u32, unverified: usize) {
+        if unverified > 0 {
+            self.violations.push(Violation {
+                check: names::SERVED_UNVERIFIED,
+                at_s: at_s(now),
+                detail: format!("edge {edge} of site {site} served {unverified} chunk(s) it never verified"),
+            });
+        }
+    }
+
+    /// A site's backhaul has carried `bytes` so far.
+    pub fn backhaul(&mut self, now: Micros, site: u32, bytes: f64) {
+        if bytes > self.max_backhaul_bytes + 0.5 && !self.violations.iter().any(|v| v.check == names::AMPLIFICATION) {
+            self.violations.push(Violation {
+                check: names::AMPLIFICATION,
+                at_s: at_s(now),
+                detail: format!(
+                    "site {site} backhaul carried {bytes:.0} bytes, over the limit of {:.0}",
+                    self.max_backhaul_bytes
+                ),
+            });
+        }
+    }
+
+    /// At the end: devices not committed or rolled back, as (device, state name); reports up
+    /// to ten of them.
+    pub fn converged(&mut self, now: Micros, stuck: &[(u64, &'static str)], total_stuck: u64) {
+        if total_stuck > 0 {
+            let list: Vec<String> = stuck.iter().take(10).map(|(d, s)| format!("{d} ({s})")).collect();
+            self.violations.push(Violation {
+                check: names::NOT_CONVERGED,
+                at_s: at_s(now),
+                detail: format!(
+                    "{total_stuck} device(s) ended neither committed nor rolled back, e.g. {}",
+                    list.join(", ")
+                ),
+            });
+        }
+    }
+}

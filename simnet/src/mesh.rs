@@ -1,0 +1,1229 @@
+//! The mesh run: every edge node is the real `protocol::edge::FetchScheduler`, driven the way
+//! the daemon drives it (edge-node/src/daemon): feed one input, drain `poll_request` and
+//! `poll_event`, arm a timer at `poll_timeout`. The origin and hostile nodes are simple
+//! responders; links are flows (see `engine::flows`); devices follow `devices`.
+//!
+//! Verification is simulated, not skipped: a chunk in flight carries a "tampered" flag, and
+//! a receiving driver reports `Corrupt` for a tampered chunk exactly where the daemon's
+//! `verify_stored` would fail. Planted driver bugs (`scenario::PlantParams`) turn individual
+//! checks off so the tests can prove the checkers notice.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use protocol::edge::{
+    ChunkOutcome, EdgeEvent, EdgeStats, FetchScheduler, NodeId, PeerRole, Request, RequestId, SchedulerConfig, SiteId,
+};
+use protocol::time::Instant;
+use protocol::ChunkId;
+
+use crate::checkers::Checkers;
+use crate::devices::{self, Device, DeviceState};
+use crate::engine::{secs, Ended, EventQueue, FlowId, LinkId, Micros, Network, SECOND};
+use crate::release::Release;
+use crate::rng::Rng;
+use crate::scenario::{PartitionKind, Scenario};
+use crate::topology::{self, Topology};
+
+/// Delay before a dropped connection is re-established once its path is back.
+const RECONNECT: Micros = SECOND;
+
+/// What the mesh run measured.
+#[derive(Debug, Clone, Default)]
+pub struct MeshOutcome {
+    /// Per device: when its download finished (`Micros::MAX` if never).
+    pub downloaded_at: Vec<Micros>,
+    /// Per device: when it was committed or rolled back (`Micros::MAX` if never).
+    pub finished_at: Vec<Micros>,
+    /// Devices committed.
+    pub committed: u64,
+    /// Devices rolled back.
+    pub rolled_back: u64,
+    /// Per site: bytes the backhaul carried inbound (link level, including wasted bytes).
+    pub backhaul_bytes: Vec<f64>,
+    /// Per site: verified bytes the edge nodes counted from outside the site.
+    pub backhaul_verified_bytes: Vec<u64>,
+    /// Per site: bytes carried by the LAN.
+    pub lan_bytes: Vec<f64>,
+    /// Origin transfers: (start, end, bytes).
+    pub origin_flows: Vec<(Micros, Micros, u64)>,
+    /// Per edge node: when it held the whole release.
+    pub edge_complete_at: Vec<Option<Micros>>,
+    /// Counters.
+    pub counters: MeshCounters,
+    /// Virtual time at the end.
+    pub end: Micros,
+    /// Checkers' findings.
+    pub violations: Vec<crate::checkers::Violation>,
+}
+
+/// Counters from the edge schedulers and the driver.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MeshCounters {
+    /// Chunk requests the schedulers sent.
+    pub chunk_requests: u64,
+    /// Requests that failed or timed out.
+    pub failed_requests: u64,
+    /// Chunks that failed verification at an edge node.
+    pub corrupt_chunks: u64,
+    /// Tail duplicate requests.
+    pub tail_duplicates: u64,
+    /// Peers disconnected for lying.
+    pub liar_disconnects: u64,
+    /// `handle_timeout` calls.
+    pub scheduler_wakeups: u64,
+    /// Wakeups the scheduler asked for at `now + 1 µs` (a deadline already past): a busy
+    /// loop in a real daemon, where only the timer resolution slows it down.
+    pub immediate_wakeups: u64,
+    /// Every `handle_*` call.
+    pub scheduler_inputs: u64,
+    /// Batches a device rejected after verification and fetched again.
+    pub device_refetches: u64,
+    /// Events processed.
+    pub events: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Tag {
+    Chunks(u32),
+    Device(u32),
+}
+
+#[derive(Debug)]
+enum Ev {
+    Timer { edge: u32, gen: u32 },
+    HaveAt { server: u32, edge: u32, inc: u32 },
+    HaveReply { edge: u32, inc: u32, peer: u32, bits: Option<Vec<u8>> },
+    ChunksAt { server: u32, edge: u32, inc: u32, req: RequestId, indices: Vec<u32> },
+    ChunksReply { slot: u32 },
+    ChunksFailed { edge: u32, inc: u32, req: RequestId },
+    PeerDown { edge: u32, peer: u32 },
+    PeerUp { edge: u32, peer: u32 },
+    Crash { edge: u32, restart: Option<Micros> },
+    Restart { edge: u32 },
+    Flap { site: u32, down: bool },
+    Partition { index: u32, start: bool },
+    Checkin(u32),
+    DeviceReady(u32),
+    BatchDone(u32),
+    DeviceStep(u32),
+}
+
+struct Pending {
+    edge: u32,
+    inc: u32,
+    req: RequestId,
+    server: u32,
+    outcomes: Vec<(u32, ChunkOutcome)>,
+    tainted: Vec<u32>,
+    latency: Micros,
+    flow: Option<FlowId>,
+}
+
+struct Edge {
+    id: NodeId,
+    site: u32,
+    slot: u32,
+    sched: Option<FetchScheduler>,
+    /// Incarnation: bumped on crash so late replies to the old process are dropped.
+    inc: u32,
+    stats_before: EdgeStats,
+    timer_gen: u32,
+    timer_at: Micros,
+    /// The chunk store (survives crashes): which chunks, and which were never verified.
+    stored: Vec<bool>,
+    tainted: BTreeSet<u32>,
+    incoming_tainted: Vec<u32>,
+    batch_have: Vec<u32>,
+    sessions: u32,
+    queue: VecDeque<u32>,
+    waiters: Vec<(u32, u32)>,
+    complete_at: Option<Micros>,
+    verifies: bool,
+}
+
+enum NodeKind {
+    Edge(u32),
+    Origin,
+    Liar(u32),
+}
+
+/// Runs the mesh for `scenario` with `seed`. `progress(now, finished devices)` is called now
+/// and then.
+pub fn run(scenario: &Scenario, seed: u64, release: &Release, progress: &mut dyn FnMut(Micros, u64)) -> MeshOutcome {
+    let mut world = World::new(scenario, seed, release);
+    world.start();
+    world.run(progress);
+    world.finish()
+}
+
+struct World<'a> {
+    sc: &'a Scenario,
+    rel: &'a Release,
+    topo: Topology,
+    net: Network<Tag>,
+    q: EventQueue<Ev>,
+    now: Micros,
+    edges: Vec<Edge>,
+    per_site: u32,
+    node_ids: Vec<NodeId>,
+    by_id: HashMap<NodeId, u32>,
+    origin: u32,
+    liar_sites: Vec<u32>,
+    adjacency: Vec<Vec<u32>>,
+    conn_down: BTreeSet<(u32, u32)>,
+    backhaul_down: Vec<u32>,
+    lan_split: Vec<u32>,
+    pending: Vec<Option<Pending>>,
+    pending_free: Vec<u32>,
+    chunk_index: HashMap<ChunkId, u32>,
+    devices: Vec<Device>,
+    checkin: Vec<Micros>,
+    out: MeshOutcome,
+    flaps: Vec<Option<Rng>>,
+    rng: Rng,
+    checkers: Checkers,
+    terminal: u64,
+    never_checking_in: u64,
+    resolution: Micros,
+    detect: Micros,
+}
+
+impl<'a> World<'a> {
+    fn new(sc: &'a Scenario, seed: u64, rel: &'a Release) -> World<'a> {
+        let mut net = Network::default();
+        let topo = Topology::build(sc, &mut net);
+        let per_site = sc.sites.edges_per_site;
+        let n_edges = sc.sites.count * per_site;
+        let n_chunks = rel.chunk_count() as usize;
+        let mut node_ids = Vec::new();
+        let mut edges = Vec::with_capacity(n_edges as usize);
+        for e in 0..n_edges {
+            let mut label = b"simnet edge ".to_vec();
+            label.extend_from_slice(&e.to_le_bytes());
+            let id = NodeId::from_identity(&label);
+            node_ids.push(id);
+            edges.push(Edge {
+                id,
+                site: e / per_site,
+                slot: e % per_site,
+                sched: None,
+                inc: 0,
+                stats_before: EdgeStats::default(),
+                timer_gen: 0,
+                timer_at: Micros::MAX,
+                stored: vec![false; n_chunks],
+                tainted: BTreeSet::new(),
+                incoming_tainted: Vec::new(),
+                batch_have: vec![0; rel.batches.len()],
+                sessions: 0,
+                queue: VecDeque::new(),
+                waiters: Vec::new(),
+                complete_at: None,
+                verifies: !(sc.plant.edge_skips_verification && e == 0),
+            });
+        }
+        let origin = n_edges;
+        node_ids.push(NodeId::from_identity(b"simnet origin"));
+        let liar_sites: Vec<u32> = sc.faults.liar.iter().map(|l| l.site).collect();
+        for i in 0..liar_sites.len() {
+            let mut label = b"simnet liar ".to_vec();
+            label.extend_from_slice(&(i as u64).to_le_bytes());
+            node_ids.push(NodeId::from_identity(&label));
+        }
+        let by_id = node_ids.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect();
+        // Connections: site-mates, the origin, a few edge nodes elsewhere (as Kademlia and
+        // bootstrap would find them), and any liar planted in the site.
+        let mut adjacency: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); node_ids.len()];
+        let mut topo_rng = Rng::stream(seed, 0x70_b0);
+        for e in 0..n_edges {
+            let site = e / per_site;
+            adjacency[e as usize].insert(origin);
+            adjacency[origin as usize].insert(e);
+            if !sc.plant.edges_ignore_site_mates {
+                for m in site * per_site..(site + 1) * per_site {
+                    if m != e {
+                        adjacency[e as usize].insert(m);
+                    }
+                }
+            }
+            if sc.sites.count > 1 {
+                for _ in 0..sc.sites.wan_peers {
+                    let other_site = (site + 1 + topo_rng.below(sc.sites.count as u64 - 1) as u32) % sc.sites.count;
+                    let peer = other_site * per_site + topo_rng.below(per_site as u64) as u32;
+                    adjacency[e as usize].insert(peer);
+                    adjacency[peer as usize].insert(e);
+                }
+            }
+        }
+        for (i, site) in liar_sites.iter().enumerate() {
+            let liar = origin + 1 + i as u32;
+            for e in site * per_site..(site + 1) * per_site {
+                adjacency[e as usize].insert(liar);
+                adjacency[liar as usize].insert(e);
+            }
+        }
+        let chunk_index = rel.spec.chunks.iter().enumerate().map(|(i, c)| (c.id, i as u32)).collect();
+        let n_devices = sc.device_count() as usize;
+        let mut devices = vec![Device::default(); n_devices];
+        for (d, dev) in devices.iter_mut().enumerate() {
+            dev.edge_slot = (d as u32 % per_site) as u8;
+        }
+        let out = MeshOutcome {
+            downloaded_at: vec![Micros::MAX; n_devices],
+            finished_at: vec![Micros::MAX; n_devices],
+            ..MeshOutcome::default()
+        };
+        World {
+            sc,
+            rel,
+            topo,
+            net,
+            q: EventQueue::default(),
+            now: 0,
+            edges,
+            per_site,
+            node_ids,
+            by_id,
+            origin,
+            liar_sites,
+            adjacency: adjacency.into_iter().map(|s| s.into_iter().collect()).collect(),
+            conn_down: BTreeSet::new(),
+            backhaul_down: vec![0; sc.sites.count as usize],
+            lan_split: vec![0; sc.sites.count as usize],
+            pending: Vec::new(),
+            pending_free: Vec::new(),
+            chunk_index,
+            devices,
+            checkin: topology::checkin_times(sc, seed),
+            out,
+            flaps: topology::flap_streams(sc, seed),
+            rng: Rng::stream(seed, 0xde71_ce),
+            checkers: Checkers::new(rel.bytes, sc.checks.max_backhaul_amplification),
+            terminal: 0,
+            never_checking_in: u64::from(sc.plant.device_never_checks_in && n_devices > 0),
+            resolution: secs(sc.edge.timer_resolution_ms / 1e3).max(1),
+            detect: secs(sc.edge.crash_detect_ms / 1e3),
+        }
+    }
+
+    // ----- topology helpers ---------------------------------------------------------
+
+    fn kind(&self, node: u32) -> NodeKind {
+        let n_edges = self.edges.len() as u32;
+        if node < n_edges {
+            NodeKind::Edge(node)
+        } else if node == self.origin {
+            NodeKind::Origin
+        } else {
+            NodeKind::Liar(node - self.origin - 1)
+        }
+    }
+
+    fn site_of(&self, node: u32) -> Option<u32> {
+        match self.kind(node) {
+            NodeKind::Edge(e) => Some(self.edges[e as usize].site),
+            NodeKind::Origin => None,
+            NodeKind::Liar(i) => Some(self.liar_sites[i as usize]),
+        }
+    }
+
+    fn site_id(site: u32) -> SiteId {
+        SiteId::from_name(&format!("site-{site}"))
+    }
+
+    fn alive(&self, node: u32) -> bool {
+        match self.kind(node) {
+            NodeKind::Edge(e) => self.edges[e as usize].sched.is_some(),
+            _ => true,
+        }
+    }
+
+    fn reachable(&self, a: u32, b: u32) -> bool {
+        if !self.alive(a) || !self.alive(b) {
+            return false;
+        }
+        match (self.site_of(a), self.site_of(b)) {
+            (Some(x), Some(y)) if x == y => self.lan_split[x as usize] == 0,
+            (Some(x), Some(y)) => self.backhaul_down[x as usize] == 0 && self.backhaul_down[y as usize] == 0,
+            (Some(x), None) | (None, Some(x)) => self.backhaul_down[x as usize] == 0,
+            (None, None) => true,
+        }
+    }
+
+    /// Path from `server` to `client` (an edge node): links, one-way latency, loss, cap.
+    fn path(&self, server: u32, client_site: u32) -> (Vec<LinkId>, Micros, f64, f64) {
+        match self.site_of(server) {
+            None => {
+                let (p, lat, cap) = self.topo.from_origin(client_site);
+                (p.to_vec(), lat, self.topo.backhaul_loss, cap)
+            }
+            Some(s) if s == client_site => (vec![self.topo.lan[s as usize]], self.topo.lan_latency, 0.0, f64::INFINITY),
+            Some(s) => {
+                let (p, lat, cap) = self.topo.between_sites(s, client_site);
+                (p.to_vec(), lat, 2.0 * self.topo.backhaul_loss, cap)
+            }
+        }
+    }
+
+    fn role_of(&self, node: u32) -> PeerRole {
+        if node == self.origin {
+            PeerRole::Origin
+        } else {
+            PeerRole::Edge
+        }
+    }
+
+    fn peer_site_id(&self, node: u32) -> SiteId {
+        match self.site_of(node) {
+            Some(s) => Self::site_id(s),
+            None => SiteId(u64::MAX - 1),
+        }
+    }
+
+    // ----- set-up and main loop -----------------------------------------------------
+
+    fn config(&self) -> SchedulerConfig {
+        SchedulerConfig { capacity_bytes: self.sc.edge.capacity_mib << 20, ..SchedulerConfig::default() }
+    }
+
+    fn boot_edge(&mut self, e: u32) {
+        let edge = &self.edges[e as usize];
+        let mut sched = FetchScheduler::new(edge.id, Self::site_id(edge.site), self.config());
+        // The store survives a crash: report what is on disk, as the daemon does at start-up.
+        for (i, stored) in edge.stored.iter().enumerate() {
+            if *stored {
+                let c = self.rel.spec.chunks[i];
+                let _ = sched.handle_local_chunk(c.id, c.stored_len as u64);
+            }
+        }
+        self.edges[e as usize].sched = Some(sched);
+        self.out.counters.scheduler_inputs += 1;
+    }
+
+    fn start(&mut self) {
+        for e in 0..self.edges.len() as u32 {
+            self.boot_edge(e);
+        }
+        for e in 0..self.edges.len() as u32 {
+            for p in self.adjacency[e as usize].clone() {
+                let (id, site, role) = (self.node_ids[p as usize], self.peer_site_id(p), self.role_of(p));
+                if let Some(s) = self.edges[e as usize].sched.as_mut() {
+                    s.handle_peer_up(Instant(0), id, site, role);
+                }
+                self.out.counters.scheduler_inputs += 1;
+            }
+            let (rid, spec) = (self.rel.id, self.rel.spec.clone());
+            if let Some(s) = self.edges[e as usize].sched.as_mut() {
+                s.handle_release(Instant(0), rid, spec);
+            }
+            self.out.counters.scheduler_inputs += 1;
+            self.pump(e);
+        }
+        for (d, at) in self.checkin.iter().enumerate() {
+            if !(self.never_checking_in == 1 && d == 0) {
+                self.q.push(*at, Ev::Checkin(d as u32));
+            }
+        }
+        for c in &self.sc.faults.crash {
+            let edge = c.site * self.per_site + c.edge;
+            self.q.push(secs(c.at_s), Ev::Crash { edge, restart: c.restart_after_s.map(secs) });
+        }
+        for (i, p) in self.sc.faults.partition.iter().enumerate() {
+            self.q.push(secs(p.at_s), Ev::Partition { index: i as u32, start: true });
+            self.q.push(secs(p.at_s + p.duration_s), Ev::Partition { index: i as u32, start: false });
+        }
+        if let Some(f) = &self.sc.faults.flaps {
+            for site in 0..self.flaps.len() {
+                if let Some(rng) = self.flaps[site].as_mut() {
+                    let at = secs(rng.exp(f.mean_up_s));
+                    self.q.push(at, Ev::Flap { site: site as u32, down: true });
+                }
+            }
+        }
+    }
+
+    fn run(&mut self, progress: &mut dyn FnMut(Micros, u64)) {
+        let limit = secs(self.sc.max_sim_s);
+        let total = self.devices.len() as u64;
+        self.net.settle(self.now);
+        loop {
+            // Flows ending and events at the same instant: flows first, a fixed rule.
+            let (tq, tn) = (self.q.peek_time(), self.net.next_due());
+            let Some(at) = [tq, tn].into_iter().flatten().min() else { break };
+            if at > limit {
+                self.now = limit;
+                break;
+            }
+            self.out.counters.events += 1;
+            if tn == Some(at) {
+                let Some((now, ended)) = self.net.complete_next() else { break };
+                self.now = now;
+                for e in ended {
+                    self.flow_done(e);
+                }
+            } else {
+                let Some((now, ev)) = self.q.pop() else { break };
+                self.now = now;
+                self.handle(ev);
+            }
+            self.net.settle(self.now);
+            if self.checkers.failed() || self.terminal + self.never_checking_in >= total {
+                break;
+            }
+            if self.out.counters.events % 65_536 == 0 {
+                progress(self.now, self.terminal);
+            }
+        }
+        progress(self.now, self.terminal);
+    }
+
+    fn finish(mut self) -> MeshOutcome {
+        let now = self.now;
+        if !self.checkers.failed() {
+            let mut stuck = Vec::new();
+            let mut total = 0;
+            for (d, dev) in self.devices.iter().enumerate() {
+                if !dev.state.is_terminal() {
+                    total += 1;
+                    if stuck.len() < 10 {
+                        stuck.push((d as u64, dev.state.name()));
+                    }
+                }
+            }
+            self.checkers.converged(now, &stuck, total);
+        }
+        let sites = self.sc.sites.count as usize;
+        let mut verified = vec![0u64; sites];
+        let c = &mut self.out.counters;
+        for edge in &self.edges {
+            let mut s = edge.stats_before;
+            if let Some(sched) = &edge.sched {
+                add_stats(&mut s, &sched.stats());
+            }
+            verified[edge.site as usize] += s.backhaul_bytes();
+            c.chunk_requests += s.requests_sent;
+            c.failed_requests += s.failed_requests;
+            c.corrupt_chunks += s.corrupt_chunks;
+            c.tail_duplicates += s.tail_duplicates;
+        }
+        self.out.backhaul_verified_bytes = verified;
+        self.out.backhaul_bytes = self.topo.backhaul_down.iter().map(|l| self.net.carried_bytes(*l)).collect();
+        self.out.lan_bytes = self.topo.lan.iter().map(|l| self.net.carried_bytes(*l)).collect();
+        self.out.edge_complete_at = self.edges.iter().map(|e| e.complete_at).collect();
+        self.out.end = now;
+        self.out.violations = std::mem::take(&mut self.checkers.violations);
+        self.out
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Timer { edge, gen } => {
+                let now = self.now;
+                let e = &mut self.edges[edge as usize];
+                if e.timer_gen != gen {
+                    return;
+                }
+                e.timer_at = Micros::MAX;
+                if let Some(s) = e.sched.as_mut() {
+                    s.handle_timeout(Instant(now));
+                    self.out.counters.scheduler_wakeups += 1;
+                    self.out.counters.scheduler_inputs += 1;
+                    self.pump(edge);
+                }
+            }
+            Ev::HaveAt { server, edge, inc } => self.have_at(server, edge, inc),
+            Ev::HaveReply { edge, inc, peer, bits } => {
+                let (now, rid, pid) = (self.now, self.rel.id, self.node_ids[peer as usize]);
+                let e = &mut self.edges[edge as usize];
+                if e.inc != inc {
+                    return;
+                }
+                let Some(s) = e.sched.as_mut() else { return };
+                match bits {
+                    Some(bits) => s.handle_have(Instant(now), pid, rid, &bits),
+                    None => s.handle_have_failed(Instant(now), pid, rid),
+                }
+                self.out.counters.scheduler_inputs += 1;
+                self.pump(edge);
+            }
+            Ev::ChunksAt { server, edge, inc, req, indices } => self.chunks_at(server, edge, inc, req, indices),
+            Ev::ChunksReply { slot } => {
+                let Some(p) = self.pending.get_mut(slot as usize).and_then(Option::take) else { return };
+                self.pending_free.push(slot);
+                let now = self.now;
+                let e = &mut self.edges[p.edge as usize];
+                if e.inc != p.inc {
+                    return;
+                }
+                let Some(s) = e.sched.as_mut() else { return };
+                e.incoming_tainted = p.tainted;
+                s.handle_response(Instant(now), p.req, &p.outcomes);
+                self.out.counters.scheduler_inputs += 1;
+                self.pump(p.edge);
+                self.edges[p.edge as usize].incoming_tainted.clear();
+            }
+            Ev::ChunksFailed { edge, inc, req } => {
+                let now = self.now;
+                let e = &mut self.edges[edge as usize];
+                if e.inc != inc {
+                    return;
+                }
+                let Some(s) = e.sched.as_mut() else { return };
+                s.handle_request_failed(Instant(now), req);
+                self.out.counters.scheduler_inputs += 1;
+                self.pump(edge);
+            }
+            Ev::PeerDown { edge, peer } => {
+                if !self.alive(edge) || self.reachable(edge, peer) || self.conn_down.contains(&(edge, peer)) {
+                    return;
+                }
+                self.conn_down.insert((edge, peer));
+                let (now, pid) = (self.now, self.node_ids[peer as usize]);
+                if let Some(s) = self.edges[edge as usize].sched.as_mut() {
+                    s.handle_peer_down(Instant(now), pid);
+                    self.out.counters.scheduler_inputs += 1;
+                }
+                self.pump(edge);
+            }
+            Ev::PeerUp { edge, peer } => {
+                if !self.reachable(edge, peer) || !self.conn_down.remove(&(edge, peer)) {
+                    return;
+                }
+                let (now, pid, site, role) =
+                    (self.now, self.node_ids[peer as usize], self.peer_site_id(peer), self.role_of(peer));
+                if let Some(s) = self.edges[edge as usize].sched.as_mut() {
+                    s.handle_peer_up(Instant(now), pid, site, role);
+                    self.out.counters.scheduler_inputs += 1;
+                }
+                self.pump(edge);
+            }
+            Ev::Crash { edge, restart } => self.crash(edge, restart),
+            Ev::Restart { edge } => self.restart(edge),
+            Ev::Flap { site, down } => {
+                self.set_backhaul(site, down);
+                if let (Some(f), Some(rng)) = (&self.sc.faults.flaps, self.flaps[site as usize].as_mut()) {
+                    let next = secs(rng.exp(if down { f.mean_down_s } else { f.mean_up_s })).max(1);
+                    self.q.push(self.now + next, Ev::Flap { site, down: !down });
+                }
+            }
+            Ev::Partition { index, start } => {
+                let p = &self.sc.faults.partition[index as usize];
+                for site in p.sites.clone() {
+                    match p.kind {
+                        PartitionKind::Backhaul => self.set_backhaul(site, start),
+                        PartitionKind::SiteLan => self.set_lan_split(site, start),
+                    }
+                }
+            }
+            Ev::Checkin(d) => {
+                self.devices[d as usize].state = DeviceState::Checking;
+                self.q.push(self.now + 2 * self.topo.lan_latency, Ev::DeviceReady(d));
+            }
+            Ev::DeviceReady(d) => {
+                if self.devices[d as usize].in_session {
+                    return;
+                }
+                self.devices[d as usize].state = DeviceState::Downloading;
+                self.acquire(d);
+            }
+            Ev::BatchDone(d) => self.batch_done(d),
+            Ev::DeviceStep(d) => self.device_step(d),
+        }
+    }
+
+    // ----- the scheduler driver -----------------------------------------------------
+
+    /// Drains the scheduler's outputs after an input, as the daemon's `pump` does.
+    fn pump(&mut self, e: u32) {
+        let Some(s) = self.edges[e as usize].sched.as_mut() else { return };
+        let mut requests = Vec::new();
+        while let Some(r) = s.poll_request() {
+            requests.push(r);
+        }
+        let mut events = Vec::new();
+        while let Some(ev) = s.poll_event() {
+            events.push(ev);
+        }
+        let timeout = s.poll_timeout();
+        for ev in events {
+            self.edge_event(e, ev);
+        }
+        for r in requests {
+            self.route(e, r);
+        }
+        self.set_timer(e, timeout.map(|t| t.0));
+    }
+
+    fn set_timer(&mut self, e: u32, at: Option<Micros>) {
+        let now = self.now;
+        let r = self.resolution;
+        let edge = &mut self.edges[e as usize];
+        let Some(at) = at else {
+            if edge.timer_at != Micros::MAX {
+                edge.timer_at = Micros::MAX;
+                edge.timer_gen = edge.timer_gen.wrapping_add(1);
+            }
+            return;
+        };
+        if at <= now + 1 {
+            self.out.counters.immediate_wakeups += 1;
+        }
+        // Like tokio's timer wheel: a deadline fires on the next tick at or after it.
+        let at = at.div_ceil(r).saturating_mul(r).max(now + 1);
+        if edge.timer_at != at {
+            edge.timer_at = at;
+            edge.timer_gen = edge.timer_gen.wrapping_add(1);
+            let gen = edge.timer_gen;
+            self.q.push(at, Ev::Timer { edge: e, gen });
+        }
+    }
+
+    fn edge_event(&mut self, e: u32, ev: EdgeEvent) {
+        match ev {
+            EdgeEvent::Store { chunk } => {
+                let Some(&i) = self.chunk_index.get(&chunk) else { return };
+                let edge = &mut self.edges[e as usize];
+                if edge.incoming_tainted.contains(&i) {
+                    edge.tainted.insert(i);
+                }
+                if !edge.stored[i as usize] {
+                    edge.stored[i as usize] = true;
+                    let b = self.rel.batch_of[i as usize];
+                    edge.batch_have[b as usize] += 1;
+                    let batch = self.rel.batches[b as usize];
+                    if edge.batch_have[b as usize] == batch.end - batch.first {
+                        self.wake_waiters(e, b);
+                    }
+                }
+            }
+            EdgeEvent::Evict { chunk } => {
+                let Some(&i) = self.chunk_index.get(&chunk) else { return };
+                let edge = &mut self.edges[e as usize];
+                if edge.stored[i as usize] {
+                    edge.stored[i as usize] = false;
+                    edge.tainted.remove(&i);
+                    edge.batch_have[self.rel.batch_of[i as usize] as usize] -= 1;
+                }
+            }
+            EdgeEvent::Discard { .. } => {}
+            EdgeEvent::ReleaseComplete { .. } => {
+                let edge = &mut self.edges[e as usize];
+                edge.complete_at.get_or_insert(self.now);
+            }
+            EdgeEvent::Disconnect { peer, .. } => {
+                self.out.counters.liar_disconnects += 1;
+                // Closing the connection: the other side (if one of ours) notices.
+                if let Some(&p) = self.by_id.get(&peer) {
+                    if matches!(self.kind(p), NodeKind::Edge(_)) {
+                        let (now, id) = (self.now, self.edges[e as usize].id);
+                        if let Some(s) = self.edges[p as usize].sched.as_mut() {
+                            s.handle_peer_down(Instant(now), id);
+                            self.out.counters.scheduler_inputs += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn route(&mut self, e: u32, r: Request) {
+        let inc = self.edges[e as usize].inc;
+        let site = self.edges[e as usize].site;
+        match r {
+            Request::Have { peer, .. } => {
+                let Some(&p) = self.by_id.get(&peer) else { return };
+                if !self.reachable(e, p) {
+                    self.q.push(self.now + self.detect, Ev::HaveReply { edge: e, inc, peer: p, bits: None });
+                    return;
+                }
+                let (_, latency, loss, _) = self.path(p, site);
+                let delay = self.topo.message_delay(loss, latency, &mut self.rng);
+                self.q.push(self.now + delay, Ev::HaveAt { server: p, edge: e, inc });
+            }
+            Request::Chunks { id, peer, indices, .. } => {
+                let Some(&p) = self.by_id.get(&peer) else { return };
+                if !self.reachable(e, p) {
+                    self.q.push(self.now + self.detect, Ev::ChunksFailed { edge: e, inc, req: id });
+                    return;
+                }
+                let (_, latency, loss, _) = self.path(p, site);
+                let delay = self.topo.message_delay(loss, latency, &mut self.rng);
+                self.q.push(self.now + delay, Ev::ChunksAt { server: p, edge: e, inc, req: id, indices });
+            }
+        }
+    }
+
+    fn have_at(&mut self, server: u32, edge: u32, inc: u32) {
+        if self.edges[edge as usize].inc != inc {
+            return;
+        }
+        let site = self.edges[edge as usize].site;
+        if !self.reachable(server, edge) {
+            self.q.push(self.now + self.detect, Ev::HaveReply { edge, inc, peer: server, bits: None });
+            return;
+        }
+        let bits = match self.kind(server) {
+            NodeKind::Edge(s) => {
+                let sched = self.edges[s as usize].sched.as_ref();
+                sched.and_then(|x| x.have(&self.rel.id)).map(|b| b.to_bytes()).unwrap_or_default()
+            }
+            // Liars claim everything; the origin is never asked (it holds everything).
+            _ => vec![0xff; (self.rel.chunk_count() as usize).div_ceil(8)],
+        };
+        let (_, latency, loss, _) = self.path(server, site);
+        let delay = self.topo.message_delay(loss, latency, &mut self.rng);
+        self.q.push(self.now + delay, Ev::HaveReply { edge, inc, peer: server, bits: Some(bits) });
+    }
+
+    fn chunks_at(&mut self, server: u32, edge: u32, inc: u32, req: RequestId, indices: Vec<u32>) {
+        if self.edges[edge as usize].inc != inc {
+            return;
+        }
+        if !self.reachable(server, edge) {
+            self.q.push(self.now + self.detect, Ev::ChunksFailed { edge, inc, req });
+            return;
+        }
+        let site = self.edges[edge as usize].site;
+        let receiver_verifies = self.edges[edge as usize].verifies;
+        let mut outcomes = Vec::with_capacity(indices.len());
+        let mut tainted = Vec::new();
+        let mut bytes = 0u64;
+        let mut unverified_served = 0;
+        for &i in &indices {
+            let Some(c) = self.rel.spec.chunks.get(i as usize) else { continue };
+            let (sent, tampered) = match self.kind(server) {
+                NodeKind::Origin => (true, false),
+                NodeKind::Liar(_) => (true, true),
+                NodeKind::Edge(s) => {
+                    let srv = &self.edges[s as usize];
+                    let held = srv.stored[i as usize];
+                    let bad = held && srv.tainted.contains(&i);
+                    unverified_served += usize::from(bad);
+                    (held, bad)
+                }
+            };
+            if !sent {
+                outcomes.push((i, ChunkOutcome::Missing));
+                continue;
+            }
+            bytes += c.stored_len as u64;
+            // The receiving driver hashes every chunk before the scheduler hears of it.
+            if tampered && receiver_verifies {
+                outcomes.push((i, ChunkOutcome::Corrupt));
+            } else {
+                if tampered {
+                    tainted.push(i);
+                }
+                outcomes.push((i, ChunkOutcome::Verified));
+            }
+        }
+        if let NodeKind::Edge(s) = self.kind(server) {
+            let (ss, slot) = (self.edges[s as usize].site, self.edges[s as usize].slot);
+            self.checkers.edge_serves(self.now, ss, slot, unverified_served);
+        }
+        let (path, latency, _, cap) = self.path(server, site);
+        let slot = match self.pending_free.pop() {
+            Some(s) => s,
+            None => {
+                self.pending.push(None);
+                self.pending.len() as u32 - 1
+            }
+        };
+        self.pending[slot as usize] =
+            Some(Pending { edge, inc, req, server, outcomes, tainted, latency, flow: None });
+        match self.net.start(self.now, &path, cap, 1, bytes, Tag::Chunks(slot)) {
+            Ok(flow) => {
+                if let Some(p) = self.pending[slot as usize].as_mut() {
+                    p.flow = Some(flow);
+                }
+            }
+            Err(_) => {
+                self.pending[slot as usize] = None;
+                self.pending_free.push(slot);
+                self.q.push(self.now + self.detect, Ev::ChunksFailed { edge, inc, req });
+            }
+        }
+    }
+
+    fn flow_done(&mut self, ended: Ended<Tag>) {
+        match ended.tag {
+            Tag::Chunks(slot) => {
+                let Some(p) = self.pending[slot as usize].as_mut() else { return };
+                p.flow = None;
+                let (server, edge, latency) = (p.server, p.edge, p.latency);
+                if server == self.origin {
+                    self.out.origin_flows.push((ended.start, self.now, ended.bytes));
+                }
+                if self.site_of(server) != Some(self.edges[edge as usize].site) {
+                    let site = self.edges[edge as usize].site;
+                    let carried = self.net.carried_bytes(self.topo.backhaul_down[site as usize]);
+                    self.checkers.backhaul(self.now, site, carried);
+                }
+                self.q.push(self.now + latency, Ev::ChunksReply { slot });
+            }
+            Tag::Device(d) => {
+                self.devices[d as usize].flow = None;
+                self.q.push(self.now + self.topo.lan_latency, Ev::BatchDone(d));
+            }
+        }
+    }
+
+    /// A flow ended early (link down, node crashed).
+    fn flow_failed(&mut self, ended: Ended<Tag>) {
+        match ended.tag {
+            Tag::Chunks(slot) => {
+                let Some(p) = self.pending[slot as usize].take() else { return };
+                self.pending_free.push(slot);
+                if p.server == self.origin {
+                    self.out.origin_flows.push((ended.start, self.now, ended.bytes));
+                }
+                self.q.push(self.now + self.detect, Ev::ChunksFailed { edge: p.edge, inc: p.inc, req: p.req });
+            }
+            Tag::Device(d) => {
+                self.devices[d as usize].flow = None;
+                self.drop_session(d);
+                self.q.push(self.now + self.detect, Ev::DeviceReady(d));
+            }
+        }
+    }
+
+    // ----- faults -------------------------------------------------------------------
+
+    fn set_backhaul(&mut self, site: u32, down: bool) {
+        let count = &mut self.backhaul_down[site as usize];
+        let was_down = *count > 0;
+        if down {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+        }
+        let is_down = *count > 0;
+        if was_down == is_down {
+            return;
+        }
+        let now = self.now;
+        for link in [self.topo.backhaul_down[site as usize], self.topo.backhaul_up[site as usize]] {
+            for ended in self.net.set_up(now, link, !is_down) {
+                self.flow_failed(ended);
+            }
+        }
+        let members: Vec<u32> = (site * self.per_site..(site + 1) * self.per_site).collect();
+        if is_down {
+            for e in members {
+                for p in self.adjacency[e as usize].clone() {
+                    if self.site_of(p) != Some(site) {
+                        self.q.push(now + self.detect, Ev::PeerDown { edge: e, peer: p });
+                        if p < self.edges.len() as u32 {
+                            self.q.push(now + self.detect, Ev::PeerDown { edge: p, peer: e });
+                        }
+                    }
+                }
+            }
+        } else {
+            self.reconnect_all();
+        }
+    }
+
+    fn set_lan_split(&mut self, site: u32, split: bool) {
+        let count = &mut self.lan_split[site as usize];
+        let was = *count > 0;
+        if split {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+        }
+        let is = *count > 0;
+        if was == is {
+            return;
+        }
+        if is {
+            // In-flight transfers between site-mates die with the connection.
+            let now = self.now;
+            let doomed: Vec<FlowId> = self
+                .pending
+                .iter()
+                .flatten()
+                .filter(|p| {
+                    self.site_of(p.server) == Some(site) && self.edges[p.edge as usize].site == site && p.server != p.edge
+                })
+                .filter_map(|p| p.flow)
+                .collect();
+            for f in doomed {
+                if let Some(ended) = self.net.cancel(now, f) {
+                    self.flow_failed(ended);
+                }
+            }
+            for e in site * self.per_site..(site + 1) * self.per_site {
+                for p in self.adjacency[e as usize].clone() {
+                    if self.site_of(p) == Some(site) {
+                        self.q.push(now + self.detect, Ev::PeerDown { edge: e, peer: p });
+                    }
+                }
+            }
+        } else {
+            self.reconnect_all();
+        }
+    }
+
+    /// Schedules reconnection of every dropped connection whose path is back.
+    fn reconnect_all(&mut self) {
+        let back: Vec<(u32, u32)> = self.conn_down.iter().copied().filter(|(a, b)| self.reachable(*a, *b)).collect();
+        for (a, b) in back {
+            self.q.push(self.now + RECONNECT, Ev::PeerUp { edge: a, peer: b });
+        }
+    }
+
+    fn crash(&mut self, e: u32, restart: Option<Micros>) {
+        let now = self.now;
+        let Some(sched) = self.edges[e as usize].sched.take() else { return };
+        let edge = &mut self.edges[e as usize];
+        add_stats(&mut edge.stats_before, &sched.stats());
+        edge.inc += 1;
+        edge.timer_gen = edge.timer_gen.wrapping_add(1);
+        edge.timer_at = Micros::MAX;
+        let (site, slot) = (edge.site, edge.slot);
+        // Transfers to and from the dead process stop.
+        let mine: Vec<(u32, Option<FlowId>, bool)> = self
+            .pending
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i as u32, p)))
+            .filter(|(_, p)| p.edge == e || p.server == e)
+            .map(|(i, p)| (i, p.flow, p.edge == e))
+            .collect();
+        for (slot_i, flow, requester_died) in mine {
+            let ended = flow.and_then(|f| self.net.cancel(now, f));
+            if requester_died {
+                self.pending[slot_i as usize] = None;
+                self.pending_free.push(slot_i);
+            } else if let Some(ended) = ended {
+                self.flow_failed(ended);
+            }
+        }
+        // Its devices lose their sessions and come back to another edge node.
+        let per = self.sc.sites.devices_per_site as usize;
+        for d in site as usize * per..(site as usize + 1) * per {
+            let dev = &self.devices[d];
+            let queued_or_active = dev.state == DeviceState::Downloading && dev.edge_slot as u32 == slot;
+            if queued_or_active {
+                if let Some(f) = self.devices[d].flow.take() {
+                    let _ = self.net.cancel(now, f);
+                }
+                self.devices[d].in_session = false;
+                self.q.push(now + self.detect, Ev::DeviceReady(d as u32));
+            }
+        }
+        let edge = &mut self.edges[e as usize];
+        edge.sessions = 0;
+        edge.queue.clear();
+        edge.waiters.clear();
+        self.conn_down.retain(|(a, _)| *a != e);
+        for p in self.adjacency[e as usize].clone() {
+            if p < self.edges.len() as u32 {
+                self.q.push(now + self.detect, Ev::PeerDown { edge: p, peer: e });
+            }
+        }
+        if let Some(after) = restart {
+            self.q.push(now + after, Ev::Restart { edge: e });
+        }
+    }
+
+    fn restart(&mut self, e: u32) {
+        if self.edges[e as usize].sched.is_some() {
+            return;
+        }
+        self.boot_edge(e);
+        let now = Instant(self.now);
+        let my_id = self.edges[e as usize].id;
+        let my_site = Self::site_id(self.edges[e as usize].site);
+        for p in self.adjacency[e as usize].clone() {
+            if !self.reachable(e, p) {
+                self.conn_down.insert((e, p));
+                continue;
+            }
+            let (pid, site, role) = (self.node_ids[p as usize], self.peer_site_id(p), self.role_of(p));
+            if let Some(s) = self.edges[e as usize].sched.as_mut() {
+                s.handle_peer_up(now, pid, site, role);
+            }
+            if p < self.edges.len() as u32 {
+                // A peer that never noticed the crash sees the old connection close first.
+                let noticed = self.conn_down.remove(&(p, e));
+                if let Some(s) = self.edges[p as usize].sched.as_mut() {
+                    if !noticed {
+                        s.handle_peer_down(now, my_id);
+                    }
+                    s.handle_peer_up(now, my_id, my_site, PeerRole::Edge);
+                    self.out.counters.scheduler_inputs += 2;
+                }
+                self.pump(p);
+            }
+        }
+        let (rid, spec) = (self.rel.id, self.rel.spec.clone());
+        if let Some(s) = self.edges[e as usize].sched.as_mut() {
+            s.handle_release(now, rid, spec);
+        }
+        self.pump(e);
+    }
+
+    // ----- devices ------------------------------------------------------------------
+
+    fn edge_of(&self, d: u32) -> u32 {
+        let site = d / self.sc.sites.devices_per_site;
+        site * self.per_site + self.devices[d as usize].edge_slot as u32
+    }
+
+    /// Finds a live edge node in the device's site and asks it for a session.
+    fn acquire(&mut self, d: u32) {
+        let site = d / self.sc.sites.devices_per_site;
+        let preferred = self.devices[d as usize].edge_slot as u32;
+        let Some(slot) = (0..self.per_site)
+            .map(|k| (preferred + k) % self.per_site)
+            .find(|s| self.edges[(site * self.per_site + s) as usize].sched.is_some())
+        else {
+            self.q.push(self.now + SECOND, Ev::DeviceReady(d));
+            return;
+        };
+        self.devices[d as usize].edge_slot = slot as u8;
+        let e = site * self.per_site + slot;
+        let edge = &mut self.edges[e as usize];
+        if edge.sessions < self.sc.edge.max_device_sessions {
+            edge.sessions += 1;
+            self.devices[d as usize].in_session = true;
+            self.start_batch(d);
+        } else {
+            edge.queue.push_back(d);
+        }
+    }
+
+    fn start_batch(&mut self, d: u32) {
+        let e = self.edge_of(d);
+        let b = self.devices[d as usize].batch;
+        let batch = self.rel.batches[b as usize];
+        let edge = &mut self.edges[e as usize];
+        if edge.batch_have[b as usize] < batch.end - batch.first {
+            edge.waiters.push((d, b));
+            // A device asking for what the node lacks is demand (a no-op while pre-staging).
+            let (now, rid) = (self.now, self.rel.id);
+            if let Some(s) = edge.sched.as_mut() {
+                if !s.is_complete(&rid) {
+                    s.handle_demand(Instant(now), &rid);
+                    self.out.counters.scheduler_inputs += 1;
+                    self.pump(e);
+                }
+            }
+            return;
+        }
+        let site = self.edges[e as usize].site;
+        let unverified = self.edges[e as usize].tainted.range(batch.first..batch.end).count();
+        let slot = self.edges[e as usize].slot;
+        self.checkers.edge_serves(self.now, site, slot, unverified);
+        let lan = [self.topo.lan[site as usize]];
+        match self.net.start(self.now, &lan, self.topo.device_rate, 1, batch.bytes, Tag::Device(d)) {
+            Ok(f) => self.devices[d as usize].flow = Some(f),
+            Err(_) => self.q.push(self.now + SECOND, Ev::DeviceReady(d)),
+        }
+    }
+
+    fn wake_waiters(&mut self, e: u32, b: u32) {
+        let waiting = std::mem::take(&mut self.edges[e as usize].waiters);
+        let (ready, still): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|(_, wb)| *wb == b);
+        self.edges[e as usize].waiters = still;
+        for (d, _) in ready {
+            if self.devices[d as usize].in_session && self.edge_of(d) == e {
+                self.start_batch(d);
+            }
+        }
+    }
+
+    /// Gives up the device's session (if any) and lets the next queued device in.
+    fn drop_session(&mut self, d: u32) {
+        if !std::mem::replace(&mut self.devices[d as usize].in_session, false) {
+            return;
+        }
+        let e = self.edge_of(d);
+        let edge = &mut self.edges[e as usize];
+        edge.sessions = edge.sessions.saturating_sub(1);
+        edge.waiters.retain(|(w, _)| *w != d);
+        if edge.sched.is_none() {
+            return;
+        }
+        while let Some(next) = self.edges[e as usize].queue.pop_front() {
+            let dev = &self.devices[next as usize];
+            if dev.state == DeviceState::Downloading && !dev.in_session && self.edge_of(next) == e {
+                self.edges[e as usize].sessions += 1;
+                self.devices[next as usize].in_session = true;
+                self.start_batch(next);
+                break;
+            }
+        }
+    }
+
+    fn batch_done(&mut self, d: u32) {
+        if !self.devices[d as usize].in_session {
+            return;
+        }
+        let e = self.edge_of(d);
+        let b = self.devices[d as usize].batch;
+        let batch = self.rel.batches[b as usize];
+        let from_edge = self.edges[e as usize].tainted.range(batch.first..batch.end).next().is_some();
+        let on_the_way = self.rng.chance(self.sc.faults.device_batch_corruption);
+        if from_edge || on_the_way {
+            if !self.sc.plant.device_skips_verification {
+                // The device's chunk check fails: drop the batch and fetch it again, from the
+                // other edge node if this one served the bad bytes.
+                self.out.counters.device_refetches += 1;
+                if from_edge {
+                    self.drop_session(d);
+                    let dev = &mut self.devices[d as usize];
+                    dev.edge_slot = ((dev.edge_slot as u32 + 1) % self.per_site) as u8;
+                    self.q.push(self.now + 2 * self.topo.lan_latency, Ev::DeviceReady(d));
+                } else {
+                    self.start_batch(d);
+                }
+                return;
+            }
+            self.devices[d as usize].tainted = true;
+        }
+        let dev = &mut self.devices[d as usize];
+        dev.batch += 1;
+        if (dev.batch as usize) < self.rel.batches.len() {
+            self.start_batch(d);
+            return;
+        }
+        self.drop_session(d);
+        self.out.downloaded_at[d as usize] = self.now;
+        self.device_step(d);
+    }
+
+    fn device_step(&mut self, d: u32) {
+        let state = self.devices[d as usize].state;
+        let Some((next, after)) = devices::next_step(state, &self.sc.devices, &mut self.rng) else { return };
+        self.devices[d as usize].state = next;
+        if next == DeviceState::Installing {
+            let tainted = self.devices[d as usize].tainted;
+            self.checkers.device_installs(self.now, d as u64, tainted);
+        }
+        if next.is_terminal() {
+            self.terminal += 1;
+            self.out.finished_at[d as usize] = self.now;
+            match next {
+                DeviceState::Committed => self.out.committed += 1,
+                _ => self.out.rolled_back += 1,
+            }
+        } else {
+            self.q.push(self.now + after, Ev::DeviceStep(d));
+        }
+    }
+}
+
+fn add_stats(acc: &mut EdgeStats, s: &EdgeStats) {
+    for i in 0..3 {
+        acc.bytes_in[i] += s.bytes_in[i];
+        acc.chunks_in[i] += s.chunks_in[i];
+    }
+    acc.corrupt_chunks += s.corrupt_chunks;
+    acc.failed_requests += s.failed_requests;
+    acc.requests_sent += s.requests_sent;
+    acc.tail_duplicates += s.tail_duplicates;
+    acc.evictions += s.evictions;
+}

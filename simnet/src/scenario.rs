@@ -1,0 +1,452 @@
+//! Scenarios: the fleet, its network and its faults, from TOML.
+//!
+//! Scenario files may come from anyone (operators share them), so parsing is bounded: the
+//! file size is capped before parsing, unknown keys are errors (a typo must not silently
+//! fall back to a default), and every number is range-checked with a message naming the key.
+
+use serde::Deserialize;
+
+/// Built-in scenarios: (name, TOML).
+pub const BUILT_IN: &[(&str, &str)] = &[
+    ("factory-small", include_str!("../scenarios/factory-small.toml")),
+    ("fleet-1m", include_str!("../scenarios/fleet-1m.toml")),
+    ("flaky-backhaul", include_str!("../scenarios/flaky-backhaul.toml")),
+];
+
+/// Largest scenario file accepted.
+pub const MAX_TOML_BYTES: usize = 256 * 1024;
+/// Most devices in one run (memory stays well under 4 GiB).
+pub const MAX_DEVICES: u64 = 5_000_000;
+/// Most sites.
+pub const MAX_SITES: u32 = 100_000;
+/// Most scheduled faults of each kind.
+pub const MAX_FAULTS: usize = 10_000;
+
+/// A whole scenario.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name, used in reports.
+    pub name: String,
+    /// What it shows.
+    #[serde(default)]
+    pub description: String,
+    /// Seed when `--seed` is not given.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Stop (and fail the convergence check) after this much virtual time.
+    #[serde(default = "default_max_sim_s")]
+    pub max_sim_s: f64,
+    /// The release being distributed.
+    pub release: ReleaseParams,
+    /// The origin (the seeder's mesh origin).
+    pub origin: OriginParams,
+    /// The sites.
+    pub sites: SiteParams,
+    /// Edge node settings.
+    #[serde(default)]
+    pub edge: EdgeParams,
+    /// Device behaviour.
+    #[serde(default)]
+    pub devices: DeviceParams,
+    /// Faults.
+    #[serde(default)]
+    pub faults: FaultParams,
+    /// Invariant limits.
+    #[serde(default)]
+    pub checks: CheckParams,
+    /// Deliberate driver bugs, to prove the checkers catch them. Never in real scenarios.
+    #[serde(default)]
+    pub plant: PlantParams,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+fn default_max_sim_s() -> f64 {
+    86_400.0
+}
+
+/// The release.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseParams {
+    /// Stored bytes of the whole release.
+    pub bytes: u64,
+    /// Average chunk size; sizes vary between a quarter and four times this, as FastCDC's.
+    #[serde(default = "default_chunk")]
+    pub chunk_avg_bytes: u32,
+}
+fn default_chunk() -> u32 {
+    64 * 1024
+}
+
+/// The origin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginParams {
+    /// Upload capacity.
+    pub uplink_mbps: f64,
+    /// One-way latency from the origin to the internet core.
+    #[serde(default = "default_origin_latency")]
+    pub latency_ms: f64,
+}
+fn default_origin_latency() -> f64 {
+    10.0
+}
+
+/// Every site has the same shape.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteParams {
+    /// How many sites.
+    pub count: u32,
+    /// Edge nodes per site.
+    #[serde(default = "default_edges")]
+    pub edges_per_site: u32,
+    /// Devices per site.
+    pub devices_per_site: u32,
+    /// Backhaul, internet → site.
+    pub backhaul_down_mbps: f64,
+    /// Backhaul, site → internet.
+    pub backhaul_up_mbps: f64,
+    /// One-way backhaul latency.
+    #[serde(default = "default_backhaul_latency")]
+    pub backhaul_latency_ms: f64,
+    /// Packet loss on the backhaul (0..0.5).
+    #[serde(default)]
+    pub backhaul_loss: f64,
+    /// Site LAN capacity, shared by everything on it.
+    pub lan_mbps: f64,
+    /// One-way LAN latency.
+    #[serde(default = "default_lan_latency")]
+    pub lan_latency_ms: f64,
+    /// Each device's own link.
+    pub device_mbps: f64,
+    /// Edge nodes in other sites each edge node is connected to.
+    #[serde(default = "default_wan_peers")]
+    pub wan_peers: u32,
+}
+fn default_edges() -> u32 {
+    2
+}
+fn default_backhaul_latency() -> f64 {
+    20.0
+}
+fn default_lan_latency() -> f64 {
+    0.5
+}
+fn default_wan_peers() -> u32 {
+    2
+}
+
+/// Edge node settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeParams {
+    /// Devices served at once by one edge node; others queue.
+    pub max_device_sessions: u32,
+    /// Cache capacity.
+    pub capacity_mib: u64,
+    /// The driver's timer resolution (tokio's is 1 ms): wakeups are rounded up to it.
+    pub timer_resolution_ms: f64,
+    /// How long peers take to notice a crashed node (keep-alive timeout).
+    pub crash_detect_ms: f64,
+}
+impl Default for EdgeParams {
+    fn default() -> Self {
+        EdgeParams { max_device_sessions: 64, capacity_mib: 16 * 1024, timer_resolution_ms: 1.0, crash_detect_ms: 5_000.0 }
+    }
+}
+
+/// Device behaviour (until the protocol's install engine drives devices, see `devices`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceParams {
+    /// Devices check in uniformly over this window from the release.
+    pub checkin_spread_s: f64,
+    /// Bytes per device request (a batch of chunks).
+    pub batch_bytes: u64,
+    /// Whole-image verification.
+    pub verify_s: f64,
+    /// Writing the inactive slot.
+    pub install_s: f64,
+    /// Reboot into the new slot.
+    pub reboot_s: f64,
+    /// Health checks in trial.
+    pub health_check_s: f64,
+    /// Fraction of devices whose health check fails (they roll back).
+    pub health_failure_rate: f64,
+}
+impl Default for DeviceParams {
+    fn default() -> Self {
+        DeviceParams {
+            checkin_spread_s: 10.0,
+            batch_bytes: 4 << 20,
+            verify_s: 0.5,
+            install_s: 5.0,
+            reboot_s: 20.0,
+            health_check_s: 30.0,
+            health_failure_rate: 0.0,
+        }
+    }
+}
+
+/// Faults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultParams {
+    /// Random backhaul flaps.
+    #[serde(default)]
+    pub flaps: Option<FlapParams>,
+    /// Edge node crashes.
+    #[serde(default)]
+    pub crash: Vec<CrashParams>,
+    /// Partitions.
+    #[serde(default)]
+    pub partition: Vec<PartitionParams>,
+    /// Hostile nodes that claim every chunk and serve garbage.
+    #[serde(default)]
+    pub liar: Vec<LiarParams>,
+    /// Probability that a batch reaches a device corrupted (a hostile LAN, bad memory);
+    /// devices must catch it and fetch the batch again.
+    #[serde(default)]
+    pub device_batch_corruption: f64,
+}
+
+/// Backhaul flaps: each affected site's backhaul alternates up and down, exponentially.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlapParams {
+    /// Fraction of sites whose backhaul flaps.
+    pub site_fraction: f64,
+    /// Mean time up.
+    pub mean_up_s: f64,
+    /// Mean time down.
+    pub mean_down_s: f64,
+}
+
+/// One edge node crash (and optional restart; the store survives, memory does not).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrashParams {
+    /// When.
+    pub at_s: f64,
+    /// Which site.
+    pub site: u32,
+    /// Which edge node of the site.
+    pub edge: u32,
+    /// Restart after this long; never if absent.
+    #[serde(default)]
+    pub restart_after_s: Option<f64>,
+}
+
+/// What a partition cuts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartitionKind {
+    /// The sites lose their backhaul (origin and other sites unreachable).
+    Backhaul,
+    /// The edge nodes of each listed site cannot reach each other (devices still reach them).
+    SiteLan,
+}
+
+/// A partition window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionParams {
+    /// When it starts.
+    pub at_s: f64,
+    /// How long it lasts.
+    pub duration_s: f64,
+    /// Sites affected.
+    pub sites: Vec<u32>,
+    /// What is cut.
+    pub kind: PartitionKind,
+}
+
+/// A hostile node planted in a site.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiarParams {
+    /// Its site.
+    pub site: u32,
+}
+
+/// Invariant limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckParams {
+    /// Largest backhaul bytes per site, as a multiple of the release's bytes.
+    pub max_backhaul_amplification: f64,
+}
+impl Default for CheckParams {
+    fn default() -> Self {
+        CheckParams { max_backhaul_amplification: 1.05 }
+    }
+}
+
+/// Deliberate bugs in simnet's own drivers, each violating one invariant, so the tests can
+/// show the matching checker fails the run.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlantParams {
+    /// Edge 0 of site 0 stores chunks without verifying them.
+    #[serde(default)]
+    pub edge_skips_verification: bool,
+    /// Devices install without verifying chunks.
+    #[serde(default)]
+    pub device_skips_verification: bool,
+    /// Device 0 never checks in.
+    #[serde(default)]
+    pub device_never_checks_in: bool,
+    /// Edge nodes are never told about their site-mates.
+    #[serde(default)]
+    pub edges_ignore_site_mates: bool,
+}
+
+/// Loads a built-in scenario by name, or a TOML file by path.
+pub fn load(name_or_path: &str) -> Result<Scenario, String> {
+    if let Some((_, text)) = BUILT_IN.iter().find(|(n, _)| *n == name_or_path) {
+        return parse(text);
+    }
+    let path = std::path::Path::new(name_or_path);
+    let meta = std::fs::metadata(path).map_err(|e| {
+        let names: Vec<&str> = BUILT_IN.iter().map(|(n, _)| *n).collect();
+        format!("`{name_or_path}` is neither a built-in scenario ({}) nor a readable file: {e}", names.join(", "))
+    })?;
+    if meta.len() > MAX_TOML_BYTES as u64 {
+        return Err(format!("{name_or_path}: {} bytes, more than the {MAX_TOML_BYTES} allowed", meta.len()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{name_or_path}: {e}"))?;
+    parse(&text).map_err(|e| format!("{name_or_path}: {e}"))
+}
+
+/// Parses and validates a scenario.
+pub fn parse(text: &str) -> Result<Scenario, String> {
+    if text.len() > MAX_TOML_BYTES {
+        return Err(format!("scenario is {} bytes, more than the {MAX_TOML_BYTES} allowed", text.len()));
+    }
+    let scenario: Scenario = toml::from_str(text).map_err(|e| format!("invalid scenario: {e}"))?;
+    scenario.validate()?;
+    Ok(scenario)
+}
+
+fn range(key: &str, v: f64, lo: f64, hi: f64) -> Result<(), String> {
+    if v.is_finite() && v >= lo && v <= hi {
+        Ok(())
+    } else {
+        Err(format!("{key} = {v} is out of range [{lo}, {hi}]"))
+    }
+}
+
+fn range_u(key: &str, v: u64, lo: u64, hi: u64) -> Result<(), String> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{key} = {v} is out of range [{lo}, {hi}]"))
+    }
+}
+
+impl Scenario {
+    /// Checks every bound; the simulator relies on these.
+    pub fn validate(&self) -> Result<(), String> {
+        range_u("name length", self.name.len() as u64, 1, 64)?;
+        range("max_sim_s", self.max_sim_s, 1.0, 30.0 * 86_400.0)?;
+        let r = &self.release;
+        range_u("release.bytes", r.bytes, 1, protocol::manifest::limits::MAX_IMAGE_BYTES.min(64 << 30))?;
+        range_u("release.chunk_avg_bytes", r.chunk_avg_bytes as u64, 4096, 1 << 20)?;
+        let chunks = r.bytes.div_ceil(r.chunk_avg_bytes as u64);
+        range_u("release chunk count (bytes / chunk_avg_bytes)", chunks, 1, 1 << 18)?;
+        range("origin.uplink_mbps", self.origin.uplink_mbps, 0.01, 1e7)?;
+        range("origin.latency_ms", self.origin.latency_ms, 0.0, 10_000.0)?;
+        let s = &self.sites;
+        range_u("sites.count", s.count as u64, 1, MAX_SITES as u64)?;
+        range_u("sites.edges_per_site", s.edges_per_site as u64, 1, 16)?;
+        range_u("sites.devices_per_site", s.devices_per_site as u64, 0, 1_000_000)?;
+        range_u("total devices", s.count as u64 * s.devices_per_site as u64, 0, MAX_DEVICES)?;
+        range("sites.backhaul_down_mbps", s.backhaul_down_mbps, 0.01, 1e6)?;
+        range("sites.backhaul_up_mbps", s.backhaul_up_mbps, 0.01, 1e6)?;
+        range("sites.backhaul_latency_ms", s.backhaul_latency_ms, 0.0, 10_000.0)?;
+        range("sites.backhaul_loss", s.backhaul_loss, 0.0, 0.5)?;
+        range("sites.lan_mbps", s.lan_mbps, 0.01, 1e6)?;
+        range("sites.lan_latency_ms", s.lan_latency_ms, 0.0, 1_000.0)?;
+        range("sites.device_mbps", s.device_mbps, 0.001, 1e6)?;
+        range_u("sites.wan_peers", s.wan_peers as u64, 0, 16)?;
+        let e = &self.edge;
+        range_u("edge.max_device_sessions", e.max_device_sessions as u64, 1, 100_000)?;
+        range_u("edge.capacity_mib", e.capacity_mib, 1, 1 << 30)?;
+        range("edge.timer_resolution_ms", e.timer_resolution_ms, 0.001, 1_000.0)?;
+        range("edge.crash_detect_ms", e.crash_detect_ms, 0.0, 600_000.0)?;
+        let d = &self.devices;
+        range("devices.checkin_spread_s", d.checkin_spread_s, 0.0, 30.0 * 86_400.0)?;
+        range_u("devices.batch_bytes", d.batch_bytes, 4096, 1 << 30)?;
+        for (k, v) in
+            [("verify_s", d.verify_s), ("install_s", d.install_s), ("reboot_s", d.reboot_s), ("health_check_s", d.health_check_s)]
+        {
+            range(&format!("devices.{k}"), v, 0.0, 86_400.0)?;
+        }
+        range("devices.health_failure_rate", d.health_failure_rate, 0.0, 1.0)?;
+        let f = &self.faults;
+        if let Some(flaps) = &f.flaps {
+            range("faults.flaps.site_fraction", flaps.site_fraction, 0.0, 1.0)?;
+            range("faults.flaps.mean_up_s", flaps.mean_up_s, 0.1, 1e6)?;
+            range("faults.flaps.mean_down_s", flaps.mean_down_s, 0.01, 1e6)?;
+        }
+        range_u("number of faults.crash", f.crash.len() as u64, 0, MAX_FAULTS as u64)?;
+        range_u("number of faults.partition", f.partition.len() as u64, 0, MAX_FAULTS as u64)?;
+        range("faults.device_batch_corruption", f.device_batch_corruption, 0.0, 0.5)?;
+        range_u("number of faults.liar", f.liar.len() as u64, 0, 1_000)?;
+        for c in &f.crash {
+            range_u("faults.crash.site", c.site as u64, 0, s.count as u64 - 1)?;
+            range_u("faults.crash.edge", c.edge as u64, 0, s.edges_per_site as u64 - 1)?;
+            range("faults.crash.at_s", c.at_s, 0.0, self.max_sim_s)?;
+            if let Some(r) = c.restart_after_s {
+                range("faults.crash.restart_after_s", r, 0.0, self.max_sim_s)?;
+            }
+        }
+        for p in &f.partition {
+            range("faults.partition.at_s", p.at_s, 0.0, self.max_sim_s)?;
+            range("faults.partition.duration_s", p.duration_s, 0.0, self.max_sim_s)?;
+            range_u("faults.partition.sites length", p.sites.len() as u64, 1, s.count as u64)?;
+            for site in &p.sites {
+                range_u("faults.partition.sites", *site as u64, 0, s.count as u64 - 1)?;
+            }
+        }
+        for l in &f.liar {
+            range_u("faults.liar.site", l.site as u64, 0, s.count as u64 - 1)?;
+        }
+        range("checks.max_backhaul_amplification", self.checks.max_backhaul_amplification, 1.0, 1e6)?;
+        Ok(())
+    }
+
+    /// Devices in the fleet.
+    pub fn device_count(&self) -> u64 {
+        self.sites.count as u64 * self.sites.devices_per_site as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_ins_parse() {
+        for (name, text) in BUILT_IN {
+            let s = parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(s.name, *name);
+        }
+    }
+
+    #[test]
+    fn bad_input_gives_clear_errors() {
+        let base = BUILT_IN[0].1;
+        let typo = base.replace("lan_mbps", "lan_mbsp");
+        assert!(parse(&typo).unwrap_err().contains("lan_mbsp"));
+        let neg = base.replace("count = 3", "count = 0");
+        assert!(parse(&neg).unwrap_err().contains("sites.count"));
+        assert!(parse("not toml [").is_err());
+        assert!(parse(&"#".repeat(MAX_TOML_BYTES + 1)).unwrap_err().contains("allowed"));
+        assert!(load("no-such-scenario").unwrap_err().contains("factory-small"));
+    }
+}
