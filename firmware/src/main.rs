@@ -2,9 +2,12 @@
 //!
 //! This binary exists to prove two things in CI: that `protocol` builds `no_std` without
 //! its `alloc`/`std` features for a real MCU target, and how much flash and RAM the
-//! verification path costs (see `scripts/firmware-size`). It runs exactly what an MCU does
-//! for each release: check the manifest, check its signature against a pinned key, then for
-//! each chunk check the hash, decrypt in place and feed the image verifier.
+//! verification path and the install engine cost (see `scripts/firmware-size`). It runs
+//! exactly what an MCU does for each release: the install engine (`protocol::install`, the
+//! same state machine the Linux agent runs) takes the offer, and the download step checks
+//! the manifest, its signature against a pinned key, then for each chunk the hash, decrypts
+//! in place and feeds the image verifier; the engine then activates the slot, "reboots"
+//! (a new engine from the persisted record), runs the trial and commits.
 //!
 //! Every fixture is read through `black_box` and the outcome is stored to an exported
 //! static, so the optimizer can neither precompute the work from constant inputs nor drop
@@ -18,6 +21,10 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use cortex_m_rt::entry;
 use panic_halt as _;
 use protocol::codec::{self, ContentKey};
+use protocol::install::{
+    Action, BootInfo, Engine, EngineConfig, GateDecision, HealthOutcome, Label, Offer, Record, Release, Slot, State,
+    RECORD_BYTES,
+};
 use protocol::manifest::ManifestView;
 use protocol::reassemble::ImageVerifier;
 use protocol::sig::Ed25519PublicKey;
@@ -52,6 +59,87 @@ enum Failure {
     MissingChunk = 5,
     Chunk = 6,
     Image = 7,
+    /// The install engine did not end committed.
+    Install = 8,
+}
+
+/// A bootloader with one pending slot, as embassy-boot keeps it in its state partition.
+struct Boot {
+    active: Slot,
+    pending: Option<Slot>,
+}
+
+/// Carries out the engine's actions until it waits; `page` is the flash page the record is
+/// persisted to. Returns true when the engine asked for a reboot.
+fn drive(engine: &mut Engine, boot: &mut Boot, page: &mut [u8; RECORD_BYTES]) -> Result<bool, Failure> {
+    let now = protocol::time::Instant(0);
+    while let Some(action) = engine.poll_action() {
+        match action {
+            Action::Persist => *page = engine.record().encode(),
+            Action::AskGate { .. } => engine.handle_gate(now, GateDecision::Proceed),
+            Action::Download { .. } => {
+                verify_release()?;
+                engine.handle_download_done(now);
+            }
+            // The image verifier already checked the whole image while the chunks streamed in.
+            Action::VerifyImage { .. } => engine.handle_image_verified(now, true),
+            Action::ActivateSlot { slot } => {
+                boot.pending = Some(slot);
+                engine.handle_slot_activated(now);
+            }
+            Action::Reboot => return Ok(true),
+            Action::RunHealthChecks { .. } => engine.handle_health(now, HealthOutcome::Healthy),
+            Action::Commit { slot } => {
+                boot.active = slot;
+                boot.pending = None;
+                engine.handle_committed(now);
+            }
+            Action::RollBack { slot } => {
+                boot.active = slot;
+                boot.pending = None;
+            }
+            Action::FetchMetadata | Action::ResetProgress | Action::Report => {}
+        }
+    }
+    Ok(false)
+}
+
+/// One update through the install engine: offer, download (the verification pipeline),
+/// activation, reboot, trial, commit.
+fn install_release() -> Result<(), Failure> {
+    let view = ManifestView::new_checked(black_box(MANIFEST)).map_err(|_| Failure::Manifest)?;
+    let hw_class = Label::new(HW_CLASS).ok_or(Failure::HwClass)?;
+    let config = EngineConfig::new(hw_class);
+    let factory = Release::unknown(Label::new("factory").ok_or(Failure::Install)?, 0);
+    let mut page = Record::factory(Slot::A, factory).encode();
+    let mut boot = Boot { active: Slot::A, pending: None };
+    let now = protocol::time::Instant(0);
+    let mut engine = Engine::new(config, Record::decode(&page).map_err(|_| Failure::Install)?);
+    engine.handle_boot(now, BootInfo { booted: boot.active, pending: None });
+    engine.handle_check(now);
+    drive(&mut engine, &mut boot, &mut page)?;
+    let offer = Offer {
+        release: Release {
+            id: protocol::ChunkId::of(view.as_bytes()).0,
+            version: Label::new(view.version()).ok_or(Failure::Manifest)?,
+            security_counter: view.security_counter(),
+            image_len: view.image_len(),
+            chunk_count: view.chunk_count(),
+        },
+        hw_class: Label::new(view.hw_class()).ok_or(Failure::HwClass)?,
+    };
+    engine.handle_offer(now, offer);
+    if !drive(&mut engine, &mut boot, &mut page)? {
+        return Err(Failure::Install);
+    }
+    // The reboot: the bootloader runs the pending slot; a new engine starts from flash.
+    let mut engine = Engine::new(config, Record::decode(&page).map_err(|_| Failure::Install)?);
+    engine.handle_boot(now, BootInfo { booted: boot.pending.unwrap_or(boot.active), pending: boot.pending });
+    drive(&mut engine, &mut boot, &mut page)?;
+    match (engine.state(), boot.pending) {
+        (State::Committed, None) if boot.active == Slot::B => Ok(()),
+        _ => Err(Failure::Install),
+    }
 }
 
 fn verify_release() -> Result<(), Failure> {
@@ -78,7 +166,7 @@ fn verify_release() -> Result<(), Failure> {
 
 #[entry]
 fn main() -> ! {
-    let code = match verify_release() {
+    let code = match install_release() {
         Ok(()) => VERIFIED,
         Err(failure) => failure as u32,
     };
