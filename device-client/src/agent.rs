@@ -305,6 +305,7 @@ impl Agent {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(edge = %edge.addr, "manifest from edge node rejected: {e:#}");
+                    self.pool.penalize(edge.addr, "manifest failed verification");
                     last = ErrorCode::Verification;
                     continue;
                 }

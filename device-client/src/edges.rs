@@ -31,6 +31,16 @@ pub struct EdgeStats {
     pub bytes: u64,
 }
 
+impl EdgeStats {
+    /// An unreachable edge sits out 5 s, doubling per consecutive failure up to 5 min, so a
+    /// dead or trickling edge does not cost every later step a full probe timeout.
+    fn back_off(&mut self) {
+        self.failures += 1;
+        let secs = 5u64.saturating_mul(1 << self.failures.saturating_sub(1).min(6)).min(300);
+        self.penalized_until = Some(Instant::now() + Duration::from_secs(secs));
+    }
+}
+
 /// The configured edges and their measurements.
 #[derive(Debug)]
 pub struct EdgePool {
@@ -67,12 +77,22 @@ impl EdgePool {
     /// Connects to every edge not penalized, probes each with one small request, and returns
     /// those that answered, best first.
     pub async fn connect_ranked(&mut self) -> Vec<Connected> {
+        self.connect(false).await
+    }
+
+    /// Whether any configured edge answers, penalized or not (the trial's reachability check
+    /// asks about the network, not about any edge's honesty).
+    pub async fn any_reachable(&mut self) -> bool {
+        !self.connect(true).await.is_empty()
+    }
+
+    async fn connect(&mut self, include_penalized: bool) -> Vec<Connected> {
         let now = Instant::now();
         let candidates: Vec<EdgeAddr> = self
             .addrs
             .iter()
             .copied()
-            .filter(|a| self.stats.get(a).and_then(|s| s.penalized_until).is_none_or(|t| t <= now))
+            .filter(|a| include_penalized || self.stats.get(a).and_then(|s| s.penalized_until).is_none_or(|t| t <= now))
             .collect();
         let probes = candidates.into_iter().map(|addr| async move {
             let started = Instant::now();
@@ -99,11 +119,11 @@ impl EdgePool {
                 }
                 Ok(Err(e)) => {
                     tracing::info!(edge = %addr, %e, "edge node unreachable");
-                    stats.failures += 1;
+                    stats.back_off();
                 }
                 Err(_) => {
                     tracing::info!(edge = %addr, "edge node did not answer in time");
-                    stats.failures += 1;
+                    stats.back_off();
                 }
             }
         }

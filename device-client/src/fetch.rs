@@ -38,6 +38,9 @@ const BATCH_CHUNKS: usize = 128;
 const SYNC_EVERY_BYTES: u64 = 32 << 20;
 /// Connections per edge node.
 const STREAMS_PER_EDGE: usize = 2;
+/// How long an edge may answer "busy" for everything before this round gives up on it: an
+/// honest edge that is fetching delivers something well within this, a withholding one never.
+const STALL_LIMIT: Duration = Duration::from_secs(120);
 
 /// Everything one download needs.
 #[derive(Debug)]
@@ -98,8 +101,9 @@ struct Wanted {
 
 /// What a worker reports for one batch.
 enum Outcome {
-    /// Chunks written (not yet synced), stored bytes moved, chunks to ask for again.
-    Done { written: Vec<u32>, bytes: u64, took: Duration, again: Vec<Wanted> },
+    /// Chunks written (not yet synced), stored bytes moved, chunks to ask for again, and how
+    /// many of those the edge said it does not have.
+    Done { written: Vec<u32>, bytes: u64, took: Duration, again: Vec<Wanted>, missing: usize },
     /// The edge sent bytes that failed verification, or garbage; stop using it. Chunks of
     /// the batch that did verify were written.
     Bad { why: String, again: Vec<Wanted>, written: Vec<u32> },
@@ -176,6 +180,7 @@ pub async fn download(
         let mut idle: Vec<usize> = (0..workers.len()).rev().collect();
         let mut in_flight = 0usize;
         let mut busy_rounds = 0u32;
+        let mut last_delivery = Instant::now();
         loop {
             while !queue.is_empty() {
                 let Some(w) = idle.pop() else { break };
@@ -195,20 +200,44 @@ pub async fn download(
             in_flight -= 1;
             let addr = workers[w].addr;
             match outcome {
-                Outcome::Done { written, bytes, took, again } => {
-                    if written.is_empty() && !again.is_empty() {
-                        // Everything was busy (the edge is still fetching): back off a little.
-                        busy_rounds += 1;
-                        tokio::time::sleep(Duration::from_millis((20 * busy_rounds as u64).min(500))).await;
-                    } else {
-                        busy_rounds = 0;
+                Outcome::Done { written, bytes, took, again, missing } => {
+                    let stalled = written.is_empty() && !again.is_empty();
+                    if !written.is_empty() {
+                        last_delivery = Instant::now();
                     }
                     pool.record_batch(addr, bytes, took);
                     counts.bytes_fetched += bytes;
                     unsynced_bytes += bytes;
                     unsynced.extend(written);
                     queue.extend(again);
-                    idle.push(w);
+                    if missing > 0 {
+                        // An edge node that is fetching a chunk says busy; "not found" means
+                        // this one will not have it (a stale mirror, or one withholding), and
+                        // asking it again would loop forever: stop using it this round.
+                        pool.record_failure(addr);
+                        last_error = format!("edge node {addr} does not have {missing} chunks");
+                        tracing::info!(edge = %addr, missing, "edge node lacks chunks; fetching them elsewhere");
+                        for worker in workers.iter_mut().filter(|worker| worker.addr == addr) {
+                            worker.jobs = None;
+                        }
+                    } else if stalled && last_delivery.elapsed() > STALL_LIMIT {
+                        pool.record_failure(addr);
+                        last_error = format!("edge node {addr} answered busy for {} s", STALL_LIMIT.as_secs());
+                        tracing::warn!(edge = %addr, "edge node delivers nothing; giving up on it for now");
+                        for worker in workers.iter_mut().filter(|worker| worker.addr == addr) {
+                            worker.jobs = None;
+                        }
+                    } else if stalled {
+                        // Everything was busy (the edge is still fetching): back off a little,
+                        // and let any other idle connection take the batch first — otherwise
+                        // this one, last to go idle, would get the same batch back at once.
+                        busy_rounds += 1;
+                        tokio::time::sleep(Duration::from_millis((20 * busy_rounds as u64).min(500))).await;
+                        idle.insert(0, w);
+                    } else {
+                        busy_rounds = 0;
+                        idle.push(w);
+                    }
                 }
                 Outcome::Bad { why, again, written } => {
                     pool.penalize(addr, &why);
@@ -366,8 +395,10 @@ async fn fetch_batch(
         let mut again = Vec::new();
         let mut bytes = 0u64;
         let mut bad = None;
+        let mut missing = 0;
         for (item, wanted) in response.items().iter().zip(batch) {
             let ChunkStatus::Ok(stored) = item.status else {
+                missing += usize::from(item.status == ChunkStatus::NotFound);
                 again.push(wanted);
                 continue;
             };
@@ -389,12 +420,12 @@ async fn fetch_batch(
                 }
             }
         }
-        Ok::<_, anyhow::Error>((written, bytes, again, bad))
+        Ok::<_, anyhow::Error>((written, bytes, again, missing, bad))
     })
     .await;
     match decoded {
-        Ok(Ok((written, bytes, again, None))) => Outcome::Done { written, bytes, took, again },
-        Ok(Ok((written, _, again, Some(why)))) => Outcome::Bad { why, again, written },
+        Ok(Ok((written, bytes, again, missing, None))) => Outcome::Done { written, bytes, took, again, missing },
+        Ok(Ok((written, _, again, _, Some(why)))) => Outcome::Bad { why, again, written },
         Ok(Err(e)) => Outcome::Storage(format!("{e:#}")),
         Err(e) => Outcome::Storage(format!("chunk decoder stopped: {e}")),
     }

@@ -48,7 +48,7 @@ pub async fn run_checks(
             return Verdict::Failed { check: check.name.clone(), why };
         }
     }
-    if pool.connect_ranked().await.is_empty() {
+    if !pool.any_reachable().await {
         return Verdict::Failed { check: "edge-reachable".into(), why: "no edge node answered".into() };
     }
     Verdict::Healthy

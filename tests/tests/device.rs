@@ -107,26 +107,6 @@ fn devices_install_reuse_chunks_commit_and_a_failed_health_check_rolls_back() {
     assert_eq!(bad.status()["version"].as_str(), Some("1.0.0"));
 }
 
-/// Copies a directory tree (device state snapshot).
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-/// Rewrites the paths in a copied device's config to its new directory.
-fn relocate(from: &Path, to: &Path) -> Device {
-    let config = std::fs::read_to_string(to.join("agent.toml")).unwrap();
-    std::fs::write(to.join("agent.toml"), config.replace(from.to_str().unwrap(), to.to_str().unwrap())).unwrap();
-    Device { dir: to.into(), config: to.join("agent.toml") }
-}
-
 fn record_state(device: &Device) -> String {
     // The status file lags the record by at most one step; it is what an operator sees.
     std::fs::read(device.dir.join("data/status.json"))
@@ -151,8 +131,7 @@ fn kill9_at_fifty_random_points_never_leaves_a_half_written_boot_slot() {
 
     // How long an uninterrupted v1 -> v2 check takes here.
     let probe_dir = mesh.root.join("probe");
-    copy_tree(&template.dir, &probe_dir);
-    let probe = relocate(&template.dir, &probe_dir);
+    let probe = template.copy_to(&probe_dir);
     let started = std::time::Instant::now();
     assert!(probe.check(CHECK_TIMEOUT).success);
     let full = started.elapsed();
@@ -167,8 +146,7 @@ fn kill9_at_fifty_random_points_never_leaves_a_half_written_boot_slot() {
         rng ^= rng << 17;
         let delay = Duration::from_micros(rng % (full.as_micros() as u64).max(1));
         let dir = mesh.root.join(format!("kill-{run_no}"));
-        copy_tree(&template.dir, &dir);
-        let device = relocate(&template.dir, &dir);
+        let device = template.copy_to(&dir);
         let mut child = device.spawn_check();
         // Deliberate: the kill lands at a random moment; nothing is being waited for.
         let exited = wait_or_kill(&mut child, delay);

@@ -77,7 +77,13 @@ impl Device {
             Ok(Err(e)) => panic!("device-client check: {e}"),
             Err(_) => {
                 kill9(pid);
-                panic!("device-client check did not finish within {timeout:?}");
+                let output = match rx.recv_timeout(Duration::from_secs(10)) {
+                    Ok(Ok(out)) => {
+                        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+                    }
+                    _ => "(no output)".into(),
+                };
+                panic!("device-client check did not finish within {timeout:?}; output:\n{output}");
             }
         }
     }
@@ -102,10 +108,49 @@ impl Device {
         std::fs::read(self.dir.join(format!("slot-{name}.img"))).unwrap_or_default()
     }
 
+    /// A copy of this device (state, slots, config) in `dir`, its config pointing there.
+    pub fn copy_to(&self, dir: &Path) -> Device {
+        copy_tree(&self.dir, dir);
+        let config = std::fs::read_to_string(dir.join("agent.toml")).unwrap();
+        let config = config.replace(self.dir.to_str().unwrap(), dir.to_str().unwrap());
+        std::fs::write(dir.join("agent.toml"), config).unwrap();
+        Device { dir: dir.into(), config: dir.join("agent.toml") }
+    }
+
+    /// Replaces the edge nodes in the config, in this order.
+    pub fn set_edges(&self, edges: &[String]) {
+        self.set("edges", &format!("{edges:?}"));
+    }
+
+    /// Sets a top-level config key to `value` (TOML), replacing its line.
+    pub fn set(&self, key: &str, value: &str) {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        let prefix = format!("{key} = ");
+        assert!(config.lines().any(|l| l.starts_with(&prefix)), "no {key} in {}", self.config.display());
+        let config: Vec<String> = config
+            .lines()
+            .map(|l| if l.starts_with(&prefix) { format!("{prefix}{value}") } else { l.into() })
+            .collect();
+        std::fs::write(&self.config, config.join("\n") + "\n").unwrap();
+    }
+
     /// The slot the bootloader would boot next: the pending one if any, else the active one.
     pub fn next_boot_slot(&self) -> String {
         let (active, pending) = self.bootenv();
         pending.unwrap_or(active)
+    }
+}
+
+/// Copies a directory tree.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
     }
 }
 

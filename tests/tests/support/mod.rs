@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod device;
+pub mod hostile;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};

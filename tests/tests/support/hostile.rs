@@ -1,0 +1,230 @@
+//! Malicious edge nodes inside the test process, on their own tokio runtime (dropped, and so
+//! stopped, with [`Hostiles`]):
+//! - [`Hostiles::repo_edge`]: edge-node's real device service (QUIC and framed TCP) over a
+//!   backend that reads a seeder repository directory — the live one or a stale copy — and
+//!   lies as told by [`Lie`];
+//! - [`Hostiles::endless_edge`]: a raw TCP listener that answers the first request frame of
+//!   every connection with a response that never ends ([`Endless`]).
+//!
+//! Every edge counts what it was asked, so a test can tell that a device really talked to it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use edge_node::device::{ChunkLookup, DeviceBackend, DeviceService, DeviceServiceConfig};
+use edge_node::metrics::Metrics;
+use protocol::device_wire::limits;
+use protocol::ChunkId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Requests a hostile edge answered, by kind.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub metadata: AtomicU64,
+    pub targets: AtomicU64,
+    /// Chunk items (not requests).
+    pub chunks: AtomicU64,
+    /// Raw request frames (endless edges only).
+    pub frames: AtomicU64,
+}
+
+impl Counters {
+    pub fn chunks(&self) -> u64 {
+        self.chunks.load(Relaxed)
+    }
+
+    pub fn targets(&self) -> u64 {
+        self.targets.load(Relaxed)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.metadata.load(Relaxed) + self.targets.load(Relaxed) + self.chunks.load(Relaxed) + self.frames.load(Relaxed)
+    }
+}
+
+/// How a repository-backed edge lies. Whatever it does not lie about comes from its
+/// repository directory as is.
+#[derive(Debug, Clone)]
+pub enum Lie {
+    /// Nothing: the repository itself may be the lie (a stale copy).
+    Nothing,
+    /// Every chunk body with one byte flipped.
+    CorruptChunks,
+    /// Says "not found" to every chunk.
+    WithholdChunks,
+    /// Says "busy, ask again" to every chunk, forever.
+    BusyChunks,
+    /// Answers every target request with these bytes (an older release's manifest).
+    EveryTarget(Vec<u8>),
+}
+
+/// A hostile edge's addresses and counters.
+#[derive(Debug, Clone)]
+pub struct HostileEdge {
+    pub quic: Option<SocketAddr>,
+    pub tcp: SocketAddr,
+    pub counters: Arc<Counters>,
+}
+
+impl HostileEdge {
+    pub fn quic_url(&self) -> String {
+        format!("quic://{}", self.quic.expect("this hostile edge has no QUIC listener"))
+    }
+
+    pub fn tcp_url(&self) -> String {
+        format!("tcp://{}", self.tcp)
+    }
+}
+
+/// What an endless edge sends after reading a request frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endless {
+    /// A length prefix of `0xFFFF_FFFF`, then filler forever.
+    OversizedLength,
+    /// A well-formed `Bytes` response of exactly [`limits::MAX_RESPONSE_BYTES`] (the largest
+    /// a client accepts), then filler forever where the next response should start.
+    LargestThenMore,
+}
+
+/// The runtime the hostile edges run on.
+pub struct Hostiles {
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Hostiles {
+    pub fn new() -> Hostiles {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+        Hostiles { runtime }
+    }
+
+    /// The device service over `repo` (a directory with `metadata/`, `targets/` and
+    /// `chunks/`), lying as `lie` says; QUIC and TCP on 127.0.0.1.
+    pub fn repo_edge(&self, repo: &Path, lie: Lie) -> HostileEdge {
+        let counters = Arc::new(Counters::default());
+        let backend = Arc::new(RepoBackend { root: repo.to_path_buf(), lie, counters: counters.clone() });
+        let config = DeviceServiceConfig {
+            quic_addr: Some("127.0.0.1:0".parse().unwrap()),
+            tcp_addr: Some("127.0.0.1:0".parse().unwrap()),
+            ..DeviceServiceConfig::default()
+        };
+        let (addrs, _task) = self
+            .runtime
+            .block_on(DeviceService::bind(config, backend, Arc::new(Metrics::default())))
+            .expect("hostile device service binds");
+        HostileEdge { quic: addrs.quic, tcp: addrs.tcp.unwrap(), counters }
+    }
+
+    /// A framed-TCP "edge" whose responses never end.
+    pub fn endless_edge(&self, kind: Endless) -> HostileEdge {
+        let counters = Arc::new(Counters::default());
+        let listener = self.runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("endless edge binds");
+        let tcp = listener.local_addr().unwrap();
+        let count = counters.clone();
+        self.runtime.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(endless(stream, kind, count.clone()));
+            }
+        });
+        HostileEdge { quic: None, tcp, counters }
+    }
+}
+
+impl Default for Hostiles {
+    fn default() -> Self {
+        Hostiles::new()
+    }
+}
+
+/// Reads one request frame, then writes until the peer goes away.
+async fn endless(mut stream: tokio::net::TcpStream, kind: Endless, counters: Arc<Counters>) {
+    let mut header = [0u8; 4];
+    if stream.read_exact(&mut header).await.is_err() {
+        return;
+    }
+    let len = u32::from_le_bytes(header) as usize;
+    if len > limits::MAX_REQUEST_BYTES {
+        return;
+    }
+    let mut body = vec![0u8; len];
+    if stream.read_exact(&mut body).await.is_err() {
+        return;
+    }
+    counters.frames.fetch_add(1, Relaxed);
+    let start = match kind {
+        Endless::OversizedLength => u32::MAX.to_le_bytes().to_vec(),
+        Endless::LargestThenMore => {
+            // `Bytes` kind 0x81, then its own u32 length: a frame exactly at the limit.
+            let frame = limits::MAX_RESPONSE_BYTES as u32;
+            let mut start = frame.to_le_bytes().to_vec();
+            start.push(0x81);
+            start.extend_from_slice(&(frame - 5).to_le_bytes());
+            start
+        }
+    };
+    if stream.write_all(&start).await.is_err() {
+        return;
+    }
+    let filler = vec![0xa5u8; 64 << 10];
+    while stream.write_all(&filler).await.is_ok() {}
+}
+
+struct RepoBackend {
+    root: PathBuf,
+    lie: Lie,
+    counters: Arc<Counters>,
+}
+
+impl RepoBackend {
+    /// `targets/DIR/<sha256>.BASE` for the target path `DIR/BASE` (consistent snapshots).
+    fn target_file(&self, path: &str) -> Option<PathBuf> {
+        let (dir, base) = path.rsplit_once('/').unwrap_or(("", path));
+        let suffix = format!(".{base}");
+        std::fs::read_dir(self.root.join("targets").join(dir)).ok()?.flatten().map(|e| e.path()).find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(&suffix))
+                .is_some_and(|hash| hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+    }
+}
+
+impl DeviceBackend for RepoBackend {
+    async fn metadata(&self, name: &str) -> Option<Vec<u8>> {
+        self.counters.metadata.fetch_add(1, Relaxed);
+        // The wire parser already refused names with `/` or `..`.
+        std::fs::read(self.root.join("metadata").join(name)).ok()
+    }
+
+    async fn target(&self, path: &str) -> Option<Vec<u8>> {
+        self.counters.targets.fetch_add(1, Relaxed);
+        match &self.lie {
+            Lie::EveryTarget(bytes) => Some(bytes.clone()),
+            _ => std::fs::read(self.target_file(path)?).ok(),
+        }
+    }
+
+    async fn chunk(&self, id: ChunkId) -> ChunkLookup {
+        self.counters.chunks.fetch_add(1, Relaxed);
+        match self.lie {
+            Lie::WithholdChunks => return ChunkLookup::Missing,
+            Lie::BusyChunks => return ChunkLookup::Busy,
+            _ => {}
+        }
+        let hex = id.to_hex();
+        match std::fs::read(self.root.join("chunks").join(&hex[..2]).join(&hex)) {
+            Ok(mut bytes) => {
+                if matches!(self.lie, Lie::CorruptChunks) {
+                    let middle = bytes.len() / 2;
+                    bytes[middle] ^= 0x01;
+                }
+                ChunkLookup::Found(bytes)
+            }
+            Err(_) => ChunkLookup::Missing,
+        }
+    }
+
+    async fn report_status(&self, _peer: SocketAddr, _body: Vec<u8>) {}
+}
