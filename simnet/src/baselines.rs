@@ -65,9 +65,18 @@ enum Tag {
 
 enum Ev {
     Request(u32),
-    CacheFill { site: u32, batch: u32 },
-    Flap { site: u32, down: bool },
-    Partition { index: u32, start: bool },
+    CacheFill {
+        site: u32,
+        batch: u32,
+    },
+    Flap {
+        site: u32,
+        down: bool,
+    },
+    Partition {
+        index: u32,
+        start: bool,
+    },
     /// Flows that just ended (never queued).
     Ended(Vec<Ended<Tag>>),
 }
@@ -247,7 +256,7 @@ pub fn run(
             }
         }
         net.settle(now);
-        if out.events % 65_536 == 0 {
+        if out.events.is_multiple_of(65_536) {
             progress(now, done);
         }
     }

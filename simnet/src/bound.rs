@@ -60,7 +60,8 @@ pub fn kumar_ross(scenario: &Scenario, release_bytes: u64, k: u64, sorted_checki
         lan_s: per_site_devices * f / mbps(s.lan_mbps),
         bound_s: 0.0,
     };
-    t.bound_s = [t.origin_s, t.site_download_s, t.device_download_s, t.wan_swarm_s, t.lan_s].into_iter().fold(0.0, f64::max);
+    t.bound_s =
+        [t.origin_s, t.site_download_s, t.device_download_s, t.wan_swarm_s, t.lan_s].into_iter().fold(0.0, f64::max);
     t
 }
 

@@ -116,10 +116,7 @@ fn run(args: RunArgs) -> ExitCode {
         }
     }
     if !report.checks.passed {
-        eprintln!(
-            "simnet: invariant violated; replay with: simnet run {} --seed {seed}",
-            args.scenario
-        );
+        eprintln!("simnet: invariant violated; replay with: simnet run {} --seed {seed}", args.scenario);
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS

@@ -297,7 +297,7 @@ impl<'a> World<'a> {
             checkin: topology::checkin_times(sc, seed),
             out,
             flaps: topology::flap_streams(sc, seed),
-            rng: Rng::stream(seed, 0xde71_ce),
+            rng: Rng::stream(seed, 0x00de_71ce),
             checkers: Checkers::new(rel.bytes, sc.checks.max_backhaul_amplification),
             terminal: 0,
             never_checking_in: u64::from(sc.plant.device_never_checks_in && n_devices > 0),
@@ -470,7 +470,7 @@ impl<'a> World<'a> {
             if self.checkers.failed() || self.terminal + self.never_checking_in >= total {
                 break;
             }
-            if self.out.counters.events % 65_536 == 0 {
+            if self.out.counters.events.is_multiple_of(65_536) {
                 progress(self.now, self.terminal);
             }
         }
@@ -829,8 +829,7 @@ impl<'a> World<'a> {
                 self.pending.len() as u32 - 1
             }
         };
-        self.pending[slot as usize] =
-            Some(Pending { edge, inc, req, server, outcomes, tainted, latency, flow: None });
+        self.pending[slot as usize] = Some(Pending { edge, inc, req, server, outcomes, tainted, latency, flow: None });
         match self.net.start(self.now, &path, cap, 1, bytes, Tag::Chunks(slot)) {
             Ok(flow) => {
                 if let Some(p) = self.pending[slot as usize].as_mut() {
@@ -944,7 +943,9 @@ impl<'a> World<'a> {
                 .iter()
                 .flatten()
                 .filter(|p| {
-                    self.site_of(p.server) == Some(site) && self.edges[p.edge as usize].site == site && p.server != p.edge
+                    self.site_of(p.server) == Some(site)
+                        && self.edges[p.edge as usize].site == site
+                        && p.server != p.edge
                 })
                 .filter_map(|p| p.flow)
                 .collect();

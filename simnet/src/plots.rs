@@ -21,6 +21,9 @@ const DIRECT: RGBColor = RGBColor(0xd6, 0x27, 0x28);
 const CACHE: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
 const BOUND: RGBColor = RGBColor(0x55, 0x55, 0x55);
 
+/// A labelled line: (legend, points, colour, stroke width).
+type Line = (&'static str, Vec<(f64, f64)>, RGBColor, u32);
+
 const FONT_CANDIDATES: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/TTF/DejaVuSans.ttf",
@@ -93,10 +96,9 @@ fn err<E: std::fmt::Display>(e: E) -> String {
 }
 
 fn log_time_range(report: &Report) -> (f64, f64) {
-    let last = report.series.t_s.last().copied().unwrap_or(1.0).max(1.0);
-    let first_bound = report.series.lower_bound.first().map_or(1.0, |(t, _)| *t);
-    let lo = (first_bound / 2.0).clamp(0.1, last / 10.0);
-    (lo, last * 1.05)
+    let last = report.series.t_s.last().copied().unwrap_or(1.0).max(0.01);
+    let first = report.series.t_s.first().copied().unwrap_or(0.001).clamp(0.001, last / 10.0);
+    (first, last * 1.05)
 }
 
 fn progress<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, Shift>) -> Result<(), String> {
@@ -112,7 +114,11 @@ fn progress<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, S
     let mut chart = b.build_cartesian_2d((lo..hi).log_scale(), 0f64..100f64).map_err(err)?;
     let mut mesh = chart.configure_mesh();
     if text {
-        mesh.x_desc("virtual time, s (log scale)").y_desc("% of devices").label_style(("sans-serif", 15));
+        mesh.x_desc("virtual time, s (log scale)")
+            .y_desc("% of devices")
+            .label_style(("sans-serif", 15))
+            .x_label_formatter(&|v| format!("{v}"))
+            .y_label_formatter(&|v| format!("{v:.0}"));
     } else {
         mesh.disable_x_mesh().disable_y_mesh();
     }
@@ -121,7 +127,7 @@ fn progress<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, S
     let curve = |v: &[f64]| -> Vec<(f64, f64)> {
         s.t_s.iter().zip(v).filter(|(t, _)| **t >= lo).map(|(t, f)| (*t, f * 100.0)).collect()
     };
-    let lines: [(&str, Vec<(f64, f64)>, RGBColor, u32); 5] = [
+    let lines: [Line; 5] = [
         ("mesh: downloaded", curve(&s.mesh_downloaded), MESH, 3),
         ("mesh: committed or rolled back", curve(&s.mesh_finished), MESH_LIGHT, 2),
         ("one plain cache per site", curve(&s.plain_cache_downloaded), CACHE, 2),
@@ -169,7 +175,11 @@ fn backhaul<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, S
     let mut chart = b.build_cartesian_2d(-0.5f64..(sites - 0.5).max(0.5), (lo..max).log_scale()).map_err(err)?;
     let mut mesh = chart.configure_mesh();
     if text {
-        mesh.x_desc("site").y_desc("MiB (log scale)").label_style(("sans-serif", 15));
+        mesh.x_desc("site")
+            .y_desc("MiB (log scale)")
+            .label_style(("sans-serif", 15))
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.0}"));
     } else {
         mesh.disable_x_mesh().disable_y_mesh();
     }
@@ -182,9 +192,8 @@ fn backhaul<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, S
         ("mesh", mesh_v, MESH),
     ];
     for (label, v, color) in sets {
-        let series = chart
-            .draw_series(points(v).into_iter().map(|p| Circle::new(p, size, color.filled())))
-            .map_err(err)?;
+        let series =
+            chart.draw_series(points(v).into_iter().map(|p| Circle::new(p, size, color.filled()))).map_err(err)?;
         if text {
             series.label(label).legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
         }
@@ -229,7 +238,10 @@ fn origin<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, Shi
     let mut chart = b.build_cartesian_2d((lo..hi).log_scale(), 0f64..max).map_err(err)?;
     let mut mesh = chart.configure_mesh();
     if text {
-        mesh.x_desc("virtual time, s (log scale)").y_desc("Gbit/s").label_style(("sans-serif", 15));
+        mesh.x_desc("virtual time, s (log scale)")
+            .y_desc("Gbit/s")
+            .label_style(("sans-serif", 15))
+            .x_label_formatter(&|v| format!("{v}"));
     } else {
         mesh.disable_x_mesh().disable_y_mesh();
     }
@@ -237,12 +249,12 @@ fn origin<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, Shi
     let curve = |v: &[f64]| -> Vec<(f64, f64)> {
         s.t_s.iter().zip(v).filter(|(t, _)| **t >= lo).map(|(t, g)| (*t, *g)).collect()
     };
-    let lines: [(&str, Vec<(f64, f64)>, RGBColor); 3] = [
-        ("every device from the origin", curve(&s.direct_origin_origin_gbps), DIRECT),
-        ("one plain cache per site", curve(&s.plain_cache_origin_gbps), CACHE),
-        ("mesh", curve(&s.mesh_origin_gbps), MESH),
+    let lines: [Line; 3] = [
+        ("every device from the origin", curve(&s.direct_origin_origin_gbps), DIRECT, 2),
+        ("one plain cache per site", curve(&s.plain_cache_origin_gbps), CACHE, 2),
+        ("mesh", curve(&s.mesh_origin_gbps), MESH, 2),
     ];
-    for (label, pts, color) in lines {
+    for (label, pts, color, _) in lines {
         let series = chart.draw_series(LineSeries::new(pts, color.stroke_width(2))).map_err(err)?;
         if text {
             series.label(label).legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3)));

@@ -13,6 +13,7 @@ pub struct Progress {
     phase: String,
     total: u64,
     last_line: Instant,
+    started: Instant,
     quiet: bool,
 }
 
@@ -28,7 +29,7 @@ impl Progress {
             bar.set_prefix(phase.to_string());
             bar
         });
-        Progress { bar, phase: phase.into(), total, last_line: Instant::now(), quiet }
+        Progress { bar, phase: phase.into(), total, last_line: Instant::now(), started: Instant::now(), quiet }
     }
 
     /// Devices done so far at virtual time `now`.
@@ -47,9 +48,19 @@ impl Progress {
     pub fn finish(self, now: Micros, done: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(done);
-            bar.finish_with_message(format!("virtual {:.1} s", now as f64 / 1e6));
+            bar.finish_with_message(format!(
+                "virtual {:.1} s, wall {:.1} s",
+                now as f64 / 1e6,
+                self.started.elapsed().as_secs_f64()
+            ));
         } else if !self.quiet {
-            eprintln!("{}: done, {done}/{} devices, virtual {:.1} s", self.phase, self.total, now as f64 / 1e6);
+            eprintln!(
+                "{}: done, {done}/{} devices, virtual {:.1} s, wall {:.1} s",
+                self.phase,
+                self.total,
+                now as f64 / 1e6,
+                self.started.elapsed().as_secs_f64()
+            );
         }
     }
 }

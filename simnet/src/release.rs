@@ -41,7 +41,7 @@ impl Release {
     /// Chunk sizes vary like content-defined chunks (a quarter to four times the average),
     /// drawn from the run's seed; the total is exactly `release.bytes`.
     pub fn new(scenario: &Scenario, seed: u64) -> Release {
-        let mut rng = Rng::stream(seed, 0x7e1e_a5e);
+        let mut rng = Rng::stream(seed, 0x07e1_ea5e);
         let avg = scenario.release.chunk_avg_bytes as f64;
         let (min, max) = ((avg / 4.0).max(1.0) as u64, (avg * 4.0) as u64);
         let mut chunks = Vec::new();

@@ -227,7 +227,14 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-fn summary(downloads: Vec<(Micros, u64)>, n: u64, backhaul: &[f64], origin: u64, release: f64, end: Micros) -> RunSummary {
+fn summary(
+    downloads: Vec<(Micros, u64)>,
+    n: u64,
+    backhaul: &[f64],
+    origin: u64,
+    release: f64,
+    end: Micros,
+) -> RunSummary {
     let downloaded = downloads.iter().map(|(_, c)| c).sum();
     RunSummary {
         time_to: times(downloads, n),
@@ -252,25 +259,31 @@ fn ratios(mesh: &RunSummary, other: &RunSummary) -> Ratios {
     }
 }
 
-/// Origin egress in Gbit/s per bucket of `width`, spreading each transfer evenly over its
-/// duration.
-fn egress_series(flows: &[(Micros, Micros, u64)], width: Micros, buckets: usize) -> Vec<f64> {
-    let mut out = vec![0.0; buckets];
+/// Origin egress in Gbit/s, averaged over the interval ending at each sample time (the first
+/// sample covers everything before it); each transfer is spread evenly over its duration.
+fn egress_series(flows: &[(Micros, Micros, u64)], t: &[Micros]) -> Vec<f64> {
+    let mut out = vec![0.0; t.len()];
     for &(start, end, bytes) in flows {
         let end = end.max(start + 1);
         let rate = bytes as f64 / (end - start) as f64; // bytes per µs
-        let first = (start / width) as usize;
-        let last = ((end - 1) / width) as usize;
-        for (b, slot) in out.iter_mut().enumerate().take(last.min(buckets - 1) + 1).skip(first) {
-            let lo = start.max(b as Micros * width);
-            let hi = end.min((b as Micros + 1) * width);
+        let first = t.partition_point(|x| *x <= start);
+        for i in first..t.len() {
+            let lo = if i == 0 { 0 } else { t[i - 1] }.max(start);
+            let hi = t[i].min(end);
             if hi > lo {
-                *slot += rate * (hi - lo) as f64;
+                out[i] += rate * (hi - lo) as f64;
+            }
+            if t[i] >= end {
+                break;
             }
         }
     }
-    let secs_per_bucket = width as f64 / 1e6;
-    out.into_iter().map(|bytes| round(bytes * 8.0 / 1e9 / secs_per_bucket, 6)).collect()
+    (0..t.len())
+        .map(|i| {
+            let width = (t[i] - if i == 0 { 0 } else { t[i - 1] }).max(1) as f64 / 1e6;
+            round(out[i] * 8.0 / 1e9 / width, 6)
+        })
+        .collect()
 }
 
 fn fraction_series(events: &[(Micros, u64)], n: u64, t: &[Micros]) -> Vec<f64> {
@@ -314,9 +327,16 @@ pub fn build(
     };
     let mesh_dl = as_events(&mesh.downloaded_at);
     let mesh_fin = as_events(&mesh.finished_at);
-    let mesh_summary = summary(mesh_dl.clone(), n, &mesh.backhaul_bytes, origin_bytes(&mesh.origin_flows), rb, mesh.end);
-    let direct_summary =
-        summary(direct.downloaded.clone(), n, &direct.backhaul_bytes, origin_bytes(&direct.origin_flows), rb, direct.end);
+    let mesh_summary =
+        summary(mesh_dl.clone(), n, &mesh.backhaul_bytes, origin_bytes(&mesh.origin_flows), rb, mesh.end);
+    let direct_summary = summary(
+        direct.downloaded.clone(),
+        n,
+        &direct.backhaul_bytes,
+        origin_bytes(&direct.origin_flows),
+        rb,
+        direct.end,
+    );
     let cache_summary =
         summary(cache.downloaded.clone(), n, &cache.backhaul_bytes, origin_bytes(&cache.origin_flows), rb, cache.end);
 
@@ -325,11 +345,8 @@ pub fn build(
     let need = |frac: f64| ((n as f64) * frac).ceil().max(1.0) as u64;
     let kr = |frac: f64| bound::kumar_ross(scenario, release.bytes, need(frac), &sorted_checkins);
     let lower = BoundReport { adaptation: bound::ADAPTATION, p50: kr(0.5), p99: kr(0.99), p100: kr(1.0) };
-    let bound_summary = Times {
-        p50_s: Some(lower.p50.bound_s),
-        p99_s: Some(lower.p99.bound_s),
-        p100_s: Some(lower.p100.bound_s),
-    };
+    let bound_summary =
+        Times { p50_s: Some(lower.p50.bound_s), p99_s: Some(lower.p99.bound_s), p100_s: Some(lower.p100.bound_s) };
     let vs_bound = Ratios {
         time_to_p50: ratio(mesh_summary.time_to.p50_s, bound_summary.p50_s),
         time_to_p99: ratio(mesh_summary.time_to.p99_s, bound_summary.p99_s),
@@ -338,11 +355,14 @@ pub fn build(
         origin_egress: ratio(Some(mesh_summary.origin_egress_bytes as f64), Some(rb)),
     };
 
-    // Plot series: 240 samples up to the longest run's end.
+    // Plot series: 240 samples, log-spaced (runs differ by orders of magnitude) from a
+    // tenth of the first bound to the longest run's end.
     let end = mesh.end.max(direct.end).max(cache.end).max(1);
     let samples = 240usize;
-    let width = end.div_ceil(samples as Micros).max(1);
-    let t: Vec<Micros> = (1..=samples as Micros).map(|i| i * width).collect();
+    let first = ((kr(1.0 / n.max(1) as f64).bound_s * 1e6 / 10.0) as Micros).clamp(1_000, end.max(1_001) - 1);
+    let ratio = (end as f64 / first as f64).ln();
+    let t: Vec<Micros> =
+        (0..=samples).map(|i| (first as f64 * (ratio * i as f64 / samples as f64).exp()).round() as Micros).collect();
     let lb_curve: Vec<(f64, f64)> = (1..=50)
         .map(|i| {
             let frac = i as f64 / 50.0;
@@ -356,9 +376,9 @@ pub fn build(
         mesh_finished: fraction_series(&mesh_fin, n, &t),
         direct_origin_downloaded: fraction_series(&direct.downloaded, n, &t),
         plain_cache_downloaded: fraction_series(&cache.downloaded, n, &t),
-        mesh_origin_gbps: egress_series(&mesh.origin_flows, width, samples),
-        direct_origin_origin_gbps: egress_series(&direct.origin_flows, width, samples),
-        plain_cache_origin_gbps: egress_series(&cache.origin_flows, width, samples),
+        mesh_origin_gbps: egress_series(&mesh.origin_flows, &t),
+        direct_origin_origin_gbps: egress_series(&direct.origin_flows, &t),
+        plain_cache_origin_gbps: egress_series(&cache.origin_flows, &t),
         lower_bound: lb_curve,
         backhaul_mib_by_site: [mib(&mesh.backhaul_bytes), mib(&direct.backhaul_bytes), mib(&cache.backhaul_bytes)],
     };
@@ -418,7 +438,11 @@ pub fn summary_text(r: &Report) -> String {
         r.release_bytes as f64 / 1048576.0,
         r.release_chunks
     );
-    let _ = writeln!(s, "{:<16} {:>10} {:>10} {:>10} {:>16} {:>14}", "", "50%", "99%", "100%", "backhaul/site", "origin egress");
+    let _ = writeln!(
+        s,
+        "{:<16} {:>10} {:>10} {:>10} {:>16} {:>14}",
+        "", "50%", "99%", "100%", "backhaul/site", "origin egress"
+    );
     for (name, run) in [("mesh", &r.mesh), ("direct origin", &r.direct_origin), ("plain cache", &r.plain_cache)] {
         let _ = writeln!(
             s,
@@ -460,7 +484,11 @@ pub fn summary_text(r: &Report) -> String {
     let _ = writeln!(
         s,
         "mesh: {} committed, {} rolled back; backhaul amplification max {:.3}x; {} scheduler wakeups ({} immediate)",
-        d.committed, d.rolled_back, r.mesh.backhaul_amplification.max, d.counters.scheduler_wakeups, d.counters.immediate_wakeups
+        d.committed,
+        d.rolled_back,
+        r.mesh.backhaul_amplification.max,
+        d.counters.scheduler_wakeups,
+        d.counters.immediate_wakeups
     );
     if r.checks.passed {
         let _ = writeln!(s, "checks: passed");

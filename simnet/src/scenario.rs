@@ -155,7 +155,12 @@ pub struct EdgeParams {
 }
 impl Default for EdgeParams {
     fn default() -> Self {
-        EdgeParams { max_device_sessions: 64, capacity_mib: 16 * 1024, timer_resolution_ms: 1.0, crash_detect_ms: 5_000.0 }
+        EdgeParams {
+            max_device_sessions: 64,
+            capacity_mib: 16 * 1024,
+            timer_resolution_ms: 1.0,
+            crash_detect_ms: 5_000.0,
+        }
     }
 }
 
@@ -381,9 +386,12 @@ impl Scenario {
         let d = &self.devices;
         range("devices.checkin_spread_s", d.checkin_spread_s, 0.0, 30.0 * 86_400.0)?;
         range_u("devices.batch_bytes", d.batch_bytes, 4096, 1 << 30)?;
-        for (k, v) in
-            [("verify_s", d.verify_s), ("install_s", d.install_s), ("reboot_s", d.reboot_s), ("health_check_s", d.health_check_s)]
-        {
+        for (k, v) in [
+            ("verify_s", d.verify_s),
+            ("install_s", d.install_s),
+            ("reboot_s", d.reboot_s),
+            ("health_check_s", d.health_check_s),
+        ] {
             range(&format!("devices.{k}"), v, 0.0, 86_400.0)?;
         }
         range("devices.health_failure_rate", d.health_failure_rate, 0.0, 1.0)?;

@@ -82,7 +82,7 @@ impl Topology {
 
 /// Check-in time of every device, in device order (site-major), from the seed.
 pub fn checkin_times(scenario: &Scenario, seed: u64) -> Vec<Micros> {
-    let mut rng = Rng::stream(seed, 0xc4ec_c1);
+    let mut rng = Rng::stream(seed, 0x00c4_ecc1);
     let spread = secs(scenario.devices.checkin_spread_s);
     (0..scenario.device_count()).map(|_| rng.below(spread + 1)).collect()
 }

@@ -16,7 +16,7 @@ pub fn write(dir: &Path, mib: usize) -> Result<(PathBuf, PathBuf)> {
     let mut block = [0u8; 4096];
     let mut i = 0usize;
     while image.len() < len {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             // A compressible block: a short pattern repeated, like text or zeroed space.
             let mut pattern = [0u8; 64];
             fill(&mut rng, &mut pattern);

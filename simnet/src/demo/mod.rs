@@ -128,7 +128,14 @@ fn run_in(config: &DemoConfig, dir: &Path, seeder: &Path, edge_bin: &Path, devic
         let site = (i / per_site.max(1)).min(config.sites - 1);
         let site_edges: Vec<String> =
             edges.iter().filter(|e| e.site == site).map(|e| format!("quic://{}", e.device_quic)).collect();
-        devices.push(start_device(device_bin, &dir.join(format!("device-{i:02}")), &repo, &site_edges, site, i == rigged_index)?);
+        devices.push(start_device(
+            device_bin,
+            &dir.join(format!("device-{i:02}")),
+            &repo,
+            &site_edges,
+            site,
+            i == rigged_index,
+        )?);
     }
     let v1_started = Instant::now();
     wait_devices(&devices, "v1", PHASE_TIMEOUT, |s, _| s.state == "committed" && s.version == "1.0.0")?;
@@ -333,7 +340,8 @@ struct DeviceStatus {
 }
 
 fn read_status(dir: &Path) -> DeviceStatus {
-    let Some(v) = std::fs::read(dir.join("data/status.json")).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    let Some(v) =
+        std::fs::read(dir.join("data/status.json")).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok())
     else {
         return DeviceStatus { state: "starting".into(), ..DeviceStatus::default() };
     };

@@ -32,10 +32,8 @@ impl Proc {
             .with_context(|| format!("cannot start {name} ({})", program.display()))?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, notify) = mpsc::channel();
-        let streams: [Box<dyn Read + Send>; 2] = [
-            Box::new(child.stdout.take().context("stdout")?),
-            Box::new(child.stderr.take().context("stderr")?),
-        ];
+        let streams: [Box<dyn Read + Send>; 2] =
+            [Box::new(child.stdout.take().context("stdout")?), Box::new(child.stderr.take().context("stderr")?)];
         for stream in streams {
             let (lines, tx) = (lines.clone(), tx.clone());
             std::thread::spawn(move || {

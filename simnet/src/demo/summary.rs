@@ -80,8 +80,11 @@ impl Summary {
             mib(self.stored_v1),
             mib(self.stored_v2)
         );
-        let _ = writeln!(out, "\n{:<10} {:>7} {:>12} {:>12} {:>8} {:>12} {:>12} {:>8}",
-            "backhaul", "devices", "v1 actual", "v1 naive", "ratio", "v2 actual", "v2 naive", "ratio");
+        let _ = writeln!(
+            out,
+            "\n{:<10} {:>7} {:>12} {:>12} {:>8} {:>12} {:>12} {:>8}",
+            "backhaul", "devices", "v1 actual", "v1 naive", "ratio", "v2 actual", "v2 naive", "ratio"
+        );
         for s in &self.sites {
             let _ = writeln!(
                 out,

@@ -33,6 +33,9 @@ pub struct FlowId {
     gen: u32,
 }
 
+/// Fastest any flow runs, bytes per second (1 Tbit/s).
+const MAX_RATE: f64 = 125e9;
+
 /// The most links on one path (device → LAN → backhaul → origin is 3).
 pub const MAX_PATH: usize = 4;
 
@@ -102,7 +105,11 @@ impl Bundle {
     }
     fn advance(&mut self, now: Micros) {
         if now > self.t {
-            self.v += self.rate * (now - self.t) as f64 / 1e6;
+            // An empty bundle's clock stands still: its rate may be unbounded (no flow holds
+            // a level anywhere), and nothing is waiting on it.
+            if self.load > 0 {
+                self.v += self.rate * (now - self.t) as f64 / 1e6;
+            }
             self.t = now;
         }
     }
@@ -132,7 +139,6 @@ pub struct Ended<T> {
     /// The links it crossed.
     pub path: Vec<LinkId>,
 }
-
 
 /// All links and flows.
 pub struct Network<T> {
@@ -412,6 +418,8 @@ impl<T> Network<T> {
         for l in self.bundles[b as usize].links() {
             rate = rate.min(self.links[*l as usize].level);
         }
+        // Finite even when no link is saturated and the flow has no cap (keeps `v` finite).
+        let rate = rate.min(MAX_RATE);
         let bundle = &mut self.bundles[b as usize];
         if !force && rate == bundle.rate {
             return; // its due time is still right
@@ -528,6 +536,18 @@ mod tests {
         assert!((400_000..600_000).contains(&ends[0].1), "{ends:?}");
         near(ends[1], (1, 1_000_000));
         near(ends[2], (2, 2_000_000));
+    }
+
+    /// Regression: a bundle left empty while no link on its path was saturated had an
+    /// unbounded rate, its virtual clock became infinite, and its next flow never ended.
+    #[test]
+    fn a_bundle_reused_after_idling_uncapped_still_finishes() {
+        let mut net = Network::default();
+        let l = net.add_link(1_000_000.0);
+        net.start(0, &[l], f64::INFINITY, 1, 1_000_000, 1).unwrap();
+        assert_eq!(run(&mut net, 0), vec![(1, 1_000_000)]);
+        net.start(5_000_000, &[l], f64::INFINITY, 1, 1_000_000, 2).unwrap();
+        assert_eq!(run(&mut net, 5_000_000), vec![(2, 6_000_000)]);
     }
 
     #[test]
