@@ -106,7 +106,14 @@ impl Agent {
             ..EngineConfig::new(hw_class)
         };
         let bootloader = bootloader::open(&config.bootloader, &config.data_dir)?;
-        let pool = EdgePool::new(config.edge_addrs()?, Duration::from_secs(config.request_timeout_secs));
+        if config.edges.is_empty() && !config.mdns {
+            bail!("no edge node to ask: `edges` is empty and mDNS discovery is off (mdns = false or --no-mdns)");
+        }
+        let mut pool = EdgePool::new(config.edge_addrs()?, Duration::from_secs(config.request_timeout_secs));
+        if config.mdns {
+            pool =
+                pool.with_discovery(Box::new(|| Box::pin(crate::discovery::browse(crate::discovery::BROWSE_TIMEOUT))));
+        }
         let device_key = status::load_or_create_key(&config.data_dir)?;
         Ok(Agent {
             engine: Engine::new(engine_config, record),
@@ -182,7 +189,7 @@ impl Agent {
         match action {
             Action::Persist => self.persist()?,
             Action::FetchMetadata => self.fetch_metadata().await,
-            Action::AskGate { .. } => {
+            Action::AskGate => {
                 // Rollout waves arrive with the control plane; until then every device proceeds.
                 if let Some(manifest) = &self.offered {
                     write_atomic(&self.config.data_dir, "target.manifest", manifest)?;

@@ -8,6 +8,8 @@
 //! trusted_root = "root.json"           # pinned TUF root (copied into data_dir on first start)
 //! content_key = ""                     # fleet content key file (hex), for encrypted releases
 //! edges = ["quic://10.0.0.5:4433"]     # edge nodes' device service (quic:// or tcp://)
+//! mdns = true                          # also find edge nodes on the LAN by mDNS (_otamesh-dev._udp);
+//!                                      # a browse takes up to 2 s, at most once a minute
 //! request_timeout_secs = 30            # one request to an edge node, at most
 //! parallel_edges = 3                   # fetch from up to this many edge nodes at once
 //! slot_a = "/dev/mmcblk0p2"            # slot paths: block devices or files
@@ -49,6 +51,9 @@ pub struct AgentConfig {
     pub content_key: Option<PathBuf>,
     /// Edge nodes' device-service addresses, `quic://IP:PORT` or `tcp://IP:PORT`.
     pub edges: Vec<String>,
+    /// Also find edge nodes on the LAN by mDNS (DNS-SD `_otamesh-dev._udp.local.`), added to
+    /// `edges`; see `discovery.rs`.
+    pub mdns: bool,
     /// Seconds one request to an edge node may take.
     pub request_timeout_secs: u64,
     /// Most edge nodes fetched from at once.
@@ -99,6 +104,7 @@ impl Default for AgentConfig {
             trusted_root: None,
             content_key: None,
             edges: vec!["quic://127.0.0.1:4433".into()],
+            mdns: true,
             request_timeout_secs: 30,
             parallel_edges: 3,
             slot_a: PathBuf::from("otamesh-device/slot-a.img"),
@@ -217,6 +223,9 @@ mod tests {
         AgentConfig::default().validate().unwrap();
         let c: AgentConfig = toml::from_str("hw_class = \"imx8\"\nedges = [\"tcp://127.0.0.1:9\"]").unwrap();
         assert_eq!(c.edge_addrs().unwrap(), vec![EdgeAddr::Tcp("127.0.0.1:9".parse().unwrap())]);
+        assert!(c.mdns, "mDNS discovery is on by default");
+        let c: AgentConfig = toml::from_str("edges = []\nmdns = false").unwrap();
+        assert!(c.edges.is_empty() && !c.mdns);
         assert!(toml::from_str::<AgentConfig>("hw_clas = \"x\"").is_err());
         assert!(EdgeAddr::parse("http://1.2.3.4:5").is_err());
         assert!(EdgeAddr::parse("quic://nowhere").is_err());

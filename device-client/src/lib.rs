@@ -2,15 +2,16 @@
 //! `protocol::install::Engine`, plus a TUF client over HTTP and the tuf-conformance CLI.
 //!
 //! Module map: `agent` (the engine driver), `config`, `bootloader` (slot switching
-//! backends), `edges` (edge ranking), `tuf_edge` (TUF through an edge node), `fetch` (chunk
-//! reuse and parallel verified download), `slot` (slot files and progress), `health`
-//! (trial checks), `status` (signed status reports).
+//! backends), `edges` (edge ranking), `discovery` (edge nodes found by mDNS), `tuf_edge`
+//! (TUF through an edge node), `fetch` (chunk reuse and parallel verified download), `slot`
+//! (slot files and progress), `health` (trial checks), `status` (signed status reports).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod bootloader;
 pub mod config;
+pub mod discovery;
 pub mod edges;
 pub mod fetch;
 pub mod health;

@@ -1,7 +1,7 @@
 //! `device-client`: the otamesh Linux device agent.
 //!
 //! ```text
-//! device-client run    [--config FILE] [--data-dir DIR] [--edge quic://IP:PORT ...]
+//! device-client run    [--config FILE] [--data-dir DIR] [--edge quic://IP:PORT ...] [--no-mdns]
 //! device-client check  [same]            one update attempt (through its reboots), then exit
 //! device-client status [--config FILE | --data-dir DIR] [--json]
 //! ```
@@ -54,6 +54,9 @@ struct Settings {
     /// Overrides `edges` (repeatable): quic://IP:PORT or tcp://IP:PORT.
     #[arg(long = "edge")]
     edges: Vec<String>,
+    /// Do not look for edge nodes by mDNS (sets `mdns = false`); only `edges` are used.
+    #[arg(long)]
+    no_mdns: bool,
     /// Overrides `trusted_root`.
     #[arg(long)]
     trusted_root: Option<PathBuf>,
@@ -70,6 +73,9 @@ impl Settings {
         }
         if !self.edges.is_empty() {
             config.edges = self.edges.clone();
+        }
+        if self.no_mdns {
+            config.mdns = false;
         }
         if let Some(root) = &self.trusted_root {
             config.trusted_root = Some(root.clone());

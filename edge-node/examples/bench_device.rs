@@ -1,9 +1,10 @@
-//! Device-service throughput: chunks served from a real on-disk store (each body re-verified
-//! on read, as the daemon does) to device clients that verify each chunk against its id.
+//! Device-service throughput: chunks served from a real on-disk store (verified on first read,
+//! as the daemon does) to one device client that verifies each chunk against its id, over
+//! QUIC and over TCP; and, in the same run, raw quinn on one stream (the QUIC ceiling).
 //!
-//! `cargo run --release -p edge-node --example bench_device -- DIR MIB CLIENTS`
+//! `cargo run --release -p edge-node --example bench_device -- DIR MIB`
 //! writes DIR/image.bin (the same bytes, for an nginx baseline) and DIR/store, then prints one
-//! line of JSON: single-client QUIC and TCP MiB/s, the CLIENTS-way aggregate and peak RSS.
+//! line of JSON. Many clients against a separate edge-node process: `examples/device_load.rs`.
 
 use edge_node::device::{ChunkLookup, DeviceBackend, DeviceClient, DeviceService, DeviceServiceConfig};
 use edge_node::metrics::Metrics;
@@ -28,37 +29,133 @@ impl DeviceBackend for StoreBackend {
         None
     }
     async fn chunk(&self, id: ChunkId) -> ChunkLookup {
+        self.chunks(vec![id]).await.pop().unwrap_or(ChunkLookup::Missing)
+    }
+    // One thread hop per batch, as the daemon's backend does.
+    async fn chunks(&self, ids: Vec<ChunkId>) -> Vec<ChunkLookup> {
         let store = self.0.clone();
-        match tokio::task::spawn_blocking(move || store.get(&id, 1 << 22)).await {
-            Ok(Ok(bytes)) => ChunkLookup::Found(bytes),
-            _ => ChunkLookup::Missing,
-        }
+        let read = tokio::task::spawn_blocking(move || {
+            ids.iter()
+                .map(|id| match store.get(id, 1 << 22) {
+                    Ok(bytes) => ChunkLookup::Found(bytes.to_vec()),
+                    Err(_) => ChunkLookup::Missing,
+                })
+                .collect()
+        });
+        read.await.unwrap_or_default()
     }
     async fn report_status(&self, _: SocketAddr, _: Vec<u8>) {}
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
-        })
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
+/// Requests kept in flight by one client (QUIC streams, or TCP requests written ahead).
+const IN_FLIGHT: usize = 4;
 
 async fn fetch(mut client: DeviceClient, ids: &[ChunkId]) -> u64 {
+    let batches: Vec<Vec<ChunkRange>> = ids
+        .chunks(BATCH_CHUNKS)
+        .map(|batch| batch.iter().map(|id| ChunkRange { id: *id, offset: 0, length: 0 }).collect())
+        .collect();
     let mut bytes = 0u64;
-    for batch in ids.chunks(BATCH_CHUNKS) {
-        let ranges: Vec<ChunkRange> = batch.iter().map(|id| ChunkRange { id: *id, offset: 0, length: 0 }).collect();
-        let response = client.get_chunks(&ranges).await.expect("batch");
-        for item in response.items().iter() {
-            let ChunkStatus::Ok(data) = item.status else { panic!("chunk not served") };
-            assert!(item.id.matches(data), "chunk failed verification");
-            bytes += data.len() as u64;
+    client
+        .get_chunks_pipelined(&batches, IN_FLIGHT, |_, response| {
+            for item in response.items().iter() {
+                let ChunkStatus::Ok(data) = item.status else { panic!("chunk not served") };
+                assert!(item.id.matches(data), "chunk failed verification");
+                bytes += data.len() as u64;
+            }
+            Ok(())
+        })
+        .await
+        .expect("batches");
+    bytes
+}
+
+/// What QUIC itself does here: quinn with the same crypto provider (ring, TLS 1.3), one
+/// stream, `total` bytes written in 4 MiB pieces by the server and read and dropped by the
+/// client — no chunk store, no framing, no verification. The ceiling for the device
+/// service over QUIC on this machine.
+async fn raw_quinn_mib_s(total: u64) -> f64 {
+    use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = generated.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(generated.key_pair.serialize_der()));
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    tls.alpn_protocols = vec![b"raw".to_vec()];
+    let mut transport = quinn::TransportConfig::default();
+    transport.send_window(32 << 20);
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
+    server.transport_config(Arc::new(transport));
+    let socket = big_udp_socket();
+    let server =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))
+            .unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(async move {
+        let connection = server.accept().await.unwrap().await.unwrap();
+        let mut send = connection.open_uni().await.unwrap();
+        let piece = bytes::Bytes::from(vec![0x5au8; 4 << 20]);
+        let mut sent = 0u64;
+        while sent < total {
+            send.write_chunk(piece.clone()).await.unwrap();
+            sent += piece.len() as u64;
+        }
+        send.finish().unwrap();
+        let _ = send.stopped().await;
+        drop(server);
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"raw".to_vec()];
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
+    let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
+    client.transport_config(Arc::new(transport));
+    let mut endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, big_udp_socket(), Arc::new(quinn::TokioRuntime))
+            .unwrap();
+    endpoint.set_default_client_config(client);
+    let connection = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let t0 = Instant::now();
+    let mut recv = connection.accept_uni().await.unwrap();
+    let mut got = 0u64;
+    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await.unwrap() {
+        got += chunk.bytes.len() as u64;
+    }
+    assert_eq!(got, total.div_ceil(4 << 20) * (4 << 20));
+    got as f64 / (1 << 20) as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// A UDP socket on 127.0.0.1 with 8 MiB buffers (capped by net.core.*mem_max), as the
+/// device service and the mesh use.
+fn big_udp_socket() -> std::net::UdpSocket {
+    use std::os::fd::AsRawFd;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let size: libc::c_int = 8 << 20;
+    for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        // SAFETY: setsockopt reads a c_int from `size`; the socket is open.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                &size as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
         }
     }
-    bytes
+    socket
 }
 
 #[tokio::main]
@@ -66,7 +163,6 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = std::path::PathBuf::from(args.get(1).expect("DIR"));
     let mib: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1024);
-    let clients: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(200);
     std::fs::create_dir_all(&dir).unwrap();
     let store = ChunkStore::open(&dir.join("store")).unwrap();
     let mut image = std::fs::File::create(dir.join("image.bin")).unwrap();
@@ -113,34 +209,16 @@ async fn main() {
         single.push((name, bytes as f64 / (1 << 20) as f64 / secs));
     }
 
-    // `clients` devices at once, each fetching its own slice of the release over QUIC.
-    let rss_before = peak_rss_mib();
-    let per_client = (ids.len() / clients).max(1);
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let slice: Vec<ChunkId> = ids.iter().cycle().skip(c * per_client).take(per_client).copied().collect();
-        tasks.push(tokio::spawn(async move {
-            let client = DeviceClient::connect_quic(quic).await.expect("connect");
-            fetch(client, &slice).await
-        }));
-    }
-    let mut total = 0u64;
-    for t in tasks {
-        total += t.await.unwrap();
-    }
-    let secs = t0.elapsed().as_secs_f64();
+    let raw = raw_quinn_mib_s((mib as u64) << 20).await;
     println!(
         "{}",
         serde_json::json!({
             "mib": mib,
             "single_quic_mib_s": single[0].1,
             "single_tcp_mib_s": single[1].1,
-            "clients": clients,
-            "concurrent_total_mib": total as f64 / (1 << 20) as f64,
-            "concurrent_mib_s": total as f64 / (1 << 20) as f64 / secs,
-            "peak_rss_mib_before_concurrent": rss_before,
-            "peak_rss_mib": peak_rss_mib(),
+            "raw_quinn_mib_s": raw,
+            "in_flight": IN_FLIGHT,
+            "batch_mib": BATCH_CHUNKS * CHUNK_BYTES / (1 << 20),
         })
     );
 }

@@ -60,7 +60,7 @@ struct RunArgs {
     /// Hardware class to pre-stage (repeatable; default all).
     #[arg(long = "serve-hw-class")]
     serve_hw_classes: Vec<String>,
-    /// Disable mDNS discovery.
+    /// Disable mDNS: no discovery of site-mates, no advertising of the device service.
     #[arg(long)]
     no_mdns: bool,
     /// Ops HTTP address (TUF mirror, /metrics, /status).

@@ -90,13 +90,16 @@ pub async fn run(config: OriginConfig, on_ready: impl FnOnce(&OriginHandle)) -> 
                     NetworkEvent::InboundChunkRequest { request, reply, .. } => {
                         let (store, client, metrics) = (store.clone(), client.clone(), metrics.clone());
                         tokio::spawn(async move {
+                            let started = std::time::Instant::now();
                             let response = tokio::task::spawn_blocking(move || {
                                 crate::daemon::serve_chunks(&store, &metrics, &request).0
                             })
                             .await;
+                            let read_ms = started.elapsed().as_millis() as u64;
                             if let Ok(response) = response {
                                 let _ = client.respond_chunks(reply, response).await;
                             }
+                            debug!(read_ms, total_ms = started.elapsed().as_millis() as u64, "chunk request served");
                         });
                     }
                     NetworkEvent::InboundHaveRequest { request, reply, .. } => {

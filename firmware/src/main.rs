@@ -76,7 +76,7 @@ fn drive(engine: &mut Engine, boot: &mut Boot, page: &mut [u8; RECORD_BYTES]) ->
     while let Some(action) = engine.poll_action() {
         match action {
             Action::Persist => *page = engine.record().encode(),
-            Action::AskGate { .. } => engine.handle_gate(now, GateDecision::Proceed),
+            Action::AskGate => engine.handle_gate(now, GateDecision::Proceed),
             Action::Download { .. } => {
                 verify_release()?;
                 engine.handle_download_done(now);

@@ -41,8 +41,12 @@ struct Net {
     spec: ReleaseSpec,
     stored: Vec<BTreeSet<ChunkId>>,
     disconnected: Vec<(usize, NodeId)>,
+    /// Nodes that have not heard of the release yet.
+    late: BTreeSet<usize>,
     /// Chunk requests sent to a peer after the sender had disconnected it.
     requests_after_ban: u64,
+    /// Every chunk request sent: (sender, chunks, stored bytes).
+    chunk_requests: Vec<(usize, usize, u64)>,
 }
 
 fn node_id(i: u64) -> NodeId {
@@ -51,6 +55,11 @@ fn node_id(i: u64) -> NodeId {
 
 impl Net {
     fn new(sites: usize, per_site: usize, chunks: u32, liar_in_site: Option<usize>) -> Net {
+        Net::build(sites, per_site, chunks, liar_in_site, None)
+    }
+
+    /// Like `new`, but the nodes of `late_site` hear of the release only at `announce_late`.
+    fn build(sites: usize, per_site: usize, chunks: u32, liar_in_site: Option<usize>, late_site: Option<usize>) -> Net {
         let spec = ReleaseSpec {
             hw_class: "gw".into(),
             chunks: (0..chunks)
@@ -73,6 +82,8 @@ impl Net {
             stored: Vec::new(),
             disconnected: Vec::new(),
             requests_after_ban: 0,
+            chunk_requests: Vec::new(),
+            late: BTreeSet::new(),
         };
         for s in 0..sites {
             for m in 0..per_site {
@@ -103,10 +114,23 @@ impl Net {
                     net.node(i).handle_peer_up(Instant(0), node_id(666), site, PeerRole::Edge);
                 }
             }
+            if late_site.is_some_and(|s| net.sites[i] == SiteId(s as u64)) {
+                net.late.insert(i);
+                continue;
+            }
             let spec = net.spec.clone();
             net.node(i).handle_release(Instant(0), release, spec);
         }
         net
+    }
+
+    /// The late site hears of the release now.
+    fn announce_late(&mut self) {
+        let (now, release) = (self.now, self.release);
+        for i in std::mem::take(&mut self.late) {
+            let spec = self.spec.clone();
+            self.node(i).handle_release(now, release, spec);
+        }
     }
 
     fn node(&mut self, i: usize) -> &mut FetchScheduler {
@@ -163,6 +187,7 @@ impl Net {
                 self.push(now + LATENCY, Delivery::Have { to: from, from: peer, release, bits });
             }
             Request::Chunks { id, peer, indices, class, bytes, .. } => {
+                self.chunk_requests.push((from, indices.len(), bytes));
                 if self.disconnected.contains(&(from, peer)) {
                     self.requests_after_ban += 1;
                 }
@@ -190,7 +215,12 @@ impl Net {
     }
 
     fn all_complete(&self) -> bool {
-        self.nodes.iter().flatten().all(|n| n.is_complete(&self.release))
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.late.contains(i))
+            .filter_map(|(_, n)| n.as_ref())
+            .all(|n| n.is_complete(&self.release))
     }
 
     /// Runs until every live node has the release, or `limit` of virtual time passes.
@@ -389,4 +419,81 @@ fn a_node_that_joins_late_takes_its_share_from_its_site_mate_not_the_backhaul() 
     let joined = net.nodes[1].as_ref().unwrap();
     assert!(joined.is_complete(&net.release));
     assert_eq!(joined.stats().backhaul_bytes(), 0, "the late node used the backhaul: {:?}", joined.stats());
+}
+
+#[test]
+fn requests_stay_full_batches_once_the_pipeline_is_full() {
+    // Regression: when a response freed one of a peer's request slots, the next pass started
+    // a request with one chunk and then found the peer "without a free slot" for every
+    // following chunk, so every request after the first few carried a single chunk.
+    let mut net = Net::new(1, 1, 2000, None);
+    net.run(Instant(600_000_000));
+    assert!(net.all_complete());
+    let config = SchedulerConfig::default();
+    let full = |(_, chunks, bytes): &(usize, usize, u64)| {
+        *chunks >= config.max_request_chunks || *bytes >= config.max_request_bytes
+    };
+    let partial = net.chunk_requests.iter().filter(|r| !full(r)).count();
+    // Only the tail of the release (fewer idle chunks than a batch) may go out partial: at
+    // most one request per pipeline slot.
+    assert!(
+        partial <= config.max_inflight_per_peer as usize,
+        "{partial} of {} requests were partial batches: {:?}",
+        net.chunk_requests.len(),
+        net.chunk_requests.iter().map(|r| r.1).collect::<Vec<_>>()
+    );
+    let expected = 2000usize.div_ceil(config.max_request_chunks);
+    assert!(net.chunk_requests.len() <= expected + config.max_inflight_per_peer as usize);
+}
+
+/// Regression (found by simnet): requests older than `tail_duplicate_after` while other
+/// chunks of the release were still idle made `poll_timeout` answer `now + 1 µs` forever, so
+/// a daemon on a slow backhaul woke up a thousand times a second for nothing.
+#[test]
+fn slow_requests_with_idle_chunks_left_do_not_make_the_timer_spin() {
+    let me = node_id(1);
+    let origin = node_id(9999);
+    let mut node = FetchScheduler::new(me, SiteId(1), SchedulerConfig::default());
+    let spec = ReleaseSpec {
+        hw_class: "gw".into(),
+        chunks: (0..2000u32).map(|i| ChunkSpec { id: ChunkId::of(&i.to_le_bytes()), stored_len: 64_000 }).collect(),
+    };
+    node.handle_peer_up(Instant(0), origin, SiteId(0), PeerRole::Origin);
+    node.handle_release(Instant(0), ReleaseId([3; 32]), spec);
+    let mut sent = 0;
+    while let Some(request) = node.poll_request() {
+        if matches!(request, Request::Chunks { .. }) {
+            sent += 1;
+        }
+    }
+    assert!(sent > 0, "nothing requested");
+    // Nothing answers; time passes beyond the tail-duplicate age while most chunks are idle.
+    let now = Instant(0) + Duration::from_secs(3);
+    node.handle_timeout(now);
+    while node.poll_request().is_some() {}
+    let next = node.poll_timeout().expect("a pending release has a timer");
+    assert!(next >= now + Duration::from_millis(100), "timer spins: next wake-up at {:?}, now {:?}", next, now);
+}
+
+/// A site that hears of a release after other sites hold it takes its share from their edge
+/// nodes, not from the origin: the origin's egress does not grow with the number of sites.
+#[test]
+fn a_late_site_takes_its_share_from_other_sites_not_the_origin() {
+    let mut net = Net::build(3, 2, 200, None, Some(2));
+    net.run(Instant(600_000_000));
+    assert!(net.all_complete(), "sites 0 and 1 did not complete");
+    net.announce_late();
+    net.run(Instant(1_200_000_000));
+    assert!(net.all_complete(), "the late site did not complete");
+    let release_bytes = net.release_bytes();
+    let (mut wan, mut origin) = (0, 0);
+    for (i, n) in net.nodes.iter().enumerate() {
+        if net.sites[i] == SiteId(2) {
+            let stats = n.as_ref().unwrap().stats();
+            wan += stats.bytes_in[SourceClass::Wan as usize];
+            origin += stats.bytes_in[SourceClass::Origin as usize];
+        }
+    }
+    assert_eq!(wan + origin, release_bytes, "the late site's backhaul carried the release once");
+    assert!(origin * 10 <= release_bytes, "late site took {origin} of {release_bytes} bytes from the origin");
 }

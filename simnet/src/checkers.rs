@@ -1,9 +1,12 @@
 //! Invariant checkers, evaluated while the simulation runs (TigerBeetle's VOPR style): the
 //! first violation stops the run, and the caller prints the seed that replays it.
 //!
-//! - no device installs bytes that do not match the signed manifest;
+//! - no device installs bytes that do not match the signed manifest (checked when the install
+//!   engine points the bootloader at the slot: `ActivateSlot`);
 //! - no edge node serves a chunk it did not verify;
-//! - every device ends committed or rolled back;
+//! - every device's install engine ends committed, rolled back, or refusing the release for a
+//!   reason it reports (wrong hardware class, old security counter, an image that never
+//!   verified);
 //! - each site's backhaul carries at most `max_backhaul_amplification` × the release.
 
 use serde::Serialize;
@@ -33,7 +36,7 @@ pub mod names {
     pub const INSTALLED_UNVERIFIED: &str = "device-installed-unverified-bytes";
     /// An edge node served a chunk it had not verified.
     pub const SERVED_UNVERIFIED: &str = "edge-served-unverified-chunk";
-    /// A device ended neither committed nor rolled back.
+    /// A device's install engine ended neither committed, rolled back nor refusing.
     pub const NOT_CONVERGED: &str = "device-not-converged";
     /// A site's backhaul carried too much.
     pub const AMPLIFICATION: &str = "backhaul-amplification";
@@ -63,13 +66,14 @@ impl Checkers {
         !self.violations.is_empty()
     }
 
-    /// A device starts writing its slot; `tainted` if any byte it holds is not the signed one.
-    pub fn device_installs(&mut self, now: Micros, device: u64, tainted: bool) {
+    /// A device's install engine activates a slot (the bootloader will boot it); `tainted`
+    /// if any byte in the slot is not the signed one.
+    pub fn device_activates(&mut self, now: Micros, device: u64, tainted: bool) {
         if tainted {
             self.violations.push(Violation {
                 check: names::INSTALLED_UNVERIFIED,
                 at_s: at_s(now),
-                detail: format!("device {device} installed an image with chunks that do not match the manifest"),
+                detail: format!("device {device} activated a slot whose image does not match the manifest"),
             });
         }
     }
@@ -99,8 +103,8 @@ impl Checkers {
         }
     }
 
-    /// At the end: devices not committed or rolled back, as (device, state name); reports up
-    /// to ten of them.
+    /// At the end: devices whose engines did not finish, as (device, engine state name);
+    /// reports up to ten of them.
     pub fn converged(&mut self, now: Micros, stuck: &[(u64, &'static str)], total_stuck: u64) {
         if total_stuck > 0 {
             let list: Vec<String> = stuck.iter().take(10).map(|(d, s)| format!("{d} ({s})")).collect();
@@ -108,7 +112,7 @@ impl Checkers {
                 check: names::NOT_CONVERGED,
                 at_s: at_s(now),
                 detail: format!(
-                    "{total_stuck} device(s) ended neither committed nor rolled back, e.g. {}",
+                    "{total_stuck} device(s) ended neither committed, rolled back nor refusing, e.g. {}",
                     list.join(", ")
                 ),
             });

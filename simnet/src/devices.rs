@@ -1,93 +1,249 @@
-//! Device behaviour, kept in one small module until the protocol's install engine
-//! (`protocol::install`) lands; then each device drives that engine and this module shrinks
-//! to the glue. Until then the lifecycle is a fixed sequence of timed steps — Checking,
-//! Downloading, Verifying, Installing, PendingReboot, Trial, then Committed or RolledBack —
-//! with the download itself simulated by the mesh (sessions, batches, verification).
+//! Devices: each one runs the protocol's install engine (`protocol::install::Engine`), the
+//! same state machine the Linux agent (device-client/src/agent.rs) drives, and simnet is only
+//! its driver (in `mesh`): it carries out the engine's actions in simulated time and feeds
+//! back what happened. This module holds the per-device state the driver keeps around the
+//! engine — the persisted record, a two-slot bootloader, the download's progress — and the
+//! fixed facts every device is offered (the release, the metadata's size).
 //!
-//! Per-device state is a few bytes: a million devices must fit comfortably in memory.
+//! What the driver models and what the engine decides:
+//! - `FetchMetadata`: a metadata round trip to a live edge node of the device's site (sized
+//!   messages on the device's link), answered with the scenario's release as an `Offer`; the
+//!   engine refuses a wrong hardware class or an old security counter. No live edge node:
+//!   `handle_check_failed` after the keep-alive timeout, and the engine's backoff retries.
+//! - `AskGate`: always `Proceed` (no rollout waves yet).
+//! - `Download`: the mesh's batch flows from the site's edge nodes; `handle_download_done`,
+//!   or `handle_download_failed` when the edge node dies or no edge node is left, and the
+//!   engine's retry timer starts the next attempt. Chunk-level checks stay in the driver, as
+//!   in the agent's fetcher: a corrupt batch is dropped and fetched again.
+//! - `VerifyImage`, `ActivateSlot`, `Reboot`, `RunHealthChecks`: timed steps (`verify_s`,
+//!   `install_s`, `reboot_s`, `health_check_s`); a reboot builds a new engine from the
+//!   persisted record and calls `handle_boot` with what the bootloader booted, exactly as the
+//!   agent starts after a real reboot.
+//! - `Commit`, `RollBack`: the bootloader's slots; `Report`: counted.
+//!
+//! Memory: a device is its engine (fixed size, no heap), its persisted record and a few
+//! dozen bytes of driver state; a million of them are about 1.1 GB.
+
+use protocol::install::{Engine, EngineConfig, ErrorCode, Label, Offer, Release, Slot, State};
+use protocol::time::Duration;
 
 use crate::engine::{secs, FlowId, Micros};
-use crate::rng::Rng;
+use crate::release::{self, HW_CLASS};
 use crate::scenario::DeviceParams;
 
-/// Where a device is in its update.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Version the fleet runs before the update.
+pub const FACTORY_VERSION: &str = "1.0.0";
+/// Anti-rollback counter of the factory image.
+pub const FACTORY_COUNTER: u64 = 1;
+/// Version of the release being distributed.
+pub const RELEASE_VERSION: &str = "2.0.0";
+/// Its anti-rollback counter.
+pub const RELEASE_COUNTER: u64 = 2;
+/// What a device that is ahead of the release already runs (it must refuse the release).
+pub const AHEAD_VERSION: &str = "3.0.0";
+/// Hardware class of devices planted in the wrong class.
+pub const OTHER_HW_CLASS: &str = "sim-other-gateway";
+
+/// A metadata request (TUF timestamp probe and manifest request), bytes.
+pub const METADATA_REQUEST_BYTES: u64 = 512;
+/// TUF metadata in a metadata response (timestamp, snapshot, targets), bytes.
+pub const TUF_METADATA_BYTES: u64 = 4096;
+/// Manifest header and signature, bytes.
+pub const MANIFEST_FIXED_BYTES: u64 = 256 + 64;
+
+/// Bytes of the metadata round trip for a release of `chunks` chunks (both directions).
+pub fn metadata_bytes(chunks: u32) -> u64 {
+    let entries = chunks as u64 * protocol::manifest::limits::ENTRY_BYTES as u64;
+    METADATA_REQUEST_BYTES + TUF_METADATA_BYTES + MANIFEST_FIXED_BYTES + entries
+}
+
+/// The offer every device's metadata check returns: the scenario's release.
+pub fn offer(release: &release::Release) -> Offer {
+    Offer {
+        release: Release {
+            id: release.id.0,
+            version: label(RELEASE_VERSION),
+            security_counter: RELEASE_COUNTER,
+            image_len: release.bytes,
+            chunk_count: release.chunk_count(),
+        },
+        hw_class: label(HW_CLASS),
+    }
+}
+
+fn label(text: &str) -> Label {
+    Label::new(text).unwrap_or(Label::empty())
+}
+
+/// The engine's policy for a device: its hardware class, and the trial deadline from the
+/// scenario; everything else is the engine's default.
+pub fn engine_config(params: &DeviceParams, wrong_class: bool) -> EngineConfig {
+    let hw = if wrong_class { OTHER_HW_CLASS } else { HW_CLASS };
+    EngineConfig { trial_deadline: Duration(secs(params.trial_deadline_s).max(1)), ..EngineConfig::new(label(hw)) }
+}
+
+/// What the active slot runs when the simulation starts.
+pub fn factory_release(ahead: bool) -> Release {
+    if ahead {
+        Release::unknown(label(AHEAD_VERSION), RELEASE_COUNTER + 1)
+    } else {
+        Release::unknown(label(FACTORY_VERSION), FACTORY_COUNTER)
+    }
+}
+
+/// The timed step a device's driver is carrying out (one at a time; a reboot ends any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum DeviceState {
-    /// Not yet checked in.
-    Idle,
-    /// Fetching metadata from an edge node.
-    Checking,
-    /// Fetching batches.
-    Downloading,
-    /// Hashing the whole image.
-    Verifying,
-    /// Writing the inactive slot.
-    Installing,
-    /// Waiting for the reboot into the new slot.
-    PendingReboot,
-    /// Running health checks on the new slot.
-    Trial,
-    /// Done: the new slot is committed.
-    Committed,
-    /// Done: the health check failed and the previous slot is back.
-    RolledBack,
+pub enum Op {
+    /// Nothing timed in progress.
+    None,
+    /// A metadata round trip that will be answered with the offer.
+    Metadata,
+    /// A metadata attempt that will fail (no live edge node in the site).
+    MetadataFailed,
+    /// The download failed; the engine hears of it after the keep-alive timeout.
+    DownloadFailed,
+    /// Hashing the whole slot.
+    Verify,
+    /// Pointing the bootloader at the new slot.
+    Activate,
+    /// Rebooting; the engine is gone until the boot.
+    Boot,
+    /// Running the health checks.
+    Health,
 }
 
-impl DeviceState {
-    /// Committed or rolled back.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, DeviceState::Committed | DeviceState::RolledBack)
-    }
-    /// Lowercase name for reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            DeviceState::Idle => "idle",
-            DeviceState::Checking => "checking",
-            DeviceState::Downloading => "downloading",
-            DeviceState::Verifying => "verifying",
-            DeviceState::Installing => "installing",
-            DeviceState::PendingReboot => "pending-reboot",
-            DeviceState::Trial => "trial",
-            DeviceState::Committed => "committed",
-            DeviceState::RolledBack => "rolled-back",
-        }
-    }
-}
-
-/// One device.
+/// What a device's driver keeps around its install engine (the engine and its persisted
+/// record live in arrays of their own, so this stays a few bytes).
 #[derive(Debug, Clone)]
 pub struct Device {
-    /// Lifecycle state.
-    pub state: DeviceState,
+    /// The bootloader's committed slot.
+    pub boot_active: Slot,
+    /// The bootloader's slot on trial, not yet committed.
+    pub boot_pending: Option<Slot>,
     /// Which edge node of its site it downloads from.
     pub edge_slot: u8,
     /// It holds a download session at that edge node.
     pub in_session: bool,
-    /// It accepted bytes that do not match the manifest (only possible with a planted bug).
-    pub tainted: bool,
-    /// Next batch to fetch.
+    /// A `Download` action is being carried out.
+    pub downloading: bool,
+    /// The inactive slot holds bytes that do not match the manifest (a storage fault, or a
+    /// planted driver bug that skipped chunk checks).
+    pub image_bad: bool,
+    /// Counted as finished (see [`end_state`]).
+    pub finished: bool,
+    /// The timed step in progress, and its generation (stale completions are ignored).
+    pub op: Op,
+    /// Bumped whenever a timed step starts.
+    pub op_gen: u8,
+    /// Next batch to fetch (the driver's chunk-level progress; reset by `ResetProgress`).
     pub batch: u32,
     /// The batch transfer in progress.
     pub flow: Option<FlowId>,
+    /// When the engine's timer is armed (`Micros::MAX`: not armed).
+    pub timer_at: Micros,
 }
 
-impl Default for Device {
-    fn default() -> Self {
-        Device { state: DeviceState::Idle, edge_slot: 0, in_session: false, tainted: false, batch: 0, flow: None }
+impl Device {
+    /// A factory-fresh device's driver state: slot A committed, nothing pending.
+    pub fn new(edge_slot: u8) -> Device {
+        Device {
+            boot_active: Slot::A,
+            boot_pending: None,
+            edge_slot,
+            in_session: false,
+            downloading: false,
+            image_bad: false,
+            finished: false,
+            op: Op::None,
+            op_gen: 0,
+            batch: 0,
+            flow: None,
+            timer_at: Micros::MAX,
+        }
+    }
+
+    /// What the bootloader boots: the pending slot (on trial) if any, else the committed one.
+    pub fn booted(&self) -> Slot {
+        self.boot_pending.unwrap_or(self.boot_active)
     }
 }
 
-/// The step after `state` once its work is done, and how long that step takes. `None` when
-/// `state` is terminal or is not a timed step.
-pub fn next_step(state: DeviceState, params: &DeviceParams, rng: &mut Rng) -> Option<(DeviceState, Micros)> {
-    use DeviceState::*;
-    Some(match state {
-        Downloading => (Verifying, secs(params.verify_s)),
-        Verifying => (Installing, secs(params.install_s)),
-        Installing => (PendingReboot, secs(params.reboot_s)),
-        PendingReboot => (Trial, secs(params.health_check_s)),
-        Trial => (if rng.chance(params.health_failure_rate) { RolledBack } else { Committed }, 0),
-        _ => return None,
-    })
+/// How a device's update ended, judged from its engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndState {
+    /// The release runs, committed.
+    Committed,
+    /// The release was tried and the previous slot runs again.
+    RolledBack(ErrorCode),
+    /// The engine refused the release (wrong hardware class, old security counter, or an
+    /// image that never verified).
+    Refused(ErrorCode),
+    /// Anything else: still working on it.
+    Unfinished(State),
+}
+
+impl EndState {
+    /// Committed, rolled back or refused.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, EndState::Unfinished(_))
+    }
+
+    /// The report's key: the engine's state name, with the reason for a rollback or refusal.
+    pub fn name(self) -> String {
+        match self {
+            EndState::Committed => State::Committed.name().to_string(),
+            EndState::RolledBack(e) => format!("{} ({})", State::RolledBack.name(), e.name()),
+            EndState::Refused(e) => format!("refused ({})", e.name()),
+            EndState::Unfinished(s) => format!("unfinished ({})", s.name()),
+        }
+    }
+}
+
+/// Idle, committed or rolled back: nothing in progress (the agent checks for an update from
+/// these on start-up).
+pub fn is_resting(state: State) -> bool {
+    matches!(state, State::Idle | State::Committed | State::RolledBack)
+}
+
+/// Where `engine` stands with the release `release_id`.
+pub fn end_state(engine: &Engine, release_id: &[u8; 32]) -> EndState {
+    let record = engine.record();
+    if !is_resting(record.state) || record.target.is_some() {
+        return EndState::Unfinished(record.state);
+    }
+    let error = record.last_error;
+    match record.state {
+        State::Committed if &record.installed.id == release_id => EndState::Committed,
+        State::RolledBack if &record.refused == release_id => {
+            EndState::RolledBack(error.unwrap_or(ErrorCode::HealthCheckFailed))
+        }
+        _ => match error {
+            Some(e @ (ErrorCode::WrongHardwareClass | ErrorCode::SecurityCounterTooOld)) => EndState::Refused(e),
+            Some(ErrorCode::ImageMismatch) if &record.refused == release_id => {
+                EndState::Refused(ErrorCode::ImageMismatch)
+            }
+            _ => EndState::Unfinished(record.state),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_stays_small() {
+        let engine = std::mem::size_of::<Engine>();
+        let device = std::mem::size_of::<Device>() + engine + std::mem::size_of::<Record>();
+        use protocol::install::{Action, Record};
+        eprintln!(
+            "size_of Engine = {engine}, Record = {}, Device = {device}, Action = {}, Offer = {}, EngineConfig = {}",
+            std::mem::size_of::<Record>(),
+            std::mem::size_of::<Action>(),
+            std::mem::size_of::<Option<Offer>>(),
+            std::mem::size_of::<EngineConfig>()
+        );
+        assert!(device <= 2048, "{device} bytes per device");
+    }
 }

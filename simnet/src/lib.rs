@@ -1,11 +1,14 @@
 //! simnet: otamesh's fleet simulator. Discrete events on virtual time, flow-level links, and
-//! the real protocol state machines (the edge node's `FetchScheduler`) at fleet scale, with
-//! baselines, the Kumar–Ross lower bound, invariant checkers, report.json and plots.
+//! the real protocol state machines — the edge node's `protocol::edge::FetchScheduler` and
+//! every device's `protocol::install::Engine` — at fleet scale, with baselines, the
+//! Kumar–Ross lower bound, invariant checkers, report.json and plots.
 //!
 //! Code map: `engine` (event queue, flow-level links), `scenario` (TOML), `topology` (links
-//! every run shares), `release` (chunks and device batches), `mesh` (the edge schedulers and
-//! the driver around them), `devices` (device lifecycle until the install engine lands),
-//! `baselines`, `bound`, `checkers`, `report`, `plots`, `progress`.
+//! every run shares), `release` (chunks and device batches), `mesh` (the drivers: the edge
+//! schedulers, and each device's install engine driven as the Linux agent drives it),
+//! `devices` (per-device state around the engine — persisted record, bootloader slots,
+//! download progress — and how engines' end states are judged), `baselines`, `bound`,
+//! `checkers`, `report`, `plots`, `progress`.
 
 #![deny(missing_docs)]
 
@@ -36,7 +39,7 @@ pub fn simulate(scenario: &Scenario, seed: u64, quiet: bool) -> Report {
     let n = scenario.device_count();
     let mut bar = Progress::new("mesh", n, quiet);
     let mesh = mesh::run(scenario, seed, &release, &mut |now, done| bar.update(now, done));
-    bar.finish(mesh.end, mesh.committed + mesh.rolled_back);
+    bar.finish(mesh.end, mesh.committed + mesh.rolled_back + mesh.refused);
     let mut outcomes = Vec::new();
     for baseline in [Baseline::DirectOrigin, Baseline::PlainCache] {
         let mut bar = Progress::new(baseline.name(), n, quiet);

@@ -1,23 +1,27 @@
 //! The mesh run: every edge node is the real `protocol::edge::FetchScheduler`, driven the way
 //! the daemon drives it (edge-node/src/daemon): feed one input, drain `poll_request` and
 //! `poll_event`, arm a timer at `poll_timeout`. The origin and hostile nodes are simple
-//! responders; links are flows (see `engine::flows`); devices follow `devices`.
+//! responders; links are flows (see `engine::flows`). Every device is the real install
+//! engine, `protocol::install::Engine`, driven the way the Linux agent drives it
+//! (device-client/src/agent.rs): feed one input, carry out `poll_action` in order, arm a timer
+//! at `poll_timeout` (see `devices` for what each action costs in simulated time).
 //!
 //! Verification is simulated, not skipped: a chunk in flight carries a "tampered" flag, and
 //! a receiving driver reports `Corrupt` for a tampered chunk exactly where the daemon's
 //! `verify_stored` would fail. Planted driver bugs (`scenario::PlantParams`) turn individual
 //! checks off so the tests can prove the checkers notice.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use protocol::edge::{
     ChunkOutcome, EdgeEvent, EdgeStats, FetchScheduler, NodeId, PeerRole, Request, RequestId, SchedulerConfig, SiteId,
 };
+use protocol::install::{Action, BootInfo, Engine, ErrorCode, GateDecision, HealthOutcome, Offer, Record, Slot};
 use protocol::time::Instant;
 use protocol::ChunkId;
 
 use crate::checkers::Checkers;
-use crate::devices::{self, Device, DeviceState};
+use crate::devices::{self, Device, EndState, Op};
 use crate::engine::{secs, Ended, EventQueue, FlowId, LinkId, Micros, Network, SECOND};
 use crate::release::Release;
 use crate::rng::Rng;
@@ -30,14 +34,20 @@ const RECONNECT: Micros = SECOND;
 /// What the mesh run measured.
 #[derive(Debug, Clone, Default)]
 pub struct MeshOutcome {
-    /// Per device: when its download finished (`Micros::MAX` if never).
+    /// Per device: when its last download finished (`Micros::MAX` if never, or if that
+    /// image then failed the whole-image hash).
     pub downloaded_at: Vec<Micros>,
-    /// Per device: when it was committed or rolled back (`Micros::MAX` if never).
+    /// Per device: when its install engine finished — committed, rolled back or refusing
+    /// (`Micros::MAX` if never).
     pub finished_at: Vec<Micros>,
-    /// Devices committed.
+    /// Devices whose engines ended committed on the release.
     pub committed: u64,
-    /// Devices rolled back.
+    /// Devices whose engines rolled back.
     pub rolled_back: u64,
+    /// Devices whose engines refused the release.
+    pub refused: u64,
+    /// Devices by how their engines ended (`devices::EndState::name`).
+    pub end_states: BTreeMap<String, u64>,
     /// Per site: bytes the backhaul carried inbound (link level, including wasted bytes).
     pub backhaul_bytes: Vec<f64>,
     /// Per site: verified bytes the edge nodes counted from outside the site.
@@ -78,6 +88,20 @@ pub struct MeshCounters {
     pub scheduler_inputs: u64,
     /// Batches a device rejected after verification and fetched again.
     pub device_refetches: u64,
+    /// Every `handle_*` call on a device's install engine.
+    pub engine_inputs: u64,
+    /// `Persist` actions (record writes).
+    pub device_persists: u64,
+    /// `Report` actions (status reports).
+    pub device_reports: u64,
+    /// Metadata checks that failed (no live edge node in the site).
+    pub device_check_failures: u64,
+    /// Downloads that stopped short (`handle_download_failed`); the engine retried them.
+    pub device_download_failures: u64,
+    /// Whole-image hashes that did not match (`handle_image_verified(false)`).
+    pub device_image_mismatches: u64,
+    /// Device reboots.
+    pub device_reboots: u64,
     /// Events processed.
     pub events: u64,
 }
@@ -105,7 +129,8 @@ enum Ev {
     Checkin(u32),
     DeviceReady(u32),
     BatchDone(u32),
-    DeviceStep(u32),
+    DeviceOp { d: u32, gen: u8 },
+    DeviceTimer { d: u32, at: Micros },
 }
 
 struct Pending {
@@ -176,12 +201,17 @@ struct World<'a> {
     pending: Vec<Option<Pending>>,
     pending_free: Vec<u32>,
     chunk_index: HashMap<ChunkId, u32>,
+    /// The driver's per-device state, the install engines and their persisted records, in
+    /// separate arrays so the driver's hot bookkeeping stays in few cache lines.
     devices: Vec<Device>,
+    engines: Vec<Engine>,
+    persisted: Vec<Record>,
     checkin: Vec<Micros>,
     out: MeshOutcome,
     flaps: Vec<Option<Rng>>,
     rng: Rng,
     checkers: Checkers,
+    offer: Offer,
     terminal: u64,
     never_checking_in: u64,
     resolution: Micros,
@@ -264,10 +294,19 @@ impl<'a> World<'a> {
         }
         let chunk_index = rel.spec.chunks.iter().enumerate().map(|(i, c)| (c.id, i as u32)).collect();
         let n_devices = sc.device_count() as usize;
-        let mut devices = vec![Device::default(); n_devices];
-        for (d, dev) in devices.iter_mut().enumerate() {
-            dev.edge_slot = (d as u32 % per_site) as u8;
-        }
+        // Devices planted in another hardware class or ahead of the release, if asked for.
+        let (wrong, ahead) = (sc.devices.wrong_hw_class_fraction, sc.devices.ahead_of_release_fraction);
+        let mut plant_rng = Rng::stream(seed, 0x0c1a_55e5);
+        let engines: Vec<Engine> = (0..n_devices)
+            .map(|_| {
+                let wrong_class = wrong > 0.0 && plant_rng.chance(wrong);
+                let is_ahead = ahead > 0.0 && plant_rng.chance(ahead);
+                let config = devices::engine_config(&sc.devices, wrong_class);
+                Engine::new(config, Record::factory(Slot::A, devices::factory_release(is_ahead)))
+            })
+            .collect();
+        let persisted = engines.iter().map(|e| *e.record()).collect();
+        let devices = (0..n_devices).map(|d| Device::new((d as u32 % per_site) as u8)).collect();
         let out = MeshOutcome {
             downloaded_at: vec![Micros::MAX; n_devices],
             finished_at: vec![Micros::MAX; n_devices],
@@ -294,11 +333,14 @@ impl<'a> World<'a> {
             pending_free: Vec::new(),
             chunk_index,
             devices,
+            engines,
+            persisted,
             checkin: topology::checkin_times(sc, seed),
             out,
             flaps: topology::flap_streams(sc, seed),
             rng: Rng::stream(seed, 0x00de_71ce),
             checkers: Checkers::new(rel.bytes, sc.checks.max_backhaul_amplification),
+            offer: devices::offer(rel),
             terminal: 0,
             never_checking_in: u64::from(sc.plant.device_never_checks_in && n_devices > 0),
             resolution: secs(sc.edge.timer_resolution_ms / 1e3).max(1),
@@ -479,18 +521,28 @@ impl<'a> World<'a> {
 
     fn finish(mut self) -> MeshOutcome {
         let now = self.now;
-        if !self.checkers.failed() {
-            let mut stuck = Vec::new();
-            let mut total = 0;
-            for (d, dev) in self.devices.iter().enumerate() {
-                if !dev.state.is_terminal() {
-                    total += 1;
+        // Final states come from the engines themselves.
+        let mut stuck = Vec::new();
+        let mut total_stuck = 0;
+        let mut ends: HashMap<EndState, u64> = HashMap::new();
+        for (d, engine) in self.engines.iter().enumerate() {
+            let end = devices::end_state(engine, &self.rel.id.0);
+            *ends.entry(end).or_default() += 1;
+            match end {
+                EndState::Committed => self.out.committed += 1,
+                EndState::RolledBack(_) => self.out.rolled_back += 1,
+                EndState::Refused(_) => self.out.refused += 1,
+                EndState::Unfinished(state) => {
+                    total_stuck += 1;
                     if stuck.len() < 10 {
-                        stuck.push((d as u64, dev.state.name()));
+                        stuck.push((d as u64, state.name()));
                     }
                 }
             }
-            self.checkers.converged(now, &stuck, total);
+        }
+        self.out.end_states = ends.into_iter().map(|(end, count)| (end.name(), count)).collect();
+        if !self.checkers.failed() {
+            self.checkers.converged(now, &stuck, total_stuck);
         }
         let sites = self.sc.sites.count as usize;
         let mut verified = vec![0u64; sites];
@@ -615,19 +667,25 @@ impl<'a> World<'a> {
                     }
                 }
             }
-            Ev::Checkin(d) => {
-                self.devices[d as usize].state = DeviceState::Checking;
-                self.q.push(self.now + 2 * self.topo.lan_latency, Ev::DeviceReady(d));
-            }
+            Ev::Checkin(d) => self.device_start(d),
             Ev::DeviceReady(d) => {
-                if self.devices[d as usize].in_session {
-                    return;
+                let dev = &self.devices[d as usize];
+                if dev.downloading && !dev.in_session {
+                    self.acquire(d);
                 }
-                self.devices[d as usize].state = DeviceState::Downloading;
-                self.acquire(d);
             }
             Ev::BatchDone(d) => self.batch_done(d),
-            Ev::DeviceStep(d) => self.device_step(d),
+            Ev::DeviceOp { d, gen } => self.device_op_done(d, gen),
+            Ev::DeviceTimer { d, at } => {
+                let dev = &mut self.devices[d as usize];
+                if dev.timer_at != at {
+                    return;
+                }
+                dev.timer_at = Micros::MAX;
+                let now = Instant(self.now);
+                self.engine(d).handle_timeout(now);
+                self.drive(d);
+            }
         }
     }
 
@@ -880,8 +938,7 @@ impl<'a> World<'a> {
             }
             Tag::Device(d) => {
                 self.devices[d as usize].flow = None;
-                self.drop_session(d);
-                self.q.push(self.now + self.detect, Ev::DeviceReady(d));
+                self.fail_download(d);
             }
         }
     }
@@ -1001,17 +1058,16 @@ impl<'a> World<'a> {
                 self.flow_failed(ended);
             }
         }
-        // Its devices lose their sessions and come back to another edge node.
+        // Its devices' downloads fail; their engines retry (from the other edge node).
         let per = self.sc.sites.devices_per_site as usize;
         for d in site as usize * per..(site as usize + 1) * per {
             let dev = &self.devices[d];
-            let queued_or_active = dev.state == DeviceState::Downloading && dev.edge_slot as u32 == slot;
-            if queued_or_active {
+            if dev.downloading && dev.edge_slot as u32 == slot {
                 if let Some(f) = self.devices[d].flow.take() {
                     let _ = self.net.cancel(now, f);
                 }
                 self.devices[d].in_session = false;
-                self.q.push(now + self.detect, Ev::DeviceReady(d as u32));
+                self.fail_download(d as u32);
             }
         }
         let edge = &mut self.edges[e as usize];
@@ -1066,11 +1122,222 @@ impl<'a> World<'a> {
         self.pump(e);
     }
 
-    // ----- devices ------------------------------------------------------------------
+    // ----- devices: the install engine and its driver --------------------------------
 
     fn edge_of(&self, d: u32) -> u32 {
         let site = d / self.sc.sites.devices_per_site;
         site * self.per_site + self.devices[d as usize].edge_slot as u32
+    }
+
+    /// The device's engine, counting the input about to be fed to it.
+    fn engine(&mut self, d: u32) -> &mut Engine {
+        self.out.counters.engine_inputs += 1;
+        &mut self.engines[d as usize]
+    }
+
+    /// Check-in: the device's agent starts — boot, then an update check at once, as the
+    /// agent's `run` does.
+    fn device_start(&mut self, d: u32) {
+        let now = Instant(self.now);
+        let dev = &self.devices[d as usize];
+        let boot = BootInfo { booted: dev.booted(), pending: dev.boot_pending };
+        self.engine(d).handle_boot(now, boot);
+        self.run_actions(d);
+        if self.devices[d as usize].op == Op::None && devices::is_resting(self.engines[d as usize].state()) {
+            self.engine(d).handle_check(now);
+        }
+        self.drive(d);
+    }
+
+    /// After an input: carry out the engine's actions in order (the agent's `drain`), note
+    /// whether the device finished, and arm its timer at `poll_timeout`.
+    fn drive(&mut self, d: u32) {
+        self.run_actions(d);
+        let now = self.now;
+        let dev = &mut self.devices[d as usize];
+        let engine = &self.engines[d as usize];
+        if !dev.finished && dev.op == Op::None && devices::end_state(engine, &self.rel.id.0).is_finished() {
+            dev.finished = true;
+            self.terminal += 1;
+            self.out.finished_at[d as usize] = now;
+        }
+        // A finished engine's next timer is its hourly re-check, a no-op for this release
+        // (installed, refused, or the wrong class again): not armed, so a million finished
+        // devices do not sit in the queue. A rebooting device has no engine to wake.
+        let at = match dev.finished || dev.op == Op::Boot {
+            true => None,
+            false => engine.poll_timeout().map(|t| t.0),
+        };
+        match at {
+            None => dev.timer_at = Micros::MAX,
+            Some(at) if at != dev.timer_at => {
+                dev.timer_at = at;
+                self.q.push(at.max(now), Ev::DeviceTimer { d, at });
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn run_actions(&mut self, d: u32) {
+        while let Some(action) = self.engines[d as usize].poll_action() {
+            self.execute(d, action);
+            if self.devices[d as usize].op == Op::Boot {
+                // Whatever the engine still had queued dies with the reboot.
+                return;
+            }
+        }
+    }
+
+    /// Carries out one action, as the agent's `execute` does, in simulated time.
+    fn execute(&mut self, d: u32, action: Action) {
+        let now = Instant(self.now);
+        let p = &self.sc.devices;
+        let (verify, install, reboot, health) =
+            (secs(p.verify_s), secs(p.install_s), secs(p.reboot_s), secs(p.health_check_s));
+        match action {
+            Action::Persist => {
+                self.persisted[d as usize] = *self.engines[d as usize].record();
+                self.out.counters.device_persists += 1;
+            }
+            Action::FetchMetadata => {
+                // Any live edge node of the site answers (the LAN reaches them all); the
+                // request and the metadata (TUF roles and the manifest) cross the device's link.
+                let site = d / self.sc.sites.devices_per_site;
+                let live = (0..self.per_site).any(|s| self.edges[(site * self.per_site + s) as usize].sched.is_some());
+                if live {
+                    let bytes = devices::metadata_bytes(self.rel.chunk_count()) as f64;
+                    let delay = 2 * self.topo.lan_latency + secs(bytes / self.topo.device_rate);
+                    self.start_op(d, Op::Metadata, delay);
+                } else {
+                    self.start_op(d, Op::MetadataFailed, self.detect);
+                }
+            }
+            Action::AskGate => self.engine(d).handle_gate(now, GateDecision::Proceed),
+            Action::ResetProgress => {
+                let dev = &mut self.devices[d as usize];
+                dev.batch = 0;
+                dev.image_bad = false;
+            }
+            Action::Download { .. } => {
+                self.devices[d as usize].downloading = true;
+                if self.devices[d as usize].batch as usize >= self.rel.batches.len() {
+                    self.download_done(d);
+                } else {
+                    self.acquire(d);
+                }
+            }
+            Action::VerifyImage { .. } => self.start_op(d, Op::Verify, verify),
+            Action::ActivateSlot { .. } => {
+                let bad = self.devices[d as usize].image_bad;
+                self.checkers.device_activates(self.now, d as u64, bad);
+                self.start_op(d, Op::Activate, install);
+            }
+            Action::Reboot => {
+                self.out.counters.device_reboots += 1;
+                self.start_op(d, Op::Boot, reboot);
+            }
+            Action::RunHealthChecks { .. } => self.start_op(d, Op::Health, health),
+            Action::Commit { slot } => {
+                let dev = &mut self.devices[d as usize];
+                dev.boot_active = slot;
+                dev.boot_pending = None;
+                self.engine(d).handle_committed(now);
+            }
+            Action::RollBack { slot } => {
+                let dev = &mut self.devices[d as usize];
+                dev.boot_active = slot;
+                dev.boot_pending = None;
+            }
+            Action::Report => self.out.counters.device_reports += 1,
+        }
+    }
+
+    /// Starts a timed step; its completion comes back as `Ev::DeviceOp`.
+    fn start_op(&mut self, d: u32, op: Op, after: Micros) {
+        let dev = &mut self.devices[d as usize];
+        dev.op = op;
+        dev.op_gen = dev.op_gen.wrapping_add(1);
+        let gen = dev.op_gen;
+        self.q.push(self.now + after, Ev::DeviceOp { d, gen });
+    }
+
+    /// A timed step finished: tell the engine what happened.
+    fn device_op_done(&mut self, d: u32, gen: u8) {
+        let dev = &mut self.devices[d as usize];
+        if dev.op_gen != gen {
+            return;
+        }
+        let op = std::mem::replace(&mut dev.op, Op::None);
+        let now = Instant(self.now);
+        match op {
+            Op::None => return,
+            Op::Metadata => {
+                let offer = self.offer;
+                self.engine(d).handle_offer(now, offer);
+            }
+            Op::MetadataFailed => {
+                self.out.counters.device_check_failures += 1;
+                self.engine(d).handle_check_failed(now, ErrorCode::Network);
+            }
+            Op::DownloadFailed => {
+                self.out.counters.device_download_failures += 1;
+                self.engine(d).handle_download_failed(now, ErrorCode::Network);
+            }
+            Op::Verify => {
+                // The planted bug reports every image as matching without hashing it.
+                let matches = !dev.image_bad || self.sc.plant.device_skips_verification;
+                if !matches {
+                    self.out.counters.device_image_mismatches += 1;
+                    self.out.downloaded_at[d as usize] = Micros::MAX;
+                }
+                self.engine(d).handle_image_verified(now, matches);
+            }
+            Op::Activate => {
+                dev.boot_pending = Some(self.engines[d as usize].record().inactive());
+                self.engine(d).handle_slot_activated(now);
+            }
+            Op::Boot => {
+                // A new agent process: a fresh engine from the persisted record, told what the
+                // bootloader booted.
+                let boot = BootInfo { booted: dev.booted(), pending: dev.boot_pending };
+                let config = *self.engines[d as usize].config();
+                self.engines[d as usize] = Engine::new(config, self.persisted[d as usize]);
+                self.engine(d).handle_boot(now, boot);
+            }
+            Op::Health => {
+                let failed = self.rng.chance(self.sc.devices.health_failure_rate);
+                let outcome = if failed { HealthOutcome::Failed } else { HealthOutcome::Healthy };
+                self.engine(d).handle_health(now, outcome);
+            }
+        }
+        self.drive(d);
+    }
+
+    /// The download stopped short: the driver gives up on it now, and the engine hears of it
+    /// after the keep-alive timeout (then retries on its own timer).
+    fn fail_download(&mut self, d: u32) {
+        if !self.devices[d as usize].downloading {
+            return;
+        }
+        if let Some(f) = self.devices[d as usize].flow.take() {
+            let _ = self.net.cancel(self.now, f);
+        }
+        self.drop_session(d);
+        self.devices[d as usize].downloading = false;
+        self.start_op(d, Op::DownloadFailed, self.detect);
+    }
+
+    /// Every batch is in the slot: `handle_download_done` (the caller drives the engine).
+    fn download_done(&mut self, d: u32) {
+        self.drop_session(d);
+        let corrupt = self.sc.faults.device_image_corruption;
+        let flipped = corrupt > 0.0 && self.rng.chance(corrupt);
+        let dev = &mut self.devices[d as usize];
+        dev.downloading = false;
+        dev.image_bad |= flipped;
+        let now = self.now;
+        self.out.downloaded_at[d as usize] = now;
+        self.engine(d).handle_download_done(Instant(now));
     }
 
     /// Finds a live edge node in the device's site and asks it for a session.
@@ -1081,7 +1348,7 @@ impl<'a> World<'a> {
             .map(|k| (preferred + k) % self.per_site)
             .find(|s| self.edges[(site * self.per_site + s) as usize].sched.is_some())
         else {
-            self.q.push(self.now + SECOND, Ev::DeviceReady(d));
+            self.fail_download(d);
             return;
         };
         self.devices[d as usize].edge_slot = slot as u8;
@@ -1121,7 +1388,7 @@ impl<'a> World<'a> {
         let lan = [self.topo.lan[site as usize]];
         match self.net.start(self.now, &lan, self.topo.device_rate, 1, batch.bytes, Tag::Device(d)) {
             Ok(f) => self.devices[d as usize].flow = Some(f),
-            Err(_) => self.q.push(self.now + SECOND, Ev::DeviceReady(d)),
+            Err(_) => self.fail_download(d),
         }
     }
 
@@ -1150,7 +1417,7 @@ impl<'a> World<'a> {
         }
         while let Some(next) = self.edges[e as usize].queue.pop_front() {
             let dev = &self.devices[next as usize];
-            if dev.state == DeviceState::Downloading && !dev.in_session && self.edge_of(next) == e {
+            if dev.downloading && !dev.in_session && self.edge_of(next) == e {
                 self.edges[e as usize].sessions += 1;
                 self.devices[next as usize].in_session = true;
                 self.start_batch(next);
@@ -1160,11 +1427,12 @@ impl<'a> World<'a> {
     }
 
     fn batch_done(&mut self, d: u32) {
-        if !self.devices[d as usize].in_session {
+        let dev = &self.devices[d as usize];
+        if !dev.in_session || !dev.downloading {
             return;
         }
         let e = self.edge_of(d);
-        let b = self.devices[d as usize].batch;
+        let b = dev.batch;
         let batch = self.rel.batches[b as usize];
         let from_edge = self.edges[e as usize].tainted.range(batch.first..batch.end).next().is_some();
         let on_the_way = self.rng.chance(self.sc.faults.device_batch_corruption);
@@ -1183,37 +1451,18 @@ impl<'a> World<'a> {
                 }
                 return;
             }
-            self.devices[d as usize].tainted = true;
+            self.devices[d as usize].image_bad = true;
         }
-        let dev = &mut self.devices[d as usize];
-        dev.batch += 1;
-        if (dev.batch as usize) < self.rel.batches.len() {
+        // The batch is durable in the slot: progress (absolute figures), then the next batch.
+        self.devices[d as usize].batch += 1;
+        let fetched = self.engines[d as usize].record().bytes_fetched + batch.bytes;
+        self.engine(d).handle_progress(batch.end, fetched, 0);
+        if ((b + 1) as usize) < self.rel.batches.len() {
             self.start_batch(d);
-            return;
-        }
-        self.drop_session(d);
-        self.out.downloaded_at[d as usize] = self.now;
-        self.device_step(d);
-    }
-
-    fn device_step(&mut self, d: u32) {
-        let state = self.devices[d as usize].state;
-        let Some((next, after)) = devices::next_step(state, &self.sc.devices, &mut self.rng) else { return };
-        self.devices[d as usize].state = next;
-        if next == DeviceState::Installing {
-            let tainted = self.devices[d as usize].tainted;
-            self.checkers.device_installs(self.now, d as u64, tainted);
-        }
-        if next.is_terminal() {
-            self.terminal += 1;
-            self.out.finished_at[d as usize] = self.now;
-            match next {
-                DeviceState::Committed => self.out.committed += 1,
-                _ => self.out.rolled_back += 1,
-            }
         } else {
-            self.q.push(self.now + after, Ev::DeviceStep(d));
+            self.download_done(d);
         }
+        self.drive(d);
     }
 }
 

@@ -129,7 +129,7 @@ fn progress<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, S
     };
     let lines: [Line; 5] = [
         ("mesh: downloaded", curve(&s.mesh_downloaded), MESH, 3),
-        ("mesh: committed or rolled back", curve(&s.mesh_finished), MESH_LIGHT, 2),
+        ("mesh: committed, rolled back or refused", curve(&s.mesh_finished), MESH_LIGHT, 2),
         ("one plain cache per site", curve(&s.plain_cache_downloaded), CACHE, 2),
         ("every device from the origin", curve(&s.direct_origin_downloaded), DIRECT, 2),
         (

@@ -83,11 +83,17 @@ pub struct BoundReport {
 /// Mesh details beyond the headline.
 #[derive(Debug, Clone, Serialize)]
 pub struct MeshDetail {
-    /// Devices committed.
+    /// Devices whose install engines committed the release.
     pub committed: u64,
-    /// Devices rolled back.
+    /// Devices whose install engines rolled back.
     pub rolled_back: u64,
-    /// Time until devices were committed or rolled back.
+    /// Devices whose install engines refused the release (wrong hardware class, old security
+    /// counter, an image that never verified).
+    pub refused: u64,
+    /// Every device by how its install engine ended: "committed", "rolled-back (reason)",
+    /// "refused (reason)" or "unfinished (engine state)".
+    pub device_end_states: std::collections::BTreeMap<String, u64>,
+    /// Time until devices' engines finished (committed, rolled back or refused).
     pub time_to_finished: Times,
     /// When edge nodes held the whole release (pre-staging), seconds.
     pub edge_complete_s: Option<Spread>,
@@ -119,7 +125,7 @@ pub struct Series {
     pub t_s: Vec<f64>,
     /// Fraction of devices downloaded, mesh.
     pub mesh_downloaded: Vec<f64>,
-    /// Fraction of devices committed or rolled back, mesh.
+    /// Fraction of devices whose engines finished (committed, rolled back or refused), mesh.
     pub mesh_finished: Vec<f64>,
     /// Fraction downloaded, every device from the origin.
     pub direct_origin_downloaded: Vec<f64>,
@@ -404,6 +410,8 @@ pub fn build(
         mesh_detail: MeshDetail {
             committed: mesh.committed,
             rolled_back: mesh.rolled_back,
+            refused: mesh.refused,
+            device_end_states: mesh.end_states.clone(),
             time_to_finished: times(mesh_fin, n),
             edge_complete_s: (!complete.is_empty()).then(|| spread(complete)),
             backhaul_verified_bytes_per_site: spread(mesh.backhaul_verified_bytes.iter().map(|b| *b as f64)),
@@ -483,9 +491,10 @@ pub fn summary_text(r: &Report) -> String {
     let d = &r.mesh_detail;
     let _ = writeln!(
         s,
-        "mesh: {} committed, {} rolled back; backhaul amplification max {:.3}x; {} scheduler wakeups ({} immediate)",
+        "mesh: {} committed, {} rolled back, {} refused; backhaul amplification max {:.3}x; {} scheduler wakeups ({} immediate)",
         d.committed,
         d.rolled_back,
+        d.refused,
         r.mesh.backhaul_amplification.max,
         d.counters.scheduler_wakeups,
         d.counters.immediate_wakeups

@@ -164,7 +164,8 @@ impl Default for EdgeParams {
     }
 }
 
-/// Device behaviour (until the protocol's install engine drives devices, see `devices`).
+/// Device behaviour: how long the steps the install engine asks for take, and which devices
+/// must refuse the release (see `devices`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceParams {
@@ -174,14 +175,28 @@ pub struct DeviceParams {
     pub batch_bytes: u64,
     /// Whole-image verification.
     pub verify_s: f64,
-    /// Writing the inactive slot.
+    /// Pointing the bootloader at the verified slot (the slot itself is written during the
+    /// download).
     pub install_s: f64,
-    /// Reboot into the new slot.
+    /// Each reboot (into the new slot, or back after a rollback).
     pub reboot_s: f64,
     /// Health checks in trial.
     pub health_check_s: f64,
     /// Fraction of devices whose health check fails (they roll back).
     pub health_failure_rate: f64,
+    /// The install engine's trial deadline: health checks slower than this roll back.
+    #[serde(default = "default_trial_deadline")]
+    pub trial_deadline_s: f64,
+    /// Fraction of devices of another hardware class: their engines must refuse the release.
+    #[serde(default)]
+    pub wrong_hw_class_fraction: f64,
+    /// Fraction of devices already on a release with a higher security counter: their
+    /// engines' anti-rollback floor must refuse the release.
+    #[serde(default)]
+    pub ahead_of_release_fraction: f64,
+}
+fn default_trial_deadline() -> f64 {
+    120.0
 }
 impl Default for DeviceParams {
     fn default() -> Self {
@@ -193,6 +208,9 @@ impl Default for DeviceParams {
             reboot_s: 20.0,
             health_check_s: 30.0,
             health_failure_rate: 0.0,
+            trial_deadline_s: default_trial_deadline(),
+            wrong_hw_class_fraction: 0.0,
+            ahead_of_release_fraction: 0.0,
         }
     }
 }
@@ -217,6 +235,10 @@ pub struct FaultParams {
     /// devices must catch it and fetch the batch again.
     #[serde(default)]
     pub device_batch_corruption: f64,
+    /// Probability that a finished download's image fails the whole-image hash (a storage
+    /// fault after the chunk checks); the install engine downloads again, up to its limit.
+    #[serde(default)]
+    pub device_image_corruption: f64,
 }
 
 /// Backhaul flaps: each affected site's backhaul alternates up and down, exponentially.
@@ -299,7 +321,7 @@ pub struct PlantParams {
     /// Edge 0 of site 0 stores chunks without verifying them.
     #[serde(default)]
     pub edge_skips_verification: bool,
-    /// Devices install without verifying chunks.
+    /// Devices skip their chunk checks and report every whole-image hash as matching.
     #[serde(default)]
     pub device_skips_verification: bool,
     /// Device 0 never checks in.
@@ -395,6 +417,9 @@ impl Scenario {
             range(&format!("devices.{k}"), v, 0.0, 86_400.0)?;
         }
         range("devices.health_failure_rate", d.health_failure_rate, 0.0, 1.0)?;
+        range("devices.trial_deadline_s", d.trial_deadline_s, 1.0, 86_400.0)?;
+        range("devices.wrong_hw_class_fraction", d.wrong_hw_class_fraction, 0.0, 1.0)?;
+        range("devices.ahead_of_release_fraction", d.ahead_of_release_fraction, 0.0, 1.0)?;
         let f = &self.faults;
         if let Some(flaps) = &f.flaps {
             range("faults.flaps.site_fraction", flaps.site_fraction, 0.0, 1.0)?;
@@ -404,6 +429,7 @@ impl Scenario {
         range_u("number of faults.crash", f.crash.len() as u64, 0, MAX_FAULTS as u64)?;
         range_u("number of faults.partition", f.partition.len() as u64, 0, MAX_FAULTS as u64)?;
         range("faults.device_batch_corruption", f.device_batch_corruption, 0.0, 0.5)?;
+        range("faults.device_image_corruption", f.device_image_corruption, 0.0, 1.0)?;
         range_u("number of faults.liar", f.liar.len() as u64, 0, 1_000)?;
         for c in &f.crash {
             range_u("faults.crash.site", c.site as u64, 0, s.count as u64 - 1)?;

@@ -16,12 +16,22 @@ fn small_with(extra: &str) -> Scenario {
     scenario::parse(&text).expect("test scenario parses")
 }
 
+/// factory-small with extra keys in its `[devices]` table (keys it does not set already).
+fn small_devices(keys: &str) -> Scenario {
+    let text = scenario::BUILT_IN[0].1.replacen("[devices]\n", &format!("[devices]\n{keys}\n"), 1);
+    scenario::parse(&text).expect("test scenario parses")
+}
+
 fn run(s: &Scenario, seed: u64) -> Report {
     simnet::simulate(s, seed, true)
 }
 
 fn violated(r: &Report) -> Vec<&'static str> {
     r.checks.violations.iter().map(|v| v.check).collect()
+}
+
+fn ends(pairs: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
 mod scenarios {
@@ -31,7 +41,9 @@ mod scenarios {
     fn factory_small_converges_with_each_site_fetching_the_release_once() {
         let r = run(&built_in("factory-small"), 1);
         assert!(r.checks.passed, "{:?}", r.checks.violations);
-        assert_eq!(r.mesh_detail.committed + r.mesh_detail.rolled_back, 30);
+        // Every device's install engine committed, after exactly one reboot into the new slot.
+        assert_eq!(r.mesh_detail.device_end_states, ends(&[("committed", 30)]));
+        assert_eq!(r.mesh_detail.counters.device_reboots, 30);
         let amp = r.mesh.backhaul_amplification;
         assert!((amp.min - 1.0).abs() < 1e-9 && (amp.max - 1.0).abs() < 1e-9, "{amp:?}");
         // The mesh beats every device fetching from the origin, and no run beats the bound.
@@ -57,6 +69,54 @@ mod scenarios {
         assert!(r.checks.passed, "{:?}", r.checks.violations);
         assert!(r.mesh_detail.counters.corrupt_chunks > 0, "nobody asked the liar");
         assert!(r.mesh_detail.counters.liar_disconnects > 0);
+    }
+
+    #[test]
+    fn install_engines_refuse_a_wrong_hardware_class_and_an_old_security_counter() {
+        let r = run(&small_devices("wrong_hw_class_fraction = 0.2\nahead_of_release_fraction = 0.2"), 1);
+        assert!(r.checks.passed, "{:?}", r.checks.violations);
+        let d = &r.mesh_detail;
+        let wrong = d.device_end_states.get("refused (wrong-hardware-class)").copied().unwrap_or(0);
+        let old = d.device_end_states.get("refused (security-counter-too-old)").copied().unwrap_or(0);
+        assert!(wrong > 0 && old > 0, "{:?}", d.device_end_states);
+        assert_eq!(d.refused, wrong + old);
+        assert_eq!(d.committed + d.refused, 30);
+        // Refusing devices fetch nothing.
+        assert_eq!(r.mesh.devices_downloaded, d.committed);
+    }
+
+    #[test]
+    fn health_checks_slower_than_the_trial_deadline_roll_back() {
+        let text = scenario::BUILT_IN[0].1.replace("health_check_s = 30.0", "health_check_s = 60.0");
+        let s = scenario::parse(&text.replacen("[devices]\n", "[devices]\ntrial_deadline_s = 45.0\n", 1)).unwrap();
+        let r = run(&s, 1);
+        assert!(r.checks.passed, "{:?}", r.checks.violations);
+        assert_eq!(r.mesh_detail.device_end_states, ends(&[("rolled-back (trial-timeout)", 30)]));
+        // Into the new slot, and back.
+        assert_eq!(r.mesh_detail.counters.device_reboots, 60);
+    }
+
+    #[test]
+    fn a_site_without_edge_nodes_for_a_while_fails_checks_and_downloads_then_recovers() {
+        let extra = "[[faults.crash]]\nat_s = 2.0\nsite = 0\nedge = 0\nrestart_after_s = 40.0\n\
+                     [[faults.crash]]\nat_s = 2.0\nsite = 0\nedge = 1\nrestart_after_s = 40.0";
+        let r = run(&small_with(extra), 1);
+        assert!(r.checks.passed, "{:?}", r.checks.violations);
+        let c = &r.mesh_detail.counters;
+        assert!(c.device_check_failures > 0 && c.device_download_failures > 0, "{c:?}");
+        assert_eq!(r.mesh_detail.device_end_states, ends(&[("committed", 30)]));
+    }
+
+    #[test]
+    fn an_image_failing_its_hash_is_downloaded_again_up_to_the_engines_limit() {
+        let r = run(&small_with("[faults]\ndevice_image_corruption = 0.5"), 1);
+        assert!(r.checks.passed, "{:?}", r.checks.violations);
+        let d = &r.mesh_detail;
+        assert!(d.counters.device_image_mismatches > 0);
+        let refused = d.device_end_states.get("refused (image-mismatch)").copied().unwrap_or(0);
+        // Three failed hashes in a row and the engine refuses the release.
+        assert!(refused > 0 && d.counters.device_image_mismatches >= 3 * refused, "{:?}", d.device_end_states);
+        assert_eq!(d.committed + refused, 30, "{:?}", d.device_end_states);
     }
 
     #[test]
@@ -102,6 +162,16 @@ mod checkers {
         assert!(control.mesh_detail.counters.device_refetches > 0);
         let r = run(&small_with(&format!("{corrupt}\n[plant]\ndevice_skips_verification = true")), 1);
         assert_eq!(violated(&r), vec![names::INSTALLED_UNVERIFIED], "{:?}", r.checks.violations);
+    }
+
+    #[test]
+    fn catches_a_device_activating_an_image_that_failed_storage() {
+        // The engine re-downloads an image whose hash fails; a driver that reports every hash
+        // as matching lets it reach the bootloader.
+        let corrupt = "[faults]\ndevice_image_corruption = 0.3";
+        let r = run(&small_with(&format!("{corrupt}\n[plant]\ndevice_skips_verification = true")), 1);
+        assert_eq!(violated(&r), vec![names::INSTALLED_UNVERIFIED], "{:?}", r.checks.violations);
+        assert!(r.checks.violations[0].detail.contains("activated a slot"));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! capacity = "16GiB"                   # chunk store capacity
 //! trusted_root = ""                    # root.json to pin; empty: pin the origin's 1.root.json on first use
 //! serve_hw_classes = []                # hardware classes to pre-stage; empty: all
-//! mdns = true                          # find site-mates on the LAN
+//! mdns = true                          # find site-mates on the LAN, advertise the device service
 //! http_listen = "127.0.0.1:4180"       # TUF mirror, /metrics, /status
 //! device_quic_listen = "0.0.0.0:4433"  # device service (QUIC, ALPN otamesh-device/1)
 //! device_tcp_listen = "0.0.0.0:4434"   # device service (framed TCP, for MCUs)
@@ -39,7 +39,8 @@ pub struct EdgeConfig {
     pub trusted_root: Option<PathBuf>,
     /// Hardware classes to pre-stage; empty for all.
     pub serve_hw_classes: Vec<String>,
-    /// mDNS discovery.
+    /// mDNS: discovery of site-mates (libp2p) and DNS-SD advertising of the device service
+    /// to devices (`device::mdns`).
     pub mdns: bool,
     /// Ops HTTP listen address.
     pub http_listen: SocketAddr,

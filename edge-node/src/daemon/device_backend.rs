@@ -57,7 +57,7 @@ impl DeviceBackend for Backend {
         match read {
             Ok(Ok(bytes)) => {
                 let _ = self.internal.try_send(Internal::Served(vec![id]));
-                ChunkLookup::Found(bytes)
+                ChunkLookup::Found(bytes.to_vec())
             }
             Ok(Err(ReadError::Damaged)) => {
                 let _ = self.internal.try_send(Internal::StoreFailed(vec![id]));
@@ -71,6 +71,46 @@ impl DeviceBackend for Backend {
             }
             Err(_) => ChunkLookup::Busy,
         }
+    }
+
+    async fn chunks(&self, ids: Vec<ChunkId>) -> Vec<ChunkLookup> {
+        let store = self.store.clone();
+        let max = protocol::manifest::limits::MAX_STORED_CHUNK_BYTES as u64;
+        let n = ids.len();
+        let read = tokio::task::spawn_blocking(move || {
+            ids.into_iter().map(|id| (id, store.get(&id, max))).collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(read) = read else { return vec![ChunkLookup::Busy; n] };
+        let (mut served, mut damaged, mut missing) = (Vec::new(), Vec::new(), None);
+        let lookups = read
+            .into_iter()
+            .map(|(id, result)| match result {
+                Ok(bytes) => {
+                    served.push(id);
+                    ChunkLookup::Found(bytes.to_vec())
+                }
+                Err(ReadError::Damaged) => {
+                    damaged.push(id);
+                    ChunkLookup::Busy
+                }
+                Err(ReadError::Missing) => {
+                    missing.get_or_insert(id);
+                    ChunkLookup::Busy
+                }
+            })
+            .collect();
+        if !served.is_empty() {
+            let _ = self.internal.try_send(Internal::Served(served));
+        }
+        if !damaged.is_empty() {
+            let _ = self.internal.try_send(Internal::StoreFailed(damaged));
+        }
+        if let Some(id) = missing {
+            // One demand names the release; the device is told to ask again.
+            let _ = self.internal.try_send(Internal::Demand(id));
+        }
+        lookups
     }
 
     async fn report_status(&self, peer: SocketAddr, body: Vec<u8>) {

@@ -12,6 +12,7 @@ mod device_backend;
 pub mod tuf_sync;
 
 use anyhow::{Context, Result};
+use bytes::Bytes;
 use libp2p::{Multiaddr, PeerId};
 use protocol::edge::{
     ChunkOutcome, ChunkSpec, EdgeEvent, FetchScheduler, NodeId, PeerRole, ReleaseId, ReleaseSpec, Request, RequestId,
@@ -20,10 +21,11 @@ use protocol::edge::{
 use protocol::manifest::{ChunkEntry, ManifestView};
 use protocol::ChunkId;
 use serde_json::json;
+use std::collections::HashSet;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant as WallInstant;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::index::StoreIndex;
@@ -49,12 +51,31 @@ struct KnownRelease {
     entries: Vec<ChunkEntry>,
 }
 
+/// Verified chunk bytes waiting to be written, beyond which new chunk requests wait: bounds
+/// the memory held when the disk is slower than the mesh.
+const MAX_UNWRITTEN_BYTES: usize = 256 << 20;
+/// Most bytes one store write (one `syncfs`) takes; more waits for the next group.
+const MAX_WRITE_GROUP_BYTES: usize = 64 << 20;
+/// Groups written at once: while one waits for its `syncfs`, the next writes its files.
+const WRITE_GROUPS_IN_FLIGHT: usize = 3;
+
+/// Memory budget held by received chunks until they are written (or dropped).
+type Budget = Arc<OwnedSemaphorePermit>;
+
+/// One verified chunk for the writer.
+struct WriteJob {
+    id: ChunkId,
+    bytes: Bytes,
+    _budget: Budget,
+}
+
 /// Results of work the main loop spawned.
 enum Internal {
     Chunks {
         id: RequestId,
         outcomes: Vec<(u32, ChunkOutcome)>,
-        verified: Vec<(ChunkId, Vec<u8>)>,
+        verified: Vec<(ChunkId, Bytes)>,
+        budget: Budget,
     },
     ChunksFailed {
         id: RequestId,
@@ -66,9 +87,13 @@ enum Internal {
     },
     Refreshed(Result<Vec<tuf_sync::FoundRelease>>),
     StoreFailed(Vec<ChunkId>),
+    /// Chunks durably written.
+    Written(Vec<ChunkId>),
     Served(Vec<ChunkId>),
     /// A device asked for a chunk we lack.
     Demand(ChunkId),
+    /// Time to retry a failed repository refresh.
+    RefreshDue,
 }
 
 /// Maps a libp2p peer to the protocol's node id.
@@ -100,10 +125,25 @@ struct Daemon {
     sites: HashMap<PeerId, (String, bool)>,
     releases: BTreeMap<ReleaseId, KnownRelease>,
     by_key: HashMap<String, ReleaseId>,
-    pending: HashMap<ChunkId, Vec<u8>>,
+    pending: HashMap<ChunkId, (Bytes, Budget)>,
+    /// Admitted to the cache, staged in the store, not yet durable; a release is reported
+    /// complete only once none of its chunks is here.
+    unwritten: HashSet<ChunkId>,
+    writer: mpsc::UnboundedSender<WriteJob>,
+    /// Memory for received, unwritten chunks ([`MAX_UNWRITTEN_BYTES`]).
+    unwritten_budget: Arc<Semaphore>,
+    /// Served chunks whose recency the index has not recorded yet (flushed on the status tick).
+    served: Vec<ChunkId>,
     internal_tx: mpsc::Sender<Internal>,
     device: Arc<device_backend::Backend>,
     refreshing: bool,
+    /// A refresh was asked for (an announcement arrived) while one was running: run another
+    /// as soon as it ends, or the announcement waits for the next periodic refresh.
+    refresh_again: bool,
+    /// Consecutive failed refreshes, for the retry backoff.
+    refresh_failures: u32,
+    /// Highest timestamp version announced so far.
+    announced_version: u64,
     announced: Option<Vec<u8>>,
 }
 
@@ -155,6 +195,9 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
             .await
             .context("cannot start the device service (--device-quic-listen / --device-tcp-listen)")?;
     info!(quic = ?device_addrs.quic, tcp = ?device_addrs.tcp, "device service listening");
+    let _device_mdns =
+        crate::device::mdns::start(config.mdns, &config.site, &client.local_peer_id().to_string(), &device_addrs);
+    let writer = spawn_writer(store.clone(), index.clone(), internal_tx.clone(), metrics.clone());
     let mut daemon = Daemon {
         config,
         started: WallInstant::now(),
@@ -170,9 +213,16 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         releases: BTreeMap::new(),
         by_key: HashMap::new(),
         pending: HashMap::new(),
+        unwritten: HashSet::new(),
+        writer,
+        unwritten_budget: Arc::new(Semaphore::new(MAX_UNWRITTEN_BYTES)),
+        served: Vec::new(),
         internal_tx,
         device,
         refreshing: false,
+        refresh_again: false,
+        refresh_failures: 0,
+        announced_version: 0,
         announced: None,
     };
     daemon.load_local_state()?;
@@ -211,7 +261,24 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
             Some(msg) = internal_rx.recv() => daemon.handle_internal(msg),
             _ = sleep => { let now = daemon.now(); daemon.scheduler.handle_timeout(now); }
             _ = refresh_tick.tick() => daemon.start_refresh(),
-            _ = status_tick.tick() => daemon.update_status(),
+            _ = status_tick.tick() => {
+                daemon.flush_served();
+                daemon.update_status();
+            }
+        }
+        // Take whatever else is ready before the next pump: the scheduler then plans once
+        // for a burst of responses and Have answers instead of once per message.
+        for _ in 0..256 {
+            match internal_rx.try_recv() {
+                Ok(msg) => daemon.handle_internal(msg),
+                Err(_) => break,
+            }
+        }
+        for _ in 0..256 {
+            match events.try_recv() {
+                Ok(event) => daemon.handle_network(event),
+                Err(_) => break,
+            }
         }
     }
 }
@@ -288,6 +355,7 @@ impl Daemon {
 
     fn start_refresh(&mut self) {
         if self.refreshing {
+            self.refresh_again = true;
             return;
         }
         let sources = self.sources();
@@ -381,7 +449,14 @@ impl Daemon {
             }
             NetworkEvent::AnnouncementSubscriber { .. } => {}
             NetworkEvent::Announcement { bytes, .. } => {
-                debug!(len = bytes.len(), "release announcement");
+                // Gossip may deliver an older timestamp after a newer one (re-announcements
+                // travel different paths); refreshing with it would fail as a rollback.
+                let version = tuf_sync::signed_version(&bytes).unwrap_or(0);
+                debug!(len = bytes.len(), version, "release announcement");
+                if version < self.announced_version {
+                    return;
+                }
+                self.announced_version = version;
                 self.announced = Some(bytes);
                 self.start_refresh();
             }
@@ -431,9 +506,9 @@ impl Daemon {
     fn handle_internal(&mut self, msg: Internal) {
         let now = self.now();
         match msg {
-            Internal::Chunks { id, outcomes, verified } => {
+            Internal::Chunks { id, outcomes, verified, budget } => {
                 for (chunk, bytes) in verified {
-                    self.pending.insert(chunk, bytes);
+                    self.pending.insert(chunk, (bytes, budget.clone()));
                 }
                 let corrupt = outcomes.iter().filter(|(_, o)| *o == ChunkOutcome::Corrupt).count() as u64;
                 Metrics::add(&self.metrics.corrupt_chunks, corrupt);
@@ -448,25 +523,55 @@ impl Daemon {
                 self.refreshing = false;
                 match result {
                     Ok(found) => {
+                        self.refresh_failures = 0;
                         for release in found {
                             self.register_release(&release.target_path, &release.manifest);
                         }
+                        if std::mem::take(&mut self.refresh_again) {
+                            self.start_refresh();
+                        }
                     }
-                    Err(e) => warn!("repository refresh failed: {e:#}"),
+                    Err(e) => {
+                        // E.g. a stale announcement (an older timestamp than we trust) or a
+                        // peer that has not caught up: try again soon from the peers rather
+                        // than wait for the periodic refresh, backing off while it fails.
+                        warn!("repository refresh failed: {e:#}");
+                        self.refresh_again = false;
+                        let delay_ms = (250u64 << self.refresh_failures.min(8)).min(self.config.refresh_secs * 1000);
+                        self.refresh_failures += 1;
+                        let tx = self.internal_tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                            let _ = tx.send(Internal::RefreshDue).await;
+                        });
+                    }
                 }
             }
+            Internal::RefreshDue => self.start_refresh(),
             Internal::StoreFailed(ids) => {
+                self.store.unstage(&ids);
                 for id in ids {
+                    self.unwritten.remove(&id);
                     self.scheduler.handle_chunk_lost(id);
                     let _ = self.index.removed(&id);
+                }
+            }
+            Internal::Written(ids) => {
+                for id in &ids {
+                    self.unwritten.remove(id);
+                }
+                if self.unwritten.is_empty() {
+                    // Completion is visible as soon as it is durable, not at the next tick.
+                    self.update_status();
                 }
             }
             Internal::Served(ids) => {
                 for id in &ids {
                     self.scheduler.handle_served(id);
                 }
-                let index = self.index.clone();
-                tokio::task::spawn_blocking(move || index.used(&ids, unix_micros()));
+                if self.served.len() < 1 << 16 {
+                    self.served.extend(ids);
+                }
             }
             Internal::Demand(chunk) => {
                 let wanted =
@@ -498,12 +603,19 @@ impl Daemon {
                 }
             }
         }
-        let mut to_write: Vec<(ChunkId, Vec<u8>)> = Vec::new();
         while let Some(event) = self.scheduler.poll_event() {
             match event {
                 EdgeEvent::Store { chunk } => {
-                    if let Some(bytes) = self.pending.remove(&chunk) {
-                        to_write.push((chunk, bytes));
+                    if let Some((bytes, budget)) = self.pending.remove(&chunk) {
+                        // Readable (served to peers and devices) from now on; durable once
+                        // the writer's group is synced.
+                        self.store.stage(chunk, bytes.clone());
+                        self.unwritten.insert(chunk);
+                        if self.writer.send(WriteJob { id: chunk, bytes, _budget: budget }).is_err() {
+                            self.store.unstage(&[chunk]);
+                            self.unwritten.remove(&chunk);
+                            self.scheduler.handle_chunk_lost(chunk);
+                        }
                     }
                 }
                 EdgeEvent::Discard { chunk } => {
@@ -511,6 +623,7 @@ impl Daemon {
                     warn!(%chunk, "cache is full of pinned releases; raise `capacity`");
                 }
                 EdgeEvent::Evict { chunk } => {
+                    self.unwritten.remove(&chunk);
                     let (store, index) = (self.store.clone(), self.index.clone());
                     tokio::task::spawn_blocking(move || {
                         let _ = index.removed(&chunk);
@@ -537,33 +650,15 @@ impl Daemon {
         }
         // Verified chunks that were not admitted (or came twice) are dropped.
         self.pending.clear();
-        if !to_write.is_empty() {
-            let (store, index) = (self.store.clone(), self.index.clone());
-            let (tx, metrics) = (self.internal_tx.clone(), self.metrics.clone());
-            tokio::spawn(async move {
-                let ids: Vec<ChunkId> = to_write.iter().map(|(id, _)| *id).collect();
-                let written = tokio::task::spawn_blocking(move || {
-                    let batch: Vec<(ChunkId, &[u8])> = to_write.iter().map(|(id, b)| (*id, b.as_slice())).collect();
-                    let bytes: u64 = batch.iter().map(|(_, b)| b.len() as u64).sum();
-                    store.put_batch(&batch)?;
-                    // Indexed only once the files are durable.
-                    let lens: Vec<(ChunkId, u64)> = batch.iter().map(|(id, b)| (*id, b.len() as u64)).collect();
-                    index.stored(&lens, unix_micros())?;
-                    anyhow::Ok(bytes)
-                })
-                .await;
-                match written {
-                    Ok(Ok(bytes)) => {
-                        Metrics::add(&metrics.chunks_stored, ids.len() as u64);
-                        Metrics::add(&metrics.bytes_stored, bytes);
-                    }
-                    _ => {
-                        warn!("writing chunks to the store failed");
-                        let _ = tx.send(Internal::StoreFailed(ids)).await;
-                    }
-                }
-            });
+    }
+
+    /// Records the recency of served chunks in the index, off the main loop.
+    fn flush_served(&mut self) {
+        if self.served.is_empty() {
+            return;
         }
+        let (index, ids) = (self.index.clone(), std::mem::take(&mut self.served));
+        tokio::task::spawn_blocking(move || index.used(&ids, unix_micros()));
     }
 
     fn send_chunks(&mut self, id: RequestId, peer: NodeId, release: ReleaseId, indices: Vec<u32>, class: SourceClass) {
@@ -582,7 +677,14 @@ impl Daemon {
                 .collect(),
         };
         let (client, tx, metrics) = (self.client.clone(), self.internal_tx.clone(), self.metrics.clone());
+        let wanted: u64 = entries.iter().map(|(_, e)| u64::from(e.stored_length)).sum();
+        let budget = self.unwritten_budget.clone();
         tokio::spawn(async move {
+            // Received bytes wait in memory for the writer; when it is behind, ask for no more.
+            let permits = u32::try_from(wanted).unwrap_or(u32::MAX).min(MAX_UNWRITTEN_BYTES as u32);
+            let Ok(budget) = budget.acquire_many_owned(permits).await else { return };
+            let budget = Arc::new(budget);
+            let sent = std::time::Instant::now();
             let response = match client.request_chunks(pid, request).await {
                 Ok(response) => response,
                 Err(e) => {
@@ -598,9 +700,16 @@ impl Daemon {
                 return;
             };
             let bytes: u64 = verified.iter().map(|(_, b)| b.len() as u64).sum();
+            debug!(%pid, requested = wanted, bytes, elapsed_ms = sent.elapsed().as_millis() as u64, "chunk batch received and verified");
             Metrics::add(&metrics.bytes_in[class as usize], bytes);
-            let _ = tx.send(Internal::Chunks { id, outcomes, verified }).await;
+            let _ = tx.send(Internal::Chunks { id, outcomes, verified, budget }).await;
         });
+    }
+
+    /// Every chunk of the release is in the cache and durably written.
+    fn durably_complete(&self, id: &ReleaseId, release: &KnownRelease) -> bool {
+        self.scheduler.is_complete(id)
+            && (self.unwritten.is_empty() || !release.entries.iter().any(|e| self.unwritten.contains(&e.id)))
     }
 
     fn update_status(&mut self) {
@@ -616,7 +725,7 @@ impl Daemon {
                 let have = self.scheduler.have(id).map(|b| b.count()).unwrap_or(0);
                 json!({
                     "name": r.name, "version": r.version, "hw_class": r.hw_class, "target": r.target_path,
-                    "chunks": r.entries.len(), "have": have, "complete": self.scheduler.is_complete(id),
+                    "chunks": r.entries.len(), "have": have, "complete": self.durably_complete(id, r),
                 })
             })
             .collect();
@@ -634,6 +743,10 @@ impl Daemon {
                 "origin": stats.bytes_in[SourceClass::Origin as usize],
             },
             "corrupt_chunks": stats.corrupt_chunks,
+            "requests": {
+                "sent": stats.requests_sent, "failed": stats.failed_requests, "tail_duplicates": stats.tail_duplicates,
+            },
+            "unwritten_chunks": self.unwritten.len(),
         });
         let complete = self.releases.keys().filter(|id| self.scheduler.is_complete(id)).count() as u64;
         self.metrics.releases_complete.store(complete, std::sync::atomic::Ordering::Relaxed);
@@ -644,7 +757,78 @@ impl Daemon {
 }
 
 /// Per-index outcomes of a chunk response, and the bytes of the chunks that verified.
-type CheckedResponse = (Vec<(u32, ChunkOutcome)>, Vec<(ChunkId, Vec<u8>)>);
+type CheckedResponse = (Vec<(u32, ChunkOutcome)>, Vec<(ChunkId, Bytes)>);
+
+/// The store writer: takes verified chunks in arrival order and writes them in groups, one
+/// `syncfs` per group (group commit), so a fast mesh does not turn into one filesystem sync
+/// per response. Reports each group `Written` (or `StoreFailed`) to the main loop.
+fn spawn_writer(
+    store: ChunkStore,
+    index: StoreIndex,
+    tx: mpsc::Sender<Internal>,
+    metrics: Arc<Metrics>,
+) -> mpsc::UnboundedSender<WriteJob> {
+    let (jobs_tx, mut jobs) = mpsc::unbounded_channel::<WriteJob>();
+    let in_flight = Arc::new(Semaphore::new(WRITE_GROUPS_IN_FLIGHT));
+    tokio::spawn(async move {
+        loop {
+            // Wait for a group slot first, so jobs keep accumulating into a bigger group
+            // while all slots are busy.
+            let Ok(slot) = in_flight.clone().acquire_owned().await else { break };
+            let Some(first) = jobs.recv().await else { break };
+            let mut group = vec![first];
+            let mut bytes = group[0].bytes.len();
+            while bytes < MAX_WRITE_GROUP_BYTES {
+                match jobs.try_recv() {
+                    Ok(job) => {
+                        bytes += job.bytes.len();
+                        group.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let ids: Vec<ChunkId> = group.iter().map(|j| j.id).collect();
+            let (store, index, tx, metrics) = (store.clone(), index.clone(), tx.clone(), metrics.clone());
+            tokio::spawn(async move {
+                let _slot = slot;
+                let written = tokio::task::spawn_blocking(move || {
+                    let started = std::time::Instant::now();
+                    let batch: Vec<(ChunkId, &[u8])> = group.iter().map(|j| (j.id, j.bytes.as_ref())).collect();
+                    store.put_batch(&batch)?;
+                    let put_ms = started.elapsed().as_millis() as u64;
+                    // Indexed only once the files are durable.
+                    let lens: Vec<(ChunkId, u64)> = batch.iter().map(|(id, b)| (*id, b.len() as u64)).collect();
+                    index.stored(&lens, unix_micros())?;
+                    debug!(
+                        chunks = batch.len(),
+                        put_ms,
+                        total_ms = started.elapsed().as_millis() as u64,
+                        "store group written"
+                    );
+                    anyhow::Ok(())
+                    // `group` (and the memory budget its jobs hold) is dropped here.
+                })
+                .await;
+                match written {
+                    Ok(Ok(())) => {
+                        Metrics::add(&metrics.chunks_stored, ids.len() as u64);
+                        Metrics::add(&metrics.bytes_stored, bytes as u64);
+                        let _ = tx.send(Internal::Written(ids)).await;
+                    }
+                    Ok(Err(e)) => {
+                        warn!("writing chunks to the store failed: {e:#}");
+                        let _ = tx.send(Internal::StoreFailed(ids)).await;
+                    }
+                    Err(_) => {
+                        warn!("writing chunks to the store failed");
+                        let _ = tx.send(Internal::StoreFailed(ids)).await;
+                    }
+                }
+            });
+        }
+    });
+    jobs_tx
+}
 
 /// Checks each returned chunk against its manifest entry (length, then blake3).
 fn verify_response(entries: &[(u32, ChunkEntry)], response: ChunkResponse) -> CheckedResponse {
@@ -655,7 +839,7 @@ fn verify_response(entries: &[(u32, ChunkEntry)], response: ChunkResponse) -> Ch
         let outcome = match items.remove(&entry.id.0).map(|item| item.result) {
             Some(ChunkResult::Ok(bytes)) => match protocol::codec::verify_stored(entry, &bytes) {
                 Ok(()) => {
-                    verified.push((entry.id, bytes));
+                    verified.push((entry.id, Bytes::from(bytes)));
                     ChunkOutcome::Verified
                 }
                 Err(_) => ChunkOutcome::Corrupt,

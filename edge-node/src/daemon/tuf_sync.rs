@@ -103,7 +103,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn signed_version(bytes: &[u8]) -> Option<u64> {
+/// The `signed.version` of a metadata file, unverified (for ordering announcements only).
+pub(crate) fn signed_version(bytes: &[u8]) -> Option<u64> {
     serde_json::from_slice::<serde_json::Value>(bytes).ok()?["signed"]["version"].as_u64()
 }
 

@@ -98,6 +98,24 @@ impl fmt::Debug for DeviceClient {
     }
 }
 
+fn chunks_frame(ranges: &[ChunkRange]) -> Result<Vec<u8>, ClientError> {
+    Request::GetChunks { ranges: ChunkRanges::from_slice(ranges) }.to_frame().map_err(ClientError::Request)
+}
+
+/// Checks that a response body is a chunk batch answering exactly `ranges`.
+fn check_batch(body: Vec<u8>, ranges: &[ChunkRange]) -> Result<ChunkBatch, ClientError> {
+    match ResponseView::parse(&body).map_err(ClientError::Malformed)? {
+        Response::Chunks { items } => {
+            if items.len() != ranges.len() || !items.iter().zip(ranges).all(|(item, range)| item.id == range.id) {
+                return Err(ClientError::Unexpected("chunk items do not match the requested ranges"));
+            }
+        }
+        Response::Error { code } => return Err(ClientError::Server(code)),
+        _ => return Err(ClientError::Unexpected("not a chunk batch")),
+    }
+    Ok(ChunkBatch { body })
+}
+
 impl DeviceClient {
     /// Default time for one request/response.
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -135,19 +153,69 @@ impl DeviceClient {
 
     /// Byte ranges of chunks; the batch has one item per range, checked to name the same ids.
     pub async fn get_chunks(&mut self, ranges: &[ChunkRange]) -> Result<ChunkBatch, ClientError> {
-        let frame =
-            Request::GetChunks { ranges: ChunkRanges::from_slice(ranges) }.to_frame().map_err(ClientError::Request)?;
+        let frame = chunks_frame(ranges)?;
         let body = self.request_frame(&frame).await?;
-        match ResponseView::parse(&body).map_err(ClientError::Malformed)? {
-            Response::Chunks { items } => {
-                if items.len() != ranges.len() || !items.iter().zip(ranges).all(|(item, range)| item.id == range.id) {
-                    return Err(ClientError::Unexpected("chunk items do not match the requested ranges"));
+        check_batch(body, ranges)
+    }
+
+    /// Many chunk batches with up to `in_flight` requests outstanding, handed to `on_batch`
+    /// in request order (with their index in `batches`). Over QUIC each request is its own
+    /// stream; over TCP requests are written ahead and the edge node answers them in order.
+    /// Keeping several batches in flight hides the round trip and the edge node's lookup
+    /// time, which one request at a time pays per batch.
+    pub async fn get_chunks_pipelined(
+        &mut self,
+        batches: &[Vec<ChunkRange>],
+        in_flight: usize,
+        mut on_batch: impl FnMut(usize, ChunkBatch) -> Result<(), ClientError>,
+    ) -> Result<(), ClientError> {
+        use futures::StreamExt;
+        let in_flight = in_flight.max(1);
+        let timeout = self.request_timeout;
+        match &mut self.transport {
+            Transport::Quic { connection, .. } => {
+                let connection = connection.clone();
+                // Collected first (futures are lazy): a stream over a borrowing closure
+                // would not be `Send` for callers that spawn this.
+                let requests: Vec<_> = batches
+                    .iter()
+                    .map(|ranges| {
+                        let connection = connection.clone();
+                        async move {
+                            let frame = chunks_frame(ranges)?;
+                            let exchange = super::quic::round_trip(&connection, &frame);
+                            let body =
+                                tokio::time::timeout(timeout, exchange).await.map_err(|_| ClientError::Timeout)??;
+                            check_batch(body, ranges)
+                        }
+                    })
+                    .collect();
+                let mut responses = futures::stream::iter(requests).buffered(in_flight);
+                let mut index = 0;
+                while let Some(batch) = responses.next().await {
+                    on_batch(index, batch?)?;
+                    index += 1;
                 }
             }
-            Response::Error { code } => return Err(ClientError::Server(code)),
-            _ => return Err(ClientError::Unexpected("not a chunk batch")),
+            Transport::Tcp(stream) => {
+                use tokio::io::AsyncWriteExt;
+                let (mut sent, mut received) = (0, 0);
+                while received < batches.len() {
+                    // Requests are a few KiB: socket buffers hold `in_flight` of them, so
+                    // writing ahead cannot block on an edge node busy writing to us.
+                    while sent < batches.len() && sent - received < in_flight {
+                        stream.write_all(&chunks_frame(&batches[sent])?).await?;
+                        sent += 1;
+                    }
+                    let body = tokio::time::timeout(timeout, super::tcp::read_response(stream))
+                        .await
+                        .map_err(|_| ClientError::Timeout)??;
+                    on_batch(received, check_batch(body, &batches[received])?)?;
+                    received += 1;
+                }
+            }
         }
-        Ok(ChunkBatch { body })
+        Ok(())
     }
 
     /// Sends a signed status report for the edge node to forward.

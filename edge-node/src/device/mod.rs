@@ -17,6 +17,7 @@
 //! written with backpressure: a slow reader holds at most its own responses.
 
 pub mod client;
+pub mod mdns;
 pub mod quic;
 pub mod tcp;
 
@@ -61,6 +62,19 @@ pub trait DeviceBackend: Send + Sync + 'static {
     fn target(&self, path: &str) -> impl Future<Output = Option<Vec<u8>>> + Send;
     /// Stored bytes of chunk `id` (verified by the backend), or why not.
     fn chunk(&self, id: ChunkId) -> impl Future<Output = ChunkLookup> + Send;
+    /// Several chunks at once, one lookup per id in order. The default asks [`chunk`]
+    /// for each; backends that read from disk override it to pay one thread hop per batch.
+    ///
+    /// [`chunk`]: DeviceBackend::chunk
+    fn chunks(&self, ids: Vec<ChunkId>) -> impl Future<Output = Vec<ChunkLookup>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(self.chunk(id).await);
+            }
+            out
+        }
+    }
     /// A device's opaque signed status report, to forward upstream. Not interpreted here.
     fn report_status(&self, peer: SocketAddr, body: Vec<u8>) -> impl Future<Output = ()> + Send;
 }
@@ -95,10 +109,17 @@ pub struct DeviceServiceConfig {
     /// Largest response body the service builds for one request (default and maximum
     /// [`limits::MAX_RESPONSE_BYTES`]). Chunk items that would not fit are answered `Busy`.
     pub max_response_bytes: usize,
-    /// Response bytes held in memory across all clients (default 256 MiB). When spent, chunk
-    /// items are answered `Busy` and metadata requests `Error(BUSY)`, so a burst of devices
-    /// slows down instead of exhausting memory.
+    /// Response bytes held in memory across all clients (default 256 MiB), from when a
+    /// response is built until it is written (TCP) or acknowledged by the device (QUIC, so
+    /// bytes waiting in quinn's send buffer count too). When spent, chunk items are answered
+    /// `Busy` and metadata requests `Error(BUSY)`, so a burst of devices slows down instead
+    /// of exhausting memory.
     pub max_buffered_bytes: usize,
+    /// Chunk-batch requests whose chunks are being read at once (default 8): a batch is read
+    /// whole before the response is sized against `max_buffered_bytes`, so this bounds
+    /// that memory (8 × 8 MiB) however many devices ask at once. Two cores are busy with
+    /// far fewer; the others wait their turn.
+    pub max_concurrent_lookups: usize,
 }
 
 impl Default for DeviceServiceConfig {
@@ -114,6 +135,7 @@ impl Default for DeviceServiceConfig {
             response_timeout: Duration::from_secs(120),
             max_response_bytes: limits::MAX_RESPONSE_BYTES,
             max_buffered_bytes: 256 * 1024 * 1024,
+            max_concurrent_lookups: 8,
         }
     }
 }
@@ -178,6 +200,8 @@ pub(crate) struct Shared<B> {
     pub(crate) metrics: Arc<Metrics>,
     /// Response bytes currently held, in bytes; see `max_buffered_bytes`.
     memory: Arc<Semaphore>,
+    /// Chunk batches being read; see `max_concurrent_lookups`.
+    lookups: Semaphore,
 }
 
 /// An encoded response frame and the memory budget it holds until written.
@@ -201,7 +225,8 @@ impl<B: DeviceBackend> Shared<B> {
     fn new(mut config: DeviceServiceConfig, backend: Arc<B>, metrics: Arc<Metrics>) -> Self {
         config.max_response_bytes = config.max_response_bytes.min(limits::MAX_RESPONSE_BYTES);
         let memory = Arc::new(Semaphore::new(config.max_buffered_bytes.min(Semaphore::MAX_PERMITS)));
-        Shared { config, backend, metrics, memory }
+        let lookups = Semaphore::new(config.max_concurrent_lookups.clamp(1, Semaphore::MAX_PERMITS));
+        Shared { config, backend, metrics, memory, lookups }
     }
 
     /// Reserves `bytes` of response memory, without waiting.
@@ -225,8 +250,10 @@ impl<B: DeviceBackend> Shared<B> {
             Request::GetChunks { ranges } => {
                 let mut builder = ChunksFrameBuilder::new();
                 let mut memory: Option<OwnedSemaphorePermit> = None;
-                for range in ranges.iter() {
-                    let lookup = self.backend.chunk(range.id).await;
+                // Held until the frame is built: the looked-up bodies are dropped by then.
+                let Ok(_reading) = self.lookups.acquire().await else { return Answer::error(ErrorCode::BUSY) };
+                let lookups = self.backend.chunks(ranges.iter().map(|r| r.id).collect()).await;
+                for (range, lookup) in ranges.iter().zip(lookups) {
                     let status = match &lookup {
                         ChunkLookup::Found(stored) => {
                             Metrics::add(&self.metrics.cache_hits, 1);

@@ -39,6 +39,17 @@ const KEY_FILE: &str = "device-quic-key.der";
 /// Application error code when the server closes or resets on its own initiative.
 const CODE_STALLED: u32 = 1;
 
+/// Send window per connection (see `bind_server`).
+const SEND_WINDOW_BYTES: u64 = 32 << 20;
+
+/// Larger UDP buffers than the kernel default, so a receiver busy for a moment does not
+/// drop datagrams that congestion control then reads as loss (see `network::sockets`).
+fn enlarge_socket_buffers(endpoint: &Endpoint) {
+    if let Ok(addr) = endpoint.local_addr() {
+        crate::network::sockets::enlarge_udp_buffers(addr.port(), crate::network::sockets::QUIC_SOCKET_BUFFER_BYTES);
+    }
+}
+
 /// The crypto provider, chosen explicitly: libp2p enables rustls' aws-lc-rs provider in the
 /// same binary, and rustls refuses to guess between two.
 fn provider() -> Arc<CryptoProvider> {
@@ -95,9 +106,15 @@ pub(crate) fn bind_server(config: &DeviceServiceConfig, addr: SocketAddr) -> any
     transport
         .max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams_per_connection))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
-        .max_idle_timeout(Some(IdleTimeout::try_from(config.idle_timeout)?));
+        .max_idle_timeout(Some(IdleTimeout::try_from(config.idle_timeout)?))
+        // Unacknowledged bytes per connection: quinn's default (~10 MB) is less than the
+        // few 8 MiB batches a pipelining device keeps in flight. Memory for responses is
+        // bounded separately by `max_buffered_bytes`.
+        .send_window(SEND_WINDOW_BYTES);
     server.transport_config(Arc::new(transport));
-    Ok(Endpoint::server(server, addr)?)
+    let endpoint = Endpoint::server(server, addr)?;
+    enlarge_socket_buffers(&endpoint);
+    Ok(endpoint)
 }
 
 /// Accepts QUIC devices until the task is aborted.
@@ -177,11 +194,22 @@ async fn stream<B: DeviceBackend>(
             return tracing::debug!(%peer, "device quic request stalled; stream reset");
         }
     };
-    match timeout(shared.config.response_timeout, send.write_all(&answer.frame)).await {
-        Ok(Ok(())) => {
-            Metrics::add(&shared.metrics.bytes_out_devices, answer.frame.len() as u64);
-            let _ = send.finish();
-        }
+    // Written and acknowledged within the response timeout; the answer (and the memory
+    // budget it holds) lives until the device has acknowledged every byte, because until
+    // then quinn keeps a copy in its send buffer.
+    let mut answer = answer;
+    let deliver = async {
+        // Handed to quinn without a copy: the frame's bytes are the send buffer.
+        let frame = bytes::Bytes::from(std::mem::take(&mut answer.frame));
+        let len = frame.len() as u64;
+        send.write_chunk(frame).await?;
+        Metrics::add(&shared.metrics.bytes_out_devices, len);
+        let _ = send.finish();
+        let _ = send.stopped().await;
+        Ok::<(), quinn::WriteError>(())
+    };
+    match timeout(shared.config.response_timeout, deliver).await {
+        Ok(Ok(())) => drop(answer),
         Ok(Err(error)) => tracing::debug!(%peer, %error, "device quic write failed"),
         Err(_) => {
             let _ = send.reset(VarInt::from_u32(CODE_STALLED));
@@ -244,9 +272,11 @@ pub(crate) async fn connect(addr: SocketAddr) -> Result<(Endpoint, quinn::Connec
     let mut transport = TransportConfig::default();
     // A window that holds a whole 8 MiB batch lets one stream run at link speed on a LAN.
     transport.stream_receive_window(VarInt::from_u32(limits::MAX_RESPONSE_BYTES as u32 + 4096));
+    transport.receive_window(VarInt::from_u32(4 * (limits::MAX_RESPONSE_BYTES as u32 + 4096)));
     client.transport_config(Arc::new(transport));
     let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     let mut endpoint = Endpoint::client(bind)?;
+    enlarge_socket_buffers(&endpoint);
     endpoint.set_default_client_config(client);
     let connecting = endpoint.connect(addr, SERVER_NAME).map_err(|e| ClientError::Connect(e.to_string()))?;
     let connection = connecting.await.map_err(|e| ClientError::Connect(e.to_string()))?;

@@ -23,6 +23,7 @@ pub mod codec;
 mod event_loop;
 mod keyfile;
 pub mod messages;
+pub(crate) mod sockets;
 
 use std::{collections::HashSet, fmt, time::Duration};
 
@@ -274,7 +275,22 @@ impl NetworkClient {
     /// first concrete address bound (port 0 resolved). Wildcard listens may bind more
     /// addresses later; [`NetworkClient::listen_addrs`] lists them all.
     pub async fn listen(&self, addr: Multiaddr) -> Result<Multiaddr, NetworkError> {
-        self.call(|reply| Command::Listen { addr, reply }).await
+        let bound = self.call(|reply| Command::Listen { addr, reply }).await?;
+        // QUIC dials go out through the listening socket too, so this covers all mesh traffic.
+        let mut udp_port = None;
+        for protocol in bound.iter() {
+            match protocol {
+                libp2p::multiaddr::Protocol::Udp(port) => udp_port = Some(port),
+                libp2p::multiaddr::Protocol::QuicV1 => {
+                    if let Some(port) = udp_port {
+                        let changed = sockets::enlarge_udp_buffers(port, sockets::QUIC_SOCKET_BUFFER_BYTES);
+                        tracing::debug!(port, changed, "QUIC socket buffers enlarged");
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(bound)
     }
 
     /// The addresses this node currently listens on.

@@ -227,6 +227,10 @@ struct Release {
     completed: bool,
     /// Announcement order, for pinning "current and previous".
     seq: u64,
+    /// Per chunk, the index in `FetchScheduler::responsible_members` of the site member
+    /// responsible for it; valid while `responsible_epoch` matches the scheduler's.
+    responsible: Vec<u16>,
+    responsible_epoch: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -259,6 +263,11 @@ pub struct FetchScheduler {
     events: VecDeque<EdgeEvent>,
     dirty: bool,
     stats: EdgeStats,
+    /// The site's live members the cached rendezvous choices were computed over (hashing
+    /// every chunk against every member on every pass would dominate a busy node's CPU).
+    responsible_members: Vec<NodeId>,
+    /// Bumped whenever `responsible_members` changes; starts at 1 so new releases are stale.
+    responsible_epoch: u64,
 }
 
 impl FetchScheduler {
@@ -282,6 +291,8 @@ impl FetchScheduler {
             events: VecDeque::new(),
             dirty: true,
             stats: EdgeStats::default(),
+            responsible_members: Vec::new(),
+            responsible_epoch: 1,
         }
     }
 
@@ -398,6 +409,8 @@ impl FetchScheduler {
                 demanded: false,
                 completed: false,
                 seq,
+                responsible: Vec::new(),
+                responsible_epoch: 0,
             },
         );
         // Pre-staging: a served class's newest releases become pinned, and pinned means wanted.
@@ -587,12 +600,22 @@ impl FetchScheduler {
         let mut waiting = false;
         for release in self.releases.values().filter(|r| r.wanted && !r.have.is_full()) {
             waiting = true;
+            // Tail duplicates are only sent once no chunk of the release is idle, and a due
+            // duplicate that found no source waits for the next input; counting either as a
+            // deadline would wake the driver in a loop (`now + 1 µs`) for nothing.
+            let idle_left = release
+                .state
+                .iter()
+                .enumerate()
+                .any(|(i, s)| !release.have.get(i as u32) && matches!(s, ChunkState::Idle { .. }));
             for (i, state) in release.state.iter().enumerate() {
                 match *state {
                     ChunkState::Idle { retry_at, .. } if !release.have.get(i as u32) && retry_at > self.now => {
                         consider(retry_at)
                     }
-                    ChunkState::Inflight { since, duplicated: false, .. } => {
+                    ChunkState::Inflight { since, duplicated: false, .. }
+                        if !idle_left && since + self.config.tail_duplicate_after > self.now =>
+                    {
                         consider(since + self.config.tail_duplicate_after)
                     }
                     _ => {}
@@ -611,6 +634,21 @@ impl FetchScheduler {
     }
 
     // ----- internals ----------------------------------------------------------------
+
+    /// Up to `WAN_HAVE_PEERS` edge nodes of other sites to ask what they hold of `rid`,
+    /// chosen by rendezvous weight so each release spreads over different sites' uplinks.
+    fn wan_have_peers(&self, rid: &ReleaseId) -> Vec<NodeId> {
+        const WAN_HAVE_PEERS: usize = 4;
+        let key = ChunkId(rid.0);
+        let mut candidates: Vec<(u64, NodeId)> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| p.site != self.site && p.role == PeerRole::Edge && self.usable(id))
+            .map(|(id, _)| (rendezvous::weight(id, &key), *id))
+            .collect();
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        candidates.into_iter().take(WAN_HAVE_PEERS).map(|(_, id)| id).collect()
+    }
 
     fn usable(&self, peer: &NodeId) -> bool {
         self.peers.get(peer).is_some_and(|p| p.banned_until.is_none_or(|t| t <= self.now))
@@ -653,9 +691,46 @@ impl FetchScheduler {
         members
     }
 
+    /// Brings the cached rendezvous choice of `release`'s chunks up to date with `members`.
+    fn refresh_responsible(&mut self, members: &[NodeId], rid: &ReleaseId) {
+        if members != self.responsible_members.as_slice() {
+            self.responsible_members = members.to_vec();
+            self.responsible_epoch += 1;
+        }
+        let epoch = self.responsible_epoch;
+        let Some(r) = self.releases.get_mut(rid) else { return };
+        if r.responsible_epoch == epoch {
+            return;
+        }
+        r.responsible = r
+            .spec
+            .chunks
+            .iter()
+            .map(|c| {
+                let mut best: Option<(u64, NodeId, usize)> = None;
+                for (i, m) in members.iter().enumerate() {
+                    let key = (rendezvous::weight(m, &c.id), *m, i);
+                    if best.is_none_or(|b| (key.0, key.1) > (b.0, b.1)) {
+                        best = Some(key);
+                    }
+                }
+                best.map_or(u16::MAX, |b| b.2 as u16)
+            })
+            .collect();
+        r.responsible_epoch = epoch;
+    }
+
     fn schedule(&mut self) {
         let now = self.now;
         let members = self.site_members();
+        // Where each in-flight chunk is being fetched (the first request by id), built once per
+        // pass instead of scanning every request for every chunk.
+        let mut current: BTreeMap<(ReleaseId, u32), NodeId> = BTreeMap::new();
+        for r in self.inflight.values() {
+            for index in &r.indices {
+                current.entry((r.release, *index)).or_insert(r.peer);
+            }
+        }
         // Requests being built this pass, per peer: (class, indices, bytes).
         let mut building: BTreeMap<(NodeId, ReleaseId), (SourceClass, Vec<u32>, u64)> = BTreeMap::new();
         let mut planned: BTreeMap<NodeId, u32> = BTreeMap::new();
@@ -677,6 +752,19 @@ impl FetchScheduler {
             for member in members.iter().filter(|m| **m != self.me) {
                 have_polls.insert((*member, rid));
             }
+            // And learn what a few edge nodes in other sites hold, so our share can come from
+            // them instead of the origin (at WAN polling pace; a bounded, stable choice per
+            // release spreads the load across sites).
+            let wan_peers = self.wan_have_peers(&rid);
+            // Until each of them has answered once, our share waits rather than going to the
+            // origin (an unreachable one is taken to hold nothing, so this wait is bounded).
+            let wan_unheard = wan_peers
+                .iter()
+                .any(|p| self.peers.get(p).is_some_and(|p| p.haves.get(&rid).is_none_or(|h| h.bits.is_none())));
+            for peer in wan_peers {
+                have_polls.insert((peer, rid));
+            }
+            self.refresh_responsible(&members, &rid);
             for index in 0..n {
                 let (held, chunk, state) = {
                     let r = &self.releases[&rid];
@@ -694,9 +782,29 @@ impl FetchScheduler {
                     }
                     _ => continue,
                 };
-                let Some((peer, class)) =
-                    self.choose_source(&rid, index, &chunk, &members, &planned, duplicate, &mut have_polls)
-                else {
+                let responsible = self.releases[&rid]
+                    .responsible
+                    .get(index as usize)
+                    .and_then(|m| self.responsible_members.get(usize::from(*m)))
+                    .copied()
+                    .unwrap_or(self.me);
+                let current = current.get(&(rid, index)).copied();
+                // Another site's edge node is tried once per chunk: its batches cross two
+                // backhauls, and after a failure the origin is the surer source.
+                let wan_ok = matches!(state, ChunkState::Idle { attempts: 0, .. });
+                let Some((peer, class)) = self.choose_source(
+                    &rid,
+                    index,
+                    responsible,
+                    current,
+                    &members,
+                    &planned,
+                    &|p: &NodeId| building.contains_key(&(*p, rid)),
+                    duplicate,
+                    wan_unheard && wan_ok,
+                    wan_ok,
+                    &mut have_polls,
+                ) else {
                     continue;
                 };
                 let entry = building.entry((peer, rid)).or_insert((class, Vec::new(), 0));
@@ -736,14 +844,17 @@ impl FetchScheduler {
         &self,
         rid: &ReleaseId,
         index: u32,
-        chunk: &ChunkSpec,
+        responsible: NodeId,
+        current: Option<NodeId>,
         members: &[NodeId],
         planned: &BTreeMap<NodeId, u32>,
+        open_request: &dyn Fn(&NodeId) -> bool,
         duplicate: bool,
+        wan_unheard: bool,
+        wan_ok: bool,
         have_polls: &mut BTreeSet<(NodeId, ReleaseId)>,
     ) -> Option<(NodeId, SourceClass)> {
         let extra = |p: &NodeId| planned.get(p).copied().unwrap_or(0);
-        let current = self.current_peer_of(rid, index);
         let best = |candidates: &mut dyn Iterator<Item = &NodeId>| -> (Option<NodeId>, bool) {
             let mut any = false;
             let mut best: Option<(u64, NodeId)> = None;
@@ -752,7 +863,10 @@ impl FetchScheduler {
                     continue;
                 }
                 any = true;
-                if self.has_free_slot(peer, extra(peer)) {
+                // A request to this peer for this release is being built and has room: the
+                // chunk joins it without taking another slot. (Asking for a free slot here
+                // made every request after the pipeline filled carry a single chunk.)
+                if open_request(peer) || self.has_free_slot(peer, extra(peer)) {
                     let score = (self.score(peer, extra(peer)), *peer);
                     if best.is_none_or(|b| score > b) {
                         best = Some(score);
@@ -777,7 +891,6 @@ impl FetchScheduler {
             return None; // tail duplicates stay inside the site
         }
         // 2. The site-mate responsible for it will bring it in: wait, unless it stalled.
-        let responsible = rendezvous::responsible(members, &chunk.id).copied().unwrap_or(self.me);
         if responsible != self.me {
             have_polls.insert((responsible, *rid));
             let stalled = self
@@ -803,13 +916,17 @@ impl FetchScheduler {
             }
             return None;
         }
-        // 3. Our share: another site's edge node that has it, then the origin.
+        // 3. Our share: another site's edge node that has it, then the origin — once the
+        // other sites we ask have said what they hold.
+        if wan_unheard {
+            return None;
+        }
         let mut wan = self
             .peers
             .iter()
             .filter(|(_, p)| p.site != self.site && p.role == PeerRole::Edge && self.peer_has(p, rid, index))
             .map(|(id, _)| id);
-        if let (Some(peer), _) = best(&mut wan) {
+        if let (true, (Some(peer), _)) = (wan_ok, best(&mut wan)) {
             return Some((peer, SourceClass::Wan));
         }
         let mut origin = self.peers.iter().filter(|(_, p)| p.role == PeerRole::Origin).map(|(id, _)| id);

@@ -93,12 +93,10 @@ pub enum Action {
     /// Refresh TUF metadata and the manifest through an edge node; answer with
     /// [`Engine::handle_offer`], [`Engine::handle_no_update`] or [`Engine::handle_check_failed`].
     FetchMetadata,
-    /// Ask the rollout hook whether to install this release now; answer with
-    /// [`Engine::handle_gate`].
-    AskGate {
-        /// The manifest id.
-        release: [u8; 32],
-    },
+    /// Ask the rollout hook whether to install the release [`Engine::pending_offer`] names
+    /// now; answer with [`Engine::handle_gate`]. (No payload: every action stays 16 bytes, and
+    /// simnet keeps a million engines in memory.)
+    AskGate,
     /// Forget which chunks of the inactive slot were written: a new target, or a failed
     /// verification.
     ResetProgress,
@@ -156,7 +154,7 @@ const OUTBOX: usize = 8;
 pub struct Engine {
     config: EngineConfig,
     record: Record,
-    offer: Option<Offer>,
+    offer: Option<Release>,
     timer: Option<(Instant, Timer)>,
     network_failures: u32,
     /// The state to settle in after a check finds nothing to do.
@@ -195,6 +193,11 @@ impl Engine {
     /// The current state.
     pub fn state(&self) -> State {
         self.record.state
+    }
+
+    /// The release waiting for the rollout gate's answer, if any.
+    pub fn pending_offer(&self) -> Option<&Release> {
+        self.offer.as_ref()
     }
 
     /// The engine's policy.
@@ -296,8 +299,8 @@ impl Engine {
         if release.id == self.record.installed.id || release.id == self.record.refused {
             return self.settle(now, None);
         }
-        self.offer = Some(offer);
-        self.push(Action::AskGate { release: release.id });
+        self.offer = Some(release);
+        self.push(Action::AskGate);
     }
 
     /// The edge nodes have nothing newer for this device.
@@ -332,9 +335,9 @@ impl Engine {
                 self.timer = Some((at.max(now), Timer::Check));
             }
             GateDecision::Proceed => {
-                let same_target = self.record.target.map(|t| t.id) == Some(offer.release.id);
+                let same_target = self.record.target.map(|t| t.id) == Some(offer.id);
                 if !same_target {
-                    self.record.target = Some(offer.release);
+                    self.record.target = Some(offer);
                     self.record.chunks_done = 0;
                     self.record.bytes_fetched = 0;
                     self.record.bytes_reused = 0;

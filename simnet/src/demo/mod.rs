@@ -250,7 +250,7 @@ fn start_device(bin: &Path, dir: &Path, repo: &Path, edges: &[String], site: usi
     let mut config = format!(
         "data_dir = {data:?}\nrelease = \"gw\"\nhw_class = \"imx8-gw\"\ntrusted_root = {root:?}\n\
          content_key = {key:?}\nedges = {edges:?}\nslot_a = {a:?}\nslot_b = {b:?}\n\
-         check_interval_secs = 1\ntrial_deadline_secs = 30\nrequest_timeout_secs = 10\n\n[bootloader]\nkind = \"file\"\n",
+         check_interval_secs = 1\ntrial_deadline_secs = 30\nrequest_timeout_secs = 10\nmdns = false\n\n[bootloader]\nkind = \"file\"\n",
         data = dir.join("data"),
         root = repo.join("metadata/1.root.json"),
         key = repo.join("keys/content.key"),

@@ -6,6 +6,7 @@
 
 pub mod device;
 pub mod hostile;
+pub mod netns;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,0 +1,167 @@
+"""Harness for scripts/bench-agent: real processes on 127.0.0.1, everything killed at exit."""
+import json, os, random, re, resource, shutil, signal, subprocess, sys, tempfile, threading, time, urllib.request
+
+MIB = int(sys.argv[1])
+BIN = os.path.abspath("target/release")
+work = tempfile.mkdtemp(prefix="bench-agent-")
+procs = []
+
+
+def cleanup(*_):
+    for p in procs:
+        try:
+            p.kill()
+            p.wait(timeout=5)
+        except Exception:
+            pass
+    shutil.rmtree(work, ignore_errors=True)
+
+
+signal.signal(signal.SIGTERM, lambda *_: (cleanup(), sys.exit(1)))
+
+
+class Proc:
+    """A daemon whose output lines are collected by a thread (pipes always drained)."""
+
+    def __init__(self, name, args):
+        self.name, self.lines, self.cv = name, [], threading.Condition()
+        env = dict(os.environ, RUST_LOG="info,libp2p=warn", NO_COLOR="1")
+        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+        procs.append(self.p)
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        for line in self.p.stdout:
+            with self.cv:
+                self.lines.append(line.rstrip("\n"))
+                self.cv.notify_all()
+
+    def wait_for(self, pattern, timeout=60):
+        deadline, seen, rx = time.time() + timeout, 0, re.compile(pattern)
+        with self.cv:
+            while True:
+                for line in self.lines[seen:]:
+                    m = rx.search(line)
+                    if m:
+                        return m
+                seen = len(self.lines)
+                left = deadline - time.time()
+                if left <= 0:
+                    raise SystemExit(f"{self.name}: no /{pattern}/ in {timeout}s:\n" + "\n".join(self.lines[-20:]))
+                self.cv.wait(left)
+
+
+def status(http):
+    try:
+        return json.load(urllib.request.urlopen(f"http://{http}/status", timeout=2))
+    except Exception:
+        return {}
+
+
+def until(what, check, timeout=600):
+    deadline = time.time() + timeout
+    while not check():
+        if time.time() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def run_timed(args):
+    """Wall seconds and CPU seconds (user + sys) of a child run to completion."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.monotonic()
+    out = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wall = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if out.returncode != 0:
+        raise SystemExit(f"{args[0]} failed:\n{out.stdout[-3000:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), out.stdout
+
+
+try:
+    image = os.path.join(work, "image.bin")
+    rng = random.Random(42)
+    pool = [rng.randbytes(65536) for _ in range(64)]
+    with open(image, "wb") as f:  # half random, half repetitive, like a filesystem image
+        for i in range(MIB * 16):
+            f.write(rng.randbytes(65536) if i % 2 else pool[rng.randrange(64)][:32768] * 2)
+    repo = os.path.join(work, "repo")
+    subprocess.run([f"{BIN}/seeder", "init", "--repo", repo], check=True, stdout=subprocess.DEVNULL)
+    origin = Proc("origin", [f"{BIN}/seeder", "--json", "serve", "--repo", repo,
+                             "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-mdns"])
+    origin_addr = json.loads(origin.wait_for(r'^\{.*"addrs".*\}$').group(0))["addrs"][0]
+    edges = []
+    for i in range(3):
+        boot = [origin_addr] + ([edges[0]["p2p"]] if edges else [])
+        args = [f"{BIN}/edge-node", "run", "--data-dir", f"{work}/edge{i}", "--site", "bench",
+                "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-mdns", "--http-listen", "127.0.0.1:0",
+                "--device-quic-listen", "127.0.0.1:0", "--device-tcp-listen", "127.0.0.1:0"]
+        for b in boot:
+            args += ["--bootstrap", b]
+        p = Proc(f"edge{i}", args)
+        p2p = p.wait_for(r"listening.*addr=(\S+/p2p/\S+)").group(1)
+        http = p.wait_for(r"ops HTTP listening.*addr=(\S+)").group(1)
+        quic = p.wait_for(r"device service listening.*quic=Some\(([^)]+)\)").group(1)
+        edges.append({"p2p": p2p, "http": http, "quic": quic, "proc": p})
+    until("edge peers", lambda: all(len(status(e["http"]).get("peers", [])) >= 3 for e in edges), 60)
+    subprocess.run([f"{BIN}/seeder", "--json", "release", "add", "--repo", repo, "--image", image, "--name", "gw",
+                    "--version", "1.0.0", "--hw-class", "x86"], check=True, stdout=subprocess.DEVNULL)
+    until("edges to pre-stage the release", lambda: all(
+        any(r.get("complete") for r in status(e["http"]).get("releases", [])) for e in edges))
+
+    def device(name, edge_list):
+        d = os.path.join(work, name)
+        os.makedirs(d)
+        cfg = os.path.join(d, "agent.toml")
+        with open(cfg, "w") as f:
+            f.write(f'data_dir = "{d}/data"\nrelease = "gw"\nhw_class = "x86"\n'
+                    f'trusted_root = "{repo}/metadata/1.root.json"\ncontent_key = "{repo}/keys/content.key"\n'
+                    f'edges = {json.dumps(["quic://" + e["quic"] for e in edge_list])}\n'
+                    f'slot_a = "{d}/slot-a.img"\nslot_b = "{d}/slot-b.img"\nparallel_edges = 3\nmdns = false\n'
+                    f'[bootloader]\nkind = "file"\n')
+        return d, cfg
+
+    results = {}
+    for label, edge_list in [("1 edge", edges[:1]), ("3 edges", edges)]:
+        best = None
+        for attempt in range(2):
+            d, cfg = device(f"dev-{label[0]}-{attempt}", edge_list)
+            subprocess.run(["sync"])
+            wall, cpu, out = run_timed([f"{BIN}/device-client", "check", "--config", cfg])
+            assert "committed" in out, out[-2000:]
+            if best is None or wall < best[0]:
+                best = (wall, cpu)
+            shutil.rmtree(d)
+        results[label] = best
+
+    # curl from nginx into a file (then fsync, as the agent does), best of 2.
+    port = 18481
+    conf = os.path.join(work, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"daemon off; master_process off; worker_processes 1; error_log {work}/nginx.err; pid {work}/nginx.pid;\n"
+                f"events {{ worker_connections 64; }}\nhttp {{ access_log off; sendfile on; tcp_nopush on;\n"
+                f"server {{ listen 127.0.0.1:{port}; root {work}; }} }}\n")
+    nginx = subprocess.Popen(["nginx", "-c", conf, "-p", work], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(nginx)
+    until("nginx", lambda: subprocess.run(["curl", "-sf", "-o", "/dev/null", "-r", "0-0",
+                                           f"http://127.0.0.1:{port}/image.bin"]).returncode == 0, 10)
+    curl_best = None
+    for attempt in range(2):
+        target = os.path.join(work, f"curl-{attempt}.img")
+        subprocess.run(["sync"])
+        wall, cpu, _ = run_timed(["sh", "-c", f"curl -sf -o {target} http://127.0.0.1:{port}/image.bin && sync {target}"])
+        if curl_best is None or wall < curl_best[0]:
+            curl_best = (wall, cpu)
+        os.remove(target)
+
+    gib = MIB / 1024
+    print(f"{MIB} MiB image (half compressible; stored zstd-3 + XChaCha20-Poly1305), same run, best of 2:")
+    cw, cc = curl_best
+    print(f"  curl from nginx into a file + fsync:   {MIB / cw:8.1f} MiB/s   {cc / gib:6.2f} CPU s/GiB")
+    for label, (wall, cpu) in results.items():
+        print(f"  device-client check, {label:<8}:        {MIB / wall:8.1f} MiB/s   {cpu / gib:6.2f} CPU s/GiB (agent only)"
+              f"   ratio to nginx {cw / wall:.2f}")
+    w1, w3 = results["1 edge"][0], results["3 edges"][0]
+    print(f"  3 edges vs 1: {w1 / w3:.2f}x")
+finally:
+    cleanup()
