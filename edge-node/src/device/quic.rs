@@ -40,7 +40,7 @@ const KEY_FILE: &str = "device-quic-key.der";
 const CODE_STALLED: u32 = 1;
 
 /// Send window per connection (see `bind_server`).
-const SEND_WINDOW_BYTES: u64 = 32 << 20;
+const SEND_WINDOW_BYTES: u64 = 8 << 20;
 
 /// Larger UDP buffers than the kernel default, so a receiver busy for a moment does not
 /// drop datagrams that congestion control then reads as loss (see `network::sockets`).
@@ -107,9 +107,8 @@ pub(crate) fn bind_server(config: &DeviceServiceConfig, addr: SocketAddr) -> any
         .max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams_per_connection))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .max_idle_timeout(Some(IdleTimeout::try_from(config.idle_timeout)?))
-        // Unacknowledged bytes per connection: quinn's default (~10 MB) is less than the
-        // few 8 MiB batches a pipelining device keeps in flight. Memory for responses is
-        // bounded separately by `max_buffered_bytes`.
+        // Unacknowledged bytes per connection. Larger windows (32 MiB) measured no faster
+        // for one device and, with 200 devices, several times the peak RSS.
         .send_window(SEND_WINDOW_BYTES);
     server.transport_config(Arc::new(transport));
     let endpoint = Endpoint::server(server, addr)?;
