@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use support::device::{copy_tree, Device};
 use support::hostile::{Endless, HostileEdge, Hostiles, Lie};
-use support::{eventually, random_bytes, seeder, Edge, Origin};
+use support::{eventually, random_bytes, Edge, Origin};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(90);
 const V1_BYTES: usize = 2 << 20;
@@ -41,22 +41,7 @@ struct Scene {
 }
 
 fn publish(origin: &Origin, image: &Path, version: &str) {
-    seeder(&[
-        "release",
-        "add",
-        "--repo",
-        origin.repo.to_str().unwrap(),
-        "--image",
-        image.to_str().unwrap(),
-        "--name",
-        "gw",
-        "--version",
-        version,
-        "--hw-class",
-        "imx8",
-        "--chunking",
-        "fixed:4K",
-    ]);
+    origin.publish_with(image, version, &["--chunking", "fixed:4K"]);
 }
 
 fn wait_for_release(edge: &Edge, version: &str) {

@@ -202,7 +202,12 @@ impl Origin {
 
     /// Publishes an image as release `gw` `version`; returns its stored bytes.
     pub fn publish(&self, image: &Path, version: &str) -> u64 {
-        let report = seeder(&[
+        self.publish_with(image, version, &[])
+    }
+
+    /// `publish` with extra `seeder release add` flags (e.g. `--chunking fixed:4K`).
+    pub fn publish_with(&self, image: &Path, version: &str, extra: &[&str]) -> u64 {
+        let mut args = vec![
             "release",
             "add",
             "--repo",
@@ -215,7 +220,9 @@ impl Origin {
             version,
             "--hw-class",
             "imx8",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let report = seeder(&args);
         report["stored_bytes"].as_u64().unwrap()
     }
 }
@@ -253,7 +260,11 @@ impl Edge {
             args.push("--bootstrap".into());
             args.push(b.to_string());
         }
-        let proc = Proc::spawn(name, &bin("edge-node"), &args);
+        Edge::from_proc(Proc::spawn(name, &bin("edge-node"), &args), data_dir, site)
+    }
+
+    /// A started edge node, once its log has named its addresses.
+    pub fn from_proc(proc: Proc, data_dir: &Path, site: &str) -> Edge {
         let p2p = proc.wait_line("p2p address", Duration::from_secs(30), |l| {
             (l.contains("listening") && l.contains("/p2p/")).then(|| field(l, "addr").map(String::from)).flatten()
         });

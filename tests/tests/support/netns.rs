@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::device::{kill9, CheckRun, Device};
-use super::{bin, field, seeder, Edge, Origin, Proc};
+use super::{bin, seeder, Edge, Origin, Proc};
 
 /// The edge side's address on the veth pair.
 pub const EDGE_IP: &str = "10.77.0.1";
@@ -116,23 +116,7 @@ impl NetPair {
         .map(|s| s.to_string())
         .collect();
         let proc = self.spawn(&self.edge, name, &bin("edge-node"), &args);
-        let p2p = proc.wait_line("p2p address", Duration::from_secs(30), |l| {
-            (l.contains("listening") && l.contains("/p2p/")).then(|| field(l, "addr").map(String::from)).flatten()
-        });
-        let http = proc.wait_line("http address", Duration::from_secs(30), |l| {
-            l.contains("ops HTTP listening").then(|| field(l, "addr")?.parse().ok()).flatten()
-        });
-        let device = |key: &'static str| {
-            move |l: &str| {
-                let v = field(l, key)?;
-                l.contains("device service listening")
-                    .then(|| v.trim_start_matches("Some(").trim_end_matches(')').parse().ok())
-                    .flatten()
-            }
-        };
-        let device_quic = proc.wait_line("device QUIC address", Duration::from_secs(30), device("quic"));
-        let device_tcp = proc.wait_line("device TCP address", Duration::from_secs(30), device("tcp"));
-        Edge { proc, data_dir: data_dir.into(), site: site.into(), p2p, http, device_quic, device_tcp }
+        Edge::from_proc(proc, data_dir, site)
     }
 
     /// Runs `device-client check --config … extra` inside the device namespace to its end;
