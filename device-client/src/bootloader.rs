@@ -165,6 +165,26 @@ pub struct EnvVars {
     pub bootcount: String,
 }
 
+/// The variable changes of each step, in the order that keeps a power cut between two
+/// writes safe; shared by the U-Boot and GRUB backends, which use the same scheme.
+impl EnvVars {
+    /// The try slot, a zero count, and the flag last: until the flag is up the bootloader
+    /// ignores the try slot, and the stale count must be gone before it counts again.
+    fn activate(&self, slot: Slot) -> [(&str, &'static str); 3] {
+        [(&self.try_slot, slot.name()), (&self.bootcount, "0"), (&self.upgrade_available, "1")]
+    }
+
+    /// The committed slot first: with the flag still up, the bootloader keeps booting it.
+    fn commit(&self, slot: Slot) -> [(&str, &'static str); 4] {
+        [(&self.slot, slot.name()), (&self.upgrade_available, "0"), (&self.try_slot, ""), (&self.bootcount, "0")]
+    }
+
+    /// The flag first: once it is down the bootloader boots the committed slot.
+    fn roll_back(&self, to: Slot) -> [(&str, &'static str); 3] {
+        [(&self.upgrade_available, "0"), (&self.try_slot, ""), (&self.slot, to.name())]
+    }
+}
+
 impl Default for EnvVars {
     fn default() -> EnvVars {
         EnvVars {
@@ -632,22 +652,15 @@ impl Bootloader for UbootBootloader {
     }
 
     fn activate(&mut self, slot: Slot) -> Result<()> {
-        let v = &self.vars;
-        // The flag goes last: until it is up U-Boot ignores the try slot, and the stale count
-        // must be gone before it counts again.
-        self.set_all(&[(&v.try_slot, slot.name()), (&v.bootcount, "0"), (&v.upgrade_available, "1")])
+        self.set_all(&self.vars.activate(slot))
     }
 
     fn commit(&mut self, slot: Slot) -> Result<()> {
-        let v = &self.vars;
-        // The committed slot first: with the flag still up, U-Boot keeps booting the same slot.
-        self.set_all(&[(&v.slot, slot.name()), (&v.upgrade_available, "0"), (&v.try_slot, ""), (&v.bootcount, "0")])
+        self.set_all(&self.vars.commit(slot))
     }
 
     fn roll_back(&mut self, to: Slot) -> Result<()> {
-        let v = &self.vars;
-        // The flag first: once it is down U-Boot boots the committed slot.
-        self.set_all(&[(&v.upgrade_available, "0"), (&v.try_slot, ""), (&v.slot, to.name())])
+        self.set_all(&self.vars.roll_back(to))
     }
 
     fn name(&self) -> &'static str {
@@ -704,18 +717,15 @@ impl Bootloader for GrubBootloader {
     }
 
     fn activate(&mut self, slot: Slot) -> Result<()> {
-        let v = &self.vars;
-        self.set_all(&[(&v.try_slot, slot.name()), (&v.bootcount, "0"), (&v.upgrade_available, "1")])
+        self.set_all(&self.vars.activate(slot))
     }
 
     fn commit(&mut self, slot: Slot) -> Result<()> {
-        let v = &self.vars;
-        self.set_all(&[(&v.slot, slot.name()), (&v.upgrade_available, "0"), (&v.try_slot, ""), (&v.bootcount, "0")])
+        self.set_all(&self.vars.commit(slot))
     }
 
     fn roll_back(&mut self, to: Slot) -> Result<()> {
-        let v = &self.vars;
-        self.set_all(&[(&v.upgrade_available, "0"), (&v.try_slot, ""), (&v.slot, to.name())])
+        self.set_all(&self.vars.roll_back(to))
     }
 
     fn name(&self) -> &'static str {
