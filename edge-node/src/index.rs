@@ -39,15 +39,46 @@ fn parse_value(v: &[u8]) -> Option<(u64, u64)> {
     Some((len, last_used))
 }
 
+/// How long `open` waits for sled's file lock before reporting the data dir as in use.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens sled, waiting briefly if its lock file is still held.
+///
+/// sled releases its lock from a background thread after the last handle drops, so a
+/// restart inside the same process (tests, a supervisor restarting the node) can find it
+/// held for a moment. A lock still held after `LOCK_WAIT` means another process really
+/// is using the directory, and the error says so.
+fn open_with_lock_retry(path: &Path, wait: std::time::Duration) -> Result<sled::Db> {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        match sled::Config::new().path(path).flush_every_ms(Some(500)).open() {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_held(&e) && started.elapsed() < wait => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            }
+            Err(e) if is_lock_held(&e) => {
+                anyhow::bail!(
+                    "the store index {} is locked: is another edge-node using this data dir? \
+                     Stop it or pass a different --data-dir",
+                    path.display()
+                )
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot open the store index {}", path.display())),
+        }
+    }
+}
+
+fn is_lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 impl StoreIndex {
     /// Opens (creating) the index in `data_dir/index.sled`.
     pub fn open(data_dir: &Path) -> Result<Self> {
         let path = data_dir.join("index.sled");
-        let db = sled::Config::new()
-            .path(&path)
-            .flush_every_ms(Some(500))
-            .open()
-            .with_context(|| format!("cannot open the store index {}", path.display()))?;
+        let db = open_with_lock_retry(&path, LOCK_WAIT)?;
         let chunks = db.open_tree("chunks")?;
         Ok(StoreIndex { chunks, db })
     }
@@ -134,5 +165,14 @@ mod tests {
         assert_eq!(order.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![d, b, a]);
         assert!(!index.chunks.contains_key(c.0).unwrap());
         assert!(index.chunks.contains_key(d.0).unwrap());
+    }
+
+    #[test]
+    fn an_index_held_open_elsewhere_is_reported_as_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = StoreIndex::open(dir.path()).unwrap();
+        let path = dir.path().join("index.sled");
+        let err = open_with_lock_retry(&path, std::time::Duration::from_millis(50)).unwrap_err();
+        assert!(err.to_string().contains("another edge-node"), "{err}");
     }
 }
