@@ -101,31 +101,33 @@ try:
         p = Proc(f"edge{i}", args)
         p2p = p.wait_for(r"listening.*addr=(\S+/p2p/\S+)").group(1)
         http = p.wait_for(r"ops HTTP listening.*addr=(\S+)").group(1)
-        quic = p.wait_for(r"device service listening.*quic=Some\(([^)]+)\)").group(1)
-        edges.append({"p2p": p2p, "http": http, "quic": quic, "proc": p})
+        listening = p.wait_for(r"device service listening.*quic=Some\(([^)]+)\).*tcp=Some\(([^)]+)\)")
+        edges.append({"p2p": p2p, "http": http, "quic": listening.group(1), "tcp": listening.group(2), "proc": p})
     until("edge peers", lambda: all(len(status(e["http"]).get("peers", [])) >= 3 for e in edges), 60)
     subprocess.run([f"{BIN}/seeder", "--json", "release", "add", "--repo", repo, "--image", image, "--name", "gw",
                     "--version", "1.0.0", "--hw-class", "x86"], check=True, stdout=subprocess.DEVNULL)
     until("edges to pre-stage the release", lambda: all(
         any(r.get("complete") for r in status(e["http"]).get("releases", [])) for e in edges))
 
-    def device(name, edge_list):
+    def device(name, edge_list, transport):
         d = os.path.join(work, name)
         os.makedirs(d)
         cfg = os.path.join(d, "agent.toml")
         with open(cfg, "w") as f:
             f.write(f'data_dir = "{d}/data"\nrelease = "gw"\nhw_class = "x86"\n'
                     f'trusted_root = "{repo}/metadata/1.root.json"\ncontent_key = "{repo}/keys/content.key"\n'
-                    f'edges = {json.dumps(["quic://" + e["quic"] for e in edge_list])}\n'
+                    f'edges = {json.dumps([f"{transport}://" + e[transport] for e in edge_list])}\n'
                     f'slot_a = "{d}/slot-a.img"\nslot_b = "{d}/slot-b.img"\nparallel_edges = 3\nmdns = false\n'
                     f'[bootloader]\nkind = "file"\n')
         return d, cfg
 
     results = {}
-    for label, edge_list in [("1 edge", edges[:1]), ("3 edges", edges)]:
+    for label, edge_list, transport in [("1 edge", edges[:1], "quic"), ("3 edges", edges, "quic"),
+                                        ("1 edge", edges[:1], "tcp"), ("3 edges", edges, "tcp")]:
+        label = f"{label}, {transport.upper()}"
         best = None
         for attempt in range(2):
-            d, cfg = device(f"dev-{label[0]}-{attempt}", edge_list)
+            d, cfg = device(f"dev-{label[0]}-{transport}-{attempt}", edge_list, transport)
             subprocess.run(["sync"])
             wall, cpu, out = run_timed([f"{BIN}/device-client", "check", "--config", cfg])
             assert "committed" in out, out[-2000:]
@@ -159,9 +161,10 @@ try:
     cw, cc = curl_best
     print(f"  curl from nginx into a file + fsync:   {MIB / cw:8.1f} MiB/s   {cc / gib:6.2f} CPU s/GiB")
     for label, (wall, cpu) in results.items():
-        print(f"  device-client check, {label:<8}:        {MIB / wall:8.1f} MiB/s   {cpu / gib:6.2f} CPU s/GiB (agent only)"
+        print(f"  device-client check, {label:<14}:        {MIB / wall:8.1f} MiB/s   {cpu / gib:6.2f} CPU s/GiB (agent only)"
               f"   ratio to nginx {cw / wall:.2f}")
-    w1, w3 = results["1 edge"][0], results["3 edges"][0]
-    print(f"  3 edges vs 1: {w1 / w3:.2f}x")
+    for transport in ("QUIC", "TCP"):
+        w1, w3 = results[f"1 edge, {transport}"][0], results[f"3 edges, {transport}"][0]
+        print(f"  3 edges vs 1 over {transport}: {w1 / w3:.2f}x")
 finally:
     cleanup()

@@ -11,7 +11,6 @@ use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use sha2::Digest;
 
 /// An open slot.
 #[derive(Debug)]
@@ -78,12 +77,16 @@ fn block_device_size(file: &File) -> Result<u64> {
     Ok(size)
 }
 
-/// The blake3 and sha256 of the first `len` bytes of `path`: what the manifest says the
-/// whole image hashes to.
-pub fn hash_image(path: &Path, len: u64) -> Result<([u8; 32], [u8; 32])> {
+/// The blake3 of the first `len` bytes of `path`: what the manifest says the whole image
+/// hashes to.
+///
+/// Only blake3: the manifest is signed (through TUF) and carries both blake3 and sha256,
+/// and one cryptographic hash binds the slot to it. sha256 is in the manifest for
+/// bootloaders and tools that only know sha256; computing it here too cost about a fifth of
+/// the agent's CPU per install (scripts/bench-agent profile).
+pub fn hash_image(path: &Path, len: u64) -> Result<[u8; 32]> {
     let mut file = File::open(path).with_context(|| format!("cannot open slot {}", path.display()))?.take(len);
     let mut blake = blake3::Hasher::new();
-    let mut sha = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut seen = 0u64;
     loop {
@@ -92,13 +95,12 @@ pub fn hash_image(path: &Path, len: u64) -> Result<([u8; 32], [u8; 32])> {
             break;
         }
         blake.update(&buf[..n]);
-        sha.update(&buf[..n]);
         seen += n as u64;
     }
     if seen != len {
         bail!("slot {} is {seen} bytes, the image is {len}", path.display());
     }
-    Ok((*blake.finalize().as_bytes(), sha.finalize().into()))
+    Ok(*blake.finalize().as_bytes())
 }
 
 const PROGRESS_MAGIC: &[u8; 4] = b"OTPG";
