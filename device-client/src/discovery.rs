@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::time::{Duration, Instant};
 
-use edge_node::device::mdns::{SERVICE_TYPE, TXT_VERSION};
+use edge_client::mdns::{SERVICE_TYPE, TXT_VERSION};
 use mdns_sd::{ResolvedService, ScopedIp, ServiceDaemon, ServiceEvent};
 
 use crate::config::EdgeAddr;

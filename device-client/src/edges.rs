@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use edge_node::device::client::DeviceClient;
+use edge_client::DeviceClient;
 use futures::future::BoxFuture;
 
 use crate::config::EdgeAddr;
@@ -209,7 +209,7 @@ impl EdgePool {
                     EdgeAddr::Tcp(a) => DeviceClient::connect_tcp(a).await?,
                 };
                 client.get_metadata("timestamp.json").await?;
-                Ok::<_, edge_node::device::client::ClientError>(client)
+                Ok::<_, edge_client::ClientError>(client)
             })
             .await;
             (addr, started.elapsed(), result)

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use edge_node::device::client::{ClientError, DeviceClient};
+use edge_client::{ClientError, DeviceClient};
 use protocol::codec::ContentKey;
 use protocol::device_wire::{ChunkRange, ChunkStatus};
 use protocol::manifest::{ChunkEntry, ManifestView};

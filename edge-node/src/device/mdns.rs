@@ -21,10 +21,7 @@ use mdns_sd::{IfKind, ServiceDaemon, ServiceInfo};
 
 use super::DeviceAddrs;
 
-/// The DNS-SD service type of the device service (the SRV port is the QUIC port).
-pub const SERVICE_TYPE: &str = "_otamesh-dev._udp.local.";
-/// The value of the `v` TXT key this node advertises and devices accept.
-pub const TXT_VERSION: &str = "1";
+pub use edge_client::mdns::{SERVICE_TYPE, TXT_VERSION};
 
 /// A running advertisement: the mDNS responder thread and the registered instance. Dropping
 /// it sends goodbye packets and stops the responder.

@@ -16,7 +16,6 @@
 //! memory across all clients ([`DeviceServiceConfig::max_buffered_bytes`]). Responses are
 //! written with backpressure: a slow reader holds at most its own responses.
 
-pub mod client;
 pub mod mdns;
 pub mod quic;
 pub mod tcp;
@@ -37,10 +36,8 @@ use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
 
-pub use client::{ChunkBatch, ClientError, DeviceClient};
-
-/// The QUIC application protocol name of the device service, version 1.
-pub const ALPN: &[u8] = b"otamesh-device/1";
+/// The device side, for tests and benchmarks of this service (the crate `edge-client`).
+pub use edge_client::{ChunkBatch, ClientError, DeviceClient, ALPN};
 
 /// What the backend knows about a chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]

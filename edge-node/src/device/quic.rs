@@ -17,21 +17,17 @@ use std::path::Path;
 use std::sync::Arc;
 
 use protocol::device_wire::{frame_body_len, limits, ErrorCode, FRAME_HEADER_BYTES};
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use super::{Answer, ClientError, DeviceBackend, DeviceGauge, DeviceServiceConfig, Shared};
-use crate::metrics::Metrics;
+use edge_client::SERVER_NAME;
 
-/// The server name clients put in the TLS handshake. Not checked (see the module doc).
-pub const SERVER_NAME: &str = "otamesh-edge";
+use super::{Answer, DeviceBackend, DeviceGauge, DeviceServiceConfig, Shared};
+use crate::metrics::Metrics;
 
 const CERT_FILE: &str = "device-quic-cert.der";
 const KEY_FILE: &str = "device-quic-key.der";
@@ -48,12 +44,6 @@ fn enlarge_socket_buffers(endpoint: &Endpoint) {
     if let Ok(addr) = endpoint.local_addr() {
         crate::network::sockets::enlarge_udp_buffers(addr.port(), crate::network::sockets::QUIC_SOCKET_BUFFER_BYTES);
     }
-}
-
-/// The crypto provider, chosen explicitly: libp2p enables rustls' aws-lc-rs provider in the
-/// same binary, and rustls refuses to guess between two.
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Loads the certificate from `dir` if both files exist, else generates one (and saves it
@@ -96,7 +86,7 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
 /// Creates the server endpoint.
 pub(crate) fn bind_server(config: &DeviceServiceConfig, addr: SocketAddr) -> anyhow::Result<Endpoint> {
     let (cert, key) = certificate(config.cert_dir.as_deref())?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+    let mut tls = rustls::ServerConfig::builder_with_provider(edge_client::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)?;
@@ -213,91 +203,5 @@ async fn stream<B: DeviceBackend>(
         Err(_) => {
             let _ = send.reset(VarInt::from_u32(CODE_STALLED));
         }
-    }
-}
-
-/// Accepts any server certificate; still checks the handshake signature so the TLS session
-/// is well-formed. See the module doc for why that is enough.
-#[derive(Debug)]
-struct AnyServerCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyServerCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Client side: an endpoint and a connection to `addr`.
-pub(crate) async fn connect(addr: SocketAddr) -> Result<(Endpoint, quinn::Connection), ClientError> {
-    let provider = provider();
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| ClientError::Connect(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider)))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![super::ALPN.to_vec()];
-    let crypto = QuicClientConfig::try_from(tls).map_err(|e| ClientError::Connect(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = TransportConfig::default();
-    // A window that holds a whole 8 MiB batch lets one stream run at link speed on a LAN.
-    transport.stream_receive_window(VarInt::from_u32(limits::MAX_RESPONSE_BYTES as u32 + 4096));
-    transport.receive_window(VarInt::from_u32(4 * (limits::MAX_RESPONSE_BYTES as u32 + 4096)));
-    client.transport_config(Arc::new(transport));
-    let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    let mut endpoint = Endpoint::client(bind)?;
-    enlarge_socket_buffers(&endpoint);
-    endpoint.set_default_client_config(client);
-    let connecting = endpoint.connect(addr, SERVER_NAME).map_err(|e| ClientError::Connect(e.to_string()))?;
-    let connection = connecting.await.map_err(|e| ClientError::Connect(e.to_string()))?;
-    Ok((endpoint, connection))
-}
-
-/// Client side: one request on a new stream, one response body back.
-pub(crate) async fn round_trip(connection: &quinn::Connection, frame: &[u8]) -> Result<Vec<u8>, ClientError> {
-    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| ClientError::Io(e.into()))?;
-    send.write_all(frame).await.map_err(|e| ClientError::Io(e.into()))?;
-    let _ = send.finish();
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    recv.read_exact(&mut header).await.map_err(read_error)?;
-    let len = frame_body_len(header, limits::MAX_RESPONSE_BYTES).map_err(ClientError::Malformed)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(read_error)?;
-    Ok(body)
-}
-
-fn read_error(error: quinn::ReadExactError) -> ClientError {
-    match error {
-        quinn::ReadExactError::FinishedEarly(_) => ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()),
-        quinn::ReadExactError::ReadError(e) => ClientError::Io(e.into()),
     }
 }

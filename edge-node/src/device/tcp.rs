@@ -136,20 +136,3 @@ async fn read_request<B>(stream: &mut TcpStream, body: &mut Vec<u8>, shared: &Sh
         Ok(Ok(Ok(()))) => Ok(()),
     }
 }
-
-/// Client side: writes `frame` and reads one response body (at most
-/// [`limits::MAX_RESPONSE_BYTES`], checked before allocating).
-pub(crate) async fn round_trip(stream: &mut TcpStream, frame: &[u8]) -> Result<Vec<u8>, super::ClientError> {
-    stream.write_all(frame).await?;
-    read_response(stream).await
-}
-
-/// Reads one response frame's body.
-pub(crate) async fn read_response(stream: &mut TcpStream) -> Result<Vec<u8>, super::ClientError> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    stream.read_exact(&mut header).await?;
-    let len = frame_body_len(header, limits::MAX_RESPONSE_BYTES).map_err(super::ClientError::Malformed)?;
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await?;
-    Ok(body)
-}

@@ -1,6 +1,6 @@
-//! A minimal device-side client for both transports: used by tests and benchmarks, and the
-//! starting point of the Linux device agent's fetcher. It does not verify what it receives;
-//! callers verify metadata through TUF and chunks against their ids.
+//! [`DeviceClient`]: one connection to an edge node's device service over either transport.
+//! It does not verify what it receives; callers verify metadata through TUF and chunks
+//! against their ids.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -120,9 +120,9 @@ impl DeviceClient {
     /// Default time for one request/response.
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-    /// Connects over QUIC, accepting any server certificate (see [`super::quic`]).
+    /// Connects over QUIC, accepting any server certificate (see the crate doc).
     pub async fn connect_quic(addr: SocketAddr) -> Result<Self, ClientError> {
-        let (endpoint, connection) = super::quic::connect(addr).await?;
+        let (endpoint, connection) = crate::quic::connect(addr).await?;
         Ok(DeviceClient {
             transport: Transport::Quic { _endpoint: endpoint, connection },
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
@@ -183,7 +183,7 @@ impl DeviceClient {
                         let connection = connection.clone();
                         async move {
                             let frame = chunks_frame(ranges)?;
-                            let exchange = super::quic::round_trip(&connection, &frame);
+                            let exchange = crate::quic::round_trip(&connection, &frame);
                             let body =
                                 tokio::time::timeout(timeout, exchange).await.map_err(|_| ClientError::Timeout)??;
                             check_batch(body, ranges)
@@ -207,7 +207,7 @@ impl DeviceClient {
                         stream.write_all(&chunks_frame(&batches[sent])?).await?;
                         sent += 1;
                     }
-                    let body = tokio::time::timeout(timeout, super::tcp::read_response(stream))
+                    let body = tokio::time::timeout(timeout, crate::tcp::read_response(stream))
                         .await
                         .map_err(|_| ClientError::Timeout)??;
                     on_batch(received, check_batch(body, &batches[received])?)?;
@@ -234,8 +234,8 @@ impl DeviceClient {
     pub async fn request_frame(&mut self, frame: &[u8]) -> Result<Vec<u8>, ClientError> {
         let exchange = async {
             match &mut self.transport {
-                Transport::Quic { connection, .. } => super::quic::round_trip(connection, frame).await,
-                Transport::Tcp(stream) => super::tcp::round_trip(stream, frame).await,
+                Transport::Quic { connection, .. } => crate::quic::round_trip(connection, frame).await,
+                Transport::Tcp(stream) => crate::tcp::round_trip(stream, frame).await,
             }
         };
         tokio::time::timeout(self.request_timeout, exchange).await.map_err(|_| ClientError::Timeout)?
