@@ -18,7 +18,7 @@ mod quic;
 mod tcp;
 
 pub use client::{ChunkBatch, ClientError, DeviceClient};
-pub use quic::crypto_provider;
+pub use quic::{bulk_udp_socket, crypto_provider};
 
 /// The QUIC application protocol name of the device service, version 1.
 pub const ALPN: &[u8] = b"otamesh-device/1";

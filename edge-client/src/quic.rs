@@ -26,10 +26,10 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A UDP socket for `peer`'s address family with enlarged buffers.
-fn client_socket(peer: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+/// A UDP socket bound to `bind` with enlarged receive and send buffers, as QUIC bulk
+/// transfer wants (see `SOCKET_BUFFER_BYTES`).
+pub fn bulk_udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use std::os::fd::AsRawFd;
-    let bind: SocketAddr = if peer.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     let socket = std::net::UdpSocket::bind(bind)?;
     for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
         // SAFETY: setsockopt reads a c_int from a live local; the socket is open. A failure
@@ -105,7 +105,8 @@ pub(crate) async fn connect(addr: SocketAddr) -> Result<(Endpoint, quinn::Connec
     transport.receive_window(VarInt::from_u32(4 * (limits::MAX_RESPONSE_BYTES as u32 + 4096)));
     client.transport_config(Arc::new(transport));
     let runtime = quinn::default_runtime().ok_or_else(|| ClientError::Connect("no async runtime".into()))?;
-    let mut endpoint = Endpoint::new(quinn::EndpointConfig::default(), None, client_socket(addr)?, runtime)?;
+    let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let mut endpoint = Endpoint::new(quinn::EndpointConfig::default(), None, bulk_udp_socket(bind)?, runtime)?;
     endpoint.set_default_client_config(client);
     let connecting = endpoint.connect(addr, SERVER_NAME).map_err(|e| ClientError::Connect(e.to_string()))?;
     let connection = connecting.await.map_err(|e| ClientError::Connect(e.to_string()))?;

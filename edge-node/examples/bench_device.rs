@@ -92,7 +92,7 @@ async fn raw_quinn_mib_s(total: u64) -> f64 {
     transport.send_window(32 << 20);
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
     server.transport_config(Arc::new(transport));
-    let socket = big_udp_socket();
+    let socket = edge_client::bulk_udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
     let server =
         quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))
             .unwrap();
@@ -122,9 +122,13 @@ async fn raw_quinn_mib_s(total: u64) -> f64 {
     transport.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
     let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
     client.transport_config(Arc::new(transport));
-    let mut endpoint =
-        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, big_udp_socket(), Arc::new(quinn::TokioRuntime))
-            .unwrap();
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        edge_client::bulk_udp_socket("127.0.0.1:0".parse().unwrap()).unwrap(),
+        Arc::new(quinn::TokioRuntime),
+    )
+    .unwrap();
     endpoint.set_default_client_config(client);
     let connection = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
     let t0 = Instant::now();
@@ -135,27 +139,6 @@ async fn raw_quinn_mib_s(total: u64) -> f64 {
     }
     assert_eq!(got, total.div_ceil(4 << 20) * (4 << 20));
     got as f64 / (1 << 20) as f64 / t0.elapsed().as_secs_f64()
-}
-
-/// A UDP socket on 127.0.0.1 with 8 MiB buffers (capped by net.core.*mem_max), as the
-/// device service and the mesh use.
-fn big_udp_socket() -> std::net::UdpSocket {
-    use std::os::fd::AsRawFd;
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let size: libc::c_int = 8 << 20;
-    for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        // SAFETY: setsockopt reads a c_int from `size`; the socket is open.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                &size as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
-    socket
 }
 
 #[tokio::main]
