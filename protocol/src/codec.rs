@@ -26,7 +26,7 @@
 use crate::manifest::limits::MAX_STORED_CHUNK_BYTES;
 use crate::manifest::ChunkEntry;
 use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 
 /// Bytes an encrypted chunk carries beyond its payload: the nonce and the tag.
 pub const AEAD_OVERHEAD_BYTES: u32 = 24 + 16;
@@ -88,8 +88,12 @@ impl ContentKey {
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {
-        let key = blake3::derive_key("otamesh 2026-11 chunk cipher key v1", &self.0);
-        XChaCha20Poly1305::new((&key).into())
+        XChaCha20Poly1305::new((&self.cipher_key()).into())
+    }
+
+    /// The XChaCha20-Poly1305 key chunks are sealed with, derived from the content key.
+    fn cipher_key(&self) -> [u8; 32] {
+        blake3::derive_key("otamesh 2026-11 chunk cipher key v1", &self.0)
     }
 
     #[cfg(feature = "std")]
@@ -177,8 +181,12 @@ pub fn open_in_place<'b>(
     let (nonce, rest) = stored.split_at_mut(24);
     let (payload, tag) = rest.split_at_mut(rest.len() - 16);
     let aad = aad(entry.codec);
+    #[cfg(feature = "ring-aead")]
+    crate::xchacha_ring::open_in_place(&key.cipher_key(), nonce, &aad, payload, tag)
+        .map_err(|_| ChunkError::DecryptFailed)?;
+    #[cfg(not(feature = "ring-aead"))]
     key.cipher()
-        .decrypt_in_place_detached(XNonce::from_slice(nonce), &aad, payload, Tag::from_slice(tag))
+        .decrypt_in_place_detached(XNonce::from_slice(nonce), &aad, payload, chacha20poly1305::Tag::from_slice(tag))
         .map_err(|_| ChunkError::DecryptFailed)?;
     Ok(payload)
 }

@@ -27,6 +27,8 @@ pub mod manifest;
 pub mod reassemble;
 pub mod sig;
 pub mod time;
+#[cfg(feature = "ring-aead")]
+mod xchacha_ring;
 
 #[cfg(feature = "alloc")]
 pub mod edge;
