@@ -95,6 +95,36 @@ fn err<E: std::fmt::Display>(e: E) -> String {
     format!("plot: {e}")
 }
 
+/// Draws `lines`, each with a legend entry when `text` is on.
+fn draw_lines<'a, DB: DrawingBackend + 'a, CT: CoordTranslate<From = (f64, f64)>>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    lines: impl IntoIterator<Item = Line>,
+    text: bool,
+) -> Result<(), String> {
+    for (label, pts, color, width) in lines {
+        let series = chart.draw_series(LineSeries::new(pts, color.stroke_width(width))).map_err(err)?;
+        if text {
+            series.label(label).legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3)));
+        }
+    }
+    Ok(())
+}
+
+/// The legend box every chart uses, at `position`.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(err)
+}
+
 fn log_time_range(report: &Report) -> (f64, f64) {
     let last = report.series.t_s.last().copied().unwrap_or(1.0).max(0.01);
     let first = report.series.t_s.first().copied().unwrap_or(0.001).clamp(0.001, last / 10.0);
@@ -139,21 +169,9 @@ fn progress<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, S
             1,
         ),
     ];
-    for (label, pts, color, width) in lines {
-        let series = chart.draw_series(LineSeries::new(pts, color.stroke_width(width))).map_err(err)?;
-        if text {
-            series.label(label).legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3)));
-        }
-    }
+    draw_lines(&mut chart, lines, text)?;
     if text {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 15))
-            .draw()
-            .map_err(err)?;
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     }
     Ok(())
 }
@@ -204,14 +222,7 @@ fn backhaul<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, S
     if text {
         line.label("release size (amplification 1.00)")
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], BOUND.stroke_width(2)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 15))
-            .draw()
-            .map_err(err)?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     }
     Ok(())
 }
@@ -254,21 +265,9 @@ fn origin<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, Shi
         ("one plain cache per site", curve(&s.plain_cache_origin_gbps), CACHE, 2),
         ("mesh", curve(&s.mesh_origin_gbps), MESH, 2),
     ];
-    for (label, pts, color, _) in lines {
-        let series = chart.draw_series(LineSeries::new(pts, color.stroke_width(2))).map_err(err)?;
-        if text {
-            series.label(label).legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3)));
-        }
-    }
+    draw_lines(&mut chart, lines, text)?;
     if text {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 15))
-            .draw()
-            .map_err(err)?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     }
     Ok(())
 }

@@ -48,46 +48,38 @@ impl Device {
         Device { dir: dir.into(), config: path }
     }
 
-    /// Starts `device-client check` without waiting.
-    pub fn spawn_check(&self) -> std::process::Child {
-        Command::new(bin("device-client"))
+    /// `device-client check --config … extra`, run through `wrapper` (e.g. `ip netns exec
+    /// NS`) when it is not empty, with output piped.
+    pub fn check_command(&self, wrapper: &[&str], extra: &[&str]) -> Command {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("device-client"));
+                c
+            }
+            None => Command::new(bin("device-client")),
+        };
+        command
             .args(["check", "--config"])
             .arg(&self.config)
+            .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("device-client starts")
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Starts `device-client check` without waiting.
+    pub fn spawn_check(&self) -> std::process::Child {
+        self.check_command(&[], &[]).spawn().expect("device-client starts")
     }
 
     /// Runs `device-client check` to its end (through its own restarts); kills it and panics
     /// after `timeout`.
     pub fn check(&self, timeout: Duration) -> CheckRun {
-        let child = self.spawn_check();
-        let pid = child.id();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(timeout) {
-            Ok(Ok(out)) => CheckRun {
-                success: out.status.success(),
-                output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-            },
-            Ok(Err(e)) => panic!("device-client check: {e}"),
-            Err(_) => {
-                kill9(pid);
-                let output = match rx.recv_timeout(Duration::from_secs(10)) {
-                    Ok(Ok(out)) => {
-                        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-                    }
-                    _ => "(no output)".into(),
-                };
-                panic!("device-client check did not finish within {timeout:?}; output:\n{output}");
-            }
-        }
+        run_check(self.check_command(&[], &[]), timeout)
     }
 
     /// The agent's last status document.
@@ -158,4 +150,30 @@ pub fn copy_tree(from: &Path, to: &Path) {
 
 pub fn kill9(pid: u32) {
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+}
+
+/// Runs a `device-client check` command to its end; kills it and panics after `timeout`,
+/// printing what it wrote.
+pub fn run_check(mut command: Command, timeout: Duration) -> CheckRun {
+    let child = command.spawn().expect("device-client starts");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let text = |out: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(out)) => CheckRun { success: out.status.success(), output: text(&out) },
+        Ok(Err(e)) => panic!("device-client check: {e}"),
+        Err(_) => {
+            kill9(pid);
+            let output = match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(out)) => text(&out),
+                _ => "(no output)".into(),
+            };
+            panic!("device-client check did not finish within {timeout:?}; output:\n{output}");
+        }
+    }
 }

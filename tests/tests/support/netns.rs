@@ -8,12 +8,11 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::device::{kill9, CheckRun, Device};
+use super::device::{run_check, CheckRun, Device};
 use super::{bin, seeder, Edge, Origin, Proc};
 
 /// The edge side's address on the veth pair.
@@ -122,39 +121,7 @@ impl NetPair {
     /// Runs `device-client check --config … extra` inside the device namespace to its end;
     /// kills it and panics after `timeout`.
     pub fn check(&self, device: &Device, extra: &[&str], timeout: Duration) -> CheckRun {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.device])
-            .arg(bin("device-client"))
-            .args(["check", "--config"])
-            .arg(&device.config)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("device-client starts");
-        let pid = child.id();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        let text = |out: &std::process::Output| {
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-        };
-        match rx.recv_timeout(timeout) {
-            Ok(Ok(out)) => CheckRun { success: out.status.success(), output: text(&out) },
-            Ok(Err(e)) => panic!("device-client check: {e}"),
-            Err(_) => {
-                kill9(pid);
-                let output = match rx.recv_timeout(Duration::from_secs(10)) {
-                    Ok(Ok(out)) => text(&out),
-                    _ => "(no output)".into(),
-                };
-                panic!("device-client check did not finish within {timeout:?}; output:\n{output}");
-            }
-        }
+        run_check(device.check_command(&["ip", "netns", "exec", &self.device], extra), timeout)
     }
 }
 
