@@ -498,18 +498,27 @@ impl Agent {
     }
 
     async fn report(&mut self) {
-        let doc = status::document(
+        let seq = match status::next_seq(&self.config.data_dir) {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::warn!("status report not sent: {e:#}");
+                return;
+            }
+        };
+        let report = status::report(
             &self.device_key,
+            seq,
             &self.config.release,
             self.engine.record(),
             self.counts,
             self.health.as_deref(),
             unix_now(),
         );
+        let doc = serde_json::to_value(&report).unwrap_or_default();
         if let Ok(bytes) = serde_json::to_vec_pretty(&doc) {
             let _ = write_atomic(&self.config.data_dir, "status.json", &bytes);
         }
-        let signed = status::sign(&self.device_key, &doc);
+        let signed = status::sign(&self.device_key, &report);
         self.last_status = doc;
         // Best effort: an edge node that is reachable right now forwards it.
         let send = async {

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::{Signer, SigningKey};
 use protocol::install::Record;
-use serde_json::{json, Value};
+use protocol::status::{ReportProgress, ReportTarget, StatusReport};
 
 use crate::fetch::Counts;
 
@@ -38,56 +38,61 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The status document (unsigned part).
-pub fn document(
+/// The next report number: one more than the last one sent, persisted before it is used so
+/// that edge nodes, which reject a report number they have seen (replays), accept this
+/// device's reports across restarts.
+pub fn next_seq(data_dir: &Path) -> Result<u64> {
+    let path = data_dir.join("status.seq");
+    let last = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().with_context(|| format!("{} is damaged; delete it", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let next = last + 1;
+    write_private(&path, next.to_string().as_bytes())?;
+    Ok(next)
+}
+
+/// The device's status report (unsigned).
+pub fn report(
     device: &SigningKey,
+    seq: u64,
     release: &str,
     record: &Record,
     counts: Option<Counts>,
     health: Option<&str>,
     unix_time: i64,
-) -> Value {
-    let target = record.target.map(|t| json!({"version": t.version.as_str(), "id": protocol::hex::encode(&t.id)}));
-    json!({
-        "device": protocol::hex::encode(device.verifying_key().as_bytes()),
-        "release": release,
-        "version": record.installed.version.as_str(),
-        "installed_id": protocol::hex::encode(&record.installed.id),
-        "active_slot": record.active.name(),
-        "state": record.state.name(),
-        "target": target,
-        "progress": {
-            "chunks_done": counts.map_or(record.chunks_done, |c| c.chunks_done),
-            "chunk_count": counts.map_or(record.target.map_or(0, |t| t.chunk_count), |c| c.chunk_count),
-            "bytes_fetched": counts.map_or(record.bytes_fetched, |c| c.bytes_fetched),
-            "bytes_reused": counts.map_or(record.bytes_reused, |c| c.bytes_reused),
+) -> StatusReport {
+    StatusReport {
+        device: protocol::hex::encode(device.verifying_key().as_bytes()),
+        seq,
+        release: release.to_string(),
+        version: record.installed.version.as_str().to_string(),
+        installed_id: protocol::hex::encode(&record.installed.id),
+        active_slot: record.active.name().to_string(),
+        state: record.state.name().to_string(),
+        target: record
+            .target
+            .map(|t| ReportTarget { version: t.version.as_str().to_string(), id: protocol::hex::encode(&t.id) }),
+        progress: ReportProgress {
+            chunks_done: counts.map_or(record.chunks_done, |c| c.chunks_done),
+            chunk_count: counts.map_or(record.target.map_or(0, |t| t.chunk_count), |c| c.chunk_count),
+            bytes_fetched: counts.map_or(record.bytes_fetched, |c| c.bytes_fetched),
+            bytes_reused: counts.map_or(record.bytes_reused, |c| c.bytes_reused),
         },
-        "error": record.last_error.map(|e| e.name()),
-        "health": health,
-        "security_floor": record.min_security_counter,
-        "time": unix_time,
-    })
+        error: record.last_error.map(|e| e.name().to_string()),
+        health: health.map(str::to_string),
+        security_floor: record.min_security_counter,
+        time: unix_time,
+    }
 }
 
-/// `{"signed": doc, "signature": hex}`: the signature covers serde_json's bytes of `signed`,
-/// whose keys are sorted, so a verifier re-serializing the parsed object gets the same bytes.
-pub fn sign(device: &SigningKey, doc: &Value) -> Vec<u8> {
-    let bytes = serde_json::to_vec(doc).unwrap_or_default();
-    let signature = device.sign(&bytes);
-    serde_json::to_vec(&json!({"signed": doc, "signature": protocol::hex::encode(&signature.to_bytes())}))
-        .unwrap_or_default()
+/// The signed wire form ([`protocol::status`]).
+pub fn sign(device: &SigningKey, report: &StatusReport) -> Vec<u8> {
+    report.to_signed(|message| device.sign(message).to_bytes())
 }
 
-/// Checks a signed report; returns the document. For tests and for whoever collects reports.
-pub fn verify(report: &[u8]) -> Result<Value> {
-    let outer: Value = serde_json::from_slice(report).context("report is not JSON")?;
-    let doc = outer["signed"].clone();
-    let key = protocol::hex::decode_array::<32>(doc["device"].as_str().context("no device key")?)
-        .map_err(|_| anyhow::anyhow!("device key is not 32 hex bytes"))?;
-    let sig = protocol::hex::decode_array::<64>(outer["signature"].as_str().context("no signature")?)
-        .map_err(|_| anyhow::anyhow!("signature is not 64 hex bytes"))?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&key)?;
-    let sig = ed25519_dalek::Signature::from_bytes(&sig);
-    key.verify_strict(&serde_json::to_vec(&doc)?, &sig).context("signature does not verify")?;
-    Ok(doc)
+/// Checks a signed report; returns it. For tests and for whoever collects reports.
+pub fn verify(bytes: &[u8]) -> Result<StatusReport> {
+    protocol::status::verify(bytes).map(|v| v.report).map_err(|e| anyhow::anyhow!("{e}"))
 }

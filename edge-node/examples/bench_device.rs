@@ -44,7 +44,9 @@ impl DeviceBackend for StoreBackend {
         });
         read.await.unwrap_or_default()
     }
-    async fn report_status(&self, _: SocketAddr, _: Vec<u8>) {}
+    async fn report_status(&self, _: SocketAddr, _: Vec<u8>) -> Result<(), protocol::device_wire::ErrorCode> {
+        Ok(())
+    }
 }
 
 /// Requests kept in flight by one client (QUIC streams, or TCP requests written ahead).

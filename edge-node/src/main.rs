@@ -51,10 +51,15 @@ struct RunArgs {
     /// Peer to dial at start, a multiaddr ending in /p2p/<peer id> (repeatable).
     #[arg(long)]
     bootstrap: Vec<String>,
+    /// The origin's libp2p peer id (repeatable). A --bootstrap peer that identifies as the
+    /// origin counts as configured too; only configured origins may supply the root pinned on
+    /// first use, and they are asked for metadata first.
+    #[arg(long = "origin-peer")]
+    origin_peers: Vec<String>,
     /// Store capacity, e.g. 16GiB.
     #[arg(long)]
     capacity: Option<String>,
-    /// TUF root.json to pin (default: the origin's on first use).
+    /// TUF root.json to pin (default: a configured origin's, on first use).
     #[arg(long)]
     trusted_root: Option<PathBuf>,
     /// Hardware class to pre-stage (repeatable; default all).
@@ -93,6 +98,7 @@ impl RunArgs {
             c.listen = self.listen;
         }
         c.bootstrap.extend(self.bootstrap);
+        c.origin_peers.extend(self.origin_peers);
         if let Some(v) = self.capacity {
             c.capacity = v;
         }
@@ -118,6 +124,7 @@ impl RunArgs {
             c.refresh_secs = v;
         }
         c.capacity_bytes().context("--capacity")?;
+        c.origin_peer_ids().context("--origin-peer")?;
         Ok(c)
     }
 }

@@ -33,6 +33,16 @@ pub struct Metrics {
     pub devices: AtomicU64,
     /// Releases completely cached.
     pub releases_complete: AtomicU64,
+    /// Device status reports accepted (signature verified, not a replay, within allowance).
+    pub status_reports_accepted: AtomicU64,
+    /// Device status reports refused: forged, replayed, malformed, or over an address's
+    /// rate or device quota.
+    pub status_reports_rejected: AtomicU64,
+    /// Repository metadata from a peer that failed verification (forged or broken); the peer
+    /// is not asked for metadata again for a while.
+    pub metadata_rejected: AtomicU64,
+    /// Gossip announcements dropped because their timestamp did not verify.
+    pub announcements_rejected: AtomicU64,
 }
 
 impl Metrics {
@@ -65,7 +75,33 @@ impl Metrics {
             ("devices", "gauge", "Connected devices.", &self.devices),
             ("releases_complete", "gauge", "Releases completely cached.", &self.releases_complete),
         ];
-        for (name, kind, help, counter) in simple {
+        let trust: [(&str, &str, &str, &AtomicU64); 4] = [
+            (
+                "status_reports_accepted_total",
+                "counter",
+                "Device status reports accepted.",
+                &self.status_reports_accepted,
+            ),
+            (
+                "status_reports_rejected_total",
+                "counter",
+                "Device status reports refused (forged, replayed, over rate or device quota).",
+                &self.status_reports_rejected,
+            ),
+            (
+                "metadata_rejected_total",
+                "counter",
+                "Repository metadata from peers that failed verification.",
+                &self.metadata_rejected,
+            ),
+            (
+                "announcements_rejected_total",
+                "counter",
+                "Gossip announcements whose timestamp did not verify.",
+                &self.announcements_rejected,
+            ),
+        ];
+        for (name, kind, help, counter) in simple.into_iter().chain(trust) {
             let _ = writeln!(
                 out,
                 "# HELP otamesh_edge_{name} {help}\n# TYPE otamesh_edge_{name} {kind}\notamesh_edge_{name} {}",
@@ -88,6 +124,6 @@ mod tests {
         let text = m.render();
         assert!(text.contains("otamesh_edge_bytes_in_total{source=\"origin\"} 42\n"));
         assert!(text.contains("# TYPE otamesh_edge_cache_hits_total counter\notamesh_edge_cache_hits_total 3\n"));
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 11);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 15);
     }
 }

@@ -59,8 +59,9 @@ impl DeviceBackend for MemBackend {
         }
     }
 
-    async fn report_status(&self, peer: SocketAddr, body: Vec<u8>) {
+    async fn report_status(&self, peer: SocketAddr, body: Vec<u8>) -> Result<(), protocol::device_wire::ErrorCode> {
         self.statuses.lock().unwrap().push((peer, body));
+        Ok(())
     }
 }
 

@@ -8,7 +8,7 @@
 //! Features:
 //! - none: what an MCU needs — manifest views, fixed chunking, chunk verification and
 //!   decryption, ed25519 strict verification. No heap.
-//! - `alloc`: owned manifests, canonical JSON, the TUF client.
+//! - `alloc`: owned manifests, canonical JSON, the TUF client, signed device status reports.
 //! - `std` (default): FastCDC, zstd, ECDSA P-256.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
@@ -32,6 +32,8 @@ mod xchacha_ring;
 
 #[cfg(feature = "alloc")]
 pub mod edge;
+#[cfg(feature = "alloc")]
+pub mod status;
 #[cfg(feature = "alloc")]
 pub mod tuf;
 

@@ -474,3 +474,109 @@ fn root_rotation_expired_final_root() {
     w.put("3.root.json", sign(&root_signed(3, PAST, &k), &[&k.root[0]]));
     assert_eq!(repo_err(w.refresh(&old_root, NOW)), RepositoryError::ExpiredMetadata { role: role("root") });
 }
+
+/// Drives `updater` over several interchangeable sources (mesh peers), in order, the way an
+/// edge node does: bytes that fail verification make it ask the next source. Returns the
+/// indexes of sources that lied and of those that were behind.
+fn drive_sources(
+    worlds: &mut [World],
+    cache: &mut BTreeMap<String, Vec<u8>>,
+    updater: &mut Updater,
+) -> Result<(Vec<usize>, Vec<usize>), Error> {
+    let (mut liars, mut behind) = (Vec::new(), Vec::new());
+    loop {
+        while let Some(event) = updater.poll_event() {
+            if let Event::Persist { role, bytes } = event {
+                cache.insert(format!("{role}.json"), bytes);
+            }
+        }
+        let Some(req) = updater.poll_request() else { return Ok((liars, behind)) };
+        if req.source == Source::Cache {
+            updater.handle_response(cache.get(&req.file_name).cloned().ok_or(FetchError::NotFound))?;
+            continue;
+        }
+        let mut answered = false;
+        for (i, world) in worlds.iter().enumerate() {
+            let Some(bytes) = world.remote.get(&req.file_name).cloned() else { continue };
+            match updater.handle_candidate(bytes) {
+                Ok(()) => {
+                    answered = true;
+                    break;
+                }
+                Err(e) if e.source_is_behind() => behind.push(i),
+                Err(Error::Repository(_)) => liars.push(i),
+                Err(e) => return Err(e),
+            }
+        }
+        if !answered {
+            updater.handle_response(Err(FetchError::NotFound))?;
+        }
+    }
+}
+
+#[test]
+fn a_source_serving_forged_metadata_first_does_not_end_the_refresh() {
+    let k = RootKeys::new();
+    let (honest, root) = World::standard(&k);
+    // The forger holds no repository key: its own keys sign a huge timestamp version, a
+    // snapshot and targets naming a file of its choice.
+    let forger_keys = RootKeys { timestamp: key(20), snapshot: vec![key(21)], targets: key(22), ..RootKeys::new() };
+    let mut forger = World::default();
+    forger.put("timestamp.json", sign(&timestamp_signed(u64::MAX / 2, 1, FUTURE), &[&forger_keys.timestamp]));
+    forger.put(
+        "1.snapshot.json",
+        sign(&snapshot_signed(1, &[("targets", 1)], FUTURE), &forger_keys.snapshot.iter().collect::<Vec<_>>()),
+    );
+    forger.put("1.targets.json", sign(&targets_signed(1, &[("evil.bin", b"evil")], FUTURE), &[&forger_keys.targets]));
+    let mut worlds = [forger, honest];
+    let mut cache = BTreeMap::new();
+    let mut updater = Updater::new(&root, NOW, Config::default()).unwrap();
+    updater.refresh();
+    let (liars, behind) = drive_sources(&mut worlds, &mut cache, &mut updater).expect("the honest source completes it");
+    // Asked first for every file (this driver keeps no penalties), refused every time.
+    assert_eq!(liars, [0, 0, 0], "the forger was consulted first and recognised as lying");
+    assert!(behind.is_empty());
+    let targets = updater.trusted().targets("targets").expect("targets verified");
+    assert!(targets.targets.contains_key("file.txt") && !targets.targets.contains_key("evil.bin"));
+    assert_eq!(updater.trusted().timestamp().unwrap().common.version, 1);
+}
+
+#[test]
+fn a_source_that_is_behind_is_not_a_liar_and_the_newer_source_wins() {
+    let k = RootKeys::new();
+    let (stale, root) = World::standard(&k);
+    let (mut current, _) = World::standard(&k);
+    current.put("timestamp.json", sign(&timestamp_signed(3, 2, FUTURE), &[&k.timestamp]));
+    current.put("2.snapshot.json", sign(&snapshot_signed(2, &[("targets", 2)], FUTURE), &[&k.snapshot[0]]));
+    current.put("2.targets.json", sign(&targets_signed(2, &[("new.txt", b"new")], FUTURE), &[&k.targets]));
+    // The device already trusts timestamp 3 (it saw the current repository before).
+    let mut cache = BTreeMap::new();
+    let mut updater = Updater::new(&root, NOW, Config::default()).unwrap();
+    updater.refresh();
+    drive_sources(&mut [current], &mut cache, &mut updater).unwrap();
+    let (mut current, _) = World::standard(&k);
+    current.put("timestamp.json", sign(&timestamp_signed(3, 2, FUTURE), &[&k.timestamp]));
+    current.put("2.snapshot.json", sign(&snapshot_signed(2, &[("targets", 2)], FUTURE), &[&k.snapshot[0]]));
+    current.put("2.targets.json", sign(&targets_signed(2, &[("new.txt", b"new")], FUTURE), &[&k.targets]));
+    let mut updater = Updater::new(&root, NOW, Config::default()).unwrap();
+    updater.refresh();
+    let (liars, behind) = drive_sources(&mut [stale, current], &mut cache, &mut updater).unwrap();
+    assert!(liars.is_empty(), "an authentic older timestamp is not a lie: {liars:?}");
+    assert_eq!(behind, [0]);
+    assert!(updater.trusted().targets("targets").unwrap().targets.contains_key("new.txt"));
+}
+
+#[test]
+fn when_every_source_lies_the_refresh_fails_and_nothing_forged_is_trusted() {
+    let k = RootKeys::new();
+    let (_, root) = World::standard(&k);
+    let mut forger = World::default();
+    forger.put("timestamp.json", sign(&timestamp_signed(9, 1, FUTURE), &[&key(20)]));
+    let mut cache = BTreeMap::new();
+    let mut updater = Updater::new(&root, NOW, Config::default()).unwrap();
+    updater.refresh();
+    let result = drive_sources(&mut [forger], &mut cache, &mut updater);
+    assert!(matches!(result, Err(Error::Fetch { .. })), "{result:?}");
+    assert!(updater.trusted().timestamp().is_none());
+    assert!(updater.poll_request().is_none(), "the operation is over");
+}

@@ -6,15 +6,28 @@
 //! site = "default"                     # nodes with the same site share one backhaul fetch
 //! listen = ["/ip4/0.0.0.0/udp/4101/quic-v1", "/ip4/0.0.0.0/tcp/4101"]
 //! bootstrap = []                       # multiaddrs ending in /p2p/<peer id>: origin, site-mates
+//! origin_peers = []                    # the origin's peer ids; bootstrap peers that identify as
+//!                                      # the origin count too (see "Trust" below)
 //! capacity = "16GiB"                   # chunk store capacity
-//! trusted_root = ""                    # root.json to pin; empty: pin the origin's 1.root.json on first use
+//! trusted_root = ""                    # root.json to pin; empty: pin a configured origin's 1.root.json on first use
 //! serve_hw_classes = []                # hardware classes to pre-stage; empty: all
 //! mdns = true                          # find site-mates on the LAN, advertise the device service
 //! http_listen = "127.0.0.1:4180"       # TUF mirror, /metrics, /status
 //! device_quic_listen = "0.0.0.0:4433"  # device service (QUIC, ALPN otamesh-device/1)
 //! device_tcp_listen = "0.0.0.0:4434"   # device service (framed TCP, for MCUs)
 //! refresh_secs = 60                    # poll the repository even without announcements
+//! report_devices_per_client = 16       # device keys one LAN address may send status reports for
+//! reports_per_sec_per_client = 2       # sustained status reports per LAN address (burst 20)
 //! ```
+//!
+//! Trust: metadata from any peer is verified against the pinned root, so who serves it only
+//! matters for liveness. Peers are asked in this order: configured origins, peers that served
+//! metadata that verified, site-mates, the rest; shuffled within each class, and a peer whose
+//! metadata failed verification is skipped for 10 minutes. The one decision that does trust a
+//! peer is pinning a root when `trusted_root` is empty: that root is taken only from a
+//! configured origin — a peer in `origin_peers`, or a `bootstrap` peer that identifies as the
+//! origin — never from a peer found through the DHT, mDNS or one that dialled in. Production
+//! nodes set `trusted_root`.
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -33,9 +46,12 @@ pub struct EdgeConfig {
     pub listen: Vec<String>,
     /// Peers to dial at start.
     pub bootstrap: Vec<String>,
+    /// The origin's libp2p peer ids (base58). Also trusted as the origin: `bootstrap` peers
+    /// that identify as it.
+    pub origin_peers: Vec<String>,
     /// Store capacity, e.g. `16GiB`, `500MB`, `1048576`.
     pub capacity: String,
-    /// Pinned TUF root; empty for trust on first use.
+    /// Pinned TUF root; empty for trust on first use from a configured origin.
     pub trusted_root: Option<PathBuf>,
     /// Hardware classes to pre-stage; empty for all.
     pub serve_hw_classes: Vec<String>,
@@ -50,6 +66,10 @@ pub struct EdgeConfig {
     pub device_tcp_listen: SocketAddr,
     /// Seconds between repository polls.
     pub refresh_secs: u64,
+    /// Distinct device keys one client address may send status reports for.
+    pub report_devices_per_client: usize,
+    /// Sustained status reports per second per client address.
+    pub reports_per_sec_per_client: u32,
 }
 
 impl Default for EdgeConfig {
@@ -59,6 +79,7 @@ impl Default for EdgeConfig {
             site: "default".into(),
             listen: vec!["/ip4/0.0.0.0/udp/4101/quic-v1".into(), "/ip4/0.0.0.0/tcp/4101".into()],
             bootstrap: Vec::new(),
+            origin_peers: Vec::new(),
             capacity: "16GiB".into(),
             trusted_root: None,
             serve_hw_classes: Vec::new(),
@@ -67,6 +88,8 @@ impl Default for EdgeConfig {
             device_quic_listen: ([0, 0, 0, 0], 4433).into(),
             device_tcp_listen: ([0, 0, 0, 0], 4434).into(),
             refresh_secs: 60,
+            report_devices_per_client: 16,
+            reports_per_sec_per_client: 2,
         }
     }
 }
@@ -79,6 +102,37 @@ impl EdgeConfig {
             bail!("config {} is over 1 MiB", path.display());
         }
         toml::from_str(&text).with_context(|| format!("config {} is invalid", path.display()))
+    }
+
+    /// The origin's peer ids: `origin_peers`, each checked.
+    pub fn origin_peer_ids(&self) -> Result<Vec<libp2p::PeerId>> {
+        self.origin_peers
+            .iter()
+            .map(|p| p.parse().with_context(|| format!("origin peer `{p}` is not a libp2p peer id (12D3KooW…)")))
+            .collect()
+    }
+
+    /// Peer ids named by `bootstrap` addresses (their `/p2p/` part).
+    pub fn bootstrap_peer_ids(&self) -> Vec<libp2p::PeerId> {
+        self.bootstrap
+            .iter()
+            .filter_map(|a| a.parse::<libp2p::Multiaddr>().ok())
+            .filter_map(|a| {
+                a.iter().find_map(|p| match p {
+                    libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                    _ => None,
+                })
+            })
+            .collect()
+    }
+
+    /// Bounds of status report admission.
+    pub fn report_limits(&self) -> protocol::status::ReportLimits {
+        protocol::status::ReportLimits {
+            devices_per_client: self.report_devices_per_client.max(1),
+            reports_per_sec_per_client: self.reports_per_sec_per_client.max(1),
+            ..Default::default()
+        }
     }
 
     /// Capacity in bytes.

@@ -1,19 +1,21 @@
 //! The daemon's side of the device service: TUF files from the mirror, chunks from the
-//! verified store, misses turned into on-demand fetches, status reports kept for upstream.
+//! verified store, misses turned into on-demand fetches, status reports checked (signature,
+//! replay, per-address rate and device quota: [`protocol::status::ReportGate`]) and the newest
+//! per device kept for upstream.
 
+use protocol::device_wire::ErrorCode;
+use protocol::status::{ReportError, ReportGate, ReportLimits};
 use protocol::ChunkId;
-use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 
 use super::Internal;
 use crate::device::{ChunkLookup, DeviceBackend};
+use crate::metrics::Metrics;
 use crate::store::{ChunkStore, ReadError};
-
-/// Most status reports kept while the upstream path is unavailable.
-const MAX_KEPT_STATUS_REPORTS: usize = 4096;
 
 /// Shared between the main loop (which fills `targets`) and the device service.
 pub struct Backend {
@@ -22,19 +24,35 @@ pub struct Backend {
     /// TUF target path → repository file name (consistent-snapshot, hash-prefixed).
     pub(super) targets: RwLock<HashMap<String, (String, u64)>>,
     pub(super) internal: mpsc::Sender<Internal>,
-    /// Recent device status reports, newest last.
-    pub(super) status_reports: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
+    /// Accepted device status reports (the newest per device) and the admission state.
+    pub(super) reports: Mutex<ReportGate<IpAddr>>,
+    /// Epoch of the gate's clock.
+    started: std::time::Instant,
+    metrics: Arc<Metrics>,
 }
 
 impl Backend {
-    pub(super) fn new(mirror: PathBuf, store: ChunkStore, internal: mpsc::Sender<Internal>) -> Arc<Self> {
+    pub(super) fn new(
+        mirror: PathBuf,
+        store: ChunkStore,
+        internal: mpsc::Sender<Internal>,
+        report_limits: ReportLimits,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Backend {
             mirror,
             store,
             targets: RwLock::new(HashMap::new()),
             internal,
-            status_reports: Mutex::new(VecDeque::new()),
+            reports: Mutex::new(ReportGate::new(report_limits)),
+            started: std::time::Instant::now(),
+            metrics,
         })
+    }
+
+    /// Devices whose newest report is kept.
+    pub(super) fn reporting_devices(&self) -> usize {
+        self.reports.lock().map_or(0, |g| g.device_count())
     }
 }
 
@@ -113,13 +131,26 @@ impl DeviceBackend for Backend {
         lookups
     }
 
-    async fn report_status(&self, peer: SocketAddr, body: Vec<u8>) {
-        tracing::debug!(%peer, len = body.len(), "device status report");
-        if let Ok(mut reports) = self.status_reports.lock() {
-            if reports.len() >= MAX_KEPT_STATUS_REPORTS {
-                reports.pop_front();
+    async fn report_status(&self, peer: SocketAddr, body: Vec<u8>) -> Result<(), ErrorCode> {
+        let now = protocol::time::Instant(self.started.elapsed().as_micros() as u64);
+        // Verify before taking the lock: a signature check is the expensive part.
+        let verdict = protocol::status::verify(&body).and_then(|report| {
+            let mut gate = self.reports.lock().map_err(|_| ReportError::RateLimited)?;
+            gate.admit(now, peer.ip(), report)
+        });
+        match verdict {
+            Ok(()) => {
+                Metrics::add(&self.metrics.status_reports_accepted, 1);
+                Ok(())
             }
-            reports.push_back((peer, body));
+            Err(e) => {
+                Metrics::add(&self.metrics.status_reports_rejected, 1);
+                tracing::debug!(%peer, %e, "device status report refused");
+                Err(match e {
+                    ReportError::RateLimited | ReportError::TooManyDevices => ErrorCode::BUSY,
+                    _ => ErrorCode::BAD_REQUEST,
+                })
+            }
         }
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod config;
 mod device_backend;
+pub mod meta_sources;
 pub mod tuf_sync;
 
 use anyhow::{Context, Result};
@@ -36,6 +37,7 @@ use crate::network::{
 };
 use crate::store::ChunkStore;
 use config::EdgeConfig;
+use meta_sources::{MetaSources, PeerInfo, SourceOutcomes};
 use tuf_sync::TufDirs;
 
 /// What the status endpoint shows; refreshed by the main loop.
@@ -85,7 +87,7 @@ enum Internal {
         release: ReleaseId,
         bits: Option<Vec<u8>>,
     },
-    Refreshed(Result<Vec<tuf_sync::FoundRelease>>),
+    Refreshed(RefreshOutcome),
     StoreFailed(Vec<ChunkId>),
     /// Chunks durably written.
     Written(Vec<ChunkId>),
@@ -94,6 +96,18 @@ enum Internal {
     Demand(ChunkId),
     /// Time to retry a failed repository refresh.
     RefreshDue,
+}
+
+/// What a finished refresh reports to the main loop.
+struct RefreshOutcome {
+    /// New releases, or why the refresh failed.
+    result: Result<Vec<tuf_sync::FoundRelease>>,
+    /// How each peer asked answered.
+    sources: SourceOutcomes,
+    /// The pinned root after the refresh (it may have rotated) and the trusted timestamp
+    /// version, for checking announcements.
+    root: Option<Vec<u8>>,
+    timestamp_version: u64,
 }
 
 /// Maps a libp2p peer to the protocol's node id.
@@ -122,7 +136,14 @@ struct Daemon {
     status: StatusHandle,
     dirs: TufDirs,
     peers: HashMap<NodeId, PeerId>,
+    /// Identified peers: site, and whether the peer claims to be the origin.
     sites: HashMap<PeerId, (String, bool)>,
+    /// Who is asked for metadata, in which order; who lied.
+    meta_sources: MetaSources,
+    /// The pinned root, for checking announcements before they order anything.
+    pinned_root: Option<Vec<u8>>,
+    /// Version of the newest timestamp that verified.
+    trusted_timestamp_version: u64,
     releases: BTreeMap<ReleaseId, KnownRelease>,
     by_key: HashMap<String, ReleaseId>,
     pending: HashMap<ChunkId, (Bytes, Budget)>,
@@ -142,9 +163,9 @@ struct Daemon {
     refresh_again: bool,
     /// Consecutive failed refreshes, for the retry backoff.
     refresh_failures: u32,
-    /// Highest timestamp version announced so far.
-    announced_version: u64,
-    announced: Option<Vec<u8>>,
+    /// The newest announced timestamp that verified and is newer than the trusted one, with
+    /// its version: the next refresh's first candidate.
+    announced: Option<(u64, Vec<u8>)>,
 }
 
 /// Starts the node and runs it until the process is stopped.
@@ -183,7 +204,16 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
     let metrics = Arc::new(Metrics::default());
     let status: StatusHandle = Arc::new(Mutex::new(json!({})));
     let (internal_tx, mut internal_rx) = mpsc::channel(1024);
-    let device = device_backend::Backend::new(dirs.mirror.clone(), store.clone(), internal_tx.clone());
+    let device = device_backend::Backend::new(
+        dirs.mirror.clone(),
+        store.clone(),
+        internal_tx.clone(),
+        config.report_limits(),
+        metrics.clone(),
+    );
+    let meta_sources = MetaSources::new(config.origin_peer_ids()?, config.bootstrap_peer_ids());
+    let pinned_root = std::fs::read(dirs.trusted.join("root.json")).ok();
+    let trusted_timestamp_version = dirs.load_cached(unix_now()).and_then(|t| t.timestamp().map(|t| t.common.version));
     let device_config = crate::device::DeviceServiceConfig {
         quic_addr: Some(config.device_quic_listen),
         tcp_addr: Some(config.device_tcp_listen),
@@ -210,6 +240,9 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         dirs,
         peers: HashMap::new(),
         sites: HashMap::new(),
+        meta_sources,
+        pinned_root,
+        trusted_timestamp_version: trusted_timestamp_version.unwrap_or(0),
         releases: BTreeMap::new(),
         by_key: HashMap::new(),
         pending: HashMap::new(),
@@ -222,7 +255,6 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         refreshing: false,
         refresh_again: false,
         refresh_failures: 0,
-        announced_version: 0,
         announced: None,
     };
     daemon.load_local_state()?;
@@ -283,6 +315,26 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
     }
 }
 
+/// Pins the root on first use, from configured origins only (see `meta_sources`), after
+/// checking it is a self-consistent root.
+async fn pin_first_root(client: &NetworkClient, root_sources: &[PeerId], dirs: &TufDirs) -> Result<()> {
+    for peer in root_sources {
+        let Ok(resp) = client.request_meta(*peer, "metadata/1.root.json").await else { continue };
+        let Some(root) = resp.body else { continue };
+        match dirs.pin_root(&root, unix_now()) {
+            Ok(()) => {
+                warn!(%peer, "no trusted_root configured: pinned the configured origin's 1.root.json on first use");
+                return Ok(());
+            }
+            Err(e) => warn!(%peer, "configured origin served an unusable root: {e:#}"),
+        }
+    }
+    anyhow::bail!(
+        "no trusted root yet: no configured origin is connected to take one from \
+         (set --trusted-root, or --bootstrap the origin's address or --origin-peer its peer id)"
+    )
+}
+
 fn sha2_digest(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).into()
@@ -333,24 +385,12 @@ impl Daemon {
         Ok(())
     }
 
-    fn sources(&self) -> Vec<PeerId> {
-        // The origin first (it has everything), then site-mates, then anyone.
-        let mut peers: Vec<(u8, PeerId)> = self
-            .sites
-            .iter()
-            .map(|(peer, (site, origin))| {
-                let rank = if *origin {
-                    0
-                } else if *site == self.config.site {
-                    1
-                } else {
-                    2
-                };
-                (rank, *peer)
-            })
-            .collect();
-        peers.sort();
-        peers.into_iter().map(|(_, p)| p).collect()
+    fn peer_infos(&self) -> impl Iterator<Item = PeerInfo<'_>> {
+        self.sites.iter().map(|(peer, (site, claims_origin))| PeerInfo {
+            peer: *peer,
+            site: site.as_str(),
+            claims_origin: *claims_origin,
+        })
     }
 
     fn start_refresh(&mut self) {
@@ -358,33 +398,43 @@ impl Daemon {
             self.refresh_again = true;
             return;
         }
-        let sources = self.sources();
+        let now = WallInstant::now();
+        let sources = self.meta_sources.order(self.peer_infos(), &self.config.site, now);
         if sources.is_empty() {
             return;
         }
+        // Trust on first use only from configured origins (see `meta_sources`).
+        let root_sources = self.meta_sources.root_sources(self.peer_infos(), now);
         self.refreshing = true;
         let (client, dirs, tx) = (self.client.clone(), self.dirs.clone(), self.internal_tx.clone());
-        let announced = self.announced.take();
+        let announced = self.announced.take().map(|(_, bytes)| bytes);
         let known: std::collections::HashSet<String> = self.releases.values().map(|r| r.target_path.clone()).collect();
         tokio::spawn(async move {
+            let mut outcomes = SourceOutcomes::default();
             let result = async {
                 if !dirs.has_root() {
-                    // Trust on first use: no root was configured, so pin the origin's first
-                    // root. Production nodes set `trusted_root`.
-                    let root = client
-                        .request_meta(sources[0], "metadata/1.root.json")
-                        .await
-                        .ok()
-                        .and_then(|r| r.body)
-                        .context("no peer served metadata/1.root.json")?;
-                    warn!("no trusted_root configured: pinning the origin's 1.root.json on first use");
-                    dirs.pin_root(&root, unix_now())?;
+                    pin_first_root(&client, &root_sources, &dirs).await?;
                 }
-                let trusted = tuf_sync::refresh(&client, &sources, &dirs, unix_now(), announced).await?;
-                Ok(tuf_sync::new_releases(&client, &sources, &dirs, &trusted, &|path| known.contains(path)).await)
+                let trusted = tuf_sync::refresh(&client, &sources, &dirs, unix_now(), announced, &mut outcomes).await?;
+                let found = tuf_sync::new_releases(
+                    &client,
+                    &sources,
+                    &dirs,
+                    &trusted,
+                    &|path| known.contains(path),
+                    &mut outcomes,
+                )
+                .await;
+                Ok((found, trusted.timestamp().map_or(0, |t| t.common.version)))
             }
             .await;
-            let _ = tx.send(Internal::Refreshed(result)).await;
+            let root = std::fs::read(dirs.trusted.join("root.json")).ok();
+            let (result, timestamp_version) = match result {
+                Ok((found, version)) => (Ok(found), version),
+                Err(e) => (Err(e), 0),
+            };
+            let outcome = RefreshOutcome { result, sources: outcomes, root, timestamp_version };
+            let _ = tx.send(Internal::Refreshed(outcome)).await;
         });
     }
 
@@ -434,7 +484,10 @@ impl Daemon {
                 let first = !self.sites.contains_key(&peer);
                 self.sites.insert(peer, (site.as_str().to_string(), origin));
                 self.peers.insert(node_id(&peer), peer);
-                let role = if origin { PeerRole::Origin } else { PeerRole::Edge };
+                // What a peer says of itself is a claim: only a configured or proven origin
+                // is scheduled as one.
+                let role =
+                    if self.meta_sources.acts_as_origin(&peer, origin) { PeerRole::Origin } else { PeerRole::Edge };
                 self.scheduler.handle_peer_up(now, node_id(&peer), SiteId::from_name(site.as_str()), role);
                 Metrics::add(&self.metrics.peers, u64::from(first));
                 if first {
@@ -448,18 +501,7 @@ impl Daemon {
                 self.scheduler.handle_peer_down(now, node_id(&peer));
             }
             NetworkEvent::AnnouncementSubscriber { .. } => {}
-            NetworkEvent::Announcement { bytes, .. } => {
-                // Gossip may deliver an older timestamp after a newer one (re-announcements
-                // travel different paths); refreshing with it would fail as a rollback.
-                let version = tuf_sync::signed_version(&bytes).unwrap_or(0);
-                debug!(len = bytes.len(), version, "release announcement");
-                if version < self.announced_version {
-                    return;
-                }
-                self.announced_version = version;
-                self.announced = Some(bytes);
-                self.start_refresh();
-            }
+            NetworkEvent::Announcement { source, bytes } => self.handle_announcement(source, bytes),
             NetworkEvent::InboundChunkRequest { peer: _, request, reply } => {
                 let (store, client, metrics, tx) =
                     (self.store.clone(), self.client.clone(), self.metrics.clone(), self.internal_tx.clone());
@@ -503,6 +545,89 @@ impl Daemon {
         }
     }
 
+    /// A timestamp pushed by gossip. It orders nothing until it verifies against the pinned
+    /// root: a forged one is dropped and its author skipped for metadata for a while.
+    fn handle_announcement(&mut self, source: Option<PeerId>, bytes: Vec<u8>) {
+        let Some(root) = &self.pinned_root else {
+            // Nothing to check it against yet: a refresh pins a root from a configured origin.
+            self.start_refresh();
+            return;
+        };
+        match tuf_sync::verify_announcement(root, &bytes, unix_now()) {
+            Ok(version) => {
+                let pending = self.announced.as_ref().map_or(0, |(v, _)| *v);
+                debug!(version, trusted = self.trusted_timestamp_version, "release announcement");
+                // Gossip may deliver an older timestamp after a newer one (re-announcements
+                // travel different paths); refreshing with it would fail as a rollback.
+                if version > self.trusted_timestamp_version && version > pending {
+                    self.announced = Some((version, bytes));
+                    self.start_refresh();
+                }
+            }
+            Err(e) => {
+                Metrics::add(&self.metrics.announcements_rejected, 1);
+                warn!(?source, "announcement rejected: {e:#}");
+                if let Some(peer) = source {
+                    self.meta_sources.penalize(peer, WallInstant::now());
+                }
+            }
+        }
+    }
+
+    fn handle_refreshed(&mut self, outcome: RefreshOutcome) {
+        self.refreshing = false;
+        let RefreshOutcome { result, sources, root, timestamp_version } = outcome;
+        Metrics::add(&self.metrics.metadata_rejected, sources.lied.len() as u64);
+        let now = WallInstant::now();
+        self.meta_sources.record(&sources, now);
+        for peer in &sources.lied {
+            warn!(%peer, "peer served repository metadata that failed verification; not asking it for 10 min");
+        }
+        // A peer that claims to be the origin and proved it by serving metadata that verified
+        // is scheduled as the origin from now on.
+        let sched_now = self.now();
+        for peer in &sources.verified {
+            if let Some((site, true)) = self.sites.get(peer) {
+                if self.meta_sources.acts_as_origin(peer, true) {
+                    let site = SiteId::from_name(site);
+                    self.scheduler.handle_peer_up(sched_now, node_id(peer), site, PeerRole::Origin);
+                }
+            }
+        }
+        if root.is_some() {
+            self.pinned_root = root;
+        }
+        match result {
+            Ok(found) => {
+                self.refresh_failures = 0;
+                self.trusted_timestamp_version = self.trusted_timestamp_version.max(timestamp_version);
+                if self.announced.as_ref().is_some_and(|(v, _)| *v <= self.trusted_timestamp_version) {
+                    self.announced = None;
+                }
+                for release in found {
+                    self.register_release(&release.target_path, &release.manifest);
+                }
+                if std::mem::take(&mut self.refresh_again) {
+                    self.start_refresh();
+                }
+            }
+            Err(e) => {
+                // E.g. a stale announcement (an older timestamp than we trust) or a
+                // peer that has not caught up: try again soon from the peers rather
+                // than wait for the periodic refresh, backing off while it fails.
+                warn!("repository refresh failed: {e:#}");
+                self.refresh_again = false;
+                let delay_ms = (250u64 << self.refresh_failures.min(8)).min(self.config.refresh_secs * 1000);
+                self.refresh_failures += 1;
+                let tx = self.internal_tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                    let _ = tx.send(Internal::RefreshDue).await;
+                });
+            }
+        }
+    }
+
     fn handle_internal(&mut self, msg: Internal) {
         let now = self.now();
         match msg {
@@ -519,34 +644,7 @@ impl Daemon {
                 Some(bits) => self.scheduler.handle_have(now, peer, release, &bits),
                 None => self.scheduler.handle_have_failed(now, peer, release),
             },
-            Internal::Refreshed(result) => {
-                self.refreshing = false;
-                match result {
-                    Ok(found) => {
-                        self.refresh_failures = 0;
-                        for release in found {
-                            self.register_release(&release.target_path, &release.manifest);
-                        }
-                        if std::mem::take(&mut self.refresh_again) {
-                            self.start_refresh();
-                        }
-                    }
-                    Err(e) => {
-                        // E.g. a stale announcement (an older timestamp than we trust) or a
-                        // peer that has not caught up: try again soon from the peers rather
-                        // than wait for the periodic refresh, backing off while it fails.
-                        warn!("repository refresh failed: {e:#}");
-                        self.refresh_again = false;
-                        let delay_ms = (250u64 << self.refresh_failures.min(8)).min(self.config.refresh_secs * 1000);
-                        self.refresh_failures += 1;
-                        let tx = self.internal_tx.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-                            let _ = tx.send(Internal::RefreshDue).await;
-                        });
-                    }
-                }
-            }
+            Internal::Refreshed(outcome) => self.handle_refreshed(outcome),
             Internal::RefreshDue => self.start_refresh(),
             Internal::StoreFailed(ids) => {
                 self.store.unstage(&ids);
@@ -716,7 +814,10 @@ impl Daemon {
         let peers: Vec<_> = self
             .sites
             .iter()
-            .map(|(peer, (site, origin))| json!({"peer": peer.to_string(), "site": site, "origin": origin}))
+            .map(|(peer, (site, claims))| {
+                let origin = self.meta_sources.acts_as_origin(peer, *claims);
+                json!({"peer": peer.to_string(), "site": site, "origin": origin, "claims_origin": claims})
+            })
             .collect();
         let releases: Vec<_> = self
             .releases
@@ -747,6 +848,13 @@ impl Daemon {
                 "sent": stats.requests_sent, "failed": stats.failed_requests, "tail_duplicates": stats.tail_duplicates,
             },
             "unwritten_chunks": self.unwritten.len(),
+            "trust": {
+                "timestamp_version": self.trusted_timestamp_version,
+                "metadata_rejected": self.metrics.metadata_rejected.load(std::sync::atomic::Ordering::Relaxed),
+                "announcements_rejected": self.metrics.announcements_rejected.load(std::sync::atomic::Ordering::Relaxed),
+                "status_reports_rejected": self.metrics.status_reports_rejected.load(std::sync::atomic::Ordering::Relaxed),
+                "reporting_devices": self.device.reporting_devices(),
+            },
         });
         let complete = self.releases.keys().filter(|id| self.scheduler.is_complete(id)).count() as u64;
         self.metrics.releases_complete.store(complete, std::sync::atomic::Ordering::Relaxed);

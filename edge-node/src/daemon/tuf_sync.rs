@@ -1,6 +1,8 @@
 //! TUF over the mesh: the edge node runs the standard client workflow (`protocol::tuf`)
 //! with repository files fetched from peers. Any peer may serve them, since every byte is
-//! verified against the pinned root, so site-mates can answer while the WAN is down.
+//! verified against the pinned root, so site-mates can answer while the WAN is down; a body
+//! that fails verification sends the request to the next peer and marks its sender
+//! ([`SourceOutcomes`]), so one hostile peer cannot stop a refresh.
 //!
 //! Verified metadata is kept twice: the client's trusted copies (`tuf/<role>.json`) and a
 //! standard consistent-snapshot mirror (`repo/metadata/N.<role>.json`, `repo/targets/…`)
@@ -15,6 +17,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use tracing::{debug, info, warn};
 
+use super::meta_sources::SourceOutcomes;
 use crate::network::NetworkClient;
 use crate::repo_files;
 
@@ -73,23 +76,124 @@ impl TufDirs {
     }
 }
 
-/// Fetches `name` from the first of `sources` that has it.
-async fn fetch(client: &NetworkClient, sources: &[PeerId], name: &str, max: u64) -> Result<Vec<u8>, FetchError> {
-    let mut failed = false;
-    for peer in sources {
-        match client.request_meta(*peer, name).await {
-            Ok(resp) => match resp.body {
-                Some(body) if body.len() as u64 > max => return Err(FetchError::TooLarge),
-                Some(body) => return Ok(body),
-                None => {}
-            },
-            Err(e) => {
-                debug!(%peer, %name, %e, "meta request failed");
-                failed = true;
+/// How many peers are asked for `timestamp.json` at once. The newest version that verifies
+/// wins, so a peer answering with an authentic but older timestamp cannot hold the node back
+/// while one of the others has the current one.
+const TIMESTAMP_SAMPLE: usize = 3;
+
+/// Asks `peer` for repository file `name`; `None` if it has none, failed, or sent more than
+/// `max` bytes (counted as a lie: a correct peer never does).
+async fn fetch_one(
+    client: &NetworkClient,
+    peer: PeerId,
+    name: &str,
+    max: u64,
+    outcomes: &mut SourceOutcomes,
+) -> Option<Vec<u8>> {
+    match client.request_meta(peer, name).await {
+        Ok(resp) => match resp.body {
+            Some(body) if body.len() as u64 > max => {
+                warn!(%peer, %name, len = body.len(), max, "peer sent an oversized repository file");
+                outcomes.lied.push(peer);
+                None
+            }
+            body => body,
+        },
+        Err(e) => {
+            debug!(%peer, %name, %e, "meta request failed");
+            None
+        }
+    }
+}
+
+/// Feeds one candidate body to the updater. `Ok(true)`: it verified. `Ok(false)`: it did not,
+/// the request is still pending, and the next source may answer it (the error is kept in
+/// `last`). `peer` is `None` for a body that came by gossip.
+fn try_candidate(
+    updater: &mut Updater,
+    peer: Option<PeerId>,
+    bytes: Vec<u8>,
+    outcomes: &mut SourceOutcomes,
+    last: &mut Option<protocol::tuf::Error>,
+) -> Result<bool> {
+    match updater.handle_candidate(bytes) {
+        Ok(()) => {
+            outcomes.verified.extend(peer);
+            Ok(true)
+        }
+        Err(e @ protocol::tuf::Error::Repository(_)) => {
+            if e.source_is_behind() {
+                debug!(?peer, %e, "peer is behind");
+            } else {
+                warn!(?peer, %e, "peer served metadata that failed verification; asking another");
+                outcomes.lied.extend(peer);
+            }
+            let over = updater.poll_request().is_none();
+            *last = Some(e.clone());
+            if over {
+                bail!("{e}");
+            }
+            Ok(false)
+        }
+        Err(e) => bail!("{e}"),
+    }
+}
+
+/// Answers the updater's current remote request from `sources`, best first, until a body
+/// verifies. When none does, the request ends with the last verification error (something
+/// was offered and refused) or NotFound.
+async fn answer_remote(
+    client: &NetworkClient,
+    sources: &[PeerId],
+    updater: &mut Updater,
+    file_name: &str,
+    max: u64,
+    announced: Option<Vec<u8>>,
+    outcomes: &mut SourceOutcomes,
+) -> Result<()> {
+    let name = format!("metadata/{file_name}");
+    let mut last = None;
+    let mut rest = sources;
+    if file_name == "timestamp.json" {
+        let (sample, others) = sources.split_at(sources.len().min(TIMESTAMP_SAMPLE));
+        rest = others;
+        let mut candidates: Vec<(Option<PeerId>, Vec<u8>)> = announced.into_iter().map(|b| (None, b)).collect();
+        let answers = futures::future::join_all(sample.iter().map(|peer| {
+            let mut mine = SourceOutcomes::default();
+            let name = name.clone();
+            async move {
+                let body = fetch_one(client, *peer, &name, max, &mut mine).await;
+                (*peer, body, mine)
+            }
+        }))
+        .await;
+        for (peer, body, mine) in answers {
+            outcomes.lied.extend(mine.lied);
+            candidates.extend(body.map(|b| (Some(peer), b)));
+        }
+        // Highest claimed version first; a forged huge version is refused and costs its
+        // sender, then the next is tried.
+        candidates.sort_by_key(|(_, b)| std::cmp::Reverse(signed_version(b).unwrap_or(0)));
+        for (peer, bytes) in candidates {
+            if try_candidate(updater, peer, bytes, outcomes, &mut last)? {
+                return Ok(());
             }
         }
     }
-    Err(if failed { FetchError::Failed } else { FetchError::NotFound })
+    for peer in rest {
+        let Some(bytes) = fetch_one(client, *peer, &name, max, outcomes).await else { continue };
+        if try_candidate(updater, Some(*peer), bytes, outcomes, &mut last)? {
+            return Ok(());
+        }
+    }
+    match last {
+        Some(e) => {
+            // Something was offered and refused: end the operation with why.
+            let _ = updater.handle_response(Err(FetchError::Failed));
+            bail!("{e}")
+        }
+        None => updater.handle_response(Err(FetchError::NotFound)).map_err(|e| anyhow!("{e}")),
+    }
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -108,15 +212,17 @@ pub(crate) fn signed_version(bytes: &[u8]) -> Option<u64> {
     serde_json::from_slice::<serde_json::Value>(bytes).ok()?["signed"]["version"].as_u64()
 }
 
-/// Runs one refresh: root chain, timestamp, snapshot, targets. `announced` is a timestamp
-/// that arrived by gossip: it answers the timestamp request without a round trip (it is
-/// verified like any other copy).
+/// Runs one refresh: root chain, timestamp, snapshot, targets, asking `sources` (best first)
+/// and falling back to the next whenever a body fails verification. `announced` is a
+/// timestamp that arrived by gossip (already checked against the root): it is the first
+/// candidate for the timestamp request. How each peer answered lands in `outcomes`.
 pub async fn refresh(
     client: &NetworkClient,
     sources: &[PeerId],
     dirs: &TufDirs,
     now: i64,
     mut announced: Option<Vec<u8>>,
+    outcomes: &mut SourceOutcomes,
 ) -> Result<TrustedMetadataSet> {
     let root = fs::read(dirs.trusted.join("root.json")).context("no pinned root")?;
     let mut updater = Updater::new(&root, now, Config::default()).map_err(|e| anyhow!("pinned root: {e}"))?;
@@ -141,28 +247,45 @@ pub async fn refresh(
             }
         }
         let Some(request) = updater.poll_request() else { break };
-        let response = match request.source {
+        match request.source {
             Source::Cache => {
                 let path = dirs.trusted.join(&request.file_name);
                 let mut bytes = Vec::new();
-                match fs::File::open(&path).and_then(|f| f.take(request.max_length + 1).read_to_end(&mut bytes)) {
-                    Ok(_) if bytes.len() as u64 <= request.max_length => Ok(bytes),
-                    _ => Err(FetchError::NotFound),
-                }
-            }
-            Source::Remote if request.file_name == "timestamp.json" && announced.is_some() => {
-                Ok(announced.take().unwrap_or_default())
+                let response =
+                    match fs::File::open(&path).and_then(|f| f.take(request.max_length + 1).read_to_end(&mut bytes)) {
+                        Ok(_) if bytes.len() as u64 <= request.max_length => Ok(bytes),
+                        _ => Err(FetchError::NotFound),
+                    };
+                updater.handle_response(response).map_err(|e| anyhow!("{e}"))?;
             }
             Source::Remote => {
-                fetch(client, sources, &format!("metadata/{}", request.file_name), request.max_length).await
+                let announced = if request.file_name == "timestamp.json" { announced.take() } else { None };
+                answer_remote(
+                    client,
+                    sources,
+                    &mut updater,
+                    &request.file_name,
+                    request.max_length,
+                    announced,
+                    outcomes,
+                )
+                .await?;
             }
-        };
-        updater.handle_response(response).map_err(|e| anyhow!("{e}"))?;
+        }
     }
     if updater.trusted().targets("targets").is_none() {
         bail!("refresh ended without verified targets");
     }
     Ok(updater.trusted().clone())
+}
+
+/// Checks a timestamp that arrived by gossip against the pinned `root` (signatures,
+/// threshold, expiry at `now`) and returns its version. Announcements are ordered by this
+/// verified version only: an unsigned huge version number must not turn push updates off.
+pub fn verify_announcement(root: &[u8], timestamp: &[u8], now: i64) -> Result<u64> {
+    let mut set = TrustedMetadataSet::new(root, now, None).map_err(|e| anyhow!("pinned root: {e}"))?;
+    set.update_timestamp(timestamp).map_err(|e| anyhow!("{e}"))?;
+    set.timestamp().map(|t| t.common.version).context("no timestamp")
 }
 
 /// Target path of a release manifest → consistent-snapshot file name in the repository.
@@ -172,14 +295,16 @@ pub fn target_file_name(target: &TargetFile) -> Option<String> {
     Some(if dir.is_empty() { format!("targets/{sha256}.{base}") } else { format!("targets/{dir}/{sha256}.{base}") })
 }
 
-/// Release manifests named by `trusted` that are not in `known`: fetched from the mirror or
-/// from peers, verified against their target hashes, decoded, and written to the mirror.
+/// Release manifests named by `trusted` that are not in `known`: from the mirror or from
+/// peers (the next one when a body fails verification), verified against their target
+/// hashes, decoded, and written to the mirror.
 pub async fn new_releases(
     client: &NetworkClient,
     sources: &[PeerId],
     dirs: &TufDirs,
     trusted: &TrustedMetadataSet,
     known: &(dyn Fn(&str) -> bool + Sync),
+    outcomes: &mut SourceOutcomes,
 ) -> Vec<FoundRelease> {
     let Some(targets) = trusted.targets("targets") else { return Vec::new() };
     let mut found = Vec::new();
@@ -188,22 +313,29 @@ pub async fn new_releases(
             continue;
         }
         let Some(name) = target_file_name(target) else { continue };
-        let bytes = match repo_files::read(&dirs.mirror, &name, target.length) {
-            Some(bytes) => Ok(bytes),
-            None => fetch(client, sources, &name, target.length).await,
+        let check = |bytes: &[u8]| -> Result<()> {
+            target.verify(bytes).map_err(|e| anyhow!("{e}"))?;
+            ManifestView::new_checked(bytes).map_err(|e| anyhow!("manifest does not decode: {e:?}"))?;
+            Ok(())
         };
-        let Ok(bytes) = bytes else {
+        let mut bytes = repo_files::read(&dirs.mirror, &name, target.length).filter(|b| check(b).is_ok());
+        for peer in sources {
+            if bytes.is_some() {
+                break;
+            }
+            let Some(body) = fetch_one(client, *peer, &name, target.length, outcomes).await else { continue };
+            match check(&body) {
+                Ok(()) => bytes = Some(body),
+                Err(e) => {
+                    warn!(%peer, target = %target.path, %e, "peer served a manifest that failed verification");
+                    outcomes.lied.push(*peer);
+                }
+            }
+        }
+        let Some(bytes) = bytes else {
             warn!(target = %target.path, "manifest not available from any peer yet");
             continue;
         };
-        if let Err(e) = target.verify(&bytes) {
-            warn!(target = %target.path, %e, "manifest failed verification");
-            continue;
-        }
-        if let Err(e) = ManifestView::new_checked(&bytes) {
-            warn!(target = %target.path, %e, "manifest does not decode");
-            continue;
-        }
         if let Err(e) = repo_files::write(&dirs.mirror, &name, &bytes) {
             warn!(%e, "cannot write manifest to the mirror");
         }

@@ -72,8 +72,10 @@ pub trait DeviceBackend: Send + Sync + 'static {
             out
         }
     }
-    /// A device's opaque signed status report, to forward upstream. Not interpreted here.
-    fn report_status(&self, peer: SocketAddr, body: Vec<u8>) -> impl Future<Output = ()> + Send;
+    /// A device's signed status report from `peer`, for the backend to check and keep for
+    /// upstream. `Err` is what the device is answered: the report was refused (forged,
+    /// replayed: `BAD_REQUEST`) or the sender is over its allowance (`BUSY`).
+    fn report_status(&self, peer: SocketAddr, body: Vec<u8>) -> impl Future<Output = Result<(), ErrorCode>> + Send;
 }
 
 /// Limits and addresses of the device service.
@@ -288,10 +290,10 @@ impl<B: DeviceBackend> Shared<B> {
                 }
                 Answer { frame: builder.finish(), _memory: memory }
             }
-            Request::ReportStatus { body } => {
-                self.backend.report_status(peer, body.to_vec()).await;
-                Answer::small(Response::Ack)
-            }
+            Request::ReportStatus { body } => match self.backend.report_status(peer, body.to_vec()).await {
+                Ok(()) => Answer::small(Response::Ack),
+                Err(code) => Answer::error(code),
+            },
         }
     }
 

@@ -170,6 +170,15 @@ pub enum Error {
     InvalidState(&'static str),
 }
 
+impl Error {
+    /// Whether the bytes were authentic but older than what is trusted (a rollback) or
+    /// expired: what a mirror or peer that has not caught up serves. Such a source is behind,
+    /// not lying; every other repository error means the bytes were forged or broken.
+    pub fn source_is_behind(&self) -> bool {
+        matches!(self, Error::Repository(RepositoryError::Rollback { .. } | RepositoryError::ExpiredMetadata { .. }))
+    }
+}
+
 impl From<RepositoryError> for Error {
     fn from(e: RepositoryError) -> Self {
         Error::Repository(e)

@@ -230,6 +230,34 @@ impl Updater {
         result
     }
 
+    /// Feeds bytes for the current *remote* request that came from one of several
+    /// interchangeable sources (mesh peers, mirrors), none of which is trusted.
+    ///
+    /// Unlike [`Updater::handle_response`], bytes that fail verification do not end the
+    /// operation: the request stays pending, so the driver can answer it again with the next
+    /// source's bytes. Otherwise one peer serving forged metadata first would stop every
+    /// refresh. The trusted state keeps only what verified (an expired timestamp or snapshot
+    /// that verified is kept for rollback protection, as the spec says). The error is
+    /// returned so the driver can tell a source that lied from one that is merely behind
+    /// ([`Error::source_is_behind`]). When no source is left, the driver ends the request
+    /// with `handle_response(Err(..))`.
+    pub fn handle_candidate(&mut self, bytes: Vec<u8>) -> Result<(), Error> {
+        let remote = matches!(self.poll_request(), Some(Request { source: Source::Remote, .. }));
+        let (phase, events) = (self.phase.clone(), self.events.len());
+        let result = self.step(Ok(bytes));
+        match &result {
+            // Nothing was persisted: the failure was the candidate's, not the state's.
+            Err(Error::Repository(_)) if remote && self.events.len() == events => self.phase = phase,
+            Err(_) => {
+                self.phase = Phase::Idle;
+                self.walk = None;
+                self.pending_lookup = None;
+            }
+            Ok(()) => {}
+        }
+        result
+    }
+
     fn step(&mut self, response: Result<Vec<u8>, FetchError>) -> Result<(), Error> {
         let request = self.poll_request().ok_or(Error::InvalidState("response without a request"))?;
         // Enforce the cap here too: a driver that forgot to bound its read must not make

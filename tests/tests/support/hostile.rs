@@ -226,5 +226,7 @@ impl DeviceBackend for RepoBackend {
         }
     }
 
-    async fn report_status(&self, _peer: SocketAddr, _body: Vec<u8>) {}
+    async fn report_status(&self, _peer: SocketAddr, _body: Vec<u8>) -> Result<(), protocol::device_wire::ErrorCode> {
+        Ok(())
+    }
 }

@@ -85,6 +85,11 @@ impl Proc {
         }
     }
 
+    /// The process id (for signals such as SIGSTOP).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn output(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }
@@ -240,6 +245,11 @@ pub struct Edge {
 
 impl Edge {
     pub fn start(name: &str, data_dir: &Path, site: &str, bootstrap: &[&str]) -> Edge {
+        Edge::start_with(name, data_dir, site, bootstrap, &[])
+    }
+
+    /// `start` with extra `edge-node run` flags (e.g. `--trusted-root`).
+    pub fn start_with(name: &str, data_dir: &Path, site: &str, bootstrap: &[&str], extra: &[&str]) -> Edge {
         let mut args: Vec<String> = vec![
             "run".into(),
             "--data-dir".into(),
@@ -260,6 +270,7 @@ impl Edge {
             args.push("--bootstrap".into());
             args.push(b.to_string());
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
         Edge::from_proc(Proc::spawn(name, &bin("edge-node"), &args), data_dir, site)
     }
 
