@@ -27,8 +27,9 @@ struct Impostor {
 }
 
 impl Impostor {
-    /// Starts it, serving `repo` (its own repository: a valid root and metadata under keys of
-    /// its own) for every file but `timestamp.json`, which is [`FORGED_TIMESTAMP`]. Its peer id
+    /// Starts it, answering every repository file request from `repo` (its own repository: a
+    /// valid root and metadata under keys of its own; see [`impostor_file`]) except
+    /// `timestamp.json`, which is [`FORGED_TIMESTAMP`]. Its peer id
     /// sorts below `below`; it dials `dial` and, if `gossip`, announces the forged timestamp to
     /// every subscriber.
     fn start(repo: &Path, below: &str, dial: &[String], gossip: bool) -> Impostor {
@@ -103,11 +104,15 @@ impl Impostor {
     }
 }
 
+/// The impostor's answer to any repository file: the file of its own repository with the
+/// same role (whatever version was asked for), so it always has a body to offer first.
 fn impostor_file(repo: &Path, name: &str) -> Option<Vec<u8>> {
-    if name.contains("..") {
-        return None;
+    let file = name.rsplit('/').next()?;
+    if name.starts_with("targets/") {
+        return Some(b"not the manifest you are looking for".to_vec());
     }
-    std::fs::read(repo.join(name)).ok()
+    let role = file.split('.').rev().nth(1)?;
+    std::fs::read(repo.join(format!("metadata/1.{role}.json"))).ok()
 }
 
 /// A repository of the impostor's own: `seeder init` with fresh keys.
@@ -153,20 +158,17 @@ fn an_origin_impostor_found_on_the_mesh_stops_neither_refresh_nor_push_updates()
     eventually("the edge node to see the impostor", Duration::from_secs(30), || {
         edge.status()?["peers"].as_array()?.iter().any(|p| p["peer"] == impostor.peer.as_str()).then_some(())
     });
-    eventually("the forged announcement to be rejected", Duration::from_secs(30), || {
-        (trust(&edge, "announcements_rejected") > 0).then_some(())
-    });
-    let peers = edge.status().unwrap()["peers"].clone();
-    let entry = peers.as_array().unwrap().iter().find(|p| p["peer"] == impostor.peer.as_str()).unwrap();
-    assert_eq!(entry["claims_origin"], true);
-    assert_eq!(entry["origin"], false, "a claim alone made the impostor the origin: {entry}");
-
     for (version, seed) in [("1.0.0", 1), ("2.0.0", 2)] {
         origin.publish(&write_image(dir.path(), seed), version);
         eventually(&format!("{version} to arrive by push despite the impostor"), Duration::from_secs(60), || {
             edge.has_release(version).then_some(())
         });
     }
+    assert!(trust(&edge, "announcements_rejected") > 0, "the forged announcement never reached the edge node");
+    let peers = edge.status().unwrap()["peers"].clone();
+    let entry = peers.as_array().unwrap().iter().find(|p| p["peer"] == impostor.peer.as_str()).unwrap();
+    assert_eq!(entry["claims_origin"], true);
+    assert_eq!(entry["origin"], false, "a claim alone made the impostor the origin: {entry}");
 }
 
 #[test]
@@ -177,17 +179,16 @@ fn forged_metadata_from_the_first_source_falls_back_to_the_next_and_penalizes_th
     let mut extra = vec!["--trusted-root", root.as_str()];
     extra.extend(NO_POLLING);
     let mate = Edge::start_with("mate", &dir.path().join("mate"), "plant-a", &[origin.addr.as_str()], &extra);
-    // A configured origin that turned hostile: listed by --origin-peer, so it is asked first.
-    // It does not gossip: a forged announcement would get it skipped before it is ever asked.
+    // A configured origin that turned hostile: a bootstrap peer identifying as the origin, so
+    // it is asked first. It does not gossip: a forged announcement would get it skipped before
+    // it is ever asked.
     let impostor = Impostor::start(&impostor_repo(dir.path()), peer_id(&origin.addr), &[], false);
-    let mut extra_b = extra.clone();
-    extra_b.extend(["--origin-peer", impostor.peer.as_str()]);
     let edge = Edge::start_with(
         "edge",
         &dir.path().join("edge"),
         "plant-a",
         &[impostor.addr.as_str(), mate.p2p.as_str()],
-        &extra_b,
+        &extra,
     );
     origin.publish(&write_image(dir.path(), 3), "1.0.0");
     eventually("the site-mate to have 1.0.0", Duration::from_secs(60), || mate.has_release("1.0.0").then_some(()));
