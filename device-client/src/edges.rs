@@ -384,6 +384,20 @@ mod tests {
         assert_eq!(calls.load(Ordering::Relaxed), 1, "discovery ran more than once within the interval");
     }
 
+    #[test]
+    fn a_slow_or_behind_edge_is_demoted_briefly_and_only_a_liar_sits_out_ten_minutes() {
+        let mut pool = EdgePool::new(vec![tcp(1), tcp(2)], timeouts());
+        pool.record_batch(tcp(1), 1 << 20, Duration::from_millis(10));
+        pool.demote(tcp(1), "much slower than the others");
+        pool.penalize(tcp(2), "metadata failed verification");
+        let left = |a: EdgeAddr| pool.stats[&a].penalized_until.map(|t| t.saturating_duration_since(Instant::now()));
+        assert!(left(tcp(1)).is_some_and(|d| d <= Duration::from_secs(5)), "{:?}", left(tcp(1)));
+        assert_eq!(pool.stats[&tcp(1)].throughput, None, "a demoted edge keeps no throughput lead");
+        assert!(left(tcp(2)).is_some_and(|d| d > Duration::from_secs(590)), "{:?}", left(tcp(2)));
+        assert!(pool.candidates(false, &HashSet::new()).is_empty());
+        assert_eq!(pool.candidates(true, &HashSet::new()).len(), 2);
+    }
+
     #[tokio::test]
     async fn without_discovery_or_edges_nothing_is_probed() {
         let mut pool = EdgePool::new(Vec::new(), timeouts());

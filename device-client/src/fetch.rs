@@ -317,7 +317,8 @@ pub async fn download(
         }
         // Batches still out when everything arrived were fetched elsewhere: their edge was
         // much slower than the others. Dropping the workers cancels their requests.
-        let slow: HashSet<EdgeAddr> = in_flight.iter().filter(|(_, f)| !f.copy).map(|(w, _)| workers[*w].addr).collect();
+        let slow: HashSet<EdgeAddr> =
+            in_flight.iter().filter(|(_, f)| !f.copy).map(|(w, _)| workers[*w].addr).collect();
         for addr in slow {
             pool.demote(addr, "much slower than the others; its batch was fetched elsewhere");
         }

@@ -115,7 +115,8 @@ mod tests {
         assert_eq!(refresh_verdict(&rollback), RefreshVerdict::Behind);
         let expired = TufError::Repository(RepositoryError::ExpiredMetadata { role: "timestamp".into() });
         assert_eq!(refresh_verdict(&expired), RefreshVerdict::Behind);
-        let forged = TufError::Repository(RepositoryError::ThresholdNotMet { role: "timestamp".into(), valid: 0, threshold: 1 });
+        let forged =
+            TufError::Repository(RepositoryError::ThresholdNotMet { role: "timestamp".into(), valid: 0, threshold: 1 });
         assert_eq!(refresh_verdict(&forged), RefreshVerdict::Lied);
         let mixed = TufError::Repository(RepositoryError::LengthOrHashMismatch { role: "snapshot".into() });
         assert_eq!(refresh_verdict(&mixed), RefreshVerdict::Lied);

@@ -350,8 +350,7 @@ fn a_black_hole_edge_alone_fails_within_the_connect_timeout_with_a_clear_error()
 #[test]
 fn three_fast_stale_edges_do_not_keep_a_device_from_a_slower_honest_edge() {
     let scene = Scene::new();
-    let stale: Vec<HostileEdge> =
-        (0..3).map(|_| scene.hostiles.repo_edge(&scene.stale_repo, Lie::Nothing)).collect();
+    let stale: Vec<HostileEdge> = (0..3).map(|_| scene.hostiles.repo_edge(&scene.stale_repo, Lie::Nothing)).collect();
     let slow_honest = scene.hostiles.proxy(scene.honest.device_tcp, Shape::Delay(Duration::from_millis(300)));
     let mut edges: Vec<String> = stale.iter().map(HostileEdge::quic_url).collect();
     edges.push(slow_honest.tcp_url());
