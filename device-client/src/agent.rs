@@ -27,8 +27,9 @@ use crate::config::AgentConfig;
 use crate::edges::EdgePool;
 use crate::fetch::{self, Counts, DownloadError, DownloadJob};
 use crate::health::{self, Verdict};
+use crate::policy::{self, MetadataSource, RefreshVerdict};
 use crate::status;
-use crate::tuf_edge::{self, MetadataDir};
+use crate::tuf_edge::{self, ManifestError, MetadataDir, RefreshError};
 use crate::tuf_http::{unix_now, write_atomic};
 
 /// `run` keeps going; `check` makes one update attempt (through reboots) and exits.
@@ -109,7 +110,7 @@ impl Agent {
         if config.edges.is_empty() && !config.mdns {
             bail!("no edge node to ask: `edges` is empty and mDNS discovery is off (mdns = false or --no-mdns)");
         }
-        let mut pool = EdgePool::new(config.edge_addrs()?, Duration::from_secs(config.request_timeout_secs));
+        let mut pool = EdgePool::new(config.edge_addrs()?, config.timeouts());
         if config.mdns {
             pool =
                 pool.with_discovery(Box::new(|| Box::pin(crate::discovery::browse(crate::discovery::BROWSE_TIMEOUT))));
@@ -273,10 +274,16 @@ impl Agent {
         Ok(())
     }
 
-    /// Refreshes TUF through up to three edge nodes and keeps the newest verified view, so
-    /// one edge replaying old (validly signed) metadata cannot freeze the device while an
-    /// honest one has news; an edge whose metadata fails verification — including a replay
-    /// older than what the device already trusts — is penalized.
+    /// Refreshes TUF and offers the chosen release to the engine.
+    ///
+    /// Which edges: every reachable edge's probe already claimed a timestamp version, so the
+    /// refresh goes first through the edge claiming the newest (however slowly it ranks, and
+    /// rotating among equally new ones), then through others only while they claim something
+    /// newer than what verified (`policy::metadata_order`): three fast stale mirrors cannot
+    /// hold the device back while a slower honest edge has news, and the newest verified
+    /// view wins. An edge whose metadata fails verification is penalized; one merely behind
+    /// (validly signed, older than what the device trusts) is not used, and not penalized;
+    /// one that does not answer is demoted.
     async fn fetch_metadata(&mut self) {
         let now = self.now();
         let mut edges = self.pool.connect_ranked().await;
@@ -285,33 +292,88 @@ impl Agent {
             return self.engine.handle_check_failed(now, ErrorCode::Network);
         }
         let mut last = ErrorCode::Network;
-        let mut best: Option<(u64, protocol::tuf::TrustedMetadataSet)> = None;
-        for edge in edges.iter_mut().take(3) {
+        for edge in edges.iter().filter(|e| e.timestamp_error.is_some()) {
+            let why = edge.timestamp_error.as_deref().unwrap_or_default();
+            tracing::warn!(edge = %edge.addr, "metadata from edge node rejected: {why}");
+            self.pool.penalize(edge.addr, "timestamp does not parse");
+            last = ErrorCode::Verification;
+        }
+        edges.retain(|e| e.timestamp_error.is_none());
+        let sources: Vec<MetadataSource> = edges
+            .iter()
+            .map(|e| MetadataSource { claimed_version: e.claimed_version, last_used: self.pool.metadata_used(&e.addr) })
+            .collect();
+        let mut behind = 0usize;
+        // (verified timestamp version, metadata, index in `edges`)
+        let mut best: Option<(u64, protocol::tuf::TrustedMetadataSet, usize)> = None;
+        for i in policy::metadata_order(&sources) {
+            let edge = &mut edges[i];
+            let best_version = best.as_ref().map(|(v, _, _)| *v);
+            if !policy::worth_refreshing(edge.claimed_version, best_version) {
+                if edge.claimed_version.zip(best_version).is_some_and(|(claimed, newest)| claimed < newest) {
+                    tracing::info!(edge = %edge.addr, claimed = edge.claimed_version, newest = best_version,
+                        "edge node is behind; not used for this refresh");
+                }
+                continue;
+            }
             match tuf_edge::refresh(&mut edge.client, &self.metadata).await {
                 Ok(trusted) => {
+                    self.pool.record_metadata_use(edge.addr);
                     let version = trusted.timestamp().map_or(0, |t| t.common.version);
-                    if best.as_ref().is_none_or(|(v, _)| version > *v) {
-                        best = Some((version, trusted));
+                    if best_version.is_none_or(|v| version > v) {
+                        best = Some((version, trusted, i));
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(edge = %edge.addr, "metadata from edge node rejected: {e:#}");
-                    self.pool.penalize(edge.addr, "metadata failed verification");
+                Err(RefreshError::Metadata(e)) => match policy::refresh_verdict(&e) {
+                    RefreshVerdict::Behind => {
+                        tracing::info!(edge = %edge.addr, "edge node is behind the metadata this device trusts; not used for this refresh: {e}");
+                        behind += 1;
+                        last = ErrorCode::Verification;
+                    }
+                    RefreshVerdict::Lied => {
+                        tracing::warn!(edge = %edge.addr, "metadata from edge node rejected: {e}");
+                        self.pool.penalize(edge.addr, "metadata failed verification");
+                        last = ErrorCode::Verification;
+                    }
+                    RefreshVerdict::Failed => {
+                        tracing::info!(edge = %edge.addr, "metadata refresh through edge node failed: {e}");
+                        self.pool.demote(edge.addr, "metadata refresh failed");
+                    }
+                },
+                Err(e @ RefreshError::Malformed(_)) => {
+                    tracing::warn!(edge = %edge.addr, "metadata from edge node rejected: {e}");
+                    self.pool.penalize(edge.addr, "malformed metadata response");
                     last = ErrorCode::Verification;
+                }
+                Err(RefreshError::Local(e)) => {
+                    tracing::error!("cannot keep verified metadata: {e:#}");
+                    return self.engine.handle_check_failed(self.now(), ErrorCode::Storage);
                 }
             }
         }
-        let Some((_, trusted)) = best else { return self.engine.handle_check_failed(self.now(), last) };
+        let Some((_, trusted, source)) = best else {
+            if behind > 0 {
+                tracing::warn!(behind, "every edge node that answered is behind the metadata this device trusts");
+            }
+            return self.engine.handle_check_failed(self.now(), last);
+        };
         let Some(target) = tuf_edge::choose_release(&trusted, &self.config.release, &self.config.hw_class) else {
             tracing::info!(release = %self.config.release, "no release published for this device");
             return self.engine.handle_no_update(self.now());
         };
         let target = target.clone();
+        // The edge the metadata came from has the manifest it names; the others may be behind.
+        let source_edge = edges.swap_remove(source);
+        edges.insert(0, source_edge);
         for edge in edges.iter_mut() {
             let manifest = match tuf_edge::fetch_manifest(&mut edge.client, &target).await {
                 Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(edge = %edge.addr, "manifest from edge node rejected: {e:#}");
+                Err(ManifestError::Unavailable(why)) => {
+                    tracing::info!(edge = %edge.addr, "manifest not available from edge node: {why}");
+                    continue;
+                }
+                Err(ManifestError::Invalid(why)) => {
+                    tracing::warn!(edge = %edge.addr, "manifest from edge node rejected: {why}");
                     self.pool.penalize(edge.addr, "manifest failed verification");
                     last = ErrorCode::Verification;
                     continue;
@@ -522,7 +584,7 @@ impl Agent {
         self.last_status = doc;
         // Best effort: an edge node that is reachable right now forwards it.
         let send = async {
-            for mut edge in self.pool.connect_ranked().await.into_iter().take(1) {
+            if let Some(mut edge) = self.pool.connect_first().await {
                 edge.client.set_request_timeout(Duration::from_secs(2));
                 if let Err(e) = edge.client.report_status(&signed).await {
                     tracing::debug!(edge = %edge.addr, %e, "status report not delivered");

@@ -10,7 +10,8 @@
 //! edges = ["quic://10.0.0.5:4433"]     # edge nodes' device service (quic:// or tcp://)
 //! mdns = true                          # also find edge nodes on the LAN by mDNS (_otamesh-dev._udp);
 //!                                      # a browse takes up to 2 s, at most once a minute
-//! request_timeout_secs = 30            # one request to an edge node, at most
+//! request_timeout_secs = 30            # one request to an edge node, at most, on every connection
+//! connect_timeout_secs = 10            # connecting to an edge node (TCP, QUIC handshake), at most
 //! parallel_edges = 3                   # fetch from up to this many edge nodes at once
 //! slot_a = "/dev/mmcblk0p2"            # slot paths: block devices or files
 //! slot_b = "/dev/mmcblk0p3"
@@ -54,8 +55,10 @@ pub struct AgentConfig {
     /// Also find edge nodes on the LAN by mDNS (DNS-SD `_otamesh-dev._udp.local.`), added to
     /// `edges`; see `discovery.rs`.
     pub mdns: bool,
-    /// Seconds one request to an edge node may take.
+    /// Seconds one request to an edge node may take (its whole response), on every connection.
     pub request_timeout_secs: u64,
+    /// Seconds connecting to an edge node (TCP connect, QUIC handshake) may take.
+    pub connect_timeout_secs: u64,
     /// Most edge nodes fetched from at once.
     pub parallel_edges: usize,
     /// Slot A: a file or a block device.
@@ -106,6 +109,7 @@ impl Default for AgentConfig {
             edges: vec!["quic://127.0.0.1:4433".into()],
             mdns: true,
             request_timeout_secs: 30,
+            connect_timeout_secs: 10,
             parallel_edges: 3,
             slot_a: PathBuf::from("otamesh-device/slot-a.img"),
             slot_b: PathBuf::from("otamesh-device/slot-b.img"),
@@ -183,6 +187,9 @@ impl AgentConfig {
         if self.request_timeout_secs == 0 {
             bail!("request_timeout_secs must be at least 1");
         }
+        if self.connect_timeout_secs == 0 {
+            bail!("connect_timeout_secs must be at least 1");
+        }
         if self.parallel_edges == 0 || self.parallel_edges > 16 {
             bail!("parallel_edges must be 1 to 16");
         }
@@ -198,6 +205,14 @@ impl AgentConfig {
             }
         }
         Ok(())
+    }
+
+    /// The connect and request timeouts every connection to an edge node gets.
+    pub fn timeouts(&self) -> edge_client::Timeouts {
+        edge_client::Timeouts {
+            connect: std::time::Duration::from_secs(self.connect_timeout_secs),
+            request: std::time::Duration::from_secs(self.request_timeout_secs),
+        }
     }
 
     /// The configured edges, parsed.

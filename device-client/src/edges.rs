@@ -2,7 +2,13 @@
 //!
 //! Ranking: an edge that misbehaved (bad chunk, metadata that failed verification) sits out
 //! for a while; among the rest, measured throughput wins once known, round-trip time until
-//! then. Nothing here is trusted: ranking only decides whom to ask first.
+//! then. An edge that is only slow, unreachable or lacking chunks is demoted: it sits out a
+//! short, growing while, and is never treated as a liar. Nothing here is trusted: ranking
+//! only decides whom to ask first.
+//!
+//! Every connection to an edge is opened by [`connect`], with the configured connect and
+//! request timeouts, so no path (probe, second connection, status report) falls back to a
+//! transport's minutes-long defaults.
 //!
 //! The pool is the configured edges plus, with [`EdgePool::with_discovery`], those found on
 //! the LAN (mDNS, `discovery.rs`), browsed for in the background by `connect_ranked` and
@@ -13,8 +19,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use edge_client::DeviceClient;
+use edge_client::{ClientError, DeviceClient, Timeouts};
 use futures::future::BoxFuture;
+use futures::StreamExt;
 
 use crate::config::EdgeAddr;
 pub use crate::discovery::MAX_DISCOVERED;
@@ -27,8 +34,17 @@ pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long a misbehaving edge is left out.
 const PENALTY: Duration = Duration::from_secs(600);
-/// How long connecting plus one small request may take when probing an edge.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most this long for the probe's one small request (the connect has its own timeout):
+/// an edge slower than this at answering for a timestamp is not worth ranking this round.
+const PROBE_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens a connection to `addr` with `timeouts`: the one way this agent connects to an edge.
+pub async fn connect(addr: EdgeAddr, timeouts: Timeouts) -> Result<DeviceClient, ClientError> {
+    match addr {
+        EdgeAddr::Quic(a) => DeviceClient::connect_quic_with(a, timeouts).await,
+        EdgeAddr::Tcp(a) => DeviceClient::connect_tcp_with(a, timeouts).await,
+    }
+}
 
 /// What the device measured of one edge.
 #[derive(Debug, Clone, Default)]
@@ -43,6 +59,8 @@ pub struct EdgeStats {
     pub failures: u32,
     /// Stored bytes this device fetched from it.
     pub bytes: u64,
+    /// When the device last refreshed metadata through it (the pool's sequence number).
+    pub metadata_used: Option<u64>,
 }
 
 impl EdgeStats {
@@ -61,7 +79,9 @@ pub struct EdgePool {
     addrs: Vec<EdgeAddr>,
     discovery: Option<Discovery>,
     stats: HashMap<EdgeAddr, EdgeStats>,
-    request_timeout: Duration,
+    timeouts: Timeouts,
+    /// Sequence for [`EdgeStats::metadata_used`].
+    metadata_uses: u64,
 }
 
 /// Edges found beyond the configured ones, and when that last ran.
@@ -86,6 +106,11 @@ pub struct Connected {
     pub addr: EdgeAddr,
     /// The connection.
     pub client: DeviceClient,
+    /// The timestamp version its probe answer claims (unverified: an ordering hint only);
+    /// `None` if it has no timestamp or the one it sent does not parse.
+    pub claimed_version: Option<u64>,
+    /// Why the timestamp it sent does not parse (no correct repository serves that).
+    pub timestamp_error: Option<String>,
 }
 
 impl std::fmt::Debug for Connected {
@@ -95,9 +120,14 @@ impl std::fmt::Debug for Connected {
 }
 
 impl EdgePool {
-    /// A pool over `addrs`; `request_timeout` bounds every request.
-    pub fn new(addrs: Vec<EdgeAddr>, request_timeout: Duration) -> EdgePool {
-        EdgePool { addrs, discovery: None, stats: HashMap::new(), request_timeout }
+    /// A pool over `addrs`; `timeouts` bound every connect and request.
+    pub fn new(addrs: Vec<EdgeAddr>, timeouts: Timeouts) -> EdgePool {
+        EdgePool { addrs, discovery: None, stats: HashMap::new(), timeouts, metadata_uses: 0 }
+    }
+
+    /// The connect and request timeouts of every connection.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
     }
 
     /// Adds the edges `discover` finds (deduplicated against the configured ones, at most
@@ -157,19 +187,26 @@ impl EdgePool {
     /// Connects to every edge not penalized, probes each with one small request, and returns
     /// those that answered, best first.
     pub async fn connect_ranked(&mut self) -> Vec<Connected> {
-        self.connect(false).await
+        self.connect(false, false).await
+    }
+
+    /// The first edge not penalized to answer its probe (for one small request, such as a
+    /// status report): one dead edge does not cost a timeout when another answers.
+    pub async fn connect_first(&mut self) -> Option<Connected> {
+        self.connect(false, true).await.into_iter().next()
     }
 
     /// Whether any configured edge answers, penalized or not (the trial's reachability check
-    /// asks about the network, not about any edge's honesty).
+    /// asks about the network, not about any edge's honesty). Ends at the first answer.
     pub async fn any_reachable(&mut self) -> bool {
-        !self.connect(true).await.is_empty()
+        !self.connect(true, true).await.is_empty()
     }
 
-    /// Probes the edges worth asking, best first. Discovery runs beside the probes: its finds
-    /// join at a later call, except when no edge is known yet or none of the known ones
-    /// answered, then it is waited for (at most its browse timeout) and its finds probed.
-    async fn connect(&mut self, include_penalized: bool) -> Vec<Connected> {
+    /// Probes the edges worth asking, best first (only the first to answer if `first_only`).
+    /// Discovery runs beside the probes: its finds join at a later call, except when no edge
+    /// is known yet or none of the known ones answered, then it is waited for (at most its
+    /// browse timeout) and its finds probed.
+    async fn connect(&mut self, include_penalized: bool, first_only: bool) -> Vec<Connected> {
         self.start_discovery();
         let nothing_known = self.addrs().next().is_none();
         self.take_discovery(nothing_known).await;
@@ -179,11 +216,11 @@ impl EdgePool {
             return Vec::new();
         }
         let candidates = self.candidates(include_penalized, &HashSet::new());
-        let mut connected = self.probe(candidates.clone()).await;
+        let mut connected = self.probe(candidates.clone(), first_only).await;
         if connected.is_empty() && self.take_discovery(true).await {
             let tried: HashSet<EdgeAddr> = candidates.into_iter().collect();
             let more = self.candidates(include_penalized, &tried);
-            connected = self.probe(more).await;
+            connected = self.probe(more, first_only).await;
         }
         connected.sort_by(|a, b| self.score(&b.addr).total_cmp(&self.score(&a.addr)));
         connected
@@ -198,38 +235,48 @@ impl EdgePool {
             .collect()
     }
 
-    /// Connects to each of `candidates` and asks one small request; returns those that
-    /// answered, unsorted.
-    async fn probe(&mut self, candidates: Vec<EdgeAddr>) -> Vec<Connected> {
-        let probes = candidates.into_iter().map(|addr| async move {
-            let started = Instant::now();
-            let result = tokio::time::timeout(PROBE_TIMEOUT, async {
-                let mut client = match addr {
-                    EdgeAddr::Quic(a) => DeviceClient::connect_quic(a).await?,
-                    EdgeAddr::Tcp(a) => DeviceClient::connect_tcp(a).await?,
-                };
-                client.get_metadata("timestamp.json").await?;
-                Ok::<_, edge_client::ClientError>(client)
+    /// Connects to each of `candidates` and asks for its timestamp (kept as its claimed
+    /// version); returns those that answered, unsorted — only the first if `first_only`.
+    async fn probe(&mut self, candidates: Vec<EdgeAddr>, first_only: bool) -> Vec<Connected> {
+        let timeouts = self.timeouts;
+        let probe_request = timeouts.request.min(PROBE_REQUEST_TIMEOUT);
+        let mut probes: futures::stream::FuturesUnordered<_> = candidates
+            .into_iter()
+            .map(|addr| async move {
+                let started = Instant::now();
+                let result = async {
+                    let mut client = connect(addr, Timeouts { request: probe_request, ..timeouts }).await?;
+                    let timestamp = client.get_metadata("timestamp.json").await?;
+                    client.set_request_timeout(timeouts.request);
+                    Ok::<_, ClientError>((client, timestamp))
+                }
+                .await;
+                (addr, started.elapsed(), result)
             })
-            .await;
-            (addr, started.elapsed(), result)
-        });
+            .collect();
         let mut connected = Vec::new();
-        for (addr, rtt, result) in futures::future::join_all(probes).await {
+        while let Some((addr, rtt, result)) = probes.next().await {
             let stats = self.stats.entry(addr).or_default();
             match result {
-                Ok(Ok(mut client)) => {
-                    client.set_request_timeout(self.request_timeout);
+                Ok((client, timestamp)) => {
                     stats.rtt = Some(rtt);
                     stats.failures = 0;
-                    connected.push(Connected { addr, client });
+                    let claim = timestamp.as_deref().map(claimed_timestamp_version).transpose();
+                    let (claimed_version, timestamp_error) = match claim {
+                        Ok(version) => (version, None),
+                        Err(why) => (None, Some(why)),
+                    };
+                    connected.push(Connected { addr, client, claimed_version, timestamp_error });
+                    if first_only {
+                        break;
+                    }
                 }
-                Ok(Err(e)) => {
-                    tracing::info!(edge = %addr, %e, "edge node unreachable");
-                    stats.back_off();
-                }
-                Err(_) => {
-                    tracing::info!(edge = %addr, "edge node did not answer in time");
+                Err(e) => {
+                    let what = match e {
+                        ClientError::Timeout => format!("request timed out after {} ms", probe_request.as_millis()),
+                        e => e.to_string(),
+                    };
+                    tracing::info!("edge node {addr} unreachable: {what}");
                     stats.back_off();
                 }
             }
@@ -245,6 +292,27 @@ impl EdgePool {
             (None, Some(rtt)) => 1.0 / rtt.as_secs_f64().max(1e-6),
             (None, None) => 0.0,
         }
+    }
+
+    /// Leaves `addr` out for a short, growing while (5 s, doubling per consecutive time, at
+    /// most 5 min) and forgets its measured throughput: it was much slower than the others,
+    /// or lacks what was asked. Not a liar: see [`EdgePool::penalize`] for those.
+    pub fn demote(&mut self, addr: EdgeAddr, why: &str) {
+        tracing::info!(edge = %addr, why, "edge node demoted");
+        let stats = self.stats.entry(addr).or_default();
+        stats.throughput = None;
+        stats.back_off();
+    }
+
+    /// Records that metadata was refreshed through `addr` now.
+    pub fn record_metadata_use(&mut self, addr: EdgeAddr) {
+        self.metadata_uses += 1;
+        self.stats.entry(addr).or_default().metadata_used = Some(self.metadata_uses);
+    }
+
+    /// When metadata was last refreshed through `addr` (see [`EdgeStats::metadata_used`]).
+    pub fn metadata_used(&self, addr: &EdgeAddr) -> Option<u64> {
+        self.stats.get(addr).and_then(|s| s.metadata_used)
     }
 
     /// Leaves `addr` out for a while: it served something that failed verification.
@@ -270,11 +338,26 @@ impl EdgePool {
     }
 }
 
+/// The version a timestamp file claims, read with `protocol`'s bounded parser and not
+/// verified: it only orders which edges a refresh asks first.
+fn claimed_timestamp_version(bytes: &[u8]) -> Result<u64, String> {
+    let max_length = crate::tuf_config().timestamp_max_length;
+    if bytes.len() as u64 > max_length {
+        return Err(format!("timestamp.json is larger than {max_length} bytes"));
+    }
+    let envelope = protocol::tuf::metadata::Envelope::parse("timestamp", bytes).map_err(|e| e.to_string())?;
+    Ok(protocol::tuf::metadata::Timestamp::parse(&envelope).map_err(|e| e.to_string())?.common.version)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    fn timeouts() -> Timeouts {
+        Timeouts { connect: Duration::from_secs(1), request: Duration::from_secs(1) }
+    }
 
     fn tcp(port: u16) -> EdgeAddr {
         EdgeAddr::Tcp(([127, 0, 0, 1], port).into())
@@ -285,7 +368,7 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let counter = calls.clone();
         // Nothing listens on these ports: probes fail at once (connection refused).
-        let mut pool = EdgePool::new(vec![tcp(1)], Duration::from_secs(1)).with_discovery(Box::new(move || {
+        let mut pool = EdgePool::new(vec![tcp(1)], timeouts()).with_discovery(Box::new(move || {
             counter.fetch_add(1, Ordering::Relaxed);
             let mut found = vec![tcp(1), tcp(2), tcp(2)];
             found.extend((100..200).map(tcp));
@@ -301,16 +384,30 @@ mod tests {
         assert_eq!(calls.load(Ordering::Relaxed), 1, "discovery ran more than once within the interval");
     }
 
+    #[test]
+    fn a_slow_or_behind_edge_is_demoted_briefly_and_only_a_liar_sits_out_ten_minutes() {
+        let mut pool = EdgePool::new(vec![tcp(1), tcp(2)], timeouts());
+        pool.record_batch(tcp(1), 1 << 20, Duration::from_millis(10));
+        pool.demote(tcp(1), "much slower than the others");
+        pool.penalize(tcp(2), "metadata failed verification");
+        let left = |a: EdgeAddr| pool.stats[&a].penalized_until.map(|t| t.saturating_duration_since(Instant::now()));
+        assert!(left(tcp(1)).is_some_and(|d| d <= Duration::from_secs(5)), "{:?}", left(tcp(1)));
+        assert_eq!(pool.stats[&tcp(1)].throughput, None, "a demoted edge keeps no throughput lead");
+        assert!(left(tcp(2)).is_some_and(|d| d > Duration::from_secs(590)), "{:?}", left(tcp(2)));
+        assert!(pool.candidates(false, &HashSet::new()).is_empty());
+        assert_eq!(pool.candidates(true, &HashSet::new()).len(), 2);
+    }
+
     #[tokio::test]
     async fn without_discovery_or_edges_nothing_is_probed() {
-        let mut pool = EdgePool::new(Vec::new(), Duration::from_secs(1));
+        let mut pool = EdgePool::new(Vec::new(), timeouts());
         assert!(pool.connect_ranked().await.is_empty());
         assert_eq!(pool.stats().count(), 0);
     }
 
     #[tokio::test]
     async fn with_no_configured_edge_the_first_browse_is_waited_for() {
-        let mut pool = EdgePool::new(Vec::new(), Duration::from_secs(1)).with_discovery(Box::new(|| {
+        let mut pool = EdgePool::new(Vec::new(), timeouts()).with_discovery(Box::new(|| {
             Box::pin(async {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 vec![tcp(5)]

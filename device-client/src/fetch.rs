@@ -9,17 +9,27 @@
 //! engine restarts the download with reuse turned off.
 //!
 //! Parallelism: one coordinator hands batches to workers (two connections per edge node,
-//! so one request is always in flight while the other's bytes are being written); a worker
-//! whose edge sends a chunk that fails verification is stopped and the edge penalized, and
-//! its batch goes to the others.
+//! every one opened with the configured connect and request timeouts, so one request is
+//! always in flight while the other's bytes are being written); a worker whose edge sends a
+//! chunk that fails verification is stopped and the edge penalized, and its batch goes to
+//! the others; an edge that stops (lies, lacks chunks) makes room for the next one that
+//! answered the probe.
+//!
+//! Hedging: once nothing is left to hand out, a batch outstanding much longer than the
+//! others (`policy::hedge_after`: 4 × the slowest completed batch, at most half the request
+//! timeout) is also asked of an idle connection to another edge. The first verified answer
+//! wins — both write the same verified bytes, so a late duplicate changes nothing — and the
+//! round ends as soon as every chunk arrived, cancelling what is still out; the slow edge is
+//! demoted (sits out a while), not treated as a liar. So a trickling edge costs about half a
+//! timeout, not a whole round.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use edge_client::{ClientError, DeviceClient};
+use edge_client::{ClientError, DeviceClient, Timeouts};
 use protocol::codec::ContentKey;
 use protocol::device_wire::{ChunkRange, ChunkStatus};
 use protocol::manifest::{ChunkEntry, ManifestView};
@@ -27,7 +37,8 @@ use protocol::ChunkId;
 use tokio::sync::mpsc;
 
 use crate::config::EdgeAddr;
-use crate::edges::EdgePool;
+use crate::edges::{Connected, EdgePool};
+use crate::policy;
 use crate::slot::{Progress, SlotFile};
 
 /// Most stored bytes asked for in one request (the wire limit is 8 MiB).
@@ -153,80 +164,116 @@ pub async fn download(
     let mut queue: VecDeque<Wanted> = entries.iter().filter_map(|e| by_id.remove(&e.id)).collect();
 
     let key = job.key.map(Arc::new);
+    let mut remaining = queue.len();
+    let mut delivered: HashSet<ChunkId> = HashSet::new();
     let mut unsynced: Vec<u32> = Vec::new();
     let mut unsynced_bytes = 0u64;
     let mut last_error = String::from("no edge node reachable");
     // Reconnect rounds: edges that failed transiently get another chance, penalized ones not.
     for _round in 0..3 {
-        let connected = pool.connect_ranked().await;
-        if connected.is_empty() {
+        let mut spares: VecDeque<Connected> = pool.connect_ranked().await.into();
+        if spares.is_empty() {
             continue;
         }
+        let timeouts = pool.timeouts();
         let mut workers: Vec<Worker> = Vec::new();
-        for edge in connected.into_iter().take(job.parallel_edges) {
-            let addr = edge.addr;
-            workers.push(spawn_worker(workers.len(), addr, edge.client, slot.clone(), key.clone()));
-            for _ in 1..STREAMS_PER_EDGE {
-                let extra = match addr {
-                    EdgeAddr::Quic(a) => DeviceClient::connect_quic(a).await,
-                    EdgeAddr::Tcp(a) => DeviceClient::connect_tcp(a).await,
-                };
-                if let Ok(client) = extra {
-                    workers.push(spawn_worker(workers.len(), addr, client, slot.clone(), key.clone()));
-                }
-            }
+        let mut idle: Vec<usize> = Vec::new();
+        while live_edges(&workers) < job.parallel_edges {
+            let Some(edge) = spares.pop_front() else { break };
+            idle.extend(add_edge(&mut workers, edge, timeouts, &slot, &key).await);
         }
-        let (results_tx, mut results) = mpsc::channel::<(usize, Outcome)>(workers.len().max(1));
-        let mut idle: Vec<usize> = (0..workers.len()).rev().collect();
-        let mut in_flight = 0usize;
+        // Best edge's connections first.
+        idle.reverse();
+        let (results_tx, mut results) = mpsc::channel::<(usize, Outcome)>(64);
+        let mut in_flight: HashMap<usize, InFlight> = HashMap::new();
+        let mut slowest_batch: Option<Duration> = None;
         let mut busy_rounds = 0u32;
         let mut last_delivery = Instant::now();
         loop {
             while !queue.is_empty() {
                 let Some(w) = idle.pop() else { break };
                 let Some(jobs) = workers[w].jobs.clone() else { continue };
-                let batch = take_batch(&mut queue);
+                let batch = take_batch(&mut queue, &delivered);
+                if batch.is_empty() {
+                    idle.push(w);
+                    break;
+                }
+                let copy = batch.clone();
                 if let Err(mpsc::error::SendError((batch, _))) = jobs.send((batch, results_tx.clone())).await {
                     queue.extend(batch);
                     workers[w].jobs = None;
                     continue;
                 }
-                in_flight += 1;
+                in_flight.insert(w, InFlight { batch: copy, sent: Instant::now(), hedged: false, copy: false });
             }
-            if in_flight == 0 {
+            if remaining == 0 || in_flight.is_empty() {
                 break;
             }
-            let Some((w, outcome)) = results.recv().await else { break };
-            in_flight -= 1;
+            // Nothing left to hand out: a batch outstanding much longer than the others is
+            // asked of another edge too, first verified answer wins (`policy::hedge_after`).
+            let hedge = if queue.is_empty() {
+                next_hedge(&in_flight, &workers, &idle, policy::hedge_after(timeouts.request, slowest_batch))
+            } else {
+                None
+            };
+            let received = match hedge {
+                Some((at, _, _)) => tokio::select! {
+                    received = results.recv() => Some(received),
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => None,
+                },
+                None => Some(results.recv().await),
+            };
+            let Some(received) = received else {
+                let Some((_, slow, to)) = hedge else { continue };
+                let Some(flight) = in_flight.get_mut(&slow) else { continue };
+                flight.hedged = true;
+                let batch: Vec<Wanted> =
+                    flight.batch.iter().filter(|w| !delivered.contains(&w.entry.id)).cloned().collect();
+                let waited = flight.sent.elapsed();
+                idle.retain(|&i| i != to);
+                let Some(jobs) = workers[to].jobs.clone().filter(|_| !batch.is_empty()) else {
+                    idle.push(to);
+                    continue;
+                };
+                tracing::info!(slow = %workers[slow].addr, to = %workers[to].addr, chunks = batch.len(),
+                    waited_ms = waited.as_millis() as u64, "batch outstanding much longer than the others; hedging it");
+                let copy = batch.clone();
+                if jobs.send((batch, results_tx.clone())).await.is_err() {
+                    workers[to].jobs = None;
+                    continue;
+                }
+                in_flight.insert(to, InFlight { batch: copy, sent: Instant::now(), hedged: true, copy: true });
+                continue;
+            };
+            let Some((w, outcome)) = received else { break };
+            in_flight.remove(&w);
             let addr = workers[w].addr;
             match outcome {
                 Outcome::Done { written, bytes, took, again, missing } => {
                     let stalled = written.is_empty() && !again.is_empty();
                     if !written.is_empty() {
                         last_delivery = Instant::now();
+                        slowest_batch = Some(slowest_batch.map_or(took, |s| s.max(took)));
                     }
+                    deliver(&written, &entries, &mut delivered, &mut remaining);
                     pool.record_batch(addr, bytes, took);
                     counts.bytes_fetched += bytes;
                     unsynced_bytes += bytes;
                     unsynced.extend(written);
-                    queue.extend(again);
+                    requeue(&mut queue, again, &delivered, &in_flight);
                     if missing > 0 {
                         // An edge node that is fetching a chunk says busy; "not found" means
                         // this one will not have it (a stale mirror, or one withholding), and
                         // asking it again would loop forever: stop using it this round.
-                        pool.record_failure(addr);
+                        pool.demote(addr, "lacks chunks");
                         last_error = format!("edge node {addr} does not have {missing} chunks");
                         tracing::info!(edge = %addr, missing, "edge node lacks chunks; fetching them elsewhere");
-                        for worker in workers.iter_mut().filter(|worker| worker.addr == addr) {
-                            worker.jobs = None;
-                        }
+                        stop_edge(&mut workers, addr);
                     } else if stalled && last_delivery.elapsed() > STALL_LIMIT {
                         pool.record_failure(addr);
                         last_error = format!("edge node {addr} answered busy for {} s", STALL_LIMIT.as_secs());
                         tracing::warn!(edge = %addr, "edge node delivers nothing; giving up on it for now");
-                        for worker in workers.iter_mut().filter(|worker| worker.addr == addr) {
-                            worker.jobs = None;
-                        }
+                        stop_edge(&mut workers, addr);
                     } else if stalled {
                         // Everything was busy (the edge is still fetching): back off a little,
                         // and let any other idle connection take the batch first — otherwise
@@ -242,20 +289,23 @@ pub async fn download(
                 Outcome::Bad { why, again, written } => {
                     pool.penalize(addr, &why);
                     last_error = format!("edge node {addr} {why}");
+                    deliver(&written, &entries, &mut delivered, &mut remaining);
                     unsynced.extend(written);
-                    queue.extend(again);
-                    // Stop every connection to this edge.
-                    for worker in workers.iter_mut().filter(|worker| worker.addr == addr) {
-                        worker.jobs = None;
-                    }
+                    requeue(&mut queue, again, &delivered, &in_flight);
+                    stop_edge(&mut workers, addr);
                 }
                 Outcome::Failed { why, again } => {
                     pool.record_failure(addr);
                     last_error = format!("edge node {addr}: {why}");
-                    queue.extend(again);
+                    requeue(&mut queue, again, &delivered, &in_flight);
                     workers[w].jobs = None;
                 }
                 Outcome::Storage(why) => return Err(DownloadError::Storage(anyhow!(why))),
+            }
+            // An edge that stopped makes room for the next one that answered the probe.
+            while live_edges(&workers) < job.parallel_edges {
+                let Some(edge) = spares.pop_front() else { break };
+                idle.extend(add_edge(&mut workers, edge, timeouts, &slot, &key).await);
             }
             if unsynced_bytes >= SYNC_EVERY_BYTES {
                 commit_progress(&slot, &mut progress, &unsynced, &job.progress, &mut counts)
@@ -265,11 +315,19 @@ pub async fn download(
                 on_progress(counts).map_err(DownloadError::Storage)?;
             }
         }
+        // Batches still out when everything arrived were fetched elsewhere: their edge was
+        // much slower than the others. Dropping the workers cancels their requests.
+        let slow: HashSet<EdgeAddr> =
+            in_flight.iter().filter(|(_, f)| !f.copy).map(|(w, _)| workers[*w].addr).collect();
+        for addr in slow {
+            pool.demote(addr, "much slower than the others; its batch was fetched elsewhere");
+        }
+        drop(workers);
         commit_progress(&slot, &mut progress, &unsynced, &job.progress, &mut counts).map_err(DownloadError::Storage)?;
         unsynced.clear();
         unsynced_bytes = 0;
         on_progress(counts).map_err(DownloadError::Storage)?;
-        if queue.is_empty() && counts.chunks_done == counts.chunk_count {
+        if remaining == 0 && counts.chunks_done == counts.chunk_count {
             return Ok(counts);
         }
     }
@@ -278,6 +336,94 @@ pub async fn download(
         counts.chunk_count - counts.chunks_done,
         counts.chunk_count
     )))
+}
+
+/// Puts `again` back in the queue, except chunks delivered meanwhile or still asked of
+/// another edge (a hedge).
+fn requeue(
+    queue: &mut VecDeque<Wanted>,
+    again: Vec<Wanted>,
+    delivered: &HashSet<ChunkId>,
+    in_flight: &HashMap<usize, InFlight>,
+) {
+    let elsewhere: HashSet<ChunkId> = in_flight.values().flat_map(|f| f.batch.iter().map(|w| w.entry.id)).collect();
+    queue.extend(again.into_iter().filter(|w| !delivered.contains(&w.entry.id) && !elsewhere.contains(&w.entry.id)));
+}
+
+/// Counts the chunks behind the manifest indices `written` as delivered, once each.
+fn deliver(written: &[u32], entries: &[ChunkEntry], delivered: &mut HashSet<ChunkId>, remaining: &mut usize) {
+    for index in written {
+        if let Some(entry) = entries.get(*index as usize) {
+            if delivered.insert(entry.id) {
+                *remaining = remaining.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// A batch handed to a worker and not answered yet.
+struct InFlight {
+    batch: Vec<Wanted>,
+    sent: Instant,
+    /// Its chunks were also asked of another edge.
+    hedged: bool,
+    /// It is itself such a second request.
+    copy: bool,
+}
+
+/// The earliest moment a batch becomes due for hedging, the batch's worker and an idle
+/// worker on another edge to ask: `None` if no batch can be hedged.
+fn next_hedge(
+    in_flight: &HashMap<usize, InFlight>,
+    workers: &[Worker],
+    idle: &[usize],
+    hedge_after: Duration,
+) -> Option<(Instant, usize, usize)> {
+    in_flight
+        .iter()
+        .filter(|(_, f)| !f.hedged && !f.copy)
+        .filter_map(|(&w, f)| {
+            let slow = workers[w].addr;
+            let to = idle.iter().rev().copied().find(|&i| workers[i].jobs.is_some() && workers[i].addr != slow)?;
+            Some((f.sent + hedge_after, w, to))
+        })
+        .min_by_key(|(at, _, _)| *at)
+}
+
+/// Edges with at least one connection still in use this round.
+fn live_edges(workers: &[Worker]) -> usize {
+    workers.iter().filter(|w| w.jobs.is_some()).map(|w| w.addr).collect::<HashSet<_>>().len()
+}
+
+/// Stops every connection to `addr` for this round.
+fn stop_edge(workers: &mut [Worker], addr: EdgeAddr) {
+    for worker in workers.iter_mut().filter(|worker| worker.addr == addr) {
+        worker.jobs = None;
+    }
+}
+
+/// Starts workers on `edge`: its probed connection plus [`STREAMS_PER_EDGE`]` - 1` more,
+/// opened with the pool's timeouts like every other. Returns their indices.
+async fn add_edge(
+    workers: &mut Vec<Worker>,
+    edge: Connected,
+    timeouts: Timeouts,
+    slot: &Arc<SlotFile>,
+    key: &Option<Arc<ContentKey>>,
+) -> Vec<usize> {
+    let addr = edge.addr;
+    let mut added = vec![workers.len()];
+    workers.push(spawn_worker(workers.len(), addr, edge.client, slot.clone(), key.clone()));
+    for _ in 1..STREAMS_PER_EDGE {
+        match crate::edges::connect(addr, timeouts).await {
+            Ok(client) => {
+                added.push(workers.len());
+                workers.push(spawn_worker(workers.len(), addr, client, slot.clone(), key.clone()));
+            }
+            Err(e) => tracing::info!(edge = %addr, "extra connection failed: {e}"),
+        }
+    }
+    added
 }
 
 /// Copies every not-yet-done chunk the active slot already holds.
@@ -331,10 +477,15 @@ fn commit_progress(
     Ok(())
 }
 
-fn take_batch(queue: &mut VecDeque<Wanted>) -> Vec<Wanted> {
+/// The next batch from the queue, skipping chunks already delivered (by a hedge).
+fn take_batch(queue: &mut VecDeque<Wanted>, delivered: &HashSet<ChunkId>) -> Vec<Wanted> {
     let mut batch = Vec::new();
     let mut bytes = 0u64;
     while let Some(next) = queue.front() {
+        if delivered.contains(&next.entry.id) {
+            queue.pop_front();
+            continue;
+        }
         if !batch.is_empty() && (batch.len() >= BATCH_CHUNKS || bytes + next.entry.stored_length as u64 > BATCH_BYTES) {
             break;
         }
@@ -346,10 +497,18 @@ fn take_batch(queue: &mut VecDeque<Wanted>) -> Vec<Wanted> {
 
 type Job = (Vec<Wanted>, mpsc::Sender<(usize, Outcome)>);
 
-/// The coordinator's handle on one connection's task.
+/// The coordinator's handle on one connection's task; dropping it cancels the task (and
+/// its request, if one is out).
 struct Worker {
     addr: EdgeAddr,
     jobs: Option<mpsc::Sender<Job>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 fn spawn_worker(
@@ -360,7 +519,7 @@ fn spawn_worker(
     key: Option<Arc<ContentKey>>,
 ) -> Worker {
     let (jobs, mut rx) = mpsc::channel::<Job>(1);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Some((batch, results)) = rx.recv().await {
             let outcome = fetch_batch(&mut client, batch, slot.clone(), key.clone()).await;
             let stop = !matches!(outcome, Outcome::Done { .. });
@@ -369,7 +528,7 @@ fn spawn_worker(
             }
         }
     });
-    Worker { addr, jobs: Some(jobs) }
+    Worker { addr, jobs: Some(jobs), task }
 }
 
 /// One request, then verification, decryption, decompression and writes off the async

@@ -3,13 +3,16 @@
 //! The edge node is untrusted: it relays metadata and manifests, and the sans-IO updater in
 //! `protocol::tuf` verifies them against the root pinned in the agent's data directory. A
 //! stale timestamp, a replayed older snapshot or a manifest whose hash does not match its
-//! signed target fails here, and the agent moves on to another edge node.
+//! signed target fails here, and the agent moves on to another edge node. Errors keep the
+//! TUF error whole so the agent can tell an edge that lied from one that is merely behind
+//! (`policy::refresh_verdict`), and a manifest that failed verification from one the edge
+//! does not have.
 
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use edge_client::DeviceClient;
 use protocol::manifest::ManifestView;
 use protocol::tuf::{encode_role_name, Event, FetchError, Request, Source, TargetFile, TrustedMetadataSet, Updater};
@@ -45,15 +48,41 @@ impl MetadataDir {
     }
 }
 
+/// Why a refresh through one edge stopped.
+#[derive(Debug)]
+pub enum RefreshError {
+    /// What the edge served did not verify, or a fetch from it failed; the TUF error says
+    /// which (see `policy::refresh_verdict`).
+    Metadata(protocol::tuf::Error),
+    /// The edge's answer did not parse as a response at all (it lied).
+    Malformed(edge_client::ClientError),
+    /// The device's own side: the pinned root or the metadata directory.
+    Local(anyhow::Error),
+}
+
+impl std::fmt::Display for RefreshError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RefreshError::Metadata(e) => write!(f, "{e}"),
+            RefreshError::Malformed(e) => write!(f, "{e}"),
+            RefreshError::Local(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
 /// One full TUF refresh (root chain, timestamp, snapshot, targets) through `edge`.
-pub async fn refresh(edge: &mut DeviceClient, dir: &MetadataDir) -> Result<TrustedMetadataSet> {
-    let root = fs::read(dir.0.join("root.json")).context("no pinned root in the metadata directory")?;
-    let mut updater = Updater::new(&root, unix_now(), crate::tuf_config()).map_err(|e| anyhow!("pinned root: {e}"))?;
+pub async fn refresh(edge: &mut DeviceClient, dir: &MetadataDir) -> Result<TrustedMetadataSet, RefreshError> {
+    let root = fs::read(dir.0.join("root.json"))
+        .context("no pinned root in the metadata directory")
+        .map_err(RefreshError::Local)?;
+    let mut updater = Updater::new(&root, unix_now(), crate::tuf_config())
+        .map_err(|e| RefreshError::Local(anyhow!("pinned root: {e}")))?;
     updater.refresh();
     loop {
         while let Some(event) = updater.poll_event() {
             if let Event::Persist { role, bytes } = event {
-                write_atomic(&dir.0, &format!("{}.json", encode_role_name(&role)), &bytes)?;
+                write_atomic(&dir.0, &format!("{}.json", encode_role_name(&role)), &bytes)
+                    .map_err(RefreshError::Local)?;
             }
         }
         let Some(request) = updater.poll_request() else { break };
@@ -63,18 +92,38 @@ pub async fn refresh(edge: &mut DeviceClient, dir: &MetadataDir) -> Result<Trust
                 Ok(Some(bytes)) if bytes.len() as u64 <= request.max_length => Ok(bytes),
                 Ok(Some(_)) => Err(FetchError::TooLarge),
                 Ok(None) => Err(FetchError::NotFound),
+                Err(e @ (edge_client::ClientError::Malformed(_) | edge_client::ClientError::Unexpected(_))) => {
+                    return Err(RefreshError::Malformed(e));
+                }
                 Err(e) => {
                     tracing::debug!(%e, file = %request.file_name, "metadata fetch failed");
                     Err(FetchError::Failed)
                 }
             },
         };
-        updater.handle_response(response).map_err(|e| anyhow!("metadata did not verify: {e}"))?;
+        updater.handle_response(response).map_err(RefreshError::Metadata)?;
     }
     if updater.trusted().targets("targets").is_none() {
-        bail!("refresh ended without verified targets");
+        return Err(RefreshError::Local(anyhow!("refresh ended without verified targets")));
     }
     Ok(updater.trusted().clone())
+}
+
+/// Why a manifest could not be had from one edge.
+#[derive(Debug)]
+pub enum ManifestError {
+    /// The edge does not have it (it is behind) or did not answer: ask another, no blame.
+    Unavailable(String),
+    /// What it served does not match the signed target: it lied.
+    Invalid(String),
+}
+
+impl std::fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ManifestError::Unavailable(why) | ManifestError::Invalid(why) => f.write_str(why),
+        }
+    }
 }
 
 /// The release a device of `hw_class` following `release` should run: among the signed
@@ -100,14 +149,18 @@ pub fn choose_release<'a>(trusted: &'a TrustedMetadataSet, release: &str, hw_cla
 
 /// Downloads the manifest of `target` through `edge` and checks it against the signed
 /// length and hashes, then decodes it.
-pub async fn fetch_manifest(edge: &mut DeviceClient, target: &TargetFile) -> Result<Vec<u8>> {
-    let bytes = edge
-        .get_target(&target.path)
-        .await
-        .map_err(|e| anyhow!("fetching {}: {e}", target.path))?
-        .ok_or_else(|| anyhow!("edge node does not have {}", target.path))?;
-    target.verify(&bytes).map_err(|e| anyhow!("manifest {} did not verify: {e}", target.path))?;
-    ManifestView::new_checked(&bytes).map_err(|e| anyhow!("manifest {} does not decode: {e}", target.path))?;
+pub async fn fetch_manifest(edge: &mut DeviceClient, target: &TargetFile) -> Result<Vec<u8>, ManifestError> {
+    let invalid = |why: String| ManifestError::Invalid(why);
+    let bytes = match edge.get_target(&target.path).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Err(ManifestError::Unavailable(format!("edge node does not have {}", target.path))),
+        Err(e @ (edge_client::ClientError::Malformed(_) | edge_client::ClientError::Unexpected(_))) => {
+            return Err(invalid(format!("fetching {}: {e}", target.path)))
+        }
+        Err(e) => return Err(ManifestError::Unavailable(format!("fetching {}: {e}", target.path))),
+    };
+    target.verify(&bytes).map_err(|e| invalid(format!("manifest {} did not verify: {e}", target.path)))?;
+    ManifestView::new_checked(&bytes).map_err(|e| invalid(format!("manifest {} does not decode: {e}", target.path)))?;
     Ok(bytes)
 }
 

@@ -12,7 +12,7 @@ use protocol::device_wire::{
 use tokio::net::TcpStream;
 
 /// Why a request failed. `Malformed` and `Unexpected` mean the edge node misbehaved (try
-/// another); `Io`, `Connect` and `Timeout` mean the operation failed; `Server` is the edge
+/// another); `Io`, `Connect`, `ConnectTimeout` and `Timeout` mean the operation failed; `Server` is the edge
 /// node's own answer; `Request` means our request broke a limit and was never sent.
 #[derive(Debug)]
 pub enum ClientError {
@@ -20,6 +20,10 @@ pub enum ClientError {
     Io(std::io::Error),
     /// Connecting (including the QUIC handshake) failed.
     Connect(String),
+    /// Connecting (including the QUIC handshake) took longer than the connect timeout: an
+    /// edge that accepts nothing (a black hole) costs this long, not the transport's own
+    /// minutes-long give-up.
+    ConnectTimeout(Duration),
     /// No response within the client's request timeout.
     Timeout,
     /// The response did not parse.
@@ -38,6 +42,7 @@ impl fmt::Display for ClientError {
         match self {
             ClientError::Io(e) => write!(f, "connection failed: {e}"),
             ClientError::Connect(e) => write!(f, "connect failed: {e}"),
+            ClientError::ConnectTimeout(after) => write!(f, "connect timed out after {} ms", after.as_millis()),
             ClientError::Timeout => f.write_str("request timed out"),
             ClientError::Malformed(e) => write!(f, "edge node sent a malformed response: {e}"),
             ClientError::Unexpected(what) => write!(f, "edge node sent an unexpected response: {what}"),
@@ -82,6 +87,24 @@ enum Transport {
     Tcp(TcpStream),
 }
 
+/// How long connecting and each request may take. Every connection a device opens should
+/// carry its configured values: a connection opened with defaults silently lets a slow edge
+/// hold a request for a minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting, including the QUIC handshake.
+    pub connect: Duration,
+    /// One request and its whole response (a total deadline, so a trickling edge cannot
+    /// stretch it by sending a byte now and then).
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { connect: DeviceClient::DEFAULT_CONNECT_TIMEOUT, request: DeviceClient::DEFAULT_REQUEST_TIMEOUT }
+    }
+}
+
 /// A connection to an edge node's device service.
 pub struct DeviceClient {
     transport: Transport,
@@ -119,21 +142,39 @@ fn check_batch(body: Vec<u8>, ranges: &[ChunkRange]) -> Result<ChunkBatch, Clien
 impl DeviceClient {
     /// Default time for one request/response.
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default time for connecting (TCP connect or the QUIC handshake).
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-    /// Connects over QUIC, accepting any server certificate (see the crate doc).
+    /// Connects over QUIC, accepting any server certificate (see the crate doc), with the
+    /// default [`Timeouts`].
     pub async fn connect_quic(addr: SocketAddr) -> Result<Self, ClientError> {
-        let (endpoint, connection) = crate::quic::connect(addr).await?;
+        Self::connect_quic_with(addr, Timeouts::default()).await
+    }
+
+    /// Connects over framed TCP with the default [`Timeouts`].
+    pub async fn connect_tcp(addr: SocketAddr) -> Result<Self, ClientError> {
+        Self::connect_tcp_with(addr, Timeouts::default()).await
+    }
+
+    /// Connects over QUIC within `timeouts.connect`; requests get `timeouts.request`.
+    pub async fn connect_quic_with(addr: SocketAddr, timeouts: Timeouts) -> Result<Self, ClientError> {
+        let (endpoint, connection) = tokio::time::timeout(timeouts.connect, crate::quic::connect(addr))
+            .await
+            .map_err(|_| ClientError::ConnectTimeout(timeouts.connect))??;
         Ok(DeviceClient {
             transport: Transport::Quic { _endpoint: endpoint, connection },
-            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
+            request_timeout: timeouts.request,
         })
     }
 
-    /// Connects over framed TCP.
-    pub async fn connect_tcp(addr: SocketAddr) -> Result<Self, ClientError> {
-        let stream = TcpStream::connect(addr).await.map_err(|e| ClientError::Connect(e.to_string()))?;
+    /// Connects over framed TCP within `timeouts.connect`; requests get `timeouts.request`.
+    pub async fn connect_tcp_with(addr: SocketAddr, timeouts: Timeouts) -> Result<Self, ClientError> {
+        let stream = tokio::time::timeout(timeouts.connect, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ClientError::ConnectTimeout(timeouts.connect))?
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        Ok(DeviceClient { transport: Transport::Tcp(stream), request_timeout: Self::DEFAULT_REQUEST_TIMEOUT })
+        Ok(DeviceClient { transport: Transport::Tcp(stream), request_timeout: timeouts.request })
     }
 
     /// Changes the per-request timeout.
@@ -250,5 +291,41 @@ impl DeviceClient {
             Response::Error { code } => Err(ClientError::Server(code)),
             _ => Err(ClientError::Unexpected("not a file response")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A QUIC "edge" that is a bound UDP socket never answering: the handshake would wait
+    /// for quinn's idle timeout; the connect timeout ends it.
+    #[tokio::test]
+    async fn a_black_hole_quic_edge_costs_the_connect_timeout_not_the_transports() {
+        let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let timeouts = Timeouts { connect: Duration::from_millis(300), request: Duration::from_secs(60) };
+        let started = Instant::now();
+        let result = DeviceClient::connect_quic_with(hole.local_addr().unwrap(), timeouts).await;
+        let took = started.elapsed();
+        assert!(matches!(result, Err(ClientError::ConnectTimeout(t)) if t == timeouts.connect), "{result:?}");
+        assert!(took < Duration::from_secs(2), "connect took {took:?}");
+        assert_eq!(result.unwrap_err().to_string(), "connect timed out after 300 ms");
+    }
+
+    /// A TCP "edge" that accepts and never answers: the connection's own request timeout
+    /// (not the default minute) ends every request.
+    #[tokio::test]
+    async fn a_black_hole_tcp_edge_costs_the_request_timeout_given_at_connect() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = tokio::spawn(async move { listener.accept().await.map(|(stream, _)| stream) });
+        let timeouts = Timeouts { connect: Duration::from_secs(5), request: Duration::from_millis(300) };
+        let mut client = DeviceClient::connect_tcp_with(addr, timeouts).await.unwrap();
+        let started = Instant::now();
+        let result = client.get_metadata("timestamp.json").await;
+        assert!(matches!(result, Err(ClientError::Timeout)), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(2), "request took {:?}", started.elapsed());
+        drop(hold);
     }
 }

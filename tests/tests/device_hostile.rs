@@ -1,5 +1,6 @@
 //! Issue 4: a malicious edge node — corrupted chunks, stale metadata, an older release,
-//! withheld chunks, endless data. With only the hostile edge configured the device installs
+//! withheld chunks, endless data. Issue 9: edges that trickle or never answer, and fast stale
+//! edges crowding out a slower honest one. With only the hostile edge configured the device installs
 //! nothing and says why; with the hostile edge listed first and an honest one after it, the
 //! device rejects the hostile one, switches to the honest one and commits the new release.
 //!
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::device::{copy_tree, Device};
-use support::hostile::{Endless, HostileEdge, Hostiles, Lie};
+use support::hostile::{Endless, HostileEdge, Hostiles, Lie, Shape};
 use support::{eventually, random_bytes, Edge, Origin};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(90);
@@ -201,7 +202,8 @@ fn a_stale_mirror_freezes_nothing_and_is_refused_as_a_rollback_once_the_device_k
     let status = device.status();
     assert_eq!(status["error"].as_str(), Some("verification"), "{output}");
     assert_eq!((status["state"].as_str(), status["version"].as_str()), (Some("committed"), Some("2.0.0")));
-    assert!(output.contains("metadata from edge node rejected") && output.contains("penalized"), "{output}");
+    // Validly signed but older is "behind", not a lie (issue 9): not used, not penalized.
+    assert!(output.contains("behind") && !output.contains("penalized"), "{output}");
     assert_eq!(device.bootenv(), ("a".to_string(), None));
     assert!(device.slot("a") == scene.v2, "the v2 slot changed");
 }
@@ -284,4 +286,87 @@ fn endless_responses_are_cut_at_the_wire_limit_and_the_device_moves_on() {
     scene.assert_committed_v2(&device, &output);
     assert!(output.contains("above the limit") && output.contains("metadata from edge node rejected"), "{output}");
     assert!(oversized.counters.total() > before.0 && largest.counters.total() > before.1, "{output}");
+}
+
+/// Issue 9: the request timeout applied to the first connection to each edge only, and
+/// connecting had no timeout at all, so one slow batch held a whole download round. A
+/// trickling edge (chunk batches at 64 bytes/s, everything else at once), a black hole (QUIC
+/// to a UDP socket that never answers) and an honest edge 100 ms farther away than the
+/// trickling one (so the trickling edge ranks first and is handed a batch on each of its two
+/// connections), 5 s timeouts: the slow batches are hedged to the honest edge, and nothing
+/// waits on the black hole more than once.
+#[test]
+fn a_trickling_edge_and_a_black_hole_cost_about_one_timeout() {
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    let scene = Scene::new();
+    let trickle = scene.hostiles.proxy(scene.honest.device_tcp, Shape::TrickleChunks { bytes_per_second: 64 });
+    let hole = scene.hostiles.black_hole();
+    let honest = scene.hostiles.proxy(scene.honest.device_tcp, Shape::Delay(Duration::from_millis(100)));
+    let device = scene.device("dev-trickle", &[trickle.tcp_url(), hole.quic_url(), honest.tcp_url()]);
+    device.set("request_timeout_secs", &TIMEOUT.as_secs().to_string());
+    device.set("connect_timeout_secs", &TIMEOUT.as_secs().to_string());
+    let started = Instant::now();
+    let output = check_succeeds(&device, "trickling edge, black hole, honest edge");
+    let took = started.elapsed();
+    eprintln!("trickling edge + black hole + honest edge: install took {took:?}");
+    scene.assert_committed_v2(&device, &output);
+    assert!(trickle.counters.chunks() >= 256, "the trickling edge was not handed two batches:\n{output}");
+    assert!(hole.counters.total() > 0, "the device never tried the black hole:\n{output}");
+    assert!(took < 3 * TIMEOUT, "install took {took:?} with {TIMEOUT:?} timeouts:\n{output}");
+    assert!(!output.contains("penalized"), "a slow edge is demoted, not treated as a liar:\n{output}");
+}
+
+/// Issue 9: a black hole alone ends a check within about the connect timeout (QUIC: the
+/// handshake never completes) or the request timeout (TCP: it connects, then silence), with
+/// an error that names the edge and the timeout, instead of a transport's own give-up.
+#[test]
+fn a_black_hole_edge_alone_fails_within_the_connect_timeout_with_a_clear_error() {
+    let scene = Scene::new();
+    let hole = scene.hostiles.black_hole();
+    let cases = [
+        ("quic", hole.quic_url(), Duration::from_secs(2), "connect timed out after 2000 ms"),
+        ("tcp", hole.tcp_url(), Duration::from_secs(3), "request timed out"),
+    ];
+    for (name, url, limit, why) in cases {
+        let device = scene.device(&format!("dev-black-hole-{name}"), std::slice::from_ref(&url));
+        device.set("connect_timeout_secs", "2");
+        device.set("request_timeout_secs", "3");
+        let before = hole.counters.total();
+        let started = Instant::now();
+        let output = check_fails(&device, &format!("black hole ({name}) alone"));
+        let took = started.elapsed();
+        eprintln!("black hole ({name}) alone: check ended after {took:?}");
+        assert!(hole.counters.total() > before, "black hole ({name}) was never tried:\n{output}");
+        assert!(took < limit + Duration::from_secs(3), "black hole ({name}): check took {took:?}:\n{output}");
+        scene.assert_still_on_v1(&device, &output, &["committed"]);
+        assert_eq!(device.status()["error"].as_str(), Some("network"), "{output}");
+        assert!(output.contains(&url) && output.contains(why), "black hole ({name}): no clear error:\n{output}");
+    }
+}
+
+/// Issue 9: metadata came from the 3 fastest edges only, so three fast stale mirrors held a
+/// device on the old release while a slower honest edge had the new one; and an edge merely
+/// behind the device's metadata was penalized as a liar for 10 minutes.
+#[test]
+fn three_fast_stale_edges_do_not_keep_a_device_from_a_slower_honest_edge() {
+    let scene = Scene::new();
+    let stale: Vec<HostileEdge> = (0..3).map(|_| scene.hostiles.repo_edge(&scene.stale_repo, Lie::Nothing)).collect();
+    let slow_honest = scene.hostiles.proxy(scene.honest.device_tcp, Shape::Delay(Duration::from_millis(300)));
+    let mut edges: Vec<String> = stale.iter().map(HostileEdge::quic_url).collect();
+    edges.push(slow_honest.tcp_url());
+    let device = scene.device("dev-fast-stale", &edges);
+    let output = check_succeeds(&device, "three fast stale edges, one slower honest edge");
+    scene.assert_committed_v2(&device, &output);
+    for edge in &stale {
+        consulted(edge, "fast stale edge");
+    }
+    assert!(!output.contains("penalized"), "an edge that is behind is not a liar:\n{output}");
+    // The device now trusts v2-era metadata, which the stale edges are behind: the next check
+    // stays on v2, says so, and still treats none of them as a liar.
+    let before: Vec<u64> = stale.iter().map(|e| e.counters.total()).collect();
+    let output = check_succeeds(&device, "again, on v2-era metadata");
+    let status = device.status();
+    assert_eq!((status["state"].as_str(), status["version"].as_str()), (Some("committed"), Some("2.0.0")));
+    assert!(stale.iter().zip(before).all(|(e, b)| e.counters.total() > b), "stale edges not consulted:\n{output}");
+    assert!(output.contains("behind") && !output.contains("penalized"), "{output}");
 }

@@ -31,7 +31,7 @@ impl Device {
         let mut config = format!(
             "data_dir = {data:?}\nrelease = \"gw\"\nhw_class = \"imx8\"\ntrusted_root = {root:?}\n\
              content_key = {key:?}\nedges = {edges:?}\nslot_a = {a:?}\nslot_b = {b:?}\n\
-             request_timeout_secs = 5\nmdns = {mdns}\ntrial_deadline_secs = 30\n\n[bootloader]\nkind = \"file\"\n",
+             request_timeout_secs = 5\nconnect_timeout_secs = 5\nmdns = {mdns}\ntrial_deadline_secs = 30\n\n[bootloader]\nkind = \"file\"\n",
             data = dir.join("data"),
             root = repo.join("metadata/1.root.json"),
             key = repo.join("keys/content.key"),

@@ -4,7 +4,12 @@
 //!   backend that reads a seeder repository directory — the live one or a stale copy — and
 //!   lies as told by [`Lie`];
 //! - [`Hostiles::endless_edge`]: a raw TCP listener that answers the first request frame of
-//!   every connection with a response that never ends ([`Endless`]).
+//!   every connection with a response that never ends ([`Endless`]);
+//! - [`Hostiles::proxy`]: a framed-TCP proxy in front of a real edge node that shapes its
+//!   answers ([`Shape`]): chunk batches trickling a few bytes per second, or every answer
+//!   late (an honest edge that is merely far away);
+//! - [`Hostiles::black_hole`]: a UDP socket and a TCP listener that take everything and
+//!   answer nothing (QUIC never completes its handshake; TCP connects, then silence).
 //!
 //! Every edge counts what it was asked, so a test can tell that a device really talked to it.
 
@@ -12,10 +17,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use edge_node::device::{ChunkLookup, DeviceBackend, DeviceService, DeviceServiceConfig};
 use edge_node::metrics::Metrics;
-use protocol::device_wire::limits;
+use protocol::device_wire::{frame_body_len, limits, Request, RequestView, FRAME_HEADER_BYTES};
 use protocol::ChunkId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -88,6 +94,16 @@ pub enum Endless {
     LargestThenMore,
 }
 
+/// How a [`Hostiles::proxy`] shapes the answers of the edge node behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Chunk batches go out this many bytes per second; metadata and manifests pass at once,
+    /// so the edge passes a device's probe and metadata checks and is really handed batches.
+    TrickleChunks { bytes_per_second: usize },
+    /// Every answer is held back this long: honest, current, and slower than its neighbours.
+    Delay(Duration),
+}
+
 /// The runtime the hostile edges run on.
 pub struct Hostiles {
     runtime: tokio::runtime::Runtime,
@@ -132,6 +148,55 @@ impl Hostiles {
     }
 }
 
+impl Hostiles {
+    /// A framed-TCP edge that forwards every request to `upstream` (a real edge node's
+    /// device-service TCP port) and shapes the answers as `shape` says.
+    pub fn proxy(&self, upstream: SocketAddr, shape: Shape) -> HostileEdge {
+        let counters = Arc::new(Counters::default());
+        let listener = self.runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("proxy binds");
+        let tcp = listener.local_addr().unwrap();
+        let count = counters.clone();
+        self.runtime.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(proxy(stream, upstream, shape, count.clone()));
+            }
+        });
+        HostileEdge { quic: None, tcp, counters }
+    }
+
+    /// An edge that takes every datagram and connection and never answers: a QUIC device
+    /// waits for a handshake that never comes, a TCP one for a response. Counts datagrams
+    /// and connections as `frames`.
+    pub fn black_hole(&self) -> HostileEdge {
+        let counters = Arc::new(Counters::default());
+        let (udp, listener) = self.runtime.block_on(async {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("black hole binds UDP");
+            let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("black hole binds TCP");
+            (udp, tcp)
+        });
+        let (quic, tcp) = (udp.local_addr().unwrap(), listener.local_addr().unwrap());
+        let count = counters.clone();
+        self.runtime.spawn(async move {
+            let mut datagram = vec![0u8; 65536];
+            while udp.recv_from(&mut datagram).await.is_ok() {
+                count.frames.fetch_add(1, Relaxed);
+            }
+        });
+        let count = counters.clone();
+        self.runtime.spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.frames.fetch_add(1, Relaxed);
+                // Read and drop everything until the device hangs up.
+                tokio::spawn(async move {
+                    let mut sink = vec![0u8; 65536];
+                    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        HostileEdge { quic: Some(quic), tcp, counters }
+    }
+}
+
 impl Default for Hostiles {
     fn default() -> Self {
         Hostiles::new()
@@ -169,6 +234,67 @@ async fn endless(mut stream: tokio::net::TcpStream, kind: Endless, counters: Arc
     }
     let filler = vec![0xa5u8; 64 << 10];
     while stream.write_all(&filler).await.is_ok() {}
+}
+
+/// Reads one frame (header and body, at most `max_body` bytes) from `stream`.
+async fn read_frame(stream: &mut tokio::net::TcpStream, max_body: usize) -> Option<Vec<u8>> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    stream.read_exact(&mut header).await.ok()?;
+    let len = frame_body_len(header, max_body).ok()?;
+    let mut frame = header.to_vec();
+    frame.resize(FRAME_HEADER_BYTES + len, 0);
+    stream.read_exact(&mut frame[FRAME_HEADER_BYTES..]).await.ok()?;
+    Some(frame)
+}
+
+/// One device connection through the proxy: request frames go upstream as they are, answers
+/// come back shaped.
+async fn proxy(mut device: tokio::net::TcpStream, upstream: SocketAddr, shape: Shape, counters: Arc<Counters>) {
+    let Ok(mut edge) = tokio::net::TcpStream::connect(upstream).await else { return };
+    let _ = device.set_nodelay(true);
+    while let Some(request) = read_frame(&mut device, limits::MAX_REQUEST_BYTES).await {
+        let is_chunks = match RequestView::parse(&request[FRAME_HEADER_BYTES..]) {
+            Ok(Request::GetMetadata { .. }) => {
+                counters.metadata.fetch_add(1, Relaxed);
+                false
+            }
+            Ok(Request::GetTarget { .. }) => {
+                counters.targets.fetch_add(1, Relaxed);
+                false
+            }
+            Ok(Request::GetChunks { ranges }) => {
+                counters.chunks.fetch_add(ranges.len() as u64, Relaxed);
+                true
+            }
+            _ => false,
+        };
+        if edge.write_all(&request).await.is_err() {
+            return;
+        }
+        let Some(response) = read_frame(&mut edge, limits::MAX_RESPONSE_BYTES).await else { return };
+        let sent = match shape {
+            Shape::TrickleChunks { bytes_per_second } if is_chunks => {
+                // A quarter of the rate four times a second, for as long as the device listens.
+                let mut sent = Ok(());
+                for piece in response.chunks((bytes_per_second / 4).max(1)) {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    sent = device.write_all(piece).await;
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+                sent
+            }
+            Shape::Delay(delay) => {
+                tokio::time::sleep(delay).await;
+                device.write_all(&response).await
+            }
+            Shape::TrickleChunks { .. } => device.write_all(&response).await,
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
 }
 
 struct RepoBackend {
