@@ -80,6 +80,12 @@ struct RunArgs {
     /// Seconds between repository polls.
     #[arg(long)]
     refresh_secs: Option<u64>,
+    /// Device keys one LAN address may send status reports for (default 16).
+    #[arg(long)]
+    report_devices_per_client: Option<usize>,
+    /// Sustained status reports per second per LAN address (default 2, burst 20).
+    #[arg(long)]
+    reports_per_sec_per_client: Option<u32>,
 }
 
 impl RunArgs {
@@ -122,6 +128,12 @@ impl RunArgs {
         }
         if let Some(v) = self.refresh_secs {
             c.refresh_secs = v;
+        }
+        if let Some(v) = self.report_devices_per_client {
+            c.report_devices_per_client = v;
+        }
+        if let Some(v) = self.reports_per_sec_per_client {
+            c.reports_per_sec_per_client = v;
         }
         c.capacity_bytes().context("--capacity")?;
         c.origin_peer_ids().context("--origin-peer")?;

@@ -105,6 +105,11 @@ fn devices_install_reuse_chunks_commit_and_a_failed_health_check_rolls_back() {
     let run = bad.check(CHECK_TIMEOUT);
     assert!(!run.output.contains("download complete"), "refused release fetched again:\n{}", run.output);
     assert_eq!(bad.status()["version"].as_str(), Some("1.0.0"));
+
+    // Both agents' signed, numbered status reports were accepted by the edge node.
+    let trust = mesh.edge.status().unwrap()["trust"].clone();
+    assert_eq!(trust["reporting_devices"], 2, "{trust}");
+    assert_eq!(trust["status_reports_rejected"], 0, "{trust}");
 }
 
 fn record_state(device: &Device) -> String {

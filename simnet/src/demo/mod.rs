@@ -222,6 +222,11 @@ fn start_edge(bin: &Path, data_dir: &Path, site: usize, bootstrap: &[String]) ->
         "127.0.0.1:0",
         "--device-tcp-listen",
         "127.0.0.1:0",
+        // Every demo device reports from 127.0.0.1; on a LAN each has its own address.
+        "--report-devices-per-client",
+        "1024",
+        "--reports-per-sec-per-client",
+        "100",
     ]);
     for b in bootstrap {
         args.push("--bootstrap".into());
