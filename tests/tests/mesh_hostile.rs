@@ -160,9 +160,11 @@ fn an_origin_impostor_found_on_the_mesh_stops_neither_refresh_nor_push_updates()
     });
     for (version, seed) in [("1.0.0", 1), ("2.0.0", 2)] {
         origin.publish(&write_image(dir.path(), seed), version);
+        let published = std::time::Instant::now();
         eventually(&format!("{version} to arrive by push despite the impostor"), Duration::from_secs(60), || {
             edge.has_release(version).then_some(())
         });
+        eprintln!("{version} complete on the edge node {:?} after publishing, impostor present", published.elapsed());
     }
     assert!(trust(&edge, "announcements_rejected") > 0, "the forged announcement never reached the edge node");
     let peers = edge.status().unwrap()["peers"].clone();
