@@ -10,9 +10,10 @@ use crate::freshness::{self, Policy};
 use crate::repo::Repo;
 use crate::time;
 
-/// Longest sleep between looks at the repository even when nothing is due for weeks: a
-/// suspended host or a stepped clock is noticed within this.
-const MAX_SLEEP_SECS: i64 = 3600;
+/// Longest sleep between looks at the repository even when nothing is due for days: a
+/// suspended host, a stepped clock or another command that shortened a lifetime (`seeder
+/// timestamp refresh --expires 2h`) is noticed within this.
+const MAX_SLEEP_SECS: i64 = 600;
 /// Wait after a failed renewal (missing key, full disk) before trying again.
 const RETRY_SECS: u64 = 60;
 
@@ -42,7 +43,7 @@ pub async fn run(
     }
 }
 
-/// Renews what is due, then sleeps until the next renewal is due (at most an hour); the
+/// Renews what is due, then sleeps until the next renewal is due (at most 10 minutes); the
 /// origin announces each new timestamp when it sees `timestamp.json` change.
 async fn renew_forever(repo: PathBuf, policy: Policy) -> std::convert::Infallible {
     loop {

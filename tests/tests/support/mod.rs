@@ -224,9 +224,20 @@ pub struct Origin {
 
 impl Origin {
     pub fn start(dir: &Path) -> Origin {
+        Origin::serve(&Origin::init(dir), &[])
+    }
+
+    /// A new repository in `dir`, not served yet.
+    pub fn init(dir: &Path) -> PathBuf {
         let repo = dir.join("repo");
         seeder(&["init", "--repo", repo.to_str().unwrap()]);
-        let args: Vec<String> = [
+        repo
+    }
+
+    /// Serves `repo` with extra `seeder serve` flags (e.g. renewal margins).
+    pub fn serve(repo: &Path, extra: &[&str]) -> Origin {
+        let repo = repo.to_path_buf();
+        let mut args: Vec<String> = [
             "--json",
             "serve",
             "--repo",
@@ -238,6 +249,7 @@ impl Origin {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::spawn("origin", &bin("seeder"), &args);
         let addr = proc.wait_line("origin addrs", Duration::from_secs(30), |line| {
             let v: Value = serde_json::from_str(line).ok()?;
