@@ -77,18 +77,21 @@ impl std::fmt::Debug for Agent {
 
 impl Agent {
     /// Opens the data directory, the record and the bootloader.
+    ///
+    /// Everything that can be checked without writing is checked first (settings, trusted
+    /// root, content key, record, bootloader, edges); the data directory is created only
+    /// then, so a start that fails on its inputs leaves nothing behind.
     pub fn open(config: AgentConfig, mode: Mode) -> Result<Agent> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         let metadata = MetadataDir(config.data_dir.join("metadata"));
-        match &config.trusted_root {
-            Some(root) => metadata.pin_root_if_missing(root)?,
-            None if !metadata.0.join("root.json").exists() => {
-                bail!("no trusted root: set trusted_root in the config to the fleet's root.json")
+        let root_to_pin = match &config.trusted_root {
+            Some(root) if !metadata.has_root() => Some(MetadataDir::read_trusted_root(root)?),
+            Some(_) => None,
+            None if !metadata.has_root() => {
+                bail!("no trusted root: set trusted_root in the config (or --trusted-root) to the fleet's root.json")
             }
-            None => {}
-        }
+            None => None,
+        };
         let key = match &config.content_key {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -114,6 +117,11 @@ impl Agent {
         if config.mdns {
             pool =
                 pool.with_discovery(Box::new(|| Box::pin(crate::discovery::browse(crate::discovery::BROWSE_TIMEOUT))));
+        }
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        if let Some(root) = &root_to_pin {
+            metadata.pin_root(root)?;
         }
         let device_key = status::load_or_create_key(&config.data_dir)?;
         Ok(Agent {

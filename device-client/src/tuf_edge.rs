@@ -24,16 +24,35 @@ use crate::tuf_http::{unix_now, write_atomic};
 pub struct MetadataDir(pub PathBuf);
 
 impl MetadataDir {
-    /// Pins `root` if nothing is pinned yet (a device's first start).
-    pub fn pin_root_if_missing(&self, root: &Path) -> Result<()> {
-        fs::create_dir_all(&self.0)?;
-        if self.0.join("root.json").exists() {
-            return Ok(());
+    /// Whether a root is pinned already (a device that has started before).
+    pub fn has_root(&self) -> bool {
+        self.0.join("root.json").exists()
+    }
+
+    /// Reads and checks the configured root without writing anything, so a bad
+    /// `trusted_root` fails the start before the data directory exists.
+    pub fn read_trusted_root(root: &Path) -> Result<Vec<u8>> {
+        let limit = crate::tuf_config().root_max_length;
+        let mut bytes = Vec::new();
+        fs::File::open(root).and_then(|file| file.take(limit + 1).read_to_end(&mut bytes)).with_context(|| {
+            format!("cannot read trusted root {}; set trusted_root to the fleet's root.json", root.display())
+        })?;
+        if bytes.len() as u64 > limit {
+            bail!(
+                "trusted root {} is larger than {limit} bytes; set trusted_root to the fleet's root.json",
+                root.display()
+            );
         }
-        let bytes = fs::read(root).with_context(|| format!("cannot read trusted root {}", root.display()))?;
-        Updater::new(&bytes, unix_now(), crate::tuf_config())
-            .map_err(|e| anyhow!("trusted root {} is invalid: {e}", root.display()))?;
-        write_atomic(&self.0, "root.json", &bytes)?;
+        Updater::new(&bytes, unix_now(), crate::tuf_config()).map_err(|e| {
+            anyhow!("trusted root {} is invalid ({e}); set trusted_root to the fleet's root.json", root.display())
+        })?;
+        Ok(bytes)
+    }
+
+    /// Pins `root` (checked by [`MetadataDir::read_trusted_root`]) on a device's first start.
+    pub fn pin_root(&self, root: &[u8]) -> Result<()> {
+        fs::create_dir_all(&self.0)?;
+        write_atomic(&self.0, "root.json", root)?;
         Ok(())
     }
 

@@ -7,8 +7,10 @@
 //! - [`store`]: chunk bodies on disk, written crash-safely, verified on every read.
 //! - [`index`]: the store's inventory and LRU recency in sled, so restarts keep eviction order.
 //! - [`metrics`]: counters for `/metrics` and `edge-node status`.
+//! - [`cli`]: one `error:` line and exit code 1 for every command-line failure.
 #![deny(missing_docs)]
 
+pub mod cli;
 pub mod daemon;
 pub mod device;
 pub mod http;

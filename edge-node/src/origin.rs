@@ -42,19 +42,32 @@ pub struct OriginHandle {
 }
 
 /// Runs the origin until the process stops.
+///
+/// Start-up checks its inputs and binds its listen addresses before it writes anything: a
+/// new node key is saved only once the origin is listening, so a failed start leaves no file.
 pub async fn run(config: OriginConfig, on_ready: impl FnOnce(&OriginHandle)) -> Result<()> {
-    let keypair = network::load_or_create_keypair(&config.key_path)
-        .with_context(|| format!("cannot load or create {}", config.key_path.display()))?;
+    let listen = config
+        .listen
+        .iter()
+        .map(|addr| addr.parse::<Multiaddr>().with_context(|| format!("--listen `{addr}` is not a multiaddr")))
+        .collect::<Result<Vec<_>>>()?;
+    let existing_key = network::load_keypair(&config.key_path)
+        .with_context(|| format!("cannot load {}", config.key_path.display()))?;
+    let new_key = existing_key.is_none();
+    let keypair = existing_key.unwrap_or_else(libp2p::identity::Keypair::generate_ed25519);
     let mut net_config = NetworkConfig::new(SiteName::new("origin").map_err(|e| anyhow::anyhow!("{e}"))?);
     net_config.origin = true;
     net_config.enable_mdns = config.mdns;
-    let (client, mut events, event_loop) = network::new(keypair, net_config)?;
+    let (client, mut events, event_loop) = network::new(keypair.clone(), net_config)?;
     tokio::spawn(event_loop.run());
     let mut addrs = Vec::new();
-    for addr in &config.listen {
-        let addr: Multiaddr = addr.parse().with_context(|| format!("listen address `{addr}` is not a multiaddr"))?;
-        let bound = client.listen(addr.clone()).await.with_context(|| format!("cannot listen on {addr}"))?;
+    for addr in listen {
+        let bound = client.listen(addr.clone()).await.with_context(|| format!("cannot listen on {addr} (--listen)"))?;
         addrs.push(bound.with(libp2p::multiaddr::Protocol::P2p(client.local_peer_id())));
+    }
+    if new_key {
+        network::save_keypair(&config.key_path, &keypair)
+            .with_context(|| format!("cannot save the node key to {}", config.key_path.display()))?;
     }
     for addr in &config.bootstrap {
         if let Ok(addr) = addr.parse::<Multiaddr>() {

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::fs;
 
-use crate::repo::Repo;
+use crate::repo::{expiry, Repo};
 
 /// A role as the current root defines it.
 #[derive(Debug, Serialize)]
@@ -43,11 +43,26 @@ pub struct ReleaseInfo {
     pub stored_bytes: u64,
 }
 
+/// A role that expires soon: what clients will refuse, when, and what renews it.
+#[derive(Debug, Serialize)]
+pub struct ExpiryWarning {
+    /// Role name.
+    pub role: String,
+    /// When it expires.
+    pub expires: String,
+    /// Seconds left (negative: already expired).
+    pub seconds_left: i64,
+    /// The command that renews it.
+    pub fix: String,
+}
+
 /// The whole inspection.
 #[derive(Debug, Serialize)]
 pub struct InspectReport {
     /// Top-level roles.
     pub roles: Vec<RoleInfo>,
+    /// Roles expiring within the warning window, or expired.
+    pub warnings: Vec<ExpiryWarning>,
     /// Releases, sorted by target path.
     pub releases: Vec<ReleaseInfo>,
     /// Chunk files in the store.
@@ -59,10 +74,13 @@ pub struct InspectReport {
     pub dedup_ratio: f64,
 }
 
-/// Reads the repository's current state (unverified; `seeder verify` checks it).
-pub fn run(repo: &Repo) -> Result<InspectReport> {
+/// Reads the repository's current state (unverified; `seeder verify` checks it) and warns
+/// about every role that expires within `warn_within_secs` of `now`. The timestamp lives only
+/// 7 days by design, so for it the window is at most half of that — the point where
+/// `seeder serve` renews it by default — or a healthy repository would always warn.
+pub fn run(repo: &Repo, now: i64, warn_within_secs: i64) -> Result<InspectReport> {
     let current = repo.current()?;
-    let roles = ["root", "targets", "snapshot", "timestamp"]
+    let roles: Vec<RoleInfo> = ["root", "targets", "snapshot", "timestamp"]
         .into_iter()
         .map(|role| {
             let (keyids, threshold) = current.role_keys(role);
@@ -81,6 +99,28 @@ pub fn run(repo: &Repo) -> Result<InspectReport> {
             }
         })
         .collect();
+    let mut warnings = Vec::new();
+    for role in &roles {
+        let window = match role.role.as_str() {
+            "timestamp" => warn_within_secs.min(expiry::TIMESTAMP_SECS / 2),
+            _ => warn_within_secs,
+        };
+        // An unreadable expiry is as bad as an expired one: clients refuse it.
+        let expires = protocol::tuf::time::parse_expiry(&role.expires).unwrap_or(i64::MIN / 2);
+        if expires - now < window {
+            let fix = match role.role.as_str() {
+                "root" => "run `seeder key rotate --role root`",
+                "targets" => "publish a release or run `seeder key rotate --role targets`",
+                _ => "run `seeder timestamp refresh` or keep `seeder serve` running",
+            };
+            warnings.push(ExpiryWarning {
+                role: role.role.clone(),
+                expires: role.expires.clone(),
+                seconds_left: expires - now,
+                fix: fix.into(),
+            });
+        }
+    }
     let mut releases = Vec::new();
     if let Some(targets) = current.targets["targets"].as_object() {
         for (path, entry) in targets {
@@ -112,5 +152,5 @@ pub fn run(repo: &Repo) -> Result<InspectReport> {
     }
     let referenced: u64 = releases.iter().map(|r| r.stored_bytes).sum();
     let dedup_ratio = if store_bytes == 0 { 1.0 } else { referenced as f64 / store_bytes as f64 };
-    Ok(InspectReport { roles, releases, store_chunks, store_bytes, dedup_ratio })
+    Ok(InspectReport { roles, warnings, releases, store_chunks, store_bytes, dedup_ratio })
 }

@@ -3,12 +3,14 @@
 #![deny(missing_docs)]
 
 mod atomic;
+mod freshness;
 mod init;
 mod inspect;
 mod keys;
 mod release;
 mod repo;
 mod rotate;
+mod serve;
 mod time;
 mod trusted;
 mod verify;
@@ -22,8 +24,11 @@ use std::path::PathBuf;
 use repo::Repo;
 
 /// otamesh publisher: signs firmware releases into a TUF repository.
+///
+/// Environment: OTAMESH_SEEDER_NOW (unix seconds or YYYY-MM-DDTHH:MM:SSZ) starts the
+/// seeder's clock at that instant, to see expiry and renewal weeks ahead.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about)]
 struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -58,11 +63,15 @@ enum Command {
         #[arg(long)]
         root: Option<PathBuf>,
     },
-    /// Show roles, keys, expiries, releases, chunk counts and deduplication.
+    /// Show roles, keys, expiries, releases, chunk counts and deduplication; warn (on
+    /// stderr) about every role that expires soon.
     Inspect {
         /// Repository directory.
         #[arg(long)]
         repo: PathBuf,
+        /// Warn about roles expiring within this (the timestamp: within half its 7-day lifetime at most).
+        #[arg(long, default_value = "7d", value_parser = duration_secs)]
+        warn_within: i64,
     },
     /// Manage signing keys.
     #[command(subcommand)]
@@ -70,7 +79,8 @@ enum Command {
     /// Manage the timestamp role.
     #[command(subcommand)]
     Timestamp(TimestampCommand),
-    /// Join the mesh as the origin: serve metadata and chunks, announce every new release.
+    /// Join the mesh as the origin: serve metadata and chunks, announce every new release,
+    /// and renew timestamp and snapshot before they expire.
     Serve {
         /// Repository directory.
         #[arg(long)]
@@ -87,6 +97,8 @@ enum Command {
         /// Seconds between re-announcements of an unchanged timestamp.
         #[arg(long, default_value_t = 30)]
         announce_secs: u64,
+        #[command(flatten)]
+        renewal: RenewalArgs,
     },
 }
 
@@ -160,9 +172,30 @@ enum TimestampCommand {
         #[arg(long)]
         repo: PathBuf,
         /// Lifetime such as 12h, 7d, 2w.
-        #[arg(long, default_value = "7d")]
-        expires: String,
+        #[arg(long, default_value = "7d", value_parser = duration_secs)]
+        expires: i64,
+        /// Also re-sign the snapshot (same targets) when less than this is left of it.
+        #[arg(long, default_value = "7d", value_parser = duration_secs)]
+        snapshot_renew_before: i64,
     },
+}
+
+/// When `seeder serve` renews metadata.
+#[derive(clap::Args)]
+struct RenewalArgs {
+    /// Lifetime of each timestamp `serve` signs.
+    #[arg(long, default_value = "7d", value_parser = duration_secs)]
+    timestamp_expires: i64,
+    /// Renew the timestamp when less than this is left [default: half of --timestamp-expires].
+    #[arg(long, value_parser = duration_secs)]
+    timestamp_renew_before: Option<i64>,
+    /// Renew the snapshot (same targets, 30-day lifetime) when less than this is left.
+    #[arg(long, default_value = "7d", value_parser = duration_secs)]
+    snapshot_renew_before: i64,
+}
+
+fn duration_secs(text: &str) -> Result<i64, String> {
+    time::parse_duration(text).map_err(|e| format!("{e:#}"))
 }
 
 fn parse_role_count(text: &str) -> Result<(String, usize), String> {
@@ -172,19 +205,18 @@ fn parse_role_count(text: &str) -> Result<(String, usize), String> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli: Cli = edge_node::cli::parse_args();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    match run(&cli) {
+    match time::init_from_env().and_then(|()| run(&cli)) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             if cli.json {
                 println!("{}", serde_json::json!({"ok": false, "error": format!("{e:#}")}));
-            } else {
-                eprintln!("error: {e:#}");
             }
+            edge_node::cli::print_error(&e);
             std::process::exit(1);
         }
     }
@@ -277,10 +309,23 @@ fn run(cli: &Cli) -> Result<i32> {
                 }
                 out
             })?;
-            return Ok(if r.ok { 0 } else { 1 });
+            if !r.ok {
+                // The report is the output (stdout); stderr still ends in one `error:` line.
+                edge_node::cli::print_error(&anyhow::anyhow!(
+                    "{} verification problems (listed in the report); restore the named files from a backup or republish",
+                    r.problems.len()
+                ));
+                return Ok(1);
+            }
         }
-        Command::Inspect { repo } => {
-            let r = inspect::run(&Repo::at(repo))?;
+        Command::Inspect { repo, warn_within } => {
+            let now = time::now_unix();
+            let r = inspect::run(&Repo::at(repo), now, *warn_within)?;
+            for w in &r.warnings {
+                let when = time::describe_from(now, w.seconds_left + now);
+                let verb = if w.seconds_left < 0 { "expired" } else { "expires" };
+                eprintln!("warning: {} metadata {verb} {} ({when}); {}", w.role, w.expires, w.fix);
+            }
             print(cli.json, &r, || {
                 let mut out = String::from("roles:");
                 for role in &r.roles {
@@ -319,7 +364,12 @@ fn run(cli: &Cli) -> Result<i32> {
                 format!("rotated {role}: new key ids {}", ids.join(", "))
             })?;
         }
-        Command::Serve { repo, listen, bootstrap, no_mdns, announce_secs } => {
+        Command::Serve { repo, listen, bootstrap, no_mdns, announce_secs, renewal } => {
+            let policy = freshness::Policy::new(
+                renewal.timestamp_expires,
+                renewal.timestamp_renew_before,
+                renewal.snapshot_renew_before,
+            )?;
             repo::Repo::at(repo).current().context("nothing to serve")?;
             let config = edge_node::origin::OriginConfig {
                 repo: repo.clone(),
@@ -331,7 +381,7 @@ fn run(cli: &Cli) -> Result<i32> {
             };
             let json = cli.json;
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(edge_node::origin::run(config, move |handle| {
+            runtime.block_on(serve::run(config, policy, move |handle| {
                 let addrs: Vec<String> = handle.addrs.iter().map(|a| a.to_string()).collect();
                 if json {
                     println!(
@@ -348,11 +398,18 @@ fn run(cli: &Cli) -> Result<i32> {
                 let _ = std::io::stdout().flush();
             }))?;
         }
-        Command::Timestamp(TimestampCommand::Refresh { repo, expires }) => {
-            let lifetime = time::parse_duration(expires).context("--expires")?;
-            let v = rotate::refresh_timestamp(&Repo::at(repo), lifetime)?;
-            print(cli.json, &v, || {
-                format!("timestamp v{} expires {}", v["version"], v["expires"].as_str().unwrap_or("?"))
+        Command::Timestamp(TimestampCommand::Refresh { repo, expires, snapshot_renew_before }) => {
+            let policy = freshness::Policy::new(*expires, None, *snapshot_renew_before)?;
+            let r = freshness::renew_if_due(&Repo::at(repo), &policy, true)?;
+            print(cli.json, &r, || {
+                let mut out = format!("timestamp v{} expires {}", r.timestamp_version, r.timestamp_expires);
+                if r.renewed_snapshot {
+                    out += &format!(
+                        "\nsnapshot v{} expires {} (re-signed: it was close to expiry)",
+                        r.snapshot_version, r.snapshot_expires
+                    );
+                }
+                out
             })?;
         }
     }

@@ -108,6 +108,8 @@ pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
     check_segment("name", req.name, protocol::manifest::limits::MAX_NAME_BYTES)?;
     check_segment("version", req.version, protocol::manifest::limits::MAX_VERSION_BYTES)?;
     check_segment("hardware class", req.hw_class, protocol::manifest::limits::MAX_HW_CLASS_BYTES)?;
+    // Held to the end: a renewal by `seeder serve` must not sign a snapshot in between.
+    let _lock = repo.lock()?;
     let current = repo.current()?;
     // Fail before the long part if the keys to publish are missing.
     for role in ["targets", "snapshot", "timestamp"] {

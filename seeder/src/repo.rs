@@ -11,6 +11,9 @@
 //! read it. Chunks are not TUF targets (a GiB has ~16k of them): the manifest, which is a
 //! target, signs their ids.
 //!
+//! Writers take `Repo::lock` (an `flock` on `metadata/`), so `seeder serve`'s renewals and
+//! `seeder release add` never interleave.
+//!
 //! Commit protocol: every change writes new versioned files first (content-addressed or not
 //! yet referenced), and `timestamp.json` last. Clients start from the timestamp, so a run
 //! killed at any point leaves the previous state intact and verifiable; the next run simply
@@ -30,7 +33,8 @@ use crate::time;
 pub const SPEC_VERSION: &str = "1.0.31";
 
 /// Default lifetimes, in seconds. The timestamp is short so a frozen mirror is noticed within
-/// a week; `seeder timestamp refresh` (or `seeder serve`) renews it.
+/// a week; `seeder serve` renews timestamp and snapshot before they expire, and
+/// `seeder timestamp refresh` does the same once (see `freshness`).
 pub mod expiry {
     /// Root metadata: one year.
     pub const ROOT_SECS: i64 = 365 * 86_400;
@@ -153,6 +157,28 @@ impl Repo {
         Ok(latest)
     }
 
+    /// Takes the repository's writer lock, `flock(2)` on the `metadata/` directory itself
+    /// (no lock file to leave behind), held until the guard drops. Every command that
+    /// publishes metadata holds it from reading the current state to writing
+    /// `timestamp.json`: two writers (say `seeder serve` renewing the snapshot while
+    /// `seeder release add` publishes) would otherwise both write `N+1.snapshot.json` and one
+    /// timestamp would name the other's bytes. The kernel releases it when the process dies,
+    /// so a killed command never wedges the repository.
+    pub fn lock(&self) -> Result<RepoLock> {
+        use std::os::fd::AsRawFd;
+        let dir = self.metadata_dir();
+        let handle = fs::File::open(&dir).with_context(|| {
+            format!("{} is not a seeder repository; run `seeder init --repo DIR`", self.dir.display())
+        })?;
+        // SAFETY: flock only reads the descriptor number; `handle` keeps it open for the call
+        // and for as long as the guard lives.
+        let rc = unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot lock {}", dir.display()));
+        }
+        Ok(RepoLock { _handle: handle })
+    }
+
     /// Loads what the repository currently publishes, following timestamp → snapshot →
     /// targets. This trusts the local files (it is the publisher's own repository);
     /// `seeder verify` is what checks them.
@@ -215,11 +241,18 @@ impl Repo {
         let signers = self.signers(current, "targets")?;
         let envelope = Self::sign(&targets, &with_extra(&signers, &extra.targets))?;
         self.write_metadata(&format!("{targets_version}.targets.json"), &envelope)?;
-        self.publish_snapshot(current, targets_version, extra)
+        self.publish_snapshot(current, targets_version, expiry::TIMESTAMP_SECS, extra)
     }
 
-    /// Writes a snapshot naming `targets_version`, then a timestamp naming the snapshot.
-    pub fn publish_snapshot(&self, current: &Current, targets_version: u64, extra: &ExtraSigners) -> Result<()> {
+    /// Writes a snapshot naming `targets_version`, then a timestamp naming the snapshot that
+    /// lives `timestamp_lifetime_secs`.
+    pub fn publish_snapshot(
+        &self,
+        current: &Current,
+        targets_version: u64,
+        timestamp_lifetime_secs: i64,
+        extra: &ExtraSigners,
+    ) -> Result<()> {
         let now = time::now_unix();
         let snapshot_version = current.version("snapshot") + 1;
         let snapshot = json!({
@@ -232,7 +265,7 @@ impl Repo {
         let signers = self.signers(current, "snapshot")?;
         let envelope = Self::sign(&snapshot, &with_extra(&signers, &extra.snapshot))?;
         self.write_metadata(&format!("{snapshot_version}.snapshot.json"), &envelope)?;
-        self.publish_timestamp(current, snapshot_version, &envelope, expiry::TIMESTAMP_SECS, extra)
+        self.publish_timestamp(current, snapshot_version, &envelope, timestamp_lifetime_secs, extra)
     }
 
     /// Writes `timestamp.json` naming a snapshot version, length and sha256.
@@ -260,6 +293,11 @@ impl Repo {
         let envelope = Self::sign(&timestamp, &with_extra(&signers, &extra.timestamp))?;
         self.write_metadata("timestamp.json", &envelope)
     }
+}
+
+/// Holds the repository's writer lock ([`Repo::lock`]) until dropped.
+pub struct RepoLock {
+    _handle: fs::File,
 }
 
 /// Keys being retired by a rotation, which co-sign so files stay valid under either root.

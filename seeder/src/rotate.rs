@@ -1,7 +1,7 @@
-//! `seeder key rotate` and `seeder timestamp refresh`.
+//! `seeder key rotate`.
 
 use anyhow::{bail, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::fs;
 
 use crate::keys::{RoleKey, ROLES};
@@ -19,6 +19,7 @@ pub fn rotate(repo: &Repo, role: &str) -> Result<Vec<String>> {
     if !ROLES.contains(&role) {
         bail!("unknown role `{role}`; roles are root, targets, snapshot, timestamp");
     }
+    let _lock = repo.lock()?;
     let current = repo.current()?;
     let (old_keyids, _threshold_unchanged) = current.role_keys(role);
     let old_root_keys = repo.signers(&current, "root")?;
@@ -88,14 +89,4 @@ fn clone_current(current: &repo::Current) -> repo::Current {
         snapshot: current.snapshot.clone(),
         timestamp: current.timestamp.clone(),
     }
-}
-
-/// Re-signs the timestamp with a new version and expiry, naming the same snapshot.
-pub fn refresh_timestamp(repo: &Repo, lifetime_secs: i64) -> Result<Value> {
-    let current = repo.current()?;
-    let snapshot_version = current.version("snapshot");
-    let snapshot_envelope = fs::read(repo.metadata_dir().join(format!("{snapshot_version}.snapshot.json")))?;
-    repo.publish_timestamp(&current, snapshot_version, &snapshot_envelope, lifetime_secs, &ExtraSigners::default())?;
-    let timestamp = repo.read_envelope("timestamp.json")?;
-    Ok(json!({"version": timestamp["signed"]["version"], "expires": timestamp["signed"]["expires"]}))
 }

@@ -1,11 +1,69 @@
 //! Wall-clock helpers at the edge of the program: TUF expiry strings and durations.
+//!
+//! The clock is injectable: with `OTAMESH_SEEDER_NOW` set (unix seconds, or TUF's
+//! `YYYY-MM-DDTHH:MM:SSZ`), the process starts its clock at that instant and lets it run at
+//! the real rate. That is how tests (and an operator's dry run) see what the repository
+//! looks like weeks from now — expiry, renewal, `seeder serve`'s renewal loop — without
+//! waiting for it.
 
 use anyhow::{bail, Context, Result};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// Seconds since the Unix epoch, now.
+/// The variable that moves the seeder's clock.
+pub const NOW_ENV: &str = "OTAMESH_SEEDER_NOW";
+
+/// `(unix seconds at start, when the process read it)` once [`init_from_env`] found an override.
+static OVERRIDE: OnceLock<Option<(i64, Instant)>> = OnceLock::new();
+
+/// Reads [`NOW_ENV`] once, at start; an unparsable value is an error rather than a silently
+/// real clock.
+pub fn init_from_env() -> Result<()> {
+    let parsed = match std::env::var(NOW_ENV) {
+        Ok(text) => Some((parse_now(&text)?, Instant::now())),
+        Err(_) => None,
+    };
+    let _ = OVERRIDE.set(parsed);
+    Ok(())
+}
+
+fn parse_now(text: &str) -> Result<i64> {
+    let text = text.trim();
+    match text.parse::<i64>() {
+        Ok(unix) => Ok(unix),
+        Err(_) => protocol::tuf::time::parse_expiry(text)
+            .with_context(|| format!("{NOW_ENV}=`{text}` must be unix seconds or YYYY-MM-DDTHH:MM:SSZ")),
+    }
+}
+
+/// Seconds since the Unix epoch, now (moved by [`NOW_ENV`] when set).
 pub fn now_unix() -> i64 {
+    if let Some(Some((start, read_at))) = OVERRIDE.get() {
+        return start + read_at.elapsed().as_secs() as i64;
+    }
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Parses a TUF `expires` string into unix seconds.
+pub fn parse_expiry(text: &str) -> Result<i64> {
+    protocol::tuf::time::parse_expiry(text).with_context(|| format!("expiry `{text}` is not YYYY-MM-DDTHH:MM:SSZ"))
+}
+
+/// Says how far away `unix` is from `now`, for people: `in 3d 4h`, `2h ago`.
+pub fn describe_from(now: i64, unix: i64) -> String {
+    let left = unix - now;
+    let span = left.unsigned_abs();
+    let text = match span {
+        0..=119 => format!("{span}s"),
+        120..=7199 => format!("{}m", span / 60),
+        7200..=172_799 => format!("{}h", span / 3600),
+        _ => format!("{}d {}h", span / 86_400, span % 86_400 / 3600),
+    };
+    if left >= 0 {
+        format!("in {text}")
+    } else {
+        format!("{text} ago")
+    }
 }
 
 /// Formats unix seconds as TUF's `YYYY-MM-DDTHH:MM:SSZ`.
@@ -51,6 +109,16 @@ mod tests {
         assert_eq!(format_expiry(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_expiry(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(format_expiry(1_893_456_000 + 3661), "2030-01-01T01:01:01Z");
+    }
+
+    #[test]
+    fn the_clock_override_takes_unix_seconds_or_tuf_dates() {
+        assert_eq!(parse_now("951782400").unwrap(), 951_782_400);
+        assert_eq!(parse_now("2000-02-29T00:00:00Z").unwrap(), 951_782_400);
+        assert!(parse_now("next tuesday").is_err());
+        assert_eq!(describe_from(0, 90), "in 90s");
+        assert_eq!(describe_from(0, 3 * 86_400 + 7200), "in 3d 2h");
+        assert_eq!(describe_from(7200, 0), "2h ago");
     }
 
     #[test]

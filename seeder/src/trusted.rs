@@ -18,7 +18,8 @@ pub struct Verified {
     pub files: Vec<String>,
 }
 
-fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
+/// Reads at most `cap` bytes of `path`; a longer file is an error, not a truncation.
+pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     fs::File::open(path)
         .with_context(|| format!("cannot read {}", path.display()))?

@@ -1,6 +1,6 @@
 //! `seeder verify`: checks every metadata file, target file and chunk, and names each problem.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use protocol::manifest::ManifestView;
 use protocol::tuf::metadata::{verify_threshold, Envelope, Root};
 use protocol::ChunkId;
@@ -44,7 +44,20 @@ impl VerifyReport {
 }
 
 /// Verifies `repo` from its first root (or `root_file`) at time `now`.
+///
+/// A missing repository or an unreadable `root_file` is an error of the command, not a
+/// finding about the repository: it fails before any report is made.
 pub fn run(repo: &Repo, root_file: Option<&Path>, now: i64) -> Result<VerifyReport> {
+    if !repo.metadata_dir().is_dir() {
+        bail!("{} is not a seeder repository (no metadata/); check --repo", repo.dir.display());
+    }
+    if let Some(path) = root_file {
+        let bytes = crate::trusted::read_capped(path, protocol::tuf::Config::default().root_max_length)
+            .map_err(|e| anyhow::anyhow!("--root: {e:#}; pass the fleet's root.json"))?;
+        Envelope::parse("root", &bytes).and_then(Root::parse).map_err(|e| {
+            anyhow::anyhow!("--root {} is not TUF root metadata ({e}); pass the fleet's root.json", path.display())
+        })?;
+    }
     let mut report = VerifyReport::default();
     let mut referenced_targets = HashSet::new();
     let mut referenced_chunks = HashSet::new();

@@ -250,7 +250,7 @@ fn key_rotation_of_every_role_keeps_the_repository_verifiable() {
 fn timestamp_refresh_renews_expiry() {
     let f = Fixture::new();
     let v = json(&["timestamp", "refresh", "--repo", f.repo(), "--expires", "2h"]);
-    assert_eq!(v["version"], 2);
+    assert_eq!(v["timestamp_version"], 2);
     assert!(f.verify().0);
     let out = seeder(&["timestamp", "refresh", "--repo", f.repo(), "--expires", "soon"]);
     assert_eq!(out.status.code(), Some(1));
@@ -360,4 +360,147 @@ fn python_tuf_ngclient_downloads_a_release() {
     let downloaded = fs::read(&out_file).unwrap();
     let view = protocol::manifest::ManifestView::new_checked(&downloaded).unwrap();
     assert_eq!((view.name(), view.version(), view.hw_class()), ("gw", "2.0.0", "imx8"));
+}
+
+/// Runs the seeder with its clock moved to `now` (unix seconds).
+fn seeder_at(now: i64, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seeder"))
+        .args(args)
+        .env("OTAMESH_SEEDER_NOW", now.to_string())
+        .output()
+        .expect("seeder runs")
+}
+
+fn json_at(now: i64, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = seeder_at(now, &all);
+    assert!(
+        out.status.success(),
+        "seeder {args:?} at {now} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// `(version, expires)` of a role's current metadata, read from the files.
+fn published(repo: &Path, role: &str) -> (u64, i64) {
+    let read =
+        |name: &str| -> Value { serde_json::from_slice(&fs::read(repo.join("metadata").join(name)).unwrap()).unwrap() };
+    let timestamp = read("timestamp.json");
+    let signed = match role {
+        "timestamp" => timestamp["signed"].clone(),
+        _ => {
+            let v = timestamp["signed"]["meta"]["snapshot.json"]["version"].as_u64().unwrap();
+            read(&format!("{v}.snapshot.json"))["signed"].clone()
+        }
+    };
+    let expires = protocol::tuf::time::parse_expiry(signed["expires"].as_str().unwrap()).unwrap();
+    (signed["version"].as_u64().unwrap(), expires)
+}
+
+/// Kills the child on drop, also when the test panics.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const DAY: i64 = 86_400;
+
+#[test]
+fn a_quiet_repository_does_not_freeze_devices() {
+    let f = Fixture::new();
+    f.add(&f.image("v1.img", &random_bytes(1 << 20, 15)), "1", &[]);
+    let start = unix_now();
+    let (snapshot_v, snapshot_expires) = published(&f.repo, "snapshot");
+    assert!(snapshot_expires - start > 29 * DAY);
+
+    // 25 days on nobody has published: the timestamp is long expired and the snapshot has 5
+    // days left. Devices refuse the repository.
+    let later = start + 25 * DAY;
+    let out = seeder_at(later, &["verify", "--repo", f.repo()]);
+    assert_eq!(out.status.code(), Some(1), "an expired timestamp must fail verification at {later}");
+
+    // `timestamp refresh` renews the snapshot too, since it is within its 7-day margin.
+    let r = json_at(later, &["timestamp", "refresh", "--repo", f.repo()]);
+    assert_eq!(r["renewed_snapshot"], true, "{r}");
+    let (new_snapshot_v, new_snapshot_expires) = published(&f.repo, "snapshot");
+    assert_eq!(new_snapshot_v, snapshot_v + 1);
+    assert!(new_snapshot_expires >= later + 29 * DAY, "snapshot still expires at {new_snapshot_expires}");
+    let (_, timestamp_expires) = published(&f.repo, "timestamp");
+    assert!(timestamp_expires >= later + 6 * DAY);
+    let out = seeder_at(later, &["verify", "--repo", f.repo()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // The release still verifies and extracts at the later time (snapshot names the same targets).
+    assert_eq!(json_at(later, &["inspect", "--repo", f.repo()])["releases"].as_array().unwrap().len(), 1);
+
+    // Another 25 days on, `seeder serve` renews by itself: at once (both are due), then the
+    // timestamp again each time less than 2 of its 4 seconds are left.
+    let later = later + 25 * DAY;
+    let (before_snapshot_v, _) = published(&f.repo, "snapshot");
+    let (before_timestamp_v, _) = published(&f.repo, "timestamp");
+    let serve = Running(
+        Command::new(env!("CARGO_BIN_EXE_seeder"))
+            .args(["serve", "--repo", f.repo(), "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-mdns"])
+            .args(["--timestamp-expires", "4s", "--timestamp-renew-before", "2s"])
+            .env("OTAMESH_SEEDER_NOW", later.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "seeder serve did not renew {what} within 30 s");
+            // Polling files the serving process writes: the interval bounds load only.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_for("the snapshot", &|| published(&f.repo, "snapshot").0 > before_snapshot_v);
+    let (renewed_timestamp_v, _) = published(&f.repo, "timestamp");
+    assert!(renewed_timestamp_v > before_timestamp_v);
+    wait_for("the timestamp a second time", &|| published(&f.repo, "timestamp").0 > renewed_timestamp_v);
+    let (_, snapshot_expires) = published(&f.repo, "snapshot");
+    assert!(snapshot_expires >= later + 29 * DAY);
+    let out = seeder_at(later, &["verify", "--repo", f.repo()]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    drop(serve);
+}
+
+#[test]
+fn inspect_warns_about_every_role_expiring_within_a_week() {
+    let f = Fixture::new();
+    let now = unix_now();
+    let quiet = seeder_at(now, &["inspect", "--repo", f.repo()]);
+    assert!(quiet.status.success());
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("warning"), "{}", String::from_utf8_lossy(&quiet.stderr));
+
+    // 24 days on: the snapshot (30 days) has 6 left, the timestamp (7 days) has expired.
+    let later = now + 24 * DAY;
+    let out = seeder_at(later, &["inspect", "--repo", f.repo()]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let snapshot_expires = json_at(later, &["inspect", "--repo", f.repo()])["roles"][2]["expires"].clone();
+    let line = |role: &str| {
+        stderr.lines().find(|l| l.starts_with("warning: ") && l.contains(&format!("{role} metadata"))).map(String::from)
+    };
+    let snapshot = line("snapshot").unwrap_or_else(|| panic!("no snapshot warning: {stderr}"));
+    assert!(snapshot.contains(snapshot_expires.as_str().unwrap()) && snapshot.contains("expires"), "{snapshot}");
+    assert!(line("timestamp").is_some_and(|l| l.contains("expired")), "{stderr}");
+    assert!(line("root").is_none() && line("targets").is_none(), "{stderr}");
+
+    // 360 days on, root and targets (one year) warn too; JSON names every role.
+    let report = json_at(now + 360 * DAY, &["inspect", "--repo", f.repo()]);
+    let roles: Vec<&str> = report["warnings"].as_array().unwrap().iter().map(|w| w["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["root", "targets", "snapshot", "timestamp"]);
 }

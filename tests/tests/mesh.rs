@@ -238,3 +238,33 @@ fn a_peer_serving_corrupt_chunks_is_caught_and_the_release_still_arrives_whole()
     assert!(caught > 0, "nobody asked the liar for anything; the test proves nothing");
     assert!(edges.iter().any(|e| e.proc.output().contains("failed verification; disconnecting")));
 }
+
+/// The timestamp version an edge node's TUF mirror serves.
+fn mirrored_timestamp_version(edge: &Edge) -> Option<u64> {
+    let body = support::http_get(edge.http, "/metadata/timestamp.json")?;
+    let value: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    value["signed"]["version"].as_u64()
+}
+
+#[test]
+fn a_quiet_origin_renews_its_timestamp_and_edge_nodes_hear_of_it() {
+    // No release is published: only `seeder serve`'s renewal loop changes the repository.
+    // A 12 s timestamp renewed when 6 s are left: a new version every ~6 s, each still valid
+    // for 6 s when the edge node fetches it. Edge nodes poll every 60 s (the first poll at
+    // start), so two newer versions within 40 s came by announcement.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Origin::init(dir.path());
+    support::seeder(&["timestamp", "refresh", "--repo", repo.to_str().unwrap(), "--expires", "12s"]);
+    let origin = Origin::serve(&repo, &["--timestamp-expires", "12s", "--timestamp-renew-before", "6s"]);
+    let edge = Edge::start("edge-a", &dir.path().join("edge-a"), "site-a", &[&origin.addr]);
+    let first = eventually("the edge node to mirror a timestamp", Duration::from_secs(60), || {
+        mirrored_timestamp_version(&edge)
+    });
+    let renewed = eventually("two renewals to reach the edge node", Duration::from_secs(40), || {
+        mirrored_timestamp_version(&edge).filter(|v| *v >= first + 2)
+    });
+    // What the edge node mirrors is what the origin signed.
+    let origin_file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(origin.repo.join("metadata/timestamp.json")).unwrap()).unwrap();
+    assert!(origin_file["signed"]["version"].as_u64().unwrap() >= renewed);
+}

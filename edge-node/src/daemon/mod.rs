@@ -10,6 +10,7 @@
 pub mod config;
 mod device_backend;
 pub mod meta_sources;
+mod new_paths;
 pub mod tuf_sync;
 
 use anyhow::{Context, Result};
@@ -169,35 +170,52 @@ struct Daemon {
 }
 
 /// Starts the node and runs it until the process is stopped.
+///
+/// Start-up order keeps a failed start from leaving debris: first everything that needs no
+/// disk write (settings, the trusted root, an existing node key), then the mesh ports, and
+/// only then the data directory (store, index, pinned root, device certificate, node key);
+/// if anything after that fails, [`new_paths::NewPaths`] removes what this start created.
 pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let keypair = network::load_or_create_keypair(&config.data_dir.join("node.key"))
-        .with_context(|| format!("cannot load or create the node key in {}", config.data_dir.display()))?;
     let site = SiteName::new(config.site.clone()).map_err(|e| anyhow::anyhow!("site `{}`: {e}", config.site))?;
+    let capacity_bytes = config.capacity_bytes().context("capacity")?;
+    let listen = config
+        .listen
+        .iter()
+        .map(|addr| addr.parse::<Multiaddr>().with_context(|| format!("listen address `{addr}` is not a multiaddr")))
+        .collect::<Result<Vec<_>>>()?;
+    let dirs = TufDirs::new(&config.data_dir);
+    let root_to_pin = match &config.trusted_root {
+        Some(path) if !dirs.has_root() => Some(read_trusted_root(path)?),
+        _ => None,
+    };
+    let key_path = config.data_dir.join("node.key");
+    let existing_key =
+        network::load_keypair(&key_path).with_context(|| format!("cannot load the node key {}", key_path.display()))?;
+    let new_key = existing_key.is_none();
+    let keypair = existing_key.unwrap_or_else(libp2p::identity::Keypair::generate_ed25519);
+
     let mut net_config = NetworkConfig::new(site);
     net_config.enable_mdns = config.mdns;
-    let (client, mut events, event_loop) = network::new(keypair, net_config)?;
+    let (client, mut events, event_loop) = network::new(keypair.clone(), net_config)?;
     tokio::spawn(event_loop.run());
-    for addr in &config.listen {
-        let addr: Multiaddr = addr.parse().with_context(|| format!("listen address `{addr}` is not a multiaddr"))?;
+    for addr in listen {
         let bound = client.listen(addr.clone()).await.with_context(|| format!("cannot listen on {addr}"))?;
         let dialable = bound.with(libp2p::multiaddr::Protocol::P2p(client.local_peer_id()));
         info!(addr = %dialable, "listening");
     }
+
+    let new_paths = new_paths::NewPaths::before_creating(&config.data_dir);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let store = ChunkStore::open(&config.data_dir)?;
     let index = StoreIndex::open(&config.data_dir)?;
-    let dirs = TufDirs::new(&config.data_dir);
-    if !dirs.has_root() {
-        if let Some(path) = &config.trusted_root {
-            let root = std::fs::read(path).with_context(|| format!("cannot read trusted root {}", path.display()))?;
-            dirs.pin_root(&root, unix_now())?;
-        }
+    if let Some(root) = &root_to_pin {
+        dirs.pin_root(root, unix_now())?;
     }
     let me = node_id(&client.local_peer_id());
     let scheduler_config = SchedulerConfig {
         served_hw_classes: config.serve_hw_classes.clone(),
-        capacity_bytes: config.capacity_bytes()?,
+        capacity_bytes,
         ..SchedulerConfig::default()
     };
     let scheduler = FetchScheduler::new(me, SiteId::from_name(&config.site), scheduler_config);
@@ -227,6 +245,10 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
     info!(quic = ?device_addrs.quic, tcp = ?device_addrs.tcp, "device service listening");
     let _device_mdns =
         crate::device::mdns::start(config.mdns, &config.site, &client.local_peer_id().to_string(), &device_addrs);
+    if new_key {
+        network::save_keypair(&key_path, &keypair)
+            .with_context(|| format!("cannot save the node key to {}", key_path.display()))?;
+    }
     let writer = spawn_writer(store.clone(), index.clone(), internal_tx.clone(), metrics.clone());
     let mut daemon = Daemon {
         config,
@@ -258,6 +280,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         announced: None,
     };
     daemon.load_local_state()?;
+    new_paths.keep();
     for addr in daemon.config.bootstrap.clone() {
         match addr.parse::<Multiaddr>() {
             Ok(addr) => {
@@ -342,6 +365,24 @@ fn sha2_digest(bytes: &[u8]) -> [u8; 32] {
 
 fn unix_micros() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// Reads and checks the configured trusted root before anything is written: a root that is
+/// missing, oversized or not a self-consistent TUF root fails the start.
+fn read_trusted_root(path: &std::path::Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let limit = protocol::tuf::Config::default().root_max_length;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(limit + 1).read_to_end(&mut bytes))
+        .with_context(|| format!("cannot read trusted root {} (trusted_root / --trusted-root)", path.display()))?;
+    if bytes.len() as u64 > limit {
+        anyhow::bail!("trusted root {} is larger than {limit} bytes; pass the fleet's root.json", path.display());
+    }
+    protocol::tuf::TrustedMetadataSet::new(&bytes, unix_now(), None).map_err(|e| {
+        anyhow::anyhow!("trusted root {} is not a valid TUF root ({e}); pass the fleet's root.json", path.display())
+    })?;
+    Ok(bytes)
 }
 
 fn unix_now() -> i64 {

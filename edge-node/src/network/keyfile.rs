@@ -20,29 +20,42 @@ const MAX_KEY_FILE_BYTES: u64 = 1024;
 /// crash leaves either no key or a whole one, never a torn one that would change the
 /// node's identity.
 pub fn load_or_create_keypair(path: &Path) -> io::Result<Keypair> {
-    match fs::File::open(path) {
-        Ok(file) => {
-            let mut bytes = Vec::new();
-            file.take(MAX_KEY_FILE_BYTES + 1).read_to_end(&mut bytes)?;
-            if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "node key file is too large"));
-            }
-            let keypair = Keypair::from_protobuf_encoding(&bytes)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("node key file: {e}")))?;
-            if keypair.key_type() != KeyType::Ed25519 {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "node key is not ed25519"));
-            }
-            Ok(keypair)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+    match load_keypair(path)? {
+        Some(keypair) => Ok(keypair),
+        None => {
             let keypair = Keypair::generate_ed25519();
-            let bytes =
-                keypair.to_protobuf_encoding().map_err(|e| io::Error::other(format!("encoding node key: {e}")))?;
-            write_atomically(path, &bytes)?;
+            save_keypair(path, &keypair)?;
             Ok(keypair)
         }
-        Err(e) => Err(e),
     }
+}
+
+/// Loads the node key from `path`; `None` if there is no such file. A start-up that may
+/// still fail generates a key in memory and saves it with [`save_keypair`] only once it
+/// succeeded, so a failed start leaves no key behind.
+pub fn load_keypair(path: &Path) -> io::Result<Option<Keypair>> {
+    let file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_KEY_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "node key file is too large"));
+    }
+    let keypair = Keypair::from_protobuf_encoding(&bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("node key file: {e}")))?;
+    if keypair.key_type() != KeyType::Ed25519 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "node key is not ed25519"));
+    }
+    Ok(Some(keypair))
+}
+
+/// Writes `keypair` to `path` (mode 0600, write-temp, fsync, rename, fsync the directory).
+pub fn save_keypair(path: &Path, keypair: &Keypair) -> io::Result<()> {
+    let bytes = keypair.to_protobuf_encoding().map_err(|e| io::Error::other(format!("encoding node key: {e}")))?;
+    write_atomically(path, &bytes)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {

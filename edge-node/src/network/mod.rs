@@ -37,7 +37,7 @@ pub use behaviour::{
     IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL, MAX_ANNOUNCEMENT_BYTES, MAX_SITE_NAME_BYTES, RELEASES_TOPIC,
 };
 pub use event_loop::EventLoop;
-pub use keyfile::load_or_create_keypair;
+pub use keyfile::{load_keypair, load_or_create_keypair, save_keypair};
 pub use messages::{
     ChunkItem, ChunkRange, ChunkRequest, ChunkResponse, ChunkResult, HaveRequest, HaveResponse, MetaRequest,
     MetaResponse,

@@ -107,6 +107,52 @@ impl Drop for Proc {
     }
 }
 
+/// What a process that ran to its end printed.
+pub struct Exited {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `program` to its exit with `env` set (stdin closed); kills it and panics if it is
+/// still running after `timeout` — a command expected to fail that starts instead.
+pub fn run_to_exit(program: &Path, args: &[String], env: &[(&str, &str)], timeout: Duration) -> Exited {
+    let mut child = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    let readers: Vec<_> =
+        [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())]
+            .into_iter()
+            .map(|mut stream| {
+                std::thread::spawn(move || {
+                    let mut text = String::new();
+                    let _ = stream.read_to_string(&mut text);
+                    text
+                })
+            })
+            .collect();
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{} {args:?} still running after {timeout:?}", program.display());
+        }
+        // Polling for the exit of a process that has no other event to wait on.
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut texts = readers.into_iter().map(|r| r.join().unwrap_or_default());
+    Exited { code: status.code(), stdout: texts.next().unwrap_or_default(), stderr: texts.next().unwrap_or_default() }
+}
+
 /// Extracts the value of `key=` (tracing's field format) from a log line.
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let start = line.find(&format!("{key}="))? + key.len() + 1;
@@ -183,9 +229,20 @@ pub struct Origin {
 
 impl Origin {
     pub fn start(dir: &Path) -> Origin {
+        Origin::serve(&Origin::init(dir), &[])
+    }
+
+    /// A new repository in `dir`, not served yet.
+    pub fn init(dir: &Path) -> PathBuf {
         let repo = dir.join("repo");
         seeder(&["init", "--repo", repo.to_str().unwrap()]);
-        let args: Vec<String> = [
+        repo
+    }
+
+    /// Serves `repo` with extra `seeder serve` flags (e.g. renewal margins).
+    pub fn serve(repo: &Path, extra: &[&str]) -> Origin {
+        let repo = repo.to_path_buf();
+        let mut args: Vec<String> = [
             "--json",
             "serve",
             "--repo",
@@ -197,6 +254,7 @@ impl Origin {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::spawn("origin", &bin("seeder"), &args);
         let addr = proc.wait_line("origin addrs", Duration::from_secs(30), |line| {
             let v: Value = serde_json::from_str(line).ok()?;

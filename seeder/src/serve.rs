@@ -1,0 +1,80 @@
+//! `seeder serve`: the origin (`edge_node::origin`: the repository joined to the mesh,
+//! announcing every new `timestamp.json`) plus the renewal loop that keeps the repository
+//! fresh, so a repository nobody publishes to does not freeze the fleet.
+
+use anyhow::Result;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::freshness::{self, Policy};
+use crate::repo::Repo;
+use crate::time;
+
+/// Longest sleep between looks at the repository even when nothing is due for days: a
+/// suspended host, a stepped clock or another command that shortened a lifetime (`seeder
+/// timestamp refresh --expires 2h`) is noticed within this.
+const MAX_SLEEP_SECS: i64 = 600;
+/// Wait after a failed renewal (missing key, full disk) before trying again.
+const RETRY_SECS: u64 = 60;
+
+/// Runs the origin and the renewal loop until either fails.
+pub async fn run(
+    origin: edge_node::origin::OriginConfig,
+    policy: Policy,
+    on_ready: impl FnOnce(&edge_node::origin::OriginHandle),
+) -> Result<()> {
+    let repo = origin.repo.clone();
+    // Renewals start once the origin listens: a start that fails writes nothing.
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let on_ready = move |handle: &edge_node::origin::OriginHandle| {
+        on_ready(handle);
+        let _ = ready_tx.send(());
+    };
+    let renewals = async move {
+        match ready_rx.await {
+            Ok(()) => renew_forever(repo, policy).await,
+            // The origin failed to start; its error ends `run`.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = edge_node::origin::run(origin, on_ready) => result,
+        never = renewals => match never {},
+    }
+}
+
+/// Renews what is due, then sleeps until the next renewal is due (at most 10 minutes); the
+/// origin announces each new timestamp when it sees `timestamp.json` change.
+async fn renew_forever(repo: PathBuf, policy: Policy) -> std::convert::Infallible {
+    loop {
+        let dir = repo.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || freshness::renew_if_due(&Repo::at(&dir), &policy, false)).await;
+        let sleep_secs = match outcome {
+            Ok(Ok(renewal)) => {
+                if renewal.renewed_timestamp {
+                    tracing::info!(
+                        snapshot_version = renewal.snapshot_version,
+                        snapshot_expires = %renewal.snapshot_expires,
+                        timestamp_version = renewal.timestamp_version,
+                        timestamp_expires = %renewal.timestamp_expires,
+                        renewed_snapshot = renewal.renewed_snapshot,
+                        "renewed expiring metadata"
+                    );
+                }
+                let wait = renewal.next_due_unix - time::now_unix();
+                tracing::debug!(next_due = %time::format_expiry(renewal.next_due_unix), "next renewal");
+                wait.clamp(1, MAX_SLEEP_SECS) as u64
+            }
+            Ok(Err(e)) => {
+                tracing::error!("cannot renew the repository's metadata (devices freeze when it expires): {e:#}");
+                RETRY_SECS
+            }
+            Err(e) => {
+                tracing::error!("the renewal task failed: {e}");
+                RETRY_SECS
+            }
+        };
+        tokio::time::sleep(Duration::from_secs(sleep_secs)).await;
+    }
+}
