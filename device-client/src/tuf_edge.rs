@@ -12,7 +12,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use edge_client::DeviceClient;
 use protocol::manifest::ManifestView;
 use protocol::tuf::{encode_role_name, Event, FetchError, Request, Source, TargetFile, TrustedMetadataSet, Updater};
