@@ -75,6 +75,18 @@ struct RunArgs {
     /// Seconds between repository polls.
     #[arg(long)]
     refresh_secs: Option<u64>,
+    /// Device connections allowed from one IP address (default 8); more are refused.
+    #[arg(long)]
+    max_connections_per_client: Option<usize>,
+    /// Memory for device responses across all clients, e.g. 256MiB; beyond it devices get Busy.
+    #[arg(long)]
+    device_max_buffered_bytes: Option<String>,
+    /// Peers' chunk requests read at once (default 8); 4x as many queue, the rest get Busy.
+    #[arg(long)]
+    mesh_max_concurrent_serves: Option<usize>,
+    /// Background re-verification rate of the store, e.g. 16MiB (per second); 0 disables.
+    #[arg(long)]
+    reverify_bytes_per_sec: Option<String>,
 }
 
 impl RunArgs {
@@ -117,7 +129,21 @@ impl RunArgs {
         if let Some(v) = self.refresh_secs {
             c.refresh_secs = v;
         }
+        if let Some(v) = self.max_connections_per_client {
+            c.max_connections_per_client = v;
+        }
+        if let Some(v) = self.device_max_buffered_bytes {
+            c.device_max_buffered_bytes = v;
+        }
+        if let Some(v) = self.mesh_max_concurrent_serves {
+            c.mesh_max_concurrent_serves = v;
+        }
+        if let Some(v) = self.reverify_bytes_per_sec {
+            c.reverify_bytes_per_sec = v;
+        }
         c.capacity_bytes().context("--capacity")?;
+        c.device_max_buffered_bytes().context("--device-max-buffered-bytes")?;
+        c.reverify_bytes_per_sec().context("--reverify-bytes-per-sec")?;
         Ok(c)
     }
 }

@@ -85,6 +85,11 @@ impl Proc {
         }
     }
 
+    /// The process id, e.g. to read `/proc/PID/status`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn output(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }
@@ -240,6 +245,13 @@ pub struct Edge {
 
 impl Edge {
     pub fn start(name: &str, data_dir: &Path, site: &str, bootstrap: &[&str]) -> Edge {
+        // Every test device connects from 127.0.0.1, and killed agents leave QUIC connections
+        // open until the idle timeout: the per-address cap is for real LANs.
+        Edge::start_with(name, data_dir, site, bootstrap, &["--max-connections-per-client", "512"])
+    }
+
+    /// `start` with extra `edge-node run` flags instead of the test defaults.
+    pub fn start_with(name: &str, data_dir: &Path, site: &str, bootstrap: &[&str], extra: &[&str]) -> Edge {
         let mut args: Vec<String> = vec![
             "run".into(),
             "--data-dir".into(),
@@ -260,6 +272,7 @@ impl Edge {
             args.push("--bootstrap".into());
             args.push(b.to_string());
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
         Edge::from_proc(Proc::spawn(name, &bin("edge-node"), &args), data_dir, site)
     }
 
