@@ -7,9 +7,10 @@
 //! their response timeout, the QUIC ones are answered Busy).
 //!
 //! The node runs with `--device-max-buffered-bytes 64MiB`; its peak RSS (VmHWM from
-//! /proc/PID/status) must stay within that budget plus [`FIXED_OVERHEAD_MIB`]. Before
-//! requests were sized, the same TCP load (default 256 MiB budget, no per-address cap) took
-//! the node from 45 MiB to 3188 MiB: every request read all 256 copies before it was sized.
+//! /proc/PID/status) must stay within that budget plus [`FIXED_OVERHEAD_MIB`] (measured:
+//! 108-114 MiB), and come back down once the client has gone. Before requests were sized,
+//! the same load (default 256 MiB budget, no per-address cap) took the node from 38 MiB to
+//! 4295 MiB: every request read all 256 copies before it was sized.
 
 mod support;
 
@@ -28,10 +29,10 @@ use tokio::io::AsyncWriteExt;
 const BUDGET_MIB: u64 = 64;
 /// What the node needs besides the budget: runtime and threads, libp2p, sled, QUIC and TCP
 /// buffers, the verified-id set, allocator slack. Measured idle (after fetching the release)
-/// at about 55 MiB in a debug build.
+/// at 31-55 MiB in a debug build.
 const FIXED_OVERHEAD_MIB: u64 = 96;
 /// How close to its peak before the attack the node's RSS must come once the client is gone.
-const RETURNED_WITHIN_MIB: u64 = 32;
+const RETURNED_WITHIN_MIB: u64 = 48;
 /// Source addresses of the hostile TCP connections (127.0.0.2 ..= 127.0.0.64, loopback);
 /// the QUIC connections come from 127.0.0.1.
 const TCP_ADDRESSES: u8 = 63;
