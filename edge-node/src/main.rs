@@ -142,8 +142,8 @@ impl RunArgs {
             c.reverify_bytes_per_sec = v;
         }
         c.capacity_bytes().context("--capacity")?;
-        c.device_max_buffered_bytes().context("--device-max-buffered-bytes")?;
-        c.reverify_bytes_per_sec().context("--reverify-bytes-per-sec")?;
+        c.device_max_buffered_bytes().context("--device-max-buffered-bytes (device_max_buffered_bytes)")?;
+        c.reverify_bytes_per_sec().context("--reverify-bytes-per-sec (reverify_bytes_per_sec)")?;
         Ok(c)
     }
 }

@@ -107,12 +107,12 @@ impl EdgeConfig {
 
     /// `device_max_buffered_bytes` in bytes.
     pub fn device_max_buffered_bytes(&self) -> Result<u64> {
-        parse_bytes(&self.device_max_buffered_bytes).context("device_max_buffered_bytes")
+        parse_bytes(&self.device_max_buffered_bytes)
     }
 
     /// `reverify_bytes_per_sec` in bytes per second (0: disabled).
     pub fn reverify_bytes_per_sec(&self) -> Result<u64> {
-        parse_bytes(&self.reverify_bytes_per_sec).context("reverify_bytes_per_sec")
+        parse_bytes(&self.reverify_bytes_per_sec)
     }
 }
 
