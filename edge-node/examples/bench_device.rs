@@ -6,7 +6,7 @@
 //! writes DIR/image.bin (the same bytes, for an nginx baseline) and DIR/store, then prints one
 //! line of JSON. Many clients against a separate edge-node process: `examples/device_load.rs`.
 
-use edge_node::device::{ChunkLookup, DeviceBackend, DeviceClient, DeviceService, DeviceServiceConfig};
+use edge_node::device::{ChunkLookup, ChunkSize, DeviceBackend, DeviceClient, DeviceService, DeviceServiceConfig};
 use edge_node::metrics::Metrics;
 use edge_node::store::ChunkStore;
 use protocol::device_wire::{ChunkRange, ChunkStatus};
@@ -22,22 +22,32 @@ const BATCH_CHUNKS: usize = 16; // 4 MiB per request
 struct StoreBackend(ChunkStore);
 
 impl DeviceBackend for StoreBackend {
-    async fn metadata(&self, _: &str) -> Option<Vec<u8>> {
+    async fn metadata_len(&self, _: &str) -> Option<u64> {
         None
     }
-    async fn target(&self, _: &str) -> Option<Vec<u8>> {
+    async fn metadata(&self, _: &str, _: u64) -> Option<Vec<u8>> {
+        None
+    }
+    async fn target_len(&self, _: &str) -> Option<u64> {
+        None
+    }
+    async fn target(&self, _: &str, _: u64) -> Option<Vec<u8>> {
         None
     }
     async fn chunk(&self, id: ChunkId) -> ChunkLookup {
-        self.chunks(vec![id]).await.pop().unwrap_or(ChunkLookup::Missing)
+        self.chunks(vec![(id, 1 << 22)]).await.pop().unwrap_or(ChunkLookup::Missing)
+    }
+    async fn chunk_lens(&self, ids: Vec<ChunkId>) -> Vec<ChunkSize> {
+        ids.iter().map(|id| self.0.len(id).map_or(ChunkSize::Missing, ChunkSize::Stored)).collect()
     }
     // One thread hop per batch, as the daemon's backend does.
-    async fn chunks(&self, ids: Vec<ChunkId>) -> Vec<ChunkLookup> {
+    async fn chunks(&self, sized: Vec<(ChunkId, u64)>) -> Vec<ChunkLookup> {
         let store = self.0.clone();
         let read = tokio::task::spawn_blocking(move || {
-            ids.iter()
-                .map(|id| match store.get(id, 1 << 22) {
-                    Ok(bytes) => ChunkLookup::Found(bytes.to_vec()),
+            sized
+                .iter()
+                .map(|(id, len)| match store.get(id, *len) {
+                    Ok(bytes) => ChunkLookup::Found(bytes),
                     Err(_) => ChunkLookup::Missing,
                 })
                 .collect()

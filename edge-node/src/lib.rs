@@ -4,7 +4,8 @@
 //!
 //! - [`network`]: the libp2p mesh (QUIC, TCP, identify, Kademlia, gossipsub, chunk and
 //!   Have request-response). Its event loop never awaits the application.
-//! - [`store`]: chunk bodies on disk, written crash-safely, verified on every read.
+//! - [`store`]: chunk bodies on disk, written crash-safely, verified before they are trusted.
+//! - [`reverify`]: background re-verification of the store at a bounded byte rate.
 //! - [`index`]: the store's inventory and LRU recency in sled, so restarts keep eviction order.
 //! - [`metrics`]: counters for `/metrics` and `edge-node status`.
 //! - [`cli`]: one `error:` line and exit code 1 for every command-line failure.
@@ -19,4 +20,5 @@ pub mod metrics;
 pub mod network;
 pub mod origin;
 pub mod repo_files;
+pub mod reverify;
 pub mod store;

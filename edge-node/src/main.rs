@@ -86,6 +86,18 @@ struct RunArgs {
     /// Sustained status reports per second per LAN address (default 2, burst 20).
     #[arg(long)]
     reports_per_sec_per_client: Option<u32>,
+    /// Device connections allowed from one IP address (default 8); more are refused.
+    #[arg(long)]
+    max_connections_per_client: Option<usize>,
+    /// Memory for device responses across all clients, e.g. 256MiB; beyond it devices get Busy.
+    #[arg(long)]
+    device_max_buffered_bytes: Option<String>,
+    /// Peers' chunk requests read at once (default 8); 4x as many queue, the rest get Busy.
+    #[arg(long)]
+    mesh_max_concurrent_serves: Option<usize>,
+    /// Background re-verification rate of the store, e.g. 16MiB (per second); 0 disables.
+    #[arg(long)]
+    reverify_bytes_per_sec: Option<String>,
 }
 
 impl RunArgs {
@@ -137,11 +149,41 @@ impl RunArgs {
         }
         c.capacity_bytes().context("--capacity")?;
         c.origin_peer_ids().context("--origin-peer")?;
+        if let Some(v) = self.max_connections_per_client {
+            c.max_connections_per_client = v;
+        }
+        if let Some(v) = self.device_max_buffered_bytes {
+            c.device_max_buffered_bytes = v;
+        }
+        if let Some(v) = self.mesh_max_concurrent_serves {
+            c.mesh_max_concurrent_serves = v;
+        }
+        if let Some(v) = self.reverify_bytes_per_sec {
+            c.reverify_bytes_per_sec = v;
+        }
+        c.capacity_bytes().context("--capacity")?;
+        c.device_max_buffered_bytes().context("--device-max-buffered-bytes (device_max_buffered_bytes)")?;
+        c.reverify_bytes_per_sec().context("--reverify-bytes-per-sec (reverify_bytes_per_sec)")?;
         Ok(c)
     }
 }
 
+/// Buffers of 128 KiB and more (chunk reads, response frames) are mapped and unmapped on
+/// their own instead of coming from glibc's heap arenas. glibc otherwise raises this
+/// threshold as such buffers are freed and then keeps freed megabytes in each thread's
+/// arena: under a burst of device requests that retention added ~100 MiB of RSS on top of
+/// the device service's budget and stayed after the burst. Called before any thread starts.
+fn return_large_buffers_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; no allocation is in flight on
+    // another thread because none has been started yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 fn main() {
+    return_large_buffers_to_the_os();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

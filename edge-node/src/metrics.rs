@@ -21,8 +21,18 @@ pub struct Metrics {
     pub cache_hits: AtomicU64,
     /// Chunk reads we could not answer.
     pub cache_misses: AtomicU64,
-    /// Chunks that failed verification (from peers, or damaged on disk).
+    /// Chunks that failed verification: from peers, or damaged on disk (found by a read for
+    /// a peer or a device, by `put_batch`, or by background re-verification).
     pub corrupt_chunks: AtomicU64,
+    /// Stored bytes hashed again by background re-verification.
+    pub reverified_bytes: AtomicU64,
+    /// Completed re-verification passes over the whole store.
+    pub reverify_passes: AtomicU64,
+    /// Device connections refused: over `max_connections`, or over
+    /// `max_connections_per_client` for the client's address.
+    pub device_connections_refused: AtomicU64,
+    /// Peers' chunk requests answered Busy because `mesh_max_concurrent_serves` were running.
+    pub mesh_serves_busy: AtomicU64,
     /// Chunks in the store.
     pub chunks_stored: AtomicU64,
     /// Bytes in the store.
@@ -63,12 +73,31 @@ impl Metrics {
             let _ = writeln!(lines, "otamesh_edge_bytes_in_total{{source=\"{class}\"}} {}", counter.load(Relaxed));
         }
         out.push_str(&lines);
-        let simple: [(&str, &str, &str, &AtomicU64); 10] = [
+        let simple: [(&str, &str, &str, &AtomicU64); 14] = [
             ("bytes_out_peers_total", "counter", "Chunk bytes sent to other edge nodes.", &self.bytes_out_peers),
             ("bytes_out_devices_total", "counter", "Chunk bytes sent to devices.", &self.bytes_out_devices),
             ("cache_hits_total", "counter", "Chunk reads answered from the store.", &self.cache_hits),
             ("cache_misses_total", "counter", "Chunk reads that could not be answered.", &self.cache_misses),
             ("corrupt_chunks_total", "counter", "Chunks that failed verification.", &self.corrupt_chunks),
+            (
+                "reverified_bytes_total",
+                "counter",
+                "Stored bytes hashed again by background re-verification.",
+                &self.reverified_bytes,
+            ),
+            ("reverify_passes_total", "counter", "Completed re-verification passes.", &self.reverify_passes),
+            (
+                "device_connections_refused_total",
+                "counter",
+                "Device connections refused by the connection limits.",
+                &self.device_connections_refused,
+            ),
+            (
+                "mesh_serves_busy_total",
+                "counter",
+                "Peer chunk requests answered Busy at the concurrent-serve limit.",
+                &self.mesh_serves_busy,
+            ),
             ("chunks", "gauge", "Chunks in the store.", &self.chunks_stored),
             ("stored_bytes", "gauge", "Bytes in the store.", &self.bytes_stored),
             ("peers", "gauge", "Connected mesh peers.", &self.peers),

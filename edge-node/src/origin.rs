@@ -77,6 +77,11 @@ pub async fn run(config: OriginConfig, on_ready: impl FnOnce(&OriginHandle)) -> 
     }
     let store = ChunkStore::open_read_only(&config.repo);
     let metrics = std::sync::Arc::new(Metrics::default());
+    let server = crate::daemon::chunk_server::ChunkServer::new(
+        store.clone(),
+        metrics.clone(),
+        crate::daemon::chunk_server::DEFAULT_MAX_CONCURRENT_SERVES,
+    );
     on_ready(&OriginHandle { client: client.clone(), addrs });
 
     let timestamp_path = config.repo.join("metadata/timestamp.json");
@@ -101,17 +106,12 @@ pub async fn run(config: OriginConfig, on_ready: impl FnOnce(&OriginHandle)) -> 
                         });
                     }
                     NetworkEvent::InboundChunkRequest { request, reply, .. } => {
-                        let (store, client, metrics) = (store.clone(), client.clone(), metrics.clone());
+                        let (server, client) = (server.clone(), client.clone());
                         tokio::spawn(async move {
                             let started = std::time::Instant::now();
-                            let response = tokio::task::spawn_blocking(move || {
-                                crate::daemon::serve_chunks(&store, &metrics, &request).0
-                            })
-                            .await;
+                            let response = server.answer(request).await.response;
                             let read_ms = started.elapsed().as_millis() as u64;
-                            if let Ok(response) = response {
-                                let _ = client.respond_chunks(reply, response).await;
-                            }
+                            let _ = client.respond_chunks(reply, response).await;
                             debug!(read_ms, total_ms = started.elapsed().as_millis() as u64, "chunk request served");
                         });
                     }

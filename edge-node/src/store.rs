@@ -8,12 +8,19 @@
 //! Verification: a body is checked against its name before it is first served by this
 //! process, and the ids that passed (or that this process verified and wrote itself) are
 //! remembered in a bounded in-memory set, so a chunk served to many peers and devices is
-//! hashed once per process lifetime, not once per read. A restart (kill -9 included) starts
-//! with an empty set, so everything on disk is re-verified before it is served again; a
-//! damaged file is deleted, never sent. What is not caught until the next restart: a file
-//! altered on disk behind the running process's back after it was verified — devices verify
-//! every chunk themselves, and peers verify before storing, so such a byte can never be
-//! installed or spread, only cost a refetch.
+//! hashed once per read pass, not once per read. A restart (kill -9 included) starts with an
+//! empty set, so everything on disk is re-verified before it is served again; a damaged file
+//! is deleted, never sent. A file altered on disk behind the running process's back after it
+//! was verified is found by background re-verification ([`crate::reverify`], a bounded
+//! number of bytes per second, every file in turn) and by `put_batch`, which hashes a file
+//! that already exists before trusting it. Every damaged file found by any path is counted
+//! in `corrupt_chunks` (see [`ChunkStore::with_metrics`]). Devices verify every chunk
+//! themselves and peers verify before storing, so such a byte can never be installed or
+//! spread, only cost a refetch.
+//!
+//! Sizing: [`ChunkStore::len`] gives a chunk's stored length without reading it, so servers
+//! charge a request against their memory budgets before any body is read, and
+//! [`ChunkStore::get`] never reads past the length the caller sized.
 //!
 //! Staging: verified chunks waiting for their batch to be written are held in memory and
 //! served from there ([`ChunkStore::stage`]), so a chunk is readable from the moment the
@@ -29,6 +36,8 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use crate::metrics::Metrics;
 
 /// Most ids remembered as verified (32 bytes each, ~12 MiB with the set's overhead); past it
 /// the set is cleared and chunks are verified again on their next read.
@@ -53,11 +62,31 @@ struct Memory {
     staged_bytes: usize,
 }
 
+/// What hashing a stored file found ([`ChunkStore::check`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The file hashes to its name; `len` bytes were read.
+    Intact {
+        /// Bytes read and hashed.
+        len: u64,
+    },
+    /// The file did not hash to its name (or was over the limit) and has been deleted;
+    /// `len` bytes were read.
+    Damaged {
+        /// Bytes read and hashed.
+        len: u64,
+    },
+    /// No such file (evicted meanwhile, or only staged in memory).
+    Missing,
+}
+
 /// A content-addressed chunk store rooted at a directory. Clones share the in-memory state.
 #[derive(Debug, Clone)]
 pub struct ChunkStore {
     root: PathBuf,
     memory: Arc<Mutex<Memory>>,
+    /// Where damaged files found by any path are counted (`corrupt_chunks`).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl ChunkStore {
@@ -74,13 +103,61 @@ impl ChunkStore {
                 }
             }
         }
-        Ok(ChunkStore { root, memory: Arc::default() })
+        Ok(ChunkStore { root, memory: Arc::default(), metrics: None })
     }
 
     /// Opens an existing store without touching it: the origin reads the seeder's chunk
     /// tree, where a concurrent `seeder release add` may have files staged.
     pub fn open_read_only(data_dir: &Path) -> Self {
-        ChunkStore { root: data_dir.join("chunks"), memory: Arc::default() }
+        ChunkStore { root: data_dir.join("chunks"), memory: Arc::default(), metrics: None }
+    }
+
+    /// Counts every damaged file this store finds (on a read, a `put_batch` over an existing
+    /// file, a re-verification) in `metrics.corrupt_chunks`, whoever asked.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Deletes a file that failed verification, forgets it was verified, and counts it.
+    fn discard_damaged(&self, id: &ChunkId) {
+        self.memory().verified.remove(id);
+        let _ = fs::remove_file(self.path(id));
+        if let Some(metrics) = &self.metrics {
+            Metrics::add(&metrics.corrupt_chunks, 1);
+        }
+        tracing::warn!(chunk = %id, "stored chunk failed verification; deleted");
+    }
+
+    /// Remembers that `id`'s file hashed to its name.
+    fn mark_verified(memory: &mut Memory, id: ChunkId) {
+        if memory.verified.len() >= MAX_VERIFIED_IDS {
+            memory.verified.clear();
+        }
+        memory.verified.insert(id);
+    }
+
+    /// Stored length of a chunk without reading it: staged bytes, else the file's length.
+    /// `None` if neither exists. Servers size requests with it before reading anything.
+    pub fn len(&self, id: &ChunkId) -> Option<u64> {
+        if let Some(bytes) = self.memory().staged.get(id) {
+            return Some(bytes.len() as u64);
+        }
+        fs::metadata(self.path(id)).ok().map(|m| m.len())
+    }
+
+    /// Reads `id`'s file (at most `max_len + 1` bytes) and hashes it, deleting (and counting)
+    /// it when it does not match; an intact file is remembered as verified. What background
+    /// re-verification runs; staged chunks are not on disk yet and count as `Missing`.
+    pub fn check(&self, id: &ChunkId, max_len: u64) -> Check {
+        let Some(bytes) = read_bounded(&self.path(id), max_len) else { return Check::Missing };
+        let len = bytes.len() as u64;
+        if len > max_len || !id.matches(&bytes) {
+            self.discard_damaged(id);
+            return Check::Damaged { len };
+        }
+        Self::mark_verified(&mut self.memory(), *id);
+        Check::Intact { len }
     }
 
     fn path(&self, id: &ChunkId) -> PathBuf {
@@ -122,13 +199,18 @@ impl ChunkStore {
 
     /// Writes verified chunks durably; returns once all are in place, and unstages them.
     /// Callers verify bytes against their ids before calling: the store trusts its callers,
-    /// not the network.
+    /// not the network. A file that already exists is hashed before it is trusted (and
+    /// replaced, counted as damaged, when it does not match).
     pub fn put_batch(&self, chunks: &[(ChunkId, &[u8])]) -> Result<()> {
         let mut staged = Vec::with_capacity(chunks.len());
         for (id, bytes) in chunks {
             let path = self.path(id);
             if path.exists() {
-                continue;
+                match self.check(id, bytes.len() as u64) {
+                    Check::Intact { .. } => continue,
+                    // Deleted by `check`; written again below.
+                    Check::Damaged { .. } | Check::Missing => {}
+                }
             }
             let tmp = path.with_file_name(format!(".{}.tmp", id.to_hex()));
             let mut file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -146,10 +228,7 @@ impl ChunkStore {
         // Renamed (visible to `get` from disk) before unstaged, so a reader never misses it.
         let mut memory = self.memory();
         for (id, _) in chunks {
-            if memory.verified.len() >= MAX_VERIFIED_IDS {
-                memory.verified.clear();
-            }
-            memory.verified.insert(*id);
+            Self::mark_verified(&mut memory, *id);
             if let Some(old) = memory.staged.remove(id) {
                 memory.staged_bytes -= old.len();
             }
@@ -158,7 +237,8 @@ impl ChunkStore {
     }
 
     /// A chunk's bytes, checked against its id unless this process already did (see the
-    /// module doc); a damaged body is deleted.
+    /// module doc); a damaged body is deleted. Never reads more than `max_len + 1` bytes, so
+    /// a caller that sized the chunk with [`ChunkStore::len`] passes that length here.
     pub fn get(&self, id: &ChunkId, max_len: u64) -> Result<Bytes, ReadError> {
         let verified = {
             let memory = self.memory();
@@ -167,29 +247,15 @@ impl ChunkStore {
             }
             memory.verified.contains(id)
         };
-        let path = self.path(id);
-        let mut bytes = Vec::new();
-        let read = File::open(&path).and_then(|f| {
-            let len = f.metadata().map(|m| m.len()).unwrap_or(0).min(max_len + 1);
-            bytes.reserve_exact(len as usize);
-            f.take(max_len + 1).read_to_end(&mut bytes)
-        });
-        if read.is_err() {
-            return Err(ReadError::Missing);
-        }
+        let Some(bytes) = read_bounded(&self.path(id), max_len) else { return Err(ReadError::Missing) };
         if verified && bytes.len() as u64 <= max_len {
             return Ok(Bytes::from(bytes));
         }
         if bytes.len() as u64 > max_len || !id.matches(&bytes) {
-            self.memory().verified.remove(id);
-            let _ = fs::remove_file(&path);
+            self.discard_damaged(id);
             return Err(ReadError::Damaged);
         }
-        let mut memory = self.memory();
-        if memory.verified.len() >= MAX_VERIFIED_IDS {
-            memory.verified.clear();
-        }
-        memory.verified.insert(*id);
+        Self::mark_verified(&mut self.memory(), *id);
         Ok(Bytes::from(bytes))
     }
 
@@ -225,6 +291,18 @@ impl ChunkStore {
         out.sort();
         out
     }
+}
+
+/// Reads at most `max_len + 1` bytes of a file into a buffer sized from its metadata (so a
+/// longer file is detectable but never read whole); `None` if it cannot be opened or read.
+fn read_bounded(path: &Path, max_len: u64) -> Option<Vec<u8>> {
+    let file = File::open(path).ok()?;
+    let limit = max_len.saturating_add(1);
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0).min(limit);
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(usize::try_from(len).ok()?).ok()?;
+    file.take(limit).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// Starts writing a file's dirty pages to disk without waiting, so the batch's `syncfs`
@@ -300,6 +378,47 @@ mod tests {
         assert!(store.memory().verified.contains(&id));
         // Too long for the caller's limit is refused even when verified.
         assert_eq!(store.get(&id, 4), Err(ReadError::Damaged));
+    }
+
+    /// `put_batch` over a file that already exists hashes it before trusting it: a damaged
+    /// one is replaced (and counted), an intact one is left alone. Before, an existing file
+    /// was marked verified unread, so a damaged body was then served as verified.
+    #[test]
+    fn put_batch_over_an_existing_corrupt_file_rehashes_and_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = b"the chunk as signed".to_vec();
+        let id = ChunkId::of(&body);
+        ChunkStore::open(dir.path()).unwrap().put_batch(&[(id, &body)]).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let store = ChunkStore::open(dir.path()).unwrap().with_metrics(metrics.clone());
+        let path = store.path(&id);
+        fs::write(&path, b"the chunk as altered").unwrap();
+
+        store.put_batch(&[(id, &body)]).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), body);
+        assert_eq!(store.get(&id, 1024).unwrap(), body);
+        assert_eq!(metrics.corrupt_chunks.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+        // Intact: not rewritten, not counted.
+        let before = fs::metadata(&path).unwrap().modified().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap().with_metrics(metrics.clone());
+        store.put_batch(&[(id, &body)]).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), before);
+        assert_eq!(metrics.corrupt_chunks.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    /// Sizing reads no body: staged chunks by their bytes, files by their metadata.
+    #[test]
+    fn len_sizes_staged_and_stored_chunks_without_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let (a, b) = (b"staged".to_vec(), b"on disk, longer".to_vec());
+        let (ia, ib) = (ChunkId::of(&a), ChunkId::of(&b));
+        store.stage(ia, Bytes::from(a.clone()));
+        store.put_batch(&[(ib, &b)]).unwrap();
+        assert_eq!(store.len(&ia), Some(a.len() as u64));
+        assert_eq!(store.len(&ib), Some(b.len() as u64));
+        assert_eq!(store.len(&ChunkId::of(b"absent")), None);
     }
 
     #[test]

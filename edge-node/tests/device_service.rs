@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edge_node::device::{
-    ChunkLookup, ClientError, DeviceAddrs, DeviceBackend, DeviceClient, DeviceService, DeviceServiceConfig,
+    ChunkLookup, ChunkSize, ClientError, DeviceAddrs, DeviceBackend, DeviceClient, DeviceService, DeviceServiceConfig,
 };
 use edge_node::metrics::Metrics;
 use protocol::device_wire::{
@@ -30,6 +30,8 @@ struct MemBackend {
     chunks: HashMap<ChunkId, Arc<Vec<u8>>>,
     busy: Vec<ChunkId>,
     statuses: Mutex<Vec<(SocketAddr, Vec<u8>)>>,
+    /// Chunk body bytes handed out (what a disk backend would have read).
+    read_bytes: AtomicU64,
 }
 
 impl MemBackend {
@@ -41,12 +43,20 @@ impl MemBackend {
 }
 
 impl DeviceBackend for MemBackend {
-    async fn metadata(&self, name: &str) -> Option<Vec<u8>> {
-        self.metadata.get(name).cloned()
+    async fn metadata_len(&self, name: &str) -> Option<u64> {
+        self.metadata.get(name).map(|b| b.len() as u64)
     }
 
-    async fn target(&self, path: &str) -> Option<Vec<u8>> {
-        self.targets.get(path).cloned()
+    async fn metadata(&self, name: &str, max_len: u64) -> Option<Vec<u8>> {
+        self.metadata.get(name).filter(|b| b.len() as u64 <= max_len).cloned()
+    }
+
+    async fn target_len(&self, path: &str) -> Option<u64> {
+        self.targets.get(path).map(|b| b.len() as u64)
+    }
+
+    async fn target(&self, path: &str, max_len: u64) -> Option<Vec<u8>> {
+        self.targets.get(path).filter(|b| b.len() as u64 <= max_len).cloned()
     }
 
     async fn chunk(&self, id: ChunkId) -> ChunkLookup {
@@ -54,9 +64,22 @@ impl DeviceBackend for MemBackend {
             return ChunkLookup::Busy;
         }
         match self.chunks.get(&id) {
-            Some(bytes) => ChunkLookup::Found(bytes.as_ref().clone()),
+            Some(bytes) => {
+                self.read_bytes.fetch_add(bytes.len() as u64, Relaxed);
+                ChunkLookup::Found(bytes.as_ref().clone().into())
+            }
             None => ChunkLookup::Missing,
         }
+    }
+
+    async fn chunk_lens(&self, ids: Vec<ChunkId>) -> Vec<ChunkSize> {
+        ids.iter()
+            .map(|id| match self.chunks.get(id) {
+                _ if self.busy.contains(id) => ChunkSize::Busy,
+                Some(bytes) => ChunkSize::Stored(bytes.len() as u64),
+                None => ChunkSize::Missing,
+            })
+            .collect()
     }
 
     async fn report_status(&self, peer: SocketAddr, body: Vec<u8>) -> Result<(), protocol::device_wire::ErrorCode> {
@@ -347,6 +370,107 @@ mod limits_enforced {
     }
 }
 
+/// Issue 9: hostile clients. Each test is named after the attack and failed before the fix.
+mod hostile_clients {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    async fn with_big_chunk(config: DeviceServiceConfig) -> (Fixture, ChunkId) {
+        let mut backend = MemBackend::default();
+        let big = backend.add_chunk(pattern(MIB, 9));
+        let backend = Arc::new(backend);
+        let metrics = Arc::new(Metrics::default());
+        let (addrs, task) = DeviceService::bind(config, backend.clone(), metrics.clone()).await.unwrap();
+        (Fixture { addrs, task, backend, metrics, chunk_a: big, chunk_b: big, busy: big }, big)
+    }
+
+    fn served_bytes(batch: &edge_node::device::ChunkBatch) -> (usize, usize, usize) {
+        let (mut ok, mut bytes, mut busy) = (0, 0, 0);
+        for item in batch.items().iter() {
+            match item.status {
+                ChunkStatus::Ok(b) => {
+                    ok += 1;
+                    bytes += b.len();
+                }
+                ChunkStatus::Busy => busy += 1,
+                ChunkStatus::NotFound => {}
+            }
+        }
+        (ok, bytes, busy)
+    }
+
+    /// One 1 MiB chunk named 256 times (as `length = 0` ranges, i.e. the whole chunk): the
+    /// request is sized before reading, so the chunk is read once (not 256 times) and the
+    /// response carries what fits the per-request limit, the rest Busy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_naming_one_chunk_256_times_is_sized_before_reading() {
+        let (f, big) = with_big_chunk(localhost_config()).await;
+        let mut client = tcp(&f).await;
+        let ranges = vec![ChunkRange { id: big, offset: 0, length: 0 }; 256];
+        let batch = timeout(WAIT, client.get_chunks(&ranges)).await.unwrap().unwrap();
+        let (ok, bytes, busy) = served_bytes(&batch);
+        assert_eq!((ok, busy), (8, 248));
+        assert_eq!(bytes, 8 * MIB);
+        assert_eq!(f.backend.read_bytes.load(Relaxed), MIB as u64, "the chunk must be read once");
+    }
+
+    /// The same attack against a small global budget (3 MiB): the read and the frame are
+    /// both charged before anything is read, so one copy is served and no more than the
+    /// budget is ever read; when the response is gone the budget is whole again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_duplicate_heavy_request_reads_no_more_than_the_memory_budget() {
+        let config = DeviceServiceConfig { max_buffered_bytes: 3 * MIB, ..localhost_config() };
+        let (f, big) = with_big_chunk(config).await;
+        // TCP answers strictly in order and releases an answer's budget once it is written,
+        // so each round starts with the whole budget free.
+        let mut client = tcp(&f).await;
+        let ranges = vec![ChunkRange::whole(big); 256];
+        for round in 1..=3u64 {
+            let batch = timeout(WAIT, client.get_chunks(&ranges)).await.unwrap().unwrap();
+            let (ok, bytes, busy) = served_bytes(&batch);
+            // 1 MiB read + 1 MiB in the frame fit 3 MiB; a second copy would not.
+            assert_eq!((ok, bytes, busy), (1, MIB, 255), "round {round}");
+            assert_eq!(f.backend.read_bytes.load(Relaxed), round * MIB as u64);
+        }
+    }
+
+    /// One address opening more connections than `max_connections_per_client` is refused
+    /// (TCP: `Error(BUSY)` then EOF; QUIC: refused handshake) while another address
+    /// (127.0.0.2, also loopback) still connects and is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_over_the_per_address_connection_cap_is_refused_while_another_address_connects() {
+        let f = start(DeviceServiceConfig { max_connections_per_client: 2, ..localhost_config() }).await;
+        let mut first = tcp(&f).await;
+        first.get_metadata("timestamp.json").await.unwrap();
+        let mut second = quic(&f).await;
+        second.get_metadata("timestamp.json").await.unwrap();
+
+        let mut refused = TcpStream::connect(f.addrs.tcp.unwrap()).await.unwrap();
+        let mut reply = Vec::new();
+        timeout(WAIT, refused.read_to_end(&mut reply)).await.unwrap().unwrap();
+        expect_error(&reply[FRAME_HEADER_BYTES..], ErrorCode::BUSY);
+        let quic_refused = timeout(WAIT, DeviceClient::connect_quic(f.addrs.quic.unwrap())).await.unwrap();
+        assert!(matches!(quic_refused, Err(ClientError::Connect(_))), "{quic_refused:?}");
+        assert_eq!(f.metrics.device_connections_refused.load(Relaxed), 2);
+
+        // Another host: its own slots.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut other = timeout(WAIT, socket.connect(f.addrs.tcp.unwrap())).await.unwrap().unwrap();
+        let frame = Request::GetMetadata { name: "timestamp.json" }.to_frame().unwrap();
+        other.write_all(&frame).await.unwrap();
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        timeout(WAIT, other.read_exact(&mut header)).await.unwrap().unwrap();
+        let mut body = vec![0u8; u32::from_le_bytes(header) as usize];
+        other.read_exact(&mut body).await.unwrap();
+        assert_eq!(ResponseView::parse(&body).unwrap(), Response::Bytes(&f.backend.metadata["timestamp.json"][..]));
+        // The first host's connections still work.
+        assert!(first.get_metadata("1.root.json").await.unwrap().is_some());
+        assert!(second.get_metadata("1.root.json").await.unwrap().is_some());
+    }
+}
+
 mod load {
     use super::*;
 
@@ -363,7 +487,9 @@ mod load {
     /// correctness; prints time and memory.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_hundred_concurrent_clients_fetch_chunks() {
-        let f = Arc::new(start(localhost_config()).await);
+        // 200 devices, all from 127.0.0.1: lift the per-address cap meant for real LANs.
+        let config = DeviceServiceConfig { max_connections_per_client: 512, ..localhost_config() };
+        let f = Arc::new(start(config).await);
         let rss_before = rss_kib();
         let started = Instant::now();
         let mut clients = Vec::new();

@@ -794,11 +794,23 @@ impl Default for ChunksFrameBuilder {
 impl ChunksFrameBuilder {
     /// An empty batch.
     pub fn new() -> Self {
-        let mut frame = alloc::vec::Vec::new();
-        frame.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
-        frame.push(KIND_CHUNKS);
-        frame.extend_from_slice(&[0, 0]);
-        ChunksFrameBuilder { frame, count: 0 }
+        Self::with_capacity(CHUNKS_HEADER_BYTES)
+    }
+
+    /// An empty batch whose frame buffer is allocated once for a body of `body_bytes`
+    /// (at most [`limits::MAX_RESPONSE_BYTES`]): a server that sized its response first
+    /// allocates exactly that, with no growth by doubling.
+    pub fn with_capacity(body_bytes: usize) -> Self {
+        let mut builder = ChunksFrameBuilder {
+            frame: alloc::vec::Vec::with_capacity(
+                FRAME_HEADER_BYTES + body_bytes.clamp(CHUNKS_HEADER_BYTES, limits::MAX_RESPONSE_BYTES),
+            ),
+            count: 0,
+        };
+        builder.frame.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
+        builder.frame.push(KIND_CHUNKS);
+        builder.frame.extend_from_slice(&[0, 0]);
+        builder
     }
 
     /// Body bytes so far.
@@ -859,6 +871,9 @@ impl ChunksFrameBuilder {
 pub const fn chunk_item_bytes(payload_bytes: usize) -> usize {
     32 + 1 + 4 + payload_bytes
 }
+
+/// Bytes a `Chunks` response item without data (`NotFound`, `Busy`) adds to the body.
+pub const EMPTY_ITEM_BYTES: usize = 32 + 1;
 
 /// Bytes of a `Chunks` response body before its items.
 pub const CHUNKS_HEADER_BYTES: usize = 3;

@@ -18,6 +18,10 @@
 //! refresh_secs = 60                    # poll the repository even without announcements
 //! report_devices_per_client = 16       # device keys one LAN address may send status reports for
 //! reports_per_sec_per_client = 2       # sustained status reports per LAN address (burst 20)
+//! max_connections_per_client = 8       # device connections from one IP address (of 512 in all)
+//! device_max_buffered_bytes = "256MiB" # device responses and their reads in memory, all clients
+//! mesh_max_concurrent_serves = 8       # peers' chunk requests read at once (4x as many queue)
+//! reverify_bytes_per_sec = "16MiB"     # background re-hashing of the store; "0" disables
 //! ```
 //!
 //! Trust: metadata from any peer is verified against the pinned root, so who serves it only
@@ -70,6 +74,17 @@ pub struct EdgeConfig {
     pub report_devices_per_client: usize,
     /// Sustained status reports per second per client address.
     pub reports_per_sec_per_client: u32,
+    /// Concurrent device connections from one client IP address (QUIC and TCP together);
+    /// more are refused. A device agent uses two per edge node.
+    pub max_connections_per_client: usize,
+    /// Device-service memory for responses and the chunk reads behind them, across all
+    /// clients, e.g. `256MiB`; when spent, devices are answered Busy. Peak RSS stays within
+    /// this plus a fixed overhead (see `device`).
+    pub device_max_buffered_bytes: String,
+    /// Peers' chunk requests read at once; four times as many wait, the rest are answered Busy.
+    pub mesh_max_concurrent_serves: usize,
+    /// Bytes per second the background re-verification hashes, e.g. `16MiB`; `0` disables it.
+    pub reverify_bytes_per_sec: String,
 }
 
 impl Default for EdgeConfig {
@@ -90,6 +105,10 @@ impl Default for EdgeConfig {
             refresh_secs: 60,
             report_devices_per_client: 16,
             reports_per_sec_per_client: 2,
+            max_connections_per_client: 8,
+            device_max_buffered_bytes: "256MiB".into(),
+            mesh_max_concurrent_serves: super::chunk_server::DEFAULT_MAX_CONCURRENT_SERVES,
+            reverify_bytes_per_sec: "16MiB".into(),
         }
     }
 }
@@ -139,6 +158,16 @@ impl EdgeConfig {
     pub fn capacity_bytes(&self) -> Result<u64> {
         parse_bytes(&self.capacity)
     }
+
+    /// `device_max_buffered_bytes` in bytes.
+    pub fn device_max_buffered_bytes(&self) -> Result<u64> {
+        parse_bytes(&self.device_max_buffered_bytes)
+    }
+
+    /// `reverify_bytes_per_sec` in bytes per second (0: disabled).
+    pub fn reverify_bytes_per_sec(&self) -> Result<u64> {
+        parse_bytes(&self.reverify_bytes_per_sec)
+    }
 }
 
 /// Parses `16GiB`, `500MB`, `64KiB`, `1048576`.
@@ -172,7 +201,11 @@ mod tests {
         assert_eq!(parse_bytes("500MB").unwrap(), 500_000_000);
         assert_eq!(parse_bytes("4096").unwrap(), 4096);
         assert!(parse_bytes("12 parsecs").is_err());
-        assert_eq!(EdgeConfig::default().capacity_bytes().unwrap(), 16 << 30);
+        let defaults = EdgeConfig::default();
+        assert_eq!(defaults.capacity_bytes().unwrap(), 16 << 30);
+        assert_eq!(defaults.device_max_buffered_bytes().unwrap(), 256 << 20);
+        assert_eq!(defaults.reverify_bytes_per_sec().unwrap(), 16 << 20);
+        assert_eq!((defaults.max_connections_per_client, defaults.mesh_max_concurrent_serves), (8, 8));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 
 use super::Internal;
-use crate::device::{ChunkLookup, DeviceBackend};
+use crate::device::{ChunkLookup, ChunkSize, DeviceBackend};
 use crate::metrics::Metrics;
 use crate::store::{ChunkStore, ReadError};
 
@@ -57,65 +57,87 @@ impl Backend {
 }
 
 impl DeviceBackend for Backend {
-    async fn metadata(&self, name: &str) -> Option<Vec<u8>> {
-        let (mirror, name) = (self.mirror.clone(), format!("metadata/{name}"));
-        tokio::task::spawn_blocking(move || crate::repo_files::read(&mirror, &name, 64 << 20)).await.ok().flatten()
+    async fn metadata_len(&self, name: &str) -> Option<u64> {
+        let path = crate::repo_files::resolve(&self.mirror, &format!("metadata/{name}"))?;
+        tokio::task::spawn_blocking(move || std::fs::metadata(path).ok().map(|m| m.len())).await.ok().flatten()
     }
 
-    async fn target(&self, path: &str) -> Option<Vec<u8>> {
+    async fn metadata(&self, name: &str, max_len: u64) -> Option<Vec<u8>> {
+        let (mirror, name) = (self.mirror.clone(), format!("metadata/{name}"));
+        tokio::task::spawn_blocking(move || crate::repo_files::read(&mirror, &name, max_len)).await.ok().flatten()
+    }
+
+    async fn target_len(&self, path: &str) -> Option<u64> {
+        // The length the signed targets metadata gives, which the mirror's file has.
+        self.targets.read().ok()?.get(path).map(|(_, length)| *length)
+    }
+
+    async fn target(&self, path: &str, max_len: u64) -> Option<Vec<u8>> {
         let (file, length) = self.targets.read().ok()?.get(path).cloned()?;
         let mirror = self.mirror.clone();
-        tokio::task::spawn_blocking(move || crate::repo_files::read(&mirror, &file, length)).await.ok().flatten()
+        tokio::task::spawn_blocking(move || crate::repo_files::read(&mirror, &file, length.min(max_len)))
+            .await
+            .ok()
+            .flatten()
     }
 
     async fn chunk(&self, id: ChunkId) -> ChunkLookup {
-        let store = self.store.clone();
-        let max = protocol::manifest::limits::MAX_STORED_CHUNK_BYTES as u64;
-        let read = tokio::task::spawn_blocking(move || store.get(&id, max)).await;
-        match read {
-            Ok(Ok(bytes)) => {
-                let _ = self.internal.try_send(Internal::Served(vec![id]));
-                ChunkLookup::Found(bytes.to_vec())
-            }
-            Ok(Err(ReadError::Damaged)) => {
-                let _ = self.internal.try_send(Internal::StoreFailed(vec![id]));
-                ChunkLookup::Busy
-            }
-            Ok(Err(ReadError::Missing)) => {
-                // A device wants a chunk we do not hold: fetch its release now. The device is
-                // told to ask again rather than to look elsewhere.
-                let _ = self.internal.try_send(Internal::Demand(id));
-                ChunkLookup::Busy
-            }
-            Err(_) => ChunkLookup::Busy,
-        }
+        let max = u64::from(protocol::manifest::limits::MAX_STORED_CHUNK_BYTES);
+        self.chunks(vec![(id, max)]).await.pop().unwrap_or(ChunkLookup::Busy)
     }
 
-    async fn chunks(&self, ids: Vec<ChunkId>) -> Vec<ChunkLookup> {
+    async fn chunk_lens(&self, ids: Vec<ChunkId>) -> Vec<ChunkSize> {
         let store = self.store.clone();
-        let max = protocol::manifest::limits::MAX_STORED_CHUNK_BYTES as u64;
         let n = ids.len();
+        let max = u64::from(protocol::manifest::limits::MAX_STORED_CHUNK_BYTES);
+        let sized =
+            tokio::task::spawn_blocking(move || ids.into_iter().map(|id| (id, store.len(&id))).collect::<Vec<_>>())
+                .await;
+        let Ok(sized) = sized else { return vec![ChunkSize::Busy; n] };
+        let mut missing = None;
+        let sizes = sized
+            .into_iter()
+            .map(|(id, len)| match len {
+                // A file longer than any chunk is damaged: the read that finds it deletes it.
+                Some(len) => ChunkSize::Stored(len.min(max + 1)),
+                None => {
+                    missing.get_or_insert(id);
+                    ChunkSize::Busy
+                }
+            })
+            .collect();
+        if let Some(id) = missing {
+            // A device wants a chunk we do not hold: fetch its release now (one demand names
+            // the release). The device is told to ask again rather than to look elsewhere.
+            let _ = self.internal.try_send(Internal::Demand(id));
+        }
+        sizes
+    }
+
+    async fn chunks(&self, sized: Vec<(ChunkId, u64)>) -> Vec<ChunkLookup> {
+        let store = self.store.clone();
+        let n = sized.len();
+        // Each read is bounded by the length it was sized at (see `DeviceBackend::chunks`).
         let read = tokio::task::spawn_blocking(move || {
-            ids.into_iter().map(|id| (id, store.get(&id, max))).collect::<Vec<_>>()
+            sized.into_iter().map(|(id, len)| (id, store.get(&id, len))).collect::<Vec<_>>()
         })
         .await;
         let Ok(read) = read else { return vec![ChunkLookup::Busy; n] };
-        let (mut served, mut damaged, mut missing) = (Vec::new(), Vec::new(), None);
+        let (mut served, mut damaged) = (Vec::new(), Vec::new());
         let lookups = read
             .into_iter()
             .map(|(id, result)| match result {
                 Ok(bytes) => {
                     served.push(id);
-                    ChunkLookup::Found(bytes.to_vec())
+                    ChunkLookup::Found(bytes)
                 }
+                // Deleted and counted in `corrupt_chunks` by the store.
                 Err(ReadError::Damaged) => {
                     damaged.push(id);
                     ChunkLookup::Busy
                 }
-                Err(ReadError::Missing) => {
-                    missing.get_or_insert(id);
-                    ChunkLookup::Busy
-                }
+                // Evicted since it was sized.
+                Err(ReadError::Missing) => ChunkLookup::Busy,
             })
             .collect();
         if !served.is_empty() {
@@ -123,10 +145,6 @@ impl DeviceBackend for Backend {
         }
         if !damaged.is_empty() {
             let _ = self.internal.try_send(Internal::StoreFailed(damaged));
-        }
-        if let Some(id) = missing {
-            // One demand names the release; the device is told to ask again.
-            let _ = self.internal.try_send(Internal::Demand(id));
         }
         lookups
     }
@@ -152,5 +170,46 @@ impl DeviceBackend for Backend {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{DeviceClient, DeviceService, DeviceServiceConfig};
+    use crate::metrics::Metrics;
+    use protocol::device_wire::{ChunkRange, ChunkStatus};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    /// A chunk damaged on disk (found when a device asks for it, on its first read by this
+    /// process) is deleted, counted in `corrupt_chunks`, reported so the cache forgets it, and
+    /// answered Busy — never sent. Before, the device path deleted it without counting it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_chunk_a_device_asked_for_is_deleted_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = vec![5u8; 10_000];
+        let id = ChunkId::of(&body);
+        ChunkStore::open(dir.path()).unwrap().put_batch(&[(id, &body)]).unwrap();
+        let hex = id.to_hex();
+        let path = dir.path().join("chunks").join(&hex[..2]).join(&hex);
+        let mut damaged = body.clone();
+        damaged[4321] ^= 0x10;
+        std::fs::write(&path, &damaged).unwrap();
+
+        // A new process: nothing verified yet.
+        let metrics = Arc::new(Metrics::default());
+        let store = ChunkStore::open(dir.path()).unwrap().with_metrics(metrics.clone());
+        let (tx, mut rx) = mpsc::channel(8);
+        let backend = Backend::new(dir.path().join("repo"), store, tx, Default::default(), metrics.clone());
+        let any = "127.0.0.1:0".parse().unwrap();
+        let config = DeviceServiceConfig { tcp_addr: Some(any), ..DeviceServiceConfig::default() };
+        let (addrs, task) = DeviceService::bind(config, backend, metrics.clone()).await.unwrap();
+        let mut client = DeviceClient::connect_tcp(addrs.tcp.unwrap()).await.unwrap();
+        let batch = client.get_chunks(&[ChunkRange::whole(id)]).await.unwrap();
+        assert_eq!(batch.items().iter().map(|i| i.status).collect::<Vec<_>>(), vec![ChunkStatus::Busy]);
+        assert_eq!(metrics.corrupt_chunks.load(Relaxed), 1);
+        assert!(!path.exists());
+        assert!(matches!(rx.try_recv(), Ok(Internal::StoreFailed(ids)) if ids == vec![id]));
+        task.abort();
     }
 }

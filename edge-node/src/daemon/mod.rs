@@ -7,6 +7,7 @@
 //! before the scheduler hears of a chunk: bytes that do not hash to their id are reported
 //! `Corrupt` and never reach the store.
 
+pub mod chunk_server;
 pub mod config;
 mod device_backend;
 pub mod meta_sources;
@@ -37,6 +38,7 @@ use crate::network::{
     NetworkConfig, NetworkEvent, SiteName,
 };
 use crate::store::ChunkStore;
+use chunk_server::ChunkServer;
 use config::EdgeConfig;
 use meta_sources::{MetaSources, PeerInfo, SourceOutcomes};
 use tuf_sync::TufDirs;
@@ -158,6 +160,8 @@ struct Daemon {
     served: Vec<ChunkId>,
     internal_tx: mpsc::Sender<Internal>,
     device: Arc<device_backend::Backend>,
+    /// Serves peers' chunk requests, `mesh_max_concurrent_serves` at once.
+    chunk_server: ChunkServer,
     refreshing: bool,
     /// A refresh was asked for (an announcement arrived) while one was running: run another
     /// as soon as it ends, or the announcement waits for the next periodic refresh.
@@ -188,6 +192,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         Some(path) if !dirs.has_root() => Some(read_trusted_root(path)?),
         _ => None,
     };
+    let meta_sources = MetaSources::new(config.origin_peer_ids()?, config.bootstrap_peer_ids());
     let key_path = config.data_dir.join("node.key");
     let existing_key =
         network::load_keypair(&key_path).with_context(|| format!("cannot load the node key {}", key_path.display()))?;
@@ -207,7 +212,8 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
     let new_paths = new_paths::NewPaths::before_creating(&config.data_dir);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let store = ChunkStore::open(&config.data_dir)?;
+    let metrics = Arc::new(Metrics::default());
+    let store = ChunkStore::open(&config.data_dir)?.with_metrics(metrics.clone());
     let index = StoreIndex::open(&config.data_dir)?;
     if let Some(root) = &root_to_pin {
         dirs.pin_root(root, unix_now())?;
@@ -219,7 +225,6 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         ..SchedulerConfig::default()
     };
     let scheduler = FetchScheduler::new(me, SiteId::from_name(&config.site), scheduler_config);
-    let metrics = Arc::new(Metrics::default());
     let status: StatusHandle = Arc::new(Mutex::new(json!({})));
     let (internal_tx, mut internal_rx) = mpsc::channel(1024);
     let device = device_backend::Backend::new(
@@ -229,13 +234,14 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         config.report_limits(),
         metrics.clone(),
     );
-    let meta_sources = MetaSources::new(config.origin_peer_ids()?, config.bootstrap_peer_ids());
     let pinned_root = std::fs::read(dirs.trusted.join("root.json")).ok();
     let trusted_timestamp_version = dirs.load_cached(unix_now()).and_then(|t| t.timestamp().map(|t| t.common.version));
     let device_config = crate::device::DeviceServiceConfig {
         quic_addr: Some(config.device_quic_listen),
         tcp_addr: Some(config.device_tcp_listen),
         cert_dir: Some(config.data_dir.clone()),
+        max_connections_per_client: config.max_connections_per_client,
+        max_buffered_bytes: usize::try_from(config.device_max_buffered_bytes()?).unwrap_or(usize::MAX),
         ..Default::default()
     };
     let (device_addrs, _device_task) =
@@ -250,6 +256,13 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
             .with_context(|| format!("cannot save the node key to {}", key_path.display()))?;
     }
     let writer = spawn_writer(store.clone(), index.clone(), internal_tx.clone(), metrics.clone());
+    let reverify_rate = config.reverify_bytes_per_sec()?;
+    tokio::spawn(crate::reverify::run(store.clone(), reverify_rate, metrics.clone(), {
+        let tx = internal_tx.clone();
+        // Damaged files are already deleted; the cache must forget them so they are fetched again.
+        move |id| drop(tx.try_send(Internal::StoreFailed(vec![id])))
+    }));
+    let chunk_server = ChunkServer::new(store.clone(), metrics.clone(), config.mesh_max_concurrent_serves);
     let mut daemon = Daemon {
         config,
         started: WallInstant::now(),
@@ -274,6 +287,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         served: Vec::new(),
         internal_tx,
         device,
+        chunk_server,
         refreshing: false,
         refresh_again: false,
         refresh_failures: 0,
@@ -544,13 +558,9 @@ impl Daemon {
             NetworkEvent::AnnouncementSubscriber { .. } => {}
             NetworkEvent::Announcement { source, bytes } => self.handle_announcement(source, bytes),
             NetworkEvent::InboundChunkRequest { peer: _, request, reply } => {
-                let (store, client, metrics, tx) =
-                    (self.store.clone(), self.client.clone(), self.metrics.clone(), self.internal_tx.clone());
+                let (server, client, tx) = (self.chunk_server.clone(), self.client.clone(), self.internal_tx.clone());
                 tokio::spawn(async move {
-                    let (response, served, damaged) =
-                        tokio::task::spawn_blocking(move || serve_chunks(&store, &metrics, &request))
-                            .await
-                            .unwrap_or_else(|_| (ChunkResponse { items: Vec::new() }, Vec::new(), Vec::new()));
+                    let chunk_server::Served { response, served, damaged } = server.answer(request).await;
                     let _ = client.respond_chunks(reply, response).await;
                     let _ = tx.send(Internal::Served(served)).await;
                     if !damaged.is_empty() {
@@ -998,41 +1008,4 @@ fn verify_response(entries: &[(u32, ChunkEntry)], response: ChunkResponse) -> Ch
         outcomes.push((*index, outcome));
     }
     (outcomes, verified)
-}
-
-/// Answers a peer's chunk request from the store (every body re-verified on read).
-/// Damaged bodies are deleted by the store and returned so the cache forgets them.
-pub fn serve_chunks(
-    store: &ChunkStore,
-    metrics: &Metrics,
-    request: &ChunkRequest,
-) -> (ChunkResponse, Vec<ChunkId>, Vec<ChunkId>) {
-    let mut items = Vec::with_capacity(request.chunks.len());
-    let mut served = Vec::new();
-    let mut damaged = Vec::new();
-    for range in &request.chunks {
-        let id = ChunkId(range.id);
-        let result = match store.get(&id, protocol::manifest::limits::MAX_STORED_CHUNK_BYTES as u64) {
-            Ok(bytes) => {
-                let start = (range.offset as usize).min(bytes.len());
-                let end =
-                    if range.length == 0 { bytes.len() } else { (start + range.length as usize).min(bytes.len()) };
-                Metrics::add(&metrics.cache_hits, 1);
-                Metrics::add(&metrics.bytes_out_peers, (end - start) as u64);
-                served.push(id);
-                ChunkResult::Ok(bytes[start..end].to_vec())
-            }
-            Err(crate::store::ReadError::Damaged) => {
-                Metrics::add(&metrics.corrupt_chunks, 1);
-                damaged.push(id);
-                ChunkResult::NotFound
-            }
-            Err(crate::store::ReadError::Missing) => {
-                Metrics::add(&metrics.cache_misses, 1);
-                ChunkResult::NotFound
-            }
-        };
-        items.push(ChunkItem { id: range.id, result });
-    }
-    (ChunkResponse { items }, served, damaged)
 }

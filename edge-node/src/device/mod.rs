@@ -10,12 +10,31 @@
 //! authenticity.
 //!
 //! Bounds (see [`DeviceServiceConfig`]): concurrent connections (a semaphore shared by both
-//! transports), concurrent streams per QUIC connection, a read deadline per request (a client
-//! that sends half a frame is dropped), request size ([`limits::MAX_REQUEST_BYTES`]),
-//! response size per request ([`DeviceServiceConfig::max_response_bytes`]) and response
-//! memory across all clients ([`DeviceServiceConfig::max_buffered_bytes`]). Responses are
-//! written with backpressure: a slow reader holds at most its own responses.
+//! transports) and connections per client address (so one host cannot take every slot),
+//! concurrent streams per QUIC connection, a read deadline per request (a client that sends
+//! half a frame is dropped), request size ([`limits::MAX_REQUEST_BYTES`]), response size per
+//! request ([`DeviceServiceConfig::max_response_bytes`]) and memory across all clients
+//! ([`DeviceServiceConfig::max_buffered_bytes`]). A `GetChunks` is sized before any chunk is
+//! read ([`batch`]): duplicate ids collapse to one read, a range of length 0 counts as the
+//! rest of the stored chunk, and the bodies to read plus the frame to build are charged
+//! against both budgets first; what does not fit is answered `Busy`. The frame is allocated
+//! at exactly its planned size and handed to the transport without a copy, so what is charged
+//! is what is allocated. Responses are written with backpressure: a slow reader holds at most
+//! its own responses, within the global budget.
+//!
+//! What that bounds: response memory is at most `max_buffered_bytes` however many clients
+//! ask, for anything they ask, whether they read the answers or not, so a hostile client's
+//! best effort leaves the node's RSS within `max_buffered_bytes` + 96 MiB (fixed overhead:
+//! runtime, libp2p, sled, QUIC and socket buffers, allocator slack; `main` makes large
+//! buffers bypass glibc's arenas so freed frames go back to the OS). Measured with a real
+//! debug `edge-node` process (`tests/tests/hostile_clients.rs`): 63 source addresses × 10
+//! TCP connections (8 admitted per address) pipelining `GetChunks` that name one 1 MiB chunk
+//! 256 times and never reading, plus 8 QUIC connections with 16 such requests in flight,
+//! against a 64 MiB budget: peak RSS 108-114 MiB, back near idle once the client leaves. The
+//! same load before requests were sized: 38 -> 4295 MiB.
 
+mod batch;
+mod clients;
 pub mod mdns;
 pub mod quic;
 pub mod tcp;
@@ -27,9 +46,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::device_wire::{
-    chunk_item_bytes, limits, ChunkItem, ChunkStatus, ChunksFrameBuilder, ErrorCode, Request, RequestView, Response,
-};
+use bytes::Bytes;
+use protocol::device_wire::{limits, ErrorCode, Request, RequestView, Response, FRAME_HEADER_BYTES};
 use protocol::ChunkId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -43,7 +61,18 @@ pub use edge_client::{ChunkBatch, ClientError, DeviceClient, ALPN};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChunkLookup {
     /// The chunk's stored bytes, already verified against its id.
-    Found(Vec<u8>),
+    Found(Bytes),
+    /// Not stored here.
+    Missing,
+    /// Known but not yet available (being fetched); the device should ask again.
+    Busy,
+}
+
+/// What the backend knows about a chunk's size, learnt without reading its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkSize {
+    /// Stored here, this many bytes.
+    Stored(u64),
     /// Not stored here.
     Missing,
     /// Known but not yet available (being fetched); the device should ask again.
@@ -53,20 +82,32 @@ pub enum ChunkLookup {
 /// What the daemon provides to the device service: its TUF repository copy, its chunk store,
 /// and a place for status reports to go.
 pub trait DeviceBackend: Send + Sync + 'static {
-    /// A TUF metadata file by name (`timestamp.json`, `3.snapshot.json`, …), if held.
-    fn metadata(&self, name: &str) -> impl Future<Output = Option<Vec<u8>>> + Send;
-    /// A TUF target file by path (`releases/gw/1.0.0.manifest`), if held.
-    fn target(&self, path: &str) -> impl Future<Output = Option<Vec<u8>>> + Send;
+    /// Length of a TUF metadata file (`timestamp.json`, `3.snapshot.json`, …) without
+    /// reading it, if held: the service charges the read and the response first.
+    fn metadata_len(&self, name: &str) -> impl Future<Output = Option<u64>> + Send;
+    /// A TUF metadata file by name, if held and at most `max_len` bytes (its sized length;
+    /// a longer file, replaced since, is not read beyond it and answers `None`).
+    fn metadata(&self, name: &str, max_len: u64) -> impl Future<Output = Option<Vec<u8>>> + Send;
+    /// Length of a TUF target file (`releases/gw/1.0.0.manifest`) without reading it.
+    fn target_len(&self, path: &str) -> impl Future<Output = Option<u64>> + Send;
+    /// A TUF target file by path, if held and at most `max_len` bytes.
+    fn target(&self, path: &str, max_len: u64) -> impl Future<Output = Option<Vec<u8>>> + Send;
     /// Stored bytes of chunk `id` (verified by the backend), or why not.
     fn chunk(&self, id: ChunkId) -> impl Future<Output = ChunkLookup> + Send;
-    /// Several chunks at once, one lookup per id in order. The default asks [`chunk`]
-    /// for each; backends that read from disk override it to pay one thread hop per batch.
+    /// Stored lengths of distinct chunks, one per id in order, without reading their bodies
+    /// (file metadata, an index): the service sizes a request with them before it reads.
+    fn chunk_lens(&self, ids: Vec<ChunkId>) -> impl Future<Output = Vec<ChunkSize>> + Send;
+    /// Several chunks at once, one lookup per `(id, sized length)` in order; a backend reads
+    /// no more than the sized length of each (the service answers a body of another length
+    /// `Busy`: it changed since it was sized). The default asks [`chunk`] for each;
+    /// backends that read from disk override it to pay one thread hop per batch and to bound
+    /// each read.
     ///
     /// [`chunk`]: DeviceBackend::chunk
-    fn chunks(&self, ids: Vec<ChunkId>) -> impl Future<Output = Vec<ChunkLookup>> + Send {
+    fn chunks(&self, sized: Vec<(ChunkId, u64)>) -> impl Future<Output = Vec<ChunkLookup>> + Send {
         async move {
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
+            let mut out = Vec::with_capacity(sized.len());
+            for (id, _) in sized {
                 out.push(self.chunk(id).await);
             }
             out
@@ -93,6 +134,10 @@ pub struct DeviceServiceConfig {
     /// connection attempts are refused and TCP connections get `Error(BUSY)` and are closed:
     /// each connection costs buffers and a task, and a LAN has a known device count.
     pub max_connections: usize,
+    /// Concurrent connections from one client IP address (default 8), refused like those
+    /// over `max_connections`: a device agent uses two per edge node, and one host must not
+    /// take the slots of the site's other devices.
+    pub max_connections_per_client: usize,
     /// Concurrent request streams per QUIC connection (default 16); with
     /// `max_response_bytes` this bounds what one Linux device can make us buffer.
     pub max_streams_per_connection: u32,
@@ -114,10 +159,9 @@ pub struct DeviceServiceConfig {
     /// `Busy` and metadata requests `Error(BUSY)`, so a burst of devices slows down instead
     /// of exhausting memory.
     pub max_buffered_bytes: usize,
-    /// Chunk-batch requests whose chunks are being read at once (default 8): a batch is read
-    /// whole before the response is sized against `max_buffered_bytes`, so this bounds
-    /// that memory (8 × 8 MiB) however many devices ask at once. Two cores are busy with
-    /// far fewer; the others wait their turn.
+    /// Chunk-batch requests whose chunks are being read at once (default 8): bounds disk
+    /// reads and threads. Memory is bounded by `max_buffered_bytes` regardless, because a
+    /// batch's reads are sized and charged before they happen.
     pub max_concurrent_lookups: usize,
 }
 
@@ -128,6 +172,7 @@ impl Default for DeviceServiceConfig {
             tcp_addr: None,
             cert_dir: None,
             max_connections: 512,
+            max_connections_per_client: 8,
             max_streams_per_connection: 16,
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
@@ -161,8 +206,9 @@ impl DeviceService {
         backend: Arc<B>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<(DeviceAddrs, JoinHandle<()>)> {
+        let admission =
+            clients::Admission::new(config.max_connections, config.max_connections_per_client, metrics.clone());
         let shared = Arc::new(Shared::new(config, backend, metrics));
-        let connections = Arc::new(Semaphore::new(shared.config.max_connections.min(Semaphore::MAX_PERMITS)));
         let quic = match shared.config.quic_addr {
             Some(addr) => Some(quic::bind_server(&shared.config, addr)?),
             None => None,
@@ -178,12 +224,12 @@ impl DeviceService {
         let task = tokio::spawn(async move {
             let quic_loop = async {
                 if let Some(endpoint) = quic {
-                    quic::serve(endpoint, shared.clone(), connections.clone()).await;
+                    quic::serve(endpoint, shared.clone(), admission.clone()).await;
                 }
             };
             let tcp_loop = async {
                 if let Some(listener) = tcp {
-                    tcp::serve(listener, shared.clone(), connections.clone()).await;
+                    tcp::serve(listener, shared.clone(), admission.clone()).await;
                 }
             };
             tokio::join!(quic_loop, tcp_loop);
@@ -197,7 +243,7 @@ pub(crate) struct Shared<B> {
     pub(crate) config: DeviceServiceConfig,
     backend: Arc<B>,
     pub(crate) metrics: Arc<Metrics>,
-    /// Response bytes currently held, in bytes; see `max_buffered_bytes`.
+    /// Response and read bytes currently held, in bytes; see `max_buffered_bytes`.
     memory: Arc<Semaphore>,
     /// Chunk batches being read; see `max_concurrent_lookups`.
     lookups: Semaphore,
@@ -244,52 +290,15 @@ impl<B: DeviceBackend> Shared<B> {
             }
         };
         match request {
-            Request::GetMetadata { name } => self.file(self.backend.metadata(name).await),
-            Request::GetTarget { path } => self.file(self.backend.target(path).await),
-            Request::GetChunks { ranges } => {
-                let mut builder = ChunksFrameBuilder::new();
-                let mut memory: Option<OwnedSemaphorePermit> = None;
-                // Held until the frame is built: the looked-up bodies are dropped by then.
-                let Ok(_reading) = self.lookups.acquire().await else { return Answer::error(ErrorCode::BUSY) };
-                let lookups = self.backend.chunks(ranges.iter().map(|r| r.id).collect()).await;
-                for (range, lookup) in ranges.iter().zip(lookups) {
-                    let status = match &lookup {
-                        ChunkLookup::Found(stored) => {
-                            Metrics::add(&self.metrics.cache_hits, 1);
-                            match range.slice(stored) {
-                                Some(bytes) => {
-                                    let fits = builder.body_len().saturating_add(chunk_item_bytes(bytes.len()))
-                                        <= self.config.max_response_bytes
-                                        && builder.fits(bytes.len());
-                                    match fits.then(|| self.reserve(chunk_item_bytes(bytes.len()))).flatten() {
-                                        Some(permit) => {
-                                            match memory.as_mut() {
-                                                Some(held) => held.merge(permit),
-                                                None => memory = Some(permit),
-                                            }
-                                            ChunkStatus::Ok(bytes)
-                                        }
-                                        None => ChunkStatus::Busy,
-                                    }
-                                }
-                                None => ChunkStatus::NotFound,
-                            }
-                        }
-                        ChunkLookup::Missing => {
-                            Metrics::add(&self.metrics.cache_misses, 1);
-                            ChunkStatus::NotFound
-                        }
-                        ChunkLookup::Busy => ChunkStatus::Busy,
-                    };
-                    // At most MAX_RANGES items (checked by the parser) and payload checked
-                    // by `fits` above, so pushing cannot fail; if it did, the item is dropped
-                    // and the client sees a short batch, which it treats as a protocol error.
-                    if builder.push(ChunkItem { id: range.id, status }).is_err() {
-                        return Answer::error(ErrorCode::INTERNAL);
-                    }
-                }
-                Answer { frame: builder.finish(), _memory: memory }
+            Request::GetMetadata { name } => {
+                let len = self.backend.metadata_len(name).await;
+                self.file(len, |max_len| self.backend.metadata(name, max_len)).await
             }
+            Request::GetTarget { path } => {
+                let len = self.backend.target_len(path).await;
+                self.file(len, |max_len| self.backend.target(path, max_len)).await
+            }
+            Request::GetChunks { ranges } => self.answer_chunks(ranges).await,
             Request::ReportStatus { body } => match self.backend.report_status(peer, body.to_vec()).await {
                 Ok(()) => Answer::small(Response::Ack),
                 Err(code) => Answer::error(code),
@@ -297,19 +306,31 @@ impl<B: DeviceBackend> Shared<B> {
         }
     }
 
-    fn file(&self, bytes: Option<Vec<u8>>) -> Answer {
-        let Some(bytes) = bytes else { return Answer::small(Response::NotFound) };
-        let response = Response::Bytes(&bytes);
-        match response.body_len() {
-            Ok(len) if len <= self.config.max_response_bytes => match self.reserve(len) {
-                Some(permit) => match response.to_frame() {
-                    Ok(frame) => Answer { frame, _memory: Some(permit) },
-                    Err(_) => Answer::error(ErrorCode::INTERNAL),
-                },
-                None => Answer::error(ErrorCode::BUSY),
-            },
-            _ => Answer::error(ErrorCode::TOO_LARGE),
+    /// Answers with a file of sized length `len`: the read buffer and the frame are charged
+    /// against the budget before `read` runs (at most `len` bytes), and the charge shrinks to
+    /// the frame once the read buffer is dropped.
+    async fn file<F: Future<Output = Option<Vec<u8>>>>(&self, len: Option<u64>, read: impl FnOnce(u64) -> F) -> Answer {
+        let Some(len) = len else { return Answer::small(Response::NotFound) };
+        let Ok(empty_body) = Response::Bytes(&[]).body_len() else { return Answer::error(ErrorCode::INTERNAL) };
+        let body_len = match usize::try_from(len) {
+            Ok(len) if empty_body.saturating_add(len) <= self.config.max_response_bytes => empty_body + len,
+            _ => return Answer::error(ErrorCode::TOO_LARGE),
+        };
+        let frame_len = FRAME_HEADER_BYTES + body_len;
+        let Some(mut permit) = self.reserve(frame_len + (body_len - empty_body)) else {
+            return Answer::error(ErrorCode::BUSY);
+        };
+        let Some(bytes) = read(len).await else { return Answer::small(Response::NotFound) };
+        let frame = match Response::Bytes(&bytes).to_frame() {
+            Ok(frame) => frame,
+            Err(_) => return Answer::error(ErrorCode::INTERNAL),
+        };
+        drop(bytes);
+        let surplus = permit.num_permits().saturating_sub(frame.capacity());
+        if surplus > 0 {
+            drop(permit.split(surplus));
         }
+        Answer { frame, _memory: Some(permit) }
     }
 }
 

@@ -20,12 +20,12 @@ use protocol::device_wire::{frame_body_len, limits, ErrorCode, FRAME_HEADER_BYTE
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use edge_client::SERVER_NAME;
 
+use super::clients::{Admission, Admitted};
 use super::{Answer, DeviceBackend, DeviceGauge, DeviceServiceConfig, Shared};
 use crate::metrics::Metrics;
 
@@ -107,18 +107,18 @@ pub(crate) fn bind_server(config: &DeviceServiceConfig, addr: SocketAddr) -> any
 }
 
 /// Accepts QUIC devices until the task is aborted.
-pub(crate) async fn serve<B: DeviceBackend>(endpoint: Endpoint, shared: Arc<Shared<B>>, connections: Arc<Semaphore>) {
+pub(crate) async fn serve<B: DeviceBackend>(endpoint: Endpoint, shared: Arc<Shared<B>>, admission: Arc<Admission>) {
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                match connections.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        tasks.spawn(connection(incoming, shared.clone(), permit));
+                match admission.admit(incoming.remote_address()) {
+                    Some(admitted) => {
+                        tasks.spawn(connection(incoming, shared.clone(), admitted));
                     }
                     // Refused before the handshake: costs one packet, no crypto, no state.
-                    Err(_) => incoming.refuse(),
+                    None => incoming.refuse(),
                 }
             }
             Some(_) = tasks.join_next() => {}
@@ -126,11 +126,7 @@ pub(crate) async fn serve<B: DeviceBackend>(endpoint: Endpoint, shared: Arc<Shar
     }
 }
 
-async fn connection<B: DeviceBackend>(
-    incoming: quinn::Incoming,
-    shared: Arc<Shared<B>>,
-    _permit: OwnedSemaphorePermit,
-) {
+async fn connection<B: DeviceBackend>(incoming: quinn::Incoming, shared: Arc<Shared<B>>, _admitted: Admitted) {
     let peer = incoming.remote_address();
     let connection = match timeout(shared.config.request_timeout, incoming).await {
         Ok(Ok(connection)) => connection,

@@ -14,29 +14,25 @@ use std::sync::Arc;
 use protocol::device_wire::{frame_body_len, limits, ErrorCode, WireError, FRAME_HEADER_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, timeout_at, Instant};
 
+use super::clients::{Admission, Admitted};
 use super::{Answer, DeviceBackend, DeviceGauge, Shared};
 use crate::metrics::Metrics;
 
 /// Accepts TCP devices until the task is aborted.
-pub(crate) async fn serve<B: DeviceBackend>(
-    listener: TcpListener,
-    shared: Arc<Shared<B>>,
-    connections: Arc<Semaphore>,
-) {
+pub(crate) async fn serve<B: DeviceBackend>(listener: TcpListener, shared: Arc<Shared<B>>, admission: Arc<Admission>) {
     // Connection tasks live in this set, so aborting the service aborts them too.
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match connections.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        tasks.spawn(connection(stream, peer, shared.clone(), permit));
+                Ok((stream, peer)) => match admission.admit(peer) {
+                    Some(admitted) => {
+                        tasks.spawn(connection(stream, peer, shared.clone(), admitted));
                     }
-                    Err(_) => refuse(stream, peer),
+                    None => refuse(stream),
                 },
                 Err(error) => {
                     // Usually EMFILE: back off briefly instead of spinning on a full fd table.
@@ -49,10 +45,9 @@ pub(crate) async fn serve<B: DeviceBackend>(
     }
 }
 
-/// Tells a device over the connection limit why it is turned away, without waiting: a fresh
+/// Tells a device over a connection limit why it is turned away, without waiting: a fresh
 /// socket's send buffer always takes these few bytes, and a refusal must cost nothing.
-fn refuse(stream: TcpStream, peer: SocketAddr) {
-    tracing::debug!(%peer, "device connection refused: at max_connections");
+fn refuse(stream: TcpStream) {
     let frame = Answer::error(ErrorCode::BUSY).frame;
     let _ = stream.try_write(&frame);
 }
@@ -82,7 +77,7 @@ async fn connection<B: DeviceBackend>(
     mut stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared<B>>,
-    _permit: OwnedSemaphorePermit,
+    _admitted: Admitted,
 ) {
     let _gauge = DeviceGauge::new(shared.metrics.clone());
     let _ = stream.set_nodelay(true);

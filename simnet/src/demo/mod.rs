@@ -222,6 +222,9 @@ fn start_edge(bin: &Path, data_dir: &Path, site: usize, bootstrap: &[String]) ->
         "127.0.0.1:0",
         "--device-tcp-listen",
         "127.0.0.1:0",
+        // Every demo device connects from 127.0.0.1: the per-address cap is for real LANs.
+        "--max-connections-per-client",
+        "512",
         // Every demo device reports from 127.0.0.1; on a LAN each has its own address.
         "--report-devices-per-client",
         "1024",

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_node::device::{ChunkLookup, DeviceBackend, DeviceService, DeviceServiceConfig};
+use edge_node::device::{ChunkLookup, ChunkSize, DeviceBackend, DeviceService, DeviceServiceConfig};
 use edge_node::metrics::Metrics;
 use protocol::device_wire::{frame_body_len, limits, Request, RequestView, FRAME_HEADER_BYTES};
 use protocol::ChunkId;
@@ -318,14 +318,26 @@ impl RepoBackend {
 }
 
 impl DeviceBackend for RepoBackend {
-    async fn metadata(&self, name: &str) -> Option<Vec<u8>> {
+    // Requests are counted where every one of them arrives: the length lookups.
+    async fn metadata_len(&self, name: &str) -> Option<u64> {
         self.counters.metadata.fetch_add(1, Relaxed);
         // The wire parser already refused names with `/` or `..`.
+        std::fs::metadata(self.root.join("metadata").join(name)).ok().map(|m| m.len())
+    }
+
+    async fn metadata(&self, name: &str, _max_len: u64) -> Option<Vec<u8>> {
         std::fs::read(self.root.join("metadata").join(name)).ok()
     }
 
-    async fn target(&self, path: &str) -> Option<Vec<u8>> {
+    async fn target_len(&self, path: &str) -> Option<u64> {
         self.counters.targets.fetch_add(1, Relaxed);
+        match &self.lie {
+            Lie::EveryTarget(bytes) => Some(bytes.len() as u64),
+            _ => std::fs::metadata(self.target_file(path)?).ok().map(|m| m.len()),
+        }
+    }
+
+    async fn target(&self, path: &str, _max_len: u64) -> Option<Vec<u8>> {
         match &self.lie {
             Lie::EveryTarget(bytes) => Some(bytes.clone()),
             _ => std::fs::read(self.target_file(path)?).ok(),
@@ -333,7 +345,6 @@ impl DeviceBackend for RepoBackend {
     }
 
     async fn chunk(&self, id: ChunkId) -> ChunkLookup {
-        self.counters.chunks.fetch_add(1, Relaxed);
         match self.lie {
             Lie::WithholdChunks => return ChunkLookup::Missing,
             Lie::BusyChunks => return ChunkLookup::Busy,
@@ -346,10 +357,27 @@ impl DeviceBackend for RepoBackend {
                     let middle = bytes.len() / 2;
                     bytes[middle] ^= 0x01;
                 }
-                ChunkLookup::Found(bytes)
+                ChunkLookup::Found(bytes.into())
             }
             Err(_) => ChunkLookup::Missing,
         }
+    }
+
+    async fn chunk_lens(&self, ids: Vec<ChunkId>) -> Vec<ChunkSize> {
+        self.counters.chunks.fetch_add(ids.len() as u64, Relaxed);
+        ids.iter()
+            .map(|id| match self.lie {
+                Lie::WithholdChunks => ChunkSize::Missing,
+                Lie::BusyChunks => ChunkSize::Busy,
+                _ => {
+                    let hex = id.to_hex();
+                    match std::fs::metadata(self.root.join("chunks").join(&hex[..2]).join(&hex)) {
+                        Ok(meta) => ChunkSize::Stored(meta.len()),
+                        Err(_) => ChunkSize::Missing,
+                    }
+                }
+            })
+            .collect()
     }
 
     async fn report_status(&self, _peer: SocketAddr, _body: Vec<u8>) -> Result<(), protocol::device_wire::ErrorCode> {

@@ -85,7 +85,7 @@ impl Proc {
         }
     }
 
-    /// The process id (for signals such as SIGSTOP).
+    /// The process id (to read `/proc/PID/status`, or to send a signal).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -303,10 +303,12 @@ pub struct Edge {
 
 impl Edge {
     pub fn start(name: &str, data_dir: &Path, site: &str, bootstrap: &[&str]) -> Edge {
-        Edge::start_with(name, data_dir, site, bootstrap, &[])
+        // Every test device connects from 127.0.0.1, and killed agents leave QUIC connections
+        // open until the idle timeout: the per-address cap is for real LANs.
+        Edge::start_with(name, data_dir, site, bootstrap, &["--max-connections-per-client", "512"])
     }
 
-    /// `start` with extra `edge-node run` flags (e.g. `--trusted-root`).
+    /// `start` with extra `edge-node run` flags instead of the test defaults.
     pub fn start_with(name: &str, data_dir: &Path, site: &str, bootstrap: &[&str], extra: &[&str]) -> Edge {
         let mut args: Vec<String> = vec![
             "run".into(),

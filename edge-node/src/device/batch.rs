@@ -1,0 +1,261 @@
+//! Answering `GetChunks`: every request is sized against the budgets before any chunk body
+//! is read.
+//!
+//! Why: a request names up to 256 ranges, and naming one 4 MiB chunk 256 times (or asking
+//! 256 one-byte ranges of different 4 MiB chunks) used to read every body whole before the
+//! response was sized, so one LAN client could make the node hold gigabytes. Now:
+//! 1. distinct ids are collected (duplicates collapse to one size lookup and one read);
+//! 2. their stored lengths come from the backend without reading ([`DeviceBackend::chunk_lens`]);
+//! 3. each range is planned in order: a length of 0 means the rest of the stored chunk; an
+//!    item is served only if the frame stays within `max_response_bytes`, the bodies to read
+//!    stay within `max_response_bytes`, and frame plus reads fit what is left of
+//!    `max_buffered_bytes`; the rest are `Busy` (ask again);
+//! 4. frame plus reads are reserved from the global budget, then the bodies are read (each at
+//!    most its sized length), copied once into a frame allocated at exactly its planned size,
+//!    and dropped; the reservation shrinks to the frame's capacity, which the transport holds
+//!    until the device has it.
+
+use std::collections::HashMap;
+
+use protocol::device_wire::{
+    chunk_item_bytes, ChunkItem, ChunkRange, ChunkRanges, ChunkStatus, ChunksFrameBuilder, ErrorCode,
+    CHUNKS_HEADER_BYTES, EMPTY_ITEM_BYTES, FRAME_HEADER_BYTES,
+};
+use protocol::ChunkId;
+
+use super::{Answer, ChunkLookup, ChunkSize, DeviceBackend, Shared};
+use crate::metrics::Metrics;
+
+/// How one requested range is answered, decided before anything is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// Bytes `start..end` of distinct chunk `chunk`, whose stored length is `len`.
+    Serve {
+        chunk: usize,
+        len: u64,
+        start: usize,
+        end: usize,
+    },
+    NotFound,
+    Busy,
+}
+
+/// The planned response: one plan per range, which distinct chunks to read, and the exact
+/// bytes of the frame and of the reads.
+#[derive(Debug)]
+struct Sized {
+    plans: Vec<Plan>,
+    reads: Vec<(ChunkId, u64)>,
+    /// Index into `reads` of each distinct chunk that is read.
+    read_of: Vec<Option<usize>>,
+    frame_bytes: usize,
+    read_bytes: usize,
+}
+
+/// The bytes `start..end` a range asks of a stored chunk of `len` bytes (`length == 0`: to
+/// the end), or `None` if the range is outside it. Same rule as [`ChunkRange::slice`].
+fn bounds(range: &ChunkRange, len: u64) -> Option<(usize, usize)> {
+    let len = usize::try_from(len).ok()?;
+    let start = usize::try_from(range.offset).ok()?;
+    let end = if range.length == 0 { len } else { start.checked_add(usize::try_from(range.length).ok()?)? };
+    (start <= end && end <= len).then_some((start, end))
+}
+
+/// What one request may use.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Response body (`max_response_bytes`).
+    max_body_bytes: usize,
+    /// Chunk bodies read for it (also `max_response_bytes`).
+    max_read_bytes: usize,
+    /// Frame plus reads: what is left of `max_buffered_bytes`.
+    available_bytes: usize,
+}
+
+/// Plans `ranges` given the sizes of their distinct chunks (`chunk_of[i]` indexes `ids` and
+/// `sizes`) within `limits`; counts hits and misses.
+fn plan(
+    metrics: &Metrics,
+    ranges: &[ChunkRange],
+    chunk_of: &[usize],
+    (ids, sizes): (&[ChunkId], &[ChunkSize]),
+    limits: Limits,
+) -> Sized {
+    let Limits { max_body_bytes, max_read_bytes, available_bytes } = limits;
+    let mut body = CHUNKS_HEADER_BYTES;
+    let mut read_bytes = 0usize;
+    let mut reads = Vec::new();
+    let mut read_of = vec![None; ids.len()];
+    let mut plans = Vec::with_capacity(ranges.len());
+    for (i, (range, &chunk)) in ranges.iter().zip(chunk_of).enumerate() {
+        // Room kept for the items after this one, which take at least a status byte each.
+        let rest = (ranges.len() - i - 1) * EMPTY_ITEM_BYTES;
+        let size = sizes.get(chunk).copied().unwrap_or(ChunkSize::Missing);
+        match size {
+            ChunkSize::Stored(_) => Metrics::add(&metrics.cache_hits, 1),
+            ChunkSize::Missing => Metrics::add(&metrics.cache_misses, 1),
+            ChunkSize::Busy => {}
+        }
+        let planned = match size {
+            ChunkSize::Stored(len) => match bounds(range, len) {
+                // Held, but the range is outside it.
+                None => Plan::NotFound,
+                Some((start, end)) => {
+                    let item = chunk_item_bytes(end - start);
+                    let extra_read =
+                        if read_of[chunk].is_some() { 0 } else { usize::try_from(len).unwrap_or(usize::MAX) };
+                    let new_body = body.saturating_add(item);
+                    let new_read = read_bytes.saturating_add(extra_read);
+                    let fits = new_body.saturating_add(rest) <= max_body_bytes
+                        && new_read <= max_read_bytes
+                        && (FRAME_HEADER_BYTES + new_body + rest).saturating_add(new_read) <= available_bytes;
+                    if fits {
+                        if read_of[chunk].is_none() {
+                            read_of[chunk] = Some(reads.len());
+                            reads.push((ids[chunk], len));
+                        }
+                        body = new_body;
+                        read_bytes = new_read;
+                        Plan::Serve { chunk, len, start, end }
+                    } else {
+                        Plan::Busy
+                    }
+                }
+            },
+            ChunkSize::Missing => Plan::NotFound,
+            ChunkSize::Busy => Plan::Busy,
+        };
+        if !matches!(planned, Plan::Serve { .. }) {
+            body += EMPTY_ITEM_BYTES;
+        }
+        plans.push(planned);
+    }
+    Sized { plans, reads, read_of, frame_bytes: FRAME_HEADER_BYTES + body, read_bytes }
+}
+
+impl<B: DeviceBackend> Shared<B> {
+    /// Answers a `GetChunks` (see the module doc).
+    pub(super) async fn answer_chunks(&self, ranges: ChunkRanges<'_>) -> Answer {
+        let ranges: Vec<ChunkRange> = ranges.iter().collect();
+        let mut ids: Vec<ChunkId> = Vec::new();
+        let mut index: HashMap<ChunkId, usize> = HashMap::with_capacity(ranges.len());
+        let chunk_of: Vec<usize> = ranges
+            .iter()
+            .map(|r| {
+                *index.entry(r.id).or_insert_with(|| {
+                    ids.push(r.id);
+                    ids.len() - 1
+                })
+            })
+            .collect();
+        // Held until the read bodies are dropped: bounds disk reads and blocking threads.
+        let Ok(_reading) = self.lookups.acquire().await else { return Answer::error(ErrorCode::BUSY) };
+        let sizes = self.backend.chunk_lens(ids.clone()).await;
+        let max = self.config.max_response_bytes;
+        let limits =
+            Limits { max_body_bytes: max, max_read_bytes: max, available_bytes: self.memory.available_permits() };
+        let sized = plan(&self.metrics, &ranges, &chunk_of, (&ids, &sizes), limits);
+
+        let reserved = sized.frame_bytes + sized.read_bytes;
+        let (plans, mut memory) = match self.reserve(reserved) {
+            Some(permit) => (sized.plans, Some(permit)),
+            // Another request took the budget since it was looked at: nothing is read.
+            None => {
+                (sized.plans.iter().map(|p| if let Plan::Serve { .. } = p { Plan::Busy } else { *p }).collect(), None)
+            }
+        };
+        let bodies = if memory.is_some() && !sized.reads.is_empty() {
+            self.backend.chunks(sized.reads).await
+        } else {
+            Vec::new()
+        };
+
+        let mut builder = ChunksFrameBuilder::with_capacity(sized.frame_bytes - FRAME_HEADER_BYTES);
+        for (range, planned) in ranges.iter().zip(&plans) {
+            let status = match *planned {
+                Plan::Serve { chunk, len, start, end } => match sized.read_of[chunk].and_then(|i| bodies.get(i)) {
+                    Some(ChunkLookup::Found(bytes)) if bytes.len() as u64 == len => ChunkStatus::Ok(&bytes[start..end]),
+                    Some(ChunkLookup::Missing) => ChunkStatus::NotFound,
+                    // Changed since it was sized, or being fetched.
+                    _ => ChunkStatus::Busy,
+                },
+                Plan::NotFound => ChunkStatus::NotFound,
+                Plan::Busy => ChunkStatus::Busy,
+            };
+            // Planned within the limits above, so pushing cannot fail; if it did, the client
+            // would see a short batch, which it treats as a protocol error.
+            if builder.push(ChunkItem { id: range.id, status }).is_err() {
+                return Answer::error(ErrorCode::INTERNAL);
+            }
+        }
+        drop(bodies);
+        let frame = builder.finish();
+        // The reads are over: keep only what the frame itself occupies.
+        if let Some(held) = memory.as_mut() {
+            let surplus = held.num_permits().saturating_sub(frame.capacity());
+            if surplus > 0 {
+                drop(held.split(surplus));
+            }
+        }
+        Answer { frame, _memory: memory }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> ChunkId {
+        ChunkId([n; 32])
+    }
+
+    /// Limits in MiB.
+    fn limits(body_mib: usize, read_mib: usize, available_mib: usize) -> Limits {
+        Limits { max_body_bytes: body_mib << 20, max_read_bytes: read_mib << 20, available_bytes: available_mib << 20 }
+    }
+
+    #[test]
+    fn duplicates_are_read_once_and_zero_length_means_the_whole_chunk() {
+        let mib = 1 << 20;
+        let ranges = vec![ChunkRange::whole(id(1)); 256];
+        let sized =
+            plan(&Metrics::default(), &ranges, &[0; 256], (&[id(1)], &[ChunkSize::Stored(mib)]), limits(8, 8, 256));
+        assert_eq!(sized.reads, vec![(id(1), mib)]);
+        let served = sized.plans.iter().filter(|p| matches!(p, Plan::Serve { .. })).count();
+        // Each served copy carries 1 MiB in the frame: at most 7 fit 8 MiB with the rest Busy.
+        assert_eq!(served, 7);
+        assert!(sized.frame_bytes <= FRAME_HEADER_BYTES + (8 << 20));
+        assert_eq!(sized.read_bytes, mib as usize);
+    }
+
+    #[test]
+    fn reads_and_frame_are_charged_against_what_is_available() {
+        let ranges: Vec<ChunkRange> = (0..4).map(|n| ChunkRange { id: id(n), offset: 0, length: 1 }).collect();
+        let sizes = vec![ChunkSize::Stored(1 << 20); 4];
+        // One-byte ranges of 1 MiB chunks: the reads are what costs, and 2.5 MiB allows two.
+        let ids = [id(0), id(1), id(2), id(3)];
+        let sized = plan(
+            &Metrics::default(),
+            &ranges,
+            &[0, 1, 2, 3],
+            (&ids, &sizes),
+            Limits { available_bytes: 5 << 19, ..limits(8, 8, 0) },
+        );
+        assert_eq!(sized.reads.len(), 2);
+        assert_eq!(sized.plans[2..], [Plan::Busy, Plan::Busy]);
+        assert!(sized.frame_bytes + sized.read_bytes <= 5 << 19);
+        // And a per-request read limit of 1 MiB allows one.
+        let sized = plan(&Metrics::default(), &ranges, &[0, 1, 2, 3], (&ids, &sizes), limits(8, 1, 256));
+        assert_eq!(sized.reads.len(), 1);
+    }
+
+    #[test]
+    fn ranges_outside_the_stored_chunk_are_not_found() {
+        let r = |offset, length| ChunkRange { id: id(1), offset, length };
+        assert_eq!(bounds(&r(0, 0), 10), Some((0, 10)));
+        assert_eq!(bounds(&r(10, 0), 10), Some((10, 10)));
+        assert_eq!(bounds(&r(11, 0), 10), None);
+        assert_eq!(bounds(&r(5, 6), 10), None);
+        assert_eq!(bounds(&r(u32::MAX, u32::MAX), 10), None);
+    }
+}
