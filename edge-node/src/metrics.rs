@@ -153,6 +153,6 @@ mod tests {
         let text = m.render();
         assert!(text.contains("otamesh_edge_bytes_in_total{source=\"origin\"} 42\n"));
         assert!(text.contains("# TYPE otamesh_edge_cache_hits_total counter\notamesh_edge_cache_hits_total 3\n"));
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 15);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 19);
     }
 }

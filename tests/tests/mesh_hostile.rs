@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{eventually, random_bytes, seeder, Edge, Origin, Proc};
+use support::{eventually, random_bytes, seeder, Edge, Origin};
 
 /// A timestamp nobody signed, with the highest version there is.
 const FORGED_TIMESTAMP: &str = r#"{"signatures":[],"signed":{"_type":"timestamp","expires":"2099-01-01T00:00:00Z","meta":{"snapshot.json":{"version":1}},"spec_version":"1.0.31","version":18446744073709551615}}"#;
@@ -228,22 +228,7 @@ fn an_edge_node_without_a_trusted_root_never_pins_an_impostors_root() {
         edge.status()?["peers"].as_array()?.iter().any(|p| p["peer"] == impostor.peer.as_str()).then_some(())
     });
     // Now the real origin comes up (same key) and dials the edge node.
-    let args: Vec<String> = [
-        "--json",
-        "serve",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--listen",
-        "/ip4/127.0.0.1/udp/0/quic-v1",
-        "--no-mdns",
-        "--bootstrap",
-        edge.p2p.as_str(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let origin_proc = Proc::spawn("origin", &support::bin("seeder"), &args);
-    let origin = Origin { proc: origin_proc, repo: repo.clone(), addr: origin_addr };
+    let origin = Origin::serve(&repo, &["--bootstrap", edge.p2p.as_str()]);
     origin.publish(&write_image(dir.path(), 5), "1.0.0");
     eventually("1.0.0 to arrive under the real root", Duration::from_secs(90), || {
         edge.has_release("1.0.0").then_some(())

@@ -75,7 +75,8 @@ fn reporting_devices(edge: &Edge) -> u64 {
 fn forged_replayed_and_flooded_status_reports_are_refused_and_bounded_per_address() {
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start(dir.path());
-    let edge = Edge::start("edge", &dir.path().join("edge"), "plant-a", &[origin.addr.as_str()]);
+    // The product's defaults, not the test harness's loopback allowances.
+    let edge = Edge::start_with("edge", &dir.path().join("edge"), "plant-a", &[origin.addr.as_str()], &[]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let device = key(0);
     runtime.block_on(async {

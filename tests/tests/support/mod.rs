@@ -303,9 +303,17 @@ pub struct Edge {
 
 impl Edge {
     pub fn start(name: &str, data_dir: &Path, site: &str, bootstrap: &[&str]) -> Edge {
-        // Every test device connects from 127.0.0.1, and killed agents leave QUIC connections
-        // open until the idle timeout: the per-address cap is for real LANs.
-        Edge::start_with(name, data_dir, site, bootstrap, &["--max-connections-per-client", "512"])
+        // Every test device connects and reports from 127.0.0.1, and killed agents leave QUIC
+        // connections open until the idle timeout: the per-address caps are for real LANs.
+        let loopback_lan = [
+            "--max-connections-per-client",
+            "512",
+            "--report-devices-per-client",
+            "1024",
+            "--reports-per-sec-per-client",
+            "100",
+        ];
+        Edge::start_with(name, data_dir, site, bootstrap, &loopback_lan)
     }
 
     /// `start` with extra `edge-node run` flags instead of the test defaults.
