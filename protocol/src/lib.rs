@@ -33,6 +33,8 @@ mod xchacha_ring;
 #[cfg(feature = "alloc")]
 pub mod edge;
 #[cfg(feature = "alloc")]
+pub mod mesh_wire;
+#[cfg(feature = "alloc")]
 pub mod status;
 #[cfg(feature = "alloc")]
 pub mod tuf;

@@ -1,0 +1,676 @@
+//! Wire messages of the edge mesh: chunk batches, "which chunks do you have", and repository
+//! files. Edge nodes and the origin parse these from any peer on the internet, which is why
+//! the parser lives here, bounded and fuzzed (`fuzz/fuzz_targets/mesh_wire.rs`), next to the
+//! device service's ([`crate::device_wire`]); the libp2p codec that frames them is the
+//! edge node's.
+//!
+//! Goals: a compact binary encoding that a hostile peer cannot use to make us allocate
+//! more than a fixed limit, and whose parser never panics. Every length and count read
+//! from the wire is checked against its limit *before* anything is allocated for it, and
+//! the encoder refuses to produce a message the decoder would refuse, so an honest node
+//! finds out on its own side.
+//!
+//! Non-goals: authenticity of chunk bytes (chunks are verified against their blake3 id by
+//! the caller before use), backwards-compatible evolution (the protocol name carries the
+//! version, `/otamesh/chunks/1`).
+//!
+//! Encoding: every message body starts with a one-byte kind tag (so a body sent on the wrong
+//! protocol is refused, not misread), then fields in order, integers big-endian, strings as
+//! a `u8` length plus UTF-8 bytes, byte strings as a `u32` length plus bytes. A body must be
+//! consumed exactly; trailing bytes are an error.
+
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+
+/// Longest release id, in bytes of UTF-8.
+pub const MAX_RELEASE_ID_BYTES: usize = 128;
+/// Most ranges in one [`ChunkRequest`] (and items in one [`ChunkResponse`]).
+pub const MAX_RANGES_PER_REQUEST: usize = 256;
+/// Most chunk bytes one request may ask for and one response may carry: 8 MiB.
+pub const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
+/// Longest [`HaveResponse::bitfield`]: 128 KiB, i.e. one million chunks per release.
+pub const MAX_BITFIELD_BYTES: usize = 128 * 1024;
+
+const KIND_CHUNK_REQUEST: u8 = 0x01;
+const KIND_CHUNK_RESPONSE: u8 = 0x02;
+const KIND_HAVE_REQUEST: u8 = 0x03;
+const KIND_HAVE_RESPONSE: u8 = 0x04;
+const KIND_META_REQUEST: u8 = 0x05;
+const KIND_META_RESPONSE: u8 = 0x06;
+
+/// Longest name in a [`MetaRequest`].
+pub const MAX_META_NAME_BYTES: usize = 255;
+/// Largest file a [`MetaResponse`] carries: TUF metadata and release manifests.
+pub const MAX_META_BYTES: usize = 64 * 1024 * 1024;
+
+const STATUS_OK: u8 = 0;
+const STATUS_NOT_FOUND: u8 = 1;
+const STATUS_BUSY: u8 = 2;
+
+/// Encoded size of one range: id, offset, length.
+const RANGE_BYTES: usize = 32 + 4 + 4;
+/// Smallest encoded item: id and status byte (NotFound / Busy).
+const MIN_ITEM_BYTES: usize = 32 + 1;
+
+/// A message with a bounded binary encoding, as carried by [`super::codec::WireCodec`].
+pub trait WireMessage: Sized {
+    /// Upper bound of [`WireMessage::encode`]'s output for any valid message; the codec
+    /// refuses to read a body longer than this.
+    const MAX_ENCODED_BYTES: usize;
+
+    /// Encodes a message, refusing one that breaks a limit (the peer would refuse it too).
+    fn encode(&self) -> Result<Vec<u8>, WireError>;
+
+    /// Decodes exactly one message from `bytes`.
+    fn decode(bytes: &[u8]) -> Result<Self, WireError>;
+}
+
+/// Why a message could not be encoded or decoded. Decode errors mean the peer sent
+/// something malformed or over a limit; encode errors mean our own caller asked for too much.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireError {
+    /// The body ended inside `field`.
+    Truncated {
+        /// The field being read when the input ran out.
+        field: &'static str,
+    },
+    /// A length or count in `field` is over its limit.
+    OverLimit {
+        /// The field whose length or count is too large.
+        field: &'static str,
+        /// The length or count found (or requested).
+        found: u64,
+        /// The largest value allowed.
+        max: u64,
+    },
+    /// The kind tag does not name the expected message.
+    WrongKind {
+        /// The tag expected for this message type.
+        expected: u8,
+        /// The tag found.
+        found: u8,
+    },
+    /// A chunk item status byte (or a file's presence byte) is not one we know.
+    UnknownStatus(u8),
+    /// The release id is not UTF-8.
+    ReleaseNotUtf8,
+    /// Bytes were left after a complete message.
+    TrailingBytes(usize),
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::Truncated { field } => write!(f, "message truncated in {field}"),
+            WireError::OverLimit { field, found, max } => write!(f, "{field} is {found}, over the limit of {max}"),
+            WireError::WrongKind { expected, found } => {
+                write!(f, "message kind {found:#04x}, expected {expected:#04x}")
+            }
+            WireError::UnknownStatus(s) => write!(f, "unknown status byte {s}"),
+            WireError::ReleaseNotUtf8 => write!(f, "release id is not UTF-8"),
+            WireError::TrailingBytes(n) => write!(f, "{n} trailing bytes after the message"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for WireError {}
+
+/// A byte range of one chunk, identified by its blake3 id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChunkRange {
+    /// blake3 of the chunk's stored bytes.
+    pub id: [u8; 32],
+    /// First byte wanted, relative to the chunk's start.
+    pub offset: u32,
+    /// Bytes wanted.
+    pub length: u32,
+}
+
+/// A batch of chunk ranges of one release, asked of one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRequest {
+    /// Release the chunks belong to, so the server can account and prioritize per release.
+    pub release: String,
+    /// Ranges wanted; the response answers them in this order.
+    pub chunks: Vec<ChunkRange>,
+}
+
+/// What a peer could do for one requested range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkResult {
+    /// The requested bytes (unverified: check against the chunk id before use).
+    Ok(Vec<u8>),
+    /// The peer does not hold this chunk.
+    NotFound,
+    /// The peer holds it but will not serve it now; ask someone else or later.
+    Busy,
+}
+
+/// The answer to one [`ChunkRange`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkItem {
+    /// The chunk id of the range this item answers.
+    pub id: [u8; 32],
+    /// The bytes or why there are none.
+    pub result: ChunkResult,
+}
+
+/// The answer to a [`ChunkRequest`]: one item per requested range, in request order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChunkResponse {
+    /// One item per requested range.
+    pub items: Vec<ChunkItem>,
+}
+
+/// "Which chunks of this release do you hold?"
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaveRequest {
+    /// The release asked about.
+    pub release: String,
+}
+
+/// Which chunks of a release a peer holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaveResponse {
+    /// The release answered about (echoed, so a mixed-up answer is detectable).
+    pub release: String,
+    /// Bit `i` (LSB-first within each byte) set = the peer holds chunk index `i` of the
+    /// release's chunk manifest.
+    pub bitfield: Vec<u8>,
+}
+
+/// "Send me this repository file": a TUF metadata file (`metadata/3.snapshot.json`) or a
+/// target file (`targets/releases/gw/<hash>.1.0.0.manifest`). Any peer may answer: the
+/// requester verifies everything against its pinned root, so the source is not trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaRequest {
+    /// Repository-relative path.
+    pub name: String,
+}
+
+/// The file, or `None` if the peer does not have it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaResponse {
+    /// The bytes, unverified.
+    pub body: Option<Vec<u8>>,
+}
+
+impl HaveResponse {
+    /// Whether bit `index` is set; indexes past the bitfield are "not held".
+    pub fn has(&self, index: usize) -> bool {
+        self.bitfield.get(index / 8).is_some_and(|byte| byte & (1 << (index % 8)) != 0)
+    }
+}
+
+/// Reads fields off a borrowed body; every accessor checks the remaining length first.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], WireError> {
+        if self.bytes.len() < n {
+            return Err(WireError::Truncated { field });
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
+        Ok(self.take(1, field)?[0])
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, WireError> {
+        let b = self.take(2, field)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, WireError> {
+        let b = self.take(4, field)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn id(&mut self, field: &'static str) -> Result<[u8; 32], WireError> {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(self.take(32, field)?);
+        Ok(id)
+    }
+
+    fn kind(&mut self, expected: u8) -> Result<(), WireError> {
+        let found = self.u8("kind")?;
+        if found != expected {
+            return Err(WireError::WrongKind { expected, found });
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) -> Result<String, WireError> {
+        let len = usize::from(self.u8("release length")?);
+        check_limit("release length", len as u64, MAX_RELEASE_ID_BYTES as u64)?;
+        let bytes = self.take(len, "release")?;
+        let release = core::str::from_utf8(bytes).map_err(|_| WireError::ReleaseNotUtf8)?;
+        Ok(release.to_owned())
+    }
+
+    fn finish(self) -> Result<(), WireError> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(WireError::TrailingBytes(self.bytes.len()))
+        }
+    }
+}
+
+fn check_limit(field: &'static str, found: u64, max: u64) -> Result<(), WireError> {
+    if found > max {
+        return Err(WireError::OverLimit { field, found, max });
+    }
+    Ok(())
+}
+
+fn put_release(out: &mut Vec<u8>, release: &str) -> Result<(), WireError> {
+    check_limit("release length", release.len() as u64, MAX_RELEASE_ID_BYTES as u64)?;
+    // Checked above: at most 128, fits a u8.
+    out.push(release.len() as u8);
+    out.extend_from_slice(release.as_bytes());
+    Ok(())
+}
+
+impl ChunkRequest {
+    /// Total bytes the ranges ask for.
+    pub fn requested_bytes(&self) -> u64 {
+        self.chunks.iter().map(|r| u64::from(r.length)).sum()
+    }
+}
+
+impl WireMessage for ChunkRequest {
+    const MAX_ENCODED_BYTES: usize = 1 + 1 + MAX_RELEASE_ID_BYTES + 2 + MAX_RANGES_PER_REQUEST * RANGE_BYTES;
+
+    fn encode(&self) -> Result<Vec<u8>, WireError> {
+        check_limit("range count", self.chunks.len() as u64, MAX_RANGES_PER_REQUEST as u64)?;
+        check_limit("requested bytes", self.requested_bytes(), MAX_BATCH_BYTES)?;
+        let mut out = Vec::with_capacity(4 + self.release.len() + self.chunks.len() * RANGE_BYTES);
+        out.push(KIND_CHUNK_REQUEST);
+        put_release(&mut out, &self.release)?;
+        // Checked above: at most 256, fits a u16.
+        out.extend_from_slice(&(self.chunks.len() as u16).to_be_bytes());
+        for range in &self.chunks {
+            out.extend_from_slice(&range.id);
+            out.extend_from_slice(&range.offset.to_be_bytes());
+            out.extend_from_slice(&range.length.to_be_bytes());
+        }
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader { bytes };
+        r.kind(KIND_CHUNK_REQUEST)?;
+        let release = r.release()?;
+        let count = usize::from(r.u16("range count")?);
+        check_limit("range count", count as u64, MAX_RANGES_PER_REQUEST as u64)?;
+        // The count is bounded, but also make the peer prove the ranges are there before
+        // we reserve room for them.
+        if r.bytes.len() < count * RANGE_BYTES {
+            return Err(WireError::Truncated { field: "ranges" });
+        }
+        let mut chunks = Vec::with_capacity(count);
+        let mut requested_bytes = 0u64;
+        for _ in 0..count {
+            let id = r.id("range id")?;
+            let offset = r.u32("range offset")?;
+            let length = r.u32("range length")?;
+            requested_bytes += u64::from(length);
+            chunks.push(ChunkRange { id, offset, length });
+        }
+        check_limit("requested bytes", requested_bytes, MAX_BATCH_BYTES)?;
+        r.finish()?;
+        Ok(ChunkRequest { release, chunks })
+    }
+}
+
+impl ChunkResponse {
+    /// Total chunk bytes carried.
+    pub fn payload_bytes(&self) -> u64 {
+        self.items
+            .iter()
+            .map(|item| match &item.result {
+                ChunkResult::Ok(bytes) => bytes.len() as u64,
+                ChunkResult::NotFound | ChunkResult::Busy => 0,
+            })
+            .sum()
+    }
+}
+
+impl WireMessage for ChunkResponse {
+    const MAX_ENCODED_BYTES: usize = 1 + 2 + MAX_RANGES_PER_REQUEST * (MIN_ITEM_BYTES + 4) + MAX_BATCH_BYTES as usize;
+
+    fn encode(&self) -> Result<Vec<u8>, WireError> {
+        check_limit("item count", self.items.len() as u64, MAX_RANGES_PER_REQUEST as u64)?;
+        let payload_bytes = self.payload_bytes();
+        check_limit("response bytes", payload_bytes, MAX_BATCH_BYTES)?;
+        let mut out = Vec::with_capacity(3 + self.items.len() * (MIN_ITEM_BYTES + 4) + payload_bytes as usize);
+        out.push(KIND_CHUNK_RESPONSE);
+        // Checked above: at most 256, fits a u16.
+        out.extend_from_slice(&(self.items.len() as u16).to_be_bytes());
+        for item in &self.items {
+            out.extend_from_slice(&item.id);
+            match &item.result {
+                ChunkResult::Ok(bytes) => {
+                    out.push(STATUS_OK);
+                    // Checked above: the sum is at most 8 MiB, so each fits a u32.
+                    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                    out.extend_from_slice(bytes);
+                }
+                ChunkResult::NotFound => out.push(STATUS_NOT_FOUND),
+                ChunkResult::Busy => out.push(STATUS_BUSY),
+            }
+        }
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader { bytes };
+        r.kind(KIND_CHUNK_RESPONSE)?;
+        let count = usize::from(r.u16("item count")?);
+        check_limit("item count", count as u64, MAX_RANGES_PER_REQUEST as u64)?;
+        if r.bytes.len() < count * MIN_ITEM_BYTES {
+            return Err(WireError::Truncated { field: "items" });
+        }
+        let mut items = Vec::with_capacity(count);
+        let mut payload_bytes = 0u64;
+        for _ in 0..count {
+            let id = r.id("item id")?;
+            let result = match r.u8("item status")? {
+                STATUS_OK => {
+                    let len = r.u32("item length")?;
+                    payload_bytes += u64::from(len);
+                    check_limit("response bytes", payload_bytes, MAX_BATCH_BYTES)?;
+                    ChunkResult::Ok(r.take(len as usize, "item bytes")?.to_vec())
+                }
+                STATUS_NOT_FOUND => ChunkResult::NotFound,
+                STATUS_BUSY => ChunkResult::Busy,
+                other => return Err(WireError::UnknownStatus(other)),
+            };
+            items.push(ChunkItem { id, result });
+        }
+        r.finish()?;
+        Ok(ChunkResponse { items })
+    }
+}
+
+impl WireMessage for HaveRequest {
+    const MAX_ENCODED_BYTES: usize = 1 + 1 + MAX_RELEASE_ID_BYTES;
+
+    fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut out = Vec::with_capacity(2 + self.release.len());
+        out.push(KIND_HAVE_REQUEST);
+        put_release(&mut out, &self.release)?;
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader { bytes };
+        r.kind(KIND_HAVE_REQUEST)?;
+        let release = r.release()?;
+        r.finish()?;
+        Ok(HaveRequest { release })
+    }
+}
+
+impl WireMessage for HaveResponse {
+    const MAX_ENCODED_BYTES: usize = 1 + 1 + MAX_RELEASE_ID_BYTES + 4 + MAX_BITFIELD_BYTES;
+
+    fn encode(&self) -> Result<Vec<u8>, WireError> {
+        check_limit("bitfield length", self.bitfield.len() as u64, MAX_BITFIELD_BYTES as u64)?;
+        let mut out = Vec::with_capacity(6 + self.release.len() + self.bitfield.len());
+        out.push(KIND_HAVE_RESPONSE);
+        put_release(&mut out, &self.release)?;
+        // Checked above: at most 128 KiB, fits a u32.
+        out.extend_from_slice(&(self.bitfield.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.bitfield);
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader { bytes };
+        r.kind(KIND_HAVE_RESPONSE)?;
+        let release = r.release()?;
+        let len = r.u32("bitfield length")?;
+        check_limit("bitfield length", u64::from(len), MAX_BITFIELD_BYTES as u64)?;
+        let bitfield = r.take(len as usize, "bitfield")?.to_vec();
+        r.finish()?;
+        Ok(HaveResponse { release, bitfield })
+    }
+}
+
+impl WireMessage for MetaRequest {
+    const MAX_ENCODED_BYTES: usize = 1 + 1 + MAX_META_NAME_BYTES;
+
+    fn encode(&self) -> Result<Vec<u8>, WireError> {
+        check_limit("name length", self.name.len() as u64, MAX_META_NAME_BYTES as u64)?;
+        let mut out = Vec::with_capacity(2 + self.name.len());
+        out.push(KIND_META_REQUEST);
+        out.push(self.name.len() as u8);
+        out.extend_from_slice(self.name.as_bytes());
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader { bytes };
+        r.kind(KIND_META_REQUEST)?;
+        let len = r.take(1, "name length")?[0] as usize;
+        let name = core::str::from_utf8(r.take(len, "name")?).map_err(|_| WireError::ReleaseNotUtf8)?.to_owned();
+        r.finish()?;
+        Ok(MetaRequest { name })
+    }
+}
+
+impl WireMessage for MetaResponse {
+    const MAX_ENCODED_BYTES: usize = 1 + 1 + 4 + MAX_META_BYTES;
+
+    fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut out = vec![KIND_META_RESPONSE];
+        match &self.body {
+            None => out.push(0),
+            Some(body) => {
+                check_limit("file length", body.len() as u64, MAX_META_BYTES as u64)?;
+                out.push(1);
+                out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+                out.extend_from_slice(body);
+            }
+        }
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader { bytes };
+        r.kind(KIND_META_RESPONSE)?;
+        // Exactly 0 or 1: one encoding per message (found by the mesh_wire fuzz target).
+        let body = match r.take(1, "presence")?[0] {
+            0 => None,
+            1 => {
+                let len = r.u32("file length")?;
+                check_limit("file length", u64::from(len), MAX_META_BYTES as u64)?;
+                Some(r.take(len as usize, "file")?.to_vec())
+            }
+            other => return Err(WireError::UnknownStatus(other)),
+        };
+        r.finish()?;
+        Ok(MetaResponse { body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_request() -> ChunkRequest {
+        ChunkRequest {
+            release: "fw-gateway-2.4.1".into(),
+            chunks: (0..3u8).map(|i| ChunkRange { id: [i; 32], offset: u32::from(i) * 7, length: 100 }).collect(),
+        }
+    }
+
+    fn sample_response() -> ChunkResponse {
+        ChunkResponse {
+            items: vec![
+                ChunkItem { id: [1; 32], result: ChunkResult::Ok(vec![9; 1000]) },
+                ChunkItem { id: [2; 32], result: ChunkResult::NotFound },
+                ChunkItem { id: [3; 32], result: ChunkResult::Busy },
+                ChunkItem { id: [4; 32], result: ChunkResult::Ok(Vec::new()) },
+            ],
+        }
+    }
+
+    #[test]
+    fn meta_round_trips_and_truncations() {
+        let b = round_trip(&MetaRequest { name: "metadata/3.snapshot.json".into() });
+        truncations_refused::<MetaRequest>(&b);
+        let b = round_trip(&MetaResponse { body: Some(b"{}".to_vec()) });
+        truncations_refused::<MetaResponse>(&b);
+        round_trip(&MetaResponse { body: None });
+        let long = MetaRequest { name: "x".repeat(MAX_META_NAME_BYTES + 1) };
+        assert!(long.encode().is_err());
+    }
+
+    fn sample_have() -> HaveResponse {
+        HaveResponse { release: "r1".into(), bitfield: vec![0b1010_0001, 0xff, 0] }
+    }
+
+    fn round_trip<M: WireMessage + PartialEq + fmt::Debug>(m: &M) -> Vec<u8> {
+        let bytes = m.encode().expect("valid message encodes");
+        assert!(bytes.len() <= M::MAX_ENCODED_BYTES);
+        assert_eq!(&M::decode(&bytes).expect("own encoding decodes"), m);
+        bytes
+    }
+
+    /// Every strict prefix of a valid encoding is refused (no panic, no partial message),
+    /// and so is the encoding with one byte appended.
+    fn truncations_refused<M: WireMessage + fmt::Debug>(bytes: &[u8]) {
+        for cut in 0..bytes.len() {
+            assert!(M::decode(&bytes[..cut]).is_err(), "prefix of {cut} bytes accepted");
+        }
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert_eq!(M::decode(&longer).unwrap_err(), WireError::TrailingBytes(1));
+    }
+
+    #[test]
+    fn round_trips_and_truncations() {
+        let b = round_trip(&sample_request());
+        truncations_refused::<ChunkRequest>(&b);
+        let b = round_trip(&sample_response());
+        truncations_refused::<ChunkResponse>(&b);
+        let b = round_trip(&HaveRequest { release: "r1".into() });
+        truncations_refused::<HaveRequest>(&b);
+        let b = round_trip(&sample_have());
+        truncations_refused::<HaveResponse>(&b);
+        round_trip(&ChunkResponse::default());
+    }
+
+    #[test]
+    fn wrong_kind_refused() {
+        let b = sample_request().encode().unwrap();
+        assert_eq!(
+            ChunkResponse::decode(&b).unwrap_err(),
+            WireError::WrongKind { expected: KIND_CHUNK_RESPONSE, found: KIND_CHUNK_REQUEST }
+        );
+    }
+
+    #[test]
+    fn limits_refused_on_encode() {
+        let mut req = sample_request();
+        req.chunks = vec![ChunkRange { id: [0; 32], offset: 0, length: 1 }; MAX_RANGES_PER_REQUEST + 1];
+        assert!(matches!(req.encode(), Err(WireError::OverLimit { field: "range count", .. })));
+        req.chunks = vec![ChunkRange { id: [0; 32], offset: 0, length: u32::MAX }; 2];
+        assert!(matches!(req.encode(), Err(WireError::OverLimit { field: "requested bytes", .. })));
+        req.chunks.clear();
+        req.release = "x".repeat(MAX_RELEASE_ID_BYTES + 1);
+        assert!(matches!(req.encode(), Err(WireError::OverLimit { field: "release length", .. })));
+        let have = HaveResponse { release: "r".into(), bitfield: vec![0; MAX_BITFIELD_BYTES + 1] };
+        assert!(matches!(have.encode(), Err(WireError::OverLimit { field: "bitfield length", .. })));
+    }
+
+    #[test]
+    fn huge_length_fields_refused_before_allocation() {
+        // A response claiming a 4 GiB item in a 40-byte body: refused by the limit check,
+        // not by failing to allocate or by reading past the end.
+        let mut b = vec![KIND_CHUNK_RESPONSE, 0, 1];
+        b.extend_from_slice(&[7; 32]);
+        b.push(STATUS_OK);
+        b.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(ChunkResponse::decode(&b), Err(WireError::OverLimit { field: "response bytes", .. })));
+
+        // 65535 items claimed.
+        let b = [KIND_CHUNK_RESPONSE, 0xff, 0xff];
+        assert!(matches!(ChunkResponse::decode(&b), Err(WireError::OverLimit { field: "item count", .. })));
+
+        // 300 ranges claimed (and present): over the per-request limit.
+        let mut b = vec![KIND_CHUNK_REQUEST, 1, b'r'];
+        b.extend_from_slice(&300u16.to_be_bytes());
+        b.extend(std::iter::repeat_n(0u8, 300 * RANGE_BYTES));
+        assert!(matches!(ChunkRequest::decode(&b), Err(WireError::OverLimit { field: "range count", .. })));
+
+        // A release length of 200 with 200 bytes present.
+        let mut b = vec![KIND_HAVE_REQUEST, 200];
+        b.extend(std::iter::repeat_n(b'a', 200));
+        assert!(matches!(HaveRequest::decode(&b), Err(WireError::OverLimit { field: "release length", .. })));
+
+        // A bitfield length of 4 GiB.
+        let mut b = vec![KIND_HAVE_RESPONSE, 1, b'r'];
+        b.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(HaveResponse::decode(&b), Err(WireError::OverLimit { field: "bitfield length", .. })));
+
+        // Per-range lengths that add up past 8 MiB.
+        let mut b = vec![KIND_CHUNK_REQUEST, 1, b'r', 0, 2];
+        for _ in 0..2 {
+            b.extend_from_slice(&[0; 32]);
+            b.extend_from_slice(&0u32.to_be_bytes());
+            b.extend_from_slice(&(5u32 << 20).to_be_bytes());
+        }
+        assert!(matches!(ChunkRequest::decode(&b), Err(WireError::OverLimit { field: "requested bytes", .. })));
+    }
+
+    #[test]
+    fn unknown_status_and_bad_utf8_refused() {
+        let mut b = vec![KIND_CHUNK_RESPONSE, 0, 1];
+        b.extend_from_slice(&[7; 32]);
+        b.push(9);
+        assert_eq!(ChunkResponse::decode(&b).unwrap_err(), WireError::UnknownStatus(9));
+        assert_eq!(HaveRequest::decode(&[KIND_HAVE_REQUEST, 1, 0xff]).unwrap_err(), WireError::ReleaseNotUtf8);
+    }
+
+    #[test]
+    fn have_bits() {
+        let have = sample_have();
+        assert!(have.has(0) && !have.has(1) && have.has(5) && have.has(7) && have.has(8) && !have.has(16));
+        assert!(!have.has(1_000_000));
+    }
+
+    #[test]
+    fn max_encoded_bytes_is_reachable_but_not_exceeded() {
+        let full = ChunkResponse {
+            items: (0..MAX_RANGES_PER_REQUEST)
+                .map(|i| ChunkItem {
+                    id: [i as u8; 32],
+                    result: ChunkResult::Ok(vec![0; MAX_BATCH_BYTES as usize / MAX_RANGES_PER_REQUEST]),
+                })
+                .collect(),
+        };
+        let b = full.encode().unwrap();
+        assert_eq!(b.len(), ChunkResponse::MAX_ENCODED_BYTES);
+    }
+
+    #[test]
+    fn a_meta_response_presence_byte_other_than_0_or_1_is_refused() {
+        // Any non-zero byte used to mean "present": two encodings of one message.
+        assert_eq!(MetaResponse::decode(&[KIND_META_RESPONSE, 0x35, 0, 0, 0, 0]), Err(WireError::UnknownStatus(0x35)));
+        let present = MetaResponse { body: Some(Vec::new()) };
+        assert_eq!(MetaResponse::decode(&present.encode().unwrap()), Ok(present));
+    }
+}
