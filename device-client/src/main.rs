@@ -86,7 +86,7 @@ impl Settings {
 }
 
 fn main() -> ExitCode {
-    let cli = parse_args();
+    let cli: Cli = host::cli::parse_args();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -97,31 +97,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", one_line(&format!("{e:#}")));
+            host::cli::print_error(&e);
             ExitCode::FAILURE
-        }
-    }
-}
-
-// Every failure is one `error:` line on stderr and exit code 1, usage mistakes included.
-// These two functions are `edge_node::cli`'s; the agent does not link the edge node.
-
-/// `message` on one line: line breaks (TOML parse errors, clap usage) become `; `.
-fn one_line(message: &str) -> String {
-    message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
-}
-
-/// `Cli::parse`, except that a usage error is one `error:` line and exit code 1.
-fn parse_args() -> Cli {
-    match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            let rendered = e.render().to_string();
-            let what = rendered.split("\nUsage:").next().unwrap_or(&rendered);
-            let what = what.trim().strip_prefix("error:").unwrap_or(what).trim();
-            eprintln!("error: {}; run with --help for usage", one_line(what));
-            std::process::exit(1);
         }
     }
 }

@@ -11,7 +11,6 @@
 //! - [`cli`]: one `error:` line and exit code 1 for every command-line failure.
 #![deny(missing_docs)]
 
-pub mod cli;
 pub mod daemon;
 pub mod device;
 pub mod http;

@@ -191,7 +191,7 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli: Cli = edge_node::cli::parse_args();
+    let cli: Cli = host::cli::parse_args();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -200,7 +200,7 @@ fn main() {
         }
     };
     if let Err(e) = runtime.block_on(run(cli)) {
-        edge_node::cli::print_error(&e);
+        host::cli::print_error(&e);
         std::process::exit(1);
     }
 }

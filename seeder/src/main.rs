@@ -205,7 +205,7 @@ fn parse_role_count(text: &str) -> Result<(String, usize), String> {
 }
 
 fn main() {
-    let cli: Cli = edge_node::cli::parse_args();
+    let cli: Cli = host::cli::parse_args();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
@@ -216,7 +216,7 @@ fn main() {
             if cli.json {
                 println!("{}", serde_json::json!({"ok": false, "error": format!("{e:#}")}));
             }
-            edge_node::cli::print_error(&e);
+            host::cli::print_error(&e);
             std::process::exit(1);
         }
     }
@@ -311,7 +311,7 @@ fn run(cli: &Cli) -> Result<i32> {
             })?;
             if !r.ok {
                 // The report is the output (stdout); stderr still ends in one `error:` line.
-                edge_node::cli::print_error(&anyhow::anyhow!(
+                host::cli::print_error(&anyhow::anyhow!(
                     "{} verification problems (listed in the report); restore the named files from a backup or republish",
                     r.problems.len()
                 ));

@@ -1,8 +1,8 @@
 //! How the command-line tools fail: one line on stderr starting with `error:` that says what
 //! to do, and exit code 1 — for usage mistakes clap catches as for failures found later.
 //! Operators and scripts read the last line of stderr; a multi-line report, a clap usage
-//! block or a `Caused by:` list hides it. `seeder` uses this too; `device-client`, which
-//! does not link the edge node, keeps a copy of the two functions in its `main.rs`.
+//! block or a `Caused by:` list hides it. `edge-node`, `seeder` and `device-client` all fail
+//! through these functions.
 
 use clap::Parser;
 
