@@ -6,9 +6,9 @@
 //! writes DIR/image.bin (the same bytes, for an nginx baseline) and DIR/store, then prints one
 //! line of JSON. Many clients against a separate edge-node process: `examples/device_load.rs`.
 
+use chunk_store::ChunkStore;
 use edge_node::device::{ChunkLookup, ChunkSize, DeviceBackend, DeviceClient, DeviceService, DeviceServiceConfig};
 use edge_node::metrics::Metrics;
-use edge_node::store::ChunkStore;
 use protocol::device_wire::{ChunkRange, ChunkStatus};
 use protocol::ChunkId;
 use std::io::Write;

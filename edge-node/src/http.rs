@@ -10,7 +10,7 @@
 //!   targets, so serving it needs no authentication: clients verify everything from their
 //!   own root of trust.
 //! - `GET /metrics`: the Prometheus text exposition of [`Metrics`].
-//! - `GET /status`: JSON from the daemon's status source.
+//! - `GET /status`: the daemon's [`EdgeStatus`] as JSON.
 //! - `GET /healthz`: `200 ok` while the server runs.
 //!
 //! Goals: never read a file outside the mirror (names are checked against a strict
@@ -37,6 +37,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use http_body_util::{BodyExt as _, Empty, Limited};
+use protocol::edge::status::EdgeStatus;
+use serde::Deserialize as _;
 use serde_json::Value;
 use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpListener, TcpStream};
@@ -46,7 +48,7 @@ use crate::metrics::Metrics;
 
 /// Produces the `/status` document. Called once per request on a blocking thread, so it may
 /// take locks or read the store; it should still return quickly.
-pub type StatusSource = Arc<dyn Fn() -> Value + Send + Sync>;
+pub type StatusSource = Arc<dyn Fn() -> EdgeStatus + Send + Sync>;
 
 /// Everything the handlers read. Cheap to clone: axum clones it per request.
 #[derive(Clone)]
@@ -266,56 +268,55 @@ async fn fetch_status_untimed(addr: SocketAddr) -> anyhow::Result<Value> {
 }
 
 /// Renders a `/status` document for people: a summary with peer and release tables, or
-/// pretty JSON when `json` is set or the document is not the shape this version knows.
+/// pretty JSON when `json` is set or the document is not an [`EdgeStatus`] (a node of
+/// another version, or not an edge node at all). `fetch_status` keeps the document as JSON
+/// so `--json` prints exactly what the node said.
 pub fn print_status(value: &Value, json: bool) -> String {
     let known = value.get("node_id").is_some_and(Value::is_string);
-    if json || !known {
+    let status = known.then(|| EdgeStatus::deserialize(value).ok()).flatten();
+    let Some(status) = status.filter(|_| !json) else {
         let mut out = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
         out.push('\n');
         return out;
-    }
-    let mut out = String::new();
-    let _ = writeln!(out, "node      {}", text(&value["node_id"]));
-    let _ = writeln!(out, "site      {}", text(&value["site"]));
-
-    let store = &value["store"];
-    let capacity = match store["capacity_bytes"].as_u64() {
-        Some(capacity) => format!(" of {}", human_bytes(capacity)),
-        None => String::new(),
     };
-    let _ = writeln!(
-        out,
-        "store     {} chunks, {}{capacity}",
-        text(&store["chunks"]),
-        store["bytes"].as_u64().map_or_else(|| text(&store["bytes"]), human_bytes)
-    );
-    let bytes_in = &value["bytes_in"];
+    let mut out = String::new();
+    let _ = writeln!(out, "node      {}", cell(&status.node_id));
+    let _ = writeln!(out, "site      {}", cell(&status.site));
+
+    let store = &status.store;
+    let capacity =
+        if store.capacity_bytes > 0 { format!(" of {}", human_bytes(store.capacity_bytes)) } else { String::new() };
+    let _ = writeln!(out, "store     {} chunks, {}{capacity}", store.chunks, human_bytes(store.bytes));
+    let bytes_in = &status.bytes_in;
+    let by_class = [bytes_in.site, bytes_in.wan, bytes_in.origin];
     let sources: Vec<String> = crate::metrics::SOURCE_CLASSES
         .iter()
-        .map(|class| {
-            let amount = &bytes_in[*class];
-            format!("{class} {}", amount.as_u64().map_or_else(|| text(amount), human_bytes))
-        })
+        .zip(by_class)
+        .map(|(class, amount)| format!("{class} {}", human_bytes(amount)))
         .collect();
     let _ = writeln!(out, "bytes in  {}", sources.join(", "));
 
-    let peers = value["peers"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let _ = writeln!(out, "\npeers ({})", peers.len());
-    if !peers.is_empty() {
-        let rows: Vec<Vec<String>> = peers.iter().map(|peer| vec![text(&peer["peer"]), text(&peer["site"])]).collect();
+    let _ = writeln!(out, "\npeers ({})", status.peers.len());
+    if !status.peers.is_empty() {
+        let rows: Vec<Vec<String>> = status.peers.iter().map(|peer| vec![cell(&peer.peer), cell(&peer.site)]).collect();
         out.push_str(&table(&["PEER", "SITE"], &rows));
     }
 
-    let releases = value["releases"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let _ = writeln!(out, "\nreleases ({})", releases.len());
-    if !releases.is_empty() {
-        let rows: Vec<Vec<String>> = releases
+    let _ = writeln!(out, "\nreleases ({})", status.releases.len());
+    if !status.releases.is_empty() {
+        let rows: Vec<Vec<String>> = status
+            .releases
             .iter()
-            .map(|release| {
-                ["name", "version", "hw_class", "chunks", "have", "complete"]
-                    .iter()
-                    .map(|key| text(&release[*key]))
-                    .collect()
+            .map(|r| {
+                let complete = if r.complete { "yes" } else { "no" };
+                vec![
+                    cell(&r.name),
+                    cell(&r.version),
+                    cell(&r.hw_class),
+                    r.chunks.to_string(),
+                    r.have.to_string(),
+                    complete.to_string(),
+                ]
             })
             .collect();
         out.push_str(&table(&["NAME", "VERSION", "HW CLASS", "CHUNKS", "HAVE", "COMPLETE"], &rows));
@@ -323,13 +324,12 @@ pub fn print_status(value: &Value, json: bool) -> String {
     out
 }
 
-/// One cell: strings bare, booleans as yes/no, absent values as `-`, anything else as JSON.
-fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        Value::Bool(b) => if *b { "yes" } else { "no" }.to_string(),
-        other => other.to_string(),
+/// One text cell: an absent (empty) value as `-`.
+fn cell(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_string()
+    } else {
+        text.to_string()
     }
 }
 

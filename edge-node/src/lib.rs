@@ -2,13 +2,16 @@
 //! devices. This library holds its parts so integration tests can drive them directly;
 //! `main.rs` is the daemon.
 //!
-//! - [`network`]: the libp2p mesh (QUIC, TCP, identify, Kademlia, gossipsub, chunk and
-//!   Have request-response). Its event loop never awaits the application.
-//! - [`store`]: chunk bodies on disk, written crash-safely, verified before they are trusted.
+//! The mesh itself (libp2p, the event loop, serving chunk batches) is the `mesh` crate and
+//! the chunk files are the `chunk-store` crate, both shared with the seeder's origin; the
+//! daemon answers peers through its `mesh::Responder` (`daemon/serve.rs`).
+//!
+//! - [`daemon`]: `edge-node run`, the driver around `protocol::edge::FetchScheduler`.
+//! - [`device`]: the device service (QUIC and framed TCP, mDNS advertisement).
+//! - [`http`]: the operations server (TUF mirror, `/metrics`, `/status`) and its client.
 //! - [`reverify`]: background re-verification of the store at a bounded byte rate.
 //! - [`index`]: the store's inventory and LRU recency in sled, so restarts keep eviction order.
 //! - [`metrics`]: counters for `/metrics` and `edge-node status`.
-//! - [`cli`]: one `error:` line and exit code 1 for every command-line failure.
 #![deny(missing_docs)]
 
 pub mod daemon;
@@ -16,8 +19,4 @@ pub mod device;
 pub mod http;
 pub mod index;
 pub mod metrics;
-pub mod network;
-pub mod origin;
-pub mod repo_files;
 pub mod reverify;
-pub mod store;

@@ -141,6 +141,27 @@ impl Metrics {
     }
 }
 
+/// Damaged chunk files, whichever path found them, count as `corrupt_chunks`.
+impl chunk_store::OnDamage for Metrics {
+    fn damaged(&self, _: &protocol::ChunkId) {
+        Metrics::add(&self.corrupt_chunks, 1);
+    }
+}
+
+/// Serving peers' chunk requests counts hits, misses, bytes out and busy refusals.
+impl mesh::chunk_server::ServeMetrics for Metrics {
+    fn hit(&self, bytes: u64) {
+        Metrics::add(&self.cache_hits, 1);
+        Metrics::add(&self.bytes_out_peers, bytes);
+    }
+    fn miss(&self) {
+        Metrics::add(&self.cache_misses, 1);
+    }
+    fn busy(&self) {
+        Metrics::add(&self.mesh_serves_busy, 1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

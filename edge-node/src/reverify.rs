@@ -16,7 +16,7 @@ use protocol::ChunkId;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::store::{Check, ChunkStore};
+use chunk_store::{Check, ChunkStore};
 
 /// How long an empty store waits before it is listed again.
 const EMPTY_STORE_RETRY: Duration = Duration::from_secs(10);
@@ -92,7 +92,7 @@ mod tests {
 
     fn store_with(dir: &std::path::Path, count: usize, len: usize) -> (ChunkStore, Arc<Metrics>, Vec<ChunkId>) {
         let metrics = Arc::new(Metrics::default());
-        let store = ChunkStore::open(dir).unwrap().with_metrics(metrics.clone());
+        let store = ChunkStore::open(dir).unwrap().with_on_damage(metrics.clone());
         let mut ids = Vec::new();
         for i in 0..count {
             let body: Vec<u8> = (0..len).map(|j| (j as u8).wrapping_mul(7).wrapping_add(i as u8)).collect();
@@ -141,7 +141,7 @@ mod tests {
         assert_eq!(metrics.corrupt_chunks.load(Relaxed), 1);
         assert_eq!(*found.lock().unwrap(), vec![ids[2]]);
         assert!(!path.exists());
-        assert_eq!(store.get(&ids[2], 1 << 20), Err(crate::store::ReadError::Missing));
+        assert_eq!(store.get(&ids[2], 1 << 20), Err(chunk_store::ReadError::Missing));
         for id in [ids[0], ids[1], ids[3]] {
             assert!(store.get(&id, 1 << 20).is_ok());
         }

@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use edge_node::http::{fetch_status, print_status, router, serve, HttpState};
 use edge_node::metrics::Metrics;
+use protocol::edge::status::EdgeStatus;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -73,14 +74,15 @@ impl Mirror {
     }
 }
 
+/// A small status document: the typed one the daemon serves.
+fn sample_status() -> EdgeStatus {
+    EdgeStatus { node_id: "12D3KooWtest".into(), site: "hall-a".into(), ..EdgeStatus::default() }
+}
+
 fn state(mirror_root: PathBuf) -> HttpState {
     let metrics = Arc::new(Metrics::default());
     metrics.bytes_in[2].store(42, Relaxed);
-    HttpState {
-        mirror_root,
-        metrics,
-        status: Arc::new(|| json!({"node_id": "12D3KooWtest", "site": "hall-a", "peers": []})),
-    }
+    HttpState { mirror_root, metrics, status: Arc::new(sample_status) }
 }
 
 struct Reply {
@@ -328,7 +330,8 @@ mod ops {
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.content_type.as_deref(), Some("application/json"));
         let value: Value = serde_json::from_slice(&reply.body).unwrap();
-        assert_eq!(value, json!({"node_id": "12D3KooWtest", "site": "hall-a", "peers": []}));
+        assert_eq!(value, serde_json::to_value(sample_status()).unwrap());
+        assert_eq!((value["node_id"].as_str(), value["site"].as_str()), (Some("12D3KooWtest"), Some("hall-a")));
 
         let reply = oneshot(state(m.root()), "/healthz").await;
         assert_eq!((reply.status, reply.body.as_slice()), (StatusCode::OK, b"ok".as_slice()));
@@ -346,7 +349,13 @@ mod ops {
 mod client {
     use super::*;
 
-    fn full_status() -> Value {
+    /// The typed document the daemon serves, built from the JSON a node sends: what
+    /// `edge-node status` renders.
+    fn full_status() -> EdgeStatus {
+        serde_json::from_value(full_status_json()).unwrap()
+    }
+
+    fn full_status_json() -> Value {
         json!({
             "node_id": "12D3KooWnode",
             "site": "hall-a",
@@ -366,7 +375,7 @@ mod client {
         let mut s = state(m.root());
         s.status = Arc::new(full_status);
         let addr = start(s).await;
-        assert_eq!(fetch_status(addr).await.unwrap(), full_status());
+        assert_eq!(fetch_status(addr).await.unwrap(), serde_json::to_value(full_status()).unwrap());
     }
 
     #[tokio::test]
@@ -399,7 +408,8 @@ mod client {
 
     #[test]
     fn print_status_renders_the_known_shape() {
-        let text = print_status(&full_status(), false);
+        let text = print_status(&full_status_json(), false);
+        assert_eq!(print_status(&serde_json::to_value(full_status()).unwrap(), false), text);
         let expected = "\
 node      12D3KooWnode
 site      hall-a
@@ -424,7 +434,7 @@ releases (2)
         let odd = json!({"something": ["else"]});
         let pretty = format!("{}\n", serde_json::to_string_pretty(&odd).unwrap());
         assert_eq!(print_status(&odd, false), pretty);
-        let full = full_status();
+        let full = serde_json::to_value(full_status()).unwrap();
         assert_eq!(print_status(&full, true), format!("{}\n", serde_json::to_string_pretty(&full).unwrap()));
         // Known shape with parts missing still renders, with placeholders.
         let sparse = print_status(&json!({"node_id": "n"}), false);

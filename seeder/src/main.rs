@@ -7,6 +7,7 @@ mod freshness;
 mod init;
 mod inspect;
 mod keys;
+mod origin;
 mod release;
 mod repo;
 mod rotate;
@@ -371,7 +372,7 @@ fn run(cli: &Cli) -> Result<i32> {
                 renewal.snapshot_renew_before,
             )?;
             repo::Repo::at(repo).current().context("nothing to serve")?;
-            let config = edge_node::origin::OriginConfig {
+            let config = origin::OriginConfig {
                 repo: repo.clone(),
                 listen: listen.clone(),
                 bootstrap: bootstrap.clone(),

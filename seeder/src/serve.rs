@@ -1,4 +1,4 @@
-//! `seeder serve`: the origin (`edge_node::origin`: the repository joined to the mesh,
+//! `seeder serve`: the origin ([`crate::origin`]: the repository joined to the mesh,
 //! announcing every new `timestamp.json`) plus the renewal loop that keeps the repository
 //! fresh, so a repository nobody publishes to does not freeze the fleet.
 
@@ -19,14 +19,14 @@ const RETRY_SECS: u64 = 60;
 
 /// Runs the origin and the renewal loop until either fails.
 pub async fn run(
-    origin: edge_node::origin::OriginConfig,
+    origin: crate::origin::OriginConfig,
     policy: Policy,
-    on_ready: impl FnOnce(&edge_node::origin::OriginHandle),
+    on_ready: impl FnOnce(&crate::origin::OriginHandle),
 ) -> Result<()> {
     let repo = origin.repo.clone();
     // Renewals start once the origin listens: a start that fails writes nothing.
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let on_ready = move |handle: &edge_node::origin::OriginHandle| {
+    let on_ready = move |handle: &crate::origin::OriginHandle| {
         on_ready(handle);
         let _ = ready_tx.send(());
     };
@@ -38,7 +38,7 @@ pub async fn run(
         }
     };
     tokio::select! {
-        result = edge_node::origin::run(origin, on_ready) => result,
+        result = crate::origin::run(origin, on_ready) => result,
         never = renewals => match never {},
     }
 }

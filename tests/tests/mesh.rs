@@ -172,13 +172,14 @@ fn a_node_killed_mid_transfer_does_not_stop_its_site_and_restarts_clean() {
 
 /// A hostile site-mate: claims every chunk of every release and answers with garbage.
 async fn run_liar(bootstrap: Vec<String>, ready: std::sync::mpsc::Sender<String>) {
-    use edge_node::network::{
-        self, ChunkItem, ChunkResponse, ChunkResult, HaveResponse, MetaResponse, NetworkConfig, NetworkEvent, SiteName,
+    use mesh::{
+        ChunkItem, ChunkResponse, ChunkResult, HaveResponse, InboundRequest, MetaResponse, NetworkConfig, NetworkEvent,
+        SiteName,
     };
     let keypair = libp2p::identity::Keypair::generate_ed25519();
     let mut config = NetworkConfig::new(SiteName::new("site-0").unwrap());
     config.enable_mdns = false;
-    let (client, mut events, event_loop) = network::new(keypair, config).unwrap();
+    let (client, mut events, event_loop) = mesh::new(keypair, config).unwrap();
     tokio::spawn(event_loop.run());
     client.listen("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()).await.unwrap();
     for addr in bootstrap {
@@ -188,11 +189,11 @@ async fn run_liar(bootstrap: Vec<String>, ready: std::sync::mpsc::Sender<String>
     while let Some(event) = events.recv().await {
         let client = client.clone();
         match event {
-            NetworkEvent::InboundHaveRequest { request, reply, .. } => {
+            NetworkEvent::Inbound(InboundRequest::Have { request, reply, .. }) => {
                 let response = HaveResponse { release: request.release, bitfield: vec![0xff; 4096] };
                 tokio::spawn(async move { client.respond_have(reply, response).await });
             }
-            NetworkEvent::InboundChunkRequest { request, reply, .. } => {
+            NetworkEvent::Inbound(InboundRequest::Chunks { request, reply, .. }) => {
                 let items = request
                     .chunks
                     .iter()
@@ -203,7 +204,7 @@ async fn run_liar(bootstrap: Vec<String>, ready: std::sync::mpsc::Sender<String>
                     .collect();
                 tokio::spawn(async move { client.respond_chunks(reply, ChunkResponse { items }).await });
             }
-            NetworkEvent::InboundMetaRequest { reply, .. } => {
+            NetworkEvent::Inbound(InboundRequest::Meta { reply, .. }) => {
                 tokio::spawn(async move { client.respond_meta(reply, MetaResponse { body: None }).await });
             }
             _ => {}

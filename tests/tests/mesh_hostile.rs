@@ -33,9 +33,9 @@ impl Impostor {
     /// sorts below `below`; it dials `dial` and, if `gossip`, announces the forged timestamp to
     /// every subscriber.
     fn start(repo: &Path, below: &str, dial: &[String], gossip: bool) -> Impostor {
-        use edge_node::network::{
-            self, ChunkItem, ChunkResponse, ChunkResult, HaveResponse, MetaResponse, NetworkConfig, NetworkEvent,
-            SiteName,
+        use mesh::{
+            ChunkItem, ChunkResponse, ChunkResult, HaveResponse, InboundRequest, MetaResponse, NetworkConfig,
+            NetworkEvent, SiteName,
         };
         let below: libp2p::PeerId = below.parse().expect("peer id");
         let keypair = loop {
@@ -52,7 +52,7 @@ impl Impostor {
             let mut config = NetworkConfig::new(SiteName::new("origin").unwrap());
             config.origin = true;
             config.enable_mdns = false;
-            let (client, mut events, event_loop) = network::new(keypair, config).unwrap();
+            let (client, mut events, event_loop) = mesh::new(keypair, config).unwrap();
             tokio::spawn(event_loop.run());
             let addr = client.listen("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()).await.unwrap();
             for a in dial {
@@ -62,7 +62,7 @@ impl Impostor {
             while let Some(event) = events.recv().await {
                 let client = client.clone();
                 match event {
-                    NetworkEvent::InboundMetaRequest { request, reply, .. } => {
+                    NetworkEvent::Inbound(InboundRequest::Meta { request, reply, .. }) => {
                         served.fetch_add(1, Relaxed);
                         let body = if request.name == "metadata/timestamp.json" {
                             Some(FORGED_TIMESTAMP.as_bytes().to_vec())
@@ -71,7 +71,7 @@ impl Impostor {
                         };
                         tokio::spawn(async move { client.respond_meta(reply, MetaResponse { body }).await });
                     }
-                    NetworkEvent::InboundChunkRequest { request, reply, .. } => {
+                    NetworkEvent::Inbound(InboundRequest::Chunks { request, reply, .. }) => {
                         let items = request
                             .chunks
                             .iter()
@@ -79,7 +79,7 @@ impl Impostor {
                             .collect();
                         tokio::spawn(async move { client.respond_chunks(reply, ChunkResponse { items }).await });
                     }
-                    NetworkEvent::InboundHaveRequest { request, reply, .. } => {
+                    NetworkEvent::Inbound(InboundRequest::Have { request, reply, .. }) => {
                         let response = HaveResponse { release: request.release, bitfield: Vec::new() };
                         tokio::spawn(async move { client.respond_have(reply, response).await });
                     }

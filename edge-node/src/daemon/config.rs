@@ -107,7 +107,7 @@ impl Default for EdgeConfig {
             reports_per_sec_per_client: 2,
             max_connections_per_client: 8,
             device_max_buffered_bytes: "256MiB".into(),
-            mesh_max_concurrent_serves: super::chunk_server::DEFAULT_MAX_CONCURRENT_SERVES,
+            mesh_max_concurrent_serves: mesh::chunk_server::DEFAULT_MAX_CONCURRENT_SERVES,
             reverify_bytes_per_sec: "16MiB".into(),
         }
     }

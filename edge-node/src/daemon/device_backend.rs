@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::Internal;
 use crate::device::{ChunkLookup, ChunkSize, DeviceBackend};
 use crate::metrics::Metrics;
-use crate::store::{ChunkStore, ReadError};
+use chunk_store::{ChunkStore, ReadError};
 
 /// Shared between the main loop (which fills `targets`) and the device service.
 pub struct Backend {
@@ -58,13 +58,13 @@ impl Backend {
 
 impl DeviceBackend for Backend {
     async fn metadata_len(&self, name: &str) -> Option<u64> {
-        let path = crate::repo_files::resolve(&self.mirror, &format!("metadata/{name}"))?;
+        let path = chunk_store::repo_files::resolve(&self.mirror, &format!("metadata/{name}"))?;
         tokio::task::spawn_blocking(move || std::fs::metadata(path).ok().map(|m| m.len())).await.ok().flatten()
     }
 
     async fn metadata(&self, name: &str, max_len: u64) -> Option<Vec<u8>> {
         let (mirror, name) = (self.mirror.clone(), format!("metadata/{name}"));
-        tokio::task::spawn_blocking(move || crate::repo_files::read(&mirror, &name, max_len)).await.ok().flatten()
+        tokio::task::spawn_blocking(move || chunk_store::repo_files::read(&mirror, &name, max_len)).await.ok().flatten()
     }
 
     async fn target_len(&self, path: &str) -> Option<u64> {
@@ -75,7 +75,7 @@ impl DeviceBackend for Backend {
     async fn target(&self, path: &str, max_len: u64) -> Option<Vec<u8>> {
         let (file, length) = self.targets.read().ok()?.get(path).cloned()?;
         let mirror = self.mirror.clone();
-        tokio::task::spawn_blocking(move || crate::repo_files::read(&mirror, &file, length.min(max_len)))
+        tokio::task::spawn_blocking(move || chunk_store::repo_files::read(&mirror, &file, length.min(max_len)))
             .await
             .ok()
             .flatten()
@@ -198,7 +198,7 @@ mod tests {
 
         // A new process: nothing verified yet.
         let metrics = Arc::new(Metrics::default());
-        let store = ChunkStore::open(dir.path()).unwrap().with_metrics(metrics.clone());
+        let store = ChunkStore::open(dir.path()).unwrap().with_on_damage(metrics.clone());
         let (tx, mut rx) = mpsc::channel(8);
         let backend = Backend::new(dir.path().join("repo"), store, tx, Default::default(), metrics.clone());
         let any = "127.0.0.1:0".parse().unwrap();

@@ -6,73 +6,60 @@
 //! peers, writes and deletes in the store, disconnects of liars. Verification happens here,
 //! before the scheduler hears of a chunk: bytes that do not hash to their id are reported
 //! `Corrupt` and never reach the store.
+//!
+//! This module is the wiring (start-up order, the main loop, the scheduler's inputs and
+//! outputs); each other job has its own module:
+//! - `fetch.rs`: chunk requests to peers and verification of their answers;
+//! - `writer.rs`: the group-commit store writer;
+//! - `serve.rs`: what peers are answered (the node's `mesh::Responder`);
+//! - `releases.rs`: the registry of known releases and their manifest entries;
+//! - `refresh.rs`: repository refreshes, root pinning, gossip announcements;
+//! - `status.rs`: the typed status document (`protocol::edge::status::EdgeStatus`);
+//! - `tuf_sync.rs`, `meta_sources.rs`: TUF over the mesh and whom to ask;
+//! - `device_backend.rs`: the daemon's side of the device service;
+//! - `config.rs`, `new_paths.rs`: settings, and cleaning up after a failed start.
 
-pub mod chunk_server;
 pub mod config;
 mod device_backend;
+mod fetch;
 pub mod meta_sources;
 mod new_paths;
+mod refresh;
+mod releases;
+mod serve;
+mod status;
 pub mod tuf_sync;
+mod writer;
+
+pub use status::StatusHandle;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use libp2p::{Multiaddr, PeerId};
+use protocol::edge::status::EdgeStatus;
 use protocol::edge::{
-    ChunkOutcome, ChunkSpec, EdgeEvent, FetchScheduler, NodeId, PeerRole, ReleaseId, ReleaseSpec, Request, RequestId,
-    SchedulerConfig, SiteId, SourceClass,
+    ChunkOutcome, EdgeEvent, FetchScheduler, NodeId, PeerRole, ReleaseId, Request, RequestId, SchedulerConfig, SiteId,
 };
-use protocol::manifest::{ChunkEntry, ManifestView};
 use protocol::ChunkId;
-use serde_json::json;
+use std::collections::HashMap;
 use std::collections::HashSet;
-use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant as WallInstant;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, warn};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::{info, warn};
 
 use crate::index::StoreIndex;
 use crate::metrics::Metrics;
-use crate::network::{
-    self, ChunkItem, ChunkRange, ChunkRequest, ChunkResponse, ChunkResult, HaveResponse, MetaResponse, NetworkClient,
-    NetworkConfig, NetworkEvent, SiteName,
-};
-use crate::store::ChunkStore;
-use chunk_server::ChunkServer;
+use chunk_store::ChunkStore;
 use config::EdgeConfig;
-use meta_sources::{MetaSources, PeerInfo, SourceOutcomes};
+use mesh::chunk_server::ChunkServer;
+use mesh::{NetworkClient, NetworkConfig, NetworkEvent, SiteName};
+use meta_sources::{MetaSources, PeerInfo};
+use refresh::RefreshOutcome;
+use releases::{KnownRelease, Releases};
+use serve::EdgeResponder;
 use tuf_sync::TufDirs;
-
-/// What the status endpoint shows; refreshed by the main loop.
-pub type StatusHandle = Arc<Mutex<serde_json::Value>>;
-
-/// A release this node knows, with the manifest entries needed to verify its chunks.
-struct KnownRelease {
-    key: String,
-    target_path: String,
-    name: String,
-    version: String,
-    hw_class: String,
-    entries: Vec<ChunkEntry>,
-}
-
-/// Verified chunk bytes waiting to be written, beyond which new chunk requests wait: bounds
-/// the memory held when the disk is slower than the mesh.
-const MAX_UNWRITTEN_BYTES: usize = 256 << 20;
-/// Most bytes one store write (one `syncfs`) takes; more waits for the next group.
-const MAX_WRITE_GROUP_BYTES: usize = 64 << 20;
-/// Groups written at once: while one waits for its `syncfs`, the next writes its files.
-const WRITE_GROUPS_IN_FLIGHT: usize = 3;
-
-/// Memory budget held by received chunks until they are written (or dropped).
-type Budget = Arc<OwnedSemaphorePermit>;
-
-/// One verified chunk for the writer.
-struct WriteJob {
-    id: ChunkId,
-    bytes: Bytes,
-    _budget: Budget,
-}
+use writer::{Budget, WriteJob, MAX_UNWRITTEN_BYTES};
 
 /// Results of work the main loop spawned.
 enum Internal {
@@ -97,20 +84,13 @@ enum Internal {
     Served(Vec<ChunkId>),
     /// A device asked for a chunk we lack.
     Demand(ChunkId),
+    /// A peer asks which chunks of a release (named by its wire key) we hold.
+    HaveQuery {
+        release: String,
+        reply: oneshot::Sender<Vec<u8>>,
+    },
     /// Time to retry a failed repository refresh.
     RefreshDue,
-}
-
-/// What a finished refresh reports to the main loop.
-struct RefreshOutcome {
-    /// New releases, or why the refresh failed.
-    result: Result<Vec<tuf_sync::FoundRelease>>,
-    /// How each peer asked answered.
-    sources: SourceOutcomes,
-    /// The pinned root after the refresh (it may have rotated) and the trusted timestamp
-    /// version, for checking announcements.
-    root: Option<Vec<u8>>,
-    timestamp_version: u64,
 }
 
 /// Maps a libp2p peer to the protocol's node id.
@@ -147,8 +127,7 @@ struct Daemon {
     pinned_root: Option<Vec<u8>>,
     /// Version of the newest timestamp that verified.
     trusted_timestamp_version: u64,
-    releases: BTreeMap<ReleaseId, KnownRelease>,
-    by_key: HashMap<String, ReleaseId>,
+    releases: Releases,
     pending: HashMap<ChunkId, (Bytes, Budget)>,
     /// Admitted to the cache, staged in the store, not yet durable; a release is reported
     /// complete only once none of its chunks is here.
@@ -160,8 +139,8 @@ struct Daemon {
     served: Vec<ChunkId>,
     internal_tx: mpsc::Sender<Internal>,
     device: Arc<device_backend::Backend>,
-    /// Serves peers' chunk requests, `mesh_max_concurrent_serves` at once.
-    chunk_server: ChunkServer,
+    /// What peers are answered (files, chunks, Have bitfields).
+    responder: EdgeResponder,
     refreshing: bool,
     /// A refresh was asked for (an announcement arrived) while one was running: run another
     /// as soon as it ends, or the announcement waits for the next periodic refresh.
@@ -195,13 +174,13 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
     let meta_sources = MetaSources::new(config.origin_peer_ids()?, config.bootstrap_peer_ids());
     let key_path = config.data_dir.join("node.key");
     let existing_key =
-        network::load_keypair(&key_path).with_context(|| format!("cannot load the node key {}", key_path.display()))?;
+        mesh::load_keypair(&key_path).with_context(|| format!("cannot load the node key {}", key_path.display()))?;
     let new_key = existing_key.is_none();
     let keypair = existing_key.unwrap_or_else(libp2p::identity::Keypair::generate_ed25519);
 
     let mut net_config = NetworkConfig::new(site);
     net_config.enable_mdns = config.mdns;
-    let (client, mut events, event_loop) = network::new(keypair.clone(), net_config)?;
+    let (client, mut events, event_loop) = mesh::new(keypair.clone(), net_config)?;
     tokio::spawn(event_loop.run());
     for addr in listen {
         let bound = client.listen(addr.clone()).await.with_context(|| format!("cannot listen on {addr}"))?;
@@ -213,7 +192,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let metrics = Arc::new(Metrics::default());
-    let store = ChunkStore::open(&config.data_dir)?.with_metrics(metrics.clone());
+    let store = ChunkStore::open(&config.data_dir)?.with_on_damage(metrics.clone());
     let index = StoreIndex::open(&config.data_dir)?;
     if let Some(root) = &root_to_pin {
         dirs.pin_root(root, unix_now())?;
@@ -225,7 +204,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         ..SchedulerConfig::default()
     };
     let scheduler = FetchScheduler::new(me, SiteId::from_name(&config.site), scheduler_config);
-    let status: StatusHandle = Arc::new(Mutex::new(json!({})));
+    let status: StatusHandle = Arc::new(Mutex::new(EdgeStatus::default()));
     let (internal_tx, mut internal_rx) = mpsc::channel(1024);
     let device = device_backend::Backend::new(
         dirs.mirror.clone(),
@@ -252,17 +231,21 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
     let _device_mdns =
         crate::device::mdns::start(config.mdns, &config.site, &client.local_peer_id().to_string(), &device_addrs);
     if new_key {
-        network::save_keypair(&key_path, &keypair)
+        mesh::save_keypair(&key_path, &keypair)
             .with_context(|| format!("cannot save the node key to {}", key_path.display()))?;
     }
-    let writer = spawn_writer(store.clone(), index.clone(), internal_tx.clone(), metrics.clone());
+    let writer = writer::spawn(store.clone(), index.clone(), internal_tx.clone(), metrics.clone());
     let reverify_rate = config.reverify_bytes_per_sec()?;
     tokio::spawn(crate::reverify::run(store.clone(), reverify_rate, metrics.clone(), {
         let tx = internal_tx.clone();
         // Damaged files are already deleted; the cache must forget them so they are fetched again.
         move |id| drop(tx.try_send(Internal::StoreFailed(vec![id])))
     }));
-    let chunk_server = ChunkServer::new(store.clone(), metrics.clone(), config.mesh_max_concurrent_serves);
+    let responder = EdgeResponder {
+        mirror: dirs.mirror.clone(),
+        chunks: ChunkServer::new(store.clone(), metrics.clone(), config.mesh_max_concurrent_serves),
+        internal: internal_tx.clone(),
+    };
     let mut daemon = Daemon {
         config,
         started: WallInstant::now(),
@@ -278,8 +261,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         meta_sources,
         pinned_root,
         trusted_timestamp_version: trusted_timestamp_version.unwrap_or(0),
-        releases: BTreeMap::new(),
-        by_key: HashMap::new(),
+        releases: Releases::default(),
         pending: HashMap::new(),
         unwritten: HashSet::new(),
         writer,
@@ -287,7 +269,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         served: Vec::new(),
         internal_tx,
         device,
-        chunk_server,
+        responder,
         refreshing: false,
         refresh_again: false,
         refresh_failures: 0,
@@ -352,31 +334,6 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
     }
 }
 
-/// Pins the root on first use, from configured origins only (see `meta_sources`), after
-/// checking it is a self-consistent root.
-async fn pin_first_root(client: &NetworkClient, root_sources: &[PeerId], dirs: &TufDirs) -> Result<()> {
-    for peer in root_sources {
-        let Ok(resp) = client.request_meta(*peer, "metadata/1.root.json").await else { continue };
-        let Some(root) = resp.body else { continue };
-        match dirs.pin_root(&root, unix_now()) {
-            Ok(()) => {
-                warn!(%peer, "no trusted_root configured: pinned the configured origin's 1.root.json on first use");
-                return Ok(());
-            }
-            Err(e) => warn!(%peer, "configured origin served an unusable root: {e:#}"),
-        }
-    }
-    anyhow::bail!(
-        "no trusted root yet: no configured origin is connected to take one from \
-         (set --trusted-root, or --bootstrap the origin's address or --origin-peer its peer id)"
-    )
-}
-
-fn sha2_digest(bytes: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).into()
-}
-
 fn unix_micros() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
@@ -428,7 +385,7 @@ impl Daemon {
             if let Some(targets) = trusted.targets("targets") {
                 for target in targets.targets.values() {
                     let Some(name) = tuf_sync::target_file_name(target) else { continue };
-                    if let Some(bytes) = crate::repo_files::read(&self.dirs.mirror, &name, target.length) {
+                    if let Some(bytes) = chunk_store::repo_files::read(&self.dirs.mirror, &name, target.length) {
                         if target.verify(&bytes).is_ok() {
                             self.register_release(&target.path, &bytes);
                         }
@@ -448,85 +405,15 @@ impl Daemon {
         })
     }
 
-    fn start_refresh(&mut self) {
-        if self.refreshing {
-            self.refresh_again = true;
-            return;
-        }
-        let now = WallInstant::now();
-        let sources = self.meta_sources.order(self.peer_infos(), &self.config.site, now);
-        if sources.is_empty() {
-            return;
-        }
-        // Trust on first use only from configured origins (see `meta_sources`).
-        let root_sources = self.meta_sources.root_sources(self.peer_infos(), now);
-        self.refreshing = true;
-        let (client, dirs, tx) = (self.client.clone(), self.dirs.clone(), self.internal_tx.clone());
-        let announced = self.announced.take().map(|(_, bytes)| bytes);
-        let known: std::collections::HashSet<String> = self.releases.values().map(|r| r.target_path.clone()).collect();
-        tokio::spawn(async move {
-            let mut outcomes = SourceOutcomes::default();
-            let result = async {
-                if !dirs.has_root() {
-                    pin_first_root(&client, &root_sources, &dirs).await?;
-                }
-                let trusted = tuf_sync::refresh(&client, &sources, &dirs, unix_now(), announced, &mut outcomes).await?;
-                let found = tuf_sync::new_releases(
-                    &client,
-                    &sources,
-                    &dirs,
-                    &trusted,
-                    &|path| known.contains(path),
-                    &mut outcomes,
-                )
-                .await;
-                Ok((found, trusted.timestamp().map_or(0, |t| t.common.version)))
-            }
-            .await;
-            let root = std::fs::read(dirs.trusted.join("root.json")).ok();
-            let (result, timestamp_version) = match result {
-                Ok((found, version)) => (Ok(found), version),
-                Err(e) => (Err(e), 0),
-            };
-            let outcome = RefreshOutcome { result, sources: outcomes, root, timestamp_version };
-            let _ = tx.send(Internal::Refreshed(outcome)).await;
-        });
-    }
-
+    /// Registers the release of a verified manifest with the scheduler and the device
+    /// service; a known or unparsable one is ignored.
     fn register_release(&mut self, target_path: &str, manifest: &[u8]) {
-        let Ok(view) = ManifestView::new_checked(manifest) else { return };
-        let id = ReleaseId::of_manifest(manifest);
-        if self.releases.contains_key(&id) {
+        let Some(releases::Registered { id, spec, mirror_file }) = self.releases.add(target_path, manifest) else {
             return;
-        }
-        let entries: Vec<ChunkEntry> = view.chunks().collect();
-        let spec = ReleaseSpec {
-            hw_class: view.hw_class().into(),
-            chunks: entries.iter().map(|e| ChunkSpec { id: e.id, stored_len: e.stored_length }).collect(),
         };
-        let key = protocol::hex::encode(&id.0);
-        self.by_key.insert(key.clone(), id);
         if let Ok(mut targets) = self.device.targets.write() {
-            let sha256 = protocol::hex::encode(&sha2_digest(manifest));
-            let (dir, base) = target_path.rsplit_once('/').unwrap_or(("", target_path));
-            let file = if dir.is_empty() {
-                format!("targets/{sha256}.{base}")
-            } else {
-                format!("targets/{dir}/{sha256}.{base}")
-            };
-            targets.insert(target_path.to_string(), (file, manifest.len() as u64));
+            targets.insert(target_path.to_string(), mirror_file);
         }
-        self.releases.insert(
-            id,
-            KnownRelease {
-                key,
-                target_path: target_path.into(),
-                name: view.name().into(),
-                version: view.version().into(),
-                hw_class: view.hw_class().into(),
-                entries,
-            },
-        );
         let now = self.now();
         self.scheduler.handle_release(now, id, spec);
     }
@@ -557,125 +444,7 @@ impl Daemon {
             }
             NetworkEvent::AnnouncementSubscriber { .. } => {}
             NetworkEvent::Announcement { source, bytes } => self.handle_announcement(source, bytes),
-            NetworkEvent::InboundChunkRequest { peer: _, request, reply } => {
-                let (server, client, tx) = (self.chunk_server.clone(), self.client.clone(), self.internal_tx.clone());
-                tokio::spawn(async move {
-                    let chunk_server::Served { response, served, damaged } = server.answer(request).await;
-                    let _ = client.respond_chunks(reply, response).await;
-                    let _ = tx.send(Internal::Served(served)).await;
-                    if !damaged.is_empty() {
-                        let _ = tx.send(Internal::StoreFailed(damaged)).await;
-                    }
-                });
-            }
-            NetworkEvent::InboundHaveRequest { request, reply, .. } => {
-                let bitfield = self
-                    .by_key
-                    .get(&request.release)
-                    .and_then(|id| self.scheduler.have(id))
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let client = self.client.clone();
-                let response = HaveResponse { release: request.release, bitfield };
-                tokio::spawn(async move {
-                    let _ = client.respond_have(reply, response).await;
-                });
-            }
-            NetworkEvent::InboundMetaRequest { request, reply, .. } => {
-                let (mirror, client) = (self.dirs.mirror.clone(), self.client.clone());
-                tokio::spawn(async move {
-                    let body = tokio::task::spawn_blocking(move || {
-                        crate::repo_files::read(&mirror, &request.name, network::messages::MAX_META_BYTES as u64)
-                    })
-                    .await
-                    .ok()
-                    .flatten();
-                    let _ = client.respond_meta(reply, MetaResponse { body }).await;
-                });
-            }
-        }
-    }
-
-    /// A timestamp pushed by gossip. It orders nothing until it verifies against the pinned
-    /// root: a forged one is dropped and its author skipped for metadata for a while.
-    fn handle_announcement(&mut self, source: Option<PeerId>, bytes: Vec<u8>) {
-        let Some(root) = &self.pinned_root else {
-            // Nothing to check it against yet: a refresh pins a root from a configured origin.
-            self.start_refresh();
-            return;
-        };
-        match tuf_sync::verify_announcement(root, &bytes, unix_now()) {
-            Ok(version) => {
-                let pending = self.announced.as_ref().map_or(0, |(v, _)| *v);
-                debug!(version, trusted = self.trusted_timestamp_version, "release announcement");
-                // Gossip may deliver an older timestamp after a newer one (re-announcements
-                // travel different paths); refreshing with it would fail as a rollback.
-                if version > self.trusted_timestamp_version && version > pending {
-                    self.announced = Some((version, bytes));
-                    self.start_refresh();
-                }
-            }
-            Err(e) => {
-                Metrics::add(&self.metrics.announcements_rejected, 1);
-                warn!(?source, "announcement rejected: {e:#}");
-                if let Some(peer) = source {
-                    self.meta_sources.penalize(peer, WallInstant::now());
-                }
-            }
-        }
-    }
-
-    fn handle_refreshed(&mut self, outcome: RefreshOutcome) {
-        self.refreshing = false;
-        let RefreshOutcome { result, sources, root, timestamp_version } = outcome;
-        Metrics::add(&self.metrics.metadata_rejected, sources.lied.len() as u64);
-        let now = WallInstant::now();
-        self.meta_sources.record(&sources, now);
-        for peer in &sources.lied {
-            warn!(%peer, "peer served repository metadata that failed verification; not asking it for 10 min");
-        }
-        // A peer that claims to be the origin and proved it by serving metadata that verified
-        // is scheduled as the origin from now on.
-        let sched_now = self.now();
-        for peer in &sources.verified {
-            if let Some((site, true)) = self.sites.get(peer) {
-                if self.meta_sources.acts_as_origin(peer, true) {
-                    let site = SiteId::from_name(site);
-                    self.scheduler.handle_peer_up(sched_now, node_id(peer), site, PeerRole::Origin);
-                }
-            }
-        }
-        if root.is_some() {
-            self.pinned_root = root;
-        }
-        match result {
-            Ok(found) => {
-                self.refresh_failures = 0;
-                self.trusted_timestamp_version = self.trusted_timestamp_version.max(timestamp_version);
-                if self.announced.as_ref().is_some_and(|(v, _)| *v <= self.trusted_timestamp_version) {
-                    self.announced = None;
-                }
-                for release in found {
-                    self.register_release(&release.target_path, &release.manifest);
-                }
-                if std::mem::take(&mut self.refresh_again) {
-                    self.start_refresh();
-                }
-            }
-            Err(e) => {
-                // E.g. a stale announcement (an older timestamp than we trust) or a
-                // peer that has not caught up: try again soon from the peers rather
-                // than wait for the periodic refresh, backing off while it fails.
-                warn!("repository refresh failed: {e:#}");
-                self.refresh_again = false;
-                let delay_ms = (250u64 << self.refresh_failures.min(8)).min(self.config.refresh_secs * 1000);
-                self.refresh_failures += 1;
-                let tx = self.internal_tx.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-                    let _ = tx.send(Internal::RefreshDue).await;
-                });
-            }
+            NetworkEvent::Inbound(inbound) => self.client.answer(&self.responder, inbound),
         }
     }
 
@@ -723,11 +492,18 @@ impl Daemon {
                 }
             }
             Internal::Demand(chunk) => {
-                let wanted =
-                    self.releases.iter().find(|(_, r)| r.entries.iter().any(|e| e.id == chunk)).map(|(id, _)| *id);
-                if let Some(release) = wanted {
+                if let Some(release) = self.releases.containing(&chunk) {
                     self.scheduler.handle_demand(now, &release);
                 }
+            }
+            Internal::HaveQuery { release, reply } => {
+                let bitfield = self
+                    .releases
+                    .by_key(&release)
+                    .and_then(|id| self.scheduler.have(&id))
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let _ = reply.send(bitfield);
             }
         }
     }
@@ -810,202 +586,9 @@ impl Daemon {
         tokio::task::spawn_blocking(move || index.used(&ids, unix_micros()));
     }
 
-    fn send_chunks(&mut self, id: RequestId, peer: NodeId, release: ReleaseId, indices: Vec<u32>, class: SourceClass) {
-        let (Some(pid), Some(info)) = (self.peers.get(&peer).copied(), self.releases.get(&release)) else {
-            let now = self.now();
-            self.scheduler.handle_request_failed(now, id);
-            return;
-        };
-        let entries: Vec<(u32, ChunkEntry)> =
-            indices.iter().filter_map(|i| info.entries.get(*i as usize).map(|e| (*i, *e))).collect();
-        let request = ChunkRequest {
-            release: info.key.clone(),
-            chunks: entries
-                .iter()
-                .map(|(_, e)| ChunkRange { id: e.id.0, offset: 0, length: e.stored_length })
-                .collect(),
-        };
-        let (client, tx, metrics) = (self.client.clone(), self.internal_tx.clone(), self.metrics.clone());
-        let wanted: u64 = entries.iter().map(|(_, e)| u64::from(e.stored_length)).sum();
-        let budget = self.unwritten_budget.clone();
-        tokio::spawn(async move {
-            // Received bytes wait in memory for the writer; when it is behind, ask for no more.
-            let permits = u32::try_from(wanted).unwrap_or(u32::MAX).min(MAX_UNWRITTEN_BYTES as u32);
-            let Ok(budget) = budget.acquire_many_owned(permits).await else { return };
-            let budget = Arc::new(budget);
-            let sent = std::time::Instant::now();
-            let response = match client.request_chunks(pid, request).await {
-                Ok(response) => response,
-                Err(e) => {
-                    debug!(%pid, %e, "chunk request failed");
-                    let _ = tx.send(Internal::ChunksFailed { id }).await;
-                    return;
-                }
-            };
-            // Hashing up to 8 MiB is CPU work: keep it off the async workers.
-            let checked = tokio::task::spawn_blocking(move || verify_response(&entries, response)).await;
-            let Ok((outcomes, verified)) = checked else {
-                let _ = tx.send(Internal::ChunksFailed { id }).await;
-                return;
-            };
-            let bytes: u64 = verified.iter().map(|(_, b)| b.len() as u64).sum();
-            debug!(%pid, requested = wanted, bytes, elapsed_ms = sent.elapsed().as_millis() as u64, "chunk batch received and verified");
-            Metrics::add(&metrics.bytes_in[class as usize], bytes);
-            let _ = tx.send(Internal::Chunks { id, outcomes, verified, budget }).await;
-        });
-    }
-
     /// Every chunk of the release is in the cache and durably written.
     fn durably_complete(&self, id: &ReleaseId, release: &KnownRelease) -> bool {
         self.scheduler.is_complete(id)
             && (self.unwritten.is_empty() || !release.entries.iter().any(|e| self.unwritten.contains(&e.id)))
     }
-
-    fn update_status(&mut self) {
-        let peers: Vec<_> = self
-            .sites
-            .iter()
-            .map(|(peer, (site, claims))| {
-                let origin = self.meta_sources.acts_as_origin(peer, *claims);
-                json!({"peer": peer.to_string(), "site": site, "origin": origin, "claims_origin": claims})
-            })
-            .collect();
-        let releases: Vec<_> = self
-            .releases
-            .iter()
-            .map(|(id, r)| {
-                let have = self.scheduler.have(id).map(|b| b.count()).unwrap_or(0);
-                json!({
-                    "name": r.name, "version": r.version, "hw_class": r.hw_class, "target": r.target_path,
-                    "chunks": r.entries.len(), "have": have, "complete": self.durably_complete(id, r),
-                })
-            })
-            .collect();
-        let stats = self.scheduler.stats();
-        let cache = self.scheduler.cache();
-        let status = json!({
-            "node_id": self.client.local_peer_id().to_string(),
-            "site": self.config.site,
-            "peers": peers,
-            "releases": releases,
-            "store": {"chunks": cache.len(), "bytes": cache.used_bytes(), "capacity_bytes": cache.capacity_bytes()},
-            "bytes_in": {
-                "site": stats.bytes_in[SourceClass::Site as usize],
-                "wan": stats.bytes_in[SourceClass::Wan as usize],
-                "origin": stats.bytes_in[SourceClass::Origin as usize],
-            },
-            "corrupt_chunks": stats.corrupt_chunks,
-            "requests": {
-                "sent": stats.requests_sent, "failed": stats.failed_requests, "tail_duplicates": stats.tail_duplicates,
-            },
-            "unwritten_chunks": self.unwritten.len(),
-            "trust": {
-                "timestamp_version": self.trusted_timestamp_version,
-                "metadata_rejected": self.metrics.metadata_rejected.load(std::sync::atomic::Ordering::Relaxed),
-                "announcements_rejected": self.metrics.announcements_rejected.load(std::sync::atomic::Ordering::Relaxed),
-                "status_reports_rejected": self.metrics.status_reports_rejected.load(std::sync::atomic::Ordering::Relaxed),
-                "reporting_devices": self.device.reporting_devices(),
-            },
-        });
-        let complete = self.releases.keys().filter(|id| self.scheduler.is_complete(id)).count() as u64;
-        self.metrics.releases_complete.store(complete, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut slot) = self.status.lock() {
-            *slot = status;
-        }
-    }
-}
-
-/// Per-index outcomes of a chunk response, and the bytes of the chunks that verified.
-type CheckedResponse = (Vec<(u32, ChunkOutcome)>, Vec<(ChunkId, Bytes)>);
-
-/// The store writer: takes verified chunks in arrival order and writes them in groups, one
-/// `syncfs` per group (group commit), so a fast mesh does not turn into one filesystem sync
-/// per response. Reports each group `Written` (or `StoreFailed`) to the main loop.
-fn spawn_writer(
-    store: ChunkStore,
-    index: StoreIndex,
-    tx: mpsc::Sender<Internal>,
-    metrics: Arc<Metrics>,
-) -> mpsc::UnboundedSender<WriteJob> {
-    let (jobs_tx, mut jobs) = mpsc::unbounded_channel::<WriteJob>();
-    let in_flight = Arc::new(Semaphore::new(WRITE_GROUPS_IN_FLIGHT));
-    tokio::spawn(async move {
-        loop {
-            // Wait for a group slot first, so jobs keep accumulating into a bigger group
-            // while all slots are busy.
-            let Ok(slot) = in_flight.clone().acquire_owned().await else { break };
-            let Some(first) = jobs.recv().await else { break };
-            let mut group = vec![first];
-            let mut bytes = group[0].bytes.len();
-            while bytes < MAX_WRITE_GROUP_BYTES {
-                match jobs.try_recv() {
-                    Ok(job) => {
-                        bytes += job.bytes.len();
-                        group.push(job);
-                    }
-                    Err(_) => break,
-                }
-            }
-            let ids: Vec<ChunkId> = group.iter().map(|j| j.id).collect();
-            let (store, index, tx, metrics) = (store.clone(), index.clone(), tx.clone(), metrics.clone());
-            tokio::spawn(async move {
-                let _slot = slot;
-                let written = tokio::task::spawn_blocking(move || {
-                    let started = std::time::Instant::now();
-                    let batch: Vec<(ChunkId, &[u8])> = group.iter().map(|j| (j.id, j.bytes.as_ref())).collect();
-                    store.put_batch(&batch)?;
-                    let put_ms = started.elapsed().as_millis() as u64;
-                    // Indexed only once the files are durable.
-                    let lens: Vec<(ChunkId, u64)> = batch.iter().map(|(id, b)| (*id, b.len() as u64)).collect();
-                    index.stored(&lens, unix_micros())?;
-                    debug!(
-                        chunks = batch.len(),
-                        put_ms,
-                        total_ms = started.elapsed().as_millis() as u64,
-                        "store group written"
-                    );
-                    anyhow::Ok(())
-                    // `group` (and the memory budget its jobs hold) is dropped here.
-                })
-                .await;
-                match written {
-                    Ok(Ok(())) => {
-                        Metrics::add(&metrics.chunks_stored, ids.len() as u64);
-                        Metrics::add(&metrics.bytes_stored, bytes as u64);
-                        let _ = tx.send(Internal::Written(ids)).await;
-                    }
-                    Ok(Err(e)) => {
-                        warn!("writing chunks to the store failed: {e:#}");
-                        let _ = tx.send(Internal::StoreFailed(ids)).await;
-                    }
-                    Err(_) => {
-                        warn!("writing chunks to the store failed");
-                        let _ = tx.send(Internal::StoreFailed(ids)).await;
-                    }
-                }
-            });
-        }
-    });
-    jobs_tx
-}
-
-/// Checks each returned chunk against its manifest entry (length, then blake3).
-fn verify_response(entries: &[(u32, ChunkEntry)], response: ChunkResponse) -> CheckedResponse {
-    let mut items: HashMap<[u8; 32], ChunkItem> = response.items.into_iter().map(|item| (item.id, item)).collect();
-    let mut outcomes = Vec::with_capacity(entries.len());
-    let mut verified = Vec::new();
-    for (index, entry) in entries {
-        let outcome = match items.remove(&entry.id.0).map(|item| item.result) {
-            Some(ChunkResult::Ok(bytes)) => match protocol::codec::verify_stored(entry, &bytes) {
-                Ok(()) => {
-                    verified.push((entry.id, Bytes::from(bytes)));
-                    ChunkOutcome::Verified
-                }
-                Err(_) => ChunkOutcome::Corrupt,
-            },
-            _ => ChunkOutcome::Missing,
-        };
-        outcomes.push((*index, outcome));
-    }
-    (outcomes, verified)
 }

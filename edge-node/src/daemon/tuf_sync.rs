@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use tracing::{debug, info, warn};
 
 use super::meta_sources::SourceOutcomes;
-use crate::network::NetworkClient;
-use crate::repo_files;
+use chunk_store::repo_files;
+use mesh::NetworkClient;
 
 /// Where TUF state lives.
 #[derive(Debug, Clone)]

@@ -42,7 +42,7 @@ const SEND_WINDOW_BYTES: u64 = 8 << 20;
 /// drop datagrams that congestion control then reads as loss (see `network::sockets`).
 fn enlarge_socket_buffers(endpoint: &Endpoint) {
     if let Ok(addr) = endpoint.local_addr() {
-        crate::network::sockets::enlarge_udp_buffers(addr.port(), crate::network::sockets::QUIC_SOCKET_BUFFER_BYTES);
+        mesh::sockets::enlarge_udp_buffers(addr.port(), mesh::sockets::QUIC_SOCKET_BUFFER_BYTES);
     }
 }
 

@@ -19,6 +19,7 @@ mod bitfield;
 pub mod cache;
 pub mod rendezvous;
 mod scheduler;
+pub mod status;
 
 pub use bitfield::Bitfield;
 pub use scheduler::{

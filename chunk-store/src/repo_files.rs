@@ -41,7 +41,8 @@ pub fn read(root: &Path, name: &str, max_bytes: u64) -> Option<Vec<u8>> {
     (bytes.len() as u64 <= max_bytes).then_some(bytes)
 }
 
-/// Writes a repository file atomically (temp, fsync, rename).
+/// Writes a repository file atomically (temp, fsync, rename, fsync the directory).
+// TODO(host::fs): the one owner of durable writes replaces this body.
 pub fn write(root: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
     use anyhow::Context;
     use std::io::Write;

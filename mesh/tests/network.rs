@@ -1,4 +1,4 @@
-//! The edge node's libp2p mesh: real swarms on 127.0.0.1 in one process. No test sleeps to
+//! The libp2p mesh (the edge node's and the origin's): real swarms on 127.0.0.1 in one process. No test sleeps to
 //! synchronize; each waits for the event it needs, under a timeout.
 
 // `wait_for`'s pickers hand unwanted events back by value in `Err`; boxing them would only
@@ -11,11 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use edge_node::network::{
-    self, ChunkItem, ChunkRange, ChunkRequest, ChunkResponse, ChunkResult, HaveResponse, NetworkClient, NetworkConfig,
-    NetworkError, NetworkEvent, SiteName,
-};
 use libp2p::{identity::Keypair, Multiaddr, PeerId};
+use mesh::{
+    ChunkItem, ChunkRange, ChunkRequest, ChunkResponse, ChunkResult, HaveResponse, InboundRequest, NetworkClient,
+    NetworkConfig, NetworkError, NetworkEvent, SiteName,
+};
 use tokio::sync::mpsc;
 
 /// Generous: CI machines are slow and everything here runs on two cores.
@@ -48,7 +48,7 @@ impl Node {
         config.enable_mdns = false;
         config.gossip_heartbeat = Duration::from_millis(100);
         adjust(&mut config);
-        let (client, events, event_loop) = network::new(Keypair::generate_ed25519(), config).unwrap();
+        let (client, events, event_loop) = mesh::new(Keypair::generate_ed25519(), config).unwrap();
         tokio::spawn(event_loop.run());
         let quic = within("quic listen", client.listen("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())).await.unwrap();
         let tcp = within("tcp listen", client.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())).await.unwrap();
@@ -98,7 +98,7 @@ impl Node {
     async fn serve_one_chunk_request(&mut self, store: &HashMap<[u8; 32], Vec<u8>>) -> ChunkRequest {
         let (request, reply) = self
             .wait_for("InboundChunkRequest", |e| match e {
-                NetworkEvent::InboundChunkRequest { request, reply, .. } => Ok((request, reply)),
+                NetworkEvent::Inbound(InboundRequest::Chunks { request, reply, .. }) => Ok((request, reply)),
                 other => Err(other),
             })
             .await;
@@ -198,7 +198,7 @@ mod two_nodes {
             tokio::join!(a.client.request_have(b.peer, "gw-2.4.1"), async {
                 let (request, reply) = b
                     .wait_for("InboundHaveRequest", |e| match e {
-                        NetworkEvent::InboundHaveRequest { request, reply, .. } => Ok((request, reply)),
+                        NetworkEvent::Inbound(InboundRequest::Have { request, reply, .. }) => Ok((request, reply)),
                         other => Err(other),
                     })
                     .await;
@@ -336,12 +336,12 @@ mod three_nodes {
 }
 
 mod codec {
-    use edge_node::network::{
+    use futures::{executor::block_on, io::Cursor};
+    use mesh::{
         codec::{read_frame, write_frame},
         messages::{WireMessage, MAX_RANGES_PER_REQUEST},
         HaveRequest,
     };
-    use futures::{executor::block_on, io::Cursor};
 
     use super::*;
 
@@ -407,7 +407,7 @@ mod codec {
 mod identity {
     use std::os::unix::fs::PermissionsExt;
 
-    use edge_node::network::load_or_create_keypair;
+    use mesh::load_or_create_keypair;
 
     use super::*;
 
@@ -467,7 +467,7 @@ mod throughput {
         let mut events = b.events;
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
-                if let NetworkEvent::InboundChunkRequest { request, reply, .. } = event {
+                if let NetworkEvent::Inbound(InboundRequest::Chunks { request, reply, .. }) = event {
                     let items = request
                         .chunks
                         .iter()

@@ -10,12 +10,12 @@
 //! caps the request at `net.core.rmem_max` / `wmem_max`; no privilege is needed.
 
 /// Requested receive and send buffer per QUIC socket.
-pub(crate) const QUIC_SOCKET_BUFFER_BYTES: usize = 8 << 20;
+pub const QUIC_SOCKET_BUFFER_BYTES: usize = 8 << 20;
 
 /// Raises SO_RCVBUF and SO_SNDBUF of this process's UDP sockets bound to local `port`;
 /// returns how many sockets were changed. Linux only (reads `/proc/self/fd`); elsewhere
 /// nothing happens.
-pub(crate) fn enlarge_udp_buffers(port: u16, bytes: usize) -> usize {
+pub fn enlarge_udp_buffers(port: u16, bytes: usize) -> usize {
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else { return 0 };
     let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     let mut changed = 0;

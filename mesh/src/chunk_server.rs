@@ -20,10 +20,10 @@ use std::sync::Arc;
 use protocol::ChunkId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::metrics::Metrics;
-use crate::network::messages::MAX_BATCH_BYTES;
-use crate::network::{ChunkItem, ChunkRequest, ChunkResponse, ChunkResult};
-use crate::store::{ChunkStore, ReadError};
+use chunk_store::{ChunkStore, ReadError};
+
+use crate::messages::MAX_BATCH_BYTES;
+use crate::{ChunkItem, ChunkRequest, ChunkResponse, ChunkResult};
 
 /// Default for `mesh_max_concurrent_serves`: two cores are saturated by far fewer readers.
 pub const DEFAULT_MAX_CONCURRENT_SERVES: usize = 8;
@@ -42,11 +42,28 @@ pub struct Served {
     pub damaged: Vec<ChunkId>,
 }
 
+/// What serving counts; the edge node exports it, the origin keeps nothing.
+pub trait ServeMetrics: Send + Sync + 'static {
+    /// A range answered from the store with `bytes` bytes.
+    fn hit(&self, bytes: u64);
+    /// A range we could not answer (not stored).
+    fn miss(&self);
+    /// A request answered all-`Busy` because every slot and the queue were taken.
+    fn busy(&self);
+}
+
+/// Counts nothing.
+impl ServeMetrics for () {
+    fn hit(&self, _: u64) {}
+    fn miss(&self) {}
+    fn busy(&self) {}
+}
+
 /// Serves peers' chunk requests from a store, at most `max_concurrent` at once.
 #[derive(Clone)]
 pub struct ChunkServer {
     store: ChunkStore,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn ServeMetrics>,
     slots: Arc<Semaphore>,
     /// Requests waiting for a slot now.
     waiting: Arc<AtomicUsize>,
@@ -55,7 +72,7 @@ pub struct ChunkServer {
 
 impl ChunkServer {
     /// A server over `store`; `max_concurrent` requests (at least 1) are read at once.
-    pub fn new(store: ChunkStore, metrics: Arc<Metrics>, max_concurrent: usize) -> Self {
+    pub fn new(store: ChunkStore, metrics: Arc<dyn ServeMetrics>, max_concurrent: usize) -> Self {
         let max_concurrent = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
         let slots = Arc::new(Semaphore::new(max_concurrent));
         let max_waiting = max_concurrent.saturating_mul(QUEUED_PER_SERVE);
@@ -87,14 +104,14 @@ impl ChunkServer {
     /// held.
     pub async fn answer(&self, request: ChunkRequest) -> Served {
         let Some(slot) = self.slot().await else {
-            Metrics::add(&self.metrics.mesh_serves_busy, 1);
+            self.metrics.busy();
             return Served { response: all_busy(&request), served: Vec::new(), damaged: Vec::new() };
         };
         let (store, metrics) = (self.store.clone(), self.metrics.clone());
         let busy = all_busy(&request);
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            serve_chunks(&store, &metrics, &request)
+            serve_chunks(&store, &*metrics, &request)
         })
         .await
         .unwrap_or(Served { response: busy, served: Vec::new(), damaged: Vec::new() })
@@ -109,7 +126,7 @@ fn all_busy(request: &ChunkRequest) -> ChunkResponse {
 /// Answers a peer's chunk request from the store, sized before reading (see the module doc).
 /// Bodies are verified by the store on their first read; damaged ones are deleted, counted
 /// and returned so the cache forgets them.
-pub fn serve_chunks(store: &ChunkStore, metrics: &Metrics, request: &ChunkRequest) -> Served {
+pub fn serve_chunks(store: &ChunkStore, metrics: &dyn ServeMetrics, request: &ChunkRequest) -> Served {
     let max_len = u64::from(protocol::manifest::limits::MAX_STORED_CHUNK_BYTES);
     let budget = MAX_BATCH_BYTES as usize;
     // Sizes of distinct chunks, from file lengths: nothing is read yet.
@@ -158,18 +175,17 @@ pub fn serve_chunks(store: &ChunkStore, metrics: &Metrics, request: &ChunkReques
         .map(|(range, plan)| {
             let result = match plan {
                 None => {
-                    Metrics::add(&metrics.cache_misses, 1);
+                    metrics.miss();
                     ChunkResult::NotFound
                 }
                 Some((usize::MAX, _)) => ChunkResult::Busy,
                 Some((start, end)) => match bodies.get(&range.id) {
                     Some(Ok(bytes)) if end <= bytes.len() => {
-                        Metrics::add(&metrics.cache_hits, 1);
-                        Metrics::add(&metrics.bytes_out_peers, (end - start) as u64);
+                        metrics.hit((end - start) as u64);
                         ChunkResult::Ok(bytes[start..end].to_vec())
                     }
                     Some(Err(ReadError::Missing)) => {
-                        Metrics::add(&metrics.cache_misses, 1);
+                        metrics.miss();
                         ChunkResult::NotFound
                     }
                     _ => ChunkResult::NotFound,
@@ -184,12 +200,29 @@ pub fn serve_chunks(store: &ChunkStore, metrics: &Metrics, request: &ChunkReques
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::network::ChunkRange;
-    use std::sync::atomic::Ordering::Relaxed;
+    use crate::ChunkRange;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-    fn store_with(dir: &std::path::Path, bodies: &[Vec<u8>]) -> (ChunkStore, Arc<Metrics>, Vec<ChunkId>) {
-        let metrics = Arc::new(Metrics::default());
-        let store = ChunkStore::open(dir).unwrap().with_metrics(metrics.clone());
+    /// The counters the edge node keeps for serving.
+    #[derive(Default)]
+    struct Counts {
+        hits: AtomicU64,
+        busy: AtomicU64,
+    }
+
+    impl ServeMetrics for Counts {
+        fn hit(&self, _: u64) {
+            self.hits.fetch_add(1, Relaxed);
+        }
+        fn miss(&self) {}
+        fn busy(&self) {
+            self.busy.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn store_with(dir: &std::path::Path, bodies: &[Vec<u8>]) -> (ChunkStore, Arc<Counts>, Vec<ChunkId>) {
+        let metrics = Arc::new(Counts::default());
+        let store = ChunkStore::open(dir).unwrap();
         let ids: Vec<ChunkId> = bodies.iter().map(|b| ChunkId::of(b)).collect();
         let batch: Vec<(ChunkId, &[u8])> = ids.iter().zip(bodies).map(|(id, b)| (*id, b.as_slice())).collect();
         store.put_batch(&batch).unwrap();
@@ -209,12 +242,12 @@ mod tests {
         let (store, _metrics, ids) = store_with(dir.path(), &[vec![7u8; 1 << 20]]);
         let request =
             ChunkRequest { release: "r".into(), chunks: vec![ChunkRange { id: ids[0].0, offset: 0, length: 0 }; 256] };
-        let served = serve_chunks(&store, &Metrics::default(), &request);
+        let served = serve_chunks(&store, &(), &request);
         assert_eq!(served.served, vec![ids[0]]);
         assert_eq!(ok_bytes(&served.response), 8 << 20);
         let busy = served.response.items.iter().filter(|i| i.result == ChunkResult::Busy).count();
         assert_eq!(busy, 248);
-        use crate::network::messages::WireMessage;
+        use crate::messages::WireMessage;
         assert!(served.response.encode().is_ok());
     }
 
@@ -247,14 +280,14 @@ mod tests {
         let refused = server.answer(request.clone()).await;
         assert!(refused.response.items.iter().all(|i| i.result == ChunkResult::Busy));
         assert!(refused.served.is_empty());
-        assert_eq!(metrics.mesh_serves_busy.load(Relaxed), 1);
-        assert_eq!(metrics.cache_hits.load(Relaxed), 0);
+        assert_eq!(metrics.busy.load(Relaxed), 1);
+        assert_eq!(metrics.hits.load(Relaxed), 0);
         // Slots free: every queued request is served.
         drop(held);
         for answer in queued {
             let answered = tokio::time::timeout(std::time::Duration::from_secs(10), answer).await.unwrap().unwrap();
             assert_eq!(ok_bytes(&answered.response), 8192);
         }
-        assert_eq!(metrics.mesh_serves_busy.load(Relaxed), 1);
+        assert_eq!(metrics.busy.load(Relaxed), 1);
     }
 }

@@ -1,4 +1,8 @@
-//! The libp2p mesh of an edge node.
+//! otamesh's libp2p mesh, shared by the roles that join it: the edge node (`edge-node run`)
+//! and the origin (`seeder serve`). Each role answers peers' requests through its own
+//! [`Responder`]; everything else — transports, behaviours, the event loop, the codec, the
+//! node key file, socket tuning, serving chunk batches from a [`chunk_store::ChunkStore`] —
+//! lives here once.
 //!
 //! Shape (after rust-libp2p's file-sharing example): [`new`] builds a swarm and returns a
 //! cloneable [`NetworkClient`], a bounded receiver of [`NetworkEvent`]s, and an
@@ -19,11 +23,13 @@
 //! and mDNS when enabled.
 
 mod behaviour;
+pub mod chunk_server;
 pub mod codec;
 mod event_loop;
 mod keyfile;
 pub mod messages;
-pub(crate) mod sockets;
+mod responder;
+pub mod sockets;
 
 use std::{collections::HashSet, fmt, time::Duration};
 
@@ -42,6 +48,8 @@ pub use messages::{
     ChunkItem, ChunkRange, ChunkRequest, ChunkResponse, ChunkResult, HaveRequest, HaveResponse, MetaRequest,
     MetaResponse,
 };
+
+pub use responder::Responder;
 
 use behaviour::Behaviour;
 
@@ -188,8 +196,16 @@ pub enum NetworkEvent {
         /// The announcement.
         bytes: Vec<u8>,
     },
-    /// A peer asks for chunk ranges; answer with [`NetworkClient::respond_chunks`].
-    InboundChunkRequest {
+    /// A peer asks something of us; answer it with [`NetworkClient::answer`] and the role's
+    /// [`Responder`] (or with the `respond_*` method for its kind).
+    Inbound(InboundRequest),
+}
+
+/// A peer's request, with the handle to answer it through.
+#[derive(Debug)]
+pub enum InboundRequest {
+    /// Chunk ranges; answered by [`NetworkClient::respond_chunks`].
+    Chunks {
         /// The requester.
         peer: PeerId,
         /// What it asks for (already checked against the wire limits).
@@ -197,8 +213,8 @@ pub enum NetworkEvent {
         /// The handle to answer through.
         reply: ChunkReply,
     },
-    /// A peer asks which chunks of a release we hold; answer with [`NetworkClient::respond_have`].
-    InboundHaveRequest {
+    /// Which chunks of a release we hold; answered by [`NetworkClient::respond_have`].
+    Have {
         /// The requester.
         peer: PeerId,
         /// What it asks for.
@@ -206,8 +222,8 @@ pub enum NetworkEvent {
         /// The handle to answer through.
         reply: HaveReply,
     },
-    /// A peer asks for a repository file; answer with [`NetworkClient::respond_meta`].
-    InboundMetaRequest {
+    /// A repository file; answered by [`NetworkClient::respond_meta`].
+    Meta {
         /// The requester.
         peer: PeerId,
         /// What it asks for.

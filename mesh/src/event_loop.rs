@@ -18,8 +18,8 @@ use tracing::{debug, warn};
 
 use super::{
     behaviour::{release_key, Behaviour, BehaviourEvent, KAD_PROTOCOL, RELEASES_TOPIC},
-    ChunkReply, ChunkResponse, ChunkResult, Command, ConnectedPeer, HaveReply, HaveResponse, MetaReply, MetaRequest,
-    MetaResponse, NetworkError, NetworkEvent, Reply, SiteName,
+    ChunkReply, ChunkResponse, ChunkResult, Command, ConnectedPeer, HaveReply, HaveResponse, InboundRequest, MetaReply,
+    MetaRequest, MetaResponse, NetworkError, NetworkEvent, Reply, SiteName,
 };
 
 /// Most addresses taken from one identify message into the DHT routing table; identify
@@ -334,10 +334,11 @@ impl EventLoop {
                         .iter()
                         .map(|r| super::ChunkItem { id: r.id, result: ChunkResult::Busy })
                         .collect();
-                    let event = NetworkEvent::InboundChunkRequest { peer, request, reply: ChunkReply(channel) };
+                    let event =
+                        NetworkEvent::Inbound(InboundRequest::Chunks { peer, request, reply: ChunkReply(channel) });
                     // The application is behind: say Busy at once rather than letting the
                     // requester wait for its timeout.
-                    if let Some(NetworkEvent::InboundChunkRequest { reply, .. }) = self.emit(event) {
+                    if let Some(NetworkEvent::Inbound(InboundRequest::Chunks { reply, .. })) = self.emit(event) {
                         let busy = ChunkResponse { items: busy };
                         let _ = self.swarm.behaviour_mut().chunks.send_response(reply.0, busy);
                     }
@@ -365,7 +366,8 @@ impl EventLoop {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
                     // If the application is behind, the dropped handle fails the request fast.
-                    let _ = self.emit(NetworkEvent::InboundHaveRequest { peer, request, reply: HaveReply(channel) });
+                    let inbound = InboundRequest::Have { peer, request, reply: HaveReply(channel) };
+                    let _ = self.emit(NetworkEvent::Inbound(inbound));
                 }
                 request_response::Message::Response { request_id, response } => {
                     if let Some(reply) = self.pending_have.remove(&request_id) {
@@ -389,7 +391,8 @@ impl EventLoop {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    let _ = self.emit(NetworkEvent::InboundMetaRequest { peer, request, reply: MetaReply(channel) });
+                    let inbound = InboundRequest::Meta { peer, request, reply: MetaReply(channel) };
+                    let _ = self.emit(NetworkEvent::Inbound(inbound));
                 }
                 request_response::Message::Response { request_id, response } => {
                     if let Some(reply) = self.pending_meta.remove(&request_id) {

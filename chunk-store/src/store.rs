@@ -1,6 +1,6 @@
 //! The chunk store: bodies in a content-addressed file tree, written crash-safely in batches.
 //!
-//! Layout: `DIR/chunks/ab/<64 hex>`. A batch is written under hidden temp names, made
+//! Layout: [`crate::layout`] (`DIR/chunks/ab/<64 hex>`). A batch is written under hidden temp names, made
 //! durable with one `syncfs`, then renamed into place: a kill or power cut leaves only
 //! complete chunks under final names (temp files are swept at open). A rename lost to a
 //! power cut only loses the chunk (start-up reconciles the index with the files).
@@ -11,10 +11,10 @@
 //! hashed once per read pass, not once per read. A restart (kill -9 included) starts with an
 //! empty set, so everything on disk is re-verified before it is served again; a damaged file
 //! is deleted, never sent. A file altered on disk behind the running process's back after it
-//! was verified is found by background re-verification ([`crate::reverify`], a bounded
-//! number of bytes per second, every file in turn) and by `put_batch`, which hashes a file
-//! that already exists before trusting it. Every damaged file found by any path is counted
-//! in `corrupt_chunks` (see [`ChunkStore::with_metrics`]). Devices verify every chunk
+//! was verified is found by background re-verification ([`ChunkStore::check`], which the
+//! edge node runs over every file in turn at a bounded byte rate) and by `put_batch`, which
+//! hashes a file that already exists before trusting it. Every damaged file found by any
+//! path is reported to the store's [`OnDamage`] (the edge node counts `corrupt_chunks`). Devices verify every chunk
 //! themselves and peers verify before storing, so such a byte can never be installed or
 //! spread, only cost a refetch.
 //!
@@ -37,7 +37,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::metrics::Metrics;
+use crate::layout;
 
 /// Most ids remembered as verified (32 bytes each, ~12 MiB with the set's overhead); past it
 /// the set is cleared and chunks are verified again on their next read.
@@ -80,42 +80,42 @@ pub enum Check {
     Missing,
 }
 
+/// Told of every damaged file the store finds and deletes, whichever path found it (a read,
+/// a `put_batch` over an existing file, a re-verification).
+pub trait OnDamage: Send + Sync + std::fmt::Debug {
+    /// `id`'s file did not hash to its name and has been deleted.
+    fn damaged(&self, id: &ChunkId);
+}
+
 /// A content-addressed chunk store rooted at a directory. Clones share the in-memory state.
 #[derive(Debug, Clone)]
 pub struct ChunkStore {
     root: PathBuf,
     memory: Arc<Mutex<Memory>>,
-    /// Where damaged files found by any path are counted (`corrupt_chunks`).
-    metrics: Option<Arc<Metrics>>,
+    /// Told of damaged files found by any path.
+    on_damage: Option<Arc<dyn OnDamage>>,
 }
 
 impl ChunkStore {
     /// Opens (creating) the store under `data_dir/chunks` and sweeps temp files a killed
     /// process left behind.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        let root = data_dir.join("chunks");
-        for byte in 0..=255u8 {
-            let dir = root.join(protocol::hex::encode(&[byte]));
-            fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            for entry in fs::read_dir(&dir)?.flatten() {
-                if entry.file_name().to_string_lossy().starts_with('.') {
-                    let _ = fs::remove_file(entry.path());
-                }
-            }
-        }
-        Ok(ChunkStore { root, memory: Arc::default(), metrics: None })
+        let root = layout::chunks_dir(data_dir);
+        // Every work file is this store's own: nobody else writes an edge node's tree.
+        layout::prepare(&root, |_| true)?;
+        Ok(ChunkStore { root, memory: Arc::default(), on_damage: None })
     }
 
     /// Opens an existing store without touching it: the origin reads the seeder's chunk
     /// tree, where a concurrent `seeder release add` may have files staged.
     pub fn open_read_only(data_dir: &Path) -> Self {
-        ChunkStore { root: data_dir.join("chunks"), memory: Arc::default(), metrics: None }
+        ChunkStore { root: layout::chunks_dir(data_dir), memory: Arc::default(), on_damage: None }
     }
 
-    /// Counts every damaged file this store finds (on a read, a `put_batch` over an existing
-    /// file, a re-verification) in `metrics.corrupt_chunks`, whoever asked.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
+    /// Reports every damaged file this store finds (on a read, a `put_batch` over an
+    /// existing file, a re-verification) to `on_damage`, whoever asked.
+    pub fn with_on_damage(mut self, on_damage: Arc<dyn OnDamage>) -> Self {
+        self.on_damage = Some(on_damage);
         self
     }
 
@@ -123,8 +123,8 @@ impl ChunkStore {
     fn discard_damaged(&self, id: &ChunkId) {
         self.memory().verified.remove(id);
         let _ = fs::remove_file(self.path(id));
-        if let Some(metrics) = &self.metrics {
-            Metrics::add(&metrics.corrupt_chunks, 1);
+        if let Some(on_damage) = &self.on_damage {
+            on_damage.damaged(id);
         }
         tracing::warn!(chunk = %id, "stored chunk failed verification; deleted");
     }
@@ -161,8 +161,7 @@ impl ChunkStore {
     }
 
     fn path(&self, id: &ChunkId) -> PathBuf {
-        let hex = id.to_hex();
-        self.root.join(&hex[..2]).join(hex)
+        layout::chunk_path(&self.root, id)
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
@@ -212,7 +211,7 @@ impl ChunkStore {
                     Check::Damaged { .. } | Check::Missing => {}
                 }
             }
-            let tmp = path.with_file_name(format!(".{}.tmp", id.to_hex()));
+            let tmp = layout::work_path(&path, "tmp");
             let mut file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
             file.write_all(bytes)?;
             start_writeback(&file);
@@ -220,6 +219,7 @@ impl ChunkStore {
         }
         if !staged.is_empty() {
             // Bodies durable before any name points at them.
+            // TODO(host::fs): one owner of durable writes; syncfs is this store's for now.
             sync_filesystem(&self.root)?;
             for (tmp, path) in &staged {
                 fs::rename(tmp, path).with_context(|| format!("cannot rename into {}", path.display()))?;
@@ -277,19 +277,7 @@ impl ChunkStore {
     /// Every chunk file's id and length, for rebuilding the cache at start-up. Contents are
     /// checked when read, not here, so start-up stays fast on a large store.
     pub fn scan(&self) -> Vec<(ChunkId, u64)> {
-        let mut out = Vec::new();
-        for byte in 0..=255u8 {
-            let dir = self.root.join(protocol::hex::encode(&[byte]));
-            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let name = entry.file_name();
-                let Ok(id) = ChunkId::from_hex(&name.to_string_lossy()) else { continue };
-                if let Ok(meta) = entry.metadata() {
-                    out.push((id, meta.len()));
-                }
-            }
-        }
-        out.sort();
-        out
+        layout::scan(&self.root)
     }
 }
 
@@ -316,6 +304,7 @@ fn start_writeback(file: &File) {
     }
 }
 
+/// One `syncfs(2)` for the filesystem holding `path`: cheaper than an fsync per chunk file.
 fn sync_filesystem(path: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     let dir = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -330,6 +319,16 @@ fn sync_filesystem(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts damaged files, as the edge node's `corrupt_chunks` does.
+    #[derive(Debug, Default)]
+    struct DamageCount(std::sync::atomic::AtomicU64);
+
+    impl OnDamage for DamageCount {
+        fn damaged(&self, _: &ChunkId) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 
     #[test]
     fn put_get_remove_and_damage_detection() {
@@ -389,22 +388,22 @@ mod tests {
         let body = b"the chunk as signed".to_vec();
         let id = ChunkId::of(&body);
         ChunkStore::open(dir.path()).unwrap().put_batch(&[(id, &body)]).unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let store = ChunkStore::open(dir.path()).unwrap().with_metrics(metrics.clone());
+        let damage = Arc::new(DamageCount::default());
+        let store = ChunkStore::open(dir.path()).unwrap().with_on_damage(damage.clone());
         let path = store.path(&id);
         fs::write(&path, b"the chunk as altered").unwrap();
 
         store.put_batch(&[(id, &body)]).unwrap();
         assert_eq!(fs::read(&path).unwrap(), body);
         assert_eq!(store.get(&id, 1024).unwrap(), body);
-        assert_eq!(metrics.corrupt_chunks.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(damage.0.load(std::sync::atomic::Ordering::Relaxed), 1);
 
         // Intact: not rewritten, not counted.
         let before = fs::metadata(&path).unwrap().modified().unwrap();
-        let store = ChunkStore::open(dir.path()).unwrap().with_metrics(metrics.clone());
+        let store = ChunkStore::open(dir.path()).unwrap().with_on_damage(damage.clone());
         store.put_batch(&[(id, &body)]).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), before);
-        assert_eq!(metrics.corrupt_chunks.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(damage.0.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     /// Sizing reads no body: staged chunks by their bytes, files by their metadata.
@@ -448,7 +447,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ChunkStore::open(dir.path()).unwrap();
         let id = ChunkId::of(b"x");
-        let tmp = store.path(&id).with_file_name(format!(".{}.tmp", id.to_hex()));
+        let tmp = layout::work_path(&store.path(&id), "tmp");
         fs::write(&tmp, b"partial").unwrap();
         assert!(store.scan().is_empty());
         ChunkStore::open(dir.path()).unwrap();

@@ -1,0 +1,64 @@
+//! What the origin answers its peers, straight from the repository: files of `metadata/` and
+//! `targets/` by the names peers ask for, chunks from `chunks/` through the one chunk store
+//! (each body hashed against its name before this process first serves it). Have requests
+//! are answered empty: peers treat the origin as holding everything and do not ask.
+//!
+//! It reads the repository and never writes it, and it holds no keys: `keys/` cannot be
+//! named by a peer ([`chunk_store::repo_files`] admits only `metadata/` and `targets/`).
+
+use libp2p::PeerId;
+use mesh::chunk_server::{ChunkServer, DEFAULT_MAX_CONCURRENT_SERVES};
+use mesh::{ChunkRequest, ChunkResponse, HaveRequest, HaveResponse, MetaRequest, MetaResponse, Responder};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chunk_store::ChunkStore;
+
+/// The origin's answers to peers.
+pub struct RepoResponder {
+    repo: PathBuf,
+    chunks: ChunkServer,
+}
+
+impl RepoResponder {
+    /// Answers from the repository at `repo`. Its chunk tree is opened read-only: a
+    /// concurrent `seeder release add` may have files staged there.
+    pub fn new(repo: &Path) -> Self {
+        let store = ChunkStore::open_read_only(repo);
+        RepoResponder {
+            repo: repo.to_owned(),
+            chunks: ChunkServer::new(store, Arc::new(()), DEFAULT_MAX_CONCURRENT_SERVES),
+        }
+    }
+}
+
+impl Responder for RepoResponder {
+    fn meta(&self, _peer: PeerId, request: MetaRequest) -> impl Future<Output = MetaResponse> + Send + 'static {
+        let repo = self.repo.clone();
+        async move {
+            let body = tokio::task::spawn_blocking(move || {
+                chunk_store::repo_files::read(&repo, &request.name, mesh::messages::MAX_META_BYTES as u64)
+            })
+            .await
+            .ok()
+            .flatten();
+            MetaResponse { body }
+        }
+    }
+
+    fn chunks(&self, _peer: PeerId, request: ChunkRequest) -> impl Future<Output = ChunkResponse> + Send + 'static {
+        let server = self.chunks.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let response = server.answer(request).await.response;
+            tracing::debug!(read_ms = started.elapsed().as_millis() as u64, "chunk request served");
+            response
+        }
+    }
+
+    fn have(&self, _peer: PeerId, request: HaveRequest) -> impl Future<Output = HaveResponse> + Send + 'static {
+        // Answered rather than dropped, so a peer that asks is not left waiting.
+        std::future::ready(HaveResponse { release: request.release, bitfield: Vec::new() })
+    }
+}
