@@ -3,7 +3,6 @@
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::Value;
-use std::fs;
 
 use crate::repo::{expiry, Repo};
 
@@ -138,18 +137,9 @@ pub fn run(repo: &Repo, now: i64, warn_within_secs: i64) -> Result<InspectReport
             });
         }
     }
-    let (mut store_chunks, mut store_bytes) = (0u64, 0u64);
-    if let Ok(fanouts) = fs::read_dir(repo.chunks_dir()) {
-        for fanout in fanouts.flatten() {
-            if fanout.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            for chunk in fs::read_dir(fanout.path()).into_iter().flatten().flatten() {
-                store_chunks += 1;
-                store_bytes += chunk.metadata().map(|m| m.len()).unwrap_or(0);
-            }
-        }
-    }
+    // Chunk files only: work files of a `release add` in progress are not the store.
+    let stored = chunk_store::layout::scan(&repo.chunks_dir());
+    let (store_chunks, store_bytes) = (stored.len() as u64, stored.iter().map(|(_, len)| len).sum::<u64>());
     let referenced: u64 = releases.iter().map(|r| r.stored_bytes).sum();
     let dedup_ratio = if store_bytes == 0 { 1.0 } else { referenced as f64 / store_bytes as f64 };
     Ok(InspectReport { roles, warnings, releases, store_chunks, store_bytes, dedup_ratio })

@@ -320,24 +320,18 @@ fn seal_in_parallel(
 }
 
 /// The hidden name a chunk is written under before it is durable; `seeder verify` and the
-/// store ignore dot-files, and the next `release add` removes leftovers.
+/// store ignore such work files, and the next `release add` removes leftovers.
 fn staged_name(final_path: &Path) -> PathBuf {
-    let name = final_path.file_name().and_then(|n| n.to_str()).unwrap_or("chunk");
-    final_path.with_file_name(format!(".{name}.staged"))
+    chunk_store::layout::work_path(final_path, STAGED)
 }
 
-/// Creates the 256 fan-out directories and removes chunks a killed run left staged.
+/// Suffix of a chunk staged by `release add`.
+const STAGED: &str = "staged";
+
+/// Creates the 256 fan-out directories and removes chunks a killed run left staged (and
+/// only those: the origin may be reading, another writer is excluded by the lock).
 fn prepare_chunk_dirs(repo: &Repo) -> Result<()> {
-    for byte in 0..=255u8 {
-        let dir = repo.chunks_dir().join(protocol::hex::encode(&[byte]));
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        for entry in fs::read_dir(&dir)?.flatten() {
-            if entry.file_name().to_string_lossy().ends_with(".staged") {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-    }
-    Ok(())
+    chunk_store::layout::prepare(&repo.chunks_dir(), |name| name.ends_with(&format!(".{STAGED}")))
 }
 
 fn chunk_is_stored(path: &Path, id: &protocol::ChunkId) -> bool {

@@ -105,9 +105,9 @@ impl Repo {
     pub fn targets_dir(&self) -> PathBuf {
         self.dir.join("targets")
     }
-    /// `DIR/chunks`.
+    /// `DIR/chunks` (the layout is `chunk_store::layout`'s, shared with edge nodes).
     pub fn chunks_dir(&self) -> PathBuf {
-        self.dir.join("chunks")
+        chunk_store::layout::chunks_dir(&self.dir)
     }
     /// `DIR/keys`.
     pub fn keys_dir(&self) -> PathBuf {
@@ -115,8 +115,7 @@ impl Repo {
     }
     /// Where a chunk body lives: two hex digits of fan-out, then the full id.
     pub fn chunk_path(&self, id: &protocol::ChunkId) -> PathBuf {
-        let hex = id.to_hex();
-        self.chunks_dir().join(&hex[..2]).join(hex)
+        chunk_store::layout::chunk_path(&self.chunks_dir(), id)
     }
 
     /// Where a target file lives with its consistent-snapshot hash prefix.

@@ -225,7 +225,7 @@ fn check_chunk_store(repo: &Repo, referenced: &HashSet<ChunkId>, report: &mut Ve
     for path in walk_files(&root) {
         report.chunk_files += 1;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let Ok(id) = ChunkId::from_hex(&name) else {
+        let Some(id) = chunk_store::layout::chunk_id_of(&name) else {
             report.problem(&path, "not a chunk file name");
             continue;
         };

@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use procs::{field, get_json, Proc};
+use protocol::edge::status::EdgeStatus;
 pub use summary::Summary;
 
 /// Demo settings; the defaults are what `simnet demo` runs.
@@ -303,14 +304,18 @@ fn publish(seeder: &Path, repo: &str, image: &Path, version: &str, counter: u64)
     report["stored_bytes"].as_u64().context("seeder reported no stored_bytes")
 }
 
+/// The edge node's `/status`, read as the one typed document the daemon serves; `None`
+/// while it does not answer.
+fn edge_status(edge: &Edge) -> Option<EdgeStatus> {
+    get_json(edge.http, "/status").and_then(|value| serde_json::from_value(value).ok())
+}
+
 fn peer_count(edge: &Edge) -> usize {
-    get_json(edge.http, "/status").and_then(|s| s["peers"].as_array().map(Vec::len)).unwrap_or(0)
+    edge_status(edge).map_or(0, |s| s.peers.len())
 }
 
 fn has_release(edge: &Edge, version: &str) -> bool {
-    get_json(edge.http, "/status").is_some_and(|s| {
-        s["releases"].as_array().is_some_and(|rs| rs.iter().any(|r| r["version"] == version && r["complete"] == true))
-    })
+    edge_status(edge).is_some_and(|s| s.releases.iter().any(|r| r.version == version && r.complete))
 }
 
 /// Edge index → (site, wan, origin) bytes in.
@@ -319,9 +324,8 @@ fn edge_counters(edges: &[Edge]) -> BTreeMap<usize, (u64, u64, u64)> {
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            let s = get_json(e.http, "/status").unwrap_or_default();
-            let get = |k: &str| s["bytes_in"][k].as_u64().unwrap_or(0);
-            (i, (get("site"), get("wan"), get("origin")))
+            let b = edge_status(e).unwrap_or_default().bytes_in;
+            (i, (b.site, b.wan, b.origin))
         })
         .collect()
 }
