@@ -3,9 +3,9 @@
 //! returned chunk checked against its manifest entry before the scheduler hears of it.
 
 use bytes::Bytes;
-use protocol::edge::{ChunkOutcome, NodeId, ReleaseId, RequestId, SourceClass};
+use protocol::edge::{ChunkOutcome, NodeId, RequestId, SourceClass};
 use protocol::manifest::ChunkEntry;
-use protocol::ChunkId;
+use protocol::{ChunkId, ReleaseId};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tracing::debug;
@@ -35,11 +35,8 @@ impl Daemon {
         let entries: Vec<(u32, ChunkEntry)> =
             indices.iter().filter_map(|i| info.entries.get(*i as usize).map(|e| (*i, *e))).collect();
         let request = ChunkRequest {
-            release: info.key.clone(),
-            chunks: entries
-                .iter()
-                .map(|(_, e)| ChunkRange { id: e.id.0, offset: 0, length: e.stored_length })
-                .collect(),
+            release,
+            chunks: entries.iter().map(|(_, e)| ChunkRange { id: e.id, offset: 0, length: e.stored_length }).collect(),
         };
         let (client, tx, metrics) = (self.client.clone(), self.internal_tx.clone(), self.metrics.clone());
         let wanted: u64 = entries.iter().map(|(_, e)| u64::from(e.stored_length)).sum();
@@ -74,11 +71,11 @@ impl Daemon {
 
 /// Checks each returned chunk against its manifest entry (length, then blake3).
 fn verify_response(entries: &[(u32, ChunkEntry)], response: ChunkResponse) -> CheckedResponse {
-    let mut items: HashMap<[u8; 32], ChunkItem> = response.items.into_iter().map(|item| (item.id, item)).collect();
+    let mut items: HashMap<ChunkId, ChunkItem> = response.items.into_iter().map(|item| (item.id, item)).collect();
     let mut outcomes = Vec::with_capacity(entries.len());
     let mut verified = Vec::new();
     for (index, entry) in entries {
-        let outcome = match items.remove(&entry.id.0).map(|item| item.result) {
+        let outcome = match items.remove(&entry.id).map(|item| item.result) {
             Some(ChunkResult::Ok(bytes)) => match protocol::codec::verify_stored(entry, &bytes) {
                 Ok(()) => {
                     verified.push((entry.id, Bytes::from(bytes)));

@@ -38,9 +38,9 @@ use bytes::Bytes;
 use libp2p::{Multiaddr, PeerId};
 use protocol::edge::status::EdgeStatus;
 use protocol::edge::{
-    ChunkOutcome, EdgeEvent, FetchScheduler, NodeId, PeerRole, ReleaseId, Request, RequestId, SchedulerConfig, SiteId,
+    ChunkOutcome, EdgeEvent, FetchScheduler, NodeId, PeerRole, Request, RequestId, SchedulerConfig, SiteId,
 };
-use protocol::ChunkId;
+use protocol::{ChunkId, ReleaseId};
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -84,9 +84,9 @@ enum Internal {
     Served(Vec<ChunkId>),
     /// A device asked for a chunk we lack.
     Demand(ChunkId),
-    /// A peer asks which chunks of a release (named by its wire key) we hold.
+    /// A peer asks which chunks of a release we hold.
     HaveQuery {
-        release: String,
+        release: ReleaseId,
         reply: oneshot::Sender<Vec<u8>>,
     },
     /// Time to retry a failed repository refresh.
@@ -497,12 +497,7 @@ impl Daemon {
                 }
             }
             Internal::HaveQuery { release, reply } => {
-                let bitfield = self
-                    .releases
-                    .by_key(&release)
-                    .and_then(|id| self.scheduler.have(&id))
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
+                let bitfield = self.scheduler.have(&release).map(|b| b.to_bytes()).unwrap_or_default();
                 let _ = reply.send(bitfield);
             }
         }
@@ -516,13 +511,17 @@ impl Daemon {
                     self.send_chunks(id, peer, release, indices, class)
                 }
                 Request::Have { peer, release } => {
-                    let (Some(pid), Some(info)) = (self.peers.get(&peer).copied(), self.releases.get(&release)) else {
+                    let (Some(pid), true) = (self.peers.get(&peer).copied(), self.releases.contains(&release)) else {
                         continue;
                     };
-                    let (client, tx, key) = (self.client.clone(), self.internal_tx.clone(), info.key.clone());
+                    let (client, tx) = (self.client.clone(), self.internal_tx.clone());
                     tokio::spawn(async move {
-                        let bits =
-                            client.request_have(pid, &key).await.ok().filter(|r| r.release == key).map(|r| r.bitfield);
+                        let bits = client
+                            .request_have(pid, release)
+                            .await
+                            .ok()
+                            .filter(|r| r.release == release)
+                            .map(|r| r.bitfield);
                         let _ = tx.send(Internal::Have { peer, release, bits }).await;
                     });
                 }
@@ -558,9 +557,9 @@ impl Daemon {
                 EdgeEvent::ReleaseComplete { release } => {
                     if let Some(info) = self.releases.get(&release) {
                         info!(release = %info.target_path, "release complete");
-                        let (client, key) = (self.client.clone(), info.key.clone());
+                        let client = self.client.clone();
                         tokio::spawn(async move {
-                            let _ = client.start_providing(&key).await;
+                            let _ = client.start_providing(release).await;
                         });
                     }
                 }

@@ -1,16 +1,14 @@
 //! The release registry: every release this node knows (from verified targets metadata),
-//! with the manifest entries needed to verify its chunks, found by id, by the key peers use
-//! on the wire, or by a chunk it contains.
+//! with the manifest entries needed to verify its chunks, found by id or by a chunk it
+//! contains.
 
-use protocol::edge::{ChunkSpec, ReleaseId, ReleaseSpec};
+use protocol::edge::{ChunkSpec, ReleaseSpec};
 use protocol::manifest::{ChunkEntry, ManifestView};
-use protocol::ChunkId;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use protocol::{ChunkId, ReleaseId};
+use std::collections::{BTreeMap, HashSet};
 
 /// A release this node knows.
 pub(super) struct KnownRelease {
-    /// How peers name it on the wire (hex of its id).
-    pub(super) key: String,
     pub(super) target_path: String,
     pub(super) name: String,
     pub(super) version: String,
@@ -30,7 +28,6 @@ pub(super) struct Registered {
 #[derive(Default)]
 pub(super) struct Releases {
     by_id: BTreeMap<ReleaseId, KnownRelease>,
-    by_key: HashMap<String, ReleaseId>,
 }
 
 impl Releases {
@@ -46,10 +43,7 @@ impl Releases {
             hw_class: view.hw_class().into(),
             chunks: entries.iter().map(|e| ChunkSpec { id: e.id, stored_len: e.stored_length }).collect(),
         };
-        let key = protocol::hex::encode(&id.0);
-        self.by_key.insert(key.clone(), id);
         let known = KnownRelease {
-            key,
             target_path: target_path.into(),
             name: view.name().into(),
             version: view.version().into(),
@@ -64,9 +58,8 @@ impl Releases {
         self.by_id.get(id)
     }
 
-    /// The release a peer names by its wire key.
-    pub(super) fn by_key(&self, key: &str) -> Option<ReleaseId> {
-        self.by_key.get(key).copied()
+    pub(super) fn contains(&self, id: &ReleaseId) -> bool {
+        self.by_id.contains_key(id)
     }
 
     /// A release that contains `chunk`, for turning a device's miss into demand.

@@ -54,7 +54,7 @@ impl Responder for EdgeResponder {
         async move {
             let (reply, answer) = oneshot::channel();
             let release = request.release;
-            let asked = tx.send(Internal::HaveQuery { release: release.clone(), reply }).await.is_ok();
+            let asked = tx.send(Internal::HaveQuery { release, reply }).await.is_ok();
             // A main loop that stopped holds nothing to offer.
             let bitfield = if asked { answer.await.unwrap_or_default() } else { Vec::new() };
             HaveResponse { release, bitfield }
