@@ -338,6 +338,16 @@ pub enum Request<'a> {
     },
 }
 
+/// Checks a body against its direction's limit and reads its kind byte.
+fn open_body(body: &[u8], max_body_bytes: usize) -> Result<(Reader<'_, WireError>, u8), WireError> {
+    if body.len() > max_body_bytes {
+        return Err(WireError::FrameTooLarge { len: u32::try_from(body.len()).unwrap_or(u32::MAX) });
+    }
+    let mut r = Reader::new(body);
+    let kind = r.u8("kind").map_err(|_| WireError::Empty)?;
+    Ok((r, kind))
+}
+
 /// Parses request bodies (the bytes after the length prefix).
 #[derive(Debug)]
 pub struct RequestView;
@@ -345,11 +355,7 @@ pub struct RequestView;
 impl RequestView {
     /// Parses and validates a whole request body, borrowing from it.
     pub fn parse(body: &[u8]) -> Result<Request<'_>, WireError> {
-        if body.len() > limits::MAX_REQUEST_BYTES {
-            return Err(WireError::FrameTooLarge { len: u32::try_from(body.len()).unwrap_or(u32::MAX) });
-        }
-        let mut r = Reader::new(body);
-        let kind = r.u8("kind").map_err(|_| WireError::Empty)?;
+        let (mut r, kind) = open_body(body, limits::MAX_REQUEST_BYTES)?;
         let request = match kind {
             KIND_GET_METADATA => Request::GetMetadata { name: read_name(&mut r, valid_metadata_name)? },
             KIND_GET_TARGET => Request::GetTarget { path: read_name(&mut r, valid_target_path)? },
@@ -616,11 +622,7 @@ pub struct ResponseView;
 impl ResponseView {
     /// Parses and validates a whole response body, borrowing from it.
     pub fn parse(body: &[u8]) -> Result<Response<'_>, WireError> {
-        if body.len() > limits::MAX_RESPONSE_BYTES {
-            return Err(WireError::FrameTooLarge { len: u32::try_from(body.len()).unwrap_or(u32::MAX) });
-        }
-        let mut r = Reader::new(body);
-        let kind = r.u8("kind").map_err(|_| WireError::Empty)?;
+        let (mut r, kind) = open_body(body, limits::MAX_RESPONSE_BYTES)?;
         let response = match kind {
             KIND_BYTES => {
                 let len = r.u32("length")?;

@@ -216,6 +216,21 @@ fn read_kind(r: &mut Reader<'_, WireError>, expected: u8) -> Result<(), WireErro
     Ok(())
 }
 
+/// Reads a `u16` count of ranges or items, bounded by [`MAX_RANGES_PER_REQUEST`]; the peer
+/// must also prove the entries are there (`min_entry_bytes` each) before room is reserved.
+fn read_count(
+    r: &mut Reader<'_, WireError>,
+    (count_field, entries_field): (&'static str, &'static str),
+    min_entry_bytes: usize,
+) -> Result<usize, WireError> {
+    let count = usize::from(r.u16(count_field)?);
+    check_limit(count_field, count as u64, MAX_RANGES_PER_REQUEST as u64)?;
+    if r.remaining() < count * min_entry_bytes {
+        return Err(WireError::Truncated { field: entries_field });
+    }
+    Ok(count)
+}
+
 fn check_limit(field: &'static str, found: u64, max: u64) -> Result<(), WireError> {
     if found > max {
         return Err(WireError::OverLimit { field, found, max });
@@ -254,13 +269,7 @@ impl WireMessage for ChunkRequest {
         let mut r = Reader::new(bytes);
         read_kind(&mut r, KIND_CHUNK_REQUEST)?;
         let release = r.release_id("release")?;
-        let count = usize::from(r.u16("range count")?);
-        check_limit("range count", count as u64, MAX_RANGES_PER_REQUEST as u64)?;
-        // The count is bounded, but also make the peer prove the ranges are there before
-        // we reserve room for them.
-        if r.remaining() < count * RANGE_BYTES {
-            return Err(WireError::Truncated { field: "ranges" });
-        }
+        let count = read_count(&mut r, ("range count", "ranges"), RANGE_BYTES)?;
         let mut chunks = Vec::with_capacity(count);
         let mut requested_bytes = 0u64;
         for _ in 0..count {
@@ -317,11 +326,7 @@ impl WireMessage for ChunkResponse {
     fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(bytes);
         read_kind(&mut r, KIND_CHUNK_RESPONSE)?;
-        let count = usize::from(r.u16("item count")?);
-        check_limit("item count", count as u64, MAX_RANGES_PER_REQUEST as u64)?;
-        if r.remaining() < count * MIN_ITEM_BYTES {
-            return Err(WireError::Truncated { field: "items" });
-        }
+        let count = read_count(&mut r, ("item count", "items"), MIN_ITEM_BYTES)?;
         let mut items = Vec::with_capacity(count);
         let mut payload_bytes = 0u64;
         for _ in 0..count {
