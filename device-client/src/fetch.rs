@@ -27,8 +27,8 @@ use anyhow::{anyhow, Context, Result};
 use edge_client::{ClientError, DeviceClient, Timeouts};
 use protocol::codec::ContentKey;
 use protocol::device::fetch::{FetchConfig, FetchEvent, FetchPlan, STALL_LIMIT};
-use protocol::device_wire::{ChunkRange, ChunkStatus};
 use protocol::manifest::{ChunkEntry, ManifestView};
+use protocol::wire::{device::ChunkStatus, ChunkRange};
 use protocol::ChunkId;
 use tokio::sync::mpsc;
 

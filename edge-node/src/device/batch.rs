@@ -17,9 +17,12 @@
 
 use std::collections::HashMap;
 
-use protocol::device_wire::{
-    chunk_item_bytes, ChunkItem, ChunkRange, ChunkRanges, ChunkStatus, ChunksFrameBuilder, ErrorCode,
-    CHUNKS_HEADER_BYTES, EMPTY_ITEM_BYTES, FRAME_HEADER_BYTES,
+use protocol::wire::{
+    device::{
+        chunk_item_bytes, ChunkItem, ChunkRanges, ChunkStatus, ChunksFrameBuilder, ErrorCode, CHUNKS_HEADER_BYTES,
+        EMPTY_ITEM_BYTES, FRAME_HEADER_BYTES,
+    },
+    ChunkRange,
 };
 use protocol::ChunkId;
 

@@ -6,9 +6,10 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::cache::{AdmitError, ChunkCache};
-use super::{rendezvous, Bitfield, NodeId, PeerRole, ReleaseId, SiteId, SourceClass};
+use super::{rendezvous, Bitfield, NodeId, PeerRole, SiteId, SourceClass};
 use crate::time::{Duration, Instant};
 use crate::ChunkId;
+use crate::ReleaseId;
 
 /// Tunables. Defaults suit a factory gateway on a 100 Mbit/s–1 Gbit/s backhaul.
 #[derive(Debug, Clone)]
