@@ -155,7 +155,7 @@ pub async fn download(
         w.unit = unit as u32;
     }
     let config = FetchConfig::new(job.parallel_edges, to_protocol(pool.timeouts().request));
-    let mut plan: FetchPlan<EdgeAddr> = FetchPlan::new(config, wanted.iter().map(|w| w.entry.stored_length));
+    let mut plan: FetchPlan<EdgeAddr> = FetchPlan::new(config, wanted.iter().map(|w| w.entry.stored_length).collect());
 
     let key = job.key.map(Arc::new);
     let mut unsynced: Vec<u32> = Vec::new();

@@ -59,12 +59,7 @@ impl World<'_> {
                 }
                 if !edge.stored[i as usize] {
                     edge.stored[i as usize] = true;
-                    let b = self.rel.batch_of[i as usize];
-                    edge.batch_have[b as usize] += 1;
-                    let batch = self.rel.batches[b as usize];
-                    if edge.batch_have[b as usize] == batch.end - batch.first {
-                        self.wake_waiters(e, b);
-                    }
+                    self.chunk_stored(e, i);
                 }
             }
             EdgeEvent::Evict { chunk } => {
@@ -73,7 +68,6 @@ impl World<'_> {
                 if edge.stored[i as usize] {
                     edge.stored[i as usize] = false;
                     edge.tainted.remove(&i);
-                    edge.batch_have[self.rel.batch_of[i as usize] as usize] -= 1;
                 }
             }
             EdgeEvent::Discard { .. } => {}

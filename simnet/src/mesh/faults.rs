@@ -116,22 +116,19 @@ impl World<'_> {
                 self.flow_failed(ended);
             }
         }
-        // Its devices' downloads fail; their engines retry (from the other edge node).
+        // Its devices' requests and queued sessions fail; their fetch plans go on with the
+        // other edge node (or fail the download, and their engines retry).
         let per = self.sc.sites.devices_per_site as usize;
         for d in site as usize * per..(site as usize + 1) * per {
             let dev = &self.devices[d];
             if dev.downloading && dev.edge_slot as u32 == slot {
-                if let Some(f) = self.devices[d].flow.take() {
-                    let _ = self.net.cancel(now, f);
-                }
-                self.devices[d].in_session = false;
-                self.fail_download(d as u32);
+                self.request_failed(d as u32);
             }
         }
         let edge = &mut self.edges[e as usize];
         edge.sessions = 0;
         edge.queue.clear();
-        edge.waiters.clear();
+        edge.waiting.clear();
         self.conn_down.retain(|(a, _)| *a != e);
         for p in self.adjacency[e as usize].clone() {
             if p < self.edges.len() as u32 {

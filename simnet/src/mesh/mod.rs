@@ -18,6 +18,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+use protocol::device::fetch::FetchConfig;
+use protocol::device::ReleaseCandidate;
 use protocol::edge::{
     ChunkOutcome, EdgeEvent, EdgeStats, FetchScheduler, NodeId, PeerRole, Request, RequestId, SchedulerConfig, SiteId,
 };
@@ -136,7 +138,6 @@ enum Ev {
     Flap { site: u32, down: bool },
     Partition { index: u32, start: bool },
     Checkin(u32),
-    DeviceReady(u32),
     BatchDone(u32),
     DeviceOp { d: u32, gen: u8 },
     DeviceTimer { d: u32, at: Micros },
@@ -167,10 +168,11 @@ struct Edge {
     stored: Vec<bool>,
     tainted: BTreeSet<u32>,
     incoming_tainted: Vec<u32>,
-    batch_have: Vec<u32>,
     sessions: u32,
     queue: VecDeque<u32>,
-    waiters: Vec<(u32, u32)>,
+    /// Devices whose request waits for a chunk, by that chunk (stale entries are skipped
+    /// when the chunk arrives).
+    waiting: HashMap<u32, Vec<u32>>,
     complete_at: Option<Micros>,
     verifies: bool,
 }
@@ -215,12 +217,18 @@ struct World<'a> {
     devices: Vec<Device>,
     engines: Vec<Engine>,
     persisted: Vec<Record>,
+    /// Each downloading device's fetch plan and edge records (`None` when not downloading).
+    fetches: Vec<Option<Box<devices::DeviceFetch>>>,
+    fetch_config: FetchConfig,
+    /// The release's stored chunk lengths, shared by every device's plan.
+    chunk_lens: std::sync::Arc<[u32]>,
     checkin: Vec<Micros>,
     out: MeshOutcome,
     flaps: Vec<Option<Rng>>,
     rng: Rng,
     checkers: Checkers,
     offer: Offer,
+    published: [ReleaseCandidate<'static>; 1],
     terminal: u64,
     never_checking_in: u64,
     resolution: Micros,
@@ -253,10 +261,9 @@ impl<'a> World<'a> {
                 stored: vec![false; n_chunks],
                 tainted: BTreeSet::new(),
                 incoming_tainted: Vec::new(),
-                batch_have: vec![0; rel.batches.len()],
                 sessions: 0,
                 queue: VecDeque::new(),
-                waiters: Vec::new(),
+                waiting: HashMap::new(),
                 complete_at: None,
                 verifies: !(sc.plant.edge_skips_verification && e == 0),
             });
@@ -344,12 +351,16 @@ impl<'a> World<'a> {
             devices,
             engines,
             persisted,
+            fetches: (0..n_devices).map(|_| None).collect(),
+            fetch_config: devices::fetch_config(&sc.devices),
+            chunk_lens: rel.spec.chunks.iter().map(|c| c.stored_len).collect(),
             checkin: topology::checkin_times(sc, seed),
             out,
             flaps: topology::flap_streams(sc, seed),
             rng: Rng::stream(seed, 0x00de_71ce),
             checkers: Checkers::new(rel.bytes, sc.checks.max_backhaul_amplification),
             offer: devices::offer(rel),
+            published: devices::published(),
             terminal: 0,
             never_checking_in: u64::from(sc.plant.device_never_checks_in && n_devices > 0),
             resolution: secs(sc.edge.timer_resolution_ms / 1e3).max(1),
@@ -677,12 +688,6 @@ impl<'a> World<'a> {
                 }
             }
             Ev::Checkin(d) => self.device_start(d),
-            Ev::DeviceReady(d) => {
-                let dev = &self.devices[d as usize];
-                if dev.downloading && !dev.in_session {
-                    self.acquire(d);
-                }
-            }
             Ev::BatchDone(d) => self.batch_done(d),
             Ev::DeviceOp { d, gen } => self.device_op_done(d, gen),
             Ev::DeviceTimer { d, at } => {
@@ -734,7 +739,7 @@ impl<'a> World<'a> {
             }
             Tag::Device(d) => {
                 self.devices[d as usize].flow = None;
-                self.fail_download(d);
+                self.request_failed(d);
             }
         }
     }

@@ -2,6 +2,7 @@
 //! for the rules it follows.
 
 use alloc::collections::VecDeque;
+use alloc::vec;
 use alloc::vec::Vec;
 use core::ops::Range;
 
@@ -83,14 +84,13 @@ pub enum FetchEvent<E> {
     },
 }
 
-/// One unique chunk still wanted.
-#[derive(Debug, Clone, Copy)]
-struct Unit {
-    stored_len: u32,
-    delivered: bool,
-    /// Batches in flight that hold it (an original and a hedge).
-    holders: u8,
-}
+/// One unique chunk's state in one byte: [`DELIVERED`], and in the low bits how many
+/// batches in flight hold it (an original and a hedge: at most 2).
+type Unit = u8;
+/// The chunk arrived.
+const DELIVERED: u8 = 0x80;
+/// The holder count's bits.
+const HOLDERS: u8 = 0x7f;
 
 #[derive(Debug, Clone)]
 struct InFlight {
@@ -112,12 +112,17 @@ struct Conn<E> {
 }
 
 /// One download's plan (see the module doc of `protocol::device::fetch`). `E` names an edge
-/// the way the driver does (an address, an index).
+/// the way the driver does (an address, an index); `L` holds the units' stored lengths (a
+/// `Vec`, or an `Arc<[u32]>` many plans share). Per chunk the plan keeps one byte, plus four
+/// for each chunk asked again.
 #[derive(Debug, Clone)]
-pub struct FetchPlan<E> {
+pub struct FetchPlan<E, L = Vec<u32>> {
     config: FetchConfig,
+    stored_lens: L,
     units: Vec<Unit>,
-    queue: VecDeque<u32>,
+    /// Units never handed out are `fresh..`, in order; they come before `requeued`.
+    fresh: u32,
+    requeued: VecDeque<u32>,
     remaining: usize,
     rounds_started: u32,
     conns: Vec<Conn<E>>,
@@ -131,18 +136,18 @@ pub struct FetchPlan<E> {
     events: VecDeque<FetchEvent<E>>,
 }
 
-impl<E: Copy + PartialEq> FetchPlan<E> {
+impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
     /// A plan for the unique chunks whose stored lengths `stored_lens` gives, in manifest
     /// order; unit `i` is the `i`-th of them.
-    pub fn new(config: FetchConfig, stored_lens: impl IntoIterator<Item = u32>) -> FetchPlan<E> {
-        let units: Vec<Unit> =
-            stored_lens.into_iter().map(|stored_len| Unit { stored_len, delivered: false, holders: 0 }).collect();
-        let queue = (0..units.len() as u32).collect();
+    pub fn new(config: FetchConfig, stored_lens: L) -> FetchPlan<E, L> {
+        let units = vec![0; stored_lens.as_ref().len()];
         FetchPlan {
             config,
             remaining: units.len(),
             units,
-            queue,
+            stored_lens,
+            fresh: 0,
+            requeued: VecDeque::new(),
             rounds_started: 0,
             conns: Vec::new(),
             idle: Vec::new(),
@@ -171,7 +176,7 @@ impl<E: Copy + PartialEq> FetchPlan<E> {
 
     /// Whether `unit` arrived.
     pub fn is_delivered(&self, unit: u32) -> bool {
-        self.units.get(unit as usize).is_some_and(|u| u.delivered)
+        self.units.get(unit as usize).is_some_and(|u| u & DELIVERED != 0)
     }
 
     /// Starts a round at `now` with no connections; `false` if the download is complete or
@@ -188,6 +193,13 @@ impl<E: Copy + PartialEq> FetchPlan<E> {
         self.busy_answers = 0;
         self.last_delivery = now;
         true
+    }
+
+    /// A new download attempt over the same plan (the install engine's retry after a failed
+    /// download): what arrived stays, the rounds start over. The Linux agent builds a new
+    /// plan from its progress file instead, which comes to the same.
+    pub fn new_attempt(&mut self) {
+        self.rounds_started = 0;
     }
 
     /// Whether the round could use another edge: fewer than `parallel_edges` have a
@@ -216,7 +228,7 @@ impl<E: Copy + PartialEq> FetchPlan<E> {
     /// The next request to send, if any (see the module doc for the rules).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         loop {
-            if !self.queue.is_empty() {
+            if !self.queue_is_empty() {
                 if let Some(transmit) = self.dispatch(now) {
                     return Some(transmit);
                 }
@@ -226,18 +238,17 @@ impl<E: Copy + PartialEq> FetchPlan<E> {
             if at > now {
                 return None;
             }
-            let Some(flight) = self.conns[slow].flight.as_mut() else { return None };
+            let flight = self.conns[slow].flight.as_mut()?;
             flight.hedged = true;
             let waited = now.saturating_since(flight.sent);
-            let units: Vec<u32> = flight.units.iter().copied().filter(|u| !self.units[*u as usize].delivered).collect();
+            let units: Vec<u32> =
+                flight.units.iter().copied().filter(|u| self.units[*u as usize] & DELIVERED == 0).collect();
             self.idle.retain(|&i| i != to);
             if units.is_empty() {
                 self.idle.push(to);
                 continue;
             }
-            for u in &units {
-                self.units[*u as usize].holders += 1;
-            }
+            self.hold(&units);
             let (slow_edge, to_edge) = (self.conns[slow].edge, self.conns[to].edge);
             self.events.push_back(FetchEvent::Hedged { slow: slow_edge, to: to_edge, chunks: units.len(), waited });
             self.conns[to].flight = Some(InFlight { units: units.clone(), sent: now, hedged: true, copy: true });
@@ -256,9 +267,7 @@ impl<E: Copy + PartialEq> FetchPlan<E> {
             self.idle.push(conn);
             return None;
         }
-        for u in &units {
-            self.units[*u as usize].holders += 1;
-        }
+        self.hold(&units);
         self.dispatching = true;
         let c = &mut self.conns[conn];
         c.rest_until = None;
@@ -266,24 +275,53 @@ impl<E: Copy + PartialEq> FetchPlan<E> {
         Some(Transmit { conn, units, hedge: false })
     }
 
+    fn queue_is_empty(&self) -> bool {
+        self.fresh as usize >= self.units.len() && self.requeued.is_empty()
+    }
+
+    /// The unit at the front of the queue.
+    fn queue_front(&self) -> Option<u32> {
+        if (self.fresh as usize) < self.units.len() {
+            Some(self.fresh)
+        } else {
+            self.requeued.front().copied()
+        }
+    }
+
+    fn queue_pop(&mut self) {
+        if (self.fresh as usize) < self.units.len() {
+            self.fresh += 1;
+        } else {
+            self.requeued.pop_front();
+        }
+    }
+
     /// The next batch from the queue, skipping chunks delivered meanwhile (by a hedge).
     fn take_batch(&mut self) -> Vec<u32> {
         let mut batch = Vec::new();
         let mut bytes = 0u64;
-        while let Some(&next) = self.queue.front() {
-            let unit = self.units[next as usize];
-            if unit.delivered {
-                self.queue.pop_front();
+        while let Some(next) = self.queue_front() {
+            if self.units[next as usize] & DELIVERED != 0 {
+                self.queue_pop();
                 continue;
             }
-            if !fits_batch(&self.config, batch.len(), bytes, unit.stored_len) {
+            let stored_len = self.stored_lens.as_ref().get(next as usize).copied().unwrap_or(0);
+            if !fits_batch(&self.config, batch.len(), bytes, stored_len) {
                 break;
             }
-            bytes += unit.stored_len as u64;
+            bytes += stored_len as u64;
             batch.push(next);
-            self.queue.pop_front();
+            self.queue_pop();
         }
         batch
+    }
+
+    fn hold(&mut self, units: &[u32]) {
+        for u in units {
+            if let Some(unit) = self.units.get_mut(*u as usize) {
+                *unit = (*unit & DELIVERED) | ((*unit & HOLDERS) + 1).min(HOLDERS);
+            }
+        }
     }
 
     /// The earliest moment a batch becomes due for hedging, its connection and an idle
@@ -308,11 +346,11 @@ impl<E: Copy + PartialEq> FetchPlan<E> {
     /// When the driver must call `poll_transmit` again even if no answer arrived: a batch
     /// due for hedging, or a resting connection that may take a batch.
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
-        let hedge = if self.queue.is_empty() { self.next_hedge(now).map(|(at, _, _)| at) } else { None };
+        let hedge = if self.queue_is_empty() { self.next_hedge(now).map(|(at, _, _)| at) } else { None };
         let rest = self
             .idle
             .iter()
-            .filter_map(|&i| self.conns[i].rest_until.filter(|_| self.conns[i].live && !self.queue.is_empty()))
+            .filter_map(|&i| self.conns[i].rest_until.filter(|_| self.conns[i].live && !self.queue_is_empty()))
             .min();
         [hedge, rest].into_iter().flatten().min()
     }
@@ -430,7 +468,7 @@ impl<E: Copy + PartialEq> FetchPlan<E> {
     fn release(&mut self, units: &[u32]) {
         for u in units {
             if let Some(unit) = self.units.get_mut(*u as usize) {
-                unit.holders = unit.holders.saturating_sub(1);
+                *unit = (*unit & DELIVERED) | (*unit & HOLDERS).saturating_sub(1);
             }
         }
     }
@@ -439,8 +477,8 @@ impl<E: Copy + PartialEq> FetchPlan<E> {
     /// edge (a hedge).
     fn requeue(&mut self, units: &[u32]) {
         for u in units {
-            if self.units.get(*u as usize).is_some_and(|unit| !unit.delivered && unit.holders == 0) {
-                self.queue.push_back(*u);
+            if self.units.get(*u as usize).is_some_and(|unit| *unit == 0) {
+                self.requeued.push_back(*u);
             }
         }
     }
@@ -448,8 +486,8 @@ impl<E: Copy + PartialEq> FetchPlan<E> {
     fn deliver(&mut self, delivered: &[u32]) {
         for u in delivered {
             if let Some(unit) = self.units.get_mut(*u as usize) {
-                if !unit.delivered {
-                    unit.delivered = true;
+                if *unit & DELIVERED == 0 {
+                    *unit |= DELIVERED;
                     self.remaining -= 1;
                 }
             }
@@ -656,5 +694,7 @@ mod tests {
         }
         assert!(!p.start_round(at(10)), "a fourth round");
         assert_eq!(p.remaining(), 2);
+        p.new_attempt();
+        assert!(p.start_round(at(11)), "a new attempt has its rounds again");
     }
 }
