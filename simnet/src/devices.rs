@@ -309,5 +309,10 @@ mod tests {
             std::mem::size_of::<EngineConfig>()
         );
         assert!(device <= 2048, "{device} bytes per device");
+        // Only a downloading device holds a fetch plan; with its per-chunk byte it stays well
+        // under a kilobyte for fleet-1m's 260 chunks.
+        let fetch = std::mem::size_of::<DeviceFetch>();
+        eprintln!("size_of DeviceFetch = {fetch}");
+        assert!(fetch <= 512, "{fetch} bytes per downloading device, before its vectors");
     }
 }
