@@ -27,10 +27,11 @@ use crate::config::AgentConfig;
 use crate::edges::EdgePool;
 use crate::fetch::{self, Counts, DownloadError, DownloadJob};
 use crate::health::{self, Verdict};
-use crate::policy::{self, MetadataSource, RefreshVerdict};
 use crate::status;
 use crate::tuf_edge::{self, ManifestError, MetadataDir, RefreshError};
 use crate::tuf_http::{unix_now, write_atomic};
+use protocol::device::metadata::{self, MetadataSource, RefreshVerdict};
+use protocol::device::release::DeviceIdentity;
 
 /// `run` keeps going; `check` makes one update attempt (through reboots) and exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,7 +288,7 @@ impl Agent {
     /// Which edges: every reachable edge's probe already claimed a timestamp version, so the
     /// refresh goes first through the edge claiming the newest (however slowly it ranks, and
     /// rotating among equally new ones), then through others only while they claim something
-    /// newer than what verified (`policy::metadata_order`): three fast stale mirrors cannot
+    /// newer than what verified (`metadata::metadata_order`): three fast stale mirrors cannot
     /// hold the device back while a slower honest edge has news, and the newest verified
     /// view wins. An edge whose metadata fails verification is penalized; one merely behind
     /// (validly signed, older than what the device trusts) is not used, and not penalized;
@@ -314,10 +315,10 @@ impl Agent {
         let mut behind = 0usize;
         // (verified timestamp version, metadata, index in `edges`)
         let mut best: Option<(u64, protocol::tuf::TrustedMetadataSet, usize)> = None;
-        for i in policy::metadata_order(&sources) {
+        for i in metadata::metadata_order(&sources) {
             let edge = &mut edges[i];
             let best_version = best.as_ref().map(|(v, _, _)| *v);
-            if !policy::worth_refreshing(edge.claimed_version, best_version) {
+            if !metadata::worth_refreshing(edge.claimed_version, best_version) {
                 if edge.claimed_version.zip(best_version).is_some_and(|(claimed, newest)| claimed < newest) {
                     tracing::info!(edge = %edge.addr, claimed = edge.claimed_version, newest = best_version,
                         "edge node is behind; not used for this refresh");
@@ -332,7 +333,7 @@ impl Agent {
                         best = Some((version, trusted, i));
                     }
                 }
-                Err(RefreshError::Metadata(e)) => match policy::refresh_verdict(&e) {
+                Err(RefreshError::Metadata(e)) => match metadata::refresh_verdict(&e) {
                     RefreshVerdict::Behind => {
                         tracing::info!(edge = %edge.addr, "edge node is behind the metadata this device trusts; not used for this refresh: {e}");
                         behind += 1;
@@ -365,10 +366,20 @@ impl Agent {
             }
             return self.engine.handle_check_failed(self.now(), last);
         };
-        let Some(target) = tuf_edge::choose_release(&trusted, &self.config.release, &self.config.hw_class) else {
+        let device = DeviceIdentity {
+            release: &self.config.release,
+            hw_class: &self.config.hw_class,
+            security_floor: self.engine.record().min_security_counter,
+        };
+        let Some((target, refusal)) = tuf_edge::choose_release(&trusted, &device) else {
             tracing::info!(release = %self.config.release, "no release published for this device");
             return self.engine.handle_no_update(self.now());
         };
+        if let Some(reason) = refusal {
+            // Offered all the same: the engine refuses it too and records why, for the
+            // status report.
+            tracing::info!(target = %target.path, ?reason, "the newest release is not one this device may install");
+        }
         let target = target.clone();
         // The edge the metadata came from has the manifest it names; the others may be behind.
         let source_edge = edges.swap_remove(source);
@@ -455,11 +466,16 @@ impl Agent {
         let mut last_log = std::time::Instant::now();
         let engine = &mut self.engine;
         let data_dir = self.config.data_dir.clone();
+        // Actions the engine queues during the download other than `Persist` (none today)
+        // are carried out, in order, as soon as the download returns: none is dropped.
+        let mut deferred: Vec<Action> = Vec::new();
         let result = fetch::download(job, &mut self.pool, |counts| {
             engine.handle_progress(counts.chunks_done, counts.bytes_fetched, counts.bytes_reused);
             while let Some(action) = engine.poll_action() {
-                if action == Action::Persist {
+                if action == Action::Persist && deferred.is_empty() {
                     write_atomic(&data_dir, "record", &engine.record().encode())?;
+                } else {
+                    deferred.push(action);
                 }
             }
             let done = counts.chunks_done as u64 * image_len / chunk_count as u64;
@@ -482,6 +498,10 @@ impl Agent {
         .await;
         if let Some(bar) = bar {
             bar.finish_and_clear();
+        }
+        for action in deferred {
+            tracing::debug!(?action, "action queued during the download");
+            Box::pin(self.execute(action)).await?;
         }
         let now = self.now();
         match result {

@@ -1,10 +1,7 @@
-//! The edge nodes a device knows, ranked by what it measured.
-//!
-//! Ranking: an edge that misbehaved (bad chunk, metadata that failed verification) sits out
-//! for a while; among the rest, measured throughput wins once known, round-trip time until
-//! then. An edge that is only slow, unreachable or lacking chunks is demoted: it sits out a
-//! short, growing while, and is never treated as a liar. Nothing here is trusted: ranking
-//! only decides whom to ask first.
+//! The edge nodes a device knows: the IO around `protocol::device::EdgeRecord`, which holds
+//! what the device measured of each and decides ranking and penalties (a liar sits out
+//! 10 min; a slow, unreachable or lacking edge a short, growing while) on the time this
+//! driver passes in. Nothing here is trusted: ranking only decides whom to ask first.
 //!
 //! Every connection to an edge is opened by [`connect`], with the configured connect and
 //! request timeouts, so no path (probe, second connection, status report) falls back to a
@@ -19,6 +16,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use protocol::device::EdgeRecord;
+
 use edge_client::{ClientError, DeviceClient, Timeouts};
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -32,8 +31,6 @@ pub type Discover = Box<dyn FnMut() -> BoxFuture<'static, Vec<EdgeAddr>> + Send>
 /// Discovery runs at most this often (the agent asks the pool for edges many times a check).
 pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(60);
 
-/// How long a misbehaving edge is left out.
-const PENALTY: Duration = Duration::from_secs(600);
 /// At most this long for the probe's one small request (the connect has its own timeout):
 /// an edge slower than this at answering for a timestamp is not worth ranking this round.
 const PROBE_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,41 +43,16 @@ pub async fn connect(addr: EdgeAddr, timeouts: Timeouts) -> Result<DeviceClient,
     }
 }
 
-/// What the device measured of one edge.
-#[derive(Debug, Clone, Default)]
-pub struct EdgeStats {
-    /// Last probe round trip.
-    pub rtt: Option<Duration>,
-    /// Smoothed throughput of chunk batches, bytes per second.
-    pub throughput: Option<f64>,
-    /// Until when the edge is left out.
-    pub penalized_until: Option<Instant>,
-    /// Consecutive failures (connects, timeouts).
-    pub failures: u32,
-    /// Stored bytes this device fetched from it.
-    pub bytes: u64,
-    /// When the device last refreshed metadata through it (the pool's sequence number).
-    pub metadata_used: Option<u64>,
-}
-
-impl EdgeStats {
-    /// An unreachable edge sits out 5 s, doubling per consecutive failure up to 5 min, so a
-    /// dead or trickling edge does not cost every later step a full probe timeout.
-    fn back_off(&mut self) {
-        self.failures += 1;
-        let secs = 5u64.saturating_mul(1 << self.failures.saturating_sub(1).min(6)).min(300);
-        self.penalized_until = Some(Instant::now() + Duration::from_secs(secs));
-    }
-}
-
 /// The configured (and discovered) edges and their measurements.
 #[derive(Debug)]
 pub struct EdgePool {
     addrs: Vec<EdgeAddr>,
     discovery: Option<Discovery>,
-    stats: HashMap<EdgeAddr, EdgeStats>,
+    stats: HashMap<EdgeAddr, EdgeRecord>,
     timeouts: Timeouts,
-    /// Sequence for [`EdgeStats::metadata_used`].
+    /// The epoch of the `protocol::time::Instant`s the records hold.
+    epoch: Instant,
+    /// Sequence for [`EdgeRecord::metadata_used`].
     metadata_uses: u64,
 }
 
@@ -122,7 +94,12 @@ impl std::fmt::Debug for Connected {
 impl EdgePool {
     /// A pool over `addrs`; `timeouts` bound every connect and request.
     pub fn new(addrs: Vec<EdgeAddr>, timeouts: Timeouts) -> EdgePool {
-        EdgePool { addrs, discovery: None, stats: HashMap::new(), timeouts, metadata_uses: 0 }
+        EdgePool { addrs, discovery: None, stats: HashMap::new(), timeouts, epoch: Instant::now(), metadata_uses: 0 }
+    }
+
+    /// Now, as the time the records (and the fetch plan) are given.
+    pub fn now(&self) -> protocol::time::Instant {
+        protocol::time::Instant(self.epoch.elapsed().as_micros() as u64)
     }
 
     /// The connect and request timeouts of every connection.
@@ -174,13 +151,13 @@ impl EdgePool {
         // that served bad bytes must not shed its penalty by vanishing for one browse). Each
         // browse adds at most MAX_DISCOVERED entries, and penalties expire: the map stays bounded.
         let known: HashSet<EdgeAddr> = self.addrs().collect();
-        let now = Instant::now();
-        self.stats.retain(|a, s| known.contains(a) || s.penalized_until.is_some_and(|t| t > now));
+        let now = self.now();
+        self.stats.retain(|a, s| known.contains(a) || !s.available(now));
         true
     }
 
     /// Measurements, for status.
-    pub fn stats(&self) -> impl Iterator<Item = (&EdgeAddr, &EdgeStats)> {
+    pub fn stats(&self) -> impl Iterator<Item = (&EdgeAddr, &EdgeRecord)> {
         self.stats.iter()
     }
 
@@ -222,16 +199,16 @@ impl EdgePool {
             let more = self.candidates(include_penalized, &tried);
             connected = self.probe(more, first_only).await;
         }
-        connected.sort_by(|a, b| self.score(&b.addr).total_cmp(&self.score(&a.addr)));
+        connected.sort_by(|a, b| EdgeRecord::rank(self.stats.get(&a.addr), self.stats.get(&b.addr)));
         connected
     }
 
     /// Known edges not in `tried`, without those sitting out unless `include_penalized`.
     fn candidates(&self, include_penalized: bool, tried: &HashSet<EdgeAddr>) -> Vec<EdgeAddr> {
-        let now = Instant::now();
+        let now = self.now();
         self.addrs()
             .filter(|a| !tried.contains(a))
-            .filter(|a| include_penalized || self.stats.get(a).and_then(|s| s.penalized_until).is_none_or(|t| t <= now))
+            .filter(|a| include_penalized || self.stats.get(a).is_none_or(|s| s.available(now)))
             .collect()
     }
 
@@ -256,11 +233,11 @@ impl EdgePool {
             .collect();
         let mut connected = Vec::new();
         while let Some((addr, rtt, result)) = probes.next().await {
+            let now = self.now();
             let stats = self.stats.entry(addr).or_default();
             match result {
                 Ok((client, timestamp)) => {
-                    stats.rtt = Some(rtt);
-                    stats.failures = 0;
+                    stats.probe_answered(protocol::time::Duration(rtt.as_micros() as u64));
                     let claim = timestamp.as_deref().map(claimed_timestamp_version).transpose();
                     let (claimed_version, timestamp_error) = match claim {
                         Ok(version) => (version, None),
@@ -277,21 +254,11 @@ impl EdgePool {
                         e => e.to_string(),
                     };
                     tracing::info!("edge node {addr} unreachable: {what}");
-                    stats.back_off();
+                    stats.back_off(now);
                 }
             }
         }
         connected
-    }
-
-    /// Higher is better: throughput when measured, else the inverse round trip.
-    fn score(&self, addr: &EdgeAddr) -> f64 {
-        let Some(stats) = self.stats.get(addr) else { return 0.0 };
-        match (stats.throughput, stats.rtt) {
-            (Some(t), _) => 1e12 + t,
-            (None, Some(rtt)) => 1.0 / rtt.as_secs_f64().max(1e-6),
-            (None, None) => 0.0,
-        }
     }
 
     /// Leaves `addr` out for a short, growing while (5 s, doubling per consecutive time, at
@@ -299,9 +266,8 @@ impl EdgePool {
     /// or lacks what was asked. Not a liar: see [`EdgePool::penalize`] for those.
     pub fn demote(&mut self, addr: EdgeAddr, why: &str) {
         tracing::info!(edge = %addr, why, "edge node demoted");
-        let stats = self.stats.entry(addr).or_default();
-        stats.throughput = None;
-        stats.back_off();
+        let now = self.now();
+        self.stats.entry(addr).or_default().demote(now);
     }
 
     /// Records that metadata was refreshed through `addr` now.
@@ -310,7 +276,7 @@ impl EdgePool {
         self.stats.entry(addr).or_default().metadata_used = Some(self.metadata_uses);
     }
 
-    /// When metadata was last refreshed through `addr` (see [`EdgeStats::metadata_used`]).
+    /// When metadata was last refreshed through `addr` (see [`EdgeRecord::metadata_used`]).
     pub fn metadata_used(&self, addr: &EdgeAddr) -> Option<u64> {
         self.stats.get(addr).and_then(|s| s.metadata_used)
     }
@@ -318,23 +284,18 @@ impl EdgePool {
     /// Leaves `addr` out for a while: it served something that failed verification.
     pub fn penalize(&mut self, addr: EdgeAddr, why: &str) {
         tracing::warn!(edge = %addr, why, "edge node penalized");
-        self.stats.entry(addr).or_default().penalized_until = Some(Instant::now() + PENALTY);
+        let now = self.now();
+        self.stats.entry(addr).or_default().penalize(now);
     }
 
     /// Records a chunk batch of `bytes` that took `took`.
     pub fn record_batch(&mut self, addr: EdgeAddr, bytes: u64, took: Duration) {
-        let stats = self.stats.entry(addr).or_default();
-        stats.bytes += bytes;
-        let rate = bytes as f64 / took.as_secs_f64().max(1e-6);
-        stats.throughput = Some(match stats.throughput {
-            Some(old) => 0.7 * old + 0.3 * rate,
-            None => rate,
-        });
+        self.stats.entry(addr).or_default().record_batch(bytes, protocol::time::Duration(took.as_micros() as u64));
     }
 
     /// Records a failed request.
     pub fn record_failure(&mut self, addr: EdgeAddr) {
-        self.stats.entry(addr).or_default().failures += 1;
+        self.stats.entry(addr).or_default().record_failure();
     }
 }
 
@@ -390,7 +351,8 @@ mod tests {
         pool.record_batch(tcp(1), 1 << 20, Duration::from_millis(10));
         pool.demote(tcp(1), "much slower than the others");
         pool.penalize(tcp(2), "metadata failed verification");
-        let left = |a: EdgeAddr| pool.stats[&a].penalized_until.map(|t| t.saturating_duration_since(Instant::now()));
+        let now = pool.now();
+        let left = |a: EdgeAddr| pool.stats[&a].sits_out_for(now).map(|d| Duration::from_micros(d.as_micros()));
         assert!(left(tcp(1)).is_some_and(|d| d <= Duration::from_secs(5)), "{:?}", left(tcp(1)));
         assert_eq!(pool.stats[&tcp(1)].throughput, None, "a demoted edge keeps no throughput lead");
         assert!(left(tcp(2)).is_some_and(|d| d > Duration::from_secs(590)), "{:?}", left(tcp(2)));

@@ -8,22 +8,17 @@
 //! the whole-image hash before the switch covers it, and after a failed image check the
 //! engine restarts the download with reuse turned off.
 //!
-//! Parallelism: one coordinator hands batches to workers (two connections per edge node,
-//! every one opened with the configured connect and request timeouts, so one request is
-//! always in flight while the other's bytes are being written); a worker whose edge sends a
-//! chunk that fails verification is stopped and the edge penalized, and its batch goes to
-//! the others; an edge that stops (lies, lacks chunks) makes room for the next one that
-//! answered the probe.
-//!
-//! Hedging: once nothing is left to hand out, a batch outstanding much longer than the
-//! others (`policy::hedge_after`: 4 × the slowest completed batch, at most half the request
-//! timeout) is also asked of an idle connection to another edge. The first verified answer
-//! wins — both write the same verified bytes, so a late duplicate changes nothing — and the
-//! round ends as soon as every chunk arrived, cancelling what is still out; the slow edge is
-//! demoted (sits out a while), not treated as a liar. So a trickling edge costs about half a
-//! timeout, not a whole round.
+//! Every decision about what to ask whom — batches, rounds, busy backoff, stall limit,
+//! hedging a slow batch to another edge, what a short, bad or failed answer means for the
+//! edge — is `protocol::device::FetchPlan`'s, the same code simnet's devices run. This file
+//! is its driver: one coordinator feeds the plan each worker's outcome and the time, sends
+//! what `poll_transmit` asks to the workers (two connections per edge node, every one opened
+//! with the configured connect and request timeouts), applies `poll_event` to the edge pool,
+//! and sleeps until an answer or `poll_timeout`. Both copies of a hedged batch write the
+//! same verified bytes, so a late duplicate changes nothing; dropping the workers at the end
+//! of a round cancels what is still out.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use edge_client::{ClientError, DeviceClient, Timeouts};
 use protocol::codec::ContentKey;
+use protocol::device::fetch::{FetchConfig, FetchEvent, FetchPlan, STALL_LIMIT};
 use protocol::manifest::{ChunkEntry, ManifestView};
 use protocol::wire::{device::ChunkStatus, ChunkRange};
 use protocol::ChunkId;
@@ -38,20 +34,10 @@ use tokio::sync::mpsc;
 
 use crate::config::EdgeAddr;
 use crate::edges::{Connected, EdgePool};
-use crate::policy;
 use crate::slot::{Progress, SlotFile};
 
-/// Most stored bytes asked for in one request (the wire limit is 8 MiB).
-const BATCH_BYTES: u64 = 4 << 20;
-/// Most chunks in one request.
-const BATCH_CHUNKS: usize = 128;
 /// Written bytes between syncs of the slot and saves of the progress file.
 const SYNC_EVERY_BYTES: u64 = 32 << 20;
-/// Connections per edge node.
-const STREAMS_PER_EDGE: usize = 2;
-/// How long an edge may answer "busy" for everything before this round gives up on it: an
-/// honest edge that is fetching delivers something well within this, a withholding one never.
-const STALL_LIMIT: Duration = Duration::from_secs(120);
 
 /// Everything one download needs.
 #[derive(Debug)]
@@ -103,23 +89,25 @@ impl std::fmt::Display for DownloadError {
     }
 }
 
-/// A unique chunk still wanted, and every (manifest index, image offset) that holds it.
+/// A unique chunk still wanted (the plan's unit `unit`), and every (manifest index, image
+/// offset) that holds it.
 #[derive(Debug, Clone)]
 struct Wanted {
+    unit: u32,
     entry: ChunkEntry,
     targets: Vec<(u32, u64)>,
 }
 
 /// What a worker reports for one batch.
 enum Outcome {
-    /// Chunks written (not yet synced), stored bytes moved, chunks to ask for again, and how
-    /// many of those the edge said it does not have.
-    Done { written: Vec<u32>, bytes: u64, took: Duration, again: Vec<Wanted>, missing: usize },
-    /// The edge sent bytes that failed verification, or garbage; stop using it. Chunks of
-    /// the batch that did verify were written.
-    Bad { why: String, again: Vec<Wanted>, written: Vec<u32> },
-    /// The request failed (timeout, connection); stop using this connection.
-    Failed { why: String, again: Vec<Wanted> },
+    /// Manifest indices written (not yet synced), the plan's units they fill, stored bytes
+    /// moved, and how many chunks the edge said it does not have.
+    Done { written: Vec<u32>, units: Vec<u32>, bytes: u64, took: Duration, missing: usize },
+    /// The edge sent bytes that failed verification, or garbage. Chunks of the batch that
+    /// did verify were written.
+    Bad { why: String, written: Vec<u32>, units: Vec<u32> },
+    /// The request failed (timeout, connection).
+    Failed { why: String },
     /// Writing the slot failed: nothing else will go better.
     Storage(String),
 }
@@ -153,7 +141,7 @@ pub async fn download(
         if !progress.is_done(index as u32) {
             by_id
                 .entry(entry.id)
-                .or_insert_with(|| Wanted { entry: *entry, targets: Vec::new() })
+                .or_insert_with(|| Wanted { unit: 0, entry: *entry, targets: Vec::new() })
                 .targets
                 .push((index as u32, entry.offset));
         }
@@ -161,152 +149,84 @@ pub async fn download(
     if by_id.is_empty() {
         return Ok(counts);
     }
-    let mut queue: VecDeque<Wanted> = entries.iter().filter_map(|e| by_id.remove(&e.id)).collect();
+    // The plan's units: unique chunks still wanted, in manifest order.
+    let mut wanted: Vec<Wanted> = entries.iter().filter_map(|e| by_id.remove(&e.id)).collect();
+    for (unit, w) in wanted.iter_mut().enumerate() {
+        w.unit = unit as u32;
+    }
+    let config = FetchConfig::new(job.parallel_edges, to_protocol(pool.timeouts().request));
+    let mut plan: FetchPlan<EdgeAddr> = FetchPlan::new(config, wanted.iter().map(|w| w.entry.stored_length).collect());
 
     let key = job.key.map(Arc::new);
-    let mut remaining = queue.len();
-    let mut delivered: HashSet<ChunkId> = HashSet::new();
     let mut unsynced: Vec<u32> = Vec::new();
     let mut unsynced_bytes = 0u64;
     let mut last_error = String::from("no edge node reachable");
     // Reconnect rounds: edges that failed transiently get another chance, penalized ones not.
-    for _round in 0..3 {
+    while plan.start_round(pool.now()) {
         let mut spares: VecDeque<Connected> = pool.connect_ranked().await.into();
         if spares.is_empty() {
             continue;
         }
         let timeouts = pool.timeouts();
         let mut workers: Vec<Worker> = Vec::new();
-        let mut idle: Vec<usize> = Vec::new();
-        while live_edges(&workers) < job.parallel_edges {
-            let Some(edge) = spares.pop_front() else { break };
-            idle.extend(add_edge(&mut workers, edge, timeouts, &slot, &key).await);
-        }
-        // Best edge's connections first.
-        idle.reverse();
+        add_spares(&mut plan, &mut spares, &mut workers, timeouts, &slot, &key).await;
         let (results_tx, mut results) = mpsc::channel::<(usize, Outcome)>(64);
-        let mut in_flight: HashMap<usize, InFlight> = HashMap::new();
-        let mut slowest_batch: Option<Duration> = None;
-        let mut busy_rounds = 0u32;
-        let mut last_delivery = Instant::now();
+        let mut lie = String::new();
         loop {
-            while !queue.is_empty() {
-                let Some(w) = idle.pop() else { break };
-                let Some(jobs) = workers[w].jobs.clone() else { continue };
-                let batch = take_batch(&mut queue, &delivered);
-                if batch.is_empty() {
-                    idle.push(w);
-                    break;
-                }
-                let copy = batch.clone();
-                if let Err(mpsc::error::SendError((batch, _))) = jobs.send((batch, results_tx.clone())).await {
-                    queue.extend(batch);
-                    workers[w].jobs = None;
-                    continue;
-                }
-                in_flight.insert(w, InFlight { batch: copy, sent: Instant::now(), hedged: false, copy: false });
-            }
-            if remaining == 0 || in_flight.is_empty() {
-                break;
-            }
-            // Nothing left to hand out: a batch outstanding much longer than the others is
-            // asked of another edge too, first verified answer wins (`policy::hedge_after`).
-            let hedge = if queue.is_empty() {
-                next_hedge(&in_flight, &workers, &idle, policy::hedge_after(timeouts.request, slowest_batch))
-            } else {
-                None
-            };
-            let received = match hedge {
-                Some((at, _, _)) => tokio::select! {
-                    received = results.recv() => Some(received),
-                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => None,
-                },
-                None => Some(results.recv().await),
-            };
-            let Some(received) = received else {
-                let Some((_, slow, to)) = hedge else { continue };
-                let Some(flight) = in_flight.get_mut(&slow) else { continue };
-                flight.hedged = true;
-                let batch: Vec<Wanted> =
-                    flight.batch.iter().filter(|w| !delivered.contains(&w.entry.id)).cloned().collect();
-                let waited = flight.sent.elapsed();
-                idle.retain(|&i| i != to);
-                let Some(jobs) = workers[to].jobs.clone().filter(|_| !batch.is_empty()) else {
-                    idle.push(to);
+            let now = pool.now();
+            while let Some(transmit) = plan.poll_transmit(now) {
+                let conn = transmit.conn;
+                let batch: Vec<Wanted> = transmit.units.iter().map(|u| wanted[*u as usize].clone()).collect();
+                let Some(jobs) = workers[conn].jobs.clone() else {
+                    plan.handle_closed(conn);
                     continue;
                 };
-                tracing::info!(slow = %workers[slow].addr, to = %workers[to].addr, chunks = batch.len(),
-                    waited_ms = waited.as_millis() as u64, "batch outstanding much longer than the others; hedging it");
-                let copy = batch.clone();
                 if jobs.send((batch, results_tx.clone())).await.is_err() {
-                    workers[to].jobs = None;
-                    continue;
+                    workers[conn].jobs = None;
+                    plan.handle_closed(conn);
                 }
-                in_flight.insert(to, InFlight { batch: copy, sent: Instant::now(), hedged: true, copy: true });
-                continue;
-            };
-            let Some((w, outcome)) = received else { break };
-            in_flight.remove(&w);
-            let addr = workers[w].addr;
-            match outcome {
-                Outcome::Done { written, bytes, took, again, missing } => {
-                    let stalled = written.is_empty() && !again.is_empty();
-                    if !written.is_empty() {
-                        last_delivery = Instant::now();
-                        slowest_batch = Some(slowest_batch.map_or(took, |s| s.max(took)));
+            }
+            apply_events(&mut plan, pool, &mut workers, &mut last_error, &lie);
+            if plan.round_over() {
+                break;
+            }
+            let received = match plan.poll_timeout(pool.now()) {
+                Some(at) => {
+                    let wait = Duration::from_micros(at.0.saturating_sub(pool.now().0));
+                    tokio::select! {
+                        received = results.recv() => Some(received),
+                        _ = tokio::time::sleep(wait) => None,
                     }
-                    deliver(&written, &entries, &mut delivered, &mut remaining);
-                    pool.record_batch(addr, bytes, took);
+                }
+                None => Some(results.recv().await),
+            };
+            // A deadline passed (a hedge, a rested connection): poll the plan again.
+            let Some(received) = received else { continue };
+            let Some((w, outcome)) = received else { break };
+            let addr = workers[w].addr;
+            let now = pool.now();
+            match outcome {
+                Outcome::Done { written, units, bytes, took, missing } => {
+                    plan.handle_done(now, w, &units, missing, bytes, to_protocol(took));
                     counts.bytes_fetched += bytes;
                     unsynced_bytes += bytes;
                     unsynced.extend(written);
-                    requeue(&mut queue, again, &delivered, &in_flight);
-                    if missing > 0 {
-                        // An edge node that is fetching a chunk says busy; "not found" means
-                        // this one will not have it (a stale mirror, or one withholding), and
-                        // asking it again would loop forever: stop using it this round.
-                        pool.demote(addr, "lacks chunks");
-                        last_error = format!("edge node {addr} does not have {missing} chunks");
-                        tracing::info!(edge = %addr, missing, "edge node lacks chunks; fetching them elsewhere");
-                        stop_edge(&mut workers, addr);
-                    } else if stalled && last_delivery.elapsed() > STALL_LIMIT {
-                        pool.record_failure(addr);
-                        last_error = format!("edge node {addr} answered busy for {} s", STALL_LIMIT.as_secs());
-                        tracing::warn!(edge = %addr, "edge node delivers nothing; giving up on it for now");
-                        stop_edge(&mut workers, addr);
-                    } else if stalled {
-                        // Everything was busy (the edge is still fetching): back off a little,
-                        // and let any other idle connection take the batch first — otherwise
-                        // this one, last to go idle, would get the same batch back at once.
-                        busy_rounds += 1;
-                        tokio::time::sleep(Duration::from_millis((20 * busy_rounds as u64).min(500))).await;
-                        idle.insert(0, w);
-                    } else {
-                        busy_rounds = 0;
-                        idle.push(w);
-                    }
                 }
-                Outcome::Bad { why, again, written } => {
-                    pool.penalize(addr, &why);
+                Outcome::Bad { why, written, units } => {
                     last_error = format!("edge node {addr} {why}");
-                    deliver(&written, &entries, &mut delivered, &mut remaining);
+                    lie = why;
+                    plan.handle_lied(w, &units);
                     unsynced.extend(written);
-                    requeue(&mut queue, again, &delivered, &in_flight);
-                    stop_edge(&mut workers, addr);
                 }
-                Outcome::Failed { why, again } => {
-                    pool.record_failure(addr);
+                Outcome::Failed { why } => {
                     last_error = format!("edge node {addr}: {why}");
-                    requeue(&mut queue, again, &delivered, &in_flight);
-                    workers[w].jobs = None;
+                    plan.handle_failed(w);
                 }
                 Outcome::Storage(why) => return Err(DownloadError::Storage(anyhow!(why))),
             }
+            apply_events(&mut plan, pool, &mut workers, &mut last_error, &lie);
             // An edge that stopped makes room for the next one that answered the probe.
-            while live_edges(&workers) < job.parallel_edges {
-                let Some(edge) = spares.pop_front() else { break };
-                idle.extend(add_edge(&mut workers, edge, timeouts, &slot, &key).await);
-            }
+            add_spares(&mut plan, &mut spares, &mut workers, timeouts, &slot, &key).await;
             if unsynced_bytes >= SYNC_EVERY_BYTES {
                 commit_progress(&slot, &mut progress, &unsynced, &job.progress, &mut counts)
                     .map_err(DownloadError::Storage)?;
@@ -317,17 +237,14 @@ pub async fn download(
         }
         // Batches still out when everything arrived were fetched elsewhere: their edge was
         // much slower than the others. Dropping the workers cancels their requests.
-        let slow: HashSet<EdgeAddr> =
-            in_flight.iter().filter(|(_, f)| !f.copy).map(|(w, _)| workers[*w].addr).collect();
-        for addr in slow {
-            pool.demote(addr, "much slower than the others; its batch was fetched elsewhere");
-        }
+        plan.end_round();
+        apply_events(&mut plan, pool, &mut workers, &mut last_error, &lie);
         drop(workers);
         commit_progress(&slot, &mut progress, &unsynced, &job.progress, &mut counts).map_err(DownloadError::Storage)?;
         unsynced.clear();
         unsynced_bytes = 0;
         on_progress(counts).map_err(DownloadError::Storage)?;
-        if remaining == 0 && counts.chunks_done == counts.chunk_count {
+        if plan.is_complete() && counts.chunks_done == counts.chunk_count {
             return Ok(counts);
         }
     }
@@ -338,86 +255,91 @@ pub async fn download(
     )))
 }
 
-/// Puts `again` back in the queue, except chunks delivered meanwhile or still asked of
-/// another edge (a hedge).
-fn requeue(
-    queue: &mut VecDeque<Wanted>,
-    again: Vec<Wanted>,
-    delivered: &HashSet<ChunkId>,
-    in_flight: &HashMap<usize, InFlight>,
-) {
-    let elsewhere: HashSet<ChunkId> = in_flight.values().flat_map(|f| f.batch.iter().map(|w| w.entry.id)).collect();
-    queue.extend(again.into_iter().filter(|w| !delivered.contains(&w.entry.id) && !elsewhere.contains(&w.entry.id)));
+fn to_protocol(d: Duration) -> protocol::time::Duration {
+    protocol::time::Duration(d.as_micros() as u64)
 }
 
-/// Counts the chunks behind the manifest indices `written` as delivered, once each.
-fn deliver(written: &[u32], entries: &[ChunkEntry], delivered: &mut HashSet<ChunkId>, remaining: &mut usize) {
-    for index in written {
-        if let Some(entry) = entries.get(*index as usize) {
-            if delivered.insert(entry.id) {
-                *remaining = remaining.saturating_sub(1);
+/// Carries out what the plan decided about edges and connections: the pool records
+/// measurements, demotions and penalties; a stopped connection's worker gets no more jobs.
+/// `lie` is why the last lying edge was caught, for the penalty's log line.
+fn apply_events(
+    plan: &mut FetchPlan<EdgeAddr>,
+    pool: &mut EdgePool,
+    workers: &mut [Worker],
+    last_error: &mut String,
+    lie: &str,
+) {
+    while let Some(event) = plan.poll_event() {
+        match event {
+            FetchEvent::Batch { edge, bytes, took } => {
+                pool.record_batch(edge, bytes, Duration::from_micros(took.as_micros()))
+            }
+            FetchEvent::Hedged { slow, to, chunks, waited } => {
+                tracing::info!(slow = %slow, to = %to, chunks, waited_ms = waited.as_micros() / 1000,
+                    "batch outstanding much longer than the others; hedging it");
+            }
+            FetchEvent::Close { conn } => {
+                if let Some(worker) = workers.get_mut(conn) {
+                    worker.jobs = None;
+                }
+            }
+            FetchEvent::LacksChunks { edge, missing } => {
+                // An edge node that is fetching a chunk says busy; "not found" means this one
+                // will not have it (a stale mirror, or one withholding).
+                pool.demote(edge, "lacks chunks");
+                *last_error = format!("edge node {edge} does not have {missing} chunks");
+                tracing::info!(edge = %edge, missing, "edge node lacks chunks; fetching them elsewhere");
+            }
+            FetchEvent::Stalled { edge } => {
+                pool.record_failure(edge);
+                *last_error = format!("edge node {edge} answered busy for {} s", STALL_LIMIT.as_micros() / 1_000_000);
+                tracing::warn!(edge = %edge, "edge node delivers nothing; giving up on it for now");
+            }
+            FetchEvent::Lied { edge } => pool.penalize(edge, lie),
+            FetchEvent::Failed { edge } => pool.record_failure(edge),
+            FetchEvent::TooSlow { edge } => {
+                pool.demote(edge, "much slower than the others; its batch was fetched elsewhere")
             }
         }
     }
 }
 
-/// A batch handed to a worker and not answered yet.
-struct InFlight {
-    batch: Vec<Wanted>,
-    sent: Instant,
-    /// Its chunks were also asked of another edge.
-    hedged: bool,
-    /// It is itself such a second request.
-    copy: bool,
-}
-
-/// The earliest moment a batch becomes due for hedging, the batch's worker and an idle
-/// worker on another edge to ask: `None` if no batch can be hedged.
-fn next_hedge(
-    in_flight: &HashMap<usize, InFlight>,
-    workers: &[Worker],
-    idle: &[usize],
-    hedge_after: Duration,
-) -> Option<(Instant, usize, usize)> {
-    in_flight
-        .iter()
-        .filter(|(_, f)| !f.hedged && !f.copy)
-        .filter_map(|(&w, f)| {
-            let slow = workers[w].addr;
-            let to = idle.iter().rev().copied().find(|&i| workers[i].jobs.is_some() && workers[i].addr != slow)?;
-            Some((f.sent + hedge_after, w, to))
-        })
-        .min_by_key(|(at, _, _)| *at)
-}
-
-/// Edges with at least one connection still in use this round.
-fn live_edges(workers: &[Worker]) -> usize {
-    workers.iter().filter(|w| w.jobs.is_some()).map(|w| w.addr).collect::<HashSet<_>>().len()
-}
-
-/// Stops every connection to `addr` for this round.
-fn stop_edge(workers: &mut [Worker], addr: EdgeAddr) {
-    for worker in workers.iter_mut().filter(|worker| worker.addr == addr) {
-        worker.jobs = None;
-    }
-}
-
-/// Starts workers on `edge`: its probed connection plus [`STREAMS_PER_EDGE`]` - 1` more,
-/// opened with the pool's timeouts like every other. Returns their indices.
-async fn add_edge(
+/// Adds the next edges that answered the probe while the plan wants more.
+async fn add_spares(
+    plan: &mut FetchPlan<EdgeAddr>,
+    spares: &mut VecDeque<Connected>,
     workers: &mut Vec<Worker>,
-    edge: Connected,
     timeouts: Timeouts,
     slot: &Arc<SlotFile>,
     key: &Option<Arc<ContentKey>>,
-) -> Vec<usize> {
+) {
+    while plan.wants_edge() {
+        let Some(edge) = spares.pop_front() else { break };
+        let addr = edge.addr;
+        let added = add_edge(workers, edge, plan.config().streams_per_edge, timeouts, slot, key).await;
+        let conns = plan.add_edge(addr, added);
+        debug_assert_eq!(conns.end, workers.len());
+    }
+}
+
+/// Starts workers on `edge`: its probed connection plus `streams - 1` more, opened with the
+/// pool's timeouts like every other. Returns how many; their indices follow the workers
+/// already there, as the plan's connection ids do.
+async fn add_edge(
+    workers: &mut Vec<Worker>,
+    edge: Connected,
+    streams: usize,
+    timeouts: Timeouts,
+    slot: &Arc<SlotFile>,
+    key: &Option<Arc<ContentKey>>,
+) -> usize {
     let addr = edge.addr;
-    let mut added = vec![workers.len()];
+    let mut added = 1;
     workers.push(spawn_worker(workers.len(), addr, edge.client, slot.clone(), key.clone()));
-    for _ in 1..STREAMS_PER_EDGE {
+    for _ in 1..streams {
         match crate::edges::connect(addr, timeouts).await {
             Ok(client) => {
-                added.push(workers.len());
+                added += 1;
                 workers.push(spawn_worker(workers.len(), addr, client, slot.clone(), key.clone()));
             }
             Err(e) => tracing::info!(edge = %addr, "extra connection failed: {e}"),
@@ -477,24 +399,6 @@ fn commit_progress(
     Ok(())
 }
 
-/// The next batch from the queue, skipping chunks already delivered (by a hedge).
-fn take_batch(queue: &mut VecDeque<Wanted>, delivered: &HashSet<ChunkId>) -> Vec<Wanted> {
-    let mut batch = Vec::new();
-    let mut bytes = 0u64;
-    while let Some(next) = queue.front() {
-        if delivered.contains(&next.entry.id) {
-            queue.pop_front();
-            continue;
-        }
-        if !batch.is_empty() && (batch.len() >= BATCH_CHUNKS || bytes + next.entry.stored_length as u64 > BATCH_BYTES) {
-            break;
-        }
-        bytes += next.entry.stored_length as u64;
-        batch.extend(queue.pop_front());
-    }
-    batch
-}
-
 type Job = (Vec<Wanted>, mpsc::Sender<(usize, Outcome)>);
 
 /// The coordinator's handle on one connection's task; dropping it cancels the task (and
@@ -544,25 +448,23 @@ async fn fetch_batch(
     let response = match client.get_chunks(&ranges).await {
         Ok(r) => r,
         Err(e @ (ClientError::Malformed(_) | ClientError::Unexpected(_))) => {
-            return Outcome::Bad { why: e.to_string(), again: batch, written: Vec::new() };
+            return Outcome::Bad { why: e.to_string(), written: Vec::new(), units: Vec::new() };
         }
-        Err(e) => return Outcome::Failed { why: e.to_string(), again: batch },
+        Err(e) => return Outcome::Failed { why: e.to_string() },
     };
     let took = started.elapsed();
     let decoded = tokio::task::spawn_blocking(move || {
         let mut written = Vec::new();
-        let mut again = Vec::new();
+        let mut units = Vec::new();
         let mut bytes = 0u64;
         let mut bad = None;
         let mut missing = 0;
         for (item, wanted) in response.items().iter().zip(batch) {
             let ChunkStatus::Ok(stored) = item.status else {
                 missing += usize::from(item.status == ChunkStatus::NotFound);
-                again.push(wanted);
                 continue;
             };
             if bad.is_some() {
-                again.push(wanted);
                 continue;
             }
             bytes += stored.len() as u64;
@@ -572,19 +474,19 @@ async fn fetch_batch(
                         slot.write_at(*offset, &plain)?;
                         written.push(*index);
                     }
+                    units.push(wanted.unit);
                 }
                 Err(e) => {
                     bad = Some(format!("served chunk {} that failed verification: {e}", wanted.entry.id));
-                    again.push(wanted);
                 }
             }
         }
-        Ok::<_, anyhow::Error>((written, bytes, again, missing, bad))
+        Ok::<_, anyhow::Error>((written, units, bytes, missing, bad))
     })
     .await;
     match decoded {
-        Ok(Ok((written, bytes, again, missing, None))) => Outcome::Done { written, bytes, took, again, missing },
-        Ok(Ok((written, _, again, _, Some(why)))) => Outcome::Bad { why, again, written },
+        Ok(Ok((written, units, bytes, missing, None))) => Outcome::Done { written, units, bytes, took, missing },
+        Ok(Ok((written, units, _, _, Some(why)))) => Outcome::Bad { why, written, units },
         Ok(Err(e)) => Outcome::Storage(format!("{e:#}")),
         Err(e) => Outcome::Storage(format!("chunk decoder stopped: {e}")),
     }

@@ -4,9 +4,9 @@
 //! Module map: `agent` (the engine driver), `config`, `bootloader` (slot switching
 //! backends), `edges` (edge ranking), `discovery` (edge nodes found by mDNS), `tuf_edge`
 //! (TUF through an edge node), `fetch` (chunk reuse and parallel verified download), `slot`
-//! (slot files and progress), `health` (trial checks), `status` (signed status reports),
-//! `policy` (the decisions about edges that need no IO: hedging, metadata sources, what a
-//! failed refresh says about an edge).
+//! (slot files and progress), `health` (trial checks), `status` (signed status reports).
+//! Every download decision (fetch plan, edge ranking and penalties, metadata sources,
+//! release choice) is `protocol::device`'s; these modules are its IO drivers.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -17,7 +17,6 @@ pub mod discovery;
 pub mod edges;
 pub mod fetch;
 pub mod health;
-pub mod policy;
 pub mod rsa_pss;
 pub mod slot;
 pub mod status;

@@ -1,11 +1,12 @@
-//! TUF through an edge node's device service, and the choice of release for this device.
+//! TUF through an edge node's device service, and the signed targets the device's release
+//! choice (`protocol::device::release`) is made among.
 //!
 //! The edge node is untrusted: it relays metadata and manifests, and the sans-IO updater in
 //! `protocol::tuf` verifies them against the root pinned in the agent's data directory. A
 //! stale timestamp, a replayed older snapshot or a manifest whose hash does not match its
 //! signed target fails here, and the agent moves on to another edge node. Errors keep the
 //! TUF error whole so the agent can tell an edge that lied from one that is merely behind
-//! (`policy::refresh_verdict`), and a manifest that failed verification from one the edge
+//! (`protocol::device::metadata::refresh_verdict`), and a manifest that failed verification from one the edge
 //! does not have.
 
 use std::fs;
@@ -14,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use edge_client::DeviceClient;
+use protocol::device::release::{self, choose_release as choose_release_among, DeviceIdentity, Refusal};
+use protocol::device::{ReleaseCandidate, ReleaseChoice};
 use protocol::manifest::ManifestView;
 use protocol::tuf::{encode_role_name, Event, FetchError, Request, Source, TargetFile, TrustedMetadataSet, Updater};
 
@@ -71,7 +74,7 @@ impl MetadataDir {
 #[derive(Debug)]
 pub enum RefreshError {
     /// What the edge served did not verify, or a fetch from it failed; the TUF error says
-    /// which (see `policy::refresh_verdict`).
+    /// which (see `protocol::device::metadata::refresh_verdict`).
     Metadata(protocol::tuf::Error),
     /// The edge's answer did not parse as a response at all (it lied).
     Malformed(edge_client::ClientError),
@@ -145,25 +148,36 @@ impl std::fmt::Display for ManifestError {
     }
 }
 
-/// The release a device of `hw_class` following `release` should run: among the signed
-/// targets `releases/<release>/*.manifest`, the highest security counter, then the highest
-/// version. Targets for other hardware classes are only returned when none match, so the
-/// engine can say why it refused.
-pub fn choose_release<'a>(trusted: &'a TrustedMetadataSet, release: &str, hw_class: &str) -> Option<&'a TargetFile> {
+/// The release a device should run among the signed targets `releases/<release>/*.manifest`,
+/// chosen by `protocol::device::choose_release` (hardware class, then the highest security
+/// counter, then the highest version), with the reason the device must refuse it if it
+/// must (none for its hardware class, or below its anti-rollback floor). `None` if nothing
+/// is published under its release name.
+pub fn choose_release<'a>(
+    trusted: &'a TrustedMetadataSet,
+    device: &DeviceIdentity<'_>,
+) -> Option<(&'a TargetFile, Option<Refusal>)> {
     let targets = trusted.targets("targets")?;
-    let prefix = format!("releases/{release}/");
-    let candidates: Vec<&TargetFile> =
-        targets.targets.values().filter(|t| t.path.starts_with(&prefix) && t.path.ends_with(".manifest")).collect();
-    let rank = |t: &&&TargetFile| {
-        let o = t.custom.as_ref().map(|c| &c["otamesh"]);
-        let counter = o.and_then(|o| o["security_counter"].as_u64()).unwrap_or(0);
-        let version = o.and_then(|o| o["version"].as_str()).unwrap_or("").to_string();
-        (counter, VersionKey(version))
-    };
-    let matching = candidates
-        .iter()
-        .filter(|t| t.custom.as_ref().and_then(|c| c["otamesh"]["hw_class"].as_str()).is_some_and(|c| c == hw_class));
-    matching.max_by_key(rank).or_else(|| candidates.iter().max_by_key(rank)).copied()
+    let candidates: Vec<(&TargetFile, ReleaseCandidate<'_>)> = targets
+        .targets
+        .values()
+        .filter_map(|t| {
+            let name = release::release_name(&t.path)?;
+            let o = t.custom.as_ref().map(|c| &c["otamesh"]);
+            let candidate = ReleaseCandidate {
+                name,
+                hw_class: o.and_then(|o| o["hw_class"].as_str()).unwrap_or(""),
+                security_counter: o.and_then(|o| o["security_counter"].as_u64()).unwrap_or(0),
+                version: o.and_then(|o| o["version"].as_str()).unwrap_or(""),
+            };
+            Some((t, candidate))
+        })
+        .collect();
+    match choose_release_among(candidates.iter().map(|(_, c)| *c), device) {
+        ReleaseChoice::Nothing => None,
+        ReleaseChoice::Install(i) => Some((candidates[i].0, None)),
+        ReleaseChoice::Refuse { index, reason } => Some((candidates[index].0, Some(reason))),
+    }
 }
 
 /// Downloads the manifest of `target` through `edge` and checks it against the signed
@@ -181,46 +195,4 @@ pub async fn fetch_manifest(edge: &mut DeviceClient, target: &TargetFile) -> Res
     target.verify(&bytes).map_err(|e| invalid(format!("manifest {} did not verify: {e}", target.path)))?;
     ManifestView::new_checked(&bytes).map_err(|e| invalid(format!("manifest {} does not decode: {e}", target.path)))?;
     Ok(bytes)
-}
-
-/// Orders versions like `1.10.0` after `1.9.0`: digit runs compare as numbers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct VersionKey(String);
-
-impl Ord for VersionKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        fn parts(s: &str) -> Vec<(u64, String)> {
-            let mut out = Vec::new();
-            let mut rest = s;
-            while !rest.is_empty() {
-                let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-                let (num, tail) = rest.split_at(digits);
-                let text_end = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
-                let (text, next) = tail.split_at(text_end);
-                out.push((num.parse().unwrap_or(0), text.to_string()));
-                rest = next;
-            }
-            out
-        }
-        parts(&self.0).cmp(&parts(&other.0))
-    }
-}
-
-impl PartialOrd for VersionKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::VersionKey;
-
-    #[test]
-    fn versions_compare_numerically() {
-        let v = |s: &str| VersionKey(s.into());
-        assert!(v("1.10.0") > v("1.9.0"));
-        assert!(v("2.0.0") > v("1.99.99"));
-        assert!(v("1.0.0-rc2") > v("1.0.0-rc1"));
-    }
 }

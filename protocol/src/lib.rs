@@ -20,6 +20,7 @@ extern crate alloc;
 pub mod chunk_id;
 pub mod chunker;
 pub mod codec;
+pub mod device;
 pub mod hex;
 pub mod install;
 pub mod manifest;

@@ -7,14 +7,19 @@
 //!
 //! What the driver models and what the engine decides:
 //! - `FetchMetadata`: a metadata round trip to a live edge node of the device's site (sized
-//!   messages on the device's link), answered with the scenario's release as an `Offer`; the
-//!   engine refuses a wrong hardware class or an old security counter. No live edge node:
+//!   messages on the device's link); `protocol::device::choose_release` picks among the
+//!   published releases (the scenario's one), which is offered as an `Offer`; the engine
+//!   refuses a wrong hardware class or an old security counter. No live edge node:
 //!   `handle_check_failed` after the keep-alive timeout, and the engine's backoff retries.
 //! - `AskGate`: always `Proceed` (no rollout waves yet).
-//! - `Download`: the mesh's batch flows from the site's edge nodes; `handle_download_done`,
-//!   or `handle_download_failed` when the edge node dies or no edge node is left, and the
-//!   engine's retry timer starts the next attempt. Chunk-level checks stay in the driver, as
-//!   in the agent's fetcher: a corrupt batch is dropped and fetched again.
+//! - `Download`: `protocol::device::FetchPlan` (the agent's fetch plan, with one connection to
+//!   one edge node at a time and the scenario's `batch_bytes`) decides each request, and the
+//!   device's `EdgeRecord`s rank its site's edge nodes; requests are LAN flows from the chosen
+//!   edge node. A batch with a chunk that fails verification makes the plan stop and
+//!   penalize that edge (the device cannot tell a tampering edge from damage on the way); an
+//!   edge that dies fails its request and the round goes on elsewhere. `handle_download_done`,
+//!   or `handle_download_failed` when the plan runs out of rounds, and the engine's retry
+//!   timer starts the next attempt (the plan keeps what arrived).
 //! - `VerifyImage`, `ActivateSlot`, `Reboot`, `RunHealthChecks`: timed steps (`verify_s`,
 //!   `install_s`, `reboot_s`, `health_check_s`); a reboot builds a new engine from the
 //!   persisted record and calls `handle_boot` with what the bootloader booted, exactly as the
@@ -24,12 +29,21 @@
 //! Memory: a device is its engine (fixed size, no heap), its persisted record and a few
 //! dozen bytes of driver state; a million of them are about 1.1 GB.
 
+use std::sync::Arc;
+
+use protocol::device::fetch::FetchConfig;
+use protocol::device::{EdgeRecord, FetchPlan, ReleaseCandidate};
 use protocol::install::{Engine, EngineConfig, ErrorCode, Label, Offer, Release, Slot, State};
 use protocol::time::Duration;
 
 use crate::engine::{secs, FlowId, Micros};
 use crate::release::{self, HW_CLASS};
 use crate::scenario::DeviceParams;
+
+/// The release name devices follow (`releases/NAME/…` among the signed targets).
+pub const RELEASE_NAME: &str = "sim";
+/// The request timeout the plan's hedging is capped by (the agent's default).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Version the fleet runs before the update.
 pub const FACTORY_VERSION: &str = "1.0.0";
@@ -55,6 +69,53 @@ pub const MANIFEST_FIXED_BYTES: u64 = 256 + 64;
 pub fn metadata_bytes(chunks: u32) -> u64 {
     let entries = chunks as u64 * protocol::manifest::limits::ENTRY_BYTES as u64;
     METADATA_REQUEST_BYTES + TUF_METADATA_BYTES + MANIFEST_FIXED_BYTES + entries
+}
+
+/// The releases the simulated signed targets list: the scenario's one, as
+/// `protocol::device::choose_release` reads it.
+pub fn published() -> [ReleaseCandidate<'static>; 1] {
+    [ReleaseCandidate {
+        name: RELEASE_NAME,
+        hw_class: HW_CLASS,
+        security_counter: RELEASE_COUNTER,
+        version: RELEASE_VERSION,
+    }]
+}
+
+/// The agent's fetch plan as simnet's devices run it: one edge node at a time over one
+/// connection (the device link is the bottleneck either way; more would multiply flows),
+/// and the scenario's `batch_bytes`.
+pub fn fetch_config(params: &DeviceParams) -> FetchConfig {
+    FetchConfig { batch_bytes: params.batch_bytes, streams_per_edge: 1, ..FetchConfig::new(1, REQUEST_TIMEOUT) }
+}
+
+/// A device's download in progress (only while it downloads: a million devices do not hold
+/// one each): the plan, what the device measured of each edge node of its site, the edges
+/// that answered this round's probe (worst first), and the request out.
+#[derive(Debug)]
+pub struct DeviceFetch {
+    /// The plan; unit `i` is chunk `i` of the release (their stored lengths shared by every
+    /// device's plan).
+    pub plan: FetchPlan<u8, Arc<[u32]>>,
+    /// Per edge node of the site (by slot).
+    pub edges: Vec<EdgeRecord>,
+    /// Edges that answered this round's probe and are not in use, worst first.
+    pub spares: Vec<u8>,
+    /// The plan's connection to the current edge.
+    pub conn: usize,
+    /// Waiting in the edge node's session queue.
+    pub queued: bool,
+    /// The request out: its chunks and when it was sent.
+    pub current: Vec<u32>,
+    /// When it was sent.
+    pub sent: Micros,
+}
+
+impl DeviceFetch {
+    /// A download about to start its first round.
+    pub fn new(plan: FetchPlan<u8, Arc<[u32]>>, edges: Vec<EdgeRecord>) -> DeviceFetch {
+        DeviceFetch { plan, edges, spares: Vec::new(), conn: 0, queued: false, current: Vec::new(), sent: 0 }
+    }
 }
 
 /// The offer every device's metadata check returns: the scenario's release.
@@ -136,8 +197,10 @@ pub struct Device {
     pub op: Op,
     /// Bumped whenever a timed step starts.
     pub op_gen: u8,
-    /// Next batch to fetch (the driver's chunk-level progress; reset by `ResetProgress`).
-    pub batch: u32,
+    /// Every chunk of the target is in the slot (reset by `ResetProgress`).
+    pub downloaded: bool,
+    /// Its request waits for the edge node to hold every chunk in it.
+    pub awaiting: bool,
     /// The batch transfer in progress.
     pub flow: Option<FlowId>,
     /// When the engine's timer is armed (`Micros::MAX`: not armed).
@@ -157,7 +220,8 @@ impl Device {
             finished: false,
             op: Op::None,
             op_gen: 0,
-            batch: 0,
+            downloaded: false,
+            awaiting: false,
             flow: None,
             timer_at: Micros::MAX,
         }
@@ -245,5 +309,10 @@ mod tests {
             std::mem::size_of::<EngineConfig>()
         );
         assert!(device <= 2048, "{device} bytes per device");
+        // Only a downloading device holds a fetch plan; with its per-chunk byte it stays well
+        // under a kilobyte for fleet-1m's 260 chunks.
+        let fetch = std::mem::size_of::<DeviceFetch>();
+        eprintln!("size_of DeviceFetch = {fetch}");
+        assert!(fetch <= 512, "{fetch} bytes per downloading device, before its vectors");
     }
 }

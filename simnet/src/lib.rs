@@ -4,8 +4,9 @@
 //! Kumar–Ross lower bound, invariant checkers, report.json and plots.
 //!
 //! Code map: `engine` (event queue, flow-level links), `scenario` (TOML), `topology` (links
-//! every run shares), `release` (chunks and device batches), `mesh` (the drivers: the edge
-//! schedulers, and each device's install engine driven as the Linux agent drives it),
+//! every run shares), `release` (chunks, and the batches the baselines use), `mesh` (the
+//! drivers: the edge schedulers, and each device's install engine and download driven as the
+//! Linux agent drives them, through `protocol::device`),
 //! `devices` (per-device state around the engine — persisted record, bootloader slots,
 //! download progress — and how engines' end states are judged), `baselines`, `bound`,
 //! `checkers`, `report`, `plots`, `progress`.

@@ -1,4 +1,4 @@
-//! The simulated release: chunk ids and sizes, and how devices batch their requests.
+//! The simulated release: chunk ids and sizes, and how the baselines batch their requests.
 //! Bodies are never materialized; a chunk is its id, its stored length and, in flight, a
 //! flag saying whether someone tampered with it.
 
@@ -29,10 +29,9 @@ pub struct Release {
     pub spec: ReleaseSpec,
     /// Total stored bytes.
     pub bytes: u64,
-    /// Device batches in order.
+    /// The baselines' request batches in order (the mesh's devices batch through
+    /// `protocol::device::FetchPlan` instead).
     pub batches: Vec<Batch>,
-    /// The batch of each chunk.
-    pub batch_of: Vec<u32>,
 }
 
 /// Hardware class of the simulated fleet.
@@ -60,12 +59,10 @@ impl Release {
             i += 1;
         }
         let mut batches = Vec::new();
-        let mut batch_of = Vec::with_capacity(chunks.len());
         let mut first = 0u32;
         let mut bytes = 0u64;
         for (index, c) in chunks.iter().enumerate() {
             bytes += c.stored_len as u64;
-            batch_of.push(batches.len() as u32);
             if bytes >= scenario.devices.batch_bytes || index + 1 == chunks.len() {
                 batches.push(Batch { first, end: index as u32 + 1, bytes });
                 first = index as u32 + 1;
@@ -80,7 +77,6 @@ impl Release {
             spec: ReleaseSpec { hw_class: HW_CLASS.into(), chunks },
             bytes: scenario.release.bytes,
             batches,
-            batch_of,
         }
     }
 

@@ -97,6 +97,31 @@ mod scenarios {
     }
 
     #[test]
+    fn an_edge_crashing_mid_download_costs_no_download_its_fetch_plans_go_on_with_the_other() {
+        // The agent's fetch plan (protocol::device) fails a dead edge's request over to the
+        // next edge that answers, within the round: no download fails, nobody retries.
+        let r = run(&small_with("[[faults.crash]]\nat_s = 2.0\nsite = 0\nedge = 0"), 1);
+        assert!(r.checks.passed, "{:?}", r.checks.violations);
+        let c = &r.mesh_detail.counters;
+        assert_eq!(c.device_download_failures, 0, "{c:?}");
+        assert_eq!(r.mesh_detail.device_end_states, ends(&[("committed", 30)]));
+    }
+
+    #[test]
+    fn devices_penalize_an_edge_serving_chunks_that_fail_verification_and_fetch_elsewhere() {
+        // Every batch damaged with probability 0.3: each damaged batch stops and penalizes its
+        // edge for 10 minutes (the device cannot tell damage on the way from a liar), so some
+        // devices run out of edges, fail the download, and finish only after the penalties
+        // expire.
+        let r = run(&small_with("[faults]\ndevice_batch_corruption = 0.3"), 1);
+        assert!(r.checks.passed, "{:?}", r.checks.violations);
+        let c = &r.mesh_detail.counters;
+        assert!(c.device_refetches > 0 && c.device_download_failures > 0, "{c:?}");
+        assert!(r.mesh_detail.time_to_finished.p100_s.unwrap() > 600.0, "{:?}", r.mesh_detail.time_to_finished);
+        assert_eq!(r.mesh_detail.device_end_states, ends(&[("committed", 30)]));
+    }
+
+    #[test]
     fn a_site_without_edge_nodes_for_a_while_fails_checks_and_downloads_then_recovers() {
         let extra = "[[faults.crash]]\nat_s = 2.0\nsite = 0\nedge = 0\nrestart_after_s = 40.0\n\
                      [[faults.crash]]\nat_s = 2.0\nsite = 0\nedge = 1\nrestart_after_s = 40.0";

@@ -1,32 +1,9 @@
-//! The device's decisions about edges that need no IO: when a slow batch is hedged to
-//! another edge, which edges a metadata refresh goes through, and what a failed refresh says
-//! about the edge. Pure functions of their inputs (time included), kept apart from the
-//! drivers in `fetch.rs`, `agent.rs` and `edges.rs` so they can move into `protocol::device`
-//! as they are.
+//! Which edges a TUF metadata refresh goes through, and what a failed refresh says about
+//! the edge it went through. Needs `alloc` (TUF errors carry strings; the order is a list).
 
-use std::time::Duration;
+use alloc::vec::Vec;
 
-use protocol::tuf::{Error as TufError, RepositoryError};
-
-/// A batch outstanding this many times longer than the slowest batch that completed in the
-/// same round is "much slower than the others".
-pub const HEDGE_SLOWER_FACTOR: u32 = 4;
-/// Never hedge a batch younger than this: on a fast LAN batches take milliseconds and jitter
-/// alone would otherwise double requests.
-pub const HEDGE_MIN: Duration = Duration::from_millis(500);
-
-/// How long a batch may be outstanding, once nothing else is left to dispatch, before its
-/// chunks are asked of another edge too: [`HEDGE_SLOWER_FACTOR`] × the slowest batch that
-/// completed this round, at least [`HEDGE_MIN`], at most half the request timeout (also
-/// when no batch completed yet) — so a trickling edge holds its batches for about half a
-/// timeout, not a whole one, and never the whole round.
-pub fn hedge_after(request_timeout: Duration, slowest_completed: Option<Duration>) -> Duration {
-    let cap = request_timeout / 2;
-    match slowest_completed {
-        Some(slowest) => slowest.saturating_mul(HEDGE_SLOWER_FACTOR).max(HEDGE_MIN.min(cap)).min(cap),
-        None => cap,
-    }
-}
+use crate::tuf::{Error as TufError, RepositoryError};
 
 /// What a failed metadata refresh through one edge says about that edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +52,7 @@ pub fn metadata_order(sources: &[MetadataSource]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..sources.len()).collect();
     order.sort_by_key(|&i| {
         let s = sources[i];
-        (std::cmp::Reverse(s.claimed_version), s.last_used.map_or(0, |u| u.saturating_add(1)), i)
+        (core::cmp::Reverse(s.claimed_version), s.last_used.map_or(0, |u| u.saturating_add(1)), i)
     });
     order
 }
@@ -93,21 +70,7 @@ pub fn worth_refreshing(claimed: Option<u64>, best_verified: Option<u64>) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const S: Duration = Duration::from_secs(1);
-
-    #[test]
-    fn a_slow_batch_is_hedged_well_before_its_timeout() {
-        // Nothing completed yet: half the timeout.
-        assert_eq!(hedge_after(5 * S, None), 5 * S / 2);
-        // Others took 100 ms: 4 × 100 ms is below the floor.
-        assert_eq!(hedge_after(5 * S, Some(Duration::from_millis(100))), HEDGE_MIN);
-        assert_eq!(hedge_after(30 * S, Some(2 * S)), 8 * S);
-        // Never later than half the timeout, however slow the others were.
-        assert_eq!(hedge_after(5 * S, Some(2 * S)), 5 * S / 2);
-        // A timeout below twice the floor still hedges at half of it.
-        assert_eq!(hedge_after(Duration::from_millis(600), Some(Duration::from_millis(1))), Duration::from_millis(300));
-    }
+    use alloc::vec;
 
     #[test]
     fn an_edge_behind_the_device_is_not_a_liar() {
@@ -120,7 +83,7 @@ mod tests {
         assert_eq!(refresh_verdict(&forged), RefreshVerdict::Lied);
         let mixed = TufError::Repository(RepositoryError::LengthOrHashMismatch { role: "snapshot".into() });
         assert_eq!(refresh_verdict(&mixed), RefreshVerdict::Lied);
-        let timeout = TufError::Fetch { role: "snapshot".into(), failure: protocol::tuf::FetchError::Failed };
+        let timeout = TufError::Fetch { role: "snapshot".into(), failure: crate::tuf::FetchError::Failed };
         assert_eq!(refresh_verdict(&timeout), RefreshVerdict::Failed);
     }
 
