@@ -30,7 +30,8 @@ use crate::health::{self, Verdict};
 use crate::policy::{self, MetadataSource, RefreshVerdict};
 use crate::status;
 use crate::tuf_edge::{self, ManifestError, MetadataDir, RefreshError};
-use crate::tuf_http::{unix_now, write_atomic};
+use crate::tuf_http::unix_now;
+use host::fs::{write_atomic, PUBLIC};
 
 /// `run` keeps going; `check` makes one update attempt (through reboots) and exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,7 +202,7 @@ impl Agent {
             Action::AskGate => {
                 // Rollout waves arrive with the control plane; until then every device proceeds.
                 if let Some(manifest) = &self.offered {
-                    write_atomic(&self.config.data_dir, "target.manifest", manifest)?;
+                    write_atomic(&self.config.data_dir.join("target.manifest"), manifest, PUBLIC)?;
                 }
                 self.engine.handle_gate(now, GateDecision::Proceed);
             }
@@ -265,7 +266,7 @@ impl Agent {
 
     fn persist(&mut self) -> Result<()> {
         let record = self.engine.record();
-        write_atomic(&self.config.data_dir, "record", &record.encode())?;
+        write_atomic(&self.config.data_dir.join("record"), &record.encode(), PUBLIC)?;
         // Keep the installed release's manifest for chunk reuse; drop a finished target's.
         let dir = &self.config.data_dir;
         let target = dir.join("target.manifest");
@@ -277,7 +278,7 @@ impl Agent {
             } else {
                 std::fs::remove_file(&target)?;
             }
-            sync_dir(dir);
+            host::fs::sync_dir(dir)?;
         }
         Ok(())
     }
@@ -459,7 +460,7 @@ impl Agent {
             engine.handle_progress(counts.chunks_done, counts.bytes_fetched, counts.bytes_reused);
             while let Some(action) = engine.poll_action() {
                 if action == Action::Persist {
-                    write_atomic(&data_dir, "record", &engine.record().encode())?;
+                    write_atomic(&data_dir.join("record"), &engine.record().encode(), PUBLIC)?;
                 }
             }
             let done = counts.chunks_done as u64 * image_len / chunk_count as u64;
@@ -586,7 +587,7 @@ impl Agent {
         );
         let doc = serde_json::to_value(&report).unwrap_or_default();
         if let Ok(bytes) = serde_json::to_vec_pretty(&doc) {
-            let _ = write_atomic(&self.config.data_dir, "status.json", &bytes);
+            let _ = write_atomic(&self.config.data_dir.join("status.json"), &bytes, PUBLIC);
         }
         let signed = status::sign(&self.device_key, &report);
         self.last_status = doc;
@@ -621,12 +622,6 @@ fn load_record(config: &AgentConfig) -> Result<Record> {
             Ok(Record::factory(Slot::A, Release::unknown(version, config.factory_security_counter)))
         }
         Err(e) => Err(anyhow!("cannot read {}: {e}", path.display())),
-    }
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
     }
 }
 

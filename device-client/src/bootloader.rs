@@ -57,9 +57,9 @@
 //! killed with everything it started), at most 64 KiB of its output is read, and a failure
 //! reports the command line, its exit status and the end of its stderr.
 
-use std::ffi::{OsStr, OsString};
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -453,24 +453,8 @@ impl FileBootloader {
     /// Replaces the env file atomically and durably: a power cut leaves the old or the new
     /// env, never a torn one, and a returned `Ok` survives one.
     fn store(&self, env: &FileEnv) -> Result<()> {
-        let path = &self.path;
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let mut temp_name = path.file_name().map(OsStr::to_os_string).unwrap_or_else(|| OsString::from("bootenv"));
-        temp_name.push(".tmp");
-        let temp = dir.join(temp_name);
-        let write = || -> io::Result<()> {
-            let mut file = File::create(&temp)?;
-            file.write_all(env.encode().as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&temp, path)?;
-            // The rename is only durable once the directory entry is.
-            File::open(dir)?.sync_all()
-        };
-        write().with_context(|| format!("cannot write boot env {}", path.display()))
+        host::fs::write_atomic(&self.path, env.encode().as_bytes(), host::fs::PUBLIC)
+            .with_context(|| format!("cannot write boot env {}", self.path.display()))
     }
 
     fn update(&self, change: impl FnOnce(&mut FileEnv)) -> Result<()> {

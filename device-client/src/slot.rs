@@ -154,10 +154,7 @@ impl Progress {
         }
         let sum = blake3::hash(&bytes);
         bytes.extend_from_slice(sum.as_bytes());
-        let dir = path.parent().context("progress path has no directory")?;
-        let name = path.file_name().and_then(|n| n.to_str()).context("progress path has no file name")?;
-        crate::tuf_http::write_atomic(dir, name, &bytes)?;
-        Ok(())
+        Ok(host::fs::write_atomic(path, &bytes, host::fs::PUBLIC)?)
     }
 
     /// True if chunk `index` is durable.

@@ -28,14 +28,7 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<SigningKey> {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    Ok(host::fs::write_atomic(path, bytes, host::fs::PRIVATE)?)
 }
 
 /// The next report number: one more than the last one sent, persisted before it is used so

@@ -17,7 +17,7 @@ use edge_client::DeviceClient;
 use protocol::manifest::ManifestView;
 use protocol::tuf::{encode_role_name, Event, FetchError, Request, Source, TargetFile, TrustedMetadataSet, Updater};
 
-use crate::tuf_http::{unix_now, write_atomic};
+use crate::tuf_http::unix_now;
 
 /// Where the agent keeps verified metadata: `metadata_dir/root.json` is the pinned root.
 #[derive(Debug, Clone)]
@@ -51,9 +51,7 @@ impl MetadataDir {
 
     /// Pins `root` (checked by [`MetadataDir::read_trusted_root`]) on a device's first start.
     pub fn pin_root(&self, root: &[u8]) -> Result<()> {
-        fs::create_dir_all(&self.0)?;
-        write_atomic(&self.0, "root.json", root)?;
-        Ok(())
+        Ok(host::fs::write_atomic(&self.0.join("root.json"), root, host::fs::PUBLIC)?)
     }
 
     fn read_cached(&self, request: &Request) -> std::result::Result<Vec<u8>, FetchError> {
@@ -100,8 +98,12 @@ pub async fn refresh(edge: &mut DeviceClient, dir: &MetadataDir) -> Result<Trust
     loop {
         while let Some(event) = updater.poll_event() {
             if let Event::Persist { role, bytes } = event {
-                write_atomic(&dir.0, &format!("{}.json", encode_role_name(&role)), &bytes)
-                    .map_err(RefreshError::Local)?;
+                host::fs::write_atomic(
+                    &dir.0.join(format!("{}.json", encode_role_name(&role))),
+                    &bytes,
+                    host::fs::PUBLIC,
+                )
+                .map_err(|e| RefreshError::Local(e.into()))?;
             }
         }
         let Some(request) = updater.poll_request() else { break };

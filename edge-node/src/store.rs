@@ -220,7 +220,7 @@ impl ChunkStore {
         }
         if !staged.is_empty() {
             // Bodies durable before any name points at them.
-            sync_filesystem(&self.root)?;
+            host::fs::sync_filesystem(&self.root)?;
             for (tmp, path) in &staged {
                 fs::rename(tmp, path).with_context(|| format!("cannot rename into {}", path.display()))?;
             }
@@ -314,17 +314,6 @@ fn start_writeback(file: &File) {
     unsafe {
         libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
-}
-
-fn sync_filesystem(path: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let dir = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: syncfs only reads the descriptor number; `dir` keeps it open for the call.
-    let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("syncfs failed");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

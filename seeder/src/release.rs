@@ -13,7 +13,6 @@ use std::fs::{self, File};
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::atomic;
 use crate::keys;
 use crate::repo::{ExtraSigners, Repo};
 use crate::trusted;
@@ -181,15 +180,15 @@ pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
 
     // Chunk bodies become durable before they get their final names, and before any
     // metadata names them: one syncfs for the batch instead of an fsync per chunk.
-    atomic::sync_filesystem(&repo.chunks_dir())?;
+    host::fs::sync_filesystem(&repo.chunks_dir())?;
     for (staged_path, final_path) in &staged {
         fs::rename(staged_path, final_path)
             .with_context(|| format!("cannot move chunk into {}", final_path.display()))?;
     }
-    atomic::sync_filesystem(&repo.chunks_dir())?;
+    host::fs::sync_filesystem(&repo.chunks_dir())?;
 
     let sha256_hex = protocol::hex::encode(&sha2::Sha256::digest(&manifest_bytes));
-    atomic::write_file(&repo.target_file_path(&target, &sha256_hex), &manifest_bytes, 0o644)?;
+    host::fs::write_atomic(&repo.target_file_path(&target, &sha256_hex), &manifest_bytes, host::fs::PUBLIC)?;
     targets_map.insert(target, target_entry(&manifest, &manifest_bytes, &sha256_hex));
     repo.publish_targets(&current, targets_map, &ExtraSigners::default())?;
     Ok(report)
@@ -236,7 +235,7 @@ fn seal_in_parallel(
     std::thread::scope(|scope| -> Result<SealOutput> {
         scope.spawn(move || {
             while flush_rx.recv().is_ok() {
-                let _ = atomic::sync_filesystem(&chunks_dir);
+                let _ = host::fs::sync_filesystem(&chunks_dir);
             }
         });
         for _ in 0..workers {
@@ -424,31 +423,24 @@ pub fn extract(repo: &Repo, name: &str, version: &str, out: &Path) -> Result<Ext
         }
     };
 
-    let tmp = atomic::temp_path(out);
-    let result = (|| -> Result<()> {
-        let mut file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        let mut verifier = ImageVerifier::new();
-        for (index, entry) in view.chunks().enumerate() {
-            let path = repo.chunk_path(&entry.id);
-            let mut stored = Vec::with_capacity(entry.stored_length as usize);
-            File::open(&path)
-                .with_context(|| format!("chunk {index} is missing: {}", path.display()))?
-                .take(entry.stored_length as u64 + 1)
-                .read_to_end(&mut stored)?;
-            let plain = codec::open(&entry, key.as_ref(), stored)
-                .map_err(|e| anyhow::anyhow!("chunk {index} ({}): {e}", path.display()))?;
-            verifier.update(&entry, &plain).map_err(|e| anyhow::anyhow!("{e}"))?;
-            file.write_all(&plain)?;
-        }
-        verifier.finish(&view).map_err(|e| anyhow::anyhow!("{name} {version}: {e}"))?;
-        file.sync_all()?;
-        fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    // Dropped without a commit (a chunk missing or corrupt), the temp file goes and `out`
+    // keeps what it had.
+    let mut file = host::fs::AtomicFile::create(out, host::fs::PUBLIC)?;
+    let mut verifier = ImageVerifier::new();
+    for (index, entry) in view.chunks().enumerate() {
+        let path = repo.chunk_path(&entry.id);
+        let mut stored = Vec::with_capacity(entry.stored_length as usize);
+        File::open(&path)
+            .with_context(|| format!("chunk {index} is missing: {}", path.display()))?
+            .take(entry.stored_length as u64 + 1)
+            .read_to_end(&mut stored)?;
+        let plain = codec::open(&entry, key.as_ref(), stored)
+            .map_err(|e| anyhow::anyhow!("chunk {index} ({}): {e}", path.display()))?;
+        verifier.update(&entry, &plain).map_err(|e| anyhow::anyhow!("{e}"))?;
+        file.write_all(&plain).with_context(|| format!("cannot write {}", out.display()))?;
     }
-    result?;
+    verifier.finish(&view).map_err(|e| anyhow::anyhow!("{name} {version}: {e}"))?;
+    file.commit()?;
     Ok(ExtractReport {
         out: out.display().to_string(),
         image_bytes: view.image_len(),

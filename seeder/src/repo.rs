@@ -25,7 +25,6 @@ use sha2::Digest;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::atomic;
 use crate::keys::{self, RoleKey};
 use crate::time;
 
@@ -205,7 +204,7 @@ impl Repo {
 
     /// Writes a metadata file atomically.
     pub fn write_metadata(&self, file_name: &str, envelope: &[u8]) -> Result<()> {
-        atomic::write_file(&self.metadata_dir().join(file_name), envelope, 0o644)
+        Ok(host::fs::write_atomic(&self.metadata_dir().join(file_name), envelope, host::fs::PUBLIC)?)
     }
 
     /// Loads the signing keys the current root lists for `role`; fails unless there are
