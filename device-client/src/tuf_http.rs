@@ -154,10 +154,7 @@ impl TufHttpClient {
             let Some(hash) = target.hashes.values().next() else {
                 bail!("target {} has no hashes", target.path);
             };
-            url_path = match target.path.rsplit_once('/') {
-                Some((dir, base)) => format!("{dir}/{hash}.{base}"),
-                None => format!("{hash}.{}", target.path),
-            };
+            url_path = protocol::tuf::hashed_target_path(&target.path, hash);
         }
         let url = format!("{}{url_path}", with_slash(target_base_url));
         let bytes = fetch_capped(&self.agent, &url, target.length).map_err(|e| anyhow!("downloading {url}: {e:?}"))?;

@@ -120,15 +120,7 @@ impl Repo {
 
     /// Where a target file lives with its consistent-snapshot hash prefix.
     pub fn target_file_path(&self, target_path: &str, sha256_hex: &str) -> PathBuf {
-        let (dir, base) = match target_path.rsplit_once('/') {
-            Some((dir, base)) => (Some(dir), base),
-            None => (None, target_path),
-        };
-        let mut path = self.targets_dir();
-        if let Some(dir) = dir {
-            path = path.join(dir);
-        }
-        path.join(format!("{sha256_hex}.{base}"))
+        self.targets_dir().join(protocol::tuf::hashed_target_path(target_path, sha256_hex))
     }
 
     /// Reads and parses a metadata envelope, returning it whole.

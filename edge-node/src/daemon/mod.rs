@@ -508,12 +508,7 @@ impl Daemon {
         self.by_key.insert(key.clone(), id);
         if let Ok(mut targets) = self.device.targets.write() {
             let sha256 = protocol::hex::encode(&sha2_digest(manifest));
-            let (dir, base) = target_path.rsplit_once('/').unwrap_or(("", target_path));
-            let file = if dir.is_empty() {
-                format!("targets/{sha256}.{base}")
-            } else {
-                format!("targets/{dir}/{sha256}.{base}")
-            };
+            let file = format!("targets/{}", protocol::tuf::hashed_target_path(target_path, &sha256));
             targets.insert(target_path.to_string(), (file, manifest.len() as u64));
         }
         self.releases.insert(

@@ -284,8 +284,7 @@ pub fn verify_announcement(root: &[u8], timestamp: &[u8], now: i64) -> Result<u6
 /// Target path of a release manifest → consistent-snapshot file name in the repository.
 pub fn target_file_name(target: &TargetFile) -> Option<String> {
     let sha256 = target.hashes.get("sha256")?;
-    let (dir, base) = target.path.rsplit_once('/').unwrap_or(("", &target.path));
-    Some(if dir.is_empty() { format!("targets/{sha256}.{base}") } else { format!("targets/{dir}/{sha256}.{base}") })
+    Some(format!("targets/{}", protocol::tuf::hashed_target_path(&target.path, sha256)))
 }
 
 /// Release manifests named by `trusted` that are not in `known`: from the mirror or from

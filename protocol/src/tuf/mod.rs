@@ -15,6 +15,7 @@
 //!   search) as a state machine.
 pub mod canonical;
 pub mod metadata;
+pub mod naming;
 pub mod time;
 pub mod trusted;
 mod updater;
@@ -22,6 +23,7 @@ mod updater;
 use alloc::string::String;
 
 pub use metadata::{Key, TargetFile};
+pub use naming::hashed_target_path;
 pub use trusted::TrustedMetadataSet;
 pub use updater::{encode_role_name, Event, FetchError, Request, Source, Updater};
 
