@@ -156,15 +156,13 @@ pub fn choose_release<'a>(trusted: &'a TrustedMetadataSet, release: &str, hw_cla
     let prefix = format!("releases/{release}/");
     let candidates: Vec<&TargetFile> =
         targets.targets.values().filter(|t| t.path.starts_with(&prefix) && t.path.ends_with(".manifest")).collect();
+    // A target without valid release metadata ranks lowest and matches no hardware class.
     let rank = |t: &&&TargetFile| {
-        let o = t.custom.as_ref().map(|c| &c["otamesh"]);
-        let counter = o.and_then(|o| o["security_counter"].as_u64()).unwrap_or(0);
-        let version = o.and_then(|o| o["version"].as_str()).unwrap_or("").to_string();
-        (counter, VersionKey(version))
+        let release = t.release().ok();
+        let counter = release.as_ref().map_or(0, |r| r.security_counter);
+        (counter, VersionKey(release.map(|r| r.version).unwrap_or_default()))
     };
-    let matching = candidates
-        .iter()
-        .filter(|t| t.custom.as_ref().and_then(|c| c["otamesh"]["hw_class"].as_str()).is_some_and(|c| c == hw_class));
+    let matching = candidates.iter().filter(|t| t.release().is_ok_and(|r| r.hw_class == hw_class));
     matching.max_by_key(rank).or_else(|| candidates.iter().max_by_key(rank)).copied()
 }
 

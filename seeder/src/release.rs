@@ -5,6 +5,7 @@ use protocol::chunker::{self, Chunking};
 use protocol::codec::{self, ContentKey};
 use protocol::manifest::{ChunkEntry, ManifestView, ReleaseManifest};
 use protocol::reassemble::ImageVerifier;
+use protocol::tuf::ReleaseTarget;
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -161,10 +162,11 @@ pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
         for (path, _) in &staged {
             let _ = fs::remove_file(path);
         }
-        let same = existing["custom"]["otamesh"]["image_blake3"].as_str()
-            == Some(&protocol::hex::encode(&manifest.image_blake3))
-            && existing["custom"]["otamesh"]["hw_class"].as_str() == Some(req.hw_class)
-            && existing["custom"]["otamesh"]["security_counter"].as_u64() == Some(req.security_counter);
+        let same = ReleaseTarget::from_custom(existing.get("custom")).is_ok_and(|r| {
+            r.image_blake3 == manifest.image_blake3
+                && r.hw_class == req.hw_class
+                && r.security_counter == req.security_counter
+        });
         if !same {
             bail!(
                 "{} {} is already published with other content; publish it under a new version",
@@ -346,28 +348,23 @@ fn chunk_is_stored(path: &Path, id: &protocol::ChunkId) -> bool {
 }
 
 fn target_entry(manifest: &ReleaseManifest, bytes: &[u8], sha256_hex: &str) -> Value {
-    let chunking = match manifest.chunking {
-        Chunking::Fixed { size_bytes } => json!({"kind": "fixed", "size_bytes": size_bytes}),
-        Chunking::FastCdc { min_bytes, avg_bytes, max_bytes } => {
-            json!({"kind": "fastcdc", "min_bytes": min_bytes, "avg_bytes": avg_bytes, "max_bytes": max_bytes})
-        }
+    let release = ReleaseTarget {
+        name: manifest.name.clone(),
+        version: manifest.version.clone(),
+        hw_class: manifest.hw_class.clone(),
+        security_counter: manifest.security_counter,
+        image_length: manifest.image_len,
+        image_blake3: manifest.image_blake3,
+        image_sha256: manifest.image_sha256,
+        chunk_count: manifest.chunks.len() as u64,
+        stored_bytes: manifest.stored_bytes(),
+        encrypted: manifest.content_key_id.is_some(),
+        chunking: manifest.chunking,
     };
     json!({
         "length": bytes.len(),
         "hashes": {"sha256": sha256_hex},
-        "custom": {"otamesh": {
-            "name": manifest.name,
-            "version": manifest.version,
-            "hw_class": manifest.hw_class,
-            "security_counter": manifest.security_counter,
-            "image_length": manifest.image_len,
-            "image_blake3": protocol::hex::encode(&manifest.image_blake3),
-            "image_sha256": protocol::hex::encode(&manifest.image_sha256),
-            "chunk_count": manifest.chunks.len(),
-            "stored_bytes": manifest.stored_bytes(),
-            "encrypted": manifest.content_key_id.is_some(),
-            "chunking": chunking,
-        }},
+        "custom": release.to_custom(),
     })
 }
 

@@ -16,6 +16,7 @@
 pub mod canonical;
 pub mod metadata;
 pub mod naming;
+pub mod release_target;
 pub mod time;
 pub mod trusted;
 mod updater;
@@ -24,6 +25,7 @@ use alloc::string::String;
 
 pub use metadata::{Key, TargetFile};
 pub use naming::hashed_target_path;
+pub use release_target::{ReleaseTarget, ReleaseTargetError};
 pub use trusted::TrustedMetadataSet;
 pub use updater::{encode_role_name, Event, FetchError, Request, Source, Updater};
 
