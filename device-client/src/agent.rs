@@ -33,6 +33,10 @@ use crate::tuf_edge::{self, ManifestError, MetadataDir, RefreshError};
 use crate::tuf_http::unix_now;
 use host::fs::{write_atomic, PUBLIC};
 
+/// Longest a reboot command may run before it counts as hung (`systemctl reboot` returns
+/// once the shutdown is queued).
+const REBOOT_COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// `run` keeps going; `check` makes one update attempt (through reboots) and exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -548,18 +552,26 @@ impl Agent {
 
     async fn reboot(&mut self) -> Result<()> {
         self.report().await;
-        if let Some((program, args)) = self.config.reboot.split_first() {
+        if !self.config.reboot.is_empty() {
             tracing::info!(command = ?self.config.reboot, "rebooting");
-            let status = std::process::Command::new(program).args(args).status();
-            match status {
-                Ok(s) if s.success() => {
-                    // The machine is going down; wait for it.
-                    tokio::time::sleep(Duration::from_secs(600)).await;
-                    bail!("reboot command returned but the device did not reboot");
-                }
-                Ok(s) => bail!("reboot command {:?} failed: {s}", self.config.reboot),
-                Err(e) => bail!("cannot run reboot command {:?}: {e}", self.config.reboot),
+            let argv: Vec<std::ffi::OsString> = self.config.reboot.iter().map(Into::into).collect();
+            // `systemctl reboot` returns once the shutdown is queued; a command still running
+            // after REBOOT_COMMAND_TIMEOUT is hung, and is killed with what it started.
+            let finished = tokio::task::spawn_blocking(move || host::process::run(&argv, &[], REBOOT_COMMAND_TIMEOUT))
+                .await
+                .context("the reboot command's runner failed")?
+                .context("reboot command failed")?;
+            if !finished.status.success() {
+                bail!(
+                    "reboot command {:?} failed: {}; stderr: {}",
+                    self.config.reboot,
+                    finished.status,
+                    finished.last_stderr_line()
+                );
             }
+            // The machine is going down; wait for it.
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            bail!("reboot command returned but the device did not reboot");
         }
         tracing::info!("restarting the agent (reboot stand-in)");
         use std::os::unix::process::CommandExt;

@@ -60,13 +60,8 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use protocol::install::{BootInfo, Slot};
@@ -595,7 +590,7 @@ impl UbootBootloader {
     /// `fw_printenv -n VAR`; `None` when the variable is not defined.
     fn get(&self, var: &str) -> Result<Option<String>> {
         let argv = [self.fw_printenv.clone().into_os_string(), "-n".into(), var.into()];
-        let finished = run_command(&argv, self.timeout)?;
+        let finished = host::process::run(&argv, &[], self.timeout)?;
         // Both fw_printenv implementations fail with `## Error: "VAR" not defined` for an
         // unset variable; that is an answer, not a failure.
         if !finished.status.success() && String::from_utf8_lossy(&finished.stderr.bytes).contains("not defined") {
@@ -613,7 +608,7 @@ impl UbootBootloader {
         if !value.is_empty() {
             argv.push(value.into());
         }
-        run_command(&argv, self.timeout)?.into_stdout(&argv).map(drop)
+        host::process::run(&argv, &[], self.timeout)?.into_stdout(&argv).map(drop)
     }
 
     /// Applies `changes` one `fw_setenv` at a time, in order. Callers order them so that every
@@ -672,7 +667,7 @@ impl GrubBootloader {
     /// `grub-editenv FILE list`, as `(name, value)` pairs.
     fn list(&self) -> Result<Vec<(String, String)>> {
         let argv = self.argv("list");
-        let stdout = run_command(&argv, self.timeout)?.into_stdout(&argv)?;
+        let stdout = host::process::run(&argv, &[], self.timeout)?.into_stdout(&argv)?;
         let text = String::from_utf8_lossy(&stdout);
         Ok(text
             .lines()
@@ -686,7 +681,7 @@ impl GrubBootloader {
     fn set_all(&self, changes: &[(&str, &str)]) -> Result<()> {
         let mut argv = self.argv("set");
         argv.extend(changes.iter().map(|(var, value)| OsString::from(format!("{var}={value}"))));
-        run_command(&argv, self.timeout)?.into_stdout(&argv).map(drop)
+        host::process::run(&argv, &[], self.timeout)?.into_stdout(&argv).map(drop)
     }
 }
 
@@ -733,7 +728,7 @@ impl CommandBootloader {
     fn run_with_slot(&self, argv: &[String], slot: Slot) -> Result<()> {
         let mut argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
         argv.push(slot.name().into());
-        run_command(&argv, self.timeout)?.into_stdout(&argv).map(drop)
+        host::process::run(&argv, &[], self.timeout)?.into_stdout(&argv).map(drop)
     }
 }
 
@@ -771,13 +766,13 @@ fn parse_boot_info_output(text: &str) -> Result<BootInfo, String> {
 impl Bootloader for CommandBootloader {
     fn boot_info(&mut self) -> Result<BootInfo> {
         let argv: Vec<OsString> = self.boot_info.iter().map(OsString::from).collect();
-        let stdout = run_command(&argv, self.timeout)?.into_stdout(&argv)?;
+        let stdout = host::process::run(&argv, &[], self.timeout)?.into_stdout(&argv)?;
         let text = String::from_utf8_lossy(&stdout);
         parse_boot_info_output(&text).map_err(|what| {
             anyhow!(
                 "`{}` printed {:?}: {what}; it must print `booted=a|b pending=a|b|`",
-                show_argv(&argv),
-                bounded_text(&text)
+                host::process::show_argv(&argv),
+                host::process::bounded_text(&text)
             )
         })
     }
@@ -797,195 +792,4 @@ impl Bootloader for CommandBootloader {
     fn name(&self) -> &'static str {
         "command"
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// running external commands
-
-/// Most of a command's stdout or stderr kept; the answers we parse are a few bytes, so more
-/// means something is wrong and must not grow the agent's memory.
-const OUTPUT_LIMIT_BYTES: usize = 64 * 1024;
-/// Most of a command's stderr (or unexpected stdout) quoted in an error: enough for the
-/// message that explains the failure, not a log dump.
-const ERROR_EXCERPT_BYTES: usize = 500;
-
-/// What a reader thread collected from one pipe.
-#[derive(Debug, Default)]
-struct Captured {
-    bytes: Vec<u8>,
-    truncated: bool,
-}
-
-/// A command that exited (successfully or not) within its timeout.
-struct Finished {
-    status: ExitStatus,
-    stdout: Captured,
-    stderr: Captured,
-}
-
-impl Finished {
-    /// The command's stdout if it exited 0; otherwise an error naming it, with its exit status
-    /// and stderr.
-    fn into_stdout(self, argv: &[OsString]) -> Result<Vec<u8>> {
-        let shown = show_argv(argv);
-        if !self.status.success() {
-            bail!("`{shown}` failed ({}){}", self.status, stderr_suffix(&self.stderr));
-        }
-        if self.stdout.truncated {
-            bail!("`{shown}` printed more than {} KiB; refusing to parse it", OUTPUT_LIMIT_BYTES / 1024);
-        }
-        Ok(self.stdout.bytes)
-    }
-}
-
-/// Runs `argv` (no shell) with stdin closed, collecting its output, and kills it, with every
-/// process it started, if it is not done within `timeout`.
-fn run_command(argv: &[OsString], timeout: Duration) -> Result<Finished> {
-    let shown = show_argv(argv);
-    let (program, args) = argv.split_first().ok_or_else(|| anyhow!("empty command"))?;
-    let mut command = Command::new(program);
-    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // Its own process group, so a timeout can kill what a script started too: a hung
-    // `fw_setenv` under a wrapper script would otherwise outlive the wrapper, holding the
-    // environment's lock and our pipes.
-    command.process_group(0);
-    let mut child = command.spawn().with_context(|| format!("cannot run `{shown}`"))?;
-
-    let (done_tx, done_rx) = mpsc::channel();
-    let stdout = Arc::new(Mutex::new(Captured::default()));
-    let stderr = Arc::new(Mutex::new(Captured::default()));
-    let mut pipes = 0;
-    if let Some(pipe) = child.stdout.take() {
-        spawn_reader(pipe, Arc::clone(&stdout), done_tx.clone());
-        pipes += 1;
-    }
-    if let Some(pipe) = child.stderr.take() {
-        spawn_reader(pipe, Arc::clone(&stderr), done_tx);
-        pipes += 1;
-    }
-
-    let deadline = Instant::now() + timeout;
-    // Polling keeps the child handle here, so killing it can never hit a reaped (and maybe
-    // reused) pid; the pause grows quickly, so quick commands stay quick and slow ones cheap.
-    let mut pause = Duration::from_millis(1);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) => {}
-            Err(error) => {
-                kill_process_tree(&mut child);
-                return Err(error).with_context(|| format!("cannot wait for `{shown}`"));
-            }
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            kill_process_tree(&mut child);
-            bail!(
-                "`{shown}` timed out after {} s and was killed{}",
-                timeout.as_secs(),
-                stderr_suffix(&take_captured(&stderr))
-            );
-        }
-        thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(50));
-    };
-
-    // The pipes close when the last process holding them exits, which may be something the
-    // command left running in the background.
-    while pipes > 0 {
-        match done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(()) => pipes -= 1,
-            Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {
-                // The group outlives its leader while any member runs, so its id is still ours.
-                let _ = rustix::process::kill_process_group(
-                    rustix::process::Pid::from_child(&child),
-                    rustix::process::Signal::KILL,
-                );
-                bail!(
-                    "`{shown}` exited ({status}) but left a process holding its output past the {} s timeout; \
-                     it was killed{}",
-                    timeout.as_secs(),
-                    stderr_suffix(&take_captured(&stderr))
-                );
-            }
-        }
-    }
-    Ok(Finished { status, stdout: take_captured(&stdout), stderr: take_captured(&stderr) })
-}
-
-/// Reads `pipe` to its end, keeping the first [`OUTPUT_LIMIT_BYTES`] and draining the rest
-/// (a writer blocked on a full pipe would otherwise look like a hang).
-fn spawn_reader(mut pipe: impl Read + Send + 'static, into: Arc<Mutex<Captured>>, done: mpsc::Sender<()>) {
-    thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        loop {
-            match pipe.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    let Ok(mut captured) = into.lock() else { break };
-                    let room = OUTPUT_LIMIT_BYTES - captured.bytes.len();
-                    captured.bytes.extend_from_slice(&buf[..n.min(room)]);
-                    captured.truncated |= n > room;
-                }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        let _ = done.send(());
-    });
-}
-
-fn take_captured(captured: &Mutex<Captured>) -> Captured {
-    match captured.lock() {
-        Ok(mut guard) => std::mem::take(&mut *guard),
-        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-    }
-}
-
-/// Kills the command and everything in its process group, then reaps it.
-fn kill_process_tree(child: &mut Child) {
-    // Errors mean the processes are already gone, which is the goal.
-    let _ = rustix::process::kill_process_group(rustix::process::Pid::from_child(child), rustix::process::Signal::KILL);
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// `: <stderr excerpt>` for an error message, or a note that stderr was empty.
-fn stderr_suffix(stderr: &Captured) -> String {
-    let text = String::from_utf8_lossy(&stderr.bytes);
-    let text = text.trim();
-    if text.is_empty() {
-        return String::from(" with nothing on stderr");
-    }
-    format!("; stderr: {}", bounded_text(text))
-}
-
-/// The end of `text` (where a failing script's last, most telling message is), at most
-/// [`ERROR_EXCERPT_BYTES`] long, marked with `…` when cut.
-fn bounded_text(text: &str) -> String {
-    let text = text.trim();
-    if text.len() <= ERROR_EXCERPT_BYTES {
-        return text.to_string();
-    }
-    let mut start = text.len() - ERROR_EXCERPT_BYTES;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("…{}", &text[start..])
-}
-
-/// A command line for messages: arguments with spaces or quotes (or empty ones) are quoted.
-fn show_argv(argv: &[OsString]) -> String {
-    argv.iter()
-        .map(|arg| {
-            let arg = arg.to_string_lossy();
-            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
-                format!("{arg:?}")
-            } else {
-                arg.into_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
