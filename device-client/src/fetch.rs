@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use edge_client::{ClientError, DeviceClient, Timeouts};
 use protocol::codec::ContentKey;
-use protocol::device_wire::{ChunkRange, ChunkStatus};
 use protocol::manifest::{ChunkEntry, ManifestView};
+use protocol::wire::{device::ChunkStatus, ChunkRange};
 use protocol::ChunkId;
 use tokio::sync::mpsc;
 

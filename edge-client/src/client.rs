@@ -6,8 +6,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use protocol::device_wire::{
-    ChunkItems, ChunkRange, ChunkRanges, ErrorCode, Request, Response, ResponseView, WireError,
+use protocol::wire::{
+    device::{ChunkItems, ChunkRanges, ErrorCode, Request, Response, ResponseView, WireError},
+    ChunkRange,
 };
 use tokio::net::TcpStream;
 

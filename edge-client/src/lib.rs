@@ -1,7 +1,7 @@
 //! The device side of an otamesh edge node's device service: what a Linux gateway's agent,
 //! tests and benchmarks use to ask an edge node for TUF metadata, manifests and chunk
 //! batches, over QUIC (ALPN [`ALPN`]) or framed TCP. The messages are
-//! [`protocol::device_wire`]; the edge node's server side lives in `edge-node`.
+//! [`protocol::wire::device`]; the edge node's server side lives in `edge-node`.
 //!
 //! Its own crate so the device agent links quinn, rustls and tokio but not the edge node's
 //! libp2p, sled and HTTP stacks.

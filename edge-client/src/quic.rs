@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use protocol::device_wire::{frame_body_len, limits, FRAME_HEADER_BYTES};
+use protocol::wire::device::{frame_body_len, limits, FRAME_HEADER_BYTES};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{Endpoint, TransportConfig, VarInt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};

@@ -1,6 +1,6 @@
 //! The framed-TCP transport, client side: one request frame written, one response frame read.
 
-use protocol::device_wire::{frame_body_len, limits, FRAME_HEADER_BYTES};
+use protocol::wire::device::{frame_body_len, limits, FRAME_HEADER_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

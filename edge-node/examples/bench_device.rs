@@ -9,7 +9,7 @@
 use edge_node::device::{ChunkLookup, ChunkSize, DeviceBackend, DeviceClient, DeviceService, DeviceServiceConfig};
 use edge_node::metrics::Metrics;
 use edge_node::store::ChunkStore;
-use protocol::device_wire::{ChunkRange, ChunkStatus};
+use protocol::wire::{device::ChunkStatus, ChunkRange};
 use protocol::ChunkId;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -54,7 +54,7 @@ impl DeviceBackend for StoreBackend {
         });
         read.await.unwrap_or_default()
     }
-    async fn report_status(&self, _: SocketAddr, _: Vec<u8>) -> Result<(), protocol::device_wire::ErrorCode> {
+    async fn report_status(&self, _: SocketAddr, _: Vec<u8>) -> Result<(), protocol::wire::device::ErrorCode> {
         Ok(())
     }
 }

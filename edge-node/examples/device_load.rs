@@ -10,8 +10,8 @@
 //! touch the whole release and the edge node serves many different chunks at once.
 
 use edge_node::device::{ClientError, DeviceClient};
-use protocol::device_wire::{ChunkRange, ChunkStatus};
 use protocol::manifest::ManifestView;
+use protocol::wire::{device::ChunkStatus, ChunkRange};
 use protocol::ChunkId;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

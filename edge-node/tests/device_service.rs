@@ -11,8 +11,9 @@ use edge_node::device::{
     ChunkLookup, ChunkSize, ClientError, DeviceAddrs, DeviceBackend, DeviceClient, DeviceService, DeviceServiceConfig,
 };
 use edge_node::metrics::Metrics;
-use protocol::device_wire::{
-    limits, ChunkRange, ChunkStatus, ErrorCode, Request, Response, ResponseView, FRAME_HEADER_BYTES,
+use protocol::wire::{
+    device::{limits, ChunkStatus, ErrorCode, Request, Response, ResponseView, FRAME_HEADER_BYTES},
+    ChunkRange,
 };
 use protocol::ChunkId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -82,7 +83,7 @@ impl DeviceBackend for MemBackend {
             .collect()
     }
 
-    async fn report_status(&self, peer: SocketAddr, body: Vec<u8>) -> Result<(), protocol::device_wire::ErrorCode> {
+    async fn report_status(&self, peer: SocketAddr, body: Vec<u8>) -> Result<(), protocol::wire::device::ErrorCode> {
         self.statuses.lock().unwrap().push((peer, body));
         Ok(())
     }

@@ -16,7 +16,14 @@ use edge_node::network::{
     NetworkError, NetworkEvent, SiteName,
 };
 use libp2p::{identity::Keypair, Multiaddr, PeerId};
+use protocol::{ChunkId, ReleaseId};
 use tokio::sync::mpsc;
+
+/// Release ids the tests ask about.
+const GW: ReleaseId = ReleaseId([0x24; 32]);
+const R: ReleaseId = ReleaseId([1; 32]);
+const BENCH: ReleaseId = ReleaseId([2; 32]);
+const UNKNOWN: ReleaseId = ReleaseId([3; 32]);
 
 /// Generous: CI machines are slow and everything here runs on two cores.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -95,7 +102,7 @@ impl Node {
 
     /// Serves exactly one chunk request from `store` (whole chunks, sliced by range);
     /// returns the request served.
-    async fn serve_one_chunk_request(&mut self, store: &HashMap<[u8; 32], Vec<u8>>) -> ChunkRequest {
+    async fn serve_one_chunk_request(&mut self, store: &HashMap<ChunkId, Vec<u8>>) -> ChunkRequest {
         let (request, reply) = self
             .wait_for("InboundChunkRequest", |e| match e {
                 NetworkEvent::InboundChunkRequest { request, reply, .. } => Ok((request, reply)),
@@ -108,16 +115,14 @@ impl Node {
     }
 }
 
-fn answer_from(store: &HashMap<[u8; 32], Vec<u8>>, request: &ChunkRequest) -> ChunkResponse {
+fn answer_from(store: &HashMap<ChunkId, Vec<u8>>, request: &ChunkRequest) -> ChunkResponse {
     let items = request
         .chunks
         .iter()
         .map(|range| {
             let result = match store.get(&range.id) {
                 Some(chunk) => {
-                    let start = range.offset as usize;
-                    let end = start + range.length as usize;
-                    ChunkResult::Ok(chunk[start..end].to_vec())
+                    range.slice(chunk).map_or(ChunkResult::NotFound, |bytes| ChunkResult::Ok(bytes.to_vec()))
                 }
                 None => ChunkResult::NotFound,
             };
@@ -127,8 +132,8 @@ fn answer_from(store: &HashMap<[u8; 32], Vec<u8>>, request: &ChunkRequest) -> Ch
     ChunkResponse { items }
 }
 
-fn sample_store() -> HashMap<[u8; 32], Vec<u8>> {
-    (1..=3u8).map(|i| ([i; 32], (0..4096u32).map(|b| (b as u8).wrapping_mul(i)).collect())).collect()
+fn sample_store() -> HashMap<ChunkId, Vec<u8>> {
+    (1..=3u8).map(|i| (ChunkId([i; 32]), (0..4096u32).map(|b| (b as u8).wrapping_mul(i)).collect())).collect()
 }
 
 /// Connects `a` to `b` at `addr` and waits until both have identified each other.
@@ -145,11 +150,11 @@ mod two_nodes {
     async fn chunk_round_trip(a: &mut Node, b: &mut Node) {
         let store = sample_store();
         let request = ChunkRequest {
-            release: "gw-2.4.1".into(),
+            release: GW,
             chunks: vec![
-                ChunkRange { id: [1; 32], offset: 0, length: 4096 },
-                ChunkRange { id: [2; 32], offset: 100, length: 50 },
-                ChunkRange { id: [9; 32], offset: 0, length: 10 },
+                ChunkRange { id: ChunkId([1; 32]), offset: 0, length: 4096 },
+                ChunkRange { id: ChunkId([2; 32]), offset: 100, length: 50 },
+                ChunkRange { id: ChunkId([9; 32]), offset: 0, length: 10 },
             ],
         };
         let (response, served) = within("chunk round trip", async {
@@ -159,9 +164,9 @@ mod two_nodes {
         assert_eq!(served, request);
         let response = response.unwrap();
         assert_eq!(response.items.len(), 3);
-        assert_eq!(response.items[0].result, ChunkResult::Ok(store[&[1; 32]].clone()));
-        assert_eq!(response.items[1].result, ChunkResult::Ok(store[&[2; 32]][100..150].to_vec()));
-        assert_eq!(response.items[2], ChunkItem { id: [9; 32], result: ChunkResult::NotFound });
+        assert_eq!(response.items[0].result, ChunkResult::Ok(store[&ChunkId([1; 32])].clone()));
+        assert_eq!(response.items[1].result, ChunkResult::Ok(store[&ChunkId([2; 32])][100..150].to_vec()));
+        assert_eq!(response.items[2], ChunkItem { id: ChunkId([9; 32]), result: ChunkResult::NotFound });
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,10 +184,8 @@ mod two_nodes {
         chunk_round_trip(&mut a, &mut b).await;
 
         // 300 ranges: our own codec refuses to write it; the peer never sees it.
-        let oversized = ChunkRequest {
-            release: "gw-2.4.1".into(),
-            chunks: vec![ChunkRange { id: [1; 32], offset: 0, length: 1 }; 300],
-        };
+        let oversized =
+            ChunkRequest { release: GW, chunks: vec![ChunkRange { id: ChunkId([1; 32]), offset: 0, length: 1 }; 300] };
         let refused = within("oversized request", a.client.request_chunks(b.peer, oversized)).await;
         match refused {
             Err(NetworkError::Request(libp2p::request_response::OutboundFailure::Io(e))) => {
@@ -195,21 +198,21 @@ mod two_nodes {
 
         // Have round trip.
         let (have, ()) = within("have round trip", async {
-            tokio::join!(a.client.request_have(b.peer, "gw-2.4.1"), async {
+            tokio::join!(a.client.request_have(b.peer, GW), async {
                 let (request, reply) = b
                     .wait_for("InboundHaveRequest", |e| match e {
                         NetworkEvent::InboundHaveRequest { request, reply, .. } => Ok((request, reply)),
                         other => Err(other),
                     })
                     .await;
-                assert_eq!(request.release, "gw-2.4.1");
+                assert_eq!(request.release, GW);
                 let response = HaveResponse { release: request.release, bitfield: vec![0b0000_0101, 0x80] };
                 b.client.respond_have(reply, response).await.unwrap();
             })
         })
         .await;
         let have = have.unwrap();
-        assert_eq!(have.release, "gw-2.4.1");
+        assert_eq!(have.release, GW);
         assert!(have.has(0) && !have.has(1) && have.has(2) && have.has(15) && !have.has(16));
     }
 
@@ -249,10 +252,10 @@ mod two_nodes {
         let b = Node::start_with("plant-b", |c| c.event_capacity = 1).await;
         assert_eq!(within("dial", a.client.dial(b.quic.clone())).await.unwrap(), b.peer);
         let request = ChunkRequest {
-            release: "r".into(),
+            release: R,
             chunks: vec![
-                ChunkRange { id: [1; 32], offset: 0, length: 1 },
-                ChunkRange { id: [2; 32], offset: 0, length: 1 },
+                ChunkRange { id: ChunkId([1; 32]), offset: 0, length: 1 },
+                ChunkRange { id: ChunkId([2; 32]), offset: 0, length: 1 },
             ],
         };
         // Whatever already sits in b's channel, at most one of these fits; the other (or
@@ -283,7 +286,7 @@ mod two_nodes {
     async fn request_to_unknown_peer_fails() {
         let a = Node::start("plant-a").await;
         let stranger = Keypair::generate_ed25519().public().to_peer_id();
-        let result = within("request to stranger", a.client.request_have(stranger, "r")).await;
+        let result = within("request to stranger", a.client.request_have(stranger, R)).await;
         assert!(matches!(result, Err(NetworkError::Request(_))), "{result:?}");
     }
 }
@@ -327,10 +330,10 @@ mod three_nodes {
         }
 
         // Kademlia: n0 provides, n2 (which knows only the hub) finds it.
-        within("start_providing", n0.client.start_providing("gw-2.4.1")).await.unwrap();
-        let providers = within("get_providers", n2.client.get_providers("gw-2.4.1")).await.unwrap();
+        within("start_providing", n0.client.start_providing(GW)).await.unwrap();
+        let providers = within("get_providers", n2.client.get_providers(GW)).await.unwrap();
         assert!(providers.contains(&n0.peer), "{providers:?}");
-        let none = within("get_providers unknown", n2.client.get_providers("no-such-release")).await.unwrap();
+        let none = within("get_providers unknown", n2.client.get_providers(UNKNOWN)).await.unwrap();
         assert!(none.is_empty(), "{none:?}");
     }
 }
@@ -354,8 +357,8 @@ mod codec {
     #[test]
     fn frame_round_trip_and_truncations() {
         let request = ChunkRequest {
-            release: "r".into(),
-            chunks: vec![ChunkRange { id: [5; 32], offset: 1, length: 2 }; MAX_RANGES_PER_REQUEST],
+            release: R,
+            chunks: vec![ChunkRange { id: ChunkId([5; 32]), offset: 1, length: 2 }; MAX_RANGES_PER_REQUEST],
         };
         let mut out = Cursor::new(Vec::new());
         block_on(write_frame(&mut out, &request)).unwrap();
@@ -479,8 +482,8 @@ mod throughput {
         });
 
         let request = |i: usize| ChunkRequest {
-            release: "bench".into(),
-            chunks: vec![ChunkRange { id: [i as u8; 32], offset: 0, length: CHUNK_BYTES as u32 }],
+            release: BENCH,
+            chunks: vec![ChunkRange { id: ChunkId([i as u8; 32]), offset: 0, length: CHUNK_BYTES as u32 }],
         };
         for in_flight in [1usize, 4] {
             let started = Instant::now();

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use protocol::device_wire::{limits, split_frame, RequestView, ResponseView, FRAME_HEADER_BYTES};
+use protocol::wire::device::{limits, split_frame, RequestView, ResponseView, FRAME_HEADER_BYTES};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&direction, body)) = data.split_first() else { return };
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(response.emit(&mut out), Ok(FRAME_HEADER_BYTES + len));
             assert_eq!(&out[FRAME_HEADER_BYTES..], body, "re-encoding changed the response");
             assert_eq!(out[..FRAME_HEADER_BYTES], (len as u32).to_le_bytes());
-            if let protocol::device_wire::Response::Chunks { items } = response {
+            if let protocol::wire::device::Response::Chunks { items } = response {
                 assert!(items.iter().count() <= limits::MAX_RANGES);
             }
         }

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use protocol::mesh_wire::{
+use protocol::wire::mesh::{
     ChunkRequest, ChunkResponse, HaveRequest, HaveResponse, MetaRequest, MetaResponse, WireMessage,
 };
 

@@ -20,23 +20,23 @@ extern crate alloc;
 pub mod chunk_id;
 pub mod chunker;
 pub mod codec;
-pub mod device_wire;
 pub mod hex;
 pub mod install;
 pub mod manifest;
 pub mod reassemble;
+pub mod release_id;
 pub mod sig;
 pub mod time;
+pub mod wire;
 #[cfg(feature = "ring-aead")]
 mod xchacha_ring;
 
 #[cfg(feature = "alloc")]
 pub mod edge;
 #[cfg(feature = "alloc")]
-pub mod mesh_wire;
-#[cfg(feature = "alloc")]
 pub mod status;
 #[cfg(feature = "alloc")]
 pub mod tuf;
 
 pub use chunk_id::ChunkId;
+pub use release_id::ReleaseId;

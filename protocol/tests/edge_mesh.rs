@@ -4,11 +4,12 @@
 //! simple responders, every edge node is the real `FetchScheduler`.
 
 use protocol::edge::{
-    ChunkOutcome, ChunkSpec, EdgeEvent, FetchScheduler, NodeId, PeerRole, ReleaseId, ReleaseSpec, Request, RequestId,
+    ChunkOutcome, ChunkSpec, EdgeEvent, FetchScheduler, NodeId, PeerRole, ReleaseSpec, Request, RequestId,
     SchedulerConfig, SiteId, SourceClass,
 };
 use protocol::time::{Duration, Instant};
 use protocol::ChunkId;
+use protocol::ReleaseId;
 use std::collections::{BTreeMap, BTreeSet};
 
 const LAN_BYTES_PER_SEC: u64 = 125_000_000;

@@ -2,8 +2,9 @@
 //! Bodies are never materialized; a chunk is its id, its stored length and, in flight, a
 //! flag saying whether someone tampered with it.
 
-use protocol::edge::{ChunkSpec, ReleaseId, ReleaseSpec};
+use protocol::edge::{ChunkSpec, ReleaseSpec};
 use protocol::ChunkId;
+use protocol::ReleaseId;
 
 use crate::rng::Rng;
 use crate::scenario::Scenario;

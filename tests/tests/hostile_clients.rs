@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::device_wire::{ChunkRange, Request};
+use protocol::wire::{device::Request, ChunkRange};
 use protocol::ChunkId;
 use support::{eventually, http_get, random_bytes, Edge, Origin};
 use tokio::io::AsyncWriteExt;
@@ -96,7 +96,7 @@ async fn attack_tcp(target: SocketAddr, chunks: &[ChunkId]) -> (Vec<tokio::net::
                 continue;
             };
             let ranges = duplicate_heavy(chunks[(usize::from(a) + c) % chunks.len()]);
-            let frame = Request::GetChunks { ranges: protocol::device_wire::ChunkRanges::from_slice(&ranges) }
+            let frame = Request::GetChunks { ranges: protocol::wire::device::ChunkRanges::from_slice(&ranges) }
                 .to_frame()
                 .unwrap();
             for _ in 0..REQUESTS_PER_CONNECTION {
@@ -120,7 +120,7 @@ async fn attack_quic(target: SocketAddr, chunk: ChunkId, stop: Arc<AtomicBool>, 
         let result = client
             .get_chunks_pipelined(&batches, QUIC_IN_FLIGHT, |_, batch| {
                 for item in batch.items().iter() {
-                    if let protocol::device_wire::ChunkStatus::Ok(bytes) = item.status {
+                    if let protocol::wire::device::ChunkStatus::Ok(bytes) = item.status {
                         received.fetch_add(bytes.len() as u64, Relaxed);
                     }
                 }

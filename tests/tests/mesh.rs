@@ -98,8 +98,8 @@ fn six_edge_nodes_in_three_sites_prestage_a_release_crossing_each_backhaul_once(
 /// whole image checked against the manifest's hashes.
 async fn device_fetch(edge: &Edge, quic: bool, repo: &Path, key: &protocol::codec::ContentKey) -> Vec<u8> {
     use edge_node::device::DeviceClient;
-    use protocol::device_wire::{ChunkRange, ChunkStatus};
     use protocol::tuf::TrustedMetadataSet;
+    use protocol::wire::{device::ChunkStatus, ChunkRange};
     let mut client = if quic {
         DeviceClient::connect_quic(edge.device_quic).await.unwrap()
     } else {

@@ -6,8 +6,8 @@
 mod support;
 
 use ed25519_dalek::{Signer, SigningKey};
-use protocol::device_wire::{frame_body_len, limits, ErrorCode, Request, Response, ResponseView, FRAME_HEADER_BYTES};
 use protocol::status::{ReportProgress, StatusReport};
+use protocol::wire::device::{frame_body_len, limits, ErrorCode, Request, Response, ResponseView, FRAME_HEADER_BYTES};
 use std::time::Duration;
 use support::{eventually, Edge, Origin};
 

@@ -113,21 +113,21 @@ pub fn serve_chunks(store: &ChunkStore, metrics: &Metrics, request: &ChunkReques
     let max_len = u64::from(protocol::manifest::limits::MAX_STORED_CHUNK_BYTES);
     let budget = MAX_BATCH_BYTES as usize;
     // Sizes of distinct chunks, from file lengths: nothing is read yet.
-    let mut sizes: HashMap<[u8; 32], Option<u64>> = HashMap::with_capacity(request.chunks.len());
+    let mut sizes: HashMap<ChunkId, Option<u64>> = HashMap::with_capacity(request.chunks.len());
     for range in &request.chunks {
-        sizes.entry(range.id).or_insert_with(|| store.len(&ChunkId(range.id)).map(|len| len.min(max_len + 1)));
+        sizes.entry(range.id).or_insert_with(|| store.len(&range.id).map(|len| len.min(max_len + 1)));
     }
     // Plan: which ranges are served, and which distinct chunks are read for them.
     let (mut sent, mut read) = (0usize, 0usize);
-    let mut to_read: HashMap<[u8; 32], u64> = HashMap::new();
+    let mut to_read: HashMap<ChunkId, u64> = HashMap::new();
     let plans: Vec<Option<(usize, usize)>> = request
         .chunks
         .iter()
         .map(|range| {
             let len = sizes.get(&range.id).copied().flatten()?;
             let stored = usize::try_from(len).ok()?;
-            let start = (range.offset as usize).min(stored);
-            let end = if range.length == 0 { stored } else { start.saturating_add(range.length as usize).min(stored) };
+            // Outside the stored chunk: no honest peer asks that; answered NotFound.
+            let std::ops::Range { start, end } = range.bounds(stored)?;
             let extra_read = if to_read.contains_key(&range.id) { 0 } else { stored };
             if sent + (end - start) > budget || read + extra_read > budget {
                 return Some((usize::MAX, 0)); // Busy: over this request's budget
@@ -139,14 +139,14 @@ pub fn serve_chunks(store: &ChunkStore, metrics: &Metrics, request: &ChunkReques
         })
         .collect();
     // Read each distinct chunk once, no more than its sized length.
-    let mut bodies: HashMap<[u8; 32], Result<bytes::Bytes, ReadError>> = HashMap::with_capacity(to_read.len());
+    let mut bodies: HashMap<ChunkId, Result<bytes::Bytes, ReadError>> = HashMap::with_capacity(to_read.len());
     let (mut served, mut damaged) = (Vec::new(), Vec::new());
     for (id, len) in &to_read {
-        let result = store.get(&ChunkId(*id), *len);
+        let result = store.get(id, *len);
         match &result {
-            Ok(_) => served.push(ChunkId(*id)),
+            Ok(_) => served.push(*id),
             // Deleted and counted in `corrupt_chunks` by the store.
-            Err(ReadError::Damaged) => damaged.push(ChunkId(*id)),
+            Err(ReadError::Damaged) => damaged.push(*id),
             Err(ReadError::Missing) => {}
         }
         bodies.insert(*id, result);
@@ -207,8 +207,10 @@ mod tests {
     fn a_peer_naming_one_chunk_256_times_with_length_0_is_sized_before_reading() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _metrics, ids) = store_with(dir.path(), &[vec![7u8; 1 << 20]]);
-        let request =
-            ChunkRequest { release: "r".into(), chunks: vec![ChunkRange { id: ids[0].0, offset: 0, length: 0 }; 256] };
+        let request = ChunkRequest {
+            release: protocol::ReleaseId([7; 32]),
+            chunks: vec![ChunkRange { id: ids[0], offset: 0, length: 0 }; 256],
+        };
         let served = serve_chunks(&store, &Metrics::default(), &request);
         assert_eq!(served.served, vec![ids[0]]);
         assert_eq!(ok_bytes(&served.response), 8 << 20);
@@ -226,8 +228,8 @@ mod tests {
         let (store, metrics, ids) = store_with(dir.path(), &[vec![1u8; 4096], vec![2u8; 4096]]);
         let server = ChunkServer::new(store, metrics.clone(), 2);
         let request = ChunkRequest {
-            release: "r".into(),
-            chunks: ids.iter().map(|id| ChunkRange { id: id.0, offset: 0, length: 0 }).collect(),
+            release: protocol::ReleaseId([7; 32]),
+            chunks: ids.iter().map(|id| ChunkRange::whole(*id)).collect(),
         };
         // Two serves in progress hold the two slots.
         let held = (server.try_slot().unwrap(), server.try_slot().unwrap());

@@ -3,8 +3,8 @@
 //! replay, per-address rate and device quota: [`protocol::status::ReportGate`]) and the newest
 //! per device kept for upstream.
 
-use protocol::device_wire::ErrorCode;
 use protocol::status::{ReportError, ReportGate, ReportLimits};
+use protocol::wire::device::ErrorCode;
 use protocol::ChunkId;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -178,7 +178,7 @@ mod tests {
     use super::*;
     use crate::device::{DeviceClient, DeviceService, DeviceServiceConfig};
     use crate::metrics::Metrics;
-    use protocol::device_wire::{ChunkRange, ChunkStatus};
+    use protocol::wire::{device::ChunkStatus, ChunkRange};
     use std::sync::atomic::Ordering::Relaxed;
 
     /// A chunk damaged on disk (found when a device asks for it, on its first read by this

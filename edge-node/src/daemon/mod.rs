@@ -18,11 +18,11 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use libp2p::{Multiaddr, PeerId};
 use protocol::edge::{
-    ChunkOutcome, ChunkSpec, EdgeEvent, FetchScheduler, NodeId, PeerRole, ReleaseId, ReleaseSpec, Request, RequestId,
+    ChunkOutcome, ChunkSpec, EdgeEvent, FetchScheduler, NodeId, PeerRole, ReleaseSpec, Request, RequestId,
     SchedulerConfig, SiteId, SourceClass,
 };
 use protocol::manifest::{ChunkEntry, ManifestView};
-use protocol::ChunkId;
+use protocol::{ChunkId, ReleaseId};
 use serde_json::json;
 use std::collections::HashSet;
 use std::collections::{BTreeMap, HashMap};
@@ -48,7 +48,6 @@ pub type StatusHandle = Arc<Mutex<serde_json::Value>>;
 
 /// A release this node knows, with the manifest entries needed to verify its chunks.
 struct KnownRelease {
-    key: String,
     target_path: String,
     name: String,
     version: String,
@@ -148,7 +147,6 @@ struct Daemon {
     /// Version of the newest timestamp that verified.
     trusted_timestamp_version: u64,
     releases: BTreeMap<ReleaseId, KnownRelease>,
-    by_key: HashMap<String, ReleaseId>,
     pending: HashMap<ChunkId, (Bytes, Budget)>,
     /// Admitted to the cache, staged in the store, not yet durable; a release is reported
     /// complete only once none of its chunks is here.
@@ -279,7 +277,6 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         pinned_root,
         trusted_timestamp_version: trusted_timestamp_version.unwrap_or(0),
         releases: BTreeMap::new(),
-        by_key: HashMap::new(),
         pending: HashMap::new(),
         unwritten: HashSet::new(),
         writer,
@@ -504,8 +501,6 @@ impl Daemon {
             hw_class: view.hw_class().into(),
             chunks: entries.iter().map(|e| ChunkSpec { id: e.id, stored_len: e.stored_length }).collect(),
         };
-        let key = protocol::hex::encode(&id.0);
-        self.by_key.insert(key.clone(), id);
         if let Ok(mut targets) = self.device.targets.write() {
             let sha256 = protocol::hex::encode(&sha2_digest(manifest));
             let file = format!("targets/{}", protocol::tuf::hashed_target_path(target_path, &sha256));
@@ -514,7 +509,6 @@ impl Daemon {
         self.releases.insert(
             id,
             KnownRelease {
-                key,
                 target_path: target_path.into(),
                 name: view.name().into(),
                 version: view.version().into(),
@@ -564,12 +558,7 @@ impl Daemon {
                 });
             }
             NetworkEvent::InboundHaveRequest { request, reply, .. } => {
-                let bitfield = self
-                    .by_key
-                    .get(&request.release)
-                    .and_then(|id| self.scheduler.have(id))
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
+                let bitfield = self.scheduler.have(&request.release).map(|b| b.to_bytes()).unwrap_or_default();
                 let client = self.client.clone();
                 let response = HaveResponse { release: request.release, bitfield };
                 tokio::spawn(async move {
@@ -735,13 +724,18 @@ impl Daemon {
                     self.send_chunks(id, peer, release, indices, class)
                 }
                 Request::Have { peer, release } => {
-                    let (Some(pid), Some(info)) = (self.peers.get(&peer).copied(), self.releases.get(&release)) else {
+                    let (Some(pid), true) = (self.peers.get(&peer).copied(), self.releases.contains_key(&release))
+                    else {
                         continue;
                     };
-                    let (client, tx, key) = (self.client.clone(), self.internal_tx.clone(), info.key.clone());
+                    let (client, tx) = (self.client.clone(), self.internal_tx.clone());
                     tokio::spawn(async move {
-                        let bits =
-                            client.request_have(pid, &key).await.ok().filter(|r| r.release == key).map(|r| r.bitfield);
+                        let bits = client
+                            .request_have(pid, release)
+                            .await
+                            .ok()
+                            .filter(|r| r.release == release)
+                            .map(|r| r.bitfield);
                         let _ = tx.send(Internal::Have { peer, release, bits }).await;
                     });
                 }
@@ -777,9 +771,9 @@ impl Daemon {
                 EdgeEvent::ReleaseComplete { release } => {
                     if let Some(info) = self.releases.get(&release) {
                         info!(release = %info.target_path, "release complete");
-                        let (client, key) = (self.client.clone(), info.key.clone());
+                        let client = self.client.clone();
                         tokio::spawn(async move {
-                            let _ = client.start_providing(&key).await;
+                            let _ = client.start_providing(release).await;
                         });
                     }
                 }
@@ -814,11 +808,8 @@ impl Daemon {
         let entries: Vec<(u32, ChunkEntry)> =
             indices.iter().filter_map(|i| info.entries.get(*i as usize).map(|e| (*i, *e))).collect();
         let request = ChunkRequest {
-            release: info.key.clone(),
-            chunks: entries
-                .iter()
-                .map(|(_, e)| ChunkRange { id: e.id.0, offset: 0, length: e.stored_length })
-                .collect(),
+            release,
+            chunks: entries.iter().map(|(_, e)| ChunkRange { id: e.id, offset: 0, length: e.stored_length }).collect(),
         };
         let (client, tx, metrics) = (self.client.clone(), self.internal_tx.clone(), self.metrics.clone());
         let wanted: u64 = entries.iter().map(|(_, e)| u64::from(e.stored_length)).sum();
@@ -986,11 +977,11 @@ fn spawn_writer(
 
 /// Checks each returned chunk against its manifest entry (length, then blake3).
 fn verify_response(entries: &[(u32, ChunkEntry)], response: ChunkResponse) -> CheckedResponse {
-    let mut items: HashMap<[u8; 32], ChunkItem> = response.items.into_iter().map(|item| (item.id, item)).collect();
+    let mut items: HashMap<ChunkId, ChunkItem> = response.items.into_iter().map(|item| (item.id, item)).collect();
     let mut outcomes = Vec::with_capacity(entries.len());
     let mut verified = Vec::new();
     for (index, entry) in entries {
-        let outcome = match items.remove(&entry.id.0).map(|item| item.result) {
+        let outcome = match items.remove(&entry.id).map(|item| item.result) {
             Some(ChunkResult::Ok(bytes)) => match protocol::codec::verify_stored(entry, &bytes) {
                 Ok(()) => {
                     verified.push((entry.id, Bytes::from(bytes)));

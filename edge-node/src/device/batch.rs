@@ -17,9 +17,12 @@
 
 use std::collections::HashMap;
 
-use protocol::device_wire::{
-    chunk_item_bytes, ChunkItem, ChunkRange, ChunkRanges, ChunkStatus, ChunksFrameBuilder, ErrorCode,
-    CHUNKS_HEADER_BYTES, EMPTY_ITEM_BYTES, FRAME_HEADER_BYTES,
+use protocol::wire::{
+    device::{
+        chunk_item_bytes, ChunkItem, ChunkRanges, ChunkStatus, ChunksFrameBuilder, ErrorCode, CHUNKS_HEADER_BYTES,
+        EMPTY_ITEM_BYTES, FRAME_HEADER_BYTES,
+    },
+    ChunkRange,
 };
 use protocol::ChunkId;
 
@@ -50,15 +53,6 @@ struct Sized {
     read_of: Vec<Option<usize>>,
     frame_bytes: usize,
     read_bytes: usize,
-}
-
-/// The bytes `start..end` a range asks of a stored chunk of `len` bytes (`length == 0`: to
-/// the end), or `None` if the range is outside it. Same rule as [`ChunkRange::slice`].
-fn bounds(range: &ChunkRange, len: u64) -> Option<(usize, usize)> {
-    let len = usize::try_from(len).ok()?;
-    let start = usize::try_from(range.offset).ok()?;
-    let end = if range.length == 0 { len } else { start.checked_add(usize::try_from(range.length).ok()?)? };
-    (start <= end && end <= len).then_some((start, end))
 }
 
 /// What one request may use.
@@ -97,10 +91,10 @@ fn plan(
             ChunkSize::Busy => {}
         }
         let planned = match size {
-            ChunkSize::Stored(len) => match bounds(range, len) {
+            ChunkSize::Stored(len) => match usize::try_from(len).ok().and_then(|stored| range.bounds(stored)) {
                 // Held, but the range is outside it.
                 None => Plan::NotFound,
-                Some((start, end)) => {
+                Some(std::ops::Range { start, end }) => {
                     let item = chunk_item_bytes(end - start);
                     let extra_read =
                         if read_of[chunk].is_some() { 0 } else { usize::try_from(len).unwrap_or(usize::MAX) };
@@ -247,15 +241,5 @@ mod tests {
         // And a per-request read limit of 1 MiB allows one.
         let sized = plan(&Metrics::default(), &ranges, &[0, 1, 2, 3], (&ids, &sizes), limits(8, 1, 256));
         assert_eq!(sized.reads.len(), 1);
-    }
-
-    #[test]
-    fn ranges_outside_the_stored_chunk_are_not_found() {
-        let r = |offset, length| ChunkRange { id: id(1), offset, length };
-        assert_eq!(bounds(&r(0, 0), 10), Some((0, 10)));
-        assert_eq!(bounds(&r(10, 0), 10), Some((10, 10)));
-        assert_eq!(bounds(&r(11, 0), 10), None);
-        assert_eq!(bounds(&r(5, 6), 10), None);
-        assert_eq!(bounds(&r(u32::MAX, u32::MAX), 10), None);
     }
 }

@@ -1,6 +1,6 @@
 //! The device service: what devices on the edge node's LAN talk to. Linux gateways use QUIC
 //! ([`quic`], ALPN [`ALPN`]), MCUs framed TCP ([`tcp`]); both carry the same messages,
-//! [`protocol::device_wire`], and are answered by the same code ([`Shared::answer`]).
+//! [`protocol::wire::device`], and are answered by the same code ([`Shared::answer`]).
 //!
 //! Trust: none is placed in this layer. Devices verify TUF metadata from their pinned root
 //! and every chunk against its [`ChunkId`] (named by signed manifests), so the edge node and
@@ -47,7 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use protocol::device_wire::{limits, ErrorCode, Request, RequestView, Response, FRAME_HEADER_BYTES};
+use protocol::wire::device::{limits, ErrorCode, Request, RequestView, Response, FRAME_HEADER_BYTES};
 use protocol::ChunkId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;

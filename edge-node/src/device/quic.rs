@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use protocol::device_wire::{frame_body_len, limits, ErrorCode, FRAME_HEADER_BYTES};
+use protocol::wire::device::{frame_body_len, limits, ErrorCode, FRAME_HEADER_BYTES};
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use protocol::device_wire::{frame_body_len, limits, ErrorCode, WireError, FRAME_HEADER_BYTES};
+use protocol::wire::device::{frame_body_len, limits, ErrorCode, WireError, FRAME_HEADER_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;

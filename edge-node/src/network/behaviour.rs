@@ -1,6 +1,7 @@
 //! The composed libp2p behaviour of an edge node and the small facts peers exchange about
 //! each other (site name in identify's agent version, protocol names, topics).
 
+use protocol::ReleaseId;
 use std::{fmt, time::Duration};
 
 use libp2p::{
@@ -25,12 +26,12 @@ pub const AGENT_PREFIX: &str = "otamesh-edge/0.1 site=";
 /// content: an "origin" that sends a bad chunk is caught and banned like any peer.
 pub const ORIGIN_AGENT_PREFIX: &str = "otamesh-origin/0.1 site=";
 /// Chunk batches.
-pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/chunks/1");
+pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/chunks/2");
 /// Chunk inventories. A separate protocol from chunks so its small messages get their own
 /// stream budget and never queue behind 8 MiB batches.
-pub const HAVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/have/1");
+pub const HAVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/have/2");
 /// Repository files (TUF metadata, manifests), fetched from any peer and verified locally.
-pub const META_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/meta/1");
+pub const META_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/meta/2");
 /// Our own Kademlia protocol name, so the mesh's DHT never merges with the public IPFS DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/kad/1.0.0");
 /// Gossipsub topic of signed release announcements.
@@ -120,7 +121,7 @@ impl fmt::Display for SiteName {
 
 /// The record key under which providers of a release are stored in the DHT. Namespaced so
 /// a release id can never collide with another kind of key we may add.
-pub fn release_key(release: &str) -> kad::RecordKey {
+pub fn release_key(release: &ReleaseId) -> kad::RecordKey {
     kad::RecordKey::new(&format!("otamesh/release/{release}"))
 }
 

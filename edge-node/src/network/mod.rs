@@ -30,6 +30,7 @@ use std::{collections::HashSet, fmt, time::Duration};
 use libp2p::{
     identity::Keypair, noise, request_response::ResponseChannel, swarm::DialError, tcp, yamux, Multiaddr, PeerId,
 };
+use protocol::ReleaseId;
 use tokio::sync::{mpsc, oneshot};
 
 pub use behaviour::{
@@ -235,8 +236,8 @@ enum Command {
     Listen { addr: Multiaddr, reply: Reply<Multiaddr> },
     ListenAddrs { reply: oneshot::Sender<Vec<Multiaddr>> },
     Dial { addr: Multiaddr, reply: Reply<PeerId> },
-    StartProviding { release: String, reply: Reply<()> },
-    GetProviders { release: String, reply: Reply<HashSet<PeerId>> },
+    StartProviding { release: ReleaseId, reply: Reply<()> },
+    GetProviders { release: ReleaseId, reply: Reply<HashSet<PeerId>> },
     Publish { bytes: Vec<u8>, reply: Reply<()> },
     RequestChunks { peer: PeerId, request: ChunkRequest, reply: Reply<ChunkResponse> },
     RequestHave { peer: PeerId, request: HaveRequest, reply: Reply<HaveResponse> },
@@ -308,15 +309,13 @@ impl NetworkClient {
 
     /// Announces in the DHT that this node provides `release`; returns when the provider
     /// record has been stored locally and offered to the closest peers.
-    pub async fn start_providing(&self, release: &str) -> Result<(), NetworkError> {
-        let release = release.to_owned();
+    pub async fn start_providing(&self, release: ReleaseId) -> Result<(), NetworkError> {
         self.call(|reply| Command::StartProviding { release, reply }).await
     }
 
     /// Providers of `release` known to the DHT: the first non-empty set found, or an empty
     /// set once the query has finished without one.
-    pub async fn get_providers(&self, release: &str) -> Result<HashSet<PeerId>, NetworkError> {
-        let release = release.to_owned();
+    pub async fn get_providers(&self, release: ReleaseId) -> Result<HashSet<PeerId>, NetworkError> {
         self.call(|reply| Command::GetProviders { release, reply }).await
     }
 
@@ -335,8 +334,8 @@ impl NetworkClient {
     }
 
     /// Asks `peer` which chunks of `release` it holds.
-    pub async fn request_have(&self, peer: PeerId, release: &str) -> Result<HaveResponse, NetworkError> {
-        let request = HaveRequest { release: release.to_owned() };
+    pub async fn request_have(&self, peer: PeerId, release: ReleaseId) -> Result<HaveResponse, NetworkError> {
+        let request = HaveRequest { release };
         self.call(|reply| Command::RequestHave { peer, request, reply }).await
     }
 

@@ -58,25 +58,6 @@ impl SiteId {
     }
 }
 
-/// A release's identity: blake3 of its manifest bytes.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ReleaseId(pub [u8; 32]);
-
-impl ReleaseId {
-    /// The id of the release whose manifest is `manifest_bytes`.
-    pub fn of_manifest(manifest_bytes: &[u8]) -> Self {
-        ReleaseId(*blake3::hash(manifest_bytes).as_bytes())
-    }
-}
-
-impl core::fmt::Debug for ReleaseId {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("ReleaseId(")?;
-        crate::hex::write(f, &self.0[..4])?;
-        f.write_str(")")
-    }
-}
-
 /// What a peer is to us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerRole {

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use edge_node::device::{ChunkLookup, ChunkSize, DeviceBackend, DeviceService, DeviceServiceConfig};
 use edge_node::metrics::Metrics;
-use protocol::device_wire::{frame_body_len, limits, Request, RequestView, FRAME_HEADER_BYTES};
+use protocol::wire::device::{frame_body_len, limits, Request, RequestView, FRAME_HEADER_BYTES};
 use protocol::ChunkId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -378,7 +378,7 @@ impl DeviceBackend for RepoBackend {
             .collect()
     }
 
-    async fn report_status(&self, _peer: SocketAddr, _body: Vec<u8>) -> Result<(), protocol::device_wire::ErrorCode> {
+    async fn report_status(&self, _peer: SocketAddr, _body: Vec<u8>) -> Result<(), protocol::wire::device::ErrorCode> {
         Ok(())
     }
 }

@@ -35,6 +35,7 @@
 //! Chunk status bytes: 0 = ok, 1 = not found, 2 = busy (not served in this response: the
 //! edge node is still fetching the chunk or the response's byte budget is spent; ask again).
 
+use super::{ChunkRange, ReadError, Reader, RANGE_BYTES};
 use crate::ChunkId;
 
 /// Bounds on everything a peer can make the other side hold.
@@ -55,9 +56,6 @@ pub mod limits {
 
 /// Bytes of a frame's length prefix.
 pub const FRAME_HEADER_BYTES: usize = 4;
-
-/// Bytes of one range in a `GetChunks` request.
-pub const RANGE_BYTES: usize = 32 + 4 + 4;
 
 const KIND_GET_METADATA: u8 = 0x01;
 const KIND_GET_TARGET: u8 = 0x02;
@@ -144,6 +142,16 @@ impl core::fmt::Display for WireError {
 #[cfg(feature = "std")]
 impl std::error::Error for WireError {}
 
+impl ReadError for WireError {
+    fn truncated(_field: &'static str) -> Self {
+        WireError::Truncated
+    }
+
+    fn trailing(_left: usize) -> Self {
+        WireError::TrailingBytes
+    }
+}
+
 /// A server error code. A newtype rather than an enum so a device can still parse codes
 /// added by newer edge nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -192,48 +200,6 @@ pub fn split_frame(buf: &[u8], max_body_bytes: usize) -> Result<Option<(&[u8], u
     Ok(buf.get(FRAME_HEADER_BYTES..end).map(|body| (body, end)))
 }
 
-/// A cursor over a message body; every read is bounds-checked.
-struct Reader<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
-        if self.rest.len() < n {
-            return Err(WireError::Truncated);
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-
-    fn u8(&mut self) -> Result<u8, WireError> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, WireError> {
-        Ok(u16::from_le_bytes(self.array()?))
-    }
-
-    fn u32(&mut self) -> Result<u32, WireError> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-
-    fn finish(self) -> Result<(), WireError> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(WireError::TrailingBytes)
-        }
-    }
-}
-
 /// A writer into a caller's buffer whose size was checked up front.
 struct Writer<'a> {
     out: &'a mut [u8],
@@ -277,12 +243,12 @@ fn valid_target_path(path: &str) -> bool {
         && path.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
 }
 
-fn read_name<'a>(r: &mut Reader<'a>, valid: fn(&str) -> bool) -> Result<&'a str, WireError> {
-    let len = r.u16()?;
+fn read_name<'a>(r: &mut Reader<'a, WireError>, valid: fn(&str) -> bool) -> Result<&'a str, WireError> {
+    let len = r.u16("name length")?;
     if usize::from(len) > limits::MAX_NAME_BYTES {
         return Err(WireError::NameTooLong { len });
     }
-    let name = core::str::from_utf8(r.take(usize::from(len))?).map_err(|_| WireError::BadName)?;
+    let name = core::str::from_utf8(r.take(usize::from(len), "name")?).map_err(|_| WireError::BadName)?;
     if !valid(name) {
         return Err(WireError::BadName);
     }
@@ -297,37 +263,6 @@ fn check_name(name: &str, valid: fn(&str) -> bool) -> Result<(), WireError> {
         return Err(WireError::BadName);
     }
     Ok(())
-}
-
-/// One byte range of a stored chunk. `length == 0` means "to the end of the chunk".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkRange {
-    /// The chunk.
-    pub id: ChunkId,
-    /// First byte wanted.
-    pub offset: u32,
-    /// Bytes wanted; 0 = through the end.
-    pub length: u32,
-}
-
-impl ChunkRange {
-    /// The whole chunk.
-    pub fn whole(id: ChunkId) -> Self {
-        ChunkRange { id, offset: 0, length: 0 }
-    }
-
-    /// The requested bytes of `stored`, or `None` if the range lies outside it.
-    pub fn slice<'a>(&self, stored: &'a [u8]) -> Option<&'a [u8]> {
-        let start = usize::try_from(self.offset).ok()?;
-        let end =
-            if self.length == 0 { stored.len() } else { start.checked_add(usize::try_from(self.length).ok()?)? };
-        stored.get(start..end)
-    }
-
-    fn parse(bytes: &[u8]) -> Option<Self> {
-        let mut r = Reader { rest: bytes };
-        Some(ChunkRange { id: ChunkId(r.array().ok()?), offset: r.u32().ok()?, length: r.u32().ok()? })
-    }
 }
 
 /// The ranges of a `GetChunks` request: either validated wire bytes (parsing) or a caller's
@@ -366,7 +301,9 @@ impl<'a> ChunkRanges<'a> {
             RangesRepr::Wire(b) => (b, &[]),
             RangesRepr::Slice(s) => (&[], s),
         };
-        wire.chunks_exact(RANGE_BYTES).filter_map(ChunkRange::parse).chain(slice.iter().copied())
+        wire.chunks_exact(RANGE_BYTES)
+            .filter_map(|bytes| ChunkRange::read(&mut Reader::<WireError>::new(bytes)).ok())
+            .chain(slice.iter().copied())
     }
 }
 
@@ -401,6 +338,16 @@ pub enum Request<'a> {
     },
 }
 
+/// Checks a body against its direction's limit and reads its kind byte.
+fn open_body(body: &[u8], max_body_bytes: usize) -> Result<(Reader<'_, WireError>, u8), WireError> {
+    if body.len() > max_body_bytes {
+        return Err(WireError::FrameTooLarge { len: u32::try_from(body.len()).unwrap_or(u32::MAX) });
+    }
+    let mut r = Reader::new(body);
+    let kind = r.u8("kind").map_err(|_| WireError::Empty)?;
+    Ok((r, kind))
+}
+
 /// Parses request bodies (the bytes after the length prefix).
 #[derive(Debug)]
 pub struct RequestView;
@@ -408,27 +355,25 @@ pub struct RequestView;
 impl RequestView {
     /// Parses and validates a whole request body, borrowing from it.
     pub fn parse(body: &[u8]) -> Result<Request<'_>, WireError> {
-        if body.len() > limits::MAX_REQUEST_BYTES {
-            return Err(WireError::FrameTooLarge { len: u32::try_from(body.len()).unwrap_or(u32::MAX) });
-        }
-        let mut r = Reader { rest: body };
-        let kind = r.u8().map_err(|_| WireError::Empty)?;
+        let (mut r, kind) = open_body(body, limits::MAX_REQUEST_BYTES)?;
         let request = match kind {
             KIND_GET_METADATA => Request::GetMetadata { name: read_name(&mut r, valid_metadata_name)? },
             KIND_GET_TARGET => Request::GetTarget { path: read_name(&mut r, valid_target_path)? },
             KIND_GET_CHUNKS => {
-                let count = r.u16()?;
+                let count = r.u16("count")?;
                 if usize::from(count) > limits::MAX_RANGES {
                     return Err(WireError::TooManyRanges { count });
                 }
-                Request::GetChunks { ranges: ChunkRanges(RangesRepr::Wire(r.take(usize::from(count) * RANGE_BYTES)?)) }
+                Request::GetChunks {
+                    ranges: ChunkRanges(RangesRepr::Wire(r.take(usize::from(count) * RANGE_BYTES, "ranges")?)),
+                }
             }
             KIND_REPORT_STATUS => {
-                let len = r.u32()?;
+                let len = r.u32("length")?;
                 if usize::try_from(len).map_or(true, |n| n > limits::MAX_STATUS_BYTES) {
                     return Err(WireError::StatusTooLarge { len });
                 }
-                Request::ReportStatus { body: r.take(len as usize)? }
+                Request::ReportStatus { body: r.take(len as usize, "status")? }
             }
             other => return Err(WireError::UnknownKind(other)),
         };
@@ -577,13 +522,13 @@ impl<'a> ChunkItems<'a> {
     }
 
     /// Walks `count` items of wire bytes; returns the bytes they span.
-    fn check(r: &mut Reader<'a>, count: usize) -> Result<&'a [u8], WireError> {
-        let start = r.rest;
+    fn check(r: &mut Reader<'a, WireError>, count: usize) -> Result<&'a [u8], WireError> {
+        let start = r.rest();
         let mut used = 0usize;
         for _ in 0..count {
-            let before = r.rest.len();
+            let before = r.remaining();
             read_item(r)?;
-            used += before - r.rest.len();
+            used += before - r.remaining();
         }
         start.get(..used).ok_or(WireError::Truncated)
     }
@@ -595,12 +540,12 @@ impl PartialEq for ChunkItems<'_> {
     }
 }
 
-fn read_item<'a>(r: &mut Reader<'a>) -> Result<ChunkItem<'a>, WireError> {
-    let id = ChunkId(r.array()?);
-    let status = match r.u8()? {
+fn read_item<'a>(r: &mut Reader<'a, WireError>) -> Result<ChunkItem<'a>, WireError> {
+    let id = r.chunk_id("item id")?;
+    let status = match r.u8("item status")? {
         STATUS_OK => {
-            let len = r.u32()?;
-            ChunkStatus::Ok(r.take(usize::try_from(len).map_err(|_| WireError::Truncated)?)?)
+            let len = r.u32("length")?;
+            ChunkStatus::Ok(r.take(usize::try_from(len).map_err(|_| WireError::Truncated)?, "item bytes")?)
         }
         STATUS_NOT_FOUND => ChunkStatus::NotFound,
         STATUS_BUSY => ChunkStatus::Busy,
@@ -626,11 +571,11 @@ impl<'a> Iterator for ChunkItemIter<'a> {
         self.remaining -= 1;
         match &mut self.repr {
             ItemsRepr::Wire(bytes) => {
-                let mut r = Reader { rest: bytes };
+                let mut r = Reader::<WireError>::new(bytes);
                 // Validated by `ResponseView::parse`; an error here cannot happen, and if it
                 // did, ending the iteration is the safe answer.
                 let item = read_item(&mut r).ok();
-                *bytes = r.rest;
+                *bytes = r.rest();
                 if item.is_none() {
                     self.remaining = 0;
                 }
@@ -677,19 +622,15 @@ pub struct ResponseView;
 impl ResponseView {
     /// Parses and validates a whole response body, borrowing from it.
     pub fn parse(body: &[u8]) -> Result<Response<'_>, WireError> {
-        if body.len() > limits::MAX_RESPONSE_BYTES {
-            return Err(WireError::FrameTooLarge { len: u32::try_from(body.len()).unwrap_or(u32::MAX) });
-        }
-        let mut r = Reader { rest: body };
-        let kind = r.u8().map_err(|_| WireError::Empty)?;
+        let (mut r, kind) = open_body(body, limits::MAX_RESPONSE_BYTES)?;
         let response = match kind {
             KIND_BYTES => {
-                let len = r.u32()?;
-                Response::Bytes(r.take(usize::try_from(len).map_err(|_| WireError::Truncated)?)?)
+                let len = r.u32("length")?;
+                Response::Bytes(r.take(usize::try_from(len).map_err(|_| WireError::Truncated)?, "bytes")?)
             }
             KIND_NOT_FOUND => Response::NotFound,
             KIND_CHUNKS => {
-                let count = r.u16()?;
+                let count = r.u16("count")?;
                 if usize::from(count) > limits::MAX_RANGES {
                     return Err(WireError::TooManyRanges { count });
                 }
@@ -698,7 +639,7 @@ impl ResponseView {
                 Response::Chunks { items: ChunkItems { repr: ItemsRepr::Wire(items), count } }
             }
             KIND_ACK => Response::Ack,
-            KIND_ERROR => Response::Error { code: ErrorCode(r.u16()?) },
+            KIND_ERROR => Response::Error { code: ErrorCode(r.u16("error code")?) },
             other => return Err(WireError::UnknownKind(other)),
         };
         r.finish()?;

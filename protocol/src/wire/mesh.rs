@@ -1,8 +1,8 @@
 //! Wire messages of the edge mesh: chunk batches, "which chunks do you have", and repository
 //! files. Edge nodes and the origin parse these from any peer on the internet, which is why
 //! the parser lives here, bounded and fuzzed (`fuzz/fuzz_targets/mesh_wire.rs`), next to the
-//! device service's ([`crate::device_wire`]); the libp2p codec that frames them is the
-//! edge node's.
+//! device service's ([`super::device`]) and sharing its [`Reader`] and [`ChunkRange`]; the
+//! libp2p codec that frames them is the mesh crate's.
 //!
 //! Goals: a compact binary encoding that a hostile peer cannot use to make us allocate
 //! more than a fixed limit, and whose parser never panics. Every length and count read
@@ -12,12 +12,12 @@
 //!
 //! Non-goals: authenticity of chunk bytes (chunks are verified against their blake3 id by
 //! the caller before use), backwards-compatible evolution (the protocol name carries the
-//! version, `/otamesh/chunks/1`).
+//! version, `/otamesh/chunks/2`).
 //!
 //! Encoding: every message body starts with a one-byte kind tag (so a body sent on the wrong
-//! protocol is refused, not misread), then fields in order, integers big-endian, strings as
-//! a `u8` length plus UTF-8 bytes, byte strings as a `u32` length plus bytes. A body must be
-//! consumed exactly; trailing bytes are an error.
+//! protocol is refused, not misread), then fields in order: integers little-endian, chunk
+//! and release ids as 32 raw bytes, names as a `u8` length plus UTF-8 bytes, byte strings as
+//! a `u32` length plus bytes. A body must be consumed exactly; trailing bytes are an error.
 
 use alloc::borrow::ToOwned;
 use alloc::string::String;
@@ -25,8 +25,9 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
-/// Longest release id, in bytes of UTF-8.
-pub const MAX_RELEASE_ID_BYTES: usize = 128;
+use super::{ChunkRange, ReadError, Reader, RANGE_BYTES};
+use crate::{ChunkId, ReleaseId};
+
 /// Most ranges in one [`ChunkRequest`] (and items in one [`ChunkResponse`]).
 pub const MAX_RANGES_PER_REQUEST: usize = 256;
 /// Most chunk bytes one request may ask for and one response may carry: 8 MiB.
@@ -50,12 +51,10 @@ const STATUS_OK: u8 = 0;
 const STATUS_NOT_FOUND: u8 = 1;
 const STATUS_BUSY: u8 = 2;
 
-/// Encoded size of one range: id, offset, length.
-const RANGE_BYTES: usize = 32 + 4 + 4;
 /// Smallest encoded item: id and status byte (NotFound / Busy).
 const MIN_ITEM_BYTES: usize = 32 + 1;
 
-/// A message with a bounded binary encoding, as carried by [`super::codec::WireCodec`].
+/// A message with a bounded binary encoding, as carried by the mesh crate's libp2p codec.
 pub trait WireMessage: Sized {
     /// Upper bound of [`WireMessage::encode`]'s output for any valid message; the codec
     /// refuses to read a body longer than this.
@@ -95,8 +94,11 @@ pub enum WireError {
     },
     /// A chunk item status byte (or a file's presence byte) is not one we know.
     UnknownStatus(u8),
-    /// The release id is not UTF-8.
-    ReleaseNotUtf8,
+    /// A name is not UTF-8.
+    NotUtf8 {
+        /// The field holding the name.
+        field: &'static str,
+    },
     /// Bytes were left after a complete message.
     TrailingBytes(usize),
 }
@@ -110,7 +112,7 @@ impl fmt::Display for WireError {
                 write!(f, "message kind {found:#04x}, expected {expected:#04x}")
             }
             WireError::UnknownStatus(s) => write!(f, "unknown status byte {s}"),
-            WireError::ReleaseNotUtf8 => write!(f, "release id is not UTF-8"),
+            WireError::NotUtf8 { field } => write!(f, "{field} is not UTF-8"),
             WireError::TrailingBytes(n) => write!(f, "{n} trailing bytes after the message"),
         }
     }
@@ -119,22 +121,21 @@ impl fmt::Display for WireError {
 #[cfg(feature = "std")]
 impl std::error::Error for WireError {}
 
-/// A byte range of one chunk, identified by its blake3 id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ChunkRange {
-    /// blake3 of the chunk's stored bytes.
-    pub id: [u8; 32],
-    /// First byte wanted, relative to the chunk's start.
-    pub offset: u32,
-    /// Bytes wanted.
-    pub length: u32,
+impl ReadError for WireError {
+    fn truncated(field: &'static str) -> Self {
+        WireError::Truncated { field }
+    }
+
+    fn trailing(left: usize) -> Self {
+        WireError::TrailingBytes(left)
+    }
 }
 
 /// A batch of chunk ranges of one release, asked of one peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkRequest {
     /// Release the chunks belong to, so the server can account and prioritize per release.
-    pub release: String,
+    pub release: ReleaseId,
     /// Ranges wanted; the response answers them in this order.
     pub chunks: Vec<ChunkRange>,
 }
@@ -154,7 +155,7 @@ pub enum ChunkResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkItem {
     /// The chunk id of the range this item answers.
-    pub id: [u8; 32],
+    pub id: ChunkId,
     /// The bytes or why there are none.
     pub result: ChunkResult,
 }
@@ -170,14 +171,14 @@ pub struct ChunkResponse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HaveRequest {
     /// The release asked about.
-    pub release: String,
+    pub release: ReleaseId,
 }
 
 /// Which chunks of a release a peer holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HaveResponse {
     /// The release answered about (echoed, so a mixed-up answer is detectable).
-    pub release: String,
+    pub release: ReleaseId,
     /// Bit `i` (LSB-first within each byte) set = the peer holds chunk index `i` of the
     /// release's chunk manifest.
     pub bitfield: Vec<u8>,
@@ -206,64 +207,28 @@ impl HaveResponse {
     }
 }
 
-/// Reads fields off a borrowed body; every accessor checks the remaining length first.
-struct Reader<'a> {
-    bytes: &'a [u8],
+/// Reads the kind tag and checks it names the message being decoded.
+fn read_kind(r: &mut Reader<'_, WireError>, expected: u8) -> Result<(), WireError> {
+    let found = r.u8("kind")?;
+    if found != expected {
+        return Err(WireError::WrongKind { expected, found });
+    }
+    Ok(())
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], WireError> {
-        if self.bytes.len() < n {
-            return Err(WireError::Truncated { field });
-        }
-        let (head, rest) = self.bytes.split_at(n);
-        self.bytes = rest;
-        Ok(head)
+/// Reads a `u16` count of ranges or items, bounded by [`MAX_RANGES_PER_REQUEST`]; the peer
+/// must also prove the entries are there (`min_entry_bytes` each) before room is reserved.
+fn read_count(
+    r: &mut Reader<'_, WireError>,
+    (count_field, entries_field): (&'static str, &'static str),
+    min_entry_bytes: usize,
+) -> Result<usize, WireError> {
+    let count = usize::from(r.u16(count_field)?);
+    check_limit(count_field, count as u64, MAX_RANGES_PER_REQUEST as u64)?;
+    if r.remaining() < count * min_entry_bytes {
+        return Err(WireError::Truncated { field: entries_field });
     }
-
-    fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
-        Ok(self.take(1, field)?[0])
-    }
-
-    fn u16(&mut self, field: &'static str) -> Result<u16, WireError> {
-        let b = self.take(2, field)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn u32(&mut self, field: &'static str) -> Result<u32, WireError> {
-        let b = self.take(4, field)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn id(&mut self, field: &'static str) -> Result<[u8; 32], WireError> {
-        let mut id = [0u8; 32];
-        id.copy_from_slice(self.take(32, field)?);
-        Ok(id)
-    }
-
-    fn kind(&mut self, expected: u8) -> Result<(), WireError> {
-        let found = self.u8("kind")?;
-        if found != expected {
-            return Err(WireError::WrongKind { expected, found });
-        }
-        Ok(())
-    }
-
-    fn release(&mut self) -> Result<String, WireError> {
-        let len = usize::from(self.u8("release length")?);
-        check_limit("release length", len as u64, MAX_RELEASE_ID_BYTES as u64)?;
-        let bytes = self.take(len, "release")?;
-        let release = core::str::from_utf8(bytes).map_err(|_| WireError::ReleaseNotUtf8)?;
-        Ok(release.to_owned())
-    }
-
-    fn finish(self) -> Result<(), WireError> {
-        if self.bytes.is_empty() {
-            Ok(())
-        } else {
-            Err(WireError::TrailingBytes(self.bytes.len()))
-        }
-    }
+    Ok(count)
 }
 
 fn check_limit(field: &'static str, found: u64, max: u64) -> Result<(), WireError> {
@@ -273,59 +238,44 @@ fn check_limit(field: &'static str, found: u64, max: u64) -> Result<(), WireErro
     Ok(())
 }
 
-fn put_release(out: &mut Vec<u8>, release: &str) -> Result<(), WireError> {
-    check_limit("release length", release.len() as u64, MAX_RELEASE_ID_BYTES as u64)?;
-    // Checked above: at most 128, fits a u8.
-    out.push(release.len() as u8);
-    out.extend_from_slice(release.as_bytes());
-    Ok(())
-}
-
 impl ChunkRequest {
-    /// Total bytes the ranges ask for.
+    /// Bytes the ranges' explicit lengths add up to, bounded by [`MAX_BATCH_BYTES`] so an
+    /// honest requester cannot ask for more than a response may carry. Whole-chunk ranges
+    /// (length 0) count 0 here: a server sizes its work with [`ChunkRange::bounds`] against
+    /// the stored lengths before reading.
     pub fn requested_bytes(&self) -> u64 {
         self.chunks.iter().map(|r| u64::from(r.length)).sum()
     }
 }
 
 impl WireMessage for ChunkRequest {
-    const MAX_ENCODED_BYTES: usize = 1 + 1 + MAX_RELEASE_ID_BYTES + 2 + MAX_RANGES_PER_REQUEST * RANGE_BYTES;
+    const MAX_ENCODED_BYTES: usize = 1 + 32 + 2 + MAX_RANGES_PER_REQUEST * RANGE_BYTES;
 
     fn encode(&self) -> Result<Vec<u8>, WireError> {
         check_limit("range count", self.chunks.len() as u64, MAX_RANGES_PER_REQUEST as u64)?;
         check_limit("requested bytes", self.requested_bytes(), MAX_BATCH_BYTES)?;
-        let mut out = Vec::with_capacity(4 + self.release.len() + self.chunks.len() * RANGE_BYTES);
+        let mut out = Vec::with_capacity(4 + 32 + self.chunks.len() * RANGE_BYTES);
         out.push(KIND_CHUNK_REQUEST);
-        put_release(&mut out, &self.release)?;
+        out.extend_from_slice(&self.release.0);
         // Checked above: at most 256, fits a u16.
-        out.extend_from_slice(&(self.chunks.len() as u16).to_be_bytes());
+        out.extend_from_slice(&(self.chunks.len() as u16).to_le_bytes());
         for range in &self.chunks {
-            out.extend_from_slice(&range.id);
-            out.extend_from_slice(&range.offset.to_be_bytes());
-            out.extend_from_slice(&range.length.to_be_bytes());
+            out.extend_from_slice(&range.to_bytes());
         }
         Ok(out)
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        let mut r = Reader { bytes };
-        r.kind(KIND_CHUNK_REQUEST)?;
-        let release = r.release()?;
-        let count = usize::from(r.u16("range count")?);
-        check_limit("range count", count as u64, MAX_RANGES_PER_REQUEST as u64)?;
-        // The count is bounded, but also make the peer prove the ranges are there before
-        // we reserve room for them.
-        if r.bytes.len() < count * RANGE_BYTES {
-            return Err(WireError::Truncated { field: "ranges" });
-        }
+        let mut r = Reader::new(bytes);
+        read_kind(&mut r, KIND_CHUNK_REQUEST)?;
+        let release = r.release_id("release")?;
+        let count = read_count(&mut r, ("range count", "ranges"), RANGE_BYTES)?;
         let mut chunks = Vec::with_capacity(count);
         let mut requested_bytes = 0u64;
         for _ in 0..count {
-            let id = r.id("range id")?;
-            let offset = r.u32("range offset")?;
-            let length = r.u32("range length")?;
-            requested_bytes += u64::from(length);
-            chunks.push(ChunkRange { id, offset, length });
+            let range = ChunkRange::read(&mut r)?;
+            requested_bytes += u64::from(range.length);
+            chunks.push(range);
         }
         check_limit("requested bytes", requested_bytes, MAX_BATCH_BYTES)?;
         r.finish()?;
@@ -356,14 +306,14 @@ impl WireMessage for ChunkResponse {
         let mut out = Vec::with_capacity(3 + self.items.len() * (MIN_ITEM_BYTES + 4) + payload_bytes as usize);
         out.push(KIND_CHUNK_RESPONSE);
         // Checked above: at most 256, fits a u16.
-        out.extend_from_slice(&(self.items.len() as u16).to_be_bytes());
+        out.extend_from_slice(&(self.items.len() as u16).to_le_bytes());
         for item in &self.items {
-            out.extend_from_slice(&item.id);
+            out.extend_from_slice(&item.id.0);
             match &item.result {
                 ChunkResult::Ok(bytes) => {
                     out.push(STATUS_OK);
                     // Checked above: the sum is at most 8 MiB, so each fits a u32.
-                    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
                     out.extend_from_slice(bytes);
                 }
                 ChunkResult::NotFound => out.push(STATUS_NOT_FOUND),
@@ -374,17 +324,13 @@ impl WireMessage for ChunkResponse {
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        let mut r = Reader { bytes };
-        r.kind(KIND_CHUNK_RESPONSE)?;
-        let count = usize::from(r.u16("item count")?);
-        check_limit("item count", count as u64, MAX_RANGES_PER_REQUEST as u64)?;
-        if r.bytes.len() < count * MIN_ITEM_BYTES {
-            return Err(WireError::Truncated { field: "items" });
-        }
+        let mut r = Reader::new(bytes);
+        read_kind(&mut r, KIND_CHUNK_RESPONSE)?;
+        let count = read_count(&mut r, ("item count", "items"), MIN_ITEM_BYTES)?;
         let mut items = Vec::with_capacity(count);
         let mut payload_bytes = 0u64;
         for _ in 0..count {
-            let id = r.id("item id")?;
+            let id = r.chunk_id("item id")?;
             let result = match r.u8("item status")? {
                 STATUS_OK => {
                     let len = r.u32("item length")?;
@@ -404,42 +350,42 @@ impl WireMessage for ChunkResponse {
 }
 
 impl WireMessage for HaveRequest {
-    const MAX_ENCODED_BYTES: usize = 1 + 1 + MAX_RELEASE_ID_BYTES;
+    const MAX_ENCODED_BYTES: usize = 1 + 32;
 
     fn encode(&self) -> Result<Vec<u8>, WireError> {
-        let mut out = Vec::with_capacity(2 + self.release.len());
+        let mut out = Vec::with_capacity(2 + 32);
         out.push(KIND_HAVE_REQUEST);
-        put_release(&mut out, &self.release)?;
+        out.extend_from_slice(&self.release.0);
         Ok(out)
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        let mut r = Reader { bytes };
-        r.kind(KIND_HAVE_REQUEST)?;
-        let release = r.release()?;
+        let mut r = Reader::new(bytes);
+        read_kind(&mut r, KIND_HAVE_REQUEST)?;
+        let release = r.release_id("release")?;
         r.finish()?;
         Ok(HaveRequest { release })
     }
 }
 
 impl WireMessage for HaveResponse {
-    const MAX_ENCODED_BYTES: usize = 1 + 1 + MAX_RELEASE_ID_BYTES + 4 + MAX_BITFIELD_BYTES;
+    const MAX_ENCODED_BYTES: usize = 1 + 32 + 4 + MAX_BITFIELD_BYTES;
 
     fn encode(&self) -> Result<Vec<u8>, WireError> {
         check_limit("bitfield length", self.bitfield.len() as u64, MAX_BITFIELD_BYTES as u64)?;
-        let mut out = Vec::with_capacity(6 + self.release.len() + self.bitfield.len());
+        let mut out = Vec::with_capacity(6 + 32 + self.bitfield.len());
         out.push(KIND_HAVE_RESPONSE);
-        put_release(&mut out, &self.release)?;
+        out.extend_from_slice(&self.release.0);
         // Checked above: at most 128 KiB, fits a u32.
-        out.extend_from_slice(&(self.bitfield.len() as u32).to_be_bytes());
+        out.extend_from_slice(&(self.bitfield.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.bitfield);
         Ok(out)
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        let mut r = Reader { bytes };
-        r.kind(KIND_HAVE_RESPONSE)?;
-        let release = r.release()?;
+        let mut r = Reader::new(bytes);
+        read_kind(&mut r, KIND_HAVE_RESPONSE)?;
+        let release = r.release_id("release")?;
         let len = r.u32("bitfield length")?;
         check_limit("bitfield length", u64::from(len), MAX_BITFIELD_BYTES as u64)?;
         let bitfield = r.take(len as usize, "bitfield")?.to_vec();
@@ -461,10 +407,11 @@ impl WireMessage for MetaRequest {
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        let mut r = Reader { bytes };
-        r.kind(KIND_META_REQUEST)?;
-        let len = r.take(1, "name length")?[0] as usize;
-        let name = core::str::from_utf8(r.take(len, "name")?).map_err(|_| WireError::ReleaseNotUtf8)?.to_owned();
+        let mut r = Reader::new(bytes);
+        read_kind(&mut r, KIND_META_REQUEST)?;
+        let len = usize::from(r.u8("name length")?);
+        let name =
+            core::str::from_utf8(r.take(len, "name")?).map_err(|_| WireError::NotUtf8 { field: "name" })?.to_owned();
         r.finish()?;
         Ok(MetaRequest { name })
     }
@@ -480,7 +427,7 @@ impl WireMessage for MetaResponse {
             Some(body) => {
                 check_limit("file length", body.len() as u64, MAX_META_BYTES as u64)?;
                 out.push(1);
-                out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+                out.extend_from_slice(&(body.len() as u32).to_le_bytes());
                 out.extend_from_slice(body);
             }
         }
@@ -488,10 +435,10 @@ impl WireMessage for MetaResponse {
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        let mut r = Reader { bytes };
-        r.kind(KIND_META_RESPONSE)?;
+        let mut r = Reader::new(bytes);
+        read_kind(&mut r, KIND_META_RESPONSE)?;
         // Exactly 0 or 1: one encoding per message (found by the mesh_wire fuzz target).
-        let body = match r.take(1, "presence")?[0] {
+        let body = match r.u8("presence")? {
             0 => None,
             1 => {
                 let len = r.u32("file length")?;
@@ -511,18 +458,20 @@ mod tests {
 
     fn sample_request() -> ChunkRequest {
         ChunkRequest {
-            release: "fw-gateway-2.4.1".into(),
-            chunks: (0..3u8).map(|i| ChunkRange { id: [i; 32], offset: u32::from(i) * 7, length: 100 }).collect(),
+            release: ReleaseId([0x24; 32]),
+            chunks: (0..3u8)
+                .map(|i| ChunkRange { id: ChunkId([i; 32]), offset: u32::from(i) * 7, length: 100 })
+                .collect(),
         }
     }
 
     fn sample_response() -> ChunkResponse {
         ChunkResponse {
             items: vec![
-                ChunkItem { id: [1; 32], result: ChunkResult::Ok(vec![9; 1000]) },
-                ChunkItem { id: [2; 32], result: ChunkResult::NotFound },
-                ChunkItem { id: [3; 32], result: ChunkResult::Busy },
-                ChunkItem { id: [4; 32], result: ChunkResult::Ok(Vec::new()) },
+                ChunkItem { id: ChunkId([1; 32]), result: ChunkResult::Ok(vec![9; 1000]) },
+                ChunkItem { id: ChunkId([2; 32]), result: ChunkResult::NotFound },
+                ChunkItem { id: ChunkId([3; 32]), result: ChunkResult::Busy },
+                ChunkItem { id: ChunkId([4; 32]), result: ChunkResult::Ok(Vec::new()) },
             ],
         }
     }
@@ -539,7 +488,7 @@ mod tests {
     }
 
     fn sample_have() -> HaveResponse {
-        HaveResponse { release: "r1".into(), bitfield: vec![0b1010_0001, 0xff, 0] }
+        HaveResponse { release: ReleaseId([1; 32]), bitfield: vec![0b1010_0001, 0xff, 0] }
     }
 
     fn round_trip<M: WireMessage + PartialEq + fmt::Debug>(m: &M) -> Vec<u8> {
@@ -566,7 +515,7 @@ mod tests {
         truncations_refused::<ChunkRequest>(&b);
         let b = round_trip(&sample_response());
         truncations_refused::<ChunkResponse>(&b);
-        let b = round_trip(&HaveRequest { release: "r1".into() });
+        let b = round_trip(&HaveRequest { release: ReleaseId([1; 32]) });
         truncations_refused::<HaveRequest>(&b);
         let b = round_trip(&sample_have());
         truncations_refused::<HaveResponse>(&b);
@@ -585,14 +534,11 @@ mod tests {
     #[test]
     fn limits_refused_on_encode() {
         let mut req = sample_request();
-        req.chunks = vec![ChunkRange { id: [0; 32], offset: 0, length: 1 }; MAX_RANGES_PER_REQUEST + 1];
+        req.chunks = vec![ChunkRange { id: ChunkId([0; 32]), offset: 0, length: 1 }; MAX_RANGES_PER_REQUEST + 1];
         assert!(matches!(req.encode(), Err(WireError::OverLimit { field: "range count", .. })));
-        req.chunks = vec![ChunkRange { id: [0; 32], offset: 0, length: u32::MAX }; 2];
+        req.chunks = vec![ChunkRange { id: ChunkId([0; 32]), offset: 0, length: u32::MAX }; 2];
         assert!(matches!(req.encode(), Err(WireError::OverLimit { field: "requested bytes", .. })));
-        req.chunks.clear();
-        req.release = "x".repeat(MAX_RELEASE_ID_BYTES + 1);
-        assert!(matches!(req.encode(), Err(WireError::OverLimit { field: "release length", .. })));
-        let have = HaveResponse { release: "r".into(), bitfield: vec![0; MAX_BITFIELD_BYTES + 1] };
+        let have = HaveResponse { release: ReleaseId([2; 32]), bitfield: vec![0; MAX_BITFIELD_BYTES + 1] };
         assert!(matches!(have.encode(), Err(WireError::OverLimit { field: "bitfield length", .. })));
     }
 
@@ -600,10 +546,10 @@ mod tests {
     fn huge_length_fields_refused_before_allocation() {
         // A response claiming a 4 GiB item in a 40-byte body: refused by the limit check,
         // not by failing to allocate or by reading past the end.
-        let mut b = vec![KIND_CHUNK_RESPONSE, 0, 1];
+        let mut b = vec![KIND_CHUNK_RESPONSE, 1, 0];
         b.extend_from_slice(&[7; 32]);
         b.push(STATUS_OK);
-        b.extend_from_slice(&u32::MAX.to_be_bytes());
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(ChunkResponse::decode(&b), Err(WireError::OverLimit { field: "response bytes", .. })));
 
         // 65535 items claimed.
@@ -611,38 +557,45 @@ mod tests {
         assert!(matches!(ChunkResponse::decode(&b), Err(WireError::OverLimit { field: "item count", .. })));
 
         // 300 ranges claimed (and present): over the per-request limit.
-        let mut b = vec![KIND_CHUNK_REQUEST, 1, b'r'];
-        b.extend_from_slice(&300u16.to_be_bytes());
+        let mut b = vec![KIND_CHUNK_REQUEST];
+        b.extend_from_slice(&[9; 32]);
+        b.extend_from_slice(&300u16.to_le_bytes());
         b.extend(std::iter::repeat_n(0u8, 300 * RANGE_BYTES));
         assert!(matches!(ChunkRequest::decode(&b), Err(WireError::OverLimit { field: "range count", .. })));
 
-        // A release length of 200 with 200 bytes present.
-        let mut b = vec![KIND_HAVE_REQUEST, 200];
-        b.extend(std::iter::repeat_n(b'a', 200));
-        assert!(matches!(HaveRequest::decode(&b), Err(WireError::OverLimit { field: "release length", .. })));
+        // A release id one byte short.
+        let mut b = vec![KIND_HAVE_REQUEST];
+        b.extend_from_slice(&[9; 31]);
+        assert_eq!(HaveRequest::decode(&b), Err(WireError::Truncated { field: "release" }));
 
         // A bitfield length of 4 GiB.
-        let mut b = vec![KIND_HAVE_RESPONSE, 1, b'r'];
-        b.extend_from_slice(&u32::MAX.to_be_bytes());
+        let mut b = vec![KIND_HAVE_RESPONSE];
+        b.extend_from_slice(&[9; 32]);
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(HaveResponse::decode(&b), Err(WireError::OverLimit { field: "bitfield length", .. })));
 
         // Per-range lengths that add up past 8 MiB.
-        let mut b = vec![KIND_CHUNK_REQUEST, 1, b'r', 0, 2];
+        let mut b = vec![KIND_CHUNK_REQUEST];
+        b.extend_from_slice(&[9; 32]);
+        b.extend_from_slice(&2u16.to_le_bytes());
         for _ in 0..2 {
             b.extend_from_slice(&[0; 32]);
-            b.extend_from_slice(&0u32.to_be_bytes());
-            b.extend_from_slice(&(5u32 << 20).to_be_bytes());
+            b.extend_from_slice(&0u32.to_le_bytes());
+            b.extend_from_slice(&(5u32 << 20).to_le_bytes());
         }
         assert!(matches!(ChunkRequest::decode(&b), Err(WireError::OverLimit { field: "requested bytes", .. })));
     }
 
     #[test]
     fn unknown_status_and_bad_utf8_refused() {
-        let mut b = vec![KIND_CHUNK_RESPONSE, 0, 1];
+        let mut b = vec![KIND_CHUNK_RESPONSE, 1, 0];
         b.extend_from_slice(&[7; 32]);
         b.push(9);
         assert_eq!(ChunkResponse::decode(&b).unwrap_err(), WireError::UnknownStatus(9));
-        assert_eq!(HaveRequest::decode(&[KIND_HAVE_REQUEST, 1, 0xff]).unwrap_err(), WireError::ReleaseNotUtf8);
+        assert_eq!(
+            MetaRequest::decode(&[KIND_META_REQUEST, 1, 0xff]).unwrap_err(),
+            WireError::NotUtf8 { field: "name" }
+        );
     }
 
     #[test]
@@ -657,7 +610,7 @@ mod tests {
         let full = ChunkResponse {
             items: (0..MAX_RANGES_PER_REQUEST)
                 .map(|i| ChunkItem {
-                    id: [i as u8; 32],
+                    id: ChunkId([i as u8; 32]),
                     result: ChunkResult::Ok(vec![0; MAX_BATCH_BYTES as usize / MAX_RANGES_PER_REQUEST]),
                 })
                 .collect(),

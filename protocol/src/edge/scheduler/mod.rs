@@ -5,10 +5,13 @@ use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 
+mod planner;
+
 use super::cache::{AdmitError, ChunkCache};
-use super::{rendezvous, Bitfield, NodeId, PeerRole, ReleaseId, SiteId, SourceClass};
+use super::{Bitfield, NodeId, PeerRole, SiteId, SourceClass};
 use crate::time::{Duration, Instant};
 use crate::ChunkId;
+use crate::ReleaseId;
 
 /// Tunables. Defaults suit a factory gateway on a 100 Mbit/s–1 Gbit/s backhaul.
 #[derive(Debug, Clone)]
@@ -187,7 +190,10 @@ impl EdgeStats {
 
 #[derive(Debug, Clone)]
 struct Peer {
+    /// Its site while connected; after a disconnect only its strikes and ban are kept.
     site: SiteId,
+    /// False once it disconnected: remembered for its ban, never a source or site member.
+    connected: bool,
     role: PeerRole,
     /// Smoothed verified bytes per second, once measured.
     throughput: Option<f64>,
@@ -347,6 +353,7 @@ impl FetchScheduler {
             peer,
             Peer {
                 site,
+                connected: true,
                 role,
                 throughput: None,
                 verified_bytes: 0,
@@ -374,7 +381,7 @@ impl FetchScheduler {
                 p.haves.clear();
                 p.inflight = 0;
                 p.role = PeerRole::Edge;
-                p.site = SiteId(u64::MAX);
+                p.connected = false;
                 p.banned_until = Some(p.banned_until.unwrap_or(now).max(now));
             }
         }
@@ -567,7 +574,7 @@ impl FetchScheduler {
             self.fail_request(id);
         }
         for p in self.peers.values_mut() {
-            if p.banned_until.is_some_and(|t| t <= now) && p.site != SiteId(u64::MAX) {
+            if p.banned_until.is_some_and(|t| t <= now) && p.connected {
                 p.banned_until = None;
             }
         }
@@ -634,304 +641,6 @@ impl FetchScheduler {
     }
 
     // ----- internals ----------------------------------------------------------------
-
-    /// Up to `WAN_HAVE_PEERS` edge nodes of other sites to ask what they hold of `rid`,
-    /// chosen by rendezvous weight so each release spreads over different sites' uplinks.
-    fn wan_have_peers(&self, rid: &ReleaseId) -> Vec<NodeId> {
-        const WAN_HAVE_PEERS: usize = 4;
-        let key = ChunkId(rid.0);
-        let mut candidates: Vec<(u64, NodeId)> = self
-            .peers
-            .iter()
-            .filter(|(id, p)| p.site != self.site && p.role == PeerRole::Edge && self.usable(id))
-            .map(|(id, _)| (rendezvous::weight(id, &key), *id))
-            .collect();
-        candidates.sort_unstable_by(|a, b| b.cmp(a));
-        candidates.into_iter().take(WAN_HAVE_PEERS).map(|(_, id)| id).collect()
-    }
-
-    fn usable(&self, peer: &NodeId) -> bool {
-        self.peers.get(peer).is_some_and(|p| p.banned_until.is_none_or(|t| t <= self.now))
-    }
-
-    /// An edge peer that has not yet delivered a verified byte gets one request at a time: a
-    /// liar then costs at most one batch before it is caught, not a whole pipeline. The
-    /// origin is configured by the operator and gets its full pipeline from the start.
-    fn has_free_slot(&self, peer: &NodeId, extra: u32) -> bool {
-        self.peers.get(peer).is_some_and(|p| {
-            let proven = p.verified_bytes > 0 || p.role == PeerRole::Origin;
-            let limit = if proven { self.config.max_inflight_per_peer } else { 1 };
-            p.inflight + extra < limit
-        })
-    }
-
-    fn peer_has(&self, peer: &Peer, release: &ReleaseId, index: u32) -> bool {
-        match peer.role {
-            PeerRole::Origin => true,
-            PeerRole::Edge => peer.haves.get(release).and_then(|h| h.bits.as_ref()).is_some_and(|b| b.get(index)),
-        }
-    }
-
-    /// Expected speed of one more request to `peer`: measured throughput shared over its
-    /// in-flight requests, with a prior by class until measured.
-    fn score(&self, peer: &NodeId, extra: u32) -> u64 {
-        let Some(p) = self.peers.get(peer) else { return 0 };
-        let prior = if p.site == self.site { 100e6 } else { 10e6 };
-        (p.throughput.unwrap_or(prior) / f64::from(p.inflight + extra + 1)) as u64
-    }
-
-    fn site_members(&self) -> Vec<NodeId> {
-        let mut members: Vec<NodeId> = self
-            .peers
-            .iter()
-            .filter(|(id, p)| p.site == self.site && p.role == PeerRole::Edge && self.usable(id))
-            .map(|(id, _)| *id)
-            .collect();
-        members.push(self.me);
-        members
-    }
-
-    /// Brings the cached rendezvous choice of `release`'s chunks up to date with `members`.
-    fn refresh_responsible(&mut self, members: &[NodeId], rid: &ReleaseId) {
-        if members != self.responsible_members.as_slice() {
-            self.responsible_members = members.to_vec();
-            self.responsible_epoch += 1;
-        }
-        let epoch = self.responsible_epoch;
-        let Some(r) = self.releases.get_mut(rid) else { return };
-        if r.responsible_epoch == epoch {
-            return;
-        }
-        r.responsible = r
-            .spec
-            .chunks
-            .iter()
-            .map(|c| {
-                let mut best: Option<(u64, NodeId, usize)> = None;
-                for (i, m) in members.iter().enumerate() {
-                    let key = (rendezvous::weight(m, &c.id), *m, i);
-                    if best.is_none_or(|b| (key.0, key.1) > (b.0, b.1)) {
-                        best = Some(key);
-                    }
-                }
-                best.map_or(u16::MAX, |b| b.2 as u16)
-            })
-            .collect();
-        r.responsible_epoch = epoch;
-    }
-
-    fn schedule(&mut self) {
-        let now = self.now;
-        let members = self.site_members();
-        // Where each in-flight chunk is being fetched (the first request by id), built once per
-        // pass instead of scanning every request for every chunk.
-        let mut current: BTreeMap<(ReleaseId, u32), NodeId> = BTreeMap::new();
-        for r in self.inflight.values() {
-            for index in &r.indices {
-                current.entry((r.release, *index)).or_insert(r.peer);
-            }
-        }
-        // Requests being built this pass, per peer: (class, indices, bytes).
-        let mut building: BTreeMap<(NodeId, ReleaseId), (SourceClass, Vec<u32>, u64)> = BTreeMap::new();
-        let mut planned: BTreeMap<NodeId, u32> = BTreeMap::new();
-        let mut have_polls: BTreeSet<(NodeId, ReleaseId)> = BTreeSet::new();
-        let release_ids: Vec<ReleaseId> =
-            self.releases.iter().filter(|(_, r)| r.wanted && !r.have.is_full()).map(|(id, _)| *id).collect();
-
-        for rid in release_ids {
-            let (n, idle_left) = {
-                let r = &self.releases[&rid];
-                let idle_left = r
-                    .state
-                    .iter()
-                    .enumerate()
-                    .any(|(i, s)| !r.have.get(i as u32) && matches!(s, ChunkState::Idle { .. }));
-                (r.have.len(), idle_left)
-            };
-            // Keep site-mates' Have views fresh while their share of this release is pending.
-            for member in members.iter().filter(|m| **m != self.me) {
-                have_polls.insert((*member, rid));
-            }
-            // And learn what a few edge nodes in other sites hold, so our share can come from
-            // them instead of the origin (at WAN polling pace; a bounded, stable choice per
-            // release spreads the load across sites).
-            let wan_peers = self.wan_have_peers(&rid);
-            // Until each of them has answered once, our share waits rather than going to the
-            // origin (an unreachable one is taken to hold nothing, so this wait is bounded).
-            let wan_unheard = wan_peers
-                .iter()
-                .any(|p| self.peers.get(p).is_some_and(|p| p.haves.get(&rid).is_none_or(|h| h.bits.is_none())));
-            for peer in wan_peers {
-                have_polls.insert((peer, rid));
-            }
-            self.refresh_responsible(&members, &rid);
-            for index in 0..n {
-                let (held, chunk, state) = {
-                    let r = &self.releases[&rid];
-                    (r.have.get(index), r.spec.chunks[index as usize], r.state[index as usize])
-                };
-                if held {
-                    continue;
-                }
-                let duplicate = match state {
-                    ChunkState::Idle { retry_at, .. } if retry_at <= now => false,
-                    ChunkState::Inflight { since, duplicated: false, .. }
-                        if !idle_left && now.saturating_since(since) >= self.config.tail_duplicate_after =>
-                    {
-                        true
-                    }
-                    _ => continue,
-                };
-                let responsible = self.releases[&rid]
-                    .responsible
-                    .get(index as usize)
-                    .and_then(|m| self.responsible_members.get(usize::from(*m)))
-                    .copied()
-                    .unwrap_or(self.me);
-                let current = current.get(&(rid, index)).copied();
-                // Another site's edge node is tried once per chunk: its batches cross two
-                // backhauls, and after a failure the origin is the surer source.
-                let wan_ok = matches!(state, ChunkState::Idle { attempts: 0, .. });
-                let Some((peer, class)) = self.choose_source(
-                    &rid,
-                    index,
-                    responsible,
-                    current,
-                    &members,
-                    &planned,
-                    &|p: &NodeId| building.contains_key(&(*p, rid)),
-                    duplicate,
-                    wan_unheard && wan_ok,
-                    wan_ok,
-                    &mut have_polls,
-                ) else {
-                    continue;
-                };
-                let entry = building.entry((peer, rid)).or_insert((class, Vec::new(), 0));
-                if entry.1.is_empty() {
-                    // The request being built takes one of the peer's slots.
-                    *planned.entry(peer).or_insert(0) += 1;
-                }
-                entry.1.push(index);
-                entry.2 += chunk.stored_len as u64;
-                if entry.1.len() >= self.config.max_request_chunks || entry.2 >= self.config.max_request_bytes {
-                    if let Some((class, indices, bytes)) = building.remove(&(peer, rid)) {
-                        // Emitting moves the slot from `planned` to the peer's in-flight count.
-                        if let Some(p) = planned.get_mut(&peer) {
-                            *p -= 1;
-                        }
-                        self.emit_chunk_request(peer, rid, class, indices, bytes, duplicate);
-                    }
-                }
-                let attempts = match state {
-                    ChunkState::Idle { attempts, .. } | ChunkState::Inflight { attempts, .. } => attempts,
-                };
-                if let Some(r) = self.releases.get_mut(&rid) {
-                    r.state[index as usize] = ChunkState::Inflight { attempts, since: now, duplicated: duplicate };
-                }
-            }
-        }
-        for ((peer, rid), (class, indices, bytes)) in core::mem::take(&mut building) {
-            self.emit_chunk_request(peer, rid, class, indices, bytes, false);
-        }
-        for (peer, rid) in have_polls {
-            self.maybe_poll_have(peer, rid);
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn choose_source(
-        &self,
-        rid: &ReleaseId,
-        index: u32,
-        responsible: NodeId,
-        current: Option<NodeId>,
-        members: &[NodeId],
-        planned: &BTreeMap<NodeId, u32>,
-        open_request: &dyn Fn(&NodeId) -> bool,
-        duplicate: bool,
-        wan_unheard: bool,
-        wan_ok: bool,
-        have_polls: &mut BTreeSet<(NodeId, ReleaseId)>,
-    ) -> Option<(NodeId, SourceClass)> {
-        let extra = |p: &NodeId| planned.get(p).copied().unwrap_or(0);
-        let best = |candidates: &mut dyn Iterator<Item = &NodeId>| -> (Option<NodeId>, bool) {
-            let mut any = false;
-            let mut best: Option<(u64, NodeId)> = None;
-            for peer in candidates {
-                if Some(*peer) == current || !self.usable(peer) {
-                    continue;
-                }
-                any = true;
-                // A request to this peer for this release is being built and has room: the
-                // chunk joins it without taking another slot. (Asking for a free slot here
-                // made every request after the pipeline filled carry a single chunk.)
-                if open_request(peer) || self.has_free_slot(peer, extra(peer)) {
-                    let score = (self.score(peer, extra(peer)), *peer);
-                    if best.is_none_or(|b| score > b) {
-                        best = Some(score);
-                    }
-                }
-            }
-            (best.map(|(_, p)| p), any)
-        };
-
-        // 1. A site-mate that already holds it, over the LAN.
-        let mut lan = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.site == self.site && p.role == PeerRole::Edge && self.peer_has(p, rid, index))
-            .map(|(id, _)| id);
-        match best(&mut lan) {
-            (Some(peer), _) => return Some((peer, SourceClass::Site)),
-            (None, true) => return None, // a site-mate has it but is busy: wait for it
-            (None, false) => {}
-        }
-        if duplicate {
-            return None; // tail duplicates stay inside the site
-        }
-        // 2. The site-mate responsible for it will bring it in: wait, unless it stalled.
-        if responsible != self.me {
-            have_polls.insert((responsible, *rid));
-            let stalled = self
-                .peers
-                .get(&responsible)
-                .and_then(|p| p.haves.get(rid))
-                .is_some_and(|h| self.now.saturating_since(h.progress_at) >= self.config.site_stall_timeout);
-            if !stalled {
-                return None;
-            }
-        }
-        // Before spending backhaul on our share, hear from every site-mate once: one of them
-        // may hold the chunk already (a node that joins late must not re-fetch what its site has).
-        let unheard: Vec<NodeId> = members
-            .iter()
-            .filter(|m| **m != self.me)
-            .filter(|m| self.peers.get(*m).is_some_and(|p| p.haves.get(rid).is_none_or(|h| h.bits.is_none())))
-            .copied()
-            .collect();
-        if !unheard.is_empty() {
-            for member in unheard {
-                have_polls.insert((member, *rid));
-            }
-            return None;
-        }
-        // 3. Our share: another site's edge node that has it, then the origin — once the
-        // other sites we ask have said what they hold.
-        if wan_unheard {
-            return None;
-        }
-        let mut wan = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.site != self.site && p.role == PeerRole::Edge && self.peer_has(p, rid, index))
-            .map(|(id, _)| id);
-        if let (true, (Some(peer), _)) = (wan_ok, best(&mut wan)) {
-            return Some((peer, SourceClass::Wan));
-        }
-        let mut origin = self.peers.iter().filter(|(_, p)| p.role == PeerRole::Origin).map(|(id, _)| id);
-        best(&mut origin).0.map(|peer| (peer, SourceClass::Origin))
-    }
 
     fn current_peer_of(&self, rid: &ReleaseId, index: u32) -> Option<NodeId> {
         self.inflight.values().find(|r| r.release == *rid && r.indices.contains(&index)).map(|r| r.peer)

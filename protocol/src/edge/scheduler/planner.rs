@@ -1,0 +1,334 @@
+//! One scheduling pass: for every wanted chunk not held, choose a source (site-mate that
+//! holds it → the responsible site-mate brings it in → another site's edge node → the
+//! origin) and batch the choices into requests. Split from the state machine so the order
+//! of sources reads in one place; [`Pass`] is what the pass has decided so far.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+
+use super::{ChunkState, FetchScheduler, Inflight, Peer, RequestId};
+use crate::edge::{rendezvous, NodeId, PeerRole, SourceClass};
+use crate::ChunkId;
+use crate::ReleaseId;
+
+/// What one pass has decided so far.
+struct Pass {
+    /// The site's live members, this node included.
+    members: Vec<NodeId>,
+    /// Where each in-flight chunk is being fetched (the first request by id), built once
+    /// per pass instead of scanning every request for every chunk.
+    current: BTreeMap<(ReleaseId, u32), NodeId>,
+    /// Requests being built, per peer and release: (class, indices, bytes).
+    building: BTreeMap<(NodeId, ReleaseId), (SourceClass, Vec<u32>, u64)>,
+    /// Pipeline slots the requests being built take, per peer.
+    planned: BTreeMap<NodeId, u32>,
+    /// Have queries the decisions depend on (sent if due).
+    have_polls: BTreeSet<(NodeId, ReleaseId)>,
+}
+
+impl Pass {
+    fn new(members: Vec<NodeId>, inflight: &BTreeMap<RequestId, Inflight>) -> Self {
+        let mut current = BTreeMap::new();
+        for r in inflight.values() {
+            for index in &r.indices {
+                current.entry((r.release, *index)).or_insert(r.peer);
+            }
+        }
+        Pass { members, current, building: BTreeMap::new(), planned: BTreeMap::new(), have_polls: BTreeSet::new() }
+    }
+}
+
+/// One chunk the pass looks for a source for.
+#[derive(Clone, Copy)]
+struct Ask {
+    rid: ReleaseId,
+    index: u32,
+    /// The site member rendezvous hashing makes responsible for bringing it in.
+    responsible: NodeId,
+    /// The peer it is already being fetched from, if any (never asked twice).
+    current: Option<NodeId>,
+    /// A tail duplicate: only a site-mate may serve it.
+    duplicate: bool,
+    /// Some other site asked about this release has not answered yet: wait before the origin.
+    wan_unheard: bool,
+    /// Another site's edge node may be tried (once per chunk).
+    wan_ok: bool,
+}
+
+impl FetchScheduler {
+    /// Up to `WAN_HAVE_PEERS` edge nodes of other sites to ask what they hold of `rid`,
+    /// chosen by rendezvous weight so each release spreads over different sites' uplinks.
+    fn wan_have_peers(&self, rid: &ReleaseId) -> Vec<NodeId> {
+        const WAN_HAVE_PEERS: usize = 4;
+        let key = ChunkId(rid.0);
+        let mut candidates: Vec<(u64, NodeId)> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| p.site != self.site && p.role == PeerRole::Edge && self.usable(id))
+            .map(|(id, _)| (rendezvous::weight(id, &key), *id))
+            .collect();
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        candidates.into_iter().take(WAN_HAVE_PEERS).map(|(_, id)| id).collect()
+    }
+
+    fn usable(&self, peer: &NodeId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.connected && p.banned_until.is_none_or(|t| t <= self.now))
+    }
+
+    /// An edge peer that has not yet delivered a verified byte gets one request at a time: a
+    /// liar then costs at most one batch before it is caught, not a whole pipeline. The
+    /// origin is configured by the operator and gets its full pipeline from the start.
+    fn has_free_slot(&self, peer: &NodeId, extra: u32) -> bool {
+        self.peers.get(peer).is_some_and(|p| {
+            let proven = p.verified_bytes > 0 || p.role == PeerRole::Origin;
+            let limit = if proven { self.config.max_inflight_per_peer } else { 1 };
+            p.inflight + extra < limit
+        })
+    }
+
+    fn peer_has(&self, peer: &Peer, release: &ReleaseId, index: u32) -> bool {
+        match peer.role {
+            PeerRole::Origin => true,
+            PeerRole::Edge => peer.haves.get(release).and_then(|h| h.bits.as_ref()).is_some_and(|b| b.get(index)),
+        }
+    }
+
+    /// Expected speed of one more request to `peer`: measured throughput shared over its
+    /// in-flight requests, with a prior by class until measured.
+    fn score(&self, peer: &NodeId, extra: u32) -> u64 {
+        let Some(p) = self.peers.get(peer) else { return 0 };
+        let prior = if p.site == self.site { 100e6 } else { 10e6 };
+        (p.throughput.unwrap_or(prior) / f64::from(p.inflight + extra + 1)) as u64
+    }
+
+    fn site_members(&self) -> Vec<NodeId> {
+        let mut members: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| p.site == self.site && p.role == PeerRole::Edge && self.usable(id))
+            .map(|(id, _)| *id)
+            .collect();
+        members.push(self.me);
+        members
+    }
+
+    /// Brings the cached rendezvous choice of `release`'s chunks up to date with `members`.
+    fn refresh_responsible(&mut self, members: &[NodeId], rid: &ReleaseId) {
+        if members != self.responsible_members.as_slice() {
+            self.responsible_members = members.to_vec();
+            self.responsible_epoch += 1;
+        }
+        let epoch = self.responsible_epoch;
+        let Some(r) = self.releases.get_mut(rid) else { return };
+        if r.responsible_epoch == epoch {
+            return;
+        }
+        r.responsible = r
+            .spec
+            .chunks
+            .iter()
+            .map(|c| {
+                let mut best: Option<(u64, NodeId, usize)> = None;
+                for (i, m) in members.iter().enumerate() {
+                    let key = (rendezvous::weight(m, &c.id), *m, i);
+                    if best.is_none_or(|b| (key.0, key.1) > (b.0, b.1)) {
+                        best = Some(key);
+                    }
+                }
+                best.map_or(u16::MAX, |b| b.2 as u16)
+            })
+            .collect();
+        r.responsible_epoch = epoch;
+    }
+
+    pub(super) fn schedule(&mut self) {
+        let now = self.now;
+        let mut pass = Pass::new(self.site_members(), &self.inflight);
+        let release_ids: Vec<ReleaseId> =
+            self.releases.iter().filter(|(_, r)| r.wanted && !r.have.is_full()).map(|(id, _)| *id).collect();
+
+        for rid in release_ids {
+            let (n, idle_left) = {
+                let r = &self.releases[&rid];
+                let idle_left = r
+                    .state
+                    .iter()
+                    .enumerate()
+                    .any(|(i, s)| !r.have.get(i as u32) && matches!(s, ChunkState::Idle { .. }));
+                (r.have.len(), idle_left)
+            };
+            // Keep site-mates' Have views fresh while their share of this release is pending.
+            for member in pass.members.iter().filter(|m| **m != self.me) {
+                pass.have_polls.insert((*member, rid));
+            }
+            // And learn what a few edge nodes in other sites hold, so our share can come from
+            // them instead of the origin (at WAN polling pace; a bounded, stable choice per
+            // release spreads the load across sites).
+            let wan_peers = self.wan_have_peers(&rid);
+            // Until each of them has answered once, our share waits rather than going to the
+            // origin (an unreachable one is taken to hold nothing, so this wait is bounded).
+            let wan_unheard = wan_peers
+                .iter()
+                .any(|p| self.peers.get(p).is_some_and(|p| p.haves.get(&rid).is_none_or(|h| h.bits.is_none())));
+            for peer in wan_peers {
+                pass.have_polls.insert((peer, rid));
+            }
+            self.refresh_responsible(&pass.members, &rid);
+            for index in 0..n {
+                let (held, chunk, state) = {
+                    let r = &self.releases[&rid];
+                    (r.have.get(index), r.spec.chunks[index as usize], r.state[index as usize])
+                };
+                if held {
+                    continue;
+                }
+                let duplicate = match state {
+                    ChunkState::Idle { retry_at, .. } if retry_at <= now => false,
+                    ChunkState::Inflight { since, duplicated: false, .. }
+                        if !idle_left && now.saturating_since(since) >= self.config.tail_duplicate_after =>
+                    {
+                        true
+                    }
+                    _ => continue,
+                };
+                let responsible = self.releases[&rid]
+                    .responsible
+                    .get(index as usize)
+                    .and_then(|m| self.responsible_members.get(usize::from(*m)))
+                    .copied()
+                    .unwrap_or(self.me);
+                // Another site's edge node is tried once per chunk: its batches cross two
+                // backhauls, and after a failure the origin is the surer source.
+                let wan_ok = matches!(state, ChunkState::Idle { attempts: 0, .. });
+                let ask = Ask {
+                    rid,
+                    index,
+                    responsible,
+                    current: pass.current.get(&(rid, index)).copied(),
+                    duplicate,
+                    wan_unheard: wan_unheard && wan_ok,
+                    wan_ok,
+                };
+                let Some((peer, class)) = self.choose_source(&mut pass, &ask) else {
+                    continue;
+                };
+                let entry = pass.building.entry((peer, rid)).or_insert((class, Vec::new(), 0));
+                if entry.1.is_empty() {
+                    // The request being built takes one of the peer's slots.
+                    *pass.planned.entry(peer).or_insert(0) += 1;
+                }
+                entry.1.push(index);
+                entry.2 += chunk.stored_len as u64;
+                if entry.1.len() >= self.config.max_request_chunks || entry.2 >= self.config.max_request_bytes {
+                    if let Some((class, indices, bytes)) = pass.building.remove(&(peer, rid)) {
+                        // Emitting moves the slot from `planned` to the peer's in-flight count.
+                        if let Some(p) = pass.planned.get_mut(&peer) {
+                            *p -= 1;
+                        }
+                        self.emit_chunk_request(peer, rid, class, indices, bytes, duplicate);
+                    }
+                }
+                let attempts = match state {
+                    ChunkState::Idle { attempts, .. } | ChunkState::Inflight { attempts, .. } => attempts,
+                };
+                if let Some(r) = self.releases.get_mut(&rid) {
+                    r.state[index as usize] = ChunkState::Inflight { attempts, since: now, duplicated: duplicate };
+                }
+            }
+        }
+        for ((peer, rid), (class, indices, bytes)) in core::mem::take(&mut pass.building) {
+            self.emit_chunk_request(peer, rid, class, indices, bytes, false);
+        }
+        for (peer, rid) in pass.have_polls {
+            self.maybe_poll_have(peer, rid);
+        }
+    }
+
+    /// Where `ask`'s chunk should come from now, or `None` to wait (see the module doc for
+    /// the order). Records in `pass` the Have polls the decision depends on.
+    fn choose_source(&self, pass: &mut Pass, ask: &Ask) -> Option<(NodeId, SourceClass)> {
+        let Ask { rid, index, responsible, current, duplicate, wan_unheard, wan_ok } = *ask;
+        let rid = &rid;
+        let planned = &pass.planned;
+        let building = &pass.building;
+        let extra = |p: &NodeId| planned.get(p).copied().unwrap_or(0);
+        let open_request = |p: &NodeId| building.contains_key(&(*p, *rid));
+        let best = |candidates: &mut dyn Iterator<Item = &NodeId>| -> (Option<NodeId>, bool) {
+            let mut any = false;
+            let mut best: Option<(u64, NodeId)> = None;
+            for peer in candidates {
+                if Some(*peer) == current || !self.usable(peer) {
+                    continue;
+                }
+                any = true;
+                // A request to this peer for this release is being built and has room: the
+                // chunk joins it without taking another slot. (Asking for a free slot here
+                // made every request after the pipeline filled carry a single chunk.)
+                if open_request(peer) || self.has_free_slot(peer, extra(peer)) {
+                    let score = (self.score(peer, extra(peer)), *peer);
+                    if best.is_none_or(|b| score > b) {
+                        best = Some(score);
+                    }
+                }
+            }
+            (best.map(|(_, p)| p), any)
+        };
+
+        // 1. A site-mate that already holds it, over the LAN.
+        let mut lan = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.site == self.site && p.role == PeerRole::Edge && self.peer_has(p, rid, index))
+            .map(|(id, _)| id);
+        match best(&mut lan) {
+            (Some(peer), _) => return Some((peer, SourceClass::Site)),
+            (None, true) => return None, // a site-mate has it but is busy: wait for it
+            (None, false) => {}
+        }
+        if duplicate {
+            return None; // tail duplicates stay inside the site
+        }
+        // 2. The site-mate responsible for it will bring it in: wait, unless it stalled.
+        if responsible != self.me {
+            pass.have_polls.insert((responsible, *rid));
+            let stalled = self
+                .peers
+                .get(&responsible)
+                .and_then(|p| p.haves.get(rid))
+                .is_some_and(|h| self.now.saturating_since(h.progress_at) >= self.config.site_stall_timeout);
+            if !stalled {
+                return None;
+            }
+        }
+        // Before spending backhaul on our share, hear from every site-mate once: one of them
+        // may hold the chunk already (a node that joins late must not re-fetch what its site has).
+        let unheard: Vec<NodeId> = pass
+            .members
+            .iter()
+            .filter(|m| **m != self.me)
+            .filter(|m| self.peers.get(*m).is_some_and(|p| p.haves.get(rid).is_none_or(|h| h.bits.is_none())))
+            .copied()
+            .collect();
+        if !unheard.is_empty() {
+            for member in unheard {
+                pass.have_polls.insert((member, *rid));
+            }
+            return None;
+        }
+        // 3. Our share: another site's edge node that has it, then the origin — once the
+        // other sites we ask have said what they hold.
+        if wan_unheard {
+            return None;
+        }
+        let mut wan = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.site != self.site && p.role == PeerRole::Edge && self.peer_has(p, rid, index))
+            .map(|(id, _)| id);
+        if let (true, (Some(peer), _)) = (wan_ok, best(&mut wan)) {
+            return Some((peer, SourceClass::Wan));
+        }
+        let mut origin = self.peers.iter().filter(|(_, p)| p.role == PeerRole::Origin).map(|(id, _)| id);
+        best(&mut origin).0.map(|peer| (peer, SourceClass::Origin))
+    }
+}
