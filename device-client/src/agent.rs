@@ -32,6 +32,7 @@ use crate::status;
 use crate::tuf_edge::{self, ManifestError, MetadataDir, RefreshError};
 use crate::tuf_http::unix_now;
 use host::fs::{write_atomic, PUBLIC};
+use protocol::ReleaseId;
 
 /// Longest a reboot command may run before it counts as hung (`systemctl reboot` returns
 /// once the shutdown is queued).
@@ -276,7 +277,7 @@ impl Agent {
         let target = dir.join("target.manifest");
         if record.target.is_none() && target.exists() {
             let is_installed =
-                std::fs::read(&target).is_ok_and(|m| *blake3::hash(&m).as_bytes() == record.installed.id);
+                std::fs::read(&target).is_ok_and(|m| ReleaseId::of_manifest(&m).0 == record.installed.id);
             if is_installed {
                 std::fs::rename(&target, dir.join("installed.manifest"))?;
             } else {
@@ -399,7 +400,7 @@ impl Agent {
             };
             let offer = Offer {
                 release: Release {
-                    id: *blake3::hash(&manifest).as_bytes(),
+                    id: ReleaseId::of_manifest(&manifest).0,
                     version,
                     security_counter: view.security_counter(),
                     image_len: view.image_len(),
@@ -426,7 +427,7 @@ impl Agent {
 
     fn installed_manifest(&self) -> Option<Vec<u8>> {
         let bytes = std::fs::read(self.config.data_dir.join("installed.manifest")).ok()?;
-        (*blake3::hash(&bytes).as_bytes() == self.engine.record().installed.id).then_some(bytes)
+        (ReleaseId::of_manifest(&bytes).0 == self.engine.record().installed.id).then_some(bytes)
     }
 
     async fn download(&mut self, slot: Slot) -> Result<()> {
