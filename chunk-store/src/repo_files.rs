@@ -41,21 +41,11 @@ pub fn read(root: &Path, name: &str, max_bytes: u64) -> Option<Vec<u8>> {
     (bytes.len() as u64 <= max_bytes).then_some(bytes)
 }
 
-/// Writes a repository file atomically (temp, fsync, rename, fsync the directory).
-// TODO(host::fs): the one owner of durable writes replaces this body.
+/// Writes a repository file atomically and durably.
 pub fn write(root: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
     use anyhow::Context;
-    use std::io::Write;
     let path = resolve(root, name).with_context(|| format!("unsafe repository name {name}"))?;
-    let dir = path.parent().context("no parent")?;
-    fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, &path)?;
-    fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    Ok(host::fs::write_atomic(&path, bytes, host::fs::PUBLIC)?)
 }
 
 #[cfg(test)]

@@ -219,8 +219,7 @@ impl ChunkStore {
         }
         if !staged.is_empty() {
             // Bodies durable before any name points at them.
-            // TODO(host::fs): one owner of durable writes; syncfs is this store's for now.
-            sync_filesystem(&self.root)?;
+            host::fs::sync_filesystem(&self.root)?;
             for (tmp, path) in &staged {
                 fs::rename(tmp, path).with_context(|| format!("cannot rename into {}", path.display()))?;
             }
@@ -302,18 +301,6 @@ fn start_writeback(file: &File) {
     unsafe {
         libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
-}
-
-/// One `syncfs(2)` for the filesystem holding `path`: cheaper than an fsync per chunk file.
-fn sync_filesystem(path: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let dir = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: syncfs only reads the descriptor number; `dir` keeps it open for the call.
-    let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("syncfs failed");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

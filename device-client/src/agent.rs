@@ -29,9 +29,15 @@ use crate::fetch::{self, Counts, DownloadError, DownloadJob};
 use crate::health::{self, Verdict};
 use crate::status;
 use crate::tuf_edge::{self, ManifestError, MetadataDir, RefreshError};
-use crate::tuf_http::{unix_now, write_atomic};
+use crate::tuf_http::unix_now;
+use host::fs::{write_atomic, PUBLIC};
 use protocol::device::metadata::{self, MetadataSource, RefreshVerdict};
 use protocol::device::release::DeviceIdentity;
+use protocol::ReleaseId;
+
+/// Longest a reboot command may run before it counts as hung (`systemctl reboot` returns
+/// once the shutdown is queued).
+const REBOOT_COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `run` keeps going; `check` makes one update attempt (through reboots) and exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +208,7 @@ impl Agent {
             Action::AskGate => {
                 // Rollout waves arrive with the control plane; until then every device proceeds.
                 if let Some(manifest) = &self.offered {
-                    write_atomic(&self.config.data_dir, "target.manifest", manifest)?;
+                    write_atomic(&self.config.data_dir.join("target.manifest"), manifest, PUBLIC)?;
                 }
                 self.engine.handle_gate(now, GateDecision::Proceed);
             }
@@ -266,19 +272,19 @@ impl Agent {
 
     fn persist(&mut self) -> Result<()> {
         let record = self.engine.record();
-        write_atomic(&self.config.data_dir, "record", &record.encode())?;
+        write_atomic(&self.config.data_dir.join("record"), &record.encode(), PUBLIC)?;
         // Keep the installed release's manifest for chunk reuse; drop a finished target's.
         let dir = &self.config.data_dir;
         let target = dir.join("target.manifest");
         if record.target.is_none() && target.exists() {
             let is_installed =
-                std::fs::read(&target).is_ok_and(|m| *blake3::hash(&m).as_bytes() == record.installed.id);
+                std::fs::read(&target).is_ok_and(|m| ReleaseId::of_manifest(&m).0 == record.installed.id);
             if is_installed {
                 std::fs::rename(&target, dir.join("installed.manifest"))?;
             } else {
                 std::fs::remove_file(&target)?;
             }
-            sync_dir(dir);
+            host::fs::sync_dir(dir)?;
         }
         Ok(())
     }
@@ -405,7 +411,7 @@ impl Agent {
             };
             let offer = Offer {
                 release: Release {
-                    id: *blake3::hash(&manifest).as_bytes(),
+                    id: ReleaseId::of_manifest(&manifest).0,
                     version,
                     security_counter: view.security_counter(),
                     image_len: view.image_len(),
@@ -432,7 +438,7 @@ impl Agent {
 
     fn installed_manifest(&self) -> Option<Vec<u8>> {
         let bytes = std::fs::read(self.config.data_dir.join("installed.manifest")).ok()?;
-        (*blake3::hash(&bytes).as_bytes() == self.engine.record().installed.id).then_some(bytes)
+        (ReleaseId::of_manifest(&bytes).0 == self.engine.record().installed.id).then_some(bytes)
     }
 
     async fn download(&mut self, slot: Slot) -> Result<()> {
@@ -473,7 +479,7 @@ impl Agent {
             engine.handle_progress(counts.chunks_done, counts.bytes_fetched, counts.bytes_reused);
             while let Some(action) = engine.poll_action() {
                 if action == Action::Persist && deferred.is_empty() {
-                    write_atomic(&data_dir, "record", &engine.record().encode())?;
+                    write_atomic(&data_dir.join("record"), &engine.record().encode(), PUBLIC)?;
                 } else {
                     deferred.push(action);
                 }
@@ -567,18 +573,26 @@ impl Agent {
 
     async fn reboot(&mut self) -> Result<()> {
         self.report().await;
-        if let Some((program, args)) = self.config.reboot.split_first() {
+        if !self.config.reboot.is_empty() {
             tracing::info!(command = ?self.config.reboot, "rebooting");
-            let status = std::process::Command::new(program).args(args).status();
-            match status {
-                Ok(s) if s.success() => {
-                    // The machine is going down; wait for it.
-                    tokio::time::sleep(Duration::from_secs(600)).await;
-                    bail!("reboot command returned but the device did not reboot");
-                }
-                Ok(s) => bail!("reboot command {:?} failed: {s}", self.config.reboot),
-                Err(e) => bail!("cannot run reboot command {:?}: {e}", self.config.reboot),
+            let argv: Vec<std::ffi::OsString> = self.config.reboot.iter().map(Into::into).collect();
+            // `systemctl reboot` returns once the shutdown is queued; a command still running
+            // after REBOOT_COMMAND_TIMEOUT is hung, and is killed with what it started.
+            let finished = tokio::task::spawn_blocking(move || host::process::run(&argv, &[], REBOOT_COMMAND_TIMEOUT))
+                .await
+                .context("the reboot command's runner failed")?
+                .context("reboot command failed")?;
+            if !finished.status.success() {
+                bail!(
+                    "reboot command {:?} failed: {}; stderr: {}",
+                    self.config.reboot,
+                    finished.status,
+                    finished.last_stderr_line()
+                );
             }
+            // The machine is going down; wait for it.
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            bail!("reboot command returned but the device did not reboot");
         }
         tracing::info!("restarting the agent (reboot stand-in)");
         use std::os::unix::process::CommandExt;
@@ -606,7 +620,7 @@ impl Agent {
         );
         let doc = serde_json::to_value(&report).unwrap_or_default();
         if let Ok(bytes) = serde_json::to_vec_pretty(&doc) {
-            let _ = write_atomic(&self.config.data_dir, "status.json", &bytes);
+            let _ = write_atomic(&self.config.data_dir.join("status.json"), &bytes, PUBLIC);
         }
         let signed = status::sign(&self.device_key, &report);
         self.last_status = doc;
@@ -641,12 +655,6 @@ fn load_record(config: &AgentConfig) -> Result<Record> {
             Ok(Record::factory(Slot::A, Release::unknown(version, config.factory_security_counter)))
         }
         Err(e) => Err(anyhow!("cannot read {}: {e}", path.display())),
-    }
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
     }
 }
 

@@ -119,7 +119,7 @@ pub async fn download(
     mut on_progress: impl FnMut(Counts) -> Result<()>,
 ) -> Result<Counts, DownloadError> {
     let view = ManifestView::new_checked(&job.manifest).map_err(|e| DownloadError::Storage(anyhow!("{e}")))?;
-    let release = *blake3::hash(&job.manifest).as_bytes();
+    let release = protocol::ReleaseId::of_manifest(&job.manifest);
     let entries: Vec<ChunkEntry> = view.chunks().collect();
     let mut progress = Progress::load_or_new(&job.progress, release, view.chunk_count());
     let slot = Arc::new(SlotFile::open_for_write(&job.slot, view.image_len()).map_err(DownloadError::Storage)?);

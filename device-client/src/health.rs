@@ -1,10 +1,9 @@
-//! Trial health checks: the operator's commands, each with a timeout, plus "an edge node is
+//! Trial health checks: the operator's commands, each run by [`host::process::run`] (a
+//! timeout that kills the check's whole process group, bounded output), plus "an edge node is
 //! reachable" — a new image that cannot reach the update path again must not be committed.
 
-use std::process::Stdio;
+use std::ffi::OsString;
 use std::time::{Duration, Instant};
-
-use tokio::process::Command;
 
 use crate::config::HealthCheckConfig;
 use crate::edges::EdgePool;
@@ -55,29 +54,22 @@ pub async fn run_checks(
 }
 
 async fn run_one(check: &HealthCheckConfig, trial: &TrialInfo, timeout: Duration) -> Result<(), String> {
-    let Some((program, args)) = check.command.split_first() else { return Err("empty command".into()) };
-    let child = Command::new(program)
-        .args(args)
-        .env("OTAMESH_VERSION", &trial.version)
-        .env("OTAMESH_SLOT", &trial.slot)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start {program}: {e}"))?;
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => Err(format!("timed out after {} s", timeout.as_secs_f64())),
-        Ok(Err(e)) => Err(format!("{program}: {e}")),
-        Ok(Ok(out)) if out.status.success() => Ok(()),
-        Ok(Ok(out)) => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let line = stderr.lines().last().unwrap_or("").chars().take(200).collect::<String>();
-            Err(format!(
-                "exited with {}{}",
-                out.status,
-                if line.is_empty() { String::new() } else { format!(": {line}") }
-            ))
-        }
+    if check.command.is_empty() {
+        return Err("empty command".into());
     }
+    let argv: Vec<OsString> = check.command.iter().map(OsString::from).collect();
+    let env = [("OTAMESH_VERSION", trial.version.clone()), ("OTAMESH_SLOT", trial.slot.clone())];
+    // The runner blocks (it waits on the child and its pipes); a check takes seconds.
+    let finished = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        host::process::run(&argv, &env, timeout)
+    })
+    .await
+    .map_err(|e| format!("the check's runner failed: {e}"))?
+    .map_err(|e| format!("{e:#}"))?;
+    if finished.status.success() {
+        return Ok(());
+    }
+    let line = finished.last_stderr_line();
+    Err(format!("exited with {}{}", finished.status, if line.is_empty() { String::new() } else { format!(": {line}") }))
 }

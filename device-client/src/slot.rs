@@ -11,6 +11,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use protocol::ReleaseId;
 
 /// An open slot.
 #[derive(Debug)]
@@ -108,19 +109,19 @@ const PROGRESS_MAGIC: &[u8; 4] = b"OTPG";
 /// Which chunks of a target are durable in the inactive slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
-    release: [u8; 32],
+    release: ReleaseId,
     done: Vec<u64>,
     chunk_count: u32,
 }
 
 impl Progress {
     /// Nothing done yet for `release`.
-    pub fn new(release: [u8; 32], chunk_count: u32) -> Progress {
+    pub fn new(release: ReleaseId, chunk_count: u32) -> Progress {
         Progress { release, done: vec![0; (chunk_count as usize).div_ceil(64)], chunk_count }
     }
 
     /// The progress saved at `path` if it is for `release` and intact; otherwise fresh.
-    pub fn load_or_new(path: &Path, release: [u8; 32], chunk_count: u32) -> Progress {
+    pub fn load_or_new(path: &Path, release: ReleaseId, chunk_count: u32) -> Progress {
         Self::load(path).filter(|p| p.release == release && p.chunk_count == chunk_count).unwrap_or_else(|| {
             let _ = fs::remove_file(path);
             Progress::new(release, chunk_count)
@@ -133,7 +134,7 @@ impl Progress {
         if blake3::hash(body).as_bytes() != sum || body.get(..4)? != PROGRESS_MAGIC {
             return None;
         }
-        let release: [u8; 32] = body.get(4..36)?.try_into().ok()?;
+        let release = ReleaseId(body.get(4..36)?.try_into().ok()?);
         let chunk_count = u32::from_le_bytes(body.get(36..40)?.try_into().ok()?);
         let words = body.get(40..)?;
         if words.len() != (chunk_count as usize).div_ceil(64) * 8 {
@@ -147,17 +148,14 @@ impl Progress {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut bytes = Vec::with_capacity(40 + self.done.len() * 8 + 32);
         bytes.extend_from_slice(PROGRESS_MAGIC);
-        bytes.extend_from_slice(&self.release);
+        bytes.extend_from_slice(&self.release.0);
         bytes.extend_from_slice(&self.chunk_count.to_le_bytes());
         for w in &self.done {
             bytes.extend_from_slice(&w.to_le_bytes());
         }
         let sum = blake3::hash(&bytes);
         bytes.extend_from_slice(sum.as_bytes());
-        let dir = path.parent().context("progress path has no directory")?;
-        let name = path.file_name().and_then(|n| n.to_str()).context("progress path has no file name")?;
-        crate::tuf_http::write_atomic(dir, name, &bytes)?;
-        Ok(())
+        Ok(host::fs::write_atomic(path, &bytes, host::fs::PUBLIC)?)
     }
 
     /// True if chunk `index` is durable.
@@ -178,7 +176,7 @@ impl Progress {
     }
 
     /// The release this progress is for.
-    pub fn release(&self) -> [u8; 32] {
+    pub fn release(&self) -> ReleaseId {
         self.release
     }
 }
@@ -191,20 +189,20 @@ mod tests {
     fn progress_round_trips_and_rejects_damage_or_other_releases() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("progress");
-        let mut p = Progress::new([3; 32], 130);
+        let mut p = Progress::new(ReleaseId([3; 32]), 130);
         for i in [0, 63, 64, 129] {
             p.mark(i);
         }
         p.save(&path).unwrap();
-        let back = Progress::load_or_new(&path, [3; 32], 130);
+        let back = Progress::load_or_new(&path, ReleaseId([3; 32]), 130);
         assert_eq!(back, p);
         assert_eq!(back.count(), 4);
         assert!(back.is_done(129) && !back.is_done(128));
-        assert_eq!(Progress::load_or_new(&path, [4; 32], 130).count(), 0);
+        assert_eq!(Progress::load_or_new(&path, ReleaseId([4; 32]), 130).count(), 0);
         p.save(&path).unwrap();
         let mut bytes = fs::read(&path).unwrap();
         bytes[45] ^= 1;
         fs::write(&path, bytes).unwrap();
-        assert_eq!(Progress::load_or_new(&path, [3; 32], 130).count(), 0);
+        assert_eq!(Progress::load_or_new(&path, ReleaseId([3; 32]), 130).count(), 0);
     }
 }

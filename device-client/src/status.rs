@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use ed25519_dalek::{Signer, SigningKey};
 use protocol::install::Record;
 use protocol::status::{ReportProgress, ReportTarget, StatusReport};
+use protocol::ReleaseId;
 
 use crate::fetch::Counts;
 
@@ -28,14 +29,7 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<SigningKey> {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    Ok(host::fs::write_atomic(path, bytes, host::fs::PRIVATE)?)
 }
 
 /// The next report number: one more than the last one sent, persisted before it is used so
@@ -68,12 +62,12 @@ pub fn report(
         seq,
         release: release.to_string(),
         version: record.installed.version.as_str().to_string(),
-        installed_id: protocol::hex::encode(&record.installed.id),
+        installed_id: ReleaseId(record.installed.id).to_hex(),
         active_slot: record.active.name().to_string(),
         state: record.state.name().to_string(),
         target: record
             .target
-            .map(|t| ReportTarget { version: t.version.as_str().to_string(), id: protocol::hex::encode(&t.id) }),
+            .map(|t| ReportTarget { version: t.version.as_str().to_string(), id: ReleaseId(t.id).to_hex() }),
         progress: ReportProgress {
             chunks_done: counts.map_or(record.chunks_done, |c| c.chunks_done),
             chunk_count: counts.map_or(record.target.map_or(0, |t| t.chunk_count), |c| c.chunk_count),

@@ -20,7 +20,7 @@ use protocol::device::{ReleaseCandidate, ReleaseChoice};
 use protocol::manifest::ManifestView;
 use protocol::tuf::{encode_role_name, Event, FetchError, Request, Source, TargetFile, TrustedMetadataSet, Updater};
 
-use crate::tuf_http::{unix_now, write_atomic};
+use crate::tuf_http::unix_now;
 
 /// Where the agent keeps verified metadata: `metadata_dir/root.json` is the pinned root.
 #[derive(Debug, Clone)]
@@ -54,9 +54,7 @@ impl MetadataDir {
 
     /// Pins `root` (checked by [`MetadataDir::read_trusted_root`]) on a device's first start.
     pub fn pin_root(&self, root: &[u8]) -> Result<()> {
-        fs::create_dir_all(&self.0)?;
-        write_atomic(&self.0, "root.json", root)?;
-        Ok(())
+        Ok(host::fs::write_atomic(&self.0.join("root.json"), root, host::fs::PUBLIC)?)
     }
 
     fn read_cached(&self, request: &Request) -> std::result::Result<Vec<u8>, FetchError> {
@@ -103,8 +101,12 @@ pub async fn refresh(edge: &mut DeviceClient, dir: &MetadataDir) -> Result<Trust
     loop {
         while let Some(event) = updater.poll_event() {
             if let Event::Persist { role, bytes } = event {
-                write_atomic(&dir.0, &format!("{}.json", encode_role_name(&role)), &bytes)
-                    .map_err(RefreshError::Local)?;
+                host::fs::write_atomic(
+                    &dir.0.join(format!("{}.json", encode_role_name(&role))),
+                    &bytes,
+                    host::fs::PUBLIC,
+                )
+                .map_err(|e| RefreshError::Local(e.into()))?;
             }
         }
         let Some(request) = updater.poll_request() else { break };
@@ -158,25 +160,22 @@ pub fn choose_release<'a>(
     device: &DeviceIdentity<'_>,
 ) -> Option<(&'a TargetFile, Option<Refusal>)> {
     let targets = trusted.targets("targets")?;
-    let candidates: Vec<(&TargetFile, ReleaseCandidate<'_>)> = targets
-        .targets
-        .values()
-        .filter_map(|t| {
-            let name = release::release_name(&t.path)?;
-            let o = t.custom.as_ref().map(|c| &c["otamesh"]);
-            let candidate = ReleaseCandidate {
-                name,
-                hw_class: o.and_then(|o| o["hw_class"].as_str()).unwrap_or(""),
-                security_counter: o.and_then(|o| o["security_counter"].as_u64()).unwrap_or(0),
-                version: o.and_then(|o| o["version"].as_str()).unwrap_or(""),
-            };
-            Some((t, candidate))
+    // A target without valid release metadata matches no hardware class and ranks lowest.
+    let releases: Vec<(&TargetFile, &str, Option<protocol::tuf::ReleaseTarget>)> =
+        targets.targets.values().filter_map(|t| Some((t, release::release_name(&t.path)?, t.release().ok()))).collect();
+    let candidates: Vec<ReleaseCandidate<'_>> = releases
+        .iter()
+        .map(|(_, name, meta)| ReleaseCandidate {
+            name,
+            hw_class: meta.as_ref().map_or("", |m| m.hw_class.as_str()),
+            security_counter: meta.as_ref().map_or(0, |m| m.security_counter),
+            version: meta.as_ref().map_or("", |m| m.version.as_str()),
         })
         .collect();
-    match choose_release_among(candidates.iter().map(|(_, c)| *c), device) {
+    match choose_release_among(candidates.iter().copied(), device) {
         ReleaseChoice::Nothing => None,
-        ReleaseChoice::Install(i) => Some((candidates[i].0, None)),
-        ReleaseChoice::Refuse { index, reason } => Some((candidates[index].0, Some(reason))),
+        ReleaseChoice::Install(i) => Some((releases[i].0, None)),
+        ReleaseChoice::Refuse { index, reason } => Some((releases[index].0, Some(reason))),
     }
 }
 

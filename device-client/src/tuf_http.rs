@@ -7,11 +7,11 @@
 //! half-written trusted file. The clock is read here, once per client.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use protocol::tuf::{encode_role_name, Config, Event, FetchError, Request, Source, TargetFile, Updater};
 
 /// How long one HTTP request may take end to end.
@@ -55,22 +55,6 @@ pub fn fetch_capped(agent: &ureq::Agent, url: &str, max_length: u64) -> std::res
         return Err(FetchError::TooLarge);
     }
     Ok(body)
-}
-
-/// Writes `bytes` to `dir/file_name` atomically: temp file, fsync, rename, fsync dir.
-pub fn write_atomic(dir: &Path, file_name: &str, bytes: &[u8]) -> Result<PathBuf> {
-    let path = dir.join(file_name);
-    let tmp = dir.join(format!(".{file_name}.tmp"));
-    {
-        let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(path)
 }
 
 fn read_capped_file(path: &Path, max_length: u64) -> std::result::Result<Vec<u8>, FetchError> {
@@ -125,7 +109,11 @@ impl TufHttpClient {
             while let Some(event) = self.updater.poll_event() {
                 match event {
                     Event::Persist { role, bytes } => {
-                        write_atomic(&self.metadata_dir, &format!("{}.json", encode_role_name(&role)), &bytes)?;
+                        host::fs::write_atomic(
+                            &self.metadata_dir.join(format!("{}.json", encode_role_name(&role))),
+                            &bytes,
+                            host::fs::PUBLIC,
+                        )?;
                     }
                     Event::Refreshed => {}
                     Event::TargetFound(t) => found = Some(Some(t)),
@@ -166,15 +154,13 @@ impl TufHttpClient {
             let Some(hash) = target.hashes.values().next() else {
                 bail!("target {} has no hashes", target.path);
             };
-            url_path = match target.path.rsplit_once('/') {
-                Some((dir, base)) => format!("{dir}/{hash}.{base}"),
-                None => format!("{hash}.{}", target.path),
-            };
+            url_path = protocol::tuf::hashed_target_path(&target.path, hash);
         }
         let url = format!("{}{url_path}", with_slash(target_base_url));
         let bytes = fetch_capped(&self.agent, &url, target.length).map_err(|e| anyhow!("downloading {url}: {e:?}"))?;
         target.verify(&bytes).map_err(|e| anyhow!("target {}: {e}", target.path))?;
-        fs::create_dir_all(target_dir)?;
-        write_atomic(target_dir, &encode_role_name(&target.path), &bytes)
+        let path = target_dir.join(encode_role_name(&target.path));
+        host::fs::write_atomic(&path, &bytes, host::fs::PUBLIC)?;
+        Ok(path)
     }
 }

@@ -179,7 +179,9 @@ mod file {
         assert_eq!(bl.boot_info().unwrap(), info(Slot::A, None));
         let text = fs::read_to_string(dir.path().join("bootenv")).unwrap();
         assert!(text.contains("active=a") && text.contains("pending=\n"), "{text}");
-        assert!(!dir.path().join("bootenv.tmp").exists());
+        // Nothing beside the env: no temp file left, whatever its name.
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["bootenv"]);
     }
 
     #[test]

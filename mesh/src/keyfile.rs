@@ -3,8 +3,7 @@
 
 use std::{
     fs,
-    io::{self, Read, Write},
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    io::{self, Read},
     path::Path,
 };
 
@@ -55,27 +54,5 @@ pub fn load_keypair(path: &Path) -> io::Result<Option<Keypair>> {
 /// Writes `keypair` to `path` (mode 0600, write-temp, fsync, rename, fsync the directory).
 pub fn save_keypair(path: &Path, keypair: &Keypair) -> io::Result<()> {
     let bytes = keypair.to_protobuf_encoding().map_err(|e| io::Error::other(format!("encoding node key: {e}")))?;
-    write_atomically(path, &bytes)
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let file_name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    {
-        // truncate: a temp file left by a crash is garbage; create mode 0600 from the start
-        // so the secret is never readable by others, not even briefly.
-        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        // A leftover temp file keeps its old mode through open(); force 0600 before writing.
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    fs::File::open(dir)?.sync_all()
+    host::fs::write_atomic(path, &bytes, host::fs::PRIVATE)
 }

@@ -1,8 +1,8 @@
 //! `seeder inspect`: roles, keys, expiries, releases and the store's deduplication.
 
 use anyhow::Result;
+use protocol::tuf::ReleaseTarget;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::repo::{expiry, Repo};
 
@@ -123,17 +123,18 @@ pub fn run(repo: &Repo, now: i64, warn_within_secs: i64) -> Result<InspectReport
     let mut releases = Vec::new();
     if let Some(targets) = current.targets["targets"].as_object() {
         for (path, entry) in targets {
-            let o = &entry["custom"]["otamesh"];
-            let text = |v: &Value| v.as_str().unwrap_or("?").to_string();
+            // A target another tool published (no valid release metadata) is listed by path.
+            let release = ReleaseTarget::from_custom(entry.get("custom")).ok();
+            let text = |field: fn(&ReleaseTarget) -> &String| release.as_ref().map_or("?".into(), |r| field(r).clone());
             releases.push(ReleaseInfo {
                 target: path.clone(),
-                name: text(&o["name"]),
-                version: text(&o["version"]),
-                hw_class: text(&o["hw_class"]),
-                security_counter: o["security_counter"].as_u64().unwrap_or(0),
-                image_bytes: o["image_length"].as_u64().unwrap_or(0),
-                chunks: o["chunk_count"].as_u64().unwrap_or(0),
-                stored_bytes: o["stored_bytes"].as_u64().unwrap_or(0),
+                name: text(|r| &r.name),
+                version: text(|r| &r.version),
+                hw_class: text(|r| &r.hw_class),
+                security_counter: release.as_ref().map_or(0, |r| r.security_counter),
+                image_bytes: release.as_ref().map_or(0, |r| r.image_length),
+                chunks: release.as_ref().map_or(0, |r| r.chunk_count),
+                stored_bytes: release.as_ref().map_or(0, |r| r.stored_bytes),
             });
         }
     }

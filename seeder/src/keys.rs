@@ -12,8 +12,6 @@ use sha2::Digest;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::atomic;
-
 /// The four top-level TUF roles.
 pub const ROLES: [&str; 4] = ["root", "targets", "snapshot", "timestamp"];
 
@@ -54,7 +52,7 @@ impl RoleKey {
             "key": self.public_object(),
             "private": protocol::hex::encode(self.signing.as_bytes()),
         });
-        atomic::write_file(&self.path, &serde_json::to_vec_pretty(&body)?, 0o600)
+        Ok(host::fs::write_atomic(&self.path, &serde_json::to_vec_pretty(&body)?, host::fs::PRIVATE)?)
     }
 
     /// Loads a key file written by [`RoleKey::save`].
@@ -114,7 +112,7 @@ pub fn content_key_path(keys_dir: &Path) -> PathBuf {
 pub fn create_content_key(keys_dir: &Path) -> Result<ContentKey> {
     let mut key = [0u8; 32];
     getrandom::getrandom(&mut key).context("the OS random source failed")?;
-    atomic::write_file(&content_key_path(keys_dir), protocol::hex::encode(&key).as_bytes(), 0o600)?;
+    host::fs::write_atomic(&content_key_path(keys_dir), protocol::hex::encode(&key).as_bytes(), host::fs::PRIVATE)?;
     Ok(ContentKey(key))
 }
 

@@ -2,7 +2,6 @@
 //! TUF repository, and verifies what it published.
 #![deny(missing_docs)]
 
-mod atomic;
 mod freshness;
 mod init;
 mod inspect;

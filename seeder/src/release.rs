@@ -5,6 +5,7 @@ use protocol::chunker::{self, Chunking};
 use protocol::codec::{self, ContentKey};
 use protocol::manifest::{ChunkEntry, ManifestView, ReleaseManifest};
 use protocol::reassemble::ImageVerifier;
+use protocol::tuf::ReleaseTarget;
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -13,7 +14,6 @@ use std::fs::{self, File};
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::atomic;
 use crate::keys;
 use crate::repo::{ExtraSigners, Repo};
 use crate::trusted;
@@ -162,10 +162,11 @@ pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
         for (path, _) in &staged {
             let _ = fs::remove_file(path);
         }
-        let same = existing["custom"]["otamesh"]["image_blake3"].as_str()
-            == Some(&protocol::hex::encode(&manifest.image_blake3))
-            && existing["custom"]["otamesh"]["hw_class"].as_str() == Some(req.hw_class)
-            && existing["custom"]["otamesh"]["security_counter"].as_u64() == Some(req.security_counter);
+        let same = ReleaseTarget::from_custom(existing.get("custom")).is_ok_and(|r| {
+            r.image_blake3 == manifest.image_blake3
+                && r.hw_class == req.hw_class
+                && r.security_counter == req.security_counter
+        });
         if !same {
             bail!(
                 "{} {} is already published with other content; publish it under a new version",
@@ -181,15 +182,15 @@ pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
 
     // Chunk bodies become durable before they get their final names, and before any
     // metadata names them: one syncfs for the batch instead of an fsync per chunk.
-    atomic::sync_filesystem(&repo.chunks_dir())?;
+    host::fs::sync_filesystem(&repo.chunks_dir())?;
     for (staged_path, final_path) in &staged {
         fs::rename(staged_path, final_path)
             .with_context(|| format!("cannot move chunk into {}", final_path.display()))?;
     }
-    atomic::sync_filesystem(&repo.chunks_dir())?;
+    host::fs::sync_filesystem(&repo.chunks_dir())?;
 
     let sha256_hex = protocol::hex::encode(&sha2::Sha256::digest(&manifest_bytes));
-    atomic::write_file(&repo.target_file_path(&target, &sha256_hex), &manifest_bytes, 0o644)?;
+    host::fs::write_atomic(&repo.target_file_path(&target, &sha256_hex), &manifest_bytes, host::fs::PUBLIC)?;
     targets_map.insert(target, target_entry(&manifest, &manifest_bytes, &sha256_hex));
     repo.publish_targets(&current, targets_map, &ExtraSigners::default())?;
     Ok(report)
@@ -236,7 +237,7 @@ fn seal_in_parallel(
     std::thread::scope(|scope| -> Result<SealOutput> {
         scope.spawn(move || {
             while flush_rx.recv().is_ok() {
-                let _ = atomic::sync_filesystem(&chunks_dir);
+                let _ = host::fs::sync_filesystem(&chunks_dir);
             }
         });
         for _ in 0..workers {
@@ -341,28 +342,23 @@ fn chunk_is_stored(path: &Path, id: &protocol::ChunkId) -> bool {
 }
 
 fn target_entry(manifest: &ReleaseManifest, bytes: &[u8], sha256_hex: &str) -> Value {
-    let chunking = match manifest.chunking {
-        Chunking::Fixed { size_bytes } => json!({"kind": "fixed", "size_bytes": size_bytes}),
-        Chunking::FastCdc { min_bytes, avg_bytes, max_bytes } => {
-            json!({"kind": "fastcdc", "min_bytes": min_bytes, "avg_bytes": avg_bytes, "max_bytes": max_bytes})
-        }
+    let release = ReleaseTarget {
+        name: manifest.name.clone(),
+        version: manifest.version.clone(),
+        hw_class: manifest.hw_class.clone(),
+        security_counter: manifest.security_counter,
+        image_length: manifest.image_len,
+        image_blake3: manifest.image_blake3,
+        image_sha256: manifest.image_sha256,
+        chunk_count: manifest.chunks.len() as u64,
+        stored_bytes: manifest.stored_bytes(),
+        encrypted: manifest.content_key_id.is_some(),
+        chunking: manifest.chunking,
     };
     json!({
         "length": bytes.len(),
         "hashes": {"sha256": sha256_hex},
-        "custom": {"otamesh": {
-            "name": manifest.name,
-            "version": manifest.version,
-            "hw_class": manifest.hw_class,
-            "security_counter": manifest.security_counter,
-            "image_length": manifest.image_len,
-            "image_blake3": protocol::hex::encode(&manifest.image_blake3),
-            "image_sha256": protocol::hex::encode(&manifest.image_sha256),
-            "chunk_count": manifest.chunks.len(),
-            "stored_bytes": manifest.stored_bytes(),
-            "encrypted": manifest.content_key_id.is_some(),
-            "chunking": chunking,
-        }},
+        "custom": release.to_custom(),
     })
 }
 
@@ -418,31 +414,24 @@ pub fn extract(repo: &Repo, name: &str, version: &str, out: &Path) -> Result<Ext
         }
     };
 
-    let tmp = atomic::temp_path(out);
-    let result = (|| -> Result<()> {
-        let mut file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        let mut verifier = ImageVerifier::new();
-        for (index, entry) in view.chunks().enumerate() {
-            let path = repo.chunk_path(&entry.id);
-            let mut stored = Vec::with_capacity(entry.stored_length as usize);
-            File::open(&path)
-                .with_context(|| format!("chunk {index} is missing: {}", path.display()))?
-                .take(entry.stored_length as u64 + 1)
-                .read_to_end(&mut stored)?;
-            let plain = codec::open(&entry, key.as_ref(), stored)
-                .map_err(|e| anyhow::anyhow!("chunk {index} ({}): {e}", path.display()))?;
-            verifier.update(&entry, &plain).map_err(|e| anyhow::anyhow!("{e}"))?;
-            file.write_all(&plain)?;
-        }
-        verifier.finish(&view).map_err(|e| anyhow::anyhow!("{name} {version}: {e}"))?;
-        file.sync_all()?;
-        fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    // Dropped without a commit (a chunk missing or corrupt), the temp file goes and `out`
+    // keeps what it had.
+    let mut file = host::fs::AtomicFile::create(out, host::fs::PUBLIC)?;
+    let mut verifier = ImageVerifier::new();
+    for (index, entry) in view.chunks().enumerate() {
+        let path = repo.chunk_path(&entry.id);
+        let mut stored = Vec::with_capacity(entry.stored_length as usize);
+        File::open(&path)
+            .with_context(|| format!("chunk {index} is missing: {}", path.display()))?
+            .take(entry.stored_length as u64 + 1)
+            .read_to_end(&mut stored)?;
+        let plain = codec::open(&entry, key.as_ref(), stored)
+            .map_err(|e| anyhow::anyhow!("chunk {index} ({}): {e}", path.display()))?;
+        verifier.update(&entry, &plain).map_err(|e| anyhow::anyhow!("{e}"))?;
+        file.write_all(&plain).with_context(|| format!("cannot write {}", out.display()))?;
     }
-    result?;
+    verifier.finish(&view).map_err(|e| anyhow::anyhow!("{name} {version}: {e}"))?;
+    file.commit()?;
     Ok(ExtractReport {
         out: out.display().to_string(),
         image_bytes: view.image_len(),

@@ -25,7 +25,6 @@ use sha2::Digest;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::atomic;
 use crate::keys::{self, RoleKey};
 use crate::time;
 
@@ -120,15 +119,7 @@ impl Repo {
 
     /// Where a target file lives with its consistent-snapshot hash prefix.
     pub fn target_file_path(&self, target_path: &str, sha256_hex: &str) -> PathBuf {
-        let (dir, base) = match target_path.rsplit_once('/') {
-            Some((dir, base)) => (Some(dir), base),
-            None => (None, target_path),
-        };
-        let mut path = self.targets_dir();
-        if let Some(dir) = dir {
-            path = path.join(dir);
-        }
-        path.join(format!("{sha256_hex}.{base}"))
+        self.targets_dir().join(protocol::tuf::hashed_target_path(target_path, sha256_hex))
     }
 
     /// Reads and parses a metadata envelope, returning it whole.
@@ -204,7 +195,7 @@ impl Repo {
 
     /// Writes a metadata file atomically.
     pub fn write_metadata(&self, file_name: &str, envelope: &[u8]) -> Result<()> {
-        atomic::write_file(&self.metadata_dir().join(file_name), envelope, 0o644)
+        Ok(host::fs::write_atomic(&self.metadata_dir().join(file_name), envelope, host::fs::PUBLIC)?)
     }
 
     /// Loads the signing keys the current root lists for `role`; fails unless there are

@@ -208,7 +208,7 @@ fn check_unreferenced_targets(repo: &Repo, referenced: &HashSet<PathBuf>, report
             continue;
         }
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let Some((prefix, _)) = name.split_once('.') else {
+        let Some((prefix, _)) = protocol::tuf::naming::split_hashed_file_name(&name) else {
             report.problem(&path, "target file name has no hash prefix");
             continue;
         };

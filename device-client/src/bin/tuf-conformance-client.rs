@@ -52,8 +52,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init { trusted_root } => {
             let bytes = std::fs::read(&trusted_root).with_context(|| format!("reading {}", trusted_root.display()))?;
-            std::fs::create_dir_all(&cli.metadata_dir)?;
-            device_client::tuf_http::write_atomic(&cli.metadata_dir, "root.json", &bytes)?;
+            host::fs::write_atomic(&cli.metadata_dir.join("root.json"), &bytes, host::fs::PUBLIC)?;
         }
         Command::Refresh => {
             let url = cli.metadata_url.ok_or_else(|| anyhow!("--metadata-url required"))?;

@@ -56,7 +56,7 @@ impl TufDirs {
         let set = TrustedMetadataSet::new(root, now, None).map_err(|e| anyhow!("trusted root: {e}"))?;
         let version = set.root().common.version;
         fs::create_dir_all(&self.trusted)?;
-        write_atomic(&self.trusted.join("root.json"), root)?;
+        host::fs::write_atomic(&self.trusted.join("root.json"), root, host::fs::PUBLIC)?;
         repo_files::write(&self.mirror, &format!("metadata/{version}.root.json"), root)?;
         repo_files::write(&self.mirror, "metadata/root.json", root)?;
         Ok(())
@@ -196,17 +196,6 @@ async fn answer_remote(
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().context("no parent")?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("f")));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    Ok(())
-}
-
 /// The `signed.version` of a metadata file, unverified (for ordering announcements only).
 pub(crate) fn signed_version(bytes: &[u8]) -> Option<u64> {
     serde_json::from_slice::<serde_json::Value>(bytes).ok()?["signed"]["version"].as_u64()
@@ -230,7 +219,11 @@ pub async fn refresh(
     loop {
         while let Some(event) = updater.poll_event() {
             if let Event::Persist { role, bytes } = event {
-                write_atomic(&dirs.trusted.join(format!("{}.json", encode_role_name(&role))), &bytes)?;
+                host::fs::write_atomic(
+                    &dirs.trusted.join(format!("{}.json", encode_role_name(&role))),
+                    &bytes,
+                    host::fs::PUBLIC,
+                )?;
                 let version = signed_version(&bytes).unwrap_or(0);
                 match role.as_str() {
                     "timestamp" => repo_files::write(&dirs.mirror, "metadata/timestamp.json", &bytes)?,
@@ -291,8 +284,7 @@ pub fn verify_announcement(root: &[u8], timestamp: &[u8], now: i64) -> Result<u6
 /// Target path of a release manifest → consistent-snapshot file name in the repository.
 pub fn target_file_name(target: &TargetFile) -> Option<String> {
     let sha256 = target.hashes.get("sha256")?;
-    let (dir, base) = target.path.rsplit_once('/').unwrap_or(("", &target.path));
-    Some(if dir.is_empty() { format!("targets/{sha256}.{base}") } else { format!("targets/{dir}/{sha256}.{base}") })
+    Some(format!("targets/{}", protocol::tuf::hashed_target_path(&target.path, sha256)))
 }
 
 /// Release manifests named by `trusted` that are not in `known`: from the mirror or from

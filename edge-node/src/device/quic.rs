@@ -61,26 +61,10 @@ fn certificate(dir: Option<&Path>) -> anyhow::Result<(CertificateDer<'static>, P
     let cert = generated.cert.der().clone();
     let key_der = generated.key_pair.serialize_der();
     if let Some(dir) = dir {
-        std::fs::create_dir_all(dir)?;
-        write_atomically(&dir.join(KEY_FILE), &key_der, 0o600)?;
-        write_atomically(&dir.join(CERT_FILE), &cert, 0o644)?;
+        host::fs::write_atomic(&dir.join(KEY_FILE), &key_der, host::fs::PRIVATE)?;
+        host::fs::write_atomic(&dir.join(CERT_FILE), &cert, host::fs::PUBLIC)?;
     }
     Ok((cert, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der))))
-}
-
-/// Write-temp, fsync, rename: a crash leaves the old file or the new one, never half of one.
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Creates the server endpoint.

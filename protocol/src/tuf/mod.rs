@@ -15,6 +15,8 @@
 //!   search) as a state machine.
 pub mod canonical;
 pub mod metadata;
+pub mod naming;
+pub mod release_target;
 pub mod time;
 pub mod trusted;
 mod updater;
@@ -22,6 +24,8 @@ mod updater;
 use alloc::string::String;
 
 pub use metadata::{Key, TargetFile};
+pub use naming::hashed_target_path;
+pub use release_target::{ReleaseTarget, ReleaseTargetError};
 pub use trusted::TrustedMetadataSet;
 pub use updater::{encode_role_name, Event, FetchError, Request, Source, Updater};
 

@@ -307,12 +307,10 @@ impl RepoBackend {
     /// `targets/DIR/<sha256>.BASE` for the target path `DIR/BASE` (consistent snapshots).
     fn target_file(&self, path: &str) -> Option<PathBuf> {
         let (dir, base) = path.rsplit_once('/').unwrap_or(("", path));
-        let suffix = format!(".{base}");
         std::fs::read_dir(self.root.join("targets").join(dir)).ok()?.flatten().map(|e| e.path()).find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(&suffix))
-                .is_some_and(|hash| hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+            p.file_name().and_then(|n| n.to_str()).and_then(protocol::tuf::naming::split_hashed_file_name).is_some_and(
+                |(hash, name)| name == base && hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+            )
         })
     }
 }
