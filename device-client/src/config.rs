@@ -19,7 +19,7 @@
 //! trial_deadline_secs = 120
 //! reboot = ["systemctl", "reboot"]     # empty: the agent restarts itself (demo, tests)
 //!
-//! [bootloader]                         # see bootloader.rs: file | uboot | grub | command
+//! [bootloader]                         # see bootloader/: file | uboot | grub | command
 //! kind = "file"
 //!
 //! [[health_check]]                     # each must exit 0 within its timeout
