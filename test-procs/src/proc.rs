@@ -218,7 +218,8 @@ mod tests {
     fn a_process_that_exits_without_the_line_fails_at_once() {
         let proc = sh("echo nothing here");
         let start = Instant::now();
-        let error = proc.wait_line("ready", Duration::from_secs(30), |l| l.contains("ready").then_some(())).unwrap_err();
+        let error =
+            proc.wait_line("ready", Duration::from_secs(30), |l| l.contains("ready").then_some(())).unwrap_err();
         assert!(error.to_string().contains("exited without a line with ready"), "{error}");
         assert!(error.to_string().contains("nothing here"), "{error}");
         assert!(start.elapsed() < Duration::from_secs(10));

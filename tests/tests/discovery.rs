@@ -40,18 +40,23 @@ fn discovered_install(device_listen: &str, negative: bool) {
     let root = dir.path();
     let origin = net.origin(root);
     let edge = net.edge("edge", &root.join("edge"), "site-a", device_listen, &origin.addr);
-    let advertised = edge.proc.wait_line("mDNS advertisement", Duration::from_secs(10), |l| {
-        l.contains("device service advertised by mDNS").then(|| l.to_string())
-    });
+    let advertised = edge
+        .proc
+        .wait_line("mDNS advertisement", Duration::from_secs(10), |l| {
+            l.contains("device service advertised by mDNS").then(|| l.to_string())
+        })
+        .unwrap();
     assert!(advertised.contains("_otamesh-dev._udp.local."), "{advertised}");
 
     let v1 = random_bytes(1 << 20, 7);
     let image = root.join("v1.img");
     std::fs::write(&image, &v1).unwrap();
     origin.publish(&image, "1.0.0");
-    edge.proc.wait_line("v1 staged", Duration::from_secs(30), |l| {
-        (l.contains("release complete") && l.contains("1.0.0")).then_some(())
-    });
+    edge.proc
+        .wait_line("v1 staged", Duration::from_secs(30), |l| {
+            (l.contains("release complete") && l.contains("1.0.0")).then_some(())
+        })
+        .unwrap();
 
     // No configured edge, mDNS on (the default): the agent must find the edge on the veth.
     let device = Device::new(&root.join("dev"), &origin.repo, &[], None);

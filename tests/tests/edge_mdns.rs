@@ -75,13 +75,17 @@ impl Node {
         }
         // `ip netns exec` and `env` both exec, so the process killed on drop is the node.
         let proc = net.spawn(ns, name, Path::new("env"), &args);
-        let id = proc.wait_line("p2p address", START, |l| {
-            let addr = l.contains("listening").then(|| field(l, "addr")).flatten()?;
-            Some(addr.rsplit_once("/p2p/")?.1.to_string())
-        });
-        let http = proc.wait_line("http address", START, |l| {
-            l.contains("ops HTTP listening").then(|| field(l, "addr")?.parse().ok()).flatten()
-        });
+        let id = proc
+            .wait_line("p2p address", START, |l| {
+                let addr = l.contains("listening").then(|| field(l, "addr")).flatten()?;
+                Some(addr.rsplit_once("/p2p/")?.1.to_string())
+            })
+            .unwrap();
+        let http = proc
+            .wait_line("http address", START, |l| {
+                l.contains("ops HTTP listening").then(|| field(l, "addr")?.parse().ok()).flatten()
+            })
+            .unwrap();
         Node { proc, ns: ns.into(), site: site.into(), id, http }
     }
 
@@ -114,9 +118,11 @@ impl Node {
 
     /// Waits for libp2p-mdns to report `other`.
     fn wait_mdns_discovery(&self, other: &Node) {
-        self.proc.wait_line(&format!("mDNS discovery of {}", other.proc.name), FIND, |l| {
-            (l.contains("discovered peer on address") && field(l, "peer") == Some(other.id.as_str())).then_some(())
-        });
+        self.proc
+            .wait_line(&format!("mDNS discovery of {}", other.proc.name), FIND, |l| {
+                (l.contains("discovered peer on address") && field(l, "peer") == Some(other.id.as_str())).then_some(())
+            })
+            .unwrap();
     }
 
     fn mdns_discovered(&self, other: &Node) -> bool {

@@ -9,13 +9,10 @@ pub mod hostile;
 pub mod netns;
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// A workspace binary built by `cargo test --workspace`.
 pub fn bin(name: &str) -> PathBuf {
@@ -26,184 +23,24 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A child process whose output lines are collected; killed on drop.
-pub struct Proc {
-    pub name: String,
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    notify: mpsc::Receiver<()>,
-}
+// Not every test binary uses each of these.
+#[allow(unused_imports)]
+pub use test_procs::{field, http_get, random_bytes, Exited, Proc};
 
-impl Proc {
-    pub fn spawn(name: &str, program: &Path, args: &[String]) -> Proc {
-        let mut child = Command::new(program)
-            .args(args)
-            .env("RUST_LOG", "info,libp2p=warn")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, notify) = mpsc::channel();
-        for stream in
-            [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())]
-        {
-            let (lines, tx) = (lines.clone(), tx.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
-                    let _ = tx.send(());
-                }
-            });
-        }
-        Proc { name: name.into(), child, lines, notify }
-    }
-
-    /// Waits until an output line satisfies `find`, returning what it extracted.
-    pub fn wait_line<T>(&self, what: &str, timeout: Duration, find: impl Fn(&str) -> Option<T>) -> T {
-        let deadline = Instant::now() + timeout;
-        let mut seen = 0;
-        loop {
-            {
-                let lines = self.lines.lock().unwrap();
-                for line in &lines[seen..] {
-                    if let Some(found) = find(line) {
-                        return found;
-                    }
-                }
-                seen = lines.len();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "{}: no line with {what} within {timeout:?}; output:\n{}",
-                self.name,
-                self.output()
-            );
-            let _ = self.notify.recv_timeout(left);
-        }
-    }
-
-    /// The process id (to read `/proc/PID/status`, or to send a signal).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// SIGKILL, as a power cut or OOM kill would.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// What a process that ran to its end printed.
-pub struct Exited {
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// Runs `program` to its exit with `env` set (stdin closed); kills it and panics if it is
-/// still running after `timeout` — a command expected to fail that starts instead.
+/// [`test_procs::run_to_exit`], panicking with its error: a command still running after
+/// `timeout` (one expected to fail that starts instead) fails the test.
 pub fn run_to_exit(program: &Path, args: &[String], env: &[(&str, &str)], timeout: Duration) -> Exited {
-    let mut child = Command::new(program)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-    let readers: Vec<_> =
-        [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())]
-            .into_iter()
-            .map(|mut stream| {
-                std::thread::spawn(move || {
-                    let mut text = String::new();
-                    let _ = stream.read_to_string(&mut text);
-                    text
-                })
-            })
-            .collect();
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{} {args:?} still running after {timeout:?}", program.display());
-        }
-        // Polling for the exit of a process that has no other event to wait on.
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut texts = readers.into_iter().map(|r| r.join().unwrap_or_default());
-    Exited { code: status.code(), stdout: texts.next().unwrap_or_default(), stderr: texts.next().unwrap_or_default() }
+    test_procs::run_to_exit(program, args, env, timeout).unwrap_or_else(|e| panic!("{}: {e:#}", program.display()))
 }
 
-/// Extracts the value of `key=` (tracing's field format) from a log line.
-pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let start = line.find(&format!("{key}="))? + key.len() + 1;
-    Some(line[start..].split_whitespace().next()?.trim_matches('"'))
-}
-
-/// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
-pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        // Polling a status endpoint: the interval bounds load, not correctness.
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// GET `path` from an HTTP/1.1 server; body on 200.
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<Vec<u8>> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&response[..split]);
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    Some(response[split + 4..].to_vec())
+/// [`test_procs::eventually`], failing the test at the deadline.
+pub fn eventually<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    test_procs::eventually(what, timeout, check).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `/status` of an edge node as JSON.
 pub fn status(addr: SocketAddr) -> Option<Value> {
     serde_json::from_slice(&http_get(addr, "/status")?).ok()
-}
-
-/// Deterministic pseudo-random bytes.
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Runs the seeder to completion, panicking with its output on failure.
@@ -255,11 +92,17 @@ impl Origin {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        let proc = Proc::spawn("origin", &bin("seeder"), &args);
-        let addr = proc.wait_line("origin addrs", Duration::from_secs(30), |line| {
-            let v: Value = serde_json::from_str(line).ok()?;
-            Some(v["addrs"][0].as_str()?.to_string())
-        });
+        Origin::from_proc(Proc::spawn("origin", &bin("seeder"), &args).unwrap(), repo)
+    }
+
+    /// A started `seeder serve` for `repo`, once it has printed its addresses.
+    pub fn from_proc(proc: Proc, repo: PathBuf) -> Origin {
+        let addr = proc
+            .wait_line("origin addrs", Duration::from_secs(30), |line| {
+                let v: Value = serde_json::from_str(line).ok()?;
+                Some(v["addrs"][0].as_str()?.to_string())
+            })
+            .unwrap();
         Origin { proc, repo, addr }
     }
 
@@ -339,17 +182,21 @@ impl Edge {
             args.push(b.to_string());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        Edge::from_proc(Proc::spawn(name, &bin("edge-node"), &args), data_dir, site)
+        Edge::from_proc(Proc::spawn(name, &bin("edge-node"), &args).unwrap(), data_dir, site)
     }
 
     /// A started edge node, once its log has named its addresses.
     pub fn from_proc(proc: Proc, data_dir: &Path, site: &str) -> Edge {
-        let p2p = proc.wait_line("p2p address", Duration::from_secs(30), |l| {
-            (l.contains("listening") && l.contains("/p2p/")).then(|| field(l, "addr").map(String::from)).flatten()
-        });
-        let http = proc.wait_line("http address", Duration::from_secs(30), |l| {
-            l.contains("ops HTTP listening").then(|| field(l, "addr")?.parse().ok()).flatten()
-        });
+        let p2p = proc
+            .wait_line("p2p address", Duration::from_secs(30), |l| {
+                (l.contains("listening") && l.contains("/p2p/")).then(|| field(l, "addr").map(String::from)).flatten()
+            })
+            .unwrap();
+        let http = proc
+            .wait_line("http address", Duration::from_secs(30), |l| {
+                l.contains("ops HTTP listening").then(|| field(l, "addr")?.parse().ok()).flatten()
+            })
+            .unwrap();
         let device = |key: &'static str| {
             move |l: &str| {
                 let v = field(l, key)?;
@@ -358,8 +205,8 @@ impl Edge {
                     .flatten()
             }
         };
-        let device_quic = proc.wait_line("device QUIC address", Duration::from_secs(30), device("quic"));
-        let device_tcp = proc.wait_line("device TCP address", Duration::from_secs(30), device("tcp"));
+        let device_quic = proc.wait_line("device QUIC address", Duration::from_secs(30), device("quic")).unwrap();
+        let device_tcp = proc.wait_line("device TCP address", Duration::from_secs(30), device("tcp")).unwrap();
         Edge { proc, data_dir: data_dir.into(), site: site.into(), p2p, http, device_quic, device_tcp }
     }
 

@@ -10,7 +10,6 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde_json::Value;
 
 use super::device::{run_check, CheckRun, Device};
 use super::{bin, seeder, Edge, Origin, Proc};
@@ -64,7 +63,7 @@ impl NetPair {
     pub fn spawn(&self, ns: &str, name: &str, program: &Path, args: &[String]) -> Proc {
         let mut all: Vec<String> = vec!["netns".into(), "exec".into(), ns.into(), program.to_str().unwrap().into()];
         all.extend_from_slice(args);
-        Proc::spawn(name, Path::new("ip"), &all)
+        Proc::spawn(name, Path::new("ip"), &all).unwrap()
     }
 
     /// A seeder repository in `dir` served as the mesh origin inside the edge namespace (on
@@ -82,12 +81,7 @@ impl NetPair {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let proc = self.spawn(&self.edge, "origin", &bin("seeder"), &args);
-        let addr = proc.wait_line("origin addrs", Duration::from_secs(30), |line| {
-            let v: Value = serde_json::from_str(line).ok()?;
-            Some(v["addrs"][0].as_str()?.to_string())
-        });
-        Origin { proc, repo, addr }
+        Origin::from_proc(self.spawn(&self.edge, "origin", &bin("seeder"), &args), repo)
     }
 
     /// An edge node inside the edge namespace with mDNS on and its device service on
