@@ -13,26 +13,13 @@ use edge_node::http::{fetch_status, print_status, router, serve, HttpState};
 use edge_node::metrics::Metrics;
 use protocol::edge::status::EdgeStatus;
 use serde_json::{json, Value};
+use test_procs::random_bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 /// Marks every file outside the mirror; no response may ever contain it.
 const SECRET: &[u8] = b"SECRET-SIGNING-KEY-do-not-serve";
-
-/// Deterministic pseudo-random bytes (xorshift64).
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// A temp dir holding `mirror/` (the mirror root) with secrets planted where traversal would
 /// reach: `keys/x` inside the mirror root but outside `metadata/` and `targets/` (where the

@@ -4,6 +4,9 @@ use serde_json::Value;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
+
+use test_procs::{eventually, random_bytes, Options, Proc};
 
 fn seeder(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_seeder")).args(args).output().expect("seeder runs")
@@ -24,20 +27,6 @@ fn json(args: &[&str]) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     serde_json::from_str(&ok(&all)).unwrap()
-}
-
-/// Deterministic pseudo-random bytes (xorshift64), fast enough for 64 MiB in debug builds.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 struct Fixture {
@@ -404,16 +393,6 @@ fn published(repo: &Path, role: &str) -> (u64, i64) {
     (signed["version"].as_u64().unwrap(), expires)
 }
 
-/// Kills the child on drop, also when the test panics.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 const DAY: i64 = 86_400;
 
 #[test]
@@ -448,23 +427,28 @@ fn a_quiet_repository_does_not_freeze_devices() {
     let later = later + 25 * DAY;
     let (before_snapshot_v, _) = published(&f.repo, "snapshot");
     let (before_timestamp_v, _) = published(&f.repo, "timestamp");
-    let serve = Running(
-        Command::new(env!("CARGO_BIN_EXE_seeder"))
-            .args(["serve", "--repo", f.repo(), "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-mdns"])
-            .args(["--timestamp-expires", "4s", "--timestamp-renew-before", "2s"])
-            .env("OTAMESH_SEEDER_NOW", later.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let args: Vec<String> = [
+        "serve",
+        "--repo",
+        f.repo(),
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "--no-mdns",
+        "--timestamp-expires",
+        "4s",
+        "--timestamp-renew-before",
+        "2s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut options = Options::default();
+    options.env.push(("OTAMESH_SEEDER_NOW".into(), later.to_string()));
+    let serve = Proc::spawn_with("seeder serve", Path::new(env!("CARGO_BIN_EXE_seeder")), &args, &options).unwrap();
+    // Polling files the serving process writes: it announces renewals nowhere else.
     let wait_for = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !done() {
-            assert!(std::time::Instant::now() < deadline, "seeder serve did not renew {what} within 30 s");
-            // Polling files the serving process writes: the interval bounds load only.
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        eventually(&format!("seeder serve to renew {what}"), Duration::from_secs(30), || done().then_some(()))
+            .unwrap_or_else(|e| panic!("{e}; output:\n{}", serve.output()))
     };
     wait_for("the snapshot", &|| published(&f.repo, "snapshot").0 > before_snapshot_v);
     let (renewed_timestamp_v, _) = published(&f.repo, "timestamp");

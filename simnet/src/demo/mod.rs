@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use procs::{field, get_json, Proc};
 use protocol::edge::status::EdgeStatus;
 pub use summary::Summary;
+use test_procs::{field, http_get, Proc};
 
 /// Demo settings; the defaults are what `simnet demo` runs.
 #[derive(Debug, Clone)]
@@ -92,7 +92,7 @@ fn run_in(config: &DemoConfig, dir: &Path, seeder: &Path, edge_bin: &Path, devic
     let (v1, v2) = images::write(dir, config.image_mib)?;
 
     say("seeder serve: the origin joins the mesh");
-    let origin = Proc::spawn(
+    let origin = procs::spawn(
         "origin",
         seeder,
         &strings(&["--json", "serve", "--repo", &repo_s, "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-mdns"]),
@@ -237,7 +237,7 @@ fn start_edge(bin: &Path, data_dir: &Path, site: usize, bootstrap: &[String]) ->
         args.push(b.clone());
     }
     let name = data_dir.file_name().and_then(|n| n.to_str()).unwrap_or("edge").to_string();
-    let proc = Proc::spawn(&name, bin, &args)?;
+    let proc = procs::spawn(&name, bin, &args)?;
     let timeout = Duration::from_secs(30);
     let p2p = proc.wait_line("p2p address", timeout, |l| {
         (l.contains("listening") && l.contains("/p2p/")).then(|| field(l, "addr").map(String::from)).flatten()
@@ -275,7 +275,7 @@ fn start_device(bin: &Path, dir: &Path, repo: &Path, edges: &[String], site: usi
     let path = dir.join("agent.toml");
     std::fs::write(&path, config)?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("device").to_string();
-    let proc = Proc::spawn(&name, bin, &strings(&["run", "--config", path.to_str().context("path")?]))?;
+    let proc = procs::spawn(&name, bin, &strings(&["run", "--config", path.to_str().context("path")?]))?;
     Ok(Device { dir: dir.into(), site, rigged, _proc: proc })
 }
 
@@ -307,7 +307,7 @@ fn publish(seeder: &Path, repo: &str, image: &Path, version: &str, counter: u64)
 /// The edge node's `/status`, read as the one typed document the daemon serves; `None`
 /// while it does not answer.
 fn edge_status(edge: &Edge) -> Option<EdgeStatus> {
-    get_json(edge.http, "/status").and_then(|value| serde_json::from_value(value).ok())
+    http_get(edge.http, "/status").and_then(|body| serde_json::from_slice(&body).ok())
 }
 
 fn peer_count(edge: &Edge) -> usize {

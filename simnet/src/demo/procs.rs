@@ -1,114 +1,42 @@
-//! Child processes for the live demo: output lines captured (and kept for the error message
-//! if something fails), addresses learnt from the daemons' own log lines, and every child
-//! killed when its handle drops — on success, on error and on panic.
+//! Child processes for the live demo, through `test-procs`, the harness the integration
+//! tests use: output lines captured (the tail goes into the error if something fails),
+//! addresses learnt from the daemons' own log lines, every child killed when its handle
+//! drops — on success, on error and on panic.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
+use test_procs::{Options, Proc};
 
-/// A running daemon.
-pub struct Proc {
-    pub name: String,
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    notify: mpsc::Receiver<()>,
-}
+/// Most output lines kept per daemon: the tail is what explains a failure, and the demo's
+/// daemons run long enough for their logs to matter.
+const KEPT_LINES: usize = 5000;
+/// Longest a one-shot command (`seeder init`, `seeder release add` on the demo's images)
+/// may run before the demo gives up on it.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
 
-impl Proc {
-    /// Starts `program` with `args`, capturing stdout and stderr line by line.
-    pub fn spawn(name: &str, program: &Path, args: &[String]) -> Result<Proc> {
-        let mut child = Command::new(program)
-            .args(args)
-            .env("RUST_LOG", std::env::var("DEMO_LOG").unwrap_or_else(|_| "info,libp2p=warn".into()))
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot start {name} ({})", program.display()))?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, notify) = mpsc::channel();
-        let streams: [Box<dyn Read + Send>; 2] =
-            [Box::new(child.stdout.take().context("stdout")?), Box::new(child.stderr.take().context("stderr")?)];
-        for stream in streams {
-            let (lines, tx) = (lines.clone(), tx.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if let Ok(mut l) = lines.lock() {
-                        // Keep memory bounded for chatty daemons: the tail is what explains a failure.
-                        if l.len() > 5000 {
-                            l.drain(..2500);
-                        }
-                        l.push(line);
-                    }
-                    let _ = tx.send(());
-                }
-            });
-        }
-        Ok(Proc { name: name.into(), child, lines, notify })
-    }
-
-    /// Waits until an output line yields a value.
-    pub fn wait_line<T>(&self, what: &str, timeout: Duration, find: impl Fn(&str) -> Option<T>) -> Result<T> {
-        let deadline = Instant::now() + timeout;
-        let mut seen = 0;
-        loop {
-            {
-                let lines = self.lines.lock().map_err(|_| anyhow!("output lock"))?;
-                for line in lines.iter().skip(seen) {
-                    if let Some(v) = find(line) {
-                        return Ok(v);
-                    }
-                }
-                seen = lines.len();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                bail!("{}: no {what} within {timeout:?}; last output:\n{}", self.name, self.tail(15));
-            }
-            // Either a new line arrives or the deadline passes.
-            let _ = self.notify.recv_timeout(left);
-        }
-    }
-
-    /// The last `n` output lines.
-    pub fn tail(&self, n: usize) -> String {
-        let lines = self.lines.lock().map(|l| l.clone()).unwrap_or_default();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `key=value` from a tracing line.
-pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let start = line.find(&format!("{key}="))? + key.len() + 1;
-    let rest = &line[start..];
-    Some(rest.split_whitespace().next()?.trim_matches('"'))
+/// Starts a daemon. It stays in the terminal's process group: Ctrl-C ends the demo without
+/// running drops, and must reach the daemons too.
+pub fn spawn(name: &str, program: &Path, args: &[String]) -> Result<Proc> {
+    let log = std::env::var("DEMO_LOG").unwrap_or_else(|_| "info,libp2p=warn".into());
+    let options = Options {
+        env: vec![("RUST_LOG".into(), log), ("NO_COLOR".into(), "1".into())],
+        own_group: false,
+        max_lines: KEPT_LINES,
+    };
+    Proc::spawn_with(name, program, args, &options)
 }
 
 /// Runs a command to completion; its stdout on success, its output in the error otherwise.
 pub fn run(program: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(program).args(args).output().with_context(|| format!("cannot run {}", program.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} {} failed: {}{}",
-            program.display(),
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = test_procs::run_to_exit(program, &args, &[], COMMAND_TIMEOUT)?;
+    if out.code != Some(0) {
+        bail!("{} {} failed: {}{}", program.display(), args.join(" "), out.stdout, out.stderr);
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out.stdout)
 }
 
 /// The release binaries of the daemons, built if needed. `cargo run -p simnet -- demo`
@@ -140,16 +68,4 @@ pub fn daemon_binaries(bin_dir: Option<&Path>) -> Result<(PathBuf, PathBuf, Path
         }
     }
     Ok((seeder, edge, device))
-}
-
-/// One HTTP/1.0 GET on 127.0.0.1 (the edge nodes' /status), body as JSON.
-pub fn get_json(addr: std::net::SocketAddr, path: &str) -> Option<serde_json::Value> {
-    use std::io::Write;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = Vec::new();
-    stream.take(16 << 20).read_to_end(&mut response).ok()?;
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n")?;
-    serde_json::from_slice(&response[split + 4..]).ok()
 }

@@ -10,7 +10,6 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-
 use super::device::{run_check, CheckRun, Device};
 use super::{bin, seeder, Edge, Origin, Proc};
 
