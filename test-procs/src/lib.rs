@@ -14,10 +14,12 @@
 
 #![deny(missing_docs)]
 
+mod daemons;
 mod http;
 mod proc;
 mod wait;
 
+pub use daemons::{edge_addrs, edge_run_args, origin_addr, EdgeAddrs, LOOPBACK_LAN_FLAGS};
 pub use http::http_get;
 pub use proc::{Options, Proc};
 pub use wait::{eventually, wait_for_file};

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use protocol::edge::status::EdgeStatus;
 pub use summary::Summary;
-use test_procs::{field, http_get, Proc};
+use test_procs::{http_get, Proc};
 
 /// Demo settings; the defaults are what `simnet demo` runs.
 #[derive(Debug, Clone)]
@@ -97,10 +97,7 @@ fn run_in(config: &DemoConfig, dir: &Path, seeder: &Path, edge_bin: &Path, devic
         seeder,
         &strings(&["--json", "serve", "--repo", &repo_s, "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-mdns"]),
     )?;
-    let origin_addr = origin.wait_line("origin address", Duration::from_secs(30), |line| {
-        let v: Value = serde_json::from_str(line).ok()?;
-        Some(v["addrs"][0].as_str()?.to_string())
-    })?;
+    let origin_addr = test_procs::origin_addr(&origin, Duration::from_secs(30))?;
 
     say(&format!("{} sites × {} edge nodes", config.sites, config.edges_per_site));
     let mut edges: Vec<Edge> = Vec::new();
@@ -208,50 +205,13 @@ fn strings(args: &[&str]) -> Vec<String> {
 }
 
 fn start_edge(bin: &Path, data_dir: &Path, site: usize, bootstrap: &[String]) -> Result<Edge> {
-    let mut args = strings(&[
-        "run",
-        "--data-dir",
-        data_dir.to_str().context("path")?,
-        "--site",
-        &format!("site-{site}"),
-        "--listen",
-        "/ip4/127.0.0.1/udp/0/quic-v1",
-        "--no-mdns",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--device-quic-listen",
-        "127.0.0.1:0",
-        "--device-tcp-listen",
-        "127.0.0.1:0",
-        // Every demo device connects from 127.0.0.1: the per-address cap is for real LANs.
-        "--max-connections-per-client",
-        "512",
-        // Every demo device reports from 127.0.0.1; on a LAN each has its own address.
-        "--report-devices-per-client",
-        "1024",
-        "--reports-per-sec-per-client",
-        "100",
-    ]);
-    for b in bootstrap {
-        args.push("--bootstrap".into());
-        args.push(b.clone());
-    }
+    let bootstrap: Vec<&str> = bootstrap.iter().map(String::as_str).collect();
+    let args =
+        test_procs::edge_run_args(data_dir, &format!("site-{site}"), &bootstrap, &test_procs::LOOPBACK_LAN_FLAGS)?;
     let name = data_dir.file_name().and_then(|n| n.to_str()).unwrap_or("edge").to_string();
     let proc = procs::spawn(&name, bin, &args)?;
-    let timeout = Duration::from_secs(30);
-    let p2p = proc.wait_line("p2p address", timeout, |l| {
-        (l.contains("listening") && l.contains("/p2p/")).then(|| field(l, "addr").map(String::from)).flatten()
-    })?;
-    let http = proc.wait_line("ops HTTP address", timeout, |l| {
-        l.contains("ops HTTP listening").then(|| field(l, "addr")?.parse().ok()).flatten()
-    })?;
-    let device_quic = proc.wait_line("device QUIC address", timeout, |l| {
-        let v = field(l, "quic")?;
-        l.contains("device service listening")
-            .then(|| v.trim_start_matches("Some(").trim_end_matches(')').parse().ok())
-            .flatten()
-    })?;
-    Ok(Edge { _proc: proc, site, p2p, http, device_quic })
+    let addrs = test_procs::edge_addrs(&proc, Duration::from_secs(30))?;
+    Ok(Edge { _proc: proc, site, p2p: addrs.p2p, http: addrs.http, device_quic: addrs.device_quic })
 }
 
 fn start_device(bin: &Path, dir: &Path, repo: &Path, edges: &[String], site: usize, rigged: bool) -> Result<Device> {

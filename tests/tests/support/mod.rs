@@ -97,12 +97,7 @@ impl Origin {
 
     /// A started `seeder serve` for `repo`, once it has printed its addresses.
     pub fn from_proc(proc: Proc, repo: PathBuf) -> Origin {
-        let addr = proc
-            .wait_line("origin addrs", Duration::from_secs(30), |line| {
-                let v: Value = serde_json::from_str(line).ok()?;
-                Some(v["addrs"][0].as_str()?.to_string())
-            })
-            .unwrap();
+        let addr = test_procs::origin_addr(&proc, Duration::from_secs(30)).unwrap();
         Origin { proc, repo, addr }
     }
 
@@ -146,67 +141,19 @@ pub struct Edge {
 
 impl Edge {
     pub fn start(name: &str, data_dir: &Path, site: &str, bootstrap: &[&str]) -> Edge {
-        // Every test device connects and reports from 127.0.0.1, and killed agents leave QUIC
-        // connections open until the idle timeout: the per-address caps are for real LANs.
-        let loopback_lan = [
-            "--max-connections-per-client",
-            "512",
-            "--report-devices-per-client",
-            "1024",
-            "--reports-per-sec-per-client",
-            "100",
-        ];
-        Edge::start_with(name, data_dir, site, bootstrap, &loopback_lan)
+        Edge::start_with(name, data_dir, site, bootstrap, &test_procs::LOOPBACK_LAN_FLAGS)
     }
 
     /// `start` with extra `edge-node run` flags instead of the test defaults.
     pub fn start_with(name: &str, data_dir: &Path, site: &str, bootstrap: &[&str], extra: &[&str]) -> Edge {
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "--data-dir".into(),
-            data_dir.to_str().unwrap().into(),
-            "--site".into(),
-            site.into(),
-            "--listen".into(),
-            "/ip4/127.0.0.1/udp/0/quic-v1".into(),
-            "--no-mdns".into(),
-            "--http-listen".into(),
-            "127.0.0.1:0".into(),
-            "--device-quic-listen".into(),
-            "127.0.0.1:0".into(),
-            "--device-tcp-listen".into(),
-            "127.0.0.1:0".into(),
-        ];
-        for b in bootstrap {
-            args.push("--bootstrap".into());
-            args.push(b.to_string());
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let args = test_procs::edge_run_args(data_dir, site, bootstrap, extra).unwrap();
         Edge::from_proc(Proc::spawn(name, &bin("edge-node"), &args).unwrap(), data_dir, site)
     }
 
     /// A started edge node, once its log has named its addresses.
     pub fn from_proc(proc: Proc, data_dir: &Path, site: &str) -> Edge {
-        let p2p = proc
-            .wait_line("p2p address", Duration::from_secs(30), |l| {
-                (l.contains("listening") && l.contains("/p2p/")).then(|| field(l, "addr").map(String::from)).flatten()
-            })
-            .unwrap();
-        let http = proc
-            .wait_line("http address", Duration::from_secs(30), |l| {
-                l.contains("ops HTTP listening").then(|| field(l, "addr")?.parse().ok()).flatten()
-            })
-            .unwrap();
-        let device = |key: &'static str| {
-            move |l: &str| {
-                let v = field(l, key)?;
-                l.contains("device service listening")
-                    .then(|| v.trim_start_matches("Some(").trim_end_matches(')').parse().ok())
-                    .flatten()
-            }
-        };
-        let device_quic = proc.wait_line("device QUIC address", Duration::from_secs(30), device("quic")).unwrap();
-        let device_tcp = proc.wait_line("device TCP address", Duration::from_secs(30), device("tcp")).unwrap();
+        let addrs = test_procs::edge_addrs(&proc, Duration::from_secs(30)).unwrap();
+        let test_procs::EdgeAddrs { p2p, http, device_quic, device_tcp } = addrs;
         Edge { proc, data_dir: data_dir.into(), site: site.into(), p2p, http, device_quic, device_tcp }
     }
 
