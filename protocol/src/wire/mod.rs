@@ -139,7 +139,8 @@ impl<'a, E: ReadError> Reader<'a, E> {
         self.array(field).map(ChunkId)
     }
 
-    /// A release id: 32 raw bytes.
+    /// A release id: 32 raw bytes (only the mesh wire, which needs `alloc`, names releases).
+    #[cfg(feature = "alloc")]
     pub(crate) fn release_id(&mut self, field: &'static str) -> Result<ReleaseId, E> {
         self.array(field).map(ReleaseId)
     }

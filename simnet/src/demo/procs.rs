@@ -39,6 +39,21 @@ pub fn run(program: &Path, args: &[&str]) -> Result<String> {
     Ok(out.stdout)
 }
 
+/// Whether `name` is one of the variables cargo sets for the package it runs (not one that
+/// configures cargo itself, such as CARGO_HOME or CARGO_TARGET_DIR).
+fn is_package_variable(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "OUT_DIR"
+        )
+}
+
 /// The release binaries of the daemons, built if needed. `cargo run -p simnet -- demo`
 /// builds only simnet; the daemons are separate packages, so the demo asks cargo for them
 /// (a no-op once built).
@@ -56,7 +71,19 @@ pub fn daemon_binaries(bin_dir: Option<&Path>) -> Result<(PathBuf, PathBuf, Path
             args.push("--release");
         }
         eprintln!("building the daemons (seeder, edge-node, device-client; the first time takes a few minutes)…");
-        let status = Command::new(cargo).args(&args).status().context("cannot run cargo")?;
+        let mut build = Command::new(cargo);
+        build.args(&args);
+        // `cargo run` hands simnet the variables describing simnet's own package
+        // (CARGO_MANIFEST_DIR, CARGO_PKG_*, …). Passed on, they look to build scripts that
+        // watch them (ring's watches CARGO_MANIFEST_DIR) like a changed environment, and the
+        // daemons and everything under them were compiled again, for minutes, right after
+        // `cargo build --release --workspace --bins`.
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(is_package_variable) {
+                build.env_remove(name);
+            }
+        }
+        let status = build.status().context("cannot run cargo")?;
         if !status.success() {
             bail!("building the daemons failed");
         }
