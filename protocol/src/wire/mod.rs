@@ -15,7 +15,9 @@
 
 use core::marker::PhantomData;
 
-use crate::{ChunkId, ReleaseId};
+use crate::ChunkId;
+#[cfg(feature = "alloc")]
+use crate::ReleaseId;
 
 pub mod device;
 #[cfg(feature = "alloc")]
