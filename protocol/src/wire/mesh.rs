@@ -1,7 +1,7 @@
 //! Wire messages of the edge mesh: chunk batches, "which chunks do you have", and repository
 //! files. Edge nodes and the origin parse these from any peer on the internet, which is why
 //! the parser lives here, bounded and fuzzed (`fuzz/fuzz_targets/mesh_wire.rs`), next to the
-//! device service's ([`super::device`]) and sharing its [`Reader`] and [`ChunkRange`]; the
+//! device service's ([`super::device`]) and sharing its `Reader` and [`ChunkRange`]; the
 //! libp2p codec that frames them is the mesh crate's.
 //!
 //! Goals: a compact binary encoding that a hostile peer cannot use to make us allocate
