@@ -277,8 +277,7 @@ impl Agent {
         let dir = &self.config.data_dir;
         let target = dir.join("target.manifest");
         if record.target.is_none() && target.exists() {
-            let is_installed =
-                std::fs::read(&target).is_ok_and(|m| ReleaseId::of_manifest(&m).0 == record.installed.id);
+            let is_installed = std::fs::read(&target).is_ok_and(|m| ReleaseId::of_manifest(&m) == record.installed.id);
             if is_installed {
                 std::fs::rename(&target, dir.join("installed.manifest"))?;
             } else {
@@ -411,7 +410,7 @@ impl Agent {
             };
             let offer = Offer {
                 release: Release {
-                    id: ReleaseId::of_manifest(&manifest).0,
+                    id: ReleaseId::of_manifest(&manifest),
                     version,
                     security_counter: view.security_counter(),
                     image_len: view.image_len(),
@@ -430,7 +429,7 @@ impl Agent {
     fn target_manifest(&self) -> Result<Vec<u8>> {
         let target = self.engine.record().target.context("no target")?;
         let bytes = std::fs::read(self.config.data_dir.join("target.manifest")).context("target manifest missing")?;
-        if *blake3::hash(&bytes).as_bytes() != target.id {
+        if ReleaseId::of_manifest(&bytes) != target.id {
             bail!("target manifest on disk does not match the record");
         }
         Ok(bytes)
@@ -438,7 +437,7 @@ impl Agent {
 
     fn installed_manifest(&self) -> Option<Vec<u8>> {
         let bytes = std::fs::read(self.config.data_dir.join("installed.manifest")).ok()?;
-        (ReleaseId::of_manifest(&bytes).0 == self.engine.record().installed.id).then_some(bytes)
+        (ReleaseId::of_manifest(&bytes) == self.engine.record().installed.id).then_some(bytes)
     }
 
     async fn download(&mut self, slot: Slot) -> Result<()> {

@@ -9,7 +9,6 @@ use anyhow::{bail, Context, Result};
 use ed25519_dalek::{Signer, SigningKey};
 use protocol::install::Record;
 use protocol::status::{ReportProgress, ReportTarget, StatusReport};
-use protocol::ReleaseId;
 
 use crate::fetch::Counts;
 
@@ -62,12 +61,10 @@ pub fn report(
         seq,
         release: release.to_string(),
         version: record.installed.version.as_str().to_string(),
-        installed_id: ReleaseId(record.installed.id).to_hex(),
+        installed_id: record.installed.id.to_hex(),
         active_slot: record.active.name().to_string(),
         state: record.state.name().to_string(),
-        target: record
-            .target
-            .map(|t| ReportTarget { version: t.version.as_str().to_string(), id: ReleaseId(t.id).to_hex() }),
+        target: record.target.map(|t| ReportTarget { version: t.version.as_str().to_string(), id: t.id.to_hex() }),
         progress: ReportProgress {
             chunks_done: counts.map_or(record.chunks_done, |c| c.chunks_done),
             chunk_count: counts.map_or(record.target.map_or(0, |t| t.chunk_count), |c| c.chunk_count),

@@ -120,7 +120,7 @@ fn install_release() -> Result<(), Failure> {
     drive(&mut engine, &mut boot, &mut page)?;
     let offer = Offer {
         release: Release {
-            id: protocol::ChunkId::of(view.as_bytes()).0,
+            id: protocol::ReleaseId::of_manifest(view.as_bytes()),
             version: Label::new(view.version()).ok_or(Failure::Manifest)?,
             security_counter: view.security_counter(),
             image_len: view.image_len(),

@@ -8,6 +8,7 @@ use protocol::install::{
     Slot, State,
 };
 use protocol::time::{Duration, Instant};
+use protocol::ReleaseId;
 
 const CHUNKS: u32 = 10;
 
@@ -17,7 +18,7 @@ fn label(s: &str) -> Label {
 
 fn release(tag: u8, version: &str, counter: u64) -> Release {
     Release {
-        id: [tag; 32],
+        id: ReleaseId([tag; 32]),
         version: label(version),
         security_counter: counter,
         image_len: 640 * 1024,
@@ -32,7 +33,7 @@ fn config() -> EngineConfig {
 /// What one slot holds: the release whose chunks were written and how many.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct SlotContent {
-    release: [u8; 32],
+    release: ReleaseId,
     chunks: u32,
 }
 
@@ -64,7 +65,10 @@ impl Device {
         let record = Record::factory(Slot::A, installed);
         Device {
             persisted: record.encode().to_vec(),
-            slots: [SlotContent { release: installed.id, chunks: CHUNKS }, SlotContent { release: [0; 32], chunks: 0 }],
+            slots: [
+                SlotContent { release: installed.id, chunks: CHUNKS },
+                SlotContent { release: ReleaseId([0; 32]), chunks: 0 },
+            ],
             boot_active: Slot::A,
             boot_pending: None,
             boot_count: 0,
@@ -129,7 +133,7 @@ impl Device {
             }
             Action::ResetProgress => {
                 let slot = self.engine().record().inactive();
-                self.slots[slot as usize] = SlotContent { release: [0; 32], chunks: 0 };
+                self.slots[slot as usize] = SlotContent { release: ReleaseId([0; 32]), chunks: 0 };
             }
             Action::Download { slot } => {
                 let target = target.expect("download has a target");

@@ -35,6 +35,7 @@ use protocol::device::fetch::FetchConfig;
 use protocol::device::{EdgeRecord, FetchPlan, ReleaseCandidate};
 use protocol::install::{Engine, EngineConfig, ErrorCode, Label, Offer, Release, Slot, State};
 use protocol::time::Duration;
+use protocol::ReleaseId;
 
 use crate::engine::{secs, FlowId, Micros};
 use crate::release::{self, HW_CLASS};
@@ -122,7 +123,7 @@ impl DeviceFetch {
 pub fn offer(release: &release::Release) -> Offer {
     Offer {
         release: Release {
-            id: release.id.0,
+            id: release.id,
             version: label(RELEASE_VERSION),
             security_counter: RELEASE_COUNTER,
             image_len: release.bytes,
@@ -271,7 +272,7 @@ pub fn is_resting(state: State) -> bool {
 }
 
 /// Where `engine` stands with the release `release_id`.
-pub fn end_state(engine: &Engine, release_id: &[u8; 32]) -> EndState {
+pub fn end_state(engine: &Engine, release_id: &ReleaseId) -> EndState {
     let record = engine.record();
     if !is_resting(record.state) || record.target.is_some() {
         return EndState::Unfinished(record.state);

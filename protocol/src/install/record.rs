@@ -7,6 +7,8 @@
 //! already sit verified in the inactive slot is the driver's bitmap; the record carries
 //! only counts, so its size does not grow with the image.
 
+use crate::ReleaseId;
+
 /// One of the two A/B slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Slot {
@@ -219,7 +221,7 @@ impl core::fmt::Debug for Label {
 pub struct Release {
     /// blake3 of the manifest bytes (all zero for an image of unknown origin, such as a
     /// factory flash without a manifest).
-    pub id: [u8; 32],
+    pub id: ReleaseId,
     /// The manifest's version string.
     pub version: Label,
     /// The manifest's anti-rollback counter.
@@ -233,7 +235,7 @@ pub struct Release {
 impl Release {
     /// A release with no manifest behind it (what a factory-flashed device runs).
     pub fn unknown(version: Label, security_counter: u64) -> Release {
-        Release { id: [0; 32], version, security_counter, image_len: 0, chunk_count: 0 }
+        Release { id: ReleaseId([0; 32]), version, security_counter, image_len: 0, chunk_count: 0 }
     }
 }
 
@@ -268,7 +270,7 @@ pub struct Record {
     pub last_error: Option<ErrorCode>,
     /// A release this device installed and rolled back (or could not verify): offered again,
     /// it is skipped, so a bad release does not loop through trial after trial.
-    pub refused: [u8; 32],
+    pub refused: ReleaseId,
     /// The anti-rollback floor: no release with a lower security counter is accepted. Raised
     /// on each commit, never lowered.
     pub min_security_counter: u64,
@@ -302,7 +304,7 @@ impl Record {
             bytes_reused: 0,
             verify_failures: 0,
             last_error: None,
-            refused: [0; 32],
+            refused: ReleaseId([0; 32]),
             min_security_counter: installed.security_counter,
             sequence: 0,
         }
@@ -326,7 +328,7 @@ impl Record {
         w.put(&self.bytes_fetched.to_le_bytes());
         w.put(&self.bytes_reused.to_le_bytes());
         w.put(&[self.verify_failures, self.last_error.is_some() as u8, self.last_error.map_or(0, |e| e as u8)]);
-        w.put(&self.refused);
+        w.put(&self.refused.0);
         w.put(&self.min_security_counter.to_le_bytes());
         w.put(&self.sequence.to_le_bytes());
         let at = w.at;
@@ -369,7 +371,7 @@ impl Record {
             1 => Some(ErrorCode::from_byte(error).ok_or(RecordError::Field)?),
             _ => return Err(RecordError::Field),
         };
-        let refused = r.array();
+        let refused = ReleaseId(r.array());
         let min_security_counter = r.u64();
         let sequence = r.u64();
         Ok(Record {
@@ -390,7 +392,7 @@ impl Record {
 }
 
 fn put_release(w: &mut Writer<'_>, release: &Release) {
-    w.put(&release.id);
+    w.put(&release.id.0);
     w.put(&[release.version.len]);
     w.put(&release.version.bytes);
     w.put(&release.security_counter.to_le_bytes());
@@ -399,7 +401,7 @@ fn put_release(w: &mut Writer<'_>, release: &Release) {
 }
 
 fn get_release(r: &mut Reader<'_>) -> Result<Release, RecordError> {
-    let id = r.array();
+    let id = ReleaseId(r.array());
     let len = r.u8();
     let version = Label::from_parts(len, r.array()).ok_or(RecordError::Field)?;
     Ok(Release { id, version, security_counter: r.u64(), image_len: r.u64(), chunk_count: r.u32() })
@@ -452,7 +454,7 @@ mod tests {
         let mut record = Record::factory(Slot::B, Release::unknown(Label::new("1.0.0").unwrap(), 3));
         record.state = State::Downloading;
         record.target = Some(Release {
-            id: [7; 32],
+            id: ReleaseId([7; 32]),
             version: Label::new("2.0.0").unwrap(),
             security_counter: 4,
             image_len: 1 << 20,

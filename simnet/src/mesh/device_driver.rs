@@ -46,7 +46,7 @@ impl World<'_> {
         let now = self.now;
         let dev = &mut self.devices[d as usize];
         let engine = &self.engines[d as usize];
-        if !dev.finished && dev.op == Op::None && devices::end_state(engine, &self.rel.id.0).is_finished() {
+        if !dev.finished && dev.op == Op::None && devices::end_state(engine, &self.rel.id).is_finished() {
             dev.finished = true;
             self.terminal += 1;
             self.out.finished_at[d as usize] = now;

@@ -546,7 +546,7 @@ impl<'a> World<'a> {
         let mut total_stuck = 0;
         let mut ends: HashMap<EndState, u64> = HashMap::new();
         for (d, engine) in self.engines.iter().enumerate() {
-            let end = devices::end_state(engine, &self.rel.id.0);
+            let end = devices::end_state(engine, &self.rel.id);
             *ends.entry(end).or_default() += 1;
             match end {
                 EndState::Committed => self.out.committed += 1,
