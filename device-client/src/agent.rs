@@ -90,7 +90,7 @@ impl Agent {
     /// then, so a start that fails on its inputs leaves nothing behind.
     pub fn open(config: AgentConfig, mode: Mode) -> Result<Agent> {
         config.validate()?;
-        let metadata = MetadataDir(config.data_dir.join("metadata"));
+        let metadata = MetadataDir::new(config.data_dir.join("metadata"));
         let root_to_pin = match &config.trusted_root {
             Some(root) if !metadata.has_root() => Some(MetadataDir::read_trusted_root(root)?),
             Some(_) => None,

@@ -9,43 +9,40 @@
 //! (`protocol::device::metadata::refresh_verdict`), and a manifest that failed verification from one the edge
 //! does not have.
 
-use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use edge_client::DeviceClient;
+use host::tuf_dir::{DriveError, TrustedDir};
 use protocol::device::release::{self, choose_release as choose_release_among, DeviceIdentity, Refusal};
 use protocol::device::{ReleaseCandidate, ReleaseChoice};
 use protocol::manifest::ManifestView;
-use protocol::tuf::{encode_role_name, Event, FetchError, Request, Source, TargetFile, TrustedMetadataSet, Updater};
+use protocol::tuf::{FetchError, TargetFile, TrustedMetadataSet, Updater};
 
 use crate::tuf_http::unix_now;
 
 /// Where the agent keeps verified metadata: `metadata_dir/root.json` is the pinned root.
 #[derive(Debug, Clone)]
-pub struct MetadataDir(pub PathBuf);
+pub struct MetadataDir(pub TrustedDir);
 
 impl MetadataDir {
+    /// Metadata under `dir`.
+    pub fn new(dir: PathBuf) -> MetadataDir {
+        MetadataDir(TrustedDir::new(dir))
+    }
+
     /// Whether a root is pinned already (a device that has started before).
     pub fn has_root(&self) -> bool {
-        self.0.join("root.json").exists()
+        self.0.has_root()
     }
 
     /// Reads and checks the configured root without writing anything, so a bad
     /// `trusted_root` fails the start before the data directory exists.
     pub fn read_trusted_root(root: &Path) -> Result<Vec<u8>> {
         let limit = crate::tuf_config().root_max_length;
-        let mut bytes = Vec::new();
-        fs::File::open(root).and_then(|file| file.take(limit + 1).read_to_end(&mut bytes)).with_context(|| {
+        let bytes = host::tuf_dir::read_capped(root, limit).with_context(|| {
             format!("cannot read trusted root {}; set trusted_root to the fleet's root.json", root.display())
         })?;
-        if bytes.len() as u64 > limit {
-            bail!(
-                "trusted root {} is larger than {limit} bytes; set trusted_root to the fleet's root.json",
-                root.display()
-            );
-        }
         Updater::new(&bytes, unix_now(), crate::tuf_config()).map_err(|e| {
             anyhow!("trusted root {} is invalid ({e}); set trusted_root to the fleet's root.json", root.display())
         })?;
@@ -54,17 +51,7 @@ impl MetadataDir {
 
     /// Pins `root` (checked by [`MetadataDir::read_trusted_root`]) on a device's first start.
     pub fn pin_root(&self, root: &[u8]) -> Result<()> {
-        Ok(host::fs::write_atomic(&self.0.join("root.json"), root, host::fs::PUBLIC)?)
-    }
-
-    fn read_cached(&self, request: &Request) -> std::result::Result<Vec<u8>, FetchError> {
-        let file = fs::File::open(self.0.join(&request.file_name)).map_err(|_| FetchError::NotFound)?;
-        let mut bytes = Vec::new();
-        file.take(request.max_length + 1).read_to_end(&mut bytes).map_err(|_| FetchError::Failed)?;
-        if bytes.len() as u64 > request.max_length {
-            return Err(FetchError::TooLarge);
-        }
-        Ok(bytes)
+        Ok(self.0.pin_root(root)?)
     }
 }
 
@@ -92,38 +79,29 @@ impl std::fmt::Display for RefreshError {
 
 /// One full TUF refresh (root chain, timestamp, snapshot, targets) through `edge`.
 pub async fn refresh(edge: &mut DeviceClient, dir: &MetadataDir) -> Result<TrustedMetadataSet, RefreshError> {
-    let root = fs::read(dir.0.join("root.json"))
+    let root = dir
+        .0
+        .read_root(crate::tuf_config().root_max_length)
         .context("no pinned root in the metadata directory")
         .map_err(RefreshError::Local)?;
     let mut updater = Updater::new(&root, unix_now(), crate::tuf_config())
         .map_err(|e| RefreshError::Local(anyhow!("pinned root: {e}")))?;
     updater.refresh();
-    loop {
-        while let Some(event) = updater.poll_event() {
-            if let Event::Persist { role, bytes } = event {
-                host::fs::write_atomic(
-                    &dir.0.join(format!("{}.json", encode_role_name(&role))),
-                    &bytes,
-                    host::fs::PUBLIC,
-                )
-                .map_err(|e| RefreshError::Local(e.into()))?;
+    while let Some(request) = dir.0.next_remote(&mut updater, |_| Ok(())).map_err(|e| match e {
+        DriveError::Metadata(e) => RefreshError::Metadata(e),
+        DriveError::Local(e) => RefreshError::Local(e),
+    })? {
+        let response = match edge.get_metadata(&request.file_name).await {
+            Ok(Some(bytes)) if bytes.len() as u64 <= request.max_length => Ok(bytes),
+            Ok(Some(_)) => Err(FetchError::TooLarge),
+            Ok(None) => Err(FetchError::NotFound),
+            Err(e @ (edge_client::ClientError::Malformed(_) | edge_client::ClientError::Unexpected(_))) => {
+                return Err(RefreshError::Malformed(e));
             }
-        }
-        let Some(request) = updater.poll_request() else { break };
-        let response = match request.source {
-            Source::Cache => dir.read_cached(&request),
-            Source::Remote => match edge.get_metadata(&request.file_name).await {
-                Ok(Some(bytes)) if bytes.len() as u64 <= request.max_length => Ok(bytes),
-                Ok(Some(_)) => Err(FetchError::TooLarge),
-                Ok(None) => Err(FetchError::NotFound),
-                Err(e @ (edge_client::ClientError::Malformed(_) | edge_client::ClientError::Unexpected(_))) => {
-                    return Err(RefreshError::Malformed(e));
-                }
-                Err(e) => {
-                    tracing::debug!(%e, file = %request.file_name, "metadata fetch failed");
-                    Err(FetchError::Failed)
-                }
-            },
+            Err(e) => {
+                tracing::debug!(%e, file = %request.file_name, "metadata fetch failed");
+                Err(FetchError::Failed)
+            }
         };
         updater.handle_response(response).map_err(RefreshError::Metadata)?;
     }

@@ -6,13 +6,13 @@
 //! targets are written to a temporary file, synced and renamed, so a crash never leaves a
 //! half-written trusted file. The clock is read here, once per client.
 
-use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Result};
-use protocol::tuf::{encode_role_name, Config, Event, FetchError, Request, Source, TargetFile, Updater};
+use anyhow::{anyhow, bail, Context, Result};
+use host::tuf_dir::TrustedDir;
+use protocol::tuf::{encode_role_name, Config, Event, FetchError, TargetFile, Updater};
 
 /// How long one HTTP request may take end to end.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,7 +21,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct TufHttpClient {
     updater: Updater,
     agent: ureq::Agent,
-    metadata_dir: PathBuf,
+    metadata: TrustedDir,
     metadata_url: String,
 }
 
@@ -57,16 +57,6 @@ pub fn fetch_capped(agent: &ureq::Agent, url: &str, max_length: u64) -> std::res
     Ok(body)
 }
 
-fn read_capped_file(path: &Path, max_length: u64) -> std::result::Result<Vec<u8>, FetchError> {
-    let file = fs::File::open(path).map_err(|_| FetchError::NotFound)?;
-    let mut body = Vec::new();
-    file.take(max_length.saturating_add(1)).read_to_end(&mut body).map_err(|_| FetchError::Failed)?;
-    if body.len() as u64 > max_length {
-        return Err(FetchError::TooLarge);
-    }
-    Ok(body)
-}
-
 /// Where a verified target is stored: one stable name per target path, percent-encoded
 /// so paths cannot escape `target_dir`.
 pub fn target_file_path(target_dir: &Path, target: &TargetFile) -> PathBuf {
@@ -76,14 +66,15 @@ pub fn target_file_path(target_dir: &Path, target: &TargetFile) -> PathBuf {
 impl TufHttpClient {
     /// Loads the trusted root from `metadata_dir/root.json` with the default limits.
     pub fn new(metadata_dir: &Path, metadata_url: &str, config: Config) -> Result<Self> {
-        let root_path = metadata_dir.join("root.json");
-        let root = read_capped_file(&root_path, config.root_max_length)
-            .map_err(|e| anyhow!("reading {}: {e:?}", root_path.display()))?;
+        let metadata = TrustedDir::new(metadata_dir);
+        let root = metadata
+            .read_root(config.root_max_length)
+            .with_context(|| format!("reading {}", metadata_dir.join("root.json").display()))?;
         let updater = Updater::new(&root, unix_now(), config).map_err(|e| anyhow!("trusted root is invalid: {e}"))?;
         Ok(TufHttpClient {
             updater,
             agent: ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT).build(),
-            metadata_dir: metadata_dir.to_path_buf(),
+            metadata,
             metadata_url: with_slash(metadata_url),
         })
     }
@@ -93,39 +84,23 @@ impl TufHttpClient {
         &self.updater
     }
 
-    fn answer(&self, request: &Request) -> std::result::Result<Vec<u8>, FetchError> {
-        match request.source {
-            Source::Cache => read_capped_file(&self.metadata_dir.join(&request.file_name), request.max_length),
-            Source::Remote => {
-                fetch_capped(&self.agent, &format!("{}{}", self.metadata_url, request.file_name), request.max_length)
-            }
-        }
-    }
-
     /// Runs the updater until it has no request; returns the lookup result, if any.
     fn drive(&mut self) -> Result<Option<Option<TargetFile>>> {
         let mut found = None;
-        loop {
-            while let Some(event) = self.updater.poll_event() {
-                match event {
-                    Event::Persist { role, bytes } => {
-                        host::fs::write_atomic(
-                            &self.metadata_dir.join(format!("{}.json", encode_role_name(&role))),
-                            &bytes,
-                            host::fs::PUBLIC,
-                        )?;
-                    }
-                    Event::Refreshed => {}
-                    Event::TargetFound(t) => found = Some(Some(t)),
-                    Event::TargetNotFound { .. } => found = Some(None),
-                }
+        let mut remember = |event: &Event| {
+            match event {
+                Event::TargetFound(t) => found = Some(Some(t.clone())),
+                Event::TargetNotFound { .. } => found = Some(None),
+                Event::Persist { .. } | Event::Refreshed => {}
             }
-            let Some(request) = self.updater.poll_request() else {
-                return Ok(found);
-            };
-            let response = self.answer(&request);
+            Ok(())
+        };
+        while let Some(request) = self.metadata.next_remote(&mut self.updater, &mut remember)? {
+            let url = format!("{}{}", self.metadata_url, request.file_name);
+            let response = fetch_capped(&self.agent, &url, request.max_length);
             self.updater.handle_response(response).map_err(|e| anyhow!("{e}"))?;
         }
+        Ok(found)
     }
 
     /// Updates top-level metadata (TUF spec 5.3–5.6).
@@ -143,7 +118,7 @@ impl TufHttpClient {
     /// The local copy of `target` if it exists and verifies.
     pub fn cached_target(target_dir: &Path, target: &TargetFile) -> Option<PathBuf> {
         let path = target_file_path(target_dir, target);
-        let bytes = read_capped_file(&path, target.length).ok()?;
+        let bytes = host::tuf_dir::read_capped(&path, target.length).ok()?;
         target.verify(&bytes).ok().map(|_| path)
     }
 

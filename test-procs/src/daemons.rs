@@ -62,6 +62,18 @@ pub struct EdgeAddrs {
     pub device_tcp: SocketAddr,
 }
 
+impl EdgeAddrs {
+    /// The node's peer id, from the `/p2p/` suffix of its address.
+    pub fn peer_id(&self) -> &str {
+        peer_id(&self.p2p)
+    }
+}
+
+/// The peer id at the end of a libp2p address (`…/p2p/<peer id>`); empty if it names none.
+pub fn peer_id(p2p_addr: &str) -> &str {
+    p2p_addr.rsplit_once("/p2p/").map_or("", |(_, id)| id)
+}
+
 /// Waits (each for at most `timeout`) until an edge node's log has named all its addresses.
 pub fn edge_addrs(proc: &Proc, timeout: Duration) -> Result<EdgeAddrs> {
     let p2p = proc.wait_line("p2p address", timeout, |l| {

@@ -19,7 +19,7 @@ mod http;
 mod proc;
 mod wait;
 
-pub use daemons::{edge_addrs, edge_run_args, origin_addr, EdgeAddrs, LOOPBACK_LAN_FLAGS};
+pub use daemons::{edge_addrs, edge_run_args, origin_addr, peer_id, EdgeAddrs, LOOPBACK_LAN_FLAGS};
 pub use http::http_get;
 pub use proc::{Options, Proc};
 pub use wait::{eventually, wait_for_file};

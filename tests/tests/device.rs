@@ -6,7 +6,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::device::{kill9, Device};
+use support::device::Device;
 use support::{eventually, random_bytes, Edge, Origin};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(120);
@@ -199,7 +199,7 @@ fn wait_or_kill(child: &mut std::process::Child, delay: Duration) -> bool {
         }
         let now = std::time::Instant::now();
         if now >= deadline {
-            kill9(child.id());
+            let _ = child.kill(); // SIGKILL
             let _ = child.wait();
             return false;
         }

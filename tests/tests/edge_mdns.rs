@@ -75,17 +75,8 @@ impl Node {
         }
         // `ip netns exec` and `env` both exec, so the process killed on drop is the node.
         let proc = net.spawn(ns, name, Path::new("env"), &args);
-        let id = proc
-            .wait_line("p2p address", START, |l| {
-                let addr = l.contains("listening").then(|| field(l, "addr")).flatten()?;
-                Some(addr.rsplit_once("/p2p/")?.1.to_string())
-            })
-            .unwrap();
-        let http = proc
-            .wait_line("http address", START, |l| {
-                l.contains("ops HTTP listening").then(|| field(l, "addr")?.parse().ok()).flatten()
-            })
-            .unwrap();
+        let addrs = test_procs::edge_addrs(&proc, START).unwrap();
+        let (id, http) = (addrs.peer_id().to_string(), addrs.http);
         Node { proc, ns: ns.into(), site: site.into(), id, http }
     }
 

@@ -122,10 +122,6 @@ fn impostor_repo(dir: &Path) -> PathBuf {
     repo
 }
 
-fn peer_id(p2p_addr: &str) -> &str {
-    p2p_addr.rsplit("/p2p/").next().unwrap()
-}
-
 fn write_image(dir: &Path, seed: u64) -> PathBuf {
     let path = dir.join(format!("image-{seed}.img"));
     std::fs::write(&path, random_bytes(2 << 20, seed)).unwrap();
@@ -154,8 +150,12 @@ fn an_origin_impostor_found_on_the_mesh_stops_neither_refresh_nor_push_updates()
     let edge = Edge::start_with("edge", &dir.path().join("edge"), "plant-a", &[origin.addr.as_str()], &extra);
     // The impostor finds the edge node on its own (as through the DHT) and claims to be the
     // origin; it gossips a forged timestamp with the highest version there is.
-    let impostor =
-        Impostor::start(&impostor_repo(dir.path()), peer_id(&origin.addr), std::slice::from_ref(&edge.p2p), true);
+    let impostor = Impostor::start(
+        &impostor_repo(dir.path()),
+        test_procs::peer_id(&origin.addr),
+        std::slice::from_ref(&edge.p2p),
+        true,
+    );
     eventually("the edge node to see the impostor", Duration::from_secs(30), || {
         edge.status()?["peers"].as_array()?.iter().any(|p| p["peer"] == impostor.peer.as_str()).then_some(())
     });
@@ -185,7 +185,7 @@ fn forged_metadata_from_the_first_source_falls_back_to_the_next_and_penalizes_th
     // A configured origin that turned hostile: a bootstrap peer identifying as the origin, so
     // it is asked first. It does not gossip: a forged announcement would get it skipped before
     // it is ever asked.
-    let impostor = Impostor::start(&impostor_repo(dir.path()), peer_id(&origin.addr), &[], false);
+    let impostor = Impostor::start(&impostor_repo(dir.path()), test_procs::peer_id(&origin.addr), &[], false);
     let edge = Edge::start_with(
         "edge",
         &dir.path().join("edge"),
@@ -222,8 +222,12 @@ fn an_edge_node_without_a_trusted_root_never_pins_an_impostors_root() {
     let (repo, origin_addr) = (first.repo.clone(), first.addr.clone());
     drop(first);
     let edge = Edge::start_with("edge", &dir.path().join("edge"), "plant-a", &[origin_addr.as_str()], &NO_POLLING);
-    let impostor =
-        Impostor::start(&impostor_repo(dir.path()), peer_id(&origin_addr), std::slice::from_ref(&edge.p2p), true);
+    let impostor = Impostor::start(
+        &impostor_repo(dir.path()),
+        test_procs::peer_id(&origin_addr),
+        std::slice::from_ref(&edge.p2p),
+        true,
+    );
     eventually("the edge node to see the impostor", Duration::from_secs(30), || {
         edge.status()?["peers"].as_array()?.iter().any(|p| p["peer"] == impostor.peer.as_str()).then_some(())
     });

@@ -213,7 +213,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         config.report_limits(),
         metrics.clone(),
     );
-    let pinned_root = std::fs::read(dirs.trusted.join("root.json")).ok();
+    let pinned_root = dirs.trusted.read_root(protocol::tuf::Config::default().root_max_length).ok();
     let trusted_timestamp_version = dirs.load_cached(unix_now()).and_then(|t| t.timestamp().map(|t| t.common.version));
     let device_config = crate::device::DeviceServiceConfig {
         quic_addr: Some(config.device_quic_listen),

@@ -82,7 +82,7 @@ impl Daemon {
                 Ok((found, trusted.timestamp().map_or(0, |t| t.common.version)))
             }
             .await;
-            let root = std::fs::read(dirs.trusted.join("root.json")).ok();
+            let root = dirs.trusted.read_root(protocol::tuf::Config::default().root_max_length).ok();
             let (result, timestamp_version) = match result {
                 Ok((found, version)) => (Ok(found), version),
                 Err(e) => (Err(e), 0),

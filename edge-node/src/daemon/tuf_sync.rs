@@ -9,11 +9,10 @@
 //! that the HTTP server exposes to any TUF client.
 
 use anyhow::{anyhow, bail, Context, Result};
+use host::tuf_dir::TrustedDir;
 use libp2p::PeerId;
 use protocol::manifest::ManifestView;
-use protocol::tuf::{encode_role_name, Config, Event, FetchError, Source, TargetFile, TrustedMetadataSet, Updater};
-use std::fs;
-use std::io::Read;
+use protocol::tuf::{encode_role_name, Config, Event, FetchError, TargetFile, TrustedMetadataSet, Updater};
 use std::path::{Path, PathBuf};
 use tracing::{debug, info, warn};
 
@@ -25,7 +24,7 @@ use mesh::NetworkClient;
 #[derive(Debug, Clone)]
 pub struct TufDirs {
     /// The client's trusted copies, one per role.
-    pub trusted: PathBuf,
+    pub trusted: TrustedDir,
     /// The mirror served over HTTP and to peers.
     pub mirror: PathBuf,
 }
@@ -42,12 +41,12 @@ pub struct FoundRelease {
 impl TufDirs {
     /// Under `data_dir`.
     pub fn new(data_dir: &Path) -> Self {
-        TufDirs { trusted: data_dir.join("tuf"), mirror: data_dir.join("repo") }
+        TufDirs { trusted: TrustedDir::new(data_dir.join("tuf")), mirror: data_dir.join("repo") }
     }
 
     /// Whether a root is pinned already.
     pub fn has_root(&self) -> bool {
-        self.trusted.join("root.json").exists()
+        self.trusted.has_root()
     }
 
     /// Pins `root` (an operator-supplied file, or the origin's on first use) after checking
@@ -55,8 +54,7 @@ impl TufDirs {
     pub fn pin_root(&self, root: &[u8], now: i64) -> Result<()> {
         let set = TrustedMetadataSet::new(root, now, None).map_err(|e| anyhow!("trusted root: {e}"))?;
         let version = set.root().common.version;
-        fs::create_dir_all(&self.trusted)?;
-        host::fs::write_atomic(&self.trusted.join("root.json"), root, host::fs::PUBLIC)?;
+        self.trusted.pin_root(root)?;
         repo_files::write(&self.mirror, &format!("metadata/{version}.root.json"), root)?;
         repo_files::write(&self.mirror, "metadata/root.json", root)?;
         Ok(())
@@ -65,13 +63,14 @@ impl TufDirs {
     /// The last verified state from disk, without the network; `None` if incomplete. Used at
     /// start-up so a node whose WAN is down still knows (and serves) its releases.
     pub fn load_cached(&self, now: i64) -> Option<TrustedMetadataSet> {
-        let read = |role: &str| fs::read(self.trusted.join(format!("{}.json", encode_role_name(role)))).ok();
+        let limits = Config::default();
+        let read = |role: &str, max_length| self.trusted.read_role(role, max_length);
         // Expired metadata is still what we last verified; serving it is a local decision,
         // devices re-check expiry themselves.
-        let mut set = TrustedMetadataSet::new(&read("root")?, now, None).ok()?;
-        set.update_timestamp(&read("timestamp")?).ok()?;
-        set.update_snapshot(&read("snapshot")?, true).ok()?;
-        set.update_delegated_targets(&read("targets")?, "targets", "root").ok()?;
+        let mut set = TrustedMetadataSet::new(&read("root", limits.root_max_length)?, now, None).ok()?;
+        set.update_timestamp(&read("timestamp", limits.timestamp_max_length)?).ok()?;
+        set.update_snapshot(&read("snapshot", limits.snapshot_max_length)?, true).ok()?;
+        set.update_delegated_targets(&read("targets", limits.targets_max_length)?, "targets", "root").ok()?;
         Some(set)
     }
 }
@@ -213,63 +212,38 @@ pub async fn refresh(
     mut announced: Option<Vec<u8>>,
     outcomes: &mut SourceOutcomes,
 ) -> Result<TrustedMetadataSet> {
-    let root = fs::read(dirs.trusted.join("root.json")).context("no pinned root")?;
-    let mut updater = Updater::new(&root, now, Config::default()).map_err(|e| anyhow!("pinned root: {e}"))?;
+    let config = Config::default();
+    let root = dirs.trusted.read_root(config.root_max_length).context("no pinned root")?;
+    let mut updater = Updater::new(&root, now, config).map_err(|e| anyhow!("pinned root: {e}"))?;
     updater.refresh();
-    loop {
-        while let Some(event) = updater.poll_event() {
-            if let Event::Persist { role, bytes } = event {
-                host::fs::write_atomic(
-                    &dirs.trusted.join(format!("{}.json", encode_role_name(&role))),
-                    &bytes,
-                    host::fs::PUBLIC,
-                )?;
-                let version = signed_version(&bytes).unwrap_or(0);
-                match role.as_str() {
-                    "timestamp" => repo_files::write(&dirs.mirror, "metadata/timestamp.json", &bytes)?,
-                    "root" => {
-                        repo_files::write(&dirs.mirror, &format!("metadata/{version}.root.json"), &bytes)?;
-                        repo_files::write(&dirs.mirror, "metadata/root.json", &bytes)?;
-                    }
-                    other => repo_files::write(
-                        &dirs.mirror,
-                        &format!("metadata/{version}.{}.json", encode_role_name(other)),
-                        &bytes,
-                    )?,
-                }
-            }
-        }
-        let Some(request) = updater.poll_request() else { break };
-        match request.source {
-            Source::Cache => {
-                let path = dirs.trusted.join(&request.file_name);
-                let mut bytes = Vec::new();
-                let response =
-                    match fs::File::open(&path).and_then(|f| f.take(request.max_length + 1).read_to_end(&mut bytes)) {
-                        Ok(_) if bytes.len() as u64 <= request.max_length => Ok(bytes),
-                        _ => Err(FetchError::NotFound),
-                    };
-                updater.handle_response(response).map_err(|e| anyhow!("{e}"))?;
-            }
-            Source::Remote => {
-                let announced = if request.file_name == "timestamp.json" { announced.take() } else { None };
-                answer_remote(
-                    client,
-                    sources,
-                    &mut updater,
-                    &request.file_name,
-                    request.max_length,
-                    announced,
-                    outcomes,
-                )
-                .await?;
-            }
-        }
+    let mirror = |event: &Event| match event {
+        Event::Persist { role, bytes } => mirror_metadata(&dirs.mirror, role, bytes),
+        _ => Ok(()),
+    };
+    while let Some(request) = dirs.trusted.next_remote(&mut updater, mirror)? {
+        let announced = if request.file_name == "timestamp.json" { announced.take() } else { None };
+        answer_remote(client, sources, &mut updater, &request.file_name, request.max_length, announced, outcomes)
+            .await?;
     }
     if updater.trusted().targets("targets").is_none() {
         bail!("refresh ended without verified targets");
     }
     Ok(updater.trusted().clone())
+}
+
+/// Keeps the consistent-snapshot mirror in step with the trusted copies: `N.<role>.json`
+/// for every verified role, plus the unversioned `root.json` and `timestamp.json` that a
+/// TUF client starts from.
+fn mirror_metadata(mirror: &Path, role: &str, bytes: &[u8]) -> Result<()> {
+    let version = signed_version(bytes).unwrap_or(0);
+    match role {
+        "timestamp" => repo_files::write(mirror, "metadata/timestamp.json", bytes),
+        "root" => {
+            repo_files::write(mirror, &format!("metadata/{version}.root.json"), bytes)?;
+            repo_files::write(mirror, "metadata/root.json", bytes)
+        }
+        other => repo_files::write(mirror, &format!("metadata/{version}.{}.json", encode_role_name(other)), bytes),
+    }
 }
 
 /// Checks a timestamp that arrived by gossip against the pinned `root` (signatures,

@@ -5,7 +5,6 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use super::bin;
@@ -48,38 +47,33 @@ impl Device {
         Device { dir: dir.into(), config: path }
     }
 
-    /// `device-client check --config … extra`, run through `wrapper` (e.g. `ip netns exec
-    /// NS`) when it is not empty, with output piped.
-    pub fn check_command(&self, wrapper: &[&str], extra: &[&str]) -> Command {
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(bin("device-client"));
-                c
-            }
-            None => Command::new(bin("device-client")),
-        };
-        command
-            .args(["check", "--config"])
-            .arg(&self.config)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        command
+    /// `device-client check --config … extra` as an argv, run through `wrapper` (e.g. `ip
+    /// netns exec NS`) when it is not empty.
+    pub fn check_argv(&self, wrapper: &[&str], extra: &[&str]) -> Vec<String> {
+        let mut argv: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
+        argv.push(bin("device-client").to_str().expect("utf-8 path").into());
+        argv.extend(["check".into(), "--config".into(), self.config.to_str().expect("utf-8 path").into()]);
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        argv
     }
 
     /// Starts `device-client check` without waiting.
     pub fn spawn_check(&self) -> std::process::Child {
-        self.check_command(&[], &[]).spawn().expect("device-client starts")
+        let argv = self.check_argv(&[], &[]);
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .envs(CHECK_ENV.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("device-client starts")
     }
 
     /// Runs `device-client check` to its end (through its own restarts); kills it and panics
     /// after `timeout`.
     pub fn check(&self, timeout: Duration) -> CheckRun {
-        run_check(self.check_command(&[], &[]), timeout)
+        run_check(&self.check_argv(&[], &[]), timeout)
     }
 
     /// The agent's last status document.
@@ -148,32 +142,16 @@ pub fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-pub fn kill9(pid: u32) {
-    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-}
+/// The environment every `device-client check` runs with.
+const CHECK_ENV: &[(&str, &str)] = &[("RUST_LOG", "info"), ("NO_COLOR", "1")];
 
-/// Runs a `device-client check` command to its end; kills it and panics after `timeout`,
-/// printing what it wrote.
-pub fn run_check(mut command: Command, timeout: Duration) -> CheckRun {
-    let child = command.spawn().expect("device-client starts");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let text = |out: &std::process::Output| {
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-    };
-    match rx.recv_timeout(timeout) {
-        Ok(Ok(out)) => CheckRun { success: out.status.success(), output: text(&out) },
-        Ok(Err(e)) => panic!("device-client check: {e}"),
-        Err(_) => {
-            kill9(pid);
-            let output = match rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(Ok(out)) => text(&out),
-                _ => "(no output)".into(),
-            };
-            panic!("device-client check did not finish within {timeout:?}; output:\n{output}");
-        }
+/// Runs a `device-client check` argv to its end with the test-process harness (output
+/// bounded, its whole process group killed on timeout); panics after `timeout` with what it
+/// wrote.
+pub fn run_check(argv: &[String], timeout: Duration) -> CheckRun {
+    let (program, args) = argv.split_first().expect("a program");
+    match test_procs::run_to_exit(Path::new(program), args, CHECK_ENV, timeout) {
+        Ok(out) => CheckRun { success: out.code == Some(0), output: format!("{}{}", out.stdout, out.stderr) },
+        Err(e) => panic!("device-client check: {e:#}"),
     }
 }

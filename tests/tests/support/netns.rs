@@ -114,7 +114,7 @@ impl NetPair {
     /// Runs `device-client check --config … extra` inside the device namespace to its end;
     /// kills it and panics after `timeout`.
     pub fn check(&self, device: &Device, extra: &[&str], timeout: Duration) -> CheckRun {
-        run_check(device.check_command(&["ip", "netns", "exec", &self.device], extra), timeout)
+        run_check(&device.check_argv(&["ip", "netns", "exec", &self.device], extra), timeout)
     }
 }
 
