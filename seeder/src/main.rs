@@ -9,6 +9,7 @@ mod keys;
 mod origin;
 mod release;
 mod repo;
+mod rollouts_role;
 mod rotate;
 mod serve;
 mod time;

@@ -222,20 +222,36 @@ impl Repo {
         targets_map: Map<String, Value>,
         extra: &ExtraSigners,
     ) -> Result<()> {
+        self.publish_targets_with(current, |targets| targets["targets"] = Value::Object(targets_map), &[], extra)
+    }
+
+    /// Publishes a new targets object made by `change` from the current one (its `targets`,
+    /// its `delegations`), with a snapshot that also names `delegated` roles' new versions
+    /// (files already written), then the timestamp.
+    pub fn publish_targets_with(
+        &self,
+        current: &Current,
+        change: impl FnOnce(&mut Value),
+        delegated: &[(&str, u64)],
+        extra: &ExtraSigners,
+    ) -> Result<()> {
         let now = time::now_unix();
         let targets_version = current.version("targets") + 1;
         let mut targets = current.targets.clone();
+        change(&mut targets);
         targets["version"] = json!(targets_version);
         targets["expires"] = json!(time::format_expiry(now + expiry::TARGETS_SECS));
-        targets["targets"] = Value::Object(targets_map);
         let signers = self.signers(current, "targets")?;
         let envelope = Self::sign(&targets, &with_extra(&signers, &extra.targets))?;
         self.write_metadata(&format!("{targets_version}.targets.json"), &envelope)?;
-        self.publish_snapshot(current, targets_version, expiry::TIMESTAMP_SECS, extra)
+        let mut roles = vec![("targets", targets_version)];
+        roles.extend_from_slice(delegated);
+        self.publish_snapshot_naming(current, &roles, expiry::TIMESTAMP_SECS, extra)
     }
 
-    /// Writes a snapshot naming `targets_version`, then a timestamp naming the snapshot that
-    /// lives `timestamp_lifetime_secs`.
+    /// Writes a snapshot naming `targets_version` (and every delegated role at the version
+    /// the current snapshot names), then a timestamp naming the snapshot that lives
+    /// `timestamp_lifetime_secs`.
     pub fn publish_snapshot(
         &self,
         current: &Current,
@@ -243,14 +259,31 @@ impl Repo {
         timestamp_lifetime_secs: i64,
         extra: &ExtraSigners,
     ) -> Result<()> {
+        self.publish_snapshot_naming(current, &[("targets", targets_version)], timestamp_lifetime_secs, extra)
+    }
+
+    /// Writes a snapshot that names `roles` at the given versions and every other role at the
+    /// version the current snapshot names (a delegated role's file is carried forward
+    /// unchanged), then the timestamp.
+    pub fn publish_snapshot_naming(
+        &self,
+        current: &Current,
+        roles: &[(&str, u64)],
+        timestamp_lifetime_secs: i64,
+        extra: &ExtraSigners,
+    ) -> Result<()> {
         let now = time::now_unix();
         let snapshot_version = current.version("snapshot") + 1;
+        let mut meta = current.snapshot["meta"].as_object().cloned().unwrap_or_default();
+        for (role, version) in roles {
+            meta.insert(format!("{role}.json"), json!({"version": version}));
+        }
         let snapshot = json!({
             "_type": "snapshot",
             "spec_version": SPEC_VERSION,
             "version": snapshot_version,
             "expires": time::format_expiry(now + expiry::SNAPSHOT_SECS),
-            "meta": {"targets.json": {"version": targets_version}},
+            "meta": meta,
         });
         let signers = self.signers(current, "snapshot")?;
         let envelope = Self::sign(&snapshot, &with_extra(&signers, &extra.snapshot))?;

@@ -40,7 +40,9 @@ use protocol::edge::status::EdgeStatus;
 use protocol::edge::{
     ChunkOutcome, EdgeEvent, FetchScheduler, NodeId, PeerRole, Request, RequestId, SchedulerConfig, SiteId,
 };
+use protocol::tuf::rollouts_role;
 use protocol::{ChunkId, ReleaseId};
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -128,6 +130,9 @@ struct Daemon {
     /// Version of the newest timestamp that verified.
     trusted_timestamp_version: u64,
     releases: Releases,
+    /// The current rollout policies, by target path: their mirror file (hash-prefixed, so a
+    /// new version has a new name) and their bytes, verified against the rollouts role.
+    policies: BTreeMap<String, (String, Vec<u8>)>,
     pending: HashMap<ChunkId, (Bytes, Budget)>,
     /// Admitted to the cache, staged in the store, not yet durable; a release is reported
     /// complete only once none of its chunks is here.
@@ -262,6 +267,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         pinned_root,
         trusted_timestamp_version: trusted_timestamp_version.unwrap_or(0),
         releases: Releases::default(),
+        policies: BTreeMap::new(),
         pending: HashMap::new(),
         unwritten: HashSet::new(),
         writer,
@@ -392,6 +398,18 @@ impl Daemon {
                     }
                 }
             }
+            for target in trusted.targets(rollouts_role::ROLE).into_iter().flat_map(|role| role.targets.values()) {
+                let Some(name) = tuf_sync::target_file_name(target) else { continue };
+                if let Some(bytes) = chunk_store::repo_files::read(&self.dirs.mirror, &name, target.length) {
+                    if target.verify(&bytes).is_ok() {
+                        self.register_policy(tuf_sync::FoundPolicy {
+                            target_path: target.path.clone(),
+                            bytes,
+                            mirror_file: (name, target.length),
+                        });
+                    }
+                }
+            }
         }
         info!(chunks = self.scheduler.cache().len(), releases = self.releases.len(), "local state loaded");
         Ok(())
@@ -416,6 +434,15 @@ impl Daemon {
         }
         let now = self.now();
         self.scheduler.handle_release(now, id, spec);
+    }
+
+    /// Makes a verified rollout policy the current one for its release: devices fetch it
+    /// through the device service by its target path.
+    fn register_policy(&mut self, policy: tuf_sync::FoundPolicy) {
+        if let Ok(mut targets) = self.device.targets.write() {
+            targets.insert(policy.target_path.clone(), policy.mirror_file.clone());
+        }
+        self.policies.insert(policy.target_path, (policy.mirror_file.0, policy.bytes));
     }
 
     fn handle_network(&mut self, event: NetworkEvent) {

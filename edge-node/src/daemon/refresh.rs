@@ -5,6 +5,7 @@
 use anyhow::Result;
 use libp2p::PeerId;
 use protocol::edge::{PeerRole, SiteId};
+use std::collections::HashSet;
 use std::time::Instant as WallInstant;
 use tracing::{debug, warn};
 
@@ -16,8 +17,8 @@ use mesh::NetworkClient;
 
 /// What a finished refresh reports to the main loop.
 pub(super) struct RefreshOutcome {
-    /// New releases, or why the refresh failed.
-    result: Result<Vec<tuf_sync::FoundRelease>>,
+    /// New releases and rollout policies, or why the refresh failed.
+    result: Result<(Vec<tuf_sync::FoundRelease>, Vec<tuf_sync::FoundPolicy>)>,
     /// How each peer asked answered.
     sources: SourceOutcomes,
     /// The pinned root after the refresh (it may have rotated) and the trusted timestamp
@@ -63,6 +64,7 @@ impl Daemon {
         let (client, dirs, tx) = (self.client.clone(), self.dirs.clone(), self.internal_tx.clone());
         let announced = self.announced.take().map(|(_, bytes)| bytes);
         let known = self.releases.target_paths();
+        let known_policies: HashSet<String> = self.policies.values().map(|(file, _)| file.clone()).collect();
         tokio::spawn(async move {
             let mut outcomes = SourceOutcomes::default();
             let result = async {
@@ -79,7 +81,16 @@ impl Daemon {
                     &mut outcomes,
                 )
                 .await;
-                Ok((found, trusted.timestamp().map_or(0, |t| t.common.version)))
+                let policies = tuf_sync::new_policies(
+                    &client,
+                    &sources,
+                    &dirs,
+                    &trusted,
+                    &|file| known_policies.contains(file),
+                    &mut outcomes,
+                )
+                .await;
+                Ok(((found, policies), trusted.timestamp().map_or(0, |t| t.common.version)))
             }
             .await;
             let root = dirs.trusted.read_root(protocol::tuf::Config::default().root_max_length).ok();
@@ -145,7 +156,7 @@ impl Daemon {
             self.pinned_root = root;
         }
         match result {
-            Ok(found) => {
+            Ok((found, policies)) => {
                 self.refresh_failures = 0;
                 self.trusted_timestamp_version = self.trusted_timestamp_version.max(timestamp_version);
                 if self.announced.as_ref().is_some_and(|(v, _)| *v <= self.trusted_timestamp_version) {
@@ -153,6 +164,9 @@ impl Daemon {
                 }
                 for release in found {
                     self.register_release(&release.target_path, &release.manifest);
+                }
+                for policy in policies {
+                    self.register_policy(policy);
                 }
                 if std::mem::take(&mut self.refresh_again) {
                     self.start_refresh();

@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use host::tuf_dir::TrustedDir;
 use libp2p::PeerId;
 use protocol::manifest::ManifestView;
-use protocol::tuf::{encode_role_name, Config, Event, FetchError, TargetFile, TrustedMetadataSet, Updater};
+use protocol::tuf::{encode_role_name, rollouts_role, Config, Event, FetchError, TargetFile, TrustedMetadataSet, Updater};
 use std::path::{Path, PathBuf};
 use tracing::{debug, info, warn};
 
@@ -71,6 +71,13 @@ impl TufDirs {
         set.update_timestamp(&read("timestamp", limits.timestamp_max_length)?).ok()?;
         set.update_snapshot(&read("snapshot", limits.snapshot_max_length)?, true).ok()?;
         set.update_delegated_targets(&read("targets", limits.targets_max_length)?, "targets", "root").ok()?;
+        if set.targets("targets").is_some_and(rollouts_role::is_delegated) {
+            let role = rollouts_role::ROLE;
+            // Without it the node still serves releases; policies come with the next refresh.
+            if let Some(bytes) = read(role, limits.targets_max_length) {
+                let _ = set.update_delegated_targets(&bytes, role, "targets");
+            }
+        }
         Some(set)
     }
 }
@@ -209,26 +216,46 @@ pub async fn refresh(
     sources: &[PeerId],
     dirs: &TufDirs,
     now: i64,
-    mut announced: Option<Vec<u8>>,
+    announced: Option<Vec<u8>>,
     outcomes: &mut SourceOutcomes,
 ) -> Result<TrustedMetadataSet> {
     let config = Config::default();
     let root = dirs.trusted.read_root(config.root_max_length).context("no pinned root")?;
     let mut updater = Updater::new(&root, now, config).map_err(|e| anyhow!("pinned root: {e}"))?;
     updater.refresh();
+    drive(client, sources, dirs, &mut updater, announced, outcomes).await?;
+    let Some(targets) = updater.trusted().targets("targets") else {
+        bail!("refresh ended without verified targets");
+    };
+    // A repository that delegates rollouts: load (and mirror) the verified `rollouts`
+    // metadata too, so devices can check their policies through this node.
+    if rollouts_role::is_delegated(targets) {
+        updater.find_target(rollouts_role::INDEX_LOOKUP).map_err(|e| anyhow!("{e}"))?;
+        drive(client, sources, dirs, &mut updater, None, outcomes).await?;
+    }
+    Ok(updater.trusted().clone())
+}
+
+/// Runs `updater`'s current operation to its end: local steps through the trusted
+/// directory (every verified role also lands in the mirror), remote requests answered by
+/// `sources`.
+async fn drive(
+    client: &NetworkClient,
+    sources: &[PeerId],
+    dirs: &TufDirs,
+    updater: &mut Updater,
+    mut announced: Option<Vec<u8>>,
+    outcomes: &mut SourceOutcomes,
+) -> Result<()> {
     let mirror = |event: &Event| match event {
         Event::Persist { role, bytes } => mirror_metadata(&dirs.mirror, role, bytes),
         _ => Ok(()),
     };
-    while let Some(request) = dirs.trusted.next_remote(&mut updater, mirror)? {
+    while let Some(request) = dirs.trusted.next_remote(updater, mirror)? {
         let announced = if request.file_name == "timestamp.json" { announced.take() } else { None };
-        answer_remote(client, sources, &mut updater, &request.file_name, request.max_length, announced, outcomes)
-            .await?;
+        answer_remote(client, sources, updater, &request.file_name, request.max_length, announced, outcomes).await?;
     }
-    if updater.trusted().targets("targets").is_none() {
-        bail!("refresh ended without verified targets");
-    }
-    Ok(updater.trusted().clone())
+    Ok(())
 }
 
 /// Keeps the consistent-snapshot mirror in step with the trusted copies: `N.<role>.json`
@@ -261,9 +288,8 @@ pub fn target_file_name(target: &TargetFile) -> Option<String> {
     Some(format!("targets/{}", protocol::tuf::hashed_target_path(&target.path, sha256)))
 }
 
-/// Release manifests named by `trusted` that are not in `known`: from the mirror or from
-/// peers (the next one when a body fails verification), verified against their target
-/// hashes, decoded, and written to the mirror.
+/// Release manifests named by `trusted` that are not in `known`: verified against their
+/// target hashes and decoded (see [`fetch_targets`]).
 pub async fn new_releases(
     client: &NetworkClient,
     sources: &[PeerId],
@@ -273,40 +299,101 @@ pub async fn new_releases(
     outcomes: &mut SourceOutcomes,
 ) -> Vec<FoundRelease> {
     let Some(targets) = trusted.targets("targets") else { return Vec::new() };
+    let wanted = targets
+        .targets
+        .values()
+        .filter(|t| t.path.starts_with("releases/") && t.path.ends_with(".manifest") && !known(&t.path));
+    let decodes = |bytes: &[u8]| {
+        ManifestView::new_checked(bytes).map(|_| ()).map_err(|e| anyhow!("manifest does not decode: {e:?}"))
+    };
+    fetch_targets(client, sources, dirs, wanted, decodes, outcomes)
+        .await
+        .into_iter()
+        .map(|(target, manifest)| {
+            info!(target = %target.path, "new release");
+            FoundRelease { target_path: target.path.clone(), manifest }
+        })
+        .collect()
+}
+
+/// A rollout policy found in verified `rollouts` metadata.
+#[derive(Debug, Clone)]
+pub struct FoundPolicy {
+    /// TUF target path, `rollouts/<release>.policy`.
+    pub target_path: String,
+    /// The policy, verified against its target's hashes.
+    pub bytes: Vec<u8>,
+    /// Its consistent-snapshot file name in the mirror, and its length.
+    pub mirror_file: (String, u64),
+}
+
+/// Rollout policies named by `trusted`'s `rollouts` role whose current version (by file
+/// name, which carries its hash) is not in `known`.
+pub async fn new_policies(
+    client: &NetworkClient,
+    sources: &[PeerId],
+    dirs: &TufDirs,
+    trusted: &TrustedMetadataSet,
+    known: &(dyn Fn(&str) -> bool + Sync),
+    outcomes: &mut SourceOutcomes,
+) -> Vec<FoundPolicy> {
+    let Some(role) = trusted.targets(rollouts_role::ROLE) else { return Vec::new() };
+    let wanted = role.targets.values().filter(|t| {
+        rollouts_role::release_of_policy_path(&t.path).is_some() && !target_file_name(t).is_some_and(|n| known(&n))
+    });
+    // The policy's own checks are the device's business (it evaluates the policy); the node
+    // only relays bytes whose hash the rollouts role signed.
+    fetch_targets(client, sources, dirs, wanted, |_| Ok(()), outcomes)
+        .await
+        .into_iter()
+        .filter_map(|(target, bytes)| {
+            let file = target_file_name(target)?;
+            info!(target = %target.path, "new rollout policy");
+            Some(FoundPolicy { target_path: target.path.clone(), bytes, mirror_file: (file, target.length) })
+        })
+        .collect()
+}
+
+/// Target files from the mirror or from peers (the next one when a body fails
+/// verification, its sender marked), verified against their signed hashes and `check`,
+/// and written to the mirror. Targets no peer has yet are left for the next refresh.
+async fn fetch_targets<'t>(
+    client: &NetworkClient,
+    sources: &[PeerId],
+    dirs: &TufDirs,
+    wanted: impl Iterator<Item = &'t TargetFile>,
+    check: impl Fn(&[u8]) -> Result<()>,
+    outcomes: &mut SourceOutcomes,
+) -> Vec<(&'t TargetFile, Vec<u8>)> {
     let mut found = Vec::new();
-    for target in targets.targets.values() {
-        if !target.path.starts_with("releases/") || !target.path.ends_with(".manifest") || known(&target.path) {
-            continue;
-        }
+    for target in wanted {
         let Some(name) = target_file_name(target) else { continue };
-        let check = |bytes: &[u8]| -> Result<()> {
+        let verify = |bytes: &[u8]| -> Result<()> {
             target.verify(bytes).map_err(|e| anyhow!("{e}"))?;
-            ManifestView::new_checked(bytes).map_err(|e| anyhow!("manifest does not decode: {e:?}"))?;
-            Ok(())
+            check(bytes)
         };
-        let mut bytes = repo_files::read(&dirs.mirror, &name, target.length).filter(|b| check(b).is_ok());
+        let mut bytes = repo_files::read(&dirs.mirror, &name, target.length).filter(|b| verify(b).is_ok());
         for peer in sources {
             if bytes.is_some() {
                 break;
             }
             let Some(body) = fetch_one(client, *peer, &name, target.length, outcomes).await else { continue };
-            match check(&body) {
+            match verify(&body) {
                 Ok(()) => bytes = Some(body),
                 Err(e) => {
-                    warn!(%peer, target = %target.path, %e, "peer served a manifest that failed verification");
+                    warn!(%peer, target = %target.path, %e, "peer served a target file that failed verification");
                     outcomes.lied.push(*peer);
                 }
             }
         }
         let Some(bytes) = bytes else {
-            warn!(target = %target.path, "manifest not available from any peer yet");
+            warn!(target = %target.path, "target file not available from any peer yet");
             continue;
         };
         if let Err(e) = repo_files::write(&dirs.mirror, &name, &bytes) {
-            warn!(%e, "cannot write manifest to the mirror");
+            warn!(%e, "cannot write a target file to the mirror");
         }
-        info!(target = %target.path, "new release");
-        found.push(FoundRelease { target_path: target.path.clone(), manifest: bytes });
+        found.push((target, bytes));
     }
     found
 }

@@ -17,6 +17,7 @@ pub mod canonical;
 pub mod metadata;
 pub mod naming;
 pub mod release_target;
+pub mod rollouts_role;
 pub mod time;
 pub mod trusted;
 mod updater;
