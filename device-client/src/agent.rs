@@ -212,6 +212,8 @@ impl Agent {
                 }
                 self.engine.handle_gate(now, GateDecision::Proceed);
             }
+            // Maintenance windows arrive with the control plane too; until then switch at once.
+            Action::AskSwitch => self.engine.handle_switch_gate(now, GateDecision::Proceed),
             Action::ResetProgress => {
                 let _ = std::fs::remove_file(self.config.data_dir.join("progress"));
                 self.counts = None;

@@ -75,6 +75,12 @@ pub fn report(
         health: health.map(str::to_string),
         security_floor: record.min_security_counter,
         time: unix_time,
+        // The agent reports rollout outcomes once it drives the rollout gate.
+        rollout: None,
+        result: None,
+        error_code: None,
+        install_secs: None,
+        slot: None,
     }
 }
 

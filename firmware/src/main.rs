@@ -77,6 +77,7 @@ fn drive(engine: &mut Engine, boot: &mut Boot, page: &mut [u8; RECORD_BYTES]) ->
         match action {
             Action::Persist => *page = engine.record().encode(),
             Action::AskGate => engine.handle_gate(now, GateDecision::Proceed),
+            Action::AskSwitch => engine.handle_switch_gate(now, GateDecision::Proceed),
             Action::Download { .. } => {
                 verify_release()?;
                 engine.handle_download_done(now);

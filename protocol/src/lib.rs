@@ -7,8 +7,9 @@
 //!
 //! Features:
 //! - none: what an MCU needs — manifest views, fixed chunking, chunk verification and
-//!   decryption, ed25519 strict verification. No heap.
-//! - `alloc`: owned manifests, canonical JSON, the TUF client, signed device status reports.
+//!   decryption, ed25519 strict verification, the rollout policy view and gate. No heap.
+//! - `alloc`: owned manifests, canonical JSON, the TUF client, signed device status reports,
+//!   the rollout controller and site guard.
 //! - `std` (default): FastCDC, zstd, ECDSA P-256.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
@@ -26,6 +27,7 @@ pub mod install;
 pub mod manifest;
 pub mod reassemble;
 pub mod release_id;
+pub mod rollout;
 pub mod sig;
 pub mod time;
 pub mod wire;

@@ -58,6 +58,38 @@ pub struct StatusReport {
     pub security_floor: u64,
     /// The device's clock (unix seconds) when it wrote the report; informational.
     pub time: i64,
+    // Rollout fields (all optional and defaulted, so reports from devices that predate
+    // rollouts still parse, and skipped when empty, so such devices' reports stay as small).
+    /// The rollout id the device installs under, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
+    /// Where the install under `rollout` stands, as the rollout controller counts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<InstallResult>,
+    /// The install engine's error code ([`crate::install::ErrorCode`]) for a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<u16>,
+    /// Seconds from the download's start to the commit or rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_secs: Option<u64>,
+    /// The slot the install targets (`"a"` or `"b"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+}
+
+/// An install's outcome in a status report (JSON: `"installing"`, `"committed"`,
+/// `"rolled-back"`, `"failed"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstallResult {
+    /// Downloading, staged or on trial: not final yet.
+    Installing,
+    /// The new release passed its health checks and is permanent.
+    Committed,
+    /// The new release failed on the device and the previous one runs again.
+    RolledBack,
+    /// The install failed before the switch (the error code says why).
+    Failed,
 }
 
 /// The release a device is moving to.
@@ -341,6 +373,11 @@ mod tests {
             health: Some("ok".into()),
             security_floor: 1,
             time: 1_800_000_000,
+            rollout: None,
+            result: None,
+            error_code: None,
+            install_secs: None,
+            slot: None,
         }
         .to_signed(|m| key.sign(m).to_bytes())
     }

@@ -48,6 +48,8 @@ struct Device {
     offer: Option<Offer>,
     healthy: bool,
     gate: GateDecision,
+    /// The rollout hook's answer before the slot switch.
+    switch_gate: GateDecision,
     /// Actions carried out, in order, across crashes.
     log: Vec<Action>,
     /// Slots the bootloader was ever told to try, with what they held at that moment.
@@ -76,6 +78,7 @@ impl Device {
             offer: None,
             healthy: true,
             gate: GateDecision::Proceed,
+            switch_gate: GateDecision::Proceed,
             log: Vec::new(),
             activations: Vec::new(),
             engine: None,
@@ -130,6 +133,10 @@ impl Device {
             Action::AskGate => {
                 let gate = self.gate;
                 self.engine().handle_gate(now, gate)
+            }
+            Action::AskSwitch => {
+                let gate = self.switch_gate;
+                self.engine().handle_switch_gate(now, gate)
             }
             Action::ResetProgress => {
                 let slot = self.engine().record().inactive();
@@ -425,4 +432,78 @@ fn the_engine_stays_small() {
     let size = std::mem::size_of::<Engine>();
     assert!(size <= 600, "Engine is {size} bytes");
     assert_eq!(std::mem::size_of::<Action>(), 16);
+}
+
+/// A verified image waits in the inactive slot while the switch gate says "not yet" (a
+/// maintenance window): the bootloader is not touched, and the record says `Staged`.
+#[test]
+fn the_switch_waits_for_the_gate_with_the_image_staged() {
+    let mut device = checking_device(v2());
+    let window = device.now + Duration::from_secs(3 * 3600);
+    device.switch_gate = GateDecision::WaitUntil(window);
+    device.run(1000);
+    let record = Record::decode(&device.persisted).unwrap();
+    assert_eq!(record.state, State::Staged);
+    assert_eq!(record.target, Some(v2()));
+    assert!(device.activations.is_empty(), "switched before the window");
+    assert_eq!((device.boot_active, device.boot_pending), (Slot::A, None));
+    assert_eq!(device.slots[1], SlotContent { release: v2().id, chunks: CHUNKS });
+    assert_eq!(device.engine().poll_timeout(), Some(window));
+    // An early timer does nothing; a check while staged is ignored.
+    let early = device.now + Duration::from_secs(60);
+    device.engine().handle_timeout(early);
+    device.engine().handle_check(early);
+    assert_eq!(device.run(100), 0);
+    // At the window the engine asks again; still closed: it waits again.
+    device.now = window;
+    device.engine().handle_timeout(window);
+    let later = window + Duration::from_secs(600);
+    device.switch_gate = GateDecision::WaitUntil(later);
+    device.run(100);
+    assert_eq!(device.log.iter().filter(|a| **a == Action::AskSwitch).count(), 2);
+    assert!(device.activations.is_empty());
+    // Open: it switches, reboots, commits.
+    device.now = later;
+    device.switch_gate = GateDecision::Proceed;
+    device.engine().handle_timeout(later);
+    device.run(1000);
+    assert_eq!(device.installed(), v2());
+    assert_eq!(device.activations, vec![SlotContent { release: v2().id, chunks: CHUNKS }]);
+    assert_eq!(device.chunks_written, CHUNKS, "the staged image was downloaded once");
+}
+
+/// A restart while staged keeps the verified image: the engine asks the switch gate again
+/// at boot, and neither downloads nor verifies again.
+#[test]
+fn a_staged_image_survives_a_restart() {
+    let mut device = checking_device(v2());
+    device.switch_gate = GateDecision::WaitUntil(device.now + Duration::from_secs(3600));
+    device.run(1000);
+    assert_eq!(Record::decode(&device.persisted).unwrap().state, State::Staged);
+    let before = device.log.len();
+    device.crash();
+    device.boot();
+    assert_eq!(device.engine().state(), State::Staged);
+    device.switch_gate = GateDecision::Proceed;
+    device.run(1000);
+    let after = &device.log[before..];
+    assert_eq!(after.first(), Some(&Action::AskSwitch), "boot asks the switch gate first");
+    assert!(!after.iter().any(|a| matches!(a, Action::Download { .. } | Action::VerifyImage { .. })));
+    assert_eq!(device.installed(), v2());
+    assert_eq!(device.chunks_written, CHUNKS);
+}
+
+/// The switch is the last point a storage failure can abandon the target: a staged image
+/// whose slot cannot be activated is dropped, and the device settles on the old slot.
+#[test]
+fn a_storage_failure_while_staged_abandons_the_target() {
+    let mut device = checking_device(v2());
+    device.switch_gate = GateDecision::WaitUntil(device.now + Duration::from_secs(3600));
+    device.run(1000);
+    let now = device.now;
+    device.engine().handle_storage_failed(now);
+    device.run(100);
+    let record = Record::decode(&device.persisted).unwrap();
+    assert_eq!((record.state, record.target, record.last_error), (State::Idle, None, Some(ErrorCode::Storage)));
+    assert!(device.activations.is_empty());
 }

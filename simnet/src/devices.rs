@@ -11,7 +11,7 @@
 //!   published releases (the scenario's one), which is offered as an `Offer`; the engine
 //!   refuses a wrong hardware class or an old security counter. No live edge node:
 //!   `handle_check_failed` after the keep-alive timeout, and the engine's backoff retries.
-//! - `AskGate`: always `Proceed` (no rollout waves yet).
+//! - `AskGate` and `AskSwitch`: always `Proceed` (no rollout waves or windows yet).
 //! - `Download`: `protocol::device::FetchPlan` (the agent's fetch plan, with one connection to
 //!   one edge node at a time and the scenario's `batch_bytes`) decides each request, and the
 //!   device's `EdgeRecord`s rank its site's edge nodes; requests are LAN flows from the chosen

@@ -26,6 +26,11 @@ fn report(key: &SigningKey, seq: u64, state: &str) -> StatusReport {
         health: None,
         security_floor: 1,
         time: 1_800_000_000,
+        rollout: None,
+        result: None,
+        error_code: None,
+        install_secs: None,
+        slot: None,
     }
 }
 

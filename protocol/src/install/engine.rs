@@ -6,7 +6,9 @@
 //! cannot disagree about it:
 //! - an offer is refused unless its hardware class matches and its security counter is at
 //!   least the anti-rollback floor;
-//! - the bootloader is only ever pointed at the inactive slot after the whole image verified;
+//! - the bootloader is only ever pointed at the inactive slot after the whole image verified,
+//!   and only when the rollout hook allows the switch ([`Action::AskSwitch`]: maintenance
+//!   windows); until then the verified image waits, staged, across restarts;
 //! - the new slot runs on probation, and only passing health checks before the deadline
 //!   commit it; a failed check, a timeout, or a restart during the trial rolls back;
 //! - each step is persisted before its side effect, so after a kill or power cut
@@ -58,12 +60,13 @@ pub struct Offer {
     pub hw_class: Label,
 }
 
-/// What the rollout hook says about an accepted offer.
+/// What the rollout hook says about an accepted offer ([`Action::AskGate`]) or a staged image
+/// ([`Action::AskSwitch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GateDecision {
     /// Install now.
     Proceed,
-    /// Not yet: check again at this time (a later wave, a maintenance window).
+    /// Not yet: ask again at this time (a later wave, a maintenance window).
     WaitUntil(Instant),
 }
 
@@ -112,6 +115,10 @@ pub enum Action {
         /// The inactive slot.
         slot: Slot,
     },
+    /// The verified image waits in the inactive slot: ask the rollout hook whether to switch
+    /// to it now (maintenance window, site concurrency); answer with
+    /// [`Engine::handle_switch_gate`]. No payload, like [`Action::AskGate`].
+    AskSwitch,
     /// Tell the bootloader to try `slot` on the next boot (once, uncommitted); answer
     /// [`Engine::handle_slot_activated`].
     ActivateSlot {
@@ -144,6 +151,7 @@ pub enum Action {
 enum Timer {
     Check,
     DownloadRetry,
+    SwitchGate,
     TrialDeadline,
 }
 
@@ -251,6 +259,9 @@ impl Engine {
             }
             State::Downloading => self.push(Action::Download { slot: target_slot }),
             State::Verifying => self.push(Action::VerifyImage { slot: target_slot }),
+            // The image verified before the restart and the slot is untouched since (only a
+            // switch changes it): ask again whether to switch now.
+            State::Staged => self.push(Action::AskSwitch),
             State::Checking => {
                 self.set_state(self.resting);
                 self.push(Action::Persist);
@@ -394,9 +405,10 @@ impl Engine {
         }
         let slot = self.record.inactive();
         if matches {
-            self.set_state(State::Installing);
+            self.set_state(State::Staged);
             self.push(Action::Persist);
-            self.push(Action::ActivateSlot { slot });
+            self.push(Action::Report);
+            self.push(Action::AskSwitch);
             return;
         }
         self.record.verify_failures = self.record.verify_failures.saturating_add(1);
@@ -415,6 +427,23 @@ impl Engine {
         }
     }
 
+    /// The rollout hook's answer for the staged image: switch now, or keep it staged and ask
+    /// again at the given time.
+    pub fn handle_switch_gate(&mut self, now: Instant, decision: GateDecision) {
+        if self.record.state != State::Staged {
+            return;
+        }
+        match decision {
+            GateDecision::WaitUntil(at) => self.timer = Some((at.max(now), Timer::SwitchGate)),
+            GateDecision::Proceed => {
+                self.timer = None;
+                self.set_state(State::Installing);
+                self.push(Action::Persist);
+                self.push(Action::ActivateSlot { slot: self.record.inactive() });
+            }
+        }
+    }
+
     /// The bootloader will try the new slot on the next boot.
     pub fn handle_slot_activated(&mut self, _now: Instant) {
         if self.record.state == State::Installing {
@@ -427,7 +456,7 @@ impl Engine {
 
     /// Changing the slot or the bootloader failed: give up on this target for now.
     pub fn handle_storage_failed(&mut self, now: Instant) {
-        if matches!(self.record.state, State::Downloading | State::Verifying | State::Installing) {
+        if matches!(self.record.state, State::Downloading | State::Verifying | State::Staged | State::Installing) {
             self.record.target = None;
             self.push(Action::ResetProgress);
             self.settle(now, Some(ErrorCode::Storage));
@@ -469,6 +498,11 @@ impl Engine {
                 State::Downloading => self.push(Action::Download { slot: self.record.inactive() }),
                 _ => self.handle_check(now),
             },
+            Timer::SwitchGate => {
+                if self.record.state == State::Staged {
+                    self.push(Action::AskSwitch);
+                }
+            }
             Timer::TrialDeadline => {
                 if self.record.state == State::Trial {
                     self.roll_back(now, ErrorCode::TrialTimeout);
@@ -559,6 +593,8 @@ impl Engine {
                 Duration(self.config.base_backoff.0.saturating_mul(1 << shift).min(self.config.max_backoff.0))
             }
             Timer::TrialDeadline => self.config.trial_deadline,
+            // Armed only with the gate's own time (`handle_switch_gate`).
+            Timer::SwitchGate => self.config.check_interval,
         };
         self.timer = Some((now + delay, timer));
     }

@@ -5,10 +5,9 @@
 //! Idle/Committed/RolledBack ─check─▶ Checking ─offer ok, gate open─▶ Downloading ─all chunks─▶ Verifying
 //!        ▲                              │ refused / nothing new            ▲ retry        │ image hash ok
 //!        └──────────────────────────────┘                                  └──────────────┤
-//!                                                                              Installing ◀┘
-//!                                                            (bootloader: try other slot once)
-//!                                                                                 │
-//!   Committed ◀─healthy─ Trial ◀─boot into new slot─ PendingReboot ◀──────────────┘
+//!                                                  Installing ◀─switch gate open─ Staged ◀┘
+//!                    (bootloader: try other slot once) │   (staged: waits for a window, across restarts)
+//!   Committed ◀─healthy─ Trial ◀─boot into new slot─ PendingReboot
 //!                          │ failed check, deadline passed, restart during trial
 //!                          ▼
 //!                      RolledBack (bootloader back to the old slot, reboot)
@@ -21,7 +20,8 @@
 //! chunk data durable before it counts it.
 //!
 //! Non-goals: fetching, verifying chunk bytes, TUF (the driver does them and reports the
-//! outcome), rollout policy (the driver answers [`Action::AskGate`]).
+//! outcome), rollout policy (the driver answers [`Action::AskGate`] before the download and
+//! [`Action::AskSwitch`] before the slot switch, with [`crate::rollout::Gate`]'s verdicts).
 
 mod engine;
 mod record;

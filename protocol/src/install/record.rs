@@ -74,11 +74,17 @@ pub enum State {
     Committed,
     /// The last install was abandoned and the previous slot runs again.
     RolledBack,
+    /// The verified image waits in the inactive slot for the rollout gate to allow the
+    /// switch (a maintenance window, a site's concurrency budget). Between `Verifying` and
+    /// `Installing` on the happy path; last in [`State::ALL`] so its byte (9) is new and
+    /// records written before it existed decode unchanged.
+    Staged,
 }
 
 impl State {
-    /// All states, in order.
-    pub const ALL: [State; 9] = [
+    /// All states, in the order of their record byte (not the happy path's: `Staged` came
+    /// later and went last so older records keep their meaning).
+    pub const ALL: [State; 10] = [
         State::Idle,
         State::Checking,
         State::Downloading,
@@ -88,6 +94,7 @@ impl State {
         State::Trial,
         State::Committed,
         State::RolledBack,
+        State::Staged,
     ];
 
     /// Lowercase name, as status reports and logs print it.
@@ -102,6 +109,7 @@ impl State {
             State::Trial => "trial",
             State::Committed => "committed",
             State::RolledBack => "rolled-back",
+            State::Staged => "staged",
         }
     }
     fn from_byte(byte: u8) -> Option<State> {
@@ -470,6 +478,31 @@ mod tests {
     #[test]
     fn round_trips() {
         let record = sample();
+        assert_eq!(Record::decode(&record.encode()), Ok(record));
+    }
+
+    /// Layout 1 did not change when `Staged` arrived: the state bytes of the nine older
+    /// states are what they were, so a record persisted by an older agent decodes the same.
+    #[test]
+    fn state_bytes_are_stable() {
+        let names: Vec<_> = State::ALL.iter().map(|s| (s.to_byte(), s.name())).collect();
+        assert_eq!(
+            names,
+            [
+                (0, "idle"),
+                (1, "checking"),
+                (2, "downloading"),
+                (3, "verifying"),
+                (4, "installing"),
+                (5, "pending-reboot"),
+                (6, "trial"),
+                (7, "committed"),
+                (8, "rolled-back"),
+                (9, "staged"),
+            ]
+        );
+        let mut record = sample();
+        record.state = State::Staged;
         assert_eq!(Record::decode(&record.encode()), Ok(record));
     }
 

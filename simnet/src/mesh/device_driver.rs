@@ -103,6 +103,7 @@ impl World<'_> {
                 }
             }
             Action::AskGate => self.engine(d).handle_gate(now, GateDecision::Proceed),
+            Action::AskSwitch => self.engine(d).handle_switch_gate(now, GateDecision::Proceed),
             Action::ResetProgress => {
                 let dev = &mut self.devices[d as usize];
                 dev.downloaded = false;

@@ -1,0 +1,214 @@
+//! An edge node's guard for its own site: a local halt and a concurrent-install budget.
+//!
+//! Why local: a site whose backhaul is down (or slow to forward reports) must still stop a
+//! bad release on its own; the publisher's controller only learns of the failures when the
+//! reports arrive. The guard counts the verified reports of its site's devices for one
+//! rollout (latest outcome per device, as the controller counts) and answers each device's
+//! question with an [`EdgeHold`], which the device's gate can only add to its own decision.
+//!
+//! **Per-site minimum.** The controller waits for `min_reports` outcomes per wave; a site
+//! may never see that many. The guard judges after `min(min_reports, 3)` final outcomes
+//! ([`SITE_MIN_REPORTS_CAP`]) and, like the controller, also halts earlier when failures
+//! already exceed the threshold of that minimum — so with a 5 % limit the first failure
+//! among a site's first 20 outcomes halts it. A site halted by one unlucky device costs a
+//! delay for that site; a site not halted while a bad release bricks it costs far more.
+//!
+//! **Sticky halt.** Once the site halted, it stays halted until a newer signed policy
+//! (higher `seq` than the one in force when the site halted) says `Running`: that is the
+//! publisher deciding, after the halt, that the rollout goes on — a resume, or an advance
+//! made with the site's forwarded reports in hand. The outcomes counted before are then
+//! accepted, as the controller accepts them on resume, and the site judges from there. A
+//! replayed older policy cannot lift the halt (its `seq` is not higher); the publisher can
+//! keep a site halted by halting the rollout. Limitation: a publisher that never received
+//! the site's reports and advances a wave lifts the halt too; the site halts again on the
+//! next failure.
+//!
+//! **Concurrency.** Devices whose latest outcome is `Installing` (heard from within
+//! [`INSTALLING_STALE_SECS`], so a device that died mid-install frees its place) plus
+//! devices just admitted but not yet reporting ([`RESERVATION_SECS`]) count against
+//! `max_concurrent_per_site`.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+
+use super::controller::Tally;
+use super::gate::EdgeHold;
+use super::policy::{limits, HealthGate, Phase, PolicyView};
+use super::report::{Outcome, RolloutReport};
+
+/// The per-site minimum of final outcomes is `min(min_reports, SITE_MIN_REPORTS_CAP)`.
+pub const SITE_MIN_REPORTS_CAP: u32 = 3;
+/// A device reported `Installing` longer ago than this no longer holds a place.
+pub const INSTALLING_STALE_SECS: i64 = 2 * 3600;
+/// How long a device admitted by [`SiteGuard::hold`] holds a place before its first report.
+pub const RESERVATION_SECS: i64 = 600;
+/// When a device turned away for concurrency should ask again.
+pub const CONCURRENCY_RETRY_SECS: i64 = 300;
+/// Devices one guard remembers; past it the one heard from longest ago is forgotten.
+pub const MAX_DEVICES: usize = 16_384;
+
+/// How [`SiteGuard::handle_policy`] took a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyUpdate {
+    /// Newer than the one in force: it is now.
+    Accepted,
+    /// Accepted, and it lifted the site's local halt.
+    Resumed,
+    /// Not newer (a replay, or the same one again): ignored.
+    Stale,
+    /// A policy of another rollout: ignored.
+    OtherRollout,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DeviceEntry {
+    outcome: Outcome,
+    /// The report's time (ordering of a device's reports).
+    at: i64,
+    /// The edge's time when it was last heard from (staleness, eviction).
+    seen: i64,
+}
+
+/// One site's guard for one rollout.
+#[derive(Debug, Clone)]
+pub struct SiteGuard {
+    rollout_id: String,
+    seq: u64,
+    phase: Phase,
+    health: HealthGate,
+    max_concurrent: u32,
+    devices: BTreeMap<[u8; 32], DeviceEntry>,
+    reservations: BTreeMap<[u8; 32], i64>,
+    /// The site's tally, and the part of it a lifted halt accepted.
+    tally: Tally,
+    accepted: Tally,
+    /// The policy `seq` in force when the site halted itself.
+    halted_at_seq: Option<u64>,
+}
+
+impl SiteGuard {
+    /// A guard for the rollout `policy` describes (a verified policy).
+    pub fn new(policy: &PolicyView<'_>) -> SiteGuard {
+        SiteGuard {
+            rollout_id: policy.id().into(),
+            seq: policy.seq(),
+            phase: policy.phase(),
+            health: policy.health(),
+            max_concurrent: policy.max_concurrent_per_site(),
+            devices: BTreeMap::new(),
+            reservations: BTreeMap::new(),
+            tally: Tally::default(),
+            accepted: Tally::default(),
+            halted_at_seq: None,
+        }
+    }
+
+    /// A newer verified policy for this rollout.
+    pub fn handle_policy(&mut self, policy: &PolicyView<'_>) -> PolicyUpdate {
+        if policy.id() != self.rollout_id {
+            return PolicyUpdate::OtherRollout;
+        }
+        if policy.seq() <= self.seq {
+            return PolicyUpdate::Stale;
+        }
+        self.seq = policy.seq();
+        self.phase = policy.phase();
+        self.health = policy.health();
+        self.max_concurrent = policy.max_concurrent_per_site();
+        match self.halted_at_seq {
+            Some(at) if policy.phase() == Phase::Running && policy.seq() > at => {
+                self.halted_at_seq = None;
+                self.accepted = self.tally;
+                PolicyUpdate::Resumed
+            }
+            _ => PolicyUpdate::Accepted,
+        }
+    }
+
+    /// Counts a verified report from a device of this site; returns whether it counted.
+    /// May halt the site.
+    pub fn handle_report(&mut self, report: &RolloutReport, now_unix: i64) -> bool {
+        if report.rollout_id != self.rollout_id {
+            return false;
+        }
+        let at = report.at.min(now_unix);
+        let report = RolloutReport { at, ..report.clone() };
+        match self.devices.get(&report.device_id) {
+            Some(previous) if !report.supersedes(previous.outcome, previous.at) => return false,
+            Some(previous) => {
+                let outcome = previous.outcome;
+                self.tally.count(outcome, false);
+            }
+            None => {
+                if self.devices.len() >= MAX_DEVICES {
+                    self.forget_oldest();
+                }
+            }
+        }
+        self.tally.count(report.outcome, true);
+        self.devices.insert(report.device_id, DeviceEntry { outcome: report.outcome, at, seen: now_unix });
+        self.reservations.remove(&report.device_id);
+        if self.halted_at_seq.is_none() && self.over_threshold() {
+            self.halted_at_seq = Some(self.seq);
+        }
+        true
+    }
+
+    /// What the edge tells `device_id` at `now_unix`. Admitting a device (`EdgeHold::None`
+    /// under a concurrency budget) reserves its place until it reports.
+    pub fn hold(&mut self, device_id: &[u8; 32], now_unix: i64) -> EdgeHold {
+        if self.halted_at_seq.is_some() {
+            return EdgeHold::SiteHalted;
+        }
+        if self.max_concurrent == 0 {
+            return EdgeHold::None;
+        }
+        self.reservations.retain(|_, at| now_unix.saturating_sub(*at) < RESERVATION_SECS);
+        let installing = |id: &[u8; 32], entry: &DeviceEntry| {
+            id != device_id
+                && entry.outcome == Outcome::Installing
+                && now_unix.saturating_sub(entry.seen) < INSTALLING_STALE_SECS
+        };
+        let busy = self.devices.iter().filter(|(id, e)| installing(id, e)).count()
+            + self
+                .reservations
+                .keys()
+                .filter(|id| *id != device_id && !self.devices.get(*id).is_some_and(|e| installing(id, e)))
+                .count();
+        if busy >= self.max_concurrent as usize {
+            return EdgeHold::ConcurrencyFull { retry_at: now_unix.saturating_add(CONCURRENCY_RETRY_SECS) };
+        }
+        self.reservations.insert(*device_id, now_unix);
+        EdgeHold::None
+    }
+
+    /// Whether the site halted itself.
+    pub fn is_halted(&self) -> bool {
+        self.halted_at_seq.is_some()
+    }
+
+    /// The site's counts (latest outcome per device).
+    pub fn tally(&self) -> Tally {
+        self.tally
+    }
+
+    /// The rollout this guard is for.
+    pub fn rollout_id(&self) -> &str {
+        &self.rollout_id
+    }
+
+    fn over_threshold(&self) -> bool {
+        let judged = self.tally.saturating_sub(&self.accepted);
+        let minimum = self.health.min_reports.min(SITE_MIN_REPORTS_CAP);
+        let denominator = judged.finals().max(minimum) as u64;
+        judged.failures() as u64 * limits::FULL_PPM as u64 > self.health.max_failure_ppm as u64 * denominator
+    }
+
+    fn forget_oldest(&mut self) {
+        let oldest = self.devices.iter().min_by_key(|(_, e)| e.seen).map(|(id, e)| (*id, e.outcome));
+        if let Some((id, outcome)) = oldest {
+            self.devices.remove(&id);
+            self.tally.count(outcome, false);
+        }
+    }
+}
