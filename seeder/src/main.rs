@@ -9,6 +9,7 @@ mod keys;
 mod origin;
 mod release;
 mod repo;
+mod rollout;
 mod rollouts_role;
 mod rotate;
 mod serve;
@@ -55,6 +56,9 @@ enum Command {
     /// Add or extract releases.
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// Staged rollouts: start one, see where each stands, pause, resume or abort.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Verify all metadata, every target and every chunk; name each problem.
     Verify {
         /// Repository directory.
@@ -149,6 +153,46 @@ enum ReleaseCommand {
         /// Output file (written only if everything verifies).
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Roll a published release out in waves: sign its first policy under the `rollouts`
+    /// delegation (created, with its own online key, on first use). `seeder serve` then
+    /// advances waves after their soak and enough healthy reports, and halts on failures.
+    Start(rollout::StartArgs),
+    /// Per wave: targeted share, installing, committed, rolled back, failure rate, gate.
+    Status {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Only the rollout of this release name.
+        name: Option<String>,
+    },
+    /// Stop new installs (devices already switched finish their trial).
+    Pause {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Release name.
+        name: String,
+    },
+    /// Run again after a pause or a halt (the current wave's soak starts over).
+    Resume {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Release name.
+        name: String,
+    },
+    /// Stop for good; start a new rollout to replace it.
+    Abort {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Release name.
+        name: String,
     },
 }
 
@@ -358,6 +402,30 @@ fn run(cli: &Cli) -> Result<i32> {
                 );
                 out
             })?;
+        }
+        Command::Rollout(RolloutCommand::Start(args)) => {
+            let status = rollout::start(args)?;
+            print(cli.json, &status, || format!("started {}", rollout::describe(&status)))?;
+        }
+        Command::Rollout(RolloutCommand::Status { repo, name }) => {
+            let all = rollout::status(&Repo::at(repo), name.as_deref())?;
+            print(cli.json, &all, || match all.is_empty() {
+                true => "no rollouts; start one with `seeder rollout start NAME VERSION`".into(),
+                false => all.iter().map(rollout::describe).collect::<Vec<_>>().join("\n"),
+            })?;
+        }
+        Command::Rollout(
+            RolloutCommand::Pause { repo, name }
+            | RolloutCommand::Resume { repo, name }
+            | RolloutCommand::Abort { repo, name },
+        ) => {
+            let (verb, command) = match &cli.command {
+                Command::Rollout(RolloutCommand::Pause { .. }) => ("paused", rollout::Command::Pause),
+                Command::Rollout(RolloutCommand::Resume { .. }) => ("resumed", rollout::Command::Resume),
+                _ => ("aborted", rollout::Command::Abort),
+            };
+            let status = rollout::command(&Repo::at(repo), name, command)?;
+            print(cli.json, &status, || format!("{verb} {}", rollout::describe(&status)))?;
         }
         Command::Key(KeyCommand::Rotate { repo, role }) => {
             let ids = rotate::rotate(&Repo::at(repo), role)?;

@@ -12,7 +12,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use host::tuf_dir::TrustedDir;
 use libp2p::PeerId;
 use protocol::manifest::ManifestView;
-use protocol::tuf::{encode_role_name, rollouts_role, Config, Event, FetchError, TargetFile, TrustedMetadataSet, Updater};
+use protocol::tuf::{
+    encode_role_name, rollouts_role, Config, Event, FetchError, TargetFile, TrustedMetadataSet, Updater,
+};
 use std::path::{Path, PathBuf};
 use tracing::{debug, info, warn};
 
