@@ -10,8 +10,8 @@ use protocol::rollout::policy::limits;
 use protocol::rollout::site_guard::PolicyUpdate;
 use protocol::rollout::{
     bucket, is_eligible, wave_of, window, Controller, EdgeHold, Gate, GateVerdict, HealthGate, Outcome, Phase,
-    PolicyError, PolicyView, RolloutPolicy, RolloutRelease, RolloutReport, RolloutState, SiteGuard, StopReason,
-    Wave, Window,
+    PolicyError, PolicyView, RolloutPolicy, RolloutRelease, RolloutReport, RolloutState, SiteGuard, StopReason, Wave,
+    Window,
 };
 use protocol::status::{InstallResult, StatusReport};
 use protocol::time::{Duration, Instant};
@@ -80,9 +80,15 @@ mod policy {
     #[test]
     fn validation_names_the_bad_field() {
         let cases: Vec<(RolloutPolicy, PolicyError)> = vec![
-            (RolloutPolicy { id: String::new(), ..sample() }, PolicyError::FieldLength(protocol::rollout::PolicyField::RolloutId)),
+            (
+                RolloutPolicy { id: String::new(), ..sample() },
+                PolicyError::FieldLength(protocol::rollout::PolicyField::RolloutId),
+            ),
             (RolloutPolicy { id: "a/b".into(), ..sample() }, PolicyError::IdCharacter),
-            (RolloutPolicy { id: "x".repeat(65), ..sample() }, PolicyError::FieldLength(protocol::rollout::PolicyField::RolloutId)),
+            (
+                RolloutPolicy { id: "x".repeat(65), ..sample() },
+                PolicyError::FieldLength(protocol::rollout::PolicyField::RolloutId),
+            ),
             (
                 RolloutPolicy {
                     waves: vec![
@@ -101,12 +107,18 @@ mod policy {
             (RolloutPolicy { waves: vec![], ..sample() }, PolicyError::WaveCount(0)),
             (RolloutPolicy { current_wave: 3, ..sample() }, PolicyError::CurrentWave { current: 3, waves: 3 }),
             (RolloutPolicy { state: RolloutState::Complete, ..sample() }, PolicyError::CompleteBeforeLastWave),
-            (RolloutPolicy { canaries: vec![device(1), device(1)], ..sample() }, PolicyError::DuplicateCanary { index: 1 }),
+            (
+                RolloutPolicy { canaries: vec![device(1), device(1)], ..sample() },
+                PolicyError::DuplicateCanary { index: 1 },
+            ),
             (
                 RolloutPolicy { health: HealthGate { max_failure_ppm: 1_000_001, min_reports: 1 }, ..sample() },
                 PolicyError::FailureRate(1_000_001),
             ),
-            (RolloutPolicy { health: HealthGate { max_failure_ppm: 1, min_reports: 0 }, ..sample() }, PolicyError::MinReports),
+            (
+                RolloutPolicy { health: HealthGate { max_failure_ppm: 1, min_reports: 0 }, ..sample() },
+                PolicyError::MinReports,
+            ),
         ];
         for (policy, expected) in cases {
             assert_eq!(policy.validate(), Err(expected), "{expected}");
@@ -118,13 +130,22 @@ mod policy {
             window(Window { start_minute: 60, end_minute: 60, ..base.clone() }).validate(),
             Err(PolicyError::WindowNeverOpens { index: 1 })
         );
-        assert_eq!(window(Window { weekdays: 0, ..base.clone() }).validate(), Err(PolicyError::WindowWeekdays { index: 1 }));
-        assert_eq!(window(Window { end_minute: 1440, ..base.clone() }).validate(), Err(PolicyError::WindowMinute { index: 1 }));
+        assert_eq!(
+            window(Window { weekdays: 0, ..base.clone() }).validate(),
+            Err(PolicyError::WindowWeekdays { index: 1 })
+        );
+        assert_eq!(
+            window(Window { end_minute: 1440, ..base.clone() }).validate(),
+            Err(PolicyError::WindowMinute { index: 1 })
+        );
         assert_eq!(
             window(Window { utc_offset_minutes: 841, ..base.clone() }).validate(),
             Err(PolicyError::WindowOffset { index: 1 })
         );
-        assert_eq!(window(Window { site_pattern: String::new(), ..base }).validate(), Err(PolicyError::WindowPattern { index: 1 }));
+        assert_eq!(
+            window(Window { site_pattern: String::new(), ..base }).validate(),
+            Err(PolicyError::WindowPattern { index: 1 })
+        );
         // The seeder prints the error as one line naming the field.
         let text = PolicyError::WavesNotIncreasing { index: 1 }.to_string();
         assert!(text.contains("waves[1]") && !text.contains('\n'), "{text}");
@@ -346,7 +367,10 @@ mod gate {
             ));
         }
         let current = device_in_wave(&policy, 0, 0);
-        assert!(matches!(gate.switch_decision(&view, &current, "site-1", NOON, EdgeHold::None), GateVerdict::WaitUntil(_)));
+        assert!(matches!(
+            gate.switch_decision(&view, &current, "site-1", NOON, EdgeHold::None),
+            GateVerdict::WaitUntil(_)
+        ));
         // An edge's concurrency hold with a retry time in the past cannot make it earlier.
         assert_eq!(
             gate.switch_decision(&view, &current, "site-1", NOON, EdgeHold::ConcurrencyFull { retry_at: 0 }),
@@ -375,7 +399,10 @@ mod gate {
             let bytes = view_of(&RolloutPolicy { state, ..sample() });
             let view = PolicyView::parse(&bytes).unwrap();
             assert_eq!(gate.download_decision(&view, &d, IN_WINDOW, EdgeHold::None), GateVerdict::Stopped(reason));
-            assert_eq!(gate.switch_decision(&view, &d, "site-1", IN_WINDOW, EdgeHold::None), GateVerdict::Stopped(reason));
+            assert_eq!(
+                gate.switch_decision(&view, &d, "site-1", IN_WINDOW, EdgeHold::None),
+                GateVerdict::Stopped(reason)
+            );
         }
         let complete = RolloutPolicy { state: RolloutState::Complete, current_wave: 2, ..sample() };
         let bytes = view_of(&complete);
@@ -471,7 +498,10 @@ mod controller {
         assert_eq!(c.poll(MONDAY + 11), None, "halted stays halted");
         // Operators: resume accepts what was counted, pause, abort.
         let resumed = c.resume(MONDAY + 20).unwrap();
-        assert_eq!((resumed.state.clone(), resumed.seq, resumed.wave_started_at), (RolloutState::Running, 3, MONDAY + 20));
+        assert_eq!(
+            (resumed.state.clone(), resumed.seq, resumed.wave_started_at),
+            (RolloutState::Running, 3, MONDAY + 20)
+        );
         assert_eq!(c.poll(MONDAY + 21), None, "the accepted failure does not halt again");
         assert_eq!(c.pause().unwrap().state, RolloutState::Paused);
         assert!(c.pause().is_err());
@@ -669,4 +699,16 @@ mod status {
         assert_eq!(RolloutReport::from_status(&report).unwrap().outcome, Outcome::RolledBack);
         assert_eq!(Phase::Halted.name(), "halted");
     }
+}
+
+/// The fuzz target's committed seed is a valid policy (regenerate it with
+/// `OTAMESH_WRITE_SEEDS=1 cargo test -p protocol --test rollout fuzz_seed`).
+#[test]
+fn fuzz_seed_is_a_valid_policy() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/rollout_policy/sample.bin");
+    let bytes = sample().encode().unwrap();
+    if std::env::var_os("OTAMESH_WRITE_SEEDS").is_some() {
+        std::fs::write(&path, &bytes).unwrap();
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "{} is stale", path.display());
 }

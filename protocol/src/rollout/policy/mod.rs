@@ -318,7 +318,10 @@ impl core::fmt::Display for PolicyError {
             HaltOutsideHalted => f.write_str("rollout policy state: a halt code or reason without the halted state"),
             WaveCount(n) => write!(f, "rollout policy waves: {n} given, 1 to {} allowed", limits::MAX_WAVES),
             WavesNotIncreasing { index } => {
-                write!(f, "rollout policy waves[{index}]: cumulative fraction must be above the previous wave's and above 0")
+                write!(
+                    f,
+                    "rollout policy waves[{index}]: cumulative fraction must be above the previous wave's and above 0"
+                )
             }
             WaveOverFullFleet { index } => {
                 write!(f, "rollout policy waves[{index}]: cumulative fraction is above 1000000 ppm")
@@ -341,7 +344,9 @@ impl core::fmt::Display for PolicyError {
             WindowWeekdays { index } => {
                 write!(f, "rollout policy windows[{index}]: weekday mask must name at least one day and only bits 0-6")
             }
-            WindowMinute { index } => write!(f, "rollout policy windows[{index}]: start and end minute must be below 1440"),
+            WindowMinute { index } => {
+                write!(f, "rollout policy windows[{index}]: start and end minute must be below 1440")
+            }
             WindowNeverOpens { index } => {
                 write!(f, "rollout policy windows[{index}]: start equals end, the window never opens")
             }

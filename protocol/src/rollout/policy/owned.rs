@@ -4,9 +4,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::{
-    check_canaries, check_health, check_id, check_progress, check_release, check_state, check_waves,
-    check_window, check_window_count, HealthGate, Phase, PolicyError, PolicyView, RolloutRelease, Wave,
-    FORMAT_VERSION, MAGIC,
+    check_canaries, check_health, check_id, check_progress, check_release, check_state, check_waves, check_window,
+    check_window_count, HealthGate, Phase, PolicyError, PolicyView, RolloutRelease, Wave, FORMAT_VERSION, MAGIC,
 };
 use crate::rollout::window::Window;
 

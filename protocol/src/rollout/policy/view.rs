@@ -1,9 +1,9 @@
 //! The zero-copy, validate-once view over policy bytes: what a device (MCU included) reads.
 
 use super::{
-    check_canaries, check_health, check_id, check_progress, check_release, check_state, check_waves,
-    check_window, check_window_count, limits, HealthGate, Phase, PolicyError, PolicyField, RolloutRelease, Wave,
-    FORMAT_VERSION, MAGIC,
+    check_canaries, check_health, check_id, check_progress, check_release, check_state, check_waves, check_window,
+    check_window_count, limits, HealthGate, Phase, PolicyError, PolicyField, RolloutRelease, Wave, FORMAT_VERSION,
+    MAGIC,
 };
 use crate::rollout::window::Window;
 
@@ -63,8 +63,7 @@ impl<'a> Reader<'a> {
     }
     fn window(&mut self, index: usize) -> Result<Window<&'a str>, PolicyError> {
         let len = self.u8()? as usize;
-        let site_pattern =
-            core::str::from_utf8(self.take(len)?).map_err(|_| PolicyError::WindowPattern { index })?;
+        let site_pattern = core::str::from_utf8(self.take(len)?).map_err(|_| PolicyError::WindowPattern { index })?;
         Ok(Window {
             site_pattern,
             weekdays: self.u8()?,
