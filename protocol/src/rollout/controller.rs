@@ -14,17 +14,20 @@
 //!    are in this is the plain failure rate; before that it halts only when so many failed
 //!    already that the wave could not pass even if every outstanding outcome succeeded.
 //! 2. **Regression against the previous release.** Given the previous release's figures
-//!    ([`Controller::handle_baseline`]), the rollout halts when the new release's failure
-//!    rate is significantly worse: the lower one-sided Wilson score bound of the new rate
-//!    (z = 2.326, 99 %) lies above the upper bound of the baseline's, with at least
-//!    [`BASELINE_MIN_OUTCOMES`] outcomes of the new release. Why Wilson bounds: they behave
-//!    at the extremes that matter here (zero failures in the baseline, a handful of outcomes
-//!    in a canary wave), where the normal approximation of a two-proportion z-test breaks;
-//!    requiring the two intervals to separate is conservative (roughly a 3.3 σ difference
-//!    for equal sample sizes), which keeps repeated looks — the controller re-tests after
-//!    every poll — from halting a release that is as good as its predecessor, while a
-//!    clearly worse one (say 50 % failures against 1 %) separates within ten outcomes.
-//!    SPRT would need a chosen alternative rate per release; the interval test needs none.
+//!    ([`Controller::handle_baseline`]), the rollout halts when the new release's failures
+//!    are significantly more than the baseline explains: an exact one-sided binomial test,
+//!    P(X ≥ failures | n = final outcomes, p = p₀) < [`BASELINE_ALPHA`] (0.1 %), where p₀ is
+//!    the upper 99 % Wilson score bound of the baseline's failure rate (so a small or noisy
+//!    baseline counts in the new release's favour), with at least [`BASELINE_MIN_OUTCOMES`]
+//!    outcomes of the new release. Why this test: it is exact at the small counts that matter
+//!    (a canary wave's first dozen outcomes, a baseline with almost no failures), where the
+//!    normal approximation of a two-proportion z-test — and the Wilson bound on the new
+//!    release's side, which we tried first — halts a release as good as its predecessor
+//!    (2 failures in 19 against 2 % is not evidence of anything); and it needs no chosen
+//!    alternative rate, which Wald's SPRT would. The controller re-tests after every poll,
+//!    which inflates the false-alarm rate of a fixed-α test; the small α and the
+//!    conservative p₀ keep it low (the tests check thousands of looks at equal rates), while
+//!    a clearly worse release (15 % against 2 %) still halts within a few dozen outcomes.
 //! 3. **Advance.** When the current wave has soaked `min_soak_secs` since `wave_started_at`,
 //!    has at least `min_reports` final outcomes, and its failure rate is within the limit,
 //!    the next wave starts (or, after the last wave, the rollout is complete).
@@ -58,7 +61,9 @@ pub mod halt_code {
 
 /// Final outcomes of the new release before the baseline comparison may halt it.
 pub const BASELINE_MIN_OUTCOMES: u32 = 10;
-/// The one-sided 99 % normal quantile used for both Wilson bounds.
+/// Significance level of the baseline comparison.
+pub const BASELINE_ALPHA: f64 = 0.001;
+/// The one-sided 99 % normal quantile of the baseline's upper Wilson bound.
 const WILSON_Z: f64 = 2.326;
 
 /// Counts of device outcomes (latest per device).
@@ -329,9 +334,9 @@ impl Controller {
         if let Some((base_ok, base_failed)) = self.baseline {
             let base_n = base_ok.saturating_add(base_failed);
             if all.finals() >= BASELINE_MIN_OUTCOMES && base_n > 0 {
-                let new_low = wilson(all.failures() as f64, all.finals() as f64).0;
                 let base_high = wilson(base_failed as f64, base_n as f64).1;
-                if new_low > base_high {
+                let p_value = binomial_upper_tail(all.failures() as u64, all.finals() as u64, base_high);
+                if p_value < BASELINE_ALPHA {
                     return Judgement::Halt {
                         code: halt_code::BASELINE_REGRESSION,
                         reason: reason(format!(
@@ -387,6 +392,48 @@ fn wilson(x: f64, n: f64) -> (f64, f64) {
     (center - half, center + half)
 }
 
+/// P(X ≥ x) for X ~ Binomial(n, p). Terms are summed relative to the mode's, walking
+/// outward until they stop mattering: no `exp`/`ln` (they need std) and no underflow of
+/// `(1 − p)^n` for large n. Below or at the mode the answer is reported as 1 (never
+/// significant), which is all the caller needs.
+fn binomial_upper_tail(x: u64, n: u64, p: f64) -> f64 {
+    if x == 0 || p >= 1.0 {
+        return 1.0;
+    }
+    if x > n || p <= 0.0 {
+        return 0.0;
+    }
+    let q = 1.0 - p;
+    let mode = (((n + 1) as f64 * p) as u64).min(n);
+    if x <= mode {
+        return 1.0;
+    }
+    const NEGLIGIBLE: f64 = 1e-18;
+    let mut total = 1.0;
+    let (mut term, mut k) = (1.0, mode);
+    while k > 0 {
+        term *= k as f64 / (n - k + 1) as f64 * (q / p);
+        k -= 1;
+        total += term;
+        if term < total * NEGLIGIBLE {
+            break;
+        }
+    }
+    let (mut term, mut k, mut tail) = (1.0, mode, 0.0);
+    while k < n {
+        term *= (n - k) as f64 / (k + 1) as f64 * (p / q);
+        k += 1;
+        total += term;
+        if k >= x {
+            tail += term;
+        }
+        if term < total * NEGLIGIBLE {
+            break;
+        }
+    }
+    tail / total
+}
+
 /// Square root by Newton's method: `f64::sqrt` needs std, and this crate's alloc-only build
 /// has none. Inputs here are in [0, 1]; 60 iterations reach full precision from any start.
 fn sqrt(x: f64) -> f64 {
@@ -423,6 +470,22 @@ mod tests {
         assert!(high > 0.79 && high < 0.8, "{high}");
         let (low, high) = wilson(0.0, 10_000.0);
         assert!(low.abs() < 1e-12 && high < 0.001);
+    }
+
+    #[test]
+    fn binomial_tail_matches_exact_values() {
+        // P(X >= 2 | 19, 0.02) = 1 - 0.98^19 - 19 * 0.02 * 0.98^18.
+        let exact = 1.0 - 0.98f64.powi(19) - 19.0 * 0.02 * 0.98f64.powi(18);
+        assert!((binomial_upper_tail(2, 19, 0.02) - exact).abs() < 1e-12);
+        // P(X >= 10 | 10, 0.5) = 2^-10.
+        assert!((binomial_upper_tail(10, 10, 0.5) - 1.0 / 1024.0).abs() < 1e-15);
+        assert_eq!(binomial_upper_tail(0, 10, 0.5), 1.0);
+        assert_eq!(binomial_upper_tail(11, 10, 0.5), 0.0);
+        // Large n does not underflow: 5 % of a million, 6 % observed, is far out in the tail.
+        let tail = binomial_upper_tail(60_000, 1_000_000, 0.05);
+        assert!((0.0..1e-100).contains(&tail), "{tail}");
+        let near = binomial_upper_tail(50_300, 1_000_000, 0.05);
+        assert!(near > 0.05 && near < 0.1, "{near}");
     }
 
     #[test]
