@@ -268,12 +268,13 @@ fn main() {
 }
 
 fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
-    } else {
-        println!("{}", text());
+    use std::io::Write;
+    let out = if json { serde_json::to_string_pretty(value)? } else { text() };
+    // A reader that went away (`| head`) is not an error worth a panic.
+    match writeln!(std::io::stdout(), "{out}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
-    Ok(())
 }
 
 fn run(cli: &Cli) -> Result<i32> {

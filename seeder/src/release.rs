@@ -398,7 +398,7 @@ pub fn extract(repo: &Repo, name: &str, version: &str, out: &Path) -> Result<Ext
     check_segment("version", version, protocol::manifest::limits::MAX_VERSION_BYTES)?;
     let verified = trusted::load(repo, None, crate::time::now_unix())?;
     let target = target_path(name, version);
-    let manifest_bytes = verified.read_target(repo, &target)?.with_context(|| {
+    let manifest_bytes = verified.read_target(repo, "targets", &target)?.with_context(|| {
         format!("{name} {version} is not published in {}; see `seeder inspect`", repo.dir.display())
     })?;
     let view =

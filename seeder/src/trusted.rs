@@ -3,7 +3,7 @@
 //! through every root version, the timestamp, snapshot and targets.
 
 use anyhow::{anyhow, Context, Result};
-use protocol::tuf::{TargetFile, TrustedMetadataSet};
+use protocol::tuf::{rollouts_role, TargetFile, TrustedMetadataSet};
 use std::fs;
 use std::io::Read;
 use std::path::Path;
@@ -69,6 +69,21 @@ pub fn load(repo: &Repo, root_file: Option<&Path>, now: i64) -> Result<Verified>
     let bytes = read_capped(&path, config.targets_max_length)?;
     set.update_delegated_targets(&bytes, "targets", "root").map_err(|e| anyhow!("{}: {e}", path.display()))?;
     files.push(path.display().to_string());
+
+    // The rollouts delegation, when the targets role made one: verified under the keys it
+    // names, as devices verify it.
+    if set.targets("targets").is_some_and(rollouts_role::is_delegated) {
+        let role = rollouts_role::ROLE;
+        let version = set
+            .snapshot()
+            .and_then(|s| s.meta.get(&format!("{role}.json")))
+            .map(|m| m.version)
+            .with_context(|| format!("targets delegates {role} but the snapshot names no {role}.json"))?;
+        let path = metadata.join(format!("{version}.{role}.json"));
+        let bytes = read_capped(&path, config.targets_max_length)?;
+        set.update_delegated_targets(&bytes, role, "targets").map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        files.push(path.display().to_string());
+    }
     Ok(Verified { set, files })
 }
 
@@ -78,9 +93,15 @@ impl Verified {
         self.set.targets("targets").into_iter().flat_map(|t| t.targets.values())
     }
 
-    /// Reads and verifies a target file's bytes; `None` if no such target is signed.
-    pub fn read_target(&self, repo: &Repo, target_path: &str) -> Result<Option<Vec<u8>>> {
-        let Some(target) = self.set.targets("targets").and_then(|t| t.targets.get(target_path)) else {
+    /// The rollout policies the `rollouts` role signs (none without the delegation).
+    pub fn policies(&self) -> impl Iterator<Item = &TargetFile> {
+        self.set.targets(rollouts_role::ROLE).into_iter().flat_map(|t| t.targets.values())
+    }
+
+    /// Reads and verifies the bytes of a target file `role` signs; `None` if it signs no
+    /// such target.
+    pub fn read_target(&self, repo: &Repo, role: &str, target_path: &str) -> Result<Option<Vec<u8>>> {
+        let Some(target) = self.set.targets(role).and_then(|t| t.targets.get(target_path)) else {
             return Ok(None);
         };
         let sha256 = target.hashes.get("sha256").with_context(|| format!("target {target_path} has no sha256"))?;

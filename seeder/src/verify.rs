@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Result};
 use protocol::manifest::ManifestView;
-use protocol::tuf::metadata::{verify_threshold, Envelope, Root};
+use protocol::rollout::RolloutPolicy;
+use protocol::tuf::metadata::{verify_threshold, Envelope, Root, Targets};
+use protocol::tuf::rollouts_role;
 use protocol::ChunkId;
 use serde::Serialize;
 use sha2::Digest;
@@ -72,7 +74,7 @@ pub fn run(repo: &Repo, root_file: Option<&Path>, now: i64) -> Result<VerifyRepo
                 };
                 let path = repo.target_file_path(&target.path, sha256);
                 referenced_targets.insert(path.clone());
-                let bytes = match verified.read_target(repo, &target.path) {
+                let bytes = match verified.read_target(repo, "targets", &target.path) {
                     Ok(Some(bytes)) => bytes,
                     Ok(None) => continue,
                     Err(e) => {
@@ -101,6 +103,21 @@ pub fn run(repo: &Repo, root_file: Option<&Path>, now: i64) -> Result<VerifyRepo
                             }
                         }
                     }
+                }
+            }
+            for policy in verified.policies() {
+                if let Some(sha256) = policy.hashes.get("sha256") {
+                    referenced_targets.insert(repo.target_file_path(&policy.path, sha256));
+                }
+                let path = repo.targets_dir().join(&policy.path);
+                match verified.read_target(repo, rollouts_role::ROLE, &policy.path) {
+                    Ok(Some(bytes)) => {
+                        if let Err(e) = RolloutPolicy::decode(&bytes) {
+                            report.problem(&path, format!("rollout policy does not decode: {e}"));
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => report.problem(&path, format!("{e:#}")),
                 }
             }
         }
@@ -174,6 +191,16 @@ fn check_all_metadata(repo: &Repo, report: &mut VerifyReport) -> Result<()> {
         (_, Err(_)) => report.problem(dir.join("root.json"), "missing"),
         _ => {}
     }
+    // Every delegation any targets version made (a rotated delegated key signed the older
+    // files of its role).
+    let delegations: Vec<_> = others
+        .iter()
+        .filter(|(_, role, version)| role == "targets" && version.is_some())
+        .filter_map(|(path, role, _)| {
+            let envelope = Envelope::parse(role, &fs::read(path).ok()?).ok()?;
+            Targets::parse(role, &envelope).ok()?.delegations
+        })
+        .collect();
     for (path, role, version) in others {
         let bytes = fs::read(&path)?;
         let envelope = match Envelope::parse(&role, &bytes) {
@@ -189,13 +216,23 @@ fn check_all_metadata(repo: &Repo, report: &mut VerifyReport) -> Result<()> {
                 continue;
             }
         }
-        let signed_by_some_root = roots.iter().any(|root| {
-            root.roles
-                .get(role.as_str())
-                .is_some_and(|keys| verify_threshold(&role, &root.keys, keys, &envelope, None).is_ok())
-        });
-        if !signed_by_some_root {
-            report.problem(&path, format!("not signed by a threshold of {role} keys under any root"));
+        let signed = if role == rollouts_role::ROLE {
+            // A delegated role: its keys are the ones some targets version delegates to it.
+            delegations.iter().any(|d| {
+                d.roles
+                    .iter()
+                    .any(|r| r.name == role && verify_threshold(&role, &d.keys, &r.keys, &envelope, None).is_ok())
+            })
+        } else {
+            roots.iter().any(|root| {
+                root.roles
+                    .get(role.as_str())
+                    .is_some_and(|keys| verify_threshold(&role, &root.keys, keys, &envelope, None).is_ok())
+            })
+        };
+        if !signed {
+            let under = if role == rollouts_role::ROLE { "any targets delegation" } else { "any root" };
+            report.problem(&path, format!("not signed by a threshold of {role} keys under {under}"));
         }
     }
     Ok(())

@@ -327,28 +327,79 @@ fn python_tuf_ngclient_downloads_a_release() {
     ok(&["key", "rotate", "--repo", f.repo(), "--role", "root"]);
     ok(&["key", "rotate", "--repo", f.repo(), "--role", "timestamp"]);
     f.add(&f.image("v2.img", &random_bytes(1 << 20, 14)), "2.0.0", &[]);
+    // A rollout adds the `rollouts` delegation; standard clients still read the repository,
+    // and find the policy through the delegation.
+    ok(&["rollout", "start", "--repo", f.repo(), "gw", "2.0.0", "--soak", "0"]);
+    ok(&["rollout", "pause", "--repo", f.repo(), "gw"]);
+    let downloaded = python_tuf_download(&f, "releases/gw/2.0.0.manifest");
+    let view = protocol::manifest::ManifestView::new_checked(&downloaded).unwrap();
+    assert_eq!((view.name(), view.version(), view.hw_class()), ("gw", "2.0.0", "imx8"));
+    let policy = protocol::rollout::RolloutPolicy::decode(&python_tuf_download(&f, "rollouts/gw.policy")).unwrap();
+    assert_eq!((policy.release.version.as_str(), policy.seq), ("2.0.0", 2));
+    assert_eq!(policy.state, protocol::rollout::RolloutState::Paused);
+}
+
+/// `target_path` as python-tuf's ngclient downloads it from the repository.
+fn python_tuf_download(f: &Fixture, target_path: &str) -> Vec<u8> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/ngclient_download.py");
     let root = f.repo.join("metadata/1.root.json");
-    let out_file = f.work.join("manifest.dl");
+    let out_file = f.work.join("download.out");
     let out = Command::new("python3")
-        .args([
-            script.to_str().unwrap(),
-            f.repo(),
-            root.to_str().unwrap(),
-            "releases/gw/2.0.0.manifest",
-            out_file.to_str().unwrap(),
-        ])
+        .args([script.to_str().unwrap(), f.repo(), root.to_str().unwrap(), target_path, out_file.to_str().unwrap()])
         .output()
         .expect("python3 runs");
     assert!(
         out.status.success(),
-        "python-tuf failed (is `pip install tuf` done?): {}{}",
+        "python-tuf failed on {target_path} (is `pip install tuf` done?): {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let downloaded = fs::read(&out_file).unwrap();
-    let view = protocol::manifest::ManifestView::new_checked(&downloaded).unwrap();
-    assert_eq!((view.name(), view.version(), view.hw_class()), ("gw", "2.0.0", "imx8"));
+    fs::read(&out_file).unwrap()
+}
+
+#[test]
+fn rollout_commands_sign_policies_and_refuse_bad_input_without_signing() {
+    let f = Fixture::new();
+    f.add(&f.image("v1.img", &random_bytes(1 << 20, 21)), "1.0.0", &[]);
+    let metadata_files = || fs::read_dir(f.repo.join("metadata")).unwrap().count();
+    let before = metadata_files();
+    for (args, names) in [
+        (vec!["gw", "9.9.9"], "not published"),
+        (vec!["gw", "1.0.0", "--waves", "10,5,100"], "waves[1]"),
+        (vec!["gw", "1.0.0", "--waves", "1,50"], "last wave"),
+        (vec!["gw", "1.0.0", "--window", "*:daily:02:00-02:00:Z"], "windows[0]"),
+        (vec!["gw", "1.0.0", "--window", "*:someday:01:00-02:00:Z"], "--window"),
+        (vec!["gw", "1.0.0", "--canary", "not-a-key"], "--canary"),
+        (vec!["gw", "1.0.0", "--max-failure-rate", "120"], "--max-failure-rate"),
+    ] {
+        let mut all = vec!["rollout", "start", "--repo", f.repo()];
+        all.extend_from_slice(&args);
+        let out = seeder(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: not one line: {stderr}");
+        assert!(stderr.contains(names), "{args:?}: error does not name {names}: {stderr}");
+    }
+    assert_eq!(metadata_files(), before, "a refused rollout signed something");
+
+    let canary = "ab".repeat(32);
+    let started = json(&["rollout", "start", "--repo", f.repo(), "gw", "1.0.0", "--canary", &canary, "--soak", "0"]);
+    assert_eq!((started["state"].as_str(), started["seq"].as_u64()), (Some("running"), Some(1)));
+    assert_eq!(started["waves"].as_array().unwrap().len(), 4, "default waves 1,10,50,100");
+    // One running rollout per release name.
+    assert!(!seeder(&["rollout", "start", "--repo", f.repo(), "gw", "1.0.0"]).status.success());
+    for (command, state, seq) in [("pause", "paused", 2), ("resume", "running", 3), ("abort", "aborted", 4)] {
+        let s = json(&["rollout", command, "--repo", f.repo(), "gw"]);
+        assert_eq!((s["state"].as_str(), s["seq"].as_u64()), (Some(state), Some(seq)), "{command}");
+    }
+    assert!(!seeder(&["rollout", "resume", "--repo", f.repo(), "gw"]).status.success(), "an aborted rollout resumed");
+    let all = json(&["rollout", "status", "--repo", f.repo()]);
+    assert_eq!(all[0]["state"], "aborted");
+    // Every signed file verifies, the delegated role and its policies included.
+    let (passed, report) = f.verify();
+    assert!(passed, "{report}");
+    // After an abort a new rollout of the same release may start.
+    ok(&["rollout", "start", "--repo", f.repo(), "gw", "1.0.0", "--id", "gw-1.0.0-again"]);
 }
 
 /// Runs the seeder with its clock moved to `now` (unix seconds).
