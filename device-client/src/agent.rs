@@ -8,7 +8,8 @@
 //! - `installed.manifest` — the active slot's manifest, for chunk reuse;
 //! - `progress` — which target chunks are durable in the inactive slot;
 //! - `metadata/` — verified TUF metadata, `root.json` pinned;
-//! - `status.json` — the last status document; `device.key` — the device identity.
+//! - `status.json` — the last status document; `device.key` — the device identity;
+//! - `rollout.policy`, `rollout.install` — the rollout this device follows (see `rollout`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,12 +28,14 @@ use crate::config::AgentConfig;
 use crate::edges::EdgePool;
 use crate::fetch::{self, Counts, DownloadError, DownloadJob};
 use crate::health::{self, Verdict};
+use crate::rollout::{RolloutState, Stage};
 use crate::status;
 use crate::tuf_edge::{self, ManifestError, MetadataDir, RefreshError};
 use crate::tuf_http::unix_now;
 use host::fs::{write_atomic, PUBLIC};
 use protocol::device::metadata::{self, MetadataSource, RefreshVerdict};
 use protocol::device::release::DeviceIdentity;
+use protocol::wire::device::EdgeHoldAnswer;
 use protocol::ReleaseId;
 
 /// Longest a reboot command may run before it counts as hung (`systemctl reboot` returns
@@ -67,6 +70,8 @@ pub struct Agent {
     metadata: MetadataDir,
     key: Option<ContentKey>,
     device_key: ed25519_dalek::SigningKey,
+    /// The signed rollout policy this device follows and its gate.
+    rollout: RolloutState,
     started: std::time::Instant,
     /// The verified manifest of the release offered in the current check.
     offered: Option<Vec<u8>>,
@@ -131,6 +136,7 @@ impl Agent {
             metadata.pin_root(root)?;
         }
         let device_key = status::load_or_create_key(&config.data_dir)?;
+        let rollout = RolloutState::load(&config.data_dir);
         Ok(Agent {
             engine: Engine::new(engine_config, record),
             config,
@@ -140,6 +146,7 @@ impl Agent {
             metadata,
             key,
             device_key,
+            rollout,
             started: std::time::Instant::now(),
             offered: None,
             counts: None,
@@ -206,14 +213,28 @@ impl Agent {
             Action::Persist => self.persist()?,
             Action::FetchMetadata => self.fetch_metadata().await,
             Action::AskGate => {
-                // Rollout waves arrive with the control plane; until then every device proceeds.
-                if let Some(manifest) = &self.offered {
-                    write_atomic(&self.config.data_dir.join("target.manifest"), manifest, PUBLIC)?;
+                // Downloads pre-stage regardless of windows and of the site's install budget:
+                // the edge is asked before the switch only.
+                let device = self.device_id();
+                let decision =
+                    self.rollout.decide(Stage::Download, &device, &self.config.site, EdgeHoldAnswer::None, now, unix_now());
+                if decision == GateDecision::Proceed {
+                    if let Some(manifest) = &self.offered {
+                        write_atomic(&self.config.data_dir.join("target.manifest"), manifest, PUBLIC)?;
+                    }
+                    if let Some(offer) = self.engine.pending_offer() {
+                        let id = offer.id;
+                        self.rollout.mark_install(id, unix_now())?;
+                    }
                 }
-                self.engine.handle_gate(now, GateDecision::Proceed);
+                self.engine.handle_gate(now, decision);
             }
-            // Maintenance windows arrive with the control plane too; until then switch at once.
-            Action::AskSwitch => self.engine.handle_switch_gate(now, GateDecision::Proceed),
+            Action::AskSwitch => {
+                let device = self.device_id();
+                let hold = self.edge_hold(&device).await;
+                let decision = self.rollout.decide(Stage::Switch, &device, &self.config.site, hold, now, unix_now());
+                self.engine.handle_switch_gate(now, decision);
+            }
             Action::ResetProgress => {
                 let _ = std::fs::remove_file(self.config.data_dir.join("progress"));
                 self.counts = None;
@@ -321,7 +342,7 @@ impl Agent {
             .collect();
         let mut behind = 0usize;
         // (verified timestamp version, metadata, index in `edges`)
-        let mut best: Option<(u64, protocol::tuf::TrustedMetadataSet, usize)> = None;
+        let mut best: Option<(u64, tuf_edge::Refreshed, usize)> = None;
         for i in metadata::metadata_order(&sources) {
             let edge = &mut edges[i];
             let best_version = best.as_ref().map(|(v, _, _)| *v);
@@ -332,12 +353,12 @@ impl Agent {
                 }
                 continue;
             }
-            match tuf_edge::refresh(&mut edge.client, &self.metadata).await {
-                Ok(trusted) => {
+            match tuf_edge::refresh(&mut edge.client, &self.metadata, &self.config.release).await {
+                Ok(refreshed) => {
                     self.pool.record_metadata_use(edge.addr);
-                    let version = trusted.timestamp().map_or(0, |t| t.common.version);
+                    let version = refreshed.trusted.timestamp().map_or(0, |t| t.common.version);
                     if best_version.is_none_or(|v| version > v) {
-                        best = Some((version, trusted, i));
+                        best = Some((version, refreshed, i));
                     }
                 }
                 Err(RefreshError::Metadata(e)) => match metadata::refresh_verdict(&e) {
@@ -367,18 +388,50 @@ impl Agent {
                 }
             }
         }
-        let Some((_, trusted, source)) = best else {
+        let Some((_, refreshed, source)) = best else {
             if behind > 0 {
                 tracing::warn!(behind, "every edge node that answered is behind the metadata this device trusts");
             }
             return self.engine.handle_check_failed(self.now(), last);
         };
+        // The edge the metadata came from has what it names; the others may be behind.
+        let source_edge = edges.swap_remove(source);
+        edges.insert(0, source_edge);
+        let tuf_edge::Refreshed { trusted, rollouts, policy } = refreshed;
+        // A repository that delegates rollouts: only what a verified policy names installs.
+        let policy = match (rollouts, policy) {
+            (false, _) => None,
+            (true, None) => {
+                tracing::info!(release = %self.config.release, "no rollout of this release has started; nothing to install");
+                if let Err(e) = self.rollout.set_policy(None) {
+                    tracing::warn!("cannot forget the last rollout policy: {e:#}");
+                }
+                return self.engine.handle_no_update(self.now());
+            }
+            (true, Some(target)) => match self.fetch_policy(&mut edges, &target).await {
+                Some(bytes) => Some(bytes),
+                None => return self.engine.handle_check_failed(self.now(), ErrorCode::Verification),
+            },
+        };
+        if let Err(e) = self.rollout.set_policy(policy) {
+            tracing::error!("cannot keep the rollout policy: {e:#}");
+            return self.engine.handle_check_failed(self.now(), ErrorCode::Storage);
+        }
+        let named = self.rollout.policy().map(|p| {
+            let r = p.release();
+            protocol::rollout::RolloutRelease {
+                name: r.name.to_string(),
+                version: r.version.to_string(),
+                hw_class: r.hw_class.to_string(),
+            }
+        });
         let device = DeviceIdentity {
             release: &self.config.release,
             hw_class: &self.config.hw_class,
             security_floor: self.engine.record().min_security_counter,
         };
-        let Some((target, refusal)) = tuf_edge::choose_release(&trusted, &device) else {
+        let Some((target, refusal)) = tuf_edge::choose_release(&trusted, &device, named.as_ref().map(|r| r.as_str()).as_ref())
+        else {
             tracing::info!(release = %self.config.release, "no release published for this device");
             return self.engine.handle_no_update(self.now());
         };
@@ -387,10 +440,13 @@ impl Agent {
             // status report.
             tracing::info!(target = %target.path, ?reason, "the newest release is not one this device may install");
         }
+        if named.is_some() && self.is_older_than_installed(target) {
+            // A policy can pick only among signed releases, but not an older one: a stolen
+            // rollout key must not roll devices back.
+            tracing::warn!(target = %target.path, "the rollout policy names a release older than the installed one; ignored");
+            return self.engine.handle_no_update(self.now());
+        }
         let target = target.clone();
-        // The edge the metadata came from has the manifest it names; the others may be behind.
-        let source_edge = edges.swap_remove(source);
-        edges.insert(0, source_edge);
         for edge in edges.iter_mut() {
             let manifest = match tuf_edge::fetch_manifest(&mut edge.client, &target).await {
                 Ok(m) => m,
@@ -425,6 +481,32 @@ impl Agent {
             return self.engine.handle_offer(self.now(), offer);
         }
         self.engine.handle_check_failed(self.now(), last);
+    }
+
+    /// The rollout policy `target` from the first edge that has it and serves it intact.
+    async fn fetch_policy(&mut self, edges: &mut [crate::edges::Connected], target: &protocol::tuf::TargetFile) -> Option<Vec<u8>> {
+        for edge in edges.iter_mut() {
+            match tuf_edge::fetch_policy(&mut edge.client, target).await {
+                Ok(bytes) => return Some(bytes),
+                Err(ManifestError::Unavailable(why)) => tracing::info!(edge = %edge.addr, "{why}"),
+                Err(ManifestError::Invalid(why)) => {
+                    tracing::warn!(edge = %edge.addr, "rollout policy from edge node rejected: {why}");
+                    self.pool.penalize(edge.addr, "rollout policy failed verification");
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether `target` ranks below the installed release (lower security counter, or the
+    /// same counter and a lower version).
+    fn is_older_than_installed(&self, target: &protocol::tuf::TargetFile) -> bool {
+        let installed = &self.engine.record().installed;
+        let Ok(meta) = target.release() else { return false };
+        meta.security_counter
+            .cmp(&installed.security_counter)
+            .then_with(|| protocol::device::release::compare_versions(&meta.version, installed.version.as_str()))
+            .is_lt()
     }
 
     /// The target manifest on disk, checked against the record's target id.
@@ -602,6 +684,25 @@ impl Agent {
         Err(anyhow!("cannot restart the agent: {err}"))
     }
 
+    /// This device's identity in rollouts: its status key.
+    fn device_id(&self) -> [u8; 32] {
+        self.device_key.verifying_key().to_bytes()
+    }
+
+    /// What the first edge node that answers says about this device in the policy's
+    /// rollout; no answer holds nothing (the device's own gate still decides).
+    async fn edge_hold(&mut self, device: &[u8; 32]) -> EdgeHoldAnswer {
+        let Some(rollout) = self.rollout.policy().map(|p| p.id().to_string()) else {
+            return EdgeHoldAnswer::None;
+        };
+        let ask = async {
+            let mut edge = self.pool.connect_first().await?;
+            edge.client.set_request_timeout(Duration::from_secs(2));
+            edge.client.rollout_hold(&rollout, *device).await.ok()
+        };
+        tokio::time::timeout(Duration::from_secs(5), ask).await.ok().flatten().unwrap_or(EdgeHoldAnswer::None)
+    }
+
     async fn report(&mut self) {
         let seq = match status::next_seq(&self.config.data_dir) {
             Ok(seq) => seq,
@@ -610,7 +711,7 @@ impl Agent {
                 return;
             }
         };
-        let report = status::report(
+        let mut report = status::report(
             &self.device_key,
             seq,
             &self.config.release,
@@ -619,7 +720,14 @@ impl Agent {
             self.health.as_deref(),
             unix_now(),
         );
-        let doc = serde_json::to_value(&report).unwrap_or_default();
+        let fields = self.rollout.report_fields(self.engine.record(), unix_now());
+        (report.rollout, report.result, report.error_code, report.install_secs, report.slot) =
+            (fields.rollout, fields.result, fields.error_code, fields.install_secs, fields.slot);
+        let mut doc = serde_json::to_value(&report).unwrap_or_default();
+        // Not signed or sent: why the device waits, for `device-client status`.
+        if let (Some(why), Some(object)) = (&self.rollout.waiting, doc.as_object_mut()) {
+            object.insert("waiting".into(), Value::String(why.clone()));
+        }
         if let Ok(bytes) = serde_json::to_vec_pretty(&doc) {
             let _ = write_atomic(&self.config.data_dir.join("status.json"), &bytes, PUBLIC);
         }

@@ -5,6 +5,7 @@
 //! data_dir = "otamesh-device"          # record, progress, TUF metadata, device key, installed manifest
 //! release = "gateway-os"               # release name this device follows
 //! hw_class = "imx8-gw"                 # hardware class; releases for others are refused
+//! site = ""                            # the site's name, as rollouts' maintenance windows match it
 //! trusted_root = "root.json"           # pinned TUF root (copied into data_dir on first start)
 //! content_key = ""                     # fleet content key file (hex), for encrypted releases
 //! edges = ["quic://10.0.0.5:4433"]     # edge nodes' device service (quic:// or tcp://)
@@ -46,6 +47,9 @@ pub struct AgentConfig {
     pub release: String,
     /// This device's hardware class.
     pub hw_class: String,
+    /// The site's name: a rollout's maintenance windows name sites by pattern, and a device
+    /// switches slots only inside a window of its site (empty: only `*` windows match).
+    pub site: String,
     /// The pinned TUF root.
     pub trusted_root: Option<PathBuf>,
     /// The fleet content key (hex file), needed for encrypted releases.
@@ -104,6 +108,7 @@ impl Default for AgentConfig {
             data_dir: PathBuf::from("otamesh-device"),
             release: "gateway-os".into(),
             hw_class: "generic".into(),
+            site: String::new(),
             trusted_root: None,
             content_key: None,
             edges: vec!["quic://127.0.0.1:4433".into()],

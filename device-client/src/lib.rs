@@ -4,7 +4,8 @@
 //! Module map: `agent` (the engine driver), `config`, `bootloader` (slot switching
 //! backends), `edges` (edge ranking), `discovery` (edge nodes found by mDNS), `tuf_edge`
 //! (TUF through an edge node), `fetch` (chunk reuse and parallel verified download), `slot`
-//! (slot files and progress), `health` (trial checks), `status` (signed status reports).
+//! (slot files and progress), `health` (trial checks), `status` (signed status reports), `rollout` (the
+//! signed rollout policy's gate and the rollout fields of reports).
 //! Every download decision (fetch plan, edge ranking and penalties, metadata sources,
 //! release choice) is `protocol::device`'s; these modules are its IO drivers.
 #![deny(missing_docs)]
@@ -17,6 +18,7 @@ pub mod discovery;
 pub mod edges;
 pub mod fetch;
 pub mod health;
+pub mod rollout;
 pub mod rsa_pss;
 pub mod slot;
 pub mod status;

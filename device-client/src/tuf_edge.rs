@@ -17,7 +17,8 @@ use host::tuf_dir::{DriveError, TrustedDir};
 use protocol::device::release::{self, choose_release as choose_release_among, DeviceIdentity, Refusal};
 use protocol::device::{ReleaseCandidate, ReleaseChoice};
 use protocol::manifest::ManifestView;
-use protocol::tuf::{FetchError, TargetFile, TrustedMetadataSet, Updater};
+use protocol::rollout::RolloutRelease;
+use protocol::tuf::{rollouts_role, Event, FetchError, TargetFile, TrustedMetadataSet, Updater};
 
 use crate::tuf_http::unix_now;
 
@@ -77,8 +78,22 @@ impl std::fmt::Display for RefreshError {
     }
 }
 
-/// One full TUF refresh (root chain, timestamp, snapshot, targets) through `edge`.
-pub async fn refresh(edge: &mut DeviceClient, dir: &MetadataDir) -> Result<TrustedMetadataSet, RefreshError> {
+/// What a refresh verified: the top-level metadata, and — when the repository delegates
+/// rollouts — the signed target of the policy for the release this device follows (`None`
+/// if no rollout of it was ever started).
+pub struct Refreshed {
+    /// Root, timestamp, snapshot, targets (and the `rollouts` role when delegated).
+    pub trusted: TrustedMetadataSet,
+    /// Whether the repository delegates rollouts: then the device installs only what a
+    /// verified policy names.
+    pub rollouts: bool,
+    /// The policy's target, when there is one.
+    pub policy: Option<TargetFile>,
+}
+
+/// One full TUF refresh (root chain, timestamp, snapshot, targets, and the rollout policy of
+/// `release` through the `rollouts` delegation) through `edge`.
+pub async fn refresh(edge: &mut DeviceClient, dir: &MetadataDir, release: &str) -> Result<Refreshed, RefreshError> {
     let root = dir
         .0
         .read_root(crate::tuf_config().root_max_length)
@@ -87,7 +102,33 @@ pub async fn refresh(edge: &mut DeviceClient, dir: &MetadataDir) -> Result<Trust
     let mut updater = Updater::new(&root, unix_now(), crate::tuf_config())
         .map_err(|e| RefreshError::Local(anyhow!("pinned root: {e}")))?;
     updater.refresh();
-    while let Some(request) = dir.0.next_remote(&mut updater, |_| Ok(())).map_err(|e| match e {
+    drive(edge, dir, &mut updater, &mut |_| Ok(())).await?;
+    let Some(targets) = updater.trusted().targets("targets") else {
+        return Err(RefreshError::Local(anyhow!("refresh ended without verified targets")));
+    };
+    let rollouts = rollouts_role::is_delegated(targets);
+    let mut policy = None;
+    if rollouts {
+        updater.find_target(&rollouts_role::policy_target_path(release)).map_err(RefreshError::Metadata)?;
+        drive(edge, dir, &mut updater, &mut |event| {
+            if let Event::TargetFound(target) = event {
+                policy = Some(target.clone());
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    Ok(Refreshed { trusted: updater.trusted().clone(), rollouts, policy })
+}
+
+/// Runs `updater`'s current operation to its end, remote files from `edge`.
+async fn drive(
+    edge: &mut DeviceClient,
+    dir: &MetadataDir,
+    updater: &mut Updater,
+    on_event: &mut dyn FnMut(&Event) -> anyhow::Result<()>,
+) -> Result<(), RefreshError> {
+    while let Some(request) = dir.0.next_remote(updater, &mut *on_event).map_err(|e| match e {
         DriveError::Metadata(e) => RefreshError::Metadata(e),
         DriveError::Local(e) => RefreshError::Local(e),
     })? {
@@ -105,10 +146,7 @@ pub async fn refresh(edge: &mut DeviceClient, dir: &MetadataDir) -> Result<Trust
         };
         updater.handle_response(response).map_err(RefreshError::Metadata)?;
     }
-    if updater.trusted().targets("targets").is_none() {
-        return Err(RefreshError::Local(anyhow!("refresh ended without verified targets")));
-    }
-    Ok(updater.trusted().clone())
+    Ok(())
 }
 
 /// Why a manifest could not be had from one edge.
@@ -133,14 +171,25 @@ impl std::fmt::Display for ManifestError {
 /// counter, then the highest version), with the reason the device must refuse it if it
 /// must (none for its hardware class, or below its anti-rollback floor). `None` if nothing
 /// is published under its release name.
+///
+/// With `rollout` (the release a verified rollout policy names), only that release is a
+/// candidate: the top-level targets role must have signed it, and the policy only picks
+/// among what it signed.
 pub fn choose_release<'a>(
     trusted: &'a TrustedMetadataSet,
     device: &DeviceIdentity<'_>,
+    rollout: Option<&RolloutRelease<&str>>,
 ) -> Option<(&'a TargetFile, Option<Refusal>)> {
     let targets = trusted.targets("targets")?;
     // A target without valid release metadata matches no hardware class and ranks lowest.
-    let releases: Vec<(&TargetFile, &str, Option<protocol::tuf::ReleaseTarget>)> =
-        targets.targets.values().filter_map(|t| Some((t, release::release_name(&t.path)?, t.release().ok()))).collect();
+    let releases: Vec<(&TargetFile, &str, Option<protocol::tuf::ReleaseTarget>)> = targets
+        .targets
+        .values()
+        .filter_map(|t| Some((t, release::release_name(&t.path)?, t.release().ok())))
+        .filter(|(_, name, meta)| {
+            rollout.is_none_or(|r| meta.as_ref().is_some_and(|m| r.matches(name, &m.version, &m.hw_class)))
+        })
+        .collect();
     let candidates: Vec<ReleaseCandidate<'_>> = releases
         .iter()
         .map(|(_, name, meta)| ReleaseCandidate {
@@ -160,6 +209,23 @@ pub fn choose_release<'a>(
 /// Downloads the manifest of `target` through `edge` and checks it against the signed
 /// length and hashes, then decodes it.
 pub async fn fetch_manifest(edge: &mut DeviceClient, target: &TargetFile) -> Result<Vec<u8>, ManifestError> {
+    let bytes = fetch_target(edge, target).await?;
+    ManifestView::new_checked(&bytes)
+        .map_err(|e| ManifestError::Invalid(format!("manifest {} does not decode: {e}", target.path)))?;
+    Ok(bytes)
+}
+
+/// Downloads the rollout policy `target` through `edge`, checked against its signed hashes
+/// and parsed (a policy devices would refuse is refused here).
+pub async fn fetch_policy(edge: &mut DeviceClient, target: &TargetFile) -> Result<Vec<u8>, ManifestError> {
+    let bytes = fetch_target(edge, target).await?;
+    protocol::rollout::PolicyView::parse(&bytes)
+        .map_err(|e| ManifestError::Invalid(format!("rollout policy {} does not parse: {e}", target.path)))?;
+    Ok(bytes)
+}
+
+/// A target file through `edge`, checked against the signed length and hashes.
+async fn fetch_target(edge: &mut DeviceClient, target: &TargetFile) -> Result<Vec<u8>, ManifestError> {
     let invalid = |why: String| ManifestError::Invalid(why);
     let bytes = match edge.get_target(&target.path).await {
         Ok(Some(bytes)) => bytes,
@@ -169,7 +235,6 @@ pub async fn fetch_manifest(edge: &mut DeviceClient, target: &TargetFile) -> Res
         }
         Err(e) => return Err(ManifestError::Unavailable(format!("fetching {}: {e}", target.path))),
     };
-    target.verify(&bytes).map_err(|e| invalid(format!("manifest {} did not verify: {e}", target.path)))?;
-    ManifestView::new_checked(&bytes).map_err(|e| invalid(format!("manifest {} does not decode: {e}", target.path)))?;
+    target.verify(&bytes).map_err(|e| invalid(format!("{} did not verify: {e}", target.path)))?;
     Ok(bytes)
 }

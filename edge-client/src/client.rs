@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use protocol::wire::{
-    device::{ChunkItems, ChunkRanges, ErrorCode, Request, Response, ResponseView, WireError},
+    device::{ChunkItems, ChunkRanges, EdgeHoldAnswer, ErrorCode, Request, Response, ResponseView, WireError},
     ChunkRange,
 };
 use tokio::net::TcpStream;
@@ -268,6 +268,18 @@ impl DeviceClient {
             Response::Ack => Ok(()),
             Response::Error { code } => Err(ClientError::Server(code)),
             _ => Err(ClientError::Unexpected("not an ack")),
+        }
+    }
+
+    /// Asks whether the edge node holds this device back in `rollout` (see
+    /// [`Request::AskHold`]): a hold only delays, so a lying edge costs time, not safety.
+    pub async fn rollout_hold(&mut self, rollout: &str, device: [u8; 32]) -> Result<EdgeHoldAnswer, ClientError> {
+        let frame = Request::AskHold { rollout, device }.to_frame().map_err(ClientError::Request)?;
+        let response = self.request_frame(&frame).await?;
+        match ResponseView::parse(&response).map_err(ClientError::Malformed)? {
+            Response::Hold(hold) => Ok(hold),
+            Response::Error { code } => Err(ClientError::Server(code)),
+            _ => Err(ClientError::Unexpected("not a hold answer")),
         }
     }
 

@@ -321,6 +321,26 @@ pub fn print_status(value: &Value, json: bool) -> String {
             .collect();
         out.push_str(&table(&["NAME", "VERSION", "HW CLASS", "CHUNKS", "HAVE", "COMPLETE"], &rows));
     }
+
+    let _ = writeln!(out, "\nrollouts ({})", status.rollouts.len());
+    if !status.rollouts.is_empty() {
+        let rows: Vec<Vec<String>> = status
+            .rollouts
+            .iter()
+            .map(|r| {
+                let hold = if r.site_halted { "site halted" } else { "none" };
+                vec![
+                    cell(&r.rollout),
+                    hold.to_string(),
+                    r.installing.to_string(),
+                    r.committed.to_string(),
+                    r.rolled_back.to_string(),
+                    r.failed.to_string(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["ROLLOUT", "LOCAL HOLD", "INSTALLING", "COMMITTED", "ROLLED BACK", "FAILED"], &rows));
+    }
     out
 }
 

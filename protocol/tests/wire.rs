@@ -104,8 +104,10 @@ proptest! {
     fn device_requests_decode_to_what_was_encoded(
         ranges in proptest::collection::vec(range(), 0..=device::limits::MAX_RANGES),
         status in proptest::collection::vec(any::<u8>(), 0..1024),
+        device_key in any::<[u8; 32]>(),
     ) {
         for request in [
+            device::Request::AskHold { rollout: "gw-2.0.0", device: device_key },
             device::Request::GetChunks { ranges: ChunkRanges::from_slice(&ranges) },
             device::Request::ReportStatus { body: &status },
             device::Request::GetMetadata { name: "3.snapshot.json" },
@@ -122,6 +124,7 @@ proptest! {
         items in proptest::collection::vec((chunk_id(), 0u8..3, proptest::collection::vec(any::<u8>(), 0..64)), 0..64),
         bytes in proptest::collection::vec(any::<u8>(), 0..1024),
         code in any::<u16>(),
+        retry_at in any::<i64>(),
     ) {
         let items: Vec<ChunkItem<'_>> = items
             .iter()
@@ -140,6 +143,9 @@ proptest! {
             device::Response::NotFound,
             device::Response::Ack,
             device::Response::Error { code: device::ErrorCode(code) },
+            device::Response::Hold(device::EdgeHoldAnswer::None),
+            device::Response::Hold(device::EdgeHoldAnswer::SiteHalted),
+            device::Response::Hold(device::EdgeHoldAnswer::ConcurrencyFull { retry_at }),
         ] {
             let frame = response.to_frame().expect("a response within the limits encodes");
             prop_assert_eq!(ResponseView::parse(&frame[HEADER..]).expect("its own encoding parses"), response);

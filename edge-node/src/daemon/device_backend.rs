@@ -3,8 +3,9 @@
 //! replay, per-address rate and device quota: [`protocol::status::ReportGate`]) and the newest
 //! per device kept for upstream.
 
+use protocol::rollout::RolloutReport;
 use protocol::status::{ReportError, ReportGate, ReportLimits};
-use protocol::wire::device::ErrorCode;
+use protocol::wire::device::{EdgeHoldAnswer, ErrorCode};
 use protocol::ChunkId;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 
+use super::rollout_guards::RolloutGuards;
 use super::Internal;
 use crate::device::{ChunkLookup, ChunkSize, DeviceBackend};
 use crate::metrics::Metrics;
@@ -26,6 +28,8 @@ pub struct Backend {
     pub(super) internal: mpsc::Sender<Internal>,
     /// Accepted device status reports (the newest per device) and the admission state.
     pub(super) reports: Mutex<ReportGate<IpAddr>>,
+    /// The site's rollout guards (holds answered to devices).
+    pub(super) rollouts: Mutex<RolloutGuards>,
     /// Epoch of the gate's clock.
     started: std::time::Instant,
     metrics: Arc<Metrics>,
@@ -45,6 +49,7 @@ impl Backend {
             targets: RwLock::new(HashMap::new()),
             internal,
             reports: Mutex::new(ReportGate::new(report_limits)),
+            rollouts: Mutex::new(RolloutGuards::default()),
             started: std::time::Instant::now(),
             metrics,
         })
@@ -152,13 +157,19 @@ impl DeviceBackend for Backend {
     async fn report_status(&self, peer: SocketAddr, body: Vec<u8>) -> Result<(), ErrorCode> {
         let now = protocol::time::Instant(self.started.elapsed().as_micros() as u64);
         // Verify before taking the lock: a signature check is the expensive part.
+        let mut rollout = None;
         let verdict = protocol::status::verify(&body).and_then(|report| {
+            rollout = RolloutReport::from_status(&report.report);
             let mut gate = self.reports.lock().map_err(|_| ReportError::RateLimited)?;
             gate.admit(now, peer.ip(), report)
         });
         match verdict {
             Ok(()) => {
                 Metrics::add(&self.metrics.status_reports_accepted, 1);
+                // Admitted (signed, not a replay): the site's guard counts it.
+                if let (Some(report), Ok(mut guards)) = (rollout, self.rollouts.lock()) {
+                    guards.handle_report(&report, super::unix_now());
+                }
                 Ok(())
             }
             Err(e) => {
@@ -169,6 +180,13 @@ impl DeviceBackend for Backend {
                     _ => ErrorCode::BAD_REQUEST,
                 })
             }
+        }
+    }
+
+    async fn rollout_hold(&self, rollout: &str, device: [u8; 32]) -> EdgeHoldAnswer {
+        match self.rollouts.lock() {
+            Ok(mut guards) => guards.hold(rollout, &device, super::unix_now()),
+            Err(_) => EdgeHoldAnswer::None,
         }
     }
 }

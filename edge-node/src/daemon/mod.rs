@@ -26,6 +26,7 @@ pub mod meta_sources;
 mod new_paths;
 mod refresh;
 mod releases;
+mod rollout_guards;
 mod serve;
 mod status;
 pub mod tuf_sync;
@@ -441,6 +442,9 @@ impl Daemon {
     fn register_policy(&mut self, policy: tuf_sync::FoundPolicy) {
         if let Ok(mut targets) = self.device.targets.write() {
             targets.insert(policy.target_path.clone(), policy.mirror_file.clone());
+        }
+        if let Ok(mut guards) = self.device.rollouts.lock() {
+            guards.handle_policy(&policy.bytes);
         }
         self.policies.insert(policy.target_path, (policy.mirror_file.0, policy.bytes));
     }

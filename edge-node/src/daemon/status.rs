@@ -69,6 +69,7 @@ impl Daemon {
                 status_reports_rejected: self.metrics.status_reports_rejected.load(Relaxed),
                 reporting_devices: self.device.reporting_devices() as u64,
             },
+            rollouts: self.device.rollouts.lock().map(|g| g.status()).unwrap_or_default(),
         }
     }
 

@@ -47,7 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use protocol::wire::device::{limits, ErrorCode, Request, RequestView, Response, FRAME_HEADER_BYTES};
+use protocol::wire::device::{limits, EdgeHoldAnswer, ErrorCode, Request, RequestView, Response, FRAME_HEADER_BYTES};
 use protocol::ChunkId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -117,6 +117,13 @@ pub trait DeviceBackend: Send + Sync + 'static {
     /// upstream. `Err` is what the device is answered: the report was refused (forged,
     /// replayed: `BAD_REQUEST`) or the sender is over its allowance (`BUSY`).
     fn report_status(&self, peer: SocketAddr, body: Vec<u8>) -> impl Future<Output = Result<(), ErrorCode>> + Send;
+    /// Whether this node holds `device` back in rollout `rollout` (its site halted itself,
+    /// or the site's install budget is used up). A node without rollout state holds nothing:
+    /// the answer can only delay a device, which decides from the signed policy itself.
+    fn rollout_hold(&self, rollout: &str, device: [u8; 32]) -> impl Future<Output = EdgeHoldAnswer> + Send {
+        let _ = (rollout, device);
+        async { EdgeHoldAnswer::None }
+    }
 }
 
 /// Limits and addresses of the device service.
@@ -303,6 +310,9 @@ impl<B: DeviceBackend> Shared<B> {
                 Ok(()) => Answer::small(Response::Ack),
                 Err(code) => Answer::error(code),
             },
+            Request::AskHold { rollout, device } => {
+                Answer::small(Response::Hold(self.backend.rollout_hold(rollout, device).await))
+            }
         }
     }
 

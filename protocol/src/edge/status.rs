@@ -34,6 +34,27 @@ pub struct EdgeStatus {
     pub unwritten_chunks: u64,
     /// What the node refused to trust.
     pub trust: TrustStatus,
+    /// Each rollout whose policy the node holds: its site's counts and whether the site
+    /// halted itself.
+    pub rollouts: Vec<RolloutGuardStatus>,
+}
+
+/// One rollout as an edge node's site sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RolloutGuardStatus {
+    /// The rollout id.
+    pub rollout: String,
+    /// The site's own failures crossed the threshold: new installs here are held.
+    pub site_halted: bool,
+    /// The site's devices installing (latest report).
+    pub installing: u32,
+    /// Committed.
+    pub committed: u32,
+    /// Rolled back.
+    pub rolled_back: u32,
+    /// Failed before the switch.
+    pub failed: u32,
 }
 
 /// An identified peer.

@@ -61,11 +61,13 @@ const KIND_GET_METADATA: u8 = 0x01;
 const KIND_GET_TARGET: u8 = 0x02;
 const KIND_GET_CHUNKS: u8 = 0x03;
 const KIND_REPORT_STATUS: u8 = 0x04;
+const KIND_ASK_HOLD: u8 = 0x05;
 const KIND_BYTES: u8 = 0x81;
 const KIND_NOT_FOUND: u8 = 0x82;
 const KIND_CHUNKS: u8 = 0x83;
 const KIND_ACK: u8 = 0x84;
 const KIND_ERROR: u8 = 0x85;
+const KIND_HOLD: u8 = 0x86;
 
 const STATUS_OK: u8 = 0;
 const STATUS_NOT_FOUND: u8 = 1;
@@ -336,6 +338,15 @@ pub enum Request<'a> {
         /// At most [`limits::MAX_STATUS_BYTES`].
         body: &'a [u8],
     },
+    /// Whether the edge node holds this device back in a rollout (its site halted itself, or
+    /// the site's install budget is used up). The answer can only delay an install: the
+    /// device decides from the signed policy itself.
+    AskHold {
+        /// The rollout id (the same name rules as a metadata file name).
+        rollout: &'a str,
+        /// The device's key.
+        device: [u8; 32],
+    },
 }
 
 /// Checks a body against its direction's limit and reads its kind byte.
@@ -375,6 +386,11 @@ impl RequestView {
                 }
                 Request::ReportStatus { body: r.take(len as usize, "status")? }
             }
+            KIND_ASK_HOLD => {
+                let rollout = read_name(&mut r, valid_metadata_name)?;
+                let device = r.take(32, "device")?.try_into().map_err(|_| WireError::Truncated)?;
+                Request::AskHold { rollout, device }
+            }
             other => return Err(WireError::UnknownKind(other)),
         };
         r.finish()?;
@@ -405,6 +421,10 @@ impl Request<'_> {
                     return Err(WireError::StatusTooLarge { len: u32::try_from(body.len()).unwrap_or(u32::MAX) });
                 }
                 5 + body.len()
+            }
+            Request::AskHold { rollout, .. } => {
+                check_name(rollout, valid_metadata_name)?;
+                3 + rollout.len() + 32
             }
         };
         if len > limits::MAX_REQUEST_BYTES {
@@ -441,6 +461,12 @@ impl Request<'_> {
                 w.put(&[KIND_REPORT_STATUS]);
                 w.put(&(body.len() as u32).to_le_bytes());
                 w.put(body);
+            }
+            Request::AskHold { rollout, device } => {
+                w.put(&[KIND_ASK_HOLD]);
+                w.put(&(rollout.len() as u16).to_le_bytes());
+                w.put(rollout.as_bytes());
+                w.put(device);
             }
         }
         Ok(w.pos)
@@ -613,7 +639,28 @@ pub enum Response<'a> {
         /// Why.
         code: ErrorCode,
     },
+    /// The edge node's answer to [`Request::AskHold`].
+    Hold(EdgeHoldAnswer),
 }
+
+/// What an edge node says about a device in a rollout: no hold, its site halted itself, or
+/// the site's install budget is used up until a time (unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeHoldAnswer {
+    /// Nothing holds the device back here.
+    None,
+    /// The site's own reports halted the rollout here.
+    SiteHalted,
+    /// Too many devices of the site are installing; ask again at `retry_at`.
+    ConcurrencyFull {
+        /// Unix seconds.
+        retry_at: i64,
+    },
+}
+
+const HOLD_NONE: u8 = 0;
+const HOLD_SITE_HALTED: u8 = 1;
+const HOLD_CONCURRENCY_FULL: u8 = 2;
 
 /// Parses response bodies (the bytes after the length prefix).
 #[derive(Debug)]
@@ -640,6 +687,16 @@ impl ResponseView {
             }
             KIND_ACK => Response::Ack,
             KIND_ERROR => Response::Error { code: ErrorCode(r.u16("error code")?) },
+            KIND_HOLD => {
+                let hold = r.u8("hold")?;
+                let retry_at = i64::from_le_bytes(r.take(8, "retry at")?.try_into().map_err(|_| WireError::Truncated)?);
+                Response::Hold(match hold {
+                    HOLD_NONE => EdgeHoldAnswer::None,
+                    HOLD_SITE_HALTED => EdgeHoldAnswer::SiteHalted,
+                    HOLD_CONCURRENCY_FULL => EdgeHoldAnswer::ConcurrencyFull { retry_at },
+                    other => return Err(WireError::UnknownKind(other)),
+                })
+            }
             other => return Err(WireError::UnknownKind(other)),
         };
         r.finish()?;
@@ -663,6 +720,7 @@ impl Response<'_> {
                     .ok_or(WireError::MessageTooLarge)?
             }
             Response::Error { .. } => 3,
+            Response::Hold(_) => 10,
         };
         if len > limits::MAX_RESPONSE_BYTES {
             return Err(WireError::MessageTooLarge);
@@ -701,6 +759,15 @@ impl Response<'_> {
             Response::Error { code } => {
                 w.put(&[KIND_ERROR]);
                 w.put(&code.0.to_le_bytes());
+            }
+            Response::Hold(hold) => {
+                let (kind, retry_at) = match hold {
+                    EdgeHoldAnswer::None => (HOLD_NONE, 0),
+                    EdgeHoldAnswer::SiteHalted => (HOLD_SITE_HALTED, 0),
+                    EdgeHoldAnswer::ConcurrencyFull { retry_at } => (HOLD_CONCURRENCY_FULL, *retry_at),
+                };
+                w.put(&[KIND_HOLD, kind]);
+                w.put(&retry_at.to_le_bytes());
             }
         }
         Ok(w.pos)
