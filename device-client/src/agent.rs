@@ -176,7 +176,9 @@ impl Agent {
         loop {
             let record = self.engine.record();
             let attempt_failed = record.state == State::Downloading && record.last_error.is_some();
-            if self.mode == Mode::Check && (is_resting(record.state) || attempt_failed) {
+            // A staged image waits for the rollout gate (a window, a hold): this attempt is over.
+            let staged = record.state == State::Staged;
+            if self.mode == Mode::Check && (is_resting(record.state) || attempt_failed || staged) {
                 self.report().await;
                 return Ok(CheckResult { record: *self.engine.record(), status: self.last_status.clone() });
             }
@@ -216,8 +218,14 @@ impl Agent {
                 // Downloads pre-stage regardless of windows and of the site's install budget:
                 // the edge is asked before the switch only.
                 let device = self.device_id();
-                let decision =
-                    self.rollout.decide(Stage::Download, &device, &self.config.site, EdgeHoldAnswer::None, now, unix_now());
+                let decision = self.rollout.decide(
+                    Stage::Download,
+                    &device,
+                    &self.config.site,
+                    EdgeHoldAnswer::None,
+                    now,
+                    unix_now(),
+                );
                 if decision == GateDecision::Proceed {
                     if let Some(manifest) = &self.offered {
                         write_atomic(&self.config.data_dir.join("target.manifest"), manifest, PUBLIC)?;
@@ -430,7 +438,8 @@ impl Agent {
             hw_class: &self.config.hw_class,
             security_floor: self.engine.record().min_security_counter,
         };
-        let Some((target, refusal)) = tuf_edge::choose_release(&trusted, &device, named.as_ref().map(|r| r.as_str()).as_ref())
+        let Some((target, refusal)) =
+            tuf_edge::choose_release(&trusted, &device, named.as_ref().map(|r| r.as_str()).as_ref())
         else {
             tracing::info!(release = %self.config.release, "no release published for this device");
             return self.engine.handle_no_update(self.now());
@@ -484,7 +493,11 @@ impl Agent {
     }
 
     /// The rollout policy `target` from the first edge that has it and serves it intact.
-    async fn fetch_policy(&mut self, edges: &mut [crate::edges::Connected], target: &protocol::tuf::TargetFile) -> Option<Vec<u8>> {
+    async fn fetch_policy(
+        &mut self,
+        edges: &mut [crate::edges::Connected],
+        target: &protocol::tuf::TargetFile,
+    ) -> Option<Vec<u8>> {
         for edge in edges.iter_mut() {
             match tuf_edge::fetch_policy(&mut edge.client, target).await {
                 Ok(bytes) => return Some(bytes),

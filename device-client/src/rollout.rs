@@ -148,9 +148,7 @@ impl RolloutState {
         let Some(mark) = &self.install else { return ReportFields::default() };
         let is_mark = |id: ReleaseId| id.to_hex() == mark.release;
         let result = match record.state {
-            State::Installing | State::PendingReboot | State::Trial
-                if record.target.is_some_and(|t| is_mark(t.id)) =>
-            {
+            State::Installing | State::PendingReboot | State::Trial if record.target.is_some_and(|t| is_mark(t.id)) => {
                 InstallResult::Installing
             }
             State::Committed if is_mark(record.installed.id) => InstallResult::Committed,
@@ -173,10 +171,16 @@ fn describe(verdict: &GateVerdict, rollout: &str, unix_now: i64) -> Option<Strin
     Some(match verdict {
         GateVerdict::Proceed => return None,
         GateVerdict::WaitUntil(at) => {
-            format!("rollout {rollout}: waiting {} s for a maintenance window or the site's install budget", in_secs(*at))
+            format!(
+                "rollout {rollout}: waiting {} s for a maintenance window or the site's install budget",
+                in_secs(*at)
+            )
         }
         GateVerdict::NotInRolloutYet { recheck_at } => {
-            format!("rollout {rollout}: this device's wave has not started; checking again in {} s", in_secs(*recheck_at))
+            format!(
+                "rollout {rollout}: this device's wave has not started; checking again in {} s",
+                in_secs(*recheck_at)
+            )
         }
         GateVerdict::Stopped(reason) => match reason {
             StopReason::Paused => format!("rollout {rollout} is paused"),

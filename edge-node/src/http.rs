@@ -331,6 +331,7 @@ pub fn print_status(value: &Value, json: bool) -> String {
                 let hold = if r.site_halted { "site halted" } else { "none" };
                 vec![
                     cell(&r.rollout),
+                    format!("{} (v{})", cell(&r.state), r.policy_seq),
                     hold.to_string(),
                     r.installing.to_string(),
                     r.committed.to_string(),
@@ -339,7 +340,10 @@ pub fn print_status(value: &Value, json: bool) -> String {
                 ]
             })
             .collect();
-        out.push_str(&table(&["ROLLOUT", "LOCAL HOLD", "INSTALLING", "COMMITTED", "ROLLED BACK", "FAILED"], &rows));
+        out.push_str(&table(
+            &["ROLLOUT", "POLICY", "LOCAL HOLD", "INSTALLING", "COMMITTED", "ROLLED BACK", "FAILED"],
+            &rows,
+        ));
     }
     out
 }

@@ -20,6 +20,8 @@ const MAX_GUARDS: usize = 64;
 #[derive(Default)]
 pub struct RolloutGuards {
     guards: BTreeMap<String, SiteGuard>,
+    /// The newest policy seen per rollout: (seq, state name), for status.
+    policies: BTreeMap<String, (u64, &'static str)>,
 }
 
 impl RolloutGuards {
@@ -30,6 +32,10 @@ impl RolloutGuards {
             tracing::warn!("a signed rollout policy does not parse; devices will refuse it too");
             return;
         };
+        let newest = self.policies.get(policy.id()).map_or(0, |(seq, _)| *seq);
+        if policy.seq() >= newest {
+            self.policies.insert(policy.id().to_string(), (policy.seq(), policy.phase().name()));
+        }
         match self.guards.get_mut(policy.id()) {
             Some(guard) => {
                 let update = guard.handle_policy(&policy);
@@ -41,6 +47,7 @@ impl RolloutGuards {
                     let oldest = self.guards.keys().next().cloned();
                     if let Some(id) = oldest {
                         self.guards.remove(&id);
+                        self.policies.remove(&id);
                     }
                 }
                 self.guards.insert(policy.id().to_string(), SiteGuard::new(&policy));
@@ -75,8 +82,11 @@ impl RolloutGuards {
             .iter()
             .map(|(id, guard)| {
                 let tally = guard.tally();
+                let (seq, state) = self.policies.get(id).copied().unwrap_or((0, ""));
                 RolloutGuardStatus {
                     rollout: id.clone(),
+                    policy_seq: seq,
+                    state: state.to_string(),
                     site_halted: guard.is_halted(),
                     installing: tally.installing,
                     committed: tally.committed,

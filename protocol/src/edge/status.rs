@@ -45,6 +45,10 @@ pub struct EdgeStatus {
 pub struct RolloutGuardStatus {
     /// The rollout id.
     pub rollout: String,
+    /// The newest signed policy's sequence number the node holds.
+    pub policy_seq: u64,
+    /// That policy's state (running, paused, halted, aborted, complete).
+    pub state: String,
     /// The site's own failures crossed the threshold: new installs here are held.
     pub site_halted: bool,
     /// The site's devices installing (latest report).

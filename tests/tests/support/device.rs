@@ -28,7 +28,7 @@ impl Device {
     pub fn new(dir: &Path, repo: &Path, edges: &[String], health: Option<&[&str]>) -> Device {
         std::fs::create_dir_all(dir).unwrap();
         let mut config = format!(
-            "data_dir = {data:?}\nrelease = \"gw\"\nhw_class = \"imx8\"\ntrusted_root = {root:?}\n\
+            "data_dir = {data:?}\nrelease = \"gw\"\nhw_class = \"imx8\"\nsite = \"plant-1\"\ntrusted_root = {root:?}\n\
              content_key = {key:?}\nedges = {edges:?}\nslot_a = {a:?}\nslot_b = {b:?}\n\
              request_timeout_secs = 5\nconnect_timeout_secs = 5\nmdns = {mdns}\ntrial_deadline_secs = 30\n\n[bootloader]\nkind = \"file\"\n",
             data = dir.join("data"),

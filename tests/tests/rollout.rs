@@ -1,0 +1,146 @@
+//! Staged rollouts with real processes: `seeder serve` as the origin, an edge node, and Linux
+//! device agents on 127.0.0.1. The devices obey the signed policy themselves; the edge node
+//! holds its site back when its own devices' reports cross the failure threshold.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::device::Device;
+use support::{eventually, random_bytes, seeder, Edge, Origin};
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(120);
+const WAIT: Duration = Duration::from_secs(120);
+
+struct Fleet {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    origin: Origin,
+    edge: Edge,
+}
+
+/// An origin and one edge node in site `plant-1`, with v1 published and installed (before
+/// any rollout: a repository without the delegation installs at once) on `names` devices.
+fn fleet(names: &[&str], health: &[Option<&[&str]>]) -> (Fleet, Vec<Device>) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let origin = Origin::start(&root);
+    let edge = Edge::start("edge", &root.join("edge"), "plant-1", &[origin.addr.as_str()]);
+    origin.publish(&image(&root, 1), "1.0.0");
+    wait_for(&edge, "release 1.0.0", |s| has_release(s, "1.0.0"));
+    let edges = [format!("quic://{}", edge.device_quic)];
+    let devices: Vec<Device> = names
+        .iter()
+        .zip(health)
+        .map(|(name, health)| {
+            let device = Device::new(&root.join(name), &origin.repo, &edges, *health);
+            let run = device.check(CHECK_TIMEOUT);
+            assert!(run.success, "{name}: v1 install failed:\n{}", run.output);
+            assert_eq!(device.status()["version"], "1.0.0", "{name}");
+            device
+        })
+        .collect();
+    (Fleet { _dir: dir, root, origin, edge }, devices)
+}
+
+fn image(dir: &Path, seed: u64) -> PathBuf {
+    let path = dir.join(format!("v{seed}.img"));
+    std::fs::write(&path, random_bytes(2 << 20, seed)).unwrap();
+    path
+}
+
+fn has_release(status: &Value, version: &str) -> bool {
+    status["releases"].as_array().is_some_and(|r| r.iter().any(|r| r["version"] == version && r["complete"] == true))
+}
+
+/// The edge's view of rollout `id`, once `check` holds for it.
+fn wait_for(edge: &Edge, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    eventually(&format!("edge: {what}"), WAIT, || edge.status().filter(|s| check(s)))
+}
+
+fn rollout_of<'a>(status: &'a Value, id: &str) -> Option<&'a Value> {
+    status["rollouts"].as_array()?.iter().find(|r| r["rollout"] == id)
+}
+
+fn start_rollout(fleet: &Fleet, version: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["rollout", "start", "--repo", fleet.origin.repo.to_str().unwrap(), "gw", version];
+    args.extend_from_slice(extra);
+    let started = seeder(&args);
+    let id = started["id"].as_str().unwrap().to_string();
+    wait_for(&fleet.edge, &format!("policy of {id}"), |s| rollout_of(s, &id).is_some());
+    started
+}
+
+fn device_key(device: &Device) -> String {
+    device.status()["device"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn the_canary_installs_first_and_a_device_outside_the_current_wave_waits() {
+    let (fleet, devices) = fleet(&["canary", "other"], &[None, None]);
+    let (canary, other) = (&devices[0], &devices[1]);
+    fleet.origin.publish(&image(&fleet.root, 2), "2.0.0");
+    wait_for(&fleet.edge, "release 2.0.0", |s| has_release(s, "2.0.0"));
+    // Wave 0 is the canary plus 10 ppm of the fleet: `other` is (almost surely) not in it,
+    // and the wave cannot advance for an hour.
+    start_rollout(&fleet, "2.0.0", &["--waves", "0.001,100", "--canary", &device_key(canary), "--soak", "1h"]);
+
+    let run = other.check(CHECK_TIMEOUT);
+    assert!(run.success, "{}", run.output);
+    let status = other.status();
+    assert_eq!(status["version"], "1.0.0", "a device outside the current wave installed:\n{}", run.output);
+    let waiting = status["waiting"].as_str().unwrap_or_default();
+    assert!(waiting.contains("wave has not started"), "status does not say why it waits: {status}");
+
+    let run = canary.check(CHECK_TIMEOUT);
+    assert!(run.success, "{}", run.output);
+    let status = canary.status();
+    assert_eq!(
+        (status["state"].as_str(), status["version"].as_str()),
+        (Some("committed"), Some("2.0.0")),
+        "{}",
+        run.output
+    );
+    assert_eq!(status["rollout"], "gw-2.0.0");
+    assert_eq!(status["result"], "committed");
+    // The edge counted the canary's verified reports for its site.
+    wait_for(&fleet.edge, "the canary's commit", |s| rollout_of(s, "gw-2.0.0").is_some_and(|r| r["committed"] == 1));
+}
+
+#[test]
+fn a_site_whose_devices_fail_halts_itself_at_the_edge() {
+    // Both devices are in the single wave; `bad` fails its health check on 3.0.0.
+    let rigged = ["sh", "-c", "test \"$OTAMESH_VERSION\" != 3.0.0"];
+    let (fleet, devices) = fleet(&["bad", "next"], &[Some(&rigged), None]);
+    let (bad, next) = (&devices[0], &devices[1]);
+    fleet.origin.publish(&image(&fleet.root, 3), "3.0.0");
+    wait_for(&fleet.edge, "release 3.0.0", |s| has_release(s, "3.0.0"));
+    start_rollout(&fleet, "3.0.0", &["--waves", "100", "--soak", "1h", "--min-reports", "1"]);
+
+    // A rollback is a failed attempt: `check` exits non-zero.
+    let run = bad.check(CHECK_TIMEOUT);
+    let status = bad.status();
+    assert_eq!(
+        (status["state"].as_str(), status["version"].as_str()),
+        (Some("rolled-back"), Some("1.0.0")),
+        "{}",
+        run.output
+    );
+    // The rollback report reached the edge, and the site's one failure crosses 5 %: the site
+    // halts itself, whatever the origin knows.
+    let edge =
+        wait_for(&fleet.edge, "the site halt", |s| rollout_of(s, "gw-3.0.0").is_some_and(|r| r["site_halted"] == true));
+    assert_eq!(rollout_of(&edge, "gw-3.0.0").unwrap()["rolled_back"], 1);
+
+    // The next device of the site pre-stages the image but does not switch to it.
+    let run = next.check(CHECK_TIMEOUT);
+    assert!(run.success, "{}", run.output);
+    let status = next.status();
+    assert_eq!(status["version"], "1.0.0", "a device of a halted site installed:\n{}", run.output);
+    assert_eq!(status["state"], "staged", "{}", run.output);
+    let waiting = status["waiting"].as_str().unwrap_or_default();
+    assert!(waiting.contains("halted at this site"), "status does not say why it waits: {status}");
+    assert_eq!(next.bootenv(), ("b".to_string(), None), "the bootloader was pointed at the new slot");
+}
