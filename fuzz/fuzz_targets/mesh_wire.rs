@@ -6,7 +6,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use protocol::wire::mesh::{
-    ChunkRequest, ChunkResponse, HaveRequest, HaveResponse, MetaRequest, MetaResponse, WireMessage,
+    ChunkRequest, ChunkResponse, HaveRequest, HaveResponse, MetaRequest, MetaResponse, StatusAck, StatusBatch,
+    WireMessage,
 };
 
 fn round_trip<M: WireMessage>(body: &[u8]) {
@@ -19,12 +20,14 @@ fn round_trip<M: WireMessage>(body: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, body)) = data.split_first() else { return };
-    match which % 6 {
+    match which % 8 {
         0 => round_trip::<ChunkRequest>(body),
         1 => round_trip::<ChunkResponse>(body),
         2 => round_trip::<HaveRequest>(body),
         3 => round_trip::<HaveResponse>(body),
         4 => round_trip::<MetaRequest>(body),
-        _ => round_trip::<MetaResponse>(body),
+        5 => round_trip::<MetaResponse>(body),
+        6 => round_trip::<StatusBatch>(body),
+        _ => round_trip::<StatusAck>(body),
     }
 });

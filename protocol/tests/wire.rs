@@ -65,6 +65,8 @@ proptest! {
         bitfield in proptest::collection::vec(any::<u8>(), 0..512),
         name in "[a-z0-9./]{0,64}",
         body in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..256)),
+        reports in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..600), 0..20),
+        stored in any::<u32>(),
     ) {
         identity(&request)?;
         identity(&response)?;
@@ -72,6 +74,8 @@ proptest! {
         identity(&mesh::HaveResponse { release: ReleaseId(release), bitfield })?;
         identity(&mesh::MetaRequest { name })?;
         identity(&mesh::MetaResponse { body })?;
+        identity(&mesh::StatusBatch { reports })?;
+        identity(&mesh::StatusAck { stored })?;
     }
 
     #[test]
@@ -84,12 +88,14 @@ proptest! {
         reencodes::<mesh::HaveResponse>(&bytes)?;
         reencodes::<mesh::MetaRequest>(&bytes)?;
         reencodes::<mesh::MetaResponse>(&bytes)?;
+        reencodes::<mesh::StatusBatch>(&bytes)?;
+        reencodes::<mesh::StatusAck>(&bytes)?;
     }
 
     /// The same with the right kind byte in front, so the fields behind it get exercised.
     #[test]
     fn random_mesh_bodies_behind_a_valid_kind_never_panic(
-        kind in 1u8..=6, bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+        kind in 1u8..=8, bytes in proptest::collection::vec(any::<u8>(), 0..4096),
     ) {
         let body: Vec<u8> = std::iter::once(kind).chain(bytes).collect();
         reencodes::<mesh::ChunkRequest>(&body)?;
@@ -98,6 +104,8 @@ proptest! {
         reencodes::<mesh::HaveResponse>(&body)?;
         reencodes::<mesh::MetaRequest>(&body)?;
         reencodes::<mesh::MetaResponse>(&body)?;
+        reencodes::<mesh::StatusBatch>(&body)?;
+        reencodes::<mesh::StatusAck>(&body)?;
     }
 
     #[test]

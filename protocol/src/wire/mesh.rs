@@ -41,6 +41,16 @@ const KIND_HAVE_REQUEST: u8 = 0x03;
 const KIND_HAVE_RESPONSE: u8 = 0x04;
 const KIND_META_REQUEST: u8 = 0x05;
 const KIND_META_RESPONSE: u8 = 0x06;
+const KIND_STATUS_BATCH: u8 = 0x07;
+const KIND_STATUS_ACK: u8 = 0x08;
+
+/// Most device status reports in one [`StatusBatch`].
+pub const MAX_STATUS_REPORTS: usize = 512;
+/// Largest single report in a batch (a signed report is a few hundred bytes; see
+/// [`crate::status::MAX_REPORT_BYTES`]).
+pub const MAX_STATUS_REPORT_BYTES: usize = crate::status::MAX_REPORT_BYTES;
+/// Most bytes of reports in one batch: 1 MiB.
+pub const MAX_STATUS_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Longest name in a [`MetaRequest`].
 pub const MAX_META_NAME_BYTES: usize = 255;
@@ -198,6 +208,24 @@ pub struct MetaRequest {
 pub struct MetaResponse {
     /// The bytes, unverified.
     pub body: Option<Vec<u8>>,
+}
+
+/// Device status reports an edge node forwards toward the origin, signed by each device
+/// (the receiver verifies every one again: edge nodes are untrusted). Store and forward: the
+/// edge keeps a report until a [`StatusAck`] says it is durable upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusBatch {
+    /// Signed reports, each as the device sent it.
+    pub reports: Vec<Vec<u8>>,
+}
+
+/// "The first `stored` reports of your batch are durable here; forget them." Reports the
+/// receiver refused (forged, replayed, unenrolled) count as stored: sending them again would
+/// change nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusAck {
+    /// How many of the batch's reports, from its start, the edge may drop.
+    pub stored: u32,
 }
 
 impl HaveResponse {
@@ -449,6 +477,61 @@ impl WireMessage for MetaResponse {
         };
         r.finish()?;
         Ok(MetaResponse { body })
+    }
+}
+
+impl WireMessage for StatusBatch {
+    const MAX_ENCODED_BYTES: usize = 1 + 2 + MAX_STATUS_REPORTS * 2 + MAX_STATUS_BATCH_BYTES;
+
+    fn encode(&self) -> Result<Vec<u8>, WireError> {
+        check_limit("reports", self.reports.len() as u64, MAX_STATUS_REPORTS as u64)?;
+        let total: usize = self.reports.iter().map(Vec::len).sum();
+        check_limit("batch bytes", total as u64, MAX_STATUS_BATCH_BYTES as u64)?;
+        let mut out = Vec::with_capacity(3 + 2 * self.reports.len() + total);
+        out.push(KIND_STATUS_BATCH);
+        out.extend_from_slice(&(self.reports.len() as u16).to_le_bytes());
+        for report in &self.reports {
+            check_limit("report length", report.len() as u64, MAX_STATUS_REPORT_BYTES as u64)?;
+            out.extend_from_slice(&(report.len() as u16).to_le_bytes());
+            out.extend_from_slice(report);
+        }
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(bytes);
+        read_kind(&mut r, KIND_STATUS_BATCH)?;
+        let count = r.u16("reports")?;
+        check_limit("reports", u64::from(count), MAX_STATUS_REPORTS as u64)?;
+        let mut reports = Vec::with_capacity(usize::from(count));
+        let mut total = 0usize;
+        for _ in 0..count {
+            let len = usize::from(r.u16("report length")?);
+            check_limit("report length", len as u64, MAX_STATUS_REPORT_BYTES as u64)?;
+            total += len;
+            check_limit("batch bytes", total as u64, MAX_STATUS_BATCH_BYTES as u64)?;
+            reports.push(r.take(len, "report")?.to_vec());
+        }
+        r.finish()?;
+        Ok(StatusBatch { reports })
+    }
+}
+
+impl WireMessage for StatusAck {
+    const MAX_ENCODED_BYTES: usize = 1 + 4;
+
+    fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut out = vec![KIND_STATUS_ACK];
+        out.extend_from_slice(&self.stored.to_le_bytes());
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(bytes);
+        read_kind(&mut r, KIND_STATUS_ACK)?;
+        let stored = r.u32("stored")?;
+        r.finish()?;
+        Ok(StatusAck { stored })
     }
 }
 
