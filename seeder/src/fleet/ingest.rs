@@ -7,6 +7,11 @@
 //!                      at once                              (≤ max_batch or batch_wait)
 //! ```
 //!
+//! Reports keep the order they were submitted in: each is numbered at [`Ingestor::submit`],
+//! and the writer takes them in that order whichever verify thread finished first (a
+//! reorder buffer, bounded by the two queues), so a device's report 2 is never stored
+//! before its report 1 and then 1 refused as a replay.
+//!
 //! The writer owns the only write connection. It takes up to [`IngestConfig::max_batch`]
 //! jobs (waiting at most [`IngestConfig::batch_wait`] for more), decides each report in the
 //! transaction — unenrolled key: dropped; `seq` not above the device's last: a replay,
@@ -143,12 +148,16 @@ struct Exec {
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 struct Submission {
+    number: u64,
     signed: Vec<u8>,
     ack: Ack,
 }
 
 enum Job {
-    Report(Box<Checked>, Ack),
+    /// Submission `number` verified.
+    Report(u64, Box<Checked>, Ack),
+    /// Submission `number` was dropped (and acknowledged) by a verify thread.
+    Dropped(u64),
     Exec(Exec),
 }
 
@@ -157,7 +166,8 @@ enum Job {
 ///
 /// [`shutdown`]: Ingestor::shutdown
 pub struct Ingestor {
-    input: Option<Sender<Submission>>,
+    /// The input and the next submission number, sent together so numbers arrive in order.
+    input: std::sync::Mutex<Option<(Sender<Submission>, u64)>>,
     to_writer: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
     counts: Arc<Counters>,
@@ -206,14 +216,17 @@ impl Ingestor {
                     .context("cannot start a report verification thread")?,
             );
         }
-        Ok(Ingestor { input: Some(input), to_writer: Some(to_writer), threads, counts })
+        Ok(Ingestor { input: std::sync::Mutex::new(Some((input, 0))), to_writer: Some(to_writer), threads, counts })
     }
 
     /// Queues a signed report (its wire bytes, as an edge node forwarded them); `ack` is
     /// called with its outcome. Blocks while the queue is full.
     pub fn submit(&self, signed: Vec<u8>, ack: impl FnOnce(Outcome) + Send + 'static) -> Result<(), Closed> {
-        let input = self.input.as_ref().ok_or(Closed)?;
-        input.send(Submission { signed, ack: Box::new(ack) }).map_err(|_| Closed)
+        let mut input = self.input.lock().unwrap_or_else(|p| p.into_inner());
+        let (sender, next) = input.as_mut().ok_or(Closed)?;
+        sender.send(Submission { number: *next, signed, ack: Box::new(ack) }).map_err(|_| Closed)?;
+        *next += 1;
+        Ok(())
     }
 
     /// Submits a report and waits for its outcome.
@@ -272,7 +285,7 @@ impl Ingestor {
     fn stop(&mut self) {
         // Closing the input ends the verify threads once it is drained; their senders to the
         // writer go with them, and ours here, so the writer ends after the last batch.
-        self.input = None;
+        *self.input.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.to_writer = None;
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -351,11 +364,11 @@ fn check(bytes: &[u8], keep_signed: bool) -> Result<Checked, Outcome> {
 }
 
 fn verify_loop(submissions: &Receiver<Submission>, to_writer: &Sender<Job>, counts: &Counters, keep_signed: bool) {
-    for Submission { signed, ack } in submissions {
+    for Submission { number, signed, ack } in submissions {
         match check(&signed, keep_signed) {
             Ok(checked) => {
-                if let Err(crossbeam_channel::SendError(Job::Report(_, ack))) =
-                    to_writer.send(Job::Report(Box::new(checked), ack))
+                if let Err(crossbeam_channel::SendError(Job::Report(_, _, ack))) =
+                    to_writer.send(Job::Report(number, Box::new(checked), ack))
                 {
                     counts.add(Outcome::NotStored);
                     ack(Outcome::NotStored);
@@ -364,6 +377,8 @@ fn verify_loop(submissions: &Receiver<Submission>, to_writer: &Sender<Job>, coun
             Err(outcome) => {
                 counts.add(outcome);
                 ack(outcome);
+                // The writer waits for every number in turn.
+                let _ = to_writer.send(Job::Dropped(number));
             }
         }
     }
@@ -372,15 +387,26 @@ fn verify_loop(submissions: &Receiver<Submission>, to_writer: &Sender<Job>, coun
 fn writer_loop(mut conn: Connection, jobs: &Receiver<Job>, config: &IngestConfig, counts: &Counters) {
     let max_batch = config.max_batch.max(1);
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
-    while let Ok(first) = jobs.recv() {
-        batch.push(first);
+    let mut order = Reorder::default();
+    loop {
+        // Block until something is ready to write, then gather more until the batch is full
+        // or `batch_wait` has passed.
+        while batch.is_empty() {
+            match jobs.recv() {
+                Ok(job) => order.push(job, &mut batch),
+                Err(_) => {
+                    order.abandon(counts);
+                    return;
+                }
+            }
+        }
         let deadline = Instant::now() + config.batch_wait;
         while batch.len() < max_batch {
             match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => order.push(job, &mut batch),
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => match jobs.recv_deadline(deadline) {
-                    Ok(job) => batch.push(job),
+                    Ok(job) => order.push(job, &mut batch),
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 },
             }
@@ -405,11 +431,48 @@ fn writer_loop(mut conn: Connection, jobs: &Receiver<Job>, config: &IngestConfig
         // Jobs the failed batch never reached.
         for job in batch.drain(..) {
             match job {
-                Job::Report(_, ack) => {
+                Job::Report(_, _, ack) => {
                     counts.add(Outcome::NotStored);
                     ack(Outcome::NotStored);
                 }
+                Job::Dropped(_) => {}
                 Job::Exec(exec) => (exec.done)(Err("the batch it was in failed before it ran".into())),
+            }
+        }
+    }
+}
+
+/// Puts reports back in submission order: a report waits here until every lower number has
+/// arrived. At most the two queues' capacity plus the verify threads are ever held.
+#[derive(Default)]
+struct Reorder {
+    next: u64,
+    waiting: std::collections::BTreeMap<u64, Job>,
+}
+
+impl Reorder {
+    /// Takes `job` and moves every job now in order to `ready` (writes run at once).
+    fn push(&mut self, job: Job, ready: &mut Vec<Job>) {
+        let number = match &job {
+            Job::Report(n, ..) | Job::Dropped(n) => *n,
+            Job::Exec(_) => return ready.push(job),
+        };
+        self.waiting.insert(number, job);
+        while let Some(job) = self.waiting.remove(&self.next) {
+            self.next += 1;
+            if !matches!(job, Job::Dropped(_)) {
+                ready.push(job);
+            }
+        }
+    }
+
+    /// At shutdown: reports still waiting for a number that never came (a verify thread
+    /// panicked) are not stored.
+    fn abandon(&mut self, counts: &Counters) {
+        for (_, job) in std::mem::take(&mut self.waiting) {
+            if let Job::Report(_, _, ack) = job {
+                counts.add(Outcome::NotStored);
+                ack(Outcome::NotStored);
             }
         }
     }
@@ -448,12 +511,13 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>, decided: &mut Vec<De
         let mut jobs = std::mem::take(batch).into_iter();
         while let Some(job) = jobs.next() {
             let step = match job {
-                Job::Report(r, ack) => {
+                Job::Dropped(_) => Ok(()),
+                Job::Report(number, r, ack) => {
                     let found: Option<(i64, Option<i64>)> =
                         match lookup.query_row([&r.device[..]], |row| Ok((row.get(0)?, row.get(1)?))).optional() {
                             Ok(found) => found,
                             Err(e) => {
-                                batch.push(Job::Report(r, ack));
+                                batch.push(Job::Report(number, r, ack));
                                 batch.extend(jobs);
                                 return Err(e.into());
                             }
@@ -469,7 +533,7 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>, decided: &mut Vec<De
                             Ok(())
                         }
                         Err(e) => {
-                            batch.push(Job::Report(r, ack));
+                            batch.push(Job::Report(number, r, ack));
                             Err(e)
                         }
                     }
