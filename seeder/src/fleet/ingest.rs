@@ -134,7 +134,8 @@ impl Counters {
 }
 
 /// Called once with a report's outcome (after the commit, for reports that reached the
-/// writer). Runs on an ingest thread: keep it short (send on a channel, bump a counter).
+/// writer). Runs on an ingest thread: keep it short (send on a channel, bump a counter), and
+/// never submit from it (the queue it would wait on is the one its thread drains).
 pub type Ack = Box<dyn FnOnce(Outcome) + Send>;
 
 /// A write run by the writer thread inside its batch transaction (under a savepoint):
