@@ -2,6 +2,10 @@
 //! TUF repository, and verifies what it published.
 #![deny(missing_docs)]
 
+// Part of the fleet API is for `seeder serve` and the rollout controller to wire in; the
+// unit tests use all of it.
+#[cfg_attr(not(test), allow(dead_code))]
+mod fleet;
 mod freshness;
 mod init;
 mod inspect;
@@ -104,6 +108,82 @@ enum Command {
         announce_secs: u64,
         #[command(flatten)]
         renewal: RenewalArgs,
+    },
+    /// Enroll devices and see their latest state (the fleet database, REPO/fleet.sqlite).
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+    /// Benchmark: ingest (verify + store) signed status reports from made-up devices.
+    #[command(hide = true)]
+    BenchIngest {
+        /// Empty directory for the database.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Reports to ingest.
+        #[arg(long, default_value_t = 1_000_000)]
+        reports: u64,
+        /// Enrolled devices they come from.
+        #[arg(long, default_value_t = 10_000)]
+        devices: u64,
+        /// Store each report's signed bytes too.
+        #[arg(long)]
+        keep_signed: bool,
+    },
+    /// Test support: ingest made-up devices' reports, printing each acknowledgement.
+    #[command(hide = true)]
+    FleetTestIngest {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Made-up devices.
+        #[arg(long)]
+        devices: u64,
+        /// Reports to submit (0: until killed).
+        #[arg(long, default_value_t = 0)]
+        reports: u64,
+        /// Enroll the devices first.
+        #[arg(long)]
+        enroll: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevicesCommand {
+    /// Enroll one device (--key, --id, --site, --hw-class) or many (--from FILE). Only
+    /// enrolled devices' status reports are counted.
+    ///
+    /// --from FILE is JSON lines, one device per line:
+    /// {"key": "<64 hex digits>", "id": "gw-0001", "site": "plant-3", "hw_class": "imx8"}
+    /// Blank lines and lines starting with # are skipped. The file is enrolled in one
+    /// transaction: if any line is bad, or names a key or id already enrolled, the error
+    /// names the line and field and nothing is enrolled.
+    Enroll {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// The device's ed25519 public key: 64 hex digits, or a file holding them.
+        #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+        key: Option<String>,
+        /// The device's name, unique in the fleet.
+        #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+        id: Option<String>,
+        /// The device's site.
+        #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+        site: Option<String>,
+        /// The device's hardware class.
+        #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+        hw_class: Option<String>,
+        /// Enroll every device in this JSON-lines file instead (see above).
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
+    /// List enrolled devices with the latest state each reported.
+    List {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Only devices at this site.
+        #[arg(long)]
+        site: Option<String>,
     },
 }
 
@@ -279,6 +359,7 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> 
 
 fn run(cli: &Cli) -> Result<i32> {
     match &cli.command {
+        Command::Devices(_) | Command::BenchIngest { .. } | Command::FleetTestIngest { .. } => run_fleet(cli)?,
         Command::Init { repo, keys, threshold } => {
             let counts: BTreeMap<_, _> = keys.iter().cloned().collect();
             let thresholds: BTreeMap<_, _> = threshold.iter().cloned().collect();
@@ -484,4 +565,90 @@ fn run(cli: &Cli) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `seeder devices ...` and the hidden fleet commands.
+fn run_fleet(cli: &Cli) -> Result<()> {
+    match &cli.command {
+        Command::Devices(DevicesCommand::Enroll { repo, key, id, site, hw_class, from }) => {
+            fleet::check_repo(repo)?;
+            // Everything is checked before the database is opened: bad input creates nothing.
+            let (devices, label): (Vec<fleet::enroll::Enrollment>, Box<dyn Fn(usize) -> String>) = match from {
+                Some(path) => {
+                    let devices = fleet::enroll::read_bulk(path)?;
+                    let name = path.display().to_string();
+                    (devices, Box::new(move |i| format!("{name} device {}: ", i + 1)))
+                }
+                None => {
+                    let arg = |v: &Option<String>, what: &str| {
+                        v.clone().ok_or_else(|| anyhow::anyhow!("{what} is required without --from"))
+                    };
+                    let device = fleet::enroll::Enrollment::new(
+                        &arg(key, "--key")?,
+                        &arg(id, "--id")?,
+                        &arg(site, "--site")?,
+                        &arg(hw_class, "--hw-class")?,
+                    )?;
+                    (vec![device], Box::new(|_| String::new()))
+                }
+            };
+            let db = fleet::db_path(repo);
+            let created = !db.exists();
+            let result = fleet::open_write(&db)
+                .and_then(|mut conn| fleet::enroll::enroll(&mut conn, &devices, time::now_unix(), label));
+            if let Err(e) = result {
+                if created {
+                    fleet::remove_created(&db);
+                }
+                return Err(e);
+            }
+            let ids: Vec<&str> = devices.iter().map(|d| d.device_id.as_str()).collect();
+            print(cli.json, &serde_json::json!({"enrolled": ids.len(), "ids": ids}), || match ids.as_slice() {
+                [one] => format!("enrolled {one}"),
+                many => format!("enrolled {} devices", many.len()),
+            })?;
+        }
+        Command::Devices(DevicesCommand::List { repo, site }) => {
+            fleet::check_repo(repo)?;
+            let rows = match fleet::open_read(&fleet::db_path(repo))? {
+                Some(conn) => fleet::query::list_devices(&conn, site.as_deref())?,
+                None => Vec::new(),
+            };
+            print(cli.json, &rows, || {
+                let mut out = format!("{} devices", rows.len());
+                for d in &rows {
+                    out += &format!("\n  {:<20} {:<12} {:<10}", d.id, d.site, d.hw_class);
+                    match &d.state {
+                        None => out += " (no report yet)",
+                        Some(s) => {
+                            out += &format!(" {} {} {} seq {}", s.release, s.version, s.state, s.last_seq);
+                            if let Some(e) = &s.error {
+                                out += &format!(" error {e}");
+                            }
+                            if let Some(h) = &s.health {
+                                out += &format!(" health {h}");
+                            }
+                        }
+                    }
+                }
+                out
+            })?;
+        }
+        Command::BenchIngest { dir, reports, devices, keep_signed } => {
+            let r = fleet::bench::run(dir, *reports, *devices, *keep_signed)?;
+            print(cli.json, &r, || {
+                format!(
+                    "{} reports from {} devices in {:.2} s: {:.0} reports/s; bare verify {:.0}/s on one core (ratio {:.2}); peak RSS {:.0} MiB ({:.0} MiB before ingest)",
+                    r.reports, r.devices, r.secs, r.reports_per_sec, r.verify_per_sec_one_core,
+                    r.ratio_to_one_core_verify, r.peak_rss_mib, r.rss_before_mib
+                )
+            })?;
+        }
+        Command::FleetTestIngest { repo, devices, reports, enroll } => {
+            let counts = fleet::bench::test_ingest(repo, *devices, *reports, *enroll)?;
+            println!("done {}", serde_json::to_string(&counts)?);
+        }
+        _ => unreachable!("run_fleet is only called for fleet commands"),
+    }
+    Ok(())
 }

@@ -1,0 +1,266 @@
+//! Made-up devices and their signed reports, for the ingest benchmark (`seeder
+//! bench-ingest`, run by `scripts/bench-ingest`), the durability test's child
+//! (`seeder fleet-test-ingest`) and the unit tests. Nothing here runs in production.
+
+use anyhow::{bail, Context, Result};
+use ed25519_dalek::{Signer, SigningKey};
+use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use protocol::sig::Ed25519PublicKey;
+use protocol::status::{ReportProgress, StatusReport};
+
+use super::enroll::{self, Enrollment};
+use super::ingest::{IngestConfig, IngestCounts, Ingestor, Outcome};
+
+/// The signing key of made-up device `i` (the same in every run).
+pub fn device_key(i: u64) -> SigningKey {
+    let seed = blake3::derive_key("otamesh fleet test device 2026-12", &i.to_le_bytes());
+    SigningKey::from_bytes(&seed)
+}
+
+/// Made-up device `i`'s enrollment: id `dev-<i>`, site `site-<i % 4>`, class `imx8`.
+pub fn device_enrollment(i: u64) -> Enrollment {
+    Enrollment {
+        public_key: device_key(i).verifying_key().to_bytes(),
+        device_id: format!("dev-{i:06}"),
+        site: format!("site-{}", i % 4),
+        hw_class: "imx8".into(),
+    }
+}
+
+/// A plausible report from `key` with number `seq`.
+pub fn report(key: &SigningKey, seq: u64) -> StatusReport {
+    StatusReport {
+        device: protocol::hex::encode(key.verifying_key().as_bytes()),
+        seq,
+        release: "gw".into(),
+        version: "1.4.2".into(),
+        installed_id: "7f".repeat(32),
+        active_slot: "b".into(),
+        state: if seq % 7 == 0 { "downloading".into() } else { "committed".into() },
+        target: None,
+        progress: ReportProgress { chunks_done: 812, chunk_count: 812, bytes_fetched: 51_380_224, bytes_reused: 0 },
+        error: None,
+        health: Some("ok".into()),
+        security_floor: 3,
+        time: 1_800_000_000 + seq as i64,
+    }
+}
+
+/// The signed wire form of `payload` (a report's JSON, possibly with fields this version of
+/// `StatusReport` lacks) under `key`: `{"signed": payload, "signature": hex}`.
+pub fn sign_payload(key: &SigningKey, payload: &str) -> Vec<u8> {
+    let signature = protocol::hex::encode(&key.sign(payload.as_bytes()).to_bytes());
+    serde_json::to_vec(&serde_json::json!({ "signed": payload, "signature": signature })).unwrap_or_default()
+}
+
+/// Made-up device `i`'s report number `seq`, signed, carrying the rollout fields.
+pub fn signed_report(i: u64, seq: u64) -> Vec<u8> {
+    sign_report_with(&device_key(i), seq)
+}
+
+/// What `seeder bench-ingest` prints (one JSON object).
+#[derive(Debug, Serialize)]
+pub struct BenchResult {
+    /// Reports ingested in the timed section.
+    pub reports: u64,
+    /// Enrolled devices they came from.
+    pub devices: u64,
+    /// Verify threads.
+    pub verify_threads: usize,
+    /// Whether the signed bytes were stored.
+    pub keep_signed: bool,
+    /// Timed section: submit of the first report to the ack of the last.
+    pub secs: f64,
+    /// Reports per second (verify + store, acknowledged).
+    pub reports_per_sec: f64,
+    /// Bare strict ed25519 verifications per second on one thread (key decoding included),
+    /// same keys and payloads, measured in this run.
+    pub verify_per_sec_one_core: f64,
+    /// reports_per_sec / verify_per_sec_one_core.
+    pub ratio_to_one_core_verify: f64,
+    /// Resident memory once the reports were generated (they are held in memory).
+    pub rss_before_mib: f64,
+    /// Peak resident memory of the process.
+    pub peak_rss_mib: f64,
+    /// Size of the database files afterwards.
+    pub db_mib: f64,
+    /// Outcomes.
+    pub counts: IngestCounts,
+}
+
+/// `seeder bench-ingest`: enrolls `devices`, generates `reports` (`reports / devices` per
+/// device, increasing seq) outside the timed section, measures the bare verify rate, then
+/// ingests them all into a new database in `dir`.
+pub fn run(dir: &Path, reports: u64, devices: u64, keep_signed: bool) -> Result<BenchResult> {
+    if devices == 0 || reports < devices {
+        bail!("--reports must be at least --devices, and --devices at least 1");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let db = super::db_path(dir);
+    if db.exists() {
+        bail!("{} exists; give an empty --dir", db.display());
+    }
+    let per_device = reports / devices;
+    let reports = per_device * devices;
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+
+    let enrollments: Vec<Enrollment> = (0..devices).map(device_enrollment).collect();
+    enroll::enroll(&mut super::open_write(&db)?, &enrollments, crate::time::now_unix(), |i| format!("device {i}: "))?;
+
+    // Seq-major order: each device's reports are `devices` apart in the stream, as many
+    // devices reporting at once would interleave them.
+    let generated = generate(devices, per_device, threads);
+    let rss_before_mib = rss_mib("VmRSS:");
+
+    let verify_per_sec_one_core = bare_verify_rate(&generated[..generated.len().min(20_000)])?;
+
+    let config = IngestConfig { keep_signed, ..IngestConfig::default() };
+    let verify_threads = config.verify_threads;
+    let start = Instant::now();
+    let ingestor = Ingestor::start(&db, config)?;
+    for signed in generated {
+        ingestor.submit(signed, |_| {}).map_err(anyhow::Error::new)?;
+    }
+    let counts = ingestor.shutdown();
+    let secs = start.elapsed().as_secs_f64();
+    let reports_per_sec = reports as f64 / secs;
+    let db_bytes: u64 = ["", "-wal", "-shm"]
+        .iter()
+        .filter_map(|s| std::fs::metadata(format!("{}{s}", db.display())).ok())
+        .map(|m| m.len())
+        .sum();
+    if counts.accepted != reports {
+        bail!("only {} of {reports} reports were accepted: {counts:?}", counts.accepted);
+    }
+    Ok(BenchResult {
+        reports,
+        devices,
+        verify_threads,
+        keep_signed,
+        secs,
+        reports_per_sec,
+        verify_per_sec_one_core,
+        ratio_to_one_core_verify: reports_per_sec / verify_per_sec_one_core,
+        rss_before_mib,
+        peak_rss_mib: peak_rss_mib(),
+        db_mib: db_bytes as f64 / 1048576.0,
+        counts,
+    })
+}
+
+fn generate(devices: u64, per_device: u64, threads: usize) -> Vec<Vec<u8>> {
+    let total = devices * per_device;
+    let chunk = total.div_ceil(threads as u64);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = (0..threads as u64)
+            .map(|t| {
+                scope.spawn(move || {
+                    let keys: Vec<SigningKey> = (0..devices).map(device_key).collect();
+                    let range = t * chunk..((t + 1) * chunk).min(total);
+                    range.map(|n| sign_report_with(&keys[(n % devices) as usize], n / devices + 1)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts.into_iter().flat_map(|p| p.join().unwrap_or_default()).collect()
+    })
+}
+
+/// `key`'s report number `seq`, signed, carrying the rollout fields.
+pub fn sign_report_with(key: &SigningKey, seq: u64) -> Vec<u8> {
+    let mut value = serde_json::to_value(report(key, seq)).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("rollout".into(), "gw-1.4.2-r1".into());
+        object.insert("result".into(), "committed".into());
+        object.insert("install_secs".into(), (40 + seq % 20).into());
+    }
+    sign_payload(key, &value.to_string())
+}
+
+/// Strict ed25519 verifications per second on this thread: the key decoded and the
+/// signature checked as `protocol::status::verify` does, without the JSON.
+fn bare_verify_rate(sample: &[Vec<u8>]) -> Result<f64> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        signed: String,
+        signature: String,
+    }
+    let mut inputs = Vec::with_capacity(sample.len());
+    for bytes in sample {
+        let envelope: Envelope = serde_json::from_slice(bytes)?;
+        let report: StatusReport = serde_json::from_str(&envelope.signed)?;
+        let key = protocol::hex::decode_array::<32>(&report.device).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let signature = protocol::hex::decode_array::<64>(&envelope.signature).map_err(|e| anyhow::anyhow!("{e}"))?;
+        inputs.push((key, envelope.signed, signature));
+    }
+    let start = Instant::now();
+    for (key, message, signature) in &inputs {
+        let key = Ed25519PublicKey::from_bytes(key).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        key.verify(message.as_bytes(), signature).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    }
+    Ok(inputs.len() as f64 / start.elapsed().as_secs_f64())
+}
+
+fn rss_mib(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn peak_rss_mib() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return rss_mib("VmHWM:");
+    }
+    usage.ru_maxrss as f64 / 1024.0 // KiB on Linux
+}
+
+/// `seeder fleet-test-ingest`: optionally enrolls made-up devices `0..devices`, then
+/// submits their reports (seq-major, signed as it goes) and prints `ack <key hex> <seq>
+/// <outcome>` for each acknowledgement — until `reports` are done (0: until killed). The
+/// durability test kills it mid-stream and checks that every acked report is stored.
+pub fn test_ingest(repo: &Path, devices: u64, reports: u64, enroll_first: bool) -> Result<IngestCounts> {
+    let db = super::db_path(repo);
+    if enroll_first {
+        let enrollments: Vec<Enrollment> = (0..devices).map(device_enrollment).collect();
+        enroll::enroll(&mut super::open_write(&db)?, &enrollments, crate::time::now_unix(), |i| {
+            format!("device {i}: ")
+        })?;
+    }
+    let keys: Vec<SigningKey> = (0..devices.max(1)).map(device_key).collect();
+    let ingestor = Ingestor::start(&db, IngestConfig::default())?;
+    println!("ingesting");
+    let mut n = 0u64;
+    while reports == 0 || n < reports {
+        let key = &keys[(n % keys.len() as u64) as usize];
+        let seq = n / keys.len() as u64 + 1;
+        let hex = protocol::hex::encode(key.verifying_key().as_bytes());
+        ingestor
+            .submit(sign_report_with(key, seq), move |outcome| {
+                let name = match outcome {
+                    Outcome::Accepted => "accepted",
+                    Outcome::Unenrolled => "unenrolled",
+                    Outcome::Replayed { .. } => "replayed",
+                    Outcome::BadSignature => "bad_signature",
+                    Outcome::Malformed => "malformed",
+                    Outcome::NotStored => "not_stored",
+                };
+                // Written and flushed before the next ack: the test sees a line only after
+                // the report's commit returned.
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "ack {hex} {seq} {name}");
+                let _ = out.flush();
+            })
+            .map_err(anyhow::Error::new)?;
+        n += 1;
+    }
+    Ok(ingestor.shutdown())
+}

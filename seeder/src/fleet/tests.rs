@@ -1,0 +1,185 @@
+//! The fleet database on its own: enrollment, ingest decisions and counts, what `list`
+//! shows, rollouts through the writer.
+
+use super::bench::{device_enrollment, device_key, report, sign_payload, signed_report};
+use super::enroll::{self, Enrollment};
+use super::ingest::{IngestConfig, IngestCounts, Ingestor, Outcome};
+use super::{query, rollouts};
+use ed25519_dalek::Signer;
+use std::path::PathBuf;
+
+struct Db {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+/// A database with made-up devices `0..enrolled` enrolled.
+fn db(enrolled: u64) -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    let path = super::db_path(dir.path());
+    let devices: Vec<Enrollment> = (0..enrolled).map(device_enrollment).collect();
+    enroll::enroll(&mut super::open_write(&path).unwrap(), &devices, 1_800_000_000, |_| String::new()).unwrap();
+    Db { _dir: dir, path }
+}
+
+fn reader(db: &Db) -> rusqlite::Connection {
+    super::open_read(&db.path).unwrap().unwrap()
+}
+
+#[test]
+fn enrolled_reports_are_stored_and_every_kind_of_bad_one_is_dropped_and_counted() {
+    let db = db(2);
+    let ingestor = Ingestor::start(&db.path, IngestConfig::default()).unwrap();
+    assert_eq!(ingestor.ingest(signed_report(0, 1)), Outcome::Accepted);
+    assert_eq!(ingestor.ingest(signed_report(0, 2)), Outcome::Accepted);
+    assert_eq!(ingestor.ingest(signed_report(1, 7)), Outcome::Accepted);
+    // Device 5 is not enrolled.
+    assert_eq!(ingestor.ingest(signed_report(5, 1)), Outcome::Unenrolled);
+    // Replays: the same seq again, and an older one.
+    assert_eq!(ingestor.ingest(signed_report(0, 2)), Outcome::Replayed { last_seq: 2 });
+    assert_eq!(ingestor.ingest(signed_report(1, 3)), Outcome::Replayed { last_seq: 7 });
+    // Forged: device 0's report signed by device 1's key; and a tampered one.
+    let payload = serde_json::to_string(&report(&device_key(0), 9)).unwrap();
+    assert_eq!(ingestor.ingest(sign_payload(&device_key(1), &payload)), Outcome::BadSignature);
+    let tampered = String::from_utf8(signed_report(0, 10)).unwrap().replace("1.4.2", "6.6.6");
+    assert_eq!(ingestor.ingest(tampered.into_bytes()), Outcome::BadSignature);
+    // Malformed: not a report, too large, and a signed report whose rollout field has the
+    // wrong type.
+    assert_eq!(ingestor.ingest(b"{}".to_vec()), Outcome::Malformed);
+    assert_eq!(ingestor.ingest(vec![b' '; 9000]), Outcome::Malformed);
+    let mut value = serde_json::to_value(report(&device_key(0), 11)).unwrap();
+    value["error_code"] = "E42".into();
+    assert_eq!(ingestor.ingest(sign_payload(&device_key(0), &value.to_string())), Outcome::Malformed);
+
+    // Every ingest above returned after its ack, and counts are bumped before the ack.
+    assert_eq!(ingestor.counts().total(), 11);
+    let counts = ingestor.shutdown();
+    assert_eq!(
+        counts,
+        IngestCounts { accepted: 3, unenrolled: 1, replayed: 2, bad_signature: 2, malformed: 3, not_stored: 0 }
+    );
+    let conn = reader(&db);
+    assert_eq!(query::event_count(&conn).unwrap(), 3);
+    assert_eq!(query::event_seqs(&conn, &device_key(0).verifying_key().to_bytes()).unwrap(), vec![1, 2]);
+    let rows = query::list_devices(&conn, None).unwrap();
+    assert_eq!(rows.len(), 2);
+    let state = rows[0].state.as_ref().unwrap();
+    assert_eq!((rows[0].id.as_str(), state.last_seq, state.version.as_str()), ("dev-000000", 2, "1.4.2"));
+    assert_eq!(state.rollout.as_deref(), Some("gw-1.4.2-r1"));
+    assert_eq!(state.result.as_deref(), Some("committed"));
+    assert_eq!(rows[1].state.as_ref().unwrap().last_seq, 7);
+}
+
+#[test]
+fn a_report_without_the_rollout_fields_is_stored_with_them_empty() {
+    let db = db(1);
+    let key = device_key(0);
+    let mut old = report(&key, 1);
+    old.error = Some("verify".into());
+    let signed = old.to_signed(|m| key.sign(m).to_bytes());
+    let ingestor = Ingestor::start(&db.path, IngestConfig::default()).unwrap();
+    assert_eq!(ingestor.ingest(signed), Outcome::Accepted);
+    drop(ingestor);
+    let rows = query::list_devices(&reader(&db), None).unwrap();
+    let state = rows[0].state.as_ref().unwrap();
+    assert_eq!((state.rollout.as_ref(), state.error_code, state.error.as_deref()), (None, None, Some("verify")));
+}
+
+#[test]
+fn a_devices_reports_keep_their_order_through_the_verify_pool() {
+    // Many devices' reports in flight at once across 4 verify threads: were one device's
+    // report n+1 stored before n, n would be refused as a replay.
+    let db = db(20);
+    let config = IngestConfig { verify_threads: 4, ..IngestConfig::default() };
+    let ingestor = Ingestor::start(&db.path, config).unwrap();
+    for seq in 1..=50 {
+        for i in 0..20 {
+            ingestor.submit(signed_report(i, seq), |_| {}).unwrap();
+        }
+        // A bad one now and then: its number must not stall the ones after it.
+        ingestor.submit(b"not a report".to_vec(), |_| {}).unwrap();
+    }
+    let counts = ingestor.shutdown();
+    assert_eq!((counts.accepted, counts.replayed, counts.malformed), (1000, 0, 50));
+    let conn = reader(&db);
+    assert_eq!(
+        query::event_seqs(&conn, &device_key(3).verifying_key().to_bytes()).unwrap(),
+        (1..=50).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn enrolling_a_key_or_id_twice_enrolls_nothing() {
+    let db = db(2);
+    let mut conn = super::open_write(&db.path).unwrap();
+    let fresh = device_enrollment(10);
+    let same_id = Enrollment { device_id: "dev-000001".into(), ..device_enrollment(11) };
+    let err = enroll::enroll(&mut conn, &[fresh.clone(), same_id], 0, |i| format!("line {}: ", i + 1)).unwrap_err();
+    assert_eq!(format!("{err:#}"), "line 2: device id `dev-000001` is already enrolled; nothing was enrolled");
+    let same_key = Enrollment { device_id: "other".into(), ..device_enrollment(0) };
+    let err = enroll::enroll(&mut conn, &[fresh, same_key], 0, |_| String::new()).unwrap_err();
+    assert!(format!("{err:#}").contains("is already enrolled as `dev-000000`"), "{err:#}");
+    assert_eq!(query::list_devices(&conn, None).unwrap().len(), 2);
+}
+
+#[test]
+fn keys_that_are_not_ed25519_public_keys_are_refused() {
+    assert!(enroll::parse_key(&"ab".repeat(31)).is_err());
+    assert!(enroll::parse_key(&"zz".repeat(32)).is_err());
+    let err = enroll::parse_key_arg("no-such-file").unwrap_err();
+    assert!(format!("{err:#}").contains("neither 64 hex digits"), "{err:#}");
+    let good = protocol::hex::encode(device_key(0).verifying_key().as_bytes());
+    assert_eq!(enroll::parse_key(&good).unwrap(), device_key(0).verifying_key().to_bytes());
+}
+
+#[test]
+fn rollouts_change_state_through_the_writer_by_compare_and_set() {
+    let db = db(0);
+    let ingestor = Ingestor::start(&db.path, IngestConfig::default()).unwrap();
+    let new = rollouts::NewRollout {
+        id: "r1".into(),
+        release_name: "gw".into(),
+        release_version: "1.4.2".into(),
+        hw_class: "imx8".into(),
+        state: "pending".into(),
+        policy_seq: 1,
+        policy: b"{policy}".to_vec(),
+    };
+    let create = new.clone();
+    ingestor.write(move |conn| rollouts::create(conn, &create, 100)).unwrap();
+    assert!(ingestor.write(move |conn| rollouts::create(conn, &new, 100)).is_err());
+    ingestor
+        .write(|conn| {
+            let change = rollouts::Change {
+                from: "pending",
+                to: "wave",
+                wave: 1,
+                policy: Some((2, b"{p2}")),
+                reason: "started",
+            };
+            rollouts::transition(conn, "r1", &change, 200)
+        })
+        .unwrap();
+    // Not in `pending` any more: refused, and nothing of it is kept.
+    let stale = ingestor.write(|conn| {
+        let change = rollouts::Change { from: "pending", to: "halted", wave: 0, policy: None, reason: "x" };
+        rollouts::transition(conn, "r1", &change, 300)
+    });
+    assert!(format!("{:#}", stale.unwrap_err()).contains("is `wave`, not `pending`"));
+    drop(ingestor);
+    let conn = reader(&db);
+    let r = rollouts::get(&conn, "r1").unwrap().unwrap();
+    assert_eq!((r.state.as_str(), r.current_wave, r.policy_seq, r.policy.as_slice()), ("wave", 1, 2, &b"{p2}"[..]));
+    let t = rollouts::transitions(&conn, "r1").unwrap();
+    assert_eq!(t.len(), 1);
+    assert_eq!((t[0].from.as_str(), t[0].to.as_str(), t[0].at), ("pending", "wave", 200));
+}
+
+#[test]
+fn a_database_from_a_newer_seeder_is_refused() {
+    let db = db(0);
+    super::open_write(&db.path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+    let err = super::open_write(&db.path).unwrap_err();
+    assert!(format!("{err:#}").contains("newer than this seeder"), "{err:#}");
+    assert!(super::open_read(&db.path).is_err());
+}
