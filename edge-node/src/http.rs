@@ -295,6 +295,12 @@ pub fn print_status(value: &Value, json: bool) -> String {
         .map(|(class, amount)| format!("{class} {}", human_bytes(amount)))
         .collect();
     let _ = writeln!(out, "bytes in  {}", sources.join(", "));
+    let reports = &status.reports;
+    let _ = writeln!(
+        out,
+        "reports   {} queued, {} forwarded, {} dropped",
+        reports.queued, reports.forwarded, reports.dropped
+    );
 
     let _ = writeln!(out, "\npeers ({})", status.peers.len());
     if !status.peers.is_empty() {

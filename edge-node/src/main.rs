@@ -98,6 +98,9 @@ struct RunArgs {
     /// Background re-verification rate of the store, e.g. 16MiB (per second); 0 disables.
     #[arg(long)]
     reverify_bytes_per_sec: Option<String>,
+    /// Disk for device status reports awaiting the origin's acknowledgement, e.g. 64MiB.
+    #[arg(long)]
+    report_queue_bytes: Option<String>,
 }
 
 impl RunArgs {
@@ -161,9 +164,13 @@ impl RunArgs {
         if let Some(v) = self.reverify_bytes_per_sec {
             c.reverify_bytes_per_sec = v;
         }
+        if let Some(v) = self.report_queue_bytes {
+            c.report_queue_bytes = v;
+        }
         c.capacity_bytes().context("--capacity")?;
         c.device_max_buffered_bytes().context("--device-max-buffered-bytes (device_max_buffered_bytes)")?;
         c.reverify_bytes_per_sec().context("--reverify-bytes-per-sec (reverify_bytes_per_sec)")?;
+        c.report_queue_bytes().context("--report-queue-bytes (report_queue_bytes)")?;
         Ok(c)
     }
 }

@@ -53,6 +53,13 @@ pub struct Metrics {
     pub metadata_rejected: AtomicU64,
     /// Gossip announcements dropped because their timestamp did not verify.
     pub announcements_rejected: AtomicU64,
+    /// Admitted device status reports refused because the on-disk report queue was full
+    /// (`report_queue_bytes`); the device was answered Busy.
+    pub status_reports_dropped: AtomicU64,
+    /// Device status reports the origin acknowledged (and the queue forgot).
+    pub status_reports_forwarded: AtomicU64,
+    /// Device status reports on disk awaiting the origin's acknowledgement.
+    pub status_reports_queued: AtomicU64,
 }
 
 impl Metrics {
@@ -130,7 +137,27 @@ impl Metrics {
                 &self.announcements_rejected,
             ),
         ];
-        for (name, kind, help, counter) in simple.into_iter().chain(trust) {
+        let reports: [(&str, &str, &str, &AtomicU64); 3] = [
+            (
+                "status_reports_dropped_total",
+                "counter",
+                "Device status reports refused because the report queue was full.",
+                &self.status_reports_dropped,
+            ),
+            (
+                "status_reports_forwarded_total",
+                "counter",
+                "Device status reports the origin acknowledged.",
+                &self.status_reports_forwarded,
+            ),
+            (
+                "status_reports_queued",
+                "gauge",
+                "Device status reports on disk awaiting the origin.",
+                &self.status_reports_queued,
+            ),
+        ];
+        for (name, kind, help, counter) in simple.into_iter().chain(trust).chain(reports) {
             let _ = writeln!(
                 out,
                 "# HELP otamesh_edge_{name} {help}\n# TYPE otamesh_edge_{name} {kind}\notamesh_edge_{name} {}",
@@ -174,6 +201,6 @@ mod tests {
         let text = m.render();
         assert!(text.contains("otamesh_edge_bytes_in_total{source=\"origin\"} 42\n"));
         assert!(text.contains("# TYPE otamesh_edge_cache_hits_total counter\notamesh_edge_cache_hits_total 3\n"));
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 19);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 22);
     }
 }

@@ -402,6 +402,7 @@ node      12D3KooWnode
 site      hall-a
 store     43 chunks, 1.5 MiB of 10.0 GiB
 bytes in  site 0 B, wan 2.0 KiB, origin 1.0 MiB
+reports   0 queued, 0 forwarded, 0 dropped
 
 peers (2)
   PEER             SITE

@@ -14,7 +14,7 @@ use libp2p::{
 };
 
 use super::{
-    codec::{ChunkCodec, HaveCodec, MetaCodec},
+    codec::{ChunkCodec, HaveCodec, MetaCodec, StatusCodec},
     NetworkConfig, NetworkError,
 };
 
@@ -32,6 +32,8 @@ pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/chunks/
 pub const HAVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/have/2");
 /// Repository files (TUF metadata, manifests), fetched from any peer and verified locally.
 pub const META_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/meta/2");
+/// Device status reports forwarded by edge nodes toward the origin (store and forward).
+pub const STATUS_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/status/1");
 /// Our own Kademlia protocol name, so the mesh's DHT never merges with the public IPFS DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/kad/1.0.0");
 /// Gossipsub topic of signed release announcements.
@@ -134,6 +136,7 @@ pub(crate) struct Behaviour {
     pub(crate) chunks: request_response::Behaviour<ChunkCodec>,
     pub(crate) have: request_response::Behaviour<HaveCodec>,
     pub(crate) meta: request_response::Behaviour<MetaCodec>,
+    pub(crate) status: request_response::Behaviour<StatusCodec>,
     pub(crate) mdns: Toggle<libp2p::mdns::tokio::Behaviour>,
 }
 
@@ -172,7 +175,8 @@ impl Behaviour {
             .with_max_concurrent_streams(config.max_concurrent_streams);
         let chunks = request_response::Behaviour::new([(CHUNK_PROTOCOL, ProtocolSupport::Full)], rr_config.clone());
         let have = request_response::Behaviour::new([(HAVE_PROTOCOL, ProtocolSupport::Full)], rr_config.clone());
-        let meta = request_response::Behaviour::new([(META_PROTOCOL, ProtocolSupport::Full)], rr_config);
+        let meta = request_response::Behaviour::new([(META_PROTOCOL, ProtocolSupport::Full)], rr_config.clone());
+        let status = request_response::Behaviour::new([(STATUS_PROTOCOL, ProtocolSupport::Full)], rr_config);
 
         let mdns = if config.enable_mdns {
             let mdns = libp2p::mdns::tokio::Behaviour::new(libp2p::mdns::Config::default(), peer_id)
@@ -182,7 +186,7 @@ impl Behaviour {
             None
         };
 
-        Ok(Behaviour { identify, kademlia, gossipsub, chunks, have, meta, mdns: Toggle::from(mdns) })
+        Ok(Behaviour { identify, kademlia, gossipsub, chunks, have, meta, status, mdns: Toggle::from(mdns) })
     }
 }
 

@@ -13,7 +13,10 @@ use std::{io, marker::PhantomData};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{request_response, StreamProtocol};
 
-use super::messages::{ChunkRequest, ChunkResponse, HaveRequest, HaveResponse, MetaRequest, MetaResponse, WireMessage};
+use super::messages::{
+    ChunkRequest, ChunkResponse, HaveRequest, HaveResponse, MetaRequest, MetaResponse, StatusAck, StatusBatch,
+    WireMessage,
+};
 
 /// Bytes of the frame's length prefix.
 pub const FRAME_HEADER_BYTES: usize = 4;
@@ -91,6 +94,8 @@ pub type ChunkCodec = WireCodec<ChunkRequest, ChunkResponse>;
 pub type HaveCodec = WireCodec<HaveRequest, HaveResponse>;
 /// The repository file protocol, `/otamesh/meta/1`.
 pub type MetaCodec = WireCodec<MetaRequest, MetaResponse>;
+/// The device status report protocol, `/otamesh/status/1`.
+pub type StatusCodec = WireCodec<StatusBatch, StatusAck>;
 
 impl<Req, Resp> request_response::Codec for WireCodec<Req, Resp>
 where

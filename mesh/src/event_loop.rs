@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use super::{
     behaviour::{release_key, Behaviour, BehaviourEvent, KAD_PROTOCOL, RELEASES_TOPIC},
     ChunkReply, ChunkResponse, ChunkResult, Command, ConnectedPeer, HaveReply, HaveResponse, InboundRequest, MetaReply,
-    MetaRequest, MetaResponse, NetworkError, NetworkEvent, Reply, SiteName,
+    MetaRequest, MetaResponse, NetworkError, NetworkEvent, Reply, SiteName, StatusAck, StatusBatch, StatusReply,
 };
 
 /// Most addresses taken from one identify message into the DHT routing table; identify
@@ -41,6 +41,7 @@ pub struct EventLoop {
     pending_chunks: HashMap<OutboundRequestId, Reply<ChunkResponse>>,
     pending_have: HashMap<OutboundRequestId, Reply<HaveResponse>>,
     pending_meta: HashMap<OutboundRequestId, Reply<MetaResponse>>,
+    pending_status: HashMap<OutboundRequestId, Reply<StatusAck>>,
     dropped_events: u64,
 }
 
@@ -64,6 +65,7 @@ impl EventLoop {
             pending_chunks: HashMap::new(),
             pending_have: HashMap::new(),
             pending_meta: HashMap::new(),
+            pending_status: HashMap::new(),
             dropped_events: 0,
         }
     }
@@ -89,6 +91,7 @@ impl EventLoop {
             + self.pending_chunks.len()
             + self.pending_have.len()
             + self.pending_meta.len()
+            + self.pending_status.len()
     }
 
     /// Hands an event to the application without waiting (see the module's invariant).
@@ -118,6 +121,7 @@ impl EventLoop {
                 | Command::RequestChunks { .. }
                 | Command::RequestHave { .. }
                 | Command::RequestMeta { .. }
+                | Command::SendStatus { .. }
         );
         if needs_slot && self.pending_count() >= self.max_pending {
             refuse(command, NetworkError::TooManyPending);
@@ -194,6 +198,14 @@ impl EventLoop {
                 let result = self.swarm.behaviour_mut().meta.send_response(reply_to.0, response);
                 let _ = reply.send(result.map_err(|_| NetworkError::ResponseNotSent));
             }
+            Command::SendStatus { peer, request, reply } => {
+                let request_id = self.swarm.behaviour_mut().status.send_request(&peer, request);
+                self.pending_status.insert(request_id, reply);
+            }
+            Command::RespondStatus { reply_to, response, reply } => {
+                let result = self.swarm.behaviour_mut().status.send_response(reply_to.0, response);
+                let _ = reply.send(result.map_err(|_| NetworkError::ResponseNotSent));
+            }
             Command::Disconnect { peer } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
@@ -216,6 +228,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Chunks(event)) => self.handle_chunks(event),
             SwarmEvent::Behaviour(BehaviourEvent::Have(event)) => self.handle_have(event),
             SwarmEvent::Behaviour(BehaviourEvent::Meta(event)) => self.handle_meta(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Status(event)) => self.handle_status(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => self.handle_mdns(event),
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, .. } => {
                 self.peers.entry(peer_id).or_insert((None, 0)).1 += 1;
@@ -412,6 +425,33 @@ impl EventLoop {
         }
     }
 
+    fn handle_status(&mut self, event: request_response::Event<StatusBatch, StatusAck>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    // If the application is behind, the dropped handle fails the request
+                    // fast; the sender keeps its reports and sends them again.
+                    let inbound = InboundRequest::Status { peer, request, reply: StatusReply(channel) };
+                    let _ = self.emit(NetworkEvent::Inbound(inbound));
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(reply) = self.pending_status.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                if let Some(reply) = self.pending_status.remove(&request_id) {
+                    let _ = reply.send(Err(NetworkError::Request(error)));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "inbound status batch failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
     fn handle_mdns(&mut self, event: libp2p::mdns::Event) {
         let libp2p::mdns::Event::Discovered(found) = event else {
             return;
@@ -438,11 +478,13 @@ fn refuse(command: Command, error: NetworkError) {
         Command::RequestChunks { reply, .. } => drop(reply.send(Err(error))),
         Command::RequestHave { reply, .. } => drop(reply.send(Err(error))),
         Command::RequestMeta { reply, .. } => drop(reply.send(Err(error))),
+        Command::SendStatus { reply, .. } => drop(reply.send(Err(error))),
         Command::Listen { reply, .. } => drop(reply.send(Err(error))),
         Command::Publish { reply, .. } => drop(reply.send(Err(error))),
         Command::RespondChunks { reply, .. }
         | Command::RespondHave { reply, .. }
-        | Command::RespondMeta { reply, .. } => drop(reply.send(Err(error))),
+        | Command::RespondMeta { reply, .. }
+        | Command::RespondStatus { reply, .. } => drop(reply.send(Err(error))),
         Command::ListenAddrs { .. } | Command::ConnectedPeers { .. } | Command::Disconnect { .. } => {}
     }
 }

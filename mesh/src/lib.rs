@@ -42,12 +42,13 @@ use tokio::sync::{mpsc, oneshot};
 pub use behaviour::{
     release_key, SiteName, SiteNameError, AGENT_PREFIX, CHUNK_PROTOCOL, HAVE_PROTOCOL, HAVE_TOPIC,
     IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL, MAX_ANNOUNCEMENT_BYTES, MAX_SITE_NAME_BYTES, RELEASES_TOPIC,
+    STATUS_PROTOCOL,
 };
 pub use event_loop::EventLoop;
 pub use keyfile::{load_keypair, load_or_create_keypair, save_keypair};
 pub use messages::{
     ChunkItem, ChunkRange, ChunkRequest, ChunkResponse, ChunkResult, HaveRequest, HaveResponse, MetaRequest,
-    MetaResponse,
+    MetaResponse, StatusAck, StatusBatch, MAX_STATUS_BATCH_BYTES, MAX_STATUS_REPORTS,
 };
 
 pub use responder::Responder;
@@ -165,6 +166,11 @@ pub struct HaveReply(ResponseChannel<HaveResponse>);
 #[derive(Debug)]
 pub struct MetaReply(ResponseChannel<MetaResponse>);
 
+/// How the application answers an inbound status batch; consumed by
+/// [`NetworkClient::respond_status`].
+#[derive(Debug)]
+pub struct StatusReply(ResponseChannel<StatusAck>);
+
 /// Something the mesh tells the application.
 #[derive(Debug)]
 pub enum NetworkEvent {
@@ -232,6 +238,16 @@ pub enum InboundRequest {
         /// The handle to answer through.
         reply: MetaReply,
     },
+    /// Device status reports forwarded by an edge node; answered by
+    /// [`NetworkClient::respond_status`] (see [`Responder::status`]).
+    Status {
+        /// The sender.
+        peer: PeerId,
+        /// The reports (each unverified: the receiver checks every signature).
+        request: StatusBatch,
+        /// The handle to answer through.
+        reply: StatusReply,
+    },
 }
 
 /// A connected peer, as returned by [`NetworkClient::connected_peers`].
@@ -261,6 +277,8 @@ enum Command {
     RespondHave { reply_to: HaveReply, response: HaveResponse, reply: Reply<()> },
     RequestMeta { peer: PeerId, request: MetaRequest, reply: Reply<MetaResponse> },
     RespondMeta { reply_to: MetaReply, response: MetaResponse, reply: Reply<()> },
+    SendStatus { peer: PeerId, request: StatusBatch, reply: Reply<StatusAck> },
+    RespondStatus { reply_to: StatusReply, response: StatusAck, reply: Reply<()> },
     ConnectedPeers { reply: oneshot::Sender<Vec<ConnectedPeer>> },
     Disconnect { peer: PeerId },
 }
@@ -374,6 +392,18 @@ impl NetworkClient {
     /// Answers an inbound repository file request.
     pub async fn respond_meta(&self, reply_to: MetaReply, response: MetaResponse) -> Result<(), NetworkError> {
         self.call(|reply| Command::RespondMeta { reply_to, response, reply }).await
+    }
+
+    /// Sends a batch of device status reports to `peer` (the origin); the answer says how
+    /// many from the batch's start it stored. A batch over the wire limits is refused by the
+    /// codec before anything is sent.
+    pub async fn send_status(&self, peer: PeerId, request: StatusBatch) -> Result<StatusAck, NetworkError> {
+        self.call(|reply| Command::SendStatus { peer, request, reply }).await
+    }
+
+    /// Answers an inbound status batch.
+    pub async fn respond_status(&self, reply_to: StatusReply, response: StatusAck) -> Result<(), NetworkError> {
+        self.call(|reply| Command::RespondStatus { reply_to, response, reply }).await
     }
 
     /// Closes every connection to `peer` (it sent data that failed verification).

@@ -8,6 +8,7 @@ use libp2p::PeerId;
 
 use crate::{
     ChunkRequest, ChunkResponse, HaveRequest, HaveResponse, InboundRequest, MetaRequest, MetaResponse, NetworkClient,
+    StatusAck, StatusBatch,
 };
 
 /// What a role answers to each kind of peer request. Each method returns a future that owns
@@ -23,6 +24,17 @@ pub trait Responder: Send + Sync + 'static {
 
     /// Which chunks of a release we hold, as a bitfield in manifest order.
     fn have(&self, peer: PeerId, request: HaveRequest) -> impl Future<Output = HaveResponse> + Send + 'static;
+
+    /// Device status reports an edge node forwards (store and forward toward the origin).
+    /// Answer `StatusAck { stored: n }` once the first `n` reports of the batch are durable
+    /// here (or were refused for good: forged, replayed, unenrolled); the sender drops
+    /// exactly those `n` and sends the rest again later, so `n` must never count a report
+    /// that is not yet on disk. The default stores nothing (`stored: 0`): only the origin
+    /// accepts reports; an edge node does not take them from peers.
+    fn status(&self, peer: PeerId, request: StatusBatch) -> impl Future<Output = StatusAck> + Send + 'static {
+        let _ = (peer, request);
+        std::future::ready(StatusAck { stored: 0 })
+    }
 }
 
 impl NetworkClient {
@@ -48,6 +60,12 @@ impl NetworkClient {
                 let response = responder.meta(peer, request);
                 tokio::spawn(async move {
                     let _ = client.respond_meta(reply, response.await).await;
+                });
+            }
+            InboundRequest::Status { peer, request, reply } => {
+                let response = responder.status(peer, request);
+                tokio::spawn(async move {
+                    let _ = client.respond_status(reply, response.await).await;
                 });
             }
         }

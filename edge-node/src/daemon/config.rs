@@ -22,6 +22,9 @@
 //! device_max_buffered_bytes = "256MiB" # device responses and their reads in memory, all clients
 //! mesh_max_concurrent_serves = 8       # peers' chunk requests read at once (4x as many queue)
 //! reverify_bytes_per_sec = "16MiB"     # background re-hashing of the store; "0" disables
+//! report_queue_bytes = "64MiB"         # device status reports kept on disk until the origin
+//!                                      # acknowledges them; when full, new ones are refused
+//!                                      # (Busy) and counted in status_reports_dropped_total
 //! ```
 //!
 //! Trust: metadata from any peer is verified against the pinned root, so who serves it only
@@ -85,6 +88,9 @@ pub struct EdgeConfig {
     pub mesh_max_concurrent_serves: usize,
     /// Bytes per second the background re-verification hashes, e.g. `16MiB`; `0` disables it.
     pub reverify_bytes_per_sec: String,
+    /// Bytes of device status reports kept on disk (`data_dir/reports/`) until the origin
+    /// acknowledges them, e.g. `64MiB`; when full, new reports are refused and counted.
+    pub report_queue_bytes: String,
 }
 
 impl Default for EdgeConfig {
@@ -109,6 +115,7 @@ impl Default for EdgeConfig {
             device_max_buffered_bytes: "256MiB".into(),
             mesh_max_concurrent_serves: mesh::chunk_server::DEFAULT_MAX_CONCURRENT_SERVES,
             reverify_bytes_per_sec: "16MiB".into(),
+            report_queue_bytes: "64MiB".into(),
         }
     }
 }
@@ -168,6 +175,11 @@ impl EdgeConfig {
     pub fn reverify_bytes_per_sec(&self) -> Result<u64> {
         parse_bytes(&self.reverify_bytes_per_sec)
     }
+
+    /// `report_queue_bytes` in bytes.
+    pub fn report_queue_bytes(&self) -> Result<u64> {
+        parse_bytes(&self.report_queue_bytes)
+    }
 }
 
 /// Parses `16GiB`, `500MB`, `64KiB`, `1048576`.
@@ -205,6 +217,7 @@ mod tests {
         assert_eq!(defaults.capacity_bytes().unwrap(), 16 << 30);
         assert_eq!(defaults.device_max_buffered_bytes().unwrap(), 256 << 20);
         assert_eq!(defaults.reverify_bytes_per_sec().unwrap(), 16 << 20);
+        assert_eq!(defaults.report_queue_bytes().unwrap(), 64 << 20);
         assert_eq!((defaults.max_connections_per_client, defaults.mesh_max_concurrent_serves), (8, 8));
     }
 

@@ -1,7 +1,8 @@
 //! The daemon's side of the device service: TUF files from the mirror, chunks from the
 //! verified store, misses turned into on-demand fetches, status reports checked (signature,
-//! replay, per-address rate and device quota: [`protocol::status::ReportGate`]) and the newest
-//! per device kept for upstream.
+//! replay, per-address rate and device quota: [`protocol::status::ReportGate`]), stored
+//! durably in the report queue for the origin before the device hears `Ok`, and counted by
+//! the site's rollout guards.
 
 use protocol::rollout::RolloutReport;
 use protocol::status::{ReportError, ReportGate, ReportLimits};
@@ -13,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 
+use super::report_queue::{AppendError, ReportLog};
 use super::rollout_guards::RolloutGuards;
 use super::Internal;
 use crate::device::{ChunkLookup, ChunkSize, DeviceBackend};
@@ -30,6 +32,8 @@ pub struct Backend {
     pub(super) reports: Mutex<ReportGate<IpAddr>>,
     /// The site's rollout guards (holds answered to devices).
     pub(super) rollouts: Mutex<RolloutGuards>,
+    /// Admitted reports awaiting the origin (store and forward).
+    report_log: Arc<ReportLog>,
     /// Epoch of the gate's clock.
     started: std::time::Instant,
     metrics: Arc<Metrics>,
@@ -41,6 +45,7 @@ impl Backend {
         store: ChunkStore,
         internal: mpsc::Sender<Internal>,
         report_limits: ReportLimits,
+        report_log: Arc<ReportLog>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Backend {
@@ -50,6 +55,7 @@ impl Backend {
             internal,
             reports: Mutex::new(ReportGate::new(report_limits)),
             rollouts: Mutex::new(RolloutGuards::default()),
+            report_log,
             started: std::time::Instant::now(),
             metrics,
         })
@@ -156,6 +162,13 @@ impl DeviceBackend for Backend {
 
     async fn report_status(&self, peer: SocketAddr, body: Vec<u8>) -> Result<(), ErrorCode> {
         let now = protocol::time::Instant(self.started.elapsed().as_micros() as u64);
+        // A full queue refuses before admission: the gate would otherwise record the report
+        // as seen and refuse the device's retry of it as a replay.
+        if !self.report_log.has_room(body.len()) {
+            Metrics::add(&self.metrics.status_reports_dropped, 1);
+            tracing::debug!(%peer, "status report queue is full; report refused");
+            return Err(ErrorCode::BUSY);
+        }
         // Verify before taking the lock: a signature check is the expensive part.
         let mut rollout = None;
         let verdict = protocol::status::verify(&body).and_then(|report| {
@@ -163,24 +176,32 @@ impl DeviceBackend for Backend {
             let mut gate = self.reports.lock().map_err(|_| ReportError::RateLimited)?;
             gate.admit(now, peer.ip(), report)
         });
-        match verdict {
-            Ok(()) => {
-                Metrics::add(&self.metrics.status_reports_accepted, 1);
-                // Admitted (signed, not a replay): the site's guard counts it.
-                if let (Some(report), Ok(mut guards)) = (rollout, self.rollouts.lock()) {
-                    guards.handle_report(&report, super::unix_now());
-                }
-                Ok(())
-            }
+        if let Err(e) = verdict {
+            Metrics::add(&self.metrics.status_reports_rejected, 1);
+            tracing::debug!(%peer, %e, "device status report refused");
+            return Err(match e {
+                ReportError::RateLimited | ReportError::TooManyDevices => ErrorCode::BUSY,
+                _ => ErrorCode::BAD_REQUEST,
+            });
+        }
+        // Durable before the device hears Ok: a node restarted mid-rollout loses no report
+        // it acknowledged.
+        match self.report_log.append(body).await {
+            Ok(()) => {}
             Err(e) => {
-                Metrics::add(&self.metrics.status_reports_rejected, 1);
-                tracing::debug!(%peer, %e, "device status report refused");
-                Err(match e {
-                    ReportError::RateLimited | ReportError::TooManyDevices => ErrorCode::BUSY,
-                    _ => ErrorCode::BAD_REQUEST,
-                })
+                if matches!(e, AppendError::Full) {
+                    Metrics::add(&self.metrics.status_reports_dropped, 1);
+                }
+                tracing::warn!(%peer, %e, "device status report not stored");
+                return Err(ErrorCode::BUSY);
             }
         }
+        Metrics::add(&self.metrics.status_reports_accepted, 1);
+        // Admitted (signed, not a replay) and stored: the site's guard counts it.
+        if let (Some(report), Ok(mut guards)) = (rollout, self.rollouts.lock()) {
+            guards.handle_report(&report, super::unix_now());
+        }
+        Ok(())
     }
 
     async fn rollout_hold(&self, rollout: &str, device: [u8; 32]) -> EdgeHoldAnswer {
@@ -218,7 +239,10 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let store = ChunkStore::open(dir.path()).unwrap().with_on_damage(metrics.clone());
         let (tx, mut rx) = mpsc::channel(8);
-        let backend = Backend::new(dir.path().join("repo"), store, tx, Default::default(), metrics.clone());
+        let queue =
+            super::super::report_queue::ReportQueue::open(&dir.path().join("reports"), 1 << 20, |_| {}).unwrap();
+        let log = ReportLog::start(queue, metrics.clone()).unwrap();
+        let backend = Backend::new(dir.path().join("repo"), store, tx, Default::default(), log, metrics.clone());
         let any = "127.0.0.1:0".parse().unwrap();
         let config = DeviceServiceConfig { tcp_addr: Some(any), ..DeviceServiceConfig::default() };
         let (addrs, task) = DeviceService::bind(config, backend, metrics.clone()).await.unwrap();

@@ -17,15 +17,19 @@
 //! - `status.rs`: the typed status document (`protocol::edge::status::EdgeStatus`);
 //! - `tuf_sync.rs`, `meta_sources.rs`: TUF over the mesh and whom to ask;
 //! - `device_backend.rs`: the daemon's side of the device service;
+//! - `report_queue.rs`, `forwarder.rs`: device status reports kept on disk until the origin
+//!   acknowledges them, and the task that sends them there;
 //! - `config.rs`, `new_paths.rs`: settings, and cleaning up after a failed start.
 
 pub mod config;
 mod device_backend;
 mod fetch;
+mod forwarder;
 pub mod meta_sources;
 mod new_paths;
 mod refresh;
 mod releases;
+pub mod report_queue;
 mod rollout_guards;
 mod serve;
 mod status;
@@ -48,7 +52,7 @@ use std::collections::HashMap;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant as WallInstant;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::index::StoreIndex;
@@ -156,6 +160,9 @@ struct Daemon {
     /// The newest announced timestamp that verified and is newer than the trusted one, with
     /// its version: the next refresh's first candidate.
     announced: Option<(u64, Vec<u8>)>,
+    /// Connected peers that act as the origin, configured ones first: where the forwarder
+    /// sends status reports.
+    origins: watch::Sender<Vec<PeerId>>,
 }
 
 /// Starts the node and runs it until the process is stopped.
@@ -212,11 +219,27 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
     let scheduler = FetchScheduler::new(me, SiteId::from_name(&config.site), scheduler_config);
     let status: StatusHandle = Arc::new(Mutex::new(EdgeStatus::default()));
     let (internal_tx, mut internal_rx) = mpsc::channel(1024);
+    // Reports not yet acknowledged by the origin: forwarded again, and counted again by the
+    // rollout guards once their policies are loaded, so a restarted node remembers its site.
+    let mut replay = Vec::new();
+    let reports_dir = config.data_dir.join("reports");
+    let report_queue = report_queue::ReportQueue::open(&reports_dir, config.report_queue_bytes()?, |body| {
+        if let Some(report) =
+            protocol::status::verify(body).ok().and_then(|r| protocol::rollout::RolloutReport::from_status(&r.report))
+        {
+            replay.push(report);
+        }
+    })
+    .with_context(|| format!("cannot open the status report queue {}", reports_dir.display()))?;
+    let report_log = report_queue::ReportLog::start(report_queue, metrics.clone())?;
+    let (origins, origins_rx) = watch::channel(Vec::new());
+    tokio::spawn(forwarder::run(report_log.clone(), client.clone(), origins_rx, metrics.clone()));
     let device = device_backend::Backend::new(
         dirs.mirror.clone(),
         store.clone(),
         internal_tx.clone(),
         config.report_limits(),
+        report_log,
         metrics.clone(),
     );
     let pinned_root = dirs.trusted.read_root(protocol::tuf::Config::default().root_max_length).ok();
@@ -281,8 +304,18 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         refresh_again: false,
         refresh_failures: 0,
         announced: None,
+        origins,
     };
     daemon.load_local_state()?;
+    if let Ok(mut guards) = daemon.device.rollouts.lock() {
+        for report in &replay {
+            guards.handle_report(report, unix_now());
+        }
+    }
+    if !replay.is_empty() {
+        info!(reports = replay.len(), "unforwarded rollout reports replayed into the site's guards");
+    }
+    drop(replay);
     new_paths.keep();
     for addr in daemon.config.bootstrap.clone() {
         match addr.parse::<Multiaddr>() {
@@ -477,6 +510,26 @@ impl Daemon {
             NetworkEvent::Announcement { source, bytes } => self.handle_announcement(source, bytes),
             NetworkEvent::Inbound(inbound) => self.client.answer(&self.responder, inbound),
         }
+        self.publish_origins();
+    }
+
+    /// Tells the forwarder which connected peers act as the origin: configured origins
+    /// first, then proven ones ([`MetaSources::acts_as_origin`]), each by peer id.
+    fn publish_origins(&self) {
+        let mut origins: Vec<(bool, PeerId)> = self
+            .peer_infos()
+            .filter(|p| self.meta_sources.acts_as_origin(&p.peer, p.claims_origin))
+            .map(|p| (!self.meta_sources.is_configured_origin(&p.peer, p.claims_origin), p.peer))
+            .collect();
+        origins.sort();
+        let origins: Vec<PeerId> = origins.into_iter().map(|(_, peer)| peer).collect();
+        self.origins.send_if_modified(|current| {
+            let changed = *current != origins;
+            if changed {
+                *current = origins;
+            }
+            changed
+        });
     }
 
     fn handle_internal(&mut self, msg: Internal) {
@@ -495,7 +548,11 @@ impl Daemon {
                 Some(bits) => self.scheduler.handle_have(now, peer, release, &bits),
                 None => self.scheduler.handle_have_failed(now, peer, release),
             },
-            Internal::Refreshed(outcome) => self.handle_refreshed(outcome),
+            Internal::Refreshed(outcome) => {
+                self.handle_refreshed(outcome);
+                // A refresh may have proven an origin.
+                self.publish_origins();
+            }
             Internal::RefreshDue => self.start_refresh(),
             Internal::StoreFailed(ids) => {
                 self.store.unstage(&ids);

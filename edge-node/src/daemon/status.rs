@@ -2,7 +2,9 @@
 //! status` and the demo share), rebuilt by the main loop on its status tick and whenever a
 //! release becomes durably complete.
 
-use protocol::edge::status::{BytesIn, EdgeStatus, PeerStatus, ReleaseStatus, RequestCounts, StoreStatus, TrustStatus};
+use protocol::edge::status::{
+    BytesIn, EdgeStatus, PeerStatus, ReleaseStatus, ReportsStatus, RequestCounts, StoreStatus, TrustStatus,
+};
 use protocol::edge::SourceClass;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -70,6 +72,11 @@ impl Daemon {
                 reporting_devices: self.device.reporting_devices() as u64,
             },
             rollouts: self.device.rollouts.lock().map(|g| g.status()).unwrap_or_default(),
+            reports: ReportsStatus {
+                queued: self.metrics.status_reports_queued.load(Relaxed),
+                forwarded: self.metrics.status_reports_forwarded.load(Relaxed),
+                dropped: self.metrics.status_reports_dropped.load(Relaxed),
+            },
         }
     }
 

@@ -37,6 +37,20 @@ pub struct EdgeStatus {
     /// Each rollout whose policy the node holds: its site's counts and whether the site
     /// halted itself.
     pub rollouts: Vec<RolloutGuardStatus>,
+    /// Device status reports stored here and forwarded to the origin.
+    pub reports: ReportsStatus,
+}
+
+/// The node's device status reports on their way to the origin (store and forward).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReportsStatus {
+    /// On disk, awaiting the origin's acknowledgement.
+    pub queued: u64,
+    /// Acknowledged by the origin since the node started.
+    pub forwarded: u64,
+    /// Refused because the queue was full.
+    pub dropped: u64,
 }
 
 /// One rollout as an edge node's site sees it.
