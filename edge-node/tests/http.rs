@@ -413,6 +413,8 @@ releases (2)
   NAME  VERSION  HW CLASS  CHUNKS  HAVE  COMPLETE
   gw    1.0.0    imx8      40      40    yes
   gw    1.1.0    imx8      42      3     no
+
+rollouts (0)
 ";
         assert_eq!(text, expected, "got:\n{text}");
     }
