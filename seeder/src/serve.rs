@@ -1,11 +1,14 @@
 //! `seeder serve`: the origin ([`crate::origin`]: the repository joined to the mesh,
 //! announcing every new `timestamp.json`) plus the renewal loop that keeps the repository
-//! fresh, so a repository nobody publishes to does not freeze the fleet.
+//! fresh, so a repository nobody publishes to does not freeze the fleet, plus the rollout
+//! controller (`rollout::drive`) fed by the status reports the origin stores.
 
 use anyhow::Result;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::fleet::ingest::{IngestConfig, Ingestor};
 use crate::freshness::{self, Policy};
 use crate::repo::Repo;
 use crate::time;
@@ -17,13 +20,18 @@ const MAX_SLEEP_SECS: i64 = 600;
 /// Wait after a failed renewal (missing key, full disk) before trying again.
 const RETRY_SECS: u64 = 60;
 
-/// Runs the origin and the renewal loop until either fails.
+/// Runs the origin, the renewal loop and the rollout controller until one fails. The fleet
+/// database's ingestor is opened first: a repository whose database cannot be opened (a
+/// newer schema, a full disk) does not serve.
 pub async fn run(
     origin: crate::origin::OriginConfig,
     policy: Policy,
     on_ready: impl FnOnce(&crate::origin::OriginHandle),
 ) -> Result<()> {
     let repo = origin.repo.clone();
+    let fleet = Arc::new(Ingestor::start(&crate::fleet::db_path(&repo), IngestConfig::default())?);
+    let controller_repo = repo.clone();
+    let controller_fleet = Arc::clone(&fleet);
     // Renewals start once the origin listens: a start that fails writes nothing.
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let on_ready = move |handle: &crate::origin::OriginHandle| {
@@ -32,13 +40,16 @@ pub async fn run(
     };
     let renewals = async move {
         match ready_rx.await {
-            Ok(()) => renew_forever(repo, policy).await,
+            Ok(()) => {
+                tokio::spawn(crate::rollout::drive::run_forever(controller_repo, controller_fleet));
+                renew_forever(repo, policy).await
+            }
             // The origin failed to start; its error ends `run`.
             Err(_) => std::future::pending().await,
         }
     };
     tokio::select! {
-        result = crate::origin::run(origin, on_ready) => result,
+        result = crate::origin::run(origin, fleet, on_ready) => result,
         never = renewals => match never {},
     }
 }

@@ -40,13 +40,19 @@ pub fn report(key: &SigningKey, seq: u64) -> StatusReport {
         version: "1.4.2".into(),
         installed_id: "7f".repeat(32),
         active_slot: "b".into(),
-        state: if seq % 7 == 0 { "downloading".into() } else { "committed".into() },
+        state: if seq.is_multiple_of(7) { "downloading".into() } else { "committed".into() },
         target: None,
         progress: ReportProgress { chunks_done: 812, chunk_count: 812, bytes_fetched: 51_380_224, bytes_reused: 0 },
         error: None,
         health: Some("ok".into()),
         security_floor: 3,
         time: 1_800_000_000 + seq as i64,
+        // A report in a rollout, as devices send them during one.
+        rollout: Some("gw-1.4.2".into()),
+        result: Some(protocol::status::InstallResult::Committed),
+        error_code: None,
+        install_secs: Some(94),
+        slot: Some("b".into()),
     }
 }
 

@@ -47,7 +47,11 @@ pub struct OriginHandle {
 ///
 /// Start-up checks its inputs and binds its listen addresses before it writes anything: a
 /// new node key is saved only once the origin is listening, so a failed start leaves no file.
-pub async fn run(config: OriginConfig, on_ready: impl FnOnce(&OriginHandle)) -> Result<()> {
+pub async fn run(
+    config: OriginConfig,
+    fleet: std::sync::Arc<crate::fleet::ingest::Ingestor>,
+    on_ready: impl FnOnce(&OriginHandle),
+) -> Result<()> {
     let listen = config
         .listen
         .iter()
@@ -77,7 +81,7 @@ pub async fn run(config: OriginConfig, on_ready: impl FnOnce(&OriginHandle)) -> 
             tokio::spawn(async move { client.dial(addr).await });
         }
     }
-    let responder = RepoResponder::new(&config.repo);
+    let responder = RepoResponder::new(&config.repo, fleet);
     on_ready(&OriginHandle { client: client.clone(), addrs });
 
     let timestamp_path = config.repo.join("metadata/timestamp.json");

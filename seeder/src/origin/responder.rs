@@ -8,28 +8,71 @@
 
 use libp2p::PeerId;
 use mesh::chunk_server::{ChunkServer, DEFAULT_MAX_CONCURRENT_SERVES};
-use mesh::{ChunkRequest, ChunkResponse, HaveRequest, HaveResponse, MetaRequest, MetaResponse, Responder};
+use mesh::{
+    ChunkRequest, ChunkResponse, HaveRequest, HaveResponse, MetaRequest, MetaResponse, Responder, StatusAck,
+    StatusBatch,
+};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::fleet::ingest::{Ingestor, Outcome};
 use chunk_store::ChunkStore;
 
 /// The origin's answers to peers.
 pub struct RepoResponder {
     repo: PathBuf,
     chunks: ChunkServer,
+    /// Where forwarded device status reports are verified again and stored.
+    fleet: Arc<Ingestor>,
 }
 
 impl RepoResponder {
     /// Answers from the repository at `repo`. Its chunk tree is opened read-only: a
     /// concurrent `seeder release add` may have files staged there.
-    pub fn new(repo: &Path) -> Self {
+    pub fn new(repo: &Path, fleet: Arc<Ingestor>) -> Self {
         let store = ChunkStore::open_read_only(repo);
         RepoResponder {
             repo: repo.to_owned(),
             chunks: ChunkServer::new(store, Arc::new(()), DEFAULT_MAX_CONCURRENT_SERVES),
+            fleet,
         }
+    }
+
+    /// Stores a batch of forwarded reports: each verified again (edge nodes are untrusted)
+    /// and kept only from enrolled devices. Returns how many, from the batch's start, the
+    /// edge may forget: every report up to the first the database could not store (refused
+    /// ones count — sending them again changes nothing).
+    pub async fn store_reports(fleet: Arc<Ingestor>, reports: Vec<Vec<u8>>) -> u32 {
+        let mut outcomes = Vec::with_capacity(reports.len());
+        for signed in reports {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let fleet = Arc::clone(&fleet);
+            // `submit` blocks while the ingest queue is full.
+            let submitted = tokio::task::spawn_blocking(move || {
+                fleet.submit(signed, move |outcome| {
+                    let _ = tx.send(outcome);
+                })
+            })
+            .await;
+            if !matches!(submitted, Ok(Ok(()))) {
+                break;
+            }
+            outcomes.push(rx);
+        }
+        let mut stored = 0u32;
+        for rx in outcomes {
+            match rx.await {
+                Ok(Outcome::NotStored) | Err(_) => break,
+                Ok(outcome) => {
+                    if outcome != Outcome::Accepted {
+                        tracing::debug!(?outcome, "forwarded status report refused");
+                    }
+                    stored += 1;
+                }
+            }
+        }
+        stored
     }
 }
 
@@ -60,5 +103,15 @@ impl Responder for RepoResponder {
     fn have(&self, _peer: PeerId, request: HaveRequest) -> impl Future<Output = HaveResponse> + Send + 'static {
         // Answered rather than dropped, so a peer that asks is not left waiting.
         std::future::ready(HaveResponse { release: request.release, bitfield: Vec::new() })
+    }
+
+    fn status(&self, peer: PeerId, request: StatusBatch) -> impl Future<Output = StatusAck> + Send + 'static {
+        let fleet = Arc::clone(&self.fleet);
+        async move {
+            let count = request.reports.len();
+            let stored = RepoResponder::store_reports(fleet, request.reports).await;
+            tracing::debug!(%peer, count, stored, "status reports from an edge node");
+            StatusAck { stored }
+        }
     }
 }

@@ -5,6 +5,9 @@
 //! rollouts from the fleet's reports.
 
 mod args;
+pub mod drive;
+mod record;
+mod tracked;
 
 use anyhow::{anyhow, bail, Context, Result};
 use protocol::rollout::policy::limits::FULL_PPM;
@@ -13,7 +16,7 @@ use protocol::tuf::rollouts_role::policy_target_path;
 use serde::Serialize;
 
 use crate::repo::Repo;
-use crate::{release, rollouts_role, time};
+use crate::{fleet, release, rollouts_role, time};
 
 /// Defaults of `seeder rollout start`, documented in its `--help`.
 pub mod defaults {
@@ -91,6 +94,27 @@ pub struct RolloutStatus {
     pub wave_started_at: String,
     /// The waves with their counts and gate decision.
     pub waves: Vec<WaveStatus>,
+    /// Per site: latest outcome counts of its enrolled devices.
+    pub sites: Vec<SiteStatus>,
+}
+
+/// One site in [`RolloutStatus`].
+#[derive(Debug, Serialize)]
+pub struct SiteStatus {
+    /// Site name (as enrolled).
+    pub site: String,
+    /// Enrolled devices of the release's hardware class in a started wave.
+    pub targeted: u32,
+    /// Devices installing.
+    pub installing: u32,
+    /// Devices committed.
+    pub committed: u32,
+    /// Devices rolled back.
+    pub rolled_back: u32,
+    /// Devices whose install failed.
+    pub failed: u32,
+    /// Failure rate of final outcomes, percent.
+    pub failure_percent: Option<f64>,
 }
 
 /// One wave in [`RolloutStatus`].
@@ -102,6 +126,8 @@ pub struct WaveStatus {
     pub cumulative_percent: f64,
     /// Least soak, seconds.
     pub min_soak_secs: u32,
+    /// Enrolled devices of the release's hardware class in this wave.
+    pub targeted: u32,
     /// Devices installing.
     pub installing: u32,
     /// Devices committed.
@@ -136,6 +162,8 @@ pub fn start(args: &StartArgs) -> Result<RolloutStatus> {
     rollouts_role::ensure_delegation(&repo)?;
     let bytes = policy.encode().map_err(|e| anyhow!("{e}"))?;
     rollouts_role::publish_policy(&repo, &args.name, &bytes)?;
+    let conn = fleet::open_write(&fleet::db_path(&repo.dir))?;
+    record::record(&conn, None, &policy, &bytes, time::now_unix())?;
     Ok(status_of(&Controller::new(policy).map_err(|e| anyhow!("{e}"))?))
 }
 
@@ -154,7 +182,7 @@ fn build_policy(repo: &Repo, args: &StartArgs, now: i64) -> Result<RolloutPolicy
         .into_iter()
         .map(|cumulative_ppm| Wave { cumulative_ppm, min_soak_secs: soak })
         .collect();
-    let canaries = args.canaries.iter().map(|c| parse_canary(c)).collect::<Result<Vec<_>>>()?;
+    let canaries = args.canaries.iter().map(|c| parse_canary(repo, c)).collect::<Result<Vec<_>>>()?;
     let windows = args.windows.iter().map(|w| args::parse_window(w)).collect::<Result<Vec<_>>>()?;
     let id = args.id.clone().unwrap_or_else(|| format!("{}-{}", args.name, args.version));
     let policy = RolloutPolicy {
@@ -177,10 +205,20 @@ fn build_policy(repo: &Repo, args: &StartArgs, now: i64) -> Result<RolloutPolicy
     Ok(policy)
 }
 
-/// A canary given as a device key (64 hex digits).
-fn parse_canary(text: &str) -> Result<[u8; 32]> {
-    protocol::hex::decode_array(text.trim())
-        .map_err(|_| anyhow!("--canary `{text}` is not a device key (64 hex digits)"))
+/// A canary given as a device key (64 hex digits) or an enrolled device id.
+fn parse_canary(repo: &Repo, text: &str) -> Result<[u8; 32]> {
+    if let Ok(key) = protocol::hex::decode_array(text.trim()) {
+        return Ok(key);
+    }
+    let enrolled = match fleet::open_read(&fleet::db_path(&repo.dir))? {
+        Some(conn) => conn
+            .query_row("SELECT public_key FROM devices WHERE device_id = ?1", [text], |row| row.get::<_, Vec<u8>>(0))
+            .ok()
+            .and_then(|key| <[u8; 32]>::try_from(key.as_slice()).ok()),
+        None => None,
+    };
+    enrolled
+        .ok_or_else(|| anyhow!("--canary `{text}` is neither a device key (64 hex digits) nor an enrolled device id"))
 }
 
 /// The current policy for release `name`, if one was ever started.
@@ -195,13 +233,22 @@ pub fn current_policy(repo: &Repo, name: &str) -> Result<Option<RolloutPolicy>> 
 
 /// Every rollout, or the one for release `name`.
 pub fn status(repo: &Repo, name: Option<&str>) -> Result<Vec<RolloutStatus>> {
+    let conn = fleet::open_read(&fleet::db_path(&repo.dir))?;
     let mut out = Vec::new();
     for (release, bytes) in rollouts_role::current_policies(repo)? {
         if name.is_some_and(|n| n != release) {
             continue;
         }
         let policy = RolloutPolicy::decode(&bytes).map_err(|e| anyhow!("policy for {release}: {e}"))?;
-        out.push(status_of(&Controller::new(policy).map_err(|e| anyhow!("{e}"))?));
+        match &conn {
+            Some(conn) => {
+                let tracked = tracked::Tracked::rebuild(conn, policy)?;
+                let mut status = status_of(&tracked.controller);
+                fill_fleet_counts(conn, &tracked, &mut status)?;
+                out.push(status);
+            }
+            None => out.push(status_of(&Controller::new(policy).map_err(|e| anyhow!("{e}"))?)),
+        }
     }
     if let (true, Some(n)) = (out.is_empty(), name) {
         bail!("no rollout of {n}; start one with `seeder rollout start {n} VERSION`");
@@ -225,7 +272,7 @@ pub fn command(repo: &Repo, name: &str, command: Command) -> Result<RolloutStatu
     let _lock = repo.lock()?;
     let policy = current_policy(repo, name)?
         .with_context(|| format!("no rollout of {name}; start one with `seeder rollout start {name} VERSION`"))?;
-    let mut controller = Controller::new(policy).map_err(|e| anyhow!("{e}"))?;
+    let mut controller = Controller::new(policy.clone()).map_err(|e| anyhow!("{e}"))?;
     let next = match command {
         Command::Pause => controller.pause(),
         Command::Resume => controller.resume(time::now_unix()),
@@ -234,6 +281,8 @@ pub fn command(repo: &Repo, name: &str, command: Command) -> Result<RolloutStatu
     .map_err(|e| anyhow!("{e}"))?;
     let bytes = next.encode().map_err(|e| anyhow!("{e}"))?;
     rollouts_role::publish_policy(repo, name, &bytes)?;
+    let conn = fleet::open_write(&fleet::db_path(&repo.dir))?;
+    record::record(&conn, Some(&policy), &next, &bytes, time::now_unix())?;
     Ok(status_of(&Controller::new(next).map_err(|e| anyhow!("{e}"))?))
 }
 
@@ -261,6 +310,7 @@ pub fn status_of(controller: &Controller) -> RolloutStatus {
                 index: w.index,
                 cumulative_percent: percent(w.cumulative_ppm),
                 min_soak_secs: policy.waves[w.index].min_soak_secs,
+                targeted: 0,
                 installing: w.tally.installing,
                 committed: w.tally.committed,
                 rolled_back: w.tally.rolled_back,
@@ -269,7 +319,65 @@ pub fn status_of(controller: &Controller) -> RolloutStatus {
                 gate: w.gate,
             })
             .collect(),
+        sites: Vec::new(),
     }
+}
+
+/// Targeted devices per wave and per site (enrolled devices of the release's hardware
+/// class), and each site's outcome counts.
+fn fill_fleet_counts(
+    conn: &rusqlite::Connection,
+    tracked: &tracked::Tracked,
+    status: &mut RolloutStatus,
+) -> Result<()> {
+    let policy = tracked.controller.policy();
+    let mut stmt = conn.prepare("SELECT public_key, site FROM devices WHERE hw_class = ?1")?;
+    let rows =
+        stmt.query_map([&policy.release.hw_class], |row| Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?)))?;
+    let mut sites: std::collections::BTreeMap<String, SiteStatus> = std::collections::BTreeMap::new();
+    for row in rows {
+        let (key, site) = row?;
+        let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) else { continue };
+        let Some(wave) = policy.wave_of(&key) else { continue };
+        if let Some(w) = status.waves.get_mut(wave) {
+            w.targeted += 1;
+        }
+        let entry = sites.entry(site.clone()).or_insert_with(|| SiteStatus {
+            site,
+            targeted: 0,
+            installing: 0,
+            committed: 0,
+            rolled_back: 0,
+            failed: 0,
+            failure_percent: None,
+        });
+        if wave <= policy.current_wave {
+            entry.targeted += 1;
+        }
+    }
+    for (site, outcomes) in &tracked.by_site {
+        let entry = sites.entry(site.clone()).or_insert_with(|| SiteStatus {
+            site: site.clone(),
+            targeted: 0,
+            installing: 0,
+            committed: 0,
+            rolled_back: 0,
+            failed: 0,
+            failure_percent: None,
+        });
+        for outcome in outcomes.values() {
+            match outcome {
+                protocol::rollout::Outcome::Installing => entry.installing += 1,
+                protocol::rollout::Outcome::Committed => entry.committed += 1,
+                protocol::rollout::Outcome::RolledBack => entry.rolled_back += 1,
+                protocol::rollout::Outcome::Failed(_) => entry.failed += 1,
+            }
+        }
+        let finals = entry.committed + entry.rolled_back + entry.failed;
+        entry.failure_percent = (finals > 0).then(|| (entry.rolled_back + entry.failed) as f64 * 100.0 / finals as f64);
+    }
+    status.sites = sites.into_values().collect();
+    Ok(())
 }
 
 /// The text form of a rollout.
@@ -289,12 +397,13 @@ pub fn describe(s: &RolloutStatus) -> String {
     if let Some(reason) = &s.halt_reason {
         out += &format!("\n  halted: {reason}");
     }
-    out += "\n  wave  fleet%  installing  committed  rolled-back  failed  fail%  gate";
+    out += "\n  wave  fleet%  targeted  installing  committed  rolled-back  failed  fail%  gate";
     for w in &s.waves {
         out += &format!(
-            "\n  {:>4}  {:>6.2}  {:>10}  {:>9}  {:>11}  {:>6}  {:>5}  {}",
+            "\n  {:>4}  {:>6.2}  {:>8}  {:>10}  {:>9}  {:>11}  {:>6}  {:>5}  {}",
             w.index,
             w.cumulative_percent,
+            w.targeted,
             w.installing,
             w.committed,
             w.rolled_back,
@@ -302,6 +411,21 @@ pub fn describe(s: &RolloutStatus) -> String {
             w.failure_percent.map_or("-".into(), |p| format!("{p:.1}")),
             w.gate
         );
+    }
+    if !s.sites.is_empty() {
+        out += "\n  site                  targeted  installing  committed  rolled-back  failed  fail%";
+        for site in &s.sites {
+            out += &format!(
+                "\n  {:<20}  {:>8}  {:>10}  {:>9}  {:>11}  {:>6}  {:>5}",
+                site.site,
+                site.targeted,
+                site.installing,
+                site.committed,
+                site.rolled_back,
+                site.failed,
+                site.failure_percent.map_or("-".into(), |p| format!("{p:.1}"))
+            );
+        }
     }
     out
 }
