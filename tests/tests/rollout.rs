@@ -144,3 +144,168 @@ fn a_site_whose_devices_fail_halts_itself_at_the_edge() {
     assert!(waiting.contains("halted at this site"), "status does not say why it waits: {status}");
     assert_eq!(next.bootenv(), ("b".to_string(), None), "the bootloader was pointed at the new slot");
 }
+
+fn enroll(fleet: &Fleet, device: &Device, id: &str) {
+    let key = device_key(device);
+    let repo = fleet.origin.repo.to_str().unwrap();
+    seeder(&[
+        "devices",
+        "enroll",
+        "--repo",
+        repo,
+        "--key",
+        &key,
+        "--id",
+        id,
+        "--site",
+        "plant-1",
+        "--hw-class",
+        "imx8",
+    ]);
+}
+
+fn rollout_status(fleet: &Fleet) -> Value {
+    seeder(&["rollout", "status", "--repo", fleet.origin.repo.to_str().unwrap(), "gw"])[0].clone()
+}
+
+/// `seeder rollout status` once `check` holds for it.
+fn wait_for_origin(fleet: &Fleet, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let last = std::cell::RefCell::new(Value::Null);
+    let found = test_procs::eventually(&format!("origin: {what}"), WAIT, || {
+        let status = rollout_status(fleet);
+        *last.borrow_mut() = status.clone();
+        Some(status).filter(|s| check(s))
+    });
+    found.unwrap_or_else(|e| {
+        let devices = seeder(&["devices", "list", "--repo", fleet.origin.repo.to_str().unwrap()]);
+        panic!(
+            "{e}; last status: {}\ndevices: {devices}\nedge: {:?}\nedge log:\n{}",
+            last.borrow(),
+            fleet.edge.status(),
+            fleet.edge.proc.tail(40)
+        )
+    })
+}
+
+/// A report for `rollout` signed by a key no one enrolled, claiming a commit: made-up
+/// devices voting to hasten the rollout.
+fn unenrolled_commit(i: u8, rollout: &str) -> Vec<u8> {
+    use ed25519_dalek::{Signer, SigningKey};
+    let key = SigningKey::from_bytes(&[i; 32]);
+    let report = protocol::status::StatusReport {
+        device: protocol::hex::encode(key.verifying_key().as_bytes()),
+        seq: 1,
+        release: "gw".into(),
+        version: "1.0.0".into(),
+        installed_id: "00".repeat(32),
+        active_slot: "a".into(),
+        state: "committed".into(),
+        target: None,
+        progress: Default::default(),
+        error: None,
+        health: None,
+        security_floor: 0,
+        time: 1_800_000_000,
+        rollout: Some(rollout.into()),
+        result: Some(protocol::status::InstallResult::Committed),
+        error_code: None,
+        install_secs: Some(10),
+        slot: Some("b".into()),
+    };
+    report.to_signed(|m| key.sign(m).to_bytes())
+}
+
+#[test]
+fn enrolled_devices_reports_advance_the_waves_and_made_up_devices_move_nothing() {
+    let (fleet, devices) = fleet(&["first", "second"], &[None, None]);
+    let (first, second) = (&devices[0], &devices[1]);
+    enroll(&fleet, first, "gw-0001");
+    enroll(&fleet, second, "gw-0002");
+    fleet.origin.publish(&image(&fleet.root, 2), "2.0.0");
+    wait_for(&fleet.edge, "release 2.0.0", |s| has_release(s, "2.0.0"));
+    // Wave 0: the canary `first` (by its enrolled id) and 10 ppm; then everyone.
+    start_rollout(
+        &fleet,
+        "2.0.0",
+        &["--waves", "0.001,100", "--canary", "gw-0001", "--soak", "0", "--min-reports", "1"],
+    );
+
+    // Made-up devices claim commits through the edge: the edge forwards them (it cannot know
+    // the fleet), the origin verifies them and drops them as unenrolled: no wave advances.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = edge_node::device::DeviceClient::connect_tcp(fleet.edge.device_tcp).await.unwrap();
+        for i in 1..=5u8 {
+            client.report_status(&unenrolled_commit(i, "gw-2.0.0")).await.unwrap();
+        }
+    });
+    wait_for(&fleet.edge, "the made-up reports forwarded", |s| s["reports"]["forwarded"].as_u64() >= Some(5));
+    let status = rollout_status(&fleet);
+    assert_eq!(
+        (status["current_wave"].as_u64(), status["waves"][0]["committed"].as_u64()),
+        (Some(0), Some(0)),
+        "{status}"
+    );
+
+    // The canary installs; its reports reach the origin, wave 0 passes, wave 1 starts.
+    let run = first.check(CHECK_TIMEOUT);
+    assert!(run.success, "{}", run.output);
+    let status = wait_for_origin(&fleet, "wave 1", |s| s["current_wave"] == 1 || s["state"] == "complete");
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["waves"][0]["committed"], 1, "{status}");
+    assert_eq!(status["sites"][0]["committed"], 1, "made-up reports counted: {status}");
+    assert_eq!(status["sites"][0]["site"], "plant-1", "{status}");
+
+    // The second device sees the new policy at its next check and installs; the rollout
+    // completes from its report.
+    wait_for(&fleet.edge, "policy v2", |s| {
+        rollout_of(s, "gw-2.0.0").is_some_and(|r| r["policy_seq"].as_u64() >= Some(2))
+    });
+    let run = second.check(CHECK_TIMEOUT);
+    assert!(run.success, "{}", run.output);
+    assert_eq!(second.status()["version"], "2.0.0", "{}", run.output);
+    let status = wait_for_origin(&fleet, "completion", |s| s["state"] == "complete");
+    assert_eq!(status["waves"][1]["committed"], 1, "{status}");
+}
+
+#[test]
+fn a_bad_release_halts_at_the_origin_and_the_halt_survives_a_seeder_restart() {
+    let rigged = ["sh", "-c", "test \"$OTAMESH_VERSION\" != 3.0.0"];
+    let (mut fleet, devices) = fleet(&["bad", "late"], &[Some(&rigged), None]);
+    let (bad, late) = (&devices[0], &devices[1]);
+    enroll(&fleet, bad, "gw-0001");
+    enroll(&fleet, late, "gw-0002");
+    fleet.origin.publish(&image(&fleet.root, 3), "3.0.0");
+    wait_for(&fleet.edge, "release 3.0.0", |s| has_release(s, "3.0.0"));
+    start_rollout(
+        &fleet,
+        "3.0.0",
+        &["--waves", "0.001,100", "--canary", "gw-0001", "--soak", "0", "--min-reports", "1"],
+    );
+
+    let _ = bad.check(CHECK_TIMEOUT);
+    assert_eq!(bad.status()["state"], "rolled-back");
+    let status = wait_for_origin(&fleet, "the halt", |s| s["state"] == "halted");
+    assert_eq!(status["current_wave"], 0, "the halt came after the canary wave: {status}");
+    assert_eq!(status["waves"][0]["rolled_back"], 1, "{status}");
+    assert!(status["halt_reason"].as_str().is_some_and(|r| !r.is_empty()), "{status}");
+    // The halt reaches the edge.
+    wait_for(&fleet.edge, "the halted policy", |s| rollout_of(s, "gw-3.0.0").is_some_and(|r| r["state"] == "halted"));
+
+    // A restarted seeder rebuilds its controllers from the fleet database: the rollout stays
+    // halted and the report is still counted.
+    let repo = fleet.origin.repo.clone();
+    fleet.origin.proc.kill();
+    fleet.origin = Origin::serve(&repo, &[]);
+    let status = rollout_status(&fleet);
+    assert_eq!(
+        (status["state"].as_str(), status["waves"][0]["rolled_back"].as_u64()),
+        (Some("halted"), Some(1)),
+        "{status}"
+    );
+
+    // The late device (wave 1, never started) does not install.
+    let run = late.check(CHECK_TIMEOUT);
+    assert!(run.success, "{}", run.output);
+    assert_eq!(late.status()["version"], "1.0.0", "a device installed a halted release:\n{}", run.output);
+}
