@@ -82,6 +82,13 @@ pub struct BenchResult {
     pub verify_per_sec_one_core: f64,
     /// reports_per_sec / verify_per_sec_one_core.
     pub ratio_to_one_core_verify: f64,
+    /// CPU seconds the process used in the timed section (all threads).
+    pub cpu_secs: f64,
+    /// CPU microseconds per report in the timed section: what a report costs whatever else
+    /// runs on the machine (the reports/s above depend on what other processes take).
+    pub cpu_us_per_report: f64,
+    /// CPU microseconds of one bare verification (1e6 / verify_per_sec_one_core).
+    pub verify_us: f64,
     /// Resident memory once the reports were generated (they are held in memory).
     pub rss_before_mib: f64,
     /// Peak resident memory of the process.
@@ -109,7 +116,9 @@ pub fn run(dir: &Path, reports: u64, devices: u64, keep_signed: bool) -> Result<
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
     let enrollments: Vec<Enrollment> = (0..devices).map(device_enrollment).collect();
-    enroll::enroll(&mut super::open_write(&db)?, &enrollments, crate::time::now_unix(), |i| format!("device {i}: "))?;
+    enroll::enroll(&mut super::open_write(&db)?, &enrollments, crate::time::now_unix(), |i, field| {
+        format!("device {i} {field}: ")
+    })?;
 
     // Seq-major order: each device's reports are `devices` apart in the stream, as many
     // devices reporting at once would interleave them.
@@ -120,6 +129,7 @@ pub fn run(dir: &Path, reports: u64, devices: u64, keep_signed: bool) -> Result<
 
     let config = IngestConfig { keep_signed, ..IngestConfig::default() };
     let verify_threads = config.verify_threads;
+    let cpu_start = cpu_secs();
     let start = Instant::now();
     let ingestor = Ingestor::start(&db, config)?;
     for signed in generated {
@@ -127,6 +137,7 @@ pub fn run(dir: &Path, reports: u64, devices: u64, keep_signed: bool) -> Result<
     }
     let counts = ingestor.shutdown();
     let secs = start.elapsed().as_secs_f64();
+    let cpu_secs = cpu_secs() - cpu_start;
     let reports_per_sec = reports as f64 / secs;
     let db_bytes: u64 = ["", "-wal", "-shm"]
         .iter()
@@ -145,6 +156,9 @@ pub fn run(dir: &Path, reports: u64, devices: u64, keep_signed: bool) -> Result<
         reports_per_sec,
         verify_per_sec_one_core,
         ratio_to_one_core_verify: reports_per_sec / verify_per_sec_one_core,
+        cpu_secs,
+        cpu_us_per_report: cpu_secs * 1e6 / reports as f64,
+        verify_us: 1e6 / verify_per_sec_one_core,
         rss_before_mib,
         peak_rss_mib: peak_rss_mib(),
         db_mib: db_bytes as f64 / 1048576.0,
@@ -214,6 +228,17 @@ fn rss_mib(field: &str) -> f64 {
     kib / 1024.0
 }
 
+/// User + system CPU seconds of the whole process so far.
+fn cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 fn peak_rss_mib() -> f64 {
     // SAFETY: getrusage only writes the struct it is given.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -231,8 +256,8 @@ pub fn test_ingest(repo: &Path, devices: u64, reports: u64, enroll_first: bool) 
     let db = super::db_path(repo);
     if enroll_first {
         let enrollments: Vec<Enrollment> = (0..devices).map(device_enrollment).collect();
-        enroll::enroll(&mut super::open_write(&db)?, &enrollments, crate::time::now_unix(), |i| {
-            format!("device {i}: ")
+        enroll::enroll(&mut super::open_write(&db)?, &enrollments, crate::time::now_unix(), |i, field| {
+            format!("device {i} {field}: ")
         })?;
     }
     let keys: Vec<SigningKey> = (0..devices.max(1)).map(device_key).collect();
