@@ -497,13 +497,16 @@ fn run(cli: &Cli) -> Result<i32> {
     Ok(0)
 }
 
+/// Names entry `i`'s field (`key` or `id`) in an enrollment error: its file line, or the flag.
+type EnrollLabel = dyn Fn(usize, &str) -> String;
+
 /// `seeder devices ...` and the hidden fleet commands.
 fn run_fleet(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Devices(DevicesCommand::Enroll { repo, key, id, site, hw_class, from }) => {
             fleet::check_repo(repo)?;
             // Everything is checked before the database is opened: bad input creates nothing.
-            let (devices, label): (Vec<fleet::enroll::Enrollment>, Box<dyn Fn(usize, &str) -> String>) = match from {
+            let (devices, label): (Vec<fleet::enroll::Enrollment>, Box<EnrollLabel>) = match from {
                 Some(path) => {
                     let (lines, devices) = fleet::enroll::read_bulk(path)?.into_iter().unzip::<_, _, Vec<_>, _>();
                     let name = path.display().to_string();

@@ -40,7 +40,7 @@ pub fn report(key: &SigningKey, seq: u64) -> StatusReport {
         version: "1.4.2".into(),
         installed_id: "7f".repeat(32),
         active_slot: "b".into(),
-        state: if seq % 7 == 0 { "downloading".into() } else { "committed".into() },
+        state: if seq.is_multiple_of(7) { "downloading".into() } else { "committed".into() },
         target: None,
         progress: ReportProgress { chunks_done: 812, chunk_count: 812, bytes_fetched: 51_380_224, bytes_reused: 0 },
         error: None,
