@@ -567,17 +567,20 @@ fn run(cli: &Cli) -> Result<i32> {
     Ok(0)
 }
 
+/// Names entry `i`'s field (`key` or `id`) in an enrollment error: its file line, or the flag.
+type EnrollLabel = dyn Fn(usize, &str) -> String;
+
 /// `seeder devices ...` and the hidden fleet commands.
 fn run_fleet(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Devices(DevicesCommand::Enroll { repo, key, id, site, hw_class, from }) => {
             fleet::check_repo(repo)?;
             // Everything is checked before the database is opened: bad input creates nothing.
-            let (devices, label): (Vec<fleet::enroll::Enrollment>, Box<dyn Fn(usize) -> String>) = match from {
+            let (devices, label): (Vec<fleet::enroll::Enrollment>, Box<EnrollLabel>) = match from {
                 Some(path) => {
-                    let devices = fleet::enroll::read_bulk(path)?;
+                    let (lines, devices) = fleet::enroll::read_bulk(path)?.into_iter().unzip::<_, _, Vec<_>, _>();
                     let name = path.display().to_string();
-                    (devices, Box::new(move |i| format!("{name} device {}: ", i + 1)))
+                    (devices, Box::new(move |i, field| format!("{name} line {}: field `{field}`: ", lines[i])))
                 }
                 None => {
                     let arg = |v: &Option<String>, what: &str| {
@@ -589,7 +592,7 @@ fn run_fleet(cli: &Cli) -> Result<()> {
                         &arg(site, "--site")?,
                         &arg(hw_class, "--hw-class")?,
                     )?;
-                    (vec![device], Box::new(|_| String::new()))
+                    (vec![device], Box::new(|_, field| format!("--{field} ")))
                 }
             };
             let db = fleet::db_path(repo);

@@ -160,7 +160,7 @@ fn bad_enrollments_are_refused_in_one_line_and_leave_nothing() {
 
     ok_json(&args(&enroll(&key_hex(1), "gw-1")));
     let line = fails(&args(&enroll(&key_hex(2), "gw-1")));
-    assert_eq!(line, "error: device id `gw-1` is already enrolled; nothing was enrolled");
+    assert_eq!(line, "error: --id `gw-1` is already enrolled; nothing was enrolled");
     let line = fails(&args(&enroll(&key_hex(1), "gw-9")));
     assert!(line.contains("is already enrolled as `gw-1`"), "{line}");
     assert_eq!(f.list(&[]).len(), 1);
@@ -194,10 +194,10 @@ fn a_bulk_file_with_a_bad_line_enrolls_nothing() {
         assert_eq!(f.list(&[]).len(), 2, "a bad file enrolled something: {line}");
     }
     // Valid lines, but one names a device already enrolled: nothing of the file either.
-    let text = [bulk_line(20, "gw-20", "a"), bulk_line(21, "gw-2", "a")].join("\n");
+    let text = ["# devices".into(), bulk_line(20, "gw-20", "a"), bulk_line(21, "gw-2", "a")].join("\n");
     let path = f.file("dup.jsonl", &text);
     let line = fails(&["devices", "enroll", "--repo", f.repo(), "--from", &path]);
-    assert!(line.contains("device 2: device id `gw-2` is already enrolled; nothing was enrolled"), "{line}");
+    assert!(line.ends_with("dup.jsonl line 3: field `id`: `gw-2` is already enrolled; nothing was enrolled"), "{line}");
     assert_eq!(f.list(&[]).len(), 2);
 }
 

@@ -88,6 +88,16 @@ pub struct BenchResult {
     pub verify_per_sec_one_core: f64,
     /// reports_per_sec / verify_per_sec_one_core.
     pub ratio_to_one_core_verify: f64,
+    /// CPU seconds the process used in the timed section (all threads).
+    pub cpu_secs: f64,
+    /// CPU microseconds per report in the timed section: what a report costs whatever else
+    /// runs on the machine (the reports/s above depend on what other processes take).
+    pub cpu_us_per_report: f64,
+    /// CPU microseconds of one bare verification (thread CPU time, so other processes on
+    /// the machine do not inflate it as they do `verify_per_sec_one_core`).
+    pub verify_cpu_us: f64,
+    /// cpu_us_per_report / verify_cpu_us: what a report costs in bare verifications.
+    pub cpu_ratio_to_verify: f64,
     /// Resident memory once the reports were generated (they are held in memory).
     pub rss_before_mib: f64,
     /// Peak resident memory of the process.
@@ -115,17 +125,20 @@ pub fn run(dir: &Path, reports: u64, devices: u64, keep_signed: bool) -> Result<
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
     let enrollments: Vec<Enrollment> = (0..devices).map(device_enrollment).collect();
-    enroll::enroll(&mut super::open_write(&db)?, &enrollments, crate::time::now_unix(), |i| format!("device {i}: "))?;
+    enroll::enroll(&mut super::open_write(&db)?, &enrollments, crate::time::now_unix(), |i, field| {
+        format!("device {i} {field}: ")
+    })?;
 
     // Seq-major order: each device's reports are `devices` apart in the stream, as many
     // devices reporting at once would interleave them.
     let generated = generate(devices, per_device, threads);
     let rss_before_mib = rss_mib("VmRSS:");
 
-    let verify_per_sec_one_core = bare_verify_rate(&generated[..generated.len().min(20_000)])?;
+    let (verify_per_sec_one_core, verify_cpu_us) = bare_verify_rate(&generated[..generated.len().min(20_000)])?;
 
     let config = IngestConfig { keep_signed, ..IngestConfig::default() };
     let verify_threads = config.verify_threads;
+    let cpu_start = cpu_secs();
     let start = Instant::now();
     let ingestor = Ingestor::start(&db, config)?;
     for signed in generated {
@@ -133,6 +146,7 @@ pub fn run(dir: &Path, reports: u64, devices: u64, keep_signed: bool) -> Result<
     }
     let counts = ingestor.shutdown();
     let secs = start.elapsed().as_secs_f64();
+    let cpu_secs = cpu_secs() - cpu_start;
     let reports_per_sec = reports as f64 / secs;
     let db_bytes: u64 = ["", "-wal", "-shm"]
         .iter()
@@ -151,6 +165,10 @@ pub fn run(dir: &Path, reports: u64, devices: u64, keep_signed: bool) -> Result<
         reports_per_sec,
         verify_per_sec_one_core,
         ratio_to_one_core_verify: reports_per_sec / verify_per_sec_one_core,
+        cpu_secs,
+        cpu_us_per_report: cpu_secs * 1e6 / reports as f64,
+        verify_cpu_us,
+        cpu_ratio_to_verify: cpu_secs * 1e6 / reports as f64 / verify_cpu_us,
         rss_before_mib,
         peak_rss_mib: peak_rss_mib(),
         db_mib: db_bytes as f64 / 1048576.0,
@@ -186,9 +204,10 @@ pub fn sign_report_with(key: &SigningKey, seq: u64) -> Vec<u8> {
     sign_payload(key, &value.to_string())
 }
 
-/// Strict ed25519 verifications per second on this thread: the key decoded and the
-/// signature checked as `protocol::status::verify` does, without the JSON.
-fn bare_verify_rate(sample: &[Vec<u8>]) -> Result<f64> {
+/// Strict ed25519 verifications per second on this thread (wall clock), and the CPU
+/// microseconds of one: the key decoded and the signature checked as
+/// `protocol::status::verify` does, without the JSON.
+fn bare_verify_rate(sample: &[Vec<u8>]) -> Result<(f64, f64)> {
     #[derive(serde::Deserialize)]
     struct Envelope {
         signed: String,
@@ -202,12 +221,25 @@ fn bare_verify_rate(sample: &[Vec<u8>]) -> Result<f64> {
         let signature = protocol::hex::decode_array::<64>(&envelope.signature).map_err(|e| anyhow::anyhow!("{e}"))?;
         inputs.push((key, envelope.signed, signature));
     }
+    let cpu_start = thread_cpu_secs();
     let start = Instant::now();
     for (key, message, signature) in &inputs {
         let key = Ed25519PublicKey::from_bytes(key).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         key.verify(message.as_bytes(), signature).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     }
-    Ok(inputs.len() as f64 / start.elapsed().as_secs_f64())
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = thread_cpu_secs() - cpu_start;
+    Ok((inputs.len() as f64 / wall, cpu * 1e6 / inputs.len() as f64))
+}
+
+/// CPU seconds this thread has used.
+fn thread_cpu_secs() -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the struct it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+        return 0.0;
+    }
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 fn rss_mib(field: &str) -> f64 {
@@ -218,6 +250,17 @@ fn rss_mib(field: &str) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0.0);
     kib / 1024.0
+}
+
+/// User + system CPU seconds of the whole process so far.
+fn cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 fn peak_rss_mib() -> f64 {
@@ -237,8 +280,8 @@ pub fn test_ingest(repo: &Path, devices: u64, reports: u64, enroll_first: bool) 
     let db = super::db_path(repo);
     if enroll_first {
         let enrollments: Vec<Enrollment> = (0..devices).map(device_enrollment).collect();
-        enroll::enroll(&mut super::open_write(&db)?, &enrollments, crate::time::now_unix(), |i| {
-            format!("device {i}: ")
+        enroll::enroll(&mut super::open_write(&db)?, &enrollments, crate::time::now_unix(), |i, field| {
+            format!("device {i} {field}: ")
         })?;
     }
     let keys: Vec<SigningKey> = (0..devices.max(1)).map(device_key).collect();

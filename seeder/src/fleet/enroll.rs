@@ -92,8 +92,8 @@ impl Enrollment {
 }
 
 /// Reads and validates a bulk file (JSON lines, see the module doc): every line, and no key
-/// or id twice. The first bad line fails it.
-pub fn read_bulk(path: &Path) -> Result<Vec<Enrollment>> {
+/// or id twice. The first bad line fails it. Each device comes with its line number.
+pub fn read_bulk(path: &Path) -> Result<Vec<(usize, Enrollment)>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let name = path.display();
     let mut out = Vec::new();
@@ -123,7 +123,7 @@ pub fn read_bulk(path: &Path) -> Result<Vec<Enrollment>> {
         if let Some(first) = keys.insert(public_key, n) {
             bail!("{name} line {n}: field `key`: the key is already on line {first}");
         }
-        out.push(Enrollment { public_key, device_id: line.id, site: line.site, hw_class: line.hw_class });
+        out.push((n, Enrollment { public_key, device_id: line.id, site: line.site, hw_class: line.hw_class }));
     }
     if out.is_empty() {
         bail!("{name} names no device; each line must be {{\"key\": HEX, \"id\": ID, \"site\": SITE, \"hw_class\": CLASS}}");
@@ -132,9 +132,14 @@ pub fn read_bulk(path: &Path) -> Result<Vec<Enrollment>> {
 }
 
 /// Enrolls `devices` in one transaction at `now` (unix seconds): all of them, or — if any
-/// key or id is already enrolled — none. `label(i)` names entry `i` in that error (its line
-/// in a bulk file).
-pub fn enroll(conn: &mut Connection, devices: &[Enrollment], now: i64, label: impl Fn(usize) -> String) -> Result<()> {
+/// key or id is already enrolled — none. `label(i, field)` names entry `i`'s `field` (`key`
+/// or `id`) in that error: its line in a bulk file, or the flag.
+pub fn enroll(
+    conn: &mut Connection,
+    devices: &[Enrollment],
+    now: i64,
+    label: impl Fn(usize, &str) -> String,
+) -> Result<()> {
     let tx = conn.transaction()?;
     {
         let mut by_key = tx.prepare("SELECT device_id FROM devices WHERE public_key = ?1")?;
@@ -145,13 +150,13 @@ pub fn enroll(conn: &mut Connection, devices: &[Enrollment], now: i64, label: im
         for (i, d) in devices.iter().enumerate() {
             if let Some(existing) = by_key.query_row([&d.public_key[..]], |row| row.get::<_, String>(0)).optional()? {
                 bail!(
-                    "{}key {} is already enrolled as `{existing}`; nothing was enrolled",
-                    label(i),
+                    "{}{} is already enrolled as `{existing}`; nothing was enrolled",
+                    label(i, "key"),
                     protocol::hex::encode(&d.public_key)
                 );
             }
             if by_id.exists([&d.device_id])? {
-                bail!("{}device id `{}` is already enrolled; nothing was enrolled", label(i), d.device_id);
+                bail!("{}`{}` is already enrolled; nothing was enrolled", label(i, "id"), d.device_id);
             }
             insert.execute(params![&d.public_key[..], d.device_id, d.site, d.hw_class, now])?;
         }

@@ -18,7 +18,7 @@ fn db(enrolled: u64) -> Db {
     let dir = tempfile::tempdir().unwrap();
     let path = super::db_path(dir.path());
     let devices: Vec<Enrollment> = (0..enrolled).map(device_enrollment).collect();
-    enroll::enroll(&mut super::open_write(&path).unwrap(), &devices, 1_800_000_000, |_| String::new()).unwrap();
+    enroll::enroll(&mut super::open_write(&path).unwrap(), &devices, 1_800_000_000, |_, _| String::new()).unwrap();
     Db { _dir: dir, path }
 }
 
@@ -114,10 +114,11 @@ fn enrolling_a_key_or_id_twice_enrolls_nothing() {
     let mut conn = super::open_write(&db.path).unwrap();
     let fresh = device_enrollment(10);
     let same_id = Enrollment { device_id: "dev-000001".into(), ..device_enrollment(11) };
-    let err = enroll::enroll(&mut conn, &[fresh.clone(), same_id], 0, |i| format!("line {}: ", i + 1)).unwrap_err();
-    assert_eq!(format!("{err:#}"), "line 2: device id `dev-000001` is already enrolled; nothing was enrolled");
+    let err = enroll::enroll(&mut conn, &[fresh.clone(), same_id], 0, |i, field| format!("line {} {field}: ", i + 1))
+        .unwrap_err();
+    assert_eq!(format!("{err:#}"), "line 2 id: `dev-000001` is already enrolled; nothing was enrolled");
     let same_key = Enrollment { device_id: "other".into(), ..device_enrollment(0) };
-    let err = enroll::enroll(&mut conn, &[fresh, same_key], 0, |_| String::new()).unwrap_err();
+    let err = enroll::enroll(&mut conn, &[fresh, same_key], 0, |_, _| String::new()).unwrap_err();
     assert!(format!("{err:#}").contains("is already enrolled as `dev-000000`"), "{err:#}");
     assert_eq!(query::list_devices(&conn, None).unwrap().len(), 2);
 }
