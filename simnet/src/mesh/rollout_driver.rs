@@ -42,6 +42,8 @@ struct SiteRollout {
     policy_halt_at: Option<Micros>,
     /// The policy held when a backhaul partition first cut the site off.
     cut_policy: Option<u16>,
+    /// Its devices the gate holds (stopped).
+    held: u32,
 }
 
 /// The rollout's state in a run.
@@ -100,6 +102,7 @@ impl RolloutRun {
                 first_local_halt: None,
                 policy_halt_at: None,
                 cut_policy: None,
+                held: 0,
             })
             .collect();
         let mut partitioned = vec![false; sc.sites.count as usize];
@@ -228,12 +231,14 @@ impl World<'_> {
             GateVerdict::Stopped(_) if !held => {
                 self.devices[d as usize].rollout |= flags::HELD;
                 r.held += 1;
+                r.sites[site].held += 1;
                 self.terminal += 1;
             }
             GateVerdict::Proceed => {
                 if held {
                     self.devices[d as usize].rollout &= !flags::HELD;
                     r.held -= 1;
+                    r.sites[site].held -= 1;
                     self.terminal -= 1;
                 }
                 // The checkers judge from what the origin signed and what the site knows.
@@ -448,18 +453,26 @@ impl World<'_> {
         }
     }
 
-    /// Devices the gate held count as settled only once the rollout stopped: while it runs
-    /// (or after it completed) a held device may still be let go — its site's halt lifted by
-    /// a newer policy — so the run goes on.
-    /// Reports still on their way to the origin (not lost, not waiting behind a WAN that is
-    /// down) keep the run going too, so the controller's counts include the last outcomes.
+    /// Whether the run must go on although every device finished or is held: reports are
+    /// still on their way to the origin (not lost, not waiting behind a WAN that is down), so
+    /// the controller's counts would miss the last outcomes; or held devices may still be let
+    /// go — the rollout runs (its next policy may lift a site's halt), or a site holding
+    /// devices no longer knows of a halt (they go at their next question) or has a newer
+    /// policy on its way.
     pub(super) fn rollout_blocks_end(&self) -> bool {
         let Some(r) = self.rollout.as_deref() else { return false };
-        if r.held > 0 && r.controller.policy().state.phase().allows_installs() {
-            return true;
+        let latest = (r.policies.len() - 1) as u16;
+        let running = r.controller.policy().state.phase() == Phase::Running;
+        let mut waiting = 0u64;
+        for (site, s) in r.sites.iter().enumerate() {
+            let wan_up = self.backhaul_down[site] == 0;
+            if !wan_up {
+                waiting += s.queue.len() as u64;
+            }
+            if s.held > 0 && (running || !r.halt_known(site) || (wan_up && s.policy != latest)) {
+                return true;
+            }
         }
-        let waiting: u64 =
-            (0..r.sites.len()).filter(|s| self.backhaul_down[*s] > 0).map(|s| r.sites[s].queue.len() as u64).sum();
         r.reports_sent > r.reports_at_origin + r.reports_lost + waiting
     }
 
