@@ -170,8 +170,6 @@ pub mod flags {
     pub const HELD: u8 = 2;
     /// A final outcome was reported.
     pub const FINAL_REPORTED: u8 = 4;
-    /// Its download started outside a window (windows scenarios: pre-staging).
-    pub const DOWNLOAD_BEFORE_WINDOW: u8 = 8;
 }
 
 /// One wave in the report.
