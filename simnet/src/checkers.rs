@@ -7,7 +7,12 @@
 //! - every device's install engine ends committed, rolled back, or refusing the release for a
 //!   reason it reports (wrong hardware class, old security counter, an image that never
 //!   verified);
-//! - each site's backhaul carries at most `max_backhaul_amplification` × the release.
+//! - each site's backhaul carries at most `max_backhaul_amplification` × the release;
+//! - with a rollout: no device outside the waves the origin has started starts installing;
+//!   no slot switch happens outside a window of the device's site; once a site knows of a
+//!   halt (its edge nodes hold a policy that stops installs, or their guard halted the
+//!   site), no device there starts installing or switches slots. The checkers judge from
+//!   what the origin signed, the windows and the site's state, not from the gate's answer.
 
 use serde::Serialize;
 
@@ -40,6 +45,12 @@ pub mod names {
     pub const NOT_CONVERGED: &str = "device-not-converged";
     /// A site's backhaul carried too much.
     pub const AMPLIFICATION: &str = "backhaul-amplification";
+    /// A device outside the rollout's started waves started installing.
+    pub const OUTSIDE_WAVE: &str = "rollout-install-outside-wave";
+    /// A device switched slots outside its site's maintenance windows.
+    pub const OUTSIDE_WINDOW: &str = "rollout-switch-outside-window";
+    /// A device started installing (or switched) in a site that knew of a halt.
+    pub const AFTER_HALT: &str = "rollout-install-after-halt";
 }
 
 /// Collects violations; the run stops at the first.
@@ -99,6 +110,43 @@ impl Checkers {
                     "site {site} backhaul carried {bytes:.0} bytes, over the limit of {:.0}",
                     self.max_backhaul_bytes
                 ),
+            });
+        }
+    }
+
+    /// A device starts installing (or switches slots); `wave` is its wave, `current` the
+    /// highest wave any policy the origin signed made current.
+    pub fn rollout_wave(&mut self, now: Micros, device: u64, wave: usize, current: usize) {
+        if wave > current {
+            self.violations.push(Violation {
+                check: names::OUTSIDE_WAVE,
+                at_s: at_s(now),
+                detail: format!(
+                    "device {device} of wave {wave} proceeded while the rollout had started waves 0..={current}"
+                ),
+            });
+        }
+    }
+
+    /// A device points its bootloader at the new slot; `open`: its site's window is open.
+    pub fn rollout_window(&mut self, now: Micros, device: u64, site: &str, open: bool) {
+        if !open {
+            self.violations.push(Violation {
+                check: names::OUTSIDE_WINDOW,
+                at_s: at_s(now),
+                detail: format!("device {device} of site {site} switched slots outside every window of its site"),
+            });
+        }
+    }
+
+    /// A device of `site` proceeds (`what`: starts installing, switches slots);
+    /// `halt_known`: the site's edge nodes knew of a halt.
+    pub fn rollout_halt(&mut self, now: Micros, device: u64, site: u32, halt_known: bool, what: &str) {
+        if halt_known {
+            self.violations.push(Violation {
+                check: names::AFTER_HALT,
+                at_s: at_s(now),
+                detail: format!("device {device} {what} although site {site} knew the rollout or the site halted"),
             });
         }
     }

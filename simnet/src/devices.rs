@@ -11,7 +11,8 @@
 //!   published releases (the scenario's one), which is offered as an `Offer`; the engine
 //!   refuses a wrong hardware class or an old security counter. No live edge node:
 //!   `handle_check_failed` after the keep-alive timeout, and the engine's backoff retries.
-//! - `AskGate` and `AskSwitch`: always `Proceed` (no rollout waves or windows yet).
+//! - `AskGate` and `AskSwitch`: `Proceed` without a rollout; with one, the device's
+//!   `protocol::rollout::Gate` on the policy its edge holds (see `crate::rollout`).
 //! - `Download`: `protocol::device::FetchPlan` (the agent's fetch plan, with one connection to
 //!   one edge node at a time and the scenario's `batch_bytes`) decides each request, and the
 //!   device's `EdgeRecord`s rank its site's edge nodes; requests are LAN flows from the chosen
@@ -24,7 +25,8 @@
 //!   `install_s`, `reboot_s`, `health_check_s`); a reboot builds a new engine from the
 //!   persisted record and calls `handle_boot` with what the bootloader booted, exactly as the
 //!   agent starts after a real reboot.
-//! - `Commit`, `RollBack`: the bootloader's slots; `Report`: counted.
+//! - `Commit`, `RollBack`: the bootloader's slots; `Report`: counted, and with a rollout
+//!   sent to the edge as a rollout outcome when it is one (`crate::rollout::outcome`).
 //!
 //! Memory: a device is its engine (fixed size, no heap), its persisted record and a few
 //! dozen bytes of driver state; a million of them are about 1.1 GB.
@@ -110,12 +112,14 @@ pub struct DeviceFetch {
     pub current: Vec<u32>,
     /// When it was sent.
     pub sent: Micros,
+    /// When the download's first attempt started.
+    pub started: Micros,
 }
 
 impl DeviceFetch {
     /// A download about to start its first round.
-    pub fn new(plan: FetchPlan<u8, Arc<[u32]>>, edges: Vec<EdgeRecord>) -> DeviceFetch {
-        DeviceFetch { plan, edges, spares: Vec::new(), conn: 0, queued: false, current: Vec::new(), sent: 0 }
+    pub fn new(plan: FetchPlan<u8, Arc<[u32]>>, edges: Vec<EdgeRecord>, started: Micros) -> DeviceFetch {
+        DeviceFetch { plan, edges, spares: Vec::new(), conn: 0, queued: false, current: Vec::new(), sent: 0, started }
     }
 }
 
@@ -206,6 +210,10 @@ pub struct Device {
     pub flow: Option<FlowId>,
     /// When the engine's timer is armed (`Micros::MAX`: not armed).
     pub timer_at: Micros,
+    /// Its rollout wave (`u8::MAX`: none, or no rollout).
+    pub wave: u8,
+    /// Rollout flags (`crate::rollout::flags`).
+    pub rollout: u8,
 }
 
 impl Device {
@@ -225,6 +233,8 @@ impl Device {
             awaiting: false,
             flow: None,
             timer_at: Micros::MAX,
+            wave: u8::MAX,
+            rollout: 0,
         }
     }
 

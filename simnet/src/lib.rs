@@ -9,7 +9,9 @@
 //! Linux agent drives them, through `protocol::device`),
 //! `devices` (per-device state around the engine — persisted record, bootloader slots,
 //! download progress — and how engines' end states are judged), `baselines`, `bound`,
-//! `checkers`, `report`, `plots`, `progress`.
+//! `rollout` (a scenario's staged rollout: the origin's controller, the sites' guards and
+//! the devices' gates, all `protocol::rollout`'s, driven by `mesh`), `checkers`, `report`,
+//! `plots`, `progress`.
 
 #![deny(missing_docs)]
 
@@ -25,6 +27,7 @@ pub mod progress;
 pub mod release;
 pub mod report;
 pub mod rng;
+pub mod rollout;
 pub mod scenario;
 pub mod topology;
 

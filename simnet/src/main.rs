@@ -60,7 +60,8 @@ fn demo(args: DemoArgs) -> ExitCode {
 
 #[derive(Args)]
 struct RunArgs {
-    /// A built-in scenario (factory-small, fleet-1m, flaky-backhaul) or a TOML file.
+    /// A built-in scenario (factory-small, fleet-1m, flaky-backhaul, bad-release, windows,
+    /// offline-site) or a TOML file.
     scenario: String,
     /// Seed; defaults to the scenario's.
     #[arg(long)]

@@ -180,6 +180,9 @@ pub struct Report {
     pub mesh_vs_lower_bound: Ratios,
     /// Mesh details.
     pub mesh_detail: MeshDetail,
+    /// The staged rollout (`null` when the scenario has none). The baselines ignore it: with
+    /// a rollout the mesh's times are paced by waves and windows, not by the network.
+    pub rollout: Option<crate::rollout::RolloutReport>,
     /// Checkers.
     pub checks: Checks,
     /// Plot data.
@@ -419,6 +422,7 @@ pub fn build(
             lan_bytes_per_site: spread(mesh.lan_bytes.iter().copied()),
             counters: mesh.counters.clone(),
         },
+        rollout: mesh.rollout.clone(),
         checks: Checks {
             passed: mesh.violations.is_empty(),
             violations: mesh.violations.clone(),
@@ -499,6 +503,9 @@ pub fn summary_text(r: &Report) -> String {
         d.counters.scheduler_wakeups,
         d.counters.immediate_wakeups
     );
+    if let Some(rollout) = &r.rollout {
+        s.push_str(&rollout.summary_text());
+    }
     if r.checks.passed {
         let _ = writeln!(s, "checks: passed");
     } else {

@@ -11,6 +11,9 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("factory-small", include_str!("../scenarios/factory-small.toml")),
     ("fleet-1m", include_str!("../scenarios/fleet-1m.toml")),
     ("flaky-backhaul", include_str!("../scenarios/flaky-backhaul.toml")),
+    ("bad-release", include_str!("../scenarios/bad-release.toml")),
+    ("windows", include_str!("../scenarios/windows.toml")),
+    ("offline-site", include_str!("../scenarios/offline-site.toml")),
 ];
 
 /// Largest scenario file accepted.
@@ -55,6 +58,9 @@ pub struct Scenario {
     /// Invariant limits.
     #[serde(default)]
     pub checks: CheckParams,
+    /// A staged rollout gating the release (`None`: every device installs at once).
+    #[serde(default)]
+    pub rollout: Option<RolloutParams>,
     /// Deliberate driver bugs, to prove the checkers catch them. Never in real scenarios.
     #[serde(default)]
     pub plant: PlantParams,
@@ -126,6 +132,21 @@ pub struct SiteParams {
     /// Edge nodes in other sites each edge node is connected to.
     #[serde(default = "default_wan_peers")]
     pub wan_peers: u32,
+    /// Region prefixes of the site names: site `i` is named `REGION-site-i` with
+    /// `REGION = regions[i % regions.len()]`, so a rollout's window patterns (`eu-*`) can
+    /// target regions in different time zones. Empty: sites are named `site-i`.
+    #[serde(default)]
+    pub regions: Vec<String>,
+}
+
+impl SiteParams {
+    /// The name of site `site` (what its devices match window patterns against).
+    pub fn name(&self, site: u32) -> String {
+        match self.regions.is_empty() {
+            true => format!("site-{site}"),
+            false => format!("{}-site-{site}", self.regions[site as usize % self.regions.len()]),
+        }
+    }
 }
 fn default_edges() -> u32 {
     2
@@ -300,6 +321,95 @@ pub struct LiarParams {
     pub site: u32,
 }
 
+/// A staged rollout of the release (see `crate::rollout`): the origin's
+/// `protocol::rollout::Controller` starts at wave 0, running, from the policy these build.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutParams {
+    /// Cumulative share of the fleet per wave, percent; the last must be 100.
+    #[serde(default = "default_waves")]
+    pub waves_percent: Vec<f64>,
+    /// Least time each wave runs before the next may start.
+    #[serde(default = "default_soak")]
+    pub soak_s: u32,
+    /// Failure rate (rolled back or failed, of final outcomes) that halts the rollout.
+    #[serde(default = "default_max_failure_rate")]
+    pub max_failure_rate: f64,
+    /// Final outcomes a wave needs before it may advance.
+    #[serde(default = "default_min_reports")]
+    pub min_reports: u32,
+    /// Devices named as canaries (wave 0 whatever their bucket): devices 0, n/k, 2n/k, …
+    #[serde(default)]
+    pub canaries: u32,
+    /// Most devices of one site installing at once (0: no limit). The edge's
+    /// `SiteGuard::hold` counts a site's devices on every question, so keep this 0 in
+    /// scenarios with thousands of devices per site.
+    #[serde(default)]
+    pub max_concurrent_per_site: u32,
+    /// The wall clock when the simulation starts, unix seconds (windows and soak times are
+    /// evaluated on it). Default: 2026-01-05 00:00 UTC, a Monday.
+    #[serde(default = "default_start_unix")]
+    pub start_unix: i64,
+    /// Maintenance windows; none: slot switches at any time.
+    #[serde(default)]
+    pub windows: Vec<WindowParams>,
+    /// Reports an edge node keeps while its site's WAN is down; more are lost (counted).
+    #[serde(default = "default_report_queue")]
+    pub edge_report_queue: u32,
+    /// An edge node forwards the reports it collected this often (one batch).
+    #[serde(default = "default_report_flush")]
+    pub report_flush_s: f64,
+    /// The origin polls its controller this often, besides after every report batch.
+    #[serde(default = "default_controller_tick")]
+    pub controller_tick_s: f64,
+}
+fn default_waves() -> Vec<f64> {
+    vec![1.0, 10.0, 50.0, 100.0]
+}
+fn default_soak() -> u32 {
+    600
+}
+fn default_max_failure_rate() -> f64 {
+    0.05
+}
+fn default_min_reports() -> u32 {
+    20
+}
+fn default_start_unix() -> i64 {
+    1_767_571_200
+}
+fn default_report_queue() -> u32 {
+    4096
+}
+fn default_report_flush() -> f64 {
+    1.0
+}
+fn default_controller_tick() -> f64 {
+    60.0
+}
+
+/// One maintenance window: sites matching `sites` may switch slots from `start` to `end`
+/// local time (`end` before `start`: the next day) on `days`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowParams {
+    /// Site-name pattern; `*` matches any run of characters.
+    pub sites: String,
+    /// Days the window opens: `mon` … `sun`, or `*` for every day.
+    #[serde(default = "default_days")]
+    pub days: Vec<String>,
+    /// Opening, local `HH:MM`.
+    pub start: String,
+    /// Closing, local `HH:MM`.
+    pub end: String,
+    /// Local time minus UTC, minutes.
+    #[serde(default)]
+    pub utc_offset_minutes: i16,
+}
+fn default_days() -> Vec<String> {
+    vec!["*".into()]
+}
+
 /// Invariant limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -330,6 +440,10 @@ pub struct PlantParams {
     /// Edge nodes are never told about their site-mates.
     #[serde(default)]
     pub edges_ignore_site_mates: bool,
+    /// Devices skip the rollout gate: they install at once, whatever their wave, the
+    /// windows or a halt.
+    #[serde(default)]
+    pub devices_ignore_rollout: bool,
 }
 
 /// Loads a built-in scenario by name, or a TOML file by path.
@@ -451,6 +565,23 @@ impl Scenario {
             range_u("faults.liar.site", l.site as u64, 0, s.count as u64 - 1)?;
         }
         range("checks.max_backhaul_amplification", self.checks.max_backhaul_amplification, 1.0, 1e6)?;
+        range_u("sites.regions length", s.regions.len() as u64, 0, 64)?;
+        for region in &s.regions {
+            let ok = (1..=24).contains(&region.len())
+                && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return Err(format!("sites.regions: `{region}` must be 1 to 24 of a-z 0-9 -"));
+            }
+        }
+        if let Some(r) = &self.rollout {
+            range("rollout.report_flush_s", r.report_flush_s, 0.001, 3_600.0)?;
+            range("rollout.controller_tick_s", r.controller_tick_s, 0.1, 86_400.0)?;
+            range_u("rollout.edge_report_queue", r.edge_report_queue as u64, 0, 1 << 20)?;
+            range_u("rollout.canaries", r.canaries as u64, 0, self.device_count().min(32))?;
+            range_u("rollout.start_unix", r.start_unix.max(0) as u64, 0, 1 << 40)?;
+            // The protocol's own rules, with their one-line errors.
+            crate::rollout::initial_policy(self)?;
+        }
         Ok(())
     }
 

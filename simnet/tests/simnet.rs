@@ -212,3 +212,138 @@ mod checkers {
         assert!(violated(&r).contains(&names::AMPLIFICATION), "{:?}", r.checks.violations);
     }
 }
+
+/// Small versions of the rollout scenarios (the built-ins with fewer devices), asserting on
+/// report.json's `rollout` object.
+mod rollout {
+    use super::*;
+
+    /// A built-in scenario's text with replacements applied (each must match).
+    fn edited(name: &str, edits: &[(&str, &str)]) -> Scenario {
+        let mut text = scenario::BUILT_IN.iter().find(|(n, _)| *n == name).expect("built-in").1.to_string();
+        for (from, to) in edits {
+            assert!(text.contains(from), "{name} has no `{from}`");
+            text = text.replacen(from, to, 1);
+        }
+        scenario::parse(&text).expect("test scenario parses")
+    }
+
+    fn small_bad_release(edits: &[(&str, &str)]) -> Scenario {
+        let mut all = vec![("count = 20", "count = 8"), ("devices_per_site = 500", "devices_per_site = 250")];
+        all.extend_from_slice(edits);
+        edited("bad-release", &all)
+    }
+
+    #[test]
+    fn a_bad_release_halts_in_the_first_wave_and_every_touched_device_rolls_back() {
+        let r = run(&small_bad_release(&[]), 1);
+        assert!(r.checks.passed, "{:?}", r.checks.violations);
+        let ro = r.rollout.as_ref().expect("rollout object");
+        assert!(ro.halted && ro.final_phase == "halted", "{ro:?}");
+        assert!(ro.halt_reason.as_deref().unwrap_or("").contains("wave 0"), "{ro:?}");
+        assert!(ro.touched > 0 && ro.touched_fraction <= 0.01, "{ro:?}");
+        assert_eq!(ro.touched_rolled_back_fraction, 1.0);
+        assert!(ro.local_site_halts > 0, "{ro:?}");
+        assert!(ro.waves[0].ended_s.is_some() && ro.waves[1].started_s.is_none(), "{:?}", ro.waves);
+        assert_eq!(ro.waves[0].rolled_back as u64, ro.touched, "the controller heard every rollback");
+        // Nobody else installs: the rest of the fleet is held by the halted policy.
+        let d = &r.mesh_detail;
+        assert_eq!(d.rolled_back, ro.touched);
+        assert_eq!(d.committed, 0);
+        assert_eq!(ro.held_devices + ro.touched, 2000, "{:?}", d.device_end_states);
+    }
+
+    #[test]
+    fn windows_pre_stage_downloads_and_switch_only_inside_each_sites_window() {
+        let r = run(&edited("windows", &[("devices_per_site = 50", "devices_per_site = 20")]), 1);
+        assert!(r.checks.passed, "{:?}", r.checks.violations);
+        let ro = r.rollout.as_ref().expect("rollout object");
+        assert_eq!(ro.out_of_window_switches, 0);
+        assert_eq!(ro.final_phase, "complete");
+        assert_eq!(r.mesh_detail.device_end_states, ends(&[("committed", 120)]));
+        // Every download started, and ran, while its site's window was closed.
+        assert_eq!(ro.downloads_before_window, Some(120));
+        assert_eq!(ro.download_in_window_fraction, Some(0.0));
+        // The last region (us, 07:00 UTC on Monday) switches 19 hours after the start.
+        let finished = r.mesh_detail.time_to_finished.p100_s.unwrap();
+        assert!(finished > 19.0 * 3600.0 && finished < 19.5 * 3600.0, "{finished}");
+    }
+
+    #[test]
+    fn a_site_cut_off_during_a_bad_rollout_halts_itself() {
+        let s = edited("offline-site", &[("count = 8", "count = 4")]);
+        let r = run(&s, 1);
+        assert!(r.checks.passed, "{:?}", r.checks.violations);
+        let ro = r.rollout.as_ref().expect("rollout object");
+        assert!(ro.halted, "{ro:?}");
+        let cut = &ro.cut_off_sites[0];
+        assert_eq!(cut.site, 0);
+        // The site halted itself long before the halted policy could reach it (after the
+        // WAN came back at 10,810 s), and fewer devices were touched than its policy allowed.
+        let local = cut.local_halt_s.expect("the site halted itself");
+        assert!(local < 300.0 && cut.policy_halt_s.unwrap() >= 10_810.0, "{cut:?}");
+        assert!(cut.touched >= 1 && cut.touched < cut.eligible_when_cut, "{cut:?}");
+        // Its reports waited in the edge's queue and reached the origin after the WAN was back.
+        assert_eq!((ro.reports_lost, ro.reports_at_origin), (0, ro.reports_sent));
+        assert_eq!(ro.touched_rolled_back_fraction, 1.0);
+    }
+
+    #[test]
+    fn reports_beyond_the_edge_queue_are_lost_and_counted() {
+        let s = edited(
+            "offline-site",
+            &[("count = 8", "count = 4"), ("min_reports = 20", "min_reports = 20\nedge_report_queue = 1")],
+        );
+        let r = run(&s, 1);
+        assert!(r.checks.passed, "{:?}", r.checks.violations);
+        let ro = r.rollout.as_ref().unwrap();
+        assert!(ro.reports_lost > 0, "{ro:?}");
+        assert_eq!(ro.reports_at_origin + ro.reports_lost, ro.reports_sent);
+    }
+
+    #[test]
+    fn a_good_release_passes_every_wave() {
+        let extra = "[rollout]\nwaves_percent = [10.0, 100.0]\nsoak_s = 60\nmin_reports = 2";
+        let r = run(&small_with(extra), 1);
+        assert!(r.checks.passed, "{:?}", r.checks.violations);
+        let ro = r.rollout.as_ref().unwrap();
+        assert_eq!(ro.final_phase, "complete");
+        assert!(ro.waves.iter().all(|w| w.started_s.is_some() && w.ended_s.is_some()), "{:?}", ro.waves);
+        assert_eq!(ro.touched_fraction, 1.0);
+        assert_eq!(r.mesh_detail.device_end_states, ends(&[("committed", 30)]));
+        // Without a rollout the report says so.
+        assert!(run(&built_in("factory-small"), 1).rollout.is_none());
+    }
+
+    #[test]
+    fn bad_rollout_keys_are_refused_with_the_key_named() {
+        for (extra, key) in [
+            ("[rollout]\nwaves_percent = [10.0, 50.0]", "last wave"),
+            ("[rollout]\nwaves_percent = [10.0, 0.0, 100.0]", "waves_percent"),
+            ("[rollout]\n[[rollout.windows]]\nsites = \"*\"\nstart = \"25:00\"\nend = \"01:00\"", "rollout.windows.start"),
+            ("[rollout]\n[[rollout.windows]]\nsites = \"*\"\ndays = [\"someday\"]\nstart = \"01:00\"\nend = \"02:00\"", "days"),
+        ] {
+            let text = format!("{}\n{extra}\n", scenario::BUILT_IN[0].1);
+            let err = scenario::parse(&text).unwrap_err();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_checkers_catch_devices_that_ignore_the_gate() {
+        // Outside their wave …
+        let r = run(&small_bad_release(&[("[rollout]", "[plant]\ndevices_ignore_rollout = true\n[rollout]")]), 1);
+        assert_eq!(violated(&r), vec![names::OUTSIDE_WAVE], "{:?}", r.checks.violations);
+        // … after a halt (one wave: everyone is in it) …
+        let edits = [
+            ("[rollout]", "[plant]\ndevices_ignore_rollout = true\n[rollout]"),
+            ("waves_percent = [1.0, 10.0, 50.0, 100.0]", "waves_percent = [100.0]"),
+        ];
+        let r = run(&small_bad_release(&edits), 1);
+        assert_eq!(violated(&r), vec![names::AFTER_HALT], "{:?}", r.checks.violations);
+        // … and outside a window.
+        let s = edited("windows", &[("[rollout]", "[plant]\ndevices_ignore_rollout = true\n[rollout]")]);
+        let r = run(&s, 1);
+        assert_eq!(violated(&r), vec![names::OUTSIDE_WINDOW], "{:?}", r.checks.violations);
+    }
+}

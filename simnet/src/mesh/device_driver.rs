@@ -102,8 +102,14 @@ impl World<'_> {
                     self.start_op(d, Op::MetadataFailed, self.detect);
                 }
             }
-            Action::AskGate => self.engine(d).handle_gate(now, GateDecision::Proceed),
-            Action::AskSwitch => self.engine(d).handle_switch_gate(now, GateDecision::Proceed),
+            Action::AskGate => {
+                let decision = self.rollout_gate(d, false);
+                self.engine(d).handle_gate(now, decision);
+            }
+            Action::AskSwitch => {
+                let decision = self.rollout_gate(d, true);
+                self.engine(d).handle_switch_gate(now, decision);
+            }
             Action::ResetProgress => {
                 let dev = &mut self.devices[d as usize];
                 dev.downloaded = false;
@@ -115,6 +121,7 @@ impl World<'_> {
             Action::ActivateSlot { .. } => {
                 let bad = self.devices[d as usize].image_bad;
                 self.checkers.device_activates(self.now, d as u64, bad);
+                self.rollout_switches(d);
                 self.start_op(d, Op::Activate, install);
             }
             Action::Reboot => {
@@ -133,7 +140,10 @@ impl World<'_> {
                 dev.boot_active = slot;
                 dev.boot_pending = None;
             }
-            Action::Report => self.out.counters.device_reports += 1,
+            Action::Report => {
+                self.out.counters.device_reports += 1;
+                self.rollout_report(d);
+            }
         }
     }
 
@@ -225,7 +235,7 @@ impl World<'_> {
             None => {
                 let plan = FetchPlan::new(self.fetch_config, self.chunk_lens.clone());
                 let edges = vec![EdgeRecord::default(); self.per_site as usize];
-                self.fetches[d as usize] = Some(Box::new(DeviceFetch::new(plan, edges)));
+                self.fetches[d as usize] = Some(Box::new(DeviceFetch::new(plan, edges, self.now)));
             }
         }
         self.next_round(d);
@@ -445,7 +455,9 @@ impl World<'_> {
     /// Every chunk is in the slot: `handle_download_done` (the caller drives the engine).
     pub(super) fn download_done(&mut self, d: u32) {
         self.drop_session(d);
-        self.fetches[d as usize] = None;
+        if let Some(fetch) = self.fetches[d as usize].take() {
+            self.rollout_downloaded(d, fetch.started);
+        }
         let corrupt = self.sc.faults.device_image_corruption;
         let flipped = corrupt > 0.0 && self.rng.chance(corrupt);
         let dev = &mut self.devices[d as usize];

@@ -16,6 +16,7 @@ impl World<'_> {
             return;
         }
         let now = self.now;
+        self.rollout_backhaul(site, is_down);
         for link in [self.topo.backhaul_down[site as usize], self.topo.backhaul_up[site as usize]] {
             for ended in self.net.set_up(now, link, !is_down) {
                 self.flow_failed(ended);

@@ -38,6 +38,9 @@ use crate::topology::{self, Topology};
 mod device_driver;
 mod edge_driver;
 mod faults;
+mod rollout_driver;
+
+use rollout_driver::{QueuedReport, RolloutRun};
 
 /// Delay before a dropped connection is re-established once its path is back.
 const RECONNECT: Micros = SECOND;
@@ -75,6 +78,8 @@ pub struct MeshOutcome {
     pub end: Micros,
     /// Checkers' findings.
     pub violations: Vec<crate::checkers::Violation>,
+    /// The rollout's figures, if the scenario has one.
+    pub rollout: Option<crate::rollout::RolloutReport>,
 }
 
 /// Counters from the edge schedulers and the driver.
@@ -141,6 +146,11 @@ enum Ev {
     BatchDone(u32),
     DeviceOp { d: u32, gen: u8 },
     DeviceTimer { d: u32, at: Micros },
+    PolicyAt { site: u32, version: u16 },
+    ReportAtEdge(QueuedReport),
+    ReportFlush { site: u32 },
+    ReportsAtOrigin(Vec<QueuedReport>),
+    RolloutTick,
 }
 
 struct Pending {
@@ -233,6 +243,8 @@ struct World<'a> {
     never_checking_in: u64,
     resolution: Micros,
     detect: Micros,
+    /// The staged rollout, if the scenario has one.
+    rollout: Option<Box<RolloutRun>>,
 }
 
 impl<'a> World<'a> {
@@ -322,7 +334,8 @@ impl<'a> World<'a> {
             })
             .collect();
         let persisted = engines.iter().map(|e| *e.record()).collect();
-        let devices = (0..n_devices).map(|d| Device::new((d as u32 % per_site) as u8)).collect();
+        let mut devices: Vec<Device> = (0..n_devices).map(|d| Device::new((d as u32 % per_site) as u8)).collect();
+        let rollout = RolloutRun::new(sc, seed, rel.id, &mut devices);
         let out = MeshOutcome {
             downloaded_at: vec![Micros::MAX; n_devices],
             finished_at: vec![Micros::MAX; n_devices],
@@ -365,6 +378,7 @@ impl<'a> World<'a> {
             never_checking_in: u64::from(sc.plant.device_never_checks_in && n_devices > 0),
             resolution: secs(sc.edge.timer_resolution_ms / 1e3).max(1),
             detect: secs(sc.edge.crash_detect_ms / 1e3),
+            rollout,
         }
     }
 
@@ -494,6 +508,7 @@ impl<'a> World<'a> {
             self.q.push(secs(p.at_s), Ev::Partition { index: i as u32, start: true });
             self.q.push(secs(p.at_s + p.duration_s), Ev::Partition { index: i as u32, start: false });
         }
+        self.rollout_start();
         if let Some(f) = &self.sc.faults.flaps {
             for site in 0..self.flaps.len() {
                 if let Some(rng) = self.flaps[site].as_mut() {
@@ -529,7 +544,8 @@ impl<'a> World<'a> {
                 self.handle(ev);
             }
             self.net.settle(self.now);
-            if self.checkers.failed() || self.terminal + self.never_checking_in >= total {
+            let settled = self.terminal + self.never_checking_in >= total && !self.rollout_blocks_end();
+            if self.checkers.failed() || settled {
                 break;
             }
             if self.out.counters.events.is_multiple_of(65_536) {
@@ -545,8 +561,16 @@ impl<'a> World<'a> {
         let mut stuck = Vec::new();
         let mut total_stuck = 0;
         let mut ends: HashMap<EndState, u64> = HashMap::new();
+        let mut held: BTreeMap<String, u64> = BTreeMap::new();
         for (d, engine) in self.engines.iter().enumerate() {
             let end = devices::end_state(engine, &self.rel.id);
+            if let EndState::Unfinished(state) = end {
+                // Held by the rollout's gate after a halt: settled, not stuck.
+                if self.rollout_hold_is_settled(d as u32) {
+                    *held.entry(format!("held ({})", state.name())).or_default() += 1;
+                    continue;
+                }
+            }
             *ends.entry(end).or_default() += 1;
             match end {
                 EndState::Committed => self.out.committed += 1,
@@ -561,6 +585,8 @@ impl<'a> World<'a> {
             }
         }
         self.out.end_states = ends.into_iter().map(|(end, count)| (end.name(), count)).collect();
+        self.out.end_states.extend(held);
+        self.out.rollout = self.rollout_outcome();
         if !self.checkers.failed() {
             self.checkers.converged(now, &stuck, total_stuck);
         }
@@ -700,6 +726,11 @@ impl<'a> World<'a> {
                 self.engine(d).handle_timeout(now);
                 self.drive(d);
             }
+            Ev::PolicyAt { site, version } => self.rollout_policy_at(site, version),
+            Ev::ReportAtEdge(report) => self.rollout_report_at_edge(report),
+            Ev::ReportFlush { site } => self.rollout_flush(site),
+            Ev::ReportsAtOrigin(batch) => self.rollout_reports_at_origin(batch),
+            Ev::RolloutTick => self.rollout_tick(),
         }
     }
 
