@@ -423,7 +423,7 @@ fn writer_loop(mut conn: Connection, jobs: &Receiver<Job>, config: &IngestConfig
         let now = crate::time::now_unix();
         let mut decided = Vec::with_capacity(batch.len());
         let committed = write_batch(&mut conn, &mut batch, &mut decided, now).map_err(|e| {
-            tracing::error!("fleet database: a batch of {} writes was not stored: {e:#}", batch.len());
+            tracing::error!("fleet database: a batch of {} writes was not stored: {e:#}", decided.len() + batch.len());
             format!("{e:#}")
         });
         // Acknowledge only now: an ack after the commit returned means the data is on disk.
