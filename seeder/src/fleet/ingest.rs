@@ -19,6 +19,14 @@
 //! commits, and only then acknowledges each job. An [`Outcome::Accepted`] therefore means
 //! the report is durable (WAL, `synchronous=FULL`). Both queues are bounded, so a flood
 //! blocks [`Ingestor::submit`] rather than growing memory.
+//!
+//! Cost (`scripts/bench-ingest`, release, 1 M reports from 10,000 devices, 2 cores): about
+//! 75 µs of CPU per report against 49 µs for the bare strict ed25519 verification alone —
+//! the rest is the JSON (`verify` parses envelope and report, and [`RolloutFields`] parses
+//! them again until `StatusReport` carries those fields) and about 10 µs in the writer. So
+//! two cores to itself ingest about 25,000 reports/s (23,000 measured on a 1 M run when the
+//! machine was quiet). Keeping the signed bytes costs about 7 µs more a report and nine
+//! times the disk (~800 MiB per million reports instead of ~80), hence off by default.
 
 use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -415,7 +423,7 @@ fn writer_loop(mut conn: Connection, jobs: &Receiver<Job>, config: &IngestConfig
         let now = crate::time::now_unix();
         let mut decided = Vec::with_capacity(batch.len());
         let committed = write_batch(&mut conn, &mut batch, &mut decided, now).map_err(|e| {
-            tracing::error!("fleet database: a batch of {} writes was not stored: {e:#}", batch.len());
+            tracing::error!("fleet database: a batch of {} writes was not stored: {e:#}", decided.len() + batch.len());
             format!("{e:#}")
         });
         // Acknowledge only now: an ack after the commit returned means the data is on disk.
