@@ -356,7 +356,9 @@ pub struct RolloutParams {
     /// Reports an edge node keeps while its site's WAN is down; more are lost (counted).
     #[serde(default = "default_report_queue")]
     pub edge_report_queue: u32,
-    /// An edge node forwards the reports it collected this often (one batch).
+    /// An edge node forwards the reports it collected at most this often, in one batch (each
+    /// batch is an event at the origin and a controller poll: fleet-1m took 123 s of CPU
+    /// with 1 s batches, 108 s with 5 s).
     #[serde(default = "default_report_flush")]
     pub report_flush_s: f64,
     /// The origin polls its controller this often, besides after every report batch.
@@ -382,7 +384,7 @@ fn default_report_queue() -> u32 {
     4096
 }
 fn default_report_flush() -> f64 {
-    1.0
+    5.0
 }
 fn default_controller_tick() -> f64 {
     60.0
