@@ -218,6 +218,7 @@ impl Agent {
                 // Downloads pre-stage regardless of windows and of the site's install budget:
                 // the edge is asked before the switch only.
                 let device = self.device_id();
+                let recheck = self.config.check_interval_secs;
                 let decision = self.rollout.decide(
                     Stage::Download,
                     &device,
@@ -225,6 +226,7 @@ impl Agent {
                     EdgeHoldAnswer::None,
                     now,
                     unix_now(),
+                    recheck,
                 );
                 if decision == GateDecision::Proceed {
                     if let Some(manifest) = &self.offered {
@@ -238,9 +240,18 @@ impl Agent {
                 self.engine.handle_gate(now, decision);
             }
             Action::AskSwitch => {
-                let device = self.device_id();
-                let hold = self.edge_hold(&device).await;
-                let decision = self.rollout.decide(Stage::Switch, &device, &self.config.site, hold, now, unix_now());
+                let (device, site, recheck) =
+                    (self.device_id(), self.config.site.clone(), self.config.check_interval_secs);
+                // The device's own verdict first: the edge is asked (and reserves a place in
+                // the site's install budget) only for a device that would go now.
+                let mut decision =
+                    self.rollout.decide(Stage::Switch, &device, &site, EdgeHoldAnswer::None, now, unix_now(), recheck);
+                if decision == GateDecision::Proceed {
+                    let hold = self.edge_hold(&device).await;
+                    if hold != EdgeHoldAnswer::None {
+                        decision = self.rollout.decide(Stage::Switch, &device, &site, hold, now, unix_now(), recheck);
+                    }
+                }
                 self.engine.handle_switch_gate(now, decision);
             }
             Action::ResetProgress => {

@@ -95,7 +95,10 @@ impl RolloutState {
     }
 
     /// The gate's answer for `stage`, with the edge's `hold`. Without a policy (a repository
-    /// that does not use rollouts) the device proceeds.
+    /// that does not use rollouts) the device proceeds. `recheck_secs` is the device's own
+    /// check interval: a device outside the current wave looks again after it (or at the
+    /// wave's earliest advance, whichever is later).
+    #[allow(clippy::too_many_arguments)]
     pub fn decide(
         &mut self,
         stage: Stage,
@@ -104,12 +107,13 @@ impl RolloutState {
         hold: EdgeHoldAnswer,
         now: Instant,
         unix_now: i64,
+        recheck_secs: u64,
     ) -> GateDecision {
         let Some(policy) = self.policy() else {
             self.waiting = None;
             return GateDecision::Proceed;
         };
-        let gate = Gate::default();
+        let gate = Gate { max_wait_secs: recheck_secs.clamp(1, u32::MAX as u64) as u32, ..Gate::default() };
         let hold = match hold {
             EdgeHoldAnswer::None => EdgeHold::None,
             EdgeHoldAnswer::SiteHalted => EdgeHold::SiteHalted,

@@ -116,7 +116,9 @@ impl SiteGuard {
         self.health = policy.health();
         self.max_concurrent = policy.max_concurrent_per_site();
         match self.halted_at_seq {
-            Some(at) if policy.phase() == Phase::Running && policy.seq() > at => {
+            // A newer Running or Complete policy is the publisher deciding, after the halt,
+            // that the rollout goes on (a Complete one is an advance like any other).
+            Some(at) if matches!(policy.phase(), Phase::Running | Phase::Complete) && policy.seq() > at => {
                 self.halted_at_seq = None;
                 self.accepted = self.tally;
                 PolicyUpdate::Resumed

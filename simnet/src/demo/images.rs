@@ -1,4 +1,4 @@
-//! The demo's two images: v1 looks like a filesystem (half compressible blocks, half
+//! The demo's images: v1 looks like a filesystem (half compressible blocks, half
 //! random), v2 rewrites three regions and inserts a config block, about 3% of the bytes.
 //! A fixed seed makes every run publish the same bytes.
 
@@ -49,4 +49,16 @@ fn fill(rng: &mut Rng, bytes: &mut [u8]) {
         let word = rng.next_u64().to_le_bytes();
         chunk.copy_from_slice(&word[..chunk.len()]);
     }
+}
+
+/// Writes `v3.img`: v2 with one more region rewritten (what changed does not matter; its
+/// health check fails on every device).
+pub fn write_v3(dir: &Path, v2: &Path) -> Result<PathBuf> {
+    let mut image = std::fs::read(v2)?;
+    let mut rng = Rng::new(11);
+    let (at, len) = (image.len() / 3, image.len() / 100);
+    fill(&mut rng, &mut image[at..at + len]);
+    let v3 = dir.join("v3.img");
+    std::fs::write(&v3, &image)?;
+    Ok(v3)
 }

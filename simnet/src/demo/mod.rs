@@ -2,16 +2,21 @@
 //!
 //! A seeder publishes into a TUF repository and serves it to the mesh; two sites of two edge
 //! nodes each pre-stage every release; 24 Linux device agents (file-backed A/B slots, the
-//! file bootloader, restart-as-reboot) install v1 and then v2, a few percent of which
-//! changed. One device's health check is rigged to fail on v2, so it rolls back. The demo
-//! ends with a table of final states and bytes: from the origin, over each site's backhaul
-//! against the naive figure (every device from the origin), saved by chunk reuse.
+//! file bootloader, restart-as-reboot) install v1, are enrolled in the fleet, and then get
+//! v2 — a few percent of the image changed — as a staged rollout: a canary wave, then the
+//! rest, advanced by the seeder's controller from the devices' signed reports. Then v3, whose
+//! health check fails on every device, is rolled out the same way and halts itself after its
+//! canary wave: the devices it touched roll back, the others never install it. The demo ends
+//! with a table of final states, each rollout's waves, and bytes: from the origin, over each
+//! site's backhaul against the naive figure (every device from the origin), saved by chunk
+//! reuse.
 //!
 //! Everything runs in a temporary directory that is removed at the end (`--keep` keeps it),
 //! and every process is killed when the demo ends, fails or is interrupted.
 
 mod images;
 mod procs;
+mod rollouts;
 mod summary;
 
 use std::collections::BTreeMap;
@@ -60,11 +65,13 @@ struct Edge {
 struct Device {
     dir: PathBuf,
     site: usize,
-    rigged: bool,
     _proc: Proc,
 }
 
-const RIGGED_VERSION: &str = "2.0.0";
+/// The release whose health check fails on every device.
+const BAD_VERSION: &str = "3.0.0";
+/// Waves of both rollouts: the canary plus a quarter of the fleet, then everyone.
+const WAVES: &str = "25,100";
 const PHASE_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// Runs the demo and prints its summary.
@@ -90,6 +97,7 @@ fn run_in(config: &DemoConfig, dir: &Path, seeder: &Path, edge_bin: &Path, devic
     say("seeder init: a TUF repository with ed25519 keys for every role and a fleet content key");
     procs::run(seeder, &["init", "--repo", &repo_s])?;
     let (v1, v2) = images::write(dir, config.image_mib)?;
+    let v3 = images::write_v3(dir, &v2)?;
 
     say("seeder serve: the origin joins the mesh");
     let origin = procs::spawn(
@@ -120,38 +128,56 @@ fn run_in(config: &DemoConfig, dir: &Path, seeder: &Path, edge_bin: &Path, devic
 
     let per_site = config.devices / config.sites.max(1);
     say(&format!("{} device agents ({per_site} per site) install v1 from their site's edge nodes", config.devices));
-    let rigged_index = config.devices.saturating_sub(7);
     let mut devices = Vec::new();
     for i in 0..config.devices {
         let site = (i / per_site.max(1)).min(config.sites - 1);
         let site_edges: Vec<String> =
             edges.iter().filter(|e| e.site == site).map(|e| format!("quic://{}", e.device_quic)).collect();
-        devices.push(start_device(
-            device_bin,
-            &dir.join(format!("device-{i:02}")),
-            &repo,
-            &site_edges,
-            site,
-            i == rigged_index,
-        )?);
+        devices.push(start_device(device_bin, &dir.join(format!("device-{i:02}")), &repo, &site_edges, site)?);
     }
     let v1_started = Instant::now();
-    wait_devices(&devices, "v1", PHASE_TIMEOUT, |s, _| s.state == "committed" && s.version == "1.0.0")?;
+    wait_devices(&devices, "v1", PHASE_TIMEOUT, |s| s.state == "committed" && s.version == "1.0.0")?;
     let v1_time = v1_started.elapsed();
     let after_v1 = edge_counters(&edges);
 
-    say("publish v2.0.0: a few percent of the image changed");
+    say("seeder devices enroll: the fleet's device keys, each with its site (only enrolled devices' reports count)");
+    enroll(seeder, &repo_s, dir, &devices)?;
+
+    say(&format!(
+        "publish v2.0.0 (a few percent of the image changed) and roll it out: waves {WAVES}%, device-00 the canary"
+    ));
     let stored_v2 = publish(seeder, &repo_s, &v2, "2.0.0", 2)?;
     let v2_started = Instant::now();
-    wait_devices(&devices, "v2", PHASE_TIMEOUT, |s, rigged| {
-        if rigged {
-            s.state == "rolled-back" && s.version == "1.0.0"
-        } else {
-            s.state == "committed" && s.version == "2.0.0"
-        }
+    start_rollout(seeder, &repo_s, "2.0.0")?;
+    let mut v2_rollout = rollouts::Watch::new(seeder, &repo_s, "gw-2.0.0");
+    wait_devices_watching(&devices, "v2", PHASE_TIMEOUT, &mut v2_rollout, |s| {
+        s.state == "committed" && s.version == "2.0.0"
     })?;
     let v2_time = v2_started.elapsed();
+    // The last wave's reports reach the origin a moment after the devices commit.
+    wait_until("the v2 rollout to complete", PHASE_TIMEOUT, || {
+        v2_rollout.poll();
+        v2_rollout.state() == "complete"
+    })?;
+    let v2_line = v2_rollout.finish();
     let after_v2 = edge_counters(&edges);
+    let v2_statuses: Vec<DeviceStatus> = devices.iter().map(|d| read_status(&d.dir)).collect();
+    let v2_bytes: (u64, u64) =
+        (v2_statuses.iter().map(|s| s.bytes_reused).sum(), v2_statuses.iter().map(|s| s.bytes_fetched).sum());
+
+    say("publish v3.0.0, whose health check fails on every device, and roll it out the same way");
+    publish(seeder, &repo_s, &v3, BAD_VERSION, 3)?;
+    start_rollout(seeder, &repo_s, BAD_VERSION)?;
+    let mut v3_rollout = rollouts::Watch::new(seeder, &repo_s, "gw-3.0.0");
+    // Settled: the rollout halted and no device is between a download and its outcome.
+    let settled = |s: &DeviceStatus| {
+        s.version == "2.0.0" && matches!(s.state.as_str(), "committed" | "rolled-back" | "idle" | "staged")
+    };
+    wait_until("the v3 rollout to halt", PHASE_TIMEOUT, || {
+        v3_rollout.poll();
+        v3_rollout.state() == "halted"
+    })?;
+    wait_devices_watching(&devices, "v3", PHASE_TIMEOUT, &mut v3_rollout, settled)?;
 
     let statuses: Vec<DeviceStatus> = devices.iter().map(|d| read_status(&d.dir)).collect();
     let mut states = BTreeMap::new();
@@ -189,10 +215,11 @@ fn run_in(config: &DemoConfig, dir: &Path, seeder: &Path, edge_bin: &Path, devic
         origin_v1,
         origin_v2,
         sites,
-        reused_v2: statuses.iter().filter(|s| s.version == "2.0.0").map(|s| s.bytes_reused).sum(),
-        fetched_v2: statuses.iter().filter(|s| s.version == "2.0.0").map(|s| s.bytes_fetched).sum(),
+        reused_v2: v2_bytes.0,
+        fetched_v2: v2_bytes.1,
         v1_time,
         v2_time,
+        rollouts: vec![v2_line, v3_rollout.finish()],
     };
     drop(devices);
     drop(edges);
@@ -214,10 +241,10 @@ fn start_edge(bin: &Path, data_dir: &Path, site: usize, bootstrap: &[String]) ->
     Ok(Edge { _proc: proc, site, p2p: addrs.p2p, http: addrs.http, device_quic: addrs.device_quic })
 }
 
-fn start_device(bin: &Path, dir: &Path, repo: &Path, edges: &[String], site: usize, rigged: bool) -> Result<Device> {
+fn start_device(bin: &Path, dir: &Path, repo: &Path, edges: &[String], site: usize) -> Result<Device> {
     std::fs::create_dir_all(dir)?;
     let mut config = format!(
-        "data_dir = {data:?}\nrelease = \"gw\"\nhw_class = \"imx8-gw\"\ntrusted_root = {root:?}\n\
+        "data_dir = {data:?}\nrelease = \"gw\"\nhw_class = \"imx8-gw\"\nsite = \"site-{site}\"\ntrusted_root = {root:?}\n\
          content_key = {key:?}\nedges = {edges:?}\nslot_a = {a:?}\nslot_b = {b:?}\n\
          check_interval_secs = 1\ntrial_deadline_secs = 30\nrequest_timeout_secs = 10\nmdns = false\n\n[bootloader]\nkind = \"file\"\n",
         data = dir.join("data"),
@@ -226,17 +253,58 @@ fn start_device(bin: &Path, dir: &Path, repo: &Path, edges: &[String], site: usi
         a = dir.join("slot-a.img"),
         b = dir.join("slot-b.img"),
     );
-    if rigged {
-        // This unit's application does not start on v2: the trial must roll it back.
-        config.push_str(&format!(
-            "\n[[health_check]]\nname = \"app\"\ncommand = [\"sh\", \"-c\", \"test \\\"$OTAMESH_VERSION\\\" != {RIGGED_VERSION}\"]\ntimeout_secs = 10\n"
-        ));
-    }
+    // The application does not start on v3: its trial must roll back.
+    config.push_str(&format!(
+        "\n[[health_check]]\nname = \"app\"\ncommand = [\"sh\", \"-c\", \"test \\\"$OTAMESH_VERSION\\\" != {BAD_VERSION}\"]\ntimeout_secs = 10\n"
+    ));
     let path = dir.join("agent.toml");
     std::fs::write(&path, config)?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("device").to_string();
     let proc = procs::spawn(&name, bin, &strings(&["run", "--config", path.to_str().context("path")?]))?;
-    Ok(Device { dir: dir.into(), site, rigged, _proc: proc })
+    Ok(Device { dir: dir.into(), site, _proc: proc })
+}
+
+/// Enrolls every device (its key from its first status report) in one bulk file.
+fn enroll(seeder: &Path, repo: &str, dir: &Path, devices: &[Device]) -> Result<()> {
+    let mut lines = String::new();
+    for (i, device) in devices.iter().enumerate() {
+        let status: Value = serde_json::from_slice(&std::fs::read(device.dir.join("data/status.json"))?)?;
+        let key = status["device"].as_str().context("a status without a device key")?;
+        let line = serde_json::json!({"key": key, "id": format!("device-{i:02}"), "site": format!("site-{}", device.site), "hw_class": "imx8-gw"});
+        lines.push_str(&format!("{line}\n"));
+    }
+    let file = dir.join("fleet.jsonl");
+    std::fs::write(&file, lines)?;
+    procs::run(seeder, &["devices", "enroll", "--repo", repo, "--from", file.to_str().context("path")?])?;
+    Ok(())
+}
+
+/// Starts the rollout of `version`: device-00 the canary, no soak (the demo is short), a
+/// wave judged from its first outcome (a demo wave has a handful of devices), halted above
+/// 10 % failures.
+fn start_rollout(seeder: &Path, repo: &str, version: &str) -> Result<()> {
+    procs::run(
+        seeder,
+        &[
+            "rollout",
+            "start",
+            "--repo",
+            repo,
+            "gw",
+            version,
+            "--waves",
+            WAVES,
+            "--canary",
+            "device-00",
+            "--soak",
+            "0",
+            "--min-reports",
+            "1",
+            "--max-failure-rate",
+            "10",
+        ],
+    )?;
+    Ok(())
 }
 
 fn publish(seeder: &Path, repo: &str, image: &Path, version: &str, counter: u64) -> Result<u64> {
@@ -331,13 +399,35 @@ fn wait_devices(
     devices: &[Device],
     phase: &str,
     timeout: Duration,
-    done: impl Fn(&DeviceStatus, bool) -> bool,
+    done: impl Fn(&DeviceStatus) -> bool,
+) -> Result<()> {
+    wait_devices_then(devices, phase, timeout, done, || {})
+}
+
+/// [`wait_devices`] while following a rollout (its waves' times).
+fn wait_devices_watching(
+    devices: &[Device],
+    phase: &str,
+    timeout: Duration,
+    watch: &mut rollouts::Watch,
+    done: impl Fn(&DeviceStatus) -> bool,
+) -> Result<()> {
+    wait_devices_then(devices, phase, timeout, done, || watch.poll())
+}
+
+fn wait_devices_then(
+    devices: &[Device],
+    phase: &str,
+    timeout: Duration,
+    done: impl Fn(&DeviceStatus) -> bool,
+    mut each_look: impl FnMut(),
 ) -> Result<()> {
     let started = Instant::now();
     let mut last_line = String::new();
     loop {
+        each_look();
         let statuses: Vec<DeviceStatus> = devices.iter().map(|d| read_status(&d.dir)).collect();
-        let finished = statuses.iter().zip(devices).filter(|(s, d)| done(s, d.rigged)).count();
+        let finished = statuses.iter().filter(|s| done(s)).count();
         let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
         for s in &statuses {
             *by_state.entry(format!("{} {}", s.state, s.version)).or_default() += 1;
@@ -359,7 +449,7 @@ fn wait_devices(
             let stuck: Vec<String> = statuses
                 .iter()
                 .zip(devices)
-                .filter(|(s, d)| !done(s, d.rigged))
+                .filter(|(s, _)| !done(s))
                 .map(|(s, d)| format!("{}: {} {} {:?}", d.dir.display(), s.state, s.version, s.error))
                 .collect();
             bail!("{phase} did not finish within {timeout:?}; not done:\n{}", stuck.join("\n"));

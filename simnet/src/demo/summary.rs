@@ -47,8 +47,10 @@ pub struct Summary {
     pub fetched_v2: u64,
     /// From the devices' start until all committed v1.
     pub v1_time: Duration,
-    /// From publishing v2 until every device committed or rolled back.
+    /// From publishing v2 until every device committed it.
     pub v2_time: Duration,
+    /// The v2 and v3 rollouts.
+    pub rollouts: Vec<super::rollouts::RolloutLine>,
 }
 
 fn mib(bytes: u64) -> String {
@@ -72,6 +74,26 @@ impl Summary {
         let _ = writeln!(out, "devices by final state ({} in all):", self.devices);
         for (state, n) in &self.states {
             let _ = writeln!(out, "  {n:>3}  {state}");
+        }
+        for r in &self.rollouts {
+            let ended = r.ended_s.map_or(String::new(), |s| format!(" after {s:.1} s"));
+            let _ = writeln!(out, "\nrollout {}: {}{ended}", r.id, r.state);
+            if let Some(reason) = &r.halt_reason {
+                let _ = writeln!(out, "  halted: {reason}");
+            }
+            let _ = writeln!(
+                out,
+                "  {:>4} {:>7} {:>8} {:>9} {:>11} {:>9}",
+                "wave", "fleet%", "devices", "committed", "rolled back", "started"
+            );
+            for (i, w) in r.waves.iter().enumerate() {
+                let started = w.started_s.map_or("never".to_string(), |s| format!("+{s:.1} s"));
+                let _ = writeln!(
+                    out,
+                    "  {i:>4} {:>7.1} {:>8} {:>9} {:>11} {:>9}",
+                    w.percent, w.targeted, w.committed, w.rolled_back, started
+                );
+            }
         }
         let _ = writeln!(
             out,
@@ -123,7 +145,7 @@ impl Summary {
         );
         let _ = writeln!(
             out,
-            "time: all devices on v1 {:.1} s after they started; v2 settled on every device {:.1} s after it was published",
+            "time: all devices on v1 {:.1} s after they started; v2 committed on every device {:.1} s after it was published",
             self.v1_time.as_secs_f64(),
             self.v2_time.as_secs_f64()
         );
