@@ -309,3 +309,34 @@ fn a_bad_release_halts_at_the_origin_and_the_halt_survives_a_seeder_restart() {
     assert!(run.success, "{}", run.output);
     assert_eq!(late.status()["version"], "1.0.0", "a device installed a halted release:\n{}", run.output);
 }
+
+#[test]
+fn a_device_downloads_outside_its_maintenance_window_but_does_not_switch() {
+    let (fleet, devices) = fleet(&["device"], &[None]);
+    let device = &devices[0];
+    fleet.origin.publish(&image(&fleet.root, 2), "2.0.0");
+    wait_for(&fleet.edge, "release 2.0.0", |s| has_release(s, "2.0.0"));
+    // A daily one-hour window for this site that opens two hours from now (UTC), and one for
+    // every other site that is open now: the device's site decides.
+    let hour = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 3600) % 24;
+    let at = |h: u64| format!("{:02}:00", h % 24);
+    let closed = format!("plant-*:daily:{}-{}:Z", at(hour + 2), at(hour + 3));
+    let open_elsewhere = format!("elsewhere:daily:{}-{}:Z", at(hour + 23), at(hour + 1));
+    start_rollout(&fleet, "2.0.0", &["--waves", "100", "--window", &closed, "--window", &open_elsewhere]);
+
+    // The edge answers every hold question with "go"; the device pre-stages the image and
+    // waits for its window.
+    let run = device.check(CHECK_TIMEOUT);
+    assert!(run.success, "{}", run.output);
+    let status = device.status();
+    assert_eq!(
+        (status["state"].as_str(), status["version"].as_str()),
+        (Some("staged"), Some("1.0.0")),
+        "{}",
+        run.output
+    );
+    let waiting = status["waiting"].as_str().unwrap_or_default();
+    assert!(waiting.contains("maintenance window"), "status does not say why it waits: {status}");
+    assert_eq!(device.bootenv(), ("b".to_string(), None), "the bootloader was pointed at the new slot");
+    assert_eq!(device.slot("a"), std::fs::read(fleet.root.join("v2.img")).unwrap(), "the image was not pre-staged");
+}
