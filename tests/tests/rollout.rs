@@ -110,14 +110,16 @@ fn the_canary_installs_first_and_a_device_outside_the_current_wave_waits() {
 }
 
 #[test]
-fn a_site_whose_devices_fail_halts_itself_at_the_edge() {
+fn a_site_cut_off_from_the_origin_halts_itself_from_its_devices_reports() {
     // Both devices are in the single wave; `bad` fails its health check on 3.0.0.
     let rigged = ["sh", "-c", "test \"$OTAMESH_VERSION\" != 3.0.0"];
-    let (fleet, devices) = fleet(&["bad", "next"], &[Some(&rigged), None]);
+    let (mut fleet, devices) = fleet(&["bad", "next"], &[Some(&rigged), None]);
     let (bad, next) = (&devices[0], &devices[1]);
     fleet.origin.publish(&image(&fleet.root, 3), "3.0.0");
     wait_for(&fleet.edge, "release 3.0.0", |s| has_release(s, "3.0.0"));
     start_rollout(&fleet, "3.0.0", &["--waves", "100", "--soak", "1h", "--min-reports", "1"]);
+    // The site loses its origin: what stops the rollout here is the edge alone.
+    fleet.origin.proc.kill();
 
     // A rollback is a failed attempt: `check` exits non-zero.
     let run = bad.check(CHECK_TIMEOUT);
@@ -339,4 +341,126 @@ fn a_device_downloads_outside_its_maintenance_window_but_does_not_switch() {
     assert!(waiting.contains("maintenance window"), "status does not say why it waits: {status}");
     assert_eq!(device.bootenv(), ("b".to_string(), None), "the bootloader was pointed at the new slot");
     assert_eq!(device.slot("a"), std::fs::read(fleet.root.join("v2.img")).unwrap(), "the image was not pre-staged");
+}
+
+/// What a thief of `seeder serve`'s online keys (rollouts, snapshot, timestamp — not the
+/// offline targets key) can publish: any rollout policy for release `gw`, signed and
+/// committed exactly as the seeder would (policy file, `N.rollouts.json`, snapshot,
+/// timestamp), with no help from the seeder's code.
+fn publish_as_thief(repo: &Path, policy: &protocol::rollout::RolloutPolicy) {
+    use ed25519_dalek::{Signer, SigningKey};
+    use sha2::Digest;
+    let key = |role: &str| -> (String, SigningKey) {
+        let path = std::fs::read_dir(repo.join("keys"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&format!("{role}-")))
+            .unwrap_or_else(|| panic!("no {role} key"));
+        let body: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let seed: [u8; 32] = protocol::hex::decode_array(body["private"].as_str().unwrap()).unwrap();
+        (body["keyid"].as_str().unwrap().to_string(), SigningKey::from_bytes(&seed))
+    };
+    let sign = |signed: Value, role: &str| -> Vec<u8> {
+        let (keyid, key) = key(role);
+        let canonical = protocol::tuf::canonical::to_vec(&signed).unwrap();
+        let sig = protocol::hex::encode(&key.sign(&canonical).to_bytes());
+        serde_json::to_vec(&serde_json::json!({"signatures": [{"keyid": keyid, "sig": sig}], "signed": signed}))
+            .unwrap()
+    };
+    let sha256 = |bytes: &[u8]| protocol::hex::encode(&sha2::Sha256::digest(bytes));
+    let metadata = repo.join("metadata");
+    let read = |name: &str| -> Value { serde_json::from_slice(&std::fs::read(metadata.join(name)).unwrap()).unwrap() };
+    let timestamp = read("timestamp.json")["signed"].clone();
+    let snapshot_version = timestamp["meta"]["snapshot.json"]["version"].as_u64().unwrap();
+    let snapshot = read(&format!("{snapshot_version}.snapshot.json"))["signed"].clone();
+    let rollouts_version = snapshot["meta"]["rollouts.json"]["version"].as_u64().unwrap();
+    let mut rollouts = read(&format!("{rollouts_version}.rollouts.json"))["signed"].clone();
+
+    let bytes = policy.encode().unwrap();
+    let hash = sha256(&bytes);
+    std::fs::write(repo.join(format!("targets/rollouts/{hash}.gw.policy")), &bytes).unwrap();
+    rollouts["version"] = (rollouts_version + 1).into();
+    rollouts["targets"]["rollouts/gw.policy"] = serde_json::json!({"length": bytes.len(), "hashes": {"sha256": hash}});
+    std::fs::write(metadata.join(format!("{}.rollouts.json", rollouts_version + 1)), sign(rollouts, "rollouts"))
+        .unwrap();
+    let mut snapshot = snapshot;
+    snapshot["version"] = (snapshot_version + 1).into();
+    snapshot["meta"]["rollouts.json"] = serde_json::json!({"version": rollouts_version + 1});
+    let snapshot_bytes = sign(snapshot, "snapshot");
+    std::fs::write(metadata.join(format!("{}.snapshot.json", snapshot_version + 1)), &snapshot_bytes).unwrap();
+    let mut timestamp = timestamp;
+    timestamp["version"] = (timestamp["version"].as_u64().unwrap() + 1).into();
+    timestamp["meta"]["snapshot.json"] = serde_json::json!({
+        "version": snapshot_version + 1,
+        "length": snapshot_bytes.len(),
+        "hashes": {"sha256": sha256(&snapshot_bytes)},
+    });
+    let tmp = metadata.join(".thief-timestamp");
+    std::fs::write(&tmp, sign(timestamp, "timestamp")).unwrap();
+    std::fs::rename(tmp, metadata.join("timestamp.json")).unwrap();
+}
+
+#[test]
+fn stolen_online_keys_can_hasten_a_signed_release_but_never_introduce_one_or_roll_back() {
+    let (fleet, devices) = fleet(&["device"], &[None]);
+    let device = &devices[0];
+    fleet.origin.publish(&image(&fleet.root, 2), "2.0.0");
+    wait_for(&fleet.edge, "release 2.0.0", |s| has_release(s, "2.0.0"));
+    // The publisher starts 2.0.0's rollout paused: the device may not install it yet.
+    // (So many reports needed that the seeder's own controller never signs in between.)
+    let started = start_rollout(&fleet, "2.0.0", &["--waves", "100", "--soak", "0", "--min-reports", "1000"]);
+    seeder(&["rollout", "pause", "--repo", fleet.origin.repo.to_str().unwrap(), "gw"]);
+    let repo = fleet.origin.repo.clone();
+    let policy = |seq: u64, version: &str| {
+        let mut p =
+            protocol::rollout::RolloutPolicy::decode(&std::fs::read(newest_policy_file(&repo)).unwrap()).unwrap();
+        (p.seq, p.release.version, p.state) = (seq, version.to_string(), protocol::rollout::RolloutState::Running);
+        p
+    };
+    assert_eq!(started["seq"], 1);
+
+    // 1. A policy naming a release the targets role never signed: nothing installs.
+    publish_as_thief(&repo, &policy(10, "6.6.6"));
+    wait_for(&fleet.edge, "the thief's policy", |s| rollout_of(s, "gw-2.0.0").is_some_and(|r| r["policy_seq"] == 10));
+    let run = device.check(CHECK_TIMEOUT);
+    assert!(run.success, "{}", run.output);
+    assert_eq!(
+        device.status()["version"],
+        "1.0.0",
+        "a release the targets role never signed installed:\n{}",
+        run.output
+    );
+
+    // 2. Un-pausing a signed release early: that much a thief can do.
+    publish_as_thief(&repo, &policy(11, "2.0.0"));
+    wait_for(&fleet.edge, "the hastening policy", |s| rollout_of(s, "gw-2.0.0").is_some_and(|r| r["policy_seq"] == 11));
+    let run = device.check(CHECK_TIMEOUT);
+    assert!(run.success, "{}", run.output);
+    assert_eq!(device.status()["version"], "2.0.0", "{}", run.output);
+
+    // 3. Pointing the fleet back at the older signed release: refused, no rollback.
+    publish_as_thief(&repo, &policy(12, "1.0.0"));
+    wait_for(&fleet.edge, "the rollback policy", |s| rollout_of(s, "gw-2.0.0").is_some_and(|r| r["policy_seq"] == 12));
+    let run = device.check(CHECK_TIMEOUT);
+    assert!(run.success, "{}", run.output);
+    let status = device.status();
+    assert_eq!(
+        (status["state"].as_str(), status["version"].as_str()),
+        (Some("committed"), Some("2.0.0")),
+        "{}",
+        run.output
+    );
+}
+
+/// The policy file the repository's current rollouts metadata names for `gw`.
+fn newest_policy_file(repo: &Path) -> PathBuf {
+    let read = |name: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(repo.join("metadata").join(name)).unwrap()).unwrap()
+    };
+    let snapshot_version = read("timestamp.json")["signed"]["meta"]["snapshot.json"]["version"].as_u64().unwrap();
+    let snapshot = read(&format!("{snapshot_version}.snapshot.json"));
+    let version = snapshot["signed"]["meta"]["rollouts.json"]["version"].as_u64().unwrap();
+    let rollouts = read(&format!("{version}.rollouts.json"));
+    let hash = rollouts["signed"]["targets"]["rollouts/gw.policy"]["hashes"]["sha256"].as_str().unwrap().to_string();
+    repo.join(format!("targets/rollouts/{hash}.gw.policy"))
 }
