@@ -396,7 +396,7 @@ fn wilson(x: f64, n: f64) -> (f64, f64) {
 /// outward until they stop mattering: no `exp`/`ln` (they need std) and no underflow of
 /// `(1 − p)^n` for large n. Below or at the mode the answer is reported as 1 (never
 /// significant), which is all the caller needs.
-fn binomial_upper_tail(x: u64, n: u64, p: f64) -> f64 {
+pub(crate) fn binomial_upper_tail(x: u64, n: u64, p: f64) -> f64 {
     if x == 0 || p >= 1.0 {
         return 1.0;
     }

@@ -6,12 +6,16 @@
 //! rollout (latest outcome per device, as the controller counts) and answers each device's
 //! question with an [`EdgeHold`], which the device's gate can only add to its own decision.
 //!
-//! **Per-site minimum.** The controller waits for `min_reports` outcomes per wave; a site
-//! may never see that many. The guard judges after `min(min_reports, 3)` final outcomes
-//! ([`SITE_MIN_REPORTS_CAP`]) and, like the controller, also halts earlier when failures
-//! already exceed the threshold of that minimum — so with a 5 % limit the first failure
-//! among a site's first 20 outcomes halts it. A site halted by one unlucky device costs a
-//! delay for that site; a site not halted while a bad release bricks it costs far more.
+//! **When a site halts.** The controller waits for `min_reports` outcomes per wave; a site
+//! may never see that many, and must stop a release that bricks its devices after very few.
+//! But one unlucky device must not halt a site either: a site halted with no newer policy to
+//! lift it (the rollout completed) never updates again. So the guard halts when its failures
+//! are *significantly* above the policy's threshold: at least [`SITE_MIN_FAILURES`] failures,
+//! and the chance of seeing that many among its final outcomes if the true failure rate were
+//! the threshold is below [`SITE_ALPHA`] (the exact binomial tail the controller uses). With a
+//! 5 % limit a release that fails everywhere halts a site after 2 outcomes (p = 0.0025); a
+//! release failing 0.1 % of installs essentially never halts one (2 failures among a site's
+//! first 20 outcomes happen with p ≈ 2·10⁻⁴ at 0.1 %, and even then are not significant).
 //!
 //! **Sticky halt.** Once the site halted, it stays halted until a newer signed policy
 //! (higher `seq` than the one in force when the site halted) says `Running`: that is the
@@ -36,8 +40,11 @@ use super::gate::EdgeHold;
 use super::policy::{limits, HealthGate, Phase, PolicyView};
 use super::report::{Outcome, RolloutReport};
 
-/// The per-site minimum of final outcomes is `min(min_reports, SITE_MIN_REPORTS_CAP)`.
-pub const SITE_MIN_REPORTS_CAP: u32 = 3;
+/// Fewest failures that may halt a site: one device's bad luck never does.
+pub const SITE_MIN_FAILURES: u32 = 2;
+/// A site halts when its failures would happen with less than this chance at the policy's
+/// failure threshold.
+pub const SITE_ALPHA: f64 = 0.01;
 /// A device reported `Installing` longer ago than this no longer holds a place.
 pub const INSTALLING_STALE_SECS: i64 = 2 * 3600;
 /// How long a device admitted by [`SiteGuard::hold`] holds a place before its first report.
@@ -201,9 +208,12 @@ impl SiteGuard {
 
     fn over_threshold(&self) -> bool {
         let judged = self.tally.saturating_sub(&self.accepted);
-        let minimum = self.health.min_reports.min(SITE_MIN_REPORTS_CAP);
-        let denominator = judged.finals().max(minimum) as u64;
-        judged.failures() as u64 * limits::FULL_PPM as u64 > self.health.max_failure_ppm as u64 * denominator
+        let (failures, finals) = (judged.failures(), judged.finals());
+        if failures < SITE_MIN_FAILURES {
+            return false;
+        }
+        let threshold = self.health.max_failure_ppm as f64 / limits::FULL_PPM as f64;
+        super::controller::binomial_upper_tail(failures as u64, finals as u64, threshold) < SITE_ALPHA
     }
 
     fn forget_oldest(&mut self) {
