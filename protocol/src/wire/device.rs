@@ -690,11 +690,12 @@ impl ResponseView {
             KIND_HOLD => {
                 let hold = r.u8("hold")?;
                 let retry_at = i64::from_le_bytes(r.take(8, "retry at")?.try_into().map_err(|_| WireError::Truncated)?);
-                Response::Hold(match hold {
-                    HOLD_NONE => EdgeHoldAnswer::None,
-                    HOLD_SITE_HALTED => EdgeHoldAnswer::SiteHalted,
-                    HOLD_CONCURRENCY_FULL => EdgeHoldAnswer::ConcurrencyFull { retry_at },
-                    other => return Err(WireError::UnknownKind(other)),
+                Response::Hold(match (hold, retry_at) {
+                    // A time only where it means something: one encoding per answer.
+                    (HOLD_NONE, 0) => EdgeHoldAnswer::None,
+                    (HOLD_SITE_HALTED, 0) => EdgeHoldAnswer::SiteHalted,
+                    (HOLD_CONCURRENCY_FULL, retry_at) => EdgeHoldAnswer::ConcurrencyFull { retry_at },
+                    (other, _) => return Err(WireError::UnknownKind(other)),
                 })
             }
             other => return Err(WireError::UnknownKind(other)),
@@ -1018,6 +1019,19 @@ mod tests {
         let mut bytes = vec![KIND_BYTES];
         bytes.extend_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(ResponseView::parse(&bytes), Err(WireError::Truncated));
+    }
+
+    #[test]
+    fn a_hold_answer_has_one_encoding() {
+        // Found by the device_wire fuzz target: "no hold" with a stray time re-encoded without it.
+        let mut stray = vec![KIND_HOLD, HOLD_NONE];
+        stray.extend_from_slice(&1234i64.to_le_bytes());
+        assert_eq!(ResponseView::parse(&stray), Err(WireError::UnknownKind(HOLD_NONE)));
+        let full = Response::Hold(EdgeHoldAnswer::ConcurrencyFull { retry_at: 1234 }).to_frame().unwrap();
+        assert_eq!(
+            ResponseView::parse(&full[FRAME_HEADER_BYTES..]),
+            Ok(Response::Hold(EdgeHoldAnswer::ConcurrencyFull { retry_at: 1234 }))
+        );
     }
 
     #[test]
