@@ -195,29 +195,13 @@ fn wait_for_origin(fleet: &Fleet, what: &str, check: impl Fn(&Value) -> bool) ->
 /// A report for `rollout` signed by a key no one enrolled, claiming a commit: made-up
 /// devices voting to hasten the rollout.
 fn unenrolled_commit(i: u8, rollout: &str) -> Vec<u8> {
-    use ed25519_dalek::{Signer, SigningKey};
-    let key = SigningKey::from_bytes(&[i; 32]);
-    let report = protocol::status::StatusReport {
-        device: protocol::hex::encode(key.verifying_key().as_bytes()),
-        seq: 1,
-        release: "gw".into(),
-        version: "1.0.0".into(),
-        installed_id: "00".repeat(32),
-        active_slot: "a".into(),
-        state: "committed".into(),
-        target: None,
-        progress: Default::default(),
-        error: None,
-        health: None,
-        security_floor: 0,
-        time: 1_800_000_000,
-        rollout: Some(rollout.into()),
-        result: Some(protocol::status::InstallResult::Committed),
-        error_code: None,
-        install_secs: Some(10),
-        slot: Some("b".into()),
-    };
-    report.to_signed(|m| key.sign(m).to_bytes())
+    let key = ed25519_dalek::SigningKey::from_bytes(&[i; 32]);
+    let mut report = support::reports::report(&key, 1, "committed");
+    report.rollout = Some(rollout.into());
+    report.result = Some(protocol::status::InstallResult::Committed);
+    report.install_secs = Some(10);
+    report.slot = Some("b".into());
+    support::reports::signed(&key, &report)
 }
 
 #[test]

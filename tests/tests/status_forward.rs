@@ -5,39 +5,18 @@
 
 mod support;
 
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::SigningKey;
 use mesh::{InboundRequest, NetworkClient, NetworkConfig, NetworkEvent, SiteName, StatusAck};
-use protocol::status::{ReportProgress, StatusReport};
 use protocol::wire::device::{frame_body_len, limits, Request, Response, ResponseView, FRAME_HEADER_BYTES};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{eventually, Edge};
+use support::{eventually, reports, Edge};
 
 fn signed_report(i: u32) -> Vec<u8> {
     let mut seed = [0x3c; 32];
     seed[..4].copy_from_slice(&i.to_le_bytes());
     let key = SigningKey::from_bytes(&seed);
-    let report = StatusReport {
-        device: protocol::hex::encode(key.verifying_key().as_bytes()),
-        seq: 1,
-        release: "gw".into(),
-        version: "1.0.0".into(),
-        installed_id: "00".repeat(32),
-        active_slot: "a".into(),
-        state: "committed".into(),
-        target: None,
-        progress: ReportProgress::default(),
-        error: None,
-        health: None,
-        security_floor: 1,
-        time: 1_800_000_000,
-        rollout: None,
-        result: None,
-        error_code: None,
-        install_secs: None,
-        slot: None,
-    };
-    report.to_signed(|m| key.sign(m).to_bytes())
+    reports::signed(&key, &reports::report(&key, 1, "committed"))
 }
 
 /// Sends one report over the framed-TCP device service; true if the node acknowledged it.

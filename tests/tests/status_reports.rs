@@ -6,37 +6,10 @@
 mod support;
 
 use ed25519_dalek::{Signer, SigningKey};
-use protocol::status::{ReportProgress, StatusReport};
 use protocol::wire::device::{frame_body_len, limits, ErrorCode, Request, Response, ResponseView, FRAME_HEADER_BYTES};
 use std::time::Duration;
+use support::reports::{report, signed};
 use support::{eventually, Edge, Origin};
-
-fn report(key: &SigningKey, seq: u64, state: &str) -> StatusReport {
-    StatusReport {
-        device: protocol::hex::encode(key.verifying_key().as_bytes()),
-        seq,
-        release: "gw".into(),
-        version: "1.0.0".into(),
-        installed_id: "00".repeat(32),
-        active_slot: "a".into(),
-        state: state.into(),
-        target: None,
-        progress: ReportProgress::default(),
-        error: None,
-        health: None,
-        security_floor: 1,
-        time: 1_800_000_000,
-        rollout: None,
-        result: None,
-        error_code: None,
-        install_secs: None,
-        slot: None,
-    }
-}
-
-fn signed(key: &SigningKey, report: &StatusReport) -> Vec<u8> {
-    report.to_signed(|m| key.sign(m).to_bytes())
-}
 
 fn key(i: u32) -> SigningKey {
     let mut seed = [0x5a; 32];

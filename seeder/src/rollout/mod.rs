@@ -99,12 +99,20 @@ pub struct RolloutStatus {
 }
 
 /// One site in [`RolloutStatus`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct SiteStatus {
     /// Site name (as enrolled).
     pub site: String,
     /// Enrolled devices of the release's hardware class in a started wave.
     pub targeted: u32,
+    /// Its devices by latest outcome.
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+/// Devices by latest outcome, and the failure rate of the final ones.
+#[derive(Debug, Default, Serialize)]
+pub struct Counts {
     /// Devices installing.
     pub installing: u32,
     /// Devices committed.
@@ -128,16 +136,9 @@ pub struct WaveStatus {
     pub min_soak_secs: u32,
     /// Enrolled devices of the release's hardware class in this wave.
     pub targeted: u32,
-    /// Devices installing.
-    pub installing: u32,
-    /// Devices committed.
-    pub committed: u32,
-    /// Devices rolled back.
-    pub rolled_back: u32,
-    /// Devices whose install failed.
-    pub failed: u32,
-    /// Failure rate of final outcomes, percent.
-    pub failure_percent: Option<f64>,
+    /// Its devices by latest outcome.
+    #[serde(flatten)]
+    pub counts: Counts,
     /// What the gate says.
     pub gate: String,
 }
@@ -311,11 +312,13 @@ pub fn status_of(controller: &Controller) -> RolloutStatus {
                 cumulative_percent: percent(w.cumulative_ppm),
                 min_soak_secs: policy.waves[w.index].min_soak_secs,
                 targeted: 0,
-                installing: w.tally.installing,
-                committed: w.tally.committed,
-                rolled_back: w.tally.rolled_back,
-                failed: w.tally.failed,
-                failure_percent: w.failure_ppm.map(percent),
+                counts: Counts {
+                    installing: w.tally.installing,
+                    committed: w.tally.committed,
+                    rolled_back: w.tally.rolled_back,
+                    failed: w.tally.failed,
+                    failure_percent: w.failure_ppm.map(percent),
+                },
                 gate: w.gate,
             })
             .collect(),
@@ -342,39 +345,25 @@ fn fill_fleet_counts(
         if let Some(w) = status.waves.get_mut(wave) {
             w.targeted += 1;
         }
-        let entry = sites.entry(site.clone()).or_insert_with(|| SiteStatus {
-            site,
-            targeted: 0,
-            installing: 0,
-            committed: 0,
-            rolled_back: 0,
-            failed: 0,
-            failure_percent: None,
-        });
+        let entry = sites.entry(site.clone()).or_insert_with(|| SiteStatus { site, ..SiteStatus::default() });
         if wave <= policy.current_wave {
             entry.targeted += 1;
         }
     }
     for (site, outcomes) in &tracked.by_site {
-        let entry = sites.entry(site.clone()).or_insert_with(|| SiteStatus {
-            site: site.clone(),
-            targeted: 0,
-            installing: 0,
-            committed: 0,
-            rolled_back: 0,
-            failed: 0,
-            failure_percent: None,
-        });
+        let entry =
+            sites.entry(site.clone()).or_insert_with(|| SiteStatus { site: site.clone(), ..SiteStatus::default() });
+        let c = &mut entry.counts;
         for outcome in outcomes.values() {
             match outcome {
-                protocol::rollout::Outcome::Installing => entry.installing += 1,
-                protocol::rollout::Outcome::Committed => entry.committed += 1,
-                protocol::rollout::Outcome::RolledBack => entry.rolled_back += 1,
-                protocol::rollout::Outcome::Failed(_) => entry.failed += 1,
+                protocol::rollout::Outcome::Installing => c.installing += 1,
+                protocol::rollout::Outcome::Committed => c.committed += 1,
+                protocol::rollout::Outcome::RolledBack => c.rolled_back += 1,
+                protocol::rollout::Outcome::Failed(_) => c.failed += 1,
             }
         }
-        let finals = entry.committed + entry.rolled_back + entry.failed;
-        entry.failure_percent = (finals > 0).then(|| (entry.rolled_back + entry.failed) as f64 * 100.0 / finals as f64);
+        let finals = c.committed + c.rolled_back + c.failed;
+        c.failure_percent = (finals > 0).then(|| (c.rolled_back + c.failed) as f64 * 100.0 / finals as f64);
     }
     status.sites = sites.into_values().collect();
     Ok(())
@@ -404,11 +393,11 @@ pub fn describe(s: &RolloutStatus) -> String {
             w.index,
             w.cumulative_percent,
             w.targeted,
-            w.installing,
-            w.committed,
-            w.rolled_back,
-            w.failed,
-            w.failure_percent.map_or("-".into(), |p| format!("{p:.1}")),
+            w.counts.installing,
+            w.counts.committed,
+            w.counts.rolled_back,
+            w.counts.failed,
+            w.counts.failure_percent.map_or("-".into(), |p| format!("{p:.1}")),
             w.gate
         );
     }
@@ -419,11 +408,11 @@ pub fn describe(s: &RolloutStatus) -> String {
                 "\n  {:<20}  {:>8}  {:>10}  {:>9}  {:>11}  {:>6}  {:>5}",
                 site.site,
                 site.targeted,
-                site.installing,
-                site.committed,
-                site.rolled_back,
-                site.failed,
-                site.failure_percent.map_or("-".into(), |p| format!("{p:.1}"))
+                site.counts.installing,
+                site.counts.committed,
+                site.counts.rolled_back,
+                site.counts.failed,
+                site.counts.failure_percent.map_or("-".into(), |p| format!("{p:.1}"))
             );
         }
     }

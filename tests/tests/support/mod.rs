@@ -7,6 +7,7 @@
 pub mod device;
 pub mod hostile;
 pub mod netns;
+pub mod reports;
 
 use serde_json::Value;
 use std::net::SocketAddr;
