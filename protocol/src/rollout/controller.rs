@@ -171,6 +171,10 @@ pub struct Controller {
     accepted: Vec<Tally>,
     /// The previous release's committed and failed installs.
     baseline: Option<(u64, u64)>,
+    /// Devices each wave targets, when the publisher knows its fleet: a wave with fewer
+    /// devices than `min_reports` advances once all of them reported (an empty wave after its
+    /// soak), instead of waiting for reports that cannot come.
+    targeted: Option<Vec<u32>>,
 }
 
 impl Controller {
@@ -184,6 +188,7 @@ impl Controller {
             tallies: vec![Tally::default(); waves],
             accepted: vec![Tally::default(); waves],
             baseline: None,
+            targeted: None,
         })
     }
 
@@ -216,6 +221,12 @@ impl Controller {
     /// installs that failed or rolled back.
     pub fn handle_baseline(&mut self, committed: u64, failed: u64) {
         self.baseline = Some((committed, failed));
+    }
+
+    /// How many devices each wave targets (enrolled devices of the release's hardware class,
+    /// by wave, not cumulative). A wave needs `min(min_reports, targeted)` final outcomes.
+    pub fn handle_targeted(&mut self, per_wave: &[u32]) {
+        self.targeted = Some(per_wave.to_vec());
     }
 
     /// The next policy to sign, if the rollout's state changes at `now_unix`.
@@ -355,8 +366,12 @@ impl Controller {
         if now_unix < soak_end {
             return Judgement::Wait(format!("soaking until {soak_end} (unix)"));
         }
-        if wave.finals() < health.min_reports {
-            return Judgement::Wait(format!("waiting for reports ({} of {})", wave.finals(), health.min_reports));
+        let needed = match self.targeted.as_ref().and_then(|t| t.get(current)) {
+            Some(&targeted) => health.min_reports.min(targeted),
+            None => health.min_reports,
+        };
+        if wave.finals() < needed {
+            return Judgement::Wait(format!("waiting for reports ({} of {})", wave.finals(), needed));
         }
         Judgement::Advance
     }
@@ -470,6 +485,33 @@ mod tests {
         assert!(high > 0.79 && high < 0.8, "{high}");
         let (low, high) = wilson(0.0, 10_000.0);
         assert!(low.abs() < 1e-12 && high < 0.001);
+    }
+
+    #[test]
+    fn a_wave_smaller_than_min_reports_advances_once_all_its_devices_reported() {
+        let policy = RolloutPolicy {
+            id: "r".into(),
+            release: crate::rollout::RolloutRelease { name: "gw".into(), version: "2".into(), hw_class: "x".into() },
+            seq: 1,
+            waves: vec![
+                crate::rollout::Wave { cumulative_ppm: 500_000, min_soak_secs: 0 },
+                crate::rollout::Wave { cumulative_ppm: 1_000_000, min_soak_secs: 0 },
+            ],
+            canaries: Vec::new(),
+            health: crate::rollout::HealthGate { max_failure_ppm: 50_000, min_reports: 10 },
+            windows: Vec::new(),
+            max_concurrent_per_site: 0,
+            state: RolloutState::Running,
+            current_wave: 0,
+            wave_started_at: 0,
+        };
+        let mut controller = Controller::new(policy).unwrap();
+        assert_eq!(controller.poll(100), None, "10 reports needed, none known");
+        // The fleet has no device in wave 0 and 3 in wave 1: wave 0 passes at once.
+        controller.handle_targeted(&[0, 3]);
+        let next = controller.poll(100).expect("an empty wave advances");
+        assert_eq!(next.current_wave, 1);
+        assert_eq!(controller.poll(101), None, "wave 1 waits for its 3 devices");
     }
 
     #[test]

@@ -25,17 +25,20 @@ use crate::{fleet, rollouts_role, time};
 
 /// How often the loop looks at the reports and the clock.
 pub const TICK: Duration = Duration::from_secs(1);
+/// How often (in ticks) each controller re-counts the enrolled devices per wave.
+const RECOUNT_TICKS: u64 = 30;
 
 /// Runs forever; a failed pass is logged and retried on the next tick.
 pub async fn run_forever(repo: PathBuf, fleet: Arc<Ingestor>) -> std::convert::Infallible {
     let mut tracked: BTreeMap<String, Tracked> = BTreeMap::new();
     let mut tick = tokio::time::interval(TICK);
-    loop {
+    for ticks in 0u64.. {
         tick.tick().await;
         let (dir, writer) = (repo.clone(), Arc::clone(&fleet));
         let mut state = std::mem::take(&mut tracked);
+        let recount = ticks % RECOUNT_TICKS == 0;
         let pass = tokio::task::spawn_blocking(move || {
-            let result = pass(&dir, &writer, &mut state);
+            let result = pass(&dir, &writer, &mut state, recount);
             (state, result)
         })
         .await;
@@ -49,10 +52,16 @@ pub async fn run_forever(repo: PathBuf, fleet: Arc<Ingestor>) -> std::convert::I
             Err(e) => tracing::error!("rollout controller task failed: {e}"),
         }
     }
+    unreachable!("the tick counter does not run out")
 }
 
 /// One look at every rollout.
-fn pass(repo_dir: &std::path::Path, fleet: &Ingestor, tracked: &mut BTreeMap<String, Tracked>) -> Result<()> {
+fn pass(
+    repo_dir: &std::path::Path,
+    fleet: &Ingestor,
+    tracked: &mut BTreeMap<String, Tracked>,
+    recount: bool,
+) -> Result<()> {
     let repo = Repo::at(repo_dir);
     let Some(conn) = fleet::open_read(&fleet::db_path(repo_dir))? else { return Ok(()) };
     for (name, bytes) in rollouts_role::current_policies(&repo)? {
@@ -64,6 +73,9 @@ fn pass(repo_dir: &std::path::Path, fleet: &Ingestor, tracked: &mut BTreeMap<Str
         let entry = match tracked.remove(&policy.id) {
             Some(mut t) if t.controller.policy().seq == policy.seq => {
                 t.feed(&conn)?;
+                if recount {
+                    t.count_targeted(&conn)?;
+                }
                 t
             }
             _ => Tracked::rebuild(&conn, policy.clone())?,

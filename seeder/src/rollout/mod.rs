@@ -334,6 +334,11 @@ fn fill_fleet_counts(
     status: &mut RolloutStatus,
 ) -> Result<()> {
     let policy = tracked.controller.policy();
+    for (wave, targeted) in tracked::targeted_per_wave(conn, policy)?.into_iter().enumerate() {
+        if let Some(w) = status.waves.get_mut(wave) {
+            w.targeted = targeted;
+        }
+    }
     let mut stmt = conn.prepare("SELECT public_key, site FROM devices WHERE hw_class = ?1")?;
     let rows =
         stmt.query_map([&policy.release.hw_class], |row| Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?)))?;
@@ -342,9 +347,6 @@ fn fill_fleet_counts(
         let (key, site) = row?;
         let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) else { continue };
         let Some(wave) = policy.wave_of(&key) else { continue };
-        if let Some(w) = status.waves.get_mut(wave) {
-            w.targeted += 1;
-        }
         let entry = sites.entry(site.clone()).or_insert_with(|| SiteStatus { site, ..SiteStatus::default() });
         if wave <= policy.current_wave {
             entry.targeted += 1;

@@ -55,7 +55,16 @@ impl Tracked {
             }
         }
         tracked.feed(conn)?;
+        tracked.count_targeted(conn)?;
         Ok(tracked)
+    }
+
+    /// Tells the controller how many enrolled devices each wave targets (enrollment changes
+    /// while a rollout runs, so `seeder serve` calls this now and then).
+    pub fn count_targeted(&mut self, conn: &Connection) -> Result<()> {
+        let per_wave = targeted_per_wave(conn, self.controller.policy())?;
+        self.controller.handle_targeted(&per_wave);
+        Ok(())
     }
 
     /// Feeds every outcome stored since the last call.
@@ -78,6 +87,20 @@ impl Tracked {
         }
         Ok(fed)
     }
+}
+
+/// Enrolled devices of the policy's hardware class in each wave (not cumulative).
+pub fn targeted_per_wave(conn: &Connection, policy: &RolloutPolicy) -> Result<Vec<u32>> {
+    let mut per_wave = vec![0u32; policy.waves.len()];
+    let mut stmt = conn.prepare_cached("SELECT public_key FROM devices WHERE hw_class = ?1")?;
+    let keys = stmt.query_map([&policy.release.hw_class], |row| row.get::<_, Vec<u8>>(0))?;
+    for key in keys {
+        let Ok(key) = <[u8; 32]>::try_from(key?.as_slice()) else { continue };
+        if let Some(wave) = policy.wave_of(&key) {
+            per_wave[wave] += 1;
+        }
+    }
+    Ok(per_wave)
 }
 
 fn event_time(report: &RolloutReport) -> i64 {
