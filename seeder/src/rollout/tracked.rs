@@ -7,13 +7,14 @@
 //! what arrives, by event id. A resume after a halt accepted the failures counted until
 //! then; the rebuild replays that too (events stored before the resume are fed to a halted
 //! copy of the policy, which is then resumed), so a restarted seeder does not halt again on
-//! failures an operator already accepted.
+//! failures an operator already accepted. The previous rollout of the same release name is
+//! its baseline: a release significantly worse than it halts even under the fixed threshold.
 
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Result};
 use protocol::rollout::{Controller, Outcome, RolloutPolicy, RolloutReport, RolloutState};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 /// A controller and how far into the database it has read.
 pub struct Tracked {
@@ -56,14 +57,23 @@ impl Tracked {
         }
         tracked.feed(conn)?;
         tracked.count_targeted(conn)?;
+        if let Some((committed, failed)) = previous_release_outcomes(conn, &policy)? {
+            tracked.controller.handle_baseline(committed, failed);
+        }
         Ok(tracked)
     }
 
     /// Tells the controller how many enrolled devices each wave targets (enrollment changes
     /// while a rollout runs, so `seeder serve` calls this now and then).
+    ///
+    /// A fleet with no enrolled device of the release's hardware class tells the controller
+    /// nothing: its waves then wait for `min_reports` as usual, rather than advance with no
+    /// health gate at all because nobody was enrolled.
     pub fn count_targeted(&mut self, conn: &Connection) -> Result<()> {
         let per_wave = targeted_per_wave(conn, self.controller.policy())?;
-        self.controller.handle_targeted(&per_wave);
+        if per_wave.iter().any(|&n| n > 0) {
+            self.controller.handle_targeted(&per_wave);
+        }
         Ok(())
     }
 
@@ -87,6 +97,33 @@ impl Tracked {
         }
         Ok(fed)
     }
+}
+
+/// The baseline a rollout is compared with: the final outcomes (latest per device) of the
+/// previous rollout of the same release name and hardware class, if there was one.
+fn previous_release_outcomes(conn: &Connection, policy: &RolloutPolicy) -> Result<Option<(u64, u64)>> {
+    let previous: Option<String> = conn
+        .query_row(
+            "SELECT id FROM rollouts WHERE release_name = ?1 AND hw_class = ?2 AND id != ?3
+             ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            params![policy.release.name, policy.release.hw_class, policy.id],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(previous) = previous else { return Ok(None) };
+    // SQLite returns the bare column of the row that holds MAX(id): each device's latest.
+    let mut stmt = conn.prepare(
+        "SELECT result, MAX(id) FROM status_events
+         WHERE rollout = ?1 AND result IN ('committed', 'rolled-back', 'failed') GROUP BY device",
+    )?;
+    let (mut committed, mut failed) = (0u64, 0u64);
+    for result in stmt.query_map([&previous], |row| row.get::<_, String>(0))? {
+        match result?.as_str() {
+            "committed" => committed += 1,
+            _ => failed += 1,
+        }
+    }
+    Ok((committed + failed > 0).then_some((committed, failed)))
 }
 
 /// Enrolled devices of the policy's hardware class in each wave (not cumulative).
