@@ -375,80 +375,35 @@ impl EventLoop {
     }
 
     fn handle_have(&mut self, event: request_response::Event<super::HaveRequest, HaveResponse>) {
-        match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    // If the application is behind, the dropped handle fails the request fast.
-                    let inbound = InboundRequest::Have { peer, request, reply: HaveReply(channel) };
-                    let _ = self.emit(NetworkEvent::Inbound(inbound));
-                }
-                request_response::Message::Response { request_id, response } => {
-                    if let Some(reply) = self.pending_have.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure { request_id, error, .. } => {
-                if let Some(reply) = self.pending_have.remove(&request_id) {
-                    let _ = reply.send(Err(NetworkError::Request(error)));
-                }
-            }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                debug!(%peer, %error, "inbound have request failed");
-            }
-            request_response::Event::ResponseSent { .. } => {}
+        // If the application is behind, the dropped handle fails the request fast.
+        let inbound = settle("have", event, &mut self.pending_have, |peer, request, channel| InboundRequest::Have {
+            peer,
+            request,
+            reply: HaveReply(channel),
+        });
+        if let Some(inbound) = inbound {
+            let _ = self.emit(NetworkEvent::Inbound(inbound));
         }
     }
 
     fn handle_meta(&mut self, event: request_response::Event<MetaRequest, MetaResponse>) {
-        match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    let inbound = InboundRequest::Meta { peer, request, reply: MetaReply(channel) };
-                    let _ = self.emit(NetworkEvent::Inbound(inbound));
-                }
-                request_response::Message::Response { request_id, response } => {
-                    if let Some(reply) = self.pending_meta.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure { request_id, error, .. } => {
-                if let Some(reply) = self.pending_meta.remove(&request_id) {
-                    let _ = reply.send(Err(NetworkError::Request(error)));
-                }
-            }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                debug!(%peer, %error, "inbound meta request failed");
-            }
-            request_response::Event::ResponseSent { .. } => {}
+        let inbound = settle("meta", event, &mut self.pending_meta, |peer, request, channel| InboundRequest::Meta {
+            peer,
+            request,
+            reply: MetaReply(channel),
+        });
+        if let Some(inbound) = inbound {
+            let _ = self.emit(NetworkEvent::Inbound(inbound));
         }
     }
 
     fn handle_status(&mut self, event: request_response::Event<StatusBatch, StatusAck>) {
-        match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    // If the application is behind, the dropped handle fails the request
-                    // fast; the sender keeps its reports and sends them again.
-                    let inbound = InboundRequest::Status { peer, request, reply: StatusReply(channel) };
-                    let _ = self.emit(NetworkEvent::Inbound(inbound));
-                }
-                request_response::Message::Response { request_id, response } => {
-                    if let Some(reply) = self.pending_status.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure { request_id, error, .. } => {
-                if let Some(reply) = self.pending_status.remove(&request_id) {
-                    let _ = reply.send(Err(NetworkError::Request(error)));
-                }
-            }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                debug!(%peer, %error, "inbound status batch failed");
-            }
-            request_response::Event::ResponseSent { .. } => {}
+        // A dropped handle fails the request fast; the sender keeps its reports for later.
+        let inbound = settle("status", event, &mut self.pending_status, |peer, request, channel| {
+            InboundRequest::Status { peer, request, reply: StatusReply(channel) }
+        });
+        if let Some(inbound) = inbound {
+            let _ = self.emit(NetworkEvent::Inbound(inbound));
         }
     }
 
@@ -487,4 +442,37 @@ fn refuse(command: Command, error: NetworkError) {
         | Command::RespondStatus { reply, .. } => drop(reply.send(Err(error))),
         Command::ListenAddrs { .. } | Command::ConnectedPeers { .. } | Command::Disconnect { .. } => {}
     }
+}
+
+/// The common part of a request-response event for a protocol whose inbound requests go to
+/// the application as they are: an answer or a failure settles our pending request, an
+/// inbound request becomes the [`InboundRequest`] `inbound` makes of it.
+fn settle<Req, Resp>(
+    what: &'static str,
+    event: request_response::Event<Req, Resp>,
+    pending: &mut HashMap<OutboundRequestId, Reply<Resp>>,
+    inbound: impl FnOnce(libp2p::PeerId, Req, request_response::ResponseChannel<Resp>) -> InboundRequest,
+) -> Option<InboundRequest> {
+    match event {
+        request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Message::Request { request, channel, .. } => {
+                return Some(inbound(peer, request, channel))
+            }
+            request_response::Message::Response { request_id, response } => {
+                if let Some(reply) = pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+        },
+        request_response::Event::OutboundFailure { request_id, error, .. } => {
+            if let Some(reply) = pending.remove(&request_id) {
+                let _ = reply.send(Err(NetworkError::Request(error)));
+            }
+        }
+        request_response::Event::InboundFailure { peer, error, .. } => {
+            debug!(%peer, %error, "inbound {what} request failed");
+        }
+        request_response::Event::ResponseSent { .. } => {}
+    }
+    None
 }

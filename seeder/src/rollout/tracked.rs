@@ -51,7 +51,7 @@ impl Tracked {
         let mut tracked = Tracked { controller, cursor: 0, by_site: BTreeMap::new() };
         if let (Some(at), RolloutState::Running) = (resumed_at, &policy.state) {
             if tracked.controller.policy().seq + 1 == policy.seq {
-                tracked.feed_while(conn, |event| event_time(event) < at)?;
+                tracked.feed_while(conn, |report| report.at < at)?;
                 tracked.controller.resume(policy.wave_started_at).map_err(|e| anyhow!("{e}"))?;
             }
         }
@@ -138,10 +138,6 @@ pub fn targeted_per_wave(conn: &Connection, policy: &RolloutPolicy) -> Result<Ve
         }
     }
     Ok(per_wave)
-}
-
-fn event_time(report: &RolloutReport) -> i64 {
-    report.at
 }
 
 /// When the rollout was last resumed after a halt, if it was.
