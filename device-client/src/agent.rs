@@ -78,6 +78,10 @@ pub struct Agent {
     counts: Option<Counts>,
     health: Option<String>,
     last_status: Value,
+    /// The newest status report reached no edge node: the daemon sends it again (re-signed
+    /// under a new number) every check interval until one acknowledges it. Kept on disk
+    /// (`status.unsent`) so a restart does not forget it.
+    report_unsent: bool,
     progress_bar: Option<indicatif::ProgressBar>,
 }
 
@@ -137,6 +141,7 @@ impl Agent {
         }
         let device_key = status::load_or_create_key(&config.data_dir)?;
         let rollout = RolloutState::load(&config.data_dir);
+        let report_unsent = config.data_dir.join(UNSENT_MARKER).exists();
         Ok(Agent {
             engine: Engine::new(engine_config, record),
             config,
@@ -152,6 +157,7 @@ impl Agent {
             counts: None,
             health: None,
             last_status: Value::Null,
+            report_unsent,
             progress_bar: None,
         })
     }
@@ -187,6 +193,9 @@ impl Agent {
                     bail!("install engine stopped in state {} with nothing to wait for", self.engine.state().name());
                 }
                 tokio::time::sleep(Duration::from_secs(self.config.check_interval_secs)).await;
+                if self.report_unsent {
+                    self.report().await;
+                }
                 let now = self.now();
                 self.engine.handle_check(now);
                 self.drain().await?;
@@ -757,18 +766,37 @@ impl Agent {
         }
         let signed = status::sign(&self.device_key, &report);
         self.last_status = doc;
-        // Best effort: an edge node that is reachable right now forwards it.
+        // An edge node that is reachable right now forwards it; if none acknowledges it (no
+        // edge, a busy or rate-limited one, a lost answer), the daemon tries again later: the
+        // publisher's rollout counts this device only once a report arrives.
         let send = async {
-            if let Some(mut edge) = self.pool.connect_first().await {
-                edge.client.set_request_timeout(Duration::from_secs(2));
-                if let Err(e) = edge.client.report_status(&signed).await {
+            let mut edge = self.pool.connect_first().await?;
+            edge.client.set_request_timeout(Duration::from_secs(2));
+            match edge.client.report_status(&signed).await {
+                Ok(()) => Some(()),
+                Err(e) => {
                     tracing::debug!(edge = %edge.addr, %e, "status report not delivered");
+                    None
                 }
             }
         };
-        let _ = tokio::time::timeout(Duration::from_secs(5), send).await;
+        let delivered = tokio::time::timeout(Duration::from_secs(5), send).await.ok().flatten().is_some();
+        let marker = self.config.data_dir.join(UNSENT_MARKER);
+        let marked = if delivered { std::fs::remove_file(&marker) } else { write_atomic(&marker, b"", PUBLIC) };
+        if let Err(e) = marked {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::debug!("cannot update {}: {e}", marker.display());
+            }
+        }
+        if !delivered && !self.report_unsent {
+            tracing::info!("status report not delivered; sending it again every check interval");
+        }
+        self.report_unsent = !delivered;
     }
 }
+
+/// Present while the newest status report is unacknowledged.
+const UNSENT_MARKER: &str = "status.unsent";
 
 fn is_resting(state: State) -> bool {
     matches!(state, State::Idle | State::Committed | State::RolledBack)

@@ -225,9 +225,20 @@ pub async fn fetch_policy(edge: &mut DeviceClient, target: &TargetFile) -> Resul
 }
 
 /// A target file through `edge`, checked against the signed length and hashes.
+///
+/// Asked for by its content name (the consistent-snapshot path under its sha256) when the
+/// metadata gives one: a file such as a rollout policy changes under its plain path whenever
+/// the publisher re-signs it, and an honest edge that updated between this device's metadata
+/// refresh and this request would otherwise serve the newer bytes and be taken for a liar.
+/// By content name, bytes that do not verify are a lie; a version the edge no longer (or
+/// not yet) holds is "not found".
 async fn fetch_target(edge: &mut DeviceClient, target: &TargetFile) -> Result<Vec<u8>, ManifestError> {
     let invalid = |why: String| ManifestError::Invalid(why);
-    let bytes = match edge.get_target(&target.path).await {
+    let asked = match target.hashes.get("sha256") {
+        Some(sha256) => protocol::tuf::hashed_target_path(&target.path, sha256),
+        None => target.path.clone(),
+    };
+    let bytes = match edge.get_target(&asked).await {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return Err(ManifestError::Unavailable(format!("edge node does not have {}", target.path))),
         Err(e @ (edge_client::ClientError::Malformed(_) | edge_client::ClientError::Unexpected(_))) => {

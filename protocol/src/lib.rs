@@ -28,6 +28,7 @@ pub mod manifest;
 pub mod reassemble;
 pub mod release_id;
 pub mod rollout;
+pub mod seal;
 pub mod sig;
 pub mod time;
 pub mod wire;

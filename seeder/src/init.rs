@@ -73,6 +73,8 @@ pub fn run(repo: &Repo, counts: &BTreeMap<String, usize>, thresholds: &BTreeMap<
     let envelope = Repo::sign(&root, &root_keys)?;
     repo.write_metadata("root.json", &envelope)?;
     repo.write_metadata("1.root.json", &envelope)?;
+    // Epoch 1 of the trust chain MCUs pin (`seeder mcu anchor` exports it).
+    crate::mcu_trust::sync(repo, &repo.current()?)?;
 
     Ok(InitReport {
         roles: role_keys

@@ -10,6 +10,7 @@ mod freshness;
 mod init;
 mod inspect;
 mod keys;
+mod mcu_trust;
 mod origin;
 mod release;
 mod repo;
@@ -88,6 +89,9 @@ enum Command {
     /// Manage the timestamp role.
     #[command(subcommand)]
     Timestamp(TimestampCommand),
+    /// Microcontroller trust: the anchor MCUs pin to verify release seals.
+    #[command(subcommand)]
+    Mcu(McuCommand),
     /// Join the mesh as the origin: serve metadata and chunks, announce every new release,
     /// and renew timestamp and snapshot before they expire.
     Serve {
@@ -286,6 +290,21 @@ enum KeyCommand {
         /// root, targets, snapshot or timestamp.
         #[arg(long)]
         role: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum McuCommand {
+    /// Write the trust anchor MCUs pin (targets and rollouts keys, thresholds, epoch): the
+    /// binary a firmware build embeds or a provisioning step writes to flash. Extends the
+    /// trust chain first if the keys changed (needs the targets keys).
+    Anchor {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Where to write the binary anchor (it is also printed as hex).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -508,6 +527,39 @@ fn run(cli: &Cli) -> Result<i32> {
             };
             let status = rollout::command(&Repo::at(repo), name, command)?;
             print(cli.json, &status, || format!("{verb} {}", rollout::describe(&status)))?;
+        }
+        Command::Mcu(McuCommand::Anchor { repo, out }) => {
+            let repo = Repo::at(repo);
+            let anchor = {
+                let _lock = repo.lock()?;
+                mcu_trust::sync(&repo, &repo.current()?)?
+            };
+            let bytes = anchor.to_vec();
+            if let Some(out) = out {
+                host::fs::write_atomic(out, &bytes, host::fs::PUBLIC)?;
+            }
+            let hex_keys = |set: &protocol::seal::KeySet| -> Vec<String> {
+                set.keys().iter().map(|k| protocol::hex::encode(k)).collect()
+            };
+            let report = serde_json::json!({
+                "epoch": anchor.epoch,
+                "targets": {"threshold": anchor.targets.threshold(), "keys": hex_keys(&anchor.targets)},
+                "rollouts": {"threshold": anchor.rollouts.threshold(), "keys": hex_keys(&anchor.rollouts)},
+                "anchor_hex": protocol::hex::encode(&bytes),
+                "out": out,
+            });
+            print(cli.json, &report, || {
+                format!(
+                    "MCU trust anchor, epoch {}: targets {} of {}, rollouts {} of {}{}\n{}",
+                    anchor.epoch,
+                    anchor.targets.threshold(),
+                    anchor.targets.keys().len(),
+                    anchor.rollouts.threshold(),
+                    anchor.rollouts.keys().len(),
+                    out.as_ref().map(|o| format!(", written to {}", o.display())).unwrap_or_default(),
+                    protocol::hex::encode(&bytes)
+                )
+            })?;
         }
         Command::Key(KeyCommand::Rotate { repo, role }) => {
             let ids = rotate::rotate(&Repo::at(repo), role)?;

@@ -191,6 +191,12 @@ pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
 
     let sha256_hex = protocol::hex::encode(&sha2::Sha256::digest(&manifest_bytes));
     host::fs::write_atomic(&repo.target_file_path(&target, &sha256_hex), &manifest_bytes, host::fs::PUBLIC)?;
+    // The seal MCUs verify the manifest with, signed by the same targets keys.
+    crate::mcu_trust::sync(repo, &current)?;
+    let signers = repo.signers(&current, "targets")?;
+    let (seal_path, seal_entry) =
+        crate::mcu_trust::seal_target(repo, protocol::seal::SealKind::Manifest, &target, &manifest_bytes, &signers)?;
+    targets_map.insert(seal_path, seal_entry);
     targets_map.insert(target, target_entry(&manifest, &manifest_bytes, &sha256_hex));
     repo.publish_targets(&current, targets_map, &ExtraSigners::default())?;
     Ok(report)

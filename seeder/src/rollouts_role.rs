@@ -85,6 +85,8 @@ pub fn ensure_delegation(repo: &Repo) -> Result<bool> {
         &[(ROLE, version)],
         &ExtraSigners::default(),
     )?;
+    // MCUs learn the rollouts key through the trust chain (signed by the targets keys).
+    crate::mcu_trust::sync(repo, &repo.current()?)?;
     Ok(true)
 }
 
@@ -123,6 +125,10 @@ pub fn publish_policy(repo: &Repo, release_name: &str, policy: &[u8]) -> Result<
     let path = policy_target_path(release_name);
     let sha256 = protocol::hex::encode(&sha2::Sha256::digest(policy));
     host::fs::write_atomic(&repo.target_file_path(&path, &sha256), policy, host::fs::PUBLIC)?;
+    // The seal MCUs verify the policy with, signed by the same rollouts keys.
+    let (seal_path, seal_entry) =
+        crate::mcu_trust::seal_target(repo, protocol::seal::SealKind::Policy, &path, policy, &keys)?;
+    targets.insert(seal_path, seal_entry);
     targets.insert(path, json!({"length": policy.len(), "hashes": {"sha256": sha256}}));
     let version = role["version"].as_u64().unwrap_or(0) + 1;
     write_role(repo, version, targets, &keys.iter().collect::<Vec<_>>())?;

@@ -70,6 +70,10 @@ pub fn rotate(repo: &Repo, role: &str) -> Result<Vec<String>> {
     let envelope = Repo::sign(&root, &signers)?;
     repo.write_metadata(&format!("{new_version}.root.json"), &envelope)?;
     repo.write_metadata("root.json", &envelope)?;
+    // Before the old keys retire: a targets rotation is a new MCU trust epoch, signed by
+    // the old targets keys and the new (`mcu_trust` also finds them in keys/retired/ if
+    // this step is interrupted).
+    crate::mcu_trust::sync(repo, &repo.current()?)?;
 
     let retired = repo.keys_dir().join("retired");
     fs::create_dir_all(&retired)?;

@@ -61,6 +61,18 @@ impl Backend {
         })
     }
 
+    /// Serves `target_path` to devices from the mirror file `(name, length)` from now on.
+    pub(super) fn publish_target(&self, target_path: String, mirror_file: (String, u64)) {
+        if let Ok(mut targets) = self.targets.write() {
+            targets.insert(target_path, mirror_file);
+        }
+    }
+
+    /// Mirror file names of every target served.
+    pub(super) fn known_target_files(&self) -> std::collections::HashSet<String> {
+        self.targets.read().map(|t| t.values().map(|(file, _)| file.clone()).collect()).unwrap_or_default()
+    }
+
     /// Devices whose newest report is kept.
     pub(super) fn reporting_devices(&self) -> usize {
         self.reports.lock().map_or(0, |g| g.device_count())
@@ -79,12 +91,24 @@ impl DeviceBackend for Backend {
     }
 
     async fn target_len(&self, path: &str) -> Option<u64> {
+        if let Some(file) = content_named_file(&self.mirror, path) {
+            // A version by its content name: any the mirror still holds (it wrote only
+            // verified files under these names), so a device whose metadata is a moment
+            // older or newer than this edge's gets the bytes its metadata names.
+            return tokio::task::spawn_blocking(move || std::fs::metadata(file).ok().map(|m| m.len()))
+                .await
+                .ok()
+                .flatten();
+        }
         // The length the signed targets metadata gives, which the mirror's file has.
         self.targets.read().ok()?.get(path).map(|(_, length)| *length)
     }
 
     async fn target(&self, path: &str, max_len: u64) -> Option<Vec<u8>> {
-        let (file, length) = self.targets.read().ok()?.get(path).cloned()?;
+        let (file, length) = match content_named_file(&self.mirror, path) {
+            Some(_) => (format!("targets/{path}"), max_len),
+            None => self.targets.read().ok()?.get(path).cloned()?,
+        };
         let mirror = self.mirror.clone();
         tokio::task::spawn_blocking(move || chunk_store::repo_files::read(&mirror, &file, length.min(max_len)))
             .await
@@ -210,6 +234,18 @@ impl DeviceBackend for Backend {
             Err(_) => EdgeHoldAnswer::None,
         }
     }
+}
+
+/// The mirror file of `path` if it is a consistent-snapshot content name
+/// (`dir/<sha256 hex>.name`) that resolves inside the mirror's targets directory.
+fn content_named_file(mirror: &std::path::Path, path: &str) -> Option<PathBuf> {
+    let file_name = path.rsplit('/').next()?;
+    let (hash, _) = protocol::tuf::naming::split_hashed_file_name(file_name)?;
+    let is_sha256_hex = hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !is_sha256_hex {
+        return None;
+    }
+    chunk_store::repo_files::resolve(mirror, &format!("targets/{path}"))
 }
 
 #[cfg(test)]

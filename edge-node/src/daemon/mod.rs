@@ -432,6 +432,17 @@ impl Daemon {
                     }
                 }
             }
+            let roles = [trusted.targets("targets"), trusted.targets(rollouts_role::ROLE)];
+            for target in roles.into_iter().flatten().flat_map(|role| role.targets.values()) {
+                if protocol::seal::sealed_target_path(&target.path).is_none() {
+                    continue;
+                }
+                let Some(name) = tuf_sync::target_file_name(target) else { continue };
+                let held = chunk_store::repo_files::read(&self.dirs.mirror, &name, target.length);
+                if held.is_some_and(|bytes| target.verify(&bytes).is_ok()) {
+                    self.device.publish_target(target.path.clone(), (name, target.length));
+                }
+            }
             for target in trusted.targets(rollouts_role::ROLE).into_iter().flat_map(|role| role.targets.values()) {
                 let Some(name) = tuf_sync::target_file_name(target) else { continue };
                 if let Some(bytes) = chunk_store::repo_files::read(&self.dirs.mirror, &name, target.length) {
@@ -463,9 +474,7 @@ impl Daemon {
         let Some(releases::Registered { id, spec, mirror_file }) = self.releases.add(target_path, manifest) else {
             return;
         };
-        if let Ok(mut targets) = self.device.targets.write() {
-            targets.insert(target_path.to_string(), mirror_file);
-        }
+        self.device.publish_target(target_path.to_string(), mirror_file);
         let now = self.now();
         self.scheduler.handle_release(now, id, spec);
     }
@@ -473,9 +482,7 @@ impl Daemon {
     /// Makes a verified rollout policy the current one for its release: devices fetch it
     /// through the device service by its target path.
     fn register_policy(&mut self, policy: tuf_sync::FoundPolicy) {
-        if let Ok(mut targets) = self.device.targets.write() {
-            targets.insert(policy.target_path.clone(), policy.mirror_file.clone());
-        }
+        self.device.publish_target(policy.target_path.clone(), policy.mirror_file.clone());
         if let Ok(mut guards) = self.device.rollouts.lock() {
             guards.handle_policy(&policy.bytes);
         }

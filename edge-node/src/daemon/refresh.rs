@@ -18,7 +18,7 @@ use mesh::NetworkClient;
 /// What a finished refresh reports to the main loop.
 pub(super) struct RefreshOutcome {
     /// New releases and rollout policies, or why the refresh failed.
-    result: Result<(Vec<tuf_sync::FoundRelease>, Vec<tuf_sync::FoundPolicy>)>,
+    result: Result<(Vec<tuf_sync::FoundRelease>, Vec<tuf_sync::FoundPolicy>, Vec<tuf_sync::FoundSeal>)>,
     /// How each peer asked answered.
     sources: SourceOutcomes,
     /// The pinned root after the refresh (it may have rotated) and the trusted timestamp
@@ -65,6 +65,7 @@ impl Daemon {
         let announced = self.announced.take().map(|(_, bytes)| bytes);
         let known = self.releases.target_paths();
         let known_policies: HashSet<String> = self.policies.values().map(|(file, _)| file.clone()).collect();
+        let known_seals: HashSet<String> = self.device.known_target_files();
         tokio::spawn(async move {
             let mut outcomes = SourceOutcomes::default();
             let result = async {
@@ -90,7 +91,16 @@ impl Daemon {
                     &mut outcomes,
                 )
                 .await;
-                Ok(((found, policies), trusted.timestamp().map_or(0, |t| t.common.version)))
+                let seals = tuf_sync::new_seals(
+                    &client,
+                    &sources,
+                    &dirs,
+                    &trusted,
+                    &|file| known_seals.contains(file),
+                    &mut outcomes,
+                )
+                .await;
+                Ok(((found, policies, seals), trusted.timestamp().map_or(0, |t| t.common.version)))
             }
             .await;
             let root = dirs.trusted.read_root(protocol::tuf::Config::default().root_max_length).ok();
@@ -156,7 +166,7 @@ impl Daemon {
             self.pinned_root = root;
         }
         match result {
-            Ok((found, policies)) => {
+            Ok((found, policies, seals)) => {
                 self.refresh_failures = 0;
                 self.trusted_timestamp_version = self.trusted_timestamp_version.max(timestamp_version);
                 if self.announced.as_ref().is_some_and(|(v, _)| *v <= self.trusted_timestamp_version) {
@@ -167,6 +177,9 @@ impl Daemon {
                 }
                 for policy in policies {
                     self.register_policy(policy);
+                }
+                for seal in seals {
+                    self.device.publish_target(seal.target_path, seal.mirror_file);
                 }
                 if std::mem::take(&mut self.refresh_again) {
                     self.start_refresh();

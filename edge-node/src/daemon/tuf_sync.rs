@@ -356,6 +356,48 @@ pub async fn new_policies(
         .collect()
 }
 
+/// A seal (`protocol::seal`) named by verified metadata: relayed to microcontrollers as it
+/// is (they check its signatures), its bytes checked against the signed hash like any target.
+#[derive(Debug, Clone)]
+pub struct FoundSeal {
+    /// TUF target path, `releases/NAME/VERSION.manifest.sig` or `rollouts/NAME.policy.sig`.
+    pub target_path: String,
+    /// Its consistent-snapshot file name in the mirror, and its length.
+    pub mirror_file: (String, u64),
+}
+
+/// Seals of releases and policies named by `trusted` (the targets and rollouts roles) whose
+/// current version (by file name) is not in `known`.
+pub async fn new_seals(
+    client: &NetworkClient,
+    sources: &[PeerId],
+    dirs: &TufDirs,
+    trusted: &TrustedMetadataSet,
+    known: &(dyn Fn(&str) -> bool + Sync),
+    outcomes: &mut SourceOutcomes,
+) -> Vec<FoundSeal> {
+    let roles = [trusted.targets("targets"), trusted.targets(rollouts_role::ROLE)];
+    let wanted = roles.into_iter().flatten().flat_map(|role| role.targets.values()).filter(|t| {
+        protocol::seal::sealed_target_path(&t.path).is_some() && !target_file_name(t).is_some_and(|n| known(&n))
+    });
+    let bounded = |bytes: &[u8]| {
+        if bytes.len() > protocol::seal::MAX_SEAL_BYTES {
+            return Err(anyhow!("seal longer than any device reads"));
+        }
+        Ok(())
+    };
+    fetch_targets(client, sources, dirs, wanted, bounded, outcomes)
+        .await
+        .into_iter()
+        .filter_map(|(target, _)| {
+            Some(FoundSeal {
+                target_path: target.path.clone(),
+                mirror_file: (target_file_name(target)?, target.length),
+            })
+        })
+        .collect()
+}
+
 /// Target files from the mirror or from peers (the next one when a body fails
 /// verification, its sender marked), verified against their signed hashes and `check`,
 /// and written to the mirror. Targets no peer has yet are left for the next refresh.

@@ -65,7 +65,7 @@ struct Edge {
 struct Device {
     dir: PathBuf,
     site: usize,
-    _proc: Proc,
+    proc: Proc,
 }
 
 /// The release whose health check fails on every device.
@@ -154,11 +154,14 @@ fn run_in(config: &DemoConfig, dir: &Path, seeder: &Path, edge_bin: &Path, devic
         s.state == "committed" && s.version == "2.0.0"
     })?;
     let v2_time = v2_started.elapsed();
-    // The last wave's reports reach the origin a moment after the devices commit.
-    wait_until("the v2 rollout to complete", PHASE_TIMEOUT, || {
+    // The last wave's reports reach the origin a moment after the devices commit, and the
+    // controller may complete the rollout (its last gate passed) before every one has: the
+    // summary waits for all of them.
+    wait_until("the v2 rollout to complete with every device's report counted", PHASE_TIMEOUT, || {
         v2_rollout.poll();
-        v2_rollout.state() == "complete"
-    })?;
+        v2_rollout.state() == "complete" && v2_rollout.committed() == devices.len() as u64
+    })
+    .with_context(|| format!("the rollout as last seen: {:?}", v2_rollout.seen()))?;
     let v2_line = v2_rollout.finish();
     let after_v2 = edge_counters(&edges);
     let v2_statuses: Vec<DeviceStatus> = devices.iter().map(|d| read_status(&d.dir)).collect();
@@ -261,7 +264,7 @@ fn start_device(bin: &Path, dir: &Path, repo: &Path, edges: &[String], site: usi
     std::fs::write(&path, config)?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("device").to_string();
     let proc = procs::spawn(&name, bin, &strings(&["run", "--config", path.to_str().context("path")?]))?;
-    Ok(Device { dir: dir.into(), site, _proc: proc })
+    Ok(Device { dir: dir.into(), site, proc })
 }
 
 /// Enrolls every device (its key from its first status report) in one bulk file.
@@ -450,7 +453,9 @@ fn wait_devices_then(
                 .iter()
                 .zip(devices)
                 .filter(|(s, _)| !done(s))
-                .map(|(s, d)| format!("{}: {} {} {:?}", d.dir.display(), s.state, s.version, s.error))
+                .map(|(s, d)| {
+                    format!("{}: {} {} {:?}\n{}", d.dir.display(), s.state, s.version, s.error, d.proc.tail(40))
+                })
                 .collect();
             bail!("{phase} did not finish within {timeout:?}; not done:\n{}", stuck.join("\n"));
         }

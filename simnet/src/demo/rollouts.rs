@@ -100,6 +100,16 @@ impl Watch {
         &self.line.state
     }
 
+    /// What was seen so far.
+    pub fn seen(&self) -> &RolloutLine {
+        &self.line
+    }
+
+    /// Devices counted as committed, over all waves.
+    pub fn committed(&self) -> u64 {
+        self.line.waves.iter().map(|w| w.committed).sum()
+    }
+
     /// A last look, and what was seen.
     pub fn finish(mut self) -> RolloutLine {
         self.poll();

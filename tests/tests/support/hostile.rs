@@ -306,6 +306,11 @@ struct RepoBackend {
 impl RepoBackend {
     /// `targets/DIR/<sha256>.BASE` for the target path `DIR/BASE` (consistent snapshots).
     fn target_file(&self, path: &str) -> Option<PathBuf> {
+        // Asked by content name (what devices ask for): the file itself.
+        let by_content = self.root.join("targets").join(path);
+        if by_content.is_file() {
+            return Some(by_content);
+        }
         let (dir, base) = path.rsplit_once('/').unwrap_or(("", path));
         std::fs::read_dir(self.root.join("targets").join(dir)).ok()?.flatten().map(|e| e.path()).find(|p| {
             p.file_name().and_then(|n| n.to_str()).and_then(protocol::tuf::naming::split_hashed_file_name).is_some_and(
