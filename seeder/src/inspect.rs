@@ -40,6 +40,8 @@ pub struct ReleaseInfo {
     pub chunks: u64,
     /// Stored bytes of all its chunks.
     pub stored_bytes: u64,
+    /// Whether the release has a seal for microcontrollers (`….manifest.sig`).
+    pub mcu_seal: bool,
 }
 
 /// A role that expires soon: what clients will refuse, when, and what renews it.
@@ -123,6 +125,10 @@ pub fn run(repo: &Repo, now: i64, warn_within_secs: i64) -> Result<InspectReport
     let mut releases = Vec::new();
     if let Some(targets) = current.targets["targets"].as_object() {
         for (path, entry) in targets {
+            // Seals belong to what they seal (`mcu_seal` below).
+            if protocol::seal::sealed_target_path(path).is_some() {
+                continue;
+            }
             // A target another tool published (no valid release metadata) is listed by path.
             let release = ReleaseTarget::from_custom(entry.get("custom")).ok();
             let text = |field: fn(&ReleaseTarget) -> &String| release.as_ref().map_or("?".into(), |r| field(r).clone());
@@ -135,6 +141,7 @@ pub fn run(repo: &Repo, now: i64, warn_within_secs: i64) -> Result<InspectReport
                 image_bytes: release.as_ref().map_or(0, |r| r.image_length),
                 chunks: release.as_ref().map_or(0, |r| r.chunk_count),
                 stored_bytes: release.as_ref().map_or(0, |r| r.stored_bytes),
+                mcu_seal: targets.contains_key(&crate::mcu_trust::seal_path(path)),
             });
         }
     }

@@ -67,6 +67,13 @@ pub fn run(repo: &Repo, root_file: Option<&Path>, now: i64) -> Result<VerifyRepo
         Err(e) => report.problem(repo.metadata_dir(), format!("{e:#}")),
         Ok(verified) => {
             report.metadata_files = verified.files.len();
+            let anchors = match crate::mcu_trust::chain(repo) {
+                Ok(chain) => chain.into_iter().map(|(anchor, _)| anchor).collect(),
+                Err(e) => {
+                    report.problem(crate::mcu_trust::chain_dir(repo), format!("{e:#}"));
+                    Vec::new()
+                }
+            };
             for target in verified.targets() {
                 let Some(sha256) = target.hashes.get("sha256") else {
                     report.problem(&target.path, "target has no sha256 hash");
@@ -74,6 +81,10 @@ pub fn run(repo: &Repo, root_file: Option<&Path>, now: i64) -> Result<VerifyRepo
                 };
                 let path = repo.target_file_path(&target.path, sha256);
                 referenced_targets.insert(path.clone());
+                if let Some(sealed) = protocol::seal::sealed_target_path(&target.path) {
+                    check_seal(repo, &verified, "targets", (&target.path, sealed), &anchors, &mut report);
+                    continue;
+                }
                 let bytes = match verified.read_target(repo, "targets", &target.path) {
                     Ok(Some(bytes)) => bytes,
                     Ok(None) => continue,
@@ -109,6 +120,10 @@ pub fn run(repo: &Repo, root_file: Option<&Path>, now: i64) -> Result<VerifyRepo
                 if let Some(sha256) = policy.hashes.get("sha256") {
                     referenced_targets.insert(repo.target_file_path(&policy.path, sha256));
                 }
+                if let Some(sealed) = protocol::seal::sealed_target_path(&policy.path) {
+                    check_seal(repo, &verified, rollouts_role::ROLE, (&policy.path, sealed), &anchors, &mut report);
+                    continue;
+                }
                 let path = repo.targets_dir().join(&policy.path);
                 match verified.read_target(repo, rollouts_role::ROLE, &policy.path) {
                     Ok(Some(bytes)) => {
@@ -127,6 +142,32 @@ pub fn run(repo: &Repo, root_file: Option<&Path>, now: i64) -> Result<VerifyRepo
     check_chunk_store(repo, &referenced_chunks, &mut report);
     report.ok = report.problems.is_empty();
     Ok(report)
+}
+
+/// A seal (`protocol::seal`) must open, for the file it seals, under some anchor of the
+/// repository's MCU trust chain: the one current when it was made.
+fn check_seal(
+    repo: &Repo,
+    verified: &trusted::Verified,
+    role: &str,
+    (seal_path, sealed_path): (&str, &str),
+    anchors: &[protocol::seal::TrustAnchor],
+    report: &mut VerifyReport,
+) {
+    let path = repo.targets_dir().join(seal_path);
+    let kind =
+        if role == rollouts_role::ROLE { protocol::seal::SealKind::Policy } else { protocol::seal::SealKind::Manifest };
+    let (seal, sealed) =
+        match (verified.read_target(repo, role, seal_path), verified.read_target(repo, role, sealed_path)) {
+            (Ok(Some(seal)), Ok(Some(sealed))) => (seal, sealed),
+            (Ok(_), Ok(None)) => return report.problem(&path, format!("seals {sealed_path}, which is not published")),
+            (Err(e), _) | (_, Err(e)) => return report.problem(&path, format!("{e:#}")),
+            (Ok(None), _) => return,
+        };
+    let opened = anchors.iter().rev().find_map(|anchor| protocol::seal::open(anchor, &seal, kind, &sealed).ok());
+    if opened.is_none() {
+        report.problem(&path, format!("the seal of {sealed_path} opens under no anchor of the MCU trust chain"));
+    }
 }
 
 /// Every versioned metadata file, referenced or not, must be well-formed and signed by a

@@ -124,6 +124,9 @@ fn a_device_pinned_before_a_targets_key_rotation_follows_it_through_the_next_rel
     let (old_manifest, old_seal) = repo.manifest_and_seal("1.0.0");
     assert!(open(&pinned, &old_seal, SealKind::Manifest, &old_manifest).is_ok());
     assert_eq!(open(&rotated, &old_seal, SealKind::Manifest, &old_manifest), Err(SealError::Threshold));
+    // `seeder verify` opens every seal under the chain's anchor of its time.
+    let verified = seeder(&["verify", "--repo", repo.path()]);
+    assert_eq!(verified["ok"], true, "{verified}");
 }
 
 #[test]
@@ -152,4 +155,6 @@ fn rollout_policies_are_sealed_by_the_rollouts_key_that_the_chain_introduces() {
     let seal = repo.target("rollouts", "rollouts/gw.policy.sig");
     assert!(open(&with_rollouts, &seal, SealKind::Policy, &paused).is_ok());
     assert_eq!(open(&with_rollouts, &seal, SealKind::Policy, &policy), Err(SealError::WrongSubject));
+    let verified = seeder(&["verify", "--repo", repo.path()]);
+    assert_eq!(verified["ok"], true, "{verified}");
 }
