@@ -50,6 +50,18 @@ pub fn decode(text: &str) -> Result<alloc::vec::Vec<u8>, HexError> {
     bytes.chunks_exact(2).map(|pair| Ok(digit(pair[0])? << 4 | digit(pair[1])?)).collect()
 }
 
+/// Writes `bytes` as lowercase hex into `out` (no allocation); `None` if `out` is shorter
+/// than twice `bytes`. Returns the digits written.
+pub fn encode_into<'o>(bytes: &[u8], out: &'o mut [u8]) -> Option<&'o str> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let out = out.get_mut(..2 * bytes.len())?;
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[(b >> 4) as usize];
+        pair[1] = DIGITS[(b & 15) as usize];
+    }
+    core::str::from_utf8(out).ok()
+}
+
 /// Writes `bytes` as lowercase hex to a formatter (no allocation).
 pub fn write(f: &mut core::fmt::Formatter<'_>, bytes: &[u8]) -> core::fmt::Result {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -9,7 +9,11 @@
 //! Non-goals: sockets, timers, files, verification of chunk bytes (the codec does that; the
 //! driver only reports what verified), and the install lifecycle (`crate::install::Engine`).
 //!
-//! Heap: [`edges`] (ranking, penalties), [`release`] (release choice) and the pure rules of
+//! [`sealed`] is the MCU's way to a release without TUF: the rollout policy and the manifest
+//! from their seals (`crate::seal`), each fetched by content name and checked before the
+//! next request.
+//!
+//! Heap: [`edges`] (ranking, penalties), [`release`] (release choice), [`sealed`] and the pure rules of
 //! [`fetch`] (batch limits, hedge delay, busy backoff, stall limit) use no heap and build
 //! for an MCU. [`fetch::FetchPlan`] (the queue of chunks and the connections' batches) and
 //! [`metadata`] (which edges a TUF refresh asks; its verdicts classify TUF errors) need
@@ -20,6 +24,7 @@ pub mod fetch;
 #[cfg(feature = "alloc")]
 pub mod metadata;
 pub mod release;
+pub mod sealed;
 
 pub use edges::EdgeRecord;
 pub use fetch::FetchConfig;

@@ -93,6 +93,55 @@ pub fn sealed_target_path(path: &str) -> Option<&str> {
     (is_manifest || is_policy).then_some(sealed)
 }
 
+/// A file's content name, `dir/<sha256 hex>.name` (the consistent-snapshot path that
+/// `tuf::hashed_target_path` spells on hosts), written into `out` without a heap: an MCU
+/// asks an edge for exactly the bytes a seal names, so a file re-signed meanwhile cannot be
+/// mistaken for a lie. `None` if `out` is too short.
+pub fn content_name<'o>(target_path: &str, sha256: &[u8; 32], out: &'o mut [u8]) -> Option<&'o str> {
+    let (dir, base) = match target_path.rsplit_once('/') {
+        Some((dir, base)) => (dir, base),
+        None => ("", target_path),
+    };
+    let dir_len = if dir.is_empty() { 0 } else { dir.len() + 1 };
+    let total = dir_len + 64 + 1 + base.len();
+    let out = out.get_mut(..total)?;
+    if !dir.is_empty() {
+        out[..dir.len()].copy_from_slice(dir.as_bytes());
+        out[dir.len()] = b'/';
+    }
+    crate::hex::encode_into(sha256, &mut out[dir_len..dir_len + 64])?;
+    out[dir_len + 64] = b'.';
+    out[dir_len + 65..].copy_from_slice(base.as_bytes());
+    core::str::from_utf8(out).ok()
+}
+
+/// What a seal says it seals, read without checking any signature: so a device can ask for
+/// the file by its content name (see [`content_name`]) before it verifies anything. Nothing
+/// here is trusted until [`open`] succeeds on the bytes that come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimedSubject {
+    /// The kind byte, if it is a known kind.
+    pub kind: Option<SealKind>,
+    /// The sealed file's length.
+    pub len: u32,
+    /// Its sha256.
+    pub sha256: [u8; 32],
+}
+
+/// The subject a seal claims (its header only; see [`ClaimedSubject`]).
+pub fn claimed_subject(seal: &[u8]) -> Result<ClaimedSubject, SealError> {
+    let mut r = Reader::new(seal);
+    if r.array::<4>("magic")? != SEAL_MAGIC || r.u8("format")? != FORMAT_VERSION {
+        return Err(SealError::BadMagic);
+    }
+    let kind = match r.u8("kind")? {
+        1 => Some(SealKind::Manifest),
+        2 => Some(SealKind::Policy),
+        _ => None,
+    };
+    Ok(ClaimedSubject { kind, len: r.u32("subject length")?, sha256: r.array("subject sha256")? })
+}
+
 /// What a seal vouches for, and so which key set must have signed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SealKind {

@@ -30,6 +30,23 @@ fn seal_paths_name_a_manifest_or_a_policy() {
 }
 
 #[test]
+fn a_content_name_is_the_consistent_snapshot_path_and_a_seal_names_its_subject() {
+    let a = key(1);
+    let sealed = seal(SealKind::Policy, b"policy bytes", &[], &[&a]).unwrap();
+    let claimed = claimed_subject(&sealed).unwrap();
+    let sha256: [u8; 32] = Sha256::digest(b"policy bytes").into();
+    assert_eq!(claimed, ClaimedSubject { kind: Some(SealKind::Policy), len: 12, sha256 });
+    let mut buffer = [0u8; 128];
+    let name = content_name("rollouts/gw.policy", &sha256, &mut buffer).unwrap();
+    assert_eq!(name, crate::tuf::hashed_target_path("rollouts/gw.policy", &crate::hex::encode(&sha256)));
+    let name = content_name("top", &sha256, &mut buffer).unwrap();
+    assert_eq!(name, crate::tuf::hashed_target_path("top", &crate::hex::encode(&sha256)));
+    assert_eq!(content_name("rollouts/gw.policy", &sha256, &mut [0u8; 80]), None);
+    assert_eq!(claimed_subject(&sealed[..20]), Err(SealError::Truncated));
+    assert_eq!(claimed_subject(b"OTTA\x01........................................"), Err(SealError::BadMagic));
+}
+
+#[test]
 fn an_anchor_round_trips_and_refuses_bad_key_sets() {
     let (a, b, r) = (key(1), key(2), key(3));
     let pinned = anchor(7, 2, &[&a, &b], &[&r]);
