@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::netns::NetPair;
-use support::{random_bytes, run_to_exit, seeder};
+use support::netns::{in_netns, NetPair};
+use support::{eventually, random_bytes, run_to_exit, seeder};
 
 /// The kernel's side of the TAP link, where the edge node's device service listens.
 const TAP_HOST_IP: &str = "10.78.0.1";
@@ -71,11 +71,11 @@ fn an_mcu_on_a_tap_device_finds_and_verifies_the_release_its_sealed_policy_names
         "--hw-class", "imx8", "--security-counter", "2", "--chunking", "fixed:4K", "--compress", "none",
     ]);
     seeder(&["rollout", "start", "--repo", &repo, "gw", "2.0.0", "--waves", "100"]);
-    edge.proc
-        .wait_line("the rollout policy at the edge", Duration::from_secs(60), |l| {
-            l.contains("new rollout policy").then_some(())
-        })
-        .unwrap();
+    // Served once registered (its seal in the same refresh): the edge's status lists it.
+    eventually("the rollout policy at the edge", Duration::from_secs(60), || {
+        let status = in_netns(&net.edge, || edge.status())?;
+        status["rollouts"].as_array()?.iter().any(|r| r["rollout"] == "gw-2.0.0").then_some(())
+    });
 
     let edge_addr = format!("{TAP_HOST_IP}:{}", edge.device_tcp.port());
     let args: Vec<String> = [
