@@ -1,0 +1,26 @@
+//! otamesh's MCU update agent (issue 12): the flash and bootloader foundation.
+//!
+//! - [`layout`]: the flash map as checked data (bootloader state, active, DFU, agent).
+//! - [`agent_store`]: the agent's record, trust anchor and chunk progress, power-cut safe.
+//! - [`progress`]: the chunk bitmap's in-memory view.
+//! - [`boot`]: embassy-boot partitions and the bootloader step over the layout.
+//! - `file_flash` (feature `std`): a strict file-backed NOR flash with power-cut injection,
+//!   for host tests and the `mcu-bootloader` binary.
+//!
+//! The library is `no_std` and picks no embassy-time driver or tick rate: the final binary
+//! (board firmware or host tool) does.
+
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(missing_docs)]
+
+pub mod agent_store;
+pub mod boot;
+pub mod layout;
+pub mod progress;
+
+#[cfg(feature = "std")]
+pub mod file_flash;
+
+/// The flash [`layout::HOST`] describes: 4-byte writes, 4 KiB sectors.
+#[cfg(feature = "std")]
+pub type HostFlash = file_flash::FileFlash<4, 4096>;
