@@ -24,7 +24,9 @@ use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashEr
 pub enum CutMode {
     /// Nothing: the operation never started.
     Clean,
-    /// Its first half: a write that stopped midway, or an erase that reached half the range.
+    /// Its first half, in whole write units (a write) or whole sectors (an erase): a write
+    /// or a multi-sector erase that stopped midway. A single unit is all or nothing, as the
+    /// bootloader's progress words assume of real flash.
     Torn,
 }
 
@@ -63,6 +65,7 @@ pub struct FileFlash<const WRITE: usize, const ERASE: usize> {
     image: Vec<u8>,
     fsync: bool,
     ops: u64,
+    erases: u64,
     cut: Option<(u64, CutMode)>,
     off: bool,
 }
@@ -90,7 +93,7 @@ impl<const WRITE: usize, const ERASE: usize> FileFlash<WRITE, ERASE> {
         if fsync {
             file.sync_all()?;
         }
-        Ok(FileFlash { file, image, fsync, ops: 0, cut: None, off: false })
+        Ok(FileFlash { file, image, fsync, ops: 0, erases: 0, cut: None, off: false })
     }
 
     /// After `ops` more erase/write operations, the next one meets a power cut.
@@ -101,6 +104,11 @@ impl<const WRITE: usize, const ERASE: usize> FileFlash<WRITE, ERASE> {
     /// Erase and write operations performed (applied or refused) since open.
     pub fn ops(&self) -> u64 {
         self.ops
+    }
+
+    /// Erase operations that started (applied in full or in part) since open.
+    pub fn erases(&self) -> u64 {
+        self.erases
     }
 
     /// Whether a power cut has happened.
@@ -186,8 +194,9 @@ impl<const WRITE: usize, const ERASE: usize> NorFlash for FileFlash<WRITE, ERASE
         let end = match self.power()? {
             None => range.end,
             Some(CutMode::Clean) => return Err(FileFlashError::PowerCut),
-            Some(CutMode::Torn) => range.start + range.len() / 2,
+            Some(CutMode::Torn) => range.start + range.len() / ERASE / 2 * ERASE,
         };
+        self.erases += 1;
         self.image[range.start..end].fill(0xFF);
         self.persist(range.start..end)?;
         if self.off {
@@ -212,7 +221,7 @@ impl<const WRITE: usize, const ERASE: usize> NorFlash for FileFlash<WRITE, ERASE
         let end = match self.power()? {
             None => range.end,
             Some(CutMode::Clean) => return Err(FileFlashError::PowerCut),
-            Some(CutMode::Torn) => range.start + bytes.len() / 2,
+            Some(CutMode::Torn) => range.start + bytes.len() / WRITE / 2 * WRITE,
         };
         self.image[range.start..end].copy_from_slice(&bytes[..end - range.start]);
         self.persist(range.start..end)?;
