@@ -216,7 +216,7 @@ impl<const WRITE: usize, const ERASE: usize> NorFlash for FileFlash<WRITE, ERASE
         // Checked before power is counted: a refused write is a bug, not a flash operation.
         let current = &self.image[range.clone()];
         if let Some(i) = current.iter().zip(bytes).position(|(old, new)| new & !old != 0) {
-            return Err(FileFlashError::SetsBits { offset: offset + i as u32 });
+            return Err(FileFlashError::SetsBits { offset: offset.saturating_add(i as u32) });
         }
         let end = match self.power()? {
             None => range.end,

@@ -166,11 +166,11 @@ impl FlashLayout {
             }
             i += 1;
         }
-        if self.dfu.size_bytes < self.active.size_bytes + erase {
+        // u64 here and below: a huge ACTIVE must not wrap around and pass.
+        if (self.dfu.size_bytes as u64) < self.active.size_bytes as u64 + erase as u64 {
             return Err(LayoutError::DfuTooSmall);
         }
         let active_pages = self.active.size_bytes / erase;
-        // u64: a huge ACTIVE must not wrap around and pass.
         if (2 + 4 * active_pages as u64) * write as u64 > self.bootloader_state.size_bytes as u64 {
             return Err(LayoutError::StateTooSmall);
         }
