@@ -123,11 +123,11 @@ impl<F: NorFlash> AgentStore<F> {
         let capacity = flash.capacity();
         let slot_bytes = capacity / 2;
         if write == 0
-            || ALIGN % write != 0
+            || !ALIGN.is_multiple_of(write)
             || F::READ_SIZE == 0
             || write % F::READ_SIZE != 0
-            || capacity % 2 != 0
-            || slot_bytes % F::ERASE_SIZE != 0
+            || !capacity.is_multiple_of(2)
+            || !slot_bytes.is_multiple_of(F::ERASE_SIZE)
             || slot_bytes < SLOT_BYTES
             || u32::try_from(capacity).is_err()
         {

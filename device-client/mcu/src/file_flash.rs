@@ -74,7 +74,7 @@ impl<const WRITE: usize, const ERASE: usize> FileFlash<WRITE, ERASE> {
     /// Opens `path`, creating an erased (all 0xFF) flash of `size_bytes` if it does not exist.
     /// An existing file must be exactly `size_bytes` long.
     pub fn open(path: &Path, size_bytes: usize, fsync: bool) -> io::Result<Self> {
-        if size_bytes % ERASE != 0 || ERASE % WRITE != 0 {
+        if !size_bytes.is_multiple_of(ERASE) || !ERASE.is_multiple_of(WRITE) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "flash size not a multiple of the erase size"));
         }
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
@@ -210,7 +210,7 @@ impl<const WRITE: usize, const ERASE: usize> NorFlash for FileFlash<WRITE, ERASE
             return Err(FileFlashError::PowerCut);
         }
         let range = self.range(offset, bytes.len())?;
-        if range.start % WRITE != 0 || bytes.len() % WRITE != 0 {
+        if range.start % WRITE != 0 || !bytes.len().is_multiple_of(WRITE) {
             return Err(FileFlashError::NotAligned);
         }
         // Checked before power is counted: a refused write is a bug, not a flash operation.

@@ -134,11 +134,12 @@ impl FlashLayout {
         if erase == 0 {
             return Err(LayoutError::EraseSize);
         }
-        if write == 0 || write > MAX_WRITE_SIZE || erase % write != 0 || MAX_WRITE_SIZE % write != 0 {
+        if write == 0 || write > MAX_WRITE_SIZE || !erase.is_multiple_of(write) || !MAX_WRITE_SIZE.is_multiple_of(write)
+        {
             return Err(LayoutError::WriteSize);
         }
         let buf = self.boot_buffer_bytes;
-        if buf == 0 || buf % write != 0 || erase % buf != 0 {
+        if buf == 0 || !buf.is_multiple_of(write) || !erase.is_multiple_of(buf) {
             return Err(LayoutError::BootBuffer);
         }
         let parts = self.partitions();
@@ -175,7 +176,7 @@ impl FlashLayout {
             return Err(LayoutError::StateTooSmall);
         }
         let slot = self.agent_slot_bytes();
-        if self.agent.size_bytes % 2 != 0 || slot % erase != 0 || (slot as usize) < SLOT_BYTES {
+        if !self.agent.size_bytes.is_multiple_of(2) || !slot.is_multiple_of(erase) || (slot as usize) < SLOT_BYTES {
             return Err(LayoutError::AgentTooSmall);
         }
         Ok(())
@@ -187,7 +188,7 @@ impl FlashLayout {
         self.check()?;
         if F::WRITE_SIZE as u32 != self.write_size_bytes
             || F::ERASE_SIZE as u32 != self.erase_size_bytes
-            || self.erase_size_bytes % F::READ_SIZE as u32 != 0
+            || !self.erase_size_bytes.is_multiple_of(F::READ_SIZE as u32)
             || (flash.capacity() as u64) < self.flash_size_bytes as u64
         {
             return Err(LayoutError::FlashMismatch);

@@ -33,7 +33,6 @@ fn round_trip_survives_restart_and_alternates_slots() {
         let (mut store, loaded) = open(&flash);
         assert_eq!(loaded, n.checked_sub(1).map(state));
         store.save(&state(n)).unwrap();
-        drop(store);
         // Both slots are used: after two saves both hold a valid state.
         let (_, again) = open(&flash);
         assert_eq!(again, Some(state(n)));
@@ -50,7 +49,6 @@ fn cut_save(t: &TempFlash, history: &[AgentState], new: &AgentState, k: u64, mod
     }
     with_flash(&flash, |f| f.cut_power_after(k, mode));
     let finished = store.save(new).is_ok();
-    drop(store);
     drop(flash);
     let flash = t.open();
     let (_, loaded) = open(&flash);
@@ -98,7 +96,6 @@ fn chunk_marks_survive_restart_and_need_no_erase() {
     assert_eq!(erases_after, erases, "marking a chunk must not erase");
     assert_eq!(ops_after - ops, 3);
     assert_eq!(store.mark_chunk(&mut s, 41), Err(StoreError::Chunk(ChunkOutOfRange { index: 41, limit: 41 })));
-    drop(store);
     let (_, loaded) = open(&flash);
     assert_eq!(loaded, Some(s));
     assert!([1, 3, 39, 40, 5].iter().all(|&i| s.progress.is_done(i)));
@@ -116,7 +113,6 @@ fn power_cut_during_a_mark_loses_at_most_that_mark() {
         let before = s;
         with_flash(&flash, |f| f.cut_power_after(0, mode));
         assert!(store.mark_chunk(&mut s, 2).is_err());
-        drop(store);
         drop(flash);
         let flash = t.open();
         let (_, loaded) = open(&flash);
@@ -143,9 +139,8 @@ fn a_corrupt_newest_slot_falls_back_to_the_older() {
     let (mut store, _) = open(&flash);
     store.save(&state(1)).unwrap();
     store.save(&state(2)).unwrap(); // slot 1
-    drop(store);
-    // Clear one bit of slot 1's sequence number (a 1 -> 0 change NOR allows): the commit
-    // hash no longer matches.
+                                    // Clear one bit of slot 1's sequence number (a 1 -> 0 change NOR allows): the commit
+                                    // hash no longer matches.
     let at = HOST.agent.offset + HOST.agent_slot_bytes() + 8;
     with_flash(&flash, |f| {
         let mut word = [0u8; 4];

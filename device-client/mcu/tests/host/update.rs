@@ -13,7 +13,9 @@ use crate::common::{boot, flash_factory_image, image, read_partition, TempFlash}
 /// Runs `f` with the application's updater over `flash`.
 pub fn with_updater<R>(
     flash: &SharedFlash<HostFlash>,
-    f: impl FnOnce(&mut BlockingFirmwareUpdater<'_, otamesh_mcu::boot::Part<'_, HostFlash>, otamesh_mcu::boot::Part<'_, HostFlash>>) -> R,
+    f: impl FnOnce(
+        &mut BlockingFirmwareUpdater<'_, otamesh_mcu::boot::Part<'_, HostFlash>, otamesh_mcu::boot::Part<'_, HostFlash>>,
+    ) -> R,
 ) -> R {
     let parts = Partitions::new(&HOST, flash).expect("partitions");
     let mut word = AlignedBuffer([0u8; HOST.write_size_bytes as usize]);
