@@ -121,3 +121,29 @@ fn bootloader_binary_refuses_a_missing_file() {
     assert_eq!(run_bootloader_bin(&t).0, 2);
     assert!(!t.path.exists(), "a missing flash file is not created");
 }
+
+#[test]
+fn misfit_flash_or_buffer_is_an_error_not_a_panic() {
+    use otamesh_mcu::boot::{run_bootloader, BootStepError};
+    use otamesh_mcu::file_flash::FileFlash;
+    use otamesh_mcu::layout::LayoutError;
+
+    // 8-byte writes: the layout says 4, so embassy's partitions must not be built.
+    let t = TempFlash::new("update-misfit");
+    let other = FileFlash::<8, 4096>::open(&t.path, HOST.flash_size_bytes as usize, false).unwrap();
+    let other = embassy_sync::blocking_mutex::Mutex::new(std::cell::RefCell::new(other));
+    assert!(matches!(Partitions::new(&HOST, &other), Err(LayoutError::FlashMismatch)));
+    let mut buf = [0u8; HOST.boot_buffer_bytes as usize];
+    assert_eq!(run_bootloader(&HOST, &other, &mut buf), Err(BootStepError::Layout(LayoutError::FlashMismatch)));
+
+    // A buffer of the wrong length.
+    let t2 = TempFlash::new("update-misfit-buf");
+    let flash = t2.open();
+    let mut short = [0u8; 512];
+    assert_eq!(run_bootloader(&HOST, &flash, &mut short), Err(BootStepError::Layout(LayoutError::BootBuffer)));
+
+    // A broken layout.
+    let mut broken = HOST;
+    broken.dfu.size_bytes = broken.active.size_bytes;
+    assert_eq!(run_bootloader(&broken, &flash, &mut buf), Err(BootStepError::Layout(LayoutError::DfuTooSmall)));
+}
