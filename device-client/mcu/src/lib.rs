@@ -1,6 +1,34 @@
-//! otamesh's MCU update agent.
-#![cfg_attr(not(feature = "std"), no_std)]
+//! otamesh's MCU update agent (issue 12).
+//!
+//! - [`edge_link`]: one framed connection to an edge node's device service over any
+//!   `embedded-io-async` stream (embassy-net's `TcpSocket`), one buffer for both directions.
+//! - [`find`]: the release a sealed rollout policy names for this device
+//!   (`protocol::device::sealed`'s four checked requests).
+//! - [`download`]: every chunk the progress record lacks, verified before it is written.
+//! - [`layout`]: the flash map as checked data (bootloader state, active, DFU, agent).
+//! - [`agent_store`]: the agent's record, trust anchor and chunk progress, power-cut safe.
+//! - [`progress`]: the chunk bitmap's in-memory view.
+//! - [`boot`]: embassy-boot partitions and the bootloader step over the layout.
+//! - `file_flash` (feature `std`): a strict file-backed NOR flash with power-cut injection,
+//!   for host tests and the `mcu-bootloader` binary.
+//!
+//! The library is `no_std` and picks no embassy-time driver or tick rate: the final binary
+//! (board firmware or host tool) does.
 
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(missing_docs)]
+
+pub mod agent_store;
+pub mod boot;
 pub mod download;
 pub mod edge_link;
 pub mod find;
+pub mod layout;
+pub mod progress;
+
+#[cfg(feature = "std")]
+pub mod file_flash;
+
+/// The flash [`layout::HOST`] describes: 4-byte writes, 4 KiB sectors.
+#[cfg(feature = "std")]
+pub type HostFlash = file_flash::FileFlash<4, 4096>;
