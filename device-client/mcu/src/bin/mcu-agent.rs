@@ -84,10 +84,12 @@ async fn main(spawner: Spawner) {
         fail("--ip must be ADDRESS/PREFIX, e.g. 10.78.0.2/24")
     };
     let anchor_bytes = std::fs::read(&args.anchor).unwrap_or_else(|e| fail(&format!("cannot read the anchor: {e}")));
-    let anchor = TrustAnchor::decode(&anchor_bytes)
-        .unwrap_or_else(|e| fail(&format!("{} is not a trust anchor ({e}); write one with `seeder mcu anchor`", args.anchor.display())));
-    let device = TunTapDevice::new(&args.tap)
-        .unwrap_or_else(|e| fail(&format!("cannot open TAP device {}: {e} (create it and bring it up first)", args.tap)));
+    let anchor = TrustAnchor::decode(&anchor_bytes).unwrap_or_else(|e| {
+        fail(&format!("{} is not a trust anchor ({e}); write one with `seeder mcu anchor`", args.anchor.display()))
+    });
+    let device = TunTapDevice::new(&args.tap).unwrap_or_else(|e| {
+        fail(&format!("cannot open TAP device {}: {e} (create it and bring it up first)", args.tap))
+    });
     let config = Config::ipv4_static(StaticConfigV4 {
         address: Ipv4Cidr::new(ip, prefix),
         gateway: None,
@@ -95,7 +97,8 @@ async fn main(spawner: Spawner) {
     });
     let mut seed = [0u8; 8];
     std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed)).ok();
-    let (stack, runner) = embassy_net::new(device, config, RESOURCES.init(StackResources::new()), u64::from_le_bytes(seed));
+    let (stack, runner) =
+        embassy_net::new(device, config, RESOURCES.init(StackResources::new()), u64::from_le_bytes(seed));
     spawner.spawn(net_task(runner).unwrap_or_else(|_| fail("cannot start the network task")));
     stack.wait_config_up().await;
 
