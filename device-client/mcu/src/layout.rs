@@ -105,10 +105,27 @@ pub const HOST: FlashLayout = FlashLayout {
     agent: Partition { offset: 18 * 4096, size_bytes: 2 * 4096 },
 };
 
+/// The layout `mcu-agent` (the agent's host runs) uses: [`HOST`]'s geometry with room for a
+/// 256 KiB image.
+pub const HOST_DEVICE: FlashLayout = FlashLayout {
+    flash_size_bytes: 132 * 4096,
+    write_size_bytes: 4,
+    erase_size_bytes: 4096,
+    boot_buffer_bytes: 1024,
+    bootloader_state: Partition { offset: 0, size_bytes: 4096 },
+    active: Partition { offset: 4096, size_bytes: 64 * 4096 },
+    dfu: Partition { offset: 65 * 4096, size_bytes: 65 * 4096 },
+    agent: Partition { offset: 130 * 4096, size_bytes: 2 * 4096 },
+};
+
 // A broken built-in layout is a build error, not a boot-time surprise.
 const _: () = match HOST.check() {
     Ok(()) => (),
     Err(_) => panic!("layout::HOST breaks a layout rule"),
+};
+const _: () = match HOST_DEVICE.check() {
+    Ok(()) => (),
+    Err(_) => panic!("layout::HOST_DEVICE breaks a layout rule"),
 };
 
 impl FlashLayout {

@@ -1,5 +1,6 @@
 //! otamesh's MCU update agent (issue 12).
 //!
+//! - [`agent`]: the install engine driven over all of the below, one boot at a time.
 //! - [`edge_link`]: one framed connection to an edge node's device service over any
 //!   `embedded-io-async` stream (embassy-net's `TcpSocket`), one buffer for both directions.
 //! - [`find`]: the release a sealed rollout policy names for this device
@@ -18,6 +19,7 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod agent_store;
 pub mod boot;
 pub mod download;

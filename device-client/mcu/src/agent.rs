@@ -1,0 +1,415 @@
+//! The agent: `protocol::install::Engine` — the same engine as the Linux agent — driven over
+//! this crate's pieces, from one boot to the point where the device waits or must reset.
+//!
+//! [`run_once`] opens the agent store (record, pinned anchor, chunk progress), tells the
+//! engine what the bootloader booted (from embassy-boot's state), and carries out the
+//! engine's actions until it has nothing left to do now:
+//!
+//! - `FetchMetadata`: [`crate::find::find_release`] on each configured edge in turn, a lying
+//!   one skipped; a rotated anchor is persisted before the offer is acted on;
+//! - `AskGate` / `AskSwitch`: `protocol::rollout::Gate` over the verified policy;
+//! - `Download`: [`crate::download::download`] into DFU, erased once per release, chunk
+//!   progress in the store, so a reset resumes without fetching a verified chunk again;
+//! - `VerifyImage`: sha256 of the whole DFU image against the manifest before anything is
+//!   marked for the bootloader;
+//! - `ActivateSlot`: embassy-boot's `mark_updated`; `Reboot`: returned to the caller, who
+//!   resets (the bootloader then swaps);
+//! - `RunHealthChecks`: the caller's health hook; `Commit`: `mark_booted`. Without it, the
+//!   next reset makes embassy-boot revert.
+//!
+//! Slots: the engine's A/B are logical. embassy-boot always runs ACTIVE; the record's
+//! `active` names the committed image and its `inactive()` the one in DFU or on trial.
+//! After a reset, embassy's `Swap` state means the new image runs on trial (the bootloader
+//! runs at every reset, before the agent), `Revert` that it was rolled back. `Boot` during a
+//! trial is ambiguous (a reset between `mark_booted` and the record's commit, or a revert
+//! whose marker a power cut lost): it is read as a rollback, which at worst installs the
+//! release once more, never reports an image that is not running.
+
+use embassy_boot::{BlockingFirmwareUpdater, State as BootState};
+use embassy_time::Duration;
+use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
+use protocol::codec::ContentKey;
+use protocol::device::sealed::DeviceLimits;
+use protocol::install::{
+    Action, BootInfo, Engine, EngineConfig, ErrorCode, GateDecision, HealthOutcome, Label, Record, Release, Slot,
+    State,
+};
+use protocol::rollout::{EdgeHold, Gate};
+use protocol::seal::TrustAnchor;
+use sha2::{Digest, Sha256};
+
+use crate::agent_store::{AgentState, AgentStore, StoreError};
+use crate::boot::{Partitions, SharedFlash};
+use crate::download::{download, DownloadError, Progress, UpdateSlot};
+use crate::edge_link::EdgeLink;
+use crate::find::{find_release, FindBuffers, FindError, Found};
+use crate::layout::FlashLayout;
+use crate::progress::ChunkProgress;
+
+/// Connections to the configured edge nodes, in order of preference.
+#[allow(async_fn_in_trait)]
+pub trait Edges {
+    /// A connected byte stream (embassy-net's `TcpSocket` on the device).
+    type Stream<'s>: embedded_io_async::Read + embedded_io_async::Write
+    where
+        Self: 's;
+    /// How many edges are configured.
+    fn count(&self) -> usize;
+    /// Connects to edge `index`; `None` if it does not answer.
+    async fn connect(&mut self, index: usize) -> Option<Self::Stream<'_>>;
+}
+
+/// What the device is and what it may assume.
+pub struct AgentConfig<'a> {
+    /// Release name, hardware class and capacity.
+    pub limits: DeviceLimits<'a>,
+    /// The fleet content key (chunks are decrypted with it); `None` for plaintext releases.
+    pub content_key: Option<ContentKey>,
+    /// The device's public key: its place in a rollout's waves.
+    pub device_id: [u8; 32],
+    /// The anchor provisioned at the factory, used until the store holds one.
+    pub provisioned_anchor: TrustAnchor,
+    /// The version string of the factory image.
+    pub factory_version: &'a str,
+    /// Each request's timeout.
+    pub request_timeout: Duration,
+}
+
+/// The buffers one run needs, statically sized by the caller.
+pub struct AgentBuffers<'a> {
+    /// The edge link's frame buffer (a chunk answer, a seal, a manifest).
+    pub link: &'a mut [u8],
+    /// Seals, policy, manifest (see [`FindBuffers`]).
+    pub seal: &'a mut [u8],
+    /// The rollout policy.
+    pub policy: &'a mut [u8],
+    /// The manifest.
+    pub manifest: &'a mut [u8],
+    /// One stored chunk.
+    pub chunk: &'a mut [u8],
+}
+
+/// Where a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Nothing more to do now; the record's state says where the device stands.
+    Resting(State),
+    /// Reset the device: the bootloader swaps in the new image (or reverts to the old).
+    Reboot,
+}
+
+/// Why a run stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentError {
+    /// The layout does not fit the flash.
+    Layout,
+    /// A configured name does not fit the record (factory version, hardware class).
+    Config,
+    /// The agent store failed.
+    Store(StoreError),
+    /// embassy-boot's state could not be read or written.
+    Boot,
+}
+
+impl From<StoreError> for AgentError {
+    fn from(e: StoreError) -> Self {
+        AgentError::Store(e)
+    }
+}
+
+/// One boot's worth of work; see the module doc. `health` is the trial's check, `unix_now`
+/// the wall clock the rollout gate reads.
+pub async fn run_once<F: NorFlash, E: Edges>(
+    flash: &SharedFlash<F>,
+    layout: &FlashLayout,
+    config: &AgentConfig<'_>,
+    edges: &mut E,
+    buffers: AgentBuffers<'_>,
+    health: impl Fn() -> bool,
+    unix_now: impl Fn() -> i64,
+) -> Result<RunOutcome, AgentError> {
+    let parts = Partitions::new(layout, flash).map_err(|_| AgentError::Layout)?;
+    let (mut store, saved) = AgentStore::open(parts.agent.clone())?;
+    let mut state = match saved {
+        Some(state) => state,
+        None => {
+            let factory = Release::unknown(Label::new(config.factory_version).ok_or(AgentError::Config)?, 0);
+            AgentState {
+                record: Record::factory(Slot::A, factory),
+                anchor: Some(config.provisioned_anchor),
+                progress: ChunkProgress::none(),
+            }
+        }
+    };
+    let mut dfu = parts.dfu.clone();
+    let mut word = [0u8; 32];
+    let word = word.get_mut(..layout.write_size_bytes as usize).ok_or(AgentError::Layout)?;
+    let mut updater = BlockingFirmwareUpdater::new(parts.updater_config(), word);
+    let boot_state = updater.get_state().map_err(|_| AgentError::Boot)?;
+
+    let hw_class = Label::new(config.limits.hw_class).ok_or(AgentError::Config)?;
+    let mut engine = Engine::new(EngineConfig::new(hw_class), state.record);
+    let target = state.record.inactive();
+    let booted = match (&boot_state, state.record.state) {
+        (BootState::Swap, State::Installing | State::PendingReboot | State::Trial) => {
+            BootInfo { booted: target, pending: Some(target) }
+        }
+        _ => BootInfo { booted: state.record.active, pending: None },
+    };
+    let now = || protocol::time::Instant(embassy_time::Instant::now().as_micros());
+    engine.handle_boot(now(), booted);
+    if matches!(boot_state, BootState::Revert) {
+        // Acknowledge the revert so embassy-boot boots normally from now on.
+        updater.mark_booted().map_err(|_| AgentError::Boot)?;
+    }
+    if matches!(engine.state(), State::Idle | State::Committed | State::RolledBack) {
+        engine.handle_check(now());
+    }
+
+    let AgentBuffers { link: link_buffer, seal, policy, manifest, chunk } = buffers;
+    let mut find = FindBuffers { seal, policy, manifest };
+    let mut found: Option<(usize, usize, usize)> = None; // (edge, policy len, manifest len)
+    let gate = Gate::default();
+    while let Some(action) = engine.poll_action() {
+        match action {
+            Action::Persist => {
+                state.record = *engine.record();
+                store.save(&state)?;
+            }
+            Action::FetchMetadata => {
+                let anchor = state.anchor.unwrap_or(config.provisioned_anchor);
+                match find_on_edges(edges, config, &anchor, link_buffer, &mut find).await {
+                    Ok(release) => {
+                        if release.anchor.rotated {
+                            state.anchor = Some(release.anchor.anchor);
+                            store.save(&state)?;
+                        }
+                        found = Some((release.edge, release.policy_len, release.manifest_len));
+                        engine.handle_offer(now(), release.offer);
+                    }
+                    Err(FindError::Missing) => engine.handle_no_update(now()),
+                    Err(FindError::Sealed(_)) => engine.handle_check_failed(now(), ErrorCode::Verification),
+                    Err(FindError::Link(_)) => engine.handle_check_failed(now(), ErrorCode::Network),
+                }
+            }
+            Action::AskGate | Action::AskSwitch => {
+                let decision = match found.and_then(|(_, p, _)| PolicyBytes(&find.policy[..p]).view()) {
+                    Some(view) => {
+                        let verdict = if action == Action::AskGate {
+                            gate.download_decision(&view, &config.device_id, unix_now(), EdgeHold::None)
+                        } else {
+                            gate.switch_decision(&view, &config.device_id, "", unix_now(), EdgeHold::None)
+                        };
+                        gate.engine_decision(verdict, now(), unix_now())
+                    }
+                    // A resumed install whose policy this run has not fetched: the engine
+                    // asked only because the record says the gate already let it through.
+                    None => GateDecision::Proceed,
+                };
+                if action == Action::AskGate {
+                    engine.handle_gate(now(), decision);
+                } else {
+                    engine.handle_switch_gate(now(), decision);
+                }
+            }
+            Action::ResetProgress => state.progress = ChunkProgress::none(),
+            Action::Download { .. } => {
+                if found.is_none() {
+                    // Resuming after a reset: find the release again (the record names it).
+                    let anchor = state.anchor.unwrap_or(config.provisioned_anchor);
+                    if let Ok(release) = find_on_edges(edges, config, &anchor, link_buffer, &mut find).await {
+                        if Some(release.offer.release.id) == state.record.target.map(|t| t.id) {
+                            if release.anchor.rotated {
+                                state.anchor = Some(release.anchor.anchor);
+                                store.save(&state)?;
+                            }
+                            found = Some((release.edge, release.policy_len, release.manifest_len));
+                        }
+                    }
+                }
+                let Some((edge, _, manifest_len)) = found else {
+                    engine.handle_download_failed(now(), ErrorCode::Network);
+                    continue;
+                };
+                let Ok(view) = protocol::manifest::ManifestView::new_checked(&find.manifest[..manifest_len]) else {
+                    engine.handle_download_failed(now(), ErrorCode::Verification);
+                    continue;
+                };
+                let result = match edges.connect(edge).await {
+                    Some(stream) => {
+                        let mut link = EdgeLink::new(stream, &mut *link_buffer, config.request_timeout);
+                        let mut slot = DfuSlot { dfu: &mut dfu, write_size: layout.write_size_bytes as usize };
+                        let mut progress = StoreProgress { store: &mut store, state: &mut state, target: &view };
+                        download(&mut link, &view, config.content_key.as_ref(), &mut slot, &mut progress, chunk).await
+                    }
+                    None => Err(DownloadError::Link(crate::edge_link::LinkError::Io)),
+                };
+                match result {
+                    Ok(fetched) => {
+                        engine.handle_progress(view.chunk_count(), fetched.bytes, 0);
+                        engine.handle_download_done(now());
+                    }
+                    Err(DownloadError::BadChunk { .. }) => {
+                        engine.handle_download_failed(now(), ErrorCode::Verification)
+                    }
+                    Err(DownloadError::Flash(_)) => engine.handle_storage_failed(now()),
+                    Err(_) => engine.handle_download_failed(now(), ErrorCode::Network),
+                }
+            }
+            Action::VerifyImage { .. } => {
+                let matches = match found {
+                    Some((_, _, manifest_len)) => {
+                        match protocol::manifest::ManifestView::new_checked(&find.manifest[..manifest_len]) {
+                            Ok(view) => image_sha256(&mut dfu, view.image_len(), chunk) == Some(view.image_sha256()),
+                            Err(_) => false,
+                        }
+                    }
+                    None => false,
+                };
+                engine.handle_image_verified(now(), matches);
+            }
+            Action::ActivateSlot { .. } => match updater.mark_updated() {
+                Ok(()) => engine.handle_slot_activated(now()),
+                Err(_) => engine.handle_storage_failed(now()),
+            },
+            Action::Reboot => {
+                state.record = *engine.record();
+                store.save(&state)?;
+                return Ok(RunOutcome::Reboot);
+            }
+            Action::RunHealthChecks { .. } => {
+                let outcome = if health() { HealthOutcome::Healthy } else { HealthOutcome::Failed };
+                engine.handle_health(now(), outcome);
+            }
+            Action::Commit { .. } => {
+                updater.mark_booted().map_err(|_| AgentError::Boot)?;
+                engine.handle_committed(now());
+            }
+            // Not marking the image booted is the rollback: the next reset reverts.
+            Action::RollBack { .. } => {}
+            // Status reports from MCUs come with the next step of issue 12.
+            Action::Report => {}
+        }
+    }
+    state.record = *engine.record();
+    store.save(&state)?;
+    Ok(RunOutcome::Resting(engine.state()))
+}
+
+/// Policy bytes this run verified (parsing again cannot fail, but is not assumed).
+struct PolicyBytes<'a>(&'a [u8]);
+
+impl<'a> PolicyBytes<'a> {
+    fn view(&self) -> Option<protocol::rollout::policy::PolicyView<'a>> {
+        protocol::rollout::policy::PolicyView::parse(self.0).ok()
+    }
+}
+
+/// What [`find_on_edges`] found, without borrowing the buffers it lies in (views are parsed
+/// again from them where needed: cheap, and the bytes are the ones just verified).
+#[derive(Clone, Copy)]
+struct FoundAt {
+    edge: usize,
+    anchor: protocol::seal::Opened,
+    offer: protocol::install::Offer,
+    policy_len: usize,
+    manifest_len: usize,
+}
+
+/// [`find_release`] on each edge in turn: the first that serves a verified release wins;
+/// one that lies is skipped, one that lacks the files too.
+async fn find_on_edges<E: Edges>(
+    edges: &mut E,
+    config: &AgentConfig<'_>,
+    anchor: &TrustAnchor,
+    link_buffer: &mut [u8],
+    buffers: &mut FindBuffers<'_>,
+) -> Result<FoundAt, FindError> {
+    let mut last = FindError::Link(crate::edge_link::LinkError::Io);
+    for edge in 0..edges.count() {
+        let Some(stream) = edges.connect(edge).await else { continue };
+        let mut link = EdgeLink::new(stream, &mut *link_buffer, config.request_timeout);
+        let reborrowed =
+            FindBuffers { seal: &mut *buffers.seal, policy: &mut *buffers.policy, manifest: &mut *buffers.manifest };
+        match find_release(&mut link, anchor, &config.limits, reborrowed).await {
+            Ok(Found { anchor, policy, manifest, offer }) => {
+                let (policy_len, manifest_len) = (policy.as_bytes().len(), manifest.as_bytes().len());
+                return Ok(FoundAt { edge, anchor, offer, policy_len, manifest_len });
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The DFU partition as the download writes it: erased once per release, each chunk's
+/// plaintext written at its image offset, a short tail padded with the erased value.
+struct DfuSlot<'d, D> {
+    dfu: &'d mut D,
+    write_size: usize,
+}
+
+impl<D: NorFlash> UpdateSlot for DfuSlot<'_, D> {
+    type Error = D::Error;
+
+    fn prepare(&mut self) -> Result<(), D::Error> {
+        let size = self.dfu.capacity() as u32;
+        self.dfu.erase(0, size)
+    }
+
+    fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), D::Error> {
+        let whole = data.len() - data.len() % self.write_size;
+        self.dfu.write(offset, &data[..whole])?;
+        if whole < data.len() {
+            let mut tail = [0xFFu8; 32];
+            let tail = &mut tail[..self.write_size];
+            tail[..data.len() - whole].copy_from_slice(&data[whole..]);
+            self.dfu.write(offset + whole as u32, tail)?;
+        }
+        Ok(())
+    }
+}
+
+/// Chunk progress in the agent store, for the target `target`.
+struct StoreProgress<'s, 'm, F: NorFlash> {
+    store: &'s mut AgentStore<F>,
+    state: &'s mut AgentState,
+    target: &'s protocol::manifest::ManifestView<'m>,
+}
+
+impl<F: NorFlash> Progress for StoreProgress<'_, '_, F> {
+    type Error = StoreError;
+
+    fn target(&self) -> Option<protocol::ReleaseId> {
+        let id = self.state.record.target.map(|t| t.id)?;
+        let same = self.state.progress.chunk_count() == self.target.chunk_count()
+            && id == protocol::ReleaseId::of_manifest(self.target.as_bytes());
+        same.then_some(id)
+    }
+
+    fn start(&mut self, _target: protocol::ReleaseId) -> Result<(), StoreError> {
+        self.state.progress = ChunkProgress::new(self.target.chunk_count())?;
+        self.store.save(self.state)
+    }
+
+    fn is_written(&self, index: u32) -> bool {
+        self.state.progress.is_done(index)
+    }
+
+    fn mark_written(&mut self, index: u32) -> Result<(), StoreError> {
+        self.store.mark_chunk(self.state, index)
+    }
+}
+
+/// sha256 of the first `len` bytes of `dfu`, read through `scratch`.
+fn image_sha256<D: ReadNorFlash>(dfu: &mut D, len: u64, scratch: &mut [u8]) -> Option<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    let mut at = 0u64;
+    while at < len {
+        let n = (len - at).min(scratch.len() as u64) as usize;
+        dfu.read(at as u32, &mut scratch[..n]).ok()?;
+        hasher.update(&scratch[..n]);
+        at += n as u64;
+    }
+    Some(hasher.finalize().into())
+}
