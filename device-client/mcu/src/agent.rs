@@ -22,8 +22,8 @@
 //! After a reset, embassy's `Swap` state means the new image runs on trial (the bootloader
 //! runs at every reset, before the agent), `Revert` that it was rolled back. `Boot` during a
 //! trial is ambiguous (a reset between `mark_booted` and the record's commit, or a revert
-//! whose marker a power cut lost): it is read as a rollback, which at worst installs the
-//! release once more, never reports an image that is not running.
+//! whose marker a power cut lost): the agent store keeps the target image's sha256, and
+//! whether ACTIVE holds that image decides.
 
 use embassy_boot::{BlockingFirmwareUpdater, State as BootState};
 use embassy_time::Duration;
@@ -31,8 +31,7 @@ use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 use protocol::codec::ContentKey;
 use protocol::device::sealed::DeviceLimits;
 use protocol::install::{
-    Action, BootInfo, Engine, EngineConfig, ErrorCode, GateDecision, HealthOutcome, Label, Record, Release, Slot,
-    State,
+    Action, BootInfo, Engine, EngineConfig, ErrorCode, GateDecision, HealthOutcome, Label, Record, Release, Slot, State,
 };
 use protocol::rollout::{EdgeHold, Gate};
 use protocol::seal::TrustAnchor;
@@ -138,6 +137,7 @@ pub async fn run_once<F: NorFlash, E: Edges>(
                 record: Record::factory(Slot::A, factory),
                 anchor: Some(config.provisioned_anchor),
                 progress: ChunkProgress::none(),
+                target_sha256: [0; 32],
             }
         }
     };
@@ -150,14 +150,25 @@ pub async fn run_once<F: NorFlash, E: Edges>(
     let hw_class = Label::new(config.limits.hw_class).ok_or(AgentError::Config)?;
     let mut engine = Engine::new(EngineConfig::new(hw_class), state.record);
     let target = state.record.inactive();
-    let booted = match (&boot_state, state.record.state) {
-        (BootState::Swap, State::Installing | State::PendingReboot | State::Trial) => {
-            BootInfo { booted: target, pending: Some(target) }
+    let installing = matches!(state.record.state, State::Installing | State::PendingReboot | State::Trial);
+    let booted = match boot_state {
+        BootState::Swap if installing => BootInfo { booted: target, pending: Some(target) },
+        // Normal boot in the middle of an install: `mark_booted` ran before a reset (the
+        // new image is committed) or a revert lost its marker (the old image runs). What
+        // ACTIVE holds decides.
+        BootState::Boot if installing && active_holds_target(&mut parts.active.clone(), &state) => {
+            BootInfo { booted: target, pending: None }
         }
         _ => BootInfo { booted: state.record.active, pending: None },
     };
     let now = || protocol::time::Instant(embassy_time::Instant::now().as_micros());
     engine.handle_boot(now(), booted);
+    if matches!(boot_state, BootState::Swap | BootState::Revert) && state.progress.chunk_count() > 0 {
+        // The bootloader exchanged DFU and ACTIVE: the chunks the bitmap marks are no longer
+        // in DFU (a retry after a rollback must fetch them again).
+        state.progress = ChunkProgress::none();
+        store.save(&state)?;
+    }
     if matches!(boot_state, BootState::Revert) {
         // Acknowledge the revert so embassy-boot boots normally from now on.
         updater.mark_booted().map_err(|_| AgentError::Boot)?;
@@ -193,6 +204,14 @@ pub async fn run_once<F: NorFlash, E: Edges>(
                 }
             }
             Action::AskGate | Action::AskSwitch => {
+                if found.is_none() {
+                    // Resumed (a staged image waiting for its window): the gate needs the
+                    // current policy, so find the release again.
+                    let anchor = state.anchor.unwrap_or(config.provisioned_anchor);
+                    if let Ok(release) = find_on_edges(edges, config, &anchor, link_buffer, &mut find).await {
+                        found = Some((release.edge, release.policy_len, release.manifest_len));
+                    }
+                }
                 let decision = match found.and_then(|(_, p, _)| PolicyBytes(&find.policy[..p]).view()) {
                     Some(view) => {
                         let verdict = if action == Action::AskGate {
@@ -202,9 +221,8 @@ pub async fn run_once<F: NorFlash, E: Edges>(
                         };
                         gate.engine_decision(verdict, now(), unix_now())
                     }
-                    // A resumed install whose policy this run has not fetched: the engine
-                    // asked only because the record says the gate already let it through.
-                    None => GateDecision::Proceed,
+                    // No edge serves the policy now: no decision without it; ask again later.
+                    None => GateDecision::WaitUntil(now() + protocol::time::Duration::from_secs(60)),
                 };
                 if action == Action::AskGate {
                     engine.handle_gate(now(), decision);
@@ -235,6 +253,8 @@ pub async fn run_once<F: NorFlash, E: Edges>(
                     engine.handle_download_failed(now(), ErrorCode::Verification);
                     continue;
                 };
+                // Saved with the progress record, before the first chunk.
+                state.target_sha256 = view.image_sha256();
                 let result = match edges.connect(edge).await {
                     Some(stream) => {
                         let mut link = EdgeLink::new(stream, &mut *link_buffer, config.request_timeout);
@@ -257,14 +277,13 @@ pub async fn run_once<F: NorFlash, E: Edges>(
                 }
             }
             Action::VerifyImage { .. } => {
-                let matches = match found {
-                    Some((_, _, manifest_len)) => {
-                        match protocol::manifest::ManifestView::new_checked(&find.manifest[..manifest_len]) {
-                            Ok(view) => image_sha256(&mut dfu, view.image_len(), chunk) == Some(view.image_sha256()),
-                            Err(_) => false,
-                        }
+                // Against what the store kept for the target (a resumed run has not fetched
+                // the manifest again, and needs not).
+                let matches = match state.record.target {
+                    Some(target) if state.target_sha256 != [0; 32] => {
+                        image_sha256(&mut dfu, target.image_len, chunk) == Some(state.target_sha256)
                     }
-                    None => false,
+                    _ => false,
                 };
                 engine.handle_image_verified(now(), matches);
             }
@@ -399,6 +418,13 @@ impl<F: NorFlash> Progress for StoreProgress<'_, '_, F> {
     fn mark_written(&mut self, index: u32) -> Result<(), StoreError> {
         self.store.mark_chunk(self.state, index)
     }
+}
+
+/// Whether ACTIVE holds the record's target image (its length and the sha256 the store kept).
+fn active_holds_target<A: ReadNorFlash>(active: &mut A, state: &AgentState) -> bool {
+    let Some(target) = state.record.target else { return false };
+    let mut scratch = [0u8; 1024];
+    state.target_sha256 != [0; 32] && image_sha256(active, target.image_len, &mut scratch) == Some(state.target_sha256)
 }
 
 /// sha256 of the first `len` bytes of `dfu`, read through `scratch`.

@@ -12,9 +12,10 @@
 //!
 //! ```text
 //! 0    body   magic "OTAS" | format u8 | 0 u8 | anchor_len u16 | sequence u64 |
-//!             chunk_count u32 | record [RECORD_BYTES] | anchor [MAX_ANCHOR_BYTES] | zero pad
-//! 832  commit blake3(body) [32]
-//! 864  bitmap [128], inverted: an erased 1 bit means "not done", 0 means "done"
+//!             chunk_count u32 | record [RECORD_BYTES] | anchor [MAX_ANCHOR_BYTES] |
+//!             target image sha256 [32] | zero pad
+//! 864  commit blake3(body) [32]
+//! 896  bitmap [128], inverted: an erased 1 bit means "not done", 0 means "done"
 //! ```
 //!
 //! The bitmap lies outside the hash because it changes in place: marking a chunk clears one
@@ -38,7 +39,8 @@ const FORMAT: u8 = 1;
 const ALIGN: usize = MAX_WRITE_SIZE as usize;
 const RECORD_AT: usize = 20;
 const ANCHOR_AT: usize = RECORD_AT + RECORD_BYTES;
-const BODY_BYTES: usize = round_up(ANCHOR_AT + MAX_ANCHOR_BYTES, ALIGN);
+const TARGET_SHA256_AT: usize = ANCHOR_AT + MAX_ANCHOR_BYTES;
+const BODY_BYTES: usize = round_up(TARGET_SHA256_AT + 32, ALIGN);
 const COMMIT_AT: usize = BODY_BYTES;
 const BITMAP_AT: usize = COMMIT_AT + ALIGN;
 /// Bytes one slot needs; each of the two slots is at least this, rounded up to erase pages.
@@ -57,6 +59,10 @@ pub struct AgentState {
     pub anchor: Option<TrustAnchor>,
     /// Which chunks of the target are verified in DFU.
     pub progress: ChunkProgress,
+    /// sha256 of the target's whole image (zero without a target): after a reset during a
+    /// trial, whether ACTIVE holds it tells a commit from a rollback (embassy-boot's state
+    /// alone cannot, see `crate::agent`).
+    pub target_sha256: [u8; 32],
 }
 
 /// Why a store operation failed. Corrupt slots are not errors: they are skipped on open.
@@ -210,6 +216,7 @@ fn encode_slot(state: &AgentState, sequence: u64, out: &mut [u8; SLOT_BYTES]) {
     out[16..20].copy_from_slice(&state.progress.chunk_count().to_le_bytes());
     out[RECORD_AT..ANCHOR_AT].copy_from_slice(&state.record.encode());
     out[ANCHOR_AT..ANCHOR_AT + MAX_ANCHOR_BYTES].copy_from_slice(&anchor);
+    out[TARGET_SHA256_AT..TARGET_SHA256_AT + 32].copy_from_slice(&state.target_sha256);
     let hash = blake3::hash(&out[..BODY_BYTES]);
     out[COMMIT_AT..COMMIT_AT + 32].copy_from_slice(hash.as_bytes());
     for (stored, done) in out[BITMAP_AT..BITMAP_AT + BITMAP_BYTES].iter_mut().zip(state.progress.done_bits()) {
@@ -244,7 +251,8 @@ pub fn parse_slot(buf: &[u8; SLOT_BYTES]) -> Result<(u64, AgentState), SlotError
         *done = !stored;
     }
     let progress = ChunkProgress::from_done_bits(chunk_count, done).map_err(|_| SlotError::Bounds)?;
-    Ok((sequence, AgentState { record, anchor, progress }))
+    let target_sha256 = array(&buf[TARGET_SHA256_AT..TARGET_SHA256_AT + 32]);
+    Ok((sequence, AgentState { record, anchor, progress, target_sha256 }))
 }
 
 /// Copies a slice of known length into an array without a fallible conversion.

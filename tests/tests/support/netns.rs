@@ -87,7 +87,20 @@ impl NetPair {
     /// `device_listen` (e.g. `0.0.0.0:0` or `10.77.0.1:0`) for both QUIC and TCP. Its ops
     /// HTTP is on the namespace's loopback, out of the test's reach: wait on its log lines.
     pub fn edge(&self, name: &str, data_dir: &Path, site: &str, device_listen: &str, bootstrap: &str) -> Edge {
-        let args: Vec<String> = [
+        self.edge_with(name, data_dir, site, device_listen, bootstrap, &[])
+    }
+
+    /// [`NetPair::edge`] with `extra` flags for `edge-node run`.
+    pub fn edge_with(
+        &self,
+        name: &str,
+        data_dir: &Path,
+        site: &str,
+        device_listen: &str,
+        bootstrap: &str,
+        extra: &[&str],
+    ) -> Edge {
+        let mut args: Vec<String> = [
             "run",
             "--data-dir",
             data_dir.to_str().unwrap(),
@@ -107,6 +120,7 @@ impl NetPair {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
         let proc = self.spawn(&self.edge, name, &bin("edge-node"), &args);
         Edge::from_proc(proc, data_dir, site)
     }

@@ -130,26 +130,34 @@ fn fail(what: &str) -> ! {
 }
 
 fn read_hex32(path: &std::path::Path, what: &str) -> [u8; 32] {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| fail(&format!("cannot read {what} {}: {e}", path.display())));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| fail(&format!("cannot read {what} {}: {e}", path.display())));
     protocol::hex::decode_array(text.trim()).unwrap_or_else(|e| fail(&format!("{what} {}: {e}", path.display())))
 }
 
-/// Opens the flash file; a new one gets `factory` in ACTIVE.
+/// Opens the flash file. A new one is made whole first — erased, `--factory` in ACTIVE — in
+/// a temporary file renamed into place, so a kill while provisioning leaves no half-made flash.
 fn open_flash(args: &Args) -> HostFlash {
     let size = HOST_DEVICE.flash_size_bytes as usize;
-    let existed = args.flash.exists();
-    let mut flash = HostFlash::open(&args.flash, size, true)
-        .unwrap_or_else(|e| fail(&format!("cannot open the flash file {}: {e}", args.flash.display())));
-    if let (false, Some(factory)) = (existed, &args.factory) {
-        use embedded_storage::nor_flash::NorFlash;
-        let mut image = std::fs::read(factory).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", factory.display())));
-        if image.len() > HOST_DEVICE.active.size_bytes as usize {
-            fail("the factory image is bigger than ACTIVE");
+    if !args.flash.exists() {
+        let mut contents = vec![0xFFu8; size];
+        if let Some(factory) = &args.factory {
+            let image =
+                std::fs::read(factory).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", factory.display())));
+            let active = HOST_DEVICE.active.offset as usize;
+            if image.len() > HOST_DEVICE.active.size_bytes as usize {
+                fail("the factory image is bigger than ACTIVE");
+            }
+            contents[active..active + image.len()].copy_from_slice(&image);
         }
-        image.resize(image.len().next_multiple_of(HOST_DEVICE.write_size_bytes as usize), 0xFF);
-        flash.write(HOST_DEVICE.active.offset, &image).unwrap_or_else(|e| fail(&format!("writing the factory image: {e:?}")));
+        let provisional = args.flash.with_extension("provisioning");
+        let written = std::fs::write(&provisional, &contents)
+            .and_then(|()| std::fs::File::open(&provisional)?.sync_all())
+            .and_then(|()| std::fs::rename(&provisional, &args.flash));
+        written.unwrap_or_else(|e| fail(&format!("cannot create the flash file {}: {e}", args.flash.display())));
     }
-    flash
+    HostFlash::open(&args.flash, size, true)
+        .unwrap_or_else(|e| fail(&format!("cannot open the flash file {}: {e}", args.flash.display())))
 }
 
 #[embassy_executor::main]
@@ -209,7 +217,8 @@ async fn main(spawner: Spawner) {
         chunk: &mut CHUNK.init([0; CHUNK_BYTES])[..],
     };
     let healthy = args.health == "pass";
-    let unix_now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let unix_now =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     let outcome = run_once(&flash, &HOST_DEVICE, &agent, &mut edges, buffers, || healthy, unix_now).await;
     let record = otamesh_mcu::agent_store::AgentStore::open(
         otamesh_mcu::boot::Partitions::new(&HOST_DEVICE, &flash).unwrap_or_else(|_| fail("layout")).agent,

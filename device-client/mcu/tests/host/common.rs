@@ -112,5 +112,10 @@ pub fn state(n: u8) -> AgentState {
     for i in (0..40).step_by(usize::from(n % 5) + 2) {
         progress.mark(i).expect("mark");
     }
-    AgentState { record, anchor: if n == 0 { None } else { Some(anchor(u32::from(n))) }, progress }
+    AgentState {
+        record,
+        anchor: if n == 0 { None } else { Some(anchor(u32::from(n))) },
+        progress,
+        target_sha256: [n; 32],
+    }
 }
