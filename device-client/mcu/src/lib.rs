@@ -1,4 +1,4 @@
-//! otamesh's MCU update agent (issue 12).
+//! otamesh's MCU update agent.
 //!
 //! - [`agent`]: the install engine driven over all of the below, one boot at a time.
 //! - [`edge_link`]: one framed connection to an edge node's device service over any
