@@ -188,13 +188,8 @@ pub async fn run_once<F: NorFlash, E: Edges>(
                 store.save(&state)?;
             }
             Action::FetchMetadata => {
-                let anchor = state.anchor.unwrap_or(config.provisioned_anchor);
-                match find_on_edges(edges, config, &anchor, link_buffer, &mut find).await {
+                match find_and_pin(edges, config, &mut store, &mut state, link_buffer, &mut find).await? {
                     Ok(release) => {
-                        if release.anchor.rotated {
-                            state.anchor = Some(release.anchor.anchor);
-                            store.save(&state)?;
-                        }
                         found = Some((release.edge, release.policy_len, release.manifest_len));
                         engine.handle_offer(now(), release.offer);
                     }
@@ -207,12 +202,15 @@ pub async fn run_once<F: NorFlash, E: Edges>(
                 if found.is_none() {
                     // Resumed (a staged image waiting for its window): the gate needs the
                     // current policy, so find the release again.
-                    let anchor = state.anchor.unwrap_or(config.provisioned_anchor);
-                    if let Ok(release) = find_on_edges(edges, config, &anchor, link_buffer, &mut find).await {
+                    if let Ok(release) =
+                        find_and_pin(edges, config, &mut store, &mut state, link_buffer, &mut find).await?
+                    {
                         found = Some((release.edge, release.policy_len, release.manifest_len));
                     }
                 }
-                let decision = match found.and_then(|(_, p, _)| PolicyBytes(&find.policy[..p]).view()) {
+                let policy =
+                    found.and_then(|(_, p, _)| protocol::rollout::policy::PolicyView::parse(&find.policy[..p]).ok());
+                let decision = match policy {
                     Some(view) => {
                         let verdict = if action == Action::AskGate {
                             gate.download_decision(&view, &config.device_id, unix_now(), EdgeHold::None)
@@ -234,13 +232,10 @@ pub async fn run_once<F: NorFlash, E: Edges>(
             Action::Download { .. } => {
                 if found.is_none() {
                     // Resuming after a reset: find the release again (the record names it).
-                    let anchor = state.anchor.unwrap_or(config.provisioned_anchor);
-                    if let Ok(release) = find_on_edges(edges, config, &anchor, link_buffer, &mut find).await {
+                    if let Ok(release) =
+                        find_and_pin(edges, config, &mut store, &mut state, link_buffer, &mut find).await?
+                    {
                         if Some(release.offer.release.id) == state.record.target.map(|t| t.id) {
-                            if release.anchor.rotated {
-                                state.anchor = Some(release.anchor.anchor);
-                                store.save(&state)?;
-                            }
                             found = Some((release.edge, release.policy_len, release.manifest_len));
                         }
                     }
@@ -306,7 +301,7 @@ pub async fn run_once<F: NorFlash, E: Edges>(
             }
             // Not marking the image booted is the rollback: the next reset reverts.
             Action::RollBack { .. } => {}
-            // Status reports from MCUs come with the next step of issue 12.
+            // MCUs send no status reports: this driver has no report path.
             Action::Report => {}
         }
     }
@@ -315,13 +310,26 @@ pub async fn run_once<F: NorFlash, E: Edges>(
     Ok(RunOutcome::Resting(engine.state()))
 }
 
-/// Policy bytes this run verified (parsing again cannot fail, but is not assumed).
-struct PolicyBytes<'a>(&'a [u8]);
-
-impl<'a> PolicyBytes<'a> {
-    fn view(&self) -> Option<protocol::rollout::policy::PolicyView<'a>> {
-        protocol::rollout::policy::PolicyView::parse(self.0).ok()
+/// [`find_on_edges`] under the pinned anchor; a rotation the seals carried is persisted
+/// before anything acts on the release (a newer anchor is signed by the one it replaces, so
+/// keeping it is safe whatever happens next).
+async fn find_and_pin<E: Edges, F: NorFlash>(
+    edges: &mut E,
+    config: &AgentConfig<'_>,
+    store: &mut AgentStore<F>,
+    state: &mut AgentState,
+    link_buffer: &mut [u8],
+    buffers: &mut FindBuffers<'_>,
+) -> Result<Result<FoundAt, FindError>, AgentError> {
+    let anchor = state.anchor.unwrap_or(config.provisioned_anchor);
+    let found = find_on_edges(edges, config, &anchor, link_buffer, buffers).await;
+    if let Ok(release) = &found {
+        if release.anchor.rotated {
+            state.anchor = Some(release.anchor.anchor);
+            store.save(state)?;
+        }
     }
+    Ok(found)
 }
 
 /// What [`find_on_edges`] found, without borrowing the buffers it lies in (views are parsed
