@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use protocol::install::{GateDecision, Record, State};
+use protocol::install::{GateDecision, Record};
 use protocol::rollout::{EdgeHold, Gate, GateVerdict, PolicyView, StopReason};
 use protocol::status::InstallResult;
 use protocol::time::Instant;
@@ -150,14 +150,9 @@ impl RolloutState {
     /// marked install (its target, its committed release, or the release it rolled back).
     pub fn report_fields(&self, record: &Record, unix_now: i64) -> ReportFields {
         let Some(mark) = &self.install else { return ReportFields::default() };
-        let is_mark = |id: ReleaseId| id.to_hex() == mark.release;
-        let result = match record.state {
-            State::Installing | State::PendingReboot | State::Trial if record.target.is_some_and(|t| is_mark(t.id)) => {
-                InstallResult::Installing
-            }
-            State::Committed if is_mark(record.installed.id) => InstallResult::Committed,
-            State::RolledBack if is_mark(record.refused) => InstallResult::RolledBack,
-            _ => return ReportFields::default(),
+        let Ok(release) = ReleaseId::from_hex(&mark.release) else { return ReportFields::default() };
+        let Some(result) = protocol::rollout::install_result(record, &release) else {
+            return ReportFields::default();
         };
         ReportFields {
             rollout: Some(mark.rollout.clone()),

@@ -30,6 +30,7 @@ pub mod release_id;
 pub mod rollout;
 pub mod seal;
 pub mod sig;
+pub mod status_writer;
 pub mod time;
 pub mod wire;
 #[cfg(feature = "ring-aead")]

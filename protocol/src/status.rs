@@ -21,6 +21,7 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::rollout::InstallResult;
 use crate::sig::{Ed25519PublicKey, SigError};
 use crate::time::{Duration, Instant};
 
@@ -75,21 +76,6 @@ pub struct StatusReport {
     /// The slot the install targets (`"a"` or `"b"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<String>,
-}
-
-/// An install's outcome in a status report (JSON: `"installing"`, `"committed"`,
-/// `"rolled-back"`, `"failed"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InstallResult {
-    /// Downloading, staged or on trial: not final yet.
-    Installing,
-    /// The new release passed its health checks and is permanent.
-    Committed,
-    /// The new release failed on the device and the previous one runs again.
-    RolledBack,
-    /// The install failed before the switch (the error code says why).
-    Failed,
 }
 
 /// The release a device is moving to.

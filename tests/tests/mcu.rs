@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::hostile::{Endless, Hostiles, Lie, Shape};
 use support::netns::{in_netns, NetPair};
 use support::{eventually, random_bytes, run_to_exit, seeder, Edge, Origin};
 
@@ -38,6 +39,20 @@ fn mcu_binary(name: &str) -> PathBuf {
     path
 }
 
+/// Waits until `edge` serves rollout `id` (its policy and seal arrive in the same refresh).
+fn wait_for_rollout_at(net: &NetPair, edge: &Edge, id: &str) {
+    eventually(&format!("rollout {id} at the edge"), Duration::from_secs(60), || {
+        let status = in_netns(&net.edge, || edge.status())?;
+        status["rollouts"].as_array()?.iter().any(|r| r["rollout"] == id).then_some(())
+    });
+}
+
+/// The public half of an ed25519 seed given as hex, as hex.
+fn device_public_key(seed_hex: &str) -> String {
+    let seed: [u8; 32] = protocol::hex::decode_array(seed_hex).unwrap();
+    protocol::hex::encode(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().as_bytes())
+}
+
 /// A TAP device in `ns`, up, with the host side's address.
 fn add_tap(ns: &str) {
     for args in [
@@ -56,6 +71,7 @@ struct Bench {
     net: NetPair,
     dir: tempfile::TempDir,
     _origin: Origin,
+    origin_addr: String,
     edge: Edge,
     repo: PathBuf,
     factory: Vec<u8>,
@@ -118,13 +134,64 @@ impl Bench {
             "none",
         ]);
         seeder(&["rollout", "start", "--repo", repo.to_str().unwrap(), "gw", "2.0.0", "--waves", "100"]);
-        // Served once registered (its seal in the same refresh): the edge's status lists it.
-        eventually("the rollout policy at the edge", Duration::from_secs(60), || {
-            let status = in_netns(&net.edge, || edge.status())?;
-            status["rollouts"].as_array()?.iter().any(|r| r["rollout"] == "gw-2.0.0").then_some(())
-        });
+        wait_for_rollout_at(&net, &edge, "gw-2.0.0");
+        // The device's status key, enrolled at the origin so its reports count.
+        let device_key = "4d".repeat(32);
+        std::fs::write(dir.path().join("device.key"), &device_key).unwrap();
+        seeder(&[
+            "devices",
+            "enroll",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--key",
+            &device_public_key(&device_key),
+            "--id",
+            "mcu-0001",
+            "--site",
+            "plant-1",
+            "--hw-class",
+            "imx8",
+        ]);
         let chunks = published["chunks"].as_u64().unwrap();
-        Some(Bench { net, dir, _origin: origin, edge, repo, factory, v2, chunks })
+        let origin_addr = origin.addr.clone();
+        Some(Bench { net, dir, _origin: origin, origin_addr, edge, repo, factory, v2, chunks })
+    }
+
+    fn wait_for_rollout(&self, id: &str) {
+        wait_for_rollout_at(&self.net, &self.edge, id);
+    }
+
+    /// Kills the edge node and starts it again on the same data directory and device port.
+    fn restart_edge(&mut self) {
+        self.edge.proc.kill();
+        let listen = format!("0.0.0.0:{}", self.edge.device_tcp.port());
+        let origin = self.origin_addr.clone();
+        self.edge = self.net.edge_with(
+            "edge-restarted",
+            &self.dir.path().join("edge"),
+            "plant-1",
+            &listen,
+            &origin,
+            &["--max-connections-per-client", "512"],
+        );
+        self.wait_for_rollout("gw-2.0.0");
+    }
+
+    /// The edge's counts for the rollout once `check` holds for them.
+    fn wait_for_edge_counts(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        eventually(what, Duration::from_secs(30), || {
+            let status = in_netns(&self.net.edge, || self.edge.status())?;
+            let rollout = status["rollouts"].as_array()?.iter().find(|r| r["rollout"] == "gw-2.0.0")?.clone();
+            check(&rollout).then_some(rollout)
+        })
+    }
+
+    /// `seeder rollout status` (the fleet database) once `check` holds for it.
+    fn wait_for_origin_counts(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        eventually(what, Duration::from_secs(30), || {
+            let status = seeder(&["rollout", "status", "--repo", self.repo.to_str().unwrap(), "gw"])[0].clone();
+            check(&status).then_some(status)
+        })
     }
 
     fn flash(&self) -> PathBuf {
@@ -133,14 +200,22 @@ impl Bench {
 
     /// `ip netns exec … mcu-agent …` for the device whose flash file is `flash`.
     fn agent_args(&self, flash: &Path, health: &str) -> Vec<String> {
-        let edge = format!("{TAP_HOST_IP}:{}", self.edge.device_tcp.port());
+        self.agent_args_with(flash, health, &[self.honest()])
+    }
+
+    /// The honest edge's device service as the agent reaches it.
+    fn honest(&self) -> String {
+        format!("{TAP_HOST_IP}:{}", self.edge.device_tcp.port())
+    }
+
+    /// [`Bench::agent_args`] with these edges, in this order.
+    fn agent_args_with(&self, flash: &Path, health: &str, edges: &[String]) -> Vec<String> {
         let path = |p: &Path| p.to_str().unwrap().to_string();
         let mut args: Vec<String> = vec!["netns".into(), "exec".into(), self.net.edge.clone()];
         args.push(path(&mcu_binary("mcu-agent")));
         for (flag, value) in [
             ("--tap", TAP.to_string()),
             ("--ip", AGENT_IP.to_string()),
-            ("--edge", edge),
             ("--flash", path(flash)),
             ("--factory", path(&self.dir.path().join("factory.bin"))),
             ("--anchor", path(&self.dir.path().join("anchor.bin"))),
@@ -148,15 +223,24 @@ impl Bench {
             ("--release", "gw".into()),
             ("--hw-class", "imx8".into()),
             ("--health", health.into()),
+            ("--device-key", path(&self.dir.path().join("device.key"))),
         ] {
             args.extend([flag.to_string(), value]);
+        }
+        for edge in edges {
+            args.extend(["--edge".to_string(), edge.clone()]);
         }
         args
     }
 
     /// One boot of the agent on `flash`; its JSON line.
     fn agent_on(&self, flash: &Path, health: &str) -> Value {
-        let run = run_to_exit(Path::new("ip"), &self.agent_args(flash, health), &[], RUN_TIMEOUT);
+        self.agent_with(flash, health, &[self.honest()])
+    }
+
+    /// One boot of the agent on `flash` with these edges; its JSON line.
+    fn agent_with(&self, flash: &Path, health: &str, edges: &[String]) -> Value {
+        let run = run_to_exit(Path::new("ip"), &self.agent_args_with(flash, health, edges), &[], RUN_TIMEOUT);
         let line = run.stdout.lines().last().unwrap_or_default().to_string();
         let report: Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("agent printed no JSON ({e}): {}{}", run.stdout, run.stderr));
@@ -186,7 +270,30 @@ impl Bench {
     }
 
     fn active_image(&self) -> Vec<u8> {
-        std::fs::read(self.flash()).unwrap()[ACTIVE_OFFSET..ACTIVE_OFFSET + IMAGE_BYTES].to_vec()
+        active_image_of(&self.flash())
+    }
+
+    /// Installs the rolled-out release on `flash` with `edges` (boot, bootloader, boot) and
+    /// checks that it committed.
+    fn install_and_commit(&self, flash: &Path, edges: &[String], expect: &[u8], version: &str) {
+        let first = self.agent_with(flash, "pass", edges);
+        assert_eq!(first["outcome"], "reboot", "{first}");
+        assert_eq!(Self::bootloader_on(flash), "swapped");
+        let second = self.agent_with(flash, "pass", edges);
+        assert_eq!(second["outcome"], "resting:committed", "{second}");
+        assert_eq!(second["installed"], version, "{second}");
+        assert!(active_image_of(flash) == expect, "ACTIVE does not hold {version} byte for byte");
+    }
+
+    /// `edges` alone install nothing on a fresh `flash`: the agent rests, ACTIVE keeps the
+    /// factory image and the DFU partition is not marked for a swap.
+    fn installs_nothing(&self, flash: &Path, edges: &[String], what: &str) -> Value {
+        let run = self.agent_with(flash, "pass", edges);
+        assert_ne!(run["outcome"], "reboot", "{what}: {run}");
+        assert_eq!(run["installed"], "factory", "{what}: {run}");
+        assert_eq!(Self::bootloader_on(flash), "boot", "{what}: the bootloader was asked to swap");
+        assert!(active_image_of(flash) == self.factory, "{what}: ACTIVE changed");
+        run
     }
 
     /// Chunk reads the edge answered from its store (it serves no peer here: all devices').
@@ -216,6 +323,11 @@ fn an_mcu_installs_an_encrypted_fixed_chunk_release_and_commits_it() {
         "{second}"
     );
     assert!(bench.active_image() == bench.v2, "ACTIVE does not hold v2 byte for byte");
+    assert_eq!(second["report_unsent"], false, "the commit's status report was not acknowledged: {second}");
+    // The signed report reached the edge (which counts it for its site) and, through it, the
+    // publisher's fleet database.
+    bench.wait_for_edge_counts("the edge counts the MCU's commit", |r| r["committed"] == 1);
+    bench.wait_for_origin_counts("the origin counts the MCU's commit", |s| s["waves"][0]["committed"] == 1);
     // Committed: the next reset boots it as it is.
     assert_eq!(bench.bootloader(), "boot");
     assert!(bench.active_image() == bench.v2);
@@ -234,6 +346,176 @@ fn a_failing_health_check_reverts_the_mcu_to_its_old_image() {
     let after = bench.agent("pass");
     assert_eq!(after["installed"], "factory", "{after}");
     assert_eq!(after["state"], "rolled-back", "{after}");
+    bench.wait_for_edge_counts("the edge counts the MCU's rollback", |r| r["rolled_back"] == 1);
+}
+
+fn active_image_of(flash: &Path) -> Vec<u8> {
+    std::fs::read(flash).unwrap()[ACTIVE_OFFSET..ACTIVE_OFFSET + IMAGE_BYTES].to_vec()
+}
+
+/// Hostile edges next to the honest one, on the TAP link: each alone installs nothing, and
+/// listed before the honest edge it is refused and the honest one completes the install.
+#[test]
+fn hostile_edges_are_refused_and_an_honest_one_completes_the_install() {
+    let Some(bench) = Bench::new("mcu-hostile") else { return };
+    let hostiles = in_netns(&bench.net.edge, || Hostiles::on(TAP_HOST_IP.parse().unwrap()));
+    // Another release's manifest, validly published: what a replaying edge would serve.
+    let other = bench.dir.path().join("other.bin");
+    std::fs::write(&other, random_bytes(IMAGE_BYTES, 9)).unwrap();
+    let repo = bench.repo.to_str().unwrap();
+    seeder(&[
+        "release",
+        "add",
+        "--repo",
+        repo,
+        "--image",
+        other.to_str().unwrap(),
+        "--name",
+        "gw",
+        "--version",
+        "1.5.0",
+        "--hw-class",
+        "imx8",
+        "--security-counter",
+        "2",
+        "--chunking",
+        "fixed:4K",
+        "--compress",
+        "none",
+    ]);
+    let other_manifest = manifest_file(&bench.repo, "1.5.0");
+    let cases = [
+        ("corrupt chunks", Lie::CorruptChunks),
+        ("another release's manifest", Lie::ManifestsFrom(other_manifest)),
+        ("bad seal signatures", Lie::CorruptSeals),
+    ];
+    for (n, (what, lie)) in cases.into_iter().enumerate() {
+        let hostile = in_netns(&bench.net.edge, || hostiles.repo_edge(&bench.repo, lie.clone()));
+        let at = hostile.tcp.to_string();
+        let alone = bench.dir.path().join(format!("alone-{n}.bin"));
+        let run = bench.installs_nothing(&alone, std::slice::from_ref(&at), what);
+        assert!(hostile.counters.targets() > 0, "{what}: the hostile edge was never asked");
+        if matches!(lie, Lie::CorruptChunks) {
+            assert!(hostile.counters.chunks() > 0, "{what}: no chunk was asked for");
+            assert!(!run["last_error"].is_null(), "{what}: no error recorded: {run}");
+        } else {
+            assert_eq!(hostile.counters.chunks(), 0, "{what}: chunks asked after a failed check");
+        }
+        let both = bench.dir.path().join(format!("both-{n}.bin"));
+        bench.install_and_commit(&both, &[at, bench.honest()], &bench.v2, "2.0.0");
+    }
+    for kind in [Endless::OversizedLength, Endless::LargestThenMore] {
+        let endless = in_netns(&bench.net.edge, || hostiles.endless_edge(kind));
+        let at = endless.tcp.to_string();
+        let alone = bench.dir.path().join(format!("endless-{kind:?}.bin"));
+        bench.installs_nothing(&alone, std::slice::from_ref(&at), &format!("{kind:?}"));
+        assert!(endless.counters.total() > 0, "{kind:?}: the endless edge was never asked");
+        let both = bench.dir.path().join(format!("endless-both-{kind:?}.bin"));
+        bench.install_and_commit(&both, &[at, bench.honest()], &bench.v2, "2.0.0");
+    }
+
+    // An older counter: a mirror frozen at 2.0.0 — validly signed, but old — listed first
+    // hides nothing from a device on 2.0.0 once 3.0.0 is out, and cannot take a device on
+    // 3.0.0 (anti-rollback floor 3) back to 2.0.0.
+    let device = bench.dir.path().join("stale-device.bin");
+    bench.install_and_commit(&device, &[bench.honest()], &bench.v2, "2.0.0");
+    let stale_repo = bench.dir.path().join("stale-repo");
+    copy_dir(&bench.repo, &stale_repo);
+    let v3 = random_bytes(IMAGE_BYTES, 3);
+    let v3_image = bench.dir.path().join("v3.bin");
+    std::fs::write(&v3_image, &v3).unwrap();
+    seeder(&[
+        "release",
+        "add",
+        "--repo",
+        repo,
+        "--image",
+        v3_image.to_str().unwrap(),
+        "--name",
+        "gw",
+        "--version",
+        "3.0.0",
+        "--hw-class",
+        "imx8",
+        "--security-counter",
+        "3",
+        "--chunking",
+        "fixed:4K",
+        "--compress",
+        "none",
+    ]);
+    seeder(&["rollout", "abort", "--repo", repo, "gw"]);
+    seeder(&["rollout", "start", "--repo", repo, "gw", "3.0.0", "--waves", "100"]);
+    bench.wait_for_rollout("gw-3.0.0");
+    let stale = in_netns(&bench.net.edge, || hostiles.repo_edge(&stale_repo, Lie::Nothing));
+    bench.install_and_commit(&device, &[stale.tcp.to_string(), bench.honest()], &v3, "3.0.0");
+    let asked = stale.counters.targets();
+    assert!(asked > 0, "the stale edge was never asked");
+    let run = bench.agent_with(&device, "pass", &[stale.tcp.to_string()]);
+    assert_eq!(
+        (run["outcome"].as_str(), run["installed"].as_str()),
+        (Some("resting:committed"), Some("3.0.0")),
+        "{run}"
+    );
+    assert_eq!(Bench::bootloader_on(&device), "boot");
+    assert!(active_image_of(&device) == v3, "the stale edge changed ACTIVE");
+    assert!(stale.counters.targets() > asked, "the stale edge was not asked again");
+    assert_eq!(stale.counters.chunks(), 0, "chunks of an older release were fetched");
+}
+
+/// The edge node restarts in the middle of a download: the agent's run ends on the broken
+/// connection, and the next run resumes from the chunks it verified, fetching none again.
+#[test]
+fn an_edge_restarted_mid_download_resumes_the_download_without_refetching() {
+    let Some(mut bench) = Bench::new("mcu-restart") else { return };
+    let hostiles = in_netns(&bench.net.edge, || Hostiles::on(TAP_HOST_IP.parse().unwrap()));
+    // A far-away but honest path to the edge: each answer 100 ms late, so the download
+    // lasts seconds and the restart lands in its middle.
+    let upstream = std::net::SocketAddr::new(TAP_HOST_IP.parse().unwrap(), bench.edge.device_tcp.port());
+    let slow = in_netns(&bench.net.edge, || hostiles.proxy(upstream, Shape::Delay(Duration::from_millis(100))));
+    let edges = [slow.tcp.to_string()];
+    let flash = bench.flash();
+    let args = bench.agent_args_with(&flash, "pass", &edges);
+    let agent = std::thread::spawn(move || run_to_exit(Path::new("ip"), &args, &[], RUN_TIMEOUT));
+    let third = bench.chunks / 3;
+    eventually("a third of the chunks through the slow path", RUN_TIMEOUT, || {
+        (slow.counters.chunks() >= third).then_some(())
+    });
+    bench.restart_edge();
+    let first = agent.join().unwrap();
+    let first: Value = serde_json::from_str(first.stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("agent printed no JSON ({e}): {}{}", first.stdout, first.stderr));
+    assert_ne!(first["outcome"], "reboot", "the download finished before the restart: {first}");
+    let done = first["chunks_done"].as_u64().unwrap();
+    eprintln!("restart: {done} of {} chunks verified before the edge restarted", bench.chunks);
+    assert!(done >= third.saturating_sub(1) && done < bench.chunks, "{first}");
+
+    let second = bench.agent_with(&flash, "pass", &edges);
+    assert_eq!(second["outcome"], "reboot", "{second}");
+    // The restarted edge served only what the first run had not verified.
+    let served = bench.chunks_served();
+    eprintln!("restart: the restarted edge served {served} chunks");
+    assert!(
+        served <= bench.chunks - done,
+        "fetched {served} chunks again after {done} of {} were verified",
+        bench.chunks
+    );
+    assert_eq!(bench.bootloader(), "swapped");
+    assert_eq!(bench.agent_with(&flash, "pass", &edges)["outcome"], "resting:committed");
+    assert!(bench.active_image() == bench.v2, "ACTIVE does not hold v2 byte for byte");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let out = Command::new("cp").arg("-a").arg(from).arg(to).output().expect("cp runs");
+    assert!(out.status.success(), "cp -a: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The consistent-snapshot file of `releases/gw/VERSION.manifest` in `repo`.
+fn manifest_file(repo: &Path, version: &str) -> Vec<u8> {
+    let dir = repo.join("targets/releases/gw");
+    let suffix = format!(".{version}.manifest");
+    let entry = std::fs::read_dir(&dir).unwrap().flatten().find(|e| e.file_name().to_string_lossy().ends_with(&suffix));
+    std::fs::read(entry.unwrap_or_else(|| panic!("no {suffix} in {}", dir.display())).path()).unwrap()
 }
 
 /// A xorshift step: the kill schedule is random but repeatable.

@@ -35,12 +35,14 @@ use protocol::install::{
 };
 use protocol::rollout::{EdgeHold, Gate};
 use protocol::seal::TrustAnchor;
+use protocol::status_writer::{write_signed, ReportDraft, RolloutPart};
+use protocol::wire::device::{Request, Response};
 use sha2::{Digest, Sha256};
 
-use crate::agent_store::{AgentState, AgentStore, StoreError};
+use crate::agent_store::{AgentState, AgentStore, InstallMark, ReportState, StoreError};
 use crate::boot::{Partitions, SharedFlash};
 use crate::download::{download, DownloadError, Progress, UpdateSlot};
-use crate::edge_link::EdgeLink;
+use crate::edge_link::{EdgeLink, LinkError};
 use crate::find::{find_release, FindBuffers, FindError, Found};
 use crate::layout::FlashLayout;
 use crate::progress::ChunkProgress;
@@ -64,8 +66,11 @@ pub struct AgentConfig<'a> {
     pub limits: DeviceLimits<'a>,
     /// The fleet content key (chunks are decrypted with it); `None` for plaintext releases.
     pub content_key: Option<ContentKey>,
-    /// The device's public key: its place in a rollout's waves.
+    /// The device's public key: its place in a rollout's waves, and the key its status
+    /// reports are checked against (the public half of `status_key`).
     pub device_id: [u8; 32],
+    /// The device's ed25519 signing key for status reports; `None` sends none.
+    pub status_key: Option<&'a ed25519_dalek::SigningKey>,
     /// The anchor provisioned at the factory, used until the store holds one.
     pub provisioned_anchor: TrustAnchor,
     /// The version string of the factory image.
@@ -138,6 +143,7 @@ pub async fn run_once<F: NorFlash, E: Edges>(
                 anchor: Some(config.provisioned_anchor),
                 progress: ChunkProgress::none(),
                 target_sha256: [0; 32],
+                report: ReportState::default(),
             }
         }
     };
@@ -181,6 +187,9 @@ pub async fn run_once<F: NorFlash, E: Edges>(
     let mut find = FindBuffers { seal, policy, manifest };
     let mut found: Option<(usize, usize, usize)> = None; // (edge, policy len, manifest len)
     let gate = Gate::default();
+    let mut report_due = false;
+    // Edges caught lying this run (bit i: edge i), asked nothing more until the next run.
+    let mut liars = Liars::default();
     while let Some(action) = engine.poll_action() {
         match action {
             Action::Persist => {
@@ -188,7 +197,7 @@ pub async fn run_once<F: NorFlash, E: Edges>(
                 store.save(&state)?;
             }
             Action::FetchMetadata => {
-                match find_and_pin(edges, config, &mut store, &mut state, link_buffer, &mut find).await? {
+                match find_and_pin(edges, config, &mut store, &mut state, link_buffer, &mut find, &mut liars).await? {
                     Ok(release) => {
                         found = Some((release.edge, release.policy_len, release.manifest_len));
                         engine.handle_offer(now(), release.offer);
@@ -203,7 +212,7 @@ pub async fn run_once<F: NorFlash, E: Edges>(
                     // Resumed (a staged image waiting for its window): the gate needs the
                     // current policy, so find the release again.
                     if let Ok(release) =
-                        find_and_pin(edges, config, &mut store, &mut state, link_buffer, &mut find).await?
+                        find_and_pin(edges, config, &mut store, &mut state, link_buffer, &mut find, &mut liars).await?
                     {
                         found = Some((release.edge, release.policy_len, release.manifest_len));
                     }
@@ -233,7 +242,7 @@ pub async fn run_once<F: NorFlash, E: Edges>(
                 if found.is_none() {
                     // Resuming after a reset: find the release again (the record names it).
                     if let Ok(release) =
-                        find_and_pin(edges, config, &mut store, &mut state, link_buffer, &mut find).await?
+                        find_and_pin(edges, config, &mut store, &mut state, link_buffer, &mut find, &mut liars).await?
                     {
                         if Some(release.offer.release.id) == state.record.target.map(|t| t.id) {
                             found = Some((release.edge, release.policy_len, release.manifest_len));
@@ -250,15 +259,35 @@ pub async fn run_once<F: NorFlash, E: Edges>(
                 };
                 // Saved with the progress record, before the first chunk.
                 state.target_sha256 = view.image_sha256();
-                let result = match edges.connect(edge).await {
-                    Some(stream) => {
-                        let mut link = EdgeLink::new(stream, &mut *link_buffer, config.request_timeout);
-                        let mut slot = DfuSlot { dfu: &mut dfu, write_size: layout.write_size_bytes as usize };
-                        let mut progress = StoreProgress { store: &mut store, state: &mut state, target: &view };
-                        download(&mut link, &view, config.content_key.as_ref(), &mut slot, &mut progress, chunk).await
+                mark_install(&mut state, &find, found, unix_now());
+                // From the edge that served the release, then the others: chunks are checked
+                // against the verified manifest, so any edge may serve them, and the progress
+                // record carries over from one to the next.
+                let mut result = Err(DownloadError::Link(LinkError::Io));
+                let mut lied = false;
+                let count = edges.count();
+                for at in (0..count).map(|i| (edge + i) % count) {
+                    if liars.contains(at) {
+                        continue;
                     }
-                    None => Err(DownloadError::Link(crate::edge_link::LinkError::Io)),
-                };
+                    let Some(stream) = edges.connect(at).await else { continue };
+                    let mut link = EdgeLink::new(stream, &mut *link_buffer, config.request_timeout);
+                    let mut slot = DfuSlot { dfu: &mut dfu, write_size: layout.write_size_bytes as usize };
+                    let mut progress = StoreProgress { store: &mut store, state: &mut state, target: &view };
+                    result =
+                        download(&mut link, &view, config.content_key.as_ref(), &mut slot, &mut progress, chunk).await;
+                    match &result {
+                        Ok(_) | Err(DownloadError::Flash(_)) => break,
+                        Err(e) if e.blames_edge() => {
+                            liars.add(at);
+                            lied = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                if lied && result.is_err() && !matches!(result, Err(DownloadError::Flash(_))) {
+                    result = Err(DownloadError::BadChunk { index: 0 });
+                }
                 match result {
                     Ok(fetched) => {
                         engine.handle_progress(view.chunk_count(), fetched.bytes, 0);
@@ -289,6 +318,10 @@ pub async fn run_once<F: NorFlash, E: Edges>(
             Action::Reboot => {
                 state.record = *engine.record();
                 store.save(&state)?;
+                if report_due || state.report.unsent {
+                    let mut reporter = Reporter { edges, config, store: &mut store, state: &mut state, liars };
+                    reporter.send(link_buffer, &mut *find.seal, &mut *chunk, unix_now()).await?;
+                }
                 return Ok(RunOutcome::Reboot);
             }
             Action::RunHealthChecks { .. } => {
@@ -301,13 +334,95 @@ pub async fn run_once<F: NorFlash, E: Edges>(
             }
             // Not marking the image booted is the rollback: the next reset reverts.
             Action::RollBack { .. } => {}
-            // MCUs send no status reports: this driver has no report path.
-            Action::Report => {}
+            // Sent once the run rests or resets: one report of where it ended, not one per
+            // step (each costs a flash save for its number).
+            Action::Report => report_due = true,
         }
     }
     state.record = *engine.record();
     store.save(&state)?;
+    if report_due || state.report.unsent {
+        let mut reporter = Reporter { edges, config, store: &mut store, state: &mut state, liars };
+        reporter.send(link_buffer, &mut *find.seal, &mut *chunk, unix_now()).await?;
+    }
     Ok(RunOutcome::Resting(engine.state()))
+}
+
+/// Remembers that the download about to start belongs to the verified policy's rollout, so
+/// reports name it through resets (kept when it is the same install resumed).
+fn mark_install(state: &mut AgentState, find: &FindBuffers<'_>, found: Option<(usize, usize, usize)>, unix_now: i64) {
+    let Some(target) = state.record.target else { return };
+    if state.report.install.is_some_and(|m| m.release == target.id) {
+        return;
+    }
+    let policy = found.and_then(|(_, p, _)| protocol::rollout::policy::PolicyView::parse(&find.policy[..p]).ok());
+    state.report.install = policy.and_then(|view| InstallMark::new(view.id(), target.id, unix_now));
+}
+
+/// Sends the device's status report to the first edge that acknowledges it.
+struct Reporter<'r, 'c, E, F> {
+    edges: &'r mut E,
+    config: &'r AgentConfig<'c>,
+    store: &'r mut AgentStore<F>,
+    state: &'r mut AgentState,
+    liars: Liars,
+}
+
+impl<E: Edges, F: NorFlash> Reporter<'_, '_, E, F> {
+    /// Numbers the report (persisted first: an edge refuses a number it has seen), signs it
+    /// and offers it to each edge in turn; one that is not acknowledged is sent again, with
+    /// a new number, on the next run. `scratch` and `out` hold the report and its wire form.
+    async fn send(
+        &mut self,
+        link_buffer: &mut [u8],
+        scratch: &mut [u8],
+        out: &mut [u8],
+        unix_now: i64,
+    ) -> Result<(), AgentError> {
+        let Some(key) = self.config.status_key else { return Ok(()) };
+        self.state.report.seq += 1;
+        self.state.report.unsent = true;
+        self.store.save(self.state)?;
+        let record = &self.state.record;
+        let rollout = self.state.report.install.and_then(|mark| {
+            let result = protocol::rollout::install_result(record, &mark.release)?;
+            Some((mark, result))
+        });
+        let draft = ReportDraft {
+            device: self.config.device_id,
+            seq: self.state.report.seq,
+            release: self.config.limits.release,
+            record,
+            health: None,
+            time: unix_now,
+            rollout: rollout.as_ref().map(|(mark, result)| RolloutPart {
+                id: mark.rollout(),
+                result: *result,
+                install_secs: unix_now.saturating_sub(mark.started_unix).max(0) as u64,
+            }),
+        };
+        let Ok(len) = write_signed(&draft, |m| ed25519_dalek::Signer::sign(key, m).to_bytes(), scratch, out) else {
+            // Cannot happen with the buffers run_once passes; nothing to send then.
+            return Ok(());
+        };
+        let mut delivered = false;
+        for edge in 0..self.edges.count() {
+            if self.liars.contains(edge) {
+                continue;
+            }
+            let Some(stream) = self.edges.connect(edge).await else { continue };
+            let mut link = EdgeLink::new(stream, &mut *link_buffer, self.config.request_timeout);
+            if matches!(link.request(&Request::ReportStatus { body: &out[..len] }).await, Ok(Response::Ack)) {
+                delivered = true;
+                break;
+            }
+        }
+        if delivered {
+            self.state.report.unsent = false;
+            self.store.save(self.state)?;
+        }
+        Ok(())
+    }
 }
 
 /// [`find_on_edges`] under the pinned anchor; a rotation the seals carried is persisted
@@ -320,9 +435,10 @@ async fn find_and_pin<E: Edges, F: NorFlash>(
     state: &mut AgentState,
     link_buffer: &mut [u8],
     buffers: &mut FindBuffers<'_>,
+    liars: &mut Liars,
 ) -> Result<Result<FoundAt, FindError>, AgentError> {
     let anchor = state.anchor.unwrap_or(config.provisioned_anchor);
-    let found = find_on_edges(edges, config, &anchor, link_buffer, buffers).await;
+    let found = find_on_edges(edges, config, &anchor, &state.record, link_buffer, buffers, liars).await;
     if let Ok(release) = &found {
         if release.anchor.rotated {
             state.anchor = Some(release.anchor.anchor);
@@ -343,30 +459,67 @@ struct FoundAt {
     manifest_len: usize,
 }
 
-/// [`find_release`] on each edge in turn: the first that serves a verified release wins;
-/// one that lies is skipped, one that lacks the files too.
+/// [`find_release`] on each edge in turn: the first that serves a verified release this
+/// device could install wins. One that lies is skipped and remembered in `liars`; one that
+/// lacks the files is skipped; one whose release is what the device runs, below its
+/// anti-rollback floor, or already refused (a stale mirror, or a replay of an old, validly
+/// signed release) is skipped too, so it cannot hide a newer release another edge serves.
+/// When no edge has anything new, the answer is "missing": no update.
 async fn find_on_edges<E: Edges>(
     edges: &mut E,
     config: &AgentConfig<'_>,
     anchor: &TrustAnchor,
+    record: &Record,
     link_buffer: &mut [u8],
     buffers: &mut FindBuffers<'_>,
+    liars: &mut Liars,
 ) -> Result<FoundAt, FindError> {
-    let mut last = FindError::Link(crate::edge_link::LinkError::Io);
+    let mut last = FindError::Link(LinkError::Io);
     for edge in 0..edges.count() {
+        if liars.contains(edge) {
+            continue;
+        }
         let Some(stream) = edges.connect(edge).await else { continue };
         let mut link = EdgeLink::new(stream, &mut *link_buffer, config.request_timeout);
         let reborrowed =
             FindBuffers { seal: &mut *buffers.seal, policy: &mut *buffers.policy, manifest: &mut *buffers.manifest };
         match find_release(&mut link, anchor, &config.limits, reborrowed).await {
+            Ok(Found { offer, .. })
+                if offer.release.security_counter < record.min_security_counter
+                    || offer.release.id == record.refused
+                    || offer.release.id == record.installed.id =>
+            {
+                last = FindError::Missing;
+            }
             Ok(Found { anchor, policy, manifest, offer }) => {
                 let (policy_len, manifest_len) = (policy.as_bytes().len(), manifest.as_bytes().len());
                 return Ok(FoundAt { edge, anchor, offer, policy_len, manifest_len });
             }
-            Err(e) => last = e,
+            Err(e) => {
+                if e.blames_edge() {
+                    liars.add(edge);
+                }
+                last = e;
+            }
         }
     }
     Err(last)
+}
+
+/// Edges caught lying during one run, by index (the first 32 configured edges).
+#[derive(Debug, Clone, Copy, Default)]
+struct Liars(u32);
+
+impl Liars {
+    fn add(&mut self, edge: usize) {
+        if edge < 32 {
+            self.0 |= 1 << edge;
+        }
+    }
+
+    fn contains(&self, edge: usize) -> bool {
+        edge < 32 && self.0 & (1 << edge) != 0
+    }
 }
 
 /// The DFU partition as the download writes it: erased once per release, each chunk's

@@ -13,10 +13,14 @@
 //! ```text
 //! 0    body   magic "OTAS" | format u8 | 0 u8 | anchor_len u16 | sequence u64 |
 //!             chunk_count u32 | record [RECORD_BYTES] | anchor [MAX_ANCHOR_BYTES] |
-//!             target image sha256 [32] | zero pad
-//! 864  commit blake3(body) [32]
-//! 896  bitmap [128], inverted: an erased 1 bit means "not done", 0 means "done"
+//!             target image sha256 [32] | report seq u64 | report unsent u8 |
+//!             rollout id len u8 | install release id [32] | install started i64 |
+//!             rollout id [64] | zero pad
+//! 960  commit blake3(body) [32]
+//! 992  bitmap [128], inverted: an erased 1 bit means "not done", 0 means "done"
 //! ```
+//!
+//! Format 2 added the report state; format 1 was never shipped to a device.
 //!
 //! The bitmap lies outside the hash because it changes in place: marking a chunk clears one
 //! bit, which NOR allows without an erase. A cut during a mark loses at most that mark (the
@@ -35,12 +39,13 @@ use crate::layout::MAX_WRITE_SIZE;
 use crate::progress::{ChunkOutOfRange, ChunkProgress, BITMAP_BYTES};
 
 const MAGIC: [u8; 4] = *b"OTAS";
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 const ALIGN: usize = MAX_WRITE_SIZE as usize;
 const RECORD_AT: usize = 20;
 const ANCHOR_AT: usize = RECORD_AT + RECORD_BYTES;
 const TARGET_SHA256_AT: usize = ANCHOR_AT + MAX_ANCHOR_BYTES;
-const BODY_BYTES: usize = round_up(TARGET_SHA256_AT + 32, ALIGN);
+const REPORT_AT: usize = TARGET_SHA256_AT + 32;
+const BODY_BYTES: usize = round_up(REPORT_AT + REPORT_BYTES, ALIGN);
 const COMMIT_AT: usize = BODY_BYTES;
 const BITMAP_AT: usize = COMMIT_AT + ALIGN;
 /// Bytes one slot needs; each of the two slots is at least this, rounded up to erase pages.
@@ -63,6 +68,52 @@ pub struct AgentState {
     /// trial, whether ACTIVE holds it tells a commit from a rollback (embassy-boot's state
     /// alone cannot, see `crate::agent`).
     pub target_sha256: [u8; 32],
+    /// Status reports: their number and whether the newest is still unacknowledged.
+    pub report: ReportState,
+}
+
+/// Longest rollout id kept for reports (the policy format's own limit).
+pub const MAX_ROLLOUT_ID_BYTES: usize = protocol::rollout::policy::limits::MAX_ID_BYTES;
+const REPORT_BYTES: usize = 8 + 1 + 1 + 32 + 8 + MAX_ROLLOUT_ID_BYTES;
+
+/// What the agent keeps for its status reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReportState {
+    /// The last report number used: edge nodes refuse a number they have seen, so it must
+    /// survive resets.
+    pub seq: u64,
+    /// The newest report was not acknowledged by any edge: send it (anew) on the next run.
+    pub unsent: bool,
+    /// The install the reports' rollout fields are about.
+    pub install: Option<InstallMark>,
+}
+
+/// The install started under a rollout: reports name its rollout until it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstallMark {
+    id: [u8; MAX_ROLLOUT_ID_BYTES],
+    id_len: u8,
+    /// The release being installed.
+    pub release: protocol::ReleaseId,
+    /// When the download started (unix seconds, the device's clock).
+    pub started_unix: i64,
+}
+
+impl InstallMark {
+    /// A mark for `rollout` (`None` if the id is empty or longer than the policy allows).
+    pub fn new(rollout: &str, release: protocol::ReleaseId, started_unix: i64) -> Option<InstallMark> {
+        if rollout.is_empty() || rollout.len() > MAX_ROLLOUT_ID_BYTES {
+            return None;
+        }
+        let mut id = [0u8; MAX_ROLLOUT_ID_BYTES];
+        id[..rollout.len()].copy_from_slice(rollout.as_bytes());
+        Some(InstallMark { id, id_len: rollout.len() as u8, release, started_unix })
+    }
+
+    /// The rollout id.
+    pub fn rollout(&self) -> &str {
+        core::str::from_utf8(&self.id[..self.id_len as usize]).unwrap_or("")
+    }
 }
 
 /// Why a store operation failed. Corrupt slots are not errors: they are skipped on open.
@@ -217,6 +268,15 @@ fn encode_slot(state: &AgentState, sequence: u64, out: &mut [u8; SLOT_BYTES]) {
     out[RECORD_AT..ANCHOR_AT].copy_from_slice(&state.record.encode());
     out[ANCHOR_AT..ANCHOR_AT + MAX_ANCHOR_BYTES].copy_from_slice(&anchor);
     out[TARGET_SHA256_AT..TARGET_SHA256_AT + 32].copy_from_slice(&state.target_sha256);
+    let report = &mut out[REPORT_AT..REPORT_AT + REPORT_BYTES];
+    report[..8].copy_from_slice(&state.report.seq.to_le_bytes());
+    report[8] = state.report.unsent as u8;
+    if let Some(mark) = &state.report.install {
+        report[9] = mark.id_len;
+        report[10..42].copy_from_slice(&mark.release.0);
+        report[42..50].copy_from_slice(&mark.started_unix.to_le_bytes());
+        report[50..].copy_from_slice(&mark.id);
+    }
     let hash = blake3::hash(&out[..BODY_BYTES]);
     out[COMMIT_AT..COMMIT_AT + 32].copy_from_slice(hash.as_bytes());
     for (stored, done) in out[BITMAP_AT..BITMAP_AT + BITMAP_BYTES].iter_mut().zip(state.progress.done_bits()) {
@@ -252,7 +312,33 @@ pub fn parse_slot(buf: &[u8; SLOT_BYTES]) -> Result<(u64, AgentState), SlotError
     }
     let progress = ChunkProgress::from_done_bits(chunk_count, done).map_err(|_| SlotError::Bounds)?;
     let target_sha256 = array(&buf[TARGET_SHA256_AT..TARGET_SHA256_AT + 32]);
-    Ok((sequence, AgentState { record, anchor, progress, target_sha256 }))
+    let report = parse_report(&buf[REPORT_AT..REPORT_AT + REPORT_BYTES])?;
+    Ok((sequence, AgentState { record, anchor, progress, target_sha256, report }))
+}
+
+fn parse_report(bytes: &[u8]) -> Result<ReportState, SlotError> {
+    let seq = u64::from_le_bytes(array(&bytes[..8]));
+    let unsent = match bytes[8] {
+        0 => false,
+        1 => true,
+        _ => return Err(SlotError::Bounds),
+    };
+    let install = match bytes[9] as usize {
+        0 => None,
+        len if len <= MAX_ROLLOUT_ID_BYTES => {
+            let id: [u8; MAX_ROLLOUT_ID_BYTES] = array(&bytes[50..50 + MAX_ROLLOUT_ID_BYTES]);
+            core::str::from_utf8(&id[..len]).map_err(|_| SlotError::Bounds)?;
+            let release = protocol::ReleaseId(array(&bytes[10..42]));
+            Some(InstallMark {
+                id,
+                id_len: len as u8,
+                release,
+                started_unix: i64::from_le_bytes(array(&bytes[42..50])),
+            })
+        }
+        _ => return Err(SlotError::Bounds),
+    };
+    Ok(ReportState { seq, unsent, install })
 }
 
 /// Copies a slice of known length into an array without a fallible conversion.
@@ -261,3 +347,6 @@ fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
     out.copy_from_slice(&bytes[..N]);
     out
 }
+
+// The offsets the module doc states.
+const _: () = assert!(COMMIT_AT == 960 && BITMAP_AT == 992);

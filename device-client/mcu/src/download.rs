@@ -74,6 +74,18 @@ pub enum DownloadError<F> {
     Flash(F),
 }
 
+impl<F> DownloadError<F> {
+    /// Whether the edge lied or broke the protocol (as opposed to lacking a chunk, being
+    /// busy, or the network failing): the agent asks it nothing more this run.
+    pub fn blames_edge(&self) -> bool {
+        match self {
+            DownloadError::BadChunk { .. } | DownloadError::ChunkTooLarge => true,
+            DownloadError::Link(e) => e.blames_edge(),
+            _ => false,
+        }
+    }
+}
+
 impl<F> From<LinkError> for DownloadError<F> {
     fn from(e: LinkError) -> Self {
         DownloadError::Link(e)

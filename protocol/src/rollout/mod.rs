@@ -10,6 +10,7 @@
 //! - [`window`]: maintenance windows, open now and next opening;
 //! - [`gate`]: the device's own decision before downloading and before switching slots (no
 //!   heap; an edge node's answer can only hold it back);
+//! - [`result`]: where an install stands under a rollout, as a status report says it;
 //! - [`report`] (alloc): the rollout-relevant part of a signed status report;
 //! - [`controller`] (alloc): the publisher's state machine — advance waves after soak and
 //!   enough healthy outcomes, halt on a failure threshold or a significant regression
@@ -21,6 +22,7 @@
 
 pub mod gate;
 pub mod policy;
+pub mod result;
 pub mod select;
 pub mod window;
 
@@ -33,6 +35,7 @@ pub mod site_guard;
 
 pub use gate::{EdgeHold, Gate, GateVerdict, StopReason};
 pub use policy::{HealthGate, Phase, PolicyError, PolicyField, PolicyView, RolloutRelease, Wave};
+pub use result::{install_result, InstallResult};
 pub use select::{bucket, is_eligible, wave_of};
 pub use window::Window;
 

@@ -64,6 +64,12 @@ pub enum Lie {
     BusyChunks,
     /// Answers every target request with these bytes (an older release's manifest).
     EveryTarget(Vec<u8>),
+    /// Answers every manifest request (`….manifest`) with these bytes: another release's
+    /// manifest, validly published, in place of the one the seal names.
+    ManifestsFrom(Vec<u8>),
+    /// Every seal (`….sig` target, what MCUs verify instead of TUF) with its last byte — a
+    /// signature byte — flipped; everything else as is.
+    CorruptSeals,
 }
 
 /// A hostile edge's addresses and counters.
@@ -104,16 +110,30 @@ pub enum Shape {
     Delay(Duration),
 }
 
-/// The runtime the hostile edges run on.
+/// The runtime the hostile edges run on, and the address they listen on.
 pub struct Hostiles {
     runtime: tokio::runtime::Runtime,
+    ip: std::net::IpAddr,
 }
 
 impl Hostiles {
     pub fn new() -> Hostiles {
+        Hostiles::on("127.0.0.1".parse().unwrap())
+    }
+
+    /// Hostile edges listening on `ip`. Made inside a network namespace (`netns::in_netns`),
+    /// the runtime's threads — and so every socket they open, proxies' upstream connections
+    /// included — live in that namespace.
+    pub fn on(ip: std::net::IpAddr) -> Hostiles {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
-        Hostiles { runtime }
+        // Start the workers now, from this thread (and so in its namespace).
+        runtime.block_on(async {});
+        Hostiles { runtime, ip }
+    }
+
+    fn any_port(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, 0)
     }
 
     /// The device service over `repo` (a directory with `metadata/`, `targets/` and
@@ -122,13 +142,13 @@ impl Hostiles {
         let counters = Arc::new(Counters::default());
         let backend = Arc::new(RepoBackend { root: repo.to_path_buf(), lie, counters: counters.clone() });
         let config = DeviceServiceConfig {
-            quic_addr: Some("127.0.0.1:0".parse().unwrap()),
-            tcp_addr: Some("127.0.0.1:0".parse().unwrap()),
+            quic_addr: Some(self.any_port()),
+            tcp_addr: Some(self.any_port()),
             ..DeviceServiceConfig::default()
         };
         let (addrs, _task) = self
             .runtime
-            .block_on(DeviceService::bind(config, backend, Arc::new(Metrics::default())))
+            .block_on(async { DeviceService::bind(config, backend, Arc::new(Metrics::default())).await })
             .expect("hostile device service binds");
         HostileEdge { quic: addrs.quic, tcp: addrs.tcp.unwrap(), counters }
     }
@@ -136,7 +156,8 @@ impl Hostiles {
     /// A framed-TCP "edge" whose responses never end.
     pub fn endless_edge(&self, kind: Endless) -> HostileEdge {
         let counters = Arc::new(Counters::default());
-        let listener = self.runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("endless edge binds");
+        let listener =
+            self.runtime.block_on(tokio::net::TcpListener::bind(self.any_port())).expect("endless edge binds");
         let tcp = listener.local_addr().unwrap();
         let count = counters.clone();
         self.runtime.spawn(async move {
@@ -153,7 +174,7 @@ impl Hostiles {
     /// device-service TCP port) and shapes the answers as `shape` says.
     pub fn proxy(&self, upstream: SocketAddr, shape: Shape) -> HostileEdge {
         let counters = Arc::new(Counters::default());
-        let listener = self.runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("proxy binds");
+        let listener = self.runtime.block_on(tokio::net::TcpListener::bind(self.any_port())).expect("proxy binds");
         let tcp = listener.local_addr().unwrap();
         let count = counters.clone();
         self.runtime.spawn(async move {
@@ -170,8 +191,8 @@ impl Hostiles {
     pub fn black_hole(&self) -> HostileEdge {
         let counters = Arc::new(Counters::default());
         let (udp, listener) = self.runtime.block_on(async {
-            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("black hole binds UDP");
-            let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("black hole binds TCP");
+            let udp = tokio::net::UdpSocket::bind(self.any_port()).await.expect("black hole binds UDP");
+            let tcp = tokio::net::TcpListener::bind(self.any_port()).await.expect("black hole binds TCP");
             (udp, tcp)
         });
         let (quic, tcp) = (udp.local_addr().unwrap(), listener.local_addr().unwrap());
@@ -336,6 +357,7 @@ impl DeviceBackend for RepoBackend {
         self.counters.targets.fetch_add(1, Relaxed);
         match &self.lie {
             Lie::EveryTarget(bytes) => Some(bytes.len() as u64),
+            Lie::ManifestsFrom(bytes) if path.ends_with(".manifest") => Some(bytes.len() as u64),
             _ => std::fs::metadata(self.target_file(path)?).ok().map(|m| m.len()),
         }
     }
@@ -343,6 +365,12 @@ impl DeviceBackend for RepoBackend {
     async fn target(&self, path: &str, _max_len: u64) -> Option<Vec<u8>> {
         match &self.lie {
             Lie::EveryTarget(bytes) => Some(bytes.clone()),
+            Lie::ManifestsFrom(bytes) if path.ends_with(".manifest") => Some(bytes.clone()),
+            Lie::CorruptSeals if path.ends_with(".sig") => {
+                let mut bytes = std::fs::read(self.target_file(path)?).ok()?;
+                *bytes.last_mut()? ^= 0x01;
+                Some(bytes)
+            }
             _ => std::fs::read(self.target_file(path)?).ok(),
         }
     }

@@ -61,9 +61,12 @@ struct Args {
     /// This device's hardware class.
     #[arg(long)]
     hw_class: String,
-    /// The device's id in rollouts (64 hex digits; its status key on a real device).
+    /// The device's status key: a file holding a 32-byte ed25519 seed as 64 hex digits (the
+    /// Linux agent's `device.key` format). Its public half is the device's id in rollouts
+    /// and signs its status reports; without it the device reports nothing and counts as
+    /// an all-zero id.
     #[arg(long)]
-    device_id: Option<String>,
+    device_key: Option<PathBuf>,
     /// What the trial's health check answers.
     #[arg(long, value_parser = ["pass", "fail"], default_value = "pass")]
     health: String,
@@ -171,10 +174,9 @@ async fn main(spawner: Spawner) {
         fail(&format!("{} is not a trust anchor ({e}); write one with `seeder mcu anchor`", args.anchor.display()))
     });
     let content_key = args.content_key.as_deref().map(|p| ContentKey(read_hex32(p, "content key")));
-    let device_id = match &args.device_id {
-        Some(hex) => protocol::hex::decode_array(hex).unwrap_or_else(|e| fail(&format!("--device-id: {e}"))),
-        None => [0; 32],
-    };
+    let status_key =
+        args.device_key.as_deref().map(|p| ed25519_dalek::SigningKey::from_bytes(&read_hex32(p, "device key")));
+    let device_id = status_key.as_ref().map_or([0; 32], |k| k.verifying_key().to_bytes());
     let flash = Mutex::new(RefCell::new(open_flash(&args)));
 
     let device = TunTapDevice::new(&args.tap).unwrap_or_else(|e| {
@@ -205,6 +207,7 @@ async fn main(spawner: Spawner) {
         },
         content_key,
         device_id,
+        status_key: status_key.as_ref(),
         provisioned_anchor: anchor,
         factory_version: "factory",
         request_timeout: timeout,
@@ -229,6 +232,9 @@ async fn main(spawner: Spawner) {
     let state = record.as_ref().map(|s| s.record.state.name());
     let error = record.as_ref().and_then(|s| s.record.last_error).map(|e| format!("{e:?}"));
     let epoch = record.as_ref().and_then(|s| s.anchor).map(|a| a.epoch);
+    let report_seq = record.as_ref().map(|s| s.report.seq);
+    let chunks_done = record.as_ref().map(|s| s.progress.done_count());
+    let report_unsent = record.as_ref().map(|s| s.report.unsent);
     match outcome {
         Ok(outcome) => {
             let outcome = match outcome {
@@ -240,6 +246,8 @@ async fn main(spawner: Spawner) {
                 serde_json::json!({
                     "ok": true, "outcome": outcome, "state": state, "installed": installed,
                     "last_error": error, "anchor_epoch": epoch,
+                    "report_seq": report_seq, "report_unsent": report_unsent,
+                    "chunks_done": chunks_done,
                 })
             );
             std::process::exit(0);

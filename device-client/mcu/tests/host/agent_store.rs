@@ -186,3 +186,22 @@ fn hostile_slot_bytes_never_panic() {
         let _ = parse_slot(&buf);
     }
 }
+
+#[test]
+fn report_state_survives_a_restart() {
+    use otamesh_mcu::agent_store::{InstallMark, ReportState};
+    let t = TempFlash::new("store-report");
+    let mut saved = state(3);
+    let mark = InstallMark::new("gw-2.0.0", protocol::ReleaseId([5; 32]), 1_790_000_000).unwrap();
+    saved.report = ReportState { seq: 41, unsent: true, install: Some(mark) };
+    {
+        let flash = t.open();
+        open(&flash).0.save(&saved).unwrap();
+    }
+    let flash = t.open();
+    let loaded = open(&flash).1.unwrap();
+    assert_eq!(loaded, saved);
+    assert_eq!(loaded.report.install.unwrap().rollout(), "gw-2.0.0");
+    assert!(InstallMark::new("", protocol::ReleaseId([5; 32]), 0).is_none());
+    assert!(InstallMark::new(&"x".repeat(65), protocol::ReleaseId([5; 32]), 0).is_none());
+}

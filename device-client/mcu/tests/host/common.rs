@@ -117,5 +117,6 @@ pub fn state(n: u8) -> AgentState {
         anchor: if n == 0 { None } else { Some(anchor(u32::from(n))) },
         progress,
         target_sha256: [n; 32],
+        report: Default::default(),
     }
 }
