@@ -33,6 +33,11 @@ struct DemoArgs {
     /// Keep the working directory (repository, edge stores, device slots) for inspection.
     #[arg(long)]
     keep: bool,
+    /// After the summary, keep the mesh running until Ctrl-C, with a small firmware release for
+    /// microcontrollers rolled out, the edge nodes' TCP device services on every interface,
+    /// and the commands that install it with the MCU agent's host build (`mcu-agent`) printed.
+    #[arg(long)]
+    hold: bool,
 }
 
 fn demo(args: DemoArgs) -> ExitCode {
@@ -44,6 +49,7 @@ fn demo(args: DemoArgs) -> ExitCode {
         devices: args.devices,
         image_mib: args.image_mib,
         keep: args.keep,
+        hold: args.hold,
         ..simnet::demo::DemoConfig::default()
     };
     match simnet::demo::run(&config) {

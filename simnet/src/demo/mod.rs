@@ -14,6 +14,7 @@
 //! Everything runs in a temporary directory that is removed at the end (`--keep` keeps it),
 //! and every process is killed when the demo ends, fails or is interrupted.
 
+mod hold;
 mod images;
 mod procs;
 mod rollouts;
@@ -44,13 +45,16 @@ pub struct DemoConfig {
     pub image_mib: usize,
     /// Keep the working directory.
     pub keep: bool,
+    /// After the summary, keep the mesh up with an MCU release for `mcu-agent` (edge device
+    /// services on every interface) until Ctrl-C.
+    pub hold: bool,
     /// Where the daemon binaries are; `None`: next to this executable, built by cargo first.
     pub bin_dir: Option<PathBuf>,
 }
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        DemoConfig { sites: 2, edges_per_site: 2, devices: 24, image_mib: 32, keep: false, bin_dir: None }
+        DemoConfig { sites: 2, edges_per_site: 2, devices: 24, image_mib: 32, keep: false, hold: false, bin_dir: None }
     }
 }
 
@@ -60,6 +64,7 @@ struct Edge {
     p2p: String,
     http: SocketAddr,
     device_quic: SocketAddr,
+    device_tcp: SocketAddr,
 }
 
 struct Device {
@@ -115,7 +120,8 @@ fn run_in(config: &DemoConfig, dir: &Path, seeder: &Path, edge_bin: &Path, devic
             if member > 0 {
                 boot.push(edges[edges.len() - member].p2p.clone());
             }
-            edges.push(start_edge(edge_bin, &dir.join(format!("edge-{site}-{member}")), site, &boot)?);
+            let data_dir = dir.join(format!("edge-{site}-{member}"));
+            edges.push(start_edge(edge_bin, &data_dir, site, &boot, config.hold)?);
         }
     }
     wait_until("edge nodes to see their peers", Duration::from_secs(60), || {
@@ -224,6 +230,13 @@ fn run_in(config: &DemoConfig, dir: &Path, seeder: &Path, edge_bin: &Path, devic
         v2_time,
         rollouts: vec![v2_line, v3_rollout.finish()],
     };
+    if config.hold {
+        print!("{}", summary.render());
+        let ports: Vec<u16> = edges.iter().map(|e| e.device_tcp.port()).collect();
+        let seen =
+            |id: &str| edges.iter().all(|e| edge_status(e).is_some_and(|s| s.rollouts.iter().any(|r| r.rollout == id)));
+        hold::serve_mcu(seeder, &repo_s, dir, &ports, seen)?;
+    }
     drop(devices);
     drop(edges);
     drop(origin);
@@ -234,14 +247,28 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
-fn start_edge(bin: &Path, data_dir: &Path, site: usize, bootstrap: &[String]) -> Result<Edge> {
+/// An edge node on loopback; `tcp_everywhere` puts its framed-TCP device service on every
+/// interface instead (for `--hold`: the MCU agent's host build arrives over a TAP link).
+fn start_edge(bin: &Path, data_dir: &Path, site: usize, bootstrap: &[String], tcp_everywhere: bool) -> Result<Edge> {
     let bootstrap: Vec<&str> = bootstrap.iter().map(String::as_str).collect();
-    let args =
+    let mut args =
         test_procs::edge_run_args(data_dir, &format!("site-{site}"), &bootstrap, &test_procs::LOOPBACK_LAN_FLAGS)?;
+    if tcp_everywhere {
+        if let Some(at) = args.iter().position(|a| a == "--device-tcp-listen") {
+            args[at + 1] = "0.0.0.0:0".into();
+        }
+    }
     let name = data_dir.file_name().and_then(|n| n.to_str()).unwrap_or("edge").to_string();
     let proc = procs::spawn(&name, bin, &args)?;
     let addrs = test_procs::edge_addrs(&proc, Duration::from_secs(30))?;
-    Ok(Edge { _proc: proc, site, p2p: addrs.p2p, http: addrs.http, device_quic: addrs.device_quic })
+    Ok(Edge {
+        _proc: proc,
+        site,
+        p2p: addrs.p2p,
+        http: addrs.http,
+        device_quic: addrs.device_quic,
+        device_tcp: addrs.device_tcp,
+    })
 }
 
 fn start_device(bin: &Path, dir: &Path, repo: &Path, edges: &[String], site: usize) -> Result<Device> {
