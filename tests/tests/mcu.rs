@@ -275,7 +275,7 @@ impl Bench {
 
     /// Installs the rolled-out release on `flash` with `edges` (boot, bootloader, boot) and
     /// checks that it committed.
-    fn install_and_commit(&self, flash: &Path, edges: &[String], expect: &[u8], version: &str) {
+    fn install_and_commit(&self, flash: &Path, edges: &[String], expect: &[u8], version: &str) -> Value {
         let first = self.agent_with(flash, "pass", edges);
         assert_eq!(first["outcome"], "reboot", "{first}");
         assert_eq!(Self::bootloader_on(flash), "swapped");
@@ -283,6 +283,38 @@ impl Bench {
         assert_eq!(second["outcome"], "resting:committed", "{second}");
         assert_eq!(second["installed"], version, "{second}");
         assert!(active_image_of(flash) == expect, "ACTIVE does not hold {version} byte for byte");
+        second
+    }
+
+    /// Publishes `image` as gw `version` (fixed 4 KiB chunks) and rolls it out to everyone
+    /// in place of the running rollout.
+    fn publish_and_roll_out(&self, image: &[u8], version: &str, counter: u64) {
+        let repo = self.repo.to_str().unwrap();
+        let path = self.dir.path().join(format!("{version}.bin"));
+        std::fs::write(&path, image).unwrap();
+        seeder(&[
+            "release",
+            "add",
+            "--repo",
+            repo,
+            "--image",
+            path.to_str().unwrap(),
+            "--name",
+            "gw",
+            "--version",
+            version,
+            "--hw-class",
+            "imx8",
+            "--security-counter",
+            &counter.to_string(),
+            "--chunking",
+            "fixed:4K",
+            "--compress",
+            "none",
+        ]);
+        seeder(&["rollout", "abort", "--repo", repo, "gw"]);
+        seeder(&["rollout", "start", "--repo", repo, "gw", version, "--waves", "100"]);
+        self.wait_for_rollout(&format!("gw-{version}"));
     }
 
     /// `edges` alone install nothing on a fresh `flash`: the agent rests, ACTIVE keeps the
@@ -422,31 +454,7 @@ fn hostile_edges_are_refused_and_an_honest_one_completes_the_install() {
     let stale_repo = bench.dir.path().join("stale-repo");
     copy_dir(&bench.repo, &stale_repo);
     let v3 = random_bytes(IMAGE_BYTES, 3);
-    let v3_image = bench.dir.path().join("v3.bin");
-    std::fs::write(&v3_image, &v3).unwrap();
-    seeder(&[
-        "release",
-        "add",
-        "--repo",
-        repo,
-        "--image",
-        v3_image.to_str().unwrap(),
-        "--name",
-        "gw",
-        "--version",
-        "3.0.0",
-        "--hw-class",
-        "imx8",
-        "--security-counter",
-        "3",
-        "--chunking",
-        "fixed:4K",
-        "--compress",
-        "none",
-    ]);
-    seeder(&["rollout", "abort", "--repo", repo, "gw"]);
-    seeder(&["rollout", "start", "--repo", repo, "gw", "3.0.0", "--waves", "100"]);
-    bench.wait_for_rollout("gw-3.0.0");
+    bench.publish_and_roll_out(&v3, "3.0.0", 3);
     let stale = in_netns(&bench.net.edge, || hostiles.repo_edge(&stale_repo, Lie::Nothing));
     bench.install_and_commit(&device, &[stale.tcp.to_string(), bench.honest()], &v3, "3.0.0");
     let asked = stale.counters.targets();
@@ -461,6 +469,28 @@ fn hostile_edges_are_refused_and_an_honest_one_completes_the_install() {
     assert!(active_image_of(&device) == v3, "the stale edge changed ACTIVE");
     assert!(stale.counters.targets() > asked, "the stale edge was not asked again");
     assert_eq!(stale.counters.chunks(), 0, "chunks of an older release were fetched");
+}
+
+/// The publisher rotates the targets key: the next release's seals carry a trust statement
+/// signed by the old and the new key, and the MCU — pinned to the old key at the factory,
+/// or to an anchor it learnt since — installs it and pins the new anchor.
+#[test]
+fn a_targets_key_rotation_reaches_the_mcu_through_its_seals() {
+    let Some(bench) = Bench::new("mcu-rotate") else { return };
+    let device = bench.dir.path().join("device.bin");
+    let on_v2 = bench.install_and_commit(&device, &[bench.honest()], &bench.v2, "2.0.0");
+    // Epoch 1 at the factory; the rollouts key, created by the first rollout, made it 2.
+    assert_eq!(on_v2["anchor_epoch"], 2, "{on_v2}");
+
+    seeder(&["key", "rotate", "--repo", bench.repo.to_str().unwrap(), "--role", "targets"]);
+    let v3 = random_bytes(IMAGE_BYTES, 3);
+    bench.publish_and_roll_out(&v3, "3.0.0", 3);
+    let on_v3 = bench.install_and_commit(&device, &[bench.honest()], &v3, "3.0.0");
+    assert_eq!(on_v3["anchor_epoch"], 3, "the rotated anchor was not pinned: {on_v3}");
+    // A device fresh from the factory (epoch 1) follows the whole chain at once.
+    let fresh = bench.dir.path().join("fresh.bin");
+    let fresh_v3 = bench.install_and_commit(&fresh, &[bench.honest()], &v3, "3.0.0");
+    assert_eq!(fresh_v3["anchor_epoch"], 3, "{fresh_v3}");
 }
 
 /// The edge node restarts in the middle of a download: the agent's run ends on the broken
