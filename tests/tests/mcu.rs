@@ -22,6 +22,7 @@ const TAP_HOST_IP: &str = "10.78.0.1";
 /// The agent's address on the TAP link (its embassy-net stack).
 const AGENT_IP: &str = "10.78.0.2/24";
 const TAP: &str = "om-tap";
+const EDGE_NAME: &str = "edge";
 /// Where ACTIVE starts in the agent's flash file (`layout::HOST_DEVICE`), and its size.
 const ACTIVE_OFFSET: usize = 4096;
 const FLASH_BYTES: usize = 132 * 4096;
@@ -97,17 +98,10 @@ impl Bench {
         // the first rollout below, reaches it through the statement the seals carry.
         let anchor = dir.path().join("anchor.bin");
         seeder(&["mcu", "anchor", "--repo", repo.to_str().unwrap(), "--out", anchor.to_str().unwrap()]);
-        // A SIGKILLed agent's stack dies without closing its TCP connection, which the edge
-        // holds until its idle timeout; the kill test resets the device far more often than
-        // the per-address cap of 8 connections allows for.
-        let edge = net.edge_with(
-            "edge",
-            &dir.path().join("edge"),
-            "plant-1",
-            "0.0.0.0:0",
-            &origin.addr,
-            &["--max-connections-per-client", "512"],
-        );
+        // The edge's default per-address cap (8 connections): a SIGKILLed agent's stack dies
+        // without closing its TCP connection, and the kill test resets the device far more
+        // often than that — the newest connection takes the place of an idle one.
+        let edge = net.edge(EDGE_NAME, &dir.path().join("edge"), "plant-1", "0.0.0.0:0", &origin.addr);
         let (factory, v2) = (random_bytes(IMAGE_BYTES, 1), random_bytes(IMAGE_BYTES, 2));
         std::fs::write(dir.path().join("factory.bin"), &factory).unwrap();
         let image = dir.path().join("v2.bin");
@@ -166,14 +160,7 @@ impl Bench {
         self.edge.proc.kill();
         let listen = format!("0.0.0.0:{}", self.edge.device_tcp.port());
         let origin = self.origin_addr.clone();
-        self.edge = self.net.edge_with(
-            "edge-restarted",
-            &self.dir.path().join("edge"),
-            "plant-1",
-            &listen,
-            &origin,
-            &["--max-connections-per-client", "512"],
-        );
+        self.edge = self.net.edge(EDGE_NAME, &self.dir.path().join("edge"), "plant-1", &listen, &origin);
         self.wait_for_rollout("gw-2.0.0");
     }
 
