@@ -181,6 +181,9 @@ enum DevicesCommand {
         from: Option<PathBuf>,
     },
     /// List enrolled devices with the latest state each reported.
+    /// The fleet's inventory: every enrolled device with what it last reported — release and
+    /// slot, install state, anti-rollback floor, last error, when it was last heard from.
+    /// Filters combine; devices not heard from within --stale-after are marked stale.
     List {
         /// Repository directory.
         #[arg(long)]
@@ -188,6 +191,42 @@ enum DevicesCommand {
         /// Only devices at this site.
         #[arg(long)]
         site: Option<String>,
+        /// Only devices following this release name (`gw`) or running this release
+        /// (`gw@2.0.0`).
+        #[arg(long)]
+        release: Option<String>,
+        /// Only devices in this install state (idle, downloading, staged, trial, committed,
+        /// rolled-back, …) or `never-reported`.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only devices not heard from within this long (e.g. 2h, 7d), never-reported ones
+        /// included.
+        #[arg(long, value_name = "DURATION")]
+        stale: Option<String>,
+        /// A device not heard from within this long is marked stale.
+        #[arg(long, value_name = "DURATION", default_value = "1d")]
+        stale_after: String,
+        /// At most this many devices (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+        /// Skip this many matching devices first.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+    },
+    /// One device (by its id or its public key in hex): its inventory entry and update
+    /// history, newest first.
+    Show {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// The device's enrolled id, or its public key (64 hex digits).
+        device: String,
+        /// History events to show.
+        #[arg(long, default_value_t = 50)]
+        history: u64,
+        /// A device not heard from within this long is marked stale.
+        #[arg(long, value_name = "DURATION", default_value = "1d")]
+        stale_after: String,
     },
 }
 
@@ -663,31 +702,42 @@ fn run_fleet(cli: &Cli) -> Result<()> {
                 many => format!("enrolled {} devices", many.len()),
             })?;
         }
-        Command::Devices(DevicesCommand::List { repo, site }) => {
+        Command::Devices(DevicesCommand::List { repo, site, release, state, stale, stale_after, limit, offset }) => {
             fleet::check_repo(repo)?;
-            let rows = match fleet::open_read(&fleet::db_path(repo))? {
-                Some(conn) => fleet::query::list_devices(&conn, site.as_deref())?,
-                None => Vec::new(),
+            let now = time::now_unix();
+            let stale_after = time::parse_duration(stale_after).context("--stale-after")?;
+            let stale_before =
+                stale.as_deref().map(time::parse_duration).transpose().context("--stale")?.map(|d| now - d);
+            let filter = fleet::query::DeviceFilter {
+                site: site.as_deref(),
+                release: release.as_deref(),
+                state: state.as_deref(),
+                stale_before,
+                limit: *limit,
+                offset: *offset,
+                ..Default::default()
             };
-            print(cli.json, &rows, || {
-                let mut out = format!("{} devices", rows.len());
-                for d in &rows {
-                    out += &format!("\n  {:<20} {:<12} {:<10}", d.id, d.site, d.hw_class);
-                    match &d.state {
-                        None => out += " (no report yet)",
-                        Some(s) => {
-                            out += &format!(" {} {} {} seq {}", s.release, s.version, s.state, s.last_seq);
-                            if let Some(e) = &s.error {
-                                out += &format!(" error {e}");
-                            }
-                            if let Some(h) = &s.health {
-                                out += &format!(" health {h}");
-                            }
-                        }
-                    }
-                }
-                out
+            let page = match fleet::open_read(&fleet::db_path(repo))? {
+                Some(conn) => fleet::query::find_devices(&conn, &filter)?,
+                None => fleet::query::DevicePage { total: 0, devices: Vec::new() },
+            };
+            let listed: Vec<fleet::inventory::Listed> =
+                page.devices.iter().map(|d| fleet::inventory::Listed::new(d, now, stale_after)).collect();
+            let doc = serde_json::json!({"total": page.total, "offset": offset, "devices": listed});
+            print(cli.json, &doc, || fleet::inventory::render_list(page.total, &listed))?;
+        }
+        Command::Devices(DevicesCommand::Show { repo, device, history, stale_after }) => {
+            fleet::check_repo(repo)?;
+            let now = time::now_unix();
+            let stale_after = time::parse_duration(stale_after).context("--stale-after")?;
+            let conn = fleet::open_read(&fleet::db_path(repo))?
+                .with_context(|| format!("no device `{device}`: no device is enrolled in {}", repo.display()))?;
+            let (row, events) = fleet::query::show_device(&conn, device, *history)?.with_context(|| {
+                format!("no device `{device}` is enrolled; `seeder devices list` shows the ones that are")
             })?;
+            let listed = fleet::inventory::Listed::new(&row, now, stale_after);
+            let doc = serde_json::json!({"device": listed, "history": events});
+            print(cli.json, &doc, || fleet::inventory::render_show(&listed, &events))?;
         }
         Command::BenchIngest { dir, reports, devices, keep_signed } => {
             let r = fleet::bench::run(dir, *reports, *devices, *keep_signed)?;

@@ -65,7 +65,10 @@ impl Fixture {
     fn list(&self, extra: &[&str]) -> Vec<Value> {
         let mut args = vec!["devices", "list", "--repo", self.repo()];
         args.extend_from_slice(extra);
-        ok_json(&args).as_array().unwrap().clone()
+        let listed = ok_json(&args);
+        let devices = listed["devices"].as_array().unwrap().clone();
+        assert!(listed["total"].as_u64().unwrap() >= devices.len() as u64, "{listed}");
+        devices
     }
 }
 
@@ -138,6 +141,32 @@ fn enroll_ingest_and_list() {
     let out = seeder(&["devices", "list", "--repo", f.repo()]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("5 devices") && text.contains("gw-2") && text.contains("(no report yet)"), "{text}");
+
+    // The inventory's filters, staleness and paging from the command line.
+    let page = ok_json(&["devices", "list", "--repo", f.repo(), "--limit", "2", "--offset", "1"]);
+    assert_eq!((page["total"].as_u64(), page["devices"].as_array().map(Vec::len)), (Some(5), Some(2)), "{page}");
+    assert_eq!(f.list(&["--state", "never-reported"]).len(), 2);
+    assert_eq!(f.list(&["--release", "gw@1.4.2"]).len(), 3);
+    assert_eq!(f.list(&["--stale", "1h"]).len(), 2, "only the never-reported are stale an hour back");
+    let rows = f.list(&["--stale-after", "1h"]);
+    assert_eq!(rows.iter().filter(|r| r["stale"] == true).count(), 2);
+    assert!(rows.iter().all(|r| r["state"].is_null() || r["state"]["security_floor"].is_u64()), "{rows:?}");
+    let line = fails(&["devices", "list", "--repo", f.repo(), "--stale", "soon"]);
+    assert!(line.contains("--stale") && line.contains("not a duration"), "{line}");
+
+    // One device and its history, by id or key.
+    let reported = rows.iter().find(|r| !r["state"].is_null()).unwrap();
+    let id = reported["id"].as_str().unwrap();
+    let shown = ok_json(&["devices", "show", "--repo", f.repo(), id, "--history", "4"]);
+    assert_eq!(shown["device"]["id"], id);
+    let seqs: Vec<u64> = shown["history"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![10, 9, 8, 7], "{shown}");
+    let by_key = ok_json(&["devices", "show", "--repo", f.repo(), reported["key"].as_str().unwrap()]);
+    assert_eq!(by_key["device"]["id"], id);
+    let text = String::from_utf8(seeder(&["devices", "show", "--repo", f.repo(), id]).stdout).unwrap();
+    assert!(text.contains("history (10 newest first)") && text.contains("gw-1.4.2"), "{text}");
+    let line = fails(&["devices", "show", "--repo", f.repo(), "gw-404"]);
+    assert!(line.contains("no device `gw-404`"), "{line}");
 }
 
 fn args(v: &[String]) -> Vec<&str> {

@@ -11,7 +11,8 @@
 //!   of threads, then stored by the one writer thread in batched transactions and
 //!   acknowledged only once committed. The writer also runs other writes
 //!   ([`ingest::Ingestor::write`]), so within a seeder there is one writer.
-//! - [`query`]: what readers see (each reader has its own read-only connection).
+//! - [`query`]: what readers see (each reader has its own read-only connection): devices
+//!   filtered and paged in SQL, a device and its history; [`inventory`] marks stale ones.
 //! - [`rollouts`]: rollouts and their transitions, kept generic (strings and blobs); the
 //!   policy itself is `protocol::rollout`'s.
 //!
@@ -22,6 +23,7 @@
 pub mod bench;
 pub mod enroll;
 pub mod ingest;
+pub mod inventory;
 pub mod query;
 pub mod rollouts;
 mod schema;

@@ -2,7 +2,8 @@
 //! connections ([`super::open_read`]); WAL lets them read while the writer commits.
 
 use anyhow::Result;
-use rusqlite::{Connection, Row};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 /// An enrolled device and, once it has reported, its latest state.
@@ -45,16 +46,22 @@ pub struct DeviceState {
     pub error_code: Option<u16>,
     /// Last health result.
     pub health: Option<String>,
-    /// Slot named by the report.
+    /// Slot the rollout's install targets.
     pub slot: Option<String>,
-    /// When the seeder stored it (unix seconds).
+    /// When the seeder stored it (unix seconds): the device's last report.
     pub updated_at: i64,
+    /// The slot that runs (reports from before the inventory columns: `None`).
+    pub active_slot: Option<String>,
+    /// The anti-rollback floor (security counter) the device enforces.
+    pub security_floor: Option<u64>,
+    /// The version being installed, if an install is under way.
+    pub target_version: Option<String>,
 }
 
 const SELECT_DEVICES: &str = "
     SELECT d.device_id, d.public_key, d.site, d.hw_class, d.enrolled_at,
            s.last_seq, s.release, s.version, s.installed_id, s.state, s.rollout, s.result, s.error,
-           s.error_code, s.health, s.slot, s.updated_at
+           s.error_code, s.health, s.slot, s.updated_at, s.active_slot, s.security_floor, s.target_version
     FROM devices d LEFT JOIN device_state s ON s.device = d.id";
 
 fn device_row(row: &Row<'_>) -> rusqlite::Result<DeviceRow> {
@@ -75,6 +82,9 @@ fn device_row(row: &Row<'_>) -> rusqlite::Result<DeviceRow> {
             health: row.get(14)?,
             slot: row.get(15)?,
             updated_at: row.get(16)?,
+            active_slot: row.get(17)?,
+            security_floor: row.get::<_, Option<i64>>(18)?.map(|f| f.max(0) as u64),
+            target_version: row.get(19)?,
         }),
     };
     Ok(DeviceRow {
@@ -89,19 +99,147 @@ fn device_row(row: &Row<'_>) -> rusqlite::Result<DeviceRow> {
 
 /// Every enrolled device (of `site`, if given) by device id.
 pub fn list_devices(conn: &Connection, site: Option<&str>) -> Result<Vec<DeviceRow>> {
-    let rows = match site {
-        Some(site) => {
-            let mut stmt = conn.prepare(&format!("{SELECT_DEVICES} WHERE d.site = ?1 ORDER BY d.device_id"))?;
-            let rows = stmt.query_map([site], device_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
-            rows
+    Ok(find_devices(conn, &DeviceFilter { site, ..DeviceFilter::default() })?.devices)
+}
+
+/// Which devices a listing shows, and which page of them. Every condition is SQL, so a
+/// page of a million-device fleet reads only what it shows (plus the count).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeviceFilter<'a> {
+    /// Only this site.
+    pub site: Option<&'a str>,
+    /// Only devices following this release name (`gw`), or running this release
+    /// (`gw@2.0.0`).
+    pub release: Option<&'a str>,
+    /// Only devices in this install state (`committed`, `rolled-back`, `trial`, …), or
+    /// `never-reported`.
+    pub state: Option<&'a str>,
+    /// Only devices whose last report is older than this (unix seconds), or that never
+    /// reported: the stale ones.
+    pub stale_before: Option<i64>,
+    /// Only this hardware class.
+    pub hw_class: Option<&'a str>,
+    /// Devices whose id contains this text (a search box).
+    pub id_contains: Option<&'a str>,
+    /// Page size; 0 means no limit.
+    pub limit: u64,
+    /// Devices skipped before the page.
+    pub offset: u64,
+}
+
+/// One page of a listing and how many devices match in all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DevicePage {
+    /// Devices matching the filter, in all pages.
+    pub total: u64,
+    /// This page, by device id.
+    pub devices: Vec<DeviceRow>,
+}
+
+/// The devices `filter` selects, by device id.
+pub fn find_devices(conn: &Connection, filter: &DeviceFilter<'_>) -> Result<DevicePage> {
+    let mut clauses: Vec<&str> = Vec::new();
+    let mut params: Vec<Value> = Vec::new();
+    fn text(clauses: &mut Vec<&str>, params: &mut Vec<Value>, clause: &'static str, value: &str) {
+        clauses.push(clause);
+        params.push(Value::Text(value.to_string()));
+    }
+    if let Some(site) = filter.site {
+        text(&mut clauses, &mut params, "d.site = ?", site);
+    }
+    if let Some(hw) = filter.hw_class {
+        text(&mut clauses, &mut params, "d.hw_class = ?", hw);
+    }
+    match filter.release.map(|r| r.split_once('@')) {
+        Some(Some((name, version))) => {
+            text(&mut clauses, &mut params, "s.release = ?", name);
+            text(&mut clauses, &mut params, "s.version = ?", version);
+        }
+        Some(None) => text(&mut clauses, &mut params, "s.release = ?", filter.release.unwrap_or_default()),
+        None => {}
+    }
+    match filter.state {
+        Some("never-reported") => clauses.push("s.device IS NULL"),
+        Some(state) => text(&mut clauses, &mut params, "s.state = ?", state),
+        None => {}
+    }
+    if let Some(needle) = filter.id_contains {
+        // instr: no LIKE wildcards to escape.
+        text(&mut clauses, &mut params, "instr(d.device_id, ?) > 0", needle);
+    }
+    if let Some(before) = filter.stale_before {
+        clauses.push("(s.device IS NULL OR s.updated_at < ?)");
+        params.push(Value::Integer(before));
+    }
+    let condition = if clauses.is_empty() { String::new() } else { format!(" WHERE {}", clauses.join(" AND ")) };
+    let total: i64 = conn.query_row(
+        &format!("SELECT count(*) FROM devices d LEFT JOIN device_state s ON s.device = d.id{condition}"),
+        params_from_iter(params.iter()),
+        |row| row.get(0),
+    )?;
+    let mut page = params.clone();
+    page.push(Value::Integer(if filter.limit == 0 { -1 } else { filter.limit.min(i64::MAX as u64) as i64 }));
+    page.push(Value::Integer(filter.offset.min(i64::MAX as u64) as i64));
+    let mut stmt = conn.prepare(&format!("{SELECT_DEVICES}{condition} ORDER BY d.device_id LIMIT ? OFFSET ?"))?;
+    let devices = stmt.query_map(params_from_iter(page.iter()), device_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(DevicePage { total: total.max(0) as u64, devices })
+}
+
+/// One stored status report of a device: its update history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryEvent {
+    /// The report's `seq`.
+    pub seq: u64,
+    /// When the seeder stored it (unix seconds).
+    pub received_at: i64,
+    /// Install engine state.
+    pub state: String,
+    /// Rollout it was about.
+    pub rollout: Option<String>,
+    /// Result under the rollout.
+    pub result: Option<String>,
+    /// Error name.
+    pub error: Option<String>,
+    /// Error code.
+    pub error_code: Option<u16>,
+    /// Seconds the install had taken.
+    pub install_secs: Option<u64>,
+}
+
+/// A device and its newest `limit` history events, newest first; `None` if no device has
+/// this id (or public key, hex).
+pub fn show_device(conn: &Connection, id_or_key: &str, limit: u64) -> Result<Option<(DeviceRow, Vec<HistoryEvent>)>> {
+    let key = protocol::hex::decode_array::<32>(id_or_key).ok();
+    let device = match key {
+        Some(key) => {
+            conn.query_row(&format!("{SELECT_DEVICES} WHERE d.public_key = ?1"), [&key[..]], device_row).optional()?
         }
         None => {
-            let mut stmt = conn.prepare(&format!("{SELECT_DEVICES} ORDER BY d.device_id"))?;
-            let rows = stmt.query_map([], device_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
-            rows
+            conn.query_row(&format!("{SELECT_DEVICES} WHERE d.device_id = ?1"), [id_or_key], device_row).optional()?
         }
     };
-    Ok(rows)
+    let Some(device) = device else { return Ok(None) };
+    let mut stmt = conn.prepare(
+        "SELECT e.seq, e.received_at, e.state, e.rollout, e.result, e.error, e.error_code, e.install_secs
+         FROM status_events e JOIN devices d ON d.id = e.device
+         WHERE d.device_id = ?1 ORDER BY e.id DESC LIMIT ?2",
+    )?;
+    let limit = limit.min(i64::MAX as u64) as i64;
+    let history = stmt
+        .query_map(params![device.id, limit], |row| {
+            Ok(HistoryEvent {
+                seq: row.get::<_, i64>(0)?.max(0) as u64,
+                received_at: row.get(1)?,
+                state: row.get(2)?,
+                rollout: row.get(3)?,
+                result: row.get(4)?,
+                error: row.get(5)?,
+                error_code: row.get(6)?,
+                install_secs: row.get::<_, Option<i64>>(7)?.map(|s| s.max(0) as u64),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some((device, history)))
 }
 
 /// Status events stored for the device with this public key, as `seq`s in order.

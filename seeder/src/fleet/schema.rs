@@ -78,6 +78,16 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX rollout_transitions_by_rollout ON rollout_transitions (rollout, id);
     ",
+    // 2: the inventory — what runs in which slot, the anti-rollback floor, the release on its
+    // way — and indexes for listing by version and staleness and for a device's history.
+    "
+    ALTER TABLE device_state ADD COLUMN active_slot TEXT;
+    ALTER TABLE device_state ADD COLUMN security_floor INTEGER;
+    ALTER TABLE device_state ADD COLUMN target_version TEXT;
+    CREATE INDEX device_state_by_version ON device_state (release, version);
+    CREATE INDEX device_state_by_updated ON device_state (updated_at);
+    CREATE INDEX status_events_by_device ON status_events (device, id);
+    ",
 ];
 
 /// The schema version this seeder writes.

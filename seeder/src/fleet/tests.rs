@@ -185,3 +185,73 @@ fn a_database_from_a_newer_seeder_is_refused() {
     assert!(format!("{err:#}").contains("newer than this seeder"), "{err:#}");
     assert!(super::open_read(&db.path).is_err());
 }
+
+/// The inventory: filters and paging in SQL, the inventory columns, a device's history.
+#[test]
+fn the_inventory_filters_pages_and_shows_history() {
+    let db = db(8); // sites site-0..site-3, two devices each
+    let ingestor = Ingestor::start(&db.path, IngestConfig::default()).unwrap();
+    let sign = |i: u64, r: &protocol::status::StatusReport| r.to_signed(|m| device_key(i).sign(m).to_bytes());
+    for seq in 1..=3 {
+        assert_eq!(ingestor.ingest(sign(0, &report(&device_key(0), seq))), Outcome::Accepted);
+    }
+    let mut rolled_back = report(&device_key(1), 5);
+    rolled_back.state = "rolled-back".into();
+    rolled_back.version = "1.4.1".into();
+    rolled_back.error = Some("health-check-failed".into());
+    rolled_back.target = Some(protocol::status::ReportTarget { version: "1.4.2".into(), id: "ab".repeat(32) });
+    assert_eq!(ingestor.ingest(sign(1, &rolled_back)), Outcome::Accepted);
+    assert_eq!(ingestor.ingest(sign(2, &report(&device_key(2), 1))), Outcome::Accepted);
+    ingestor.shutdown();
+    let conn = reader(&db);
+    let find = |f: query::DeviceFilter<'_>| {
+        let page = query::find_devices(&conn, &f).unwrap();
+        (page.total, page.devices.iter().map(|d| d.id.clone()).collect::<Vec<_>>())
+    };
+    let all = query::DeviceFilter::default();
+    assert_eq!(find(all).0, 8);
+    assert_eq!(
+        find(query::DeviceFilter { site: Some("site-1"), ..all }),
+        (2, vec!["dev-000001".into(), "dev-000005".into()])
+    );
+    assert_eq!(
+        find(query::DeviceFilter { release: Some("gw@1.4.2"), ..all }),
+        (2, vec!["dev-000000".into(), "dev-000002".into()])
+    );
+    assert_eq!(find(query::DeviceFilter { release: Some("gw"), ..all }).0, 3);
+    assert_eq!(find(query::DeviceFilter { state: Some("rolled-back"), ..all }), (1, vec!["dev-000001".into()]));
+    assert_eq!(find(query::DeviceFilter { state: Some("never-reported"), ..all }).0, 5);
+    assert_eq!(find(query::DeviceFilter { id_contains: Some("0000_"), ..all }).0, 0, "no LIKE wildcards");
+    assert_eq!(find(query::DeviceFilter { id_contains: Some("-00000"), ..all }).0, 8);
+    // Staleness: nothing reported before an hour ago, so only the never-reported are stale;
+    // a cut in the future makes every device stale.
+    let now = crate::time::now_unix();
+    assert_eq!(find(query::DeviceFilter { stale_before: Some(now - 3600), ..all }).0, 5);
+    assert_eq!(find(query::DeviceFilter { stale_before: Some(now + 60), ..all }).0, 8);
+    // Paging: the total is all matches; pages are in id order and do not overlap.
+    let page = |offset| find(query::DeviceFilter { limit: 3, offset, ..all });
+    assert_eq!(page(0), (8, vec!["dev-000000".into(), "dev-000001".into(), "dev-000002".into()]));
+    assert_eq!(page(6), (8, vec!["dev-000006".into(), "dev-000007".into()]));
+    assert_eq!(page(100), (8, vec![]));
+
+    let (row, history) = query::show_device(&conn, "dev-000001", 10).unwrap().unwrap();
+    let state = row.state.unwrap();
+    assert_eq!(
+        (state.active_slot.as_deref(), state.security_floor, state.target_version.as_deref(), state.error.as_deref()),
+        (Some("b"), Some(3), Some("1.4.2"), Some("health-check-failed"))
+    );
+    let (by_key, history0) =
+        query::show_device(&conn, &protocol::hex::encode(device_key(0).verifying_key().as_bytes()), 2)
+            .unwrap()
+            .unwrap();
+    assert_eq!(by_key.id, "dev-000000");
+    assert_eq!(history0.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 2], "newest first, limited");
+    assert_eq!(history.len(), 1);
+    assert!(query::show_device(&conn, "no-such-device", 10).unwrap().is_none());
+    // Staleness as the inventory marks it.
+    let listed = super::inventory::Listed::new(&by_key, now, 3600);
+    assert!(!listed.stale && listed.last_report_age_secs.is_some_and(|a| a < 3600));
+    let never =
+        query::find_devices(&conn, &query::DeviceFilter { state: Some("never-reported"), limit: 1, ..all }).unwrap();
+    assert!(super::inventory::Listed::new(&never.devices[0], now, 3600).stale);
+}
