@@ -119,7 +119,7 @@ where
             continue;
         }
         let stored = chunk.get_mut(..entry.stored_length as usize).ok_or(DownloadError::ChunkTooLarge)?;
-        fetch_chunk(link, ChunkRange { id: entry.id, offset: 0, length: 0 }, stored).await?;
+        fetch_chunk(link, index, ChunkRange { id: entry.id, offset: 0, length: 0 }, stored).await?;
         let plaintext =
             codec::open_in_place(&entry, content_key, stored).map_err(|_| DownloadError::BadChunk { index })?;
         let offset = u32::try_from(entry.offset).map_err(|_| DownloadError::ChunkTooLarge)?;
@@ -140,9 +140,10 @@ pub enum FlashError<S, P> {
     Progress(P),
 }
 
-/// One chunk's stored bytes into `out` (exactly its stored length), waiting out "busy".
+/// Chunk `index`'s stored bytes into `out` (exactly its stored length), waiting out "busy".
 async fn fetch_chunk<S, F>(
     link: &mut EdgeLink<'_, S>,
+    index: u32,
     range: ChunkRange,
     out: &mut [u8],
 ) -> Result<(), DownloadError<F>>
@@ -164,10 +165,12 @@ where
                 out.copy_from_slice(bytes);
                 return Ok(());
             }
-            // The wrong chunk, a short or long one: the id check would refuse it anyway.
-            Some((true, ChunkStatus::Ok(_))) | Some((false, _)) | None => {
-                return Err(DownloadError::Link(LinkError::Unexpected))
-            }
+            // The chunk asked for, with a stored length the manifest does not sign: it fails
+            // verification (the length is the first thing checked), so it is a bad chunk,
+            // named by its index like any other.
+            Some((true, ChunkStatus::Ok(_))) => return Err(DownloadError::BadChunk { index }),
+            // Not the chunk asked for, or no item: an answer to another question.
+            Some((false, _)) | None => return Err(DownloadError::Link(LinkError::Unexpected)),
             Some((true, ChunkStatus::NotFound)) => return Err(DownloadError::Missing),
             Some((true, ChunkStatus::Busy)) => {
                 busy += 1;
