@@ -122,6 +122,18 @@ pub fn run(repo: &Repo, now: i64, warn_within_secs: i64) -> Result<InspectReport
             });
         }
     }
+    let releases = releases(&current);
+    // Chunk files only: work files of a `release add` in progress are not the store.
+    let stored = chunk_store::layout::scan(&repo.chunks_dir());
+    let (store_chunks, store_bytes) = (stored.len() as u64, stored.iter().map(|(_, len)| len).sum::<u64>());
+    let referenced: u64 = releases.iter().map(|r| r.stored_bytes).sum();
+    let dedup_ratio = if store_bytes == 0 { 1.0 } else { referenced as f64 / store_bytes as f64 };
+    Ok(InspectReport { roles, warnings, releases, store_chunks, store_bytes, dedup_ratio })
+}
+
+/// Every release the repository's top-level targets publish (seals folded into their
+/// release's `mcu_seal`); no chunk store scan, so it is cheap enough for every API call.
+pub fn releases(current: &crate::repo::Current) -> Vec<ReleaseInfo> {
     let mut releases = Vec::new();
     if let Some(targets) = current.targets["targets"].as_object() {
         for (path, entry) in targets {
@@ -145,10 +157,5 @@ pub fn run(repo: &Repo, now: i64, warn_within_secs: i64) -> Result<InspectReport
             });
         }
     }
-    // Chunk files only: work files of a `release add` in progress are not the store.
-    let stored = chunk_store::layout::scan(&repo.chunks_dir());
-    let (store_chunks, store_bytes) = (stored.len() as u64, stored.iter().map(|(_, len)| len).sum::<u64>());
-    let referenced: u64 = releases.iter().map(|r| r.stored_bytes).sum();
-    let dedup_ratio = if store_bytes == 0 { 1.0 } else { referenced as f64 / store_bytes as f64 };
-    Ok(InspectReport { roles, warnings, releases, store_chunks, store_bytes, dedup_ratio })
+    releases
 }

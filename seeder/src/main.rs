@@ -5,6 +5,7 @@
 // Part of the fleet API is for `seeder serve` and the rollout controller to wire in; the
 // unit tests use all of it.
 #[cfg_attr(not(test), allow(dead_code))]
+mod api;
 mod fleet;
 mod freshness;
 mod init;
@@ -112,6 +113,14 @@ enum Command {
         announce_secs: u64,
         #[command(flatten)]
         renewal: RenewalArgs,
+        /// Serve the publisher's API (REST, events, /metrics) on this address, e.g.
+        /// 127.0.0.1:8080. Needs --api-tokens.
+        #[arg(long, requires = "api_tokens")]
+        http_listen: Option<std::net::SocketAddr>,
+        /// The API's bearer tokens: lines `read TOKEN` or `operator TOKEN` (32+ characters
+        /// each) in a file only its owner can read (chmod 600).
+        #[arg(long, requires = "http_listen")]
+        api_tokens: Option<PathBuf>,
     },
     /// Enroll devices and see their latest state (the fleet database, REPO/fleet.sqlite).
     #[command(subcommand)]
@@ -606,13 +615,17 @@ fn run(cli: &Cli) -> Result<i32> {
                 format!("rotated {role}: new key ids {}", ids.join(", "))
             })?;
         }
-        Command::Serve { repo, listen, bootstrap, no_mdns, announce_secs, renewal } => {
+        Command::Serve { repo, listen, bootstrap, no_mdns, announce_secs, renewal, http_listen, api_tokens } => {
             let policy = freshness::Policy::new(
                 renewal.timestamp_expires,
                 renewal.timestamp_renew_before,
                 renewal.snapshot_renew_before,
             )?;
             repo::Repo::at(repo).current().context("nothing to serve")?;
+            let api = match (http_listen, api_tokens) {
+                (Some(addr), Some(path)) => Some((*addr, api::Tokens::load(path)?)),
+                _ => None,
+            };
             let config = origin::OriginConfig {
                 repo: repo.clone(),
                 listen: listen.clone(),
@@ -623,17 +636,23 @@ fn run(cli: &Cli) -> Result<i32> {
             };
             let json = cli.json;
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(serve::run(config, policy, move |handle| {
+            runtime.block_on(serve::run(config, policy, api, move |handle, http| {
                 let addrs: Vec<String> = handle.addrs.iter().map(|a| a.to_string()).collect();
                 if json {
                     println!(
                         "{}",
-                        serde_json::json!({"peer_id": handle.client.local_peer_id().to_string(), "addrs": addrs})
+                        serde_json::json!({
+                            "peer_id": handle.client.local_peer_id().to_string(), "addrs": addrs,
+                            "http": http.map(|a| a.to_string()),
+                        })
                     );
                 } else {
                     println!("origin {} listening; edge nodes bootstrap to:", handle.client.local_peer_id());
                     for addr in &addrs {
                         println!("  {addr}");
+                    }
+                    if let Some(http) = http {
+                        println!("publisher API on http://{http}/api/ (OpenAPI: /api/openapi.json, metrics: /metrics)");
                     }
                 }
                 use std::io::Write;

@@ -26,16 +26,30 @@ const RETRY_SECS: u64 = 60;
 pub async fn run(
     origin: crate::origin::OriginConfig,
     policy: Policy,
-    on_ready: impl FnOnce(&crate::origin::OriginHandle),
+    api: Option<(std::net::SocketAddr, crate::api::Tokens)>,
+    on_ready: impl FnOnce(&crate::origin::OriginHandle, Option<std::net::SocketAddr>),
 ) -> Result<()> {
     let repo = origin.repo.clone();
     let fleet = Arc::new(Ingestor::start(&crate::fleet::db_path(&repo), IngestConfig::default())?);
+    // The API listens before the origin reports ready, so its address is in the ready line.
+    let (http, api_server) = match api {
+        Some((addr, tokens)) => {
+            let state =
+                crate::api::ApiState { repo: repo.clone(), tokens: Arc::new(tokens), fleet: Arc::clone(&fleet) };
+            let (bound, served) = crate::api::serve(addr, state).await?;
+            (Some(bound), Some(served))
+        }
+        None => (None, None),
+    };
+    if let Some(served) = api_server {
+        tokio::spawn(served);
+    }
     let controller_repo = repo.clone();
     let controller_fleet = Arc::clone(&fleet);
     // Renewals start once the origin listens: a start that fails writes nothing.
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let on_ready = move |handle: &crate::origin::OriginHandle| {
-        on_ready(handle);
+        on_ready(handle, http);
         let _ = ready_tx.send(());
     };
     let renewals = async move {

@@ -63,6 +63,7 @@ pub fn sign_payload(key: &SigningKey, payload: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "signed": payload, "signature": signature })).unwrap_or_default()
 }
 
+#[cfg(test)]
 /// Made-up device `i`'s report number `seq`, signed, carrying the rollout fields.
 pub fn signed_report(i: u64, seq: u64) -> Vec<u8> {
     sign_report_with(&device_key(i), seq)

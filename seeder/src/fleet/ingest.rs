@@ -107,6 +107,7 @@ pub struct IngestCounts {
 }
 
 impl IngestCounts {
+    #[cfg(test)]
     /// Every report counted.
     pub fn total(&self) -> u64 {
         self.accepted + self.unenrolled + self.replayed + self.bad_signature + self.malformed + self.not_stored
@@ -238,6 +239,7 @@ impl Ingestor {
         Ok(())
     }
 
+    #[cfg(test)]
     /// Submits a report and waits for its outcome.
     pub fn ingest(&self, signed: Vec<u8>) -> Outcome {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);

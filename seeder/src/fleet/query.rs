@@ -97,6 +97,7 @@ fn device_row(row: &Row<'_>) -> rusqlite::Result<DeviceRow> {
     })
 }
 
+#[cfg(test)]
 /// Every enrolled device (of `site`, if given) by device id.
 pub fn list_devices(conn: &Connection, site: Option<&str>) -> Result<Vec<DeviceRow>> {
     Ok(find_devices(conn, &DeviceFilter { site, ..DeviceFilter::default() })?.devices)
@@ -242,6 +243,7 @@ pub fn show_device(conn: &Connection, id_or_key: &str, limit: u64) -> Result<Opt
     Ok(Some((device, history)))
 }
 
+#[cfg(test)]
 /// Status events stored for the device with this public key, as `seq`s in order.
 pub fn event_seqs(conn: &Connection, public_key: &[u8; 32]) -> Result<Vec<u64>> {
     let mut stmt = conn.prepare(
@@ -251,7 +253,146 @@ pub fn event_seqs(conn: &Connection, public_key: &[u8; 32]) -> Result<Vec<u64>> 
     Ok(seqs.into_iter().map(|s| s as u64).collect())
 }
 
+#[cfg(test)]
 /// Status events stored in all.
 pub fn event_count(conn: &Connection) -> Result<u64> {
     Ok(conn.query_row("SELECT count(*) FROM status_events", [], |row| row.get::<_, i64>(0))? as u64)
+}
+
+/// One site's devices, aggregated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SiteSummary {
+    /// The site.
+    pub site: String,
+    /// Enrolled devices.
+    pub devices: u64,
+    /// Devices that never reported.
+    pub never_reported: u64,
+    /// Devices whose last report is older than the staleness cut.
+    pub stale: u64,
+    /// Devices by `release@version` they run.
+    pub versions: std::collections::BTreeMap<String, u64>,
+    /// Devices by install state.
+    pub states: std::collections::BTreeMap<String, u64>,
+}
+
+/// Every site's summary, by site; devices whose last report is before `stale_before` (unix
+/// seconds) count as stale. Two grouped queries, whatever the fleet's size.
+pub fn site_summaries(conn: &Connection, stale_before: i64) -> Result<Vec<SiteSummary>> {
+    let mut sites: std::collections::BTreeMap<String, SiteSummary> = std::collections::BTreeMap::new();
+    let mut stmt = conn.prepare(
+        "SELECT d.site, count(*), sum(s.device IS NULL), sum(s.updated_at < ?1)
+         FROM devices d LEFT JOIN device_state s ON s.device = d.id GROUP BY d.site",
+    )?;
+    let rows = stmt.query_map([stale_before], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, Option<i64>>(2)?,
+            row.get::<_, Option<i64>>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (site, devices, never, stale) = row?;
+        let count = |n: Option<i64>| n.unwrap_or(0).max(0) as u64;
+        sites.insert(
+            site.clone(),
+            SiteSummary {
+                site,
+                devices: devices.max(0) as u64,
+                never_reported: count(never),
+                stale: count(stale),
+                versions: Default::default(),
+                states: Default::default(),
+            },
+        );
+    }
+    let mut stmt = conn.prepare(
+        "SELECT d.site, s.release, s.version, s.state, count(*)
+         FROM devices d JOIN device_state s ON s.device = d.id GROUP BY d.site, s.release, s.version, s.state",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+            row.get::<_, String>(3)?,
+            row.get::<_, i64>(4)?,
+        ))
+    })?;
+    for row in rows {
+        let (site, release, version, state, n) = row?;
+        if let Some(summary) = sites.get_mut(&site) {
+            *summary.versions.entry(format!("{release}@{version}")).or_default() += n.max(0) as u64;
+            *summary.states.entry(state).or_default() += n.max(0) as u64;
+        }
+    }
+    Ok(sites.into_values().collect())
+}
+
+/// Where an event stream starts: the newest status event and rollout transition now, or
+/// `None` without a database.
+pub fn event_cursor(db: &std::path::Path) -> Result<Option<(i64, i64)>> {
+    let Some(conn) = super::open_read(db)? else { return Ok(None) };
+    let status: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM status_events", [], |r| r.get(0))?;
+    let transitions: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM rollout_transitions", [], |r| r.get(0))?;
+    Ok(Some((status, transitions)))
+}
+
+/// Status events and rollout transitions after `cursor` (status event id, transition id), at
+/// most `limit` of each, oldest first: `(kind, cursor after it, JSON)`.
+pub fn events_after(
+    db: &std::path::Path,
+    cursor: (i64, i64),
+    limit: i64,
+) -> Result<Vec<(&'static str, (i64, i64), serde_json::Value)>> {
+    let Some(conn) = super::open_read(db)? else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    let mut stmt = conn.prepare(
+        "SELECT e.id, d.device_id, d.site, e.seq, e.state, e.rollout, e.result, e.error, e.received_at
+         FROM status_events e JOIN devices d ON d.id = e.device WHERE e.id > ?1 ORDER BY e.id LIMIT ?2",
+    )?;
+    let mut at = cursor;
+    let rows = stmt.query_map(params![cursor.0, limit], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            serde_json::json!({
+                "device": row.get::<_, String>(1)?,
+                "site": row.get::<_, String>(2)?,
+                "seq": row.get::<_, i64>(3)?,
+                "state": row.get::<_, String>(4)?,
+                "rollout": row.get::<_, Option<String>>(5)?,
+                "result": row.get::<_, Option<String>>(6)?,
+                "error": row.get::<_, Option<String>>(7)?,
+                "received_at": row.get::<_, i64>(8)?,
+            }),
+        ))
+    })?;
+    for row in rows {
+        let (id, data) = row?;
+        at.0 = id;
+        out.push(("status", at, data));
+    }
+    let mut stmt = conn.prepare(
+        "SELECT id, rollout, from_state, to_state, reason, at FROM rollout_transitions
+         WHERE id > ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![cursor.1, limit], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            serde_json::json!({
+                "rollout": row.get::<_, String>(1)?,
+                "from": row.get::<_, String>(2)?,
+                "to": row.get::<_, String>(3)?,
+                "reason": row.get::<_, String>(4)?,
+                "at": row.get::<_, i64>(5)?,
+            }),
+        ))
+    })?;
+    for row in rows {
+        let (id, data) = row?;
+        at.1 = id;
+        out.push(("rollout", at, data));
+    }
+    Ok(out)
 }

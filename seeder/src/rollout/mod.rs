@@ -143,9 +143,27 @@ pub struct WaveStatus {
     pub gate: String,
 }
 
-/// Starts a rollout: checks every flag and the release, then signs its first policy.
+/// Starts a rollout: checks every flag and the release, then signs its first policy. The
+/// first rollout of a repository also delegates the rollouts role (signed with the targets
+/// key).
 pub fn start(args: &StartArgs) -> Result<RolloutStatus> {
+    start_with(args, true)
+}
+
+/// [`start`] without ever using the targets key: refused while the rollouts role is not
+/// delegated yet (the publisher's API, which holds no release key, starts rollouts so).
+pub fn start_delegated(args: &StartArgs) -> Result<RolloutStatus> {
+    start_with(args, false)
+}
+
+fn start_with(args: &StartArgs, may_delegate: bool) -> Result<RolloutStatus> {
     let repo = Repo::at(&args.repo);
+    if !may_delegate && !rollouts_role::is_delegated(&repo.current()?) {
+        bail!(
+            "the rollouts role is not delegated yet (the targets key signs that); start the first rollout with \
+             `seeder rollout start` on the machine that holds the targets key"
+        );
+    }
     let policy = build_policy(&repo, args, time::now_unix())?;
     let _lock = repo.lock()?;
     if let Some(existing) = current_policy(&repo, &args.name)? {
