@@ -3,7 +3,10 @@ device om-tap has 10.78.0.1/24 on the kernel side; every process it starts is ki
 import argparse, json, os, random, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 import urllib.request
 
-parser = argparse.ArgumentParser(prog="scripts/bench-mcu", description=__doc__.split(".")[0] + ".")
+parser = argparse.ArgumentParser(
+    prog="scripts/bench-mcu",
+    description="The MCU agent's install download (mcu-agent's run_once) over a TAP device against "
+    "mcu-plain-download of as many bytes over the same stack and buffers; needs root.")
 parser.add_argument("--runs", type=int, default=5, help="runs, each K agent installs and K plain downloads (default 5)")
 parser.add_argument("--installs", type=int, default=5, help="K: installs (and plain downloads) per run (default 5)")
 parser.add_argument("--image-kib", type=int, default=240, help="image size; ACTIVE holds 256 KiB (default 240)")
@@ -11,6 +14,8 @@ parser.add_argument("--flash-dir", help="where the flash files go (default: a te
                     "on tmpfs, e.g. /dev/shm, the flash file's fsyncs cost nothing)")
 parser.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
 args = parser.parse_args()
+if args.runs < 3 or args.installs < 1:
+    parser.error("at least 3 runs (a median and its spread) of at least 1 install")
 
 TAP, TAP_HOST_IP, AGENT_IP = "om-tap", "10.78.0.1", "10.78.0.2/24"
 BIN = os.path.abspath("target/release")
