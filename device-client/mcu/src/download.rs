@@ -1,6 +1,9 @@
 //! The download over one edge link: every chunk the progress record lacks, one request each,
 //! in manifest order; each chunk checked against its id (and decrypted) before a byte of it
-//! is written, then marked written, so a power cut costs at most the chunk in flight.
+//! is written, then marked written. [`IN_FLIGHT`] requests are kept ahead of the chunk being
+//! written, so their answers cross the network while it is verified and written: a power cut
+//! costs at most the chunk being written and those asked for (`1 + IN_FLIGHT`). A "busy"
+//! chunk is asked for again behind them; the edge answers in order.
 //!
 //! The update partition is erased once per release ([`UpdateSlot::prepare`], when the
 //! progress record starts a new target): after that every chunk lands in erased flash, in
@@ -11,7 +14,7 @@
 use embassy_time::{Instant as Clock, Timer};
 use protocol::codec::{self, ContentKey};
 use protocol::device::fetch::{busy_backoff, STALL_LIMIT};
-use protocol::manifest::ManifestView;
+use protocol::manifest::{ChunkEntry, ManifestView};
 use protocol::wire::device::{ChunkItems, ChunkRanges, ChunkStatus, Request, Response};
 use protocol::wire::ChunkRange;
 use protocol::ReleaseId;
@@ -92,6 +95,13 @@ impl<F> From<LinkError> for DownloadError<F> {
     }
 }
 
+/// Chunk requests kept in flight beyond the chunk being written. Their answers queue in the
+/// TCP receive window while the device verifies and writes, so the network and the edge do
+/// not wait for the device's flash. Each is one more chunk a power cut may cost. Two: with
+/// `scripts/bench-mcu`'s setup, installs took 30 % less time than without pipelining with
+/// the flash file on disk (20 % on tmpfs), 10 % less with one, no less with three.
+pub const IN_FLIGHT: usize = 2;
+
 /// Fetches every chunk of `manifest` that `progress` lacks into `slot`.
 pub async fn download<S, U, P>(
     link: &mut EdgeLink<'_, S>,
@@ -106,20 +116,53 @@ where
     U: UpdateSlot,
     P: Progress,
 {
+    if manifest.chunks().any(|entry| entry.stored_length as usize > chunk.len()) {
+        return Err(DownloadError::ChunkTooLarge);
+    }
     let target = ReleaseId::of_manifest(manifest.as_bytes());
     if progress.target() != Some(target) {
         slot.prepare().map_err(|e| DownloadError::Flash(FlashError::Slot(e)))?;
         progress.start(target).map_err(|e| DownloadError::Flash(FlashError::Progress(e)))?;
     }
     let mut fetched = Fetched::default();
-    for (index, entry) in manifest.chunks().enumerate() {
-        let index = index as u32;
-        if progress.is_written(index) {
-            fetched.already += 1;
+    let mut entries = manifest.chunks().zip(0u32..);
+    let mut asked = Asked::default();
+    // Asks for chunks the record lacks until IN_FLIGHT are asked for, counting those it has
+    // on the way.
+    let mut ask_more = async |link: &mut EdgeLink<'_, S>, progress: &P, asked: &mut Asked, already: &mut u32| {
+        while !asked.is_full() {
+            let Some((entry, index)) = entries.by_ref().find(|(_, index)| {
+                let written = progress.is_written(*index);
+                *already += u32::from(written);
+                !written
+            }) else {
+                break;
+            };
+            send_chunk_request(link, entry.id).await?;
+            asked.push(Pending { entry, index, busy: 0, since: Clock::now() });
+        }
+        Ok::<(), LinkError>(())
+    };
+    ask_more(link, progress, &mut asked, &mut fetched.already).await?;
+    while let Some(mut pending) = asked.pop() {
+        let (entry, index) = (pending.entry, pending.index);
+        let stored = &mut chunk[..entry.stored_length as usize];
+        if !receive_chunk(link, index, entry.id, stored).await? {
+            // "Busy": the edge is still fetching it. Ask again after the backoff, behind the
+            // requests already in flight.
+            pending.busy += 1;
+            if Clock::now().duration_since(pending.since).as_micros() > STALL_LIMIT.0 {
+                return Err(DownloadError::Stalled);
+            }
+            Timer::after_micros(busy_backoff(pending.busy).0.max(1_000)).await;
+            send_chunk_request(link, entry.id).await?;
+            asked.push(pending);
             continue;
         }
-        let stored = chunk.get_mut(..entry.stored_length as usize).ok_or(DownloadError::ChunkTooLarge)?;
-        fetch_chunk(link, index, ChunkRange { id: entry.id, offset: 0, length: 0 }, stored).await?;
+        // Keep the pipe full before this chunk is verified and written, so that the next
+        // answers cross the network meanwhile. A failed request is reported only after this
+        // chunk is verified and written: it is here whole, and need not be fetched again.
+        let more = ask_more(link, progress, &mut asked, &mut fetched.already).await;
         let plaintext =
             codec::open_in_place(&entry, content_key, stored).map_err(|_| DownloadError::BadChunk { index })?;
         let offset = u32::try_from(entry.offset).map_err(|_| DownloadError::ChunkTooLarge)?;
@@ -127,8 +170,50 @@ where
         progress.mark_written(index).map_err(|e| DownloadError::Flash(FlashError::Progress(e)))?;
         fetched.chunks += 1;
         fetched.bytes += u64::from(entry.stored_length);
+        more?;
     }
     Ok(fetched)
+}
+
+/// A chunk asked for and not yet answered.
+#[derive(Clone, Copy)]
+struct Pending {
+    entry: ChunkEntry,
+    index: u32,
+    /// "Busy" answers so far.
+    busy: u32,
+    /// When it was first asked for (the stall limit counts from here).
+    since: Clock,
+}
+
+/// The chunks asked for, oldest first: the order the edge answers in.
+#[derive(Default)]
+struct Asked {
+    ring: [Option<Pending>; IN_FLIGHT],
+    head: usize,
+    len: usize,
+}
+
+impl Asked {
+    fn is_full(&self) -> bool {
+        self.len == IN_FLIGHT
+    }
+
+    fn push(&mut self, pending: Pending) {
+        debug_assert!(!self.is_full());
+        self.ring[(self.head + self.len) % IN_FLIGHT] = Some(pending);
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<Pending> {
+        if self.len == 0 {
+            return None;
+        }
+        let pending = self.ring[self.head].take();
+        self.head = (self.head + 1) % IN_FLIGHT;
+        self.len -= 1;
+        pending
+    }
 }
 
 /// A flash error of the slot or of the progress record.
@@ -140,45 +225,52 @@ pub enum FlashError<S, P> {
     Progress(P),
 }
 
-/// Chunk `index`'s stored bytes into `out` (exactly its stored length), waiting out "busy".
-async fn fetch_chunk<S, F>(
-    link: &mut EdgeLink<'_, S>,
-    index: u32,
-    range: ChunkRange,
-    out: &mut [u8],
-) -> Result<(), DownloadError<F>>
+/// Asks for chunk `id` (the whole of it) without waiting for the answer, then lets the
+/// network stack put the request on the wire before the caller goes on with blocking work.
+async fn send_chunk_request<S>(link: &mut EdgeLink<'_, S>, id: protocol::ChunkId) -> Result<(), LinkError>
 where
     S: embedded_io_async::Read + embedded_io_async::Write,
 {
-    let started = Clock::now();
-    let mut busy = 0u32;
-    loop {
-        let ranges = [range];
-        let request = Request::GetChunks { ranges: ChunkRanges::from_slice(&ranges) };
-        let items: ChunkItems<'_> = match link.request(&request).await? {
-            Response::Chunks { items } => items,
-            _ => return Err(DownloadError::Link(LinkError::Unexpected)),
-        };
-        let mut items = items.iter();
-        match items.next().map(|item| (item.id == range.id, item.status)) {
-            Some((true, ChunkStatus::Ok(bytes))) if bytes.len() == out.len() => {
-                out.copy_from_slice(bytes);
-                return Ok(());
-            }
-            // The chunk asked for, with a stored length the manifest does not sign: it fails
-            // verification (the length is the first thing checked), so it is a bad chunk,
-            // named by its index like any other.
-            Some((true, ChunkStatus::Ok(_))) => return Err(DownloadError::BadChunk { index }),
-            // Not the chunk asked for, or no item: an answer to another question.
-            Some((false, _)) | None => return Err(DownloadError::Link(LinkError::Unexpected)),
-            Some((true, ChunkStatus::NotFound)) => return Err(DownloadError::Missing),
-            Some((true, ChunkStatus::Busy)) => {
-                busy += 1;
-                if Clock::now().duration_since(started).as_micros() > STALL_LIMIT.0 {
-                    return Err(DownloadError::Stalled);
-                }
-                Timer::after_micros(busy_backoff(busy).0.max(1_000)).await;
-            }
+    let ranges = [ChunkRange { id, offset: 0, length: 0 }];
+    link.send(&Request::GetChunks { ranges: ChunkRanges::from_slice(&ranges) }).await?;
+    // Only a turn of the network task sends what the socket holds, and the flash work that
+    // follows blocks the executor. embassy's executor runs the tasks woken meanwhile in
+    // batches, the latest woken first: a second yield is what lets the network task run
+    // before this one goes on. (Were it not enough, the request would leave at the next
+    // await: later, never wrong.)
+    embassy_futures::yield_now().await;
+    embassy_futures::yield_now().await;
+    Ok(())
+}
+
+/// The answer to the oldest chunk request in flight, for chunk `id`: its stored bytes into
+/// `out` (exactly its stored length) and `true`, or `false` if the edge answered "busy".
+async fn receive_chunk<S, F>(
+    link: &mut EdgeLink<'_, S>,
+    index: u32,
+    id: protocol::ChunkId,
+    out: &mut [u8],
+) -> Result<bool, DownloadError<F>>
+where
+    S: embedded_io_async::Read + embedded_io_async::Write,
+{
+    let items: ChunkItems<'_> = match link.receive().await? {
+        Response::Chunks { items } => items,
+        _ => return Err(DownloadError::Link(LinkError::Unexpected)),
+    };
+    let mut items = items.iter();
+    match items.next().map(|item| (item.id == id, item.status)) {
+        Some((true, ChunkStatus::Ok(bytes))) if bytes.len() == out.len() => {
+            out.copy_from_slice(bytes);
+            Ok(true)
         }
+        // The chunk asked for, with a stored length the manifest does not sign: it fails
+        // verification (the length is the first thing checked), so it is a bad chunk, named
+        // by its index like any other.
+        Some((true, ChunkStatus::Ok(_))) => Err(DownloadError::BadChunk { index }),
+        // Not the chunk asked for, or no item: an answer to another question.
+        Some((false, _)) | None => Err(DownloadError::Link(LinkError::Unexpected)),
+        Some((true, ChunkStatus::NotFound)) => Err(DownloadError::Missing),
+        Some((true, ChunkStatus::Busy)) => Ok(false),
     }
 }

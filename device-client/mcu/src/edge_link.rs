@@ -71,20 +71,33 @@ impl<'b, S: Read + Write> EdgeLink<'b, S> {
         let len = request.emit(self.buffer).map_err(LinkError::Request)?;
         let (stream, buffer) = (&mut self.stream, &mut *self.buffer);
         let exchange = async {
-            stream.write_all(&buffer[..len]).await.map_err(|_| LinkError::Io)?;
-            stream.flush().await.map_err(|_| LinkError::Io)?;
-            let mut header = [0u8; FRAME_HEADER_BYTES];
-            stream.read_exact(&mut header).await.map_err(read_error)?;
-            let body_len = u32::from_le_bytes(header);
-            let body = buffer.get_mut(..body_len as usize).ok_or(LinkError::TooLarge { len: body_len })?;
-            stream.read_exact(body).await.map_err(read_error)?;
-            Ok(body_len as usize)
+            write_frame(stream, &buffer[..len]).await?;
+            read_frame(stream, buffer).await
         };
         let body_len = with_timeout(self.timeout, exchange).await.map_err(|_| LinkError::Timeout)??;
-        match ResponseView::parse(&self.buffer[..body_len]).map_err(LinkError::Malformed)? {
-            Response::Error { code } => Err(LinkError::Edge(code)),
-            response => Ok(response),
-        }
+        parse(&self.buffer[..body_len])
+    }
+
+    /// Sends `request` without waiting for its answer, which [`EdgeLink::receive`] then reads:
+    /// the device works on one answer while the next crosses the network. The edge answers
+    /// in order; the link's buffer is free again once this returns. Not flushed: a TCP
+    /// socket's flush waits for the edge's acknowledgement, which comes with the answer.
+    pub async fn send(&mut self, request: &Request<'_>) -> Result<(), LinkError> {
+        let len = request.emit(self.buffer).map_err(LinkError::Request)?;
+        let frame = self.stream.write_all(&self.buffer[..len]);
+        with_timeout(self.timeout, frame).await.map_err(|_| LinkError::Timeout)?.map_err(|_| LinkError::Io)
+    }
+
+    /// The answer to the oldest request [`EdgeLink::send`] sent (flushed first), parsed in the
+    /// link's buffer. `Response::Error` comes back as [`LinkError::Edge`].
+    pub async fn receive(&mut self) -> Result<Response<'_>, LinkError> {
+        let (stream, buffer) = (&mut self.stream, &mut *self.buffer);
+        let answer = async {
+            stream.flush().await.map_err(|_| LinkError::Io)?;
+            read_frame(stream, buffer).await
+        };
+        let body_len = with_timeout(self.timeout, answer).await.map_err(|_| LinkError::Timeout)??;
+        parse(&self.buffer[..body_len])
     }
 
     /// A target file into `out` (bounded by its length): `Ok(None)` when the edge does not
@@ -104,6 +117,29 @@ impl<'b, S: Read + Write> EdgeLink<'b, S> {
     /// Gives the stream back (to close it).
     pub fn into_stream(self) -> S {
         self.stream
+    }
+}
+
+async fn write_frame<S: Write>(stream: &mut S, frame: &[u8]) -> Result<(), LinkError> {
+    stream.write_all(frame).await.map_err(|_| LinkError::Io)?;
+    stream.flush().await.map_err(|_| LinkError::Io)
+}
+
+/// One response frame's body into `buffer`; its length. A body longer than the buffer is
+/// refused before a byte of it is read.
+async fn read_frame<S: Read>(stream: &mut S, buffer: &mut [u8]) -> Result<usize, LinkError> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    stream.read_exact(&mut header).await.map_err(read_error)?;
+    let body_len = u32::from_le_bytes(header);
+    let body = buffer.get_mut(..body_len as usize).ok_or(LinkError::TooLarge { len: body_len })?;
+    stream.read_exact(body).await.map_err(read_error)?;
+    Ok(body_len as usize)
+}
+
+fn parse(body: &[u8]) -> Result<Response<'_>, LinkError> {
+    match ResponseView::parse(body).map_err(LinkError::Malformed)? {
+        Response::Error { code } => Err(LinkError::Edge(code)),
+        response => Ok(response),
     }
 }
 

@@ -12,6 +12,8 @@
 //! - [`boot`]: embassy-boot partitions and the bootloader step over the layout.
 //! - `file_flash` (feature `std`): a strict file-backed NOR flash with power-cut injection,
 //!   for host tests and the `mcu-bootloader` binary.
+//! - `host` (feature `host`): embassy-net on a TAP device with the MCU's buffer sizes, shared
+//!   by the `mcu-agent` and `mcu-plain-download` binaries.
 //!
 //! The library is `no_std` and picks no embassy-time driver or tick rate: the final binary
 //! (board firmware or host tool) does.
@@ -30,6 +32,9 @@ pub mod progress;
 
 #[cfg(feature = "std")]
 pub mod file_flash;
+
+#[cfg(feature = "host")]
+pub mod host;
 
 /// The flash [`layout::HOST`] describes: 4-byte writes, 4 KiB sectors.
 #[cfg(feature = "std")]

@@ -6,22 +6,25 @@
 //! One run is one boot (`agent::run_once`): it ends when the agent rests (nothing to install,
 //! or the trial committed) or asks for a reset — the process then exits, and whoever runs it
 //! runs `mcu-bootloader --layout device` on the flash file before starting it again, as a
-//! board's bootloader runs before its application. Prints one JSON line.
+//! board's bootloader runs before its application. Prints one JSON line: where the run ended,
+//! and its cost — `elapsed_ms` and `cpu_ms` of `run_once` alone (the network up, the flash
+//! file made) and `received_bytes`, every byte it read from the edges (`scripts/bench-mcu`
+//! sets these against `mcu-plain-download` of as many bytes).
 
-use std::cell::RefCell;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddrV4;
 use std::path::PathBuf;
 
 use clap::Parser;
 use embassy_executor::Spawner;
 use embassy_net::tcp::TcpSocket;
-use embassy_net::{Config, Ipv4Cidr, Runner, Stack, StackResources, StaticConfigV4};
-use embassy_net_tuntap::TunTapDevice;
+use embassy_net::Stack;
 use embassy_sync::blocking_mutex::Mutex;
 use embassy_time::Duration;
 use static_cell::StaticCell;
 
 use otamesh_mcu::agent::{run_once, AgentBuffers, AgentConfig, Edges, RunOutcome};
+use otamesh_mcu::host::{elapsed_ms, parse_cidr, process_cpu_ms, start_stack, CHUNK_BYTES, RX_BYTES, TX_BYTES};
 use otamesh_mcu::layout::HOST_DEVICE;
 use otamesh_mcu::HostFlash;
 use protocol::codec::ContentKey;
@@ -75,25 +78,13 @@ struct Args {
     request_timeout_secs: u64,
 }
 
-#[embassy_executor::task]
-async fn net_task(mut runner: Runner<'static, TunTapDevice>) -> ! {
-    runner.run().await
-}
-
-/// TCP receive window: one chunk answer in flight.
-const RX_BYTES: usize = 8 * 1024;
-/// TCP send buffer: requests are small.
-const TX_BYTES: usize = 1024;
 /// The link's frame buffer: the largest answer (a 4 KiB chunk, a seal, a manifest).
 const LINK_BYTES: usize = 16 * 1024;
 /// The largest manifest this device takes.
 const MANIFEST_BYTES: usize = 16 * 1024;
-/// The largest stored chunk: 4 KiB plus the AEAD's nonce and tag.
-const CHUNK_BYTES: usize = 4096 + 40;
 const POLICY_BYTES: usize = protocol::rollout::policy::limits::MAX_POLICY_BYTES;
 const SEAL_BYTES: usize = protocol::seal::MAX_SEAL_BYTES;
 
-static RESOURCES: StaticCell<StackResources<3>> = StaticCell::new();
 static RX: StaticCell<[u8; RX_BYTES]> = StaticCell::new();
 static TX: StaticCell<[u8; TX_BYTES]> = StaticCell::new();
 static LINK: StaticCell<[u8; LINK_BYTES]> = StaticCell::new();
@@ -109,21 +100,51 @@ struct TapEdges {
     rx: &'static mut [u8; RX_BYTES],
     tx: &'static mut [u8; TX_BYTES],
     timeout: Duration,
+    /// Bytes read from every connection so far (the JSON line's `received_bytes`).
+    received: Cell<u64>,
 }
 
 impl Edges for TapEdges {
-    type Stream<'s> = TcpSocket<'s>;
+    type Stream<'s> = CountedSocket<'s>;
 
     fn count(&self) -> usize {
         self.addrs.len()
     }
 
-    async fn connect(&mut self, index: usize) -> Option<TcpSocket<'_>> {
+    async fn connect(&mut self, index: usize) -> Option<CountedSocket<'_>> {
         let addr = *self.addrs.get(index)?;
         let mut socket = TcpSocket::new(self.stack, &mut self.rx[..], &mut self.tx[..]);
         socket.set_timeout(Some(self.timeout));
         socket.connect((*addr.ip(), addr.port())).await.ok()?;
-        Some(socket)
+        Some(CountedSocket { socket, received: &self.received })
+    }
+}
+
+/// A TCP socket that adds the bytes it reads to a counter.
+struct CountedSocket<'s> {
+    socket: TcpSocket<'s>,
+    received: &'s Cell<u64>,
+}
+
+impl embedded_io_async::ErrorType for CountedSocket<'_> {
+    type Error = embassy_net::tcp::Error;
+}
+
+impl embedded_io_async::Read for CountedSocket<'_> {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        let n = self.socket.read(buf).await?;
+        self.received.set(self.received.get() + n as u64);
+        Ok(n)
+    }
+}
+
+impl embedded_io_async::Write for CountedSocket<'_> {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        self.socket.write(buf).await
+    }
+
+    async fn flush(&mut self) -> Result<(), Self::Error> {
+        self.socket.flush().await
     }
 }
 
@@ -166,9 +187,7 @@ fn open_flash(args: &Args) -> HostFlash {
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
     let args = Args::parse();
-    let usage = "--ip must be ADDRESS/PREFIX, e.g. 10.78.0.2/24";
-    let Some((ip, prefix)) = args.ip.split_once('/') else { fail(usage) };
-    let (Ok(ip), Ok(prefix)) = (ip.parse::<Ipv4Addr>(), prefix.parse::<u8>()) else { fail(usage) };
+    let Some((ip, prefix)) = parse_cidr(&args.ip) else { fail("--ip must be ADDRESS/PREFIX, e.g. 10.78.0.2/24") };
     let anchor_bytes = std::fs::read(&args.anchor).unwrap_or_else(|e| fail(&format!("cannot read the anchor: {e}")));
     let anchor = TrustAnchor::decode(&anchor_bytes).unwrap_or_else(|e| {
         fail(&format!("{} is not a trust anchor ({e}); write one with `seeder mcu anchor`", args.anchor.display()))
@@ -179,24 +198,17 @@ async fn main(spawner: Spawner) {
     let device_id = status_key.as_ref().map_or([0; 32], |k| k.verifying_key().to_bytes());
     let flash = Mutex::new(RefCell::new(open_flash(&args)));
 
-    let device = TunTapDevice::new(&args.tap).unwrap_or_else(|e| {
-        fail(&format!("cannot open TAP device {}: {e} (create it and bring it up first)", args.tap))
-    });
-    let config = Config::ipv4_static(StaticConfigV4 {
-        address: Ipv4Cidr::new(ip, prefix),
-        gateway: None,
-        dns_servers: heapless::Vec::new(),
-    });
-    let mut seed = [0u8; 8];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed));
-    let (stack, runner) =
-        embassy_net::new(device, config, RESOURCES.init(StackResources::new()), u64::from_le_bytes(seed));
-    spawner.spawn(net_task(runner).unwrap_or_else(|_| fail("cannot start the network task")));
-    stack.wait_config_up().await;
+    let stack = start_stack(spawner, &args.tap, ip, prefix).await.unwrap_or_else(|e| fail(&e));
 
     let timeout = Duration::from_secs(args.request_timeout_secs.max(1));
-    let mut edges =
-        TapEdges { stack, addrs: args.edges.clone(), rx: RX.init([0; RX_BYTES]), tx: TX.init([0; TX_BYTES]), timeout };
+    let mut edges = TapEdges {
+        stack,
+        addrs: args.edges.clone(),
+        rx: RX.init([0; RX_BYTES]),
+        tx: TX.init([0; TX_BYTES]),
+        timeout,
+        received: Cell::new(0),
+    };
     let agent = AgentConfig {
         limits: DeviceLimits {
             release: &args.release,
@@ -222,7 +234,11 @@ async fn main(spawner: Spawner) {
     let healthy = args.health == "pass";
     let unix_now =
         || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    // The run alone, after the network is up and the flash file exists: what a benchmark
+    // sets against a plain download of `received_bytes` over the same stack.
+    let (started, cpu_before) = (std::time::Instant::now(), process_cpu_ms());
     let outcome = run_once(&flash, &HOST_DEVICE, &agent, &mut edges, buffers, || healthy, unix_now).await;
+    let (elapsed_ms, cpu_ms) = (elapsed_ms(started), process_cpu_ms() - cpu_before);
     let record = otamesh_mcu::agent_store::AgentStore::open(
         otamesh_mcu::boot::Partitions::new(&HOST_DEVICE, &flash).unwrap_or_else(|_| fail("layout")).agent,
     )
@@ -248,6 +264,7 @@ async fn main(spawner: Spawner) {
                     "last_error": error, "anchor_epoch": epoch,
                     "report_seq": report_seq, "report_unsent": report_unsent,
                     "chunks_done": chunks_done,
+                    "elapsed_ms": elapsed_ms, "cpu_ms": cpu_ms, "received_bytes": edges.received.get(),
                 })
             );
             std::process::exit(0);
