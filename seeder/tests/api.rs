@@ -1,0 +1,282 @@
+//! The publisher's API as a client sees it: a real `seeder serve --http-listen` over a real
+//! repository and fleet database, spoken to over TCP with plain HTTP/1.1 — tokens and scopes,
+//! the inventory, rollout actions reaching the signed policy and the database, the event
+//! stream, metrics, and bad input answered with a 4xx and a JSON error.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use test_procs::Proc;
+
+const READ: &str = "read-token-0123456789abcdef0123456789abcdef";
+const OPERATOR: &str = "operator-token-0123456789abcdef0123456789ab";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn seeder(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seeder")).args(args).output().expect("seeder runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = seeder(args);
+    assert!(out.status.success(), "seeder {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// One HTTP/1.1 exchange (`Connection: close`): status and body.
+fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<(&str, &[u8])>) -> (u16, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        request += &format!("Authorization: Bearer {token}\r\n");
+    }
+    if let Some((content_type, bytes)) = body {
+        request += &format!("Content-Type: {content_type}\r\nContent-Length: {}\r\n", bytes.len());
+    }
+    request += "\r\n";
+    stream.write_all(request.as_bytes()).unwrap();
+    if let Some((_, bytes)) = body {
+        // The server may answer (413) and close before reading all of a large body.
+        let _ = stream.write_all(bytes);
+    }
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else { return out };
+        let len = usize::from_str_radix(std::str::from_utf8(&raw[..eol]).unwrap().trim(), 16).unwrap();
+        if len == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[eol + 2..eol + 2 + len]);
+        raw = &raw[eol + 2 + len + 2..];
+    }
+}
+
+fn json(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, expect: u16) -> Value {
+    let (status, body) = http(addr, method, path, token, None);
+    let value: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", String::from_utf8_lossy(&body)));
+    assert_eq!(status, expect, "{method} {path}: {value}");
+    value
+}
+
+/// An error response: the status and a JSON `error` string.
+fn error(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<(&str, &[u8])>, expect: u16) -> String {
+    let (status, bytes) = http(addr, method, path, token, body);
+    let value: Value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{method} {path} ({status}): the error is not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+    assert_eq!(status, expect, "{method} {path}: {value}");
+    value["error"].as_str().unwrap_or_else(|| panic!("no `error` in {value}")).to_string()
+}
+
+struct Served {
+    _dir: tempfile::TempDir,
+    repo: String,
+    _serve: Proc,
+    http: SocketAddr,
+}
+
+fn tokens_file(dir: &Path, mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("api-tokens");
+    std::fs::write(&path, format!("# who may call\nread {READ}\noperator {OPERATOR}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// A repository with release gw 1.4.2 rolling out, six enrolled devices of which three
+/// reported, and `seeder serve` with the API on 127.0.0.1.
+fn served() -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo").to_str().unwrap().to_string();
+    ok(&["init", "--repo", &repo]);
+    let image = dir.path().join("image.bin");
+    std::fs::write(&image, test_procs::random_bytes(200_000, 5)).unwrap();
+    ok(&["release", "add", "--repo", &repo, "--image", image.to_str().unwrap(), "--name", "gw", "--version", "1.4.2", "--hw-class", "imx8"]);
+    ok(&["rollout", "start", "--repo", &repo, "gw", "1.4.2", "--waves", "100"]);
+    ok(&["fleet-test-ingest", "--repo", &repo, "--devices", "3", "--reports", "30", "--enroll"]);
+    for (seed, id) in [(41u8, "gw-never-1"), (42, "gw-never-2"), (43, "gw-never-3")] {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        let hex: String = key.verifying_key().as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        ok(&["devices", "enroll", "--repo", &repo, "--key", &hex, "--id", id, "--site", "plant-9", "--hw-class", "imx8"]);
+    }
+    let tokens = tokens_file(dir.path(), 0o600);
+    let args: Vec<String> = [
+        "--json", "serve", "--repo", &repo, "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-mdns", "--http-listen",
+        "127.0.0.1:0", "--api-tokens", &tokens,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let serve = Proc::spawn("seeder-serve", Path::new(env!("CARGO_BIN_EXE_seeder")), &args).unwrap();
+    let http = serve
+        .wait_line("the API address", WAIT, |line| {
+            let v: Value = serde_json::from_str(line).ok()?;
+            v["http"].as_str()?.parse().ok()
+        })
+        .unwrap();
+    Served { _dir: dir, repo, _serve: serve, http }
+}
+
+#[test]
+fn tokens_scopes_and_the_inventory() {
+    let s = served();
+    let a = s.http;
+    // No token, an unknown one: 401, with a JSON error that says what to send.
+    let e = error(a, "GET", "/api/devices", None, None, 401);
+    assert!(e.contains("Authorization: Bearer"), "{e}");
+    error(a, "GET", "/api/devices", Some("not-a-token-not-a-token-not-a-token"), None, 401);
+    error(a, "GET", "/api/rollouts", Some(&READ[..READ.len() - 1]), None, 401);
+
+    let page = json(a, "GET", "/api/devices", Some(READ), 200);
+    assert_eq!(page["total"], 6, "{page}");
+    let devices = page["devices"].as_array().unwrap();
+    assert_eq!(devices.iter().filter(|d| d["stale"] == true).count(), 3, "the never-reported are stale: {page}");
+    let reported = devices.iter().find(|d| !d["state"].is_null()).unwrap();
+    assert_eq!(reported["state"]["version"], "1.4.2");
+    let page = json(a, "GET", "/api/devices?site=plant-9&limit=2&offset=1", Some(READ), 200);
+    assert_eq!((page["total"].as_u64(), page["devices"].as_array().unwrap().len()), (Some(3), 2), "{page}");
+    assert_eq!(page["devices"][0]["id"], "gw-never-2");
+    let page = json(a, "GET", "/api/devices?state=never-reported", Some(OPERATOR), 200);
+    assert_eq!(page["total"], 3);
+    let page = json(a, "GET", "/api/devices?q=never-3", Some(READ), 200);
+    assert_eq!(page["total"], 1);
+
+    let id = reported["id"].as_str().unwrap();
+    let detail = json(a, "GET", &format!("/api/devices/{id}"), Some(READ), 200);
+    assert_eq!(detail["device"]["id"], id);
+    assert_eq!(detail["history"].as_array().unwrap().len(), 10, "{detail}");
+    assert_eq!(detail["history"][0]["seq"], 10, "newest first");
+    error(a, "GET", "/api/devices/gw-404", Some(READ), None, 404);
+    // Path tricks are only a device id nobody enrolled.
+    error(a, "GET", "/api/devices/..%2F..%2Fkeys", Some(READ), None, 404);
+    error(a, "GET", "/api/../keys/targets.json", Some(READ), None, 404);
+
+    let releases = json(a, "GET", "/api/releases", Some(READ), 200);
+    assert!(releases["releases"].as_array().unwrap().iter().any(|r| r["version"] == "1.4.2"), "{releases}");
+    let sites = json(a, "GET", "/api/sites", Some(READ), 200);
+    let plant9 = sites["sites"].as_array().unwrap().iter().find(|s| s["site"] == "plant-9").unwrap();
+    assert_eq!((plant9["devices"].as_u64(), plant9["never_reported"].as_u64()), (Some(3), Some(3)), "{sites}");
+
+    // Bad paging and unknown parameters: 400 with a JSON error, never a panic.
+    for query in ["limit=0", "limit=5000", "offset=-1", "limit=ten", "colour=blue", "stale=soon"] {
+        error(a, "GET", &format!("/api/devices?{query}"), Some(READ), None, 400);
+    }
+    error(a, "GET", "/api/nothing-here", Some(READ), None, 404);
+
+    // Public: the OpenAPI document and the metrics.
+    let spec = json(a, "GET", "/api/openapi.json", None, 200);
+    assert!(spec["paths"]["/api/devices"].is_object() && spec["openapi"].is_string());
+    let (status, metrics) = http(a, "GET", "/metrics", None, None);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(r#"otamesh_seeder_devices{site="plant-9",release="",version="",state="never-reported"} 3"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"otamesh_seeder_rollout_info{rollout="gw-1.4.2""#), "{metrics}");
+    assert!(metrics.contains("otamesh_seeder_reports_total{outcome=\"accepted\"}"), "{metrics}");
+}
+
+#[test]
+fn operators_act_on_rollouts_and_readers_cannot() {
+    let s = served();
+    let a = s.http;
+    let status_in_db = || -> Value {
+        let out = ok(&["--json", "rollout", "status", "--repo", &s.repo, "gw"]);
+        serde_json::from_str::<Value>(&out).unwrap()[0].clone()
+    };
+    // The event stream, opened before anything happens.
+    let mut events = TcpStream::connect(a).unwrap();
+    events.set_read_timeout(Some(WAIT)).unwrap();
+    write!(events, "GET /api/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {READ}\r\n\r\n").unwrap();
+    let mut events = BufReader::new(events);
+    let mut line = String::new();
+    events.read_line(&mut line).unwrap();
+    assert!(line.contains(" 200 "), "{line}");
+
+    // A read-only token cannot pause: 403, and nothing changed.
+    let e = error(a, "POST", "/api/rollouts/gw/pause", Some(READ), None, 403);
+    assert!(e.contains("operator"), "{e}");
+    assert_eq!(status_in_db()["state"], "running");
+    let paused = json(a, "POST", "/api/rollouts/gw/pause", Some(OPERATOR), 200);
+    assert_eq!(paused["state"], "paused");
+    assert_eq!(status_in_db()["state"], "paused", "the signed policy and the database say paused");
+    error(a, "POST", "/api/rollouts/gw/pause", Some(OPERATOR), None, 409);
+    error(a, "POST", "/api/rollouts/gw/explode", Some(OPERATOR), None, 404);
+    error(a, "POST", "/api/rollouts/nope/pause", Some(OPERATOR), None, 404);
+
+    // The pause arrives on the stream as a rollout transition.
+    let deadline = Instant::now() + WAIT;
+    let mut seen = String::new();
+    while !seen.contains("event: rollout") || !seen.contains("\"to\":\"paused\"") {
+        assert!(Instant::now() < deadline, "no rollout event: {seen}");
+        let mut line = String::new();
+        if events.read_line(&mut line).unwrap() == 0 {
+            panic!("the event stream ended: {seen}");
+        }
+        seen += &line;
+    }
+
+    // Starting: bad bodies are 4xx with a JSON error; a second rollout of gw conflicts.
+    let start = |body: &[u8], content_type: &str, token: &str, expect: u16| {
+        error(a, "POST", "/api/rollouts", Some(token), Some((content_type, body)), expect)
+    };
+    start(br#"{"release": "gw", "version": "1.4.2"}"#, "application/json", READ, 403);
+    start(b"{not json", "application/json", OPERATOR, 400);
+    start(br#"{"release": "gw", "version": "1.4.2", "colour": "blue"}"#, "application/json", OPERATOR, 422);
+    start(br#"{"release": "gw"}"#, "application/json", OPERATOR, 422);
+    start(br#"{"release": "gw", "version": "1.4.2"}"#, "text/plain", OPERATOR, 415);
+    start(&vec![b' '; 200_000], "application/json", OPERATOR, 413);
+    start(br#"{"release": "../keys", "version": "1"}"#, "application/json", OPERATOR, 400);
+    let e = start(br#"{"release": "gw", "version": "1.4.2"}"#, "application/json", OPERATOR, 409);
+    assert!(e.contains("abort it first"), "{e}");
+    start(br#"{"release": "gw", "version": "9.9.9", "waves": "100"}"#, "application/json", OPERATOR, 404);
+    assert_eq!(status_in_db()["state"], "paused", "a refused start changed the rollout");
+
+    json(a, "POST", "/api/rollouts/gw/abort", Some(OPERATOR), 200);
+    let (status, body) = http(
+        a,
+        "POST",
+        "/api/rollouts",
+        Some(OPERATOR),
+        Some(("application/json", br#"{"release": "gw", "version": "1.4.2", "waves": "10,100", "id": "gw-again"}"#)),
+    );
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let started = status_in_db();
+    assert_eq!((started["id"].as_str(), started["state"].as_str()), (Some("gw-again"), Some("running")));
+}
+
+#[test]
+fn a_token_file_others_can_read_stops_the_seeder_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo").to_str().unwrap().to_string();
+    ok(&["init", "--repo", &repo]);
+    let tokens = tokens_file(dir.path(), 0o644);
+    let out = seeder(&[
+        "serve", "--repo", &repo, "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-mdns", "--http-listen", "127.0.0.1:0",
+        "--api-tokens", &tokens,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("readable by other users") && stderr.contains("chmod 600"), "{stderr}");
+    let out = seeder(&["serve", "--repo", &repo, "--http-listen", "127.0.0.1:0"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--api-tokens"));
+}
