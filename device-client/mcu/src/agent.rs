@@ -78,14 +78,15 @@ pub struct AgentConfig<'a> {
 pub struct AgentBuffers<'a> {
     /// The edge link's frame buffer (a chunk answer, a seal, a manifest).
     pub link: &'a mut [u8],
-    /// Seals, policy, manifest (see [`FindBuffers`]).
+    /// A seal while a release is found, then one stored chunk while it downloads (and the
+    /// scratch the image hash reads through): never both at once, so one buffer of at least
+    /// `max(protocol::seal::MAX_SEAL_BYTES, the largest stored chunk)`. Sharing it saves an
+    /// MCU a chunk's worth of RAM (4 KiB on the Nucleo-F767ZI, whose budget is 48 KiB).
     pub seal: &'a mut [u8],
     /// The rollout policy.
     pub policy: &'a mut [u8],
     /// The manifest.
     pub manifest: &'a mut [u8],
-    /// One stored chunk.
-    pub chunk: &'a mut [u8],
 }
 
 /// Where a run ended.
@@ -128,19 +129,7 @@ pub async fn run_once<F: NorFlash, E: Edges>(
     unix_now: impl Fn() -> i64,
 ) -> Result<RunOutcome, AgentError> {
     let parts = Partitions::new(layout, flash).map_err(|_| AgentError::Layout)?;
-    let (mut store, saved) = AgentStore::open(parts.agent.clone())?;
-    let mut state = match saved {
-        Some(state) => state,
-        None => {
-            let factory = Release::unknown(Label::new(config.factory_version).ok_or(AgentError::Config)?, 0);
-            AgentState {
-                record: Record::factory(Slot::A, factory),
-                anchor: Some(config.provisioned_anchor),
-                progress: ChunkProgress::none(),
-                target_sha256: [0; 32],
-            }
-        }
-    };
+    let (mut store, mut state) = open_state(parts.agent.clone(), config)?;
     let mut dfu = parts.dfu.clone();
     let mut word = [0u8; 32];
     let word = word.get_mut(..layout.write_size_bytes as usize).ok_or(AgentError::Layout)?;
@@ -177,7 +166,7 @@ pub async fn run_once<F: NorFlash, E: Edges>(
         engine.handle_check(now());
     }
 
-    let AgentBuffers { link: link_buffer, seal, policy, manifest, chunk } = buffers;
+    let AgentBuffers { link: link_buffer, seal, policy, manifest } = buffers;
     let mut find = FindBuffers { seal, policy, manifest };
     let mut found: Option<(usize, usize, usize)> = None; // (edge, policy len, manifest len)
     let gate = Gate::default();
@@ -255,6 +244,8 @@ pub async fn run_once<F: NorFlash, E: Edges>(
                         let mut link = EdgeLink::new(stream, &mut *link_buffer, config.request_timeout);
                         let mut slot = DfuSlot { dfu: &mut dfu, write_size: layout.write_size_bytes as usize };
                         let mut progress = StoreProgress { store: &mut store, state: &mut state, target: &view };
+                        // `find.seal` doubles as the chunk buffer: `view` borrows only `find.manifest`.
+                        let chunk = &mut *find.seal;
                         download(&mut link, &view, config.content_key.as_ref(), &mut slot, &mut progress, chunk).await
                     }
                     None => Err(DownloadError::Link(crate::edge_link::LinkError::Io)),
@@ -276,7 +267,7 @@ pub async fn run_once<F: NorFlash, E: Edges>(
                 // the manifest again, and needs not).
                 let matches = match state.record.target {
                     Some(target) if state.target_sha256 != [0; 32] => {
-                        image_sha256(&mut dfu, target.image_len, chunk) == Some(state.target_sha256)
+                        image_sha256(&mut dfu, target.image_len, find.seal) == Some(state.target_sha256)
                     }
                     _ => false,
                 };
@@ -310,6 +301,27 @@ pub async fn run_once<F: NorFlash, E: Edges>(
     Ok(RunOutcome::Resting(engine.state()))
 }
 
+/// The store and the state it holds, or the factory state on a fresh store. Out of line:
+/// inlined into [`run_once`]'s poll, its copies of the ~1 KiB state would sit in the frame
+/// of every poll of it, under the signature checks (the deepest stack an MCU sees).
+#[inline(never)]
+fn open_state<F: NorFlash>(partition: F, config: &AgentConfig<'_>) -> Result<(AgentStore<F>, AgentState), AgentError> {
+    let (store, saved) = AgentStore::open(partition)?;
+    let state = match saved {
+        Some(state) => state,
+        None => {
+            let factory = Release::unknown(Label::new(config.factory_version).ok_or(AgentError::Config)?, 0);
+            AgentState {
+                record: Record::factory(Slot::A, factory),
+                anchor: Some(config.provisioned_anchor),
+                progress: ChunkProgress::none(),
+                target_sha256: [0; 32],
+            }
+        }
+    };
+    Ok((store, state))
+}
+
 /// [`find_on_edges`] under the pinned anchor; a rotation the seals carried is persisted
 /// before anything acts on the release (a newer anchor is signed by the one it replaces, so
 /// keeping it is safe whatever happens next).
@@ -321,11 +333,12 @@ async fn find_and_pin<E: Edges, F: NorFlash>(
     link_buffer: &mut [u8],
     buffers: &mut FindBuffers<'_>,
 ) -> Result<Result<FoundAt, FindError>, AgentError> {
-    let anchor = state.anchor.unwrap_or(config.provisioned_anchor);
-    let found = find_on_edges(edges, config, &anchor, link_buffer, buffers).await;
+    // Advanced in place (no copy of the 520-byte anchor in this future): `find_release`
+    // changes it only when it returns a verified release.
+    let anchor = state.anchor.get_or_insert(config.provisioned_anchor);
+    let found = find_on_edges(edges, config, anchor, link_buffer, buffers).await;
     if let Ok(release) = &found {
-        if release.anchor.rotated {
-            state.anchor = Some(release.anchor.anchor);
+        if release.rotated {
             store.save(state)?;
         }
     }
@@ -337,18 +350,20 @@ async fn find_and_pin<E: Edges, F: NorFlash>(
 #[derive(Clone, Copy)]
 struct FoundAt {
     edge: usize,
-    anchor: protocol::seal::Opened,
+    /// The anchor passed to [`find_on_edges`] was advanced by a rotation.
+    rotated: bool,
     offer: protocol::install::Offer,
     policy_len: usize,
     manifest_len: usize,
 }
 
-/// [`find_release`] on each edge in turn: the first that serves a verified release wins;
-/// one that lies is skipped, one that lacks the files too.
+/// [`find_release`] on each edge in turn: the first that serves a verified release wins
+/// (and advances `anchor` if its seals rotate it); one that lies is skipped, one that lacks
+/// the files too.
 async fn find_on_edges<E: Edges>(
     edges: &mut E,
     config: &AgentConfig<'_>,
-    anchor: &TrustAnchor,
+    anchor: &mut TrustAnchor,
     link_buffer: &mut [u8],
     buffers: &mut FindBuffers<'_>,
 ) -> Result<FoundAt, FindError> {
@@ -359,9 +374,9 @@ async fn find_on_edges<E: Edges>(
         let reborrowed =
             FindBuffers { seal: &mut *buffers.seal, policy: &mut *buffers.policy, manifest: &mut *buffers.manifest };
         match find_release(&mut link, anchor, &config.limits, reborrowed).await {
-            Ok(Found { anchor, policy, manifest, offer }) => {
+            Ok(Found { rotated, policy, manifest, offer }) => {
                 let (policy_len, manifest_len) = (policy.as_bytes().len(), manifest.as_bytes().len());
-                return Ok(FoundAt { edge, anchor, offer, policy_len, manifest_len });
+                return Ok(FoundAt { edge, rotated, offer, policy_len, manifest_len });
             }
             Err(e) => last = e,
         }

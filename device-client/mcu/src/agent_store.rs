@@ -124,6 +124,11 @@ fn flash_err<E: NorFlashError>(e: E) -> StoreError {
 
 impl<F: NorFlash> AgentStore<F> {
     /// Opens the store and returns the newest valid state, or `None` on a fresh partition.
+    ///
+    /// Never inlined: its slot buffer and parsed copies take about 5 KiB of stack, which an
+    /// async caller would otherwise carry in the frame of every poll (the deepest one, the
+    /// signature checks, included).
+    #[inline(never)]
     pub fn open(mut flash: F) -> Result<(AgentStore<F>, Option<AgentState>), StoreError> {
         let write = F::WRITE_SIZE;
         let capacity = flash.capacity();

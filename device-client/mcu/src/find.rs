@@ -6,7 +6,7 @@ use protocol::device::sealed::{self, DeviceLimits, SealedError, MAX_PATH_BYTES};
 use protocol::install::Offer;
 use protocol::manifest::ManifestView;
 use protocol::rollout::policy::PolicyView;
-use protocol::seal::{Opened, TrustAnchor};
+use protocol::seal::TrustAnchor;
 
 use crate::edge_link::{EdgeLink, LinkError};
 
@@ -23,8 +23,9 @@ pub struct FindBuffers<'a> {
 
 /// A release the pinned keys vouch for, named by a policy for this device.
 pub struct Found<'a> {
-    /// The anchor after the seals' statements: persist it before acting if `rotated`.
-    pub anchor: Opened,
+    /// The seals carried a key rotation: the anchor [`find_release`] was given now holds
+    /// the new one; persist it before acting on the release.
+    pub rotated: bool,
     /// The verified policy.
     pub policy: PolicyView<'a>,
     /// The verified manifest.
@@ -69,9 +70,14 @@ impl FindError {
 }
 
 /// Asks `link` for the release a verified rollout policy names for `device`.
+///
+/// `anchor` is the pinned anchor; on success it is advanced to the anchor the seals'
+/// statements lead to (see [`Found::rotated`]), on an error it is untouched. In and out by
+/// reference rather than returned: an anchor is 520 bytes, and every copy of it in an
+/// async function is MCU stack or a bigger future.
 pub async fn find_release<'a, S>(
     link: &mut EdgeLink<'_, S>,
-    anchor: &TrustAnchor,
+    anchor: &mut TrustAnchor,
     device: &DeviceLimits<'_>,
     buffers: FindBuffers<'a>,
 ) -> Result<Found<'a>, FindError>
@@ -96,5 +102,8 @@ where
     let (opened, manifest_view, offer) =
         sealed::check_manifest(&opened.anchor, device, &policy_view, &seal[..manifest_seal_len], manifest)?;
     let rotated = opened.anchor != *anchor;
-    Ok(Found { anchor: Opened { anchor: opened.anchor, rotated }, policy: policy_view, manifest: manifest_view, offer })
+    if rotated {
+        *anchor = opened.anchor;
+    }
+    Ok(Found { rotated, policy: policy_view, manifest: manifest_view, offer })
 }

@@ -88,7 +88,9 @@ const MANIFEST_BYTES: usize = 16 * 1024;
 /// The largest stored chunk: 4 KiB plus the AEAD's nonce and tag.
 const CHUNK_BYTES: usize = 4096 + 40;
 const POLICY_BYTES: usize = protocol::rollout::policy::limits::MAX_POLICY_BYTES;
-const SEAL_BYTES: usize = protocol::seal::MAX_SEAL_BYTES;
+/// A seal, and later a stored chunk, in one buffer (see `AgentBuffers::seal`).
+const SEAL_BYTES: usize =
+    if protocol::seal::MAX_SEAL_BYTES > CHUNK_BYTES { protocol::seal::MAX_SEAL_BYTES } else { CHUNK_BYTES };
 
 static RESOURCES: StaticCell<StackResources<3>> = StaticCell::new();
 static RX: StaticCell<[u8; RX_BYTES]> = StaticCell::new();
@@ -97,7 +99,6 @@ static LINK: StaticCell<[u8; LINK_BYTES]> = StaticCell::new();
 static SEAL: StaticCell<[u8; SEAL_BYTES]> = StaticCell::new();
 static POLICY: StaticCell<[u8; POLICY_BYTES]> = StaticCell::new();
 static MANIFEST: StaticCell<[u8; MANIFEST_BYTES]> = StaticCell::new();
-static CHUNK: StaticCell<[u8; CHUNK_BYTES]> = StaticCell::new();
 
 /// The configured edges over the TAP stack, one TCP socket at a time.
 struct TapEdges {
@@ -214,7 +215,6 @@ async fn main(spawner: Spawner) {
         seal: &mut SEAL.init([0; SEAL_BYTES])[..],
         policy: &mut POLICY.init([0; POLICY_BYTES])[..],
         manifest: &mut MANIFEST.init([0; MANIFEST_BYTES])[..],
-        chunk: &mut CHUNK.init([0; CHUNK_BYTES])[..],
     };
     let healthy = args.health == "pass";
     let unix_now =
