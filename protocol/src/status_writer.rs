@@ -47,7 +47,9 @@ pub struct RolloutPart<'a> {
 pub struct ReportTooLarge;
 
 /// Writes `draft` signed by `sign` into `out`, using `scratch` for the unwrapped report;
-/// returns the wire form's length.
+/// returns the wire form's length. Out of line, so an MCU agent's poll frame does not carry
+/// its buffers under deeper calls.
+#[inline(never)]
 pub fn write_signed(
     draft: &ReportDraft<'_>,
     sign: impl FnOnce(&[u8]) -> [u8; 64],

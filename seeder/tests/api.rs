@@ -22,12 +22,23 @@ fn seeder(args: &[&str]) -> Output {
 
 fn ok(args: &[&str]) -> String {
     let out = seeder(args);
-    assert!(out.status.success(), "seeder {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "seeder {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// One HTTP/1.1 exchange (`Connection: close`): status and body.
-fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<(&str, &[u8])>) -> (u16, Vec<u8>) {
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, &[u8])>,
+) -> (u16, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
@@ -77,10 +88,18 @@ fn json(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, expect:
 }
 
 /// An error response: the status and a JSON `error` string.
-fn error(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<(&str, &[u8])>, expect: u16) -> String {
+fn error(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, &[u8])>,
+    expect: u16,
+) -> String {
     let (status, bytes) = http(addr, method, path, token, body);
-    let value: Value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("{method} {path} ({status}): the error is not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!("{method} {path} ({status}): the error is not JSON ({e}): {}", String::from_utf8_lossy(&bytes))
+    });
     assert_eq!(status, expect, "{method} {path}: {value}");
     value["error"].as_str().unwrap_or_else(|| panic!("no `error` in {value}")).to_string()
 }
@@ -108,18 +127,53 @@ fn served() -> Served {
     ok(&["init", "--repo", &repo]);
     let image = dir.path().join("image.bin");
     std::fs::write(&image, test_procs::random_bytes(200_000, 5)).unwrap();
-    ok(&["release", "add", "--repo", &repo, "--image", image.to_str().unwrap(), "--name", "gw", "--version", "1.4.2", "--hw-class", "imx8"]);
+    ok(&[
+        "release",
+        "add",
+        "--repo",
+        &repo,
+        "--image",
+        image.to_str().unwrap(),
+        "--name",
+        "gw",
+        "--version",
+        "1.4.2",
+        "--hw-class",
+        "imx8",
+    ]);
     ok(&["rollout", "start", "--repo", &repo, "gw", "1.4.2", "--waves", "100"]);
     ok(&["fleet-test-ingest", "--repo", &repo, "--devices", "3", "--reports", "30", "--enroll"]);
     for (seed, id) in [(41u8, "gw-never-1"), (42, "gw-never-2"), (43, "gw-never-3")] {
         let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
         let hex: String = key.verifying_key().as_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        ok(&["devices", "enroll", "--repo", &repo, "--key", &hex, "--id", id, "--site", "plant-9", "--hw-class", "imx8"]);
+        ok(&[
+            "devices",
+            "enroll",
+            "--repo",
+            &repo,
+            "--key",
+            &hex,
+            "--id",
+            id,
+            "--site",
+            "plant-9",
+            "--hw-class",
+            "imx8",
+        ]);
     }
     let tokens = tokens_file(dir.path(), 0o600);
     let args: Vec<String> = [
-        "--json", "serve", "--repo", &repo, "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-mdns", "--http-listen",
-        "127.0.0.1:0", "--api-tokens", &tokens,
+        "--json",
+        "serve",
+        "--repo",
+        &repo,
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "--no-mdns",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--api-tokens",
+        &tokens,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -270,8 +324,16 @@ fn a_token_file_others_can_read_stops_the_seeder_with_one_line() {
     ok(&["init", "--repo", &repo]);
     let tokens = tokens_file(dir.path(), 0o644);
     let out = seeder(&[
-        "serve", "--repo", &repo, "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-mdns", "--http-listen", "127.0.0.1:0",
-        "--api-tokens", &tokens,
+        "serve",
+        "--repo",
+        &repo,
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "--no-mdns",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--api-tokens",
+        &tokens,
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

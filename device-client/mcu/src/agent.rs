@@ -70,7 +70,7 @@ pub struct AgentConfig<'a> {
     /// reports are checked against (the public half of `status_key`).
     pub device_id: [u8; 32],
     /// The device's ed25519 signing key for status reports; `None` sends none.
-    pub status_key: Option<&'a ed25519_dalek::SigningKey>,
+    pub status_key: Option<&'a crate::status_key::StatusKey>,
     /// The anchor provisioned at the factory, used until the store holds one.
     pub provisioned_anchor: TrustAnchor,
     /// The version string of the factory image.
@@ -81,16 +81,15 @@ pub struct AgentConfig<'a> {
 
 /// The buffers one run needs, statically sized by the caller.
 pub struct AgentBuffers<'a> {
-    /// The edge link's frame buffer (a chunk answer, a seal, a manifest).
+    /// The edge link's frame buffer (a chunk answer, a seal — opened in place —, a manifest).
     pub link: &'a mut [u8],
-    /// Seals, policy, manifest (see [`FindBuffers`]).
-    pub seal: &'a mut [u8],
+    /// One stored chunk while it downloads, the scratch the image hash reads through, and
+    /// the status report's scratch at the end of a run: at least the largest stored chunk.
+    pub chunk: &'a mut [u8],
     /// The rollout policy.
     pub policy: &'a mut [u8],
     /// The manifest.
     pub manifest: &'a mut [u8],
-    /// One stored chunk.
-    pub chunk: &'a mut [u8],
 }
 
 /// Where a run ended.
@@ -133,20 +132,7 @@ pub async fn run_once<F: NorFlash, E: Edges>(
     unix_now: impl Fn() -> i64,
 ) -> Result<RunOutcome, AgentError> {
     let parts = Partitions::new(layout, flash).map_err(|_| AgentError::Layout)?;
-    let (mut store, saved) = AgentStore::open(parts.agent.clone())?;
-    let mut state = match saved {
-        Some(state) => state,
-        None => {
-            let factory = Release::unknown(Label::new(config.factory_version).ok_or(AgentError::Config)?, 0);
-            AgentState {
-                record: Record::factory(Slot::A, factory),
-                anchor: Some(config.provisioned_anchor),
-                progress: ChunkProgress::none(),
-                target_sha256: [0; 32],
-                report: ReportState::default(),
-            }
-        }
-    };
+    let (mut store, mut state) = open_state(parts.agent.clone(), config)?;
     let mut dfu = parts.dfu.clone();
     let mut word = [0u8; 32];
     let word = word.get_mut(..layout.write_size_bytes as usize).ok_or(AgentError::Layout)?;
@@ -183,8 +169,8 @@ pub async fn run_once<F: NorFlash, E: Edges>(
         engine.handle_check(now());
     }
 
-    let AgentBuffers { link: link_buffer, seal, policy, manifest, chunk } = buffers;
-    let mut find = FindBuffers { seal, policy, manifest };
+    let AgentBuffers { link: link_buffer, chunk, policy, manifest } = buffers;
+    let mut find = FindBuffers { policy, manifest };
     let mut found: Option<(usize, usize, usize)> = None; // (edge, policy len, manifest len)
     let gate = Gate::default();
     let mut report_due = false;
@@ -275,7 +261,8 @@ pub async fn run_once<F: NorFlash, E: Edges>(
                     let mut slot = DfuSlot { dfu: &mut dfu, write_size: layout.write_size_bytes as usize };
                     let mut progress = StoreProgress { store: &mut store, state: &mut state, target: &view };
                     result =
-                        download(&mut link, &view, config.content_key.as_ref(), &mut slot, &mut progress, chunk).await;
+                        download(&mut link, &view, config.content_key.as_ref(), &mut slot, &mut progress, &mut *chunk)
+                            .await;
                     match &result {
                         Ok(_) | Err(DownloadError::Flash(_)) => break,
                         Err(e) if e.blames_edge() => {
@@ -320,7 +307,7 @@ pub async fn run_once<F: NorFlash, E: Edges>(
                 store.save(&state)?;
                 if report_due || state.report.unsent {
                     let mut reporter = Reporter { edges, config, store: &mut store, state: &mut state, liars };
-                    reporter.send(link_buffer, &mut *find.seal, &mut *chunk, unix_now()).await?;
+                    reporter.send(link_buffer, &mut *chunk, &mut *find.policy, unix_now()).await?;
                 }
                 return Ok(RunOutcome::Reboot);
             }
@@ -343,7 +330,7 @@ pub async fn run_once<F: NorFlash, E: Edges>(
     store.save(&state)?;
     if report_due || state.report.unsent {
         let mut reporter = Reporter { edges, config, store: &mut store, state: &mut state, liars };
-        reporter.send(link_buffer, &mut *find.seal, &mut *chunk, unix_now()).await?;
+        reporter.send(link_buffer, &mut *chunk, &mut *find.policy, unix_now()).await?;
     }
     Ok(RunOutcome::Resting(engine.state()))
 }
@@ -371,7 +358,8 @@ struct Reporter<'r, 'c, E, F> {
 impl<E: Edges, F: NorFlash> Reporter<'_, '_, E, F> {
     /// Numbers the report (persisted first: an edge refuses a number it has seen), signs it
     /// and offers it to each edge in turn; one that is not acknowledged is sent again, with
-    /// a new number, on the next run. `scratch` and `out` hold the report and its wire form.
+    /// a new number, on the next run. `scratch` and `out` hold the report and its wire form
+    /// (`run_once` lends the chunk and policy buffers, free once the run's work is done).
     async fn send(
         &mut self,
         link_buffer: &mut [u8],
@@ -401,7 +389,7 @@ impl<E: Edges, F: NorFlash> Reporter<'_, '_, E, F> {
                 install_secs: unix_now.saturating_sub(mark.started_unix).max(0) as u64,
             }),
         };
-        let Ok(len) = write_signed(&draft, |m| ed25519_dalek::Signer::sign(key, m).to_bytes(), scratch, out) else {
+        let Ok(len) = write_signed(&draft, |m| key.sign(m), scratch, out) else {
             // Cannot happen with the buffers run_once passes; nothing to send then.
             return Ok(());
         };
@@ -425,6 +413,28 @@ impl<E: Edges, F: NorFlash> Reporter<'_, '_, E, F> {
     }
 }
 
+/// The store and the state it holds, or the factory state on a fresh store. Out of line:
+/// inlined into [`run_once`]'s poll, its copies of the ~1 KiB state would sit in the frame
+/// of every poll of it, under the signature checks (the deepest stack an MCU sees).
+#[inline(never)]
+fn open_state<F: NorFlash>(partition: F, config: &AgentConfig<'_>) -> Result<(AgentStore<F>, AgentState), AgentError> {
+    let (store, saved) = AgentStore::open(partition)?;
+    let state = match saved {
+        Some(state) => state,
+        None => {
+            let factory = Release::unknown(Label::new(config.factory_version).ok_or(AgentError::Config)?, 0);
+            AgentState {
+                record: Record::factory(Slot::A, factory),
+                anchor: Some(config.provisioned_anchor),
+                progress: ChunkProgress::none(),
+                target_sha256: [0; 32],
+                report: ReportState::default(),
+            }
+        }
+    };
+    Ok((store, state))
+}
+
 /// [`find_on_edges`] under the pinned anchor; a rotation the seals carried is persisted
 /// before anything acts on the release (a newer anchor is signed by the one it replaces, so
 /// keeping it is safe whatever happens next).
@@ -437,11 +447,13 @@ async fn find_and_pin<E: Edges, F: NorFlash>(
     buffers: &mut FindBuffers<'_>,
     liars: &mut Liars,
 ) -> Result<Result<FoundAt, FindError>, AgentError> {
-    let anchor = state.anchor.unwrap_or(config.provisioned_anchor);
-    let found = find_on_edges(edges, config, &anchor, &state.record, link_buffer, buffers, liars).await;
+    // Advanced in place (no copy of the 520-byte anchor in this future): `find_release`
+    // changes it only when it returns a verified release.
+    let wanted = Wanted::of(&state.record);
+    let anchor = state.anchor.get_or_insert(config.provisioned_anchor);
+    let found = find_on_edges(edges, config, anchor, wanted, link_buffer, buffers, liars).await;
     if let Ok(release) = &found {
-        if release.anchor.rotated {
-            state.anchor = Some(release.anchor.anchor);
+        if release.rotated {
             store.save(state)?;
         }
     }
@@ -453,14 +465,15 @@ async fn find_and_pin<E: Edges, F: NorFlash>(
 #[derive(Clone, Copy)]
 struct FoundAt {
     edge: usize,
-    anchor: protocol::seal::Opened,
+    /// The anchor passed to [`find_on_edges`] was advanced by a rotation.
+    rotated: bool,
     offer: protocol::install::Offer,
     policy_len: usize,
     manifest_len: usize,
 }
 
 /// [`find_release`] on each edge in turn: the first that serves a verified release this
-/// device could install wins. One that lies is skipped and remembered in `liars`; one that
+/// device could install wins (and advances `anchor` if its seals rotate it). One that lies is skipped and remembered in `liars`; one that
 /// lacks the files is skipped; one whose release is what the device runs, below its
 /// anti-rollback floor, or already refused (a stale mirror, or a replay of an old, validly
 /// signed release) is skipped too, so it cannot hide a newer release another edge serves.
@@ -468,32 +481,31 @@ struct FoundAt {
 async fn find_on_edges<E: Edges>(
     edges: &mut E,
     config: &AgentConfig<'_>,
-    anchor: &TrustAnchor,
-    record: &Record,
+    anchor: &mut TrustAnchor,
+    wanted: Wanted,
     link_buffer: &mut [u8],
     buffers: &mut FindBuffers<'_>,
     liars: &mut Liars,
 ) -> Result<FoundAt, FindError> {
     let mut last = FindError::Link(LinkError::Io);
+    let mut rotated_before = false;
     for edge in 0..edges.count() {
         if liars.contains(edge) {
             continue;
         }
         let Some(stream) = edges.connect(edge).await else { continue };
         let mut link = EdgeLink::new(stream, &mut *link_buffer, config.request_timeout);
-        let reborrowed =
-            FindBuffers { seal: &mut *buffers.seal, policy: &mut *buffers.policy, manifest: &mut *buffers.manifest };
+        let reborrowed = FindBuffers { policy: &mut *buffers.policy, manifest: &mut *buffers.manifest };
         match find_release(&mut link, anchor, &config.limits, reborrowed).await {
-            Ok(Found { offer, .. })
-                if offer.release.security_counter < record.min_security_counter
-                    || offer.release.id == record.refused
-                    || offer.release.id == record.installed.id =>
-            {
+            Ok(Found { offer, rotated, .. }) if !wanted.accepts(&offer.release) => {
+                // Its seals may still have advanced the anchor (validly): say so with the
+                // release found next, so that the advance is saved.
+                rotated_before |= rotated;
                 last = FindError::Missing;
             }
-            Ok(Found { anchor, policy, manifest, offer }) => {
+            Ok(Found { rotated, policy, manifest, offer }) => {
                 let (policy_len, manifest_len) = (policy.as_bytes().len(), manifest.as_bytes().len());
-                return Ok(FoundAt { edge, anchor, offer, policy_len, manifest_len });
+                return Ok(FoundAt { edge, rotated: rotated || rotated_before, offer, policy_len, manifest_len });
             }
             Err(e) => {
                 if e.blames_edge() {
@@ -504,6 +516,26 @@ async fn find_on_edges<E: Edges>(
         }
     }
     Err(last)
+}
+
+/// What a found release must be for the device to take it: new to it, not refused, not
+/// below its anti-rollback floor. (Three fields, not the ~100-byte record, in the find's
+/// future and poll frame.)
+#[derive(Clone, Copy)]
+struct Wanted {
+    floor: u64,
+    refused: protocol::ReleaseId,
+    installed: protocol::ReleaseId,
+}
+
+impl Wanted {
+    fn of(record: &Record) -> Wanted {
+        Wanted { floor: record.min_security_counter, refused: record.refused, installed: record.installed.id }
+    }
+
+    fn accepts(&self, release: &Release) -> bool {
+        release.security_counter >= self.floor && release.id != self.refused && release.id != self.installed
+    }
 }
 
 /// Edges caught lying during one run, by index (the first 32 configured edges).

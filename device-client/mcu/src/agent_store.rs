@@ -175,6 +175,11 @@ fn flash_err<E: NorFlashError>(e: E) -> StoreError {
 
 impl<F: NorFlash> AgentStore<F> {
     /// Opens the store and returns the newest valid state, or `None` on a fresh partition.
+    ///
+    /// Never inlined: its slot buffer and parsed copies take about 5 KiB of stack, which an
+    /// async caller would otherwise carry in the frame of every poll (the deepest one, the
+    /// signature checks, included).
+    #[inline(never)]
     pub fn open(mut flash: F) -> Result<(AgentStore<F>, Option<AgentState>), StoreError> {
         let write = F::WRITE_SIZE;
         let capacity = flash.capacity();
@@ -209,6 +214,9 @@ impl<F: NorFlash> AgentStore<F> {
 
     /// Persists `state` as the newest state. Returns once it is committed; after an error
     /// (a power cut) the previous state is still what [`AgentStore::open`] finds, or this one.
+    // Out of line (as `open`): its slot image (`SLOT_BYTES` on the stack) must not join the
+    // agent's poll frame, where it would sit under every seal check.
+    #[inline(never)]
     pub fn save(&mut self, state: &AgentState) -> Result<(), StoreError> {
         let (slot, sequence) = match self.newest {
             Some(n) => (1 - n.slot, n.sequence.wrapping_add(1)),

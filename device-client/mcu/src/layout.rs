@@ -5,7 +5,7 @@
 //! bootloader step (`mcu-bootloader`) and the host tests, and the rules embassy-boot only
 //! asserts at boot time (a panic in the bootloader bricks a device) are checked here, once,
 //! when the layout is made: [`FlashLayout::check`] returns a [`LayoutError`] instead.
-//! [`HOST`] is checked at compile time.
+//! [`HOST`], [`HOST_DEVICE`] and [`NUCLEO_F767ZI`] are checked at compile time.
 
 use embedded_storage::nor_flash::NorFlash;
 
@@ -118,6 +118,41 @@ pub const HOST_DEVICE: FlashLayout = FlashLayout {
     agent: Partition { offset: 130 * 4096, size_bytes: 2 * 4096 },
 };
 
+/// The Nucleo-F767ZI board (STM32F767ZI, 2 MiB single-bank flash), as `firmware/app` and
+/// `firmware/bootloader` use it. Offsets are relative to `FLASH_BASE` (0x0800_0000), as
+/// embassy-stm32's `Flash` takes them.
+///
+/// Why 256 KiB pages everywhere: `Flash<Blocking>` as one `NorFlash` has `ERASE_SIZE` = its
+/// largest sector (256 KiB; sectors 0–3 are 32 KiB, 4 is 128 KiB, 5–11 are 256 KiB), so every
+/// partition over it must be 256 KiB aligned. Sectors 0–4 (the first 256 KiB) hold the
+/// bootloader and are no partition; sector 11 is spare.
+///
+/// | partition | offset | size | sectors |
+/// | --- | --- | --- | --- |
+/// | bootloader (not a partition) | 0 | 256 KiB | 0–4 |
+/// | STATE | 256 KiB | 256 KiB | 5 |
+/// | ACTIVE (the app is linked at 0x0808_0000) | 512 KiB | 256 KiB | 6 |
+/// | DFU (ACTIVE + one page for the swap) | 768 KiB | 512 KiB | 7–8 |
+/// | AGENT (two 256 KiB slots) | 1280 KiB | 512 KiB | 9–10 |
+/// | spare | 1792 KiB | 256 KiB | 11 |
+///
+/// Why the agent store's in-place bitmap marks are allowed here: the F7's flash has no ECC,
+/// so a 16-byte unit that already holds cleared bits may be programmed again to clear more
+/// (NOR only moves bits from 1 to 0). STM32H7 (256-bit words) and L4/G4 (64-bit double words)
+/// store ECC per write unit and refuse or corrupt a second program of the same unit; a
+/// layout for them would need one write unit per chunk mark.
+pub const NUCLEO_F767ZI: FlashLayout = FlashLayout {
+    flash_size_bytes: 2048 * 1024,
+    write_size_bytes: 16,
+    erase_size_bytes: 256 * 1024,
+    // A divisor of the page and a multiple of the write size; lives on the bootloader's stack.
+    boot_buffer_bytes: 2048,
+    bootloader_state: Partition { offset: 256 * 1024, size_bytes: 256 * 1024 },
+    active: Partition { offset: 512 * 1024, size_bytes: 256 * 1024 },
+    dfu: Partition { offset: 768 * 1024, size_bytes: 512 * 1024 },
+    agent: Partition { offset: 1280 * 1024, size_bytes: 512 * 1024 },
+};
+
 // A broken built-in layout is a build error, not a boot-time surprise.
 const _: () = match HOST.check() {
     Ok(()) => (),
@@ -126,6 +161,10 @@ const _: () = match HOST.check() {
 const _: () = match HOST_DEVICE.check() {
     Ok(()) => (),
     Err(_) => panic!("layout::HOST_DEVICE breaks a layout rule"),
+};
+const _: () = match NUCLEO_F767ZI.check() {
+    Ok(()) => (),
+    Err(_) => panic!("layout::NUCLEO_F767ZI breaks a layout rule"),
 };
 
 impl FlashLayout {
@@ -217,6 +256,18 @@ impl FlashLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nucleo_layout_keeps_clear_of_the_bootloader_and_the_spare_sector() {
+        // Sectors 0-4 (the first 256 KiB) are the bootloader's, sector 11 (the last 256 KiB)
+        // is spare: no partition may touch either.
+        for (name, p) in NUCLEO_F767ZI.partitions() {
+            assert!(p.offset >= 256 * 1024, "{name:?} overlaps the bootloader");
+            assert!(p.end().unwrap() <= 1792 * 1024, "{name:?} reaches the spare sector");
+        }
+        // The app is linked at FLASH_BASE + ACTIVE's offset (firmware/app/memory.x).
+        assert_eq!(0x0800_0000 + NUCLEO_F767ZI.active.offset, 0x0808_0000);
+    }
 
     #[test]
     fn host_layout_is_valid() {

@@ -9,6 +9,7 @@
 //! - [`layout`]: the flash map as checked data (bootloader state, active, DFU, agent).
 //! - [`agent_store`]: the agent's record, trust anchor and chunk progress, power-cut safe.
 //! - [`progress`]: the chunk bitmap's in-memory view.
+//! - [`status_key`]: Ed25519 signing of status reports, small enough for the board.
 //! - [`boot`]: embassy-boot partitions and the bootloader step over the layout.
 //! - `file_flash` (feature `std`): a strict file-backed NOR flash with power-cut injection,
 //!   for host tests and the `mcu-bootloader` binary.
@@ -29,6 +30,7 @@ pub mod edge_link;
 pub mod find;
 pub mod layout;
 pub mod progress;
+pub mod status_key;
 
 #[cfg(feature = "std")]
 pub mod file_flash;

@@ -3,15 +3,18 @@
 //! alike (the edge's site guard and the publisher's controller then count the same thing
 //! whichever kind of device sent it).
 
-use serde::{Deserialize, Serialize};
-
 use crate::install::{Record, State};
 use crate::ReleaseId;
 
 /// An install's outcome in a status report (JSON: `"installing"`, `"committed"`,
 /// `"rolled-back"`, `"failed"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+///
+/// The serde derives are for the heap-backed status reports only (feature `alloc`): derived
+/// deserialization of an enum uses an allocating helper, which would make a no-alloc build
+/// (the MCU firmware) need a global allocator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "alloc", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "alloc", serde(rename_all = "kebab-case"))]
 pub enum InstallResult {
     /// Downloading, staged or on trial: not final yet.
     Installing,

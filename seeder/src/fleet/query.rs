@@ -339,13 +339,17 @@ pub fn event_cursor(db: &std::path::Path) -> Result<Option<(i64, i64)>> {
     Ok(Some((status, transitions)))
 }
 
+/// One event for the API's stream: its kind (`status` or `rollout`), the cursor after it
+/// (status event id, transition id), and its JSON.
+pub type StreamEvent = (&'static str, (i64, i64), serde_json::Value);
+
 /// Status events and rollout transitions after `cursor` (status event id, transition id), at
 /// most `limit` of each, oldest first: `(kind, cursor after it, JSON)`.
 pub fn events_after(
     db: &std::path::Path,
     cursor: (i64, i64),
     limit: i64,
-) -> Result<Vec<(&'static str, (i64, i64), serde_json::Value)>> {
+) -> Result<Vec<StreamEvent>> {
     let Some(conn) = super::open_read(db)? else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     let mut stmt = conn.prepare(

@@ -83,15 +83,13 @@ const LINK_BYTES: usize = 16 * 1024;
 /// The largest manifest this device takes.
 const MANIFEST_BYTES: usize = 16 * 1024;
 const POLICY_BYTES: usize = protocol::rollout::policy::limits::MAX_POLICY_BYTES;
-const SEAL_BYTES: usize = protocol::seal::MAX_SEAL_BYTES;
 
 static RX: StaticCell<[u8; RX_BYTES]> = StaticCell::new();
 static TX: StaticCell<[u8; TX_BYTES]> = StaticCell::new();
 static LINK: StaticCell<[u8; LINK_BYTES]> = StaticCell::new();
-static SEAL: StaticCell<[u8; SEAL_BYTES]> = StaticCell::new();
+static CHUNK: StaticCell<[u8; CHUNK_BYTES]> = StaticCell::new();
 static POLICY: StaticCell<[u8; POLICY_BYTES]> = StaticCell::new();
 static MANIFEST: StaticCell<[u8; MANIFEST_BYTES]> = StaticCell::new();
-static CHUNK: StaticCell<[u8; CHUNK_BYTES]> = StaticCell::new();
 
 /// The configured edges over the TAP stack, one TCP socket at a time.
 struct TapEdges {
@@ -194,8 +192,8 @@ async fn main(spawner: Spawner) {
     });
     let content_key = args.content_key.as_deref().map(|p| ContentKey(read_hex32(p, "content key")));
     let status_key =
-        args.device_key.as_deref().map(|p| ed25519_dalek::SigningKey::from_bytes(&read_hex32(p, "device key")));
-    let device_id = status_key.as_ref().map_or([0; 32], |k| k.verifying_key().to_bytes());
+        args.device_key.as_deref().map(|p| otamesh_mcu::status_key::StatusKey::from_seed(&read_hex32(p, "device key")));
+    let device_id = status_key.as_ref().map_or([0; 32], |k| k.public());
     let flash = Mutex::new(RefCell::new(open_flash(&args)));
 
     let stack = start_stack(spawner, &args.tap, ip, prefix).await.unwrap_or_else(|e| fail(&e));
@@ -226,10 +224,9 @@ async fn main(spawner: Spawner) {
     };
     let buffers = AgentBuffers {
         link: &mut LINK.init([0; LINK_BYTES])[..],
-        seal: &mut SEAL.init([0; SEAL_BYTES])[..],
+        chunk: &mut CHUNK.init([0; CHUNK_BYTES])[..],
         policy: &mut POLICY.init([0; POLICY_BYTES])[..],
         manifest: &mut MANIFEST.init([0; MANIFEST_BYTES])[..],
-        chunk: &mut CHUNK.init([0; CHUNK_BYTES])[..],
     };
     let healthy = args.health == "pass";
     let unix_now =

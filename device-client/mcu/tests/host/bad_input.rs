@@ -1,4 +1,4 @@
-//! Bad input from an edge (issue 12): the real `EdgeLink`, `download`, `find_release` and
+//! Bad input from an edge: the real `EdgeLink`, `download`, `find_release` and
 //! `run_once` over an in-memory stream that answers with frames made by protocol's own
 //! encoders and records every request written to it.
 //!
@@ -610,10 +610,10 @@ fn run_find(
     manifest_bytes: usize,
 ) -> Result<ReleaseId, FindError> {
     let mut buffer = vec![0u8; link_bytes];
-    let (mut seal, mut policy, mut manifest) = (vec![0u8; 1024], vec![0u8; 2048], vec![0u8; manifest_bytes]);
-    let buffers = FindBuffers { seal: &mut seal, policy: &mut policy, manifest: &mut manifest };
+    let (mut policy, mut manifest) = (vec![0u8; 2048], vec![0u8; manifest_bytes]);
+    let buffers = FindBuffers { policy: &mut policy, manifest: &mut manifest };
     let mut link = EdgeLink::new(&mut *wire, &mut buffer, TIMEOUT);
-    block_on(find_release(&mut link, &f.anchor(), device, buffers)).map(|found| found.offer.release.id)
+    block_on(find_release(&mut link, &mut f.anchor(), device, buffers)).map(|found| found.offer.release.id)
 }
 
 fn targets(paths: &[String]) -> Vec<Asked> {
@@ -757,15 +757,9 @@ fn run_agent(
         factory_version: "1.0.0",
         request_timeout: TIMEOUT,
     };
-    let (mut link, mut seal, mut policy, mut manifest, mut chunk) =
-        (vec![0u8; 16 * 1024], vec![0u8; 1024], vec![0u8; 2048], vec![0u8; 4096], vec![0u8; STORED_BYTES as usize]);
-    let buffers = AgentBuffers {
-        link: &mut link,
-        seal: &mut seal,
-        policy: &mut policy,
-        manifest: &mut manifest,
-        chunk: &mut chunk,
-    };
+    let (mut link, mut chunk, mut policy, mut manifest) =
+        (vec![0u8; 16 * 1024], vec![0u8; STORED_BYTES as usize], vec![0u8; 2048], vec![0u8; 4096]);
+    let buffers = AgentBuffers { link: &mut link, chunk: &mut chunk, policy: &mut policy, manifest: &mut manifest };
     let outcome = block_on(run_once(&flash, &HOST, &config, &mut edges, buffers, || true, || 1_800_000_000));
     (flash, edges, outcome)
 }

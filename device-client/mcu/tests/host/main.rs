@@ -7,4 +7,5 @@ mod agent_store;
 mod bad_input;
 mod file_flash;
 mod power_cut_swap;
+mod status_key;
 mod update;

@@ -29,8 +29,9 @@ use crate::install::{Label, Offer, Release};
 use crate::manifest::ManifestView;
 use crate::rollout::policy::PolicyView;
 use crate::rollout::RolloutRelease;
-use crate::seal::{self, Opened, SealError, SealKind, TrustAnchor};
+use crate::seal::{self, ClaimedSubject, Opened, SealError, SealKind, TrustAnchor};
 use crate::ReleaseId;
+use sha2::{Digest, Sha256};
 
 /// Longest path this module writes: a content-named manifest path with the longest name and
 /// version (`releases/` + 64 + `/` + 64 + `.` + 32 + `.manifest.sig`, with room to spare).
@@ -121,10 +122,42 @@ pub fn policy_seal_path<'o>(release: &str, out: &'o mut [u8]) -> Result<&'o str,
 
 /// Request 2: the policy by the content name `seal` claims.
 pub fn policy_request<'o>(release: &str, seal: &[u8], out: &'o mut [u8]) -> Result<&'o str, SealedError> {
-    let claimed = seal::claimed_subject(seal)?;
+    policy_request_for(release, &seal::claimed_subject(seal)?, out)
+}
+
+/// [`policy_request`] for a seal already opened ([`open_claimed`]).
+pub fn policy_request_for<'o>(
+    release: &str,
+    claimed: &ClaimedSubject,
+    out: &'o mut [u8],
+) -> Result<&'o str, SealedError> {
     let mut plain = [0u8; MAX_PATH_BYTES];
     let path = policy_path(release, &mut plain).ok_or(SealedError::PathTooLong)?;
     seal::content_name(path, &claimed.sha256, out).ok_or(SealedError::PathTooLong)
+}
+
+/// Opens a seal of `kind` under `anchor` for the subject it claims, before the subject is
+/// fetched: so a device can check the seal where it received it (an MCU's one link buffer)
+/// and keep only the claim — 36 bytes — instead of the seal. The subject must then match
+/// the claim ([`check_policy_claimed`], [`check_manifest_claimed`]); the signatures cover
+/// the claim, so the pair checks exactly what [`seal::open`] does.
+pub fn open_claimed(
+    anchor: &TrustAnchor,
+    seal_bytes: &[u8],
+    kind: SealKind,
+) -> Result<(Opened, ClaimedSubject), SealedError> {
+    let claimed = seal::claimed_subject(seal_bytes)?;
+    let opened = seal::open_digest(anchor, seal_bytes, kind, claimed.len, &claimed.sha256)?;
+    Ok((opened, claimed))
+}
+
+/// Whether `subject` is what `claimed` describes.
+fn matches_claim(claimed: &ClaimedSubject, subject: &[u8]) -> Result<(), SealedError> {
+    let same_len = u32::try_from(subject.len()).is_ok_and(|len| len == claimed.len);
+    if !same_len || <[u8; 32]>::from(Sha256::digest(subject)) != claimed.sha256 {
+        return Err(SealedError::Seal(seal::SealError::WrongSubject));
+    }
+    Ok(())
 }
 
 /// Checks the policy against its seal under `anchor`, and that it is for this device.
@@ -135,12 +168,31 @@ pub fn check_policy<'p>(
     policy: &'p [u8],
 ) -> Result<(Opened, PolicyView<'p>), SealedError> {
     let opened = seal::open(anchor, seal_bytes, SealKind::Policy, policy)?;
+    Ok((opened, check_policy_claimed_unchecked(device, policy)?))
+}
+
+/// [`check_policy`] for a seal opened by [`open_claimed`]: the policy must be the one it
+/// claims, and for this device.
+pub fn check_policy_claimed<'p>(
+    device: &DeviceLimits<'_>,
+    claimed: &ClaimedSubject,
+    policy: &'p [u8],
+) -> Result<PolicyView<'p>, SealedError> {
+    matches_claim(claimed, policy)?;
+    check_policy_claimed_unchecked(device, policy)
+}
+
+/// The policy's own checks, its seal already matched.
+fn check_policy_claimed_unchecked<'p>(
+    device: &DeviceLimits<'_>,
+    policy: &'p [u8],
+) -> Result<PolicyView<'p>, SealedError> {
     let view = PolicyView::parse(policy).map_err(|_| SealedError::Policy)?;
     let named = view.release();
     if named.name != device.release || named.hw_class != device.hw_class {
         return Err(SealedError::PolicyNotForDevice);
     }
-    Ok((opened, view))
+    Ok(view)
 }
 
 /// `releases/NAME/VERSION.manifest`.
@@ -157,7 +209,15 @@ pub fn manifest_seal_path<'o>(policy: &PolicyView<'_>, out: &'o mut [u8]) -> Res
 
 /// Request 4: the manifest by the content name `seal` claims.
 pub fn manifest_request<'o>(policy: &PolicyView<'_>, seal: &[u8], out: &'o mut [u8]) -> Result<&'o str, SealedError> {
-    let claimed = seal::claimed_subject(seal)?;
+    manifest_request_for(policy, &seal::claimed_subject(seal)?, out)
+}
+
+/// [`manifest_request`] for a seal already opened ([`open_claimed`]).
+pub fn manifest_request_for<'o>(
+    policy: &PolicyView<'_>,
+    claimed: &ClaimedSubject,
+    out: &'o mut [u8],
+) -> Result<&'o str, SealedError> {
     let mut plain = [0u8; MAX_PATH_BYTES];
     let path = manifest_path(&policy.release(), &mut plain).ok_or(SealedError::PathTooLong)?;
     seal::content_name(path, &claimed.sha256, out).ok_or(SealedError::PathTooLong)
@@ -174,6 +234,28 @@ pub fn check_manifest<'m>(
     manifest: &'m [u8],
 ) -> Result<(Opened, ManifestView<'m>, Offer), SealedError> {
     let opened = seal::open(anchor, seal_bytes, SealKind::Manifest, manifest)?;
+    let (view, offer) = check_manifest_unsealed(device, policy, manifest)?;
+    Ok((opened, view, offer))
+}
+
+/// [`check_manifest`] for a seal opened by [`open_claimed`]: the manifest must be the one it
+/// claims, the release the policy names, and fit this device.
+pub fn check_manifest_claimed<'m>(
+    device: &DeviceLimits<'_>,
+    policy: &PolicyView<'_>,
+    claimed: &ClaimedSubject,
+    manifest: &'m [u8],
+) -> Result<(ManifestView<'m>, Offer), SealedError> {
+    matches_claim(claimed, manifest)?;
+    check_manifest_unsealed(device, policy, manifest)
+}
+
+/// The manifest's own checks, its seal already matched.
+fn check_manifest_unsealed<'m>(
+    device: &DeviceLimits<'_>,
+    policy: &PolicyView<'_>,
+    manifest: &'m [u8],
+) -> Result<(ManifestView<'m>, Offer), SealedError> {
     let view = ManifestView::new_checked(manifest).map_err(|_| SealedError::Manifest)?;
     if !policy.release().matches(view.name(), view.version(), view.hw_class()) {
         return Err(SealedError::ManifestNotNamed);
@@ -194,7 +276,7 @@ pub fn check_manifest<'m>(
         image_len: view.image_len(),
         chunk_count: view.chunk_count(),
     };
-    Ok((opened, view, Offer { release, hw_class }))
+    Ok((view, Offer { release, hw_class }))
 }
 
 #[cfg(test)]
