@@ -345,11 +345,7 @@ pub type StreamEvent = (&'static str, (i64, i64), serde_json::Value);
 
 /// Status events and rollout transitions after `cursor` (status event id, transition id), at
 /// most `limit` of each, oldest first: `(kind, cursor after it, JSON)`.
-pub fn events_after(
-    db: &std::path::Path,
-    cursor: (i64, i64),
-    limit: i64,
-) -> Result<Vec<StreamEvent>> {
+pub fn events_after(db: &std::path::Path, cursor: (i64, i64), limit: i64) -> Result<Vec<StreamEvent>> {
     let Some(conn) = super::open_read(db)? else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     let mut stmt = conn.prepare(
