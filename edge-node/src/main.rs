@@ -86,8 +86,7 @@ struct RunArgs {
     /// Sustained status reports per second per LAN address (default 2, burst 20).
     #[arg(long)]
     reports_per_sec_per_client: Option<u32>,
-    /// Device connections allowed from one IP address (default 8). Beyond it a new TCP
-    /// connection replaces that address's oldest idle one (a device that reset); otherwise it is refused.
+    /// Device connections allowed from one IP address (default 8); more are refused.
     #[arg(long)]
     max_connections_per_client: Option<usize>,
     /// Memory for device responses across all clients, e.g. 256MiB; beyond it devices get Busy.

@@ -23,6 +23,9 @@ const TAP_HOST_IP: &str = "10.78.0.1";
 const AGENT_IP: &str = "10.78.0.2/24";
 const TAP: &str = "om-tap";
 const EDGE_NAME: &str = "edge";
+/// The edge's per-address connection cap, lifted: every reset of the agent leaves a
+/// connection the edge holds until its idle timeout.
+const CAP: &[&str] = &["--max-connections-per-client", "512"];
 /// Where ACTIVE starts in the agent's flash file (`layout::HOST_DEVICE`), and its size.
 const ACTIVE_OFFSET: usize = 4096;
 const FLASH_BYTES: usize = 132 * 4096;
@@ -101,10 +104,10 @@ impl Bench {
         // the first rollout below, reaches it through the statement the seals carry.
         let anchor = dir.path().join("anchor.bin");
         seeder(&["mcu", "anchor", "--repo", repo.to_str().unwrap(), "--out", anchor.to_str().unwrap()]);
-        // The edge's default per-address cap (8 connections): a SIGKILLed agent's stack dies
-        // without closing its TCP connection, and the kill test resets the device far more
-        // often than that — the newest connection takes the place of an idle one.
-        let edge = net.edge(EDGE_NAME, &dir.path().join("edge"), "plant-1", "0.0.0.0:0", &origin.addr);
+        // A SIGKILLed agent's stack dies without closing its TCP connection, which the edge
+        // holds until its idle timeout; the kill test resets the device far more often than
+        // the per-address cap of 8 connections allows for.
+        let edge = net.edge_with(EDGE_NAME, &dir.path().join("edge"), "plant-1", "0.0.0.0:0", &origin.addr, CAP);
         let (factory, v2) = (random_bytes(IMAGE_BYTES, 1), random_bytes(IMAGE_BYTES, 2));
         std::fs::write(dir.path().join("factory.bin"), &factory).unwrap();
         let image = dir.path().join("v2.bin");
@@ -163,7 +166,7 @@ impl Bench {
         self.edge.proc.kill();
         let listen = format!("0.0.0.0:{}", self.edge.device_tcp.port());
         let origin = self.origin_addr.clone();
-        self.edge = self.net.edge(EDGE_NAME, &self.dir.path().join("edge"), "plant-1", &listen, &origin);
+        self.edge = self.net.edge_with(EDGE_NAME, &self.dir.path().join("edge"), "plant-1", &listen, &origin, CAP);
         self.wait_for_rollout("gw-2.0.0");
     }
 

@@ -6,21 +6,12 @@
 //! connections per edge node, so a small cap (default 8) leaves room for restarts while a
 //! hostile host gets at most its share. The map holds an entry only while that address has a
 //! connection, so it is bounded by `max_connections`.
-//!
-//! A device that resets (an MCU's power cycle, a killed agent) cannot close its connections;
-//! the edge sees them only as idle until the idle timeout, and a few resets would fill the
-//! address's share and lock the device out for minutes. So when an address is at its cap, a
-//! new connection from it takes the place of its oldest connection that is idle — waiting
-//! for a request, none in progress — which is told to close. Only connections that mark
-//! themselves idle (framed TCP, between requests) can be replaced; a host can only ever
-//! replace its own.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
 
@@ -36,8 +27,7 @@ pub(crate) struct Admission {
 /// What an admitted connection holds until it ends.
 pub(crate) struct Admitted {
     _connection: OwnedSemaphorePermit,
-    /// Its place in its address's share, through which it can be replaced while idle.
-    pub(crate) client: ClientSlot,
+    _client: ClientSlot,
 }
 
 impl Admission {
@@ -52,7 +42,7 @@ impl Admission {
     pub(crate) fn admit(&self, peer: SocketAddr) -> Option<Admitted> {
         let admitted = self.clients.try_acquire(peer.ip()).and_then(|client| {
             let connection = self.connections.clone().try_acquire_owned().ok()?;
-            Some(Admitted { _connection: connection, client })
+            Some(Admitted { _connection: connection, _client: client })
         });
         if admitted.is_none() {
             Metrics::add(&self.metrics.device_connections_refused, 1);
@@ -62,23 +52,11 @@ impl Admission {
     }
 }
 
-/// Open connections by client address, capped at `per_client` each, oldest first.
+/// Open connections by client address, capped at `per_client` each.
 #[derive(Debug)]
 pub(crate) struct ClientSlots {
     per_client: usize,
-    open: Mutex<HashMap<IpAddr, Vec<Arc<SlotState>>>>,
-    next_id: AtomicU64,
-}
-
-/// One connection's state, shared between its slot and the address's list.
-#[derive(Debug)]
-struct SlotState {
-    id: u64,
-    /// Waiting for a request: may be replaced by a newer connection from the same address.
-    idle: AtomicBool,
-    /// Set (and notified) when a newer connection took this one's place.
-    replaced: AtomicBool,
-    wake: Notify,
+    open: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// One connection's place in [`ClientSlots`]; released on drop.
@@ -86,62 +64,32 @@ struct SlotState {
 pub(crate) struct ClientSlot {
     slots: Arc<ClientSlots>,
     addr: IpAddr,
-    state: Arc<SlotState>,
 }
 
 impl ClientSlots {
     pub(crate) fn new(per_client: usize) -> Arc<Self> {
-        Arc::new(ClientSlots {
-            per_client: per_client.max(1),
-            open: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
-        })
+        Arc::new(ClientSlots { per_client: per_client.max(1), open: Mutex::new(HashMap::new()) })
     }
 
-    /// A slot for one more connection from `addr`. At the address's cap, its oldest idle
-    /// connection is told to close and gives up its place; `None` if none is idle.
+    /// A slot for one more connection from `addr`, or `None` if it already has `per_client`.
     pub(crate) fn try_acquire(self: &Arc<Self>, addr: IpAddr) -> Option<ClientSlot> {
         let addr = canonical(addr);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let list = open.entry(addr).or_default();
-        if list.len() >= self.per_client {
-            let oldest_idle = list.iter().position(|s| s.idle.load(Ordering::Acquire))?;
-            let replaced = list.remove(oldest_idle);
-            replaced.replaced.store(true, Ordering::Release);
-            replaced.wake.notify_one();
-            tracing::debug!(%addr, "device connection replaced by a newer one from the same address");
+        let count = open.entry(addr).or_insert(0);
+        if *count >= self.per_client {
+            return None;
         }
-        let state = Arc::new(SlotState {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            idle: AtomicBool::new(false),
-            replaced: AtomicBool::new(false),
-            wake: Notify::new(),
-        });
-        list.push(state.clone());
-        Some(ClientSlot { slots: self.clone(), addr, state })
-    }
-}
-
-impl ClientSlot {
-    /// Marks the connection as waiting for a request (replaceable) or busy with one.
-    pub(crate) fn set_idle(&self, idle: bool) {
-        self.state.idle.store(idle, Ordering::Release);
-    }
-
-    /// Completes once a newer connection from the same address has taken this one's place.
-    pub(crate) async fn replaced(&self) {
-        while !self.state.replaced.load(Ordering::Acquire) {
-            self.state.wake.notified().await;
-        }
+        *count += 1;
+        Some(ClientSlot { slots: self.clone(), addr })
     }
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(list) = open.get_mut(&self.addr) {
-            list.retain(|s| s.id != self.state.id);
-            if list.is_empty() {
+        if let Some(count) = open.get_mut(&self.addr) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
                 open.remove(&self.addr);
             }
         }
@@ -174,27 +122,5 @@ mod tests {
         assert!(slots.try_acquire(a).is_some());
         drop(_other);
         assert!(!slots.open.lock().unwrap().contains_key(&b));
-    }
-
-    #[tokio::test]
-    async fn at_the_cap_the_oldest_idle_connection_gives_its_place_to_a_new_one() {
-        let slots = ClientSlots::new(2);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let oldest = slots.try_acquire(a).unwrap();
-        let busy = slots.try_acquire(a).unwrap();
-        // Neither waits for a request: no place to take.
-        assert!(slots.try_acquire(a).is_none());
-        busy.set_idle(true);
-        oldest.set_idle(true);
-        let newest = slots.try_acquire(a).expect("the oldest idle connection gives way");
-        tokio::time::timeout(std::time::Duration::from_secs(1), oldest.replaced()).await.expect("told to close");
-        // The replaced slot no longer counts, and dropping it frees nothing twice.
-        drop(oldest);
-        assert_eq!(slots.open.lock().unwrap()[&a].len(), 2);
-        busy.set_idle(false);
-        newest.set_idle(false);
-        assert!(slots.try_acquire(a).is_none(), "a busy connection was replaced");
-        // Another address is untouched by all of this.
-        assert!(slots.try_acquire("10.0.0.2".parse().unwrap()).is_some());
     }
 }

@@ -56,7 +56,6 @@ fn refuse(stream: TcpStream) {
 enum End {
     Closed,
     Idle,
-    Replaced,
     Stalled,
     Io(std::io::Error),
     TooLarge(WireError),
@@ -67,7 +66,6 @@ impl std::fmt::Display for End {
         match self {
             End::Closed => f.write_str("closed by the device"),
             End::Idle => f.write_str("idle timeout"),
-            End::Replaced => f.write_str("replaced by a newer connection from the same address"),
             End::Stalled => f.write_str("request or response deadline passed"),
             End::Io(error) => write!(f, "io error: {error}"),
             End::TooLarge(error) => write!(f, "frame refused: {error}"),
@@ -79,13 +77,13 @@ async fn connection<B: DeviceBackend>(
     mut stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared<B>>,
-    admitted: Admitted,
+    _admitted: Admitted,
 ) {
     let _gauge = DeviceGauge::new(shared.metrics.clone());
     let _ = stream.set_nodelay(true);
     let mut body = Vec::new();
     let end = loop {
-        match read_request(&mut stream, &mut body, &shared, &admitted).await {
+        match read_request(&mut stream, &mut body, &shared).await {
             Ok(()) => {}
             Err(End::TooLarge(error)) => {
                 let frame = Answer::error(ErrorCode::for_request_error(error)).frame;
@@ -104,23 +102,11 @@ async fn connection<B: DeviceBackend>(
     tracing::debug!(%peer, %end, "device tcp connection ended");
 }
 
-/// Reads one request frame into `body`: waits up to `idle_timeout` for its first byte (and
-/// meanwhile may be replaced by a newer connection from the same address, see
-/// [`super::clients`]), then up to `request_timeout` for the rest.
-async fn read_request<B>(
-    stream: &mut TcpStream,
-    body: &mut Vec<u8>,
-    shared: &Shared<B>,
-    admitted: &Admitted,
-) -> Result<(), End> {
+/// Reads one request frame into `body`: waits up to `idle_timeout` for its first byte, then
+/// up to `request_timeout` for the rest.
+async fn read_request<B>(stream: &mut TcpStream, body: &mut Vec<u8>, shared: &Shared<B>) -> Result<(), End> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
-    admitted.client.set_idle(true);
-    let first = tokio::select! {
-        first = timeout(shared.config.idle_timeout, stream.read(&mut header[..1])) => first,
-        () = admitted.client.replaced() => return Err(End::Replaced),
-    };
-    admitted.client.set_idle(false);
-    match first {
+    match timeout(shared.config.idle_timeout, stream.read(&mut header[..1])).await {
         Err(_) => return Err(End::Idle),
         Ok(Ok(0)) => return Err(End::Closed),
         Ok(Ok(_)) => {}
