@@ -92,6 +92,10 @@ struct RunArgs {
     /// Memory for device responses across all clients, e.g. 256MiB; beyond it devices get Busy.
     #[arg(long)]
     device_max_buffered_bytes: Option<String>,
+    /// Memory for chunks devices read recently, answered without a disk read, e.g. 32MiB
+    /// (the default); 0 disables it.
+    #[arg(long)]
+    device_hot_cache_bytes: Option<String>,
     /// Peers' chunk requests read at once (default 8); 4x as many queue, the rest get Busy.
     #[arg(long)]
     mesh_max_concurrent_serves: Option<usize>,
@@ -158,6 +162,9 @@ impl RunArgs {
         if let Some(v) = self.device_max_buffered_bytes {
             c.device_max_buffered_bytes = v;
         }
+        if let Some(v) = self.device_hot_cache_bytes {
+            c.device_hot_cache_bytes = v;
+        }
         if let Some(v) = self.mesh_max_concurrent_serves {
             c.mesh_max_concurrent_serves = v;
         }
@@ -169,6 +176,7 @@ impl RunArgs {
         }
         c.capacity_bytes().context("--capacity")?;
         c.device_max_buffered_bytes().context("--device-max-buffered-bytes (device_max_buffered_bytes)")?;
+        c.device_hot_cache_bytes().context("--device-hot-cache-bytes (device_hot_cache_bytes)")?;
         c.reverify_bytes_per_sec().context("--reverify-bytes-per-sec (reverify_bytes_per_sec)")?;
         c.report_queue_bytes().context("--report-queue-bytes (report_queue_bytes)")?;
         Ok(c)

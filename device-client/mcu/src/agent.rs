@@ -50,7 +50,8 @@ use crate::progress::ChunkProgress;
 /// Connections to the configured edge nodes, in order of preference.
 #[allow(async_fn_in_trait)]
 pub trait Edges {
-    /// A connected byte stream (embassy-net's `TcpSocket` on the device).
+    /// A connected byte stream (embassy-net's `TcpSocket` on the device) that sends what is
+    /// written without a flush, with Nagle's algorithm off (see `edge_link`).
     type Stream<'s>: embedded_io_async::Read + embedded_io_async::Write
     where
         Self: 's;

@@ -7,6 +7,14 @@
 //! exactly one statically sized buffer per connection. A response longer than the buffer is
 //! refused before a byte of its body is read; the connection is then out of step with the
 //! edge and must be dropped, which every error but [`LinkError::Edge`] implies.
+//!
+//! The link never flushes: the stream must put written bytes on the wire by itself, as
+//! embassy-net's `TcpSocket` does (its network task sends what the socket holds). Its flush
+//! waits until the edge has *acknowledged* every byte, and an acknowledgement rides on the
+//! edge's next data, so a flush before each read made a chunk wait for more than its own
+//! answer. For the same reason the sockets run without Nagle's algorithm: with it, each
+//! pipelined request waited for the acknowledgement of the one before (`scripts/bench-mcu`
+//! with a 16 KiB receive window: 25x the plain download's time with Nagle, 3x without).
 
 use embassy_time::{with_timeout, Duration};
 use embedded_io_async::{Read, ReadExactError, Write};
@@ -80,22 +88,17 @@ impl<'b, S: Read + Write> EdgeLink<'b, S> {
 
     /// Sends `request` without waiting for its answer, which [`EdgeLink::receive`] then reads:
     /// the device works on one answer while the next crosses the network. The edge answers
-    /// in order; the link's buffer is free again once this returns. Not flushed: a TCP
-    /// socket's flush waits for the edge's acknowledgement, which comes with the answer.
+    /// in order; the link's buffer is free again once this returns.
     pub async fn send(&mut self, request: &Request<'_>) -> Result<(), LinkError> {
         let len = request.emit(self.buffer).map_err(LinkError::Request)?;
         let frame = self.stream.write_all(&self.buffer[..len]);
         with_timeout(self.timeout, frame).await.map_err(|_| LinkError::Timeout)?.map_err(|_| LinkError::Io)
     }
 
-    /// The answer to the oldest request [`EdgeLink::send`] sent (flushed first), parsed in the
-    /// link's buffer. `Response::Error` comes back as [`LinkError::Edge`].
+    /// The answer to the oldest request [`EdgeLink::send`] sent, parsed in the link's buffer.
+    /// `Response::Error` comes back as [`LinkError::Edge`].
     pub async fn receive(&mut self) -> Result<Response<'_>, LinkError> {
-        let (stream, buffer) = (&mut self.stream, &mut *self.buffer);
-        let answer = async {
-            stream.flush().await.map_err(|_| LinkError::Io)?;
-            read_frame(stream, buffer).await
-        };
+        let answer = read_frame(&mut self.stream, self.buffer);
         let body_len = with_timeout(self.timeout, answer).await.map_err(|_| LinkError::Timeout)??;
         parse(&self.buffer[..body_len])
     }
@@ -120,9 +123,9 @@ impl<'b, S: Read + Write> EdgeLink<'b, S> {
     }
 }
 
+/// Writes `frame` without flushing: see the module doc.
 async fn write_frame<S: Write>(stream: &mut S, frame: &[u8]) -> Result<(), LinkError> {
-    stream.write_all(frame).await.map_err(|_| LinkError::Io)?;
-    stream.flush().await.map_err(|_| LinkError::Io)
+    stream.write_all(frame).await.map_err(|_| LinkError::Io)
 }
 
 /// One response frame's body into `buffer`; its length. A body longer than the buffer is

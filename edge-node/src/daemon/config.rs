@@ -20,6 +20,8 @@
 //! reports_per_sec_per_client = 2       # sustained status reports per LAN address (burst 20)
 //! max_connections_per_client = 8       # device connections from one IP address (of 512 in all)
 //! device_max_buffered_bytes = "256MiB" # device responses and their reads in memory, all clients
+//! device_hot_cache_bytes = "32MiB"     # chunks devices read recently, answered from memory;
+//!                                      # "0" disables it
 //! mesh_max_concurrent_serves = 8       # peers' chunk requests read at once (4x as many queue)
 //! reverify_bytes_per_sec = "16MiB"     # background re-hashing of the store; "0" disables
 //! report_queue_bytes = "64MiB"         # device status reports kept on disk until the origin
@@ -84,6 +86,9 @@ pub struct EdgeConfig {
     /// clients, e.g. `256MiB`; when spent, devices are answered Busy. Peak RSS stays within
     /// this plus a fixed overhead (see `device`).
     pub device_max_buffered_bytes: String,
+    /// Chunks devices read recently, kept in memory and answered without a disk read, e.g.
+    /// `32MiB`; `0` disables it. Adds at most this to the node's RSS.
+    pub device_hot_cache_bytes: String,
     /// Peers' chunk requests read at once; four times as many wait, the rest are answered Busy.
     pub mesh_max_concurrent_serves: usize,
     /// Bytes per second the background re-verification hashes, e.g. `16MiB`; `0` disables it.
@@ -113,6 +118,7 @@ impl Default for EdgeConfig {
             reports_per_sec_per_client: 2,
             max_connections_per_client: 8,
             device_max_buffered_bytes: "256MiB".into(),
+            device_hot_cache_bytes: "32MiB".into(),
             mesh_max_concurrent_serves: mesh::chunk_server::DEFAULT_MAX_CONCURRENT_SERVES,
             reverify_bytes_per_sec: "16MiB".into(),
             report_queue_bytes: "64MiB".into(),
@@ -171,6 +177,11 @@ impl EdgeConfig {
         parse_bytes(&self.device_max_buffered_bytes)
     }
 
+    /// `device_hot_cache_bytes` in bytes.
+    pub fn device_hot_cache_bytes(&self) -> Result<u64> {
+        parse_bytes(&self.device_hot_cache_bytes)
+    }
+
     /// `reverify_bytes_per_sec` in bytes per second (0: disabled).
     pub fn reverify_bytes_per_sec(&self) -> Result<u64> {
         parse_bytes(&self.reverify_bytes_per_sec)
@@ -216,6 +227,7 @@ mod tests {
         let defaults = EdgeConfig::default();
         assert_eq!(defaults.capacity_bytes().unwrap(), 16 << 30);
         assert_eq!(defaults.device_max_buffered_bytes().unwrap(), 256 << 20);
+        assert_eq!(defaults.device_hot_cache_bytes().unwrap(), 32 << 20);
         assert_eq!(defaults.reverify_bytes_per_sec().unwrap(), 16 << 20);
         assert_eq!(defaults.report_queue_bytes().unwrap(), 64 << 20);
         assert_eq!((defaults.max_connections_per_client, defaults.mesh_max_concurrent_serves), (8, 8));

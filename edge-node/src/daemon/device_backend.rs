@@ -2,7 +2,8 @@
 //! verified store, misses turned into on-demand fetches, status reports checked (signature,
 //! replay, per-address rate and device quota: [`protocol::status::ReportGate`]), stored
 //! durably in the report queue for the origin before the device hears `Ok`, and counted by
-//! the site's rollout guards.
+//! the site's rollout guards. Chunks devices read recently are answered from memory
+//! ([`HotChunks`]) without a hop to the blocking pool.
 
 use protocol::rollout::RolloutReport;
 use protocol::status::{ReportError, ReportGate, ReportLimits};
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 
+use super::hot_chunks::HotChunks;
 use super::report_queue::{AppendError, ReportLog};
 use super::rollout_guards::RolloutGuards;
 use super::Internal;
@@ -37,6 +39,8 @@ pub struct Backend {
     /// Epoch of the gate's clock.
     started: std::time::Instant,
     metrics: Arc<Metrics>,
+    /// Chunks devices read recently.
+    hot: HotChunks,
 }
 
 impl Backend {
@@ -47,6 +51,7 @@ impl Backend {
         report_limits: ReportLimits,
         report_log: Arc<ReportLog>,
         metrics: Arc<Metrics>,
+        hot_cache_bytes: usize,
     ) -> Arc<Self> {
         Arc::new(Backend {
             mirror,
@@ -58,6 +63,7 @@ impl Backend {
             report_log,
             started: std::time::Instant::now(),
             metrics,
+            hot: HotChunks::new(hot_cache_bytes),
         })
     }
 
@@ -122,66 +128,88 @@ impl DeviceBackend for Backend {
     }
 
     async fn chunk_lens(&self, ids: Vec<ChunkId>) -> Vec<ChunkSize> {
-        let store = self.store.clone();
-        let n = ids.len();
         let max = u64::from(protocol::manifest::limits::MAX_STORED_CHUNK_BYTES);
-        let sized =
-            tokio::task::spawn_blocking(move || ids.into_iter().map(|id| (id, store.len(&id))).collect::<Vec<_>>())
-                .await;
-        let Ok(sized) = sized else { return vec![ChunkSize::Busy; n] };
+        // Hot chunks are sized from memory; only the others cost a blocking hop.
+        let mut sizes: Vec<Option<ChunkSize>> =
+            ids.iter().map(|id| self.hot.len_of(id).map(|len| ChunkSize::Stored(len.min(max + 1)))).collect();
+        let cold: Vec<(usize, ChunkId)> =
+            ids.iter().enumerate().filter(|(i, _)| sizes[*i].is_none()).map(|(i, id)| (i, *id)).collect();
+        if cold.is_empty() {
+            return sizes.into_iter().map(|s| s.unwrap_or(ChunkSize::Busy)).collect();
+        }
+        let store = self.store.clone();
+        let sized = tokio::task::spawn_blocking(move || {
+            cold.into_iter().map(|(i, id)| (i, id, store.len(&id))).collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(sized) = sized else { return vec![ChunkSize::Busy; ids.len()] };
         let mut missing = None;
-        let sizes = sized
-            .into_iter()
-            .map(|(id, len)| match len {
+        for (i, id, len) in sized {
+            sizes[i] = Some(match len {
                 // A file longer than any chunk is damaged: the read that finds it deletes it.
                 Some(len) => ChunkSize::Stored(len.min(max + 1)),
                 None => {
                     missing.get_or_insert(id);
                     ChunkSize::Busy
                 }
-            })
-            .collect();
+            });
+        }
         if let Some(id) = missing {
             // A device wants a chunk we do not hold: fetch its release now (one demand names
             // the release). The device is told to ask again rather than to look elsewhere.
             let _ = self.internal.try_send(Internal::Demand(id));
         }
-        sizes
+        sizes.into_iter().map(|s| s.unwrap_or(ChunkSize::Busy)).collect()
     }
 
     async fn chunks(&self, sized: Vec<(ChunkId, u64)>) -> Vec<ChunkLookup> {
-        let store = self.store.clone();
-        let n = sized.len();
-        // Each read is bounded by the length it was sized at (see `DeviceBackend::chunks`).
-        let read = tokio::task::spawn_blocking(move || {
-            sized.into_iter().map(|(id, len)| (id, store.get(&id, len))).collect::<Vec<_>>()
-        })
-        .await;
-        let Ok(read) = read else { return vec![ChunkLookup::Busy; n] };
-        let (mut served, mut damaged) = (Vec::new(), Vec::new());
-        let lookups = read
-            .into_iter()
-            .map(|(id, result)| match result {
-                Ok(bytes) => {
-                    served.push(id);
-                    ChunkLookup::Found(bytes)
-                }
-                // Deleted and counted in `corrupt_chunks` by the store.
-                Err(ReadError::Damaged) => {
-                    damaged.push(id);
-                    ChunkLookup::Busy
-                }
-                // Evicted since it was sized.
-                Err(ReadError::Missing) => ChunkLookup::Busy,
-            })
+        // Hot chunks from memory (within the length they were sized at, as a read would be);
+        // the others read from the store on the blocking pool, then kept hot.
+        let mut lookups: Vec<Option<ChunkLookup>> = sized
+            .iter()
+            .map(|(id, len)| self.hot.get(id).filter(|b| b.len() as u64 <= *len).map(ChunkLookup::Found))
             .collect();
+        let mut served: Vec<ChunkId> =
+            sized.iter().zip(&lookups).filter(|(_, l)| l.is_some()).map(|((id, _), _)| *id).collect();
+        let cold: Vec<(usize, ChunkId, u64)> = sized
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| lookups[*i].is_none())
+            .map(|(i, (id, len))| (i, *id, *len))
+            .collect();
+        let mut damaged = Vec::new();
+        if !cold.is_empty() {
+            let store = self.store.clone();
+            // Each read is bounded by the length it was sized at (see `DeviceBackend::chunks`).
+            let read = tokio::task::spawn_blocking(move || {
+                cold.into_iter().map(|(i, id, len)| (i, id, store.get(&id, len))).collect::<Vec<_>>()
+            })
+            .await;
+            let Ok(read) = read else { return vec![ChunkLookup::Busy; sized.len()] };
+            for (i, id, result) in read {
+                lookups[i] = Some(match result {
+                    Ok(bytes) => {
+                        served.push(id);
+                        self.hot.insert(id, bytes.clone());
+                        ChunkLookup::Found(bytes)
+                    }
+                    // Deleted and counted in `corrupt_chunks` by the store.
+                    Err(ReadError::Damaged) => {
+                        damaged.push(id);
+                        ChunkLookup::Busy
+                    }
+                    // Evicted since it was sized.
+                    Err(ReadError::Missing) => ChunkLookup::Busy,
+                });
+            }
+        }
         if !served.is_empty() {
             let _ = self.internal.try_send(Internal::Served(served));
         }
         if !damaged.is_empty() {
             let _ = self.internal.try_send(Internal::StoreFailed(damaged));
         }
-        lookups
+        lookups.into_iter().map(|l| l.unwrap_or(ChunkLookup::Busy)).collect()
     }
 
     async fn report_status(&self, peer: SocketAddr, body: Vec<u8>) -> Result<(), ErrorCode> {
@@ -253,6 +281,7 @@ mod tests {
     use super::*;
     use crate::device::{DeviceClient, DeviceService, DeviceServiceConfig};
     use crate::metrics::Metrics;
+    use bytes::Bytes;
     use protocol::wire::{device::ChunkStatus, ChunkRange};
     use std::sync::atomic::Ordering::Relaxed;
 
@@ -278,7 +307,8 @@ mod tests {
         let queue =
             super::super::report_queue::ReportQueue::open(&dir.path().join("reports"), 1 << 20, |_| {}).unwrap();
         let log = ReportLog::start(queue, metrics.clone()).unwrap();
-        let backend = Backend::new(dir.path().join("repo"), store, tx, Default::default(), log, metrics.clone());
+        let backend =
+            Backend::new(dir.path().join("repo"), store, tx, Default::default(), log, metrics.clone(), 1 << 20);
         let any = "127.0.0.1:0".parse().unwrap();
         let config = DeviceServiceConfig { tcp_addr: Some(any), ..DeviceServiceConfig::default() };
         let (addrs, task) = DeviceService::bind(config, backend, metrics.clone()).await.unwrap();
@@ -289,5 +319,31 @@ mod tests {
         assert!(!path.exists());
         assert!(matches!(rx.try_recv(), Ok(Internal::StoreFailed(ids)) if ids == vec![id]));
         task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_a_device_read_is_answered_from_memory_next_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = vec![9u8; 4096];
+        let id = ChunkId::of(&body);
+        let store = ChunkStore::open(dir.path()).unwrap();
+        store.put_batch(&[(id, &body)]).unwrap();
+        let hex = id.to_hex();
+        let path = dir.path().join("chunks").join(&hex[..2]).join(&hex);
+        let metrics = Arc::new(Metrics::default());
+        let (tx, _rx) = mpsc::channel(8);
+        let queue =
+            super::super::report_queue::ReportQueue::open(&dir.path().join("reports"), 1 << 20, |_| {}).unwrap();
+        let log = ReportLog::start(queue, metrics.clone()).unwrap();
+        let backend = Backend::new(dir.path().join("repo"), store, tx, Default::default(), log, metrics, 1 << 20);
+
+        assert_eq!(backend.chunk_lens(vec![id]).await, vec![ChunkSize::Stored(4096)]);
+        assert_eq!(backend.chunks(vec![(id, 4096)]).await, vec![ChunkLookup::Found(Bytes::from(body.clone()))]);
+        // The file goes (evicted by the store, say): the hot copy still answers, sized and read.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(backend.chunk_lens(vec![id]).await, vec![ChunkSize::Stored(4096)]);
+        assert_eq!(backend.chunks(vec![(id, 4096)]).await, vec![ChunkLookup::Found(Bytes::from(body))]);
+        // Never more than the length it was sized at.
+        assert_eq!(backend.chunks(vec![(id, 100)]).await, vec![ChunkLookup::Busy]);
     }
 }

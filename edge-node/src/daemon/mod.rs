@@ -25,6 +25,7 @@ pub mod config;
 mod device_backend;
 mod fetch;
 mod forwarder;
+mod hot_chunks;
 pub mod meta_sources;
 mod new_paths;
 mod refresh;
@@ -241,6 +242,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         config.report_limits(),
         report_log,
         metrics.clone(),
+        usize::try_from(config.device_hot_cache_bytes()?).unwrap_or(usize::MAX),
     );
     let pinned_root = dirs.trusted.read_root(protocol::tuf::Config::default().root_max_length).ok();
     let trusted_timestamp_version = dirs.load_cached(unix_now()).and_then(|t| t.timestamp().map(|t| t.common.version));

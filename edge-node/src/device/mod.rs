@@ -24,7 +24,8 @@
 //!
 //! What that bounds: response memory is at most `max_buffered_bytes` however many clients
 //! ask, for anything they ask, whether they read the answers or not, so a hostile client's
-//! best effort leaves the node's RSS within `max_buffered_bytes` + 96 MiB (fixed overhead:
+//! best effort leaves the node's RSS within `max_buffered_bytes` + the daemon's hot-chunk
+//! cache (`device_hot_cache_bytes`, 32 MiB by default) + 96 MiB (fixed overhead:
 //! runtime, libp2p, sled, QUIC and socket buffers, allocator slack; `main` makes large
 //! buffers bypass glibc's arenas so freed frames go back to the OS). Measured with a real
 //! debug `edge-node` process (`tests/tests/hostile_clients.rs`): 63 source addresses × 10

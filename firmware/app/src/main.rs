@@ -115,6 +115,9 @@ impl Edges for BoardEdges {
         let (ip, port) = *config::EDGES.get(index)?;
         let mut socket = TcpSocket::new(self.stack, &mut self.rx[..], &mut self.tx[..]);
         socket.set_timeout(Some(REQUEST_TIMEOUT));
+        // Chunk requests are small and pipelined: Nagle would hold each one behind the
+        // acknowledgement of the one before, which comes only with the edge's answer.
+        socket.set_nagle_enabled(false);
         socket.connect((Ipv4Address::from(ip), port)).await.ok()?;
         Some(socket)
     }

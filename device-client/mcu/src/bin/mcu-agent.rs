@@ -8,8 +8,10 @@
 //! runs `mcu-bootloader --layout device` on the flash file before starting it again, as a
 //! board's bootloader runs before its application. Prints one JSON line: where the run ended,
 //! and its cost — `elapsed_ms` and `cpu_ms` of `run_once` alone (the network up, the flash
-//! file made) and `received_bytes`, every byte it read from the edges (`scripts/bench-mcu`
-//! sets these against `mcu-plain-download` of as many bytes).
+//! file made), `received_bytes`, every byte it read from the edges, and `connections`, each
+//! connection's bytes read and milliseconds from connect to close (the download is the one
+//! that read the chunks). `scripts/bench-mcu` sets the run and the download connection
+//! against `mcu-plain-download` of as many bytes.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddrV4;
@@ -100,6 +102,18 @@ struct TapEdges {
     timeout: Duration,
     /// Bytes read from every connection so far (the JSON line's `received_bytes`).
     received: Cell<u64>,
+    /// Each connection's bytes and duration, in the order they were opened.
+    connections: RefCell<Vec<ConnectionCost>>,
+}
+
+/// One connection's share of a run: what the JSON line's `connections` lists.
+#[derive(Debug, Clone, Copy, Default)]
+struct ConnectionCost {
+    /// Bytes read on it.
+    bytes: u64,
+    /// Milliseconds from just before the connect until the socket was dropped (the agent
+    /// is done with it: for the download, its last chunk is verified and written).
+    ms: f64,
 }
 
 impl Edges for TapEdges {
@@ -111,17 +125,38 @@ impl Edges for TapEdges {
 
     async fn connect(&mut self, index: usize) -> Option<CountedSocket<'_>> {
         let addr = *self.addrs.get(index)?;
+        let opened = std::time::Instant::now();
         let mut socket = TcpSocket::new(self.stack, &mut self.rx[..], &mut self.tx[..]);
         socket.set_timeout(Some(self.timeout));
+        // Requests are small and pipelined: Nagle would hold each behind the acknowledgement
+        // of the one before, which the edge sends with its answer (see `edge_link`).
+        socket.set_nagle_enabled(false);
         socket.connect((*addr.ip(), addr.port())).await.ok()?;
-        Some(CountedSocket { socket, received: &self.received })
+        let slot = {
+            let mut connections = self.connections.borrow_mut();
+            connections.push(ConnectionCost::default());
+            connections.len() - 1
+        };
+        Some(CountedSocket { socket, received: &self.received, connections: &self.connections, slot, opened })
     }
 }
 
-/// A TCP socket that adds the bytes it reads to a counter.
+/// A TCP socket that adds the bytes it reads to the run's counters.
 struct CountedSocket<'s> {
     socket: TcpSocket<'s>,
     received: &'s Cell<u64>,
+    connections: &'s RefCell<Vec<ConnectionCost>>,
+    /// Its entry in `connections`.
+    slot: usize,
+    opened: std::time::Instant,
+}
+
+impl Drop for CountedSocket<'_> {
+    fn drop(&mut self) {
+        if let Some(cost) = self.connections.borrow_mut().get_mut(self.slot) {
+            cost.ms = elapsed_ms(self.opened);
+        }
+    }
 }
 
 impl embedded_io_async::ErrorType for CountedSocket<'_> {
@@ -132,6 +167,9 @@ impl embedded_io_async::Read for CountedSocket<'_> {
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
         let n = self.socket.read(buf).await?;
         self.received.set(self.received.get() + n as u64);
+        if let Some(cost) = self.connections.borrow_mut().get_mut(self.slot) {
+            cost.bytes += n as u64;
+        }
         Ok(n)
     }
 }
@@ -206,6 +244,7 @@ async fn main(spawner: Spawner) {
         tx: TX.init([0; TX_BYTES]),
         timeout,
         received: Cell::new(0),
+        connections: RefCell::new(Vec::new()),
     };
     let agent = AgentConfig {
         limits: DeviceLimits {
@@ -262,6 +301,8 @@ async fn main(spawner: Spawner) {
                     "report_seq": report_seq, "report_unsent": report_unsent,
                     "chunks_done": chunks_done,
                     "elapsed_ms": elapsed_ms, "cpu_ms": cpu_ms, "received_bytes": edges.received.get(),
+                    "connections": edges.connections.borrow().iter()
+                        .map(|c| serde_json::json!({"bytes": c.bytes, "ms": c.ms})).collect::<Vec<_>>(),
                 })
             );
             std::process::exit(0);
