@@ -30,7 +30,7 @@ function el(tag, attrs, ...children) {
     if (k === 'onclick' || k === 'onsubmit' || k === 'oninput' || k === 'onchange') node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v === true ? '' : String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     node.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -269,7 +269,7 @@ function failureChart(waves) {
   const width = 460;
   const height = 160;
   const pad = 30;
-  const rates = waves.map((w) => (w.counts.failure_percent === null || w.counts.failure_percent === undefined ? null : w.counts.failure_percent));
+  const rates = waves.map((w) => (w.failure_percent === null || w.failure_percent === undefined ? null : w.failure_percent));
   const top = Math.max(5, ...rates.filter((r) => r !== null).map((r) => Math.ceil(r)));
   const svg = el('svg', { viewBox: `0 0 ${width} ${height}`, class: 'chart', role: 'img', id: 'failure-chart' },
     el('title', {}, 'Failure rate per wave'));
@@ -296,7 +296,7 @@ function failureChart(waves) {
 // Progress of one wave: committed, installing, failed, rolled back and not yet reported, as
 // one stacked bar of the wave's targeted devices.
 function progressBar(w) {
-  const c = w.counts;
+  const c = w;
   const total = Math.max(1, w.targeted, c.committed + c.installing + c.failed + c.rolled_back);
   const parts = [['committed', c.committed], ['installing', c.installing], ['failed', c.failed], ['rolled-back', c.rolled_back]];
   const svg = el('svg', { viewBox: '0 0 200 14', class: 'progress', preserveAspectRatio: 'none' });
@@ -406,8 +406,8 @@ async function drawRollouts() {
   const { rollouts } = await api('/api/rollouts');
   const rows = rollouts.map((r) => {
     const t = r.sites.reduce((a, s) => ({
-      committed: a.committed + s.counts.committed,
-      failed: a.failed + s.counts.failed + s.counts.rolled_back,
+      committed: a.committed + s.committed,
+      failed: a.failed + s.failed + s.rolled_back,
       targeted: a.targeted + s.targeted,
     }), { committed: 0, failed: 0, targeted: 0 });
     const finals = t.committed + t.failed;
@@ -454,10 +454,10 @@ async function drawRollout(view) {
   const waves = r.waves.map((w) => el('tr', { 'data-wave': w.index, class: w.index === r.current_wave ? 'current' : '' },
     el('td', {}, w.index), el('td', { class: 'n' }, pct(w.cumulative_percent)), el('td', { class: 'n' }, num(w.targeted)),
     el('td', {}, progressBar(w)),
-    el('td', { class: 'n' }, num(w.counts.installing)), el('td', { class: 'n' }, num(w.counts.committed)),
-    el('td', { class: 'n' }, num(w.counts.failed)), el('td', { class: 'n' }, num(w.counts.rolled_back)),
-    el('td', { class: 'n' }, pct(w.counts.failure_percent)), el('td', {}, w.gate)));
-  const sites = [...r.sites].sort((a, b) => (b.counts.failure_percent || 0) - (a.counts.failure_percent || 0)).slice(0, PAGE);
+    el('td', { class: 'n' }, num(w.installing)), el('td', { class: 'n' }, num(w.committed)),
+    el('td', { class: 'n' }, num(w.failed)), el('td', { class: 'n' }, num(w.rolled_back)),
+    el('td', { class: 'n' }, pct(w.failure_percent)), el('td', {}, w.gate)));
+  const sites = [...r.sites].sort((a, b) => (b.failure_percent || 0) - (a.failure_percent || 0)).slice(0, PAGE);
   return el('div', {},
     el('h1', {}, `Rollout ${r.id}`),
     el('p', {}, `${r.release} ${r.version} for ${r.hw_class} · policy v${r.seq} · wave ${r.current_wave + 1} of ${r.waves.length} since ${r.wave_started_at} · `,
@@ -476,9 +476,9 @@ async function drawRollout(view) {
     el('h2', {}, `Sites (${num(r.sites.length)}, worst first${r.sites.length > PAGE ? `, first ${PAGE}` : ''})`),
     table(['Site', 'Targeted', 'Installing', 'Committed', 'Failed', 'Rolled back', 'Failure rate'], sites.map((s) => el('tr', {},
       el('td', {}, link(`#/sites/${enc(s.site)}`, s.site)), el('td', { class: 'n' }, num(s.targeted)),
-      el('td', { class: 'n' }, num(s.counts.installing)), el('td', { class: 'n' }, num(s.counts.committed)),
-      el('td', { class: 'n' }, num(s.counts.failed)), el('td', { class: 'n' }, num(s.counts.rolled_back)),
-      el('td', { class: 'n' }, pct(s.counts.failure_percent))))));
+      el('td', { class: 'n' }, num(s.installing)), el('td', { class: 'n' }, num(s.committed)),
+      el('td', { class: 'n' }, num(s.failed)), el('td', { class: 'n' }, num(s.rolled_back)),
+      el('td', { class: 'n' }, pct(s.failure_percent))))));
 }
 
 const DEVICE_FILTERS = ['q', 'site', 'release', 'state', 'hw_class'];
