@@ -164,12 +164,13 @@ pub fn failure_rate_flags(group_by: GroupBy, groups: &[Finals]) -> Vec<Anomaly> 
                 baseline,
                 score: p_value,
                 summary: format!(
-                    "{} {}: {failures} of {} installs failed ({:.1} %), the rest of the fleet {:.1} % (p = {p_value:.1e})",
+                    "{} {}: {failures} of {} installs failed ({:.1} %), the rest of the fleet {:.1} % ({})",
                     group_by.name(),
                     g.group,
                     g.finals,
                     rate * 100.0,
-                    baseline * 100.0
+                    baseline * 100.0,
+                    if p_value < 1e-12 { "p < 1e-12".to_string() } else { format!("p = {p_value:.1e}") }
                 ),
             });
         }

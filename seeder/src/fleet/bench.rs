@@ -335,8 +335,8 @@ pub struct Populated {
 /// `per_site` devices each (`<site>-dev-0000`…), hardware classes imx8 (60 %), rpi4 (30 %)
 /// and stm32 (10 %, installs about five times slower), 5 % never reported, most on gw
 /// 1.4.2 (every seventh site lags on 1.4.1), about 2 % of installs failed, except site 1
-/// where a quarter rolled back — under rollout `old_rollout`, so `rollout`'s own outcomes
-/// stay healthy and its controller does not halt it. `events` status events per reporting
+/// where a quarter rolled back — under rollout `old_rollout` (as are the lagging devices'
+/// commits), so `rollout`'s own outcomes stay healthy and its controller does not halt it. `events` status events per reporting
 /// device (its history); the newest carries `rollout` for devices on 1.4.2.
 pub fn populate(
     db: &Path,
@@ -403,13 +403,10 @@ pub fn populate(
                     "committed" => Some("committed"),
                     _ => Some("installing"),
                 };
-                let about = if failing_site && failed {
-                    Some(old_rollout)
-                } else if version == "1.4.2" || failed {
-                    Some(rollout)
-                } else {
-                    None
-                };
+                // Lagging devices committed the previous release under the old rollout: every
+                // reporting device has a result, so no site's failure rate is skewed.
+                let about = if (failing_site && failed) || (lagging && !failed) { old_rollout } else { rollout };
+                let about = Some(about);
                 let result = about.and(result);
                 let base = if hw_class == "stm32" { 300 } else { 45 };
                 let install_secs = (result == Some("committed")).then_some(base + ((mix >> 32) % 30) as i64);

@@ -320,13 +320,15 @@ function stateClass(state) {
 
 function anomalyList(flags, empty) {
   if (!flags.length) return el('p', { class: 'muted', id: 'anomalies-none' }, empty);
-  return el('ul', { class: 'anomalies', id: 'anomalies' }, flags.map((a) => {
+  const shown = 12;
+  const more = flags.length > shown ? el('li', { class: 'muted' }, `and ${flags.length - shown} more (/api/anomalies lists all)`) : null;
+  return el('ul', { class: 'anomalies', id: 'anomalies' }, flags.slice(0, shown).map((a) => {
     const target = a.group_by === 'site' ? link(`#/sites/${enc(a.group)}`, a.group)
       : link(`#/devices?hw_class=${enc(a.group)}`, a.group);
     return el('li', { 'data-kind': a.kind, 'data-group': a.group },
       el('span', { class: 'tag bad' }, a.kind === 'failure_rate' ? 'failure rate' : 'install time'),
       ' ', a.group_by === 'site' ? 'site ' : 'hardware class ', target, ': ', a.summary.replace(/^[^:]*: /, ''));
-  }));
+  }), more);
 }
 
 async function drawOverview(view) {
