@@ -309,7 +309,7 @@ pub fn find(conn: &Connection) -> Result<Anomalies> {
         flags.extend(failure_rate_flags(group_by, &groups));
         flags.extend(duration_flags(group_by, &fleet, durations));
     }
-    flags.sort_by(|a, b| (a.kind, a.group_by).cmp(&(b.kind, b.group_by)));
+    flags.sort_by_key(|a| (a.kind, a.group_by));
     let center = median(&fleet);
     Ok(Anomalies {
         fleet_failure_rate: (fleet_finals > 0).then(|| fleet_failures as f64 / fleet_finals as f64),
