@@ -203,4 +203,62 @@ mod tests {
         assert!(text.contains("# TYPE otamesh_edge_cache_hits_total counter\notamesh_edge_cache_hits_total 3\n"));
         assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 22);
     }
+
+    /// Every metric name the committed Grafana dashboard's queries use, from their text.
+    fn dashboard_metric_names() -> std::collections::BTreeSet<String> {
+        fn walk(value: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    for (key, v) in map {
+                        if let (true, Some(text)) =
+                            (matches!(key.as_str(), "expr" | "query" | "definition"), v.as_str())
+                        {
+                            let mut rest = text;
+                            while let Some(at) = rest.find("otamesh_") {
+                                let name: String =
+                                    rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                                rest = &rest[at + name.len()..];
+                                out.insert(name);
+                            }
+                        }
+                        walk(v, out);
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../ops/grafana/otamesh.json")).expect("the dashboard is JSON");
+        let mut names = std::collections::BTreeSet::new();
+        walk(&dashboard, &mut names);
+        names
+    }
+
+    #[test]
+    fn the_grafana_dashboard_uses_only_metrics_the_edge_node_exports() {
+        let exported: std::collections::BTreeSet<String> = Metrics::default()
+            .render()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect();
+        let used = dashboard_metric_names();
+        let edge: Vec<&String> = used.iter().filter(|n| n.starts_with("otamesh_edge_")).collect();
+        assert!(edge.len() >= 15, "the dashboard shows the edge nodes: {used:?}");
+        for name in edge {
+            assert!(
+                exported.contains(name),
+                "ops/grafana/otamesh.json queries {name}, which the edge node does not export"
+            );
+        }
+        // The seeder's names are checked against its /metrics by seeder/tests/api.rs.
+        for name in &used {
+            assert!(
+                name.starts_with("otamesh_edge_") || name.starts_with("otamesh_seeder_"),
+                "ops/grafana/otamesh.json queries {name}, which no otamesh daemon exports"
+            );
+        }
+    }
 }

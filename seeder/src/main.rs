@@ -157,6 +157,29 @@ enum Command {
         #[arg(long)]
         enroll: bool,
     },
+    /// Test support: a made-up fleet written straight into the fleet database (the
+    /// console's tests and first-paint measurement).
+    #[command(hide = true)]
+    FleetTestPopulate {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Sites.
+        #[arg(long)]
+        sites: u64,
+        /// Devices per site.
+        #[arg(long)]
+        per_site: u64,
+        /// Status events per reporting device.
+        #[arg(long, default_value_t = 2)]
+        events: u64,
+        /// The rollout the healthy reports are about.
+        #[arg(long, default_value = "gw-1.4.2")]
+        rollout: String,
+        /// The rollout the failing site's reports are about.
+        #[arg(long, default_value = "gw-1.4.1")]
+        old_rollout: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -426,7 +449,10 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> 
 
 fn run(cli: &Cli) -> Result<i32> {
     match &cli.command {
-        Command::Devices(_) | Command::BenchIngest { .. } | Command::FleetTestIngest { .. } => run_fleet(cli)?,
+        Command::Devices(_)
+        | Command::BenchIngest { .. }
+        | Command::FleetTestIngest { .. }
+        | Command::FleetTestPopulate { .. } => run_fleet(cli)?,
         Command::Init { repo, keys, threshold } => {
             let counts: BTreeMap<_, _> = keys.iter().cloned().collect();
             let thresholds: BTreeMap<_, _> = threshold.iter().cloned().collect();
@@ -771,6 +797,11 @@ fn run_fleet(cli: &Cli) -> Result<()> {
         Command::FleetTestIngest { repo, devices, reports, enroll } => {
             let counts = fleet::bench::test_ingest(repo, *devices, *reports, *enroll)?;
             println!("done {}", serde_json::to_string(&counts)?);
+        }
+        Command::FleetTestPopulate { repo, sites, per_site, events, rollout, old_rollout } => {
+            fleet::check_repo(repo)?;
+            let made = fleet::bench::populate(&fleet::db_path(repo), *sites, *per_site, *events, rollout, old_rollout)?;
+            println!("{}", serde_json::to_string(&made)?);
         }
         _ => unreachable!("run_fleet is only called for fleet commands"),
     }

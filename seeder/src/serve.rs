@@ -34,8 +34,13 @@ pub async fn run(
     // The API listens before the origin reports ready, so its address is in the ready line.
     let (http, api_server) = match api {
         Some((addr, tokens)) => {
-            let state =
-                crate::api::ApiState { repo: repo.clone(), tokens: Arc::new(tokens), fleet: Arc::clone(&fleet) };
+            let state = crate::api::ApiState {
+                repo: repo.clone(),
+                tokens: Arc::new(tokens),
+                fleet: Arc::clone(&fleet),
+                anomalies: Arc::default(),
+            };
+            state.anomalies.warm(&crate::fleet::db_path(&repo));
             let (bound, served) = crate::api::serve(addr, state).await?;
             (Some(bound), Some(served))
         }

@@ -318,6 +318,71 @@ fn operators_act_on_rollouts_and_readers_cannot() {
 }
 
 #[test]
+fn the_console_and_its_endpoints() {
+    let s = served();
+    let a = s.http;
+    // The console's shell needs no token and carries a strict policy; its files are embedded.
+    let (status, page) = http(a, "GET", "/", None, None);
+    assert_eq!(status, 200);
+    let page = String::from_utf8(page).unwrap();
+    assert!(page.contains(r#"<script src="/ui/app.js" defer></script>"#), "{page}");
+    for file in ["/ui/app.js", "/ui/app.css", "/ui/icon.svg"] {
+        assert_eq!(http(a, "GET", file, None, None).0, 200, "{file}");
+    }
+    error(a, "GET", "/ui/../keys", None, None, 404);
+    error(a, "GET", "/ui/nothing.js", None, None, 404);
+    let mut stream = TcpStream::connect(a).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(stream, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut head = String::new();
+    stream.read_to_string(&mut head).unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("content-security-policy: default-src 'none'; script-src 'self'; style-src 'self'"),
+        "{head}"
+    );
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+
+    assert_eq!(json(a, "GET", "/api/session", Some(READ), 200)["scope"], "read");
+    assert_eq!(json(a, "GET", "/api/session", Some(OPERATOR), 200)["scope"], "operator");
+    error(a, "GET", "/api/session", None, None, 401);
+
+    let overview = json(a, "GET", "/api/overview", Some(READ), 200);
+    assert_eq!((overview["devices"].as_u64(), overview["never_reported"].as_u64()), (Some(6), Some(3)), "{overview}");
+    assert_eq!(overview["states"]["never-reported"], 3, "{overview}");
+    assert_eq!(overview["versions"]["gw@1.4.2"], 3, "{overview}");
+    assert_eq!(overview["hw_classes"]["imx8"], 6, "{overview}");
+
+    // Sites paged in SQL: every site without a limit (as before), one page with one.
+    let all = json(a, "GET", "/api/sites", Some(READ), 200);
+    let total = all["total"].as_u64().unwrap();
+    assert_eq!(all["sites"].as_array().unwrap().len() as u64, total);
+    let page = json(a, "GET", "/api/sites?limit=1&offset=1", Some(READ), 200);
+    assert_eq!(page["sites"].as_array().unwrap().len(), 1);
+    assert_eq!(page["sites"][0]["site"], all["sites"][1]["site"]);
+    let found = json(a, "GET", "/api/sites?q=plant", Some(READ), 200);
+    assert_eq!((found["total"].as_u64(), found["sites"][0]["site"].as_str()), (Some(1), Some("plant-9")));
+    for query in ["limit=0", "limit=1001", "offset=-1", "colour=red"] {
+        error(a, "GET", &format!("/api/sites?{query}"), Some(READ), None, 400);
+    }
+    let site = json(a, "GET", "/api/sites/plant-9", Some(READ), 200);
+    assert_eq!(site["site"]["devices"], 3, "{site}");
+    assert_eq!(site["site"]["hw_classes"]["imx8"], 3, "{site}");
+    assert!(site["edges"].as_array().unwrap().is_empty() && site["anomalies"].as_array().unwrap().is_empty());
+    error(a, "GET", "/api/sites/nowhere", Some(READ), None, 404);
+    error(a, "GET", &format!("/api/sites/{}", "x".repeat(300)), Some(READ), None, 400);
+    error(a, "GET", "/api/sites/plant-9", None, None, 401);
+
+    let anomalies = json(a, "GET", "/api/anomalies", Some(READ), 200);
+    assert!(anomalies["flags"].as_array().unwrap().is_empty(), "three healthy devices: {anomalies}");
+    assert!(anomalies["fleet_median_install_secs"].as_f64().is_some(), "{anomalies}");
+    let spec = json(a, "GET", "/api/openapi.json", None, 200);
+    for path in ["/api/overview", "/api/anomalies", "/api/sites/{site}", "/api/session", "/"] {
+        assert!(spec["paths"][path].is_object(), "{path} is not in the OpenAPI document");
+    }
+}
+
+#[test]
 fn a_token_file_others_can_read_stops_the_seeder_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo").to_str().unwrap().to_string();
@@ -341,4 +406,51 @@ fn a_token_file_others_can_read_stops_the_seeder_with_one_line() {
     assert!(stderr.contains("readable by other users") && stderr.contains("chmod 600"), "{stderr}");
     let out = seeder(&["serve", "--repo", &repo, "--http-listen", "127.0.0.1:0"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--api-tokens"));
+}
+
+/// Every `otamesh_seeder_*` metric the committed Grafana dashboard queries is one a real
+/// seeder exports (the edge node's names are checked in edge-node/src/metrics.rs).
+#[test]
+fn the_grafana_dashboard_uses_only_metrics_the_seeder_exports() {
+    let s = served();
+    let (status, metrics) = http(s.http, "GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8(metrics).unwrap();
+    let exported: std::collections::BTreeSet<&str> =
+        metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split_whitespace().next()).collect();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/grafana/otamesh.json");
+    let dashboard: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    let mut stack = vec![&dashboard];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    if let (true, Some(mut rest)) =
+                        (matches!(key.as_str(), "expr" | "query" | "definition"), v.as_str())
+                    {
+                        while let Some(at) = rest.find("otamesh_") {
+                            let len = rest[at..]
+                                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                                .unwrap_or(rest.len() - at);
+                            used.insert(rest[at..at + len].to_string());
+                            rest = &rest[at + len..];
+                        }
+                    }
+                    stack.push(v);
+                }
+            }
+            Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    let seeder: Vec<&String> = used.iter().filter(|n| n.starts_with("otamesh_seeder_")).collect();
+    assert!(seeder.len() >= 8, "the dashboard shows the seeder: {used:?}");
+    for name in seeder {
+        assert!(
+            exported.contains(name.as_str()),
+            "{} queries {name}, which the seeder does not export: {exported:?}",
+            path.display()
+        );
+    }
 }

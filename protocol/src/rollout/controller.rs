@@ -410,8 +410,9 @@ fn wilson(x: f64, n: f64) -> (f64, f64) {
 /// P(X ≥ x) for X ~ Binomial(n, p). Terms are summed relative to the mode's, walking
 /// outward until they stop mattering: no `exp`/`ln` (they need std) and no underflow of
 /// `(1 − p)^n` for large n. Below or at the mode the answer is reported as 1 (never
-/// significant), which is all the caller needs.
-pub(crate) fn binomial_upper_tail(x: u64, n: u64, p: f64) -> f64 {
+/// significant), which is all the callers need (the controller's halt, the site guard, the
+/// seeder's anomaly flags).
+pub fn binomial_upper_tail(x: u64, n: u64, p: f64) -> f64 {
     if x == 0 || p >= 1.0 {
         return 1.0;
     }

@@ -31,8 +31,8 @@ const EVENT_POLL: Duration = Duration::from_secs(1);
 /// Events sent per poll at most (the rest on the next).
 const EVENT_BATCH: i64 = 500;
 
-/// A caller with at least read scope.
-pub struct Reader;
+/// A caller with at least read scope (and the scope it has).
+pub struct Reader(pub Scope);
 /// A caller with operator scope.
 pub struct Operator;
 
@@ -62,7 +62,7 @@ impl FromRequestParts<ApiState> for Reader {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> ApiResult<Self> {
-        authorize(parts, state, Scope::Read).map(|_| Reader)
+        authorize(parts, state, Scope::Read).map(Reader)
     }
 }
 
@@ -94,6 +94,12 @@ fn duration(flag: &str, text: &str) -> ApiResult<i64> {
 /// `GET /api/openapi.json`.
 pub async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
+}
+
+/// `GET /api/session`: the presented token's scope, so the console can disable what it may
+/// not do (the API refuses it anyway).
+pub async fn session(Reader(scope): Reader) -> Json<Value> {
+    Json(json!({"scope": scope.name()}))
 }
 
 /// Anything else.
@@ -300,16 +306,95 @@ pub async fn rollout_action(
     .await
 }
 
-/// `GET /api/sites`: per site, its devices by release and version, by state, and how many
-/// are stale — aggregated in SQL.
-pub async fn sites(_: Reader, State(state): State<ApiState>) -> ApiResult<Json<Value>> {
+/// Largest page of sites.
+const MAX_SITE_PAGE: u64 = 1000;
+/// Edge nodes listed in a site's detail.
+const SITE_EDGES: u64 = 100;
+/// Longest site name or search text accepted.
+const MAX_SITE_CHARS: usize = 256;
+
+/// The site listing's query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteQuery {
+    /// Text the site name contains.
+    q: Option<String>,
+    /// Page size (no limit when absent: every site).
+    limit: Option<u64>,
+    offset: Option<u64>,
+}
+
+/// `GET /api/sites`: per site, its devices by release and version, by state and by hardware
+/// class, and how many are stale — aggregated in SQL, paged by site.
+pub async fn sites(
+    _: Reader,
+    State(state): State<ApiState>,
+    query: Result<Query<SiteQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = query.map_err(query_error)?;
+    let limit = q.limit.unwrap_or(0);
+    if q.limit.is_some() && !(1..=MAX_SITE_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_SITE_PAGE}")));
+    }
+    let offset = q.offset.unwrap_or(0);
+    if q.q.as_ref().is_some_and(|t| t.len() > MAX_SITE_CHARS) {
+        return Err(ApiError::bad_request("q is too long"));
+    }
     let now = time::now_unix();
     blocking(move || {
         let Some(conn) = fleet::open_read(&fleet::db_path(&state.repo)).map_err(ApiError::internal)? else {
-            return Ok(Json(json!({"sites": []})));
+            return Ok(Json(json!({"total": 0, "offset": offset, "limit": limit, "sites": []})));
         };
-        let sites = crate::fleet::query::site_summaries(&conn, now - 86_400).map_err(ApiError::internal)?;
-        Ok(Json(json!({"sites": sites})))
+        let filter = query::SiteFilter { site: None, name_contains: q.q.as_deref(), limit, offset };
+        let page = query::site_summaries(&conn, now - 86_400, &filter).map_err(ApiError::internal)?;
+        Ok(Json(json!({"total": page.total, "offset": offset, "limit": limit, "sites": page.sites})))
+    })
+    .await
+}
+
+/// `GET /api/sites/{site}`: one site's summary, the edge nodes that forwarded its reports,
+/// and its anomaly flags.
+pub async fn site(_: Reader, State(state): State<ApiState>, Path(site): Path<String>) -> ApiResult<Json<Value>> {
+    if site.len() > MAX_SITE_CHARS {
+        return Err(ApiError::bad_request("site name is too long"));
+    }
+    let now = time::now_unix();
+    blocking(move || {
+        let missing = || ApiError::not_found(format!("no device is enrolled at site `{site}`"));
+        let conn = fleet::open_read(&fleet::db_path(&state.repo)).map_err(ApiError::internal)?.ok_or_else(missing)?;
+        let filter = query::SiteFilter { site: Some(&site), name_contains: None, limit: 1, offset: 0 };
+        let mut page = query::site_summaries(&conn, now - 86_400, &filter).map_err(ApiError::internal)?;
+        let summary = page.sites.pop().ok_or_else(missing)?;
+        let edges = fleet::edges::of_site(&conn, &site, SITE_EDGES).map_err(ApiError::internal)?;
+        let anomalies = state.anomalies.get(&fleet::db_path(&state.repo)).map_err(ApiError::internal)?;
+        let flags: Vec<_> =
+            anomalies.flags.iter().filter(|a| a.group_by == fleet::anomaly::GroupBy::Site && a.group == site).collect();
+        Ok(Json(json!({"site": summary, "edges": edges, "anomalies": flags})))
+    })
+    .await
+}
+
+/// `GET /api/overview`: the fleet in a few numbers (devices by state, version and hardware
+/// class; sites; stale), each one grouped query on an index.
+pub async fn overview(_: Reader, State(state): State<ApiState>) -> ApiResult<Json<Value>> {
+    let now = time::now_unix();
+    blocking(move || {
+        let Some(conn) = fleet::open_read(&fleet::db_path(&state.repo)).map_err(ApiError::internal)? else {
+            return Ok(Json(json!({"devices": 0, "sites": 0, "never_reported": 0, "stale": 0,
+                                  "states": {}, "versions": {}, "hw_classes": {}})));
+        };
+        let overview = query::overview(&conn, now - 86_400).map_err(ApiError::internal)?;
+        Ok(Json(serde_json::to_value(overview).map_err(|e| ApiError::internal(e.into()))?))
+    })
+    .await
+}
+
+/// `GET /api/anomalies`: sites and hardware classes whose failure rate or install duration
+/// stands out (`fleet::anomaly` states the tests), at most [`super::ANOMALY_MAX_AGE`] old.
+pub async fn anomalies(_: Reader, State(state): State<ApiState>) -> ApiResult<Json<Value>> {
+    blocking(move || {
+        let found = state.anomalies.get(&fleet::db_path(&state.repo)).map_err(ApiError::internal)?;
+        Ok(Json(serde_json::to_value(&*found).map_err(|e| ApiError::internal(e.into()))?))
     })
     .await
 }

@@ -7,6 +7,9 @@
 //! - `otamesh_seeder_rollout_*{rollout}`: current wave, targeted, installing, committed,
 //!   rolled back, failed, the failure ratio over final outcomes, the state and the current
 //!   wave's gate decision (as a label of a 1-valued series).
+//! - `otamesh_seeder_anomaly{kind,group_by,group}`: 1 for each flagged group (`kind`
+//!   failure_rate or install_duration, `group_by` site or hw_class; see `fleet::anomaly`);
+//!   no series when nothing stands out.
 //! - `otamesh_seeder_reports_total{outcome}`: status reports the ingestor decided on since
 //!   the seeder started (accepted, unenrolled, replayed, bad-signature, malformed,
 //!   not-stored).
@@ -112,6 +115,17 @@ fn render(state: &ApiState, counts: fleet::ingest::IngestCounts) -> anyhow::Resu
             label(&r.version),
             label(&r.state),
             label(gate)
+        );
+    }
+    out += "# HELP otamesh_seeder_anomaly A site or hardware class whose failure rate or install duration stands out (1).\n";
+    out += "# TYPE otamesh_seeder_anomaly gauge\n";
+    for a in &state.anomalies.get(&fleet::db_path(&state.repo))?.flags {
+        let _ = writeln!(
+            out,
+            "otamesh_seeder_anomaly{{kind=\"{}\",group_by=\"{}\",group=\"{}\"}} 1",
+            a.kind.name(),
+            a.group_by.name(),
+            label(&a.group)
         );
     }
     out += "# HELP otamesh_seeder_reports_total Status reports decided by the ingestor since start.\n";

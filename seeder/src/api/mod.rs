@@ -10,6 +10,12 @@
 //!   rollout start|pause|resume|abort` do. It never loads a targets (release) key: starting
 //!   a rollout before the rollouts role is delegated — which the targets key signs — is
 //!   refused (409) with what to run instead.
+//! - The console ([`ui`]): a dashboard at `/` with its script and style under `/ui/`, all
+//!   compiled into the binary; no token needed to load it (it holds no data), every API call
+//!   it makes carries the token the user pastes. Every response carries a strict
+//!   Content-Security-Policy (scripts and styles from this origin only, no inline script).
+//! - Anomaly flags (`/api/anomalies`, the site view, `/metrics`) come from
+//!   [`crate::fleet::anomaly`], computed at most every [`ANOMALY_MAX_AGE`] and shared.
 //! - Reads go to SQLite on blocking threads, each with its own read-only connection (WAL:
 //!   readers never wait for the ingest writer). Listings are paged and filtered in SQL.
 
@@ -17,10 +23,12 @@ pub mod auth;
 mod error;
 mod handlers;
 mod metrics;
+mod ui;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use axum::extract::DefaultBodyLimit;
@@ -43,6 +51,77 @@ pub struct ApiState {
     pub tokens: Arc<Tokens>,
     /// The fleet database's ingestor: its counts feed `/metrics`.
     pub fleet: Arc<Ingestor>,
+    /// The anomaly flags last computed.
+    pub anomalies: Arc<AnomalyCache>,
+}
+
+/// How old the anomaly flags shown may be before a request starts computing them again:
+/// computing them reads every device's latest state (two grouped queries, about 2 s for a
+/// million devices), too much for each dashboard refresh and scrape.
+pub const ANOMALY_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// The anomaly flags last computed. Once there are some, a caller always gets them at once:
+/// when they are older than [`ANOMALY_MAX_AGE`] a background thread computes new ones
+/// (one at a time) for later callers. Only the first callers wait (for one computation).
+#[derive(Default)]
+pub struct AnomalyCache {
+    last: Mutex<CacheState>,
+    /// Held while computing, so concurrent first callers compute once.
+    computing: Mutex<()>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    flags: Option<(Instant, Arc<crate::fleet::anomaly::Anomalies>)>,
+    refreshing: bool,
+}
+
+impl AnomalyCache {
+    /// The flags of the fleet database at `db` (empty without one).
+    pub fn get(self: &Arc<Self>, db: &std::path::Path) -> Result<Arc<crate::fleet::anomaly::Anomalies>> {
+        {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            let stale = last.flags.as_ref().map(|(at, _)| at.elapsed() >= ANOMALY_MAX_AGE);
+            if let Some(stale) = stale {
+                if stale && !last.refreshing {
+                    last.refreshing = true;
+                    let (cache, db) = (Arc::clone(self), db.to_owned());
+                    std::thread::spawn(move || {
+                        if let Err(e) = cache.compute(&db) {
+                            tracing::warn!("anomaly flags not computed: {e:#}");
+                        }
+                        cache.last.lock().unwrap_or_else(|p| p.into_inner()).refreshing = false;
+                    });
+                }
+                return Ok(last.flags.as_ref().map(|(_, f)| Arc::clone(f)).unwrap_or_default());
+            }
+        }
+        self.compute(db)
+    }
+
+    /// Starts computing the flags in the background (at serve start, so the first dashboard
+    /// does not wait).
+    pub fn warm(self: &Arc<Self>, db: &std::path::Path) {
+        let (cache, db) = (Arc::clone(self), db.to_owned());
+        std::thread::spawn(move || {
+            if let Err(e) = cache.get(&db) {
+                tracing::warn!("anomaly flags not computed: {e:#}");
+            }
+        });
+    }
+
+    fn compute(&self, db: &std::path::Path) -> Result<Arc<crate::fleet::anomaly::Anomalies>> {
+        let _one = self.computing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, flags)) = &self.last.lock().unwrap_or_else(|p| p.into_inner()).flags {
+            if at.elapsed() < ANOMALY_MAX_AGE {
+                return Ok(Arc::clone(flags));
+            }
+        }
+        let Some(conn) = crate::fleet::open_read(db)? else { return Ok(Arc::default()) };
+        let flags = Arc::new(crate::fleet::anomaly::find(&conn)?);
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).flags = Some((Instant::now(), Arc::clone(&flags)));
+        Ok(flags)
+    }
 }
 
 /// The API's routes.
@@ -56,10 +135,17 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/rollouts/{name}", get(handlers::rollout))
         .route("/api/rollouts/{name}/{action}", post(handlers::rollout_action))
         .route("/api/sites", get(handlers::sites))
+        .route("/api/sites/{site}", get(handlers::site))
+        .route("/api/overview", get(handlers::overview))
+        .route("/api/session", get(handlers::session))
+        .route("/api/anomalies", get(handlers::anomalies))
         .route("/api/events", get(handlers::events))
         .route("/metrics", get(metrics::metrics))
+        .route("/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(ui::security_headers))
         .with_state(state)
 }
 

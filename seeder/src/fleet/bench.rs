@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::{Signer, SigningKey};
+use rusqlite::params;
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
@@ -313,4 +314,136 @@ pub fn test_ingest(repo: &Path, devices: u64, reports: u64, enroll_first: bool) 
         n += 1;
     }
     Ok(ingestor.shutdown())
+}
+
+/// What `seeder fleet-test-populate` made.
+#[derive(Debug, Serialize)]
+pub struct Populated {
+    /// Devices enrolled.
+    pub devices: u64,
+    /// Of those, with a latest state.
+    pub reported: u64,
+    /// Status events stored.
+    pub events: u64,
+    /// Seconds it took.
+    pub secs: f64,
+}
+
+/// `seeder fleet-test-populate`: a made-up fleet written straight into the database (no
+/// signatures: for the console's tests and its 1,000 × 1,000 first-paint measurement, where
+/// verifying a million reports would take minutes). `sites` sites named `site-0000`… with
+/// `per_site` devices each (`<site>-dev-0000`…), hardware classes imx8 (60 %), rpi4 (30 %)
+/// and stm32 (10 %, installs about five times slower), 5 % never reported, most on gw
+/// 1.4.2 (every seventh site lags on 1.4.1), about 2 % of installs failed, except site 1
+/// where a quarter rolled back — under rollout `old_rollout` (as are the lagging devices'
+/// commits), so `rollout`'s own outcomes stay healthy and its controller does not halt it. `events` status events per reporting
+/// device (its history); the newest carries `rollout` for devices on 1.4.2.
+pub fn populate(
+    db: &Path,
+    sites: u64,
+    per_site: u64,
+    events: u64,
+    rollout: &str,
+    old_rollout: &str,
+) -> Result<Populated> {
+    let start = Instant::now();
+    let mut conn = super::open_write(db)?;
+    let now = crate::time::now_unix();
+    let tx = conn.transaction()?;
+    let (mut devices, mut reported, mut stored_events) = (0u64, 0u64, 0u64);
+    {
+        let mut device = tx.prepare(
+            "INSERT INTO devices (public_key, device_id, site, hw_class, enrolled_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut state = tx.prepare(
+            "INSERT INTO device_state (device, last_seq, release, version, installed_id, state, rollout, result,
+                                       error, health, slot, updated_at, active_slot, security_floor, install_secs)
+             VALUES (?1, ?2, 'gw', ?3, ?4, ?5, ?6, ?7, ?8, 'ok', 'b', ?9, 'b', 3, ?10)",
+        )?;
+        let mut event = tx.prepare(
+            "INSERT INTO status_events (device, seq, rollout, state, result, error, install_secs, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let installed_id = "7f".repeat(32);
+        for s in 0..sites {
+            let site = format!("site-{s:04}");
+            for d in 0..per_site {
+                let i = s * per_site + d;
+                // A well-mixed number per device, so classes and states do not line up with
+                // the index.
+                let mix =
+                    u64::from_le_bytes(blake3::hash(&i.to_le_bytes()).as_bytes()[..8].try_into().unwrap_or([0; 8]));
+                let key = blake3::derive_key("otamesh console test fleet 2027-01", &i.to_le_bytes());
+                let hw_class = match mix % 10 {
+                    0..=5 => "imx8",
+                    6..=8 => "rpi4",
+                    _ => "stm32",
+                };
+                device.execute(params![&key[..], format!("{site}-dev-{d:04}"), site, hw_class, now - 86_400 * 30])?;
+                let id = tx.last_insert_rowid();
+                devices += 1;
+                let roll = (mix >> 8) % 1000;
+                if roll < 50 {
+                    continue; // never reported
+                }
+                reported += 1;
+                let failing_site = s == 1;
+                let failed = if failing_site { roll < 300 } else { roll < 70 };
+                let lagging = s % 7 == 3 && roll < 700;
+                let version = if failed || lagging { "1.4.1" } else { "1.4.2" };
+                let state_name = match (failed, (mix >> 20) % 100) {
+                    (true, _) => "rolled-back",
+                    (false, 0..=4) => "downloading",
+                    (false, 5..=7) => "trial",
+                    (false, 8..=9) => "staged",
+                    _ => "committed",
+                };
+                let result = match state_name {
+                    "rolled-back" => Some("rolled-back"),
+                    "committed" => Some("committed"),
+                    _ => Some("installing"),
+                };
+                // Lagging devices committed the previous release under the old rollout: every
+                // reporting device has a result, so no site's failure rate is skewed.
+                let about = if (failing_site && failed) || (lagging && !failed) { old_rollout } else { rollout };
+                let about = Some(about);
+                let result = about.and(result);
+                let base = if hw_class == "stm32" { 300 } else { 45 };
+                let install_secs = (result == Some("committed")).then_some(base + ((mix >> 32) % 30) as i64);
+                // 1 % not heard from for two days: stale.
+                let updated_at =
+                    if (mix >> 40) % 100 == 0 { now - 2 * 86_400 } else { now - ((mix >> 44) % 3600) as i64 };
+                let error = failed.then_some("health-check-failed");
+                let last_seq = events.max(1) as i64;
+                state.execute(params![
+                    id,
+                    last_seq,
+                    version,
+                    installed_id,
+                    state_name,
+                    about,
+                    result,
+                    error,
+                    updated_at,
+                    install_secs
+                ])?;
+                for seq in 1..=events {
+                    let newest = seq == events;
+                    event.execute(params![
+                        id,
+                        seq as i64,
+                        if newest { about } else { None },
+                        if newest { state_name } else { "downloading" },
+                        if newest { result } else { None },
+                        if newest { error } else { None },
+                        if newest { install_secs } else { None },
+                        updated_at - (events - seq) as i64 * 60
+                    ])?;
+                    stored_events += 1;
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(Populated { devices, reported, events: stored_events, secs: start.elapsed().as_secs_f64() })
 }

@@ -499,15 +499,17 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>, decided: &mut Vec<De
         let mut upsert_state = tx.prepare_cached(
             "INSERT INTO device_state
                (device, last_seq, release, version, installed_id, state, rollout, result, error, error_code,
-                health, slot, updated_at, active_slot, security_floor, target_version)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                health, slot, updated_at, active_slot, security_floor, target_version, install_secs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
              ON CONFLICT (device) DO UPDATE SET
                last_seq = excluded.last_seq, release = excluded.release, version = excluded.version,
                installed_id = excluded.installed_id, state = excluded.state, rollout = excluded.rollout,
                result = excluded.result, error = excluded.error, error_code = excluded.error_code,
                health = excluded.health, slot = excluded.slot, updated_at = excluded.updated_at,
                active_slot = excluded.active_slot, security_floor = excluded.security_floor,
-               target_version = excluded.target_version",
+               target_version = excluded.target_version,
+               -- The last install's duration stays until a report gives another.
+               install_secs = coalesce(excluded.install_secs, device_state.install_secs)",
         )?;
         // Drain from the front in order, so that on an error the rest stay in `batch`.
         let mut jobs = std::mem::take(batch).into_iter();
@@ -592,7 +594,8 @@ fn store(
         now,
         r.active_slot,
         r.security_floor,
-        r.target_version
+        r.target_version,
+        r.install_secs
     ])?;
     Ok(Outcome::Accepted)
 }

@@ -13,6 +13,9 @@
 //!   ([`ingest::Ingestor::write`]), so within a seeder there is one writer.
 //! - [`query`]: what readers see (each reader has its own read-only connection): devices
 //!   filtered and paged in SQL, a device and its history; [`inventory`] marks stale ones.
+//! - [`anomaly`]: sites and hardware classes whose failure rate or install duration stands
+//!   out against the fleet (the statistics are in its doc); [`edges`]: the edge nodes that
+//!   forwarded reports.
 //! - [`rollouts`]: rollouts and their transitions, kept generic (strings and blobs); the
 //!   policy itself is `protocol::rollout`'s.
 //!
@@ -20,7 +23,9 @@
 //! through its own connection; SQLite serializes it with the serve's writer
 //! ([`BUSY_TIMEOUT`]).
 
+pub mod anomaly;
 pub mod bench;
+pub mod edges;
 pub mod enroll;
 pub mod ingest;
 pub mod inventory;

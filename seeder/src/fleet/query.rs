@@ -274,44 +274,111 @@ pub struct SiteSummary {
     pub versions: std::collections::BTreeMap<String, u64>,
     /// Devices by install state.
     pub states: std::collections::BTreeMap<String, u64>,
+    /// Devices by hardware class.
+    pub hw_classes: std::collections::BTreeMap<String, u64>,
 }
 
-/// Every site's summary, by site; devices whose last report is before `stale_before` (unix
-/// seconds) count as stale. Two grouped queries, whatever the fleet's size.
-pub fn site_summaries(conn: &Connection, stale_before: i64) -> Result<Vec<SiteSummary>> {
-    let mut sites: std::collections::BTreeMap<String, SiteSummary> = std::collections::BTreeMap::new();
-    let mut stmt = conn.prepare(
-        "SELECT d.site, count(*), sum(s.device IS NULL), sum(s.updated_at < ?1)
-         FROM devices d LEFT JOIN device_state s ON s.device = d.id GROUP BY d.site",
+/// Which sites a summary covers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SiteFilter<'a> {
+    /// Only this site.
+    pub site: Option<&'a str>,
+    /// Sites whose name contains this text.
+    pub name_contains: Option<&'a str>,
+    /// Page size in sites; 0 means every site.
+    pub limit: u64,
+    /// Sites skipped before the page.
+    pub offset: u64,
+}
+
+/// One page of site summaries and how many sites match in all.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SitePage {
+    /// Sites matching the filter, in all pages.
+    pub total: u64,
+    /// This page, by site name.
+    pub sites: Vec<SiteSummary>,
+}
+
+/// The summaries of the sites `filter` selects, by site; devices whose last report is before
+/// `stale_before` (unix seconds) count as stale. The page's site names come from the
+/// `devices (site)` index; the aggregation then reads only the devices of the page's sites
+/// (they are contiguous in site order), so a page of 50 sites of a million-device fleet
+/// reads 50 sites' devices.
+pub fn site_summaries(conn: &Connection, stale_before: i64, filter: &SiteFilter<'_>) -> Result<SitePage> {
+    use std::collections::BTreeMap;
+    let mut condition = String::from(" WHERE 1");
+    let mut params: Vec<Value> = Vec::new();
+    if let Some(site) = filter.site {
+        condition += " AND d.site = ?";
+        params.push(Value::Text(site.to_string()));
+    }
+    if let Some(needle) = filter.name_contains {
+        condition += " AND instr(d.site, ?) > 0";
+        params.push(Value::Text(needle.to_string()));
+    }
+    let total: i64 = conn.query_row(
+        &format!("SELECT count(DISTINCT d.site) FROM devices d{condition}"),
+        params_from_iter(params.iter()),
+        |row| row.get(0),
     )?;
-    let rows = stmt.query_map([stale_before], |row| {
+    let mut page = params.clone();
+    page.push(Value::Integer(if filter.limit == 0 { -1 } else { filter.limit.min(i64::MAX as u64) as i64 }));
+    page.push(Value::Integer(filter.offset.min(i64::MAX as u64) as i64));
+    let names: Vec<String> = conn
+        .prepare(&format!("SELECT d.site FROM devices d{condition} GROUP BY d.site ORDER BY d.site LIMIT ? OFFSET ?"))?
+        .query_map(params_from_iter(page.iter()), |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let (Some(first), Some(last)) = (names.first().cloned(), names.last().cloned()) else {
+        return Ok(SitePage { total: total.max(0) as u64, sites: Vec::new() });
+    };
+    let mut sites: BTreeMap<String, SiteSummary> = names
+        .into_iter()
+        .map(|site| {
+            let summary = SiteSummary {
+                site: site.clone(),
+                devices: 0,
+                never_reported: 0,
+                stale: 0,
+                versions: BTreeMap::new(),
+                states: BTreeMap::new(),
+                hw_classes: BTreeMap::new(),
+            };
+            (site, summary)
+        })
+        .collect();
+    let count = |n: Option<i64>| n.unwrap_or(0).max(0) as u64;
+    // Sites in the range but outside the filter (a `name_contains` page) are read and
+    // dropped below: the range is what the index can seek.
+    let mut stmt = conn.prepare(
+        "SELECT d.site, d.hw_class, count(*), sum(s.device IS NULL), sum(s.updated_at < ?3)
+         FROM devices d LEFT JOIN device_state s ON s.device = d.id
+         WHERE d.site BETWEEN ?1 AND ?2 GROUP BY d.site, d.hw_class",
+    )?;
+    let rows = stmt.query_map(params![first, last, stale_before], |row| {
         Ok((
             row.get::<_, String>(0)?,
-            row.get::<_, i64>(1)?,
-            row.get::<_, Option<i64>>(2)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, i64>(2)?,
             row.get::<_, Option<i64>>(3)?,
+            row.get::<_, Option<i64>>(4)?,
         ))
     })?;
     for row in rows {
-        let (site, devices, never, stale) = row?;
-        let count = |n: Option<i64>| n.unwrap_or(0).max(0) as u64;
-        sites.insert(
-            site.clone(),
-            SiteSummary {
-                site,
-                devices: devices.max(0) as u64,
-                never_reported: count(never),
-                stale: count(stale),
-                versions: Default::default(),
-                states: Default::default(),
-            },
-        );
+        let (site, hw_class, devices, never, stale) = row?;
+        if let Some(summary) = sites.get_mut(&site) {
+            summary.devices += devices.max(0) as u64;
+            summary.never_reported += count(never);
+            summary.stale += count(stale);
+            *summary.hw_classes.entry(hw_class).or_default() += devices.max(0) as u64;
+        }
     }
     let mut stmt = conn.prepare(
         "SELECT d.site, s.release, s.version, s.state, count(*)
-         FROM devices d JOIN device_state s ON s.device = d.id GROUP BY d.site, s.release, s.version, s.state",
+         FROM devices d JOIN device_state s ON s.device = d.id
+         WHERE d.site BETWEEN ?1 AND ?2 GROUP BY d.site, s.release, s.version, s.state",
     )?;
-    let rows = stmt.query_map([], |row| {
+    let rows = stmt.query_map(params![first, last], |row| {
         Ok((
             row.get::<_, String>(0)?,
             row.get::<_, String>(1)?,
@@ -327,7 +394,61 @@ pub fn site_summaries(conn: &Connection, stale_before: i64) -> Result<Vec<SiteSu
             *summary.states.entry(state).or_default() += n.max(0) as u64;
         }
     }
-    Ok(sites.into_values().collect())
+    Ok(SitePage { total: total.max(0) as u64, sites: sites.into_values().collect() })
+}
+
+/// The whole fleet in a few numbers: what the dashboard's overview shows first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetOverview {
+    /// Enrolled devices.
+    pub devices: u64,
+    /// Sites with at least one device.
+    pub sites: u64,
+    /// Devices that never reported.
+    pub never_reported: u64,
+    /// Devices whose last report is older than the staleness cut (never-reported ones not
+    /// included).
+    pub stale: u64,
+    /// Devices by install state, `never-reported` included.
+    pub states: std::collections::BTreeMap<String, u64>,
+    /// Devices by `release@version` they run.
+    pub versions: std::collections::BTreeMap<String, u64>,
+    /// Devices by hardware class.
+    pub hw_classes: std::collections::BTreeMap<String, u64>,
+}
+
+/// The fleet's overview. Each figure is one grouped query on an index (`devices (site)`,
+/// `devices (hw_class)`, `device_state (state)`, `(release, version)`, `(updated_at)`):
+/// no join and no table scan, so a million devices cost a few index scans.
+pub fn overview(conn: &Connection, stale_before: i64) -> Result<FleetOverview> {
+    use std::collections::BTreeMap;
+    let one = |sql: &str| -> rusqlite::Result<u64> {
+        conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n.max(0) as u64)
+    };
+    let grouped = |sql: &str| -> Result<BTreeMap<String, u64>> {
+        let mut stmt = conn.prepare(sql)?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (key, n) = row?;
+            *out.entry(key).or_default() += n.max(0) as u64;
+        }
+        Ok(out)
+    };
+    let devices = one("SELECT count(*) FROM devices")?;
+    let reported = one("SELECT count(*) FROM device_state")?;
+    let sites = one("SELECT count(DISTINCT site) FROM devices")?;
+    let stale = conn
+        .query_row("SELECT count(*) FROM device_state WHERE updated_at < ?1", [stale_before], |r| r.get::<_, i64>(0))?
+        .max(0) as u64;
+    let mut states = grouped("SELECT state, count(*) FROM device_state GROUP BY state")?;
+    let never_reported = devices.saturating_sub(reported);
+    if never_reported > 0 {
+        states.insert("never-reported".into(), never_reported);
+    }
+    let versions = grouped("SELECT release || '@' || version, count(*) FROM device_state GROUP BY release, version")?;
+    let hw_classes = grouped("SELECT hw_class, count(*) FROM devices GROUP BY hw_class")?;
+    Ok(FleetOverview { devices, sites, never_reported, stale, states, versions, hw_classes })
 }
 
 /// Where an event stream starts: the newest status event and rollout transition now, or

@@ -88,6 +88,33 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX device_state_by_updated ON device_state (updated_at);
     CREATE INDEX status_events_by_device ON status_events (device, id);
     ",
+    // 3: the publisher's console — each device's last install duration (for the anomaly
+    // flags: one value per device, so medians are over devices, not over chatty ones'
+    // reports), indexes the dashboard's aggregations and filters read instead of scanning,
+    // and the edge nodes that forwarded reports.
+    "
+    ALTER TABLE device_state ADD COLUMN install_secs INTEGER;
+    CREATE INDEX device_state_by_state ON device_state (state);
+    CREATE INDEX device_state_by_result ON device_state (result);
+    CREATE INDEX devices_by_hw_class ON devices (hw_class);
+
+    -- Edge nodes as the origin sees them: the mesh peer that forwarded status report
+    -- batches, the site it claims in identify (not verified: any peer may claim any site),
+    -- and its last batch. Bounded (see `edges::MAX_EDGES`).
+    CREATE TABLE edge_nodes (
+        peer           TEXT PRIMARY KEY,
+        site           TEXT NOT NULL,
+        first_seen     INTEGER NOT NULL,
+        last_seen      INTEGER NOT NULL,
+        batches        INTEGER NOT NULL,
+        reports        INTEGER NOT NULL,
+        stored         INTEGER NOT NULL,
+        last_batch     INTEGER NOT NULL,
+        last_stored    INTEGER NOT NULL
+    );
+    CREATE INDEX edge_nodes_by_site ON edge_nodes (site, peer);
+    CREATE INDEX edge_nodes_by_last_seen ON edge_nodes (last_seen);
+    ",
 ];
 
 /// The schema version this seeder writes.

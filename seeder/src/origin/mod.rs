@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use libp2p::Multiaddr;
 use mesh::{NetworkClient, NetworkConfig, NetworkEvent, SiteName};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info};
 
@@ -81,7 +82,8 @@ pub async fn run(
             tokio::spawn(async move { client.dial(addr).await });
         }
     }
-    let responder = RepoResponder::new(&config.repo, fleet);
+    let sites = responder::PeerSites::default();
+    let responder = RepoResponder::new(&config.repo, fleet, Arc::clone(&sites));
     on_ready(&OriginHandle { client: client.clone(), addrs });
 
     let timestamp_path = config.repo.join("metadata/timestamp.json");
@@ -99,7 +101,15 @@ pub async fn run(
                             let _ = client.publish_announcement(bytes).await;
                         }
                     }
-                    NetworkEvent::PeerIdentified { peer, site, .. } => debug!(%peer, ?site, "peer identified"),
+                    NetworkEvent::PeerIdentified { peer, site, .. } => {
+                        debug!(%peer, ?site, "peer identified");
+                        if let Some(site) = site {
+                            let mut sites = sites.lock().unwrap_or_else(|p| p.into_inner());
+                            if sites.len() < responder::MAX_PEER_SITES || sites.contains_key(&peer) {
+                                sites.insert(peer, site.as_str().to_string());
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }

@@ -12,9 +12,10 @@ use mesh::{
     ChunkRequest, ChunkResponse, HaveRequest, HaveResponse, MetaRequest, MetaResponse, Responder, StatusAck,
     StatusBatch,
 };
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::fleet::ingest::{Ingestor, Outcome};
 use chunk_store::ChunkStore;
@@ -25,17 +26,27 @@ pub struct RepoResponder {
     chunks: ChunkServer,
     /// Where forwarded device status reports are verified again and stored.
     fleet: Arc<Ingestor>,
+    /// The site each peer claimed in identify, for the fleet database's edge nodes.
+    sites: PeerSites,
 }
+
+/// The sites peers claim in identify (unverified), filled by the origin's event loop.
+/// Bounded by [`MAX_PEER_SITES`]: past it, new peers are recorded without a site.
+pub type PeerSites = Arc<Mutex<HashMap<PeerId, String>>>;
+
+/// Most peers whose claimed site is remembered.
+pub const MAX_PEER_SITES: usize = 10_000;
 
 impl RepoResponder {
     /// Answers from the repository at `repo`. Its chunk tree is opened read-only: a
     /// concurrent `seeder release add` may have files staged there.
-    pub fn new(repo: &Path, fleet: Arc<Ingestor>) -> Self {
+    pub fn new(repo: &Path, fleet: Arc<Ingestor>, sites: PeerSites) -> Self {
         let store = ChunkStore::open_read_only(repo);
         RepoResponder {
             repo: repo.to_owned(),
             chunks: ChunkServer::new(store, Arc::new(()), DEFAULT_MAX_CONCURRENT_SERVES),
             fleet,
+            sites,
         }
     }
 
@@ -107,10 +118,29 @@ impl Responder for RepoResponder {
 
     fn status(&self, peer: PeerId, request: StatusBatch) -> impl Future<Output = StatusAck> + Send + 'static {
         let fleet = Arc::clone(&self.fleet);
+        let site = self.sites.lock().unwrap_or_else(|p| p.into_inner()).get(&peer).cloned().unwrap_or_default();
         async move {
             let count = request.reports.len();
-            let stored = RepoResponder::store_reports(fleet, request.reports).await;
+            let stored = RepoResponder::store_reports(Arc::clone(&fleet), request.reports).await;
             tracing::debug!(%peer, count, stored, "status reports from an edge node");
+            // The edge node's last batch, for the dashboard; a failure here loses no report.
+            let peer = peer.to_string();
+            let recorded = tokio::task::spawn_blocking(move || {
+                fleet.write(move |conn| {
+                    crate::fleet::edges::record_batch(
+                        conn,
+                        &peer,
+                        &site,
+                        count as u64,
+                        stored as u64,
+                        crate::time::now_unix(),
+                    )
+                })
+            })
+            .await;
+            if !matches!(recorded, Ok(Ok(()))) {
+                tracing::debug!("the edge node's batch was not recorded");
+            }
             StatusAck { stored }
         }
     }
