@@ -156,6 +156,9 @@ enum Command {
         /// Enroll the devices first.
         #[arg(long)]
         enroll: bool,
+        /// Reports per second at most (0: as fast as the ingestor takes them).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
     },
     /// Test support: a made-up fleet written straight into the fleet database (the
     /// console's tests and first-paint measurement).
@@ -794,8 +797,8 @@ fn run_fleet(cli: &Cli) -> Result<()> {
                 )
             })?;
         }
-        Command::FleetTestIngest { repo, devices, reports, enroll } => {
-            let counts = fleet::bench::test_ingest(repo, *devices, *reports, *enroll)?;
+        Command::FleetTestIngest { repo, devices, reports, enroll, rate } => {
+            let counts = fleet::bench::test_ingest(repo, *devices, *reports, *enroll, *rate)?;
             println!("done {}", serde_json::to_string(&counts)?);
         }
         Command::FleetTestPopulate { repo, sites, per_site, events, rollout, old_rollout } => {

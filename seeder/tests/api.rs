@@ -7,28 +7,16 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 use test_procs::Proc;
 
-const READ: &str = "read-token-0123456789abcdef0123456789abcdef";
-const OPERATOR: &str = "operator-token-0123456789abcdef0123456789ab";
-const WAIT: Duration = Duration::from_secs(30);
+mod support;
+use support::{seeder_ok as ok, serve_api, tokens_file, OPERATOR, READ, WAIT};
 
 fn seeder(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_seeder")).args(args).output().expect("seeder runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = seeder(args);
-    assert!(
-        out.status.success(),
-        "seeder {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// One HTTP/1.1 exchange (`Connection: close`): status and body.
@@ -111,14 +99,6 @@ struct Served {
     http: SocketAddr,
 }
 
-fn tokens_file(dir: &Path, mode: u32) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("api-tokens");
-    std::fs::write(&path, format!("# who may call\nread {READ}\noperator {OPERATOR}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-    path.to_str().unwrap().to_string()
-}
-
 /// A repository with release gw 1.4.2 rolling out, six enrolled devices of which three
 /// reported, and `seeder serve` with the API on 127.0.0.1.
 fn served() -> Served {
@@ -162,29 +142,7 @@ fn served() -> Served {
         ]);
     }
     let tokens = tokens_file(dir.path(), 0o600);
-    let args: Vec<String> = [
-        "--json",
-        "serve",
-        "--repo",
-        &repo,
-        "--listen",
-        "/ip4/127.0.0.1/udp/0/quic-v1",
-        "--no-mdns",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--api-tokens",
-        &tokens,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let serve = Proc::spawn("seeder-serve", Path::new(env!("CARGO_BIN_EXE_seeder")), &args).unwrap();
-    let http = serve
-        .wait_line("the API address", WAIT, |line| {
-            let v: Value = serde_json::from_str(line).ok()?;
-            v["http"].as_str()?.parse().ok()
-        })
-        .unwrap();
+    let (serve, http) = serve_api(&repo, &tokens);
     Served { _dir: dir, repo, _serve: serve, http }
 }
 

@@ -14,29 +14,17 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use test_procs::Proc;
 
-const READ: &str = "read-token-0123456789abcdef0123456789abcdef";
-const OPERATOR: &str = "operator-token-0123456789abcdef0123456789ab";
-const WAIT: Duration = Duration::from_secs(30);
+mod support;
+use support::{seeder_ok, serve_api, tokens_file, OPERATOR, READ, WAIT};
+
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-fn seeder_ok(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_seeder")).args(args).output().expect("seeder runs");
-    assert!(
-        out.status.success(),
-        "seeder {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// One HTTP/1.1 exchange: status, the response head (lower-cased) and the body.
 fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String, Vec<u8>) {
@@ -118,35 +106,8 @@ fn served(sites: u64, per_site: u64, events: u64) -> Served {
         &events.to_string(),
     ]);
     eprintln!("populated: {}", made.trim());
-    let tokens = dir.path().join("api-tokens");
-    std::fs::write(&tokens, format!("read {READ}\noperator {OPERATOR}\n")).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let args: Vec<String> = [
-        "--json",
-        "serve",
-        "--repo",
-        &repo,
-        "--listen",
-        "/ip4/127.0.0.1/udp/0/quic-v1",
-        "--no-mdns",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--api-tokens",
-        tokens.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let serve = Proc::spawn("seeder-serve", Path::new(env!("CARGO_BIN_EXE_seeder")), &args).unwrap();
-    let http = serve
-        .wait_line("the API address", WAIT, |line| {
-            let v: Value = serde_json::from_str(line).ok()?;
-            v["http"].as_str()?.parse().ok()
-        })
-        .unwrap();
+    let tokens = tokens_file(dir.path(), 0o600);
+    let (serve, http) = serve_api(&repo, &tokens);
     Served { dir, repo, serve, http }
 }
 

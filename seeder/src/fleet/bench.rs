@@ -278,7 +278,8 @@ fn peak_rss_mib() -> f64 {
 /// submits their reports (seq-major, signed as it goes) and prints `ack <key hex> <seq>
 /// <outcome>` for each acknowledgement — until `reports` are done (0: until killed). The
 /// durability test kills it mid-stream and checks that every acked report is stored.
-pub fn test_ingest(repo: &Path, devices: u64, reports: u64, enroll_first: bool) -> Result<IngestCounts> {
+/// With `rate` > 0 it submits at most that many reports per second (`scripts/bench-api`).
+pub fn test_ingest(repo: &Path, devices: u64, reports: u64, enroll_first: bool, rate: u64) -> Result<IngestCounts> {
     let db = super::db_path(repo);
     if enroll_first {
         let enrollments: Vec<Enrollment> = (0..devices).map(device_enrollment).collect();
@@ -289,8 +290,17 @@ pub fn test_ingest(repo: &Path, devices: u64, reports: u64, enroll_first: bool) 
     let keys: Vec<SigningKey> = (0..devices.max(1)).map(device_key).collect();
     let ingestor = Ingestor::start(&db, IngestConfig::default())?;
     println!("ingesting");
+    let started = Instant::now();
     let mut n = 0u64;
     while reports == 0 || n < reports {
+        if rate > 0 {
+            // Paced to `rate`: report n is due n/rate seconds after the start (a load
+            // generator's schedule, so a slow moment is caught up rather than lost).
+            let due = std::time::Duration::from_secs_f64(n as f64 / rate as f64);
+            if let Some(early) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(early);
+            }
+        }
         let key = &keys[(n % keys.len() as u64) as usize];
         let seq = n / keys.len() as u64 + 1;
         let hex = protocol::hex::encode(key.verifying_key().as_bytes());
