@@ -1,7 +1,9 @@
 """Harness for scripts/bench-api: the publisher's API answering a device-list page and a
 rollout's status while status reports are ingested, with a fleet of a million devices.
 Every process it starts is killed at exit, and its files are removed."""
-import argparse, http.client, json, os, random, shutil, signal, statistics, subprocess, sys, tempfile, threading, time
+import argparse, http.client, json, os, random, shutil, signal, statistics, subprocess, sys, tempfile, time
+
+from bench_procs import Proc, kill_all
 
 parser = argparse.ArgumentParser(
     prog="scripts/bench-api",
@@ -22,55 +24,14 @@ BIN = os.path.abspath("target/release/seeder")
 BUDGET_MS = 50.0
 READ_TOKEN = "bench-read-token-0123456789abcdef"
 work = tempfile.mkdtemp(prefix="bench-api-")
-procs = []
 
 
 def cleanup(*_):
-    for p in procs:
-        try:
-            p.kill()
-            p.wait(timeout=5)
-        except Exception:
-            pass
+    kill_all()
     shutil.rmtree(work, ignore_errors=True)
 
 
 signal.signal(signal.SIGTERM, lambda *_: (cleanup(), sys.exit(1)))
-
-
-class Proc:
-    """A daemon whose output lines are collected by a thread (pipes always drained); `on_line`
-    sees each line as it comes."""
-
-    def __init__(self, name, argv, on_line=None):
-        self.name, self.lines, self.cv, self.on_line = name, [], threading.Condition(), on_line
-        env = dict(os.environ, RUST_LOG="warn", NO_COLOR="1")
-        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-        procs.append(self.p)
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self):
-        for line in self.p.stdout:
-            line = line.rstrip("\n")
-            if self.on_line and self.on_line(line):
-                continue
-            with self.cv:
-                self.lines.append(line)
-                self.cv.notify_all()
-
-    def wait_for(self, predicate, what, timeout=120):
-        deadline, seen = time.time() + timeout, 0
-        with self.cv:
-            while True:
-                for line in self.lines[seen:]:
-                    found = predicate(line)
-                    if found is not None:
-                        return found
-                seen = len(self.lines)
-                left = deadline - time.time()
-                if left <= 0 or self.p.poll() is not None:
-                    raise SystemExit(f"{self.name}: no {what} in {timeout}s:\n" + "\n".join(self.lines[-20:]))
-                self.cv.wait(min(left, 1.0))
 
 
 def seeder(*argv):
@@ -111,7 +72,8 @@ try:
         f.write(f"read {READ_TOKEN}\n")
     os.chmod(tokens, 0o600)
     serve = Proc("seeder serve", [BIN, "--json", "serve", "--repo", repo, "--listen", "/ip4/127.0.0.1/udp/0/quic-v1",
-                                  "--no-mdns", "--http-listen", "127.0.0.1:0", "--api-tokens", tokens])
+                                  "--no-mdns", "--http-listen", "127.0.0.1:0", "--api-tokens", tokens],
+                 rust_log="warn")
     host, port = serve.wait_for(lambda l: json_field(l, "http"), "API address").rsplit(":", 1)
 
     # The ingest: acknowledgements counted as they come (each is printed after its commit).
@@ -124,7 +86,7 @@ try:
         return False
 
     ingest = Proc("seeder fleet-test-ingest", [BIN, "fleet-test-ingest", "--repo", repo, "--devices", "10000",
-                                               "--enroll", "--rate", str(args.rate)], on_line=count_ack)
+                                               "--enroll", "--rate", str(args.rate)], rust_log="warn", on_line=count_ack)
     ingest.wait_for(lambda l: True if l == "ingesting" else None, "start of the ingest", timeout=300)
 
     conn = http.client.HTTPConnection(host, int(port), timeout=30)

@@ -3,6 +3,8 @@ device om-tap has 10.78.0.1/24 on the kernel side; every process it starts is ki
 import argparse, json, os, random, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 import urllib.request
 
+from bench_procs import Proc, kill_all
+
 parser = argparse.ArgumentParser(
     prog="scripts/bench-mcu",
     description="The MCU agent's install download (mcu-agent's run_once) over a TAP device against "
@@ -24,53 +26,15 @@ RUN_TIMEOUT_S = 120
 MIB = 1024 * 1024
 work = tempfile.mkdtemp(prefix="bench-mcu-")
 flash_dir = tempfile.mkdtemp(prefix="bench-mcu-flash-", dir=args.flash_dir) if args.flash_dir else work
-procs = []
 
 
 def cleanup(*_):
-    for p in procs:
-        try:
-            p.kill()
-            p.wait(timeout=5)
-        except Exception:
-            pass
+    kill_all()
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(flash_dir, ignore_errors=True)
 
 
 signal.signal(signal.SIGTERM, lambda *_: (cleanup(), sys.exit(1)))
-
-
-class Proc:
-    """A daemon whose output lines are collected by a thread (pipes always drained)."""
-
-    def __init__(self, name, argv):
-        self.name, self.lines, self.cv = name, [], threading.Condition()
-        env = dict(os.environ, RUST_LOG="info,libp2p=warn", NO_COLOR="1")
-        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-        procs.append(self.p)
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self):
-        for line in self.p.stdout:
-            with self.cv:
-                self.lines.append(line.rstrip("\n"))
-                self.cv.notify_all()
-
-    def wait_for(self, predicate, what, timeout=60):
-        """The first non-None `predicate(line)`, waiting up to `timeout` seconds for it."""
-        deadline, seen = time.time() + timeout, 0
-        with self.cv:
-            while True:
-                for line in self.lines[seen:]:
-                    found = predicate(line)
-                    if found is not None:
-                        return found
-                seen = len(self.lines)
-                left = deadline - time.time()
-                if left <= 0 or self.p.poll() is not None:
-                    raise SystemExit(f"{self.name}: no {what} in {timeout}s:\n" + "\n".join(self.lines[-20:]))
-                self.cv.wait(min(left, 1.0))
 
 
 def field(line, key):
