@@ -23,6 +23,7 @@ if args.runs < 3:
 BIN = os.path.abspath("target/release/seeder")
 BUDGET_MS = 50.0
 READ_TOKEN = "bench-read-token-0123456789abcdef"
+ROLLOUT = "gw-1.4.2-r1"
 work = tempfile.mkdtemp(prefix="bench-api-")
 
 
@@ -61,10 +62,11 @@ try:
     with open(image, "wb") as f:
         f.write(random.Random(3).randbytes(100_000))
     seeder("release", "add", "--repo", repo, "--image", image, "--name", "gw", "--version", "1.4.2", "--hw-class", "imx8")
-    seeder("rollout", "start", "--repo", repo, "gw", "1.4.2", "--waves", "1,10,50,100")
+    # The id `fleet-test-ingest`'s reports carry, so the measured rollout is fed live.
+    seeder("rollout", "start", "--repo", repo, "gw", "1.4.2", "--waves", "1,10,50,100", "--id", ROLLOUT)
     started = time.time()
     made = json.loads(seeder("fleet-test-populate", "--repo", repo, "--sites", str(args.sites),
-                             "--per-site", str(args.per_site)))
+                             "--per-site", str(args.per_site), "--rollout", ROLLOUT))
     print(f"fleet database: {made['devices']} devices, {made.get('events', '?')} status events "
           f"({time.time() - started:.0f} s to write)", flush=True)
     tokens = os.path.join(work, "api-tokens")
@@ -105,8 +107,11 @@ try:
     devices = made["devices"]
     rng = random.Random(7)
     kinds = {
-        # A page anywhere in the inventory, a page of one site, and one rollout's status.
+        # A page anywhere in the inventory (by offset), a page of one site, and one rollout's status.
         "device page": lambda: f"/api/devices?limit=50&offset={rng.randrange(0, max(1, devices - 50))}",
+        # The same, reached by keyset paging: the page after a device id (a previous page's `next`).
+        "device page (after)": lambda: "/api/devices?limit=50&after="
+        f"site-{rng.randrange(args.sites):04d}-dev-{rng.randrange(args.per_site):04d}",
         "site's device page": lambda: f"/api/devices?limit=50&site=site-{rng.randrange(args.sites):04d}",
         "rollout status": lambda: "/api/rollouts/gw",
     }

@@ -31,6 +31,7 @@ pub async fn run(
 ) -> Result<()> {
     let repo = origin.repo.clone();
     let fleet = Arc::new(Ingestor::start(&crate::fleet::db_path(&repo), IngestConfig::default())?);
+    let board = Arc::new(crate::rollout::board::Board::default());
     // The API listens before the origin reports ready, so its address is in the ready line.
     let (http, api_server) = match api {
         Some((addr, tokens)) => {
@@ -39,6 +40,9 @@ pub async fn run(
                 tokens: Arc::new(tokens),
                 fleet: Arc::clone(&fleet),
                 anomalies: Arc::default(),
+                device_counts: Arc::default(),
+                overviews: Arc::default(),
+                rollouts: Arc::clone(&board),
             };
             state.anomalies.warm(&crate::fleet::db_path(&repo));
             let (bound, served) = crate::api::serve(addr, state).await?;
@@ -60,7 +64,7 @@ pub async fn run(
     let renewals = async move {
         match ready_rx.await {
             Ok(()) => {
-                tokio::spawn(crate::rollout::drive::run_forever(controller_repo, controller_fleet));
+                tokio::spawn(crate::rollout::drive::run_forever(controller_repo, controller_fleet, board));
                 renew_forever(repo, policy).await
             }
             // The origin failed to start; its error ends `run`.

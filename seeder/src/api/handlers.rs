@@ -2,6 +2,7 @@
 //! the CLI runs, on a blocking thread.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -123,9 +124,17 @@ pub struct DeviceQuery {
     stale_after: Option<String>,
     limit: Option<u64>,
     offset: Option<u64>,
+    /// The page after the one that ended with this device id (the previous page's `next`).
+    after: Option<String>,
 }
 
-/// `GET /api/devices`: one page of the inventory.
+/// What a device count is kept under: the filter, and for a staleness filter the minute its
+/// cut-off falls in (staleness moves with the clock, not only with the data).
+pub type CountKey = [Option<String>; 5];
+
+/// `GET /api/devices`: one page of the inventory and how many devices match (at most
+/// [`super::fresh::MAX_AGE`] old while reports arrive). Pages go by `offset` or, however
+/// deep, by `after` (the previous page's `next`).
 pub async fn devices(
     _: Reader,
     State(state): State<ApiState>,
@@ -140,6 +149,12 @@ pub async fn devices(
     if offset > i64::MAX as u64 {
         return Err(ApiError::bad_request("offset is out of range"));
     }
+    if q.after.is_some() && offset > 0 {
+        return Err(ApiError::bad_request("give either offset or after, not both"));
+    }
+    if q.after.as_ref().is_some_and(|a| a.len() > 256) {
+        return Err(ApiError::bad_request("after is too long"));
+    }
     let now = time::now_unix();
     let stale_after = duration("stale_after", q.stale_after.as_deref().unwrap_or("1d"))?;
     let stale_before = q.stale.as_deref().map(|d| duration("stale", d)).transpose()?.map(|d| now - d);
@@ -153,13 +168,22 @@ pub async fn devices(
             stale_before,
             limit,
             offset,
+            after: q.after.as_deref(),
         };
-        let page = match fleet::open_read(&fleet::db_path(&state.repo)).map_err(ApiError::internal)? {
-            Some(conn) => query::find_devices(&conn, &filter).map_err(ApiError::internal)?,
-            None => query::DevicePage { total: 0, devices: Vec::new() },
+        let Some(conn) = fleet::open_read(&fleet::db_path(&state.repo)).map_err(ApiError::internal)? else {
+            return Ok(Json(json!({"total": 0, "offset": offset, "limit": limit, "devices": [], "next": null})));
         };
-        let listed: Vec<_> = page.devices.iter().map(|d| inventory::Listed::new(d, now, stale_after)).collect();
-        Ok(Json(json!({"total": page.total, "offset": offset, "limit": limit, "devices": listed})))
+        let key: CountKey = [q.site.clone(), q.release.clone(), q.state.clone(), q.hw_class.clone(), q.q.clone()];
+        let key = (key, stale_before.map(|b| b.div_euclid(60)));
+        let version = query::data_version(&conn).map_err(ApiError::internal)?;
+        let total = state
+            .device_counts
+            .get(&key, version, || query::count_devices(&conn, &filter))
+            .map_err(ApiError::internal)?;
+        let devices = query::page_of_devices(&conn, &filter).map_err(ApiError::internal)?;
+        let next = (devices.len() as u64 == limit).then(|| devices.last().map(|d| d.id.clone())).flatten();
+        let listed: Vec<_> = devices.iter().map(|d| inventory::Listed::new(d, now, stale_after)).collect();
+        Ok(Json(json!({"total": total, "offset": offset, "limit": limit, "devices": listed, "next": next})))
     })
     .await
 }
@@ -191,10 +215,11 @@ pub async fn releases(_: Reader, State(state): State<ApiState>) -> ApiResult<Jso
     .await
 }
 
-/// `GET /api/rollouts`: every rollout's status, waves and sites.
+/// `GET /api/rollouts`: every rollout's status, waves and sites (the controller loop's
+/// counts, at most a tick old: `rollout::board`).
 pub async fn rollouts(_: Reader, State(state): State<ApiState>) -> ApiResult<Json<Value>> {
     blocking(move || {
-        let all = rollout::status(&Repo::at(&state.repo), None).map_err(ApiError::internal)?;
+        let all = state.rollouts.status(&Repo::at(&state.repo), None).map_err(ApiError::internal)?;
         Ok(Json(json!({"rollouts": all})))
     })
     .await
@@ -204,8 +229,10 @@ pub async fn rollouts(_: Reader, State(state): State<ApiState>) -> ApiResult<Jso
 pub async fn rollout(_: Reader, State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     check_name(&name)?;
     blocking(move || {
-        let mut all =
-            rollout::status(&Repo::at(&state.repo), Some(&name)).map_err(|e| ApiError::not_found(format!("{e:#}")))?;
+        let mut all = state
+            .rollouts
+            .status(&Repo::at(&state.repo), Some(&name))
+            .map_err(|e| ApiError::not_found(format!("{e:#}")))?;
         Ok(Json(serde_json::to_value(all.remove(0)).map_err(|e| ApiError::internal(e.into()))?))
     })
     .await
@@ -375,7 +402,8 @@ pub async fn site(_: Reader, State(state): State<ApiState>, Path(site): Path<Str
 }
 
 /// `GET /api/overview`: the fleet in a few numbers (devices by state, version and hardware
-/// class; sites; stale), each one grouped query on an index.
+/// class; sites; stale), each one grouped query on an index; kept as [`super::fresh`] says
+/// (a million devices take about a second to count).
 pub async fn overview(_: Reader, State(state): State<ApiState>) -> ApiResult<Json<Value>> {
     let now = time::now_unix();
     blocking(move || {
@@ -383,8 +411,16 @@ pub async fn overview(_: Reader, State(state): State<ApiState>) -> ApiResult<Jso
             return Ok(Json(json!({"devices": 0, "sites": 0, "never_reported": 0, "stale": 0,
                                   "states": {}, "versions": {}, "hw_classes": {}})));
         };
-        let overview = query::overview(&conn, now - 86_400).map_err(ApiError::internal)?;
-        Ok(Json(serde_json::to_value(overview).map_err(|e| ApiError::internal(e.into()))?))
+        let stale_before = now - 86_400;
+        let version = query::data_version(&conn).map_err(ApiError::internal)?;
+        let overview = state
+            .overviews
+            .get(&stale_before.div_euclid(60), version, || {
+                let overview = query::overview(&conn, stale_before)?;
+                anyhow::Ok(Arc::new(serde_json::to_value(overview)?))
+            })
+            .map_err(ApiError::internal)?;
+        Ok(Json(Value::clone(&overview)))
     })
     .await
 }

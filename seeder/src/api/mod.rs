@@ -21,6 +21,7 @@
 
 pub mod auth;
 mod error;
+mod fresh;
 mod handlers;
 mod metrics;
 mod ui;
@@ -53,6 +54,12 @@ pub struct ApiState {
     pub fleet: Arc<Ingestor>,
     /// The anomaly flags last computed.
     pub anomalies: Arc<AnomalyCache>,
+    /// How many devices each recent listing filter matched.
+    pub device_counts: Arc<fresh::Fresh<(handlers::CountKey, Option<i64>), u64>>,
+    /// The overview last computed (by the minute of its staleness cut-off).
+    pub overviews: Arc<fresh::Fresh<i64, Arc<serde_json::Value>>>,
+    /// The rollouts' statuses as the controller loop last computed them.
+    pub rollouts: Arc<crate::rollout::board::Board>,
 }
 
 /// How old the anomaly flags shown may be before a request starts computing them again:

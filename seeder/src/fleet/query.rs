@@ -126,6 +126,9 @@ pub struct DeviceFilter<'a> {
     pub limit: u64,
     /// Devices skipped before the page.
     pub offset: u64,
+    /// Only devices whose id sorts after this one: the next page after a page that ended
+    /// with it (keyset paging).
+    pub after: Option<&'a str>,
 }
 
 /// One page of a listing and how many devices match in all.
@@ -137,53 +140,97 @@ pub struct DevicePage {
     pub devices: Vec<DeviceRow>,
 }
 
-/// The devices `filter` selects, by device id.
+/// The devices `filter` selects, by device id: how many in all and the page it asks for.
 pub fn find_devices(conn: &Connection, filter: &DeviceFilter<'_>) -> Result<DevicePage> {
+    Ok(DevicePage { total: count_devices(conn, filter)?, devices: page_of_devices(conn, filter)? })
+}
+
+/// A filter as SQL: its `WHERE` (empty for none), its parameters, and whether it needs the
+/// devices' latest state (the join), which only some conditions do.
+struct Condition {
+    sql: String,
+    params: Vec<Value>,
+    needs_state: bool,
+}
+
+fn condition(filter: &DeviceFilter<'_>) -> Condition {
     let mut clauses: Vec<&str> = Vec::new();
     let mut params: Vec<Value> = Vec::new();
-    fn text(clauses: &mut Vec<&str>, params: &mut Vec<Value>, clause: &'static str, value: &str) {
-        clauses.push(clause);
+    // Conditions on `d` (devices) need no join; those on `s` (latest states) do.
+    let mut text = |clause: &'static str, value: &str| {
         params.push(Value::Text(value.to_string()));
-    }
+        clause
+    };
     if let Some(site) = filter.site {
-        text(&mut clauses, &mut params, "d.site = ?", site);
+        clauses.push(text("d.site = ?", site));
     }
     if let Some(hw) = filter.hw_class {
-        text(&mut clauses, &mut params, "d.hw_class = ?", hw);
+        clauses.push(text("d.hw_class = ?", hw));
     }
     match filter.release.map(|r| r.split_once('@')) {
         Some(Some((name, version))) => {
-            text(&mut clauses, &mut params, "s.release = ?", name);
-            text(&mut clauses, &mut params, "s.version = ?", version);
+            clauses.push(text("s.release = ?", name));
+            clauses.push(text("s.version = ?", version));
         }
-        Some(None) => text(&mut clauses, &mut params, "s.release = ?", filter.release.unwrap_or_default()),
+        Some(None) => clauses.push(text("s.release = ?", filter.release.unwrap_or_default())),
         None => {}
     }
     match filter.state {
         Some("never-reported") => clauses.push("s.device IS NULL"),
-        Some(state) => text(&mut clauses, &mut params, "s.state = ?", state),
+        Some(state) => clauses.push(text("s.state = ?", state)),
         None => {}
     }
     if let Some(needle) = filter.id_contains {
         // instr: no LIKE wildcards to escape.
-        text(&mut clauses, &mut params, "instr(d.device_id, ?) > 0", needle);
+        clauses.push(text("instr(d.device_id, ?) > 0", needle));
     }
     if let Some(before) = filter.stale_before {
         clauses.push("(s.device IS NULL OR s.updated_at < ?)");
         params.push(Value::Integer(before));
     }
-    let condition = if clauses.is_empty() { String::new() } else { format!(" WHERE {}", clauses.join(" AND ")) };
+    let needs_state = clauses.iter().any(|c| c.starts_with("s.") || c.starts_with("(s."));
+    let sql = if clauses.is_empty() { String::new() } else { format!(" WHERE {}", clauses.join(" AND ")) };
+    Condition { sql, params, needs_state }
+}
+
+/// How many devices `filter` selects (its paging ignored). Joins the latest states only
+/// when a condition is on them: SQLite keeps a `LEFT JOIN` it is not asked for, and over a
+/// million devices that join is most of the count's time (0.4 s against 11 ms).
+pub fn count_devices(conn: &Connection, filter: &DeviceFilter<'_>) -> Result<u64> {
+    let Condition { sql, params, needs_state } = condition(filter);
+    let join = if needs_state { " LEFT JOIN device_state s ON s.device = d.id" } else { "" };
     let total: i64 = conn.query_row(
-        &format!("SELECT count(*) FROM devices d LEFT JOIN device_state s ON s.device = d.id{condition}"),
+        &format!("SELECT count(*) FROM devices d{join}{sql}"),
         params_from_iter(params.iter()),
         |row| row.get(0),
     )?;
-    let mut page = params.clone();
-    page.push(Value::Integer(if filter.limit == 0 { -1 } else { filter.limit.min(i64::MAX as u64) as i64 }));
-    page.push(Value::Integer(filter.offset.min(i64::MAX as u64) as i64));
-    let mut stmt = conn.prepare(&format!("{SELECT_DEVICES}{condition} ORDER BY d.device_id LIMIT ? OFFSET ?"))?;
-    let devices = stmt.query_map(params_from_iter(page.iter()), device_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(DevicePage { total: total.max(0) as u64, devices })
+    Ok(total.max(0) as u64)
+}
+
+/// The page of devices `filter` asks for, by device id. With `after`, the page starts past
+/// that device id: one index seek, however deep into the fleet (an `offset` walks every
+/// row it skips).
+pub fn page_of_devices(conn: &Connection, filter: &DeviceFilter<'_>) -> Result<Vec<DeviceRow>> {
+    let Condition { mut sql, mut params, .. } = condition(filter);
+    if let Some(after) = filter.after {
+        sql.push_str(if sql.is_empty() { " WHERE d.device_id > ?" } else { " AND d.device_id > ?" });
+        params.push(Value::Text(after.to_string()));
+    }
+    params.push(Value::Integer(if filter.limit == 0 { -1 } else { filter.limit.min(i64::MAX as u64) as i64 }));
+    params.push(Value::Integer(filter.offset.min(i64::MAX as u64) as i64));
+    let mut stmt = conn.prepare_cached(&format!("{SELECT_DEVICES}{sql} ORDER BY d.device_id LIMIT ? OFFSET ?"))?;
+    let devices = stmt.query_map(params_from_iter(params.iter()), device_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(devices)
+}
+
+/// A number that changes whenever a device is enrolled or a report is stored, read from
+/// two primary keys (no scan): what a cached count is checked against.
+pub fn data_version(conn: &Connection) -> Result<(i64, i64)> {
+    Ok(conn.query_row(
+        "SELECT (SELECT coalesce(max(id), 0) FROM devices), (SELECT coalesce(max(id), 0) FROM status_events)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
 }
 
 /// One stored status report of a device: its update history.

@@ -233,6 +233,26 @@ fn the_inventory_filters_pages_and_shows_history() {
     assert_eq!(page(0), (8, vec!["dev-000000".into(), "dev-000001".into(), "dev-000002".into()]));
     assert_eq!(page(6), (8, vec!["dev-000006".into(), "dev-000007".into()]));
     assert_eq!(page(100), (8, vec![]));
+    // Keyset paging: each page starts past the id the previous one ended with; with a
+    // filter, the pages hold exactly the filtered devices, in order.
+    for filter in [all, query::DeviceFilter { state: Some("never-reported"), ..all }] {
+        let (total, every) = find(filter);
+        let (mut walked, mut after) = (Vec::new(), None::<String>);
+        loop {
+            let page = find(query::DeviceFilter { limit: 2, after: after.as_deref(), ..filter });
+            assert_eq!(page.0, total, "the total ignores paging");
+            if page.1.is_empty() {
+                break;
+            }
+            after = page.1.last().cloned();
+            walked.extend(page.1);
+        }
+        assert_eq!(walked, every);
+    }
+    assert_eq!(find(query::DeviceFilter { after: Some("dev-000006"), ..all }).1, vec!["dev-000007".to_string()]);
+    // The count joins the latest states only when a condition needs them, and agrees.
+    assert_eq!(query::count_devices(&conn, &query::DeviceFilter { site: Some("site-1"), ..all }).unwrap(), 2);
+    assert_eq!(query::count_devices(&conn, &query::DeviceFilter { state: Some("never-reported"), ..all }).unwrap(), 5);
 
     let (row, history) = query::show_device(&conn, "dev-000001", 10).unwrap().unwrap();
     let state = row.state.unwrap();

@@ -5,6 +5,7 @@
 //! rollouts from the fleet's reports.
 
 mod args;
+pub mod board;
 pub mod drive;
 mod record;
 mod tracked;
@@ -72,7 +73,7 @@ pub struct StartArgs {
 }
 
 /// One rollout as `seeder rollout status` and the other commands print it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RolloutStatus {
     /// Rollout id.
     pub id: String,
@@ -99,7 +100,7 @@ pub struct RolloutStatus {
 }
 
 /// One site in [`RolloutStatus`].
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct SiteStatus {
     /// Site name (as enrolled).
     pub site: String,
@@ -111,7 +112,7 @@ pub struct SiteStatus {
 }
 
 /// Devices by latest outcome, and the failure rate of the final ones.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Counts {
     /// Devices installing.
     pub installing: u32,
@@ -125,8 +126,28 @@ pub struct Counts {
     pub failure_percent: Option<f64>,
 }
 
+impl Counts {
+    /// Counts `n` (1 or -1) more devices with `outcome`.
+    fn add(&mut self, outcome: protocol::rollout::Outcome, n: i32) {
+        use protocol::rollout::Outcome;
+        let count = match outcome {
+            Outcome::Installing => &mut self.installing,
+            Outcome::Committed => &mut self.committed,
+            Outcome::RolledBack => &mut self.rolled_back,
+            Outcome::Failed(_) => &mut self.failed,
+        };
+        *count = count.saturating_add_signed(n);
+    }
+
+    /// Rolled back and failed, percent of the final outcomes (none yet: `None`).
+    fn final_failure_percent(&self) -> Option<f64> {
+        let finals = self.committed + self.rolled_back + self.failed;
+        (finals > 0).then(|| (self.rolled_back + self.failed) as f64 * 100.0 / finals as f64)
+    }
+}
+
 /// One wave in [`RolloutStatus`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct WaveStatus {
     /// Wave index.
     pub index: usize,
@@ -250,29 +271,17 @@ pub fn current_policy(repo: &Repo, name: &str) -> Result<Option<RolloutPolicy>> 
     Ok(Some(policy))
 }
 
-/// Every rollout, or the one for release `name`.
+/// Every rollout, or the one for release `name`, each computed from the fleet database.
 pub fn status(repo: &Repo, name: Option<&str>) -> Result<Vec<RolloutStatus>> {
-    let conn = fleet::open_read(&fleet::db_path(&repo.dir))?;
-    let mut out = Vec::new();
-    for (release, bytes) in rollouts_role::current_policies(repo)? {
-        if name.is_some_and(|n| n != release) {
-            continue;
-        }
-        let policy = RolloutPolicy::decode(&bytes).map_err(|e| anyhow!("policy for {release}: {e}"))?;
-        match &conn {
-            Some(conn) => {
-                let tracked = tracked::Tracked::rebuild(conn, policy)?;
-                let mut status = status_of(&tracked.controller);
-                fill_fleet_counts(conn, &tracked, &mut status)?;
-                out.push(status);
-            }
-            None => out.push(status_of(&Controller::new(policy).map_err(|e| anyhow!("{e}"))?)),
-        }
-    }
-    if let (true, Some(n)) = (out.is_empty(), name) {
-        bail!("no rollout of {n}; start one with `seeder rollout start {n} VERSION`");
-    }
-    Ok(out)
+    board::Board::default().status(repo, name)
+}
+
+/// A rollout's status replayed from the fleet database (none yet: the policy alone).
+fn status_from_database(conn: Option<&rusqlite::Connection>, policy: RolloutPolicy) -> Result<RolloutStatus> {
+    Ok(match conn {
+        Some(conn) => tracked::Tracked::rebuild(conn, policy)?.status(),
+        None => status_of(&Controller::new(policy).map_err(|e| anyhow!("{e}"))?),
+    })
 }
 
 /// An operator's command on the rollout of release `name`.
@@ -342,51 +351,6 @@ pub fn status_of(controller: &Controller) -> RolloutStatus {
             .collect(),
         sites: Vec::new(),
     }
-}
-
-/// Targeted devices per wave and per site (enrolled devices of the release's hardware
-/// class), and each site's outcome counts.
-fn fill_fleet_counts(
-    conn: &rusqlite::Connection,
-    tracked: &tracked::Tracked,
-    status: &mut RolloutStatus,
-) -> Result<()> {
-    let policy = tracked.controller.policy();
-    for (wave, targeted) in tracked::targeted_per_wave(conn, policy)?.into_iter().enumerate() {
-        if let Some(w) = status.waves.get_mut(wave) {
-            w.targeted = targeted;
-        }
-    }
-    let mut stmt = conn.prepare("SELECT public_key, site FROM devices WHERE hw_class = ?1")?;
-    let rows =
-        stmt.query_map([&policy.release.hw_class], |row| Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?)))?;
-    let mut sites: std::collections::BTreeMap<String, SiteStatus> = std::collections::BTreeMap::new();
-    for row in rows {
-        let (key, site) = row?;
-        let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) else { continue };
-        let Some(wave) = policy.wave_of(&key) else { continue };
-        let entry = sites.entry(site.clone()).or_insert_with(|| SiteStatus { site, ..SiteStatus::default() });
-        if wave <= policy.current_wave {
-            entry.targeted += 1;
-        }
-    }
-    for (site, outcomes) in &tracked.by_site {
-        let entry =
-            sites.entry(site.clone()).or_insert_with(|| SiteStatus { site: site.clone(), ..SiteStatus::default() });
-        let c = &mut entry.counts;
-        for outcome in outcomes.values() {
-            match outcome {
-                protocol::rollout::Outcome::Installing => c.installing += 1,
-                protocol::rollout::Outcome::Committed => c.committed += 1,
-                protocol::rollout::Outcome::RolledBack => c.rolled_back += 1,
-                protocol::rollout::Outcome::Failed(_) => c.failed += 1,
-            }
-        }
-        let finals = c.committed + c.rolled_back + c.failed;
-        c.failure_percent = (finals > 0).then(|| (c.rolled_back + c.failed) as f64 * 100.0 / finals as f64);
-    }
-    status.sites = sites.into_values().collect();
-    Ok(())
 }
 
 /// The text form of a rollout.

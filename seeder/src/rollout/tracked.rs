@@ -10,20 +10,40 @@
 //! failures an operator already accepted. The previous rollout of the same release name is
 //! its baseline: a release significantly worse than it halts even under the fixed threshold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{anyhow, Result};
 use protocol::rollout::{Controller, Outcome, RolloutPolicy, RolloutReport, RolloutState};
 use rusqlite::{params, Connection, OptionalExtension};
 
-/// A controller and how far into the database it has read.
+use super::{Counts, RolloutStatus, SiteStatus};
+
+/// A controller, how far into the database it has read, and what its status shows besides
+/// the controller's own tallies, kept up to date as outcomes are fed so a status is built
+/// without reading the database (a million devices' outcomes take seconds to replay).
 pub struct Tracked {
     /// The rollout's controller.
     pub controller: Controller,
     /// The last `status_events.id` fed.
     cursor: i64,
-    /// Latest outcome per device, by site, for `seeder rollout status`.
-    pub by_site: BTreeMap<String, BTreeMap<[u8; 32], Outcome>>,
+    /// Latest outcome per device the controller accepted.
+    latest: HashMap<[u8; 32], Outcome>,
+    /// Per site: its devices by latest outcome.
+    site_counts: BTreeMap<String, Counts>,
+    /// Enrolled devices of the release's hardware class, as last counted.
+    targeted: Targeted,
+    /// The newest enrolled device (`devices.id`) when they were counted.
+    counted_up_to: i64,
+}
+
+/// Enrolled devices of a rollout's hardware class in each wave (not cumulative), in all and
+/// per site.
+#[derive(Default)]
+pub struct Targeted {
+    /// In each wave.
+    pub per_wave: Vec<u32>,
+    /// Per site, in each wave.
+    pub per_site: BTreeMap<String, Vec<u32>>,
 }
 
 /// One stored outcome.
@@ -48,7 +68,14 @@ impl Tracked {
             }
             _ => Controller::new(policy.clone()).map_err(|e| anyhow!("{e}"))?,
         };
-        let mut tracked = Tracked { controller, cursor: 0, by_site: BTreeMap::new() };
+        let mut tracked = Tracked {
+            controller,
+            cursor: 0,
+            latest: HashMap::new(),
+            site_counts: BTreeMap::new(),
+            targeted: Targeted::default(),
+            counted_up_to: 0,
+        };
         if let (Some(at), RolloutState::Running) = (resumed_at, &policy.state) {
             if tracked.controller.policy().seq + 1 == policy.seq {
                 tracked.feed_while(conn, |report| report.at < at)?;
@@ -70,11 +97,41 @@ impl Tracked {
     /// nothing: its waves then wait for `min_reports` as usual, rather than advance with no
     /// health gate at all because nobody was enrolled.
     pub fn count_targeted(&mut self, conn: &Connection) -> Result<()> {
-        let per_wave = targeted_per_wave(conn, self.controller.policy())?;
-        if per_wave.iter().any(|&n| n > 0) {
-            self.controller.handle_targeted(&per_wave);
+        self.counted_up_to = newest_device(conn)?;
+        self.targeted = targeted(conn, self.controller.policy())?;
+        if self.targeted.per_wave.iter().any(|&n| n > 0) {
+            self.controller.handle_targeted(&self.targeted.per_wave);
         }
         Ok(())
+    }
+
+    /// Whether devices were enrolled since they were last counted (`newest`: the newest
+    /// `devices.id` now; devices are never removed).
+    pub fn enrolled_since_count(&self, newest: i64) -> bool {
+        newest != self.counted_up_to
+    }
+
+    /// What `seeder rollout status` shows: the controller's waves and decisions, the
+    /// devices each wave targets, and per site its targeted devices (those in a started
+    /// wave) and their latest outcomes.
+    pub fn status(&self) -> RolloutStatus {
+        let mut status = super::status_of(&self.controller);
+        for (wave, targeted) in status.waves.iter_mut().zip(&self.targeted.per_wave) {
+            wave.targeted = *targeted;
+        }
+        let started = self.controller.policy().current_wave + 1;
+        let mut sites: BTreeMap<&str, SiteStatus> = BTreeMap::new();
+        for (site, per_wave) in &self.targeted.per_site {
+            let entry = sites.entry(site).or_insert_with(|| SiteStatus { site: site.clone(), ..SiteStatus::default() });
+            entry.targeted = per_wave.iter().take(started).sum();
+        }
+        for (site, counts) in &self.site_counts {
+            let entry = sites.entry(site).or_insert_with(|| SiteStatus { site: site.clone(), ..SiteStatus::default() });
+            entry.counts = counts.clone();
+            entry.counts.failure_percent = counts.final_failure_percent();
+        }
+        status.sites = sites.into_values().collect();
+        status
     }
 
     /// Feeds every outcome stored since the last call.
@@ -91,8 +148,13 @@ impl Tracked {
             }
             self.cursor = event.id;
             let now = event.report.at;
-            self.controller.handle_report(&event.report, now);
-            self.by_site.entry(event.site).or_default().insert(event.report.device_id, event.report.outcome);
+            if self.controller.handle_report(&event.report, now) {
+                let counts = self.site_counts.entry(event.site).or_default();
+                if let Some(previous) = self.latest.insert(event.report.device_id, event.report.outcome) {
+                    counts.add(previous, -1);
+                }
+                counts.add(event.report.outcome, 1);
+            }
             fed += 1;
         }
         Ok(fed)
@@ -126,18 +188,32 @@ fn previous_release_outcomes(conn: &Connection, policy: &RolloutPolicy) -> Resul
     Ok((committed + failed > 0).then_some((committed, failed)))
 }
 
-/// Enrolled devices of the policy's hardware class in each wave (not cumulative).
-pub fn targeted_per_wave(conn: &Connection, policy: &RolloutPolicy) -> Result<Vec<u32>> {
-    let mut per_wave = vec![0u32; policy.waves.len()];
-    let mut stmt = conn.prepare_cached("SELECT public_key FROM devices WHERE hw_class = ?1")?;
-    let keys = stmt.query_map([&policy.release.hw_class], |row| row.get::<_, Vec<u8>>(0))?;
-    for key in keys {
-        let Ok(key) = <[u8; 32]>::try_from(key?.as_slice()) else { continue };
-        if let Some(wave) = policy.wave_of(&key) {
-            per_wave[wave] += 1;
+/// The newest enrolled device's row id (0 with none): it moves with every enrollment.
+pub fn newest_device(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("SELECT coalesce(max(id), 0) FROM devices", [], |r| r.get(0))?)
+}
+
+/// Enrolled devices of the policy's hardware class in each wave, in all and per site.
+pub fn targeted(conn: &Connection, policy: &RolloutPolicy) -> Result<Targeted> {
+    let waves = policy.waves.len();
+    let mut out = Targeted { per_wave: vec![0; waves], per_site: BTreeMap::new() };
+    let mut stmt = conn.prepare_cached("SELECT public_key, site FROM devices WHERE hw_class = ?1")?;
+    let mut rows = stmt.query([&policy.release.hw_class])?;
+    while let Some(row) = rows.next()? {
+        let Ok(key) = <[u8; 32]>::try_from(row.get_ref(0)?.as_blob()?) else { continue };
+        let Some(wave) = policy.wave_of(&key) else { continue };
+        out.per_wave[wave] += 1;
+        let site = row.get_ref(1)?.as_str()?;
+        match out.per_site.get_mut(site) {
+            Some(per_wave) => per_wave[wave] += 1,
+            None => {
+                let mut per_wave = vec![0; waves];
+                per_wave[wave] = 1;
+                out.per_site.insert(site.to_string(), per_wave);
+            }
         }
     }
-    Ok(per_wave)
+    Ok(out)
 }
 
 /// When the rollout was last resumed after a halt, if it was.
