@@ -41,6 +41,7 @@ pub async fn run(
                 fleet: Arc::clone(&fleet),
                 anomalies: Arc::default(),
                 device_counts: Arc::default(),
+                offset_anchors: Arc::default(),
                 overviews: Arc::default(),
                 rollouts: Arc::clone(&board),
             };

@@ -128,9 +128,10 @@ pub struct DeviceQuery {
     after: Option<String>,
 }
 
-/// What a device count is kept under: the filter, and for a staleness filter the minute its
-/// cut-off falls in (staleness moves with the clock, not only with the data).
-pub type CountKey = [Option<String>; 5];
+/// What a device count (or a listing's offset anchors) is kept under: the filter, and for a
+/// staleness filter the minute its cut-off falls in (staleness moves with the clock, not
+/// only with the data).
+pub type FilterKey = ([Option<String>; 5], Option<i64>);
 
 /// `GET /api/devices`: one page of the inventory and how many devices match (at most
 /// [`super::fresh::MAX_AGE`] old while reports arrive). Pages go by `offset` or, however
@@ -173,14 +174,31 @@ pub async fn devices(
         let Some(conn) = fleet::open_read(&fleet::db_path(&state.repo)).map_err(ApiError::internal)? else {
             return Ok(Json(json!({"total": 0, "offset": offset, "limit": limit, "devices": [], "next": null})));
         };
-        let key: CountKey = [q.site.clone(), q.release.clone(), q.state.clone(), q.hw_class.clone(), q.q.clone()];
-        let key = (key, stale_before.map(|b| b.div_euclid(60)));
+        let filters = [q.site.clone(), q.release.clone(), q.state.clone(), q.hw_class.clone(), q.q.clone()];
+        let key: FilterKey = (filters, stale_before.map(|b| b.div_euclid(60)));
         let version = query::data_version(&conn).map_err(ApiError::internal)?;
         let total = state
             .device_counts
             .get(&key, version, || query::count_devices(&conn, &filter))
             .map_err(ApiError::internal)?;
-        let devices = query::page_of_devices(&conn, &filter).map_err(ApiError::internal)?;
+        // A deep offset over a devices-only filter starts after a cached anchor instead of
+        // walking every row it skips (the anchors move only when a device is enrolled).
+        let anchors = if offset >= query::ANCHOR_STRIDE && query::on_devices_only(&filter) {
+            let key = (key.0.clone(), None);
+            Some(
+                state
+                    .offset_anchors
+                    .get(&key, (version.0, 0), || query::offset_anchors(&conn, &filter).map(Arc::new))
+                    .map_err(ApiError::internal)?,
+            )
+        } else {
+            None
+        };
+        let paged = match anchors.as_deref().and_then(|a| query::from_anchor(a, offset)) {
+            Some((after, rest)) => query::DeviceFilter { after: Some(after), offset: rest, ..filter },
+            None => filter,
+        };
+        let devices = query::page_of_devices(&conn, &paged).map_err(ApiError::internal)?;
         let next = (devices.len() as u64 == limit).then(|| devices.last().map(|d| d.id.clone())).flatten();
         let listed: Vec<_> = devices.iter().map(|d| inventory::Listed::new(d, now, stale_after)).collect();
         Ok(Json(json!({"total": total, "offset": offset, "limit": limit, "devices": listed, "next": next})))

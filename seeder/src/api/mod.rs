@@ -55,7 +55,9 @@ pub struct ApiState {
     /// The anomaly flags last computed.
     pub anomalies: Arc<AnomalyCache>,
     /// How many devices each recent listing filter matched.
-    pub device_counts: Arc<fresh::Fresh<(handlers::CountKey, Option<i64>), u64>>,
+    pub device_counts: Arc<fresh::Fresh<handlers::FilterKey, u64>>,
+    /// Every thousandth device id of recent devices-only listings, for deep offsets.
+    pub offset_anchors: Arc<fresh::Fresh<handlers::FilterKey, Arc<Vec<String>>>>,
     /// The overview last computed (by the minute of its staleness cut-off).
     pub overviews: Arc<fresh::Fresh<i64, Arc<serde_json::Value>>>,
     /// The rollouts' statuses as the controller loop last computed them.

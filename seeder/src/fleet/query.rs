@@ -207,20 +207,64 @@ pub fn count_devices(conn: &Connection, filter: &DeviceFilter<'_>) -> Result<u64
     Ok(total.max(0) as u64)
 }
 
-/// The page of devices `filter` asks for, by device id. With `after`, the page starts past
-/// that device id: one index seek, however deep into the fleet (an `offset` walks every
-/// row it skips).
+/// The page of devices `filter` asks for, by device id. The page's devices are found first
+/// from the `devices (device_id)` index alone (joined with the latest states only when a
+/// condition is on them), then only those are joined: rows an `offset` skips cost an index
+/// step each rather than a join. With `after`, the page starts past that device id: one
+/// index seek, however deep into the fleet.
 pub fn page_of_devices(conn: &Connection, filter: &DeviceFilter<'_>) -> Result<Vec<DeviceRow>> {
-    let Condition { mut sql, mut params, .. } = condition(filter);
+    let Condition { mut sql, mut params, needs_state } = condition(filter);
     if let Some(after) = filter.after {
         sql.push_str(if sql.is_empty() { " WHERE d.device_id > ?" } else { " AND d.device_id > ?" });
         params.push(Value::Text(after.to_string()));
     }
     params.push(Value::Integer(if filter.limit == 0 { -1 } else { filter.limit.min(i64::MAX as u64) as i64 }));
     params.push(Value::Integer(filter.offset.min(i64::MAX as u64) as i64));
-    let mut stmt = conn.prepare_cached(&format!("{SELECT_DEVICES}{sql} ORDER BY d.device_id LIMIT ? OFFSET ?"))?;
+    let join = if needs_state { " LEFT JOIN device_state s ON s.device = d.id" } else { "" };
+    let mut stmt = conn.prepare_cached(&format!(
+        "{SELECT_DEVICES} WHERE d.id IN
+           (SELECT d.id FROM devices d{join}{sql} ORDER BY d.device_id LIMIT ? OFFSET ?)
+         ORDER BY d.device_id"
+    ))?;
     let devices = stmt.query_map(params_from_iter(params.iter()), device_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(devices)
+}
+
+/// Devices an offset anchor stands for: see [`offset_anchors`].
+pub const ANCHOR_STRIDE: u64 = 1000;
+
+/// Whether `filter`'s devices are decided by the devices table alone (site, hardware class,
+/// id text): such a listing changes only when a device is enrolled.
+pub fn on_devices_only(filter: &DeviceFilter<'_>) -> bool {
+    !condition(filter).needs_state
+}
+
+/// Every [`ANCHOR_STRIDE`]th device id of `filter`'s listing (its paging ignored): entry
+/// `i` is the id at position `(i + 1) * ANCHOR_STRIDE - 1`, so a page at offset `k` can
+/// start after an anchor and skip fewer than a stride of rows. One walk of the
+/// `devices (device_id)` index; only for [`on_devices_only`] filters (a listing that moves
+/// with every report would need new anchors for every page).
+pub fn offset_anchors(conn: &Connection, filter: &DeviceFilter<'_>) -> Result<Vec<String>> {
+    let Condition { sql, params, needs_state } = condition(filter);
+    anyhow::ensure!(!needs_state, "offset anchors are only for filters on the devices table");
+    let mut stmt = conn.prepare(&format!("SELECT d.device_id FROM devices d{sql} ORDER BY d.device_id"))?;
+    let mut rows = stmt.query(params_from_iter(params.iter()))?;
+    let (mut anchors, mut position) = (Vec::new(), 0u64);
+    while let Some(row) = rows.next()? {
+        position += 1;
+        if position % ANCHOR_STRIDE == 0 {
+            anchors.push(row.get_ref(0)?.as_str()?.to_string());
+        }
+    }
+    Ok(anchors)
+}
+
+/// `offset` as a start after an anchor and the rows left to skip (`None`: no anchor
+/// applies).
+pub fn from_anchor(anchors: &[String], offset: u64) -> Option<(&str, u64)> {
+    let passed = (offset / ANCHOR_STRIDE).min(anchors.len() as u64);
+    let anchor = anchors.get(passed.checked_sub(1)? as usize)?;
+    Some((anchor, offset - passed * ANCHOR_STRIDE))
 }
 
 /// A number that changes whenever a device is enrolled or a report is stored, read from

@@ -275,3 +275,34 @@ fn the_inventory_filters_pages_and_shows_history() {
         query::find_devices(&conn, &query::DeviceFilter { state: Some("never-reported"), limit: 1, ..all }).unwrap();
     assert!(super::inventory::Listed::new(&never.devices[0], now, 3600).stale);
 }
+
+#[test]
+fn a_deep_offset_from_an_anchor_is_the_same_page_as_walking_there() {
+    let db = db(0);
+    super::bench::populate(&db.path, 3, 1100, 1, "gw-1.4.2", "gw-1.4.1").unwrap();
+    let conn = reader(&db);
+    for filter in
+        [query::DeviceFilter::default(), query::DeviceFilter { site: Some("site-0001"), ..Default::default() }]
+    {
+        let anchors = query::offset_anchors(&conn, &filter).unwrap();
+        let total = query::count_devices(&conn, &filter).unwrap();
+        assert_eq!(anchors.len() as u64, total / query::ANCHOR_STRIDE);
+        for offset in [0, 1, 999, 1000, 1001, 1099, 1100, 1999, 2000, 3000, 3299, 3300, 5000] {
+            let walked = query::page_of_devices(&conn, &query::DeviceFilter { limit: 7, offset, ..filter }).unwrap();
+            let anchored = match query::from_anchor(&anchors, offset) {
+                Some((after, rest)) => query::DeviceFilter { limit: 7, offset: rest, after: Some(after), ..filter },
+                None => query::DeviceFilter { limit: 7, offset, ..filter },
+            };
+            assert_eq!(query::page_of_devices(&conn, &anchored).unwrap(), walked, "offset {offset}");
+        }
+    }
+    assert!(
+        query::offset_anchors(&conn, &query::DeviceFilter { state: Some("committed"), ..Default::default() }).is_err()
+    );
+    let anchors = ["a".to_string(), "b".to_string()];
+    assert_eq!(query::from_anchor(&anchors, 999), None);
+    assert_eq!(query::from_anchor(&anchors, 1000), Some(("a", 0)));
+    assert_eq!(query::from_anchor(&anchors, 2500), Some(("b", 500)));
+    assert_eq!(query::from_anchor(&anchors, 5000), Some(("b", 3000)), "past the last anchor: skip the rest");
+    assert_eq!(query::from_anchor(&[], 5000), None);
+}
