@@ -46,6 +46,7 @@ pub async fn run(
                 rollouts: Arc::clone(&board),
             };
             state.anomalies.warm(&crate::fleet::db_path(&repo));
+            crate::api::warm_overview(&state);
             let (bound, served) = crate::api::serve(addr, state).await?;
             (Some(bound), Some(served))
         }

@@ -421,7 +421,7 @@ pub async fn site(_: Reader, State(state): State<ApiState>, Path(site): Path<Str
 
 /// `GET /api/overview`: the fleet in a few numbers (devices by state, version and hardware
 /// class; sites; stale), each one grouped query on an index; kept as [`super::fresh`] says
-/// (a million devices take about a second to count).
+/// and computed again behind the callers (a million devices take about a second to count).
 pub async fn overview(_: Reader, State(state): State<ApiState>) -> ApiResult<Json<Value>> {
     let now = time::now_unix();
     blocking(move || {
@@ -431,16 +431,39 @@ pub async fn overview(_: Reader, State(state): State<ApiState>) -> ApiResult<Jso
         };
         let stale_before = now - 86_400;
         let version = query::data_version(&conn).map_err(ApiError::internal)?;
+        let db = fleet::db_path(&state.repo);
         let overview = state
             .overviews
-            .get(&stale_before.div_euclid(60), version, || {
-                let overview = query::overview(&conn, stale_before)?;
-                anyhow::Ok(Arc::new(serde_json::to_value(overview)?))
-            })
+            .get_refreshed_behind(&stale_before.div_euclid(60), version, move || overview_of(&db, stale_before))
             .map_err(ApiError::internal)?;
         Ok(Json(Value::clone(&overview)))
     })
     .await
+}
+
+/// Computes the overview on a thread of its own (at serve start, so the first dashboard at
+/// a million devices does not wait for it).
+pub fn warm_overview(state: &ApiState) {
+    let (overviews, db) = (Arc::clone(&state.overviews), fleet::db_path(&state.repo));
+    std::thread::spawn(move || {
+        let stale_before = time::now_unix() - 86_400;
+        let warmed = fleet::open_read(&db).and_then(|conn| {
+            let Some(conn) = conn else { return Ok(()) };
+            let version = query::data_version(&conn)?;
+            overviews
+                .get_refreshed_behind(&stale_before.div_euclid(60), version, move || overview_of(&db, stale_before))?;
+            Ok(())
+        });
+        if let Err(e) = warmed {
+            tracing::warn!("the fleet overview was not computed at start: {e:#}");
+        }
+    });
+}
+
+/// The overview of the fleet database at `db`, as JSON.
+fn overview_of(db: &std::path::Path, stale_before: i64) -> anyhow::Result<Arc<Value>> {
+    let conn = fleet::open_read(db)?.ok_or_else(|| anyhow::anyhow!("the fleet database is gone"))?;
+    Ok(Arc::new(serde_json::to_value(query::overview(&conn, stale_before)?)?))
 }
 
 /// `GET /api/anomalies`: sites and hardware classes whose failure rate or install duration

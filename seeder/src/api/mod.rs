@@ -39,6 +39,7 @@ use axum::Router;
 use crate::fleet::ingest::Ingestor;
 
 pub use auth::{Scope, Tokens};
+pub use handlers::warm_overview;
 
 /// Largest request body: a rollout's parameters are a few hundred bytes.
 const MAX_BODY_BYTES: usize = 64 * 1024;
