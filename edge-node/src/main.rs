@@ -86,6 +86,9 @@ struct RunArgs {
     /// Sustained status reports per second per LAN address (default 2, burst 20).
     #[arg(long)]
     reports_per_sec_per_client: Option<u32>,
+    /// Device connections in all, QUIC and TCP (default 512, at most 65536); more are refused.
+    #[arg(long)]
+    device_max_connections: Option<usize>,
     /// Device connections allowed from one IP address (default 8); more are refused.
     #[arg(long)]
     max_connections_per_client: Option<usize>,
@@ -156,6 +159,10 @@ impl RunArgs {
         }
         c.capacity_bytes().context("--capacity")?;
         c.origin_peer_ids().context("--origin-peer")?;
+        if let Some(v) = self.device_max_connections {
+            c.device_max_connections = v;
+        }
+        c.device_max_connections().context("--device-max-connections")?;
         if let Some(v) = self.max_connections_per_client {
             c.max_connections_per_client = v;
         }

@@ -452,7 +452,11 @@ mod controller {
         }
         assert_eq!(c.poll(MONDAY + 2 * HOUR), None, "9 of 10 reports");
         let tenth = devices_in_wave(&policy, 0, 10, 0)[9];
+        assert_eq!(c.outcome_of(&tenth), None, "not reported yet");
+        c.handle_report(&report(tenth, Outcome::Installing, at - 5), at);
+        assert_eq!(c.outcome_of(&tenth), Some(Outcome::Installing));
         c.handle_report(&report(tenth, Outcome::Committed, at), at);
+        assert_eq!(c.outcome_of(&tenth), Some(Outcome::Committed), "the newer outcome supersedes");
         assert_eq!(c.poll(MONDAY + HOUR - 1), None, "still soaking");
         let next = c.poll(MONDAY + HOUR).expect("advances");
         assert_eq!((next.seq, next.current_wave, next.wave_started_at), (2, 1, MONDAY + HOUR));

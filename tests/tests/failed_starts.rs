@@ -126,6 +126,13 @@ fn failed_starts_leave_no_debris_and_say_one_error_line() {
             "parsecs",
         ),
         case(
+            "edge: no device connections allowed",
+            "edge-node",
+            &edge_args(&edge_s, &["--device-max-connections", "0"]),
+            &[&edge_parent],
+            "1 to 65536",
+        ),
+        case(
             "edge: device TCP port in use",
             "edge-node",
             &edge_args(&edge_s, &["--device-tcp-listen", &busy_addr]),

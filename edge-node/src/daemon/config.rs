@@ -18,7 +18,8 @@
 //! refresh_secs = 60                    # poll the repository even without announcements
 //! report_devices_per_client = 16       # device keys one LAN address may send status reports for
 //! reports_per_sec_per_client = 2       # sustained status reports per LAN address (burst 20)
-//! max_connections_per_client = 8       # device connections from one IP address (of 512 in all)
+//! device_max_connections = 512         # device connections in all (QUIC and TCP), 1 to 65536
+//! max_connections_per_client = 8       # device connections from one IP address
 //! device_max_buffered_bytes = "256MiB" # device responses and their reads in memory, all clients
 //! device_hot_cache_bytes = "32MiB"     # chunks devices read recently, answered from memory;
 //!                                      # "0" disables it
@@ -79,6 +80,10 @@ pub struct EdgeConfig {
     pub report_devices_per_client: usize,
     /// Sustained status reports per second per client address.
     pub reports_per_sec_per_client: u32,
+    /// Concurrent device connections in all (QUIC and TCP together); more are refused before
+    /// their handshake. Size it for the site's devices (an agent uses two per edge node);
+    /// each costs a few tens of KiB, and their responses share `device_max_buffered_bytes`.
+    pub device_max_connections: usize,
     /// Concurrent device connections from one client IP address (QUIC and TCP together);
     /// more are refused. A device agent uses two per edge node.
     pub max_connections_per_client: usize,
@@ -116,6 +121,7 @@ impl Default for EdgeConfig {
             refresh_secs: 60,
             report_devices_per_client: 16,
             reports_per_sec_per_client: 2,
+            device_max_connections: 512,
             max_connections_per_client: 8,
             device_max_buffered_bytes: "256MiB".into(),
             device_hot_cache_bytes: "32MiB".into(),
@@ -177,6 +183,14 @@ impl EdgeConfig {
         parse_bytes(&self.device_max_buffered_bytes)
     }
 
+    /// `device_max_connections`, checked: 1 to 65,536.
+    pub fn device_max_connections(&self) -> Result<usize> {
+        if !(1..=65_536).contains(&self.device_max_connections) {
+            bail!("device_max_connections must be 1 to 65536, not {}", self.device_max_connections);
+        }
+        Ok(self.device_max_connections)
+    }
+
     /// `device_hot_cache_bytes` in bytes.
     pub fn device_hot_cache_bytes(&self) -> Result<u64> {
         parse_bytes(&self.device_hot_cache_bytes)
@@ -228,6 +242,11 @@ mod tests {
         assert_eq!(defaults.capacity_bytes().unwrap(), 16 << 30);
         assert_eq!(defaults.device_max_buffered_bytes().unwrap(), 256 << 20);
         assert_eq!(defaults.device_hot_cache_bytes().unwrap(), 32 << 20);
+        assert_eq!(defaults.device_max_connections().unwrap(), 512);
+        for bad in [0, 65_537] {
+            let config = EdgeConfig { device_max_connections: bad, ..EdgeConfig::default() };
+            assert!(config.device_max_connections().unwrap_err().to_string().contains("1 to 65536"));
+        }
         assert_eq!(defaults.reverify_bytes_per_sec().unwrap(), 16 << 20);
         assert_eq!(defaults.report_queue_bytes().unwrap(), 64 << 20);
         assert_eq!((defaults.max_connections_per_client, defaults.mesh_max_concurrent_serves), (8, 8));

@@ -250,6 +250,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         quic_addr: Some(config.device_quic_listen),
         tcp_addr: Some(config.device_tcp_listen),
         cert_dir: Some(config.data_dir.clone()),
+        max_connections: config.device_max_connections()?,
         max_connections_per_client: config.max_connections_per_client,
         max_buffered_bytes: usize::try_from(config.device_max_buffered_bytes()?).unwrap_or(usize::MAX),
         ..Default::default()

@@ -197,6 +197,12 @@ impl Controller {
         &self.policy
     }
 
+    /// The latest outcome the controller counts for `device`, if it reported one: what a
+    /// per-site view must un-count when a newer report supersedes it.
+    pub fn outcome_of(&self, device: &[u8; 32]) -> Option<Outcome> {
+        self.devices.get(device).map(|entry| entry.outcome)
+    }
+
     /// Counts a verified report from an enrolled device. Reports for another rollout, and
     /// reports older than the device's latest, change nothing; returns whether it counted.
     pub fn handle_report(&mut self, report: &RolloutReport, now_unix: i64) -> bool {

@@ -10,7 +10,7 @@
 //! failures an operator already accepted. The previous rollout of the same release name is
 //! its baseline: a release significantly worse than it halts even under the fixed threshold.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Result};
 use protocol::rollout::{Controller, Outcome, RolloutPolicy, RolloutReport, RolloutState};
@@ -26,8 +26,6 @@ pub struct Tracked {
     pub controller: Controller,
     /// The last `status_events.id` fed.
     cursor: i64,
-    /// Latest outcome per device the controller accepted.
-    latest: HashMap<[u8; 32], Outcome>,
     /// Per site: its devices by latest outcome.
     site_counts: BTreeMap<String, Counts>,
     /// Enrolled devices of the release's hardware class, as last counted.
@@ -71,7 +69,6 @@ impl Tracked {
         let mut tracked = Tracked {
             controller,
             cursor: 0,
-            latest: HashMap::new(),
             site_counts: BTreeMap::new(),
             targeted: Targeted::default(),
             counted_up_to: 0,
@@ -148,9 +145,12 @@ impl Tracked {
             }
             self.cursor = event.id;
             let now = event.report.at;
+            // Per site, each device's latest outcome as the controller counts it (the
+            // controller keeps it; a superseded one is un-counted).
+            let previous = self.controller.outcome_of(&event.report.device_id);
             if self.controller.handle_report(&event.report, now) {
                 let counts = self.site_counts.entry(event.site).or_default();
-                if let Some(previous) = self.latest.insert(event.report.device_id, event.report.outcome) {
+                if let Some(previous) = previous {
                     counts.add(previous, -1);
                 }
                 counts.add(event.report.outcome, 1);
