@@ -13,7 +13,7 @@ use serde_json::Value;
 use test_procs::Proc;
 
 mod support;
-use support::{seeder_ok as ok, serve_api, tokens_file, OPERATOR, READ, WAIT};
+use support::{repo_with_release, seeder_ok as ok, serve_api, tokens_file, OPERATOR, READ, WAIT};
 
 fn seeder(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_seeder")).args(args).output().expect("seeder runs")
@@ -103,24 +103,7 @@ struct Served {
 /// reported, and `seeder serve` with the API on 127.0.0.1.
 fn served() -> Served {
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo").to_str().unwrap().to_string();
-    ok(&["init", "--repo", &repo]);
-    let image = dir.path().join("image.bin");
-    std::fs::write(&image, test_procs::random_bytes(200_000, 5)).unwrap();
-    ok(&[
-        "release",
-        "add",
-        "--repo",
-        &repo,
-        "--image",
-        image.to_str().unwrap(),
-        "--name",
-        "gw",
-        "--version",
-        "1.4.2",
-        "--hw-class",
-        "imx8",
-    ]);
+    let repo = repo_with_release(dir.path(), 200_000, 5);
     ok(&["rollout", "start", "--repo", &repo, "gw", "1.4.2", "--waves", "100"]);
     ok(&["fleet-test-ingest", "--repo", &repo, "--devices", "3", "--reports", "30", "--enroll"]);
     for (seed, id) in [(41u8, "gw-never-1"), (42, "gw-never-2"), (43, "gw-never-3")] {
@@ -361,25 +344,7 @@ fn the_console_and_its_endpoints() {
 #[test]
 fn a_rollouts_status_follows_the_reports_and_a_pause_shows_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo").to_str().unwrap().to_string();
-    ok(&["init", "--repo", &repo]);
-    let image = dir.path().join("image.bin");
-    std::fs::write(&image, test_procs::random_bytes(50_000, 6)).unwrap();
-    let image = image.to_str().unwrap();
-    ok(&[
-        "release",
-        "add",
-        "--repo",
-        &repo,
-        "--image",
-        image,
-        "--name",
-        "gw",
-        "--version",
-        "1.4.2",
-        "--hw-class",
-        "imx8",
-    ]);
+    let repo = repo_with_release(dir.path(), 50_000, 6);
     // Enough reports asked per wave that the controller does not decide during the test; the
     // id `fleet-test-ingest`'s reports carry.
     ok(&[

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use test_procs::Proc;
 
 mod support;
-use support::{seeder_ok, serve_api, tokens_file, OPERATOR, READ, WAIT};
+use support::{repo_with_release, seeder_ok, serve_api, tokens_file, OPERATOR, READ, WAIT};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -74,25 +74,7 @@ struct Served {
 
 fn served(sites: u64, per_site: u64, events: u64) -> Served {
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo").to_str().unwrap().to_string();
-    seeder_ok(&["init", "--repo", &repo]);
-    let image = dir.path().join("image.bin");
-    std::fs::write(&image, test_procs::random_bytes(100_000, 9)).unwrap();
-    let image = image.to_str().unwrap();
-    seeder_ok(&[
-        "release",
-        "add",
-        "--repo",
-        &repo,
-        "--image",
-        image,
-        "--name",
-        "gw",
-        "--version",
-        "1.4.2",
-        "--hw-class",
-        "imx8",
-    ]);
+    let repo = repo_with_release(dir.path(), 100_000, 9);
     seeder_ok(&["rollout", "start", "--repo", &repo, "gw", "1.4.2", "--waves", "100"]);
     let made = seeder_ok(&[
         "fleet-test-populate",

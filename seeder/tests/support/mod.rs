@@ -25,6 +25,19 @@ pub fn seeder_ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A seeder repository at `dir/repo` with release gw 1.4.2 (hardware class imx8) published
+/// from an image of `image_bytes` random bytes; the repository's path.
+pub fn repo_with_release(dir: &Path, image_bytes: usize, seed: u64) -> String {
+    let repo = dir.join("repo").to_str().unwrap().to_string();
+    seeder_ok(&["init", "--repo", &repo]);
+    let image = dir.join("image.bin");
+    std::fs::write(&image, test_procs::random_bytes(image_bytes, seed)).unwrap();
+    let image = image.to_str().unwrap();
+    let add = ["release", "add", "--repo", &repo, "--image", image, "--name", "gw", "--version", "1.4.2"];
+    seeder_ok(&[&add[..], &["--hw-class", "imx8"]].concat());
+    repo
+}
+
 /// A token file in `dir` with a read and an operator token, with file mode `mode`; its path.
 pub fn tokens_file(dir: &Path, mode: u32) -> String {
     use std::os::unix::fs::PermissionsExt;
