@@ -36,7 +36,7 @@ mod schema;
 mod tests;
 
 use anyhow::{bail, Context, Result};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,7 +61,8 @@ pub fn check_repo(repo: &Path) -> Result<()> {
 }
 
 /// Opens (creating if missing) the database for writing: WAL, `synchronous=FULL`, foreign
-/// keys on, schema migrated to the newest version.
+/// keys on, transactions that take the write lock when they begin, schema migrated to the
+/// newest version.
 pub fn open_write(path: &Path) -> Result<Connection> {
     let mut conn =
         Connection::open(path).with_context(|| format!("cannot open the fleet database {}", path.display()))?;
@@ -73,6 +74,11 @@ pub fn open_write(path: &Path) -> Result<Connection> {
             path.display()
         );
     }
+    // A deferred transaction that reads and then writes fails at once with SQLITE_BUSY
+    // (no busy wait) when another process committed in between — `seeder serve` ingesting
+    // while `seeder devices enroll` runs. Taking the write lock at BEGIN makes every writer
+    // queue on the busy timeout instead.
+    conn.set_transaction_behavior(TransactionBehavior::Immediate);
     schema::migrate(&mut conn).with_context(|| format!("cannot migrate the fleet database {}", path.display()))?;
     Ok(conn)
 }

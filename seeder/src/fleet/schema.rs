@@ -3,7 +3,7 @@
 //! migration; append one.
 
 use anyhow::{bail, Result};
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 
 /// Migrations in order; the schema version is how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -128,19 +128,21 @@ fn too_new(found: i64) -> anyhow::Error {
     anyhow::anyhow!("its schema is version {found}, newer than this seeder's {VERSION}; upgrade the seeder")
 }
 
-/// Runs every migration the database has not had yet.
+/// Runs every migration the database has not had yet. The version is read inside each
+/// migration's write transaction, so two processes opening a fresh database at once do not
+/// both run the same migration.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
-    let found = version(conn)?;
-    if found > VERSION {
-        return Err(too_new(found));
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        let tx = conn.transaction()?;
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found = version(&tx)?;
+        if found > VERSION {
+            return Err(too_new(found));
+        }
+        let Some(sql) = MIGRATIONS.get(found as usize) else { return Ok(()) };
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.pragma_update(None, "user_version", found + 1)?;
         tx.commit()?;
     }
-    Ok(())
 }
 
 /// Fails unless a reader of this version understands the database.

@@ -124,6 +124,28 @@ fn enrolling_a_key_or_id_twice_enrolls_nothing() {
     assert_eq!(query::list_devices(&conn, None).unwrap().len(), 2);
 }
 
+/// A writer's transaction reads before it writes (enrollment checks for duplicates first). If
+/// it only took the write lock at its first write, another process committing in between —
+/// `seeder serve` ingesting reports while `seeder devices enroll` runs — would make it fail at
+/// once with "database is locked" instead of waiting its turn on the busy timeout.
+#[test]
+fn a_writers_transaction_holds_the_write_lock_from_its_begin() {
+    let db = db(1);
+    let mut writer = super::open_write(&db.path).unwrap();
+    let other = rusqlite::Connection::open(&db.path).unwrap();
+    other.busy_timeout(std::time::Duration::ZERO).unwrap();
+    let tx = writer.transaction().unwrap();
+    let enrolled: i64 = tx.query_row("SELECT count(*) FROM devices", [], |row| row.get(0)).unwrap();
+    assert_eq!(enrolled, 1);
+    let err = other.execute_batch("BEGIN IMMEDIATE").unwrap_err();
+    assert_eq!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy), "{err}");
+    drop(tx);
+    other.execute_batch("BEGIN IMMEDIATE; COMMIT").unwrap();
+    // Opening for writing again (which checks the schema version under the write lock) works
+    // while the database is in use.
+    super::open_write(&db.path).unwrap();
+}
+
 #[test]
 fn keys_that_are_not_ed25519_public_keys_are_refused() {
     assert!(enroll::parse_key(&"ab".repeat(31)).is_err());
