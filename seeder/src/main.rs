@@ -41,6 +41,13 @@ struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// The fleet database as a PostgreSQL URL (`postgres://USER:PASSWORD@HOST/DB`, or
+    /// `postgresql:///DB?host=/run/postgresql` over a Unix socket), so several `seeder serve`
+    /// replicas share one fleet; one of them runs the rollout controller at a time. Also read
+    /// from OTAMESH_DATABASE (keeps a password off the command line). Default: fleet.sqlite in
+    /// the repository.
+    #[arg(long, global = true, value_name = "URL")]
+    database: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -451,6 +458,10 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> 
 }
 
 fn run(cli: &Cli) -> Result<i32> {
+    if let Some(url) = cli.database.clone().or_else(|| std::env::var("OTAMESH_DATABASE").ok().filter(|v| !v.is_empty()))
+    {
+        fleet::use_database(&url)?;
+    }
     match &cli.command {
         Command::Devices(_)
         | Command::BenchIngest { .. }
@@ -734,13 +745,13 @@ fn run_fleet(cli: &Cli) -> Result<()> {
                     (vec![device], Box::new(|_, field| format!("--{field} ")))
                 }
             };
-            let db = fleet::db_path(repo);
-            let created = !db.exists();
-            let result = fleet::open_write(&db)
-                .and_then(|mut conn| fleet::enroll::enroll(&mut conn, &devices, time::now_unix(), label));
+            let db = fleet::location(repo);
+            let created = matches!(&db, fleet::Location::Sqlite(path) if !path.exists());
+            let result =
+                fleet::open_write(&db).and_then(|conn| fleet::enroll::enroll(&conn, &devices, time::now_unix(), label));
             if let Err(e) = result {
-                if created {
-                    fleet::remove_created(&db);
+                if let (true, fleet::Location::Sqlite(path)) = (created, &db) {
+                    fleet::remove_created(path);
                 }
                 return Err(e);
             }
@@ -765,7 +776,7 @@ fn run_fleet(cli: &Cli) -> Result<()> {
                 offset: *offset,
                 ..Default::default()
             };
-            let page = match fleet::open_read(&fleet::db_path(repo))? {
+            let page = match fleet::open_read(&fleet::location(repo))? {
                 Some(conn) => fleet::query::find_devices(&conn, &filter)?,
                 None => fleet::query::DevicePage { total: 0, devices: Vec::new() },
             };
@@ -778,7 +789,7 @@ fn run_fleet(cli: &Cli) -> Result<()> {
             fleet::check_repo(repo)?;
             let now = time::now_unix();
             let stale_after = time::parse_duration(stale_after).context("--stale-after")?;
-            let conn = fleet::open_read(&fleet::db_path(repo))?
+            let conn = fleet::open_read(&fleet::location(repo))?
                 .with_context(|| format!("no device `{device}`: no device is enrolled in {}", repo.display()))?;
             let (row, events) = fleet::query::show_device(&conn, device, *history)?.with_context(|| {
                 format!("no device `{device}` is enrolled; `seeder devices list` shows the ones that are")
@@ -803,7 +814,8 @@ fn run_fleet(cli: &Cli) -> Result<()> {
         }
         Command::FleetTestPopulate { repo, sites, per_site, events, rollout, old_rollout } => {
             fleet::check_repo(repo)?;
-            let made = fleet::bench::populate(&fleet::db_path(repo), *sites, *per_site, *events, rollout, old_rollout)?;
+            let made =
+                fleet::bench::populate(&fleet::location(repo), *sites, *per_site, *events, rollout, old_rollout)?;
             println!("{}", serde_json::to_string(&made)?);
         }
         _ => unreachable!("run_fleet is only called for fleet commands"),

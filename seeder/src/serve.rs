@@ -30,7 +30,10 @@ pub async fn run(
     on_ready: impl FnOnce(&crate::origin::OriginHandle, Option<std::net::SocketAddr>),
 ) -> Result<()> {
     let repo = origin.repo.clone();
-    let fleet = Arc::new(Ingestor::start(&crate::fleet::db_path(&repo), IngestConfig::default())?);
+    // Opening may connect to PostgreSQL, whose blocking client must not run on the runtime.
+    let location = crate::fleet::location(&repo);
+    let fleet =
+        Arc::new(tokio::task::spawn_blocking(move || Ingestor::start(&location, IngestConfig::default())).await??);
     let board = Arc::new(crate::rollout::board::Board::default());
     // The API listens before the origin reports ready, so its address is in the ready line.
     let (http, api_server) = match api {
@@ -45,7 +48,7 @@ pub async fn run(
                 overviews: Arc::default(),
                 rollouts: Arc::clone(&board),
             };
-            state.anomalies.warm(&crate::fleet::db_path(&repo));
+            state.anomalies.warm(&crate::fleet::location(&repo));
             crate::api::warm_overview(&state);
             let (bound, served) = crate::api::serve(addr, state).await?;
             (Some(bound), Some(served))

@@ -9,6 +9,8 @@
 //!   `/status` answering) on a short interval until a deadline.
 //! - [`run_to_exit`] runs a command to its end through `host::process`, the runner the
 //!   binaries use, with its timeout and group kill.
+//! - [`postgres::Postgres`] runs a throwaway PostgreSQL server, on a Unix socket only, for
+//!   the tests of the seeder's fleet database on PostgreSQL.
 //!
 //! Dev-only: the daemons never link it; simnet does, for the demo.
 
@@ -16,6 +18,7 @@
 
 mod daemons;
 mod http;
+pub mod postgres;
 mod proc;
 mod wait;
 

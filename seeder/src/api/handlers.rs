@@ -171,7 +171,7 @@ pub async fn devices(
             offset,
             after: q.after.as_deref(),
         };
-        let Some(conn) = fleet::open_read(&fleet::db_path(&state.repo)).map_err(ApiError::internal)? else {
+        let Some(conn) = fleet::open_read(&fleet::location(&state.repo)).map_err(ApiError::internal)? else {
             return Ok(Json(json!({"total": 0, "offset": offset, "limit": limit, "devices": [], "next": null})));
         };
         let filters = [q.site.clone(), q.release.clone(), q.state.clone(), q.hw_class.clone(), q.q.clone()];
@@ -213,7 +213,7 @@ pub async fn device(_: Reader, State(state): State<ApiState>, Path(id): Path<Str
     }
     let now = time::now_unix();
     blocking(move || {
-        let conn = fleet::open_read(&fleet::db_path(&state.repo)).map_err(ApiError::internal)?;
+        let conn = fleet::open_read(&fleet::location(&state.repo)).map_err(ApiError::internal)?;
         let found = match conn {
             Some(conn) => query::show_device(&conn, &id, HISTORY).map_err(ApiError::internal)?,
             None => None,
@@ -387,7 +387,7 @@ pub async fn sites(
     }
     let now = time::now_unix();
     blocking(move || {
-        let Some(conn) = fleet::open_read(&fleet::db_path(&state.repo)).map_err(ApiError::internal)? else {
+        let Some(conn) = fleet::open_read(&fleet::location(&state.repo)).map_err(ApiError::internal)? else {
             return Ok(Json(json!({"total": 0, "offset": offset, "limit": limit, "sites": []})));
         };
         let filter = query::SiteFilter { site: None, name_contains: q.q.as_deref(), limit, offset };
@@ -406,12 +406,12 @@ pub async fn site(_: Reader, State(state): State<ApiState>, Path(site): Path<Str
     let now = time::now_unix();
     blocking(move || {
         let missing = || ApiError::not_found(format!("no device is enrolled at site `{site}`"));
-        let conn = fleet::open_read(&fleet::db_path(&state.repo)).map_err(ApiError::internal)?.ok_or_else(missing)?;
+        let conn = fleet::open_read(&fleet::location(&state.repo)).map_err(ApiError::internal)?.ok_or_else(missing)?;
         let filter = query::SiteFilter { site: Some(&site), name_contains: None, limit: 1, offset: 0 };
         let mut page = query::site_summaries(&conn, now - 86_400, &filter).map_err(ApiError::internal)?;
         let summary = page.sites.pop().ok_or_else(missing)?;
         let edges = fleet::edges::of_site(&conn, &site, SITE_EDGES).map_err(ApiError::internal)?;
-        let anomalies = state.anomalies.get(&fleet::db_path(&state.repo)).map_err(ApiError::internal)?;
+        let anomalies = state.anomalies.get(&fleet::location(&state.repo)).map_err(ApiError::internal)?;
         let flags: Vec<_> =
             anomalies.flags.iter().filter(|a| a.group_by == fleet::anomaly::GroupBy::Site && a.group == site).collect();
         Ok(Json(json!({"site": summary, "edges": edges, "anomalies": flags})))
@@ -425,13 +425,13 @@ pub async fn site(_: Reader, State(state): State<ApiState>, Path(site): Path<Str
 pub async fn overview(_: Reader, State(state): State<ApiState>) -> ApiResult<Json<Value>> {
     let now = time::now_unix();
     blocking(move || {
-        let Some(conn) = fleet::open_read(&fleet::db_path(&state.repo)).map_err(ApiError::internal)? else {
+        let Some(conn) = fleet::open_read(&fleet::location(&state.repo)).map_err(ApiError::internal)? else {
             return Ok(Json(json!({"devices": 0, "sites": 0, "never_reported": 0, "stale": 0,
                                   "states": {}, "versions": {}, "hw_classes": {}})));
         };
         let stale_before = now - 86_400;
         let version = query::data_version(&conn).map_err(ApiError::internal)?;
-        let db = fleet::db_path(&state.repo);
+        let db = fleet::location(&state.repo);
         let overview = state
             .overviews
             .get_refreshed_behind(&stale_before.div_euclid(60), version, move || overview_of(&db, stale_before))
@@ -444,7 +444,7 @@ pub async fn overview(_: Reader, State(state): State<ApiState>) -> ApiResult<Jso
 /// Computes the overview on a thread of its own (at serve start, so the first dashboard at
 /// a million devices does not wait for it).
 pub fn warm_overview(state: &ApiState) {
-    let (overviews, db) = (Arc::clone(&state.overviews), fleet::db_path(&state.repo));
+    let (overviews, db) = (Arc::clone(&state.overviews), fleet::location(&state.repo));
     std::thread::spawn(move || {
         let stale_before = time::now_unix() - 86_400;
         let warmed = fleet::open_read(&db).and_then(|conn| {
@@ -461,7 +461,7 @@ pub fn warm_overview(state: &ApiState) {
 }
 
 /// The overview of the fleet database at `db`, as JSON.
-fn overview_of(db: &std::path::Path, stale_before: i64) -> anyhow::Result<Arc<Value>> {
+fn overview_of(db: &fleet::Location, stale_before: i64) -> anyhow::Result<Arc<Value>> {
     let conn = fleet::open_read(db)?.ok_or_else(|| anyhow::anyhow!("the fleet database is gone"))?;
     Ok(Arc::new(serde_json::to_value(query::overview(&conn, stale_before)?)?))
 }
@@ -470,7 +470,7 @@ fn overview_of(db: &std::path::Path, stale_before: i64) -> anyhow::Result<Arc<Va
 /// stands out (`fleet::anomaly` states the tests), at most [`super::ANOMALY_MAX_AGE`] old.
 pub async fn anomalies(_: Reader, State(state): State<ApiState>) -> ApiResult<Json<Value>> {
     blocking(move || {
-        let found = state.anomalies.get(&fleet::db_path(&state.repo)).map_err(ApiError::internal)?;
+        let found = state.anomalies.get(&fleet::location(&state.repo)).map_err(ApiError::internal)?;
         Ok(Json(serde_json::to_value(&*found).map_err(|e| ApiError::internal(e.into()))?))
     })
     .await
@@ -487,7 +487,7 @@ pub async fn events(_: Reader, State(state): State<ApiState>, headers: axum::htt
     let repo = state.repo.clone();
     let start = match resume {
         Some(ids) => Some(ids),
-        None => tokio::task::spawn_blocking(move || query::event_cursor(&fleet::db_path(&repo)).ok().flatten())
+        None => tokio::task::spawn_blocking(move || query::event_cursor(&fleet::location(&repo)).ok().flatten())
             .await
             .ok()
             .flatten(),
@@ -502,7 +502,7 @@ pub async fn events(_: Reader, State(state): State<ApiState>, headers: axum::htt
                 tokio::time::sleep(EVENT_POLL).await;
                 let dir = repo.clone();
                 let read = tokio::task::spawn_blocking(move || {
-                    query::events_after(&fleet::db_path(&dir), cursor, EVENT_BATCH)
+                    query::events_after(&fleet::location(&dir), cursor, EVENT_BATCH)
                 })
                 .await;
                 if let Ok(Ok(batch)) = read {

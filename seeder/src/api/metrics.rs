@@ -2,6 +2,8 @@
 //! fleet database at each scrape (grouped queries: the cost does not grow with devices, only
 //! with the number of distinct sites, releases and states).
 //!
+//! - `otamesh_seeder_rollout_controller_leader`: 1 on the replica that runs the rollout
+//!   controller (`fleet::lease`), 0 on the others.
 //! - `otamesh_seeder_devices{site,release,version,state}`: devices by what they last
 //!   reported (`state="never-reported"` for the silent ones).
 //! - `otamesh_seeder_rollout_*{rollout}`: current wave, targeted, installing, committed,
@@ -42,26 +44,29 @@ pub async fn metrics(State(state): State<ApiState>) -> ApiResult<impl IntoRespon
 
 fn render(state: &ApiState, counts: fleet::ingest::IngestCounts) -> anyhow::Result<String> {
     let mut out = String::new();
+    out += "# HELP otamesh_seeder_rollout_controller_leader 1 if this replica runs the rollout controller (holds the lease), else 0.\n";
+    out += "# TYPE otamesh_seeder_rollout_controller_leader gauge\n";
+    let _ = writeln!(out, "otamesh_seeder_rollout_controller_leader {}", u8::from(state.rollouts.leading()));
     out += "# HELP otamesh_seeder_devices Enrolled devices by what they last reported.\n";
     out += "# TYPE otamesh_seeder_devices gauge\n";
-    if let Some(conn) = fleet::open_read(&fleet::db_path(&state.repo))? {
-        let mut stmt = conn.prepare(
+    if let Some(conn) = fleet::open_read(&fleet::location(&state.repo))? {
+        let rows = conn.query(
             "SELECT d.site, coalesce(s.release, ''), coalesce(s.version, ''), coalesce(s.state, 'never-reported'),
                     count(*)
              FROM devices d LEFT JOIN device_state s ON s.device = d.id
              GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+            &[],
+            |row| {
+                Ok((
+                    row.get::<String>(0)?,
+                    row.get::<String>(1)?,
+                    row.get::<String>(2)?,
+                    row.get::<String>(3)?,
+                    row.get::<i64>(4)?,
+                ))
+            },
         )?;
-        let rows = stmt.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-                row.get::<_, i64>(4)?,
-            ))
-        })?;
-        for row in rows {
-            let (site, release, version, st, n) = row?;
+        for (site, release, version, st, n) in rows {
             let _ = writeln!(
                 out,
                 "otamesh_seeder_devices{{site=\"{}\",release=\"{}\",version=\"{}\",state=\"{}\"}} {n}",
@@ -119,7 +124,7 @@ fn render(state: &ApiState, counts: fleet::ingest::IngestCounts) -> anyhow::Resu
     }
     out += "# HELP otamesh_seeder_anomaly A site or hardware class whose failure rate or install duration stands out (1).\n";
     out += "# TYPE otamesh_seeder_anomaly gauge\n";
-    for a in &state.anomalies.get(&fleet::db_path(&state.repo))?.flags {
+    for a in &state.anomalies.get(&fleet::location(&state.repo))?.flags {
         let _ = writeln!(
             out,
             "otamesh_seeder_anomaly{{kind=\"{}\",group_by=\"{}\",group=\"{}\"}} 1",

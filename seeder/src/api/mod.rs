@@ -88,14 +88,14 @@ struct CacheState {
 
 impl AnomalyCache {
     /// The flags of the fleet database at `db` (empty without one).
-    pub fn get(self: &Arc<Self>, db: &std::path::Path) -> Result<Arc<crate::fleet::anomaly::Anomalies>> {
+    pub fn get(self: &Arc<Self>, db: &crate::fleet::Location) -> Result<Arc<crate::fleet::anomaly::Anomalies>> {
         {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
             let stale = last.flags.as_ref().map(|(at, _)| at.elapsed() >= ANOMALY_MAX_AGE);
             if let Some(stale) = stale {
                 if stale && !last.refreshing {
                     last.refreshing = true;
-                    let (cache, db) = (Arc::clone(self), db.to_owned());
+                    let (cache, db) = (Arc::clone(self), db.clone());
                     std::thread::spawn(move || {
                         if let Err(e) = cache.compute(&db) {
                             tracing::warn!("anomaly flags not computed: {e:#}");
@@ -111,8 +111,8 @@ impl AnomalyCache {
 
     /// Starts computing the flags in the background (at serve start, so the first dashboard
     /// does not wait).
-    pub fn warm(self: &Arc<Self>, db: &std::path::Path) {
-        let (cache, db) = (Arc::clone(self), db.to_owned());
+    pub fn warm(self: &Arc<Self>, db: &crate::fleet::Location) {
+        let (cache, db) = (Arc::clone(self), db.clone());
         std::thread::spawn(move || {
             if let Err(e) = cache.get(&db) {
                 tracing::warn!("anomaly flags not computed: {e:#}");
@@ -120,7 +120,7 @@ impl AnomalyCache {
         });
     }
 
-    fn compute(&self, db: &std::path::Path) -> Result<Arc<crate::fleet::anomaly::Anomalies>> {
+    fn compute(&self, db: &crate::fleet::Location) -> Result<Arc<crate::fleet::anomaly::Anomalies>> {
         let _one = self.computing.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, flags)) = &self.last.lock().unwrap_or_else(|p| p.into_inner()).flags {
             if at.elapsed() < ANOMALY_MAX_AGE {

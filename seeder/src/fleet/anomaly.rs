@@ -30,8 +30,8 @@
 
 use std::collections::BTreeMap;
 
+use super::Db;
 use anyhow::Result;
-use rusqlite::Connection;
 use serde::Serialize;
 
 /// Fewest final results (committed, rolled back, failed) a group needs to be tested.
@@ -260,20 +260,19 @@ pub fn duration_flags(group_by: GroupBy, fleet: &Histogram, groups: &BTreeMap<St
 /// Every flag in the fleet database: by site and by hardware class, both kinds. Two grouped
 /// queries over each device's latest state (about 2 s for a million devices on one core),
 /// which is why the API keeps the result for a while (`api::AnomalyCache`).
-pub fn find(conn: &Connection) -> Result<Anomalies> {
+pub fn find(conn: &Db) -> Result<Anomalies> {
     let mut finals: [BTreeMap<String, (u64, u64)>; 2] = Default::default();
-    let mut stmt = conn.prepare(
-        "SELECT d.site, d.hw_class, count(*), sum(s.result IN ('rolled-back', 'failed'))
+    let rows = conn.query(
+        "SELECT d.site, d.hw_class, count(*),
+                CAST(sum(CASE WHEN s.result IN ('rolled-back', 'failed') THEN 1 ELSE 0 END) AS BIGINT)
          FROM device_state s JOIN devices d ON d.id = s.device
          WHERE s.result IN ('committed', 'rolled-back', 'failed')
          GROUP BY d.site, d.hw_class",
+        &[],
+        |row| Ok((row.get::<String>(0)?, row.get::<String>(1)?, row.get::<i64>(2)?, row.get::<Option<i64>>(3)?)),
     )?;
-    let rows = stmt.query_map([], |row| {
-        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?, row.get::<_, Option<i64>>(3)?))
-    })?;
     let (mut fleet_finals, mut fleet_failures) = (0u64, 0u64);
-    for row in rows {
-        let (site, hw_class, n, failed) = row?;
+    for (site, hw_class, n, failed) in rows {
         let (n, failed) = (n.max(0) as u64, failed.unwrap_or(0).max(0) as u64);
         fleet_finals += n;
         fleet_failures += failed;
@@ -285,17 +284,15 @@ pub fn find(conn: &Connection) -> Result<Anomalies> {
     }
     let mut durations: [BTreeMap<String, Histogram>; 2] = Default::default();
     let mut fleet = Histogram::new();
-    let mut stmt = conn.prepare(
+    let rows = conn.query(
         "SELECT d.site, d.hw_class, s.install_secs, count(*)
          FROM device_state s JOIN devices d ON d.id = s.device
          WHERE s.install_secs IS NOT NULL
          GROUP BY d.site, d.hw_class, s.install_secs",
+        &[],
+        |row| Ok((row.get::<String>(0)?, row.get::<String>(1)?, row.get::<i64>(2)?, row.get::<i64>(3)?)),
     )?;
-    let rows = stmt.query_map([], |row| {
-        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?, row.get::<_, i64>(3)?))
-    })?;
-    for row in rows {
-        let (site, hw_class, secs, n) = row?;
+    for (site, hw_class, secs, n) in rows {
         let n = n.max(0) as u64;
         *fleet.entry(secs).or_default() += n;
         for (map, key) in durations.iter_mut().zip([site, hw_class]) {
@@ -419,7 +416,8 @@ mod tests {
     #[test]
     fn flags_come_from_the_database() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = super::super::open_write(&super::super::db_path(dir.path())).unwrap();
+        let location = super::super::Location::Sqlite(super::super::db_path(dir.path()));
+        let mut conn = super::super::open_write(&location).unwrap().into_sqlite().unwrap();
         let tx = conn.transaction().unwrap();
         for i in 0..600i64 {
             // A tenth of every site is of the slow class.
@@ -448,7 +446,7 @@ mod tests {
             .unwrap();
         }
         tx.commit().unwrap();
-        let found = find(&conn).unwrap();
+        let found = find(&super::super::Db::sqlite(conn)).unwrap();
         let summary: Vec<(Kind, GroupBy, &str)> =
             found.flags.iter().map(|a| (a.kind, a.group_by, a.group.as_str())).collect();
         assert_eq!(

@@ -2,9 +2,9 @@
 //! bench-ingest`, run by `scripts/bench-ingest`), the durability test's child
 //! (`seeder fleet-test-ingest`) and the unit tests. Nothing here runs in production.
 
+use super::db::Param;
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::{Signer, SigningKey};
-use rusqlite::params;
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
@@ -127,7 +127,9 @@ pub fn run(dir: &Path, reports: u64, devices: u64, keep_signed: bool) -> Result<
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
     let enrollments: Vec<Enrollment> = (0..devices).map(device_enrollment).collect();
-    enroll::enroll(&mut super::open_write(&db)?, &enrollments, crate::time::now_unix(), |i, field| {
+    let db_file = db.clone();
+    let db = super::Location::Sqlite(db);
+    enroll::enroll(&super::open_write(&db)?, &enrollments, crate::time::now_unix(), |i, field| {
         format!("device {i} {field}: ")
     })?;
 
@@ -152,7 +154,7 @@ pub fn run(dir: &Path, reports: u64, devices: u64, keep_signed: bool) -> Result<
     let reports_per_sec = reports as f64 / secs;
     let db_bytes: u64 = ["", "-wal", "-shm"]
         .iter()
-        .filter_map(|s| std::fs::metadata(format!("{}{s}", db.display())).ok())
+        .filter_map(|s| std::fs::metadata(format!("{}{s}", db_file.display())).ok())
         .map(|m| m.len())
         .sum();
     if counts.accepted != reports {
@@ -280,10 +282,10 @@ fn peak_rss_mib() -> f64 {
 /// durability test kills it mid-stream and checks that every acked report is stored.
 /// With `rate` > 0 it submits at most that many reports per second (`scripts/bench-api`).
 pub fn test_ingest(repo: &Path, devices: u64, reports: u64, enroll_first: bool, rate: u64) -> Result<IngestCounts> {
-    let db = super::db_path(repo);
+    let db = super::location(repo);
     if enroll_first {
         let enrollments: Vec<Enrollment> = (0..devices).map(device_enrollment).collect();
-        enroll::enroll(&mut super::open_write(&db)?, &enrollments, crate::time::now_unix(), |i, field| {
+        enroll::enroll(&super::open_write(&db)?, &enrollments, crate::time::now_unix(), |i, field| {
             format!("device {i} {field}: ")
         })?;
     }
@@ -349,7 +351,7 @@ pub struct Populated {
 /// commits), so `rollout`'s own outcomes stay healthy and its controller does not halt it. `events` status events per reporting
 /// device (its history); the newest carries `rollout` for devices on 1.4.2.
 pub fn populate(
-    db: &Path,
+    db: &super::Location,
     sites: u64,
     per_site: u64,
     events: u64,
@@ -357,23 +359,33 @@ pub fn populate(
     old_rollout: &str,
 ) -> Result<Populated> {
     let start = Instant::now();
-    let mut conn = super::open_write(db)?;
+    let conn = super::open_write(db)?;
     let now = crate::time::now_unix();
-    let tx = conn.transaction()?;
     let (mut devices, mut reported, mut stored_events) = (0u64, 0u64, 0u64);
-    {
-        let mut device = tx.prepare(
-            "INSERT INTO devices (public_key, device_id, site, hw_class, enrolled_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        let mut state = tx.prepare(
-            "INSERT INTO device_state (device, last_seq, release, version, installed_id, state, rollout, result,
-                                       error, health, slot, updated_at, active_slot, security_floor, install_secs)
-             VALUES (?1, ?2, 'gw', ?3, ?4, ?5, ?6, ?7, ?8, 'ok', 'b', ?9, 'b', 3, ?10)",
-        )?;
-        let mut event = tx.prepare(
-            "INSERT INTO status_events (device, seq, rollout, state, result, error, install_secs, received_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
+    conn.transaction(|tx| {
+        let device = |values: &[&dyn Param]| {
+            tx.query_one(
+                "INSERT INTO devices (public_key, device_id, site, hw_class, enrolled_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 RETURNING id",
+                values,
+                |row| row.get::<i64>(0),
+            )
+        };
+        let state = |values: &[&dyn Param]| {
+            tx.execute(
+                "INSERT INTO device_state (device, last_seq, release, version, installed_id, state, rollout, result,
+                                           error, health, slot, updated_at, active_slot, security_floor, install_secs)
+                 VALUES (?1, ?2, 'gw', ?3, ?4, ?5, ?6, ?7, ?8, 'ok', 'b', ?9, 'b', 3, ?10)",
+                values,
+            )
+        };
+        let event = |values: &[&dyn Param]| {
+            tx.execute(
+                "INSERT INTO status_events (device, seq, rollout, state, result, error, install_secs, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                values,
+            )
+        };
         let installed_id = "7f".repeat(32);
         for s in 0..sites {
             let site = format!("site-{s:04}");
@@ -389,8 +401,7 @@ pub fn populate(
                     6..=8 => "rpi4",
                     _ => "stm32",
                 };
-                device.execute(params![&key[..], format!("{site}-dev-{d:04}"), site, hw_class, now - 86_400 * 30])?;
-                let id = tx.last_insert_rowid();
+                let id = device(&[&&key[..], &format!("{site}-dev-{d:04}"), &site, &hw_class, &(now - 86_400 * 30)])?;
                 devices += 1;
                 let roll = (mix >> 8) % 1000;
                 if roll < 50 {
@@ -425,35 +436,35 @@ pub fn populate(
                     if (mix >> 40) % 100 == 0 { now - 2 * 86_400 } else { now - ((mix >> 44) % 3600) as i64 };
                 let error = failed.then_some("health-check-failed");
                 let last_seq = events.max(1) as i64;
-                state.execute(params![
-                    id,
-                    last_seq,
-                    version,
-                    installed_id,
-                    state_name,
-                    about,
-                    result,
-                    error,
-                    updated_at,
-                    install_secs
+                state(&[
+                    &id,
+                    &last_seq,
+                    &version,
+                    &installed_id,
+                    &state_name,
+                    &about,
+                    &result,
+                    &error,
+                    &updated_at,
+                    &install_secs,
                 ])?;
                 for seq in 1..=events {
                     let newest = seq == events;
-                    event.execute(params![
-                        id,
-                        seq as i64,
-                        if newest { about } else { None },
-                        if newest { state_name } else { "downloading" },
-                        if newest { result } else { None },
-                        if newest { error } else { None },
-                        if newest { install_secs } else { None },
-                        updated_at - (events - seq) as i64 * 60
+                    event(&[
+                        &id,
+                        &(seq as i64),
+                        &if newest { about } else { None },
+                        &if newest { state_name } else { "downloading" },
+                        &if newest { result } else { None },
+                        &if newest { error } else { None },
+                        &if newest { install_secs } else { None },
+                        &(updated_at - (events - seq) as i64 * 60),
                     ])?;
                     stored_events += 1;
                 }
             }
         }
-    }
-    tx.commit()?;
+        Ok(())
+    })?;
     Ok(Populated { devices, reported, events: stored_events, secs: start.elapsed().as_secs_f64() })
 }

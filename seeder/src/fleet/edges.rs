@@ -7,8 +7,8 @@
 //! peers, the ones not heard from longest are forgotten, so peers made up in bulk cannot
 //! grow the table.
 
+use super::db::{Db, NO_LIMIT};
 use anyhow::Result;
-use rusqlite::{params, Connection};
 use serde::Serialize;
 
 /// Most edge nodes remembered.
@@ -49,12 +49,12 @@ fn bounded(text: &str) -> &str {
 
 /// Records a batch of `reports` from `peer` (claiming `site`), of which `stored` were
 /// acknowledged, at `now`; forgets the longest-silent peers past [`MAX_EDGES`].
-pub fn record_batch(conn: &Connection, peer: &str, site: &str, reports: u64, stored: u64, now: i64) -> Result<()> {
+pub fn record_batch(conn: &Db, peer: &str, site: &str, reports: u64, stored: u64, now: i64) -> Result<()> {
     record_batch_bounded(conn, peer, site, reports, stored, now, MAX_EDGES)
 }
 
 fn record_batch_bounded(
-    conn: &Connection,
+    conn: &Db,
     peer: &str,
     site: &str,
     reports: u64,
@@ -71,24 +71,22 @@ fn record_batch_bounded(
            last_seen = excluded.last_seen, batches = edge_nodes.batches + 1,
            reports = edge_nodes.reports + excluded.reports, stored = edge_nodes.stored + excluded.stored,
            last_batch = excluded.last_batch, last_stored = excluded.last_stored",
-        params![bounded(peer), bounded(site), now, reports, stored],
+        &[&bounded(peer), &bounded(site), &now, &reports, &stored],
     )?;
     conn.execute(
         "DELETE FROM edge_nodes WHERE peer IN
-           (SELECT peer FROM edge_nodes ORDER BY last_seen DESC, peer LIMIT -1 OFFSET ?1)",
-        [max_edges],
+           (SELECT peer FROM edge_nodes ORDER BY last_seen DESC, peer LIMIT ?1 OFFSET ?2)",
+        &[&NO_LIMIT, &max_edges],
     )?;
     Ok(())
 }
 
 /// The edge nodes claiming `site`, by peer id, at most `limit`.
-pub fn of_site(conn: &Connection, site: &str, limit: u64) -> Result<Vec<EdgeNode>> {
-    let mut stmt = conn.prepare(
-        "SELECT peer, site, first_seen, last_seen, batches, reports, stored, last_batch, last_stored
-         FROM edge_nodes WHERE site = ?1 ORDER BY peer LIMIT ?2",
-    )?;
+pub fn of_site(conn: &Db, site: &str, limit: u64) -> Result<Vec<EdgeNode>> {
     let count = |v: i64| v.max(0) as u64;
-    let rows = stmt.query_map(params![site, limit.min(i64::MAX as u64) as i64], |row| {
+    let sql = "SELECT peer, site, first_seen, last_seen, batches, reports, stored, last_batch, last_stored
+               FROM edge_nodes WHERE site = ?1 ORDER BY peer LIMIT ?2";
+    conn.query(sql, &[&site, &(limit.min(i64::MAX as u64) as i64)], |row| {
         Ok(EdgeNode {
             peer: row.get(0)?,
             site: row.get(1)?,
@@ -100,8 +98,7 @@ pub fn of_site(conn: &Connection, site: &str, limit: u64) -> Result<Vec<EdgeNode
             last_batch: count(row.get(7)?),
             last_stored: count(row.get(8)?),
         })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    })
 }
 
 #[cfg(test)]
@@ -111,7 +108,8 @@ mod tests {
     #[test]
     fn batches_add_up_per_peer_and_the_table_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = super::super::open_write(&super::super::db_path(dir.path())).unwrap();
+        let conn =
+            super::super::open_write(&super::super::Location::Sqlite(super::super::db_path(dir.path()))).unwrap();
         record_batch(&conn, "peer-a", "plant-1", 10, 10, 100).unwrap();
         record_batch(&conn, "peer-a", "", 5, 3, 160).unwrap();
         record_batch(&conn, "peer-b", "plant-2", 1, 1, 150).unwrap();
@@ -126,7 +124,7 @@ mod tests {
         for i in 0..105 {
             record_batch_bounded(&conn, &format!("made-up-{i:06}"), "plant-x", 1, 1, 1000 + i, 100).unwrap();
         }
-        let n: i64 = conn.query_row("SELECT count(*) FROM edge_nodes", [], |r| r.get(0)).unwrap();
+        let n: i64 = conn.query_one("SELECT count(*) FROM edge_nodes", &[], |r| r.get(0)).unwrap();
         assert_eq!(n, 100);
         assert!(of_site(&conn, "plant-1", 10).unwrap().is_empty(), "the longest-silent peers went first");
         let long = "x".repeat(1000);

@@ -6,8 +6,8 @@
 //! (blank lines and lines starting with `#` are skipped). A file is enrolled in one
 //! transaction: a bad line is refused naming its line and field, and nothing is enrolled.
 
+use super::Db;
 use anyhow::{anyhow, bail, Context, Result};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -134,33 +134,28 @@ pub fn read_bulk(path: &Path) -> Result<Vec<(usize, Enrollment)>> {
 /// Enrolls `devices` in one transaction at `now` (unix seconds): all of them, or — if any
 /// key or id is already enrolled — none. `label(i, field)` names entry `i`'s `field` (`key`
 /// or `id`) in that error: its line in a bulk file, or the flag.
-pub fn enroll(
-    conn: &mut Connection,
-    devices: &[Enrollment],
-    now: i64,
-    label: impl Fn(usize, &str) -> String,
-) -> Result<()> {
-    let tx = conn.transaction()?;
-    {
-        let mut by_key = tx.prepare("SELECT device_id FROM devices WHERE public_key = ?1")?;
-        let mut by_id = tx.prepare("SELECT 1 FROM devices WHERE device_id = ?1")?;
-        let mut insert = tx.prepare(
-            "INSERT INTO devices (public_key, device_id, site, hw_class, enrolled_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
+pub fn enroll(db: &Db, devices: &[Enrollment], now: i64, label: impl Fn(usize, &str) -> String) -> Result<()> {
+    db.transaction(|db| {
         for (i, d) in devices.iter().enumerate() {
-            if let Some(existing) = by_key.query_row([&d.public_key[..]], |row| row.get::<_, String>(0)).optional()? {
+            let key = &d.public_key[..];
+            let by_key = db.query_opt("SELECT device_id FROM devices WHERE public_key = ?1", &[&key], |row| {
+                row.get::<String>(0)
+            })?;
+            if let Some(existing) = by_key {
                 bail!(
                     "{}{} is already enrolled as `{existing}`; nothing was enrolled",
                     label(i, "key"),
                     protocol::hex::encode(&d.public_key)
                 );
             }
-            if by_id.exists([&d.device_id])? {
+            if db.query_opt("SELECT 1 FROM devices WHERE device_id = ?1", &[&d.device_id], |_| Ok(()))?.is_some() {
                 bail!("{}`{}` is already enrolled; nothing was enrolled", label(i, "id"), d.device_id);
             }
-            insert.execute(params![&d.public_key[..], d.device_id, d.site, d.hw_class, now])?;
+            db.execute(
+                "INSERT INTO devices (public_key, device_id, site, hw_class, enrolled_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                &[&key, &d.device_id, &d.site, &d.hw_class, &now],
+            )?;
         }
-    }
-    tx.commit().context("cannot commit the enrollment")?;
-    Ok(())
+        Ok(())
+    })
 }

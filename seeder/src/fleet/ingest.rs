@@ -28,11 +28,10 @@
 //! machine was quiet). Keeping the signed bytes costs about 7 µs more a report and nine
 //! times the disk (~800 MiB per million reports instead of ~80), hence off by default.
 
+use super::{Db, Location};
 use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -151,7 +150,7 @@ pub type Ack = Box<dyn FnOnce(Outcome) + Send>;
 /// `run` says whether it succeeded; `done` is told after the commit whether the batch
 /// committed (or, if `run` never ran, why).
 struct Exec {
-    run: Box<dyn FnOnce(&Connection) -> bool + Send>,
+    run: Box<dyn FnOnce(&Db) -> bool + Send>,
     done: Done,
 }
 
@@ -198,7 +197,7 @@ impl std::error::Error for Closed {}
 impl Ingestor {
     /// Opens the database at `db` for writing (creating and migrating it) and starts the
     /// threads.
-    pub fn start(db: &Path, config: IngestConfig) -> Result<Ingestor> {
+    pub fn start(db: &Location, config: IngestConfig) -> Result<Ingestor> {
         let conn = super::open_write(db)?;
         let counts = Arc::new(Counters::default());
         let (input, submissions) = bounded::<Submission>(config.queue.max(1));
@@ -257,8 +256,8 @@ impl Ingestor {
     /// Runs `write` on the writer thread, inside its current batch transaction (under a
     /// savepoint: if `write` fails, only its changes are undone), and returns its result
     /// once the batch committed. For the rollout controller: `rollouts::create` and
-    /// `rollouts::transition` take the `&Connection` given here.
-    pub fn write<T: Send + 'static>(&self, write: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+    /// `rollouts::transition` take the `&Db` given here.
+    pub fn write<T: Send + 'static>(&self, write: impl FnOnce(&Db) -> Result<T> + Send + 'static) -> Result<T> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T>>(1);
         let slot = Arc::new(std::sync::Mutex::new(None::<Result<T>>));
         let written = Arc::clone(&slot);
@@ -384,7 +383,7 @@ fn verify_loop(submissions: &Receiver<Submission>, to_writer: &Sender<Job>, coun
     }
 }
 
-fn writer_loop(mut conn: Connection, jobs: &Receiver<Job>, config: &IngestConfig, counts: &Counters) {
+fn writer_loop(db: Db, jobs: &Receiver<Job>, config: &IngestConfig, counts: &Counters) {
     let max_batch = config.max_batch.max(1);
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     let mut order = Reorder::default();
@@ -413,7 +412,7 @@ fn writer_loop(mut conn: Connection, jobs: &Receiver<Job>, config: &IngestConfig
         }
         let now = crate::time::now_unix();
         let mut decided = Vec::with_capacity(batch.len());
-        let committed = write_batch(&mut conn, &mut batch, &mut decided, now).map_err(|e| {
+        let committed = write_batch(&db, &mut batch, &mut decided, now).map_err(|e| {
             tracing::error!("fleet database: a batch of {} writes was not stored: {e:#}", decided.len() + batch.len());
             format!("{e:#}")
         });
@@ -485,51 +484,25 @@ enum Decided {
 
 /// Decides and writes every job of `batch` in one transaction, moving each into `decided`
 /// with its outcome. On an error the jobs not yet decided stay in `batch`.
-fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>, decided: &mut Vec<Decided>, now: i64) -> Result<()> {
-    let tx = conn.transaction()?;
-    {
-        let mut lookup = tx.prepare_cached(
-            "SELECT d.id, s.last_seq FROM devices d LEFT JOIN device_state s ON s.device = d.id WHERE d.public_key = ?1",
-        )?;
-        let mut insert_event = tx.prepare_cached(
-            "INSERT INTO status_events
-               (device, seq, rollout, state, result, error, error_code, install_secs, received_at, signed)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
-        let mut upsert_state = tx.prepare_cached(
-            "INSERT INTO device_state
-               (device, last_seq, release, version, installed_id, state, rollout, result, error, error_code,
-                health, slot, updated_at, active_slot, security_floor, target_version, install_secs)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
-             ON CONFLICT (device) DO UPDATE SET
-               last_seq = excluded.last_seq, release = excluded.release, version = excluded.version,
-               installed_id = excluded.installed_id, state = excluded.state, rollout = excluded.rollout,
-               result = excluded.result, error = excluded.error, error_code = excluded.error_code,
-               health = excluded.health, slot = excluded.slot, updated_at = excluded.updated_at,
-               active_slot = excluded.active_slot, security_floor = excluded.security_floor,
-               target_version = excluded.target_version,
-               -- The last install's duration stays until a report gives another.
-               install_secs = coalesce(excluded.install_secs, device_state.install_secs)",
-        )?;
+fn write_batch(db: &Db, batch: &mut Vec<Job>, decided: &mut Vec<Decided>, now: i64) -> Result<()> {
+    db.transaction(|db| {
         // Drain from the front in order, so that on an error the rest stay in `batch`.
         let mut jobs = std::mem::take(batch).into_iter();
         while let Some(job) = jobs.next() {
             let step = match job {
                 Job::Dropped(_) => Ok(()),
                 Job::Report(number, r, ack) => {
-                    let found: Option<(i64, Option<i64>)> =
-                        match lookup.query_row([&r.device[..]], |row| Ok((row.get(0)?, row.get(1)?))).optional() {
-                            Ok(found) => found,
-                            Err(e) => {
-                                batch.push(Job::Report(number, r, ack));
-                                batch.extend(jobs);
-                                return Err(e.into());
-                            }
-                        };
+                    let found = db.query_opt(
+                        "SELECT d.id, s.last_seq FROM devices d LEFT JOIN device_state s ON s.device = d.id
+                         WHERE d.public_key = ?1",
+                        &[&&r.device[..]],
+                        |row| Ok((row.get::<i64>(0)?, row.get::<Option<i64>>(1)?)),
+                    );
                     let outcome = match found {
-                        None => Ok(Outcome::Unenrolled),
-                        Some((_, Some(last))) if r.seq <= last => Ok(Outcome::Replayed { last_seq: last as u64 }),
-                        Some((device, _)) => store(&mut insert_event, &mut upsert_state, device, &r, now),
+                        Err(e) => Err(e),
+                        Ok(None) => Ok(Outcome::Unenrolled),
+                        Ok(Some((_, Some(last)))) if r.seq <= last => Ok(Outcome::Replayed { last_seq: last as u64 }),
+                        Ok(Some((device, _))) => store(db, device, &r, now),
                     };
                     match outcome {
                         Ok(outcome) => {
@@ -543,7 +516,7 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>, decided: &mut Vec<De
                     }
                 }
                 Job::Exec(exec) => {
-                    let ran = run_exec(&tx, exec.run);
+                    let ran = run_exec(db, exec.run);
                     // Told after the commit either way; a failed savepoint fails the batch.
                     decided.push(Decided::Exec(exec.done));
                     ran
@@ -554,57 +527,59 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>, decided: &mut Vec<De
                 return Err(e);
             }
         }
-    }
-    tx.commit()?;
-    Ok(())
+        Ok(())
+    })
 }
 
-fn store(
-    insert_event: &mut rusqlite::CachedStatement<'_>,
-    upsert_state: &mut rusqlite::CachedStatement<'_>,
-    device: i64,
-    r: &Checked,
-    now: i64,
-) -> Result<Outcome> {
-    insert_event.execute(params![
-        device,
-        r.seq,
-        r.rollout,
-        r.state,
-        r.result,
-        r.error,
-        r.error_code,
-        r.install_secs,
-        now,
-        r.signed
-    ])?;
-    upsert_state.execute(params![
-        device,
-        r.seq,
-        r.release,
-        r.version,
-        r.installed_id,
-        r.state,
-        r.rollout,
-        r.result,
-        r.error,
-        r.error_code,
-        r.health,
-        r.slot,
-        now,
-        r.active_slot,
-        r.security_floor,
-        r.target_version,
-        r.install_secs
-    ])?;
+fn store(db: &Db, device: i64, r: &Checked, now: i64) -> Result<Outcome> {
+    db.execute(
+        "INSERT INTO status_events
+           (device, seq, rollout, state, result, error, error_code, install_secs, received_at, signed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        &[&device, &r.seq, &r.rollout, &r.state, &r.result, &r.error, &r.error_code, &r.install_secs, &now, &r.signed],
+    )?;
+    db.execute(
+        "INSERT INTO device_state
+           (device, last_seq, release, version, installed_id, state, rollout, result, error, error_code,
+            health, slot, updated_at, active_slot, security_floor, target_version, install_secs)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+         ON CONFLICT (device) DO UPDATE SET
+           last_seq = excluded.last_seq, release = excluded.release, version = excluded.version,
+           installed_id = excluded.installed_id, state = excluded.state, rollout = excluded.rollout,
+           result = excluded.result, error = excluded.error, error_code = excluded.error_code,
+           health = excluded.health, slot = excluded.slot, updated_at = excluded.updated_at,
+           active_slot = excluded.active_slot, security_floor = excluded.security_floor,
+           target_version = excluded.target_version,
+           -- The last install's duration stays until a report gives another.
+           install_secs = coalesce(excluded.install_secs, device_state.install_secs)",
+        &[
+            &device,
+            &r.seq,
+            &r.release,
+            &r.version,
+            &r.installed_id,
+            &r.state,
+            &r.rollout,
+            &r.result,
+            &r.error,
+            &r.error_code,
+            &r.health,
+            &r.slot,
+            &now,
+            &r.active_slot,
+            &r.security_floor,
+            &r.target_version,
+            &r.install_secs,
+        ],
+    )?;
     Ok(Outcome::Accepted)
 }
 
 /// Runs a write under a savepoint; a failed write's changes are rolled back to it.
-fn run_exec(tx: &Connection, run: Box<dyn FnOnce(&Connection) -> bool + Send>) -> Result<()> {
-    tx.execute_batch("SAVEPOINT fleet_exec").context("cannot start a savepoint")?;
-    let ok = run(tx);
+fn run_exec(db: &Db, run: Box<dyn FnOnce(&Db) -> bool + Send>) -> Result<()> {
+    db.execute_batch("SAVEPOINT fleet_exec").context("cannot start a savepoint")?;
+    let ok = run(db);
     let end = if ok { "RELEASE fleet_exec" } else { "ROLLBACK TO fleet_exec; RELEASE fleet_exec" };
-    tx.execute_batch(end).context("cannot end a savepoint")?;
+    db.execute_batch(end).context("cannot end a savepoint")?;
     Ok(())
 }

@@ -1,10 +1,12 @@
 //! Fleet state: which devices are enrolled, what each last reported, every status report
 //! received, and rollouts with their state transitions. SQLite in `<repo>/fleet.sqlite`,
-//! next to the TUF repository (see `DESIGN.md`, "Control plane").
+//! next to the TUF repository (see `DESIGN.md`, "Control plane"), or a PostgreSQL database
+//! (`seeder --database postgres://…`) that several `seeder serve` replicas share.
 //!
-//! - [`open_write`] / [`open_read`]: the one place that opens the database. Writes use WAL
-//!   and `synchronous=FULL`, so a committed transaction survives a kill or a power cut: an
-//!   acknowledged report is never lost.
+//! - [`open_write`] / [`open_read`]: the one place that opens the database ([`Location`]),
+//!   as a [`Db`] (`db`: the same SQL on either engine). SQLite writes use WAL and
+//!   `synchronous=FULL`, so a committed transaction survives a kill or a power cut: an
+//!   acknowledged report is never lost; PostgreSQL commits durably by default.
 //! - `schema`: the versioned schema (`PRAGMA user_version`), migrated forward on open.
 //! - [`enroll`]: devices enter the fleet (one transaction, all or nothing).
 //! - [`ingest`]: signed status reports from untrusted edge nodes: verified again on a pool
@@ -25,10 +27,12 @@
 
 pub mod anomaly;
 pub mod bench;
+pub mod db;
 pub mod edges;
 pub mod enroll;
 pub mod ingest;
 pub mod inventory;
+pub mod lease;
 pub mod query;
 pub mod rollouts;
 mod schema;
@@ -36,8 +40,10 @@ mod schema;
 mod tests;
 
 use anyhow::{bail, Context, Result};
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+pub use db::Db;
+use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The database's file name inside the repository directory.
@@ -46,7 +52,7 @@ pub const FILE_NAME: &str = "fleet.sqlite";
 /// How long a connection waits for another writer (another process) before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The fleet database of the repository at `repo`.
+/// The fleet database's file inside the repository at `repo` (the SQLite default).
 pub fn db_path(repo: &Path) -> PathBuf {
     repo.join(FILE_NAME)
 }
@@ -60,12 +66,58 @@ pub fn check_repo(repo: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Opens (creating if missing) the database for writing: WAL, `synchronous=FULL`, foreign
-/// keys on, transactions that take the write lock when they begin, schema migrated to the
-/// newest version.
-pub fn open_write(path: &Path) -> Result<Connection> {
-    let mut conn =
-        Connection::open(path).with_context(|| format!("cannot open the fleet database {}", path.display()))?;
+/// Where the fleet database is: a SQLite file in the repository, or a PostgreSQL server
+/// several `seeder serve` replicas share.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Location {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Location {
+    /// For messages: the file, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Sqlite(path) => path.display().to_string(),
+            Location::Postgres(url) => db::redact(url),
+        }
+    }
+}
+
+/// The PostgreSQL URL `--database` gave for this process, if any.
+static DATABASE: OnceLock<String> = OnceLock::new();
+
+/// Makes every fleet command of this process use the PostgreSQL database at `url` instead
+/// of the repository's SQLite file. Fails on anything but a `postgres://` or
+/// `postgresql://` URL.
+pub fn use_database(url: &str) -> Result<()> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) || url.len() > 4096 {
+        bail!("--database must be a postgres:// or postgresql:// URL (the default is the repository's {FILE_NAME})");
+    }
+    DATABASE.set(url.to_string()).map_err(|_| anyhow::anyhow!("--database was given twice"))
+}
+
+/// The fleet database of the repository at `repo`: `--database` if given, else its file.
+pub fn location(repo: &Path) -> Location {
+    match DATABASE.get() {
+        Some(url) => Location::Postgres(url.clone()),
+        None => Location::Sqlite(db_path(repo)),
+    }
+}
+
+/// Opens (creating if missing) the database for writing, its schema migrated to the
+/// newest version. SQLite: WAL, `synchronous=FULL`, foreign keys on.
+pub fn open_write(location: &Location) -> Result<Db> {
+    let db = match location {
+        Location::Sqlite(path) => Db::sqlite(open_sqlite_write(path)?),
+        Location::Postgres(url) => Db::postgres(url)?,
+    };
+    schema::migrate(&db).with_context(|| format!("cannot migrate the fleet database {}", location.describe()))?;
+    Ok(db)
+}
+
+fn open_sqlite_write(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).with_context(|| format!("cannot open the fleet database {}", path.display()))?;
     configure(&conn).with_context(|| format!("cannot configure the fleet database {}", path.display()))?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -74,26 +126,28 @@ pub fn open_write(path: &Path) -> Result<Connection> {
             path.display()
         );
     }
-    // A deferred transaction that reads and then writes fails at once with SQLITE_BUSY
-    // (no busy wait) when another process committed in between — `seeder serve` ingesting
-    // while `seeder devices enroll` runs. Taking the write lock at BEGIN makes every writer
-    // queue on the busy timeout instead.
-    conn.set_transaction_behavior(TransactionBehavior::Immediate);
-    schema::migrate(&mut conn).with_context(|| format!("cannot migrate the fleet database {}", path.display()))?;
     Ok(conn)
 }
 
-/// Opens the database read-only; `None` if it does not exist yet (no device was ever
+/// Opens the database for reading; `None` if it does not exist yet (no device was ever
 /// enrolled). Fails if its schema is newer than this seeder knows.
-pub fn open_read(path: &Path) -> Result<Option<Connection>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .with_context(|| format!("cannot open the fleet database {}", path.display()))?;
-    configure(&conn)?;
-    schema::check_readable(&conn).with_context(|| format!("cannot read the fleet database {}", path.display()))?;
-    Ok(Some(conn))
+pub fn open_read(location: &Location) -> Result<Option<Db>> {
+    let db = match location {
+        Location::Sqlite(path) => {
+            if !path.exists() {
+                return Ok(None);
+            }
+            let conn =
+                Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                    .with_context(|| format!("cannot open the fleet database {}", path.display()))?;
+            configure(&conn)?;
+            Db::sqlite(conn)
+        }
+        Location::Postgres(url) => Db::postgres(url)?,
+    };
+    let readable = schema::check_readable(&db)
+        .with_context(|| format!("cannot read the fleet database {}", location.describe()))?;
+    Ok(readable.then_some(db))
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {

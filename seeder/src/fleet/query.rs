@@ -1,9 +1,8 @@
 //! What readers see: devices with their latest state. Readers use their own read-only
 //! connections ([`super::open_read`]); WAL lets them read while the writer commits.
 
+use super::db::{params, Db, Row, Value, NO_LIMIT};
 use anyhow::Result;
-use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 /// An enrolled device and, once it has reported, its latest state.
@@ -64,7 +63,7 @@ const SELECT_DEVICES: &str = "
            s.error_code, s.health, s.slot, s.updated_at, s.active_slot, s.security_floor, s.target_version
     FROM devices d LEFT JOIN device_state s ON s.device = d.id";
 
-fn device_row(row: &Row<'_>) -> rusqlite::Result<DeviceRow> {
+fn device_row(row: &Row<'_>) -> Result<DeviceRow> {
     let key: Vec<u8> = row.get(1)?;
     let last_seq: Option<i64> = row.get(5)?;
     let state = match last_seq {
@@ -83,7 +82,7 @@ fn device_row(row: &Row<'_>) -> rusqlite::Result<DeviceRow> {
             slot: row.get(15)?,
             updated_at: row.get(16)?,
             active_slot: row.get(17)?,
-            security_floor: row.get::<_, Option<i64>>(18)?.map(|f| f.max(0) as u64),
+            security_floor: row.get::<Option<i64>>(18)?.map(|f| f.max(0) as u64),
             target_version: row.get(19)?,
         }),
     };
@@ -99,7 +98,7 @@ fn device_row(row: &Row<'_>) -> rusqlite::Result<DeviceRow> {
 
 #[cfg(test)]
 /// Every enrolled device (of `site`, if given) by device id.
-pub fn list_devices(conn: &Connection, site: Option<&str>) -> Result<Vec<DeviceRow>> {
+pub fn list_devices(conn: &Db, site: Option<&str>) -> Result<Vec<DeviceRow>> {
     Ok(find_devices(conn, &DeviceFilter { site, ..DeviceFilter::default() })?.devices)
 }
 
@@ -141,7 +140,7 @@ pub struct DevicePage {
 }
 
 /// The devices `filter` selects, by device id: how many in all and the page it asks for.
-pub fn find_devices(conn: &Connection, filter: &DeviceFilter<'_>) -> Result<DevicePage> {
+pub fn find_devices(conn: &Db, filter: &DeviceFilter<'_>) -> Result<DevicePage> {
     Ok(DevicePage { total: count_devices(conn, filter)?, devices: page_of_devices(conn, filter)? })
 }
 
@@ -186,7 +185,7 @@ fn condition(filter: &DeviceFilter<'_>) -> Condition {
     }
     if let Some(before) = filter.stale_before {
         clauses.push("(s.device IS NULL OR s.updated_at < ?)");
-        params.push(Value::Integer(before));
+        params.push(Value::Int(before));
     }
     let needs_state = clauses.iter().any(|c| c.starts_with("s.") || c.starts_with("(s."));
     let sql = if clauses.is_empty() { String::new() } else { format!(" WHERE {}", clauses.join(" AND ")) };
@@ -196,14 +195,13 @@ fn condition(filter: &DeviceFilter<'_>) -> Condition {
 /// How many devices `filter` selects (its paging ignored). Joins the latest states only
 /// when a condition is on them: SQLite keeps a `LEFT JOIN` it is not asked for, and over a
 /// million devices that join is most of the count's time (0.4 s against 11 ms).
-pub fn count_devices(conn: &Connection, filter: &DeviceFilter<'_>) -> Result<u64> {
+pub fn count_devices(conn: &Db, filter: &DeviceFilter<'_>) -> Result<u64> {
     let Condition { sql, params, needs_state } = condition(filter);
     let join = if needs_state { " LEFT JOIN device_state s ON s.device = d.id" } else { "" };
-    let total: i64 = conn.query_row(
-        &format!("SELECT count(*) FROM devices d{join}{sql}"),
-        params_from_iter(params.iter()),
-        |row| row.get(0),
-    )?;
+    let total: i64 =
+        conn.query_one(&format!("SELECT count(*) FROM devices d{join}{sql}"), &self::params(&params), |row| {
+            row.get(0)
+        })?;
     Ok(total.max(0) as u64)
 }
 
@@ -212,22 +210,21 @@ pub fn count_devices(conn: &Connection, filter: &DeviceFilter<'_>) -> Result<u64
 /// condition is on them), then only those are joined: rows an `offset` skips cost an index
 /// step each rather than a join. With `after`, the page starts past that device id: one
 /// index seek, however deep into the fleet.
-pub fn page_of_devices(conn: &Connection, filter: &DeviceFilter<'_>) -> Result<Vec<DeviceRow>> {
+pub fn page_of_devices(conn: &Db, filter: &DeviceFilter<'_>) -> Result<Vec<DeviceRow>> {
     let Condition { mut sql, mut params, needs_state } = condition(filter);
     if let Some(after) = filter.after {
         sql.push_str(if sql.is_empty() { " WHERE d.device_id > ?" } else { " AND d.device_id > ?" });
         params.push(Value::Text(after.to_string()));
     }
-    params.push(Value::Integer(if filter.limit == 0 { -1 } else { filter.limit.min(i64::MAX as u64) as i64 }));
-    params.push(Value::Integer(filter.offset.min(i64::MAX as u64) as i64));
+    params.push(Value::Int(if filter.limit == 0 { NO_LIMIT } else { filter.limit.min(i64::MAX as u64) as i64 }));
+    params.push(Value::Int(filter.offset.min(i64::MAX as u64) as i64));
     let join = if needs_state { " LEFT JOIN device_state s ON s.device = d.id" } else { "" };
-    let mut stmt = conn.prepare_cached(&format!(
+    let sql = format!(
         "{SELECT_DEVICES} WHERE d.id IN
            (SELECT d.id FROM devices d{join}{sql} ORDER BY d.device_id LIMIT ? OFFSET ?)
          ORDER BY d.device_id"
-    ))?;
-    let devices = stmt.query_map(params_from_iter(params.iter()), device_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(devices)
+    );
+    conn.query(&sql, &self::params(&params), device_row)
 }
 
 /// Devices an offset anchor stands for: see [`offset_anchors`].
@@ -244,18 +241,18 @@ pub fn on_devices_only(filter: &DeviceFilter<'_>) -> bool {
 /// start after an anchor and skip fewer than a stride of rows. One walk of the
 /// `devices (device_id)` index; only for [`on_devices_only`] filters (a listing that moves
 /// with every report would need new anchors for every page).
-pub fn offset_anchors(conn: &Connection, filter: &DeviceFilter<'_>) -> Result<Vec<String>> {
+pub fn offset_anchors(conn: &Db, filter: &DeviceFilter<'_>) -> Result<Vec<String>> {
     let Condition { sql, params, needs_state } = condition(filter);
     anyhow::ensure!(!needs_state, "offset anchors are only for filters on the devices table");
-    let mut stmt = conn.prepare(&format!("SELECT d.device_id FROM devices d{sql} ORDER BY d.device_id"))?;
-    let mut rows = stmt.query(params_from_iter(params.iter()))?;
     let (mut anchors, mut position) = (Vec::new(), 0u64);
-    while let Some(row) = rows.next()? {
+    let sql = format!("SELECT d.device_id FROM devices d{sql} ORDER BY d.device_id");
+    conn.query(&sql, &self::params(&params), |row| {
         position += 1;
         if position % ANCHOR_STRIDE == 0 {
-            anchors.push(row.get_ref(0)?.as_str()?.to_string());
+            anchors.push(row.get(0)?);
         }
-    }
+        Ok(())
+    })?;
     Ok(anchors)
 }
 
@@ -269,12 +266,12 @@ pub fn from_anchor(anchors: &[String], offset: u64) -> Option<(&str, u64)> {
 
 /// A number that changes whenever a device is enrolled or a report is stored, read from
 /// two primary keys (no scan): what a cached count is checked against.
-pub fn data_version(conn: &Connection) -> Result<(i64, i64)> {
-    Ok(conn.query_row(
+pub fn data_version(conn: &Db) -> Result<(i64, i64)> {
+    conn.query_one(
         "SELECT (SELECT coalesce(max(id), 0) FROM devices), (SELECT coalesce(max(id), 0) FROM status_events)",
-        [],
+        &[],
         |r| Ok((r.get(0)?, r.get(1)?)),
-    )?)
+    )
 }
 
 /// One stored status report of a device: its update history.
@@ -300,54 +297,49 @@ pub struct HistoryEvent {
 
 /// A device and its newest `limit` history events, newest first; `None` if no device has
 /// this id (or public key, hex).
-pub fn show_device(conn: &Connection, id_or_key: &str, limit: u64) -> Result<Option<(DeviceRow, Vec<HistoryEvent>)>> {
+pub fn show_device(conn: &Db, id_or_key: &str, limit: u64) -> Result<Option<(DeviceRow, Vec<HistoryEvent>)>> {
     let key = protocol::hex::decode_array::<32>(id_or_key).ok();
     let device = match key {
-        Some(key) => {
-            conn.query_row(&format!("{SELECT_DEVICES} WHERE d.public_key = ?1"), [&key[..]], device_row).optional()?
-        }
-        None => {
-            conn.query_row(&format!("{SELECT_DEVICES} WHERE d.device_id = ?1"), [id_or_key], device_row).optional()?
-        }
+        Some(key) => conn.query_opt(&format!("{SELECT_DEVICES} WHERE d.public_key = ?1"), &[&&key[..]], device_row)?,
+        None => conn.query_opt(&format!("{SELECT_DEVICES} WHERE d.device_id = ?1"), &[&id_or_key], device_row)?,
     };
     let Some(device) = device else { return Ok(None) };
-    let mut stmt = conn.prepare(
+    let limit = limit.min(i64::MAX as u64) as i64;
+    let history = conn.query(
         "SELECT e.seq, e.received_at, e.state, e.rollout, e.result, e.error, e.error_code, e.install_secs
          FROM status_events e JOIN devices d ON d.id = e.device
          WHERE d.device_id = ?1 ORDER BY e.id DESC LIMIT ?2",
-    )?;
-    let limit = limit.min(i64::MAX as u64) as i64;
-    let history = stmt
-        .query_map(params![device.id, limit], |row| {
+        &[&device.id, &limit],
+        |row| {
             Ok(HistoryEvent {
-                seq: row.get::<_, i64>(0)?.max(0) as u64,
+                seq: row.get::<i64>(0)?.max(0) as u64,
                 received_at: row.get(1)?,
                 state: row.get(2)?,
                 rollout: row.get(3)?,
                 result: row.get(4)?,
                 error: row.get(5)?,
                 error_code: row.get(6)?,
-                install_secs: row.get::<_, Option<i64>>(7)?.map(|s| s.max(0) as u64),
+                install_secs: row.get::<Option<i64>>(7)?.map(|s| s.max(0) as u64),
             })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        },
+    )?;
     Ok(Some((device, history)))
 }
 
 #[cfg(test)]
 /// Status events stored for the device with this public key, as `seq`s in order.
-pub fn event_seqs(conn: &Connection, public_key: &[u8; 32]) -> Result<Vec<u64>> {
-    let mut stmt = conn.prepare(
+pub fn event_seqs(conn: &Db, public_key: &[u8; 32]) -> Result<Vec<u64>> {
+    conn.query(
         "SELECT e.seq FROM status_events e JOIN devices d ON d.id = e.device WHERE d.public_key = ?1 ORDER BY e.seq",
-    )?;
-    let seqs = stmt.query_map([&public_key[..]], |row| row.get::<_, i64>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(seqs.into_iter().map(|s| s as u64).collect())
+        &[public_key],
+        |row| Ok(row.get::<i64>(0)? as u64),
+    )
 }
 
 #[cfg(test)]
 /// Status events stored in all.
-pub fn event_count(conn: &Connection) -> Result<u64> {
-    Ok(conn.query_row("SELECT count(*) FROM status_events", [], |row| row.get::<_, i64>(0))? as u64)
+pub fn event_count(conn: &Db) -> Result<u64> {
+    Ok(conn.query_one("SELECT count(*) FROM status_events", &[], |row| row.get::<i64>(0))? as u64)
 }
 
 /// One site's devices, aggregated.
@@ -396,9 +388,9 @@ pub struct SitePage {
 /// `devices (site)` index; the aggregation then reads only the devices of the page's sites
 /// (they are contiguous in site order), so a page of 50 sites of a million-device fleet
 /// reads 50 sites' devices.
-pub fn site_summaries(conn: &Connection, stale_before: i64, filter: &SiteFilter<'_>) -> Result<SitePage> {
+pub fn site_summaries(conn: &Db, stale_before: i64, filter: &SiteFilter<'_>) -> Result<SitePage> {
     use std::collections::BTreeMap;
-    let mut condition = String::from(" WHERE 1");
+    let mut condition = String::from(" WHERE TRUE");
     let mut params: Vec<Value> = Vec::new();
     if let Some(site) = filter.site {
         condition += " AND d.site = ?";
@@ -408,18 +400,19 @@ pub fn site_summaries(conn: &Connection, stale_before: i64, filter: &SiteFilter<
         condition += " AND instr(d.site, ?) > 0";
         params.push(Value::Text(needle.to_string()));
     }
-    let total: i64 = conn.query_row(
+    let total: i64 = conn.query_one(
         &format!("SELECT count(DISTINCT d.site) FROM devices d{condition}"),
-        params_from_iter(params.iter()),
+        &self::params(&params),
         |row| row.get(0),
     )?;
     let mut page = params.clone();
-    page.push(Value::Integer(if filter.limit == 0 { -1 } else { filter.limit.min(i64::MAX as u64) as i64 }));
-    page.push(Value::Integer(filter.offset.min(i64::MAX as u64) as i64));
-    let names: Vec<String> = conn
-        .prepare(&format!("SELECT d.site FROM devices d{condition} GROUP BY d.site ORDER BY d.site LIMIT ? OFFSET ?"))?
-        .query_map(params_from_iter(page.iter()), |row| row.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    page.push(Value::Int(if filter.limit == 0 { NO_LIMIT } else { filter.limit.min(i64::MAX as u64) as i64 }));
+    page.push(Value::Int(filter.offset.min(i64::MAX as u64) as i64));
+    let names: Vec<String> = conn.query(
+        &format!("SELECT d.site FROM devices d{condition} GROUP BY d.site ORDER BY d.site LIMIT ? OFFSET ?"),
+        &self::params(&page),
+        |row| row.get(0),
+    )?;
     let (Some(first), Some(last)) = (names.first().cloned(), names.last().cloned()) else {
         return Ok(SitePage { total: total.max(0) as u64, sites: Vec::new() });
     };
@@ -441,22 +434,23 @@ pub fn site_summaries(conn: &Connection, stale_before: i64, filter: &SiteFilter<
     let count = |n: Option<i64>| n.unwrap_or(0).max(0) as u64;
     // Sites in the range but outside the filter (a `name_contains` page) are read and
     // dropped below: the range is what the index can seek.
-    let mut stmt = conn.prepare(
-        "SELECT d.site, d.hw_class, count(*), sum(s.device IS NULL), sum(s.updated_at < ?3)
+    let rows = conn.query(
+        "SELECT d.site, d.hw_class, count(*), CAST(sum(CASE WHEN s.device IS NULL THEN 1 ELSE 0 END) AS BIGINT),
+                CAST(sum(CASE WHEN s.updated_at < ?3 THEN 1 ELSE 0 END) AS BIGINT)
          FROM devices d LEFT JOIN device_state s ON s.device = d.id
          WHERE d.site BETWEEN ?1 AND ?2 GROUP BY d.site, d.hw_class",
+        &[&first, &last, &stale_before],
+        |row| {
+            Ok((
+                row.get::<String>(0)?,
+                row.get::<String>(1)?,
+                row.get::<i64>(2)?,
+                row.get::<Option<i64>>(3)?,
+                row.get::<Option<i64>>(4)?,
+            ))
+        },
     )?;
-    let rows = stmt.query_map(params![first, last, stale_before], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, String>(1)?,
-            row.get::<_, i64>(2)?,
-            row.get::<_, Option<i64>>(3)?,
-            row.get::<_, Option<i64>>(4)?,
-        ))
-    })?;
-    for row in rows {
-        let (site, hw_class, devices, never, stale) = row?;
+    for (site, hw_class, devices, never, stale) in rows {
         if let Some(summary) = sites.get_mut(&site) {
             summary.devices += devices.max(0) as u64;
             summary.never_reported += count(never);
@@ -464,22 +458,22 @@ pub fn site_summaries(conn: &Connection, stale_before: i64, filter: &SiteFilter<
             *summary.hw_classes.entry(hw_class).or_default() += devices.max(0) as u64;
         }
     }
-    let mut stmt = conn.prepare(
+    let rows = conn.query(
         "SELECT d.site, s.release, s.version, s.state, count(*)
          FROM devices d JOIN device_state s ON s.device = d.id
          WHERE d.site BETWEEN ?1 AND ?2 GROUP BY d.site, s.release, s.version, s.state",
+        &[&first, &last],
+        |row| {
+            Ok((
+                row.get::<String>(0)?,
+                row.get::<String>(1)?,
+                row.get::<String>(2)?,
+                row.get::<String>(3)?,
+                row.get::<i64>(4)?,
+            ))
+        },
     )?;
-    let rows = stmt.query_map(params![first, last], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, String>(1)?,
-            row.get::<_, String>(2)?,
-            row.get::<_, String>(3)?,
-            row.get::<_, i64>(4)?,
-        ))
-    })?;
-    for row in rows {
-        let (site, release, version, state, n) = row?;
+    for (site, release, version, state, n) in rows {
         if let Some(summary) = sites.get_mut(&site) {
             *summary.versions.entry(format!("{release}@{version}")).or_default() += n.max(0) as u64;
             *summary.states.entry(state).or_default() += n.max(0) as u64;
@@ -511,17 +505,13 @@ pub struct FleetOverview {
 /// The fleet's overview. Each figure is one grouped query on an index (`devices (site)`,
 /// `devices (hw_class)`, `device_state (state)`, `(release, version)`, `(updated_at)`):
 /// no join and no table scan, so a million devices cost a few index scans.
-pub fn overview(conn: &Connection, stale_before: i64) -> Result<FleetOverview> {
+pub fn overview(conn: &Db, stale_before: i64) -> Result<FleetOverview> {
     use std::collections::BTreeMap;
-    let one = |sql: &str| -> rusqlite::Result<u64> {
-        conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n.max(0) as u64)
-    };
+    let one = |sql: &str| -> Result<u64> { conn.query_one(sql, &[], |r| r.get::<i64>(0)).map(|n| n.max(0) as u64) };
     let grouped = |sql: &str| -> Result<BTreeMap<String, u64>> {
-        let mut stmt = conn.prepare(sql)?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let rows = conn.query(sql, &[], |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?)))?;
         let mut out = BTreeMap::new();
-        for row in rows {
-            let (key, n) = row?;
+        for (key, n) in rows {
             *out.entry(key).or_default() += n.max(0) as u64;
         }
         Ok(out)
@@ -530,7 +520,7 @@ pub fn overview(conn: &Connection, stale_before: i64) -> Result<FleetOverview> {
     let reported = one("SELECT count(*) FROM device_state")?;
     let sites = one("SELECT count(DISTINCT site) FROM devices")?;
     let stale = conn
-        .query_row("SELECT count(*) FROM device_state WHERE updated_at < ?1", [stale_before], |r| r.get::<_, i64>(0))?
+        .query_one("SELECT count(*) FROM device_state WHERE updated_at < ?1", &[&stale_before], |r| r.get::<i64>(0))?
         .max(0) as u64;
     let mut states = grouped("SELECT state, count(*) FROM device_state GROUP BY state")?;
     let never_reported = devices.saturating_sub(reported);
@@ -544,10 +534,10 @@ pub fn overview(conn: &Connection, stale_before: i64) -> Result<FleetOverview> {
 
 /// Where an event stream starts: the newest status event and rollout transition now, or
 /// `None` without a database.
-pub fn event_cursor(db: &std::path::Path) -> Result<Option<(i64, i64)>> {
+pub fn event_cursor(db: &super::Location) -> Result<Option<(i64, i64)>> {
     let Some(conn) = super::open_read(db)? else { return Ok(None) };
-    let status: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM status_events", [], |r| r.get(0))?;
-    let transitions: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM rollout_transitions", [], |r| r.get(0))?;
+    let status: i64 = conn.query_one("SELECT coalesce(max(id), 0) FROM status_events", &[], |r| r.get(0))?;
+    let transitions: i64 = conn.query_one("SELECT coalesce(max(id), 0) FROM rollout_transitions", &[], |r| r.get(0))?;
     Ok(Some((status, transitions)))
 }
 
@@ -557,52 +547,52 @@ pub type StreamEvent = (&'static str, (i64, i64), serde_json::Value);
 
 /// Status events and rollout transitions after `cursor` (status event id, transition id), at
 /// most `limit` of each, oldest first: `(kind, cursor after it, JSON)`.
-pub fn events_after(db: &std::path::Path, cursor: (i64, i64), limit: i64) -> Result<Vec<StreamEvent>> {
+pub fn events_after(db: &super::Location, cursor: (i64, i64), limit: i64) -> Result<Vec<StreamEvent>> {
     let Some(conn) = super::open_read(db)? else { return Ok(Vec::new()) };
     let mut out = Vec::new();
-    let mut stmt = conn.prepare(
+    let mut at = cursor;
+    let rows = conn.query(
         "SELECT e.id, d.device_id, d.site, e.seq, e.state, e.rollout, e.result, e.error, e.received_at
          FROM status_events e JOIN devices d ON d.id = e.device WHERE e.id > ?1 ORDER BY e.id LIMIT ?2",
+        &[&cursor.0, &limit],
+        |row| {
+            Ok((
+                row.get::<i64>(0)?,
+                serde_json::json!({
+                    "device": row.get::<String>(1)?,
+                    "site": row.get::<String>(2)?,
+                    "seq": row.get::<i64>(3)?,
+                    "state": row.get::<String>(4)?,
+                    "rollout": row.get::<Option<String>>(5)?,
+                    "result": row.get::<Option<String>>(6)?,
+                    "error": row.get::<Option<String>>(7)?,
+                    "received_at": row.get::<i64>(8)?,
+                }),
+            ))
+        },
     )?;
-    let mut at = cursor;
-    let rows = stmt.query_map(params![cursor.0, limit], |row| {
-        Ok((
-            row.get::<_, i64>(0)?,
-            serde_json::json!({
-                "device": row.get::<_, String>(1)?,
-                "site": row.get::<_, String>(2)?,
-                "seq": row.get::<_, i64>(3)?,
-                "state": row.get::<_, String>(4)?,
-                "rollout": row.get::<_, Option<String>>(5)?,
-                "result": row.get::<_, Option<String>>(6)?,
-                "error": row.get::<_, Option<String>>(7)?,
-                "received_at": row.get::<_, i64>(8)?,
-            }),
-        ))
-    })?;
-    for row in rows {
-        let (id, data) = row?;
+    for (id, data) in rows {
         at.0 = id;
         out.push(("status", at, data));
     }
-    let mut stmt = conn.prepare(
+    let rows = conn.query(
         "SELECT id, rollout, from_state, to_state, reason, at FROM rollout_transitions
          WHERE id > ?1 ORDER BY id LIMIT ?2",
+        &[&cursor.1, &limit],
+        |row| {
+            Ok((
+                row.get::<i64>(0)?,
+                serde_json::json!({
+                    "rollout": row.get::<String>(1)?,
+                    "from": row.get::<String>(2)?,
+                    "to": row.get::<String>(3)?,
+                    "reason": row.get::<String>(4)?,
+                    "at": row.get::<i64>(5)?,
+                }),
+            ))
+        },
     )?;
-    let rows = stmt.query_map(params![cursor.1, limit], |row| {
-        Ok((
-            row.get::<_, i64>(0)?,
-            serde_json::json!({
-                "rollout": row.get::<_, String>(1)?,
-                "from": row.get::<_, String>(2)?,
-                "to": row.get::<_, String>(3)?,
-                "reason": row.get::<_, String>(4)?,
-                "at": row.get::<_, i64>(5)?,
-            }),
-        ))
-    })?;
-    for row in rows {
-        let (id, data) = row?;
+    for (id, data) in rows {
         at.1 = id;
         out.push(("rollout", at, data));
     }

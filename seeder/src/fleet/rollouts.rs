@@ -3,8 +3,8 @@
 //! state change is a compare-and-set that also appends a transition, in one transaction.
 //! Writers inside `seeder serve` call these through [`super::ingest::Ingestor::write`].
 
+use super::Db;
 use anyhow::{bail, Result};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 /// A rollout to create.
@@ -66,13 +66,13 @@ pub struct Transition {
 }
 
 /// Creates a rollout at wave 0.
-pub fn create(conn: &Connection, rollout: &NewRollout, now: i64) -> Result<()> {
+pub fn create(conn: &Db, rollout: &NewRollout, now: i64) -> Result<()> {
     let r = rollout;
     let inserted = conn.execute(
         "INSERT INTO rollouts (id, release_name, release_version, hw_class, state, current_wave, policy_seq, policy,
                                created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8, ?8) ON CONFLICT (id) DO NOTHING",
-        params![r.id, r.release_name, r.release_version, r.hw_class, r.state, r.policy_seq as i64, r.policy, now],
+        &[&r.id, &r.release_name, &r.release_version, &r.hw_class, &r.state, &(r.policy_seq as i64), &r.policy, &now],
     )?;
     if inserted == 0 {
         bail!("rollout `{}` already exists", r.id);
@@ -97,17 +97,17 @@ pub struct Change<'a> {
 
 /// Applies `change` to rollout `id` and appends a transition. Fails, changing nothing, if
 /// the rollout is not in `change.from`.
-pub fn transition(conn: &Connection, id: &str, change: &Change<'_>, now: i64) -> Result<()> {
+pub fn transition(conn: &Db, id: &str, change: &Change<'_>, now: i64) -> Result<()> {
     let Change { from, to, wave, policy, reason } = *change;
     let changed = match policy {
         Some((seq, bytes)) => conn.execute(
             "UPDATE rollouts SET state = ?3, current_wave = ?4, policy_seq = ?5, policy = ?6, updated_at = ?7
              WHERE id = ?1 AND state = ?2",
-            params![id, from, to, wave, seq as i64, bytes, now],
+            &[&id, &from, &to, &wave, &(seq as i64), &bytes, &now],
         )?,
         None => conn.execute(
             "UPDATE rollouts SET state = ?3, current_wave = ?4, updated_at = ?5 WHERE id = ?1 AND state = ?2",
-            params![id, from, to, wave, now],
+            &[&id, &from, &to, &wave, &now],
         )?,
     };
     if changed == 0 {
@@ -118,44 +118,39 @@ pub fn transition(conn: &Connection, id: &str, change: &Change<'_>, now: i64) ->
     }
     conn.execute(
         "INSERT INTO rollout_transitions (rollout, from_state, to_state, reason, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id, from, to, reason, now],
+        &[&id, &from, &to, &reason, &now],
     )?;
     Ok(())
 }
 
 /// The rollout `id`, if it exists.
-pub fn get(conn: &Connection, id: &str) -> Result<Option<Rollout>> {
-    Ok(conn
-        .query_row(
-            "SELECT id, release_name, release_version, hw_class, state, current_wave, policy_seq, policy, created_at,
+pub fn get(conn: &Db, id: &str) -> Result<Option<Rollout>> {
+    conn.query_opt(
+        "SELECT id, release_name, release_version, hw_class, state, current_wave, policy_seq, policy, created_at,
                     updated_at FROM rollouts WHERE id = ?1",
-            [id],
-            |row| {
-                Ok(Rollout {
-                    id: row.get(0)?,
-                    release_name: row.get(1)?,
-                    release_version: row.get(2)?,
-                    hw_class: row.get(3)?,
-                    state: row.get(4)?,
-                    current_wave: row.get(5)?,
-                    policy_seq: row.get::<_, i64>(6)? as u64,
-                    policy: row.get(7)?,
-                    created_at: row.get(8)?,
-                    updated_at: row.get(9)?,
-                })
-            },
-        )
-        .optional()?)
+        &[&id],
+        |row| {
+            Ok(Rollout {
+                id: row.get(0)?,
+                release_name: row.get(1)?,
+                release_version: row.get(2)?,
+                hw_class: row.get(3)?,
+                state: row.get(4)?,
+                current_wave: row.get(5)?,
+                policy_seq: row.get::<i64>(6)? as u64,
+                policy: row.get(7)?,
+                created_at: row.get(8)?,
+                updated_at: row.get(9)?,
+            })
+        },
+    )
 }
 
 /// Every transition of rollout `id`, oldest first.
-pub fn transitions(conn: &Connection, id: &str) -> Result<Vec<Transition>> {
-    let mut stmt = conn
-        .prepare("SELECT from_state, to_state, reason, at FROM rollout_transitions WHERE rollout = ?1 ORDER BY id")?;
-    let rows = stmt
-        .query_map([id], |row| {
-            Ok(Transition { from: row.get(0)?, to: row.get(1)?, reason: row.get(2)?, at: row.get(3)? })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
+pub fn transitions(conn: &Db, id: &str) -> Result<Vec<Transition>> {
+    conn.query(
+        "SELECT from_state, to_state, reason, at FROM rollout_transitions WHERE rollout = ?1 ORDER BY id",
+        &[&id],
+        |row| Ok(Transition { from: row.get(0)?, to: row.get(1)?, reason: row.get(2)?, at: row.get(3)? }),
+    )
 }

@@ -8,28 +8,30 @@ use super::{query, rollouts};
 use ed25519_dalek::Signer;
 use std::path::PathBuf;
 
-struct Db {
+struct TestDb {
     _dir: tempfile::TempDir,
     path: PathBuf,
+    location: super::Location,
 }
 
 /// A database with made-up devices `0..enrolled` enrolled.
-fn db(enrolled: u64) -> Db {
+fn db(enrolled: u64) -> TestDb {
     let dir = tempfile::tempdir().unwrap();
     let path = super::db_path(dir.path());
     let devices: Vec<Enrollment> = (0..enrolled).map(device_enrollment).collect();
-    enroll::enroll(&mut super::open_write(&path).unwrap(), &devices, 1_800_000_000, |_, _| String::new()).unwrap();
-    Db { _dir: dir, path }
+    let location = super::Location::Sqlite(path.clone());
+    enroll::enroll(&super::open_write(&location).unwrap(), &devices, 1_800_000_000, |_, _| String::new()).unwrap();
+    TestDb { _dir: dir, path, location }
 }
 
-fn reader(db: &Db) -> rusqlite::Connection {
-    super::open_read(&db.path).unwrap().unwrap()
+fn reader(db: &TestDb) -> super::Db {
+    super::open_read(&db.location).unwrap().unwrap()
 }
 
 #[test]
 fn enrolled_reports_are_stored_and_every_kind_of_bad_one_is_dropped_and_counted() {
     let db = db(2);
-    let ingestor = Ingestor::start(&db.path, IngestConfig::default()).unwrap();
+    let ingestor = Ingestor::start(&db.location, IngestConfig::default()).unwrap();
     assert_eq!(ingestor.ingest(signed_report(0, 1)), Outcome::Accepted);
     assert_eq!(ingestor.ingest(signed_report(0, 2)), Outcome::Accepted);
     assert_eq!(ingestor.ingest(signed_report(1, 7)), Outcome::Accepted);
@@ -78,7 +80,7 @@ fn a_report_without_the_rollout_fields_is_stored_with_them_empty() {
     old.error = Some("verify".into());
     (old.rollout, old.result, old.error_code, old.install_secs, old.slot) = (None, None, None, None, None);
     let signed = old.to_signed(|m| key.sign(m).to_bytes());
-    let ingestor = Ingestor::start(&db.path, IngestConfig::default()).unwrap();
+    let ingestor = Ingestor::start(&db.location, IngestConfig::default()).unwrap();
     assert_eq!(ingestor.ingest(signed), Outcome::Accepted);
     drop(ingestor);
     let rows = query::list_devices(&reader(&db), None).unwrap();
@@ -92,7 +94,7 @@ fn a_devices_reports_keep_their_order_through_the_verify_pool() {
     // report n+1 stored before n, n would be refused as a replay.
     let db = db(20);
     let config = IngestConfig { verify_threads: 4, ..IngestConfig::default() };
-    let ingestor = Ingestor::start(&db.path, config).unwrap();
+    let ingestor = Ingestor::start(&db.location, config).unwrap();
     for seq in 1..=50 {
         for i in 0..20 {
             ingestor.submit(signed_report(i, seq), |_| {}).unwrap();
@@ -112,14 +114,14 @@ fn a_devices_reports_keep_their_order_through_the_verify_pool() {
 #[test]
 fn enrolling_a_key_or_id_twice_enrolls_nothing() {
     let db = db(2);
-    let mut conn = super::open_write(&db.path).unwrap();
+    let conn = super::open_write(&db.location).unwrap();
     let fresh = device_enrollment(10);
     let same_id = Enrollment { device_id: "dev-000001".into(), ..device_enrollment(11) };
-    let err = enroll::enroll(&mut conn, &[fresh.clone(), same_id], 0, |i, field| format!("line {} {field}: ", i + 1))
+    let err = enroll::enroll(&conn, &[fresh.clone(), same_id], 0, |i, field| format!("line {} {field}: ", i + 1))
         .unwrap_err();
     assert_eq!(format!("{err:#}"), "line 2 id: `dev-000001` is already enrolled; nothing was enrolled");
     let same_key = Enrollment { device_id: "other".into(), ..device_enrollment(0) };
-    let err = enroll::enroll(&mut conn, &[fresh, same_key], 0, |_, _| String::new()).unwrap_err();
+    let err = enroll::enroll(&conn, &[fresh, same_key], 0, |_, _| String::new()).unwrap_err();
     assert!(format!("{err:#}").contains("is already enrolled as `dev-000000`"), "{err:#}");
     assert_eq!(query::list_devices(&conn, None).unwrap().len(), 2);
 }
@@ -131,19 +133,22 @@ fn enrolling_a_key_or_id_twice_enrolls_nothing() {
 #[test]
 fn a_writers_transaction_holds_the_write_lock_from_its_begin() {
     let db = db(1);
-    let mut writer = super::open_write(&db.path).unwrap();
+    let writer = super::open_write(&db.location).unwrap();
     let other = rusqlite::Connection::open(&db.path).unwrap();
     other.busy_timeout(std::time::Duration::ZERO).unwrap();
-    let tx = writer.transaction().unwrap();
-    let enrolled: i64 = tx.query_row("SELECT count(*) FROM devices", [], |row| row.get(0)).unwrap();
-    assert_eq!(enrolled, 1);
-    let err = other.execute_batch("BEGIN IMMEDIATE").unwrap_err();
-    assert_eq!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy), "{err}");
-    drop(tx);
+    writer
+        .transaction(|tx| {
+            let enrolled: i64 = tx.query_one("SELECT count(*) FROM devices", &[], |row| row.get(0))?;
+            assert_eq!(enrolled, 1);
+            let err = other.execute_batch("BEGIN IMMEDIATE").unwrap_err();
+            assert_eq!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy), "{err}");
+            Ok(())
+        })
+        .unwrap();
     other.execute_batch("BEGIN IMMEDIATE; COMMIT").unwrap();
     // Opening for writing again (which checks the schema version under the write lock) works
     // while the database is in use.
-    super::open_write(&db.path).unwrap();
+    super::open_write(&db.location).unwrap();
 }
 
 #[test]
@@ -159,7 +164,7 @@ fn keys_that_are_not_ed25519_public_keys_are_refused() {
 #[test]
 fn rollouts_change_state_through_the_writer_by_compare_and_set() {
     let db = db(0);
-    let ingestor = Ingestor::start(&db.path, IngestConfig::default()).unwrap();
+    let ingestor = Ingestor::start(&db.location, IngestConfig::default()).unwrap();
     let new = rollouts::NewRollout {
         id: "r1".into(),
         release_name: "gw".into(),
@@ -202,17 +207,17 @@ fn rollouts_change_state_through_the_writer_by_compare_and_set() {
 #[test]
 fn a_database_from_a_newer_seeder_is_refused() {
     let db = db(0);
-    super::open_write(&db.path).unwrap().pragma_update(None, "user_version", 99).unwrap();
-    let err = super::open_write(&db.path).unwrap_err();
+    super::open_write(&db.location).unwrap().as_sqlite().unwrap().pragma_update(None, "user_version", 99).unwrap();
+    let err = super::open_write(&db.location).unwrap_err();
     assert!(format!("{err:#}").contains("newer than this seeder"), "{err:#}");
-    assert!(super::open_read(&db.path).is_err());
+    assert!(super::open_read(&db.location).is_err());
 }
 
 /// The inventory: filters and paging in SQL, the inventory columns, a device's history.
 #[test]
 fn the_inventory_filters_pages_and_shows_history() {
     let db = db(8); // sites site-0..site-3, two devices each
-    let ingestor = Ingestor::start(&db.path, IngestConfig::default()).unwrap();
+    let ingestor = Ingestor::start(&db.location, IngestConfig::default()).unwrap();
     let sign = |i: u64, r: &protocol::status::StatusReport| r.to_signed(|m| device_key(i).sign(m).to_bytes());
     for seq in 1..=3 {
         assert_eq!(ingestor.ingest(sign(0, &report(&device_key(0), seq))), Outcome::Accepted);
@@ -301,7 +306,7 @@ fn the_inventory_filters_pages_and_shows_history() {
 #[test]
 fn a_deep_offset_from_an_anchor_is_the_same_page_as_walking_there() {
     let db = db(0);
-    super::bench::populate(&db.path, 3, 1100, 1, "gw-1.4.2", "gw-1.4.1").unwrap();
+    super::bench::populate(&db.location, 3, 1100, 1, "gw-1.4.2", "gw-1.4.1").unwrap();
     let conn = reader(&db);
     for filter in
         [query::DeviceFilter::default(), query::DeviceFilter { site: Some("site-0001"), ..Default::default() }]

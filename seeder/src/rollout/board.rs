@@ -10,6 +10,7 @@
 //! database as `seeder rollout status` does.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Result};
@@ -23,9 +24,20 @@ use crate::{fleet, rollouts_role};
 #[derive(Default)]
 pub struct Board {
     statuses: Mutex<HashMap<String, Arc<RolloutStatus>>>,
+    /// Whether this replica holds the controller's lease (`fleet::lease`) and decides.
+    leading: AtomicBool,
 }
 
 impl Board {
+    /// Whether this replica runs the rollout controller (decides waves) now.
+    pub fn leading(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
+    }
+
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::Relaxed);
+    }
+
     /// Replaces every status with those of the loop's latest pass.
     pub fn publish(&self, statuses: HashMap<String, Arc<RolloutStatus>>) {
         *self.statuses.lock().unwrap_or_else(|p| p.into_inner()) = statuses;
@@ -49,7 +61,7 @@ impl Board {
                 Some(known) if known.id == policy.id => out.push(with_policy(&known, policy)?),
                 _ => {
                     if conn.is_none() {
-                        conn = Some(fleet::open_read(&fleet::db_path(&repo.dir))?);
+                        conn = Some(fleet::open_read(&fleet::location(&repo.dir))?);
                     }
                     out.push(super::status_from_database(conn.as_ref().and_then(Option::as_ref), policy)?);
                 }

@@ -8,6 +8,10 @@
 //! still report on them: after each pass the loop publishes every rollout's status to the
 //! [`Board`] the API answers from.
 //!
+//! With several `seeder serve` replicas on one PostgreSQL fleet database, only the one
+//! holding the controller's lease (`fleet::lease`, tried every tick) decides and signs; the
+//! others track and publish the same statuses, so any replica's API answers from memory.
+//!
 //! An operator's `seeder rollout pause|resume|abort` (another process) signs a policy too;
 //! the loop sees the sequence number move under it and rebuilds that controller from the
 //! database, so the two never sign from different states. The repository lock serializes
@@ -25,6 +29,7 @@ use super::board::Board;
 use super::record;
 use super::tracked::Tracked;
 use crate::fleet::ingest::Ingestor;
+use crate::fleet::lease::Lease;
 use crate::repo::Repo;
 use crate::{fleet, rollouts_role, time};
 
@@ -37,21 +42,34 @@ const RECOUNT_TICKS: u64 = 30;
 /// Runs forever; a failed pass is logged and retried on the next tick.
 pub async fn run_forever(repo: PathBuf, fleet: Arc<Ingestor>, board: Arc<Board>) -> std::convert::Infallible {
     let mut tracked: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut lease = Some(Lease::new(fleet::location(&repo)));
     let mut tick = tokio::time::interval(TICK);
     for ticks in 0u64.. {
         tick.tick().await;
         let (dir, writer, board) = (repo.clone(), Arc::clone(&fleet), Arc::clone(&board));
         let mut state = std::mem::take(&mut tracked);
+        let mut held = lease.take();
         let recount = ticks % RECOUNT_TICKS == 0;
+        // The lease (a PostgreSQL session) is only used, and never dropped, on a blocking
+        // thread.
         let pass = tokio::task::spawn_blocking(move || {
-            let result = pass(&dir, &writer, &mut state, recount);
+            let lead = held.as_mut().is_some_and(Lease::hold);
+            if lead != board.leading() {
+                board.set_leading(lead);
+                match lead {
+                    true => tracing::info!("this seeder now runs the rollout controller"),
+                    false => tracing::warn!("this seeder no longer runs the rollout controller"),
+                }
+            }
+            let result = pass(&dir, &writer, &mut state, recount, lead);
             board.publish(state.values().map(|t| (t.release.clone(), Arc::new(t.tracked.status()))).collect());
-            (state, result)
+            (state, held, result)
         })
         .await;
         match pass {
-            Ok((state, result)) => {
+            Ok((state, held, result)) => {
                 tracked = state;
+                lease = held;
                 if let Err(e) = result {
                     tracing::warn!("rollout controller pass failed (retrying): {e:#}");
                 }
@@ -65,10 +83,12 @@ pub async fn run_forever(repo: PathBuf, fleet: Arc<Ingestor>, board: Arc<Board>)
 /// What every rollout of one pass shares.
 struct Pass<'a> {
     repo: &'a Repo,
-    conn: &'a rusqlite::Connection,
+    conn: &'a fleet::Db,
     fleet: &'a Ingestor,
     /// Count the targeted devices again even if none was enrolled.
     recount: bool,
+    /// This replica holds the lease: it decides and signs.
+    lead: bool,
     /// The newest enrolled device now.
     newest_device: i64,
 }
@@ -87,11 +107,12 @@ fn pass(
     fleet: &Ingestor,
     tracked: &mut BTreeMap<String, Entry>,
     recount: bool,
+    lead: bool,
 ) -> Result<()> {
     let repo = Repo::at(repo_dir);
-    let Some(conn) = fleet::open_read(&fleet::db_path(repo_dir))? else { return Ok(()) };
+    let Some(conn) = fleet::open_read(&fleet::location(repo_dir))? else { return Ok(()) };
     let newest_device = super::tracked::newest_device(&conn)?;
-    let pass = Pass { repo: &repo, conn: &conn, fleet, recount, newest_device };
+    let pass = Pass { repo: &repo, conn: &conn, fleet, recount, lead, newest_device };
     let mut seen = BTreeMap::new();
     let mut first_error = None;
     for (name, bytes) in rollouts_role::current_policies(&repo)? {
@@ -125,8 +146,9 @@ fn step(pass: &Pass<'_>, previous: Option<Entry>, name: &str, policy: &RolloutPo
         _ => Entry { release: name.to_string(), tracked: Tracked::rebuild(pass.conn, policy.clone())? },
     };
     let now = time::now_unix();
-    // Only a running policy decides anything (`poll` says nothing otherwise).
-    if let Some(next) = entry.tracked.controller.poll(now) {
+    // Only a running policy decides anything (`poll` says nothing otherwise), and only the
+    // leader asks.
+    if let Some(next) = pass.lead.then(|| entry.tracked.controller.poll(now)).flatten() {
         if !publish(pass.repo, pass.fleet, name, policy, &next, now)? {
             return Ok(None);
         }

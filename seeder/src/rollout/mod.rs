@@ -202,7 +202,7 @@ fn start_with(args: &StartArgs, may_delegate: bool) -> Result<RolloutStatus> {
     rollouts_role::ensure_delegation(&repo)?;
     let bytes = policy.encode().map_err(|e| anyhow!("{e}"))?;
     rollouts_role::publish_policy(&repo, &args.name, &bytes)?;
-    let conn = fleet::open_write(&fleet::db_path(&repo.dir))?;
+    let conn = fleet::open_write(&fleet::location(&repo.dir))?;
     record::record(&conn, None, &policy, &bytes, time::now_unix())?;
     Ok(status_of(&Controller::new(policy).map_err(|e| anyhow!("{e}"))?))
 }
@@ -250,10 +250,9 @@ fn parse_canary(repo: &Repo, text: &str) -> Result<[u8; 32]> {
     if let Ok(key) = protocol::hex::decode_array(text.trim()) {
         return Ok(key);
     }
-    let enrolled = match fleet::open_read(&fleet::db_path(&repo.dir))? {
+    let enrolled = match fleet::open_read(&fleet::location(&repo.dir))? {
         Some(conn) => conn
-            .query_row("SELECT public_key FROM devices WHERE device_id = ?1", [text], |row| row.get::<_, Vec<u8>>(0))
-            .ok()
+            .query_opt("SELECT public_key FROM devices WHERE device_id = ?1", &[&text], |row| row.get::<Vec<u8>>(0))?
             .and_then(|key| <[u8; 32]>::try_from(key.as_slice()).ok()),
         None => None,
     };
@@ -277,7 +276,7 @@ pub fn status(repo: &Repo, name: Option<&str>) -> Result<Vec<RolloutStatus>> {
 }
 
 /// A rollout's status replayed from the fleet database (none yet: the policy alone).
-fn status_from_database(conn: Option<&rusqlite::Connection>, policy: RolloutPolicy) -> Result<RolloutStatus> {
+fn status_from_database(conn: Option<&fleet::Db>, policy: RolloutPolicy) -> Result<RolloutStatus> {
     Ok(match conn {
         Some(conn) => tracked::Tracked::rebuild(conn, policy)?.status(),
         None => status_of(&Controller::new(policy).map_err(|e| anyhow!("{e}"))?),
@@ -309,7 +308,7 @@ pub fn command(repo: &Repo, name: &str, command: Command) -> Result<RolloutStatu
     .map_err(|e| anyhow!("{e}"))?;
     let bytes = next.encode().map_err(|e| anyhow!("{e}"))?;
     rollouts_role::publish_policy(repo, name, &bytes)?;
-    let conn = fleet::open_write(&fleet::db_path(&repo.dir))?;
+    let conn = fleet::open_write(&fleet::location(&repo.dir))?;
     record::record(&conn, Some(&policy), &next, &bytes, time::now_unix())?;
     Ok(status_of(&Controller::new(next).map_err(|e| anyhow!("{e}"))?))
 }

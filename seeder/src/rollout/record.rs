@@ -1,9 +1,9 @@
 //! Keeping the fleet database's account of a rollout in step with its signed policies: the
 //! rollout's row (created when it starts) and one transition per signed change, with why.
 
+use crate::fleet::Db as Connection;
 use anyhow::Result;
 use protocol::rollout::{RolloutPolicy, RolloutState};
-use rusqlite::Connection;
 
 use crate::fleet::rollouts::{self, Change, NewRollout};
 

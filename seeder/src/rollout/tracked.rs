@@ -12,9 +12,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::fleet::Db as Connection;
 use anyhow::{anyhow, Result};
 use protocol::rollout::{Controller, Outcome, RolloutPolicy, RolloutReport, RolloutState};
-use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{Counts, RolloutStatus, SiteStatus};
 
@@ -164,23 +164,24 @@ impl Tracked {
 /// The baseline a rollout is compared with: the final outcomes (latest per device) of the
 /// previous rollout of the same release name and hardware class, if there was one.
 fn previous_release_outcomes(conn: &Connection, policy: &RolloutPolicy) -> Result<Option<(u64, u64)>> {
-    let previous: Option<String> = conn
-        .query_row(
-            "SELECT id FROM rollouts WHERE release_name = ?1 AND hw_class = ?2 AND id != ?3
-             ORDER BY created_at DESC, rowid DESC LIMIT 1",
-            params![policy.release.name, policy.release.hw_class, policy.id],
-            |row| row.get(0),
-        )
-        .optional()?;
+    let previous: Option<String> = conn.query_opt(
+        "SELECT id FROM rollouts WHERE release_name = ?1 AND hw_class = ?2 AND id != ?3
+         ORDER BY created_at DESC, rowid DESC LIMIT 1",
+        &[&policy.release.name, &policy.release.hw_class, &policy.id],
+        |row| row.get(0),
+    )?;
     let Some(previous) = previous else { return Ok(None) };
-    // SQLite returns the bare column of the row that holds MAX(id): each device's latest.
-    let mut stmt = conn.prepare(
-        "SELECT result, MAX(id) FROM status_events
-         WHERE rollout = ?1 AND result IN ('committed', 'rolled-back', 'failed') GROUP BY device",
+    // Each device's latest final outcome: the event with the highest id per device.
+    let results = conn.query(
+        "SELECT result FROM status_events WHERE id IN
+           (SELECT max(id) FROM status_events
+            WHERE rollout = ?1 AND result IN ('committed', 'rolled-back', 'failed') GROUP BY device)",
+        &[&previous],
+        |row| row.get::<String>(0),
     )?;
     let (mut committed, mut failed) = (0u64, 0u64);
-    for result in stmt.query_map([&previous], |row| row.get::<_, String>(0))? {
-        match result?.as_str() {
+    for result in results {
+        match result.as_str() {
             "committed" => committed += 1,
             _ => failed += 1,
         }
@@ -190,29 +191,28 @@ fn previous_release_outcomes(conn: &Connection, policy: &RolloutPolicy) -> Resul
 
 /// The newest enrolled device's row id (0 with none): it moves with every enrollment.
 pub fn newest_device(conn: &Connection) -> Result<i64> {
-    Ok(conn.query_row("SELECT coalesce(max(id), 0) FROM devices", [], |r| r.get(0))?)
+    conn.query_one("SELECT coalesce(max(id), 0) FROM devices", &[], |r| r.get(0))
 }
 
 /// Enrolled devices of the policy's hardware class in each wave, in all and per site.
 pub fn targeted(conn: &Connection, policy: &RolloutPolicy) -> Result<Targeted> {
     let waves = policy.waves.len();
     let mut out = Targeted { per_wave: vec![0; waves], per_site: BTreeMap::new() };
-    let mut stmt = conn.prepare_cached("SELECT public_key, site FROM devices WHERE hw_class = ?1")?;
-    let mut rows = stmt.query([&policy.release.hw_class])?;
-    while let Some(row) = rows.next()? {
-        let Ok(key) = <[u8; 32]>::try_from(row.get_ref(0)?.as_blob()?) else { continue };
-        let Some(wave) = policy.wave_of(&key) else { continue };
+    conn.query("SELECT public_key, site FROM devices WHERE hw_class = ?1", &[&policy.release.hw_class], |row| {
+        let Ok(key) = <[u8; 32]>::try_from(row.get::<Vec<u8>>(0)?) else { return Ok(()) };
+        let Some(wave) = policy.wave_of(&key) else { return Ok(()) };
         out.per_wave[wave] += 1;
-        let site = row.get_ref(1)?.as_str()?;
-        match out.per_site.get_mut(site) {
+        let site: String = row.get(1)?;
+        match out.per_site.get_mut(&site) {
             Some(per_wave) => per_wave[wave] += 1,
             None => {
                 let mut per_wave = vec![0; waves];
                 per_wave[wave] = 1;
-                out.per_site.insert(site.to_string(), per_wave);
+                out.per_site.insert(site, per_wave);
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -225,24 +225,24 @@ fn last_resume_after_halt(conn: &Connection, rollout: &str) -> Result<Option<i64
 /// Outcomes of `rollout` stored after event `after`, oldest first, with the device's site.
 /// The time of each is when the seeder stored it (a device's clock is not trusted).
 fn stored_outcomes(conn: &Connection, rollout: &str, after: i64) -> Result<Vec<Stored>> {
-    let mut stmt = conn.prepare_cached(
+    let rows = conn.query(
         "SELECT e.id, d.public_key, d.site, e.result, e.error_code, e.received_at
          FROM status_events e JOIN devices d ON d.id = e.device
          WHERE e.rollout = ?1 AND e.id > ?2 AND e.result IS NOT NULL ORDER BY e.id",
+        &[&rollout, &after],
+        |row| {
+            Ok((
+                row.get::<i64>(0)?,
+                row.get::<Vec<u8>>(1)?,
+                row.get::<String>(2)?,
+                row.get::<String>(3)?,
+                row.get::<Option<i64>>(4)?,
+                row.get::<i64>(5)?,
+            ))
+        },
     )?;
-    let rows = stmt.query_map(params![rollout, after], |row| {
-        Ok((
-            row.get::<_, i64>(0)?,
-            row.get::<_, Vec<u8>>(1)?,
-            row.get::<_, String>(2)?,
-            row.get::<_, String>(3)?,
-            row.get::<_, Option<i64>>(4)?,
-            row.get::<_, i64>(5)?,
-        ))
-    })?;
     let mut out = Vec::new();
-    for row in rows {
-        let (id, key, site, result, error_code, at) = row?;
+    for (id, key, site, result, error_code, at) in rows {
         let Ok(device_id) = <[u8; 32]>::try_from(key.as_slice()) else { continue };
         let outcome = match result.as_str() {
             "installing" => Outcome::Installing,
