@@ -358,9 +358,19 @@ pub fn populate(
     rollout: &str,
     old_rollout: &str,
 ) -> Result<Populated> {
+    populate_at(db, (sites, per_site, events), rollout, old_rollout, crate::time::now_unix())
+}
+
+/// [`populate`] as of `now`: `shape` is (sites, devices per site, events per device).
+pub fn populate_at(
+    db: &super::Location,
+    (sites, per_site, events): (u64, u64, u64),
+    rollout: &str,
+    old_rollout: &str,
+    now: i64,
+) -> Result<Populated> {
     let start = Instant::now();
     let conn = super::open_write(db)?;
-    let now = crate::time::now_unix();
     let (mut devices, mut reported, mut stored_events) = (0u64, 0u64, 0u64);
     conn.transaction(|tx| {
         let device = |values: &[&dyn Param]| {
