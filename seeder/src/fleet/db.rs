@@ -322,6 +322,9 @@ fn pg_error(e: postgres::Error) -> anyhow::Error {
     }
 }
 
+/// The advisory lock every PostgreSQL write transaction holds ("otamesh" and a 3).
+const FLEET_WRITE_LOCK: i64 = 0x6f74_616d_6573_6803;
+
 /// Idle PostgreSQL connections by URL: an API request borrows one instead of paying for a
 /// new server process per request.
 static IDLE: Mutex<Vec<(String, Box<PgConn>)>> = Mutex::new(Vec::new());
@@ -456,12 +459,26 @@ impl Db {
         }
     }
 
-    /// Runs `work` in one transaction that holds the write lock from its start (SQLite:
-    /// `BEGIN IMMEDIATE`, so a read-then-write transaction waits its turn instead of failing
-    /// when another process committed in between): committed if it returns `Ok`, rolled back
-    /// otherwise.
+    /// Runs `work` in one transaction that holds the database's write lock from its start:
+    /// committed if it returns `Ok`, rolled back otherwise.
+    ///
+    /// SQLite: `BEGIN IMMEDIATE`, so a read-then-write transaction waits its turn instead of
+    /// failing when another process committed in between. PostgreSQL: a transaction-level
+    /// advisory lock every writer of the fleet takes first, so writers (several replicas'
+    /// ingestors, an operator's command) run one at a time as on SQLite. That keeps what the
+    /// fleet code relies on: a report's replay check and its insert see no concurrent write,
+    /// and ids are handed out in commit order, so a reader that follows a table by id (the
+    /// rollout controller, the event stream) never skips a row that committed late.
     pub fn transaction<T>(&self, work: impl FnOnce(&Db) -> Result<T>) -> Result<T> {
-        self.execute_batch(if self.is_postgres() { "BEGIN" } else { "BEGIN IMMEDIATE" })?;
+        if self.is_postgres() {
+            self.execute_batch("BEGIN")?;
+            if let Err(e) = self.execute("SELECT pg_advisory_xact_lock(?1)", &[&FLEET_WRITE_LOCK]) {
+                let _ = self.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        } else {
+            self.execute_batch("BEGIN IMMEDIATE")?;
+        }
         match work(self) {
             Ok(v) => {
                 if let Err(e) = self.execute_batch("COMMIT") {

@@ -339,14 +339,9 @@ fn a_deep_offset_from_an_anchor_is_the_same_page_as_walking_there() {
 /// the one SQL text means the same on both engines. Skipped, saying why, without PostgreSQL.
 #[test]
 fn the_same_fleet_reads_the_same_on_sqlite_and_postgresql() {
-    if let Err(why) = test_procs::postgres::available() {
-        eprintln!("skipped: {why}");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let pg = test_procs::postgres::Postgres::start(&dir.path().join("pg")).unwrap();
-    pg.create_database("fleet").unwrap();
-    let engines = [super::Location::Sqlite(super::db_path(dir.path())), super::Location::Postgres(pg.url("fleet"))];
+    let Some((_pg, postgres)) = postgres_fleet(dir.path()) else { return };
+    let engines = [super::Location::Sqlite(super::db_path(dir.path())), postgres];
     let now = 1_800_000_000;
     let mut seen: Option<Vec<serde_json::Value>> = None;
     for location in &engines {
@@ -381,6 +376,14 @@ fn the_same_fleet_reads_the_same_on_sqlite_and_postgresql() {
         ingestor.write(move |conn| rollouts::transition(conn, "r1", &change, 200)).unwrap();
         let stale = ingestor.write(move |conn| rollouts::transition(conn, "r1", &change, 300)).unwrap_err();
         ingestor.shutdown();
+        // The ingestor stamps reports with the real clock; pin them so both engines match.
+        let conn = super::open_write(location).unwrap();
+        let ingested = "SELECT id FROM devices WHERE device_id LIKE 'dev-%'";
+        conn.execute(&format!("UPDATE status_events SET received_at = ?1 WHERE device IN ({ingested})"), &[&now])
+            .unwrap();
+        conn.execute(&format!("UPDATE device_state SET updated_at = ?1 WHERE device IN ({ingested})"), &[&now])
+            .unwrap();
+        drop(conn);
 
         let conn = reader(&db_of(location));
         let all = query::DeviceFilter { limit: 25, ..Default::default() };
@@ -438,4 +441,81 @@ fn the_same_fleet_reads_the_same_on_sqlite_and_postgresql() {
 fn db_of(location: &super::Location) -> TestDb {
     let dir = tempfile::tempdir().unwrap();
     TestDb { path: super::db_path(dir.path()), _dir: dir, location: location.clone() }
+}
+
+/// A PostgreSQL server started in `dir` with an empty database `fleet`; `None` (and why, on
+/// stderr) where PostgreSQL is not installed.
+fn postgres_fleet(dir: &std::path::Path) -> Option<(test_procs::postgres::Postgres, super::Location)> {
+    if let Err(why) = test_procs::postgres::available() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let pg = test_procs::postgres::Postgres::start(&dir.join("pg")).unwrap();
+    pg.create_database("fleet").unwrap();
+    let url = pg.url("fleet");
+    Some((pg, super::Location::Postgres(url)))
+}
+
+/// Two replicas' ingestors on one PostgreSQL database, each given every report of the same
+/// devices at once (an edge forwarding again after a fail-over), while a reader follows the
+/// events by id as the rollout controller and the event stream do: every report is stored
+/// once, each device ends at its newest, and the reader misses none.
+#[test]
+fn two_ingestors_on_one_postgresql_store_each_report_once_and_in_id_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_pg, location)) = postgres_fleet(dir.path()) else { return };
+    const DEVICES: u64 = 20;
+    const SEQS: u64 = 30;
+    let devices: Vec<Enrollment> = (0..DEVICES).map(device_enrollment).collect();
+    enroll::enroll(&super::open_write(&location).unwrap(), &devices, 0, |_, _| String::new()).unwrap();
+    let reports: Vec<Vec<u8>> = (1..=SEQS).flat_map(|seq| (0..DEVICES).map(move |i| signed_report(i, seq))).collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (outcomes, followed) = std::thread::scope(|scope| {
+        let follower = scope.spawn(|| {
+            let (mut cursor, mut seen) = ((0, 0), Vec::new());
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                for (_, at, _) in query::events_after(&location, cursor, 50).unwrap() {
+                    cursor = at;
+                    seen.push(at.0);
+                }
+                if finished {
+                    return seen;
+                }
+            }
+        });
+        let replicas: Vec<_> = (0..2)
+            .map(|_| {
+                let (location, reports) = (&location, &reports);
+                scope.spawn(move || {
+                    let ingestor =
+                        Ingestor::start(location, IngestConfig { max_batch: 16, ..Default::default() }).unwrap();
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    for signed in reports {
+                        let tx = tx.clone();
+                        ingestor.submit(signed.clone(), move |outcome| tx.send(outcome).unwrap()).unwrap();
+                    }
+                    drop(tx);
+                    ingestor.shutdown();
+                    rx.iter().collect::<Vec<Outcome>>()
+                })
+            })
+            .collect();
+        let outcomes: Vec<Outcome> = replicas.into_iter().flat_map(|r| r.join().unwrap()).collect();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (outcomes, follower.join().unwrap())
+    });
+    let accepted = outcomes.iter().filter(|o| **o == Outcome::Accepted).count() as u64;
+    let replayed = outcomes.iter().filter(|o| matches!(o, Outcome::Replayed { .. })).count() as u64;
+    assert_eq!((accepted, replayed), (DEVICES * SEQS, DEVICES * SEQS), "each report stored by one replica");
+    let conn = super::open_read(&location).unwrap().unwrap();
+    let stored: (i64, i64) = conn
+        .query_one("SELECT count(*), count(DISTINCT (device, seq)) FROM status_events", &[], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(stored, ((DEVICES * SEQS) as i64, (DEVICES * SEQS) as i64));
+    let newest: Vec<i64> = conn.query("SELECT last_seq FROM device_state", &[], |r| r.get(0)).unwrap();
+    assert_eq!(newest, vec![SEQS as i64; DEVICES as usize], "every device at its newest report");
+    assert_eq!(followed.len() as u64, DEVICES * SEQS, "the reader following by id missed events");
 }

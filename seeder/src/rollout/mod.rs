@@ -203,7 +203,7 @@ fn start_with(args: &StartArgs, may_delegate: bool) -> Result<RolloutStatus> {
     let bytes = policy.encode().map_err(|e| anyhow!("{e}"))?;
     rollouts_role::publish_policy(&repo, &args.name, &bytes)?;
     let conn = fleet::open_write(&fleet::location(&repo.dir))?;
-    record::record(&conn, None, &policy, &bytes, time::now_unix())?;
+    conn.transaction(|conn| record::record(conn, None, &policy, &bytes, time::now_unix()))?;
     Ok(status_of(&Controller::new(policy).map_err(|e| anyhow!("{e}"))?))
 }
 
@@ -309,7 +309,7 @@ pub fn command(repo: &Repo, name: &str, command: Command) -> Result<RolloutStatu
     let bytes = next.encode().map_err(|e| anyhow!("{e}"))?;
     rollouts_role::publish_policy(repo, name, &bytes)?;
     let conn = fleet::open_write(&fleet::location(&repo.dir))?;
-    record::record(&conn, Some(&policy), &next, &bytes, time::now_unix())?;
+    conn.transaction(|conn| record::record(conn, Some(&policy), &next, &bytes, time::now_unix()))?;
     Ok(status_of(&Controller::new(next).map_err(|e| anyhow!("{e}"))?))
 }
 
