@@ -2,7 +2,8 @@
 //! socket in the test's directory, no TCP), two `seeder serve` replicas on one fleet
 //! database and one repository, reports ingested by another process. Both replicas answer
 //! with the same fleet; exactly one runs the rollout controller, and when it is killed the
-//! other takes over within seconds. Skipped, saying why, where PostgreSQL is not installed.
+//! other takes over within seconds; when the server drops every session, the replicas
+//! connect again and one leads again. Skipped, saying why, where PostgreSQL is not installed.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -95,5 +96,21 @@ fn two_replicas_share_one_fleet_and_one_runs_the_controller_handing_over_when_ki
     assert_eq!(devices["total"], 4, "{devices}");
     let (_c, c_http) = serve_api_with(&repo, &tokens, &db);
     assert_eq!(the_one_leader(&[http[follower], c_http]), 0, "the survivor keeps the lease");
+
+    // The server drops every session (a restart, a fail-over): the lease is taken again by
+    // one replica, and both answer from new connections.
+    let dropped = pg
+        .psql(
+            "fleet",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = 'fleet' AND pid <> pg_backend_pid()",
+        )
+        .unwrap();
+    assert!(dropped.trim().parse::<u32>().unwrap() >= 2, "sessions dropped: {dropped}");
+    the_one_leader(&[http[follower], c_http]);
+    for addr in [http[follower], c_http] {
+        let devices = json(addr, "GET", "/api/devices?limit=10", Some(READ), 200);
+        assert_eq!(devices["total"], 4, "{devices}");
+    }
     drop(replicas);
 }

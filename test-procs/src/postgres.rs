@@ -164,7 +164,8 @@ impl Postgres {
 
     /// Runs `sql` in `database` with psql (no psqlrc, stop at the first error); its output
     /// unaligned and without headers.
-    fn psql(&self, database: &str, sql: &str) -> Result<String> {
+    /// Runs `sql` in `database` as `postgres` with psql; its unaligned, tuples-only output.
+    pub fn psql(&self, database: &str, sql: &str) -> Result<String> {
         let mut args = self.client_args(database);
         args.extend(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql].map(String::from));
         let out = run_to_exit(&self.bin.join("psql"), &args, &[], CLIENT_TIMEOUT)?;

@@ -14,6 +14,7 @@ use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// A value bound to a statement or read from a row.
 #[derive(Debug, Clone, PartialEq)]
@@ -351,8 +352,11 @@ impl Db {
             let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
             idle.iter().position(|(u, _)| u == url).map(|i| idle.swap_remove(i).1)
         };
-        let conn = match idle {
-            Some(c) if !c.client.is_closed() => c,
+        // An idle connection the server dropped (a restart, an idle timeout) is found out
+        // here with one round trip, not by the caller's query failing.
+        let idle = idle.filter(|c| !c.client.is_closed());
+        let conn = match idle.map(|mut c| (c.client.is_valid(Duration::from_secs(2)).is_ok(), c)) {
+            Some((true, c)) => c,
             _ => {
                 let client = postgres::Client::connect(url, postgres::NoTls)
                     .map_err(|e| anyhow!("cannot connect to the fleet database {}: {e}", redact(url)))?;
@@ -360,6 +364,15 @@ impl Db {
             }
         };
         Ok(Db { engine: Engine::Postgres { url: url.to_string(), conn: RefCell::new(Some(conn)) } })
+    }
+
+    /// Whether this is a PostgreSQL connection the server has closed (every query on it
+    /// would fail): reconnect.
+    pub fn is_broken(&self) -> bool {
+        match &self.engine {
+            Engine::Sqlite(_) => false,
+            Engine::Postgres { conn, .. } => conn.borrow().as_ref().is_none_or(|c| c.client.is_closed()),
+        }
     }
 
     pub fn is_postgres(&self) -> bool {

@@ -199,6 +199,7 @@ impl Ingestor {
     /// threads.
     pub fn start(db: &Location, config: IngestConfig) -> Result<Ingestor> {
         let conn = super::open_write(db)?;
+        let location = db.clone();
         let counts = Arc::new(Counters::default());
         let (input, submissions) = bounded::<Submission>(config.queue.max(1));
         let (to_writer, jobs) = bounded::<Job>(config.queue.max(1));
@@ -209,7 +210,7 @@ impl Ingestor {
             threads.push(
                 std::thread::Builder::new()
                     .name("fleet-writer".into())
-                    .spawn(move || writer_loop(conn, &jobs, &config, &counts))
+                    .spawn(move || writer_loop(conn, &location, &jobs, &config, &counts))
                     .context("cannot start the fleet writer thread")?,
             );
         }
@@ -383,7 +384,7 @@ fn verify_loop(submissions: &Receiver<Submission>, to_writer: &Sender<Job>, coun
     }
 }
 
-fn writer_loop(db: Db, jobs: &Receiver<Job>, config: &IngestConfig, counts: &Counters) {
+fn writer_loop(mut db: Db, location: &Location, jobs: &Receiver<Job>, config: &IngestConfig, counts: &Counters) {
     let max_batch = config.max_batch.max(1);
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     let mut order = Reorder::default();
@@ -416,6 +417,14 @@ fn writer_loop(db: Db, jobs: &Receiver<Job>, config: &IngestConfig, counts: &Cou
             tracing::error!("fleet database: a batch of {} writes was not stored: {e:#}", decided.len() + batch.len());
             format!("{e:#}")
         });
+        if db.is_broken() {
+            // The server restarted or dropped the session: connect again for the next batch
+            // (the failed one's reports are refused, and their senders retry).
+            match super::open_write(location) {
+                Ok(fresh) => db = fresh,
+                Err(e) => tracing::error!("fleet database: cannot connect again: {e:#}"),
+            }
+        }
         // Acknowledge only now: an ack after the commit returned means the data is on disk.
         for decision in decided {
             match decision {

@@ -519,3 +519,34 @@ fn two_ingestors_on_one_postgresql_store_each_report_once_and_in_id_order() {
     assert_eq!(newest, vec![SEQS as i64; DEVICES as usize], "every device at its newest report");
     assert_eq!(followed.len() as u64, DEVICES * SEQS, "the reader following by id missed events");
 }
+
+/// The server drops every session (a restart, a fail-over, an administrator): the ingestor
+/// refuses what was in flight and stores the next reports over a new connection.
+#[test]
+fn the_ingestor_connects_again_after_postgresql_drops_its_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_pg, location)) = postgres_fleet(dir.path()) else { return };
+    let devices: Vec<Enrollment> = (0..2).map(device_enrollment).collect();
+    enroll::enroll(&super::open_write(&location).unwrap(), &devices, 0, |_, _| String::new()).unwrap();
+    let ingestor = Ingestor::start(&location, IngestConfig::default()).unwrap();
+    assert_eq!(ingestor.ingest(signed_report(0, 1)), Outcome::Accepted);
+    let admin = super::open_write(&location).unwrap();
+    let dropped = admin
+        .query_one(
+            "SELECT CAST(count(pg_terminate_backend(pid)) AS BIGINT) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+            |r| r.get::<i64>(0),
+        )
+        .unwrap();
+    assert!(dropped >= 1, "the ingestor's session was not found");
+    let first = ingestor.ingest(signed_report(0, 2));
+    assert!(matches!(first, Outcome::Accepted | Outcome::NotStored), "{first:?}");
+    assert_eq!(ingestor.ingest(signed_report(0, 3)), Outcome::Accepted, "stored over a new connection");
+    assert_eq!(ingestor.ingest(signed_report(1, 1)), Outcome::Accepted);
+    drop(admin);
+    ingestor.shutdown();
+    let conn = super::open_read(&location).unwrap().unwrap();
+    let expected = if first == Outcome::Accepted { vec![1, 2, 3] } else { vec![1, 3] };
+    assert_eq!(query::event_seqs(&conn, &device_key(0).verifying_key().to_bytes()).unwrap(), expected);
+}
