@@ -16,6 +16,9 @@ parser.add_argument("--rate", type=int, default=5000, help="status reports per s
 parser.add_argument("--runs", type=int, default=3, help="measurement windows (default 3)")
 parser.add_argument("--secs", type=float, default=20, help="seconds per window (default 20)")
 parser.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+parser.add_argument("--postgres", action="store_true",
+                    help="put the fleet database on a PostgreSQL server this harness starts from the Debian "
+                    "package (its own cluster, a Unix socket only) instead of SQLite")
 args = parser.parse_args()
 if args.runs < 3:
     parser.error("at least 3 runs (a median and its spread)")
@@ -27,7 +30,17 @@ ROLLOUT = "gw-1.4.2-r1"
 work = tempfile.mkdtemp(prefix="bench-api-")
 
 
+postgres = {}
+
+
 def cleanup(*_):
+    if "server" in postgres:
+        # Fast shutdown: the postmaster ends its backends (a SIGKILL would leave them).
+        postgres["server"].p.send_signal(signal.SIGINT)
+        try:
+            postgres["server"].p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
     kill_all()
     shutil.rmtree(work, ignore_errors=True)
 
@@ -50,12 +63,46 @@ def json_field(line, key):
     return value.get(key) if isinstance(value, dict) else None
 
 
+def start_postgres():
+    """A PostgreSQL server in `work` (as the `postgres` user when root: it refuses root),
+    listening on a Unix socket only; exports its URL as OTAMESH_DATABASE for every seeder."""
+    import glob, pwd
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(p.split("/")[4]))
+    if not bins:
+        raise SystemExit("--postgres: PostgreSQL is not installed (apt-get install postgresql)")
+    bindir = os.path.dirname(bins[-1])
+    data, sock = os.path.join(work, "pgdata"), os.path.join(work, "pgsock")
+    os.mkdir(data, 0o700)
+    os.mkdir(sock, 0o700)
+    prefix = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chmod(work, 0o711)
+        for d in (data, sock):
+            os.chown(d, user.pw_uid, user.pw_gid)
+        prefix = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+    env = dict(os.environ, LC_ALL="C")
+    subprocess.run(prefix + [f"{bindir}/initdb", "-D", data, "--auth=trust", "--username=postgres", "--locale=C",
+                             "--encoding=UTF8", "--no-sync"], check=True, stdout=subprocess.DEVNULL, env=env)
+    # Durable commits as the SQLite side has (synchronous=FULL); buffers for a million devices.
+    postgres["server"] = Proc("postgres", prefix + [f"{bindir}/postgres", "-D", data, "-k", sock, "-p", "5432",
+                                                    "-c", "listen_addresses=", "-c", "shared_buffers=1GB"])
+    postgres["server"].wait_for(lambda l: True if "ready to accept connections" in l else None, "readiness")
+    subprocess.run(prefix + [f"{bindir}/psql", "-h", sock, "-p", "5432", "-U", "postgres", "-qc", "CREATE DATABASE fleet"],
+                   check=True, env=env)
+    url = f"postgresql://postgres@{sock.replace('/', '%2F')}:5432/fleet"
+    os.environ["OTAMESH_DATABASE"] = url
+    return url
+
+
 def percentile(values, q):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 try:
+    if args.postgres:
+        print(f"fleet database on PostgreSQL: {start_postgres()}", flush=True)
     repo = os.path.join(work, "repo")
     seeder("init", "--repo", repo)
     image = os.path.join(work, "image.bin")
