@@ -6,6 +6,11 @@
 //!   insertion shifts bytes and fixed chunks would all change;
 //! - fixed-size chunks aligned to flash sectors for MCU firmware, which needs no heap.
 
+#[cfg(feature = "std")]
+mod fast_cdc;
+#[cfg(feature = "std")]
+pub use fast_cdc::{CutCandidates, ScanPiece};
+
 /// The chunking strategy and its parameters, as stored in a manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chunking {
@@ -151,19 +156,37 @@ impl Iterator for FixedSpans {
     }
 }
 
-/// Cuts an in-memory image into spans. Used by devices to find reusable chunks in their
-/// active slot and by tests; the seeder streams with [`stream_chunks`].
+/// Cuts an in-memory image into spans, on this thread. Used by devices to find reusable
+/// chunks in their active slot and by tests; the seeder streams with [`stream_chunks_with`].
 #[cfg(feature = "std")]
 pub fn spans(data: &[u8], chunking: Chunking) -> Result<std::vec::Vec<ChunkSpan>, ChunkingError> {
+    spans_with(data, chunking, 1, scan_here)
+}
+
+/// As [`spans`], with FastCDC's scan split into at most `pieces` independent pieces that
+/// `run` executes and returns the results of, in order: [`scan_here`] on this thread, or a
+/// host's threads (this crate starts none). The cut points do not depend on `pieces`.
+#[cfg(feature = "std")]
+pub fn spans_with(
+    data: &[u8],
+    chunking: Chunking,
+    pieces: usize,
+    mut run: impl FnMut(std::vec::Vec<ScanPiece<'_>>) -> std::vec::Vec<CutCandidates>,
+) -> Result<std::vec::Vec<ChunkSpan>, ChunkingError> {
     chunking.validate()?;
     Ok(match chunking {
         Chunking::Fixed { size_bytes } => FixedSpans::new(data.len() as u64, size_bytes).collect(),
         Chunking::FastCdc { min_bytes, avg_bytes, max_bytes } => {
-            fastcdc::v2020::FastCDC::new(data, min_bytes, avg_bytes, max_bytes)
-                .map(|c| ChunkSpan { offset: c.offset as u64, length: c.length as u32 })
-                .collect()
+            let cdc = fast_cdc::Cdc::new(min_bytes, avg_bytes, max_bytes);
+            fast_cdc::spans(data, cdc, fast_cdc::scan_all(data, 0..data.len(), cdc, pieces, &mut run))
         }
     })
+}
+
+/// Runs every scan piece on the calling thread, in order.
+#[cfg(feature = "std")]
+pub fn scan_here(pieces: std::vec::Vec<ScanPiece<'_>>) -> std::vec::Vec<CutCandidates> {
+    pieces.into_iter().map(ScanPiece::scan).collect()
 }
 
 /// One chunk read from a stream: its span and its plaintext bytes.
@@ -176,13 +199,26 @@ pub struct StreamChunk {
     pub data: std::vec::Vec<u8>,
 }
 
-/// Streams `reader` through the chunker, calling `each` per chunk, holding at most one
-/// maximum-size chunk (plus FastCDC's read buffer) in memory. This is what lets
-/// `seeder release add` take a multi-GiB image in bounded memory.
+/// Streams `reader` through the chunker on this thread, calling `each` per chunk.
 #[cfg(feature = "std")]
 pub fn stream_chunks<R: std::io::Read, E: From<std::io::Error>>(
+    reader: R,
+    chunking: Chunking,
+    each: impl FnMut(StreamChunk) -> Result<(), E>,
+) -> Result<(), E> {
+    stream_chunks_with(reader, chunking, 1, scan_here, each)
+}
+
+/// Streams `reader` through the chunker, calling `each` per chunk, holding at most one
+/// maximum-size chunk plus one 8 MiB read block in memory; FastCDC's scan of each block
+/// runs in `pieces` pieces through `run`, as in [`spans_with`]. This is what lets `seeder
+/// release add` take a multi-GiB image in bounded memory.
+#[cfg(feature = "std")]
+pub fn stream_chunks_with<R: std::io::Read, E: From<std::io::Error>>(
     mut reader: R,
     chunking: Chunking,
+    pieces: usize,
+    mut run: impl FnMut(std::vec::Vec<ScanPiece<'_>>) -> std::vec::Vec<CutCandidates>,
     mut each: impl FnMut(StreamChunk) -> Result<(), E>,
 ) -> Result<(), E> {
     use std::io::{Error, ErrorKind};
@@ -214,18 +250,8 @@ pub fn stream_chunks<R: std::io::Read, E: From<std::io::Error>>(
             }
         }
         Chunking::FastCdc { min_bytes, avg_bytes, max_bytes } => {
-            let cdc = fastcdc::v2020::StreamCDC::new(reader, min_bytes, avg_bytes, max_bytes);
-            for chunk in cdc {
-                let chunk = chunk.map_err(|e| match e {
-                    fastcdc::v2020::Error::IoError(io) => io,
-                    other => Error::other(std::format!("chunker: {other:?}")),
-                })?;
-                each(StreamChunk {
-                    span: ChunkSpan { offset: chunk.offset, length: chunk.length as u32 },
-                    data: chunk.data,
-                })?;
-            }
-            Ok(())
+            let cdc = fast_cdc::Cdc::new(min_bytes, avg_bytes, max_bytes);
+            fast_cdc::stream(reader, cdc, pieces, &mut run, &mut each)
         }
     }
 }
@@ -248,6 +274,32 @@ mod tests {
         assert!(Chunking::Fixed { size_bytes: 0 }.validate().is_err());
         let inverted = Chunking::FastCdc { min_bytes: 65536, avg_bytes: 16384, max_bytes: 262144 };
         assert_eq!(inverted.validate(), Err(ChunkingError::CdcBoundsInvalid));
+    }
+
+    #[test]
+    fn a_runner_that_loses_or_reorders_scan_pieces_changes_no_cut_point() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let data: std::vec::Vec<u8> = (0..(1u32 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let expected = spans(&data, Chunking::DEFAULT_CDC).unwrap();
+        assert!(expected.len() > 8, "{} chunks", expected.len());
+        let lost = spans_with(&data, Chunking::DEFAULT_CDC, 4, |mut pieces| {
+            pieces.pop();
+            scan_here(pieces)
+        });
+        assert_eq!(lost.unwrap(), expected);
+        let reordered = spans_with(&data, Chunking::DEFAULT_CDC, 4, |pieces| {
+            let mut results = scan_here(pieces);
+            results.swap(0, 1);
+            results
+        });
+        assert_eq!(reordered.unwrap(), expected);
     }
 
     #[test]

@@ -187,6 +187,129 @@ proptest! {
     }
 }
 
+/// The `fastcdc` crate's cut points: every manifest out there was cut with them, so the
+/// chunker must reproduce them exactly.
+fn crate_spans(data: &[u8], min: u32, avg: u32, max: u32) -> Vec<ChunkSpan> {
+    fastcdc::v2020::FastCDC::new(data, min, avg, max)
+        .map(|c| ChunkSpan { offset: c.offset as u64, length: c.length as u32 })
+        .collect()
+}
+
+/// Runs scan pieces on threads, as the seeder does.
+fn scan_on_threads(pieces: Vec<chunker::ScanPiece<'_>>) -> Vec<chunker::CutCandidates> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = pieces.into_iter().map(|piece| scope.spawn(move || piece.scan())).collect();
+        handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+    })
+}
+
+/// Every way of cutting `data` the chunker offers: in memory on one or several pieces, on
+/// threads, and streamed (in reads of `read_bytes`).
+fn all_ways(data: &[u8], chunking: Chunking, pieces: usize, read_bytes: usize) -> [Vec<ChunkSpan>; 3] {
+    let here = chunker::spans(data, chunking).unwrap();
+    let threaded = chunker::spans_with(data, chunking, pieces, scan_on_threads).unwrap();
+    let mut streamed = Vec::new();
+    let reader = ShortReads { data, read_bytes };
+    chunker::stream_chunks_with::<_, std::io::Error>(reader, chunking, pieces, scan_on_threads, |chunk| {
+        assert_eq!(&data[chunk.span.offset as usize..][..chunk.span.length as usize], &chunk.data[..]);
+        streamed.push(chunk.span);
+        Ok(())
+    })
+    .unwrap();
+    [here, threaded, streamed]
+}
+
+/// A reader that returns at most `read_bytes` per call, as pipes and sockets do.
+struct ShortReads<'a> {
+    data: &'a [u8],
+    read_bytes: usize,
+}
+
+impl std::io::Read for ShortReads<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.read_bytes).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+/// Data the chunker must cut like the crate: random, low-entropy runs, a constant byte (no
+/// content cut at all, so every chunk is the maximum), and a short repeating pattern.
+fn cdc_data() -> impl Strategy<Value = Vec<u8>> {
+    let len = 0usize..200 * 1024;
+    prop_oneof![
+        (any::<u64>(), len.clone(), 1usize..8).prop_map(|(seed, len, run)| pseudo_random(seed, len, run)),
+        (any::<u8>(), len.clone()).prop_map(|(byte, len)| vec![byte; len]),
+        (prop::collection::vec(any::<u8>(), 1..64), len)
+            .prop_map(|(pattern, len)| { pattern.iter().copied().cycle().take(len).collect() }),
+    ]
+}
+
+/// FastCDC bounds across the accepted range, including odd minimums (the crate rounds them
+/// down to even) and minimum = average = maximum.
+fn cdc_bounds() -> impl Strategy<Value = (u32, u32, u32)> {
+    (64u32..=4096).prop_flat_map(|min| {
+        (min.max(256)..=16384).prop_flat_map(move |avg| (avg.max(1024)..=65536).prop_map(move |max| (min, avg, max)))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
+
+    #[test]
+    fn fastcdc_cuts_where_the_fastcdc_crate_cuts(
+        data in cdc_data(),
+        (min, avg, max) in cdc_bounds(),
+        pieces in 1usize..6,
+        read_bytes in 1usize..100_000,
+    ) {
+        let chunking = Chunking::FastCdc { min_bytes: min, avg_bytes: avg, max_bytes: max };
+        let expected = crate_spans(&data, min, avg, max);
+        for (way, got) in ["in memory", "on threads", "streamed"].iter().zip(all_ways(&data, chunking, pieces, read_bytes)) {
+            prop_assert_eq!(&got, &expected, "{} with {:?}, {} pieces", way, chunking, pieces);
+        }
+    }
+}
+
+/// A cut within the first `window` positions after the minimum size is where the walk hashes
+/// for itself instead of trusting the scan (whose hash also saw bytes before the restart).
+/// Random data seldom cuts there with the default bounds, so small bounds and many buffers
+/// make sure each of the first 64 positions is hit.
+#[test]
+fn fastcdc_cuts_like_the_crate_right_after_the_minimum_size() {
+    let (min, avg, max) = (64, 256, 1024);
+    let chunking = Chunking::FastCdc { min_bytes: min, avg_bytes: avg, max_bytes: max };
+    let mut offsets_seen = HashSet::new();
+    for seed in 0..20_000u64 {
+        let data = pseudo_random(seed, 4096, 1);
+        let expected = crate_spans(&data, min, avg, max);
+        offsets_seen.extend(expected.iter().map(|s| s.length).filter(|&length| (min..min + 64).contains(&length)));
+        assert_eq!(chunker::spans(&data, chunking).unwrap(), expected, "seed {seed}");
+        if offsets_seen.len() == 64 {
+            return;
+        }
+    }
+    panic!("only {} of the 64 positions after the minimum were cut at", offsets_seen.len());
+}
+
+/// Past one stream block (8 MiB), with the default bounds: blocks end mid-chunk and the
+/// unfinished chunk is carried into the next block.
+#[test]
+fn fastcdc_cuts_like_the_crate_across_stream_blocks() {
+    let mut data = pseudo_random(7, 20 << 20, 1);
+    // A low-entropy stretch and a constant one, so maximum-size chunks straddle a block end.
+    data[(7 << 20)..(9 << 20)].fill(0);
+    let low = pseudo_random(9, 3 << 20, 5);
+    data[(12 << 20)..(15 << 20)].copy_from_slice(&low);
+    let Chunking::FastCdc { min_bytes, avg_bytes, max_bytes } = Chunking::DEFAULT_CDC else { unreachable!() };
+    let expected = crate_spans(&data, min_bytes, avg_bytes, max_bytes);
+    assert!(expected.len() > 200);
+    for got in all_ways(&data, Chunking::DEFAULT_CDC, 3, 1 << 20) {
+        assert_eq!(got, expected);
+    }
+}
+
 /// Arbitrary *valid* manifests, built field by field (not through the chunker) so that
 /// every field, codec and chunking kind varies independently.
 fn manifest_strategy() -> impl Strategy<Value = ReleaseManifest> {

@@ -209,11 +209,12 @@ struct SealOutput {
     new_stored_bytes: u64,
 }
 
-/// Streams the image through the chunker on this thread (feeding `hash_plaintext` in image
-/// order) while `workers` threads compress, encrypt, hash and stage chunks. Creating one file
-/// per chunk costs far more system time than the crypto costs CPU, so spreading it over
-/// every core is what makes `release add` fast. Memory stays bounded: the job queue holds at
-/// most `2 × workers` chunks.
+/// Streams the image through the chunker on this thread, its scan for cut points on
+/// `workers` threads (feeding `hash_plaintext` in image order), while `workers` threads
+/// compress, encrypt, hash and stage chunks. Creating one file per chunk costs far more
+/// system time than the crypto costs CPU, so spreading it over every core is what makes
+/// `release add` fast. Memory stays bounded: the job queue holds at most `2 × workers`
+/// chunks, the chunker one 8 MiB block and one maximum-size chunk.
 #[allow(clippy::too_many_arguments)]
 fn seal_in_parallel(
     repo: &Repo,
@@ -283,9 +284,11 @@ fn seal_in_parallel(
 
         let mut index = 0usize;
         let mut flushed_at = 0u64;
-        let streamed = chunker::stream_chunks::<_, anyhow::Error>(
+        let streamed = chunker::stream_chunks_with::<_, anyhow::Error>(
             BufReader::with_capacity(1 << 20, image),
             req.chunking,
+            workers,
+            scan_on_threads,
             |chunk| {
                 hash_plaintext(&chunk.data);
                 bar.inc(chunk.span.length as u64);
@@ -323,6 +326,18 @@ fn seal_in_parallel(
             out.entries.push(entry);
         }
         Ok(out)
+    })
+}
+
+/// Runs the chunker's scan pieces (one per worker) on threads: the scan for cut points is
+/// most of chunking's cost and, unlike the walk from cut to cut, it splits.
+fn scan_on_threads(pieces: Vec<chunker::ScanPiece<'_>>) -> Vec<chunker::CutCandidates> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = pieces.into_iter().map(|piece| scope.spawn(move || piece.scan())).collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
     })
 }
 

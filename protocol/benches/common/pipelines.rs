@@ -46,9 +46,69 @@ pub fn raw_blake3(image: &[u8]) -> u64 {
     fold(0, &ChunkId(*blake3::hash(image).as_bytes()))
 }
 
+/// Blake3 over as many slices as there are cores, one thread each: the same work as
+/// [`raw_blake3`] spread like the parallel pipeline below, for comparing like with like.
+pub fn raw_blake3_all_cores(image: &[u8]) -> u64 {
+    let per_thread = image.len().div_ceil(threads()).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = image
+            .chunks(per_thread)
+            .map(|slice| scope.spawn(move || ChunkId(*blake3::hash(slice).as_bytes())))
+            .collect();
+        handles.into_iter().map(|handle| handle.join().expect("hash thread")).fold(0, |acc, id| fold(acc, &id))
+    })
+}
+
 /// Chunk boundaries only (`spans`), shared by the chunk-and-hash pipelines.
 fn spans(image: &[u8], chunking: Chunking) -> Vec<ChunkSpan> {
     chunker::spans(image, chunking).expect("valid chunking")
+}
+
+/// The cores this machine offers.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs scan pieces on threads, as `seeder release add` does.
+fn scan_on_threads(pieces: Vec<chunker::ScanPiece<'_>>) -> Vec<chunker::CutCandidates> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = pieces.into_iter().map(|piece| scope.spawn(move || piece.scan())).collect();
+        handles.into_iter().map(|handle| handle.join().expect("scan thread")).collect()
+    })
+}
+
+/// FastCDC cut points alone, from the `fastcdc` crate: what chunking cost before.
+pub fn cut_points_crate(image: &[u8]) -> u64 {
+    let Chunking::FastCdc { min_bytes, avg_bytes, max_bytes } = Chunking::DEFAULT_CDC else { unreachable!() };
+    fastcdc::v2020::FastCDC::new(image, min_bytes, avg_bytes, max_bytes)
+        .fold(0, |acc, c| acc.rotate_left(5) ^ c.offset as u64)
+}
+
+/// The `fastcdc` crate's cut points, then `ChunkId` per chunk: the pipeline before the
+/// chunker found its own cut points.
+pub fn chunk_and_hash_crate(image: &[u8]) -> u64 {
+    let Chunking::FastCdc { min_bytes, avg_bytes, max_bytes } = Chunking::DEFAULT_CDC else { unreachable!() };
+    fastcdc::v2020::FastCDC::new(image, min_bytes, avg_bytes, max_bytes)
+        .fold(0, |acc, c| fold(acc, &ChunkId::of(&image[c.offset..][..c.length])))
+}
+
+/// FastCDC cut points alone, from the chunker on this thread.
+pub fn cut_points(image: &[u8]) -> u64 {
+    spans(image, Chunking::DEFAULT_CDC).iter().fold(0, |acc, s| acc.rotate_left(5) ^ s.offset)
+}
+
+/// Chunk with the scan on every core, then hash the chunks on every core, as `seeder release
+/// add` chunks and hands chunks to its sealing workers.
+pub fn chunk_and_hash_all_cores(image: &[u8], chunking: Chunking) -> u64 {
+    let spans = chunker::spans_with(image, chunking, threads(), scan_on_threads).expect("valid chunking");
+    let per_thread = spans.len().div_ceil(threads()).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = spans
+            .chunks(per_thread)
+            .map(|group| scope.spawn(move || group.iter().map(|s| ChunkId::of(piece(image, s))).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|handle| handle.join().expect("hash thread")).fold(0, |acc, id| fold(acc, &id))
+    })
 }
 
 fn piece<'a>(image: &'a [u8], span: &ChunkSpan) -> &'a [u8] {
@@ -105,7 +165,12 @@ pub type Pipeline = (&'static str, fn(&[u8]) -> u64);
 pub fn all() -> Vec<Pipeline> {
     vec![
         ("raw blake3 (1 core)", raw_blake3),
-        ("FastCDC 16/64/256K + ChunkId", |d| chunk_and_hash(d, Chunking::DEFAULT_CDC)),
+        ("raw blake3 (all cores, slices)", raw_blake3_all_cores),
+        ("FastCDC cut points, fastcdc crate", cut_points_crate),
+        ("FastCDC cut points (1 core)", cut_points),
+        ("fastcdc crate + ChunkId (1 core)", chunk_and_hash_crate),
+        ("FastCDC 16/64/256K + ChunkId (1 core)", |d| chunk_and_hash(d, Chunking::DEFAULT_CDC)),
+        ("FastCDC + ChunkId (all cores)", |d| chunk_and_hash_all_cores(d, Chunking::DEFAULT_CDC)),
         ("Fixed 64K + ChunkId", |d| chunk_and_hash(d, FIXED_64K)),
         ("FastCDC + zstd 3 + ChunkId", |d| chunk_and_seal(d, Chunking::DEFAULT_CDC, Some(3), None)),
         ("FastCDC + encrypt + ChunkId", |d| chunk_and_seal(d, Chunking::DEFAULT_CDC, None, Some(&BENCH_KEY))),
