@@ -87,9 +87,14 @@ pub fn published() -> [ReleaseCandidate<'static>; 1] {
 
 /// The agent's fetch plan as simnet's devices run it: one edge node at a time over one
 /// connection (the device link is the bottleneck either way; more would multiply flows),
-/// and the scenario's `batch_bytes`.
+/// and the scenario's `batch_bytes` and `batch_chunks`.
 pub fn fetch_config(params: &DeviceParams) -> FetchConfig {
-    FetchConfig { batch_bytes: params.batch_bytes, streams_per_edge: 1, ..FetchConfig::new(1, REQUEST_TIMEOUT) }
+    FetchConfig {
+        batch_bytes: params.batch_bytes,
+        batch_chunks: params.batch_chunks,
+        streams_per_edge: 1,
+        ..FetchConfig::new(1, REQUEST_TIMEOUT)
+    }
 }
 
 /// A device's download in progress (only while it downloads: a million devices do not hold
@@ -320,8 +325,8 @@ mod tests {
             std::mem::size_of::<EngineConfig>()
         );
         assert!(device <= 2048, "{device} bytes per device");
-        // Only a downloading device holds a fetch plan; with its per-chunk byte it stays well
-        // under a kilobyte for fleet-1m's 260 chunks.
+        // Only a downloading device holds a fetch plan; with its per-chunk byte that is about
+        // a kilobyte more for fleet-1m's ~1,000 chunks.
         let fetch = std::mem::size_of::<DeviceFetch>();
         eprintln!("size_of DeviceFetch = {fetch}");
         assert!(fetch <= 512, "{fetch} bytes per downloading device, before its vectors");

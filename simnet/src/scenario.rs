@@ -194,6 +194,12 @@ pub struct DeviceParams {
     pub checkin_spread_s: f64,
     /// Bytes per device request (a batch of chunks).
     pub batch_bytes: u64,
+    /// Most chunks per device request: the agent's 128 by default, at most the device wire
+    /// format's 256 ranges. Each request is a LAN flow and a handful of events per device,
+    /// so a million devices run in half the time when requests stay at `batch_bytes` with
+    /// small chunks.
+    #[serde(default = "default_batch_chunks")]
+    pub batch_chunks: usize,
     /// Whole-image verification.
     pub verify_s: f64,
     /// Pointing the bootloader at the verified slot (the slot itself is written during the
@@ -219,11 +225,15 @@ pub struct DeviceParams {
 fn default_trial_deadline() -> f64 {
     120.0
 }
+fn default_batch_chunks() -> usize {
+    protocol::device::fetch::BATCH_CHUNKS
+}
 impl Default for DeviceParams {
     fn default() -> Self {
         DeviceParams {
             checkin_spread_s: 10.0,
             batch_bytes: 4 << 20,
+            batch_chunks: default_batch_chunks(),
             verify_s: 0.5,
             install_s: 5.0,
             reboot_s: 20.0,
@@ -524,6 +534,8 @@ impl Scenario {
         let d = &self.devices;
         range("devices.checkin_spread_s", d.checkin_spread_s, 0.0, 30.0 * 86_400.0)?;
         range_u("devices.batch_bytes", d.batch_bytes, 4096, 1 << 30)?;
+        let max_ranges = protocol::wire::device::limits::MAX_RANGES as u64;
+        range_u("devices.batch_chunks", d.batch_chunks as u64, 1, max_ranges)?;
         for (k, v) in [
             ("verify_s", d.verify_s),
             ("install_s", d.install_s),
@@ -615,5 +627,10 @@ mod tests {
         assert!(parse("not toml [").is_err());
         assert!(parse(&"#".repeat(MAX_TOML_BYTES + 1)).unwrap_err().contains("allowed"));
         assert!(load("no-such-scenario").unwrap_err().contains("factory-small"));
+        // More chunks per request than the device wire format's 256 ranges.
+        let wide = base.replace("batch_bytes = 4_194_304", "batch_bytes = 4_194_304\nbatch_chunks = 257");
+        assert!(parse(&wide).unwrap_err().contains("devices.batch_chunks"));
+        let within = base.replace("batch_bytes = 4_194_304", "batch_bytes = 4_194_304\nbatch_chunks = 256");
+        assert_eq!(parse(&within).unwrap().devices.batch_chunks, 256);
     }
 }

@@ -298,7 +298,7 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
 
     /// The next batch from the queue, skipping chunks delivered meanwhile (by a hedge).
     fn take_batch(&mut self) -> Vec<u32> {
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity(self.config.batch_chunks.min(self.units.len()));
         let mut bytes = 0u64;
         while let Some(next) = self.queue_front() {
             if self.units[next as usize] & DELIVERED != 0 {
@@ -400,16 +400,23 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
         bytes: u64,
         took: Duration,
     ) {
-        let Some(flight) = self.take_flight(conn) else { return };
+        let Some(flight) = self.conns.get_mut(conn).and_then(|c| c.flight.take()) else { return };
         let edge = self.conns[conn].edge;
         let stalled = delivered.is_empty() && !flight.units.is_empty();
         if !delivered.is_empty() {
             self.last_delivery = now;
             self.slowest_batch = Some(self.slowest_batch.map_or(took, |s| s.max(took)));
         }
-        self.deliver(delivered);
+        if delivered == &flight.units[..] {
+            // The usual answer, everything asked for: one pass instead of release, deliver
+            // and requeue (nothing delivered goes back in the queue).
+            self.release_delivered(delivered);
+        } else {
+            self.release(&flight.units);
+            self.deliver(delivered);
+            self.requeue(&flight.units);
+        }
         self.events.push_back(FetchEvent::Batch { edge, bytes, took });
-        self.requeue(&flight.units);
         if missing > 0 {
             self.events.push_back(FetchEvent::LacksChunks { edge, missing });
             self.stop_edge(edge);
@@ -469,6 +476,18 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
         for u in units {
             if let Some(unit) = self.units.get_mut(*u as usize) {
                 *unit = (*unit & DELIVERED) | (*unit & HOLDERS).saturating_sub(1);
+            }
+        }
+    }
+
+    /// [`Self::release`] then [`Self::deliver`] of the same units.
+    fn release_delivered(&mut self, units: &[u32]) {
+        for u in units {
+            if let Some(unit) = self.units.get_mut(*u as usize) {
+                if *unit & DELIVERED == 0 {
+                    self.remaining -= 1;
+                }
+                *unit = DELIVERED | (*unit & HOLDERS).saturating_sub(1);
             }
         }
     }
