@@ -123,11 +123,6 @@ impl ScanPiece<'_> {
         CutCandidates { range: self.start..self.end, found }
     }
 
-    /// Bytes of positions this piece covers.
-    pub fn len(&self) -> usize {
-        self.end - self.start
-    }
-
     /// Whether the piece covers no position.
     pub fn is_empty(&self) -> bool {
         self.end == self.start
