@@ -41,6 +41,8 @@ pub struct Metrics {
     pub peers: AtomicU64,
     /// Connected devices.
     pub devices: AtomicU64,
+    /// Device chunk requests waiting for response memory (see `DeviceServiceConfig::busy_wait`).
+    pub device_requests_waiting: AtomicU64,
     /// Releases completely cached.
     pub releases_complete: AtomicU64,
     /// Device status reports accepted (signature verified, not a replay, within allowance).
@@ -80,7 +82,7 @@ impl Metrics {
             let _ = writeln!(lines, "otamesh_edge_bytes_in_total{{source=\"{class}\"}} {}", counter.load(Relaxed));
         }
         out.push_str(&lines);
-        let simple: [(&str, &str, &str, &AtomicU64); 14] = [
+        let simple: [(&str, &str, &str, &AtomicU64); 15] = [
             ("bytes_out_peers_total", "counter", "Chunk bytes sent to other edge nodes.", &self.bytes_out_peers),
             ("bytes_out_devices_total", "counter", "Chunk bytes sent to devices.", &self.bytes_out_devices),
             ("cache_hits_total", "counter", "Chunk reads answered from the store.", &self.cache_hits),
@@ -109,6 +111,12 @@ impl Metrics {
             ("stored_bytes", "gauge", "Bytes in the store.", &self.bytes_stored),
             ("peers", "gauge", "Connected mesh peers.", &self.peers),
             ("devices", "gauge", "Connected devices.", &self.devices),
+            (
+                "device_requests_waiting",
+                "gauge",
+                "Device chunk requests waiting for response memory.",
+                &self.device_requests_waiting,
+            ),
             ("releases_complete", "gauge", "Releases completely cached.", &self.releases_complete),
         ];
         let trust: [(&str, &str, &str, &AtomicU64); 4] = [
@@ -201,7 +209,7 @@ mod tests {
         let text = m.render();
         assert!(text.contains("otamesh_edge_bytes_in_total{source=\"origin\"} 42\n"));
         assert!(text.contains("# TYPE otamesh_edge_cache_hits_total counter\notamesh_edge_cache_hits_total 3\n"));
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 22);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 23);
     }
 
     /// Every metric name the committed Grafana dashboard's queries use, from their text.

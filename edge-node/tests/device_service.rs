@@ -33,6 +33,10 @@ struct MemBackend {
     statuses: Mutex<Vec<(SocketAddr, Vec<u8>)>>,
     /// Chunk body bytes handed out (what a disk backend would have read).
     read_bytes: AtomicU64,
+    /// A chunk whose read waits for a permit of the semaphore, and how many reads of it
+    /// have started waiting.
+    gate: Option<(ChunkId, Arc<tokio::sync::Semaphore>)>,
+    gated_reads: AtomicU64,
 }
 
 impl MemBackend {
@@ -61,6 +65,11 @@ impl DeviceBackend for MemBackend {
     }
 
     async fn chunk(&self, id: ChunkId) -> ChunkLookup {
+        if let Some((gated, gate)) = self.gate.as_ref().filter(|(gated, _)| *gated == id) {
+            self.gated_reads.fetch_add(1, Relaxed);
+            let _open = gate.acquire().await.expect("gate closed");
+            debug_assert_eq!(*gated, id);
+        }
         if self.busy.contains(&id) {
             return ChunkLookup::Busy;
         }
@@ -384,6 +393,72 @@ mod hostile_clients {
         let metrics = Arc::new(Metrics::default());
         let (addrs, task) = DeviceService::bind(config, backend.clone(), metrics.clone()).await.unwrap();
         (Fixture { addrs, task, backend, metrics, chunk_a: big, chunk_b: big, busy: big }, big)
+    }
+
+    /// Two 1 MiB chunks, the first one's reads held until the returned gate gets a permit.
+    async fn with_gated_chunk(config: DeviceServiceConfig) -> (Fixture, ChunkId, ChunkId, Arc<tokio::sync::Semaphore>) {
+        let mut backend = MemBackend::default();
+        let slow = backend.add_chunk(pattern(MIB, 9));
+        let other = backend.add_chunk(pattern(MIB, 10));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        backend.gate = Some((slow, gate.clone()));
+        let backend = Arc::new(backend);
+        let metrics = Arc::new(Metrics::default());
+        let (addrs, task) = DeviceService::bind(config, backend.clone(), metrics.clone()).await.unwrap();
+        (Fixture { addrs, task, backend, metrics, chunk_a: slow, chunk_b: other, busy: other }, slow, other, gate)
+    }
+
+    /// Waits (with a deadline) until `done` holds.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A request that finds the response budget spent (a 3 MiB budget, 2 MiB of it held by
+    /// a request whose read is stalled) is not answered Busy at once: it waits in line, and
+    /// when the stalled request's answer is written and its memory returns, it is served in
+    /// full.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_that_finds_the_budget_spent_waits_for_memory_and_is_served() {
+        let config = DeviceServiceConfig { max_buffered_bytes: 3 * MIB, busy_wait: WAIT, ..localhost_config() };
+        let (f, slow, other, gate) = with_gated_chunk(config).await;
+        let (mut first, mut second) = (tcp(&f).await, tcp(&f).await);
+        let held = tokio::spawn(async move { first.get_chunks(&[ChunkRange::whole(slow)]).await });
+        until("the first request's read has started", || f.backend.gated_reads.load(Relaxed) == 1).await;
+        let waiting = tokio::spawn(async move { second.get_chunks(&[ChunkRange::whole(other)]).await });
+        until("the second request waits for memory", || f.metrics.device_requests_waiting.load(Relaxed) == 1).await;
+        assert!(!waiting.is_finished(), "a waiting request must not have been answered");
+        gate.add_permits(1);
+        let first = timeout(WAIT, held).await.unwrap().unwrap().unwrap();
+        assert_eq!(served_bytes(&first), (1, MIB, 0));
+        let second = timeout(WAIT, waiting).await.unwrap().unwrap().unwrap();
+        assert_eq!(served_bytes(&second), (1, MIB, 0), "served in full once the memory came back");
+        assert_eq!(f.metrics.device_requests_waiting.load(Relaxed), 0);
+    }
+
+    /// The wait is bounded: memory that does not come back within `busy_wait` gets the
+    /// request its `Busy`, as before, and the device asks again later.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_that_waits_longer_than_busy_wait_is_answered_busy() {
+        let config = DeviceServiceConfig {
+            max_buffered_bytes: 3 * MIB,
+            busy_wait: Duration::from_millis(100),
+            ..localhost_config()
+        };
+        let (f, slow, other, gate) = with_gated_chunk(config).await;
+        let (mut first, mut second) = (tcp(&f).await, tcp(&f).await);
+        let held = tokio::spawn(async move { first.get_chunks(&[ChunkRange::whole(slow)]).await });
+        until("the first request's read has started", || f.backend.gated_reads.load(Relaxed) == 1).await;
+        let started = Instant::now();
+        let refused = timeout(WAIT, second.get_chunks(&[ChunkRange::whole(other)])).await.unwrap().unwrap();
+        assert_eq!(served_bytes(&refused), (0, 0, 1));
+        assert!(started.elapsed() >= Duration::from_millis(100), "answered Busy before busy_wait passed");
+        gate.add_permits(1);
+        let first = timeout(WAIT, held).await.unwrap().unwrap().unwrap();
+        assert_eq!(served_bytes(&first), (1, MIB, 0));
     }
 
     fn served_bytes(batch: &edge_node::device::ChunkBatch) -> (usize, usize, usize) {

@@ -171,6 +171,12 @@ pub struct DeviceServiceConfig {
     /// reads and threads. Memory is bounded by `max_buffered_bytes` regardless, because a
     /// batch's reads are sized and charged before they happen.
     pub max_concurrent_lookups: usize,
+    /// How long a chunk batch of which nothing fits the spent `max_buffered_bytes` waits, in
+    /// arrival order, for memory to come back before it is answered `Busy` (default 1 s,
+    /// well under every device's request timeout). Waiting costs the node the request's
+    /// few KiB; answering `Busy` at once made a thousand devices re-ask in a loop and spend
+    /// the node's CPU on refusals instead of chunks.
+    pub busy_wait: Duration,
 }
 
 impl Default for DeviceServiceConfig {
@@ -188,6 +194,7 @@ impl Default for DeviceServiceConfig {
             max_response_bytes: limits::MAX_RESPONSE_BYTES,
             max_buffered_bytes: 256 * 1024 * 1024,
             max_concurrent_lookups: 8,
+            busy_wait: Duration::from_secs(1),
         }
     }
 }
@@ -286,6 +293,19 @@ impl<B: DeviceBackend> Shared<B> {
     fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
         let n = u32::try_from(bytes).ok()?;
         self.memory.clone().try_acquire_many_owned(n).ok()
+    }
+
+    /// Waits up to `busy_wait` for `bytes` of response memory (at most the whole budget, so
+    /// that it can come back), behind every request already waiting: the semaphore hands
+    /// released bytes to the longest waiter first.
+    async fn wait_for_memory(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let cap = self.config.max_buffered_bytes.min(Semaphore::MAX_PERMITS);
+        let n = u32::try_from(bytes.clamp(1, cap.max(1))).ok()?;
+        let acquire = self.memory.clone().acquire_many_owned(n);
+        Metrics::add(&self.metrics.device_requests_waiting, 1);
+        let got = tokio::time::timeout(self.config.busy_wait, acquire).await;
+        self.metrics.device_requests_waiting.fetch_sub(1, Relaxed);
+        got.ok()?.ok()
     }
 
     /// Answers one request body (already size-checked by the transport).
