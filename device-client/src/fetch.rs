@@ -158,6 +158,8 @@ pub async fn download(
     let mut plan: FetchPlan<EdgeAddr> = FetchPlan::new(config, wanted.iter().map(|w| w.entry.stored_length).collect());
 
     let key = job.key.map(Arc::new);
+    let mut committer =
+        Committer { slot: slot.clone(), path: job.progress.clone(), progress: Some(progress), running: None };
     let mut unsynced: Vec<u32> = Vec::new();
     let mut unsynced_bytes = 0u64;
     let mut last_error = String::from("no edge node reachable");
@@ -190,18 +192,20 @@ pub async fn download(
             if plan.round_over() {
                 break;
             }
-            let received = match plan.poll_timeout(pool.now()) {
-                Some(at) => {
-                    let wait = Duration::from_micros(at.0.saturating_sub(pool.now().0));
-                    tokio::select! {
-                        received = results.recv() => Some(received),
-                        _ = tokio::time::sleep(wait) => None,
-                    }
+            let deadline = plan.poll_timeout(pool.now());
+            let wait = deadline.map(|at| Duration::from_micros(at.0.saturating_sub(pool.now().0)));
+            let received = tokio::select! {
+                received = results.recv() => received,
+                _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {
+                    // A deadline passed (a hedge, a rested connection): poll the plan again.
+                    continue;
                 }
-                None => Some(results.recv().await),
+                durable = committer.finished(), if committer.is_running() => {
+                    counts.chunks_done = durable.map_err(DownloadError::Storage)?;
+                    on_progress(counts).map_err(DownloadError::Storage)?;
+                    continue;
+                }
             };
-            // A deadline passed (a hedge, a rested connection): poll the plan again.
-            let Some(received) = received else { continue };
             let Some((w, outcome)) = received else { break };
             let addr = workers[w].addr;
             let now = pool.now();
@@ -227,12 +231,9 @@ pub async fn download(
             apply_events(&mut plan, pool, &mut workers, &mut last_error, &lie);
             // An edge that stopped makes room for the next one that answered the probe.
             add_spares(&mut plan, &mut spares, &mut workers, timeouts, &slot, &key).await;
-            if unsynced_bytes >= SYNC_EVERY_BYTES {
-                commit_progress(&slot, &mut progress, &unsynced, &job.progress, &mut counts)
-                    .map_err(DownloadError::Storage)?;
-                unsynced.clear();
+            if unsynced_bytes >= SYNC_EVERY_BYTES && !committer.is_running() {
+                committer.start(std::mem::take(&mut unsynced));
                 unsynced_bytes = 0;
-                on_progress(counts).map_err(DownloadError::Storage)?;
             }
         }
         // Batches still out when everything arrived were fetched elsewhere: their edge was
@@ -240,8 +241,9 @@ pub async fn download(
         plan.end_round();
         apply_events(&mut plan, pool, &mut workers, &mut last_error, &lie);
         drop(workers);
-        commit_progress(&slot, &mut progress, &unsynced, &job.progress, &mut counts).map_err(DownloadError::Storage)?;
-        unsynced.clear();
+        committer.finished().await.map_err(DownloadError::Storage)?;
+        committer.start(std::mem::take(&mut unsynced));
+        counts.chunks_done = committer.finished().await.map_err(DownloadError::Storage)?;
         unsynced_bytes = 0;
         on_progress(counts).map_err(DownloadError::Storage)?;
         if plan.is_complete() && counts.chunks_done == counts.chunk_count {
@@ -380,6 +382,52 @@ fn reuse(
         progress.mark(index);
     }
     Ok(())
+}
+
+/// Makes written chunks durable and records them off the coordinator: the slot's fdatasync
+/// and the progress file's save run on a blocking thread while the coordinator keeps every
+/// connection asking. Done inline, a GiB's 26 commits stopped dispatch for 0.7 s of a 3.6 s
+/// install. At most one commit runs; chunks written meanwhile wait for the next.
+struct Committer {
+    slot: Arc<SlotFile>,
+    path: PathBuf,
+    /// `None` while a commit runs (it holds the progress).
+    progress: Option<Progress>,
+    running: Option<tokio::task::JoinHandle<Result<Progress>>>,
+}
+
+impl Committer {
+    fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Starts making `written` durable; the caller waits for any running commit first.
+    fn start(&mut self, written: Vec<u32>) {
+        let Some(mut progress) = self.progress.take() else {
+            debug_assert!(false, "a commit is already running");
+            return;
+        };
+        let (slot, path) = (self.slot.clone(), self.path.clone());
+        self.running = Some(tokio::task::spawn_blocking(move || {
+            slot.sync()?;
+            for index in written {
+                progress.mark(index);
+            }
+            progress.save(&path)?;
+            Ok(progress)
+        }));
+    }
+
+    /// Waits for the running commit, if any; returns how many chunks are durable. Safe to
+    /// cancel: the commit keeps running and a later call picks it up.
+    async fn finished(&mut self) -> Result<u32> {
+        if let Some(running) = self.running.as_mut() {
+            let done = running.await;
+            self.running = None;
+            self.progress = Some(done.map_err(|e| anyhow!("progress writer stopped: {e}"))??);
+        }
+        Ok(self.progress.as_ref().map_or(0, Progress::count))
+    }
 }
 
 /// Makes written chunks durable, then records them.
