@@ -95,6 +95,10 @@ struct RunArgs {
     /// Memory for device responses across all clients, e.g. 256MiB; beyond it devices get Busy.
     #[arg(long)]
     device_max_buffered_bytes: Option<String>,
+    /// Milliseconds a chunk request waits in line for that memory before Busy (default
+    /// 1000, at most 10000).
+    #[arg(long)]
+    device_busy_wait_ms: Option<u64>,
     /// Memory for chunks devices read recently, answered without a disk read, e.g. 32MiB
     /// (the default); 0 disables it.
     #[arg(long)]
@@ -169,6 +173,9 @@ impl RunArgs {
         if let Some(v) = self.device_max_buffered_bytes {
             c.device_max_buffered_bytes = v;
         }
+        if let Some(v) = self.device_busy_wait_ms {
+            c.device_busy_wait_ms = v;
+        }
         if let Some(v) = self.device_hot_cache_bytes {
             c.device_hot_cache_bytes = v;
         }
@@ -183,6 +190,7 @@ impl RunArgs {
         }
         c.capacity_bytes().context("--capacity")?;
         c.device_max_buffered_bytes().context("--device-max-buffered-bytes (device_max_buffered_bytes)")?;
+        c.device_busy_wait().context("--device-busy-wait-ms (device_busy_wait_ms)")?;
         c.device_hot_cache_bytes().context("--device-hot-cache-bytes (device_hot_cache_bytes)")?;
         c.reverify_bytes_per_sec().context("--reverify-bytes-per-sec (reverify_bytes_per_sec)")?;
         c.report_queue_bytes().context("--report-queue-bytes (report_queue_bytes)")?;

@@ -21,6 +21,8 @@
 //! device_max_connections = 512         # device connections in all (QUIC and TCP), 1 to 65536
 //! max_connections_per_client = 8       # device connections from one IP address
 //! device_max_buffered_bytes = "256MiB" # device responses and their reads in memory, all clients
+//! device_busy_wait_ms = 1000           # a chunk request waits this long, in line, for that
+//!                                      # memory before it is answered Busy; 0 to 10000
 //! device_hot_cache_bytes = "32MiB"     # chunks devices read recently, answered from memory;
 //!                                      # "0" disables it
 //! mesh_max_concurrent_serves = 8       # peers' chunk requests read at once (4x as many queue)
@@ -91,6 +93,10 @@ pub struct EdgeConfig {
     /// clients, e.g. `256MiB`; when spent, devices are answered Busy. Peak RSS stays within
     /// this plus a fixed overhead (see `device`).
     pub device_max_buffered_bytes: String,
+    /// Milliseconds a device's chunk request waits, in arrival order, for response memory
+    /// when `device_max_buffered_bytes` is spent, before it is answered Busy (0 to 10000;
+    /// devices time a request out after 10 s or more).
+    pub device_busy_wait_ms: u64,
     /// Chunks devices read recently, kept in memory and answered without a disk read, e.g.
     /// `32MiB`; `0` disables it. Adds at most this to the node's RSS.
     pub device_hot_cache_bytes: String,
@@ -124,6 +130,7 @@ impl Default for EdgeConfig {
             device_max_connections: 512,
             max_connections_per_client: 8,
             device_max_buffered_bytes: "256MiB".into(),
+            device_busy_wait_ms: 1000,
             device_hot_cache_bytes: "32MiB".into(),
             mesh_max_concurrent_serves: mesh::chunk_server::DEFAULT_MAX_CONCURRENT_SERVES,
             reverify_bytes_per_sec: "16MiB".into(),
@@ -191,6 +198,17 @@ impl EdgeConfig {
         Ok(self.device_max_connections)
     }
 
+    /// `device_busy_wait_ms` as a duration.
+    pub fn device_busy_wait(&self) -> Result<std::time::Duration> {
+        if self.device_busy_wait_ms > 10_000 {
+            bail!(
+                "device_busy_wait_ms must be 0 to 10000, not {}: devices time a request out after 10 s or more",
+                self.device_busy_wait_ms
+            );
+        }
+        Ok(std::time::Duration::from_millis(self.device_busy_wait_ms))
+    }
+
     /// `device_hot_cache_bytes` in bytes.
     pub fn device_hot_cache_bytes(&self) -> Result<u64> {
         parse_bytes(&self.device_hot_cache_bytes)
@@ -243,6 +261,9 @@ mod tests {
         assert_eq!(defaults.device_max_buffered_bytes().unwrap(), 256 << 20);
         assert_eq!(defaults.device_hot_cache_bytes().unwrap(), 32 << 20);
         assert_eq!(defaults.device_max_connections().unwrap(), 512);
+        assert_eq!(defaults.device_busy_wait().unwrap(), std::time::Duration::from_secs(1));
+        let too_long = EdgeConfig { device_busy_wait_ms: 10_001, ..EdgeConfig::default() };
+        assert!(too_long.device_busy_wait().unwrap_err().to_string().contains("0 to 10000"));
         for bad in [0, 65_537] {
             let config = EdgeConfig { device_max_connections: bad, ..EdgeConfig::default() };
             assert!(config.device_max_connections().unwrap_err().to_string().contains("1 to 65536"));

@@ -253,6 +253,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         max_connections: config.device_max_connections()?,
         max_connections_per_client: config.max_connections_per_client,
         max_buffered_bytes: usize::try_from(config.device_max_buffered_bytes()?).unwrap_or(usize::MAX),
+        busy_wait: config.device_busy_wait()?,
         ..Default::default()
     };
     let (device_addrs, _device_task) =
