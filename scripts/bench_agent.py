@@ -3,6 +3,10 @@ import json, os, random, re, resource, shutil, signal, subprocess, sys, tempfile
 
 MIB = int(sys.argv[1])
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+# PROFILE=quic or PROFILE=tcp: profile one install with perf instead of benchmarking.
+PROFILE = os.environ.get("PROFILE", "").lower()
+if PROFILE not in ("", "quic", "tcp"):
+    raise SystemExit("PROFILE must be quic or tcp")
 BIN = os.path.abspath("target/release")
 work = tempfile.mkdtemp(prefix="bench-agent-")
 procs = []
@@ -137,6 +141,28 @@ try:
     d, cfg = device("warm-up", edges[:1], "tcp")
     run_timed([f"{BIN}/device-client", "check", "--config", cfg])
     shutil.rmtree(d)
+    if PROFILE:
+        # One more install over PROFILE's transport from one edge, with perf recording the
+        # agent and that edge node; the reports are printed and nothing else is measured.
+        d, cfg = device("profile", edges[:1], PROFILE)
+        subprocess.run(["sync"])
+        edge_perf = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-o", f"{work}/perf-edge.data",
+                                      "-p", str(edges[0]["proc"].p.pid)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(edge_perf)
+        wall, cpu, _ = run_timed(["perf", "record", "-F", "499", "-g", "-o", f"{work}/perf-agent.data",
+                                  f"{BIN}/device-client", "check", "--config", cfg])
+        edge_perf.send_signal(signal.SIGINT)
+        edge_perf.wait(timeout=30)
+        print(f"profiled install over {PROFILE.upper()}: {MIB / wall:.1f} MiB/s, {cpu / (MIB / 1024):.2f} agent CPU s/GiB"
+              " (perf running)")
+        for who in ("agent", "edge"):
+            report = subprocess.run(["perf", "report", "-i", f"{work}/perf-{who}.data", "--no-children",
+                                     "--sort", "dso,symbol", "-g", "none", "--percent-limit", "1", "--stdio"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+            print(f"--- {who}: symbols over 1 % of its samples")
+            print("\n".join(l.rstrip()[:120] for l in report.splitlines() if l.strip() and not l.startswith("#")))
+        sys.exit(0)
     results = {}
     for label, edge_list, transport in [("1 edge", edges[:1], "quic"), ("3 edges", edges, "quic"),
                                         ("1 edge", edges[:1], "tcp"), ("3 edges", edges, "tcp")]:
