@@ -174,13 +174,15 @@ impl<B: DeviceBackend> Shared<B> {
         };
         let mut sized = within(self.memory.available_permits());
         let mut memory = self.reserve(sized.cost());
-        let unlimited = within(usize::MAX);
-        if (memory.is_none() || sized.serves() == 0) && unlimited.serves() > 0 {
-            // Nothing fits what is left of the budget: wait in line for what the whole
-            // request needs, then serve what the memory received covers.
+        // Nothing fits what is left of the budget (planned only then: the common case is
+        // served at once): wait in line for what the whole request needs, then serve what
+        // the memory received covers.
+        let unserved = memory.is_none() || sized.serves() == 0;
+        if let Some(needed) = unserved.then(|| within(usize::MAX)).filter(|all| all.serves() > 0).map(|all| all.cost())
+        {
             drop(memory.take());
             drop(reading);
-            let waited = self.wait_for_memory(unlimited.cost()).await;
+            let waited = self.wait_for_memory(needed).await;
             let Ok(again) = self.lookups.acquire().await else { return Answer::error(ErrorCode::BUSY) };
             reading = again;
             if let Some(mut got) = waited {
@@ -195,21 +197,19 @@ impl<B: DeviceBackend> Shared<B> {
             }
         }
         let _reading = reading;
-        let plans = match memory {
-            Some(_) => sized.plans.clone(),
+        let Sized { mut plans, reads, read_of, frame_bytes, .. } = sized;
+        if memory.is_none() {
             // Another request took the budget since it was looked at: nothing is read.
-            None => sized.plans.iter().map(|p| if let Plan::Serve { .. } = p { Plan::Busy } else { *p }).collect(),
-        };
-        let bodies = if memory.is_some() && !sized.reads.is_empty() {
-            self.backend.chunks(sized.reads).await
-        } else {
-            Vec::new()
-        };
+            for plan in plans.iter_mut().filter(|p| matches!(p, Plan::Serve { .. })) {
+                *plan = Plan::Busy;
+            }
+        }
+        let bodies = if memory.is_some() && !reads.is_empty() { self.backend.chunks(reads).await } else { Vec::new() };
 
-        let mut builder = ChunksFrameBuilder::with_capacity(sized.frame_bytes - FRAME_HEADER_BYTES);
+        let mut builder = ChunksFrameBuilder::with_capacity(frame_bytes - FRAME_HEADER_BYTES);
         for (range, planned) in ranges.iter().zip(&plans) {
             let status = match *planned {
-                Plan::Serve { chunk, len, start, end } => match sized.read_of[chunk].and_then(|i| bodies.get(i)) {
+                Plan::Serve { chunk, len, start, end } => match read_of[chunk].and_then(|i| bodies.get(i)) {
                     Some(ChunkLookup::Found(bytes)) if bytes.len() as u64 == len => ChunkStatus::Ok(&bytes[start..end]),
                     Some(ChunkLookup::Missing) => ChunkStatus::NotFound,
                     // Changed since it was sized, or being fetched.
