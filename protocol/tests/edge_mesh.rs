@@ -3,6 +3,7 @@
 //! bytes over the link's bandwidth (LAN fast, backhaul slow); the origin and any liar are
 //! simple responders, every edge node is the real `FetchScheduler`.
 
+use protocol::edge::origin_handout::{HandoutConfig, OriginHandout};
 use protocol::edge::{
     ChunkOutcome, ChunkSpec, EdgeEvent, FetchScheduler, NodeId, PeerRole, ReleaseSpec, Request, RequestId,
     SchedulerConfig, SiteId, SourceClass,
@@ -48,6 +49,8 @@ struct Net {
     requests_after_ban: u64,
     /// Every chunk request sent: (sender, chunks, stored bytes).
     chunk_requests: Vec<(usize, usize, u64)>,
+    /// The origin's rationing, when the test turns it on.
+    handout: Option<OriginHandout>,
 }
 
 fn node_id(i: u64) -> NodeId {
@@ -85,6 +88,7 @@ impl Net {
             requests_after_ban: 0,
             chunk_requests: Vec::new(),
             late: BTreeSet::new(),
+            handout: None,
         };
         for s in 0..sites {
             for m in 0..per_site {
@@ -193,7 +197,16 @@ impl Net {
                     self.requests_after_ban += 1;
                 }
                 let outcomes: Vec<(u32, ChunkOutcome)> = if peer == self.origin {
-                    indices.iter().map(|i| (*i, ChunkOutcome::Verified)).collect()
+                    let requester = self.ids[from];
+                    let spec = &self.spec;
+                    indices
+                        .iter()
+                        .map(|i| {
+                            let chunk = spec.chunks[*i as usize].id;
+                            let served = self.handout.as_mut().is_none_or(|h| h.admit(now, &requester, &chunk));
+                            (*i, if served { ChunkOutcome::Verified } else { ChunkOutcome::Missing })
+                        })
+                        .collect()
                 } else if self.liars.contains_key(&peer) {
                     indices.iter().map(|i| (*i, ChunkOutcome::Corrupt)).collect()
                 } else {
@@ -291,6 +304,29 @@ fn three_sites_fetch_each_chunk_over_their_backhaul_once() {
         assert!((0.35..=0.65).contains(&share), "unbalanced share {share:.2}");
         assert_eq!(n.stats().corrupt_chunks, 0);
     }
+}
+
+#[test]
+fn sites_trade_what_the_origin_hands_out_once_instead_of_each_taking_a_copy() {
+    let sites = 6;
+    let origin_copies = |handout: Option<OriginHandout>| {
+        let mut net = Net::new(sites, 2, 300, None);
+        net.handout = handout;
+        net.run(Instant(600_000_000));
+        assert!(net.all_complete(), "not every node completed by {:?}", net.now);
+        let release_bytes = net.release_bytes();
+        for (site, bytes) in net.backhaul_by_site() {
+            let amplification = bytes as f64 / release_bytes as f64;
+            assert!((1.0..=1.0).contains(&amplification), "site {site:?} backhaul amplification {amplification:.3}");
+        }
+        let origin: u64 = net.nodes.iter().flatten().map(|n| n.stats().bytes_in[SourceClass::Origin as usize]).sum();
+        (origin as f64 / release_bytes as f64, net.now)
+    };
+    let (without, t_without) = origin_copies(None);
+    let (with, t_with) = origin_copies(Some(OriginHandout::new(HandoutConfig::default())));
+    eprintln!("origin egress: {without:.2} copies in {t_without:?} without handouts, {with:.2} in {t_with:?} with");
+    assert!(without > 4.0, "the origin already sent only {without:.2} copies");
+    assert!(with <= 1.3, "the origin sent {with:.2} copies of the release to {sites} sites");
 }
 
 #[test]
@@ -434,9 +470,13 @@ fn requests_stay_full_batches_once_the_pipeline_is_full() {
     let full = |(_, chunks, bytes): &(usize, usize, u64)| {
         *chunks >= config.max_request_chunks || *bytes >= config.max_request_bytes
     };
-    let partial = net.chunk_requests.iter().filter(|r| !full(r)).count();
-    // Only the tail of the release (fewer idle chunks than a batch) may go out partial: at
-    // most one request per pipeline slot.
+    // The origin's slow start: requests of 8, 16, 32 chunks first, then full batches.
+    let ramp = net.chunk_requests.iter().take_while(|r| !full(r)).count();
+    assert_eq!(net.chunk_requests[0].1, config.origin_slow_start_chunks as usize);
+    assert!(ramp <= 8, "{ramp} requests before the first full batch");
+    let partial = net.chunk_requests.iter().skip(ramp).filter(|r| !full(r)).count();
+    // After it, only the tail of the release (fewer idle chunks than a batch) may go out
+    // partial: at most one request per pipeline slot.
     assert!(
         partial <= config.max_inflight_per_peer as usize,
         "{partial} of {} requests were partial batches: {:?}",
@@ -497,4 +537,64 @@ fn a_late_site_takes_its_share_from_other_sites_not_the_origin() {
     }
     assert_eq!(wan + origin, release_bytes, "the late site's backhaul carried the release once");
     assert!(origin * 10 <= release_bytes, "late site took {origin} of {release_bytes} bytes from the origin");
+}
+
+#[test]
+fn a_chunk_the_origin_answers_busy_comes_from_another_site_and_the_origin_is_asked_again_later() {
+    let config = SchedulerConfig::default();
+    let (me, origin, other) = (node_id(1), node_id(2), node_id(3));
+    let mut node = FetchScheduler::new(me, SiteId(1), config.clone());
+    node.handle_peer_up(Instant(0), origin, SiteId(9), PeerRole::Origin);
+    node.handle_peer_up(Instant(0), other, SiteId(2), PeerRole::Edge);
+    let chunks: Vec<ChunkSpec> =
+        (0..40u32).map(|i| ChunkSpec { id: ChunkId::of(&i.to_le_bytes()), stored_len: 1000 }).collect();
+    let release = ReleaseId([5; 32]);
+    node.handle_release(Instant(0), release, ReleaseSpec { hw_class: "gw".into(), chunks });
+    let drain = |node: &mut FetchScheduler| std::iter::from_fn(|| node.poll_request()).collect::<Vec<_>>();
+    // The other site holds nothing yet: the first asks go to the origin, two small requests.
+    let first = drain(&mut node);
+    node.handle_have(Instant(0), other, release, &[0; 5]);
+    let mut to_origin: Vec<(RequestId, Vec<u32>)> = first
+        .iter()
+        .chain(drain(&mut node).iter())
+        .filter_map(|r| match r {
+            Request::Chunks { id, peer, indices, .. } if *peer == origin => Some((*id, indices.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(to_origin.len(), 2, "{to_origin:?}");
+    assert!(to_origin.iter().all(|(_, i)| i.len() == config.origin_slow_start_chunks as usize));
+    // The origin serves the first request and answers Busy for the second.
+    let (served, busy) = (to_origin.remove(0), to_origin.remove(0));
+    let t = Instant(10_000);
+    node.handle_response(t, served.0, &served.1.iter().map(|i| (*i, ChunkOutcome::Verified)).collect::<Vec<_>>());
+    node.handle_response(t, busy.0, &busy.1.iter().map(|i| (*i, ChunkOutcome::Missing)).collect::<Vec<_>>());
+    let asked: Vec<Request> = drain(&mut node);
+    for r in &asked {
+        if let Request::Chunks { peer, indices, .. } = r {
+            assert!(
+                !(*peer == origin && indices.iter().any(|i| busy.1.contains(i))),
+                "asked the origin again at once for a chunk it answered Busy: {r:?}"
+            );
+        }
+    }
+    // The other site now holds the Busy chunks: they come from it, over the WAN.
+    let mut bits = [0u8; 5];
+    for i in &busy.1 {
+        bits[*i as usize / 8] |= 0x80 >> (*i % 8);
+    }
+    let t = Instant(20_000);
+    node.handle_have(t, other, release, &bits);
+    let wan: Vec<u32> = drain(&mut node)
+        .into_iter()
+        .filter_map(|r| match r {
+            Request::Chunks { peer, indices, class, .. } if peer == other => {
+                assert_eq!(class, SourceClass::Wan);
+                Some(indices)
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(!wan.is_empty() && wan.iter().all(|i| busy.1.contains(i)), "{wan:?} vs {:?}", busy.1);
 }

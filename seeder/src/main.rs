@@ -118,6 +118,15 @@ enum Command {
         /// Seconds between re-announcements of an unchanged timestamp.
         #[arg(long, default_value_t = 30)]
         announce_secs: u64,
+        /// Edge nodes each chunk is handed to at once; the others are answered Busy and take
+        /// it from each other over the WAN, so about this many copies of a release leave the
+        /// origin instead of one per site. 0 serves every request (one copy per site).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1000))]
+        handout_copies: u32,
+        /// Seconds a handout stands before the chunk is handed out again (the wait a site
+        /// whose source went offline may see).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        handout_window_secs: u64,
         #[command(flatten)]
         renewal: RenewalArgs,
         /// Serve the publisher's API (REST, events, /metrics) on this address, e.g.
@@ -655,7 +664,18 @@ fn run(cli: &Cli) -> Result<i32> {
                 format!("rotated {role}: new key ids {}", ids.join(", "))
             })?;
         }
-        Command::Serve { repo, listen, bootstrap, no_mdns, announce_secs, renewal, http_listen, api_tokens } => {
+        Command::Serve {
+            repo,
+            listen,
+            bootstrap,
+            no_mdns,
+            announce_secs,
+            handout_copies,
+            handout_window_secs,
+            renewal,
+            http_listen,
+            api_tokens,
+        } => {
             let policy = freshness::Policy::new(
                 renewal.timestamp_expires,
                 renewal.timestamp_renew_before,
@@ -673,6 +693,11 @@ fn run(cli: &Cli) -> Result<i32> {
                 key_path: repo.join("keys/origin-node.key"),
                 mdns: !no_mdns,
                 announce_every: std::time::Duration::from_secs((*announce_secs).max(1)),
+                handout: origin::shared_handout(protocol::edge::origin_handout::HandoutConfig {
+                    copies: *handout_copies,
+                    window: protocol::time::Duration::from_secs(*handout_window_secs),
+                    ..Default::default()
+                }),
             };
             let json = cli.json;
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

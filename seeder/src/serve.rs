@@ -47,6 +47,7 @@ pub async fn run(
                 offset_anchors: Arc::default(),
                 overviews: Arc::default(),
                 rollouts: Arc::clone(&board),
+                handout: Arc::clone(&origin.handout),
             };
             state.anomalies.warm(&crate::fleet::location(&repo));
             crate::api::warm_overview(&state);

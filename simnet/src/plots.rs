@@ -22,7 +22,7 @@ const CACHE: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
 const BOUND: RGBColor = RGBColor(0x55, 0x55, 0x55);
 
 /// A labelled line: (legend, points, colour, stroke width).
-type Line = (&'static str, Vec<(f64, f64)>, RGBColor, u32);
+type Line = (String, Vec<(f64, f64)>, RGBColor, u32);
 
 const FONT_CANDIDATES: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -158,12 +158,12 @@ fn progress<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, S
         s.t_s.iter().zip(v).filter(|(t, _)| **t >= lo).map(|(t, f)| (*t, f * 100.0)).collect()
     };
     let lines: [Line; 5] = [
-        ("mesh: downloaded", curve(&s.mesh_downloaded), MESH, 3),
-        ("mesh: committed, rolled back or refused", curve(&s.mesh_finished), MESH_LIGHT, 2),
-        ("one plain cache per site", curve(&s.plain_cache_downloaded), CACHE, 2),
-        ("every device from the origin", curve(&s.direct_origin_downloaded), DIRECT, 2),
+        ("mesh: downloaded".into(), curve(&s.mesh_downloaded), MESH, 3),
+        ("mesh: committed, rolled back or refused".into(), curve(&s.mesh_finished), MESH_LIGHT, 2),
+        ("one plain cache per site".into(), curve(&s.plain_cache_downloaded), CACHE, 2),
+        ("every device from the origin".into(), curve(&s.direct_origin_downloaded), DIRECT, 2),
         (
-            "Kumar-Ross lower bound",
+            "Kumar-Ross lower bound".into(),
             s.lower_bound.iter().filter(|(t, _)| *t >= lo).map(|(t, f)| (*t, f * 100.0)).collect(),
             BOUND,
             1,
@@ -227,6 +227,11 @@ fn backhaul<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, S
     Ok(())
 }
 
+/// A legend label with the run's origin egress in copies of the release.
+fn copies(name: &str, run: &crate::report::RunSummary) -> String {
+    format!("{name}: {:.2} copies", run.origin_egress_copies)
+}
+
 fn origin<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, Shift>) -> Result<(), String> {
     area.fill(&WHITE).map_err(err)?;
     let (lo, hi) = log_time_range(r);
@@ -242,9 +247,15 @@ fn origin<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, Shi
     let mut b = ChartBuilder::on(area);
     b.margin(20);
     if text {
-        b.caption(format!("{}: origin egress", r.scenario), ("sans-serif", 24))
-            .x_label_area_size(45)
-            .y_label_area_size(60);
+        b.caption(
+            format!(
+                "{}: origin egress ({:.2} copies of the release from the mesh)",
+                r.scenario, r.mesh.origin_egress_copies
+            ),
+            ("sans-serif", 24),
+        )
+        .x_label_area_size(45)
+        .y_label_area_size(60);
     }
     let mut chart = b.build_cartesian_2d((lo..hi).log_scale(), 0f64..max).map_err(err)?;
     let mut mesh = chart.configure_mesh();
@@ -261,9 +272,9 @@ fn origin<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, Shi
         s.t_s.iter().zip(v).filter(|(t, _)| **t >= lo).map(|(t, g)| (*t, *g)).collect()
     };
     let lines: [Line; 3] = [
-        ("every device from the origin", curve(&s.direct_origin_origin_gbps), DIRECT, 2),
-        ("one plain cache per site", curve(&s.plain_cache_origin_gbps), CACHE, 2),
-        ("mesh", curve(&s.mesh_origin_gbps), MESH, 2),
+        (copies("every device from the origin", &r.direct_origin), curve(&s.direct_origin_origin_gbps), DIRECT, 2),
+        (copies("one plain cache per site", &r.plain_cache), curve(&s.plain_cache_origin_gbps), CACHE, 2),
+        (copies("mesh", &r.mesh), curve(&s.mesh_origin_gbps), MESH, 2),
     ];
     draw_lines(&mut chart, lines, text)?;
     if text {

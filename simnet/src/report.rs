@@ -48,6 +48,8 @@ pub struct RunSummary {
     pub backhaul_amplification: Spread,
     /// Bytes the origin sent.
     pub origin_egress_bytes: u64,
+    /// The same in copies of the release (1 is the least any distribution can send).
+    pub origin_egress_copies: f64,
     /// Virtual time when the run ended.
     pub end_s: f64,
 }
@@ -251,6 +253,7 @@ fn summary(
         backhaul_bytes_per_site: spread(backhaul.iter().copied()),
         backhaul_amplification: spread(backhaul.iter().map(|b| b / release)),
         origin_egress_bytes: origin,
+        origin_egress_copies: round(origin as f64 / release.max(1.0), 3),
         end_s: secs(end),
     }
 }
@@ -452,19 +455,20 @@ pub fn summary_text(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<16} {:>10} {:>10} {:>10} {:>16} {:>14}",
-        "", "50%", "99%", "100%", "backhaul/site", "origin egress"
+        "{:<16} {:>10} {:>10} {:>10} {:>16} {:>14} {:>10}",
+        "", "50%", "99%", "100%", "backhaul/site", "origin egress", "copies"
     );
     for (name, run) in [("mesh", &r.mesh), ("direct origin", &r.direct_origin), ("plain cache", &r.plain_cache)] {
         let _ = writeln!(
             s,
-            "{:<16} {:>10} {:>10} {:>10} {:>15.3}x {:>14}",
+            "{:<16} {:>10} {:>10} {:>10} {:>15.3}x {:>14} {:>10.2}",
             name,
             t(run.time_to.p50_s),
             t(run.time_to.p99_s),
             t(run.time_to.p100_s),
             run.backhaul_amplification.mean,
-            gib(run.origin_egress_bytes as f64)
+            gib(run.origin_egress_bytes as f64),
+            run.origin_egress_copies
         );
     }
     let b = &r.lower_bound;
@@ -495,11 +499,12 @@ pub fn summary_text(r: &Report) -> String {
     let d = &r.mesh_detail;
     let _ = writeln!(
         s,
-        "mesh: {} committed, {} rolled back, {} refused; backhaul amplification max {:.3}x; {} scheduler wakeups ({} immediate)",
+        "mesh: {} committed, {} rolled back, {} refused; backhaul amplification max {:.3}x; origin answered Busy for {} chunks; {} scheduler wakeups ({} immediate)",
         d.committed,
         d.rolled_back,
         d.refused,
         r.mesh.backhaul_amplification.max,
+        d.counters.origin_busy_chunks,
         d.counters.scheduler_wakeups,
         d.counters.immediate_wakeups
     );

@@ -96,9 +96,22 @@ pub struct OriginParams {
     /// One-way latency from the origin to the internet core.
     #[serde(default = "default_origin_latency")]
     pub latency_ms: f64,
+    /// Sites the origin hands each chunk to at once before answering others `Busy` (they then
+    /// take it from each other over the WAN); 0 serves everyone (one copy per site).
+    #[serde(default = "default_handout_copies")]
+    pub handout_copies: u32,
+    /// How long a handout stands before the chunk is handed out again.
+    #[serde(default = "default_handout_window")]
+    pub handout_window_s: f64,
 }
 fn default_origin_latency() -> f64 {
     10.0
+}
+fn default_handout_copies() -> u32 {
+    protocol::edge::origin_handout::HandoutConfig::default().copies
+}
+fn default_handout_window() -> f64 {
+    protocol::edge::origin_handout::HandoutConfig::default().window.as_secs_f64()
 }
 
 /// Every site has the same shape.
@@ -512,6 +525,8 @@ impl Scenario {
         let chunks = r.bytes.div_ceil(r.chunk_avg_bytes as u64);
         range_u("release chunk count (bytes / chunk_avg_bytes)", chunks, 1, 1 << 18)?;
         range("origin.uplink_mbps", self.origin.uplink_mbps, 0.01, 1e7)?;
+        range("origin.handout_copies", f64::from(self.origin.handout_copies), 0.0, 1000.0)?;
+        range("origin.handout_window_s", self.origin.handout_window_s, 0.1, 3600.0)?;
         range("origin.latency_ms", self.origin.latency_ms, 0.0, 10_000.0)?;
         let s = &self.sites;
         range_u("sites.count", s.count as u64, 1, MAX_SITES as u64)?;

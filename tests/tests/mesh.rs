@@ -60,6 +60,11 @@ fn six_edge_nodes_in_three_sites_prestage_a_release_crossing_each_backhaul_once(
         eprintln!("site-{site}: {backhaul} backhaul bytes for {stored} stored bytes = {amplification:.3}");
         assert!(amplification <= 1.02, "site-{site} pulled {amplification:.3}x the release over its backhaul");
     }
+    // The sites traded what the origin handed out: about one copy left the origin, not three.
+    let egress: u64 = edges.iter().map(Edge::origin_bytes).sum();
+    let copies = egress as f64 / stored as f64;
+    eprintln!("origin egress: {egress} bytes = {copies:.3} copies of the release for 3 sites");
+    assert!(copies <= 1.3, "the origin sent {copies:.3} copies of the release to 3 sites");
     for e in &edges {
         let (chunks, bad) = store_is_intact(&e.data_dir);
         assert!(chunks > 0 && bad.is_empty(), "{}: {chunks} chunks, damaged {bad:?}", e.proc.name);

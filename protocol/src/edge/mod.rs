@@ -9,7 +9,11 @@
 //!   duplicate requests only at the tail, and only inside the site;
 //! - liars lose: a peer whose chunk fails verification is disconnected and banned, and the
 //!   chunk is fetched elsewhere;
-//! - everything bounded: requests per peer, bytes per request, time per request.
+//! - everything bounded: requests per peer, bytes per request, time per request;
+//! - about one copy of each release leaves the origin: the origin hands each chunk to one
+//!   site at a time ([`origin_handout`]) and answers the others `Busy`; a node told `Busy`
+//!   waits for the chunk to reach another site's edge node and takes it from there. Each
+//!   site asks for its share in its own order, so the first copies spread over many sites.
 //!
 //! Non-goals: moving bytes, verifying them (drivers call [`crate::codec::verify_stored`] and
 //! report the outcome), clocks. The daemon and simnet drive the same [`FetchScheduler`]:
@@ -17,6 +21,7 @@
 
 mod bitfield;
 pub mod cache;
+pub mod origin_handout;
 pub mod rendezvous;
 mod scheduler;
 pub mod status;

@@ -15,6 +15,10 @@
 //! - `otamesh_seeder_reports_total{outcome}`: status reports the ingestor decided on since
 //!   the seeder started (accepted, unenrolled, replayed, bad-signature, malformed,
 //!   not-stored).
+//! - `otamesh_seeder_origin_chunks_total{answer}`: chunks edge nodes asked the origin for,
+//!   by answer (`handed-out`: a new copy left the origin; `retry`: the same requester again
+//!   within its window; `busy`: handed to another site for now; `untracked`: served past the
+//!   table's bound), and `otamesh_seeder_origin_handouts_tracked`, chunks in the table now.
 
 use std::fmt::Write;
 
@@ -44,6 +48,20 @@ pub async fn metrics(State(state): State<ApiState>) -> ApiResult<impl IntoRespon
 
 fn render(state: &ApiState, counts: fleet::ingest::IngestCounts) -> anyhow::Result<String> {
     let mut out = String::new();
+    let (handout, tracked) = crate::origin::handout_figures(&state.handout);
+    out += "# HELP otamesh_seeder_origin_chunks_total Chunks edge nodes asked the origin for, by answer.\n";
+    out += "# TYPE otamesh_seeder_origin_chunks_total counter\n";
+    for (answer, n) in [
+        ("handed-out", handout.handed_out),
+        ("retry", handout.retries),
+        ("busy", handout.deferred),
+        ("untracked", handout.untracked),
+    ] {
+        let _ = writeln!(out, "otamesh_seeder_origin_chunks_total{{answer=\"{answer}\"}} {n}");
+    }
+    out += "# HELP otamesh_seeder_origin_handouts_tracked Chunks the origin's handout table holds now.\n";
+    out += "# TYPE otamesh_seeder_origin_handouts_tracked gauge\n";
+    let _ = writeln!(out, "otamesh_seeder_origin_handouts_tracked {tracked}");
     out += "# HELP otamesh_seeder_rollout_controller_leader 1 if this replica runs the rollout controller (holds the lease), else 0.\n";
     out += "# TYPE otamesh_seeder_rollout_controller_leader gauge\n";
     let _ = writeln!(out, "otamesh_seeder_rollout_controller_leader {}", u8::from(state.rollouts.leading()));

@@ -63,6 +63,8 @@ pub struct ApiState {
     pub overviews: Arc<fresh::Fresh<i64, Arc<serde_json::Value>>>,
     /// The rollouts' statuses as the controller loop last computed them.
     pub rollouts: Arc<crate::rollout::board::Board>,
+    /// The origin's chunk handouts, for `/metrics`.
+    pub handout: crate::origin::SharedHandout,
 }
 
 /// How old the anomaly flags shown may be before a request starts computing them again:

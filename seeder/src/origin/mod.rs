@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info};
 
-pub use responder::RepoResponder;
+pub use responder::{handout_figures, shared_handout, RepoResponder, SharedHandout};
 
 /// Origin settings.
 #[derive(Debug, Clone)]
@@ -34,6 +34,8 @@ pub struct OriginConfig {
     pub mdns: bool,
     /// Re-announce the current timestamp this often even if unchanged.
     pub announce_every: Duration,
+    /// How chunks are rationed over sites (see [`responder::shared_handout`]).
+    pub handout: SharedHandout,
 }
 
 /// What a running origin exposes to its caller.
@@ -83,7 +85,7 @@ pub async fn run(
         }
     }
     let sites = responder::PeerSites::default();
-    let responder = RepoResponder::new(&config.repo, fleet, Arc::clone(&sites));
+    let responder = RepoResponder::new(&config.repo, fleet, Arc::clone(&sites), Arc::clone(&config.handout));
     on_ready(&OriginHandle { client: client.clone(), addrs });
 
     let timestamp_path = config.repo.join("metadata/timestamp.json");

@@ -3,15 +3,21 @@
 //! (each body hashed against its name before this process first serves it). Have requests
 //! are answered empty: peers treat the origin as holding everything and do not ask.
 //!
+//! Chunks are rationed over sites ([`protocol::edge::origin_handout`]): each is handed to one
+//! requester at a time and the others are answered `Busy`, so they take it from each other
+//! and about one copy of a release leaves the origin instead of one per site.
+//!
 //! It reads the repository and never writes it, and it holds no keys: `keys/` cannot be
 //! named by a peer ([`chunk_store::repo_files`] admits only `metadata/` and `targets/`).
 
 use libp2p::PeerId;
 use mesh::chunk_server::{ChunkServer, DEFAULT_MAX_CONCURRENT_SERVES};
 use mesh::{
-    ChunkRequest, ChunkResponse, HaveRequest, HaveResponse, MetaRequest, MetaResponse, Responder, StatusAck,
-    StatusBatch,
+    ChunkItem, ChunkRequest, ChunkResponse, ChunkResult, HaveRequest, HaveResponse, MetaRequest, MetaResponse,
+    Responder, StatusAck, StatusBatch,
 };
+use protocol::edge::origin_handout::{HandoutConfig, HandoutStats, OriginHandout};
+use protocol::edge::NodeId;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -28,11 +34,29 @@ pub struct RepoResponder {
     fleet: Arc<Ingestor>,
     /// The site each peer claimed in identify, for the fleet database's edge nodes.
     sites: PeerSites,
+    /// Which chunks go to whom now (see the module doc).
+    handout: SharedHandout,
+    /// The handout's clock starts here.
+    started: std::time::Instant,
 }
 
 /// The sites peers claim in identify (unverified), filled by the origin's event loop.
 /// Bounded by [`MAX_PEER_SITES`]: past it, new peers are recorded without a site.
 pub type PeerSites = Arc<Mutex<HashMap<PeerId, String>>>;
+
+/// The origin's handout table, shared with `/metrics`.
+pub type SharedHandout = Arc<Mutex<OriginHandout>>;
+
+/// A handout table for `config`.
+pub fn shared_handout(config: HandoutConfig) -> SharedHandout {
+    Arc::new(Mutex::new(OriginHandout::new(config)))
+}
+
+/// The handout's counters and how many chunks it tracks now.
+pub fn handout_figures(handout: &SharedHandout) -> (HandoutStats, usize) {
+    let table = handout.lock().unwrap_or_else(|p| p.into_inner());
+    (table.stats(), table.tracked())
+}
 
 /// Most peers whose claimed site is remembered.
 pub const MAX_PEER_SITES: usize = 10_000;
@@ -40,14 +64,33 @@ pub const MAX_PEER_SITES: usize = 10_000;
 impl RepoResponder {
     /// Answers from the repository at `repo`. Its chunk tree is opened read-only: a
     /// concurrent `seeder release add` may have files staged there.
-    pub fn new(repo: &Path, fleet: Arc<Ingestor>, sites: PeerSites) -> Self {
+    pub fn new(repo: &Path, fleet: Arc<Ingestor>, sites: PeerSites, handout: SharedHandout) -> Self {
         let store = ChunkStore::open_read_only(repo);
         RepoResponder {
             repo: repo.to_owned(),
             chunks: ChunkServer::new(store, Arc::new(()), DEFAULT_MAX_CONCURRENT_SERVES),
             fleet,
             sites,
+            handout,
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// Splits `request` into the ranges handed to `peer` now and the chunk ids it is told
+    /// `Busy` for.
+    fn ration(&self, peer: &PeerId, mut request: ChunkRequest) -> (ChunkRequest, Vec<protocol::ChunkId>) {
+        let requester = NodeId::from_identity(&peer.to_bytes());
+        let now = protocol::time::Instant(self.started.elapsed().as_micros() as u64);
+        let mut handout = self.handout.lock().unwrap_or_else(|p| p.into_inner());
+        let mut busy = Vec::new();
+        request.chunks.retain(|range| {
+            let admitted = handout.admit(now, &requester, &range.id);
+            if !admitted {
+                busy.push(range.id);
+            }
+            admitted
+        });
+        (request, busy)
     }
 
     /// Stores a batch of forwarded reports: each verified again (edge nodes are untrusted)
@@ -101,12 +144,24 @@ impl Responder for RepoResponder {
         }
     }
 
-    fn chunks(&self, _peer: PeerId, request: ChunkRequest) -> impl Future<Output = ChunkResponse> + Send + 'static {
+    fn chunks(&self, peer: PeerId, request: ChunkRequest) -> impl Future<Output = ChunkResponse> + Send + 'static {
         let server = self.chunks.clone();
+        let (handed, busy) = self.ration(&peer, request);
         async move {
             let started = std::time::Instant::now();
-            let response = server.answer(request).await.response;
-            tracing::debug!(read_ms = started.elapsed().as_millis() as u64, "chunk request served");
+            let mut response = if handed.chunks.is_empty() {
+                ChunkResponse { items: Vec::new() }
+            } else {
+                server.answer(handed).await.response
+            };
+            tracing::debug!(
+                %peer,
+                served = response.items.len(),
+                busy = busy.len(),
+                read_ms = started.elapsed().as_millis() as u64,
+                "chunk request answered"
+            );
+            response.items.extend(busy.into_iter().map(|id| ChunkItem { id, result: ChunkResult::Busy }));
             response
         }
     }

@@ -154,10 +154,15 @@ impl World<'_> {
         let mut tainted = Vec::new();
         let mut bytes = 0u64;
         let mut unverified_served = 0;
+        let requester = self.edges[edge as usize].id;
         for &i in &indices {
             let Some(c) = self.rel.spec.chunks.get(i as usize) else { continue };
             let (sent, tampered) = match self.kind(server) {
-                NodeKind::Origin => (true, false),
+                NodeKind::Origin => {
+                    let served = self.handout.admit(Instant(self.now), &requester, &c.id);
+                    self.out.counters.origin_busy_chunks += u64::from(!served);
+                    (served, false)
+                }
                 NodeKind::Liar(_) => (true, true),
                 NodeKind::Edge(s) => {
                     let srv = &self.edges[s as usize];

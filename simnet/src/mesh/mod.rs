@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use protocol::device::fetch::FetchConfig;
 use protocol::device::ReleaseCandidate;
+use protocol::edge::origin_handout::{HandoutConfig, OriginHandout};
 use protocol::edge::{
     ChunkOutcome, EdgeEvent, EdgeStats, FetchScheduler, NodeId, PeerRole, Request, RequestId, SchedulerConfig, SiteId,
 };
@@ -102,6 +103,8 @@ pub struct MeshCounters {
     pub immediate_wakeups: u64,
     /// Every `handle_*` call.
     pub scheduler_inputs: u64,
+    /// Chunks the origin answered `Busy` (handed to another site for now).
+    pub origin_busy_chunks: u64,
     /// Batches a device rejected after verification and fetched again.
     pub device_refetches: u64,
     /// Every `handle_*` call on a device's install engine.
@@ -237,6 +240,8 @@ struct World<'a> {
     flaps: Vec<Option<Rng>>,
     rng: Rng,
     checkers: Checkers,
+    /// The origin's rationing of chunks over sites (as `seeder serve` runs it).
+    handout: OriginHandout,
     offer: Offer,
     published: [ReleaseCandidate<'static>; 1],
     terminal: u64,
@@ -372,6 +377,11 @@ impl<'a> World<'a> {
             flaps: topology::flap_streams(sc, seed),
             rng: Rng::stream(seed, 0x00de_71ce),
             checkers: Checkers::new(rel.bytes, sc.checks.max_backhaul_amplification),
+            handout: OriginHandout::new(HandoutConfig {
+                copies: sc.origin.handout_copies,
+                window: protocol::time::Duration(secs(sc.origin.handout_window_s)),
+                ..HandoutConfig::default()
+            }),
             offer: devices::offer(rel),
             published: devices::published(),
             terminal: 0,

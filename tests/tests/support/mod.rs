@@ -177,6 +177,11 @@ impl Edge {
         s["bytes_in"]["wan"].as_u64().unwrap_or(0) + s["bytes_in"]["origin"].as_u64().unwrap_or(0)
     }
 
+    /// Verified bytes this node took from the origin.
+    pub fn origin_bytes(&self) -> u64 {
+        self.status().and_then(|s| s["bytes_in"]["origin"].as_u64()).unwrap_or(0)
+    }
+
     pub fn peer_count(&self) -> usize {
         self.status().and_then(|s| s["peers"].as_array().map(Vec::len)).unwrap_or(0)
     }

@@ -32,6 +32,9 @@ pub struct SchedulerConfig {
     pub site_have_interval: Duration,
     /// How often to ask an edge node in another site what it holds.
     pub wan_have_interval: Duration,
+    /// Edge nodes of other sites asked what they hold of a release (a stable choice per
+    /// release and node): the chunks this node's share can come from without the origin.
+    pub wan_have_peers: usize,
     /// First retry delay for a chunk a peer did not have; doubles per attempt.
     pub retry_backoff_min: Duration,
     /// Longest retry delay.
@@ -46,6 +49,18 @@ pub struct SchedulerConfig {
     pub tail_duplicate_after: Duration,
     /// Releases pinned per hardware class: the current and the previous one.
     pub pinned_releases_per_class: usize,
+    /// After the origin answers a chunk `Busy` (it handed the chunk to another site; see
+    /// [`crate::edge::origin_handout`]), ask the origin for it again no sooner than this;
+    /// meanwhile take it from another site's edge node as soon as one holds it.
+    pub origin_busy_wait: Duration,
+    /// Requests to other sites' edge nodes per chunk before only the origin is asked.
+    pub wan_tries: u32,
+    /// Chunks in a first request to the origin. Each request it serves in full doubles the
+    /// next (up to `max_request_chunks`; requests in flight: one more than the size over
+    /// this, up to `max_inflight_per_peer`); a `Busy` starts over. When every site starts
+    /// at once, the origin's first copies are then spread over many sites instead of filling
+    /// the pipelines of the first few to ask, whose uplinks would carry the whole swarm.
+    pub origin_slow_start_chunks: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -58,13 +73,17 @@ impl Default for SchedulerConfig {
             max_inflight_per_peer: 4,
             request_timeout: Duration::from_secs(30),
             site_have_interval: Duration::from_millis(200),
-            wan_have_interval: Duration::from_secs(1),
+            wan_have_interval: Duration::from_millis(500),
+            wan_have_peers: 16,
             retry_backoff_min: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(10),
             site_stall_timeout: Duration::from_secs(20),
             corrupt_ban: Duration::from_secs(300),
             tail_duplicate_after: Duration::from_secs(2),
             pinned_releases_per_class: 2,
+            origin_busy_wait: Duration::from_secs(2),
+            wan_tries: 3,
+            origin_slow_start_chunks: 8,
         }
     }
 }
@@ -179,6 +198,8 @@ pub struct EdgeStats {
     pub tail_duplicates: u64,
     /// Chunks evicted.
     pub evictions: u64,
+    /// Chunks the origin answered `Busy` (handed to another site for now).
+    pub origin_busy: u64,
 }
 
 impl EdgeStats {
@@ -200,6 +221,8 @@ struct Peer {
     /// Verified bytes received from it: a peer earns its request pipeline.
     verified_bytes: u64,
     inflight: u32,
+    /// Chunks per request to an origin (see `origin_slow_start_chunks`).
+    origin_ask: u32,
     strikes: u32,
     banned_until: Option<Instant>,
     haves: BTreeMap<ReleaseId, PeerHave>,
@@ -233,6 +256,8 @@ struct Release {
     completed: bool,
     /// Announcement order, for pinning "current and previous".
     seq: u64,
+    /// Per chunk, when the origin may be asked for it again (it answered `Busy`).
+    origin_after: Vec<Instant>,
     /// Per chunk, the index in `FetchScheduler::responsible_members` of the site member
     /// responsible for it; valid while `responsible_epoch` matches the scheduler's.
     responsible: Vec<u16>,
@@ -358,6 +383,7 @@ impl FetchScheduler {
                 throughput: None,
                 verified_bytes: 0,
                 inflight: 0,
+                origin_ask: self.config.origin_slow_start_chunks.max(1),
                 strikes,
                 banned_until,
                 haves: BTreeMap::new(),
@@ -410,6 +436,7 @@ impl FetchScheduler {
             release,
             Release {
                 state: alloc::vec![idle; n as usize],
+                origin_after: alloc::vec![now; n as usize],
                 spec,
                 have,
                 wanted: false,
@@ -526,6 +553,17 @@ impl FetchScheduler {
                     lied = true;
                     self.settle(req.release, index, now, false);
                 }
+                ChunkOutcome::Missing if req.class == SourceClass::Origin => {
+                    // Handed to another site for now: look for it there, ask again later.
+                    let wait = self.config.origin_busy_wait;
+                    if let Some(after) =
+                        self.releases.get_mut(&req.release).and_then(|r| r.origin_after.get_mut(index as usize))
+                    {
+                        *after = now + wait;
+                    }
+                    self.stats.origin_busy += 1;
+                    self.settle(req.release, index, now, false);
+                }
                 ChunkOutcome::Missing => {
                     if let Some(bits) = self
                         .peers
@@ -540,6 +578,12 @@ impl FetchScheduler {
             }
         }
         let elapsed = now.saturating_since(req.sent_at).as_secs_f64().max(1e-4);
+        let (start, most) = (self.config.origin_slow_start_chunks.max(1), self.config.max_request_chunks as u32);
+        if let Some(p) = self.peers.get_mut(&req.peer).filter(|p| p.role == PeerRole::Origin) {
+            let all_served =
+                req.indices.iter().all(|i| outcomes.iter().any(|(j, o)| j == i && *o == ChunkOutcome::Verified));
+            p.origin_ask = if all_served { p.origin_ask.saturating_mul(2).min(most.max(start)) } else { start };
+        }
         if let Some(p) = self.peers.get_mut(&req.peer) {
             p.verified_bytes += verified_bytes;
             if verified_bytes > 0 {

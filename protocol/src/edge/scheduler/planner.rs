@@ -2,12 +2,17 @@
 //! holds it → the responsible site-mate brings it in → another site's edge node → the
 //! origin) and batch the choices into requests. Split from the state machine so the order
 //! of sources reads in one place; [`Pass`] is what the pass has decided so far.
+//!
+//! Each site walks a release's chunks from its own starting point (from its site id), so
+//! when every site starts at once their first asks to the origin cover different chunks:
+//! the origin hands each chunk to one site, and the sites then trade them over the WAN.
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use super::{ChunkState, FetchScheduler, Inflight, Peer, RequestId};
 use crate::edge::{rendezvous, NodeId, PeerRole, SourceClass};
+use crate::time::Instant;
 use crate::ChunkId;
 use crate::ReleaseId;
 
@@ -51,16 +56,19 @@ struct Ask {
     duplicate: bool,
     /// Some other site asked about this release has not answered yet: wait before the origin.
     wan_unheard: bool,
-    /// Another site's edge node may be tried (once per chunk).
+    /// Another site's edge node may be tried (`wan_tries` per chunk).
     wan_ok: bool,
+    /// The origin answered `Busy` for it: not asked again before this.
+    origin_after: Instant,
 }
 
 impl FetchScheduler {
-    /// Up to `WAN_HAVE_PEERS` edge nodes of other sites to ask what they hold of `rid`,
-    /// chosen by rendezvous weight so each release spreads over different sites' uplinks.
+    /// Up to `wan_have_peers` edge nodes of other sites to ask what they hold of `rid`,
+    /// chosen by rendezvous weight keyed by the release and this node: a stable choice per
+    /// release, and a different one for each node. (Keyed by the release alone, every node
+    /// picked the same few peers of its neighbourhood, and their uplinks carried the swarm.)
     fn wan_have_peers(&self, rid: &ReleaseId) -> Vec<NodeId> {
-        const WAN_HAVE_PEERS: usize = 4;
-        let key = ChunkId(rid.0);
+        let key = ChunkId::of(&[rid.0, self.me.0].concat());
         let mut candidates: Vec<(u64, NodeId)> = self
             .peers
             .iter()
@@ -68,7 +76,7 @@ impl FetchScheduler {
             .map(|(id, _)| (rendezvous::weight(id, &key), *id))
             .collect();
         candidates.sort_unstable_by(|a, b| b.cmp(a));
-        candidates.into_iter().take(WAN_HAVE_PEERS).map(|(_, id)| id).collect()
+        candidates.into_iter().take(self.config.wan_have_peers).map(|(_, id)| id).collect()
     }
 
     fn usable(&self, peer: &NodeId) -> bool {
@@ -77,13 +85,26 @@ impl FetchScheduler {
 
     /// An edge peer that has not yet delivered a verified byte gets one request at a time: a
     /// liar then costs at most one batch before it is caught, not a whole pipeline. The
-    /// origin is configured by the operator and gets its full pipeline from the start.
+    /// origin's pipeline follows its slow start (`origin_slow_start_chunks`): two small
+    /// requests at first, growing while it serves them in full.
     fn has_free_slot(&self, peer: &NodeId, extra: u32) -> bool {
         self.peers.get(peer).is_some_and(|p| {
-            let proven = p.verified_bytes > 0 || p.role == PeerRole::Origin;
-            let limit = if proven { self.config.max_inflight_per_peer } else { 1 };
+            let limit = match p.role {
+                PeerRole::Origin => (p.origin_ask / self.config.origin_slow_start_chunks.max(1) + 1)
+                    .min(self.config.max_inflight_per_peer.max(1)),
+                PeerRole::Edge if p.verified_bytes > 0 => self.config.max_inflight_per_peer,
+                PeerRole::Edge => 1,
+            };
             p.inflight + extra < limit
         })
+    }
+
+    /// Most chunks in one request to `peer`: an origin's slow-start size, else the maximum.
+    fn request_chunk_limit(&self, peer: &NodeId) -> usize {
+        match self.peers.get(peer) {
+            Some(p) if p.role == PeerRole::Origin => (p.origin_ask as usize).min(self.config.max_request_chunks),
+            _ => self.config.max_request_chunks,
+        }
     }
 
     fn peer_has(&self, peer: &Peer, release: &ReleaseId, index: u32) -> bool {
@@ -174,10 +195,13 @@ impl FetchScheduler {
                 pass.have_polls.insert((peer, rid));
             }
             self.refresh_responsible(&pass.members, &rid);
-            for index in 0..n {
-                let (held, chunk, state) = {
+            let start = if n == 0 { 0 } else { (self.site.0 % u64::from(n)) as u32 };
+            for step in 0..n {
+                let index = (start + step) % n;
+                let (held, chunk, state, origin_after) = {
                     let r = &self.releases[&rid];
-                    (r.have.get(index), r.spec.chunks[index as usize], r.state[index as usize])
+                    let i = index as usize;
+                    (r.have.get(index), r.spec.chunks[i], r.state[i], r.origin_after[i])
                 };
                 if held {
                     continue;
@@ -197,9 +221,9 @@ impl FetchScheduler {
                     .and_then(|m| self.responsible_members.get(usize::from(*m)))
                     .copied()
                     .unwrap_or(self.me);
-                // Another site's edge node is tried once per chunk: its batches cross two
-                // backhauls, and after a failure the origin is the surer source.
-                let wan_ok = matches!(state, ChunkState::Idle { attempts: 0, .. });
+                // Other sites' edge nodes are tried a few times per chunk: their batches cross
+                // two backhauls, and after repeated failures the origin is the surer source.
+                let wan_ok = matches!(state, ChunkState::Idle { attempts, .. } if attempts < self.config.wan_tries);
                 let ask = Ask {
                     rid,
                     index,
@@ -208,6 +232,7 @@ impl FetchScheduler {
                     duplicate,
                     wan_unheard: wan_unheard && wan_ok,
                     wan_ok,
+                    origin_after,
                 };
                 let Some((peer, class)) = self.choose_source(&mut pass, &ask) else {
                     continue;
@@ -219,7 +244,8 @@ impl FetchScheduler {
                 }
                 entry.1.push(index);
                 entry.2 += chunk.stored_len as u64;
-                if entry.1.len() >= self.config.max_request_chunks || entry.2 >= self.config.max_request_bytes {
+                let full = entry.1.len() >= self.request_chunk_limit(&peer) || entry.2 >= self.config.max_request_bytes;
+                if full {
                     if let Some((class, indices, bytes)) = pass.building.remove(&(peer, rid)) {
                         // Emitting moves the slot from `planned` to the peer's in-flight count.
                         if let Some(p) = pass.planned.get_mut(&peer) {
@@ -247,7 +273,7 @@ impl FetchScheduler {
     /// Where `ask`'s chunk should come from now, or `None` to wait (see the module doc for
     /// the order). Records in `pass` the Have polls the decision depends on.
     fn choose_source(&self, pass: &mut Pass, ask: &Ask) -> Option<(NodeId, SourceClass)> {
-        let Ask { rid, index, responsible, current, duplicate, wan_unheard, wan_ok } = *ask;
+        let Ask { rid, index, responsible, current, duplicate, wan_unheard, wan_ok, origin_after } = *ask;
         let rid = &rid;
         let planned = &pass.planned;
         let building = &pass.building;
@@ -327,6 +353,11 @@ impl FetchScheduler {
             .map(|(id, _)| id);
         if let (true, (Some(peer), _)) = (wan_ok, best(&mut wan)) {
             return Some((peer, SourceClass::Wan));
+        }
+        // The origin handed it to another site a moment ago: wait for it to arrive there.
+        // (The pass already polls a few of them for this release.)
+        if origin_after > self.now {
+            return None;
         }
         let mut origin = self.peers.iter().filter(|(_, p)| p.role == PeerRole::Origin).map(|(id, _)| id);
         best(&mut origin).0.map(|peer| (peer, SourceClass::Origin))
