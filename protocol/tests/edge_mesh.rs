@@ -579,12 +579,12 @@ fn a_chunk_the_origin_answers_busy_comes_from_another_site_and_the_origin_is_ask
         }
     }
     // The other site now holds the Busy chunks: they come from it, over the WAN.
-    let mut bits = [0u8; 5];
+    let mut bits = protocol::edge::Bitfield::new(40);
     for i in &busy.1 {
-        bits[*i as usize / 8] |= 0x80 >> (*i % 8);
+        bits.set(*i);
     }
     let t = Instant(20_000);
-    node.handle_have(t, other, release, &bits);
+    node.handle_have(t, other, release, &bits.to_bytes());
     let wan: Vec<u32> = drain(&mut node)
         .into_iter()
         .filter_map(|r| match r {
@@ -597,4 +597,16 @@ fn a_chunk_the_origin_answers_busy_comes_from_another_site_and_the_origin_is_ask
         .flatten()
         .collect();
     assert!(!wan.is_empty() && wan.iter().all(|i| busy.1.contains(i)), "{wan:?} vs {:?}", busy.1);
+    // What no other site holds is asked of the origin again once `origin_busy_wait` is over.
+    let later = Instant(10_000 + config.origin_busy_wait.as_micros() + 1);
+    node.handle_timeout(later);
+    let again: Vec<u32> = drain(&mut node)
+        .into_iter()
+        .filter_map(|r| match r {
+            Request::Chunks { peer, indices, .. } if peer == origin => Some(indices),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(!again.is_empty() && again.iter().all(|i| !served.1.contains(i) && !wan.contains(i)), "{again:?}");
 }

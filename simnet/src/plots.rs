@@ -229,7 +229,7 @@ fn backhaul<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, S
 
 /// A legend label with the run's origin egress in copies of the release.
 fn copies(name: &str, run: &crate::report::RunSummary) -> String {
-    format!("{name}: {:.2} copies", run.origin_egress_copies)
+    format!("{name}: {} copies", crate::report::copies(run.origin_egress_copies))
 }
 
 fn origin<DB: DrawingBackend>(r: &Report, text: bool, area: &DrawingArea<DB, Shift>) -> Result<(), String> {

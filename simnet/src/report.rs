@@ -191,6 +191,15 @@ pub struct Report {
     pub series: Series,
 }
 
+/// Copies of the release, as the summary and plots print them: two decimals below 100.
+pub fn copies(x: f64) -> String {
+    if x < 100.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.0}")
+    }
+}
+
 fn round(x: f64, digits: i32) -> f64 {
     let m = 10f64.powi(digits);
     (x * m).round() / m
@@ -461,14 +470,14 @@ pub fn summary_text(r: &Report) -> String {
     for (name, run) in [("mesh", &r.mesh), ("direct origin", &r.direct_origin), ("plain cache", &r.plain_cache)] {
         let _ = writeln!(
             s,
-            "{:<16} {:>10} {:>10} {:>10} {:>15.3}x {:>14} {:>10.2}",
+            "{:<16} {:>10} {:>10} {:>10} {:>15.3}x {:>14} {:>10}",
             name,
             t(run.time_to.p50_s),
             t(run.time_to.p99_s),
             t(run.time_to.p100_s),
             run.backhaul_amplification.mean,
             gib(run.origin_egress_bytes as f64),
-            run.origin_egress_copies
+            copies(run.origin_egress_copies)
         );
     }
     let b = &r.lower_bound;

@@ -49,6 +49,9 @@ mod scenarios {
         // The mesh beats every device fetching from the origin, and no run beats the bound.
         assert!(r.mesh_vs_direct_origin.time_to_p100.unwrap() < 1.0);
         assert!(r.mesh_vs_direct_origin.origin_egress.unwrap() < 0.2);
+        // The sites trade what the origin hands out: about one copy leaves it, not one per site.
+        assert!(r.mesh.origin_egress_copies <= 1.3, "{} copies", r.mesh.origin_egress_copies);
+        assert!((r.plain_cache.origin_egress_copies - 3.0).abs() < 0.01, "{}", r.plain_cache.origin_egress_copies);
         for ratio in [r.mesh_vs_lower_bound.time_to_p50, r.mesh_vs_lower_bound.time_to_p100] {
             assert!(ratio.unwrap() >= 1.0, "mesh faster than the lower bound: {ratio:?}");
         }

@@ -223,6 +223,9 @@ struct Peer {
     inflight: u32,
     /// Chunks per request to an origin (see `origin_slow_start_chunks`).
     origin_ask: u32,
+    /// An origin that answered a whole request `Busy` is not asked again before this: it
+    /// has handed out what we would ask for, and asking in a loop only loads it.
+    origin_quiet_until: Instant,
     strikes: u32,
     banned_until: Option<Instant>,
     haves: BTreeMap<ReleaseId, PeerHave>,
@@ -384,6 +387,7 @@ impl FetchScheduler {
                 verified_bytes: 0,
                 inflight: 0,
                 origin_ask: self.config.origin_slow_start_chunks.max(1),
+                origin_quiet_until: now,
                 strikes,
                 banned_until,
                 haves: BTreeMap::new(),
@@ -580,9 +584,12 @@ impl FetchScheduler {
         let elapsed = now.saturating_since(req.sent_at).as_secs_f64().max(1e-4);
         let (start, most) = (self.config.origin_slow_start_chunks.max(1), self.config.max_request_chunks as u32);
         if let Some(p) = self.peers.get_mut(&req.peer).filter(|p| p.role == PeerRole::Origin) {
-            let all_served =
-                req.indices.iter().all(|i| outcomes.iter().any(|(j, o)| j == i && *o == ChunkOutcome::Verified));
+            let served = |i: &u32| outcomes.iter().any(|(j, o)| j == i && *o == ChunkOutcome::Verified);
+            let all_served = req.indices.iter().all(served);
             p.origin_ask = if all_served { p.origin_ask.saturating_mul(2).min(most.max(start)) } else { start };
+            if !req.indices.iter().any(served) {
+                p.origin_quiet_until = now + self.config.origin_busy_wait;
+            }
         }
         if let Some(p) = self.peers.get_mut(&req.peer) {
             p.verified_bytes += verified_bytes;

@@ -86,10 +86,12 @@ impl FetchScheduler {
     /// An edge peer that has not yet delivered a verified byte gets one request at a time: a
     /// liar then costs at most one batch before it is caught, not a whole pipeline. The
     /// origin's pipeline follows its slow start (`origin_slow_start_chunks`): two small
-    /// requests at first, growing while it serves them in full.
+    /// requests at first, growing while it serves them in full, and none for
+    /// `origin_busy_wait` after it answered a whole request `Busy`.
     fn has_free_slot(&self, peer: &NodeId, extra: u32) -> bool {
         self.peers.get(peer).is_some_and(|p| {
             let limit = match p.role {
+                PeerRole::Origin if p.origin_quiet_until > self.now => 0,
                 PeerRole::Origin => (p.origin_ask / self.config.origin_slow_start_chunks.max(1) + 1)
                     .min(self.config.max_inflight_per_peer.max(1)),
                 PeerRole::Edge if p.verified_bytes > 0 => self.config.max_inflight_per_peer,
