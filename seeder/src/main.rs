@@ -125,7 +125,7 @@ enum Command {
         handout_copies: u32,
         /// Seconds a handout stands before the chunk is handed out again (the wait a site
         /// whose source went offline may see).
-        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=3600))]
         handout_window_secs: u64,
         #[command(flatten)]
         renewal: RenewalArgs,

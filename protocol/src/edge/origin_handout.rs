@@ -41,7 +41,7 @@ pub struct HandoutConfig {
 
 impl Default for HandoutConfig {
     fn default() -> Self {
-        HandoutConfig { copies: 1, window: Duration::from_secs(10), max_tracked: 1 << 20 }
+        HandoutConfig { copies: 1, window: Duration::from_secs(12), max_tracked: 1 << 20 }
     }
 }
 

@@ -508,12 +508,18 @@ impl FetchScheduler {
             last_query: None,
             progress_at: now,
         });
+        // An answer that changes nothing (the peer polled again, holding what it held) needs
+        // no scheduling pass: with many peers polled twice a second those passes were most of
+        // a node's work while it waited for other sites.
+        let changed = entry.bits.as_ref().is_none_or(|old| *old != new);
         if entry.bits.as_ref().is_none_or(|old| new.count() > old.count()) {
             entry.progress_at = now;
         }
         entry.bits = Some(new);
         entry.query_inflight = false;
-        self.dirty = true;
+        if changed {
+            self.dirty = true;
+        }
     }
 
     /// A Have request failed.

@@ -10,8 +10,8 @@
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
-use super::{ChunkState, FetchScheduler, Inflight, Peer, RequestId};
-use crate::edge::{rendezvous, NodeId, PeerRole, SourceClass};
+use super::{ChunkState, FetchScheduler, Inflight, RequestId};
+use crate::edge::{rendezvous, Bitfield, NodeId, PeerRole, SourceClass};
 use crate::time::Instant;
 use crate::ChunkId;
 use crate::ReleaseId;
@@ -29,6 +29,22 @@ struct Pass {
     planned: BTreeMap<NodeId, u32>,
     /// Have queries the decisions depend on (sent if due).
     have_polls: BTreeSet<(NodeId, ReleaseId)>,
+    /// The release being planned, as the peers last said (built once per release and pass:
+    /// looking each peer's view up per chunk was most of a busy node's CPU).
+    views: ReleaseViews,
+}
+
+/// What the peers hold of one release, and the site-mates' state, for one pass.
+#[derive(Default)]
+struct ReleaseViews {
+    /// Edge peers that said what they hold: (id, a site-mate, what they hold).
+    holders: Vec<(NodeId, bool, Bitfield)>,
+    /// Site-mates that have not said what they hold yet.
+    unheard: Vec<NodeId>,
+    /// Site-mates whose progress on the release stalled.
+    stalled: Vec<NodeId>,
+    /// The origins.
+    origins: Vec<NodeId>,
 }
 
 impl Pass {
@@ -39,7 +55,14 @@ impl Pass {
                 current.entry((r.release, *index)).or_insert(r.peer);
             }
         }
-        Pass { members, current, building: BTreeMap::new(), planned: BTreeMap::new(), have_polls: BTreeSet::new() }
+        Pass {
+            members,
+            current,
+            building: BTreeMap::new(),
+            planned: BTreeMap::new(),
+            have_polls: BTreeSet::new(),
+            views: ReleaseViews::default(),
+        }
     }
 }
 
@@ -109,19 +132,39 @@ impl FetchScheduler {
         }
     }
 
-    fn peer_has(&self, peer: &Peer, release: &ReleaseId, index: u32) -> bool {
-        match peer.role {
-            PeerRole::Origin => true,
-            PeerRole::Edge => peer.haves.get(release).and_then(|h| h.bits.as_ref()).is_some_and(|b| b.get(index)),
-        }
-    }
-
     /// Expected speed of one more request to `peer`: measured throughput shared over its
     /// in-flight requests, with a prior by class until measured.
     fn score(&self, peer: &NodeId, extra: u32) -> u64 {
         let Some(p) = self.peers.get(peer) else { return 0 };
         let prior = if p.site == self.site { 100e6 } else { 10e6 };
         (p.throughput.unwrap_or(prior) / f64::from(p.inflight + extra + 1)) as u64
+    }
+
+    /// What every peer said it holds of `rid`, and the site-mates' state, for one pass.
+    fn release_views(&self, members: &[NodeId], rid: &ReleaseId) -> ReleaseViews {
+        let mut views = ReleaseViews::default();
+        for (id, p) in &self.peers {
+            match p.role {
+                PeerRole::Origin => views.origins.push(*id),
+                PeerRole::Edge => {
+                    let have = p.haves.get(rid);
+                    if let Some(bits) = have.and_then(|h| h.bits.as_ref()) {
+                        views.holders.push((*id, p.site == self.site, bits.clone()));
+                    }
+                    if p.site == self.site && members.contains(id) && *id != self.me {
+                        if have.is_none_or(|h| h.bits.is_none()) {
+                            views.unheard.push(*id);
+                        }
+                        if have
+                            .is_some_and(|h| self.now.saturating_since(h.progress_at) >= self.config.site_stall_timeout)
+                        {
+                            views.stalled.push(*id);
+                        }
+                    }
+                }
+            }
+        }
+        views
     }
 
     fn site_members(&self) -> Vec<NodeId> {
@@ -197,6 +240,7 @@ impl FetchScheduler {
                 pass.have_polls.insert((peer, rid));
             }
             self.refresh_responsible(&pass.members, &rid);
+            pass.views = self.release_views(&pass.members, &rid);
             let start = if n == 0 { 0 } else { (self.site.0 % u64::from(n)) as u32 };
             for step in 0..n {
                 let index = (start + step) % n;
@@ -303,11 +347,8 @@ impl FetchScheduler {
         };
 
         // 1. A site-mate that already holds it, over the LAN.
-        let mut lan = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.site == self.site && p.role == PeerRole::Edge && self.peer_has(p, rid, index))
-            .map(|(id, _)| id);
+        let views = &pass.views;
+        let mut lan = views.holders.iter().filter(|(_, mate, bits)| *mate && bits.get(index)).map(|(id, _, _)| id);
         match best(&mut lan) {
             (Some(peer), _) => return Some((peer, SourceClass::Site)),
             (None, true) => return None, // a site-mate has it but is busy: wait for it
@@ -318,29 +359,15 @@ impl FetchScheduler {
         }
         // 2. The site-mate responsible for it will bring it in: wait, unless it stalled.
         if responsible != self.me {
-            pass.have_polls.insert((responsible, *rid));
-            let stalled = self
-                .peers
-                .get(&responsible)
-                .and_then(|p| p.haves.get(rid))
-                .is_some_and(|h| self.now.saturating_since(h.progress_at) >= self.config.site_stall_timeout);
-            if !stalled {
+            // (The pass polls every site-mate of a pending release.)
+            if !views.stalled.contains(&responsible) {
                 return None;
             }
         }
         // Before spending backhaul on our share, hear from every site-mate once: one of them
-        // may hold the chunk already (a node that joins late must not re-fetch what its site has).
-        let unheard: Vec<NodeId> = pass
-            .members
-            .iter()
-            .filter(|m| **m != self.me)
-            .filter(|m| self.peers.get(*m).is_some_and(|p| p.haves.get(rid).is_none_or(|h| h.bits.is_none())))
-            .copied()
-            .collect();
-        if !unheard.is_empty() {
-            for member in unheard {
-                pass.have_polls.insert((member, *rid));
-            }
+        // may hold the chunk already (a node that joins late must not re-fetch what its site
+        // has). The pass polls them.
+        if !views.unheard.is_empty() {
             return None;
         }
         // 3. Our share: another site's edge node that has it, then the origin — once the
@@ -348,11 +375,7 @@ impl FetchScheduler {
         if wan_unheard {
             return None;
         }
-        let mut wan = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.site != self.site && p.role == PeerRole::Edge && self.peer_has(p, rid, index))
-            .map(|(id, _)| id);
+        let mut wan = views.holders.iter().filter(|(_, mate, bits)| !*mate && bits.get(index)).map(|(id, _, _)| id);
         if let (true, (Some(peer), _)) = (wan_ok, best(&mut wan)) {
             return Some((peer, SourceClass::Wan));
         }
@@ -361,7 +384,7 @@ impl FetchScheduler {
         if origin_after > self.now {
             return None;
         }
-        let mut origin = self.peers.iter().filter(|(_, p)| p.role == PeerRole::Origin).map(|(id, _)| id);
+        let mut origin = views.origins.iter();
         best(&mut origin).0.map(|peer| (peer, SourceClass::Origin))
     }
 }
