@@ -302,6 +302,12 @@ pub struct FetchScheduler {
     responsible_members: Vec<NodeId>,
     /// Bumped whenever `responsible_members` changes; starts at 1 so new releases are stale.
     responsible_epoch: u64,
+    /// Per release, other sites' edge nodes by their rendezvous weight for this node and
+    /// release (highest first), and the `peers_epoch` it was ranked at: hashing every peer on
+    /// every pass was a waiting node's largest cost after the pass itself.
+    wan_ranking: BTreeMap<ReleaseId, (u64, Vec<NodeId>)>,
+    /// Bumped whenever a peer connects or disconnects.
+    peers_epoch: u64,
 }
 
 impl FetchScheduler {
@@ -327,6 +333,8 @@ impl FetchScheduler {
             stats: EdgeStats::default(),
             responsible_members: Vec::new(),
             responsible_epoch: 1,
+            wan_ranking: BTreeMap::new(),
+            peers_epoch: 0,
         }
     }
 
@@ -375,6 +383,7 @@ impl FetchScheduler {
         if peer == self.me {
             return;
         }
+        self.peers_epoch += 1;
         let banned_until = self.peers.get(&peer).and_then(|p| p.banned_until);
         let strikes = self.peers.get(&peer).map_or(0, |p| p.strikes);
         self.peers.insert(
@@ -399,6 +408,7 @@ impl FetchScheduler {
     /// A peer disconnected: its requests fail and its share of the site moves.
     pub fn handle_peer_down(&mut self, now: Instant, peer: NodeId) {
         self.now = now;
+        self.peers_epoch += 1;
         let lost: Vec<RequestId> = self.inflight.iter().filter(|(_, r)| r.peer == peer).map(|(id, _)| *id).collect();
         for id in lost {
             self.fail_request(id);

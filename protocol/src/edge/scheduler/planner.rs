@@ -90,16 +90,21 @@ impl FetchScheduler {
     /// chosen by rendezvous weight keyed by the release and this node: a stable choice per
     /// release, and a different one for each node. (Keyed by the release alone, every node
     /// picked the same few peers of its neighbourhood, and their uplinks carried the swarm.)
-    fn wan_have_peers(&self, rid: &ReleaseId) -> Vec<NodeId> {
-        let key = ChunkId::of(&[rid.0, self.me.0].concat());
-        let mut candidates: Vec<(u64, NodeId)> = self
-            .peers
-            .iter()
-            .filter(|(id, p)| p.site != self.site && p.role == PeerRole::Edge && self.usable(id))
-            .map(|(id, _)| (rendezvous::weight(id, &key), *id))
-            .collect();
-        candidates.sort_unstable_by(|a, b| b.cmp(a));
-        candidates.into_iter().take(self.config.wan_have_peers).map(|(_, id)| id).collect()
+    fn wan_have_peers(&mut self, rid: &ReleaseId) -> Vec<NodeId> {
+        let epoch = self.peers_epoch;
+        if self.wan_ranking.get(rid).is_none_or(|(at, _)| *at != epoch) {
+            let key = ChunkId::of(&[rid.0, self.me.0].concat());
+            let mut ranked: Vec<(u64, NodeId)> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.site != self.site && p.role == PeerRole::Edge)
+                .map(|(id, _)| (rendezvous::weight(id, &key), *id))
+                .collect();
+            ranked.sort_unstable_by(|a, b| b.cmp(a));
+            self.wan_ranking.insert(*rid, (epoch, ranked.into_iter().map(|(_, id)| id).collect()));
+        }
+        let ranked = self.wan_ranking.get(rid).map(|(_, r)| r.as_slice()).unwrap_or_default();
+        ranked.iter().filter(|id| self.usable(id)).take(self.config.wan_have_peers).copied().collect()
     }
 
     fn usable(&self, peer: &NodeId) -> bool {
