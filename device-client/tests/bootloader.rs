@@ -2,7 +2,6 @@
 //! `grub-editenv`/slot scripts that keep their variables in a tempdir.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -13,11 +12,20 @@ fn info(booted: Slot, pending: Option<Slot>) -> BootInfo {
     BootInfo { booted, pending }
 }
 
-/// Writes an executable shell script.
+/// Writes an executable shell script. A child process writes it: a file this process held
+/// open for writing could be inherited by a child another test thread forks at that moment,
+/// and executing the script while that child lives fails with ETXTBSY ("Text file busy").
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::io::Write;
     let path = dir.join(name);
-    fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut writer = std::process::Command::new("/bin/sh")
+        .args(["-c", "cat > \"$0\" && chmod 755 \"$0\""])
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writer.stdin.take().unwrap().write_all(format!("#!/bin/sh\n{body}").as_bytes()).unwrap();
+    assert!(writer.wait().unwrap().success(), "cannot write {}", path.display());
     path
 }
 
