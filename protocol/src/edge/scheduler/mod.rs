@@ -554,8 +554,10 @@ impl FetchScheduler {
         }
         let mut verified_bytes = 0u64;
         let mut lied = false;
+        let mut served = 0usize;
         for &index in &req.indices {
             let outcome = outcomes.iter().find(|(i, _)| *i == index).map_or(ChunkOutcome::Missing, |(_, o)| *o);
+            served += usize::from(outcome == ChunkOutcome::Verified);
             let Some(release) = self.releases.get(&req.release) else { continue };
             let Some(spec) = release.spec.chunks.get(index as usize).copied() else { continue };
             match outcome {
@@ -600,10 +602,9 @@ impl FetchScheduler {
         let elapsed = now.saturating_since(req.sent_at).as_secs_f64().max(1e-4);
         let (start, most) = (self.config.origin_slow_start_chunks.max(1), self.config.max_request_chunks as u32);
         if let Some(p) = self.peers.get_mut(&req.peer).filter(|p| p.role == PeerRole::Origin) {
-            let served = |i: &u32| outcomes.iter().any(|(j, o)| j == i && *o == ChunkOutcome::Verified);
-            let all_served = req.indices.iter().all(served);
+            let all_served = served == req.indices.len();
             p.origin_ask = if all_served { p.origin_ask.saturating_mul(2).min(most.max(start)) } else { start };
-            if !req.indices.iter().any(served) {
+            if served == 0 {
                 p.origin_quiet_until = now + self.config.origin_busy_wait;
             }
         }
