@@ -3,6 +3,9 @@
 opentracker) delivering the same file to N leechers, in one run. Prints times and the ratio.
 
 Usage: scripts/bench_mesh.py [--mib 256] [--nodes 8] [--sites 1] [--only otamesh|bittorrent]
+                            [--runs 3] [--warmup 1]
+Each round runs both on a fresh filesystem; the first --warmup rounds are discarded (see
+--help) and the summary gives medians of the rest with their range.
 Needs: release builds of seeder and edge-node (the wrapper scripts/bench-mesh builds them),
 and Debian's aria2, opentracker and mktorrent for the baseline.
 
@@ -307,47 +310,30 @@ def fresh_filesystem(size_gib, backing_dir):
     return mnt, cleanup
 
 
-def main():
-    # `timeout` and Ctrl-C must still run the cleanup that kills every child.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--mib", type=int, default=256)
-    ap.add_argument("--nodes", type=int, default=8)
-    ap.add_argument("--sites", type=int, default=1)
-    ap.add_argument("--only", choices=["otamesh", "bittorrent"])
-    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs) afterwards")
-    ap.add_argument("--fs", choices=["ram", "disk", "tmp"], default="ram",
-                    help="fresh ext4 on /dev/shm (default) or /var/tmp, or plain /tmp")
-    a = ap.parse_args()
+def one_round(a, label):
+    """Both systems on one fresh filesystem; returns (ours, backhaul, rss, bt, where)."""
     size_gib = max(4, (a.mib * (2 * a.nodes + 4) >> 10) + 2)
     fs = None
     if a.fs != "tmp":
         fs = fresh_filesystem(size_gib, "/dev/shm" if a.fs == "ram" else "/var/tmp")
     work = tempfile.mkdtemp(prefix="otamesh-bench-", dir=fs[0] if fs else None)
     where = {"ram": "fresh ext4 backed by /dev/shm", "disk": "fresh ext4 backed by /var/tmp"}.get(a.fs) if fs else "/tmp"
-    log(f"work directory {work} ({where})")
+    log(f"{label}: work directory {work} ({where})")
     ok = False
     try:
         image = os.path.join(work, "seed", "image.bin")
         os.makedirs(os.path.dirname(image))
         with open(image, "wb") as f:
             f.write(os.urandom(a.mib << 20))
-        ours = bt = None
+        ours = backhaul = rss = bt = None
         if a.only != "bittorrent":
             ours, backhaul, rss = bench_otamesh(work, image, a.nodes, a.sites)
-            log(f"otamesh: {ours:.2f} s")
+            log(f"{label}: otamesh {ours:.2f} s")
         if a.only != "otamesh":
             bt = bench_bittorrent(work, image, a.nodes)
-            log(f"BitTorrent: {bt:.2f} s")
-        print(f"{a.mib} MiB to {a.nodes} nodes ({a.sites} site(s)) on 127.0.0.1, {os.cpu_count()} cores, files on {where}")
-        if ours is not None:
-            print(f"  otamesh (verified, TUF, durable): {ours:7.2f} s   {a.mib * a.nodes / ours:6.0f} MiB/s delivered;"
-                  f" origin+wan bytes {backhaul / (a.mib << 20):.2f}x the image; peak edge RSS {rss:.0f} MiB")
-        if bt is not None:
-            print(f"  aria2c + opentracker:             {bt:7.2f} s   {a.mib * a.nodes / bt:6.0f} MiB/s delivered")
-        if ours is not None and bt is not None:
-            print(f"  ratio otamesh / BitTorrent time: {ours / bt:.2f} (goal <= 1.0)")
+            log(f"{label}: BitTorrent {bt:.2f} s")
         ok = True
+        return ours, backhaul, rss, bt, where
     finally:
         if a.keep or not ok:
             logs = tempfile.mkdtemp(prefix="otamesh-bench-logs-")
@@ -359,6 +345,65 @@ def main():
             fs[1]()
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def spread(values, fmt="{:.2f}"):
+    return f"{fmt.format(median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def main():
+    # `timeout` and Ctrl-C must still run the cleanup that kills every child.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mib", type=int, default=256)
+    ap.add_argument("--nodes", type=int, default=8)
+    ap.add_argument("--sites", type=int, default=1)
+    ap.add_argument("--only", choices=["otamesh", "bittorrent"])
+    ap.add_argument("--runs", type=int, default=3, help="measured rounds; the summary gives medians (default 3)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="discarded rounds first (default 1): on these VMs memory handed back to the host "
+                         "costs a host fault per page when first written again, which the first run after a "
+                         "quiet spell (or a build) pays alone")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs) afterwards")
+    ap.add_argument("--fs", choices=["ram", "disk", "tmp"], default="ram",
+                    help="fresh ext4 on /dev/shm (default) or /var/tmp, or plain /tmp")
+    a = ap.parse_args()
+    if a.runs < 1 or a.warmup < 0:
+        raise SystemExit("--runs must be at least 1 and --warmup at least 0")
+    rounds = []
+    for i in range(a.warmup + a.runs):
+        label = f"warm-up {i + 1}" if i < a.warmup else f"run {i - a.warmup + 1}"
+        result = one_round(a, label)
+        if i >= a.warmup:
+            rounds.append(result)
+    where = rounds[0][4]
+    print(f"{a.mib} MiB to {a.nodes} nodes ({a.sites} site(s)) on 127.0.0.1, {os.cpu_count()} cores, files on {where};"
+          f" {a.runs} run(s) after {a.warmup} discarded")
+    for n, (ours, backhaul, rss, bt, _) in enumerate(rounds, 1):
+        line = f"  run {n}:"
+        if ours is not None:
+            line += (f" otamesh (verified, TUF, durable) {ours:6.2f} s, {a.mib * a.nodes / ours:4.0f} MiB/s delivered,"
+                     f" origin+wan bytes {backhaul / (a.mib << 20):.2f}x the image, peak edge RSS {rss:.0f} MiB;")
+        if bt is not None:
+            line += f" aria2c + opentracker {bt:6.2f} s;"
+        if ours is not None and bt is not None:
+            line += f" ratio {ours / bt:.2f}"
+        print(line)
+    ours = [r[0] for r in rounds if r[0] is not None]
+    bts = [r[3] for r in rounds if r[3] is not None]
+    if ours:
+        print(f"  otamesh time, median (min-max): {spread(ours)} s")
+    if bts:
+        print(f"  BitTorrent time, median (min-max): {spread(bts)} s")
+    if ours and bts:
+        ratios = [r[0] / r[3] for r in rounds]
+        print(f"  ratio otamesh / BitTorrent time, median (min-max): {spread(ratios)} (goal <= 1.0)")
 
 
 if __name__ == "__main__":

@@ -168,6 +168,14 @@ pub fn serve_chunks(store: &ChunkStore, metrics: &dyn ServeMetrics, request: &Ch
         }
         bodies.insert(*id, result);
     }
+    // How many served ranges still need each body: the last one takes it, so a whole-chunk
+    // range (nearly every range) hands over the buffer read from disk instead of copying it.
+    let mut uses: HashMap<ChunkId, usize> = HashMap::with_capacity(to_read.len());
+    for (range, plan) in request.chunks.iter().zip(&plans) {
+        if matches!(plan, Some((start, _)) if *start != usize::MAX) {
+            *uses.entry(range.id).or_default() += 1;
+        }
+    }
     let items = request
         .chunks
         .iter()
@@ -182,7 +190,7 @@ pub fn serve_chunks(store: &ChunkStore, metrics: &dyn ServeMetrics, request: &Ch
                 Some((start, end)) => match bodies.get(&range.id) {
                     Some(Ok(bytes)) if end <= bytes.len() => {
                         metrics.hit((end - start) as u64);
-                        ChunkResult::Ok(bytes[start..end].to_vec())
+                        ChunkResult::Ok(take_or_copy(&mut bodies, &mut uses, range.id, start..end))
                     }
                     Some(Err(ReadError::Missing)) => {
                         metrics.miss();
@@ -195,6 +203,30 @@ pub fn serve_chunks(store: &ChunkStore, metrics: &dyn ServeMetrics, request: &Ch
         })
         .collect();
     Served { response: ChunkResponse { items }, served, damaged }
+}
+
+/// Bytes `range` of a body read for this request: the body itself, without a copy, when
+/// this is its last use and nothing else holds it; a copy otherwise.
+fn take_or_copy(
+    bodies: &mut HashMap<ChunkId, Result<bytes::Bytes, ReadError>>,
+    uses: &mut HashMap<ChunkId, usize>,
+    id: ChunkId,
+    range: std::ops::Range<usize>,
+) -> Vec<u8> {
+    let left = uses.get_mut(&id).map(|n| {
+        *n = n.saturating_sub(1);
+        *n
+    });
+    if left == Some(0) {
+        if let Some(Ok(body)) = bodies.remove(&id) {
+            let whole = range.start == 0 && range.end == body.len();
+            return Vec::from(if whole { body } else { body.slice(range) });
+        }
+    }
+    match bodies.get(&id) {
+        Some(Ok(body)) => body[range].to_vec(),
+        _ => Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -251,6 +283,36 @@ mod tests {
         assert_eq!(busy, 248);
         use crate::messages::WireMessage;
         assert!(served.response.encode().is_ok());
+    }
+
+    /// A chunk named by several ranges is read once; each range gets its own bytes, whether
+    /// the last one takes the buffer read from disk or an earlier one copies from it.
+    #[test]
+    fn every_range_of_a_chunk_named_twice_gets_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let (store, metrics, ids) = store_with(dir.path(), &[body.clone(), vec![5; 10]]);
+        let request = ChunkRequest {
+            release: protocol::ReleaseId([7; 32]),
+            chunks: vec![
+                ChunkRange::whole(ids[0]),
+                ChunkRange { id: ids[0], offset: 10, length: 20 },
+                ChunkRange::whole(ids[1]),
+                ChunkRange { id: ids[0], offset: 99_990, length: 0 },
+            ],
+        };
+        let served = serve_chunks(&store, &*metrics, &request);
+        let results: Vec<_> = served.response.items.iter().map(|i| i.result.clone()).collect();
+        assert_eq!(
+            results,
+            vec![
+                ChunkResult::Ok(body.clone()),
+                ChunkResult::Ok(body[10..30].to_vec()),
+                ChunkResult::Ok(vec![5; 10]),
+                ChunkResult::Ok(body[99_990..].to_vec()),
+            ]
+        );
+        assert_eq!(metrics.hits.load(Relaxed), 4);
     }
 
     /// Concurrent requests beyond the bound wait in a bounded queue; beyond the queue they are

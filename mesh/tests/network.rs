@@ -341,7 +341,7 @@ mod three_nodes {
 mod codec {
     use futures::{executor::block_on, io::Cursor};
     use mesh::{
-        codec::{read_frame, write_frame},
+        codec::{read_chunk_response, read_frame, write_chunk_response, write_frame},
         messages::{WireMessage, MAX_RANGES_PER_REQUEST},
         HaveRequest,
     };
@@ -371,11 +371,43 @@ mod codec {
         }
     }
 
+    /// The streamed chunk response puts on the wire exactly what the whole-frame writer
+    /// does, reads back to the same response, and refuses every truncation.
+    #[test]
+    fn chunk_responses_stream_the_same_bytes_and_refuse_truncations() {
+        let response = ChunkResponse {
+            items: vec![
+                ChunkItem { id: ChunkId([1; 32]), result: ChunkResult::Ok(vec![3; 70_000]) },
+                ChunkItem { id: ChunkId([2; 32]), result: ChunkResult::Busy },
+                ChunkItem { id: ChunkId([3; 32]), result: ChunkResult::NotFound },
+                ChunkItem { id: ChunkId([4; 32]), result: ChunkResult::Ok(vec![4; 200_000]) },
+            ],
+        };
+        let mut streamed = Cursor::new(Vec::new());
+        block_on(write_chunk_response(&mut streamed, &response)).unwrap();
+        let mut whole = Cursor::new(Vec::new());
+        block_on(write_frame(&mut whole, &response)).unwrap();
+        let bytes = streamed.into_inner();
+        assert_eq!(bytes, whole.into_inner());
+        assert_eq!(block_on(read_chunk_response(&mut Cursor::new(&bytes))).unwrap(), response);
+        for cut in (0..bytes.len()).step_by(97).chain(bytes.len() - 40..bytes.len()) {
+            assert!(block_on(read_chunk_response(&mut Cursor::new(&bytes[..cut]))).is_err(), "cut at {cut} accepted");
+        }
+        // A body length past the frame's end is refused before the body is read.
+        let mut lying = bytes.clone();
+        let first_length = 4 + 3 + 33;
+        lying[first_length..first_length + 4].copy_from_slice(&(9u32 << 20).to_le_bytes());
+        let e = block_on(read_chunk_response(&mut Cursor::new(&lying))).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    }
+
     #[test]
     fn frame_length_over_limit_refused_before_reading() {
         // Claims 4 GiB; nothing follows. Refused on the header alone.
         let header = u32::MAX.to_be_bytes();
         let r: std::io::Result<ChunkResponse> = block_on(read_frame(&mut Cursor::new(&header[..])));
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+        let r = block_on(read_chunk_response(&mut Cursor::new(&header[..])));
         assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::InvalidData);
         // One byte over a have request's limit.
         let header = ((HaveRequest::MAX_ENCODED_BYTES + 1) as u32).to_be_bytes();

@@ -1,7 +1,8 @@
 //! Properties of the content pipeline that must hold for every input, not just examples:
 //! chunk → seal → manifest → open → reassemble is the identity; content-defined chunking
 //! confines an edit's damage to the chunks around it; and manifest decoding is total
-//! (never panics) and canonical (no two byte strings decode to the same manifest).
+//! (never panics) and canonical (no two byte strings decode to the same manifest); chunk
+//! responses decoded a piece at a time, as the mesh streams them, agree with whole decoding.
 //!
 //! Case counts are kept small so the file runs in well under 20 s in the dev profile;
 //! raise them with `PROPTEST_CASES=...` when hunting.
@@ -438,5 +439,54 @@ proptest! {
         if let Some(decoded) = decode_consistently(&bytes) {
             prop_assert_ne!(decoded, manifest, "bit {} flipped without effect", bit);
         }
+    }
+}
+
+/// A chunk response with `items` of (id byte, status, body length).
+fn chunk_response(items: &[(u8, u8, usize)]) -> protocol::wire::mesh::ChunkResponse {
+    use protocol::wire::mesh::{ChunkItem, ChunkResponse, ChunkResult};
+    ChunkResponse {
+        items: items
+            .iter()
+            .map(|&(id, status, len)| ChunkItem {
+                id: ChunkId([id; 32]),
+                result: match status % 3 {
+                    0 => ChunkResult::Ok(pseudo_random(u64::from(id), len, 1)),
+                    1 => ChunkResult::NotFound,
+                    _ => ChunkResult::Busy,
+                },
+            })
+            .collect(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(256), ..ProptestConfig::default() })]
+
+    /// The chunk codec streams responses through `chunk_pieces`: its pieces join to the
+    /// whole encoding, and piecewise decoding accepts exactly what whole decoding accepts,
+    /// with the same result, valid or mangled.
+    #[test]
+    fn chunk_responses_decode_the_same_in_pieces_and_whole(
+        items in prop::collection::vec((any::<u8>(), any::<u8>(), 0usize..300), 0..12),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        use protocol::wire::chunk_pieces::decode_in_pieces;
+        use protocol::wire::mesh::{ChunkResponse, WireMessage};
+        let response = chunk_response(&items);
+        let pieces = response.pieces().unwrap();
+        let mut bytes = pieces.joined();
+        prop_assert_eq!(&bytes, &response.encode().unwrap());
+        prop_assert_eq!(decode_in_pieces(&bytes).unwrap(), response);
+        for (at, value) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        if truncate {
+            bytes.truncate(cut.index(bytes.len()));
+        }
+        prop_assert_eq!(decode_in_pieces(&bytes).ok(), ChunkResponse::decode(&bytes).ok());
     }
 }

@@ -36,7 +36,7 @@ pub const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
 pub const MAX_BITFIELD_BYTES: usize = 128 * 1024;
 
 const KIND_CHUNK_REQUEST: u8 = 0x01;
-const KIND_CHUNK_RESPONSE: u8 = 0x02;
+pub(super) const KIND_CHUNK_RESPONSE: u8 = 0x02;
 const KIND_HAVE_REQUEST: u8 = 0x03;
 const KIND_HAVE_RESPONSE: u8 = 0x04;
 const KIND_META_REQUEST: u8 = 0x05;
@@ -57,12 +57,12 @@ pub const MAX_META_NAME_BYTES: usize = 255;
 /// Largest file a [`MetaResponse`] carries: TUF metadata and release manifests.
 pub const MAX_META_BYTES: usize = 64 * 1024 * 1024;
 
-const STATUS_OK: u8 = 0;
-const STATUS_NOT_FOUND: u8 = 1;
-const STATUS_BUSY: u8 = 2;
+pub(super) const STATUS_OK: u8 = 0;
+pub(super) const STATUS_NOT_FOUND: u8 = 1;
+pub(super) const STATUS_BUSY: u8 = 2;
 
 /// Smallest encoded item: id and status byte (NotFound / Busy).
-const MIN_ITEM_BYTES: usize = 32 + 1;
+pub(super) const MIN_ITEM_BYTES: usize = 32 + 1;
 
 /// A message with a bounded binary encoding, as carried by the mesh crate's libp2p codec.
 pub trait WireMessage: Sized {
@@ -259,7 +259,7 @@ fn read_count(
     Ok(count)
 }
 
-fn check_limit(field: &'static str, found: u64, max: u64) -> Result<(), WireError> {
+pub(super) fn check_limit(field: &'static str, found: u64, max: u64) -> Result<(), WireError> {
     if found > max {
         return Err(WireError::OverLimit { field, found, max });
     }
@@ -327,28 +327,9 @@ impl ChunkResponse {
 impl WireMessage for ChunkResponse {
     const MAX_ENCODED_BYTES: usize = 1 + 2 + MAX_RANGES_PER_REQUEST * (MIN_ITEM_BYTES + 4) + MAX_BATCH_BYTES as usize;
 
+    /// Built from [`ChunkResponse::pieces`], so the streaming writer sends these very bytes.
     fn encode(&self) -> Result<Vec<u8>, WireError> {
-        check_limit("item count", self.items.len() as u64, MAX_RANGES_PER_REQUEST as u64)?;
-        let payload_bytes = self.payload_bytes();
-        check_limit("response bytes", payload_bytes, MAX_BATCH_BYTES)?;
-        let mut out = Vec::with_capacity(3 + self.items.len() * (MIN_ITEM_BYTES + 4) + payload_bytes as usize);
-        out.push(KIND_CHUNK_RESPONSE);
-        // Checked above: at most 256, fits a u16.
-        out.extend_from_slice(&(self.items.len() as u16).to_le_bytes());
-        for item in &self.items {
-            out.extend_from_slice(&item.id.0);
-            match &item.result {
-                ChunkResult::Ok(bytes) => {
-                    out.push(STATUS_OK);
-                    // Checked above: the sum is at most 8 MiB, so each fits a u32.
-                    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                    out.extend_from_slice(bytes);
-                }
-                ChunkResult::NotFound => out.push(STATUS_NOT_FOUND),
-                ChunkResult::Busy => out.push(STATUS_BUSY),
-            }
-        }
-        Ok(out)
+        Ok(self.pieces()?.joined())
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, WireError> {

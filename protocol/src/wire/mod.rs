@@ -1,7 +1,9 @@
 //! The two wire formats otamesh parses from the network, with one cursor and one chunk range
 //! shared between them:
 //! - [`device`]: devices ↔ edge nodes (QUIC streams and framed TCP), heap-free for MCUs;
-//! - [`mesh`]: edge nodes ↔ edge nodes and the origin (libp2p request-response).
+//! - [`mesh`]: edge nodes ↔ edge nodes and the origin (libp2p request-response);
+//!   [`chunk_pieces`] encodes and decodes its chunk responses a piece at a time, so bodies
+//!   skip the frame-sized buffer.
 //!
 //! Both are parsed from bytes any peer can send, so both live here, bounded, and fuzzed
 //! (`fuzz/fuzz_targets/{device_wire,mesh_wire}.rs`): every length and count is checked
@@ -19,6 +21,8 @@ use crate::ChunkId;
 #[cfg(feature = "alloc")]
 use crate::ReleaseId;
 
+#[cfg(feature = "alloc")]
+pub mod chunk_pieces;
 pub mod device;
 #[cfg(feature = "alloc")]
 pub mod mesh;
