@@ -11,9 +11,10 @@
 //!    stay within `max_response_bytes`, and frame plus reads fit what is left of
 //!    `max_buffered_bytes`; the rest are `Busy` (ask again);
 //! 4. frame plus reads are reserved from the global budget, then the bodies are read (each at
-//!    most its sized length), copied once into a frame allocated at exactly its planned size,
-//!    and dropped; the reservation shrinks to the frame's capacity, which the transport holds
-//!    until the device has it.
+//!    most its sized length, or shared with the hot cache) and sent as they are: the frame is
+//!    its small fields interleaved with the bodies (`ChunksPiecesBuilder`), never a copy of
+//!    them. The reservation shrinks to what the answer holds (fields and bodies), which the
+//!    transport keeps until the device has it.
 //! 5. when the global budget is spent so that none of a request's chunks fit, the request
 //!    waits in line for memory ([`DeviceServiceConfig::busy_wait`](super::DeviceServiceConfig))
 //!    without holding a lookup slot, then is planned within what it got; only a request that
@@ -22,10 +23,11 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use protocol::wire::{
     device::{
-        chunk_item_bytes, ChunkItem, ChunkRanges, ChunkStatus, ChunksFrameBuilder, ErrorCode, CHUNKS_HEADER_BYTES,
-        EMPTY_ITEM_BYTES, FRAME_HEADER_BYTES,
+        chunk_item_bytes, ChunkRanges, ChunksPiecesBuilder, ErrorCode, CHUNKS_HEADER_BYTES, EMPTY_ITEM_BYTES,
+        FRAME_HEADER_BYTES,
     },
     ChunkRange,
 };
@@ -132,6 +134,11 @@ fn plan(ranges: &[ChunkRange], chunk_of: &[usize], (ids, sizes): (&[ChunkId], &[
     Sized { plans, reads, read_of, frame_bytes: FRAME_HEADER_BYTES + body, read_bytes }
 }
 
+/// Bytes of the chunk bodies read for one answer.
+fn read_held_bytes(bodies: &[ChunkLookup]) -> usize {
+    bodies.iter().map(|b| if let ChunkLookup::Found(bytes) = b { bytes.len() } else { 0 }).sum()
+}
+
 impl Sized {
     /// Frame plus reads: what answering this plan holds at its peak.
     fn cost(&self) -> usize {
@@ -206,34 +213,48 @@ impl<B: DeviceBackend> Shared<B> {
         }
         let bodies = if memory.is_some() && !reads.is_empty() { self.backend.chunks(reads).await } else { Vec::new() };
 
-        let mut builder = ChunksFrameBuilder::with_capacity(frame_bytes - FRAME_HEADER_BYTES);
+        let mut builder = ChunksPiecesBuilder::<Bytes>::new();
         for (range, planned) in ranges.iter().zip(&plans) {
-            let status = match *planned {
+            let pushed = match *planned {
                 Plan::Serve { chunk, len, start, end } => match read_of[chunk].and_then(|i| bodies.get(i)) {
-                    Some(ChunkLookup::Found(bytes)) if bytes.len() as u64 == len => ChunkStatus::Ok(&bytes[start..end]),
-                    Some(ChunkLookup::Missing) => ChunkStatus::NotFound,
+                    Some(ChunkLookup::Found(bytes)) if bytes.len() as u64 == len => {
+                        builder.push_ok(range.id, bytes.slice(start..end))
+                    }
+                    Some(ChunkLookup::Missing) => builder.push_not_found(range.id),
                     // Changed since it was sized, or being fetched.
-                    _ => ChunkStatus::Busy,
+                    _ => builder.push_busy(range.id),
                 },
-                Plan::NotFound => ChunkStatus::NotFound,
-                Plan::Busy => ChunkStatus::Busy,
+                Plan::NotFound => builder.push_not_found(range.id),
+                Plan::Busy => builder.push_busy(range.id),
             };
             // Planned within the limits above, so pushing cannot fail; if it did, the client
             // would see a short batch, which it treats as a protocol error.
-            if builder.push(ChunkItem { id: range.id, status }).is_err() {
+            if pushed.is_err() {
                 return Answer::error(ErrorCode::INTERNAL);
             }
         }
-        drop(bodies);
-        let frame = builder.finish();
-        // The reads are over: keep only what the frame itself occupies.
-        if let Some(held) = memory.as_mut() {
-            let surplus = held.num_permits().saturating_sub(frame.capacity());
+        debug_assert!(builder.frame_len() <= frame_bytes);
+        let pieces = builder.finish();
+        // What the answer holds from here until the device has it: the small fields and the
+        // bodies it sends from (a range keeps its whole chunk's buffer alive). Bodies the
+        // hot cache also holds are counted again here: the bound stays conservative.
+        let held: usize = pieces.fields.len() + read_held_bytes(&bodies);
+        if let Some(memory) = memory.as_mut() {
+            let surplus = memory.num_permits().saturating_sub(held);
             if surplus > 0 {
-                drop(held.split(surplus));
+                drop(memory.split(surplus));
             }
         }
-        Answer { frame, _memory: memory }
+        let fields = Bytes::from(pieces.fields);
+        let mut frame = Vec::with_capacity(pieces.pieces.len() * 2);
+        for (run, body) in pieces.pieces {
+            if !run.is_empty() {
+                frame.push(fields.slice(run));
+            }
+            frame.extend(body.filter(|b| !b.is_empty()));
+        }
+        drop(bodies);
+        Answer::from_parts(frame, memory)
     }
 }
 

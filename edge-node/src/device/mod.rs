@@ -265,8 +265,12 @@ pub(crate) struct Shared<B> {
 }
 
 /// An encoded response frame and the memory budget it holds until written.
+///
+/// The frame is a list of buffers sent in order: one for most answers; for a chunk batch, the
+/// small fields interleaved with each chunk's stored bytes as they are (`Bytes` shared with
+/// the hot cache or the read), so a batch is never copied into a frame of its own.
 pub(crate) struct Answer {
-    pub(crate) frame: Vec<u8>,
+    pub(crate) frame: Vec<Bytes>,
     _memory: Option<OwnedSemaphorePermit>,
 }
 
@@ -277,7 +281,20 @@ impl Answer {
 
     fn small(response: Response<'_>) -> Answer {
         // Error, NotFound and Ack are a few bytes and always encode.
-        Answer { frame: response.to_frame().unwrap_or_default(), _memory: None }
+        Answer::whole(response.to_frame().unwrap_or_default(), None)
+    }
+
+    fn whole(frame: Vec<u8>, memory: Option<OwnedSemaphorePermit>) -> Answer {
+        Answer::from_parts(vec![Bytes::from(frame)], memory)
+    }
+
+    fn from_parts(frame: Vec<Bytes>, memory: Option<OwnedSemaphorePermit>) -> Answer {
+        Answer { frame, _memory: memory }
+    }
+
+    /// Bytes of the whole frame.
+    pub(crate) fn len(&self) -> usize {
+        self.frame.iter().map(Bytes::len).sum()
     }
 }
 
@@ -361,7 +378,7 @@ impl<B: DeviceBackend> Shared<B> {
         if surplus > 0 {
             drop(permit.split(surplus));
         }
-        Answer { frame, _memory: Some(permit) }
+        Answer::whole(frame, Some(permit))
     }
 }
 

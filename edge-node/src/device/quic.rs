@@ -168,10 +168,11 @@ async fn stream<B: DeviceBackend>(
     // then quinn keeps a copy in its send buffer.
     let mut answer = answer;
     let deliver = async {
-        // Handed to quinn without a copy: the frame's bytes are the send buffer.
-        let frame = bytes::Bytes::from(std::mem::take(&mut answer.frame));
-        let len = frame.len() as u64;
-        send.write_chunk(frame).await?;
+        // Handed to quinn without a copy: the frame's buffers (for a chunk batch, the chunks'
+        // stored bytes themselves) are the send buffer.
+        let len = answer.len() as u64;
+        let mut frame = std::mem::take(&mut answer.frame);
+        send.write_all_chunks(&mut frame).await?;
         Metrics::add(&shared.metrics.bytes_out_devices, len);
         let _ = send.finish();
         let _ = send.stopped().await;

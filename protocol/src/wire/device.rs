@@ -875,6 +875,116 @@ impl ChunksFrameBuilder {
     }
 }
 
+/// A `Chunks` response frame as pieces: the small fields in one buffer, each chunk body as
+/// the caller's own handle. What [`ChunksFrameBuilder`] would produce, byte for byte, without
+/// copying the bodies into a frame: a server holding chunks in shared buffers sends them from
+/// there (the device service hands each one to quinn as it is), so 1,000 devices fetching
+/// one release no longer each cost a frame-sized copy of it.
+#[cfg(feature = "alloc")]
+#[derive(Debug)]
+pub struct ChunksFramePieces<B> {
+    /// The length prefix and every byte that is not a chunk body, in wire order.
+    pub fields: alloc::vec::Vec<u8>,
+    /// In wire order: a range of `fields`, then a chunk body (none after the last run).
+    pub pieces: alloc::vec::Vec<(core::ops::Range<usize>, Option<B>)>,
+}
+
+/// Builds [`ChunksFramePieces`] item by item, refusing what [`ChunksFrameBuilder`] refuses.
+#[cfg(feature = "alloc")]
+#[derive(Debug)]
+pub struct ChunksPiecesBuilder<B> {
+    frame: ChunksFramePieces<B>,
+    run_start: usize,
+    body_len: usize,
+    count: u16,
+}
+
+#[cfg(feature = "alloc")]
+impl<B: AsRef<[u8]>> Default for ChunksPiecesBuilder<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<B: AsRef<[u8]>> ChunksPiecesBuilder<B> {
+    /// An empty batch.
+    pub fn new() -> Self {
+        let mut fields = alloc::vec::Vec::with_capacity(FRAME_HEADER_BYTES + CHUNKS_HEADER_BYTES + 8 * 37);
+        fields.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
+        fields.push(KIND_CHUNKS);
+        fields.extend_from_slice(&[0, 0]);
+        ChunksPiecesBuilder {
+            frame: ChunksFramePieces { fields, pieces: alloc::vec::Vec::new() },
+            run_start: 0,
+            body_len: CHUNKS_HEADER_BYTES,
+            count: 0,
+        }
+    }
+
+    /// Room for one more item of `wire_len` body bytes, or the limit it would break.
+    fn check(&self, wire_len: usize) -> Result<(), WireError> {
+        if usize::from(self.count) >= limits::MAX_RANGES {
+            return Err(WireError::TooManyRanges { count: self.count.saturating_add(1) });
+        }
+        if self.body_len.saturating_add(wire_len) > limits::MAX_RESPONSE_BYTES {
+            return Err(WireError::MessageTooLarge);
+        }
+        Ok(())
+    }
+
+    /// Appends an item carrying `body`; refused (and nothing appended) past a limit.
+    pub fn push_ok(&mut self, id: ChunkId, body: B) -> Result<(), WireError> {
+        let len = body.as_ref().len();
+        self.check(chunk_item_bytes(len))?;
+        self.frame.fields.extend_from_slice(&id.0);
+        self.frame.fields.push(STATUS_OK);
+        // Bounded by MAX_RESPONSE_BYTES above, so the cast is lossless.
+        self.frame.fields.extend_from_slice(&(len as u32).to_le_bytes());
+        self.frame.pieces.push((self.run_start..self.frame.fields.len(), Some(body)));
+        self.run_start = self.frame.fields.len();
+        self.body_len += chunk_item_bytes(len);
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Appends an item without data (`NotFound` or `Busy`).
+    fn push_empty(&mut self, id: ChunkId, status: u8) -> Result<(), WireError> {
+        self.check(EMPTY_ITEM_BYTES)?;
+        self.frame.fields.extend_from_slice(&id.0);
+        self.frame.fields.push(status);
+        self.body_len += EMPTY_ITEM_BYTES;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Appends a `NotFound` item.
+    pub fn push_not_found(&mut self, id: ChunkId) -> Result<(), WireError> {
+        self.push_empty(id, STATUS_NOT_FOUND)
+    }
+
+    /// Appends a `Busy` item.
+    pub fn push_busy(&mut self, id: ChunkId) -> Result<(), WireError> {
+        self.push_empty(id, STATUS_BUSY)
+    }
+
+    /// Bytes of the whole frame (length prefix and body).
+    pub fn frame_len(&self) -> usize {
+        FRAME_HEADER_BYTES + self.body_len
+    }
+
+    /// The finished frame in pieces.
+    pub fn finish(mut self) -> ChunksFramePieces<B> {
+        // At most MAX_RESPONSE_BYTES, checked on every push.
+        let body_len = self.body_len as u32;
+        self.frame.fields[..FRAME_HEADER_BYTES].copy_from_slice(&body_len.to_le_bytes());
+        self.frame.fields[FRAME_HEADER_BYTES + 1..FRAME_HEADER_BYTES + 3].copy_from_slice(&self.count.to_le_bytes());
+        let end = self.frame.fields.len();
+        self.frame.pieces.push((self.run_start..end, None));
+        self.frame
+    }
+}
+
 /// Bytes a `Chunks` response item with `payload_bytes` of data adds to the body; servers use
 /// it to keep a batch under [`limits::MAX_RESPONSE_BYTES`].
 pub const fn chunk_item_bytes(payload_bytes: usize) -> usize {
@@ -891,6 +1001,55 @@ pub const CHUNKS_HEADER_BYTES: usize = 3;
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The pieces join to exactly the frame the copying builder makes, and refuse the same
+    /// items at the same limits.
+    #[test]
+    fn chunk_frame_pieces_join_to_the_built_frame() {
+        let big = vec![7u8; limits::MAX_RESPONSE_BYTES / 3];
+        let items: Vec<(u8, Option<&[u8]>, bool)> = vec![
+            (1, Some(&b"abc"[..]), false),
+            (2, None, false),
+            (3, None, true),
+            (4, Some(&b""[..]), false),
+            (5, Some(&big[..]), false),
+            (6, Some(&big[..]), false),
+            (7, Some(&big[..]), false),
+            (8, None, true),
+        ];
+        let mut whole = ChunksFrameBuilder::new();
+        let mut pieces = ChunksPiecesBuilder::<&[u8]>::new();
+        for (n, body, busy) in items {
+            let status = match (body, busy) {
+                (Some(b), _) => ChunkStatus::Ok(b),
+                (None, false) => ChunkStatus::NotFound,
+                (None, true) => ChunkStatus::Busy,
+            };
+            let expected = whole.push(ChunkItem { id: id(n), status });
+            let got = match (body, busy) {
+                (Some(b), _) => pieces.push_ok(id(n), b),
+                (None, false) => pieces.push_not_found(id(n)),
+                (None, true) => pieces.push_busy(id(n)),
+            };
+            assert_eq!(got, expected, "item {n}");
+            assert_eq!(pieces.frame_len(), FRAME_HEADER_BYTES + whole.body_len());
+        }
+        let frame = whole.finish();
+        let pieces = pieces.finish();
+        let mut joined = Vec::new();
+        for (fields, body) in &pieces.pieces {
+            joined.extend_from_slice(&pieces.fields[fields.clone()]);
+            joined.extend_from_slice(body.unwrap_or(&[]));
+        }
+        assert_eq!(joined, frame);
+        let too_many: ChunksPiecesBuilder<&[u8]> =
+            (0..limits::MAX_RANGES).fold(ChunksPiecesBuilder::new(), |mut b, _| {
+                b.push_busy(id(0)).unwrap();
+                b
+            });
+        let mut too_many = too_many;
+        assert!(matches!(too_many.push_busy(id(0)), Err(WireError::TooManyRanges { .. })));
+    }
 
     fn id(n: u8) -> ChunkId {
         ChunkId([n; 32])
