@@ -31,7 +31,7 @@ Every child's output goes to a log file under the work directory (never an undra
 on failure the tail of each log is printed. Children are killed on exit, including on
 SIGTERM and Ctrl-C.
 """
-import argparse, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, resource, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.path.join(ROOT, "target", "release")
@@ -128,6 +128,20 @@ def rss_mib(pid):
     return 0.0
 
 
+def cpu_s(pid):
+    """User plus system CPU seconds a live process has used so far."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def reaped_children_cpu_s():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def bench_otamesh(work, image, nodes, sites):
     procs = Procs(work)
     env = {**os.environ, "NO_COLOR": "1", "RUST_LOG": os.environ.get("BENCH_RUST_LOG", "info,libp2p=warn")}
@@ -168,6 +182,7 @@ def bench_otamesh(work, image, nodes, sites):
         subprocess.run([f"{TARGET}/seeder", "release", "add", "--repo", repo, "--image", image, "--name", "bench",
                         "--version", "1", "--hw-class", "x86"], check=True, capture_output=True)
         t0 = time.monotonic()
+        cpu0 = sum(cpu_s(p.pid) for p in procs.procs)
         log(f"release added in {t0 - t_add:.1f} s (not timed)")
         chunks = [0]
 
@@ -193,9 +208,10 @@ def bench_otamesh(work, image, nodes, sites):
 
         wait_for("all edge nodes complete", 600, all_done, interval=0.2, progress=progress, procs=procs)
         elapsed = time.monotonic() - t0
+        cpu = sum(cpu_s(p.pid) for p in procs.procs) - cpu0
         backhaul = sum((status(h)["bytes_in"]["origin"] + status(h)["bytes_in"]["wan"]) for h, _ in edges)
         peak_rss = max(rss_mib(p.pid) for _, p in edges)
-        return elapsed, backhaul, peak_rss
+        return elapsed, backhaul, peak_rss, cpu
     except SystemExit:
         procs.dump_logs()
         raise
@@ -246,6 +262,9 @@ def bench_bittorrent(work, image, nodes):
         seeder.must_live = True
         time.sleep(1.5)  # let the seeder check its file and announce (outside the timed part)
         t0 = time.monotonic()
+        # Leechers are reaped as they exit, so their CPU time is in RUSAGE_CHILDREN; the seeder
+        # and the tracker are still running at the end and are read from /proc.
+        cpu0 = reaped_children_cpu_s() + cpu_s(seeder.pid) + cpu_s(tracker.pid)
         leechers = []
         for i in range(nodes):
             d = os.path.join(work, f"leech{i}")
@@ -264,13 +283,14 @@ def bench_bittorrent(work, image, nodes):
         wait_for("all leechers done", 900, lambda: all(p.poll() is not None for p in leechers), interval=0.05,
                  progress=progress, procs=procs)
         elapsed = time.monotonic() - t0
+        cpu = reaped_children_cpu_s() + cpu_s(seeder.pid) + cpu_s(tracker.pid) - cpu0
         for i, p in enumerate(leechers):
             got = os.path.join(work, f"leech{i}", os.path.basename(image))
             if p.returncode != 0 or not os.path.exists(got) or os.path.getsize(got) != target:
                 procs.dump_logs()
                 raise SystemExit(f"leecher {i} failed (exit {p.returncode})")
         shutil.rmtree(wl_dir, ignore_errors=True)
-        return elapsed
+        return elapsed, cpu
     except SystemExit:
         procs.dump_logs()
         raise
@@ -325,15 +345,15 @@ def one_round(a, label):
         os.makedirs(os.path.dirname(image))
         with open(image, "wb") as f:
             f.write(os.urandom(a.mib << 20))
-        ours = backhaul = rss = bt = None
+        ours = backhaul = rss = bt = ours_cpu = bt_cpu = None
         if a.only != "bittorrent":
-            ours, backhaul, rss = bench_otamesh(work, image, a.nodes, a.sites)
+            ours, backhaul, rss, ours_cpu = bench_otamesh(work, image, a.nodes, a.sites)
             log(f"{label}: otamesh {ours:.2f} s")
         if a.only != "otamesh":
-            bt = bench_bittorrent(work, image, a.nodes)
+            bt, bt_cpu = bench_bittorrent(work, image, a.nodes)
             log(f"{label}: BitTorrent {bt:.2f} s")
         ok = True
-        return ours, backhaul, rss, bt, where
+        return ours, backhaul, rss, bt, where, ours_cpu, bt_cpu
     finally:
         if a.keep or not ok:
             logs = tempfile.mkdtemp(prefix="otamesh-bench-logs-")
@@ -385,26 +405,29 @@ def main():
     where = rounds[0][4]
     print(f"{a.mib} MiB to {a.nodes} nodes ({a.sites} site(s)) on 127.0.0.1, {os.cpu_count()} cores, files on {where};"
           f" {a.runs} run(s) after {a.warmup} discarded")
-    for n, (ours, backhaul, rss, bt, _) in enumerate(rounds, 1):
+    gib = a.mib * a.nodes / 1024
+    for n, (ours, backhaul, rss, bt, _, ours_cpu, bt_cpu) in enumerate(rounds, 1):
         line = f"  run {n}:"
         if ours is not None:
             line += (f" otamesh (verified, TUF, durable) {ours:6.2f} s, {a.mib * a.nodes / ours:4.0f} MiB/s delivered,"
-                     f" origin+wan bytes {backhaul / (a.mib << 20):.2f}x the image, peak edge RSS {rss:.0f} MiB;")
+                     f" {ours_cpu / gib:.2f} CPU s/GiB delivered, origin+wan bytes {backhaul / (a.mib << 20):.2f}x"
+                     f" the image, peak edge RSS {rss:.0f} MiB;")
         if bt is not None:
-            line += f" aria2c + opentracker {bt:6.2f} s;"
+            line += f" aria2c + opentracker {bt:6.2f} s, {bt_cpu / gib:.2f} CPU s/GiB;"
         if ours is not None and bt is not None:
             line += f" ratio {ours / bt:.2f}"
         print(line)
     ours = [r[0] for r in rounds if r[0] is not None]
     bts = [r[3] for r in rounds if r[3] is not None]
     if ours:
-        print(f"  otamesh time, median (min-max): {spread(ours)} s")
+        print(f"  otamesh time, median (min-max): {spread(ours)} s;"
+              f" CPU s per GiB delivered: {spread([r[5] / gib for r in rounds])} (origin and edge nodes, timed part)")
     if bts:
-        print(f"  BitTorrent time, median (min-max): {spread(bts)} s")
+        print(f"  BitTorrent time, median (min-max): {spread(bts)} s;"
+              f" CPU s per GiB delivered: {spread([r[6] / gib for r in rounds])} (seeder, tracker and leechers)")
     if ours and bts:
         ratios = [r[0] / r[3] for r in rounds]
         print(f"  ratio otamesh / BitTorrent time, median (min-max): {spread(ratios)} (goal <= 1.0)")
-
 
 if __name__ == "__main__":
     main()
