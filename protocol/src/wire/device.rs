@@ -783,101 +783,9 @@ impl Response<'_> {
     }
 }
 
-/// Builds a `Chunks` response frame item by item, so a server copies each chunk's bytes once,
-/// straight into the frame, instead of collecting items first.
-#[cfg(feature = "alloc")]
-#[derive(Debug)]
-pub struct ChunksFrameBuilder {
-    frame: alloc::vec::Vec<u8>,
-    count: u16,
-}
-
-#[cfg(feature = "alloc")]
-impl Default for ChunksFrameBuilder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-#[cfg(feature = "alloc")]
-impl ChunksFrameBuilder {
-    /// An empty batch.
-    pub fn new() -> Self {
-        Self::with_capacity(CHUNKS_HEADER_BYTES)
-    }
-
-    /// An empty batch whose frame buffer is allocated once for a body of `body_bytes`
-    /// (at most [`limits::MAX_RESPONSE_BYTES`]): a server that sized its response first
-    /// allocates exactly that, with no growth by doubling.
-    pub fn with_capacity(body_bytes: usize) -> Self {
-        let mut builder = ChunksFrameBuilder {
-            frame: alloc::vec::Vec::with_capacity(
-                FRAME_HEADER_BYTES + body_bytes.clamp(CHUNKS_HEADER_BYTES, limits::MAX_RESPONSE_BYTES),
-            ),
-            count: 0,
-        };
-        builder.frame.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
-        builder.frame.push(KIND_CHUNKS);
-        builder.frame.extend_from_slice(&[0, 0]);
-        builder
-    }
-
-    /// Body bytes so far.
-    pub fn body_len(&self) -> usize {
-        self.frame.len() - FRAME_HEADER_BYTES
-    }
-
-    /// Items so far.
-    pub fn len(&self) -> usize {
-        usize::from(self.count)
-    }
-
-    /// True when no item was pushed.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    /// Whether an item with `payload_bytes` of data would still fit the response limits.
-    pub fn fits(&self, payload_bytes: usize) -> bool {
-        usize::from(self.count) < limits::MAX_RANGES
-            && self.body_len().saturating_add(chunk_item_bytes(payload_bytes)) <= limits::MAX_RESPONSE_BYTES
-    }
-
-    /// Appends one item; refused (and nothing appended) if it would break a limit.
-    pub fn push(&mut self, item: ChunkItem<'_>) -> Result<(), WireError> {
-        if usize::from(self.count) >= limits::MAX_RANGES {
-            return Err(WireError::TooManyRanges { count: self.count.saturating_add(1) });
-        }
-        if self.body_len().saturating_add(item.wire_len()) > limits::MAX_RESPONSE_BYTES {
-            return Err(WireError::MessageTooLarge);
-        }
-        self.frame.extend_from_slice(&item.id.0);
-        match item.status {
-            ChunkStatus::Ok(bytes) => {
-                self.frame.push(STATUS_OK);
-                // Bounded by MAX_RESPONSE_BYTES above, so the cast is lossless.
-                self.frame.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                self.frame.extend_from_slice(bytes);
-            }
-            ChunkStatus::NotFound => self.frame.push(STATUS_NOT_FOUND),
-            ChunkStatus::Busy => self.frame.push(STATUS_BUSY),
-        }
-        self.count += 1;
-        Ok(())
-    }
-
-    /// The finished frame (length prefix and body).
-    pub fn finish(mut self) -> alloc::vec::Vec<u8> {
-        let body_len = self.body_len() as u32;
-        self.frame[..FRAME_HEADER_BYTES].copy_from_slice(&body_len.to_le_bytes());
-        self.frame[FRAME_HEADER_BYTES + 1..FRAME_HEADER_BYTES + 3].copy_from_slice(&self.count.to_le_bytes());
-        self.frame
-    }
-}
-
 /// A `Chunks` response frame as pieces: the small fields in one buffer, each chunk body as
-/// the caller's own handle. What [`ChunksFrameBuilder`] would produce, byte for byte, without
-/// copying the bodies into a frame: a server holding chunks in shared buffers sends them from
+/// the caller's own handle. Byte for byte what `Response::Chunks` encodes with
+/// [`Response::to_frame`], without copying the bodies into a frame: a server holding chunks in shared buffers sends them from
 /// there (the device service hands each one to quinn as it is), so 1,000 devices fetching
 /// one release no longer each cost a frame-sized copy of it.
 #[cfg(feature = "alloc")]
@@ -889,7 +797,8 @@ pub struct ChunksFramePieces<B> {
     pub pieces: alloc::vec::Vec<(core::ops::Range<usize>, Option<B>)>,
 }
 
-/// Builds [`ChunksFramePieces`] item by item, refusing what [`ChunksFrameBuilder`] refuses.
+/// Builds [`ChunksFramePieces`] item by item, refusing an item past the response limits
+/// ([`limits::MAX_RANGES`] items, [`limits::MAX_RESPONSE_BYTES`] of body) as `to_frame` would.
 #[cfg(feature = "alloc")]
 #[derive(Debug)]
 pub struct ChunksPiecesBuilder<B> {
@@ -1002,53 +911,55 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The pieces join to exactly the frame the copying builder makes, and refuse the same
-    /// items at the same limits.
+    /// The pieces join to exactly the frame `Response::Chunks` encodes, and an item that would
+    /// break a limit is refused with nothing appended.
     #[test]
-    fn chunk_frame_pieces_join_to_the_built_frame() {
+    fn chunk_frame_pieces_join_to_the_encoded_frame() {
         let big = vec![7u8; limits::MAX_RESPONSE_BYTES / 3];
-        let items: Vec<(u8, Option<&[u8]>, bool)> = vec![
-            (1, Some(&b"abc"[..]), false),
-            (2, None, false),
-            (3, None, true),
-            (4, Some(&b""[..]), false),
-            (5, Some(&big[..]), false),
-            (6, Some(&big[..]), false),
-            (7, Some(&big[..]), false),
-            (8, None, true),
-        ];
-        let mut whole = ChunksFrameBuilder::new();
+        let mut accepted = Vec::new();
         let mut pieces = ChunksPiecesBuilder::<&[u8]>::new();
-        for (n, body, busy) in items {
-            let status = match (body, busy) {
-                (Some(b), _) => ChunkStatus::Ok(b),
-                (None, false) => ChunkStatus::NotFound,
-                (None, true) => ChunkStatus::Busy,
+        let offered: [(u8, ChunkStatus<'_>); 8] = [
+            (1, ChunkStatus::Ok(b"abc")),
+            (2, ChunkStatus::NotFound),
+            (3, ChunkStatus::Busy),
+            (4, ChunkStatus::Ok(b"")),
+            (5, ChunkStatus::Ok(&big)),
+            (6, ChunkStatus::Ok(&big)),
+            (7, ChunkStatus::Ok(&big)),
+            (8, ChunkStatus::Busy),
+        ];
+        for (n, status) in offered {
+            let before = pieces.frame_len();
+            let pushed = match status {
+                ChunkStatus::Ok(body) => pieces.push_ok(id(n), body),
+                ChunkStatus::NotFound => pieces.push_not_found(id(n)),
+                ChunkStatus::Busy => pieces.push_busy(id(n)),
             };
-            let expected = whole.push(ChunkItem { id: id(n), status });
-            let got = match (body, busy) {
-                (Some(b), _) => pieces.push_ok(id(n), b),
-                (None, false) => pieces.push_not_found(id(n)),
-                (None, true) => pieces.push_busy(id(n)),
-            };
-            assert_eq!(got, expected, "item {n}");
-            assert_eq!(pieces.frame_len(), FRAME_HEADER_BYTES + whole.body_len());
+            match pushed {
+                Ok(()) => accepted.push(ChunkItem { id: id(n), status }),
+                Err(e) => {
+                    assert_eq!((n, e), (7, WireError::MessageTooLarge), "only the third big body is over the limit");
+                    assert_eq!(pieces.frame_len(), before, "a refused item appended something");
+                }
+            }
         }
-        let frame = whole.finish();
+        let expected = Response::Chunks { items: ChunkItems::from_slice(&accepted) }.to_frame().unwrap();
+        assert_eq!(pieces.frame_len(), expected.len());
         let pieces = pieces.finish();
         let mut joined = Vec::new();
         for (fields, body) in &pieces.pieces {
             joined.extend_from_slice(&pieces.fields[fields.clone()]);
             joined.extend_from_slice(body.unwrap_or(&[]));
         }
-        assert_eq!(joined, frame);
-        let too_many: ChunksPiecesBuilder<&[u8]> =
-            (0..limits::MAX_RANGES).fold(ChunksPiecesBuilder::new(), |mut b, _| {
-                b.push_busy(id(0)).unwrap();
-                b
-            });
-        let mut too_many = too_many;
-        assert!(matches!(too_many.push_busy(id(0)), Err(WireError::TooManyRanges { .. })));
+        assert_eq!(joined, expected);
+        // One more than the item limit: refused as the encoder refuses it.
+        let mut full = ChunksPiecesBuilder::<&[u8]>::new();
+        for _ in 0..limits::MAX_RANGES {
+            full.push_busy(id(0)).unwrap();
+        }
+        assert!(matches!(full.push_busy(id(0)), Err(WireError::TooManyRanges { .. })));
+        let busy = [ChunkItem { id: id(0), status: ChunkStatus::Busy }; limits::MAX_RANGES + 1];
+        assert!(Response::Chunks { items: ChunkItems::from_slice(&busy) }.to_frame().is_err());
     }
 
     fn id(n: u8) -> ChunkId {
@@ -1240,30 +1151,6 @@ mod tests {
         item.extend_from_slice(&[0; 32]);
         item.push(7);
         assert_eq!(ResponseView::parse(&item), Err(WireError::UnknownChunkStatus(7)));
-    }
-
-    #[test]
-    fn frame_builder_matches_encoder() {
-        let items = [
-            ChunkItem { id: id(1), status: ChunkStatus::Ok(b"abc") },
-            ChunkItem { id: id(2), status: ChunkStatus::NotFound },
-            ChunkItem { id: id(3), status: ChunkStatus::Busy },
-        ];
-        let mut builder = ChunksFrameBuilder::new();
-        for item in items {
-            builder.push(item).unwrap();
-        }
-        assert_eq!(builder.finish(), Response::Chunks { items: ChunkItems::from_slice(&items) }.to_frame().unwrap());
-        let big = vec![0u8; limits::MAX_RESPONSE_BYTES - 64];
-        let mut builder = ChunksFrameBuilder::new();
-        assert!(builder.fits(big.len()));
-        builder.push(ChunkItem { id: id(1), status: ChunkStatus::Ok(&big) }).unwrap();
-        assert!(!builder.fits(100));
-        assert_eq!(
-            builder.push(ChunkItem { id: id(2), status: ChunkStatus::Ok(&big[..100]) }),
-            Err(WireError::MessageTooLarge)
-        );
-        assert_eq!(builder.len(), 1);
     }
 
     #[test]
