@@ -2,7 +2,9 @@
 //! this one process (best of 3), because on shared 2-core machines only same-run ratios
 //! are comparable. Run through `scripts/bench-pipeline` (release build).
 //!
-//! `cargo run --release -p protocol --example pipeline_ratio [-- IMAGE_MIB]` (default 256).
+//! `cargo run --release -p protocol --example pipeline_ratio [-- IMAGE_MIB [FILTER]]` (default
+//! 256 MiB, every pipeline); FILTER keeps the pipelines whose names contain it, plus the
+//! baseline, e.g. to profile one of them.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -42,12 +44,20 @@ fn main() {
     println!("image: {mib} MiB (half incompressible, half low-entropy 4 KiB blocks), best of {RUNS}");
     println!("{:<40} {:>9} {:>12}", "pipeline", "GiB/s", "vs blake3");
     let mut baseline = None;
-    for (name, run) in pipelines::all() {
+    let filter = std::env::args().nth(2).unwrap_or_default();
+    for (index, (name, run)) in pipelines::all().into_iter().enumerate() {
+        if index > 0 && !name.contains(filter.as_str()) {
+            continue;
+        }
         let rate = gib / best_of(RUNS, &image, run).as_secs_f64();
         let base = *baseline.get_or_insert(rate);
         println!("{name:<40} {rate:>9.3} {:>11.3}x", rate / base);
     }
-    for (name, chunking) in [("FastCDC 16/64/256K", Chunking::DEFAULT_CDC), ("Fixed 64K", pipelines::FIXED_64K)] {
+    for (name, chunking) in [
+        ("FastCDC 16/64/256K", Chunking::DEFAULT_CDC),
+        ("S-box CDC 16/64/256K", Chunking::DEFAULT_SBOX_CDC),
+        ("Fixed 64K", pipelines::FIXED_64K),
+    ] {
         println!("manifest bytes per GiB, {name}: {:.0}", pipelines::manifest_bytes_per_gib(&image, chunking));
     }
 }

@@ -1,13 +1,18 @@
 //! How an image is cut into chunks.
 //!
-//! Two strategies, recorded in every manifest so a device can cut its *active* image the
-//! same way and reuse the chunks it already has:
+//! Three strategies, recorded in every manifest. A device reuses the chunks of its installed
+//! release whose ids the new manifest lists, so releases cut the same way share chunks and
+//! releases cut differently share none:
 //! - FastCDC (content-defined, 16/64/256 KiB by default) for Linux filesystem images, where an
 //!   insertion shifts bytes and fixed chunks would all change;
+//! - S-box CDC, content-defined like FastCDC but with a hash that vector units compute for
+//!   64 positions at once (`sbox_cdc`), so cutting costs a fraction of hashing;
 //! - fixed-size chunks aligned to flash sectors for MCU firmware, which needs no heap.
 
 #[cfg(feature = "std")]
 mod fast_cdc;
+#[cfg(feature = "std")]
+pub mod sbox_cdc;
 #[cfg(feature = "std")]
 pub use fast_cdc::{CutCandidates, ScanPiece};
 
@@ -21,6 +26,16 @@ pub enum Chunking {
     },
     /// FastCDC (2020 variant, normalization level 1) with these bounds.
     FastCdc {
+        /// No chunk is shorter, except the last.
+        min_bytes: u32,
+        /// The target average.
+        avg_bytes: u32,
+        /// No chunk is longer.
+        max_bytes: u32,
+    },
+    /// S-box CDC (see [`sbox_cdc`]) with these bounds: FastCDC's walk and normalization over
+    /// a 16-byte windowed hash built for vector units. Other cut points than FastCDC's.
+    SboxCdc {
         /// No chunk is shorter, except the last.
         min_bytes: u32,
         /// The target average.
@@ -45,6 +60,9 @@ pub mod limits {
     pub const MIN_CDC_AVG_BYTES: u32 = 256;
     /// FastCDC's smallest accepted maximum.
     pub const MIN_CDC_MAX_BYTES: u32 = 1024;
+    /// S-box CDC's smallest accepted average: its looser cut test then still reads more
+    /// than the four newest bytes (ten bits come from them), so cuts depend on 16.
+    pub const MIN_SBOX_CDC_AVG_BYTES: u32 = 4096;
 }
 
 /// Why chunking parameters were refused.
@@ -54,6 +72,8 @@ pub enum ChunkingError {
     FixedSizeOutOfRange,
     /// FastCDC bounds that are out of range or not ordered `min <= avg <= max`.
     CdcBoundsInvalid,
+    /// S-box CDC bounds that are out of range or not ordered `min <= avg <= max`.
+    SboxCdcBoundsInvalid,
 }
 
 impl core::fmt::Display for ChunkingError {
@@ -74,6 +94,15 @@ impl core::fmt::Display for ChunkingError {
                 limits::MIN_CDC_MAX_BYTES,
                 limits::MAX_CHUNK_BYTES
             ),
+            ChunkingError::SboxCdcBoundsInvalid => write!(
+                f,
+                "S-box CDC bounds must satisfy {}<=min<={}, avg>={}, {}<=max<={}, min<=avg<=max",
+                limits::MIN_CDC_MIN_BYTES,
+                limits::MAX_CDC_MIN_BYTES,
+                limits::MIN_SBOX_CDC_AVG_BYTES,
+                limits::MIN_CDC_MAX_BYTES,
+                limits::MAX_CHUNK_BYTES
+            ),
         }
     }
 }
@@ -82,6 +111,10 @@ impl Chunking {
     /// FastCDC with otamesh's defaults: 16 KiB / 64 KiB / 256 KiB.
     pub const DEFAULT_CDC: Chunking =
         Chunking::FastCdc { min_bytes: 16 * 1024, avg_bytes: 64 * 1024, max_bytes: 256 * 1024 };
+
+    /// S-box CDC with the same bounds as [`Chunking::DEFAULT_CDC`].
+    pub const DEFAULT_SBOX_CDC: Chunking =
+        Chunking::SboxCdc { min_bytes: 16 * 1024, avg_bytes: 64 * 1024, max_bytes: 256 * 1024 };
 
     /// Checks the parameters against [`limits`]; decoding a manifest calls this so a
     /// hostile manifest cannot make a device chunk with absurd bounds.
@@ -107,6 +140,18 @@ impl Chunking {
                     Err(ChunkingError::CdcBoundsInvalid)
                 }
             }
+            Chunking::SboxCdc { min_bytes, avg_bytes, max_bytes } => {
+                let ok = (MIN_CDC_MIN_BYTES..=MAX_CDC_MIN_BYTES).contains(&min_bytes)
+                    && avg_bytes >= MIN_SBOX_CDC_AVG_BYTES
+                    && (MIN_CDC_MAX_BYTES..=MAX_CHUNK_BYTES).contains(&max_bytes)
+                    && min_bytes <= avg_bytes
+                    && avg_bytes <= max_bytes;
+                if ok {
+                    Ok(())
+                } else {
+                    Err(ChunkingError::SboxCdcBoundsInvalid)
+                }
+            }
         }
     }
 
@@ -114,7 +159,7 @@ impl Chunking {
     pub fn max_chunk_bytes(&self) -> u32 {
         match *self {
             Chunking::Fixed { size_bytes } => size_bytes,
-            Chunking::FastCdc { max_bytes, .. } => max_bytes,
+            Chunking::FastCdc { max_bytes, .. } | Chunking::SboxCdc { max_bytes, .. } => max_bytes,
         }
     }
 }
@@ -156,14 +201,14 @@ impl Iterator for FixedSpans {
     }
 }
 
-/// Cuts an in-memory image into spans, on this thread. Used by devices to find reusable
-/// chunks in their active slot and by tests; the seeder streams with [`stream_chunks_with`].
+/// Cuts an in-memory image into spans, on this thread, for tests, benchmarks and tools; the
+/// seeder streams with [`stream_chunks_with`].
 #[cfg(feature = "std")]
 pub fn spans(data: &[u8], chunking: Chunking) -> Result<std::vec::Vec<ChunkSpan>, ChunkingError> {
     spans_with(data, chunking, 1, scan_here)
 }
 
-/// As [`spans`], with FastCDC's scan split into at most `pieces` independent pieces that
+/// As [`spans`], with the content-defined scan split into at most `pieces` independent pieces that
 /// `run` executes and returns the results of, in order: [`scan_here`] on this thread, or a
 /// host's threads (this crate starts none). The cut points do not depend on `pieces`.
 #[cfg(feature = "std")]
@@ -178,6 +223,10 @@ pub fn spans_with(
         Chunking::Fixed { size_bytes } => FixedSpans::new(data.len() as u64, size_bytes).collect(),
         Chunking::FastCdc { min_bytes, avg_bytes, max_bytes } => {
             let cdc = fast_cdc::Cdc::new(min_bytes, avg_bytes, max_bytes);
+            fast_cdc::spans(data, cdc, fast_cdc::scan_all(data, 0..data.len(), cdc, pieces, &mut run))
+        }
+        Chunking::SboxCdc { min_bytes, avg_bytes, max_bytes } => {
+            let cdc = fast_cdc::Cdc::sbox(min_bytes, avg_bytes, max_bytes);
             fast_cdc::spans(data, cdc, fast_cdc::scan_all(data, 0..data.len(), cdc, pieces, &mut run))
         }
     })
@@ -253,6 +302,10 @@ pub fn stream_chunks_with<R: std::io::Read, E: From<std::io::Error>>(
             let cdc = fast_cdc::Cdc::new(min_bytes, avg_bytes, max_bytes);
             fast_cdc::stream(reader, cdc, pieces, &mut run, &mut each)
         }
+        Chunking::SboxCdc { min_bytes, avg_bytes, max_bytes } => {
+            let cdc = fast_cdc::Cdc::sbox(min_bytes, avg_bytes, max_bytes);
+            fast_cdc::stream(reader, cdc, pieces, &mut run, &mut each)
+        }
     }
 }
 
@@ -274,6 +327,10 @@ mod tests {
         assert!(Chunking::Fixed { size_bytes: 0 }.validate().is_err());
         let inverted = Chunking::FastCdc { min_bytes: 65536, avg_bytes: 16384, max_bytes: 262144 };
         assert_eq!(inverted.validate(), Err(ChunkingError::CdcBoundsInvalid));
+        assert!(Chunking::DEFAULT_SBOX_CDC.validate().is_ok());
+        // An average whose looser test would read only the four newest bytes.
+        let tiny = Chunking::SboxCdc { min_bytes: 256, avg_bytes: 2048, max_bytes: 8192 };
+        assert_eq!(tiny.validate(), Err(ChunkingError::SboxCdcBoundsInvalid));
     }
 
     #[test]
@@ -312,7 +369,7 @@ mod tests {
             x ^= x << 17;
             *b = x as u8;
         }
-        for chunking in [Chunking::DEFAULT_CDC, Chunking::Fixed { size_bytes: 65536 }] {
+        for chunking in [Chunking::DEFAULT_CDC, Chunking::DEFAULT_SBOX_CDC, Chunking::Fixed { size_bytes: 65536 }] {
             let expected = spans(&data, chunking).unwrap();
             let mut got = std::vec::Vec::new();
             stream_chunks::<_, std::io::Error>(&data[..], chunking, |c| {

@@ -50,6 +50,8 @@ fn chunking_strategy() -> impl Strategy<Value = Chunking> {
         // Small CDC bounds so a few tens of KiB give several chunks.
         Just(Chunking::FastCdc { min_bytes: 512, avg_bytes: 2048, max_bytes: 8192 }),
         Just(Chunking::DEFAULT_CDC),
+        Just(Chunking::SboxCdc { min_bytes: 512, avg_bytes: 4096, max_bytes: 16384 }),
+        Just(Chunking::DEFAULT_SBOX_CDC),
     ]
 }
 
@@ -123,8 +125,8 @@ proptest! {
 }
 
 /// Chunk ids (of plaintext, as an unencrypted, uncompressed release would store them).
-fn cdc_ids(data: &[u8]) -> Vec<ChunkId> {
-    chunker::spans(data, Chunking::DEFAULT_CDC)
+fn cdc_ids(data: &[u8], chunking: Chunking) -> Vec<ChunkId> {
+    chunker::spans(data, chunking)
         .unwrap()
         .iter()
         .map(|s| ChunkId::of(&data[s.offset as usize..][..s.length as usize]))
@@ -159,21 +161,22 @@ proptest! {
         extra_bytes in 0usize..(1 << 20),
         position in any::<prop::sample::Index>(),
         inserted in prop::collection::vec(any::<u8>(), 1..64),
+        chunking in prop_oneof![Just(Chunking::DEFAULT_CDC), Just(Chunking::DEFAULT_SBOX_CDC)],
     ) {
         let before = pseudo_random(seed, (2 << 20) + extra_bytes, 1);
         let at = position.index(before.len() + 1);
         let mut after = before.clone();
         after.splice(at..at, inserted.iter().copied());
 
-        // Chunks that end at or before the edit cannot change: FastCDC decides each cut
-        // from the bytes before it.
-        let old_spans = chunker::spans(&before, Chunking::DEFAULT_CDC).unwrap();
-        let new_spans = chunker::spans(&after, Chunking::DEFAULT_CDC).unwrap();
+        // Chunks that end at or before the edit cannot change: both content-defined chunkers
+        // decide each cut from the bytes before it.
+        let old_spans = chunker::spans(&before, chunking).unwrap();
+        let new_spans = chunker::spans(&after, chunking).unwrap();
         let untouched = old_spans.iter().take_while(|s| s.offset + s.length as u64 <= at as u64).count();
         prop_assert_eq!(&old_spans[..untouched], &new_spans[..untouched]);
 
-        let old_ids = cdc_ids(&before);
-        let new_ids = cdc_ids(&after);
+        let old_ids = cdc_ids(&before, chunking);
+        let new_ids = cdc_ids(&after, chunking);
         let old_set: HashSet<_> = old_ids.iter().collect();
         let new_set: HashSet<_> = new_ids.iter().collect();
         let lost = old_ids.iter().filter(|id| !new_set.contains(id)).count();
@@ -270,6 +273,74 @@ proptest! {
         for (way, got) in ["in memory", "on threads", "streamed"].iter().zip(all_ways(&data, chunking, pieces, read_bytes)) {
             prop_assert_eq!(&got, &expected, "{} with {:?}, {} pieces", way, chunking, pieces);
         }
+    }
+}
+
+/// S-box CDC's cut points from its definition alone: the window hash of every position, tested
+/// one after another from each chunk's start, with the stricter mask before the average.
+fn sbox_reference(data: &[u8], min: u32, avg: u32, max: u32) -> Vec<ChunkSpan> {
+    let bits = 31 - avg.leading_zeros();
+    let (mask_s, mask_l) = ((1u32 << (bits + 1)) - 1, (1u32 << (bits - 1)) - 1);
+    let (min, avg, max) = (min as usize, avg as usize, max as usize);
+    let mut spans = Vec::new();
+    let mut start = 0;
+    while start < data.len() {
+        let remaining = data.len() - start;
+        let length = if remaining <= min {
+            remaining
+        } else {
+            let limit = remaining.min(max);
+            (min..limit)
+                .find(|&p| {
+                    let at = start + p;
+                    let window: &[u8; chunker::sbox_cdc::WINDOW] =
+                        data[at + 1 - chunker::sbox_cdc::WINDOW..=at].try_into().unwrap();
+                    let mask = if p < avg.min(limit) { mask_s } else { mask_l };
+                    chunker::sbox_cdc::window_hash(window) & mask == 0
+                })
+                .unwrap_or(limit)
+        };
+        spans.push(ChunkSpan { offset: start as u64, length: length as u32 });
+        start += length;
+    }
+    spans
+}
+
+/// S-box CDC bounds across the accepted range.
+fn sbox_bounds() -> impl Strategy<Value = (u32, u32, u32)> {
+    (64u32..=4096).prop_flat_map(|min| {
+        (min.max(4096)..=32768).prop_flat_map(move |avg| (avg.max(1024)..=65536).prop_map(move |max| (min, avg, max)))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
+
+    #[test]
+    fn sbox_cdc_cuts_where_its_definition_says(
+        data in cdc_data(),
+        (min, avg, max) in sbox_bounds(),
+        pieces in 1usize..6,
+        read_bytes in 1usize..100_000,
+    ) {
+        let chunking = Chunking::SboxCdc { min_bytes: min, avg_bytes: avg, max_bytes: max };
+        let expected = sbox_reference(&data, min, avg, max);
+        for (way, got) in ["in memory", "on threads", "streamed"].iter().zip(all_ways(&data, chunking, pieces, read_bytes)) {
+            prop_assert_eq!(&got, &expected, "{} with {:?}, {} pieces", way, chunking, pieces);
+        }
+    }
+}
+
+/// Past one stream block (8 MiB), with the default bounds: the vector scan, the walk and the
+/// carried unfinished chunk agree with the definition.
+#[test]
+fn sbox_cdc_cuts_where_its_definition_says_across_stream_blocks() {
+    let data = pseudo_random(0x5B0C, 20 << 20, 3);
+    let Chunking::SboxCdc { min_bytes, avg_bytes, max_bytes } = Chunking::DEFAULT_SBOX_CDC else { unreachable!() };
+    let expected = sbox_reference(&data, min_bytes, avg_bytes, max_bytes);
+    assert!(expected.len() > 100, "{} chunks", expected.len());
+    for got in all_ways(&data, Chunking::DEFAULT_SBOX_CDC, 3, 1 << 20) {
+        assert_eq!(got, expected);
     }
 }
 

@@ -303,7 +303,10 @@ enum ReleaseCommand {
         /// Anti-rollback counter; devices refuse releases below the one they have.
         #[arg(long, default_value_t = 0)]
         security_counter: u64,
-        /// `cdc` (FastCDC 16/64/256 KiB, for filesystem images) or `fixed:BYTES` (MCU flash sectors).
+        /// `cdc` (FastCDC 16/64/256 KiB, for filesystem images), `sbox-cdc` (the same bounds,
+        /// cut points found about 3x faster with AVX-512/GFNI; other cut points than `cdc`, so
+        /// the first release cut this way shares no chunks with earlier `cdc` releases) or
+        /// `fixed:BYTES` (MCU flash sectors).
         #[arg(long, default_value = "cdc")]
         chunking: String,
         /// `zstd` or `none`.

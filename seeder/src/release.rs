@@ -82,13 +82,14 @@ pub fn check_segment(what: &str, text: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
-/// Parses `cdc` or `fixed:BYTES` (BYTES may end in K or M, powers of 1024).
+/// Parses `cdc`, `sbox-cdc` or `fixed:BYTES` (BYTES may end in K or M, powers of 1024).
 pub fn parse_chunking(text: &str) -> Result<Chunking> {
     let chunking = match text {
         "cdc" => Chunking::DEFAULT_CDC,
+        "sbox-cdc" => Chunking::DEFAULT_SBOX_CDC,
         _ => {
             let size = text.strip_prefix("fixed:").with_context(|| {
-                format!("chunking `{text}` must be `cdc` or `fixed:BYTES` (e.g. fixed:4096, fixed:64K)")
+                format!("chunking `{text}` must be `cdc`, `sbox-cdc` or `fixed:BYTES` (e.g. fixed:4096, fixed:64K)")
             })?;
             let (digits, scale) = match size.as_bytes().last() {
                 Some(b'K' | b'k') => (&size[..size.len() - 1], 1024),

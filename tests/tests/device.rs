@@ -42,18 +42,51 @@ struct Mesh {
 
 /// An origin, one edge node, and a `mib` MiB v1 published and staged on the edge.
 fn mesh_with_v1(mib: usize) -> Mesh {
+    mesh_with_v1_published_with(mib, &[])
+}
+
+/// As [`mesh_with_v1`], with extra `seeder release add` flags for v1.
+fn mesh_with_v1_published_with(mib: usize, extra: &[&str]) -> Mesh {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let origin = Origin::start(&root);
     let edge = Edge::start("edge", &root.join("edge"), "site-a", &[origin.addr.as_str()]);
     let (v1, v2) = images(&root, mib);
-    origin.publish(&v1, "1.0.0");
+    origin.publish_with(&v1, "1.0.0", extra);
     wait_for_release(&edge, "1.0.0");
     Mesh { _dir: dir, root, origin, edge, v1, v2 }
 }
 
 fn quic(edge: &Edge) -> String {
     format!("quic://{}", edge.device_quic)
+}
+
+/// Releases cut with S-box CDC install and delta like FastCDC ones: the device finds the
+/// unchanged chunks of its installed release in the new manifest and copies them from its
+/// active slot. (Switching a repository from FastCDC costs one full download: chunk ids
+/// match only between releases cut the same way.)
+#[test]
+fn devices_reuse_chunks_between_releases_cut_with_sbox_cdc() {
+    let sbox = ["--chunking", "sbox-cdc"];
+    let mesh = mesh_with_v1_published_with(32, &sbox);
+    let device = Device::new(&mesh.root.join("dev"), &mesh.origin.repo, &[quic(&mesh.edge)], None);
+    let run = device.check(CHECK_TIMEOUT);
+    assert!(run.success, "v1 install failed:\n{}", run.output);
+    assert!(device.slot("b") == std::fs::read(&mesh.v1).unwrap(), "slot b is not v1");
+
+    mesh.origin.publish_with(&mesh.v2, "2.0.0", &sbox);
+    wait_for_release(&mesh.edge, "2.0.0");
+    let v2 = std::fs::read(&mesh.v2).unwrap();
+    let run = device.check(CHECK_TIMEOUT);
+    assert!(run.success, "v2 install failed:\n{}", run.output);
+    let status = device.status();
+    assert_eq!((status["state"].as_str(), status["version"].as_str()), (Some("committed"), Some("2.0.0")));
+    assert!(device.slot("a") == v2, "slot a is not v2");
+    let fetched = status["progress"]["bytes_fetched"].as_u64().unwrap();
+    let reused = status["progress"]["bytes_reused"].as_u64().unwrap();
+    eprintln!("v1 -> v2, S-box CDC: fetched {fetched} bytes, reused {reused} of {} bytes", v2.len());
+    assert!(fetched * 10 <= v2.len() as u64, "fetched {fetched} bytes: more than 10% of the image");
+    assert!(reused * 10 >= v2.len() as u64 * 8, "reused only {reused} bytes");
 }
 
 #[test]

@@ -115,6 +115,23 @@ fn piece<'a>(image: &'a [u8], span: &ChunkSpan) -> &'a [u8] {
     &image[span.offset as usize..][..span.length as usize]
 }
 
+/// S-box CDC cut points alone, on this thread.
+pub fn sbox_cut_points(image: &[u8]) -> u64 {
+    spans(image, Chunking::DEFAULT_SBOX_CDC).iter().fold(0, |acc, s| acc.rotate_left(5) ^ s.offset)
+}
+
+/// Chunk as `seeder release add` reads a file: 8 MiB blocks copied into the chunker's buffer,
+/// each scanned while it is still in cache, then `ChunkId` per chunk as it is cut.
+pub fn stream_and_hash(image: &[u8], chunking: Chunking) -> u64 {
+    let mut acc = 0;
+    chunker::stream_chunks::<_, std::io::Error>(image, chunking, |chunk| {
+        acc = fold(acc, &ChunkId::of(&chunk.data));
+        Ok(())
+    })
+    .expect("in-memory reads do not fail");
+    acc
+}
+
 /// Chunk, then `ChunkId` per chunk: the cost of content addressing alone.
 pub fn chunk_and_hash(image: &[u8], chunking: Chunking) -> u64 {
     spans(image, chunking).iter().fold(0, |acc, s| fold(acc, &ChunkId::of(piece(image, s))))
@@ -171,6 +188,11 @@ pub fn all() -> Vec<Pipeline> {
         ("fastcdc crate + ChunkId (1 core)", chunk_and_hash_crate),
         ("FastCDC 16/64/256K + ChunkId (1 core)", |d| chunk_and_hash(d, Chunking::DEFAULT_CDC)),
         ("FastCDC + ChunkId (all cores)", |d| chunk_and_hash_all_cores(d, Chunking::DEFAULT_CDC)),
+        ("S-box CDC cut points (1 core)", sbox_cut_points),
+        ("S-box CDC 16/64/256K + ChunkId (1 core)", |d| chunk_and_hash(d, Chunking::DEFAULT_SBOX_CDC)),
+        ("S-box CDC streamed + ChunkId (1 core)", |d| stream_and_hash(d, Chunking::DEFAULT_SBOX_CDC)),
+        ("FastCDC streamed + ChunkId (1 core)", |d| stream_and_hash(d, Chunking::DEFAULT_CDC)),
+        ("S-box CDC + ChunkId (all cores)", |d| chunk_and_hash_all_cores(d, Chunking::DEFAULT_SBOX_CDC)),
         ("Fixed 64K + ChunkId", |d| chunk_and_hash(d, FIXED_64K)),
         ("FastCDC + zstd 3 + ChunkId", |d| chunk_and_seal(d, Chunking::DEFAULT_CDC, Some(3), None)),
         ("FastCDC + encrypt + ChunkId", |d| chunk_and_seal(d, Chunking::DEFAULT_CDC, None, Some(&BENCH_KEY))),

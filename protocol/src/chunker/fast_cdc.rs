@@ -5,9 +5,12 @@
 //! chain (shift, add, test), about 1.8 GiB/s here, which made chunking three quarters of the
 //! publishing pipeline's time (`scripts/bench-pipeline`).
 //!
-//! Why the same cut points: every manifest records `fastcdc` chunking, and a device cuts its
-//! active slot the same way to find chunks it already has. Other cut points would cost a
-//! re-chunk of every repository and every delta against releases already out.
+//! Why the same cut points: every FastCDC manifest was cut with them, and a device reuses
+//! only chunks whose ids its installed release shares with the new one. Other cut points
+//! would make the next release of every repository a full download for every device.
+//!
+//! The scan, walk and streaming here also serve S-box CDC (`sbox_cdc.rs`, [`Hash::Sbox`]),
+//! which swaps the hash and drops the crate's quirks.
 //!
 //! How: the gear hash is `h = (h << 1) + GEAR[byte]` in 64 bits, and a cut test looks only
 //! at mask bits below bit [`Cdc::window`] (48 for every mask the crate has). Whether a
@@ -54,9 +57,21 @@ fn roll(hash: u64, byte: u8, gear: &[u64; 256]) -> u64 {
     (hash << 1).wrapping_add(gear[byte as usize])
 }
 
-/// FastCDC parameters with normalization level 1, as `fastcdc::v2020::FastCDC::new` uses.
+/// Which hash decides the cut tests. The scan, walk and streaming below serve both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hash {
+    /// The `fastcdc` crate's 2020 gear hash and its quirks (even positions, a hash that
+    /// restarts at each minimum).
+    FastCdc2020,
+    /// `sbox_cdc`'s windowed hash: every position, no restarts.
+    Sbox,
+}
+
+/// Content-defined chunking parameters with normalization level 1, as
+/// `fastcdc::v2020::FastCDC::new` uses.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Cdc {
+    hash: Hash,
     min: usize,
     avg: usize,
     max: usize,
@@ -71,6 +86,7 @@ impl Cdc {
     pub(super) fn new(min_bytes: u32, avg_bytes: u32, max_bytes: u32) -> Self {
         let bits = fastcdc::v2020::logarithm2(avg_bytes) as usize;
         Cdc {
+            hash: Hash::FastCdc2020,
             min: min_bytes as usize,
             avg: avg_bytes as usize,
             max: max_bytes as usize,
@@ -79,10 +95,26 @@ impl Cdc {
         }
     }
 
-    /// How many bytes ending at a position decide its cut test: one past the highest mask
-    /// bit, since a byte `k` positions back only reaches bits `k` and up.
+    /// S-box CDC with these bounds (see `sbox_cdc`); they passed `Chunking::validate`.
+    pub(super) fn sbox(min_bytes: u32, avg_bytes: u32, max_bytes: u32) -> Self {
+        let (mask_s, mask_l) = super::sbox_cdc::masks(avg_bytes);
+        Cdc {
+            hash: Hash::Sbox,
+            min: min_bytes as usize,
+            avg: avg_bytes as usize,
+            max: max_bytes as usize,
+            mask_s,
+            mask_l,
+        }
+    }
+
+    /// How many bytes ending at a position decide its cut test. For the gear hash: one past
+    /// the highest mask bit, since a byte `k` positions back only reaches bits `k` and up.
     pub(super) fn window(&self) -> usize {
-        64 - (self.mask_s | self.mask_l).leading_zeros() as usize
+        match self.hash {
+            Hash::FastCdc2020 => 64 - (self.mask_s | self.mask_l).leading_zeros() as usize,
+            Hash::Sbox => super::sbox_cdc::WINDOW,
+        }
     }
 
     /// Positions whose hash clears these bits are candidates for either mask.
@@ -163,6 +195,10 @@ const LANES: usize = 4;
 
 /// Appends, in order, the candidates among `positions` of `data`.
 fn scan(data: &[u8], positions: Range<usize>, cdc: &Cdc, out: &mut Vec<Candidate>) {
+    if cdc.hash == Hash::Sbox {
+        super::sbox_cdc::scan(data, positions, cdc.shared_mask(), &mut |at, hash| out.push(Candidate { at, hash }));
+        return;
+    }
     let gear = gear();
     let mask = cdc.shared_mask();
     let lead = cdc.window() - 1;
@@ -291,7 +327,7 @@ impl Walk {
     /// been scanned. The crate's `cut`, position for position: a cut at position `p` ends
     /// the chunk before byte `p`.
     pub(super) fn cut(&mut self, data: &[u8], start: usize) -> usize {
-        let Cdc { min, avg, max, mask_s, mask_l } = self.cdc;
+        let Cdc { hash: kind, min, avg, max, mask_s, mask_l } = self.cdc;
         let remaining = data.len() - start;
         if remaining <= min {
             return remaining;
@@ -299,14 +335,21 @@ impl Walk {
         let limit = remaining.min(max);
         let center = avg.min(limit);
         // The crate tests positions in pairs from min/2*2: `mask_s` up to the center, then
-        // `mask_l` up to the limit, each rounded down to even.
-        let (first, small_end, end) = (min & !1, center & !1, limit & !1);
+        // `mask_l` up to the limit, each rounded down to even. S-box CDC tests every position.
+        let (first, small_end, end) = match kind {
+            Hash::FastCdc2020 => (min & !1, center & !1, limit & !1),
+            Hash::Sbox => (min, center, limit),
+        };
         let mask_at = |p: usize| if p < small_end { mask_s } else { mask_l };
 
-        // The hash restarts at `first`; until `window - 1` bytes have gone in it differs from
-        // the windowed hash the scan computed, so these positions are hashed here.
+        // The crate's hash restarts at `first`; until `window - 1` bytes have gone in it
+        // differs from the windowed hash the scan computed, so these positions are hashed
+        // here. S-box CDC's hash never restarts: the scan's values hold everywhere.
         let gear = gear();
-        let exact_end = (first + self.cdc.window() - 1).min(end);
+        let exact_end = match kind {
+            Hash::FastCdc2020 => (first + self.cdc.window() - 1).min(end),
+            Hash::Sbox => first,
+        };
         let mut hash = 0u64;
         for p in first..exact_end {
             hash = roll(hash, data[start + p], gear);

@@ -13,7 +13,7 @@
 //! name_len u8 | name | version_len u8 | version | hw_class_len u8 | hw_class   (UTF-8)
 //! security_counter u64 | image_len u64 | image_blake3 [32] | image_sha256 [32]
 //! content_key_id [16] (zero unless encrypted)
-//! chunking kind u8 (0 fixed, 1 FastCDC) | a u32 | b u32 | c u32   (fixed: size,0,0)
+//! chunking kind u8 (0 fixed, 1 FastCDC, 2 S-box CDC) | a u32 | b u32 | c u32   (fixed: size,0,0)
 //! chunk_count u32
 //! chunk_count × { offset u64 | length u32 | codec u8 | stored_length u32 | chunk_id [32] }
 //! ```

@@ -82,6 +82,7 @@ impl ReleaseManifest {
         let (kind, a, b, c) = match self.chunking {
             Chunking::Fixed { size_bytes } => (0u8, size_bytes, 0, 0),
             Chunking::FastCdc { min_bytes, avg_bytes, max_bytes } => (1u8, min_bytes, avg_bytes, max_bytes),
+            Chunking::SboxCdc { min_bytes, avg_bytes, max_bytes } => (2u8, min_bytes, avg_bytes, max_bytes),
         };
         out.push(kind);
         for v in [a, b, c] {

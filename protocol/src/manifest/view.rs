@@ -127,6 +127,7 @@ impl<'a> ManifestView<'a> {
             0 if b == 0 && c == 0 => Chunking::Fixed { size_bytes: a },
             0 => return Err(ManifestError::Chunking(crate::chunker::ChunkingError::FixedSizeOutOfRange)),
             1 => Chunking::FastCdc { min_bytes: a, avg_bytes: b, max_bytes: c },
+            2 => Chunking::SboxCdc { min_bytes: a, avg_bytes: b, max_bytes: c },
             other => return Err(ManifestError::UnknownChunkingKind(other)),
         };
         chunking.validate().map_err(ManifestError::Chunking)?;
@@ -153,7 +154,7 @@ impl<'a> ManifestView<'a> {
             let length_ok = length > 0
                 && match chunking {
                     Chunking::Fixed { size_bytes } => length == size_bytes || (is_last && length < size_bytes),
-                    Chunking::FastCdc { min_bytes, max_bytes, .. } => {
+                    Chunking::FastCdc { min_bytes, max_bytes, .. } | Chunking::SboxCdc { min_bytes, max_bytes, .. } => {
                         length <= max_bytes && (length >= min_bytes || is_last)
                     }
                 };

@@ -143,7 +143,8 @@ mod hex32 {
 }
 
 /// [`Chunking`] as `{"kind": "fixed", "size_bytes": N}` or
-/// `{"kind": "fastcdc", "min_bytes": .., "avg_bytes": .., "max_bytes": ..}`.
+/// `{"kind": "fastcdc", "min_bytes": .., "avg_bytes": .., "max_bytes": ..}` or the same with
+/// `"kind": "sboxcdc"`.
 mod chunking {
     use super::*;
 
@@ -152,12 +153,14 @@ mod chunking {
     enum Repr {
         Fixed { size_bytes: u32 },
         FastCdc { min_bytes: u32, avg_bytes: u32, max_bytes: u32 },
+        SboxCdc { min_bytes: u32, avg_bytes: u32, max_bytes: u32 },
     }
 
     pub fn serialize<S: Serializer>(chunking: &Chunking, s: S) -> Result<S::Ok, S::Error> {
         match *chunking {
             Chunking::Fixed { size_bytes } => Repr::Fixed { size_bytes },
             Chunking::FastCdc { min_bytes, avg_bytes, max_bytes } => Repr::FastCdc { min_bytes, avg_bytes, max_bytes },
+            Chunking::SboxCdc { min_bytes, avg_bytes, max_bytes } => Repr::SboxCdc { min_bytes, avg_bytes, max_bytes },
         }
         .serialize(s)
     }
@@ -166,6 +169,7 @@ mod chunking {
         Ok(match Repr::deserialize(d)? {
             Repr::Fixed { size_bytes } => Chunking::Fixed { size_bytes },
             Repr::FastCdc { min_bytes, avg_bytes, max_bytes } => Chunking::FastCdc { min_bytes, avg_bytes, max_bytes },
+            Repr::SboxCdc { min_bytes, avg_bytes, max_bytes } => Chunking::SboxCdc { min_bytes, avg_bytes, max_bytes },
         })
     }
 }
@@ -206,6 +210,12 @@ mod tests {
         let fixed = ReleaseTarget { chunking: Chunking::Fixed { size_bytes: 4096 }, ..sample() };
         assert_eq!(fixed.to_custom()["otamesh"]["chunking"], json!({"kind": "fixed", "size_bytes": 4096}));
         assert_eq!(ReleaseTarget::from_custom(Some(&fixed.to_custom())), Ok(fixed));
+        let sbox = ReleaseTarget { chunking: Chunking::DEFAULT_SBOX_CDC, ..sample() };
+        assert_eq!(
+            sbox.to_custom()["otamesh"]["chunking"],
+            json!({"kind": "sboxcdc", "min_bytes": 16384, "avg_bytes": 65536, "max_bytes": 262144})
+        );
+        assert_eq!(ReleaseTarget::from_custom(Some(&sbox.to_custom())), Ok(sbox));
     }
 
     #[test]
