@@ -132,9 +132,14 @@ pub fn stream_and_hash(image: &[u8], chunking: Chunking) -> u64 {
     acc
 }
 
+/// `ChunkId` per span, the cut points already known.
+pub fn hash_spans(image: &[u8], spans: &[ChunkSpan]) -> u64 {
+    spans.iter().fold(0, |acc, s| fold(acc, &ChunkId::of(piece(image, s))))
+}
+
 /// Chunk, then `ChunkId` per chunk: the cost of content addressing alone.
 pub fn chunk_and_hash(image: &[u8], chunking: Chunking) -> u64 {
-    spans(image, chunking).iter().fold(0, |acc, s| fold(acc, &ChunkId::of(piece(image, s))))
+    hash_spans(image, &spans(image, chunking))
 }
 
 /// Chunk, then seal each chunk (optional zstd, optional encryption) and hash the stored bytes:
