@@ -129,24 +129,14 @@ impl Chunking {
                 }
             }
             Chunking::FastCdc { min_bytes, avg_bytes, max_bytes } => {
-                let ok = (MIN_CDC_MIN_BYTES..=MAX_CDC_MIN_BYTES).contains(&min_bytes)
-                    && avg_bytes >= MIN_CDC_AVG_BYTES
-                    && (MIN_CDC_MAX_BYTES..=MAX_CHUNK_BYTES).contains(&max_bytes)
-                    && min_bytes <= avg_bytes
-                    && avg_bytes <= max_bytes;
-                if ok {
+                if cdc_bounds_ok(min_bytes, avg_bytes, max_bytes, MIN_CDC_AVG_BYTES) {
                     Ok(())
                 } else {
                     Err(ChunkingError::CdcBoundsInvalid)
                 }
             }
             Chunking::SboxCdc { min_bytes, avg_bytes, max_bytes } => {
-                let ok = (MIN_CDC_MIN_BYTES..=MAX_CDC_MIN_BYTES).contains(&min_bytes)
-                    && avg_bytes >= MIN_SBOX_CDC_AVG_BYTES
-                    && (MIN_CDC_MAX_BYTES..=MAX_CHUNK_BYTES).contains(&max_bytes)
-                    && min_bytes <= avg_bytes
-                    && avg_bytes <= max_bytes;
-                if ok {
+                if cdc_bounds_ok(min_bytes, avg_bytes, max_bytes, MIN_SBOX_CDC_AVG_BYTES) {
                     Ok(())
                 } else {
                     Err(ChunkingError::SboxCdcBoundsInvalid)
@@ -162,6 +152,17 @@ impl Chunking {
             Chunking::FastCdc { max_bytes, .. } | Chunking::SboxCdc { max_bytes, .. } => max_bytes,
         }
     }
+}
+
+/// Content-defined bounds in range and ordered `min <= avg <= max`; the smallest average
+/// differs between the two content-defined chunkings.
+fn cdc_bounds_ok(min_bytes: u32, avg_bytes: u32, max_bytes: u32, min_avg_bytes: u32) -> bool {
+    use limits::*;
+    (MIN_CDC_MIN_BYTES..=MAX_CDC_MIN_BYTES).contains(&min_bytes)
+        && avg_bytes >= min_avg_bytes
+        && (MIN_CDC_MAX_BYTES..=MAX_CHUNK_BYTES).contains(&max_bytes)
+        && min_bytes <= avg_bytes
+        && avg_bytes <= max_bytes
 }
 
 /// A chunk's place in the image.
@@ -333,17 +334,21 @@ mod tests {
         assert_eq!(tiny.validate(), Err(ChunkingError::SboxCdcBoundsInvalid));
     }
 
-    #[test]
-    fn a_runner_that_loses_or_reorders_scan_pieces_changes_no_cut_point() {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let data: std::vec::Vec<u8> = (0..(1u32 << 20))
+    /// Pseudo-random bytes (xorshift64), for the chunkers' tests.
+    pub(super) fn xorshift_bytes(len: usize, mut x: u64) -> std::vec::Vec<u8> {
+        (0..len)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 x as u8
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn a_runner_that_loses_or_reorders_scan_pieces_changes_no_cut_point() {
+        let data = xorshift_bytes(1 << 20, 0x9E37_79B9_7F4A_7C15);
         let expected = spans(&data, Chunking::DEFAULT_CDC).unwrap();
         assert!(expected.len() > 8, "{} chunks", expected.len());
         let lost = spans_with(&data, Chunking::DEFAULT_CDC, 4, |mut pieces| {
@@ -361,14 +366,7 @@ mod tests {
 
     #[test]
     fn streaming_matches_in_memory() {
-        let mut data = std::vec![0u8; 3 << 20];
-        let mut x = 0x2545F4914F6CDD1Du64;
-        for b in data.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
+        let data = xorshift_bytes(3 << 20, 0x2545F4914F6CDD1D);
         for chunking in [Chunking::DEFAULT_CDC, Chunking::DEFAULT_SBOX_CDC, Chunking::Fixed { size_bytes: 65536 }] {
             let expected = spans(&data, chunking).unwrap();
             let mut got = std::vec::Vec::new();

@@ -225,17 +225,7 @@ fn scan_portable(data: &[u8], positions: Range<usize>, mask: u64) -> Vec<(usize,
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn xorshift(len: usize, mut x: u64) -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::chunker::tests::xorshift_bytes as xorshift;
 
     #[test]
     fn the_sboxes_are_permutations_and_match_the_field() {
