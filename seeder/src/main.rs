@@ -303,11 +303,12 @@ enum ReleaseCommand {
         /// Anti-rollback counter; devices refuse releases below the one they have.
         #[arg(long, default_value_t = 0)]
         security_counter: u64,
-        /// `cdc` (FastCDC 16/64/256 KiB, for filesystem images), `sbox-cdc` (the same bounds,
-        /// cut points found about 3x faster with AVX-512/GFNI; other cut points than `cdc`, so
-        /// the first release cut this way shares no chunks with earlier `cdc` releases) or
-        /// `fixed:BYTES` (MCU flash sectors).
-        #[arg(long, default_value = "cdc")]
+        /// `auto`: the chunking this name's releases already use (devices reuse only chunks of
+        /// releases cut the same way), `cdc` for a name's first release. Or `cdc` (FastCDC
+        /// 16/64/256 KiB, for filesystem images), `sbox-cdc` (the same bounds, cut points found
+        /// about 2x faster with AVX-512/GFNI; its first release after `cdc` ones shares no
+        /// chunks with them, a full download once) or `fixed:BYTES` (MCU flash sectors).
+        #[arg(long, default_value = "auto")]
         chunking: String,
         /// `zstd` or `none`.
         #[arg(long, default_value = "zstd")]
@@ -522,8 +523,8 @@ fn run(cli: &Cli) -> Result<i32> {
             print(cli.json, &r, || {
                 if r.published {
                     format!(
-                        "published {name} {version} as {}: {} chunks ({} new), {} image bytes, {} stored ({} new), manifest {} bytes",
-                        r.target, r.chunks, r.new_chunks, r.image_bytes, r.stored_bytes, r.new_stored_bytes, r.manifest_bytes
+                        "published {name} {version} as {}: {} chunks ({} new, {}), {} image bytes, {} stored ({} new), manifest {} bytes",
+                        r.target, r.chunks, r.new_chunks, r.chunking, r.image_bytes, r.stored_bytes, r.new_stored_bytes, r.manifest_bytes
                     )
                 } else {
                     format!("{name} {version} is already published with this content; nothing to do")

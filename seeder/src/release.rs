@@ -34,8 +34,9 @@ pub struct AddRequest<'a> {
     pub hw_class: &'a str,
     /// Anti-rollback counter.
     pub security_counter: u64,
-    /// Chunking.
-    pub chunking: Chunking,
+    /// Chunking, or `None` for the chunking this name's releases already use (see
+    /// [`parse_chunking`]).
+    pub chunking: Option<Chunking>,
     /// zstd level, or none.
     pub zstd_level: Option<i32>,
     /// Encrypt with the repository's content key.
@@ -63,6 +64,8 @@ pub struct AddReport {
     pub new_stored_bytes: u64,
     /// Manifest length.
     pub manifest_bytes: usize,
+    /// How the image was cut, as `--chunking` spells it.
+    pub chunking: String,
 }
 
 /// The TUF target path of a release's manifest.
@@ -82,14 +85,18 @@ pub fn check_segment(what: &str, text: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
-/// Parses `cdc`, `sbox-cdc` or `fixed:BYTES` (BYTES may end in K or M, powers of 1024).
-pub fn parse_chunking(text: &str) -> Result<Chunking> {
+/// Parses `auto` (`None`), `cdc`, `sbox-cdc` or `fixed:BYTES` (BYTES may end in K or M, powers
+/// of 1024).
+pub fn parse_chunking(text: &str) -> Result<Option<Chunking>> {
     let chunking = match text {
+        "auto" => return Ok(None),
         "cdc" => Chunking::DEFAULT_CDC,
         "sbox-cdc" => Chunking::DEFAULT_SBOX_CDC,
         _ => {
             let size = text.strip_prefix("fixed:").with_context(|| {
-                format!("chunking `{text}` must be `cdc`, `sbox-cdc` or `fixed:BYTES` (e.g. fixed:4096, fixed:64K)")
+                format!(
+                    "chunking `{text}` must be `auto`, `cdc`, `sbox-cdc` or `fixed:BYTES` (e.g. fixed:4096, fixed:64K)"
+                )
             })?;
             let (digits, scale) = match size.as_bytes().last() {
                 Some(b'K' | b'k') => (&size[..size.len() - 1], 1024),
@@ -101,7 +108,49 @@ pub fn parse_chunking(text: &str) -> Result<Chunking> {
         }
     };
     chunking.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(chunking)
+    Ok(Some(chunking))
+}
+
+/// `chunking` as `--chunking` spells it, or its parameters when no spelling gives them.
+pub fn chunking_name(chunking: &Chunking) -> String {
+    match *chunking {
+        c if c == Chunking::DEFAULT_CDC => "cdc".into(),
+        c if c == Chunking::DEFAULT_SBOX_CDC => "sbox-cdc".into(),
+        Chunking::Fixed { size_bytes } => format!("fixed:{size_bytes}"),
+        Chunking::FastCdc { min_bytes, avg_bytes, max_bytes } => format!("FastCDC {min_bytes}/{avg_bytes}/{max_bytes}"),
+        Chunking::SboxCdc { min_bytes, avg_bytes, max_bytes } => {
+            format!("S-box CDC {min_bytes}/{avg_bytes}/{max_bytes}")
+        }
+    }
+}
+
+/// The chunking for a release of `name` when none was asked for: the one this name's
+/// published releases use, because a device reuses only chunks whose ids its installed
+/// release shares with the new one, and releases cut differently share none (a full
+/// download for every site and device). FastCDC for a name's first release. Releases that
+/// disagree leave the choice to the publisher.
+fn chunking_of_name(targets: &serde_json::Map<String, Value>, name: &str) -> Result<Chunking> {
+    let prefix = format!("releases/{name}/");
+    let mut used: Vec<Chunking> = Vec::new();
+    for (path, entry) in targets {
+        if !(path.starts_with(&prefix) && path.ends_with(".manifest")) {
+            continue;
+        }
+        let release = ReleaseTarget::from_custom(entry.get("custom"))
+            .map_err(|e| anyhow::anyhow!("published target {path} has unreadable release details: {e}"))?;
+        if !used.contains(&release.chunking) {
+            used.push(release.chunking);
+        }
+    }
+    match used.as_slice() {
+        [] => Ok(Chunking::DEFAULT_CDC),
+        [one] => Ok(*one),
+        several => bail!(
+            "releases of {name} are cut in {} ways ({}); choose one with --chunking",
+            several.len(),
+            several.iter().map(chunking_name).collect::<Vec<_>>().join(", ")
+        ),
+    }
 }
 
 /// Chunks, seals and stores the image, then publishes its manifest as a TUF target.
@@ -117,6 +166,10 @@ pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
         repo.signers(&current, role)?;
     }
     let key = if req.encrypt { Some(keys::load_content_key(&keys::content_key_path(&repo.keys_dir()))?) } else { None };
+    let chunking = match req.chunking {
+        Some(chunking) => chunking,
+        None => chunking_of_name(current.targets["targets"].as_object().unwrap_or(&serde_json::Map::new()), req.name)?,
+    };
 
     let file = File::open(req.image).with_context(|| format!("cannot open image {}", req.image.display()))?;
     let image_len = file.metadata()?.len();
@@ -126,7 +179,7 @@ pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
     let mut blake3 = blake3::Hasher::new();
     let mut sha256 = sha2::Sha256::new();
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
-    let sealed = seal_in_parallel(repo, workers, req, key.as_ref(), &bar, file, |data| {
+    let sealed = seal_in_parallel(repo, workers, req, chunking, key.as_ref(), &bar, file, |data| {
         blake3.update(data);
         sha256.update(data);
     })?;
@@ -142,7 +195,7 @@ pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
         image_blake3: *blake3.finalize().as_bytes(),
         image_sha256: sha256.finalize().into(),
         content_key_id: key.as_ref().map(ContentKey::id),
-        chunking: req.chunking,
+        chunking,
         chunks: entries,
     };
     let manifest_bytes = manifest.encode().map_err(|e| anyhow::anyhow!("cannot build the manifest: {e}"))?;
@@ -156,6 +209,7 @@ pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
         stored_bytes: manifest.stored_bytes(),
         new_stored_bytes,
         manifest_bytes: manifest_bytes.len(),
+        chunking: chunking_name(&chunking),
     };
 
     let mut targets_map = current.targets["targets"].as_object().cloned().unwrap_or_default();
@@ -221,6 +275,7 @@ fn seal_in_parallel(
     repo: &Repo,
     workers: usize,
     req: &AddRequest<'_>,
+    chunking: Chunking,
     key: Option<&ContentKey>,
     bar: &indicatif::ProgressBar,
     image: File,
@@ -287,7 +342,7 @@ fn seal_in_parallel(
         let mut flushed_at = 0u64;
         let streamed = chunker::stream_chunks_with::<_, anyhow::Error>(
             BufReader::with_capacity(1 << 20, image),
-            req.chunking,
+            chunking,
             workers,
             scan_on_threads,
             |chunk| {

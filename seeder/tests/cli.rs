@@ -132,6 +132,57 @@ fn a_second_release_reuses_unchanged_chunks() {
     assert_eq!(inspect["releases"].as_array().unwrap().len(), 2);
 }
 
+/// Without `--chunking`, a release is cut the way its name's releases already are: a device
+/// reuses only chunks of releases cut the same way, so a forgotten flag must not turn the
+/// next release into a full download (or an MCU's fixed chunks into CDC).
+#[test]
+fn release_add_keeps_the_chunking_its_name_already_uses() {
+    let f = Fixture::new();
+    let mut data = random_bytes(4 << 20, 5);
+    let first = f.add(&f.image("v1.img", &data), "1", &["--chunking", "sbox-cdc"]);
+    assert_eq!(first["chunking"], "sbox-cdc");
+    data[2 << 20..(2 << 20) + 4096].copy_from_slice(&random_bytes(4096, 6));
+    let second = f.add(&f.image("v2.img", &data), "2", &[]);
+    assert_eq!(second["chunking"], "sbox-cdc", "{second}");
+    let (chunks, new) = (second["chunks"].as_u64().unwrap(), second["new_chunks"].as_u64().unwrap());
+    assert!((1..=3).contains(&new), "{new} of {chunks} chunks were new");
+    assert_eq!(f.extract("2"), data);
+
+    let add_other = |name: &str, version: &str, extra: &[&str]| {
+        let image = f.image(&format!("{name}-{version}.bin"), &random_bytes(64 << 10, 7));
+        let mut args = vec!["release", "add", "--repo", f.repo(), "--image", &image, "--name", name];
+        args.extend_from_slice(&["--version", version, "--hw-class", "nrf52", "--compress", "none"]);
+        args.extend_from_slice(extra);
+        json(&args)
+    };
+    assert_eq!(add_other("sensor", "1", &["--chunking", "fixed:4K"])["chunking"], "fixed:4096");
+    assert_eq!(add_other("sensor", "2", &[])["chunking"], "fixed:4096");
+    assert_eq!(add_other("fresh", "1", &[])["chunking"], "cdc", "a name's first release");
+
+    // Releases cut two ways: the publisher says which.
+    f.add(&f.image("v3.img", &data), "3", &["--chunking", "cdc"]);
+    let image = f.image("v4.img", &random_bytes(1 << 20, 8));
+    let out = seeder(&[
+        "release",
+        "add",
+        "--repo",
+        f.repo(),
+        "--image",
+        &image,
+        "--name",
+        "gw",
+        "--version",
+        "4",
+        "--hw-class",
+        "imx8",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("releases of gw are cut in 2 ways") && stderr.contains("--chunking"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(f.verify().0);
+}
+
 #[test]
 fn fixed_chunks_without_compression_or_encryption_round_trip() {
     let f = Fixture::new();
