@@ -306,8 +306,9 @@ enum ReleaseCommand {
         /// `auto`: the chunking this name's releases already use (devices reuse only chunks of
         /// releases cut the same way), `cdc` for a name's first release. Or `cdc` (FastCDC
         /// 16/64/256 KiB, for filesystem images), `sbox-cdc` (the same bounds, cut points found
-        /// about 2x faster with AVX-512/GFNI; its first release after `cdc` ones shares no
-        /// chunks with them, a full download once) or `fixed:BYTES` (MCU flash sectors).
+        /// about 2x faster on CPUs with AVX-512 and GFNI, 3x slower on others; its first
+        /// release after `cdc` ones shares no chunks with them, a full download once) or
+        /// `fixed:BYTES` (MCU flash sectors).
         #[arg(long, default_value = "auto")]
         chunking: String,
         /// `zstd` or `none`.
