@@ -260,8 +260,8 @@ pub fn stream_chunks<R: std::io::Read, E: From<std::io::Error>>(
 }
 
 /// Streams `reader` through the chunker, calling `each` per chunk, holding at most one
-/// maximum-size chunk plus one 8 MiB read block in memory; FastCDC's scan of each block
-/// runs in `pieces` pieces through `run`, as in [`spans_with`]. This is what lets `seeder
+/// maximum-size chunk plus one 8 MiB read block in memory; the content-defined scan of each
+/// block runs in `pieces` pieces through `run`, as in [`spans_with`]. This is what lets `seeder
 /// release add` take a multi-GiB image in bounded memory.
 #[cfg(feature = "std")]
 pub fn stream_chunks_with<R: std::io::Read, E: From<std::io::Error>>(

@@ -41,9 +41,6 @@ pub struct Prefilter {
     pub mask_q: u8,
 }
 
-/// Positions per vector step.
-const LANES: usize = 64;
-
 /// Calls `hit(i)`, in increasing order, for every passing position `i` in `positions`,
 /// working in whole steps of 64 positions from `positions.start`, and returns the first
 /// position it did not look at; the caller checks the rest. `None`, having called nothing,
@@ -75,8 +72,11 @@ pub fn prefilter(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Prefilter, Range, LANES};
+    use super::{Prefilter, Range};
     use core::arch::x86_64::*;
+
+    /// Positions per vector step.
+    const LANES: usize = 64;
 
     /// See [`super::prefilter`]. Every load reads `data[i - k .. i - k + 64]` for `k` in
     /// `0..16` and a step at `i` runs only while `i + 64 <= positions.end <= data.len()`,

@@ -303,11 +303,12 @@ enum ReleaseCommand {
         /// Anti-rollback counter; devices refuse releases below the one they have.
         #[arg(long, default_value_t = 0)]
         security_counter: u64,
-        /// `auto`: the chunking this name's releases already use (devices reuse only chunks of
-        /// releases cut the same way), `cdc` for a name's first release. Or `cdc` (FastCDC
-        /// 16/64/256 KiB, for filesystem images), `sbox-cdc` (the same bounds, cut points found
-        /// about 2x faster on CPUs with AVX-512 and GFNI, 3x slower on others; its first
-        /// release after `cdc` ones shares no chunks with them, a full download once) or
+        /// `auto`: the chunking of the release this name's devices of this hardware class
+        /// would install now (they reuse only chunks of releases cut the same way), `cdc` for
+        /// a new name. Or `cdc` (FastCDC 16/64/256 KiB, for filesystem images), `sbox-cdc`
+        /// (the same bounds, cut points found about 2x faster on CPUs with AVX-512 and GFNI,
+        /// 3x slower on others; agents and edge nodes older than this seeder cannot read its
+        /// manifests, and its first release after `cdc` ones shares no chunks with them) or
         /// `fixed:BYTES` (MCU flash sectors).
         #[arg(long, default_value = "auto")]
         chunking: String,

@@ -124,33 +124,35 @@ pub fn chunking_name(chunking: &Chunking) -> String {
     }
 }
 
-/// The chunking for a release of `name` when none was asked for: the one this name's
-/// published releases use, because a device reuses only chunks whose ids its installed
-/// release shares with the new one, and releases cut differently share none (a full
-/// download for every site and device). FastCDC for a name's first release. Releases that
-/// disagree leave the choice to the publisher.
-fn chunking_of_name(targets: &serde_json::Map<String, Value>, name: &str) -> Result<Chunking> {
-    let prefix = format!("releases/{name}/");
-    let mut used: Vec<Chunking> = Vec::new();
+/// The chunking for a release of `name` for `hw_class` when none was asked for: that of the
+/// release this name's devices of this class would install now (`choose_release`, the
+/// devices' own choice: counter, then version), since a device reuses only chunks whose ids
+/// its installed release shares and releases cut differently share none. With no release
+/// for the class, that of the name's best release of any class; FastCDC for a new name.
+/// So after a publisher switches a name's chunking once, later releases keep the new one.
+fn chunking_of_name(targets: &serde_json::Map<String, Value>, name: &str, hw_class: &str) -> Result<Chunking> {
+    use protocol::device::release::{choose_release, release_name, DeviceIdentity};
+    use protocol::device::{ReleaseCandidate, ReleaseChoice};
+    let mut releases = Vec::new();
     for (path, entry) in targets {
-        if !(path.starts_with(&prefix) && path.ends_with(".manifest")) {
+        if release_name(path) != Some(name) {
             continue;
         }
         let release = ReleaseTarget::from_custom(entry.get("custom"))
             .map_err(|e| anyhow::anyhow!("published target {path} has unreadable release details: {e}"))?;
-        if !used.contains(&release.chunking) {
-            used.push(release.chunking);
-        }
+        releases.push(release);
     }
-    match used.as_slice() {
-        [] => Ok(Chunking::DEFAULT_CDC),
-        [one] => Ok(*one),
-        several => bail!(
-            "releases of {name} are cut in {} ways ({}); choose one with --chunking",
-            several.len(),
-            several.iter().map(chunking_name).collect::<Vec<_>>().join(", ")
-        ),
-    }
+    let candidates = releases.iter().map(|r| ReleaseCandidate {
+        name,
+        hw_class: &r.hw_class,
+        security_counter: r.security_counter,
+        version: &r.version,
+    });
+    let device = DeviceIdentity { release: name, hw_class, security_floor: 0 };
+    Ok(match choose_release(candidates, &device) {
+        ReleaseChoice::Nothing => Chunking::DEFAULT_CDC,
+        ReleaseChoice::Install(index) | ReleaseChoice::Refuse { index, .. } => releases[index].chunking,
+    })
 }
 
 /// Chunks, seals and stores the image, then publishes its manifest as a TUF target.
@@ -168,7 +170,10 @@ pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
     let key = if req.encrypt { Some(keys::load_content_key(&keys::content_key_path(&repo.keys_dir()))?) } else { None };
     let chunking = match req.chunking {
         Some(chunking) => chunking,
-        None => chunking_of_name(current.targets["targets"].as_object().unwrap_or(&serde_json::Map::new()), req.name)?,
+        None => {
+            let targets = current.targets["targets"].as_object().cloned().unwrap_or_default();
+            chunking_of_name(&targets, req.name, req.hw_class)?
+        }
     };
 
     let file = File::open(req.image).with_context(|| format!("cannot open image {}", req.image.display()))?;
@@ -217,19 +222,20 @@ pub fn add(repo: &Repo, req: &AddRequest<'_>) -> Result<AddReport> {
         for (path, _) in &staged {
             let _ = fs::remove_file(path);
         }
-        let same = ReleaseTarget::from_custom(existing.get("custom")).is_ok_and(|r| {
+        let published = ReleaseTarget::from_custom(existing.get("custom")).ok().filter(|r| {
             r.image_blake3 == manifest.image_blake3
                 && r.hw_class == req.hw_class
                 && r.security_counter == req.security_counter
         });
-        if !same {
+        let Some(published) = published else {
             bail!(
                 "{} {} is already published with other content; publish it under a new version",
                 req.name,
                 req.version
             );
-        }
+        };
         report.published = false;
+        report.chunking = chunking_name(&published.chunking);
         report.new_chunks = 0;
         report.new_stored_bytes = 0;
         return Ok(report);

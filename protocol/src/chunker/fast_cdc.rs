@@ -324,8 +324,9 @@ impl Walk {
 
     /// The length of the chunk at `start`, where `data[start..]` is everything up to the end
     /// of the image or at least the maximum chunk size, and every position up to there has
-    /// been scanned. The crate's `cut`, position for position: a cut at position `p` ends
-    /// the chunk before byte `p`.
+    /// been scanned. For FastCDC the crate's `cut`, position for position; for S-box CDC the
+    /// first position from the minimum whose hash passes. Either way a cut at position `p`
+    /// ends the chunk before byte `p`.
     pub(super) fn cut(&mut self, data: &[u8], start: usize) -> usize {
         let Cdc { hash: kind, min, avg, max, mask_s, mask_l } = self.cdc;
         let remaining = data.len() - start;

@@ -10,8 +10,9 @@
 //!
 //! Why it is not the default: its cut points differ from FastCDC's, and a device reuses only
 //! chunks whose ids match its installed release's, so the first release cut this way after
-//! FastCDC ones is downloaded in full by every site and device. `seeder release add
-//! --chunking sbox-cdc` chooses it per release.
+//! FastCDC ones is downloaded in full by every site and device; and agents and edge nodes
+//! built before it refuse its manifests (chunking kind 2 is unknown to them), so a fleet
+//! upgrades them first. `seeder release add --chunking sbox-cdc` chooses it per release.
 //!
 //! The hash of position `i` depends on the 16 bytes `data[i - 15..=i]`, nothing else, so a cut
 //! moves only when bytes within 16 of it change: boundaries survive insertions like FastCDC's.
