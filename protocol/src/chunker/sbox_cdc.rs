@@ -46,9 +46,6 @@ use std::vec::Vec;
 /// Bytes whose values decide a position's hash: the position's own and the 15 before it.
 pub const WINDOW: usize = 16;
 
-/// Bits of the hash; cut tests use its low bits.
-pub const HASH_BITS: u32 = 26;
-
 /// Bits the vector prefilter decides (`p1` and the low two bits of `p2`).
 const PREFILTER_BITS: u32 = 10;
 
@@ -179,7 +176,8 @@ fn hash_at(data: &[u8], at: usize) -> u32 {
 }
 
 /// The cut masks for an average size: its bits + 1 before the average, − 1 after, as FastCDC's
-/// normalization level 1. `avg_bytes` passed `Chunking::validate`, so both fit the hash.
+/// normalization level 1. `avg_bytes` passed `Chunking::validate` (at most 4 MiB), so both
+/// fit the hash's 26 bits.
 pub(super) fn masks(avg_bytes: u32) -> (u64, u64) {
     let bits = 31 - avg_bytes.leading_zeros();
     ((1u64 << (bits + 1)) - 1, (1u64 << (bits - 1)) - 1)
@@ -201,7 +199,7 @@ pub(super) fn scan(data: &[u8], positions: Range<usize>, mask: u64, found: &mut 
     };
     let prefilter_mask = mask & ((1 << PREFILTER_BITS) - 1);
     let filter = sbox_scan::Prefilter {
-        matrices: core::array::from_fn(|k| sboxes().matrices[k]),
+        matrices: sboxes().matrices[..16].try_into().expect("16 of the 32 matrices"),
         p_offset: C1,
         q_offset: CQ,
         mask_p1: prefilter_mask as u8,
@@ -213,8 +211,8 @@ pub(super) fn scan(data: &[u8], positions: Range<usize>, mask: u64, found: &mut 
 }
 
 /// The prefilter on any CPU: the first ten bits of the hash from the four newest bytes, one
-/// pair-table lookup a position (see [`Sboxes::pairs`]), four positions a turn so that only
-/// one branch in four is taken on data.
+/// pair-table lookup a position (see [`Sboxes::pairs`]), four positions a turn so each
+/// table entry is looked up once for the two positions that use it.
 fn prefilter_portable(data: &[u8], positions: Range<usize>, mask: u32, hit: &mut impl FnMut(usize)) {
     if positions.is_empty() {
         return;
@@ -235,10 +233,8 @@ fn prefilter_portable(data: &[u8], positions: Range<usize>, mask: u32, hit: &mut
         let w: &[u8; 7] = bytes[r..r + 7].try_into().expect("seven bytes");
         let e: [u32; 6] = core::array::from_fn(|k| entry(w, k));
         let pass = [passes(e[2], e[0]), passes(e[3], e[1]), passes(e[4], e[2]), passes(e[5], e[3])];
-        if pass.iter().any(|&p| p) {
-            for (k, _) in pass.iter().enumerate().filter(|(_, &p)| p) {
-                hit(positions.start + r + k);
-            }
+        for (k, _) in pass.iter().enumerate().filter(|(_, &p)| p) {
+            hit(positions.start + r + k);
         }
         r += 4;
     }
