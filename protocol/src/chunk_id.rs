@@ -4,8 +4,10 @@ use core::fmt;
 
 /// The blake3 hash of a chunk's *stored* bytes (after compression and encryption), so that
 /// edge nodes, which only ever hold ciphertext, can verify what they cache and serve.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChunkId(pub [u8; 32]);
+
+crate::id_order::order_by_bytes32!(ChunkId);
 
 impl ChunkId {
     /// Hashes `stored_bytes`.

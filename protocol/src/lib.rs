@@ -23,6 +23,7 @@ pub mod chunker;
 pub mod codec;
 pub mod device;
 pub mod hex;
+mod id_order;
 pub mod install;
 pub mod manifest;
 pub mod reassemble;

@@ -6,8 +6,10 @@ use core::fmt;
 
 /// A release's identity: blake3 of its manifest bytes. Two releases with the same name and
 /// version but different bytes are different releases.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReleaseId(pub [u8; 32]);
+
+crate::id_order::order_by_bytes32!(ReleaseId);
 
 impl ReleaseId {
     /// The id of the release whose manifest is `manifest_bytes`.

@@ -33,8 +33,10 @@ pub use scheduler::{
 
 /// A node's identity in the protocol: 32 bytes derived from its transport identity (the
 /// daemon hashes the libp2p peer id; simnet numbers its nodes).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NodeId(pub [u8; 32]);
+
+crate::id_order::order_by_bytes32!(NodeId);
 
 impl NodeId {
     /// Derives a node id from any stable identity bytes.

@@ -50,6 +50,7 @@ use alloc::vec::Vec;
 
 use super::policy::{limits, Phase, PolicyError, RolloutPolicy, RolloutState};
 use super::report::{Outcome, RolloutReport};
+use crate::id_order::Bytes32;
 
 /// Halt codes the controller writes into a policy.
 pub mod halt_code {
@@ -165,7 +166,7 @@ struct DeviceEntry {
 #[derive(Debug, Clone)]
 pub struct Controller {
     policy: RolloutPolicy,
-    devices: BTreeMap<[u8; 32], DeviceEntry>,
+    devices: BTreeMap<Bytes32, DeviceEntry>,
     tallies: Vec<Tally>,
     /// Counts accepted by an operator's resume after a halt; the gate judges above them.
     accepted: Vec<Tally>,
@@ -200,7 +201,7 @@ impl Controller {
     /// The latest outcome the controller counts for `device`, if it reported one: what a
     /// per-site view must un-count when a newer report supersedes it.
     pub fn outcome_of(&self, device: &[u8; 32]) -> Option<Outcome> {
-        self.devices.get(device).map(|entry| entry.outcome)
+        self.devices.get(&Bytes32(*device)).map(|entry| entry.outcome)
     }
 
     /// Counts a verified report from an enrolled device. Reports for another rollout, and
@@ -210,16 +211,16 @@ impl Controller {
             return false;
         }
         let Some(wave) = self.policy.wave_of(&report.device_id) else { return false };
-        let report = RolloutReport { at: report.at.min(now_unix), ..report.clone() };
-        if let Some(previous) = self.devices.get(&report.device_id) {
-            if !report.supersedes(previous.outcome, previous.at) {
+        let (at, device) = (report.at.min(now_unix), Bytes32(report.device_id));
+        if let Some(previous) = self.devices.get(&device) {
+            if !report.supersedes_at(at, previous.outcome, previous.at) {
                 return false;
             }
             let (wave, outcome) = (previous.wave, previous.outcome);
             self.tallies[wave].count(outcome, false);
         }
         self.tallies[wave].count(report.outcome, true);
-        self.devices.insert(report.device_id, DeviceEntry { wave, outcome: report.outcome, at: report.at });
+        self.devices.insert(device, DeviceEntry { wave, outcome: report.outcome, at });
         true
     }
 

@@ -71,10 +71,10 @@ impl RolloutReport {
         Some(RolloutReport { device_id, rollout_id, outcome, at: report.time })
     }
 
-    /// Whether this report replaces `(previous, previous_at)` as the device's latest: a later
-    /// time wins; at the same time the higher-ranked outcome wins, so duplicates and
-    /// reordering change nothing.
-    pub(crate) fn supersedes(&self, previous: Outcome, previous_at: i64) -> bool {
-        self.at > previous_at || (self.at == previous_at && self.outcome.rank() > previous.rank())
+    /// Whether this report, taken as made at `at` (its time, capped at the receiver's clock),
+    /// replaces `(previous, previous_at)` as the device's latest: a later time wins; at the
+    /// same time the higher-ranked outcome wins, so duplicates and reordering change nothing.
+    pub(crate) fn supersedes_at(&self, at: i64, previous: Outcome, previous_at: i64) -> bool {
+        at > previous_at || (at == previous_at && self.outcome.rank() > previous.rank())
     }
 }

@@ -39,6 +39,7 @@ use super::controller::Tally;
 use super::gate::EdgeHold;
 use super::policy::{limits, HealthGate, Phase, PolicyView};
 use super::report::{Outcome, RolloutReport};
+use crate::id_order::Bytes32;
 
 /// Fewest failures that may halt a site: one device's bad luck never does.
 pub const SITE_MIN_FAILURES: u32 = 2;
@@ -84,8 +85,8 @@ pub struct SiteGuard {
     phase: Phase,
     health: HealthGate,
     max_concurrent: u32,
-    devices: BTreeMap<[u8; 32], DeviceEntry>,
-    reservations: BTreeMap<[u8; 32], i64>,
+    devices: BTreeMap<Bytes32, DeviceEntry>,
+    reservations: BTreeMap<Bytes32, i64>,
     /// The site's tally, and the part of it a lifted halt accepted.
     tally: Tally,
     accepted: Tally,
@@ -141,9 +142,9 @@ impl SiteGuard {
             return false;
         }
         let at = report.at.min(now_unix);
-        let report = RolloutReport { at, ..report.clone() };
-        match self.devices.get(&report.device_id) {
-            Some(previous) if !report.supersedes(previous.outcome, previous.at) => return false,
+        let device = Bytes32(report.device_id);
+        match self.devices.get(&device) {
+            Some(previous) if !report.supersedes_at(at, previous.outcome, previous.at) => return false,
             Some(previous) => {
                 let outcome = previous.outcome;
                 self.tally.count(outcome, false);
@@ -155,8 +156,8 @@ impl SiteGuard {
             }
         }
         self.tally.count(report.outcome, true);
-        self.devices.insert(report.device_id, DeviceEntry { outcome: report.outcome, at, seen: now_unix });
-        self.reservations.remove(&report.device_id);
+        self.devices.insert(device, DeviceEntry { outcome: report.outcome, at, seen: now_unix });
+        self.reservations.remove(&device);
         if self.halted_at_seq.is_none() && self.over_threshold() {
             self.halted_at_seq = Some(self.seq);
         }
@@ -173,7 +174,8 @@ impl SiteGuard {
             return EdgeHold::None;
         }
         self.reservations.retain(|_, at| now_unix.saturating_sub(*at) < RESERVATION_SECS);
-        let installing = |id: &[u8; 32], entry: &DeviceEntry| {
+        let device_id = &Bytes32(*device_id);
+        let installing = |id: &Bytes32, entry: &DeviceEntry| {
             id != device_id
                 && entry.outcome == Outcome::Installing
                 && now_unix.saturating_sub(entry.seen) < INSTALLING_STALE_SECS

@@ -1,66 +1,126 @@
 //! The event queue: events ordered by virtual time, ties broken by insertion order, so the
 //! same inputs always pop in the same order.
-
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+//!
+//! A radix heap, not a binary heap. A simulation's queue is monotone: nothing is scheduled
+//! before the event being handled. A radix heap exploits that: events sit in buckets by the
+//! highest bit in which their key differs from the last one popped, and a pop only splits
+//! the lowest non-empty bucket, walking it front to back. fleet-1m keeps millions of events
+//! waiting, and `BinaryHeap::pop`'s sift through them was 13 % of its run, mostly cache
+//! misses. The order is exactly the binary heap's: by (time, insertion number).
 
 /// Virtual time in microseconds (the unit of `protocol::time::Instant`).
 pub type Micros = u64;
 
+/// Buckets of a radix heap over 128-bit keys: one for "equal to the last popped key", one
+/// per differing bit.
+const BUCKETS: usize = 129;
+
+/// Entries an emptied bucket keeps room for.
+const RETAINED_ENTRIES: usize = 4096;
+
 struct Entry<E> {
-    at: Micros,
-    seq: u64,
+    /// (time << 64) | insertion number: unique, and ordered as the events must pop.
+    key: u128,
     event: E,
 }
 
-impl<E> PartialEq for Entry<E> {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl<E> Eq for Entry<E> {}
-impl<E> PartialOrd for Entry<E> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl<E> Ord for Entry<E> {
-    // Reversed: BinaryHeap is a max-heap and we want the earliest first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
-
-/// A min-queue of timed events.
+/// A min-queue of timed events. Events must not be scheduled before the last popped one
+/// (a simulation cannot schedule into its past); one that is goes off at that time.
 pub struct EventQueue<E> {
-    heap: BinaryHeap<Entry<E>>,
+    buckets: Vec<Vec<Entry<E>>>,
+    /// The key of the last popped event: every waiting key is at least this.
+    last: u128,
+    /// The smallest waiting key, once `peek_time` or a pop has looked for it.
+    min: Option<u128>,
+    len: usize,
     seq: u64,
     popped: u64,
 }
 
 impl<E> Default for EventQueue<E> {
     fn default() -> Self {
-        EventQueue { heap: BinaryHeap::new(), seq: 0, popped: 0 }
+        EventQueue {
+            buckets: (0..BUCKETS).map(|_| Vec::new()).collect(),
+            last: 0,
+            min: None,
+            len: 0,
+            seq: 0,
+            popped: 0,
+        }
     }
+}
+
+fn key(at: Micros, seq: u64) -> u128 {
+    (u128::from(at) << 64) | u128::from(seq)
+}
+
+fn time_of(key: u128) -> Micros {
+    (key >> 64) as Micros
+}
+
+/// The bucket of `key` while `last` is the floor: 0 when equal, else one plus the index of
+/// the highest bit in which they differ.
+fn bucket_of(key: u128, last: u128) -> usize {
+    (u128::BITS - (key ^ last).leading_zeros()) as usize
 }
 
 impl<E> EventQueue<E> {
     /// Schedules `event` at `at`.
     pub fn push(&mut self, at: Micros, event: E) {
+        let floor = time_of(self.last);
+        debug_assert!(at >= floor, "event scheduled at {at} µs, before the current {floor} µs");
         self.seq += 1;
-        self.heap.push(Entry { at, seq: self.seq, event });
+        let key = key(at.max(floor), self.seq);
+        self.buckets[bucket_of(key, self.last)].push(Entry { key, event });
+        self.len += 1;
+        if let Some(min) = self.min.as_mut() {
+            *min = (*min).min(key);
+        }
     }
 
     /// The earliest event, if any.
     pub fn pop(&mut self) -> Option<(Micros, E)> {
-        let e = self.heap.pop()?;
+        if self.len == 0 {
+            return None;
+        }
+        if self.buckets[0].is_empty() {
+            // Split the lowest non-empty bucket around its smallest key: that key becomes the
+            // floor, and every entry of the bucket lands in a lower one (the smallest in 0).
+            let lowest = self.buckets.iter().position(|b| !b.is_empty())?;
+            let min = match self.min {
+                Some(min) => min,
+                None => self.buckets[lowest].iter().map(|e| e.key).min()?,
+            };
+            self.last = min;
+            let mut split = std::mem::take(&mut self.buckets[lowest]);
+            for entry in split.drain(..) {
+                self.buckets[bucket_of(entry.key, min)].push(entry);
+            }
+            // Keep a small emptied bucket's allocation for the entries that will fall into it;
+            // give a large one back (fleet-1m's hour-long waits fill buckets of a million
+            // entries once, and kept, they added 0.4 GiB to its peak).
+            if split.capacity() <= RETAINED_ENTRIES {
+                self.buckets[lowest] = split;
+            }
+        }
+        // Keys are unique, so bucket 0 holds exactly the smallest.
+        let entry = self.buckets[0].pop()?;
+        self.len -= 1;
+        self.min = None;
         self.popped += 1;
-        Some((e.at, e.event))
+        Some((time_of(entry.key), entry.event))
     }
 
     /// When the earliest event is due.
-    pub fn peek_time(&self) -> Option<Micros> {
-        self.heap.peek().map(|e| e.at)
+    pub fn peek_time(&mut self) -> Option<Micros> {
+        if self.len == 0 {
+            return None;
+        }
+        if self.min.is_none() {
+            let lowest = self.buckets.iter().find(|b| !b.is_empty())?;
+            self.min = lowest.iter().map(|e| e.key).min();
+        }
+        self.min.map(time_of)
     }
 
     /// Events handled so far (including stale ones the caller ignored).
@@ -70,18 +130,21 @@ impl<E> EventQueue<E> {
 
     /// Events waiting.
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.len
     }
 
     /// True when nothing is waiting.
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.len == 0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
 
     #[test]
     fn earliest_first_then_insertion_order() {
@@ -92,5 +155,71 @@ mod tests {
         q.push(1, 'd');
         let order: Vec<char> = std::iter::from_fn(|| q.pop().map(|(_, e)| e)).collect();
         assert_eq!(order, vec!['b', 'd', 'a', 'c']);
+    }
+
+    #[test]
+    fn times_at_the_ends_of_the_range_keep_their_order() {
+        let mut q = EventQueue::default();
+        q.push(u64::MAX, 1);
+        q.push(0, 2);
+        q.push(u64::MAX, 3);
+        assert_eq!(q.peek_time(), Some(0));
+        assert_eq!(q.pop(), Some((0, 2)));
+        assert_eq!(q.pop(), Some((u64::MAX, 1)));
+        assert_eq!(q.pop(), Some((u64::MAX, 3)));
+        assert_eq!(q.pop(), None);
+        assert_eq!(q.peek_time(), None);
+    }
+
+    /// One step of a simulation: pop the earliest, or schedule `delay` after the current time.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Pop,
+        Peek,
+        Push(u64),
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        let delay = prop_oneof![Just(0u64), 0u64..4, 0u64..1_000, 0u64..(1 << 40), Just(u64::MAX >> 1)];
+        prop::collection::vec(
+            prop_oneof![2 => Just(Step::Pop), 1 => Just(Step::Peek), 3 => delay.prop_map(Step::Push)],
+            0..400,
+        )
+    }
+
+    proptest! {
+        /// Against the binary heap it replaced, under the simulation's contract (nothing
+        /// scheduled before the event being handled): the same events in the same order.
+        #[test]
+        fn pops_in_the_binary_heaps_order(steps in steps()) {
+            let mut q = EventQueue::default();
+            let mut reference = BinaryHeap::new();
+            let (mut now, mut seq) = (0u64, 0u64);
+            for step in steps {
+                match step {
+                    Step::Push(delay) => {
+                        seq += 1;
+                        let at = now.saturating_add(delay);
+                        q.push(at, seq);
+                        reference.push(Reverse((at, seq)));
+                    }
+                    Step::Peek => {
+                        prop_assert_eq!(q.peek_time(), reference.peek().map(|Reverse((at, _))| *at));
+                    }
+                    Step::Pop => {
+                        let expected = reference.pop().map(|Reverse(e)| e);
+                        prop_assert_eq!(q.pop(), expected);
+                        if let Some((at, _)) = expected {
+                            now = at;
+                        }
+                    }
+                }
+                prop_assert_eq!(q.len(), reference.len());
+            }
+            while let Some(Reverse(expected)) = reference.pop() {
+                prop_assert_eq!(q.pop(), Some(expected));
+            }
+            prop_assert!(q.is_empty());
+        }
     }
 }

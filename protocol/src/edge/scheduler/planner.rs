@@ -20,9 +20,10 @@ use crate::ReleaseId;
 struct Pass {
     /// The site's live members, this node included.
     members: Vec<NodeId>,
-    /// Where each in-flight chunk is being fetched (the first request by id), built once
-    /// per pass instead of scanning every request for every chunk.
-    current: BTreeMap<(ReleaseId, u32), NodeId>,
+    /// Where each in-flight chunk is being fetched (the first request by id), per release
+    /// and index: built once per pass instead of scanning every request for every chunk, and
+    /// by release first so the per-chunk lookup compares indices, not 32-byte ids.
+    current: BTreeMap<ReleaseId, BTreeMap<u32, NodeId>>,
     /// Requests being built, per peer and release: (class, indices, bytes).
     building: BTreeMap<(NodeId, ReleaseId), (SourceClass, Vec<u32>, u64)>,
     /// Pipeline slots the requests being built take, per peer.
@@ -52,7 +53,7 @@ impl Pass {
         let mut current = BTreeMap::new();
         for r in inflight.values() {
             for index in &r.indices {
-                current.entry((r.release, *index)).or_insert(r.peer);
+                current.entry(r.release).or_insert_with(BTreeMap::new).entry(*index).or_insert(r.peer);
             }
         }
         Pass {
@@ -246,6 +247,7 @@ impl FetchScheduler {
             }
             self.refresh_responsible(&pass.members, &rid);
             pass.views = self.release_views(&pass.members, &rid);
+            let current = pass.current.remove(&rid).unwrap_or_default();
             let start = if n == 0 { 0 } else { (self.site.0 % u64::from(n)) as u32 };
             for step in 0..n {
                 let index = (start + step) % n;
@@ -279,7 +281,7 @@ impl FetchScheduler {
                     rid,
                     index,
                     responsible,
-                    current: pass.current.get(&(rid, index)).copied(),
+                    current: current.get(&index).copied(),
                     duplicate,
                     wan_unheard: wan_unheard && wan_ok,
                     wan_ok,
