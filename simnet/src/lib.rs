@@ -3,7 +3,7 @@
 //! every device's `protocol::install::Engine` — at fleet scale, with baselines, the
 //! Kumar–Ross lower bound, invariant checkers, report.json and plots.
 //!
-//! Code map: `engine` (event queue, flow-level links), `scenario` (TOML), `topology` (links
+//! Code map: `engine` (event queue — a radix heap —, flow-level links), `scenario` (TOML), `topology` (links
 //! every run shares), `release` (chunks, and the batches the baselines use), `mesh` (the
 //! drivers: the edge schedulers, and each device's install engine and download driven as the
 //! Linux agent drives them, through `protocol::device`),
