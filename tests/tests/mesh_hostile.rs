@@ -241,3 +241,62 @@ fn an_edge_node_without_a_trusted_root_never_pins_an_impostors_root() {
     let real = std::fs::read(repo.join("metadata/1.root.json")).unwrap();
     assert!(pinned == real, "the edge node pinned a root that is not the origin's");
 }
+
+/// A chunk id of `repo`'s chunk tree (`chunks/xx/<64 hex digits>`).
+fn a_stored_chunk(repo: &Path) -> protocol::ChunkId {
+    let file = std::fs::read_dir(repo.join("chunks"))
+        .unwrap()
+        .flat_map(|fanout| std::fs::read_dir(fanout.unwrap().path()).into_iter().flatten())
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|name| name.len() == 64)
+        .expect("a chunk file in the repository");
+    protocol::ChunkId::from_hex(&file).unwrap()
+}
+
+/// A mesh peer of site `site` connected to `addr`: its client and the peer id it dialed.
+async fn mesh_peer(site: &str, addr: &str) -> (mesh::NetworkClient, libp2p::PeerId) {
+    let mut config = mesh::NetworkConfig::new(mesh::SiteName::new(site).unwrap());
+    config.enable_mdns = false;
+    let (client, mut events, event_loop) = mesh::new(libp2p::identity::Keypair::generate_ed25519(), config).unwrap();
+    tokio::spawn(event_loop.run());
+    // Nothing here answers the origin's own requests; the events are drained so none waits.
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    let peer = client.dial(addr.parse().unwrap()).await.expect("dial the origin");
+    (client, peer)
+}
+
+/// Any peer can name chunk ids the origin does not hold. They must take no place in its
+/// handout table: tracked, enough of them fill it (past its bound the origin serves every
+/// chunk to everyone, one copy per site), and the origin would answer `Busy` ("held, not
+/// now") for chunks it does not have. Two peers of different sites ask for the same chunks
+/// in turn, within one handout window: a chunk of the release goes to the first and the
+/// second hears `Busy`; a made-up id is `NotFound` for both.
+#[test]
+fn made_up_chunk_ids_take_no_place_in_the_origins_handout_table() {
+    use mesh::{ChunkRange, ChunkRequest, ChunkResult};
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start(dir.path());
+    origin.publish(&write_image(dir.path(), 9), "1.0.0");
+    let real = a_stored_chunk(&origin.repo);
+    let made_up: Vec<protocol::ChunkId> = (0u8..8).map(|i| protocol::ChunkId([i ^ 0x5a; 32])).collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (first, second) = runtime.block_on(async {
+        let (a, origin_peer) = mesh_peer("plant-a", &origin.addr).await;
+        let (b, _) = mesh_peer("plant-b", &origin.addr).await;
+        let chunks: Vec<ChunkRange> = made_up.iter().chain([&real]).map(|id| ChunkRange::whole(*id)).collect();
+        let request = ChunkRequest { release: protocol::ReleaseId([7; 32]), chunks };
+        let ask = Duration::from_secs(30);
+        let first = tokio::time::timeout(ask, a.request_chunks(origin_peer, request.clone())).await;
+        let second = tokio::time::timeout(ask, b.request_chunks(origin_peer, request)).await;
+        (first.expect("first answer in time").unwrap(), second.expect("second answer in time").unwrap())
+    });
+    let result_of = |items: &[mesh::ChunkItem], id: &protocol::ChunkId| {
+        items.iter().find(|item| item.id == *id).map(|item| item.result.clone()).expect("an answer per chunk")
+    };
+    assert!(matches!(result_of(&first.items, &real), ChunkResult::Ok(_)), "the first peer is handed the chunk");
+    assert_eq!(result_of(&second.items, &real), ChunkResult::Busy, "the second waits for the first");
+    for id in &made_up {
+        assert_eq!(result_of(&first.items, id), ChunkResult::NotFound);
+        assert_eq!(result_of(&second.items, id), ChunkResult::NotFound, "a made-up id was handed out");
+    }
+}

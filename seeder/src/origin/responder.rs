@@ -5,7 +5,10 @@
 //!
 //! Chunks are rationed over sites ([`protocol::edge::origin_handout`]): each is handed to one
 //! requester at a time and the others are answered `Busy`, so they take it from each other
-//! and about one copy of a release leaves the origin instead of one per site.
+//! and about one copy of a release leaves the origin instead of one per site. Only chunks the
+//! repository holds are rationed: any peer can name made-up ids, which would fill the
+//! handout table (past its bound the origin serves everything unrationed), and `Busy` says
+//! "held, not now", which would be a lie about a chunk the origin does not have.
 //!
 //! It reads the repository and never writes it, and it holds no keys: `keys/` cannot be
 //! named by a peer ([`chunk_store::repo_files`] admits only `metadata/` and `targets/`).
@@ -30,6 +33,8 @@ use chunk_store::ChunkStore;
 pub struct RepoResponder {
     repo: PathBuf,
     chunks: ChunkServer,
+    /// The chunk tree `chunks` serves from, asked which requested chunks exist.
+    store: ChunkStore,
     /// Where forwarded device status reports are verified again and stored.
     fleet: Arc<Ingestor>,
     /// The site each peer claimed in identify, for the fleet database's edge nodes.
@@ -68,7 +73,8 @@ impl RepoResponder {
         let store = ChunkStore::open_read_only(repo);
         RepoResponder {
             repo: repo.to_owned(),
-            chunks: ChunkServer::new(store, Arc::new(()), DEFAULT_MAX_CONCURRENT_SERVES),
+            chunks: ChunkServer::new(store.clone(), Arc::new(()), DEFAULT_MAX_CONCURRENT_SERVES),
+            store,
             fleet,
             sites,
             handout,
@@ -76,19 +82,27 @@ impl RepoResponder {
         }
     }
 
-    /// Splits `request` into the ranges handed to `peer` now and the chunk ids it is told
-    /// `Busy` for.
-    fn ration(&self, peer: &PeerId, mut request: ChunkRequest) -> (ChunkRequest, Vec<protocol::ChunkId>) {
-        let requester = NodeId::from_identity(&peer.to_bytes());
-        let now = protocol::time::Instant(self.started.elapsed().as_micros() as u64);
-        let mut handout = self.handout.lock().unwrap_or_else(|p| p.into_inner());
+    /// Splits `request` into the ranges handed to `requester` at `now` and the chunk ids it is
+    /// told `Busy` for. `held[i]` says whether the repository holds the `i`th range's chunk:
+    /// one it does not hold stays in the request (the server answers `NotFound`) and takes no
+    /// place in the table.
+    fn ration(
+        handout: &SharedHandout,
+        now: protocol::time::Instant,
+        requester: &NodeId,
+        mut request: ChunkRequest,
+        held: &[bool],
+    ) -> (ChunkRequest, Vec<protocol::ChunkId>) {
+        let mut table = handout.lock().unwrap_or_else(|p| p.into_inner());
         let mut busy = Vec::new();
+        let mut held = held.iter();
         request.chunks.retain(|range| {
-            let admitted = handout.admit(now, &requester, &range.id);
-            if !admitted {
-                busy.push(range.id);
+            // (Missing answers, e.g. after a failed lookup, ration as held: the safe side.)
+            if !held.next().copied().unwrap_or(true) || table.admit(now, requester, &range.id) {
+                return true;
             }
-            admitted
+            busy.push(range.id);
+            false
         });
         (request, busy)
     }
@@ -146,9 +160,18 @@ impl Responder for RepoResponder {
 
     fn chunks(&self, peer: PeerId, request: ChunkRequest) -> impl Future<Output = ChunkResponse> + Send + 'static {
         let server = self.chunks.clone();
-        let (handed, busy) = self.ration(&peer, request);
+        let (store, handout) = (self.store.clone(), Arc::clone(&self.handout));
+        let requester = NodeId::from_identity(&peer.to_bytes());
+        let now = protocol::time::Instant(self.started.elapsed().as_micros() as u64);
         async move {
             let started = std::time::Instant::now();
+            // Which chunks exist: a stat each, off the async threads.
+            let ids: Vec<protocol::ChunkId> = request.chunks.iter().map(|range| range.id).collect();
+            let held: Vec<bool> =
+                tokio::task::spawn_blocking(move || ids.iter().map(|id| store.len(id).is_some()).collect())
+                    .await
+                    .unwrap_or_default();
+            let (handed, busy) = RepoResponder::ration(&handout, now, &requester, request, &held);
             let mut response = if handed.chunks.is_empty() {
                 ChunkResponse { items: Vec::new() }
             } else {
