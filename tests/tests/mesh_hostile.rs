@@ -270,12 +270,27 @@ async fn mesh_peer(site: &str, addr: &str) -> (mesh::NetworkClient, libp2p::Peer
 /// chunk to everyone, one copy per site), and the origin would answer `Busy` ("held, not
 /// now") for chunks it does not have. Two peers of different sites ask for the same chunks
 /// in turn, within one handout window: a chunk of the release goes to the first and the
-/// second hears `Busy`; a made-up id is `NotFound` for both.
+/// second hears `Busy`; a made-up id is `NotFound` for both; and the table (the origin's
+/// `/metrics`) holds the one real chunk.
 #[test]
 fn made_up_chunk_ids_take_no_place_in_the_origins_handout_table() {
     use mesh::{ChunkRange, ChunkRequest, ChunkResult};
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start(dir.path());
+    let tokens = dir.path().join("api-tokens");
+    std::fs::write(&tokens, "read metrics-reader-0123456789abcdef0123456789\n").unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A window far longer than the test, so the second peer always asks within the first's.
+    let serve_flags = ["--handout-window-secs", "3600", "--http-listen", "127.0.0.1:0", "--api-tokens"];
+    let mut flags = serve_flags.to_vec();
+    flags.push(tokens.to_str().unwrap());
+    let origin = Origin::serve(&Origin::init(dir.path()), &flags);
+    let http: std::net::SocketAddr = origin
+        .proc
+        .wait_line("the API address", Duration::from_secs(30), |line| {
+            serde_json::from_str::<serde_json::Value>(line).ok()?["http"].as_str()?.parse().ok()
+        })
+        .unwrap();
     origin.publish(&write_image(dir.path(), 9), "1.0.0");
     let real = a_stored_chunk(&origin.repo);
     let made_up: Vec<protocol::ChunkId> = (0u8..8).map(|i| protocol::ChunkId([i ^ 0x5a; 32])).collect();
@@ -299,4 +314,7 @@ fn made_up_chunk_ids_take_no_place_in_the_origins_handout_table() {
         assert_eq!(result_of(&first.items, id), ChunkResult::NotFound);
         assert_eq!(result_of(&second.items, id), ChunkResult::NotFound, "a made-up id was handed out");
     }
+    let metrics = String::from_utf8(test_procs::http_get(http, "/metrics").expect("the origin's metrics")).unwrap();
+    let tracked = metrics.lines().find_map(|line| line.strip_prefix("otamesh_seeder_origin_handouts_tracked "));
+    assert_eq!(tracked, Some("1"), "the handout table holds the release's chunk and nothing else");
 }

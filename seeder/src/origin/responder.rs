@@ -6,9 +6,10 @@
 //! Chunks are rationed over sites ([`protocol::edge::origin_handout`]): each is handed to one
 //! requester at a time and the others are answered `Busy`, so they take it from each other
 //! and about one copy of a release leaves the origin instead of one per site. Only chunks the
-//! repository holds are rationed: any peer can name made-up ids, which would fill the
-//! handout table (past its bound the origin serves everything unrationed), and `Busy` says
-//! "held, not now", which would be a lie about a chunk the origin does not have.
+//! repository holds are rationed: any peer can name made-up ids, which would otherwise fill
+//! the handout table (past its bound the origin serves everything unrationed) and be
+//! answered `Busy`, "held, not now", for chunks the origin does not have. (The chunk server
+//! still answers `Busy` to everything while all its serve slots are taken.)
 //!
 //! It reads the repository and never writes it, and it holds no keys: `keys/` cannot be
 //! named by a peer ([`chunk_store::repo_files`] admits only `metadata/` and `targets/`).
@@ -82,18 +83,20 @@ impl RepoResponder {
         }
     }
 
-    /// Splits `request` into the ranges handed to `requester` at `now` and the chunk ids it is
-    /// told `Busy` for. `held[i]` says whether the repository holds the `i`th range's chunk:
-    /// one it does not hold stays in the request (the server answers `NotFound`) and takes no
-    /// place in the table.
+    /// Splits `request` into the ranges handed to `requester` now (by the handout's clock,
+    /// started at `clock`) and the chunk ids it is told `Busy` for. `held[i]` says whether the
+    /// repository holds the `i`th range's chunk: one it does not hold stays in the request
+    /// (the server answers `NotFound`) and takes no place in the table.
     fn ration(
         handout: &SharedHandout,
-        now: protocol::time::Instant,
+        clock: std::time::Instant,
         requester: &NodeId,
         mut request: ChunkRequest,
         held: &[bool],
     ) -> (ChunkRequest, Vec<protocol::ChunkId>) {
         let mut table = handout.lock().unwrap_or_else(|p| p.into_inner());
+        // Read under the lock: the table sees its clock move forward only.
+        let now = protocol::time::Instant(clock.elapsed().as_micros() as u64);
         let mut busy = Vec::new();
         let mut held = held.iter();
         request.chunks.retain(|range| {
@@ -160,9 +163,8 @@ impl Responder for RepoResponder {
 
     fn chunks(&self, peer: PeerId, request: ChunkRequest) -> impl Future<Output = ChunkResponse> + Send + 'static {
         let server = self.chunks.clone();
-        let (store, handout) = (self.store.clone(), Arc::clone(&self.handout));
+        let (store, handout, clock) = (self.store.clone(), Arc::clone(&self.handout), self.started);
         let requester = NodeId::from_identity(&peer.to_bytes());
-        let now = protocol::time::Instant(self.started.elapsed().as_micros() as u64);
         async move {
             let started = std::time::Instant::now();
             // Which chunks exist: a stat each, off the async threads.
@@ -171,7 +173,7 @@ impl Responder for RepoResponder {
                 tokio::task::spawn_blocking(move || ids.iter().map(|id| store.len(id).is_some()).collect())
                     .await
                     .unwrap_or_default();
-            let (handed, busy) = RepoResponder::ration(&handout, now, &requester, request, &held);
+            let (handed, busy) = RepoResponder::ration(&handout, clock, &requester, request, &held);
             let mut response = if handed.chunks.is_empty() {
                 ChunkResponse { items: Vec::new() }
             } else {
