@@ -15,14 +15,13 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::wire::{device::Request, ChunkRange};
 use protocol::ChunkId;
-use support::{eventually, http_get, random_bytes, Edge, Origin};
+use support::{eventually, http_get, random_bytes, stored_chunks, Edge, Origin};
 use tokio::io::AsyncWriteExt;
 
 /// The node's device-service memory budget in this test.
@@ -60,19 +59,6 @@ fn proc_status_kib(pid: u32, key: &str) -> u64 {
 fn metric(edge: &Edge, name: &str) -> u64 {
     let text = http_get(edge.http, "/metrics").map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
-}
-
-/// Chunk ids in a node's store (file names).
-fn stored_chunks(data_dir: &Path) -> Vec<ChunkId> {
-    let mut ids = Vec::new();
-    for fanout in std::fs::read_dir(data_dir.join("chunks")).unwrap().flatten() {
-        for file in std::fs::read_dir(fanout.path()).unwrap().flatten() {
-            if let Ok(id) = ChunkId::from_hex(&file.file_name().to_string_lossy()) {
-                ids.push(id);
-            }
-        }
-    }
-    ids
 }
 
 /// 256 copies of one chunk, `length = 0`.

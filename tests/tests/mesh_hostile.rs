@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{eventually, random_bytes, seeder, Edge, Origin};
+use support::{eventually, random_bytes, seeder, stored_chunks, Edge, Origin};
 
 /// A timestamp nobody signed, with the highest version there is.
 const FORGED_TIMESTAMP: &str = r#"{"signatures":[],"signed":{"_type":"timestamp","expires":"2099-01-01T00:00:00Z","meta":{"snapshot.json":{"version":1}},"spec_version":"1.0.31","version":18446744073709551615}}"#;
@@ -242,17 +242,6 @@ fn an_edge_node_without_a_trusted_root_never_pins_an_impostors_root() {
     assert!(pinned == real, "the edge node pinned a root that is not the origin's");
 }
 
-/// A chunk id of `repo`'s chunk tree (`chunks/xx/<64 hex digits>`).
-fn a_stored_chunk(repo: &Path) -> protocol::ChunkId {
-    let file = std::fs::read_dir(repo.join("chunks"))
-        .unwrap()
-        .flat_map(|fanout| std::fs::read_dir(fanout.unwrap().path()).into_iter().flatten())
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .find(|name| name.len() == 64)
-        .expect("a chunk file in the repository");
-    protocol::ChunkId::from_hex(&file).unwrap()
-}
-
 /// A mesh peer of site `site` connected to `addr`: its client and the peer id it dialed.
 async fn mesh_peer(site: &str, addr: &str) -> (mesh::NetworkClient, libp2p::PeerId) {
     let mut config = mesh::NetworkConfig::new(mesh::SiteName::new(site).unwrap());
@@ -292,7 +281,7 @@ fn made_up_chunk_ids_take_no_place_in_the_origins_handout_table() {
         })
         .unwrap();
     origin.publish(&write_image(dir.path(), 9), "1.0.0");
-    let real = a_stored_chunk(&origin.repo);
+    let real = *stored_chunks(&origin.repo).first().expect("a chunk file in the repository");
     let made_up: Vec<protocol::ChunkId> = (0u8..8).map(|i| protocol::ChunkId([i ^ 0x5a; 32])).collect();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (first, second) = runtime.block_on(async {

@@ -167,12 +167,16 @@ impl Responder for RepoResponder {
         let requester = NodeId::from_identity(&peer.to_bytes());
         async move {
             let started = std::time::Instant::now();
-            // Which chunks exist: a stat each, off the async threads.
-            let ids: Vec<protocol::ChunkId> = request.chunks.iter().map(|range| range.id).collect();
-            let held: Vec<bool> =
+            // Which chunks exist, when rationing is on: a stat each, off the async threads.
+            let rationing = handout.lock().unwrap_or_else(|p| p.into_inner()).config().copies > 0;
+            let held: Vec<bool> = if rationing {
+                let ids: Vec<protocol::ChunkId> = request.chunks.iter().map(|range| range.id).collect();
                 tokio::task::spawn_blocking(move || ids.iter().map(|id| store.len(id).is_some()).collect())
                     .await
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             let (handed, busy) = RepoResponder::ration(&handout, clock, &requester, request, &held);
             let mut response = if handed.chunks.is_empty() {
                 ChunkResponse { items: Vec::new() }

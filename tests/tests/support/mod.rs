@@ -187,6 +187,19 @@ impl Edge {
     }
 }
 
+/// Chunk ids in a chunk tree's parent (an edge node's data dir, a repository): file names.
+pub fn stored_chunks(data_dir: &Path) -> Vec<protocol::ChunkId> {
+    let mut ids = Vec::new();
+    for fanout in std::fs::read_dir(data_dir.join("chunks")).unwrap().flatten() {
+        for file in std::fs::read_dir(fanout.path()).unwrap().flatten() {
+            if let Ok(id) = protocol::ChunkId::from_hex(&file.file_name().to_string_lossy()) {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
 /// Every chunk file in a store hashes to its name: what a node could serve is intact.
 pub fn store_is_intact(data_dir: &Path) -> (usize, Vec<PathBuf>) {
     let mut count = 0;
