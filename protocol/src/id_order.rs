@@ -39,9 +39,10 @@ macro_rules! order_by_bytes32 {
 }
 pub(crate) use order_by_bytes32;
 
-/// A 32-byte key (a device's public key) for ordered maps, in the bytes' order.
+/// A 32-byte key (a device's public key) for the rollout's device maps: ordered in the
+/// bytes' order (B-trees, ties), hashed as its bytes (hash maps).
 #[cfg(feature = "alloc")]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Bytes32(pub [u8; 32]);
 
 #[cfg(feature = "alloc")]

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use protocol::install::GateDecision;
 use protocol::rollout::controller::{halt_code, BASELINE_MIN_OUTCOMES};
 use protocol::rollout::policy::limits;
-use protocol::rollout::site_guard::PolicyUpdate;
+use protocol::rollout::site_guard::{PolicyUpdate, MAX_DEVICES};
 use protocol::rollout::{
     bucket, is_eligible, wave_of, window, Controller, EdgeHold, Gate, GateVerdict, HealthGate, Outcome, Phase,
     PolicyError, PolicyView, RolloutPolicy, RolloutRelease, RolloutReport, RolloutState, SiteGuard, StopReason, Wave,
@@ -674,6 +674,36 @@ mod site_guard {
         assert!(matches!(guard.hold(&device(4), MONDAY + 8), EdgeHold::ConcurrencyFull { .. }));
         // A device silent for hours no longer holds its place.
         assert_eq!(guard.hold(&device(4), MONDAY + 3 * HOUR), EdgeHold::None);
+    }
+
+    /// A guard remembers at most `MAX_DEVICES`; a new device past that makes it forget the
+    /// one heard from longest ago, and of several heard from at the same second the one with
+    /// the smallest id, whatever order they reported in (the map's own order must not leak
+    /// into which device is forgotten: it differs between builds).
+    #[test]
+    fn a_full_guard_forgets_the_device_heard_from_longest_ago_smallest_id_first() {
+        let bytes = sample().encode().unwrap();
+        let mut guard = SiteGuard::new(&PolicyView::parse(&bytes).unwrap());
+        let id = |i: u32| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            id
+        };
+        let (smaller, larger) = (id(5), id(9));
+        assert!(guard.handle_report(&report(larger, Outcome::Committed, MONDAY), MONDAY));
+        assert!(guard.handle_report(&report(smaller, Outcome::Committed, MONDAY), MONDAY));
+        for i in 100..100 + MAX_DEVICES as u32 - 2 {
+            assert!(guard.handle_report(&report(id(i), Outcome::Committed, MONDAY + 1), MONDAY + 1));
+        }
+        assert_eq!(guard.tally().finals(), MAX_DEVICES as u32);
+        // One more device: `smaller` is forgotten, its final outcome no longer counted.
+        assert!(guard.handle_report(&report(id(1), Outcome::Committed, MONDAY + 2), MONDAY + 2));
+        assert_eq!(guard.tally().finals(), MAX_DEVICES as u32);
+        // `larger` is still remembered: the same report again changes nothing ...
+        assert!(!guard.handle_report(&report(larger, Outcome::Committed, MONDAY), MONDAY + 3));
+        // ... while `smaller` counts afresh (and `larger`, now the oldest, makes room).
+        assert!(guard.handle_report(&report(smaller, Outcome::Committed, MONDAY), MONDAY + 3));
+        assert!(guard.handle_report(&report(larger, Outcome::Committed, MONDAY), MONDAY + 3));
     }
 }
 

@@ -42,12 +42,12 @@
 //! accepted as known — the gate judges only what arrives after the resume, or the same
 //! failures would halt it again at once), [`Controller::abort`].
 
-use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::device_map::DeviceMap;
 use super::policy::{limits, Phase, PolicyError, RolloutPolicy, RolloutState};
 use super::report::{Outcome, RolloutReport};
 use crate::id_order::Bytes32;
@@ -166,7 +166,7 @@ struct DeviceEntry {
 #[derive(Debug, Clone)]
 pub struct Controller {
     policy: RolloutPolicy,
-    devices: BTreeMap<Bytes32, DeviceEntry>,
+    devices: DeviceMap<DeviceEntry>,
     tallies: Vec<Tally>,
     /// Counts accepted by an operator's resume after a halt; the gate judges above them.
     accepted: Vec<Tally>,
@@ -185,7 +185,7 @@ impl Controller {
         let waves = policy.waves.len();
         Ok(Controller {
             policy,
-            devices: BTreeMap::new(),
+            devices: DeviceMap::new(),
             tallies: vec![Tally::default(); waves],
             accepted: vec![Tally::default(); waves],
             baseline: None,

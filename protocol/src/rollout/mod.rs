@@ -29,6 +29,8 @@ pub mod window;
 #[cfg(feature = "alloc")]
 pub mod controller;
 #[cfg(feature = "alloc")]
+mod device_map;
+#[cfg(feature = "alloc")]
 pub mod report;
 #[cfg(feature = "alloc")]
 pub mod site_guard;

@@ -32,10 +32,10 @@
 //! devices just admitted but not yet reporting ([`RESERVATION_SECS`]) count against
 //! `max_concurrent_per_site`.
 
-use alloc::collections::BTreeMap;
 use alloc::string::String;
 
 use super::controller::Tally;
+use super::device_map::DeviceMap;
 use super::gate::EdgeHold;
 use super::policy::{limits, HealthGate, Phase, PolicyView};
 use super::report::{Outcome, RolloutReport};
@@ -85,8 +85,8 @@ pub struct SiteGuard {
     phase: Phase,
     health: HealthGate,
     max_concurrent: u32,
-    devices: BTreeMap<Bytes32, DeviceEntry>,
-    reservations: BTreeMap<Bytes32, i64>,
+    devices: DeviceMap<DeviceEntry>,
+    reservations: DeviceMap<i64>,
     /// The site's tally, and the part of it a lifted halt accepted.
     tally: Tally,
     accepted: Tally,
@@ -103,8 +103,8 @@ impl SiteGuard {
             phase: policy.phase(),
             health: policy.health(),
             max_concurrent: policy.max_concurrent_per_site(),
-            devices: BTreeMap::new(),
-            reservations: BTreeMap::new(),
+            devices: DeviceMap::new(),
+            reservations: DeviceMap::new(),
             tally: Tally::default(),
             accepted: Tally::default(),
             halted_at_seq: None,
@@ -218,8 +218,10 @@ impl SiteGuard {
         super::controller::binomial_upper_tail(failures as u64, finals as u64, threshold) < SITE_ALPHA
     }
 
+    /// Forgets the device heard from longest ago; of several heard from at once, the one
+    /// with the smallest id, so the choice does not depend on the map's order.
     fn forget_oldest(&mut self) {
-        let oldest = self.devices.iter().min_by_key(|(_, e)| e.seen).map(|(id, e)| (*id, e.outcome));
+        let oldest = self.devices.iter().min_by_key(|(id, e)| (e.seen, **id)).map(|(id, e)| (*id, e.outcome));
         if let Some((id, outcome)) = oldest {
             self.devices.remove(&id);
             self.tally.count(outcome, false);
