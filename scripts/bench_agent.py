@@ -158,9 +158,9 @@ try:
               " (perf running)")
         for who in ("agent", "edge"):
             report = subprocess.run(["perf", "report", "-i", f"{work}/perf-{who}.data", "--no-children",
-                                     "--sort", "dso,symbol", "-g", "none", "--percent-limit", "1", "--stdio"],
+                                     "--sort", "dso,symbol", "-g", "none", "--percent-limit", os.environ.get("PROFILE_LIMIT", "1"), "--stdio"],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
-            print(f"--- {who}: symbols over 1 % of its samples")
+            print(f"--- {who}: symbols over {os.environ.get('PROFILE_LIMIT', '1')} % of its samples")
             print("\n".join(l.rstrip()[:120] for l in report.splitlines() if l.strip() and not l.startswith("#")))
         sys.exit(0)
     results = {}

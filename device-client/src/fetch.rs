@@ -24,11 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use edge_client::{ClientError, DeviceClient, Timeouts};
+use edge_client::{ClientError, DeviceClient, StoredAt, Timeouts};
 use protocol::codec::ContentKey;
 use protocol::device::fetch::{FetchConfig, FetchEvent, FetchPlan, STALL_LIMIT};
 use protocol::manifest::{ChunkEntry, ManifestView};
-use protocol::wire::{device::ChunkStatus, ChunkRange};
+use protocol::wire::ChunkRange;
 use protocol::ChunkId;
 use tokio::sync::mpsc;
 
@@ -507,16 +507,22 @@ async fn fetch_batch(
         let mut bytes = 0u64;
         let mut bad = None;
         let mut missing = 0;
-        for (item, wanted) in response.items().iter().zip(batch) {
-            let ChunkStatus::Ok(stored) = item.status else {
-                missing += usize::from(item.status == ChunkStatus::NotFound);
-                continue;
+        // Each chunk is verified and decrypted where it lies in the response body.
+        let (spans, mut body) = response.into_parts();
+        for (span, wanted) in spans.into_iter().zip(batch) {
+            let stored = match span {
+                StoredAt::Body(range) => &mut body[range],
+                StoredAt::NotFound => {
+                    missing += 1;
+                    continue;
+                }
+                StoredAt::Busy => continue,
             };
             if bad.is_some() {
                 continue;
             }
             bytes += stored.len() as u64;
-            match protocol::codec::open(&wanted.entry, key.as_deref(), stored.to_vec()) {
+            match protocol::codec::open_in_buffer(&wanted.entry, key.as_deref(), stored) {
                 Ok(plain) => {
                     for (index, offset) in &wanted.targets {
                         slot.write_at(*offset, &plain)?;

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use protocol::wire::{
-    device::{ChunkItems, ChunkRanges, EdgeHoldAnswer, ErrorCode, Request, Response, ResponseView, WireError},
+    device::{
+        ChunkItems, ChunkRanges, ChunkStatus, EdgeHoldAnswer, ErrorCode, Request, Response, ResponseView, WireError,
+    },
     ChunkRange,
 };
 use tokio::net::TcpStream;
@@ -81,6 +83,38 @@ impl ChunkBatch {
     pub fn body_len(&self) -> usize {
         self.body.len()
     }
+
+    /// Each item's outcome, with its stored bytes as a range of the body, and the body:
+    /// what a caller needs to open chunks where they arrived (decrypting in place) instead
+    /// of copying each one out of the response first.
+    pub fn into_parts(self) -> (Vec<StoredAt>, Vec<u8>) {
+        let base = self.body.as_ptr() as usize;
+        let spans = self
+            .items()
+            .iter()
+            .map(|item| match item.status {
+                // The items borrow from `body` (parsed from it), so the offset is in range.
+                ChunkStatus::Ok(stored) => {
+                    let start = stored.as_ptr() as usize - base;
+                    StoredAt::Body(start..start + stored.len())
+                }
+                ChunkStatus::NotFound => StoredAt::NotFound,
+                ChunkStatus::Busy => StoredAt::Busy,
+            })
+            .collect();
+        (spans, self.body)
+    }
+}
+
+/// Where one item of a [`ChunkBatch`] is, from [`ChunkBatch::into_parts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredAt {
+    /// The stored bytes are this range of the body.
+    Body(std::ops::Range<usize>),
+    /// The edge node does not have the chunk.
+    NotFound,
+    /// Not served in this response; ask again.
+    Busy,
 }
 
 enum Transport {
@@ -311,6 +345,31 @@ impl DeviceClient {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    /// Every served item's range names its own bytes in the body, in request order, and
+    /// the other outcomes come through as they were.
+    #[test]
+    fn a_batch_splits_into_ranges_of_its_body() {
+        use protocol::wire::device::{ChunkItem, FRAME_HEADER_BYTES};
+        use protocol::ChunkId;
+        let (a, b) = (vec![1u8; 300], vec![2u8; 5]);
+        let items = [
+            ChunkItem { id: ChunkId([1; 32]), status: ChunkStatus::Ok(&a) },
+            ChunkItem { id: ChunkId([2; 32]), status: ChunkStatus::NotFound },
+            ChunkItem { id: ChunkId([3; 32]), status: ChunkStatus::Busy },
+            ChunkItem { id: ChunkId([4; 32]), status: ChunkStatus::Ok(&b) },
+        ];
+        let frame = Response::Chunks { items: ChunkItems::from_slice(&items) }.to_frame().unwrap();
+        let ranges: Vec<ChunkRange> = items.iter().map(|item| ChunkRange::whole(item.id)).collect();
+        let batch = check_batch(frame[FRAME_HEADER_BYTES..].to_vec(), &ranges).unwrap();
+        let (spans, body) = batch.into_parts();
+        assert_eq!(spans.len(), 4);
+        let StoredAt::Body(first) = spans[0].clone() else { panic!("{:?}", spans[0]) };
+        let StoredAt::Body(last) = spans[3].clone() else { panic!("{:?}", spans[3]) };
+        assert_eq!((&body[first], &body[last.clone()]), (&a[..], &b[..]));
+        assert_eq!(last.end, body.len(), "the last body ends the response");
+        assert_eq!(spans[1..3], [StoredAt::NotFound, StoredAt::Busy]);
+    }
 
     /// A QUIC "edge" that is a bound UDP socket never answering: the handshake would wait
     /// for quinn's idle timeout; the connect timeout ends it.

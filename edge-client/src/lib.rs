@@ -17,7 +17,7 @@ pub mod mdns;
 mod quic;
 mod tcp;
 
-pub use client::{ChunkBatch, ClientError, DeviceClient, Timeouts};
+pub use client::{ChunkBatch, ClientError, DeviceClient, StoredAt, Timeouts};
 pub use quic::{bulk_udp_socket, crypto_provider};
 
 /// The QUIC application protocol name of the device service, version 1.

@@ -285,8 +285,32 @@ pub fn open(
     if !entry.codec.zstd {
         return Ok(stored);
     }
+    decompress_checked(entry, &stored)
+}
+
+/// [`open`] for stored bytes that lie in a buffer the caller owns — a response body holding
+/// a whole batch: the chunk is verified and decrypted where it lies, and only a compressed
+/// chunk gets a new buffer (its plaintext). A Linux device's install used to copy each chunk
+/// out of the response and then its payload down over the nonce: 1.5 copies of every byte
+/// fetched before the one into the slot.
+#[cfg(feature = "std")]
+pub fn open_in_buffer<'b>(
+    entry: &ChunkEntry,
+    key: Option<&ContentKey>,
+    stored: &'b mut [u8],
+) -> Result<std::borrow::Cow<'b, [u8]>, ChunkError> {
+    let payload = open_in_place(entry, key, stored)?;
+    if !entry.codec.zstd {
+        return Ok(std::borrow::Cow::Borrowed(payload));
+    }
+    decompress_checked(entry, payload).map(std::borrow::Cow::Owned)
+}
+
+/// Decompresses an opened payload into exactly the signed length.
+#[cfg(feature = "std")]
+fn decompress_checked(entry: &ChunkEntry, payload: &[u8]) -> Result<std::vec::Vec<u8>, ChunkError> {
     // Cap the output at the signed length: a zstd bomb cannot make us allocate more.
-    let plain = decompress(&stored, entry.length as usize).map_err(|_| ChunkError::DecompressFailed)?;
+    let plain = decompress(payload, entry.length as usize).map_err(|_| ChunkError::DecompressFailed)?;
     if plain.len() != entry.length as usize {
         return Err(ChunkError::DecompressFailed);
     }
@@ -326,6 +350,26 @@ mod tests {
         }
         let other = seal(b"other", None, Some(&key)).unwrap();
         assert_ne!(other.stored[..24], seal(&text, None, Some(&key)).unwrap().stored[..24]);
+    }
+
+    /// Opening where the bytes lie gives what `open` gives, for every codec, with no new
+    /// buffer unless the chunk is compressed; a damaged chunk is the same error.
+    #[test]
+    fn opening_in_a_buffer_matches_open_and_copies_only_compressed_chunks() {
+        let key = ContentKey([5; 32]);
+        let text = b"bootloader table ".repeat(700);
+        for (level, key) in [(None, None), (Some(3), None), (None, Some(&key)), (Some(3), Some(&key))] {
+            let sealed = seal(&text, level, key).unwrap();
+            let entry = entry_for(&sealed, text.len() as u32);
+            let mut buffer = [b"head".as_slice(), &sealed.stored, b"tail"].concat();
+            let stored = &mut buffer[4..4 + sealed.stored.len()];
+            let plain = open_in_buffer(&entry, key, stored).unwrap();
+            assert_eq!(&plain[..], &open(&entry, key, sealed.stored.clone()).unwrap()[..]);
+            assert_eq!(matches!(plain, std::borrow::Cow::Owned(_)), sealed.codec.zstd, "{:?}", sealed.codec);
+            let mut bad = sealed.stored.clone();
+            bad[sealed.stored.len() / 2] ^= 1;
+            assert_eq!(open_in_buffer(&entry, key, &mut bad.clone()), open(&entry, key, bad).map(Into::into));
+        }
     }
 
     #[test]
