@@ -291,8 +291,8 @@ pub fn open(
 /// [`open`] for stored bytes that lie in a buffer the caller owns — a response body holding
 /// a whole batch: the chunk is verified and decrypted where it lies, and only a compressed
 /// chunk gets a new buffer (its plaintext). A Linux device's install used to copy each chunk
-/// out of the response and then its payload down over the nonce: 1.5 copies of every byte
-/// fetched before the one into the slot.
+/// out of the response and then its payload down over the nonce: two copies of every
+/// encrypted byte fetched before the one into the slot.
 #[cfg(feature = "std")]
 pub fn open_in_buffer<'b>(
     entry: &ChunkEntry,

@@ -9,7 +9,7 @@ use protocol::rollout::controller::{halt_code, BASELINE_MIN_OUTCOMES};
 use protocol::rollout::policy::limits;
 use protocol::rollout::site_guard::{PolicyUpdate, MAX_DEVICES};
 use protocol::rollout::{
-    bucket, is_eligible, wave_of, window, Controller, EdgeHold, Gate, GateVerdict, HealthGate, Outcome, Phase,
+    bucket, is_eligible, wave_of, window, Controller, EdgeHold, Gate, GateVerdict, HealthGate, MapSeed, Outcome, Phase,
     PolicyError, PolicyView, RolloutPolicy, RolloutRelease, RolloutReport, RolloutState, SiteGuard, StopReason, Wave,
     Window,
 };
@@ -19,6 +19,8 @@ use protocol::time::{Duration, Instant};
 /// 2024-01-01 00:00 UTC, a Monday.
 const MONDAY: i64 = 1_704_067_200;
 const HOUR: i64 = 3600;
+/// Device ids here are not an adversary's: any seed keys the maps.
+const SEED: MapSeed = MapSeed([0x5e; 16]);
 
 fn device(i: u64) -> [u8; 32] {
     *blake3::hash(&i.to_le_bytes()).as_bytes()
@@ -445,7 +447,7 @@ mod controller {
     #[test]
     fn waves_advance_after_soak_and_enough_reports_then_complete() {
         let policy = sample();
-        let mut c = Controller::new(policy.clone()).unwrap();
+        let mut c = Controller::new(policy.clone(), SEED).unwrap();
         let at = MONDAY + 10;
         for d in devices_in_wave(&policy, 0, 9, 0) {
             assert!(c.handle_report(&report(d, Outcome::Committed, at), at));
@@ -479,7 +481,7 @@ mod controller {
     #[test]
     fn the_failure_threshold_halts_and_duplicates_are_idempotent() {
         let policy = sample();
-        let mut c = Controller::new(policy.clone()).unwrap();
+        let mut c = Controller::new(policy.clone(), SEED).unwrap();
         let devices = devices_in_wave(&policy, 0, 10, 0);
         // 0 of 10 allowed failures at 5 % of min 10 → the first failure is 10 % of 10: halt.
         // But first: the same report twice counts once, and an older one is ignored.
@@ -516,7 +518,7 @@ mod controller {
     #[test]
     fn reports_of_other_rollouts_and_future_clocks_do_not_count() {
         let policy = sample();
-        let mut c = Controller::new(policy.clone()).unwrap();
+        let mut c = Controller::new(policy.clone(), SEED).unwrap();
         let d = devices_in_wave(&policy, 0, 1, 0)[0];
         let other = RolloutReport { rollout_id: "other".into(), ..report(d, Outcome::Failed(1), MONDAY) };
         assert!(!c.handle_report(&other, MONDAY));
@@ -553,7 +555,7 @@ mod controller {
     #[test]
     fn a_release_as_good_as_the_baseline_is_not_halted() {
         for seed in 0..5 {
-            let mut c = Controller::new(baseline_policy()).unwrap();
+            let mut c = Controller::new(baseline_policy(), SEED).unwrap();
             c.handle_baseline(9_800, 200); // 2 % failures
             for (i, outcome) in outcomes(seed, 20_000).take(3_000).enumerate() {
                 c.handle_report(&report(device(i as u64), outcome, MONDAY), MONDAY);
@@ -565,7 +567,7 @@ mod controller {
 
     #[test]
     fn a_clearly_worse_release_is_halted_with_few_reports() {
-        let mut c = Controller::new(baseline_policy()).unwrap();
+        let mut c = Controller::new(baseline_policy(), SEED).unwrap();
         c.handle_baseline(9_800, 200);
         let mut halted_after = None;
         for (i, outcome) in outcomes(7, 150_000).take(1_000).enumerate() {
@@ -583,7 +585,7 @@ mod controller {
     #[test]
     fn summaries_say_what_the_gate_waits_for() {
         let policy = sample();
-        let mut c = Controller::new(policy.clone()).unwrap();
+        let mut c = Controller::new(policy.clone(), SEED).unwrap();
         let s = c.wave_summaries(MONDAY + 10);
         assert!(s[0].gate.starts_with("soaking until"), "{}", s[0].gate);
         assert_eq!(s[1].gate, "not started");
@@ -608,7 +610,7 @@ mod site_guard {
     fn a_site_halts_itself_after_few_failures_and_stays_halted() {
         let policy = sample();
         let bytes = policy.encode().unwrap();
-        let mut guard = SiteGuard::new(&PolicyView::parse(&bytes).unwrap());
+        let mut guard = SiteGuard::new(&PolicyView::parse(&bytes).unwrap(), SEED);
         guard.handle_report(&report(device(1), Outcome::Committed, MONDAY), MONDAY);
         guard.handle_report(&report(device(2), Outcome::Committed, MONDAY), MONDAY);
         assert_eq!(guard.hold(&device(9), MONDAY), EdgeHold::None);
@@ -643,13 +645,13 @@ mod site_guard {
     #[test]
     fn two_failures_halt_an_offline_site_but_rare_ones_never_do() {
         let bytes = sample().encode().unwrap();
-        let mut guard = SiteGuard::new(&PolicyView::parse(&bytes).unwrap());
+        let mut guard = SiteGuard::new(&PolicyView::parse(&bytes).unwrap(), SEED);
         guard.handle_report(&report(device(1), Outcome::RolledBack, MONDAY), MONDAY);
         assert_eq!(guard.hold(&device(9), MONDAY), EdgeHold::None, "one failure is bad luck");
         guard.handle_report(&report(device(2), Outcome::RolledBack, MONDAY), MONDAY);
         assert_eq!(guard.hold(&device(9), MONDAY), EdgeHold::SiteHalted, "a release failing everywhere");
         // 2 failures in 200 outcomes (1 %) under a 5 % limit: not a reason to stop a site.
-        let mut guard = SiteGuard::new(&PolicyView::parse(&bytes).unwrap());
+        let mut guard = SiteGuard::new(&PolicyView::parse(&bytes).unwrap(), SEED);
         for i in 0..200u32 {
             let outcome = if i % 100 == 50 { Outcome::RolledBack } else { Outcome::Committed };
             let mut id = [0u8; 32];
@@ -662,7 +664,7 @@ mod site_guard {
     #[test]
     fn concurrent_installs_are_capped_per_site() {
         let bytes = sample().encode().unwrap(); // two at once
-        let mut guard = SiteGuard::new(&PolicyView::parse(&bytes).unwrap());
+        let mut guard = SiteGuard::new(&PolicyView::parse(&bytes).unwrap(), SEED);
         assert_eq!(guard.hold(&device(1), MONDAY), EdgeHold::None);
         assert_eq!(guard.hold(&device(2), MONDAY), EdgeHold::None);
         assert_eq!(guard.hold(&device(3), MONDAY), EdgeHold::ConcurrencyFull { retry_at: MONDAY + 300 });
@@ -683,7 +685,7 @@ mod site_guard {
     #[test]
     fn a_full_guard_forgets_the_device_heard_from_longest_ago_smallest_id_first() {
         let bytes = sample().encode().unwrap();
-        let mut guard = SiteGuard::new(&PolicyView::parse(&bytes).unwrap());
+        let mut guard = SiteGuard::new(&PolicyView::parse(&bytes).unwrap(), SEED);
         let id = |i: u32| {
             let mut id = [0u8; 32];
             id[..4].copy_from_slice(&i.to_be_bytes());

@@ -8,7 +8,7 @@
 //! without risk: a forgotten halt costs at most the failures it takes to halt again.
 
 use protocol::edge::status::RolloutGuardStatus;
-use protocol::rollout::{EdgeHold, PolicyView, RolloutReport, SiteGuard};
+use protocol::rollout::{EdgeHold, MapSeed, PolicyView, RolloutReport, SiteGuard};
 use protocol::wire::device::EdgeHoldAnswer;
 use std::collections::BTreeMap;
 
@@ -22,6 +22,16 @@ pub struct RolloutGuards {
     guards: BTreeMap<String, SiteGuard>,
     /// The newest policy seen per rollout: (seq, state name), for status.
     policies: BTreeMap<String, (u64, &'static str)>,
+}
+
+/// A secret seed for a new guard's device maps (device ids are keys devices choose).
+/// Should the OS's random source fail, the guard still runs, keyed by a fixed seed: losing
+/// the site's local halt would cost more than hashing that ground ids could slow.
+fn guard_seed() -> MapSeed {
+    host::random::map_seed().unwrap_or_else(|e| {
+        tracing::warn!("{e:#}; this rollout's site guard hashes device ids with a fixed seed");
+        MapSeed([0; 16])
+    })
 }
 
 impl RolloutGuards {
@@ -50,7 +60,7 @@ impl RolloutGuards {
                         self.policies.remove(&id);
                     }
                 }
-                self.guards.insert(policy.id().to_string(), SiteGuard::new(&policy));
+                self.guards.insert(policy.id().to_string(), SiteGuard::new(&policy, guard_seed()));
             }
         }
     }

@@ -47,7 +47,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::device_map::DeviceMap;
+use super::device_map::{device_map, DeviceMap, MapSeed};
 use super::policy::{limits, Phase, PolicyError, RolloutPolicy, RolloutState};
 use super::report::{Outcome, RolloutReport};
 use crate::id_order::Bytes32;
@@ -179,13 +179,14 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// A controller for `policy` (validated first).
-    pub fn new(policy: RolloutPolicy) -> Result<Controller, PolicyError> {
+    /// A controller for `policy` (validated first); `seed` keys its device map (see
+    /// [`MapSeed`]: a secret from a random source wherever device ids are not the caller's).
+    pub fn new(policy: RolloutPolicy, seed: MapSeed) -> Result<Controller, PolicyError> {
         policy.validate()?;
         let waves = policy.waves.len();
         Ok(Controller {
             policy,
-            devices: DeviceMap::new(),
+            devices: device_map(seed),
             tallies: vec![Tally::default(); waves],
             accepted: vec![Tally::default(); waves],
             baseline: None,
@@ -513,7 +514,7 @@ mod tests {
             current_wave: 0,
             wave_started_at: 0,
         };
-        let mut controller = Controller::new(policy).unwrap();
+        let mut controller = Controller::new(policy, MapSeed([0; 16])).unwrap();
         assert_eq!(controller.poll(100), None, "10 reports needed, none known");
         // The fleet has no device in wave 0 and 3 in wave 1: wave 0 passes at once.
         controller.handle_targeted(&[0, 3]);

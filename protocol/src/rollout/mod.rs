@@ -44,6 +44,8 @@ pub use window::Window;
 #[cfg(feature = "alloc")]
 pub use controller::{Controller, WaveSummary};
 #[cfg(feature = "alloc")]
+pub use device_map::MapSeed;
+#[cfg(feature = "alloc")]
 pub use policy::{RolloutPolicy, RolloutState};
 #[cfg(feature = "alloc")]
 pub use report::{Outcome, RolloutReport};

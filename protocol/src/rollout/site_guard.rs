@@ -35,7 +35,7 @@
 use alloc::string::String;
 
 use super::controller::Tally;
-use super::device_map::DeviceMap;
+use super::device_map::{device_map, DeviceMap, MapSeed};
 use super::gate::EdgeHold;
 use super::policy::{limits, HealthGate, Phase, PolicyView};
 use super::report::{Outcome, RolloutReport};
@@ -95,16 +95,17 @@ pub struct SiteGuard {
 }
 
 impl SiteGuard {
-    /// A guard for the rollout `policy` describes (a verified policy).
-    pub fn new(policy: &PolicyView<'_>) -> SiteGuard {
+    /// A guard for the rollout `policy` describes (a verified policy); `seed` keys its
+    /// device maps (see [`MapSeed`]).
+    pub fn new(policy: &PolicyView<'_>, seed: MapSeed) -> SiteGuard {
         SiteGuard {
             rollout_id: policy.id().into(),
             seq: policy.seq(),
             phase: policy.phase(),
             health: policy.health(),
             max_concurrent: policy.max_concurrent_per_site(),
-            devices: DeviceMap::new(),
-            reservations: DeviceMap::new(),
+            devices: device_map(seed),
+            reservations: device_map(seed),
             tally: Tally::default(),
             accepted: Tally::default(),
             halted_at_seq: None,

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Result};
-use protocol::rollout::{Controller, RolloutPolicy};
+use protocol::rollout::RolloutPolicy;
 
 use super::RolloutStatus;
 use crate::repo::Repo;
@@ -80,7 +80,7 @@ fn with_policy(known: &RolloutStatus, policy: RolloutPolicy) -> Result<RolloutSt
     if known.seq == policy.seq {
         return Ok(known.clone());
     }
-    let mut status = super::status_of(&Controller::new(policy).map_err(|e| anyhow!("{e}"))?);
+    let mut status = super::status_of(&super::controller_for(policy)?);
     for (wave, seen) in status.waves.iter_mut().zip(&known.waves) {
         wave.targeted = seen.targeted;
         wave.counts = seen.counts.clone();

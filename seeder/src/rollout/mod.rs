@@ -204,7 +204,7 @@ fn start_with(args: &StartArgs, may_delegate: bool) -> Result<RolloutStatus> {
     rollouts_role::publish_policy(&repo, &args.name, &bytes)?;
     let conn = fleet::open_write(&fleet::location(&repo.dir))?;
     conn.transaction(|conn| record::record(conn, None, &policy, &bytes, time::now_unix()))?;
-    Ok(status_of(&Controller::new(policy).map_err(|e| anyhow!("{e}"))?))
+    Ok(status_of(&controller_for(policy)?))
 }
 
 /// The policy `args` describe, checked: the release must be published, and the policy must
@@ -279,7 +279,7 @@ pub fn status(repo: &Repo, name: Option<&str>) -> Result<Vec<RolloutStatus>> {
 fn status_from_database(conn: Option<&fleet::Db>, policy: RolloutPolicy) -> Result<RolloutStatus> {
     Ok(match conn {
         Some(conn) => tracked::Tracked::rebuild(conn, policy)?.status(),
-        None => status_of(&Controller::new(policy).map_err(|e| anyhow!("{e}"))?),
+        None => status_of(&controller_for(policy)?),
     })
 }
 
@@ -299,7 +299,7 @@ pub fn command(repo: &Repo, name: &str, command: Command) -> Result<RolloutStatu
     let _lock = repo.lock()?;
     let policy = current_policy(repo, name)?
         .with_context(|| format!("no rollout of {name}; start one with `seeder rollout start {name} VERSION`"))?;
-    let mut controller = Controller::new(policy.clone()).map_err(|e| anyhow!("{e}"))?;
+    let mut controller = controller_for(policy.clone())?;
     let next = match command {
         Command::Pause => controller.pause(),
         Command::Resume => controller.resume(time::now_unix()),
@@ -310,7 +310,13 @@ pub fn command(repo: &Repo, name: &str, command: Command) -> Result<RolloutStatu
     rollouts_role::publish_policy(repo, name, &bytes)?;
     let conn = fleet::open_write(&fleet::location(&repo.dir))?;
     conn.transaction(|conn| record::record(conn, Some(&policy), &next, &bytes, time::now_unix()))?;
-    Ok(status_of(&Controller::new(next).map_err(|e| anyhow!("{e}"))?))
+    Ok(status_of(&controller_for(next)?))
+}
+
+/// A controller for `policy`, its device map keyed by a fresh secret seed (device ids are
+/// keys devices choose; see `protocol::rollout::MapSeed`).
+pub(crate) fn controller_for(policy: RolloutPolicy) -> Result<Controller> {
+    Controller::new(policy, host::random::map_seed()?).map_err(|e| anyhow!("{e}"))
 }
 
 /// What `controller` knows, for printing.

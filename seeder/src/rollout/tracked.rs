@@ -62,9 +62,9 @@ impl Tracked {
                     state: RolloutState::Halted { code: 0, reason: "before the resume".into() },
                     ..policy.clone()
                 };
-                Controller::new(halted).map_err(|e| anyhow!("{e}"))?
+                super::controller_for(halted)?
             }
-            _ => Controller::new(policy.clone()).map_err(|e| anyhow!("{e}"))?,
+            _ => super::controller_for(policy.clone())?,
         };
         let mut tracked = Tracked {
             controller,

@@ -7,8 +7,8 @@
 use std::collections::VecDeque;
 
 use protocol::rollout::{
-    Controller, EdgeHold, Gate, GateVerdict, Outcome, Phase, PolicyView, RolloutPolicy, RolloutReport, SiteGuard,
-    Window,
+    Controller, EdgeHold, Gate, GateVerdict, MapSeed, Outcome, Phase, PolicyView, RolloutPolicy, RolloutReport,
+    SiteGuard, Window,
 };
 use protocol::ReleaseId;
 
@@ -61,6 +61,8 @@ pub(super) struct RolloutRun {
     flush: Micros,
     tick: Micros,
     rng: Rng,
+    /// Keys the controller's and the site guards' device maps.
+    map_seed: MapSeed,
     /// The highest wave a signed policy made current: no device of a later wave may start.
     max_wave: usize,
     wave_started: Vec<Option<Micros>>,
@@ -91,10 +93,15 @@ impl RolloutRun {
             let wave = protocol::rollout::wave_of(&view, &rollout::device_id(d as u32));
             dev.wave = wave.map_or(u8::MAX, |w| w as u8);
         }
+        // Simulated devices choose no ids to collide: any seed keys the maps, this one keeps
+        // runs reproducible.
+        let mut map_seed = [0u8; 16];
+        map_seed[..8].copy_from_slice(&seed.to_le_bytes());
+        let map_seed = MapSeed(map_seed);
         let sites = (0..sc.sites.count)
             .map(|_| SiteRollout {
                 policy: 0,
-                guard: SiteGuard::new(&view),
+                guard: SiteGuard::new(&view, map_seed),
                 queue: VecDeque::new(),
                 flush_armed: false,
                 needs_policy: false,
@@ -114,7 +121,7 @@ impl RolloutRun {
         let waves = policy.waves.len();
         let mut wave_started = vec![None; waves];
         wave_started[0] = Some(0);
-        let controller = Controller::new(policy.clone()).ok()?;
+        let controller = Controller::new(policy.clone(), map_seed).ok()?;
         Some(Box::new(RolloutRun {
             gate: Gate::default(),
             start_unix: params.start_unix,
@@ -128,6 +135,7 @@ impl RolloutRun {
             flush: secs(params.report_flush_s).max(1),
             tick: secs(params.controller_tick_s).max(1),
             rng: Rng::stream(seed, 0x7011_0a7e),
+            map_seed,
             max_wave: 0,
             wave_started,
             wave_ended: vec![None; waves],
@@ -402,6 +410,7 @@ impl World<'_> {
         let now = self.now;
         let down = self.backhaul_down[site as usize] > 0;
         let Some(r) = self.rollout.as_deref_mut() else { return };
+        let map_seed = r.map_seed;
         let s = &mut r.sites[site as usize];
         if down {
             s.needs_policy = true;
@@ -418,7 +427,7 @@ impl World<'_> {
         // after the publisher completed the rollout. A newer `Complete` is the same decision
         // as an advance; the guard starts over from it, counting only later outcomes.
         if view.phase() == Phase::Complete && s.guard.is_halted() && s.guard_halt_seq.is_some_and(|h| view.seq() > h) {
-            s.guard = SiteGuard::new(&view);
+            s.guard = SiteGuard::new(&view, map_seed);
             s.guard_halt_seq = None;
         }
         if !s.guard.is_halted() {
