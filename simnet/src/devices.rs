@@ -115,6 +115,9 @@ pub struct DeviceFetch {
     pub queued: bool,
     /// The request out: its chunks and when it was sent.
     pub current: Vec<u32>,
+    /// Their stored bytes, summed when the edge node served them (the batch's flow): the
+    /// answer then counts them without walking the chunks again.
+    pub current_bytes: u64,
     /// When it was sent.
     pub sent: Micros,
     /// When the download's first attempt started.
@@ -124,7 +127,17 @@ pub struct DeviceFetch {
 impl DeviceFetch {
     /// A download about to start its first round.
     pub fn new(plan: FetchPlan<u8, Arc<[u32]>>, edges: Vec<EdgeRecord>, started: Micros) -> DeviceFetch {
-        DeviceFetch { plan, edges, spares: Vec::new(), conn: 0, queued: false, current: Vec::new(), sent: 0, started }
+        DeviceFetch {
+            plan,
+            edges,
+            spares: Vec::new(),
+            conn: 0,
+            queued: false,
+            current: Vec::new(),
+            current_bytes: 0,
+            sent: 0,
+            started,
+        }
     }
 }
 

@@ -330,6 +330,7 @@ impl World<'_> {
             fetch.queued = false;
             if let Some(transmit) = fetch.plan.poll_transmit(now) {
                 fetch.current = transmit.units;
+                fetch.current_bytes = 0;
                 fetch.sent = self.now;
                 self.serve_batch(d, true);
             }
@@ -397,6 +398,9 @@ impl World<'_> {
         let unverified = fetch.current.iter().filter(|u| edge.tainted.contains(u)).count();
         let bytes: u64 = fetch.current.iter().map(|&u| self.rel.spec.chunks[u as usize].stored_len as u64).sum();
         let (site, slot) = (edge.site, edge.slot);
+        if let Some(fetch) = self.fetches[d as usize].as_mut() {
+            fetch.current_bytes = bytes;
+        }
         self.checkers.edge_serves(self.now, site, slot, unverified);
         let lan = [self.topo.lan[site as usize]];
         match self.net.start(self.now, &lan, self.topo.device_rate, 1, bytes, Tag::Device(d)) {
@@ -506,7 +510,8 @@ impl World<'_> {
         let on_the_way = self.rng.chance(self.sc.faults.device_batch_corruption);
         let now = Instant(self.now);
         let took = protocol::time::Duration(self.now.saturating_sub(fetch.sent));
-        let bytes: u64 = units.iter().map(|&u| self.rel.spec.chunks[u as usize].stored_len as u64).sum();
+        // Its flow started when the edge node served it, which summed the bytes.
+        let bytes = fetch.current_bytes;
         if (from_edge || on_the_way) && !self.sc.plant.device_skips_verification {
             // A chunk failed verification: the edge is a liar as far as the device can tell
             // (it cannot tell a tampering edge from bytes damaged on the way).
