@@ -45,13 +45,6 @@ impl std::hash::BuildHasher for SeededHasher {
     }
 }
 
-#[cfg(feature = "std")]
-impl core::fmt::Debug for SeededHasher {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("SeededHasher(..)")
-    }
-}
-
 /// A device's entry by its id: a keyed hash map with std, a B-tree without.
 #[cfg(feature = "std")]
 pub(crate) type DeviceMap<V> = std::collections::HashMap<Bytes32, V, SeededHasher>;
