@@ -610,3 +610,54 @@ fn a_chunk_the_origin_answers_busy_comes_from_another_site_and_the_origin_is_ask
         .collect();
     assert!(!again.is_empty() && again.iter().all(|i| !served.1.contains(i) && !wan.contains(i)), "{again:?}");
 }
+
+/// Tail duplicates: once every chunk has been asked for and a request has been out for
+/// `tail_duplicate_after`, its chunks are asked again of another site-mate that holds them
+/// (never of the same one, and not a moment before that age).
+#[test]
+fn a_request_outstanding_past_the_tail_age_is_asked_again_of_another_site_mate() {
+    let config = SchedulerConfig::default();
+    let (me, slow, other) = (node_id(1), node_id(2), node_id(3));
+    let site = SiteId(1);
+    let release = ReleaseId([6; 32]);
+    let mut node = FetchScheduler::new(me, site, config.clone());
+    let chunks: Vec<ChunkSpec> =
+        (0..8u32).map(|i| ChunkSpec { id: ChunkId::of(&i.to_le_bytes()), stored_len: 1000 }).collect();
+    let drain = |node: &mut FetchScheduler| std::iter::from_fn(|| node.poll_request()).collect::<Vec<_>>();
+    let chunk_requests = |requests: &[Request]| -> Vec<(NodeId, Vec<u32>)> {
+        requests
+            .iter()
+            .filter_map(|r| match r {
+                Request::Chunks { peer, indices, .. } => {
+                    // The walk starts at a per-site offset: compare which chunks, not order.
+                    let mut indices = indices.clone();
+                    indices.sort_unstable();
+                    Some((*peer, indices))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let start = Instant(1_000_000);
+    node.handle_peer_up(start, slow, site, PeerRole::Edge);
+    node.handle_release(start, release, ReleaseSpec { hw_class: "gw".into(), chunks });
+    node.handle_have(start, slow, release, &[0xff]);
+    let first = chunk_requests(&drain(&mut node));
+    assert_eq!(first, vec![(slow, (0..8).collect::<Vec<u32>>())], "every chunk from the one holder");
+    // A second holder appears; the request to the first is still out.
+    node.handle_peer_up(start, other, site, PeerRole::Edge);
+    node.handle_have(start, other, release, &[0xff]);
+    assert!(chunk_requests(&drain(&mut node)).is_empty(), "asked again before the tail age");
+    let due = start + config.tail_duplicate_after;
+    let wake = node.poll_timeout().expect("a pending release has a timer");
+    assert!(wake > start && wake <= due, "next wake-up {wake:?}, the duplicate is due at {due:?}");
+    node.handle_timeout(Instant(due.0 - 1));
+    assert!(chunk_requests(&drain(&mut node)).is_empty(), "asked again a microsecond early");
+    node.handle_timeout(due);
+    let again = chunk_requests(&drain(&mut node));
+    assert_eq!(again, vec![(other, (0..8).collect::<Vec<u32>>())], "the tail goes to the other holder");
+    assert_eq!(node.stats().tail_duplicates, 1);
+    // Both requests out and both already duplicated: no further copies, however long.
+    node.handle_timeout(due + config.tail_duplicate_after);
+    assert!(chunk_requests(&drain(&mut node)).is_empty(), "a chunk was asked a third time");
+}

@@ -677,24 +677,29 @@ impl FetchScheduler {
             waiting = true;
             // Tail duplicates are only sent once no chunk of the release is idle, and a due
             // duplicate that found no source waits for the next input; counting either as a
-            // deadline would wake the driver in a loop (`now + 1 µs`) for nothing.
-            let idle_left = release
-                .state
-                .iter()
-                .enumerate()
-                .any(|(i, s)| !release.have.get(i as u32) && matches!(s, ChunkState::Idle { .. }));
+            // deadline would wake the driver in a loop (`now + 1 µs`) for nothing. One walk
+            // finds the next retry, the next duplicate and whether any chunk is idle.
+            let mut idle_left = false;
+            let mut next_duplicate: Option<Instant> = None;
             for (i, state) in release.state.iter().enumerate() {
                 match *state {
-                    ChunkState::Idle { retry_at, .. } if !release.have.get(i as u32) && retry_at > self.now => {
-                        consider(retry_at)
+                    ChunkState::Idle { retry_at, .. } if !release.have.get(i as u32) => {
+                        idle_left = true;
+                        if retry_at > self.now {
+                            consider(retry_at);
+                        }
                     }
                     ChunkState::Inflight { since, duplicated: false, .. }
-                        if !idle_left && since + self.config.tail_duplicate_after > self.now =>
+                        if since + self.config.tail_duplicate_after > self.now =>
                     {
-                        consider(since + self.config.tail_duplicate_after)
+                        let at = since + self.config.tail_duplicate_after;
+                        next_duplicate = Some(next_duplicate.map_or(at, |n| n.min(at)));
                     }
                     _ => {}
                 }
+            }
+            if let (false, Some(at)) = (idle_left, next_duplicate) {
+                consider(at);
             }
         }
         if waiting {
@@ -714,15 +719,8 @@ impl FetchScheduler {
         self.inflight.values().find(|r| r.release == *rid && r.indices.contains(&index)).map(|r| r.peer)
     }
 
-    fn emit_chunk_request(
-        &mut self,
-        peer: NodeId,
-        release: ReleaseId,
-        class: SourceClass,
-        indices: Vec<u32>,
-        bytes: u64,
-        duplicate: bool,
-    ) {
+    fn emit_chunk_request(&mut self, peer: NodeId, release: ReleaseId, request: planner::Building) {
+        let planner::Building { class, indices, bytes, duplicate } = request;
         if indices.is_empty() {
             return;
         }

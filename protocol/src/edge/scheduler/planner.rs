@@ -24,8 +24,8 @@ struct Pass {
     /// and index: built once per pass instead of scanning every request for every chunk, and
     /// by release first so the per-chunk lookup compares indices, not 32-byte ids.
     current: BTreeMap<ReleaseId, BTreeMap<u32, NodeId>>,
-    /// Requests being built, per peer and release: (class, indices, bytes).
-    building: BTreeMap<(NodeId, ReleaseId), (SourceClass, Vec<u32>, u64)>,
+    /// Requests being built, per peer and release.
+    building: BTreeMap<(NodeId, ReleaseId), Building>,
     /// Pipeline slots the requests being built take, per peer.
     planned: BTreeMap<NodeId, u32>,
     /// Have queries the decisions depend on (sent if due).
@@ -33,6 +33,17 @@ struct Pass {
     /// The release being planned, as the peers last said (built once per release and pass:
     /// looking each peer's view up per chunk was most of a busy node's CPU).
     views: ReleaseViews,
+}
+
+/// A chunk request a pass is filling.
+pub(super) struct Building {
+    pub(super) class: SourceClass,
+    pub(super) indices: Vec<u32>,
+    /// Their stored bytes.
+    pub(super) bytes: u64,
+    /// Tail duplicates (a pass asks for a release's chunks either all fresh or all again:
+    /// duplicates only go out once no chunk is idle).
+    pub(super) duplicate: bool,
 }
 
 /// What the peers hold of one release, and the site-mates' state, for one pass.
@@ -84,6 +95,19 @@ struct Ask {
     wan_ok: bool,
     /// The origin answered `Busy` for it: not asked again before this.
     origin_after: Instant,
+}
+
+/// A chunk a pass may look for a source for, read in one walk of its release.
+#[derive(Clone, Copy)]
+struct Due {
+    index: u32,
+    /// Requests for it that failed so far.
+    attempts: u32,
+    /// In flight long enough to be asked again (a tail duplicate), not idle.
+    duplicate: bool,
+    origin_after: Instant,
+    /// Its index in `FetchScheduler::responsible_members` (`u16::MAX`: none).
+    responsible: u16,
 }
 
 impl FetchScheduler {
@@ -213,6 +237,54 @@ impl FetchScheduler {
         r.responsible_epoch = epoch;
     }
 
+    /// The chunks of `rid` a pass may ask for now, in the order the pass walks them (from
+    /// this site's starting point): not held, and idle past their retry time, or — once no
+    /// chunk is idle — in flight for `tail_duplicate_after` and not duplicated yet.
+    ///
+    /// One walk with one release lookup: a node scheduling after every input over a release
+    /// it mostly holds looked the release up per chunk and read each chunk's entries before
+    /// knowing it was held: the scheduling pass was a tenth of fleet-1m's samples.
+    fn due_chunks(&self, rid: &ReleaseId) -> Vec<Due> {
+        let Some(r) = self.releases.get(rid) else { return Vec::new() };
+        let n = r.have.len();
+        let start = if n == 0 { 0 } else { (self.site.0 % u64::from(n)) as u32 };
+        let mut due = Vec::new();
+        let mut idle_left = false;
+        for index in (start..n).chain(0..start) {
+            if r.have.get(index) {
+                continue;
+            }
+            let i = index as usize;
+            let (duplicate, attempts) = match r.state[i] {
+                ChunkState::Idle { attempts, retry_at } => {
+                    idle_left = true;
+                    if retry_at > self.now {
+                        continue;
+                    }
+                    (false, attempts)
+                }
+                ChunkState::Inflight { attempts, since, duplicated: false }
+                    if self.now.saturating_since(since) >= self.config.tail_duplicate_after =>
+                {
+                    (true, attempts)
+                }
+                ChunkState::Inflight { .. } => continue,
+            };
+            due.push(Due {
+                index,
+                attempts,
+                duplicate,
+                origin_after: r.origin_after[i],
+                responsible: r.responsible.get(i).copied().unwrap_or(u16::MAX),
+            });
+        }
+        if idle_left {
+            // Tail duplicates wait until every chunk has been asked for once.
+            due.retain(|d| !d.duplicate);
+        }
+        due
+    }
+
     pub(super) fn schedule(&mut self) {
         let now = self.now;
         let mut pass = Pass::new(self.site_members(), &self.inflight);
@@ -220,15 +292,6 @@ impl FetchScheduler {
             self.releases.iter().filter(|(_, r)| r.wanted && !r.have.is_full()).map(|(id, _)| *id).collect();
 
         for rid in release_ids {
-            let (n, idle_left) = {
-                let r = &self.releases[&rid];
-                let idle_left = r
-                    .state
-                    .iter()
-                    .enumerate()
-                    .any(|(i, s)| !r.have.get(i as u32) && matches!(s, ChunkState::Idle { .. }));
-                (r.have.len(), idle_left)
-            };
             // Keep site-mates' Have views fresh while their share of this release is pending.
             for member in pass.members.iter().filter(|m| **m != self.me) {
                 pass.have_polls.insert((*member, rid));
@@ -248,35 +311,12 @@ impl FetchScheduler {
             self.refresh_responsible(&pass.members, &rid);
             pass.views = self.release_views(&pass.members, &rid);
             let current = pass.current.remove(&rid).unwrap_or_default();
-            let start = if n == 0 { 0 } else { (self.site.0 % u64::from(n)) as u32 };
-            for step in 0..n {
-                let index = (start + step) % n;
-                let (held, chunk, state, origin_after) = {
-                    let r = &self.releases[&rid];
-                    let i = index as usize;
-                    (r.have.get(index), r.spec.chunks[i], r.state[i], r.origin_after[i])
-                };
-                if held {
-                    continue;
-                }
-                let duplicate = match state {
-                    ChunkState::Idle { retry_at, .. } if retry_at <= now => false,
-                    ChunkState::Inflight { since, duplicated: false, .. }
-                        if !idle_left && now.saturating_since(since) >= self.config.tail_duplicate_after =>
-                    {
-                        true
-                    }
-                    _ => continue,
-                };
-                let responsible = self.releases[&rid]
-                    .responsible
-                    .get(index as usize)
-                    .and_then(|m| self.responsible_members.get(usize::from(*m)))
-                    .copied()
-                    .unwrap_or(self.me);
+            for due in self.due_chunks(&rid) {
+                let Due { index, attempts, duplicate, origin_after, responsible } = due;
+                let responsible = self.responsible_members.get(usize::from(responsible)).copied().unwrap_or(self.me);
                 // Other sites' edge nodes are tried a few times per chunk: their batches cross
                 // two backhauls, and after repeated failures the origin is the surer source.
-                let wan_ok = matches!(state, ChunkState::Idle { attempts, .. } if attempts < self.config.wan_tries);
+                let wan_ok = !duplicate && attempts < self.config.wan_tries;
                 let ask = Ask {
                     rid,
                     index,
@@ -290,33 +330,38 @@ impl FetchScheduler {
                 let Some((peer, class)) = self.choose_source(&mut pass, &ask) else {
                     continue;
                 };
-                let entry = pass.building.entry((peer, rid)).or_insert((class, Vec::new(), 0));
-                if entry.1.is_empty() {
+                let entry = pass.building.entry((peer, rid)).or_insert(Building {
+                    class,
+                    indices: Vec::new(),
+                    bytes: 0,
+                    duplicate,
+                });
+                if entry.indices.is_empty() {
                     // The request being built takes one of the peer's slots.
                     *pass.planned.entry(peer).or_insert(0) += 1;
                 }
-                entry.1.push(index);
-                entry.2 += chunk.stored_len as u64;
-                let full = entry.1.len() >= self.request_chunk_limit(&peer) || entry.2 >= self.config.max_request_bytes;
+                entry.indices.push(index);
+                // Read only for a chunk given a source: most due chunks wait (for a site-mate,
+                // a free slot), and their entries would only cost cache misses.
+                entry.bytes += u64::from(self.releases[&rid].spec.chunks[index as usize].stored_len);
+                let full = entry.indices.len() >= self.request_chunk_limit(&peer)
+                    || entry.bytes >= self.config.max_request_bytes;
                 if full {
-                    if let Some((class, indices, bytes)) = pass.building.remove(&(peer, rid)) {
+                    if let Some(request) = pass.building.remove(&(peer, rid)) {
                         // Emitting moves the slot from `planned` to the peer's in-flight count.
                         if let Some(p) = pass.planned.get_mut(&peer) {
                             *p -= 1;
                         }
-                        self.emit_chunk_request(peer, rid, class, indices, bytes, duplicate);
+                        self.emit_chunk_request(peer, rid, request);
                     }
                 }
-                let attempts = match state {
-                    ChunkState::Idle { attempts, .. } | ChunkState::Inflight { attempts, .. } => attempts,
-                };
                 if let Some(r) = self.releases.get_mut(&rid) {
                     r.state[index as usize] = ChunkState::Inflight { attempts, since: now, duplicated: duplicate };
                 }
             }
         }
-        for ((peer, rid), (class, indices, bytes)) in core::mem::take(&mut pass.building) {
-            self.emit_chunk_request(peer, rid, class, indices, bytes, false);
+        for ((peer, rid), request) in core::mem::take(&mut pass.building) {
+            self.emit_chunk_request(peer, rid, request);
         }
         for (peer, rid) in pass.have_polls {
             self.maybe_poll_have(peer, rid);
