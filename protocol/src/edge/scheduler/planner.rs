@@ -20,10 +20,11 @@ use crate::ReleaseId;
 struct Pass {
     /// The site's live members, this node included.
     members: Vec<NodeId>,
-    /// Where each in-flight chunk is being fetched (the first request by id), per release
-    /// and index: built once per pass instead of scanning every request for every chunk, and
-    /// by release first so the per-chunk lookup compares indices, not 32-byte ids.
-    current: BTreeMap<ReleaseId, BTreeMap<u32, NodeId>>,
+    /// Where each in-flight chunk is being fetched (the first request by id), per release:
+    /// built once per pass instead of scanning every request for every chunk, by release
+    /// first so the per-chunk lookup compares indices, not 32-byte ids, and as a sorted list
+    /// a binary search reads instead of a tree of small nodes.
+    current: BTreeMap<ReleaseId, InFlightChunks>,
     /// Requests being built, per peer and release.
     building: BTreeMap<(NodeId, ReleaseId), Building>,
     /// Pipeline slots the requests being built take, per peer.
@@ -33,6 +34,16 @@ struct Pass {
     /// The release being planned, as the peers last said (built once per release and pass:
     /// looking each peer's view up per chunk was most of a busy node's CPU).
     views: ReleaseViews,
+}
+
+/// A release's chunks in flight and the peer each is fetched from, sorted by index.
+#[derive(Default)]
+struct InFlightChunks(Vec<(u32, NodeId)>);
+
+impl InFlightChunks {
+    fn peer_of(&self, index: u32) -> Option<NodeId> {
+        self.0.binary_search_by_key(&index, |(i, _)| *i).ok().map(|at| self.0[at].1)
+    }
 }
 
 /// A chunk request a pass is filling.
@@ -61,11 +72,14 @@ struct ReleaseViews {
 
 impl Pass {
     fn new(members: Vec<NodeId>, inflight: &BTreeMap<RequestId, Inflight>) -> Self {
-        let mut current = BTreeMap::new();
+        let mut current: BTreeMap<ReleaseId, InFlightChunks> = BTreeMap::new();
         for r in inflight.values() {
-            for index in &r.indices {
-                current.entry(r.release).or_insert_with(BTreeMap::new).entry(*index).or_insert(r.peer);
-            }
+            current.entry(r.release).or_default().0.extend(r.indices.iter().map(|index| (*index, r.peer)));
+        }
+        for chunks in current.values_mut() {
+            // Stable: among requests for the same chunk, the first by id stays.
+            chunks.0.sort_by_key(|(index, _)| *index);
+            chunks.0.dedup_by_key(|(index, _)| *index);
         }
         Pass {
             members,
@@ -321,7 +335,7 @@ impl FetchScheduler {
                     rid,
                     index,
                     responsible,
-                    current: current.get(&index).copied(),
+                    current: current.peer_of(index),
                     duplicate,
                     wan_unheard: wan_unheard && wan_ok,
                     wan_ok,
