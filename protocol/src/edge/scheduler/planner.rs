@@ -36,13 +36,27 @@ struct Pass {
     views: ReleaseViews,
 }
 
-/// A release's chunks in flight and the peer each is fetched from, sorted by index.
+/// A release's chunks in flight and the peer each is fetched from, sorted by index. A pass
+/// asks about ascending indices (wrapping once, from its site's starting point), so a cursor
+/// moves forward to each answer; only the first question and the wrap search.
 #[derive(Default)]
-struct InFlightChunks(Vec<(u32, NodeId)>);
+struct InFlightChunks {
+    chunks: Vec<(u32, NodeId)>,
+    cursor: usize,
+    last_asked: Option<u32>,
+}
 
 impl InFlightChunks {
-    fn peer_of(&self, index: u32) -> Option<NodeId> {
-        self.0.binary_search_by_key(&index, |(i, _)| *i).ok().map(|at| self.0[at].1)
+    fn peer_of(&mut self, index: u32) -> Option<NodeId> {
+        if self.last_asked.is_none_or(|last| index < last) {
+            self.cursor = self.chunks.partition_point(|(i, _)| *i < index);
+        } else {
+            while self.chunks.get(self.cursor).is_some_and(|(i, _)| *i < index) {
+                self.cursor += 1;
+            }
+        }
+        self.last_asked = Some(index);
+        self.chunks.get(self.cursor).filter(|(i, _)| *i == index).map(|(_, peer)| *peer)
     }
 }
 
@@ -74,12 +88,12 @@ impl Pass {
     fn new(members: Vec<NodeId>, inflight: &BTreeMap<RequestId, Inflight>) -> Self {
         let mut current: BTreeMap<ReleaseId, InFlightChunks> = BTreeMap::new();
         for r in inflight.values() {
-            current.entry(r.release).or_default().0.extend(r.indices.iter().map(|index| (*index, r.peer)));
+            current.entry(r.release).or_default().chunks.extend(r.indices.iter().map(|index| (*index, r.peer)));
         }
-        for chunks in current.values_mut() {
+        for in_flight in current.values_mut() {
             // Stable: among requests for the same chunk, the first by id stays.
-            chunks.0.sort_by_key(|(index, _)| *index);
-            chunks.0.dedup_by_key(|(index, _)| *index);
+            in_flight.chunks.sort_by_key(|(index, _)| *index);
+            in_flight.chunks.dedup_by_key(|(index, _)| *index);
         }
         Pass {
             members,
@@ -324,7 +338,7 @@ impl FetchScheduler {
             }
             self.refresh_responsible(&pass.members, &rid);
             pass.views = self.release_views(&pass.members, &rid);
-            let current = pass.current.remove(&rid).unwrap_or_default();
+            let mut current = pass.current.remove(&rid).unwrap_or_default();
             for due in self.due_chunks(&rid) {
                 let Due { index, attempts, duplicate, origin_after, responsible } = due;
                 let responsible = self.responsible_members.get(usize::from(responsible)).copied().unwrap_or(self.me);
@@ -452,5 +466,35 @@ impl FetchScheduler {
         }
         let mut origin = views.origins.iter();
         best(&mut origin).0.map(|peer| (peer, SourceClass::Origin))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cursor answers like a search whatever order the questions come in: ascending from
+    /// a starting point with one wrap (a pass), and scattered.
+    #[test]
+    fn chunks_in_flight_answer_the_same_in_any_order_of_questions() {
+        let peer = |i: u32| NodeId([i as u8; 32]);
+        let held: BTreeMap<u32, NodeId> =
+            (0..200u32).filter(|i| i % 3 == 0 || i % 7 == 1).map(|i| (i, peer(i))).collect();
+        let fresh = || InFlightChunks { chunks: held.iter().map(|(i, p)| (*i, *p)).collect(), ..Default::default() };
+        let start = 77;
+        let pass: Vec<u32> = (start..210).chain(0..start).collect();
+        let mut state = 12345u32;
+        let scattered: Vec<u32> = (0..500)
+            .map(|_| {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (state >> 8) % 210
+            })
+            .collect();
+        for order in [pass, scattered] {
+            let mut in_flight = fresh();
+            for index in order {
+                assert_eq!(in_flight.peer_of(index), held.get(&index).copied(), "index {index}");
+            }
+        }
     }
 }
