@@ -23,7 +23,7 @@ struct Pass {
     /// Where each in-flight chunk is being fetched (the first request by id), per release:
     /// built once per pass instead of scanning every request for every chunk, by release
     /// first so the per-chunk lookup compares indices, not 32-byte ids, and as a sorted list
-    /// a binary search reads instead of a tree of small nodes.
+    /// read with a forward cursor instead of a tree of small nodes.
     current: BTreeMap<ReleaseId, InFlightChunks>,
     /// Requests being built, per peer and release.
     building: BTreeMap<(NodeId, ReleaseId), Building>,
