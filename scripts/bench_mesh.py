@@ -12,7 +12,8 @@ and Debian's aria2, opentracker and mktorrent for the baseline.
 What is timed:
 - otamesh: from `seeder release add` returning (the origin announces within 0.5 s) until
   every edge node reports the release complete, which it does only once every chunk is
-  verified against its blake3 id and durably in its store (written temp, synced, renamed).
+  verified against its blake3 id and durably in its store (appended to a pack file and
+  fdatasynced before it is indexed).
   Metadata is verified through TUF.
 - BitTorrent: from starting the leechers (the seeder is already seeding, the tracker up)
   until every leecher has exited with the whole file (aria2c checks every piece's SHA-1;
@@ -21,8 +22,9 @@ What is timed:
 Both run on one freshly made ext4 filesystem (a sparse file, loop-mounted; needs root and
 mkfs.ext4, else `--fs tmp` is implied). Why fresh: ext4's inode allocator skips inodes freed
 in the last minutes, and on a filesystem where thousands of files were just deleted (earlier
-runs, other builds on the machine) creating the mesh's ~27k chunk files cost half of all
-CPU time in the kernel. BitTorrent creates 9 files and would not notice. `--fs ram` (the
+runs, other builds on the machine) creating files costs far more kernel time; when edge
+nodes still wrote one file per chunk (~27k) it was half of all CPU time. Both systems now
+create a handful of files, and each round still starts from the same clean state. `--fs ram` (the
 default) backs that filesystem with /dev/shm: ext4, its journal and every syncfs still run,
 but the 8 nodes do not queue on this VM's one shared disk, as 8 gateways with a disk each
 would not. `--fs disk` backs it with /var/tmp; `--fs tmp` uses /tmp as it is.

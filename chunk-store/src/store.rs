@@ -1,19 +1,22 @@
-//! The chunk store: bodies in a content-addressed file tree, written crash-safely in batches.
+//! The chunk store: bodies in pack files (an edge node) or a content-addressed file tree
+//! (the seeder's repository, read by the origin).
 //!
-//! Layout: [`crate::layout`] (`DIR/chunks/ab/<64 hex>`). A batch is written under hidden temp names, made
-//! durable with one `syncfs`, then renamed into place: a kill or power cut leaves only
-//! complete chunks under final names (temp files are swept at open). A rename lost to a
-//! power cut only loses the chunk (start-up reconciles the index with the files).
+//! An edge node's store ([`ChunkStore::open`]) appends bodies to pack files
+//! ([`crate::packs`]): a batch is one vectored append and one `fdatasync`, a read one
+//! `pread`, sizing a map lookup. A store written by an older edge node as one file per
+//! chunk (`DIR/chunks/ab/<64 hex>`) is moved into packs the first time it is opened. The
+//! origin reads the seeder's file tree ([`ChunkStore::open_read_only`], [`crate::layout`]),
+//! which `seeder release add` writes while the origin serves it.
 //!
-//! Verification: a body is checked against its name before it is first served by this
+//! Verification: a body is checked against its id before it is first served by this
 //! process, and the ids that passed (or that this process verified and wrote itself) are
 //! remembered in a bounded in-memory set, so a chunk served to many peers and devices is
 //! hashed once per read pass, not once per read. A restart (kill -9 included) starts with an
-//! empty set, so everything on disk is re-verified before it is served again; a damaged file
-//! is deleted, never sent. A file altered on disk behind the running process's back after it
+//! empty set, so everything on disk is re-verified before it is served again; a damaged body
+//! is deleted, never sent. A body altered on disk behind the running process's back after it
 //! was verified is found by background re-verification ([`ChunkStore::check`], which the
-//! edge node runs over every file in turn at a bounded byte rate) and by `put_batch`, which
-//! hashes a file that already exists before trusting it. Every damaged file found by any
+//! edge node runs over every chunk in turn at a bounded byte rate) and by `put_batch`, which
+//! hashes a chunk that is already stored before trusting it. Every damaged body found by any
 //! path is reported to the store's [`OnDamage`] (the edge node counts `corrupt_chunks`). Devices verify every chunk
 //! themselves and peers verify before storing, so such a byte can never be installed or
 //! spread, only cost a refetch.
@@ -28,20 +31,25 @@
 //!
 //! Which chunks to keep is decided by `protocol::edge` (the cache), not here.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
+use protocol::chunker::limits::MAX_CHUNK_BYTES;
 use protocol::ChunkId;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::layout;
+use crate::packs::{Location, Packs};
 
 /// Most ids remembered as verified (32 bytes each, ~12 MiB with the set's overhead); past it
 /// the set is cleared and chunks are verified again on their next read.
 const MAX_VERIFIED_IDS: usize = 256 * 1024;
+
+/// Bytes of old chunk files moved into packs per append when a file-tree store is upgraded.
+const UPGRADE_BATCH_BYTES: usize = 64 << 20;
 
 /// Why a stored chunk could not be read.
 #[derive(Debug, PartialEq, Eq)]
@@ -54,7 +62,7 @@ pub enum ReadError {
 
 #[derive(Debug, Default)]
 struct Memory {
-    /// Ids whose file this process has verified or written (see the module doc).
+    /// Ids whose body this process has verified or written (see the module doc).
     verified: HashSet<ChunkId>,
     /// Verified bodies not yet written.
     staged: HashMap<ChunkId, Bytes>,
@@ -62,74 +70,135 @@ struct Memory {
     staged_bytes: usize,
 }
 
-/// What hashing a stored file found ([`ChunkStore::check`]).
+/// What hashing a stored body found ([`ChunkStore::check`]).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Check {
-    /// The file hashes to its name; `len` bytes were read.
+    /// The body hashes to its id; `len` bytes were read.
     Intact {
         /// Bytes read and hashed.
         len: u64,
     },
-    /// The file did not hash to its name (or was over the limit) and has been deleted;
+    /// The body did not hash to its id (or was over the limit) and has been deleted;
     /// `len` bytes were read.
     Damaged {
         /// Bytes read and hashed.
         len: u64,
     },
-    /// No such file (evicted meanwhile, or only staged in memory).
+    /// Not stored (evicted meanwhile, or only staged in memory).
     Missing,
 }
 
-/// Told of every damaged file the store finds and deletes, whichever path found it (a read,
-/// a `put_batch` over an existing file, a re-verification).
+/// Told of every damaged body the store finds and deletes, whichever path found it (a read,
+/// a `put_batch` over a stored chunk, a re-verification).
 pub trait OnDamage: Send + Sync + std::fmt::Debug {
-    /// `id`'s file did not hash to its name and has been deleted.
+    /// `id`'s body did not hash to its id and has been deleted.
     fn damaged(&self, id: &ChunkId);
 }
 
-/// A content-addressed chunk store rooted at a directory. Clones share the in-memory state.
+/// Where the bytes of a stored body lie on disk: for operators and tests that inspect or
+/// alter a store from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyOnDisk {
+    /// The file holding it.
+    pub path: PathBuf,
+    /// Offset of the body in that file.
+    pub offset: u64,
+    /// Body length.
+    pub len: u64,
+}
+
+/// Where bodies live.
+#[derive(Debug)]
+enum Bodies {
+    /// An edge node's pack files.
+    Packs(Packs),
+    /// A file per chunk under `chunks/` (the seeder's repository), read only.
+    Files(PathBuf),
+}
+
+/// A body read from disk, with what is needed to tell damage from a concurrent eviction.
+struct ReadBody {
+    bytes: Vec<u8>,
+    /// The stored length, when it is over the caller's limit (then `bytes` is empty).
+    too_long: Option<u64>,
+    /// The pack record it came from (pack stores only).
+    location: Option<Location>,
+}
+
+/// A content-addressed chunk store. Clones share the in-memory state.
 #[derive(Debug, Clone)]
 pub struct ChunkStore {
-    root: PathBuf,
+    bodies: Arc<Bodies>,
     memory: Arc<Mutex<Memory>>,
-    /// Told of damaged files found by any path.
+    /// Told of damaged bodies found by any path.
     on_damage: Option<Arc<dyn OnDamage>>,
 }
 
 impl ChunkStore {
-    /// Opens (creating) the store under `data_dir/chunks` and sweeps temp files a killed
-    /// process left behind.
+    /// Opens (creating) an edge node's store: pack files under `data_dir/packs`. Chunk files
+    /// an older version left under `data_dir/chunks` are moved into packs first.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        let root = layout::chunks_dir(data_dir);
-        // Every work file is this store's own: nobody else writes an edge node's tree.
-        layout::prepare(&root, |_| true)?;
-        Ok(ChunkStore { root, memory: Arc::default(), on_damage: None })
+        let packs = Packs::open(&data_dir.join("packs"))?;
+        upgrade_file_tree(&layout::chunks_dir(data_dir), &packs)?;
+        Ok(ChunkStore { bodies: Arc::new(Bodies::Packs(packs)), memory: Arc::default(), on_damage: None })
     }
 
-    /// Opens an existing store without touching it: the origin reads the seeder's chunk
-    /// tree, where a concurrent `seeder release add` may have files staged.
+    /// Opens an edge node's store to look at it while the node may be running (tests,
+    /// operators): nothing on disk changes, and `put_batch` and `remove` fail. Reads still
+    /// verify; a damaged body is reported but cannot be deleted.
+    pub fn inspect(data_dir: &Path) -> Result<Self> {
+        let packs = Packs::open_read_only(&data_dir.join("packs"))?;
+        Ok(ChunkStore { bodies: Arc::new(Bodies::Packs(packs)), memory: Arc::default(), on_damage: None })
+    }
+
+    /// Opens a seeder's chunk file tree without touching it: the origin reads it while a
+    /// concurrent `seeder release add` may have files staged. Such a store is never written
+    /// (`put_batch` refuses); a damaged file is still deleted.
     pub fn open_read_only(data_dir: &Path) -> Self {
-        ChunkStore { root: layout::chunks_dir(data_dir), memory: Arc::default(), on_damage: None }
+        ChunkStore {
+            bodies: Arc::new(Bodies::Files(layout::chunks_dir(data_dir))),
+            memory: Arc::default(),
+            on_damage: None,
+        }
     }
 
-    /// Reports every damaged file this store finds (on a read, a `put_batch` over an
-    /// existing file, a re-verification) to `on_damage`, whoever asked.
+    /// Reports every damaged body this store finds (on a read, a `put_batch` over a stored
+    /// chunk, a re-verification) to `on_damage`, whoever asked.
     pub fn with_on_damage(mut self, on_damage: Arc<dyn OnDamage>) -> Self {
         self.on_damage = Some(on_damage);
         self
     }
 
-    /// Deletes a file that failed verification, forgets it was verified, and counts it.
-    fn discard_damaged(&self, id: &ChunkId) {
-        self.memory().verified.remove(id);
-        let _ = fs::remove_file(self.path(id));
+    /// Deletes a body that failed verification, forgets it was verified, and counts it.
+    /// `location` is the pack record that was read: if the index has moved on (evicted or
+    /// written again meanwhile) the bytes read were not the stored chunk's, so nothing is
+    /// deleted or counted and the read reports `Missing`.
+    fn discard_damaged(&self, id: &ChunkId, location: Option<Location>) -> bool {
+        match (&*self.bodies, location) {
+            (Bodies::Packs(packs), Some(location)) => {
+                if !packs.still_at(id, location) {
+                    return false;
+                }
+                self.memory().verified.remove(id);
+                let _ = packs.remove(id);
+            }
+            (Bodies::Packs(packs), None) => {
+                self.memory().verified.remove(id);
+                let _ = packs.remove(id);
+            }
+            (Bodies::Files(root), _) => {
+                self.memory().verified.remove(id);
+                let _ = fs::remove_file(layout::chunk_path(root, id));
+            }
+        }
         if let Some(on_damage) = &self.on_damage {
             on_damage.damaged(id);
         }
         tracing::warn!(chunk = %id, "stored chunk failed verification; deleted");
+        true
     }
 
-    /// Remembers that `id`'s file hashed to its name.
+    /// Remembers that `id`'s stored body hashed to its id.
     fn mark_verified(memory: &mut Memory, id: ChunkId) {
         if memory.verified.len() >= MAX_VERIFIED_IDS {
             memory.verified.clear();
@@ -137,31 +206,71 @@ impl ChunkStore {
         memory.verified.insert(id);
     }
 
-    /// Stored length of a chunk without reading it: staged bytes, else the file's length.
+    /// Stored length of a chunk without reading it: staged bytes, else the stored body's.
     /// `None` if neither exists. Servers size requests with it before reading anything.
     pub fn len(&self, id: &ChunkId) -> Option<u64> {
         if let Some(bytes) = self.memory().staged.get(id) {
             return Some(bytes.len() as u64);
         }
-        fs::metadata(self.path(id)).ok().map(|m| m.len())
+        match &*self.bodies {
+            Bodies::Packs(packs) => packs.location(id).map(|l| u64::from(l.len)),
+            Bodies::Files(root) => fs::metadata(layout::chunk_path(root, id)).ok().map(|m| m.len()),
+        }
     }
 
-    /// Reads `id`'s file (at most `max_len + 1` bytes) and hashes it, deleting (and counting)
-    /// it when it does not match; an intact file is remembered as verified. What background
-    /// re-verification runs; staged chunks are not on disk yet and count as `Missing`.
+    /// Where `id`'s body lies on disk, if it is stored there (not only staged).
+    pub fn body_on_disk(&self, id: &ChunkId) -> Option<BodyOnDisk> {
+        match &*self.bodies {
+            Bodies::Packs(packs) => packs.location(id).map(|l| BodyOnDisk {
+                path: packs.pack_path(l.pack),
+                offset: l.header_offset + crate::packs::HEADER_BYTES,
+                len: u64::from(l.len),
+            }),
+            Bodies::Files(root) => {
+                let path = layout::chunk_path(root, id);
+                let len = fs::metadata(&path).ok()?.len();
+                Some(BodyOnDisk { path, offset: 0, len })
+            }
+        }
+    }
+
+    /// Reads a stored body, at most `max_len` bytes of it (`None` if not stored).
+    fn read_body(&self, id: &ChunkId, max_len: u64) -> Option<ReadBody> {
+        match &*self.bodies {
+            Bodies::Packs(packs) => {
+                let (location, read) = packs.read(id, max_len)?;
+                Some(match read {
+                    Ok(bytes) => ReadBody { bytes, too_long: None, location: Some(location) },
+                    Err(len) => ReadBody { bytes: Vec::new(), too_long: Some(len), location: Some(location) },
+                })
+            }
+            Bodies::Files(root) => {
+                let bytes = read_bounded(&layout::chunk_path(root, id), max_len)?;
+                let len = bytes.len() as u64;
+                Some(if len > max_len {
+                    ReadBody { bytes: Vec::new(), too_long: Some(len), location: None }
+                } else {
+                    ReadBody { bytes, too_long: None, location: None }
+                })
+            }
+        }
+    }
+
+    /// Reads `id`'s stored body (at most `max_len` bytes) and hashes it, deleting (and
+    /// counting) it when it does not match; an intact body is remembered as verified. What
+    /// background re-verification runs; staged chunks are not on disk yet and count as
+    /// `Missing`.
     pub fn check(&self, id: &ChunkId, max_len: u64) -> Check {
-        let Some(bytes) = read_bounded(&self.path(id), max_len) else { return Check::Missing };
-        let len = bytes.len() as u64;
-        if len > max_len || !id.matches(&bytes) {
-            self.discard_damaged(id);
-            return Check::Damaged { len };
+        let Some(read) = self.read_body(id, max_len) else { return Check::Missing };
+        if let Some(len) = read.too_long {
+            return if self.discard_damaged(id, read.location) { Check::Damaged { len } } else { Check::Missing };
+        }
+        let len = read.bytes.len() as u64;
+        if !id.matches(&read.bytes) {
+            return if self.discard_damaged(id, read.location) { Check::Damaged { len } } else { Check::Missing };
         }
         Self::mark_verified(&mut self.memory(), *id);
         Check::Intact { len }
-    }
-
-    fn path(&self, id: &ChunkId) -> PathBuf {
-        layout::chunk_path(&self.root, id)
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
@@ -196,35 +305,27 @@ impl ChunkStore {
         self.memory().staged_bytes
     }
 
-    /// Writes verified chunks durably; returns once all are in place, and unstages them.
+    /// Writes verified chunks durably; returns once all are on disk, and unstages them.
     /// Callers verify bytes against their ids before calling: the store trusts its callers,
-    /// not the network. A file that already exists is hashed before it is trusted (and
+    /// not the network. A chunk that is already stored is hashed before it is trusted (and
     /// replaced, counted as damaged, when it does not match).
     pub fn put_batch(&self, chunks: &[(ChunkId, &[u8])]) -> Result<()> {
-        let mut staged = Vec::with_capacity(chunks.len());
+        let Bodies::Packs(packs) = &*self.bodies else {
+            bail!("this chunk store is a seeder's repository, opened read-only");
+        };
+        let mut fresh = Vec::with_capacity(chunks.len());
         for (id, bytes) in chunks {
-            let path = self.path(id);
-            if path.exists() {
+            if packs.location(id).is_some() {
                 match self.check(id, bytes.len() as u64) {
                     Check::Intact { .. } => continue,
                     // Deleted by `check`; written again below.
                     Check::Damaged { .. } | Check::Missing => {}
                 }
             }
-            let tmp = layout::work_path(&path, "tmp");
-            let mut file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-            file.write_all(bytes)?;
-            start_writeback(&file);
-            staged.push((tmp, path));
+            fresh.push((*id, *bytes));
         }
-        if !staged.is_empty() {
-            // Bodies durable before any name points at them.
-            host::fs::sync_filesystem(&self.root)?;
-            for (tmp, path) in &staged {
-                fs::rename(tmp, path).with_context(|| format!("cannot rename into {}", path.display()))?;
-            }
-        }
-        // Renamed (visible to `get` from disk) before unstaged, so a reader never misses it.
+        packs.append(&fresh)?;
+        // Indexed (readable from disk) before unstaged, so a reader never misses it.
         let mut memory = self.memory();
         for (id, _) in chunks {
             Self::mark_verified(&mut memory, *id);
@@ -246,16 +347,21 @@ impl ChunkStore {
             }
             memory.verified.contains(id)
         };
-        let Some(bytes) = read_bounded(&self.path(id), max_len) else { return Err(ReadError::Missing) };
-        if verified && bytes.len() as u64 <= max_len {
-            return Ok(Bytes::from(bytes));
+        let Some(read) = self.read_body(id, max_len) else { return Err(ReadError::Missing) };
+        if read.too_long.is_some() || !(verified || id.matches(&read.bytes)) {
+            return Err(if self.discard_damaged(id, read.location) { ReadError::Damaged } else { ReadError::Missing });
         }
-        if bytes.len() as u64 > max_len || !id.matches(&bytes) {
-            self.discard_damaged(id);
-            return Err(ReadError::Damaged);
+        // A verified id skips the hash, so a body evicted (punched to zeros) while it was
+        // read must be caught here instead.
+        if let (Bodies::Packs(packs), Some(location)) = (&*self.bodies, read.location) {
+            if !packs.still_at(id, location) {
+                return Err(ReadError::Missing);
+            }
         }
-        Self::mark_verified(&mut self.memory(), *id);
-        Ok(Bytes::from(bytes))
+        if !verified {
+            Self::mark_verified(&mut self.memory(), *id);
+        }
+        Ok(Bytes::from(read.bytes))
     }
 
     /// Deletes a chunk (evicted by the cache).
@@ -267,17 +373,66 @@ impl ChunkStore {
                 memory.staged_bytes -= old.len();
             }
         }
-        match fs::remove_file(self.path(id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+        match &*self.bodies {
+            Bodies::Packs(packs) => packs.remove(id).map(|_| ()),
+            Bodies::Files(root) => match fs::remove_file(layout::chunk_path(root, id)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            },
         }
     }
 
-    /// Every chunk file's id and length, for rebuilding the cache at start-up. Contents are
-    /// checked when read, not here, so start-up stays fast on a large store.
+    /// Every stored chunk's id and length, sorted by id, for rebuilding the cache at
+    /// start-up. Contents are checked when read, not here, so start-up stays fast on a large
+    /// store.
     pub fn scan(&self) -> Vec<(ChunkId, u64)> {
-        layout::scan(&self.root)
+        match &*self.bodies {
+            Bodies::Packs(packs) => packs.list(),
+            Bodies::Files(root) => layout::scan(root),
+        }
     }
+}
+
+/// Moves a file-per-chunk store (what edge nodes wrote before pack files) into `packs`,
+/// then deletes the tree. Bodies are not hashed here: they are verified on first read like
+/// everything else on disk. A file that cannot be read is dropped (the cache refetches it).
+fn upgrade_file_tree(chunks_dir: &Path, packs: &Packs) -> Result<()> {
+    if !chunks_dir.is_dir() {
+        return Ok(());
+    }
+    let files = layout::scan(chunks_dir);
+    let mut moved = 0usize;
+    let mut batch: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+    let mut batch_bytes = 0;
+    let flush = |batch: &mut Vec<(ChunkId, Vec<u8>)>| -> Result<()> {
+        let slices: Vec<(ChunkId, &[u8])> = batch.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+        packs.append(&slices)?;
+        batch.clear();
+        Ok(())
+    };
+    for (id, _) in files {
+        let Some(bytes) = read_bounded(&layout::chunk_path(chunks_dir, &id), u64::from(MAX_CHUNK_BYTES)) else {
+            continue;
+        };
+        if bytes.len() as u64 > u64::from(MAX_CHUNK_BYTES) {
+            continue;
+        }
+        batch_bytes += bytes.len();
+        batch.push((id, bytes));
+        moved += 1;
+        if batch_bytes >= UPGRADE_BATCH_BYTES {
+            flush(&mut batch)?;
+            batch_bytes = 0;
+        }
+    }
+    flush(&mut batch)?;
+    // Everything is durable in packs before the old copies go.
+    fs::remove_dir_all(chunks_dir)
+        .with_context(|| format!("cannot delete the old chunk tree {}", chunks_dir.display()))?;
+    if moved > 0 {
+        tracing::info!(chunks = moved, from = %chunks_dir.display(), "moved chunk files into pack files");
+    }
+    Ok(())
 }
 
 /// Reads at most `max_len + 1` bytes of a file into a buffer sized from its metadata (so a
@@ -292,28 +447,24 @@ fn read_bounded(path: &Path, max_len: u64) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-/// Starts writing a file's dirty pages to disk without waiting, so the batch's `syncfs`
-/// finds most of its data already on the way instead of issuing it all at once.
-fn start_writeback(file: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: sync_file_range only reads the descriptor number; `file` keeps it open. A
-    // failure (unsupported filesystem) only loses the head start; `syncfs` still decides.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::flip_stored_byte;
 
-    /// Counts damaged files, as the edge node's `corrupt_chunks` does.
+    /// Counts damaged bodies, as the edge node's `corrupt_chunks` does.
     #[derive(Debug, Default)]
     struct DamageCount(std::sync::atomic::AtomicU64);
 
     impl OnDamage for DamageCount {
         fn damaged(&self, _: &ChunkId) {
             self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    impl DamageCount {
+        fn count(&self) -> u64 {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
         }
     }
 
@@ -328,37 +479,40 @@ mod tests {
         assert_eq!(store.scan(), vec![(id, body.len() as u64)]);
 
         // A flipped byte on disk is caught at the first read after a restart (kill -9
-        // included) and the file is dropped.
-        let path = store.path(&id);
-        let mut damaged = body.clone();
-        damaged[3] ^= 1;
-        fs::write(&path, &damaged).unwrap();
+        // included) and the body is dropped.
+        flip_stored_byte(&store, &id, 3);
+        drop(store);
         let store = ChunkStore::open(dir.path()).unwrap();
         assert_eq!(store.get(&id, 1024), Err(ReadError::Damaged));
-        assert!(!path.exists());
         assert_eq!(store.get(&id, 1024), Err(ReadError::Missing));
+        assert!(store.scan().is_empty());
 
         store.put_batch(&[(id, &body)]).unwrap();
         store.remove(&id).unwrap();
         assert!(store.scan().is_empty());
         assert_eq!(store.get(&id, 1024), Err(ReadError::Missing));
+        // Nothing comes back after a restart: the removal is on disk.
+        drop(store);
+        assert!(ChunkStore::open(dir.path()).unwrap().scan().is_empty());
     }
 
     #[test]
-    fn a_file_is_hashed_once_per_process_and_damage_found_before_it_is_verified() {
+    fn a_body_is_hashed_once_per_process_and_damage_found_before_it_is_verified() {
         let dir = tempfile::tempdir().unwrap();
         let body = b"written by an earlier run".to_vec();
         let id = ChunkId::of(&body);
-        ChunkStore::open(dir.path()).unwrap().put_batch(&[(id, &body)]).unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        store.put_batch(&[(id, &body)]).unwrap();
+        flip_stored_byte(&store, &id, 0);
+        drop(store);
 
         // A new process: nothing is trusted until hashed.
         let store = ChunkStore::open(dir.path()).unwrap();
-        let path = store.path(&id);
-        fs::write(&path, b"written by an earlier rum").unwrap();
         assert_eq!(store.get(&id, 1024), Err(ReadError::Damaged));
 
         // Intact: verified on the first read, then served from the verified set.
         store.put_batch(&[(id, &body)]).unwrap();
+        drop(store);
         let store = ChunkStore::open(dir.path()).unwrap();
         assert_eq!(store.get(&id, 1024).unwrap(), body);
         assert!(store.memory().verified.contains(&id));
@@ -366,34 +520,34 @@ mod tests {
         assert_eq!(store.get(&id, 4), Err(ReadError::Damaged));
     }
 
-    /// `put_batch` over a file that already exists hashes it before trusting it: a damaged
-    /// one is replaced (and counted), an intact one is left alone. Before, an existing file
-    /// was marked verified unread, so a damaged body was then served as verified.
+    /// `put_batch` over a chunk that is already stored hashes it before trusting it: a
+    /// damaged one is replaced (and counted), an intact one is left alone.
     #[test]
-    fn put_batch_over_an_existing_corrupt_file_rehashes_and_replaces_it() {
+    fn put_batch_over_a_stored_corrupt_body_rehashes_and_replaces_it() {
         let dir = tempfile::tempdir().unwrap();
         let body = b"the chunk as signed".to_vec();
         let id = ChunkId::of(&body);
-        ChunkStore::open(dir.path()).unwrap().put_batch(&[(id, &body)]).unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        store.put_batch(&[(id, &body)]).unwrap();
+        flip_stored_byte(&store, &id, 5);
+        drop(store);
         let damage = Arc::new(DamageCount::default());
         let store = ChunkStore::open(dir.path()).unwrap().with_on_damage(damage.clone());
-        let path = store.path(&id);
-        fs::write(&path, b"the chunk as altered").unwrap();
 
         store.put_batch(&[(id, &body)]).unwrap();
-        assert_eq!(fs::read(&path).unwrap(), body);
         assert_eq!(store.get(&id, 1024).unwrap(), body);
-        assert_eq!(damage.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(damage.count(), 1);
 
         // Intact: not rewritten, not counted.
-        let before = fs::metadata(&path).unwrap().modified().unwrap();
+        let before = store.body_on_disk(&id).unwrap();
+        drop(store);
         let store = ChunkStore::open(dir.path()).unwrap().with_on_damage(damage.clone());
         store.put_batch(&[(id, &body)]).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), before);
-        assert_eq!(damage.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(store.body_on_disk(&id).unwrap(), before);
+        assert_eq!(damage.count(), 1);
     }
 
-    /// Sizing reads no body: staged chunks by their bytes, files by their metadata.
+    /// Sizing reads no body: staged chunks by their bytes, stored ones from the index.
     #[test]
     fn len_sizes_staged_and_stored_chunks_without_reading() {
         let dir = tempfile::tempdir().unwrap();
@@ -429,15 +583,51 @@ mod tests {
         assert_eq!(store.get(&other, 1024), Err(ReadError::Missing));
     }
 
+    /// A store an older edge node wrote as one file per chunk is moved into packs at open:
+    /// every chunk readable after, the old tree gone, nothing lost on a second open.
     #[test]
-    fn temp_files_from_a_killed_write_are_swept_and_never_listed() {
+    fn a_file_per_chunk_store_is_moved_into_packs_at_open() {
         let dir = tempfile::tempdir().unwrap();
+        let chunks = layout::chunks_dir(dir.path());
+        layout::prepare(&chunks, |_| true).unwrap();
+        let bodies: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000 + usize::from(i)]).collect();
+        for body in &bodies {
+            fs::write(layout::chunk_path(&chunks, &ChunkId::of(body)), body).unwrap();
+        }
+        fs::write(layout::work_path(&layout::chunk_path(&chunks, &ChunkId::of(b"t")), "tmp"), b"partial").unwrap();
+
         let store = ChunkStore::open(dir.path()).unwrap();
-        let id = ChunkId::of(b"x");
-        let tmp = layout::work_path(&store.path(&id), "tmp");
-        fs::write(&tmp, b"partial").unwrap();
-        assert!(store.scan().is_empty());
-        ChunkStore::open(dir.path()).unwrap();
-        assert!(!tmp.exists());
+        assert!(!chunks.exists());
+        assert_eq!(store.scan().len(), bodies.len());
+        for body in &bodies {
+            assert_eq!(store.get(&ChunkId::of(body), 4096).unwrap(), *body);
+        }
+        drop(store);
+        assert_eq!(ChunkStore::open(dir.path()).unwrap().scan().len(), bodies.len());
+    }
+
+    /// The origin's store reads the seeder's file tree and never writes it.
+    #[test]
+    fn the_read_only_store_serves_the_file_tree_and_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunks = layout::chunks_dir(dir.path());
+        layout::prepare(&chunks, |_| true).unwrap();
+        let body = b"a release chunk".to_vec();
+        let id = ChunkId::of(&body);
+        fs::write(layout::chunk_path(&chunks, &id), &body).unwrap();
+        let damage = Arc::new(DamageCount::default());
+        let store = ChunkStore::open_read_only(dir.path()).with_on_damage(damage.clone());
+        assert_eq!(store.len(&id), Some(body.len() as u64));
+        assert_eq!(store.get(&id, 1024).unwrap(), body);
+        assert_eq!(store.scan(), vec![(id, body.len() as u64)]);
+        assert!(store.put_batch(&[(id, &body)]).is_err());
+
+        // A damaged file is still deleted and counted, never served.
+        let other = b"another chunk".to_vec();
+        let other_id = ChunkId::of(&other);
+        fs::write(layout::chunk_path(&chunks, &other_id), b"another chunK").unwrap();
+        assert_eq!(store.get(&other_id, 1024), Err(ReadError::Damaged));
+        assert!(!layout::chunk_path(&chunks, &other_id).exists());
+        assert_eq!(damage.count(), 1);
     }
 }

@@ -1,10 +1,10 @@
 //! The store's inventory and recency in sled: which chunks are stored, their lengths, and
 //! when each was last stored or served.
 //!
-//! Chunk files are the source of truth; this index is what makes a restart remember the
-//! least-recently-used order, so the cache evicts the same chunks it would have evicted
-//! before the restart. At start-up it is reconciled with the files (entries without a file
-//! are dropped; files without an entry count as oldest). sled batches its own durability
+//! The chunk store's pack files are the source of truth; this index is what makes a restart
+//! remember the least-recently-used order, so the cache evicts the same chunks it would have
+//! evicted before the restart. At start-up it is reconciled with the store (entries without
+//! a stored body are dropped; bodies without an entry count as oldest). sled batches its own durability
 //! (flushes every few hundred milliseconds); losing the newest recency updates to a crash
 //! only makes eviction slightly less exact, never unsafe.
 
@@ -108,8 +108,8 @@ impl StoreIndex {
         Ok(())
     }
 
-    /// Reconciles with the chunk files actually present: returns them ordered
-    /// least-recently-used first, and drops index entries whose file is gone.
+    /// Reconciles with the chunks actually stored: returns them ordered
+    /// least-recently-used first, and drops index entries whose body is gone.
     pub fn reconcile(&self, files: Vec<(ChunkId, u64)>) -> Result<Vec<(ChunkId, u64)>> {
         let mut last_used: HashMap<ChunkId, u64> = HashMap::new();
         let mut stale = Vec::new();

@@ -3,7 +3,7 @@
 //! `main.rs` is the daemon.
 //!
 //! The mesh itself (libp2p, the event loop, serving chunk batches) is the `mesh` crate and
-//! the chunk files are the `chunk-store` crate, both shared with the seeder's origin; the
+//! the chunk store (pack files) is the `chunk-store` crate, both shared with the seeder's origin; the
 //! daemon answers peers through its `mesh::Responder` (`daemon/serve.rs`).
 //!
 //! - [`daemon`]: `edge-node run`, the driver around `protocol::edge::FetchScheduler`.

@@ -115,7 +115,7 @@ mod tests {
         done()
     }
 
-    /// A file altered after this process verified it (and so trusted by `get`) is found by
+    /// A body altered on disk after this process verified it (and so trusted by `get`) is found by
     /// the background pass: counted, deleted, reported to the cache, never served again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_chunk_tampered_after_it_was_verified_is_found_by_background_reverification() {
@@ -123,11 +123,8 @@ mod tests {
         let (store, metrics, ids) = store_with(dir.path(), 4, 4096);
         // Verified by this process (written by it, and read once).
         assert!(store.get(&ids[2], 1 << 20).is_ok());
-        let path = dir.path().join("chunks").join(&ids[2].to_hex()[..2]).join(ids[2].to_hex());
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[100] ^= 0x40;
-        std::fs::write(&path, &bytes).unwrap();
-        // Before re-verification, the verified set trusts the file: this is the hole.
+        let bytes = chunk_store::testing::flip_stored_byte(&store, &ids[2], 100);
+        // Before re-verification, the verified set trusts the body on disk: this is the hole.
         assert_eq!(store.get(&ids[2], 1 << 20).unwrap().as_ref(), &bytes[..]);
 
         let found = Arc::new(Mutex::new(Vec::new()));
@@ -140,7 +137,7 @@ mod tests {
         assert!(passed, "no re-verification pass completed");
         assert_eq!(metrics.corrupt_chunks.load(Relaxed), 1);
         assert_eq!(*found.lock().unwrap(), vec![ids[2]]);
-        assert!(!path.exists());
+        assert_eq!(store.body_on_disk(&ids[2]), None);
         assert_eq!(store.get(&ids[2], 1 << 20), Err(chunk_store::ReadError::Missing));
         for id in [ids[0], ids[1], ids[3]] {
             assert!(store.get(&id, 1 << 20).is_ok());

@@ -293,12 +293,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let body = vec![5u8; 10_000];
         let id = ChunkId::of(&body);
-        ChunkStore::open(dir.path()).unwrap().put_batch(&[(id, &body)]).unwrap();
-        let hex = id.to_hex();
-        let path = dir.path().join("chunks").join(&hex[..2]).join(&hex);
-        let mut damaged = body.clone();
-        damaged[4321] ^= 0x10;
-        std::fs::write(&path, &damaged).unwrap();
+        let writer = ChunkStore::open(dir.path()).unwrap();
+        writer.put_batch(&[(id, &body)]).unwrap();
+        chunk_store::testing::flip_stored_byte(&writer, &id, 4321);
+        drop(writer);
 
         // A new process: nothing verified yet.
         let metrics = Arc::new(Metrics::default());
@@ -308,7 +306,7 @@ mod tests {
             super::super::report_queue::ReportQueue::open(&dir.path().join("reports"), 1 << 20, |_| {}).unwrap();
         let log = ReportLog::start(queue, metrics.clone()).unwrap();
         let backend =
-            Backend::new(dir.path().join("repo"), store, tx, Default::default(), log, metrics.clone(), 1 << 20);
+            Backend::new(dir.path().join("repo"), store.clone(), tx, Default::default(), log, metrics.clone(), 1 << 20);
         let any = "127.0.0.1:0".parse().unwrap();
         let config = DeviceServiceConfig { tcp_addr: Some(any), ..DeviceServiceConfig::default() };
         let (addrs, task) = DeviceService::bind(config, backend, metrics.clone()).await.unwrap();
@@ -316,7 +314,9 @@ mod tests {
         let batch = client.get_chunks(&[ChunkRange::whole(id)]).await.unwrap();
         assert_eq!(batch.items().iter().map(|i| i.status).collect::<Vec<_>>(), vec![ChunkStatus::Busy]);
         assert_eq!(metrics.corrupt_chunks.load(Relaxed), 1);
-        assert!(!path.exists());
+        assert_eq!(store.body_on_disk(&id), None);
+        drop(store);
+        assert!(ChunkStore::open(dir.path()).unwrap().scan().is_empty(), "deleted on disk, not only forgotten");
         assert!(matches!(rx.try_recv(), Ok(Internal::StoreFailed(ids)) if ids == vec![id]));
         task.abort();
     }
@@ -328,19 +328,19 @@ mod tests {
         let id = ChunkId::of(&body);
         let store = ChunkStore::open(dir.path()).unwrap();
         store.put_batch(&[(id, &body)]).unwrap();
-        let hex = id.to_hex();
-        let path = dir.path().join("chunks").join(&hex[..2]).join(&hex);
         let metrics = Arc::new(Metrics::default());
         let (tx, _rx) = mpsc::channel(8);
         let queue =
             super::super::report_queue::ReportQueue::open(&dir.path().join("reports"), 1 << 20, |_| {}).unwrap();
         let log = ReportLog::start(queue, metrics.clone()).unwrap();
-        let backend = Backend::new(dir.path().join("repo"), store, tx, Default::default(), log, metrics, 1 << 20);
+        let backend =
+            Backend::new(dir.path().join("repo"), store.clone(), tx, Default::default(), log, metrics, 1 << 20);
 
         assert_eq!(backend.chunk_lens(vec![id]).await, vec![ChunkSize::Stored(4096)]);
         assert_eq!(backend.chunks(vec![(id, 4096)]).await, vec![ChunkLookup::Found(Bytes::from(body.clone()))]);
-        // The file goes (evicted by the store, say): the hot copy still answers, sized and read.
-        std::fs::remove_file(&path).unwrap();
+        // The stored body goes (evicted, say): the hot copy still answers, sized and read.
+        store.remove(&id).unwrap();
+        assert_eq!(store.len(&id), None);
         assert_eq!(backend.chunk_lens(vec![id]).await, vec![ChunkSize::Stored(4096)]);
         assert_eq!(backend.chunks(vec![(id, 4096)]).await, vec![ChunkLookup::Found(Bytes::from(body))]);
         // Never more than the length it was sized at.

@@ -271,7 +271,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
     let reverify_rate = config.reverify_bytes_per_sec()?;
     tokio::spawn(crate::reverify::run(store.clone(), reverify_rate, metrics.clone(), {
         let tx = internal_tx.clone();
-        // Damaged files are already deleted; the cache must forget them so they are fetched again.
+        // Damaged bodies are already deleted; the cache must forget them so they are fetched again.
         move |id| drop(tx.try_send(Internal::StoreFailed(vec![id])))
     }));
     let responder = EdgeResponder {

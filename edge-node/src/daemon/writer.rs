@@ -1,5 +1,5 @@
 //! The store writer: takes verified chunks in arrival order and writes them in groups, one
-//! `syncfs` per group (group commit), so a fast mesh does not turn into one filesystem sync
+//! pack append and `fdatasync` per group (group commit), so a fast mesh does not turn into one sync
 //! per response. Reports each group `Written` (or `StoreFailed`) to the main loop, and
 //! indexes chunks only once they are durable.
 
@@ -17,9 +17,9 @@ use chunk_store::ChunkStore;
 /// Verified chunk bytes waiting to be written, beyond which new chunk requests wait: bounds
 /// the memory held when the disk is slower than the mesh.
 pub(super) const MAX_UNWRITTEN_BYTES: usize = 256 << 20;
-/// Most bytes one store write (one `syncfs`) takes; more waits for the next group.
+/// Most bytes one store write (one `fdatasync`) takes; more waits for the next group.
 const MAX_WRITE_GROUP_BYTES: usize = 64 << 20;
-/// Groups written at once: while one waits for its `syncfs`, the next writes its files.
+/// Groups written at once: while one waits for its `fdatasync`, the next is appended.
 const WRITE_GROUPS_IN_FLIGHT: usize = 3;
 
 /// Memory budget held by received chunks until they are written (or dropped).
@@ -67,7 +67,7 @@ pub(super) fn spawn(
                     let batch: Vec<(ChunkId, &[u8])> = group.iter().map(|j| (j.id, j.bytes.as_ref())).collect();
                     store.put_batch(&batch)?;
                     let put_ms = started.elapsed().as_millis() as u64;
-                    // Indexed only once the files are durable.
+                    // Indexed only once the chunks are durable.
                     let lens: Vec<(ChunkId, u64)> = batch.iter().map(|(id, b)| (*id, b.len() as u64)).collect();
                     index.stored(&lens, unix_micros())?;
                     debug!(

@@ -187,34 +187,36 @@ impl Edge {
     }
 }
 
-/// Chunk ids in a chunk tree's parent (an edge node's data dir, a repository): file names.
-pub fn stored_chunks(data_dir: &Path) -> Vec<protocol::ChunkId> {
-    let mut ids = Vec::new();
-    for fanout in std::fs::read_dir(data_dir.join("chunks")).unwrap().flatten() {
-        for file in std::fs::read_dir(fanout.path()).unwrap().flatten() {
-            if let Ok(id) = protocol::ChunkId::from_hex(&file.file_name().to_string_lossy()) {
-                ids.push(id);
-            }
-        }
+/// The chunk store under a directory, opened only to look: an edge node's packs (the node
+/// may be running) or a repository's chunk files.
+fn look_at_store(data_dir: &Path) -> chunk_store::ChunkStore {
+    if data_dir.join("packs").is_dir() {
+        chunk_store::ChunkStore::inspect(data_dir).expect("an edge node's packs to read")
+    } else {
+        chunk_store::ChunkStore::open_read_only(data_dir)
     }
-    ids
 }
 
-/// Every chunk file in a store hashes to its name: what a node could serve is intact.
-pub fn store_is_intact(data_dir: &Path) -> (usize, Vec<PathBuf>) {
+/// Chunk ids stored under a directory (an edge node's data dir, a repository).
+pub fn stored_chunks(data_dir: &Path) -> Vec<protocol::ChunkId> {
+    look_at_store(data_dir).scan().into_iter().map(|(id, _)| id).collect()
+}
+
+/// Every stored body hashes to its id: what a node could serve is intact. Returns the count
+/// and where each damaged body lies.
+pub fn store_is_intact(data_dir: &Path) -> (usize, Vec<String>) {
+    use std::os::unix::fs::FileExt;
+    let store = look_at_store(data_dir);
     let mut count = 0;
     let mut bad = Vec::new();
-    for fanout in std::fs::read_dir(data_dir.join("chunks")).unwrap().flatten() {
-        for file in std::fs::read_dir(fanout.path()).unwrap().flatten() {
-            let name = file.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
-            count += 1;
-            let bytes = std::fs::read(file.path()).unwrap();
-            if blake3::hash(&bytes).to_hex().as_str() != name {
-                bad.push(file.path());
-            }
+    for (id, _) in store.scan() {
+        // Evicted since the listing: nothing left to check.
+        let Some(body) = store.body_on_disk(&id) else { continue };
+        count += 1;
+        let mut bytes = vec![0u8; body.len as usize];
+        let file = std::fs::File::open(&body.path).unwrap();
+        if file.read_exact_at(&mut bytes, body.offset).is_err() || !id.matches(&bytes) {
+            bad.push(format!("{id} at {} offset {}", body.path.display(), body.offset));
         }
     }
     (count, bad)
