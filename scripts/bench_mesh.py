@@ -25,7 +25,7 @@ in the last minutes, and on a filesystem where thousands of files were just dele
 runs, other builds on the machine) creating files costs far more kernel time; when edge
 nodes still wrote one file per chunk (~27k) it was half of all CPU time. Both systems now
 create a handful of files, and each round still starts from the same clean state. `--fs ram` (the
-default) backs that filesystem with /dev/shm: ext4, its journal and every syncfs still run,
+default) backs that filesystem with /dev/shm: ext4, its journal and every sync still run,
 but the 8 nodes do not queue on this VM's one shared disk, as 8 gateways with a disk each
 would not. `--fs disk` backs it with /var/tmp; `--fs tmp` uses /tmp as it is.
 

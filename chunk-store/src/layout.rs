@@ -2,9 +2,9 @@
 //! bytes, spread over 256 fan-out directories by the first byte of the id.
 //!
 //! Names starting with a dot are work files (a write in progress, a staged release chunk):
-//! never chunks, never listed, never served. The seeder's repository and an edge node's data
-//! directory use this same layout, which is why the origin can serve a repository's chunks
-//! through [`crate::ChunkStore`].
+//! never chunks, never listed, never served. The seeder's repository uses this layout, and the
+//! origin serves its chunks through [`crate::ChunkStore::open_read_only`]. Edge nodes wrote it
+//! too before they kept pack files ([`crate::packs`]); such a store is moved into packs at open.
 
 use anyhow::{Context, Result};
 use protocol::ChunkId;

@@ -2,9 +2,9 @@
 //! per chunk.
 //!
 //! Why: on a gateway's ext4, creating, renaming, stat-ing and opening one file per 64 KiB chunk
-//! cost about as much CPU as the mesh's transport encryption (see ARCHITECTURE.md, "Chunk
-//! store"). A batch is now one vectored append and one `fdatasync`; a read is one `pread` on a
-//! file that stays open; sizing a chunk is a map lookup.
+//! cost about as much CPU as the mesh's transport encryption (a profile of `scripts/bench-mesh`).
+//! A batch is now appended (a `pwritev` per MiB) and `fdatasync`ed once; a read is one `pread`
+//! on a file that stays open; sizing a chunk is a map lookup.
 //!
 //! Layout: `DIR/packs/<8 hex>.pack`, numbered in creation order. Each file is a sequence of
 //! records, a [`HEADER_BYTES`] header then the body:
@@ -85,6 +85,10 @@ struct Pack {
     /// Records written but not yet indexed (their append is syncing): a pack with any is
     /// not deleted, even if nothing in it is live yet.
     unindexed: u32,
+    /// A sync of this pack failed. Linux reports a writeback error to one `fdatasync` only,
+    /// whichever append's pages it came from, so after one nothing more written to the pack
+    /// is indexed: it takes no appends, and what is still syncing fails.
+    poisoned: bool,
 }
 
 #[derive(Debug, Default)]
@@ -108,9 +112,12 @@ pub struct Packs {
     /// process, the edge node, may be writing).
     read_only: bool,
     state: Mutex<State>,
-    /// Held for a whole append, so the offsets an append takes stay its own until its
-    /// records are indexed.
+    /// Held while an append writes, so records follow each other in the order their appends
+    /// took it.
     appending: Mutex<()>,
+    /// Held for one `fdatasync` and what its result decides (see `Pack::poisoned`), so a
+    /// writeback error reaches the pack's state before any later sync can succeed.
+    syncing: Mutex<()>,
 }
 
 /// The file name of pack `number`.
@@ -118,9 +125,11 @@ fn pack_name(number: u32) -> String {
     format!("{number:08x}.pack")
 }
 
+/// The number a pack file name stands for: exactly [`pack_name`]'s form (eight lowercase
+/// hex digits), so no two names can stand for one pack.
 fn pack_number(name: &str) -> Option<u32> {
     let hex = name.strip_suffix(".pack")?;
-    if hex.len() != 8 {
+    if hex.len() != 8 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     u32::from_str_radix(hex, 16).ok()
@@ -177,6 +186,7 @@ impl Packs {
             .filter_map(|e| pack_number(&e.file_name().to_string_lossy()))
             .collect();
         numbers.sort_unstable();
+        numbers.dedup();
         for number in numbers {
             let path = dir.join(pack_name(number));
             let file = OpenOptions::new()
@@ -202,7 +212,7 @@ impl Packs {
                 fs::remove_file(&path).with_context(|| format!("cannot delete the empty pack {}", path.display()))?;
                 continue;
             }
-            state.packs.insert(number, Pack { file: Arc::new(file), len, live, unindexed: 0 });
+            state.packs.insert(number, Pack { file: Arc::new(file), len, live, unindexed: 0, poisoned: false });
         }
         Ok(Packs {
             dir: dir.to_path_buf(),
@@ -210,6 +220,7 @@ impl Packs {
             read_only,
             state: Mutex::new(state),
             appending: Mutex::new(()),
+            syncing: Mutex::new(()),
         })
     }
 
@@ -280,6 +291,57 @@ impl Packs {
         // unsynced one: after a crash the durable records are a prefix of the pack.
         let mut written: Vec<(u32, Arc<File>, u64, std::ops::Range<usize>)> = Vec::new();
         let appending = self.appending.lock().unwrap_or_else(|e| e.into_inner());
+        let wrote = self.write_records(&pending, &mut written);
+        drop(appending);
+        // Readers only see records once indexed, after the sync.
+        // After a failed write nothing of this append is synced or indexed; the counts of
+        // what it wrote are settled below all the same.
+        let failed_write = wrote.err();
+        let synced: Vec<bool> = written
+            .iter()
+            .map(|(number, file, _, _)| failed_write.is_none() && self.sync(*number, file).is_ok())
+            .collect();
+        let mut state = self.state();
+        for ((number, _, offset, range), synced) in written.into_iter().zip(&synced) {
+            let index = *synced && state.packs.get(&number).is_some_and(|p| !p.poisoned);
+            let mut at = offset;
+            let mut added = 0;
+            for (id, body) in &pending[range.clone()] {
+                let location = Location { pack: number, header_offset: at, len: body.len() as u32 };
+                at += HEADER_BYTES + body.len() as u64;
+                // A chunk appended twice at once keeps its first record; the other is dead
+                // weight, as after a crash.
+                if index {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = state.index.entry(*id) {
+                        slot.insert(location);
+                        added += 1;
+                    }
+                }
+            }
+            if let Some(pack) = state.packs.get_mut(&number) {
+                pack.unindexed -= range.len() as u32;
+                pack.live += added;
+            }
+        }
+        drop(state);
+        if let Some(e) = failed_write {
+            return Err(e);
+        }
+        if synced.contains(&false) {
+            bail!("cannot sync the pack files in {}; the chunks are not stored", self.dir.display());
+        }
+        Ok(())
+    }
+
+    /// Writes `pending` after the active pack's last record (starting new packs as they
+    /// fill), noting each pack's part in `written`, with the part's records counted as
+    /// unindexed. On an error the parts already written stay in `written`, so the caller
+    /// settles their counts.
+    fn write_records(
+        &self,
+        pending: &[(ChunkId, &[u8])],
+        written: &mut Vec<(u32, Arc<File>, u64, std::ops::Range<usize>)>,
+    ) -> Result<()> {
         let mut start = 0;
         while start < pending.len() {
             let (number, file, offset) = self.active_pack()?;
@@ -289,6 +351,11 @@ impl Packs {
                 bytes += HEADER_BYTES + pending[end].1.len() as u64;
                 end += 1;
             }
+            // Counted before the write, so an error after a partial write settles it too.
+            if let Some(pack) = self.state().packs.get_mut(&number) {
+                pack.unindexed += (end - start) as u32;
+            }
+            written.push((number, file.clone(), offset, start..end));
             let part = &pending[start..end];
             let headers: Vec<[u8; HEADER_BYTES as usize]> =
                 part.iter().map(|(id, body)| header(id, body.len() as u32)).collect();
@@ -302,8 +369,17 @@ impl Packs {
                 slices.push(IoSlice::new(body));
                 piece_bytes += HEADER_BYTES + body.len() as u64;
                 if piece_bytes >= WRITE_PIECE_BYTES || i + 1 == part.len() {
-                    write_all_vectored_at(&file, &mut slices, piece_offset)
-                        .with_context(|| format!("cannot append to {}", self.pack_path(number).display()))?;
+                    if let Err(e) = write_all_vectored_at(&file, &mut slices, piece_offset) {
+                        // Whatever part of it reached the file is never indexed; the pack
+                        // takes no more appends, so nothing follows a half-written record.
+                        let mut state = self.state();
+                        if let Some(pack) = state.packs.get_mut(&number) {
+                            pack.poisoned = true;
+                        }
+                        state.active = None;
+                        return Err(e)
+                            .with_context(|| format!("cannot append to {}", self.pack_path(number).display()));
+                    }
                     start_writeback(&file, piece_offset, piece_bytes);
                     piece_offset += piece_bytes;
                     piece_bytes = 0;
@@ -313,49 +389,34 @@ impl Packs {
             let mut state = self.state();
             if let Some(pack) = state.packs.get_mut(&number) {
                 pack.len = offset + bytes;
-                pack.unindexed += part.len() as u32;
             }
             if offset + bytes >= self.target_bytes {
                 state.active = None;
             }
-            drop(state);
-            written.push((number, file, offset, start..end));
             start = end;
         }
-        drop(appending);
-        // Readers only see records once indexed, after the sync.
-        let synced: Vec<Result<()>> = written
-            .iter()
-            .map(|(number, file, _, _)| {
-                file.sync_data().with_context(|| format!("cannot sync {}", self.pack_path(*number).display()))
-            })
-            .collect();
-        let mut state = self.state();
-        for ((number, _, offset, range), synced) in written.into_iter().zip(&synced) {
-            let mut at = offset;
-            let mut added = 0;
-            for (id, body) in &pending[range.clone()] {
-                let location = Location { pack: number, header_offset: at, len: body.len() as u32 };
-                at += HEADER_BYTES + body.len() as u64;
-                // A chunk appended twice at once keeps its first record; the other is dead
-                // weight, as after a crash.
-                if synced.is_ok() {
-                    if let std::collections::hash_map::Entry::Vacant(slot) = state.index.entry(*id) {
-                        slot.insert(location);
-                        added += 1;
-                    }
-                }
-            }
-            if let Some(pack) = state.packs.get_mut(&number) {
-                pack.unindexed -= range.len() as u32;
-                pack.live += added;
-            }
-        }
-        drop(state);
-        synced.into_iter().collect()
+        Ok(())
     }
 
-    /// The pack taking appends (a new one if none is), with its file and end offset.
+    /// `fdatasync`s pack `number`; a failure poisons it (see `Pack::poisoned`).
+    fn sync(&self, number: u32, file: &File) -> Result<()> {
+        let _syncing = self.syncing.lock().unwrap_or_else(|e| e.into_inner());
+        let synced = file.sync_data();
+        if let Err(e) = &synced {
+            tracing::warn!(pack = %self.pack_path(number).display(), "sync failed ({e}); the pack takes no more chunks");
+            let mut state = self.state();
+            if let Some(pack) = state.packs.get_mut(&number) {
+                pack.poisoned = true;
+            }
+            if state.active == Some(number) {
+                state.active = None;
+            }
+        }
+        synced.with_context(|| format!("cannot sync {}", self.pack_path(number).display()))
+    }
+
+    /// The pack taking appends (a new one if none is), with its file and end offset. Only
+    /// called with the append lock held.
     fn active_pack(&self) -> Result<(u32, Arc<File>, u64)> {
         let mut state = self.state();
         if let Some(number) = state.active {
@@ -365,6 +426,9 @@ impl Packs {
         }
         let number = state.next_number;
         state.next_number = number.checked_add(1).context("pack numbers are used up")?;
+        // Created outside the lock, so reads do not wait for the directory sync; only
+        // appends (one at a time) create packs.
+        drop(state);
         let path = self.pack_path(number);
         let file = OpenOptions::new()
             .read(true)
@@ -375,7 +439,8 @@ impl Packs {
         // The new name durable before any record in it is indexed.
         host::fs::sync_dir(&self.dir)?;
         let file = Arc::new(file);
-        state.packs.insert(number, Pack { file: file.clone(), len: 0, live: 0, unindexed: 0 });
+        let mut state = self.state();
+        state.packs.insert(number, Pack { file: file.clone(), len: 0, live: 0, unindexed: 0, poisoned: false });
         state.active = Some(number);
         Ok((number, file, 0))
     }
@@ -384,11 +449,26 @@ impl Packs {
     /// out (or its whole pack deleted when nothing in it is live). Returns whether it was
     /// stored.
     pub fn remove(&self, id: &ChunkId) -> Result<bool> {
+        self.remove_where(id, None)
+    }
+
+    /// Drops `id` only if it is still stored at `location`: what a reader that found the
+    /// body there damaged deletes, so a copy written again meanwhile is left alone.
+    pub fn remove_if_at(&self, id: &ChunkId, location: Location) -> Result<bool> {
+        self.remove_where(id, Some(location))
+    }
+
+    fn remove_where(&self, id: &ChunkId, expected: Option<Location>) -> Result<bool> {
         if self.read_only {
             bail!("the packs in {} are open read-only", self.dir.display());
         }
         let (location, file, pack_dead) = {
             let mut state = self.state();
+            match (state.index.get(id), expected) {
+                (None, _) => return Ok(false),
+                (Some(current), Some(expected)) if *current != expected => return Ok(false),
+                _ => {}
+            }
             let Some(location) = state.index.remove(id) else { return Ok(false) };
             let active = state.active;
             let Some(pack) = state.packs.get_mut(&location.pack) else { return Ok(true) };
@@ -436,33 +516,71 @@ impl Packs {
 }
 
 /// Reads a pack's headers in order: the live records and the length of the readable part.
-/// A torn or unreadable tail is cut off so appends continue from a record boundary.
-/// Read-only, the tail is only skipped.
+///
+/// Bytes that are not a whole record (damage, or a header over a torn body) are skipped to
+/// the next whole record, so one bad header does not cost the records after it. A torn tail
+/// (nothing whole after it) is cut off so the file ends on a record. A read error ends the
+/// pack where it is, cutting nothing. Read-only, nothing is cut.
 fn read_records(file: &File, path: &Path, read_only: bool) -> Result<(u64, Vec<(ChunkId, Location)>)> {
     let file_len = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
     let mut records = Vec::new();
     let mut at = 0u64;
-    let mut h = [0u8; HEADER_BYTES as usize];
     while at + HEADER_BYTES <= file_len {
-        if file.read_exact_at(&mut h, at).is_err() {
-            break;
+        match record_at(file, at, file_len) {
+            Ok(Some((id, len, live))) => {
+                if live {
+                    records.push((id, Location { pack: 0, header_offset: at, len }));
+                }
+                at += HEADER_BYTES + u64::from(len);
+            }
+            Ok(None) => match next_record(file, at + 1, file_len) {
+                Some(next) => {
+                    tracing::warn!(pack = %path.display(), from = at, skipped = next - at, "bytes that are not a record skipped");
+                    at = next;
+                }
+                None => break,
+            },
+            Err(e) => {
+                tracing::warn!(pack = %path.display(), at, "cannot read the pack past here ({e}); its later records are not used");
+                return Ok((file_len, records));
+            }
         }
-        let Some((id, len, live)) = parse_header(&h) else { break };
-        let end = at + HEADER_BYTES + u64::from(len);
-        if end > file_len {
-            break;
-        }
-        if live {
-            records.push((id, Location { pack: 0, header_offset: at, len }));
-        }
-        at = end;
     }
     if at < file_len && !read_only {
-        tracing::warn!(pack = %path.display(), kept = at, cut = file_len - at, "pack ends in a torn or unreadable record; cut off");
+        tracing::warn!(pack = %path.display(), kept = at, cut = file_len - at, "pack ends in a torn record; cut off");
         file.set_len(at).with_context(|| format!("cannot cut the torn tail off {}", path.display()))?;
         file.sync_all().with_context(|| format!("cannot sync {}", path.display()))?;
     }
     Ok((at, records))
+}
+
+/// The record whose header is at `at`, if a whole one is there.
+fn record_at(file: &File, at: u64, file_len: u64) -> std::io::Result<Option<(ChunkId, u32, bool)>> {
+    let mut h = [0u8; HEADER_BYTES as usize];
+    file.read_exact_at(&mut h, at)?;
+    Ok(parse_header(&h).filter(|(_, len, _)| at + HEADER_BYTES + u64::from(*len) <= file_len))
+}
+
+/// The offset of the next whole record at or after `from`, searching for the magic.
+fn next_record(file: &File, from: u64, file_len: u64) -> Option<u64> {
+    const WINDOW: u64 = 1 << 20;
+    let mut buf = vec![0u8; WINDOW as usize];
+    let mut pos = from;
+    while pos + HEADER_BYTES <= file_len {
+        let n = WINDOW.min(file_len - pos) as usize;
+        file.read_exact_at(&mut buf[..n], pos).ok()?;
+        for (i, window) in buf[..n].windows(MAGIC.len()).enumerate() {
+            if window == MAGIC && matches!(record_at(file, pos + i as u64, file_len), Ok(Some(_))) {
+                return Some(pos + i as u64);
+            }
+        }
+        if n < WINDOW as usize {
+            break;
+        }
+        // Overlap by the magic's length less one, so a magic across the edge is found.
+        pos += WINDOW - (MAGIC.len() as u64 - 1);
+    }
+    None
 }
 
 /// `pwritev` until every slice is written (the kernel may write fewer bytes than asked).
@@ -610,6 +728,26 @@ mod tests {
         }
     }
 
+    /// A damaged header in the middle of a pack costs its own record, not the ones after it.
+    #[test]
+    fn a_bad_header_mid_pack_is_skipped_to_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let packs = Packs::open(dir.path()).unwrap();
+        let bodies: Vec<Vec<u8>> = (0..3).map(|i| body(i, 5000)).collect();
+        let ids = put(&packs, &bodies);
+        let second = packs.location(&ids[1]).unwrap();
+        let whole = fs::metadata(packs.pack_path(0)).unwrap().len();
+        packs.pack_file(0).write_all_at(b"XXXX", second.header_offset).unwrap();
+        drop(packs);
+
+        let packs = Packs::open(dir.path()).unwrap();
+        let mut expected = vec![(ids[0], 5000), (ids[2], 5000)];
+        expected.sort();
+        assert_eq!(packs.list(), expected);
+        assert_eq!(read(&packs, &ids[2]), Some(bodies[2].clone()));
+        assert_eq!(fs::metadata(packs.pack_path(0)).unwrap().len(), whole, "nothing cut");
+    }
+
     /// Eviction frees the body's disk blocks at once, survives a reopen, and deletes a pack
     /// once nothing in it is live.
     #[test]
@@ -693,7 +831,7 @@ mod tests {
     fn only_pack_names_are_packs() {
         assert_eq!(pack_number("0000002a.pack"), Some(42));
         assert_eq!(pack_number(&pack_name(7)), Some(7));
-        for name in ["2a.pack", "0000002a.pack.tmp", "0000002g.pack", "index.sled"] {
+        for name in ["2a.pack", "0000002a.pack.tmp", "0000002g.pack", "0000002A.pack", "+000002a.pack", "index.sled"] {
             assert_eq!(pack_number(name), None, "{name}");
         }
     }

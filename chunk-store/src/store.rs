@@ -56,7 +56,8 @@ const UPGRADE_BATCH_BYTES: usize = 64 << 20;
 pub enum ReadError {
     /// Not in the store.
     Missing,
-    /// The body no longer hashes to its name; it has been deleted.
+    /// The body no longer hashes to its name; it has been deleted (except from a store opened
+    /// with [`ChunkStore::inspect`], which changes nothing).
     Damaged,
 }
 
@@ -180,7 +181,11 @@ impl ChunkStore {
                     return false;
                 }
                 self.memory().verified.remove(id);
-                let _ = packs.remove(id);
+                // Checked again under the index's lock: a copy written again since the
+                // check above is not the damaged one.
+                if matches!(packs.remove_if_at(id, location), Ok(false)) {
+                    return false;
+                }
             }
             (Bodies::Packs(packs), None) => {
                 self.memory().verified.remove(id);
@@ -194,7 +199,7 @@ impl ChunkStore {
         if let Some(on_damage) = &self.on_damage {
             on_damage.damaged(id);
         }
-        tracing::warn!(chunk = %id, "stored chunk failed verification; deleted");
+        tracing::warn!(chunk = %id, "stored chunk failed verification; deleted (unless the store is only inspected)");
         true
     }
 
@@ -400,21 +405,29 @@ fn upgrade_file_tree(chunks_dir: &Path, packs: &Packs) -> Result<()> {
     if !chunks_dir.is_dir() {
         return Ok(());
     }
-    let files = layout::scan(chunks_dir);
+    // A seeder's repository has this tree too: it is never an edge store to move.
+    if chunks_dir.parent().is_some_and(|root| root.join("metadata").is_dir()) {
+        tracing::warn!(dir = %chunks_dir.display(), "a repository's chunk tree beside an edge store; left alone");
+        return Ok(());
+    }
     let mut moved = 0usize;
     let mut batch: Vec<(ChunkId, Vec<u8>)> = Vec::new();
     let mut batch_bytes = 0;
+    // Each batch's files go once the batch is durable in packs, so the move never needs
+    // twice the store's space; a move cut short resumes at the next open.
     let flush = |batch: &mut Vec<(ChunkId, Vec<u8>)>| -> Result<()> {
         let slices: Vec<(ChunkId, &[u8])> = batch.iter().map(|(id, b)| (*id, b.as_slice())).collect();
         packs.append(&slices)?;
-        batch.clear();
+        for (id, _) in batch.drain(..) {
+            let _ = fs::remove_file(layout::chunk_path(chunks_dir, &id));
+        }
         Ok(())
     };
-    for (id, _) in files {
-        let Some(bytes) = read_bounded(&layout::chunk_path(chunks_dir, &id), u64::from(MAX_CHUNK_BYTES)) else {
-            continue;
-        };
+    for (id, _) in layout::scan(chunks_dir) {
+        let path = layout::chunk_path(chunks_dir, &id);
+        let Some(bytes) = read_bounded(&path, u64::from(MAX_CHUNK_BYTES)) else { continue };
         if bytes.len() as u64 > u64::from(MAX_CHUNK_BYTES) {
+            let _ = fs::remove_file(&path);
             continue;
         }
         batch_bytes += bytes.len();
@@ -426,7 +439,7 @@ fn upgrade_file_tree(chunks_dir: &Path, packs: &Packs) -> Result<()> {
         }
     }
     flush(&mut batch)?;
-    // Everything is durable in packs before the old copies go.
+    // What is left is work files and empty fan-out directories.
     fs::remove_dir_all(chunks_dir)
         .with_context(|| format!("cannot delete the old chunk tree {}", chunks_dir.display()))?;
     if moved > 0 {
@@ -604,6 +617,22 @@ mod tests {
         }
         drop(store);
         assert_eq!(ChunkStore::open(dir.path()).unwrap().scan().len(), bodies.len());
+    }
+
+    /// A data directory that is a seeder's repository keeps its chunk tree: only an edge
+    /// store's old tree is moved.
+    #[test]
+    fn a_repository_chunk_tree_is_never_moved_into_packs() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("metadata")).unwrap();
+        let chunks = layout::chunks_dir(dir.path());
+        layout::prepare(&chunks, |_| true).unwrap();
+        let body = b"a repository chunk".to_vec();
+        let path = layout::chunk_path(&chunks, &ChunkId::of(&body));
+        fs::write(&path, &body).unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        assert!(store.scan().is_empty());
+        assert_eq!(fs::read(&path).unwrap(), body);
     }
 
     /// The origin's store reads the seeder's file tree and never writes it.
