@@ -616,26 +616,26 @@ fn write_all_vectored_at(file: &File, mut slices: &mut [IoSlice<'_>], mut offset
 
 /// Starts writing a just-appended range to disk without waiting, so the disk works while the
 /// next append is written and the `fdatasync` finds most of it done, instead of the whole
-/// group's bytes being issued at once when it is called.
+/// group's bytes being issued at once when it is called. A failure only loses the head
+/// start; `fdatasync` still decides.
 fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: sync_file_range only reads the descriptor number and the range; `file` keeps
-    // it open. A failure only loses the head start; `fdatasync` still decides.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
+    sync_range(file, offset, len, libc::SYNC_FILE_RANGE_WRITE);
 }
 
 /// Writes a range's dirty pages to disk and waits for them (no journal commit: the punch's
 /// commit that follows flushes the disk's cache). Whether it succeeded.
 fn write_and_wait(file: &File, offset: u64, len: u64) -> bool {
+    sync_range(
+        file,
+        offset,
+        len,
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+    )
+}
+
+/// `sync_file_range` on `file`; whether it succeeded.
+fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> bool {
     use std::os::fd::AsRawFd;
-    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     // SAFETY: sync_file_range only reads the descriptor number and the range; `file` keeps
     // it open.
     unsafe { libc::sync_file_range(file.as_raw_fd(), offset as libc::off64_t, len as libc::off64_t, flags) == 0 }
