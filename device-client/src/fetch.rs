@@ -12,8 +12,9 @@
 //! hedging a slow batch to another edge, what a short, bad or failed answer means for the
 //! edge — is `protocol::device::FetchPlan`'s, the same code simnet's devices run. This file
 //! is its driver: one coordinator feeds the plan each worker's outcome and the time, sends
-//! what `poll_transmit` asks to the workers (two connections per edge node, every one opened
-//! with the configured connect and request timeouts), applies `poll_event` to the edge pool,
+//! what `poll_transmit` asks to the workers (four requests in flight per edge node: streams of
+//! one QUIC connection, or two TCP connections; every connection opened with the configured
+//! connect and request timeouts), applies `poll_event` to the edge pool,
 //! and sleeps until an answer or `poll_timeout`. Both copies of a hedged batch write the
 //! same verified bytes, so a late duplicate changes nothing; dropping the workers at the end
 //! of a round cancels what is still out.
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use edge_client::{ClientError, DeviceClient, StoredAt, Timeouts};
 use protocol::codec::ContentKey;
-use protocol::device::fetch::{FetchConfig, FetchEvent, FetchPlan, STALL_LIMIT};
+use protocol::device::fetch::{FetchConfig, FetchEvent, FetchPlan, STALL_LIMIT, TCP_CONNECTIONS_PER_EDGE};
 use protocol::manifest::{ChunkEntry, ManifestView};
 use protocol::wire::ChunkRange;
 use protocol::ChunkId;
@@ -324,9 +325,12 @@ async fn add_spares(
     }
 }
 
-/// Starts workers on `edge`: its probed connection plus `streams - 1` more, opened with the
-/// pool's timeouts like every other. Returns how many; their indices follow the workers
-/// already there, as the plan's connection ids do.
+/// Starts `streams` workers on `edge`, each with one request in flight. Over QUIC they share
+/// the probed connection, a stream per request, so there is one handshake and one
+/// congestion controller per edge; over TCP, which carries one exchange at a time, the probed
+/// connection and up to [`TCP_CONNECTIONS_PER_EDGE`]` - 1` more, opened with the pool's
+/// timeouts like every other. Returns how many; their indices follow the workers already
+/// there, as the plan's connection ids do.
 async fn add_edge(
     workers: &mut Vec<Worker>,
     edge: Connected,
@@ -336,16 +340,21 @@ async fn add_edge(
     key: &Option<Arc<ContentKey>>,
 ) -> usize {
     let addr = edge.addr;
-    let mut added = 1;
-    workers.push(spawn_worker(workers.len(), addr, edge.client, slot.clone(), key.clone()));
-    for _ in 1..streams {
-        match crate::edges::connect(addr, timeouts).await {
-            Ok(client) => {
-                added += 1;
-                workers.push(spawn_worker(workers.len(), addr, client, slot.clone(), key.clone()));
+    let probed = edge.client;
+    let mut extra: Vec<DeviceClient> = Vec::new();
+    if probed.share().is_some() {
+        extra.extend((1..streams).filter_map(|_| probed.share()));
+    } else {
+        for _ in 1..streams.min(TCP_CONNECTIONS_PER_EDGE) {
+            match crate::edges::connect(addr, timeouts).await {
+                Ok(client) => extra.push(client),
+                Err(e) => tracing::info!(edge = %addr, "extra connection failed: {e}"),
             }
-            Err(e) => tracing::info!(edge = %addr, "extra connection failed: {e}"),
         }
+    }
+    let added = 1 + extra.len();
+    for client in std::iter::once(probed).chain(extra) {
+        workers.push(spawn_worker(workers.len(), addr, client, slot.clone(), key.clone()));
     }
     added
 }

@@ -212,6 +212,19 @@ impl DeviceClient {
         Ok(DeviceClient { transport: Transport::Tcp(stream), request_timeout: timeouts.request })
     }
 
+    /// Another handle on the same QUIC connection, for requests in flight beside this one's
+    /// (each request is its own stream, so they do not wait on each other). `None` over TCP,
+    /// where a connection carries one exchange at a time.
+    pub fn share(&self) -> Option<DeviceClient> {
+        match &self.transport {
+            Transport::Quic { _endpoint, connection } => Some(DeviceClient {
+                transport: Transport::Quic { _endpoint: _endpoint.clone(), connection: connection.clone() },
+                request_timeout: self.request_timeout,
+            }),
+            Transport::Tcp(_) => None,
+        }
+    }
+
     /// Changes the per-request timeout.
     pub fn set_request_timeout(&mut self, timeout: Duration) {
         self.request_timeout = timeout;

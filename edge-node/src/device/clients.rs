@@ -2,9 +2,9 @@
 //!
 //! Why per address: `max_connections` (512) is sized for a site's devices, and a single host
 //! that opens 512 connections (and never sends a request, or never reads its answers) would
-//! otherwise lock every device out until the idle timeout. A device agent uses two
-//! connections per edge node, so a small cap (default 8) leaves room for restarts while a
-//! hostile host gets at most its share. The map holds an entry only while that address has a
+//! otherwise lock every device out until the idle timeout. A device agent uses one
+//! QUIC connection (or two TCP connections) per edge node, so a small cap (default 8) leaves
+//! room for restarts while a hostile host gets at most its share. The map holds an entry only while that address has a
 //! connection, so it is bounded by `max_connections`.
 
 use std::collections::HashMap;
