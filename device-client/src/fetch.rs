@@ -19,7 +19,7 @@
 //! same verified bytes, so a late duplicate changes nothing; dropping the workers at the end
 //! of a round cancels what is still out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -175,6 +175,9 @@ pub async fn download(
         add_spares(&mut plan, &mut spares, &mut workers, timeouts, &slot, &key).await;
         let (results_tx, mut results) = mpsc::channel::<(usize, Outcome)>(64);
         let mut lie = String::new();
+        // Edges with a failed request this round: one dead connection fails every request
+        // it carried (up to four streams), and that is one failure of the edge, not four.
+        let mut failed: HashSet<EdgeAddr> = HashSet::new();
         loop {
             let now = pool.now();
             while let Some(transmit) = plan.poll_transmit(now) {
@@ -189,7 +192,7 @@ pub async fn download(
                     plan.handle_closed(conn);
                 }
             }
-            apply_events(&mut plan, pool, &mut workers, &mut last_error, &lie);
+            apply_events(&mut plan, pool, &mut workers, &mut last_error, &lie, &mut failed);
             if plan.round_over() {
                 break;
             }
@@ -229,7 +232,7 @@ pub async fn download(
                 }
                 Outcome::Storage(why) => return Err(DownloadError::Storage(anyhow!(why))),
             }
-            apply_events(&mut plan, pool, &mut workers, &mut last_error, &lie);
+            apply_events(&mut plan, pool, &mut workers, &mut last_error, &lie, &mut failed);
             // An edge that stopped makes room for the next one that answered the probe.
             add_spares(&mut plan, &mut spares, &mut workers, timeouts, &slot, &key).await;
             if unsynced_bytes >= SYNC_EVERY_BYTES && !committer.is_running() {
@@ -240,7 +243,7 @@ pub async fn download(
         // Batches still out when everything arrived were fetched elsewhere: their edge was
         // much slower than the others. Dropping the workers cancels their requests.
         plan.end_round();
-        apply_events(&mut plan, pool, &mut workers, &mut last_error, &lie);
+        apply_events(&mut plan, pool, &mut workers, &mut last_error, &lie, &mut failed);
         drop(workers);
         committer.finished().await.map_err(DownloadError::Storage)?;
         committer.start(std::mem::take(&mut unsynced));
@@ -264,18 +267,24 @@ fn to_protocol(d: Duration) -> protocol::time::Duration {
 
 /// Carries out what the plan decided about edges and connections: the pool records
 /// measurements, demotions and penalties; a stopped connection's worker gets no more jobs.
-/// `lie` is why the last lying edge was caught, for the penalty's log line.
+/// `lie` is why the last lying edge was caught, for the penalty's log line; `failed` holds
+/// the edges whose failure this round is already recorded.
 fn apply_events(
     plan: &mut FetchPlan<EdgeAddr>,
     pool: &mut EdgePool,
     workers: &mut [Worker],
     last_error: &mut String,
     lie: &str,
+    failed: &mut HashSet<EdgeAddr>,
 ) {
     while let Some(event) = plan.poll_event() {
         match event {
             FetchEvent::Batch { edge, bytes, took } => {
-                pool.record_batch(edge, bytes, Duration::from_micros(took.as_micros()))
+                // The edge's requests in flight share its link, so one request sees about
+                // that share of it: scaled by their number, an edge carried over four QUIC
+                // streams and one over two TCP connections rank by what each delivers.
+                let sharing = workers.iter().filter(|w| w.addr == edge).count().max(1) as u64;
+                pool.record_batch(edge, bytes.saturating_mul(sharing), Duration::from_micros(took.as_micros()))
             }
             FetchEvent::Hedged { slow, to, chunks, waited } => {
                 tracing::info!(slow = %slow, to = %to, chunks, waited_ms = waited.as_micros() / 1000,
@@ -299,7 +308,11 @@ fn apply_events(
                 tracing::warn!(edge = %edge, "edge node delivers nothing; giving up on it for now");
             }
             FetchEvent::Lied { edge } => pool.penalize(edge, lie),
-            FetchEvent::Failed { edge } => pool.record_failure(edge),
+            FetchEvent::Failed { edge } => {
+                if failed.insert(edge) {
+                    pool.record_failure(edge);
+                }
+            }
             FetchEvent::TooSlow { edge } => {
                 pool.demote(edge, "much slower than the others; its batch was fetched elsewhere")
             }

@@ -445,19 +445,22 @@ mod hostile_clients {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shared_quic_handles_carry_concurrent_requests_on_one_connection() {
         let (f, slow, other, gate) = with_gated_chunk(localhost_config()).await;
+        let mut tcp_client = tcp(&f).await;
+        tcp_client.get_metadata("timestamp.json").await.unwrap();
+        assert!(tcp_client.share().is_none(), "a TCP connection carries one exchange at a time");
+        drop(tcp_client);
+        until("the TCP client has gone", || f.metrics.devices.load(Relaxed) == 0).await;
         let mut first = quic(&f).await;
         let mut second = first.share().expect("a QUIC client shares its connection");
-        assert!(tcp(&f).await.share().is_none(), "a TCP connection carries one exchange at a time");
         let held = tokio::spawn(async move { first.get_chunks(&[ChunkRange::whole(slow)]).await });
         until("the first request's read has started", || f.backend.gated_reads.load(Relaxed) == 1).await;
         let beside = timeout(WAIT, second.get_chunks(&[ChunkRange::whole(other)])).await.unwrap().unwrap();
         assert_eq!(served_bytes(&beside), (1, MIB, 0), "served while the first request is held");
         assert!(!held.is_finished(), "the first request must still be held at the gate");
-        until("only the TCP client has gone", || f.metrics.devices.load(Relaxed) == 1).await;
+        assert_eq!(f.metrics.devices.load(Relaxed), 1, "both handles must use one connection");
         gate.add_permits(1);
         let first = timeout(WAIT, held).await.unwrap().unwrap().unwrap();
         assert_eq!(served_bytes(&first), (1, MIB, 0));
-        assert_eq!(f.metrics.devices.load(Relaxed), 1, "both handles used one connection");
     }
 
     /// The wait is bounded: memory that does not come back within `busy_wait` gets the

@@ -8,10 +8,11 @@
 //! run in this process ([`support::hostile`]): edge-node's own device service over a backend
 //! that lies, or raw TCP that never stops sending.
 //!
-//! Releases are chunked `fixed:4K`, and v2 rewrites 1.5 MiB of a 2 MiB v1: the device must
-//! fetch 384 chunks, three batches of 128, so the first dispatch of a download hands a batch
-//! to both edges' first connections whichever edge the device ranks first — a hostile edge
-//! that passes metadata checks is really asked for chunks, not by luck of timing.
+//! Releases are chunked `fixed:4K`, and v2 rewrites 3 MiB of a 4 MiB v1: the device must
+//! fetch 768 chunks, six batches of 128, more than one edge's requests in flight, so the
+//! first dispatch of a download hands batches to both edges whichever edge the device ranks
+//! first — a hostile edge that passes metadata checks is really asked for chunks, not by luck
+//! of timing.
 
 mod support;
 
@@ -23,8 +24,12 @@ use support::hostile::{Endless, HostileEdge, Hostiles, Lie, Shape};
 use support::{eventually, random_bytes, Edge, Origin};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(90);
-const V1_BYTES: usize = 2 << 20;
-const V2_CHANGED_BYTES: usize = 1536 << 10;
+const V1_BYTES: usize = 4 << 20;
+const V2_CHANGED_BYTES: usize = 3 << 20;
+// More batches than one edge takes at the first dispatch (see the module doc).
+const _: () = assert!(
+    V2_CHANGED_BYTES / 4096 / protocol::device::fetch::BATCH_CHUNKS > protocol::device::fetch::STREAMS_PER_EDGE
+);
 
 /// Origin, one honest edge node holding v1 and v2, a device template committed on v1, and a
 /// copy of the repository as it was right after v1 was published (before v2).

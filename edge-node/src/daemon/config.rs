@@ -83,11 +83,13 @@ pub struct EdgeConfig {
     /// Sustained status reports per second per client address.
     pub reports_per_sec_per_client: u32,
     /// Concurrent device connections in all (QUIC and TCP together); more are refused before
-    /// their handshake. Size it for the site's devices (an agent uses two per edge node);
+    /// their handshake. Size it for the site's devices (an agent uses one QUIC connection,
+    /// or two TCP connections, per edge node);
     /// each costs a few tens of KiB, and their responses share `device_max_buffered_bytes`.
     pub device_max_connections: usize,
     /// Concurrent device connections from one client IP address (QUIC and TCP together);
-    /// more are refused. A device agent uses two per edge node.
+    /// more are refused. A device agent uses one QUIC connection, or two TCP connections, per
+    /// edge node.
     pub max_connections_per_client: usize,
     /// Device-service memory for responses and the chunk reads behind them, across all
     /// clients, e.g. `256MiB`; when spent, devices are answered Busy. Peak RSS stays within

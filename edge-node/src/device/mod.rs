@@ -143,7 +143,8 @@ pub struct DeviceServiceConfig {
     /// each connection costs buffers and a task, and a LAN has a known device count.
     pub max_connections: usize,
     /// Concurrent connections from one client IP address (default 8), refused like those
-    /// over `max_connections`: a device agent uses two per edge node, and one host must not
+    /// over `max_connections`: a device agent uses one QUIC connection (or two TCP connections)
+    /// per edge node, and one host must not
     /// take the slots of the site's other devices.
     pub max_connections_per_client: usize,
     /// Concurrent request streams per QUIC connection (default 16); with

@@ -1,7 +1,8 @@
 //! The fetch plan: which chunks go in which request to which connection, and what each
 //! answer means for the edge that gave it.
 //!
-//! The driver opens connections (two per edge by default) to the best-ranked edges, tells
+//! The driver opens connections to the best-ranked edges ([`STREAMS_PER_EDGE`] requests in
+//! flight per edge by default; the plan calls each a connection, whatever carries it), tells
 //! the plan about them ([`FetchPlan::add_edge`]), and then follows the sans-IO loop: take
 //! every [`FetchPlan::poll_transmit`] and send it, carry out every
 //! [`FetchPlan::poll_event`], wait for an answer or until [`FetchPlan::poll_timeout`], feed
@@ -34,12 +35,16 @@
 use crate::time::{Duration, Instant};
 
 /// Most stored bytes asked for in one request (the device wire format's limit is 8 MiB).
-pub const BATCH_BYTES: u64 = 4 << 20;
+/// [`STREAMS_PER_EDGE`] of them make 8 MiB in flight per edge, as two 4 MiB requests did:
+/// on a slow link the requests share it, so what must arrive within one request timeout,
+/// and what an edge holds for one device, stay where they were.
+pub const BATCH_BYTES: u64 = 2 << 20;
 /// Most chunks in one request.
 pub const BATCH_CHUNKS: usize = 128;
 /// Requests in flight per edge node. With two, a connection sat idle while its batch was
 /// verified and written, and the other's answer alone did not keep the link busy: four gave
-/// the Linux agent 7–12 % more throughput over QUIC (scripts/bench-agent's install, one edge).
+/// the Linux agent 7–19 % more throughput over QUIC (scripts/bench-agent's install, one edge,
+/// in interleaved runs).
 /// The agent carries them as streams of one QUIC connection, or over at most
 /// [`TCP_CONNECTIONS_PER_EDGE`] TCP connections.
 pub const STREAMS_PER_EDGE: usize = 4;
