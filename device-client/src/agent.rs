@@ -26,9 +26,10 @@ use serde_json::Value;
 use crate::bootloader::{self, Bootloader};
 use crate::config::AgentConfig;
 use crate::edges::EdgePool;
-use crate::fetch::{self, Counts, DownloadError, DownloadJob};
+use crate::fetch::{self, Counts, DownloadError, DownloadJob, Downloaded};
 use crate::health::{self, Verdict};
 use crate::rollout::{RolloutState, Stage};
+use crate::slot::ImageHasher;
 use crate::status;
 use crate::tuf_edge::{self, ManifestError, MetadataDir, RefreshError};
 use crate::tuf_http::unix_now;
@@ -76,6 +77,10 @@ pub struct Agent {
     /// The verified manifest of the release offered in the current check.
     offered: Option<Vec<u8>>,
     counts: Option<Counts>,
+    /// The last download's whole-image hash, carried over the slot as chunks were committed,
+    /// and the release it was for; the image check finishes it instead of reading the slot
+    /// from its start.
+    image_hasher: Option<(ReleaseId, ImageHasher)>,
     health: Option<String>,
     last_status: Value,
     /// The newest status report reached no edge node: the daemon sends it again (re-signed
@@ -155,6 +160,7 @@ impl Agent {
             started: std::time::Instant::now(),
             offered: None,
             counts: None,
+            image_hasher: None,
             health: None,
             last_status: Value::Null,
             report_unsent,
@@ -558,6 +564,7 @@ impl Agent {
     }
 
     async fn download(&mut self, slot: Slot) -> Result<()> {
+        self.image_hasher = None;
         let manifest = match self.target_manifest() {
             Ok(m) => m,
             Err(e) => {
@@ -627,7 +634,8 @@ impl Agent {
         }
         let now = self.now();
         match result {
-            Ok(counts) => {
+            Ok(Downloaded { counts, image_hasher }) => {
+                self.image_hasher = image_hasher.map(|h| (ReleaseId::of_manifest(&manifest), h));
                 tracing::info!(
                     fetched = counts.bytes_fetched,
                     reused = counts.bytes_reused,
@@ -667,9 +675,20 @@ impl Agent {
     async fn verify_image(&mut self, slot: Slot) -> bool {
         let Ok(manifest) = self.target_manifest() else { return false };
         let path = self.config.slot_path(slot).to_path_buf();
+        let release = ReleaseId::of_manifest(&manifest);
+        let carried = self.image_hasher.take().filter(|(id, _)| *id == release).map(|(_, hasher)| hasher);
         let result = tokio::task::spawn_blocking(move || {
             let view = ManifestView::new_checked(&manifest).map_err(|e| anyhow!("{e}"))?;
-            let blake = crate::slot::hash_image(&path, view.image_len())?;
+            let hasher = match carried.filter(|h| h.path() == path && h.image_len() == view.image_len()) {
+                Some(hasher) => hasher,
+                None => ImageHasher::open(&path, view.image_len())?,
+            };
+            tracing::debug!(
+                carried = hasher.hashed(),
+                of = view.image_len(),
+                "image hash: bytes already hashed as the download committed them"
+            );
+            let blake = hasher.finish()?;
             Ok::<_, anyhow::Error>(blake == view.image_blake3())
         })
         .await;

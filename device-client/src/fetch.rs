@@ -6,7 +6,9 @@
 //! manifest whose id appears in the installed release's manifest has the same plaintext at
 //! that manifest's offset in the active slot. The copy is not re-verified chunk by chunk;
 //! the whole-image hash before the switch covers it, and after a failed image check the
-//! engine restarts the download with reuse turned off.
+//! engine restarts the download with reuse turned off. That hash reads the slot back; it
+//! advances over the durable prefix as chunks are committed ([`Downloaded::image_hasher`]),
+//! so the check itself reads only the tail.
 //!
 //! Every decision about what to ask whom — batches, rounds, busy backoff, stall limit,
 //! hedging a slow batch to another edge, what a short, bad or failed answer means for the
@@ -35,7 +37,7 @@ use tokio::sync::mpsc;
 
 use crate::config::EdgeAddr;
 use crate::edges::{Connected, EdgePool};
-use crate::slot::{Progress, SlotFile};
+use crate::slot::{ImageHasher, Progress, SlotFile};
 
 /// Written bytes between syncs of the slot and saves of the progress file.
 const SYNC_EVERY_BYTES: u64 = 32 << 20;
@@ -70,6 +72,18 @@ pub struct Counts {
     pub bytes_fetched: u64,
     /// Plaintext bytes copied from the active slot.
     pub bytes_reused: u64,
+}
+
+/// A download that filled the slot.
+#[derive(Debug)]
+pub struct Downloaded {
+    /// Its progress at the end.
+    pub counts: Counts,
+    /// The whole-image hash carried over the slot's durable prefix as it was committed (see
+    /// [`ImageHasher`]); the check before the switch finishes it. `None` when nothing was
+    /// fetched in this run, or when reading the slot back failed (the check then reads it all
+    /// and reports why).
+    pub image_hasher: Option<ImageHasher>,
 }
 
 /// Why a download stopped.
@@ -118,7 +132,7 @@ pub async fn download(
     job: DownloadJob,
     pool: &mut EdgePool,
     mut on_progress: impl FnMut(Counts) -> Result<()>,
-) -> Result<Counts, DownloadError> {
+) -> Result<Downloaded, DownloadError> {
     let view = ManifestView::new_checked(&job.manifest).map_err(|e| DownloadError::Storage(anyhow!("{e}")))?;
     let release = protocol::ReleaseId::of_manifest(&job.manifest);
     let entries: Vec<ChunkEntry> = view.chunks().collect();
@@ -148,7 +162,7 @@ pub async fn download(
         }
     }
     if by_id.is_empty() {
-        return Ok(counts);
+        return Ok(Downloaded { counts, image_hasher: None });
     }
     // The plan's units: unique chunks still wanted, in manifest order.
     let mut wanted: Vec<Wanted> = entries.iter().filter_map(|e| by_id.remove(&e.id)).collect();
@@ -159,8 +173,16 @@ pub async fn download(
     let mut plan: FetchPlan<EdgeAddr> = FetchPlan::new(config, wanted.iter().map(|w| w.entry.stored_length).collect());
 
     let key = job.key.map(Arc::new);
-    let mut committer =
-        Committer { slot: slot.clone(), path: job.progress.clone(), progress: Some(progress), running: None };
+    let image_hasher = ImageHasher::open(&job.slot, view.image_len())
+        .map_err(|e| tracing::warn!("the image hash waits for the download's end: {e:#}"))
+        .ok();
+    let mut committer = Committer {
+        slot: slot.clone(),
+        path: job.progress.clone(),
+        offsets: Arc::new(entries.iter().map(|e| e.offset).collect()),
+        state: Some(Durable { progress, image_hasher }),
+        running: None,
+    };
     let mut unsynced: Vec<u32> = Vec::new();
     let mut unsynced_bytes = 0u64;
     let mut last_error = String::from("no edge node reachable");
@@ -251,7 +273,7 @@ pub async fn download(
         unsynced_bytes = 0;
         on_progress(counts).map_err(DownloadError::Storage)?;
         if plan.is_complete() && counts.chunks_done == counts.chunk_count {
-            return Ok(counts);
+            return Ok(Downloaded { counts, image_hasher: committer.take_image_hasher() });
         }
     }
     Err(DownloadError::Network(format!(
@@ -409,13 +431,25 @@ fn reuse(
 /// Makes written chunks durable and records them off the coordinator: the slot's fdatasync
 /// and the progress file's save run on a blocking thread while the coordinator keeps every
 /// connection asking. Done inline, a GiB's 26 commits stopped dispatch for 0.7 s of a 3.6 s
-/// install. At most one commit runs; chunks written meanwhile wait for the next.
+/// install. At most one commit runs; chunks written meanwhile wait for the next. Each commit
+/// then carries the whole-image hash over the slot's new durable prefix: those bytes are
+/// final (a late hedged copy rewrites the same verified bytes), and are still in the page
+/// cache.
 struct Committer {
     slot: Arc<SlotFile>,
     path: PathBuf,
-    /// `None` while a commit runs (it holds the progress).
-    progress: Option<Progress>,
-    running: Option<tokio::task::JoinHandle<Result<Progress>>>,
+    /// Each manifest entry's image offset: where the durable prefix ends.
+    offsets: Arc<Vec<u64>>,
+    /// `None` while a commit runs (it holds them).
+    state: Option<Durable>,
+    running: Option<tokio::task::JoinHandle<Result<Durable>>>,
+}
+
+/// What the commits keep: which chunks are durable, and the whole-image hash over the
+/// durable prefix (`None` once reading the slot back failed).
+struct Durable {
+    progress: Progress,
+    image_hasher: Option<ImageHasher>,
 }
 
 impl Committer {
@@ -425,19 +459,34 @@ impl Committer {
 
     /// Starts making `written` durable; the caller waits for any running commit first.
     fn start(&mut self, written: Vec<u32>) {
-        let Some(mut progress) = self.progress.take() else {
+        let Some(Durable { mut progress, image_hasher: mut hasher }) = self.state.take() else {
             debug_assert!(false, "a commit is already running");
             return;
         };
-        let (slot, path) = (self.slot.clone(), self.path.clone());
+        let (slot, path, offsets) = (self.slot.clone(), self.path.clone(), self.offsets.clone());
         self.running = Some(tokio::task::spawn_blocking(move || {
             slot.sync()?;
             for index in written {
                 progress.mark(index);
             }
             progress.save(&path)?;
-            Ok(progress)
+            if let Some(h) = hasher.as_mut() {
+                let prefix_end = match progress.first_missing() {
+                    None => h.image_len(),
+                    Some(index) => offsets.get(index as usize).copied().unwrap_or(0),
+                };
+                if let Err(e) = h.advance_to(prefix_end) {
+                    tracing::warn!("the image hash waits for the download's end: {e:#}");
+                    hasher = None;
+                }
+            }
+            Ok(Durable { progress, image_hasher: hasher })
         }));
+    }
+
+    /// The whole-image hash as far as the last finished commit carried it.
+    fn take_image_hasher(&mut self) -> Option<ImageHasher> {
+        self.state.as_mut().and_then(|state| state.image_hasher.take())
     }
 
     /// Waits for the running commit, if any; returns how many chunks are durable. Safe to
@@ -446,9 +495,9 @@ impl Committer {
         if let Some(running) = self.running.as_mut() {
             let done = running.await;
             self.running = None;
-            self.progress = Some(done.map_err(|e| anyhow!("progress writer stopped: {e}"))??);
+            self.state = Some(done.map_err(|e| anyhow!("progress writer stopped: {e}"))??);
         }
-        Ok(self.progress.as_ref().map_or(0, Progress::count))
+        Ok(self.state.as_ref().map_or(0, |state| state.progress.count()))
     }
 }
 

@@ -6,7 +6,6 @@
 //! chunk that is really in the slot, and no verified chunk is fetched twice.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Read;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
@@ -84,30 +83,89 @@ fn block_device_size(file: &File) -> Result<u64> {
     Ok(size)
 }
 
-/// The blake3 of the first `len` bytes of `path`: what the manifest says the whole image
-/// hashes to.
+/// The blake3 of the first `image_len` bytes of a slot: what the manifest says the whole
+/// image hashes to, read back from the slot itself.
 ///
 /// Only blake3: the manifest is signed (through TUF) and carries both blake3 and sha256,
 /// and one cryptographic hash binds the slot to it. sha256 is in the manifest for
 /// bootloaders and tools that only know sha256; computing it here too cost about a fifth of
 /// the agent's CPU per install (scripts/bench-agent profile).
-pub fn hash_image(path: &Path, len: u64) -> Result<[u8; 32]> {
-    let mut file = File::open(path).with_context(|| format!("cannot open slot {}", path.display()))?.take(len);
-    let mut blake = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut seen = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
+///
+/// The download advances it over the slot's durable prefix as chunks are committed, so the
+/// check before the switch reads only what was not yet in order; hashed after the download,
+/// a GiB took 0.3 s of a 3.2 s install (bench-agent) on a core the download left partly idle.
+/// It reads the slot, never the bytes the download handed to the writer, so it checks what a
+/// reboot would boot, chunks copied from the active slot included.
+#[derive(Debug)]
+pub struct ImageHasher {
+    file: File,
+    path: PathBuf,
+    image_len: u64,
+    hashed: u64,
+    blake: blake3::Hasher,
+    buf: Vec<u8>,
+}
+
+/// Bytes read from the slot per step.
+const HASH_READ_BYTES: usize = 1 << 20;
+
+impl ImageHasher {
+    /// Starts hashing the image of `image_len` bytes in the slot at `path`, from its first byte.
+    pub fn open(path: &Path, image_len: u64) -> Result<ImageHasher> {
+        let file = File::open(path).with_context(|| format!("cannot open slot {}", path.display()))?;
+        Ok(ImageHasher {
+            file,
+            path: path.to_path_buf(),
+            image_len,
+            hashed: 0,
+            blake: blake3::Hasher::new(),
+            buf: Vec::new(),
+        })
+    }
+
+    /// The slot it reads.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The image length it hashes to.
+    pub fn image_len(&self) -> u64 {
+        self.image_len
+    }
+
+    /// Bytes hashed so far, from the image's start.
+    pub fn hashed(&self) -> u64 {
+        self.hashed
+    }
+
+    /// Hashes the slot from where it stopped up to `end` (clamped to the image). Call it only
+    /// over bytes that are final: they are read once, now.
+    pub fn advance_to(&mut self, end: u64) -> Result<()> {
+        let end = end.min(self.image_len);
+        if self.buf.is_empty() && end > self.hashed {
+            self.buf = vec![0; HASH_READ_BYTES];
         }
-        blake.update(&buf[..n]);
-        seen += n as u64;
+        while self.hashed < end {
+            let n = (end - self.hashed).min(HASH_READ_BYTES as u64) as usize;
+            self.file.read_exact_at(&mut self.buf[..n], self.hashed).with_context(|| {
+                format!(
+                    "reading slot {} at byte {} of the image's {}",
+                    self.path.display(),
+                    self.hashed,
+                    self.image_len
+                )
+            })?;
+            self.blake.update(&self.buf[..n]);
+            self.hashed += n as u64;
+        }
+        Ok(())
     }
-    if seen != len {
-        bail!("slot {} is {seen} bytes, the image is {len}", path.display());
+
+    /// Hashes the rest of the image and returns its blake3.
+    pub fn finish(mut self) -> Result<[u8; 32]> {
+        self.advance_to(self.image_len)?;
+        Ok(*self.blake.finalize().as_bytes())
     }
-    Ok(*blake.finalize().as_bytes())
 }
 
 const PROGRESS_MAGIC: &[u8; 4] = b"OTPG";
@@ -176,6 +234,14 @@ impl Progress {
         }
     }
 
+    /// The first chunk not done, or `None` once all are: chunks before it are the slot's
+    /// durable prefix.
+    pub fn first_missing(&self) -> Option<u32> {
+        let (word, bits) = self.done.iter().enumerate().find(|(_, w)| **w != u64::MAX)?;
+        let index = (word * 64) as u32 + bits.trailing_ones();
+        (index < self.chunk_count).then_some(index)
+    }
+
     /// Chunks done.
     pub fn count(&self) -> u32 {
         self.done.iter().map(|w| w.count_ones()).sum()
@@ -210,5 +276,49 @@ mod tests {
         bytes[45] ^= 1;
         fs::write(&path, bytes).unwrap();
         assert_eq!(Progress::load_or_new(&path, ReleaseId([3; 32]), 130).count(), 0);
+    }
+
+    #[test]
+    fn first_missing_is_where_the_durable_prefix_ends() {
+        let mut p = Progress::new(ReleaseId([3; 32]), 130);
+        assert_eq!(p.first_missing(), Some(0));
+        for i in (0..70).chain([71, 129]) {
+            p.mark(i);
+        }
+        assert_eq!(p.first_missing(), Some(70));
+        p.mark(70);
+        assert_eq!(p.first_missing(), Some(72));
+        for i in 72..129 {
+            p.mark(i);
+        }
+        assert_eq!(p.first_missing(), None);
+        let mut exact = Progress::new(ReleaseId([3; 32]), 128);
+        (0..127).for_each(|i| exact.mark(i));
+        assert_eq!(exact.first_missing(), Some(127));
+        exact.mark(127);
+        assert_eq!(exact.first_missing(), None);
+    }
+
+    /// Hashed in steps of any size, in any number of calls, the image hashes as it does in
+    /// one piece; a slot shorter than the image is an error, not a short hash.
+    #[test]
+    fn an_image_hashed_in_steps_matches_one_hash_of_it_and_a_short_slot_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slot");
+        let image: Vec<u8> = (0..(3 * HASH_READ_BYTES + 12_345)).map(|i| (i * 7 + i / 5000) as u8).collect();
+        fs::write(&path, &image).unwrap();
+        let whole = *blake3::hash(&image).as_bytes();
+        assert_eq!(ImageHasher::open(&path, image.len() as u64).unwrap().finish().unwrap(), whole);
+        let mut stepped = ImageHasher::open(&path, image.len() as u64).unwrap();
+        for end in [0, 1, 1, 4096, 1_000_000, 500, HASH_READ_BYTES as u64 * 2 + 3, u64::MAX] {
+            stepped.advance_to(end).unwrap();
+            assert!(stepped.hashed() <= image.len() as u64);
+        }
+        assert_eq!(stepped.hashed(), image.len() as u64);
+        assert_eq!(stepped.finish().unwrap(), whole);
+        let prefix = ImageHasher::open(&path, 1000).unwrap().finish().unwrap();
+        assert_eq!(prefix, *blake3::hash(&image[..1000]).as_bytes());
+        let short = ImageHasher::open(&path, image.len() as u64 + 1).unwrap().finish();
+        assert!(format!("{:#}", short.unwrap_err()).contains("reading slot"));
     }
 }

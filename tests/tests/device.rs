@@ -145,6 +145,38 @@ fn devices_install_reuse_chunks_commit_and_a_failed_health_check_rolls_back() {
     assert_eq!(trust["status_reports_rejected"], 0, "{trust}");
 }
 
+/// Chunks copied from the active slot are not verified one by one: the image check before
+/// the switch covers them, and it reads the new slot itself (hashed as the download committed
+/// its chunks). A byte flipped in the active slot after v1 committed is copied into v2's slot;
+/// the check fails, and the device fetches v2 again without reuse and commits it whole.
+#[test]
+fn a_damaged_active_slot_fails_the_image_check_and_the_release_is_fetched_again_without_reuse() {
+    let mesh = mesh_with_v1(32);
+    let device = Device::new(&mesh.root.join("dev"), &mesh.origin.repo, &[quic(&mesh.edge)], None);
+    let run = device.check(CHECK_TIMEOUT);
+    assert!(run.success, "v1 install failed:\n{}", run.output);
+    assert_eq!(device.bootenv(), ("b".to_string(), None));
+    // 1 MiB in: v2 keeps v1's bytes there (its first rewritten region starts at a tenth).
+    let active = device.dir.join("slot-b.img");
+    let mut damaged = std::fs::read(&active).unwrap();
+    damaged[1 << 20] ^= 0x40;
+    std::fs::write(&active, &damaged).unwrap();
+
+    mesh.origin.publish(&mesh.v2, "2.0.0");
+    wait_for_release(&mesh.edge, "2.0.0");
+    let run = device.check(CHECK_TIMEOUT);
+    assert!(run.success, "v2 install failed:\n{}", run.output);
+    assert!(
+        run.output.contains("image hash does not match the manifest"),
+        "the damaged copy was not caught:\n{}",
+        run.output
+    );
+    let status = device.status();
+    assert_eq!((status["state"].as_str(), status["version"].as_str()), (Some("committed"), Some("2.0.0")));
+    assert_eq!(device.bootenv(), ("a".to_string(), None));
+    assert!(device.slot("a") == std::fs::read(&mesh.v2).unwrap(), "slot a is not v2");
+}
+
 fn record_state(device: &Device) -> String {
     // The status file lags the record by at most one step; it is what an operator sees.
     std::fs::read(device.dir.join("data/status.json"))
