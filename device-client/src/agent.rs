@@ -628,14 +628,18 @@ impl Agent {
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
+        // Kept before the deferred actions run, so a download among them would replace it.
+        let result = result.map(|Downloaded { counts, image_hasher }| {
+            self.image_hasher = image_hasher.map(|h| (ReleaseId::of_manifest(&manifest), h));
+            counts
+        });
         for action in deferred {
             tracing::debug!(?action, "action queued during the download");
             Box::pin(self.execute(action)).await?;
         }
         let now = self.now();
         match result {
-            Ok(Downloaded { counts, image_hasher }) => {
-                self.image_hasher = image_hasher.map(|h| (ReleaseId::of_manifest(&manifest), h));
+            Ok(counts) => {
                 tracing::info!(
                     fetched = counts.bytes_fetched,
                     reused = counts.bytes_reused,
@@ -683,19 +687,22 @@ impl Agent {
                 Some(hasher) => hasher,
                 None => ImageHasher::open(&path, view.image_len())?,
             };
-            tracing::debug!(
-                carried = hasher.hashed(),
-                of = view.image_len(),
-                "image hash: bytes already hashed as the download committed them"
-            );
+            let hashed_during_download = hasher.hashed();
             let blake = hasher.finish()?;
-            Ok::<_, anyhow::Error>(blake == view.image_blake3())
+            Ok::<_, anyhow::Error>((blake == view.image_blake3(), hashed_during_download))
         })
         .await;
         match result {
-            Ok(Ok(true)) => true,
-            Ok(Ok(false)) => {
-                tracing::error!(slot = slot.name(), "image hash does not match the manifest; downloading again");
+            Ok(Ok((true, hashed_during_download))) => {
+                tracing::info!(slot = slot.name(), hashed_during_download, "image hash matches the manifest");
+                true
+            }
+            Ok(Ok((false, hashed_during_download))) => {
+                tracing::error!(
+                    slot = slot.name(),
+                    hashed_during_download,
+                    "image hash does not match the manifest; downloading again"
+                );
                 false
             }
             Ok(Err(e)) => {

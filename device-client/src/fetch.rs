@@ -7,8 +7,9 @@
 //! that manifest's offset in the active slot. The copy is not re-verified chunk by chunk;
 //! the whole-image hash before the switch covers it, and after a failed image check the
 //! engine restarts the download with reuse turned off. That hash reads the slot back; it
-//! advances over the durable prefix as chunks are committed ([`Downloaded::image_hasher`]),
-//! so the check itself reads only the tail.
+//! advances over the durable prefix as chunks are committed, and the last commit carries it
+//! to the end ([`Downloaded::image_hasher`]), so the check itself reads nothing more. A
+//! download that stops early drops it: the next attempt hashes its durable prefix again.
 //!
 //! Every decision about what to ask whom — batches, rounds, busy backoff, stall limit,
 //! hedging a slow batch to another edge, what a short, bad or failed answer means for the
@@ -183,6 +184,10 @@ pub async fn download(
         state: Some(Durable { progress, image_hasher }),
         running: None,
     };
+    if counts.chunks_done > 0 {
+        // Chunks reused or left from an earlier run: hash them while the first batches are out.
+        committer.start(Vec::new());
+    }
     let mut unsynced: Vec<u32> = Vec::new();
     let mut unsynced_bytes = 0u64;
     let mut last_error = String::from("no edge node reachable");
@@ -614,5 +619,57 @@ async fn fetch_batch(
         Ok(Ok((written, units, _, _, Some(why)))) => Outcome::Bad { why, written, units },
         Ok(Err(e)) => Outcome::Storage(format!("{e:#}")),
         Err(e) => Outcome::Storage(format!("chunk decoder stopped: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunks committed out of order: the hash stops at the first chunk not yet durable, then
+    /// the commit that fills the gap carries it to the end, where it equals the image's blake3.
+    #[tokio::test]
+    async fn commits_carry_the_image_hash_to_the_first_gap_then_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let lengths = [3000usize, 70_000, 1, (1 << 20) + 5, 4096];
+        let image: Vec<u8> = (0..lengths.iter().sum::<usize>()).map(|i| (i * 31 + i / 777) as u8).collect();
+        let offsets: Vec<u64> =
+            lengths.iter().scan(0u64, |at, len| Some(std::mem::replace(at, *at + *len as u64))).collect();
+        let path = dir.path().join("slot");
+        let slot = Arc::new(SlotFile::open_for_write(&path, image.len() as u64).unwrap());
+        let write = |index: usize| {
+            let at = offsets[index] as usize;
+            slot.write_at(at as u64, &image[at..at + lengths[index]]).unwrap();
+        };
+        let mut committer = Committer {
+            slot: slot.clone(),
+            path: dir.path().join("progress"),
+            offsets: Arc::new(offsets.clone()),
+            state: Some(Durable {
+                progress: Progress::new(protocol::ReleaseId([1; 32]), lengths.len() as u32),
+                image_hasher: Some(ImageHasher::open(&path, image.len() as u64).unwrap()),
+            }),
+            running: None,
+        };
+        let hashed = |c: &Committer| c.state.as_ref().unwrap().image_hasher.as_ref().unwrap().hashed();
+
+        for index in [0, 1, 3] {
+            write(index);
+        }
+        committer.start(vec![3, 0, 1]);
+        assert_eq!(committer.finished().await.unwrap(), 3);
+        assert_eq!(hashed(&committer), offsets[2], "hashed past the first chunk not yet durable");
+
+        write(4);
+        committer.start(vec![4]);
+        assert_eq!(committer.finished().await.unwrap(), 4);
+        assert_eq!(hashed(&committer), offsets[2]);
+
+        write(2);
+        committer.start(vec![2]);
+        assert_eq!(committer.finished().await.unwrap(), 5);
+        assert_eq!(hashed(&committer), image.len() as u64);
+        let hasher = committer.take_image_hasher().unwrap();
+        assert_eq!(hasher.finish().unwrap(), *blake3::hash(&image).as_bytes());
     }
 }

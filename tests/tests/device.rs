@@ -156,6 +156,10 @@ fn a_damaged_active_slot_fails_the_image_check_and_the_release_is_fetched_again_
     let run = device.check(CHECK_TIMEOUT);
     assert!(run.success, "v1 install failed:\n{}", run.output);
     assert_eq!(device.bootenv(), ("b".to_string(), None));
+    // The download carried the image hash to the end; the check read nothing more.
+    let whole = format!("hashed_during_download={}", 32 << 20);
+    let logged = |output: &str, message: &str| output.lines().any(|l| l.contains(message) && l.contains(&whole));
+    assert!(logged(&run.output, "image hash matches the manifest"), "{}", run.output);
     // 1 MiB in: v2 keeps v1's bytes there (its first rewritten region starts at a tenth).
     let active = device.dir.join("slot-b.img");
     let mut damaged = std::fs::read(&active).unwrap();
@@ -167,10 +171,11 @@ fn a_damaged_active_slot_fails_the_image_check_and_the_release_is_fetched_again_
     let run = device.check(CHECK_TIMEOUT);
     assert!(run.success, "v2 install failed:\n{}", run.output);
     assert!(
-        run.output.contains("image hash does not match the manifest"),
+        logged(&run.output, "image hash does not match the manifest"),
         "the damaged copy was not caught:\n{}",
         run.output
     );
+    assert_eq!(run.output.matches("download complete").count(), 2, "not fetched again:\n{}", run.output);
     let status = device.status();
     assert_eq!((status["state"].as_str(), status["version"].as_str()), (Some("committed"), Some("2.0.0")));
     assert_eq!(device.bootenv(), ("a".to_string(), None));
