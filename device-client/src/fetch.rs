@@ -625,6 +625,60 @@ async fn fetch_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edge_client::Timeouts;
+    use protocol::device::EdgeRecord;
+
+    /// What the driver tells the edge pool. A dead QUIC connection fails the requests on all
+    /// its streams: that is one failure of the edge for the round, not one per stream. A
+    /// batch's rate is scaled by its edge's requests in flight, which share the link: 128 KB
+    /// in 2 s records as 64 KB/s times four on the QUIC edge (four streams) and times two on
+    /// the TCP edge (two connections).
+    #[tokio::test]
+    async fn a_dead_connection_is_one_failure_of_its_edge_and_batch_rates_count_its_requests() {
+        let quic = EdgeAddr::parse("quic://127.0.0.1:1").unwrap();
+        let tcp = EdgeAddr::parse("tcp://127.0.0.1:2").unwrap();
+        let mut pool = EdgePool::new(vec![quic, tcp], Timeouts::default());
+        // Enough 1,000-byte chunks for a full batch on every connection.
+        let config = FetchConfig::new(2, to_protocol(Duration::from_secs(30)));
+        let units = 8 * protocol::device::fetch::BATCH_CHUNKS;
+        let mut plan: FetchPlan<EdgeAddr> = FetchPlan::new(config, vec![1000; units]);
+        assert!(plan.start_round(pool.now()));
+        let mut workers: Vec<Worker> = Vec::new();
+        for (edge, requests) in [(quic, 4), (tcp, 2)] {
+            assert_eq!(plan.add_edge(edge, requests), workers.len()..workers.len() + requests);
+            workers.extend((0..requests).map(|_| Worker { addr: edge, jobs: None, task: tokio::spawn(async {}) }));
+        }
+        let now = pool.now();
+        let mut asked: HashMap<usize, Vec<u32>> = HashMap::new();
+        while let Some(transmit) = plan.poll_transmit(now) {
+            asked.insert(transmit.conn, transmit.units);
+        }
+        assert_eq!(asked.len(), 6, "every connection has a batch out");
+
+        let took = to_protocol(Duration::from_secs(2));
+        plan.handle_done(now, 0, &asked[&0], 0, 128_000, took);
+        plan.handle_done(now, 4, &asked[&4], 0, 128_000, took);
+        for conn in 1..4 {
+            plan.handle_failed(conn);
+        }
+        let (mut last_error, mut failed) = (String::new(), HashSet::new());
+        apply_events(&mut plan, &mut pool, &mut workers, &mut last_error, "", &mut failed);
+
+        let stats: HashMap<EdgeAddr, EdgeRecord> = pool.stats().map(|(a, r)| (*a, *r)).collect();
+        assert_eq!(stats[&quic].failures, 1, "three streams of one dead connection");
+        assert_eq!(stats[&tcp].failures, 0);
+        let rate = |requests: u64| {
+            let mut expected = EdgeRecord::default();
+            expected.record_batch(128_000 * requests, took);
+            expected.throughput
+        };
+        assert_eq!(stats[&quic].throughput, rate(4));
+        assert_eq!(stats[&tcp].throughput, rate(2));
+        // A new round (a new set of edges already failed) counts a failure again.
+        plan.handle_failed(5);
+        apply_events(&mut plan, &mut pool, &mut workers, &mut last_error, "", &mut HashSet::new());
+        assert_eq!(pool.stats().find(|(a, _)| **a == tcp).map(|(_, r)| r.failures), Some(1));
+    }
 
     /// Chunks committed out of order: the hash stops at the first chunk not yet durable, then
     /// the commit that fills the gap carries it to the end, where it equals the image's blake3.
