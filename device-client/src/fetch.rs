@@ -184,10 +184,9 @@ pub async fn download(
         state: Some(Durable { progress, image_hasher }),
         running: None,
     };
-    if counts.chunks_done > 0 {
-        // Chunks reused or left from an earlier run: hash them while the first batches are out.
-        committer.start(Vec::new());
-    }
+    // Chunks reused or left from an earlier run: once a round has edges, a first commit hashes
+    // the durable prefix they form while the first batches are out.
+    let mut prefix_to_hash = counts.chunks_done > 0;
     let mut unsynced: Vec<u32> = Vec::new();
     let mut unsynced_bytes = 0u64;
     let mut last_error = String::from("no edge node reachable");
@@ -200,6 +199,9 @@ pub async fn download(
         let timeouts = pool.timeouts();
         let mut workers: Vec<Worker> = Vec::new();
         add_spares(&mut plan, &mut spares, &mut workers, timeouts, &slot, &key).await;
+        if std::mem::take(&mut prefix_to_hash) && !committer.is_running() {
+            committer.start(Vec::new());
+        }
         let (results_tx, mut results) = mpsc::channel::<(usize, Outcome)>(64);
         let mut lie = String::new();
         // Edges with a failed request this round: one dead connection fails every request
@@ -257,7 +259,11 @@ pub async fn download(
                     last_error = format!("edge node {addr}: {why}");
                     plan.handle_failed(w);
                 }
-                Outcome::Storage(why) => return Err(DownloadError::Storage(anyhow!(why))),
+                Outcome::Storage(why) => {
+                    // No commit outlives the download (a late progress save would undo a reset).
+                    let _ = committer.finished().await;
+                    return Err(DownloadError::Storage(anyhow!(why)));
+                }
             }
             apply_events(&mut plan, pool, &mut workers, &mut last_error, &lie, &mut failed);
             // An edge that stopped makes room for the next one that answered the probe.
@@ -281,6 +287,7 @@ pub async fn download(
             return Ok(Downloaded { counts, image_hasher: committer.take_image_hasher() });
         }
     }
+    let _ = committer.finished().await;
     Err(DownloadError::Network(format!(
         "{} of {} chunks still missing; last problem: {last_error}",
         counts.chunk_count - counts.chunks_done,
@@ -308,9 +315,10 @@ fn apply_events(
         match event {
             FetchEvent::Batch { edge, bytes, took } => {
                 // The edge's requests in flight share its link, so one request sees about
-                // that share of it: scaled by their number, an edge carried over four QUIC
-                // streams and one over two TCP connections rank by what each delivers.
-                let sharing = workers.iter().filter(|w| w.addr == edge).count().max(1) as u64;
+                // that share of it: scaled by their number (its workers still open), an edge
+                // carried over four QUIC streams and one over two TCP connections rank by what
+                // each delivers.
+                let sharing = workers.iter().filter(|w| w.addr == edge && w.jobs.is_some()).count().max(1) as u64;
                 pool.record_batch(edge, bytes.saturating_mul(sharing), Duration::from_micros(took.as_micros()))
             }
             FetchEvent::Hedged { slow, to, chunks, waited } => {
@@ -438,8 +446,9 @@ fn reuse(
 /// connection asking. Done inline, a GiB's 26 commits stopped dispatch for 0.7 s of a 3.6 s
 /// install. At most one commit runs; chunks written meanwhile wait for the next. Each commit
 /// then carries the whole-image hash over the slot's new durable prefix: those bytes are
-/// final (a late hedged copy rewrites the same verified bytes), and are still in the page
-/// cache.
+/// final (a late hedged copy rewrites the same verified bytes), and chunks just written are
+/// still in the page cache. (A first commit with nothing written hashes the prefix reused or
+/// resumed chunks form.)
 struct Committer {
     slot: Arc<SlotFile>,
     path: PathBuf,
@@ -462,7 +471,8 @@ impl Committer {
         self.running.is_some()
     }
 
-    /// Starts making `written` durable; the caller waits for any running commit first.
+    /// Starts making `written` durable; only when no commit is running (the caller checks
+    /// `is_running` or waits with `finished`).
     fn start(&mut self, written: Vec<u32>) {
         let Some(Durable { mut progress, image_hasher: mut hasher }) = self.state.take() else {
             debug_assert!(false, "a commit is already running");
@@ -632,7 +642,7 @@ mod tests {
     /// its streams: that is one failure of the edge for the round, not one per stream. A
     /// batch's rate is scaled by its edge's requests in flight, which share the link: 128 KB
     /// in 2 s records as 64 KB/s times four on the QUIC edge (four streams) and times two on
-    /// the TCP edge (two connections).
+    /// the TCP edge (two connections), and times one once three of the four streams died.
     #[tokio::test]
     async fn a_dead_connection_is_one_failure_of_its_edge_and_batch_rates_count_its_requests() {
         let quic = EdgeAddr::parse("quic://127.0.0.1:1").unwrap();
@@ -644,9 +654,14 @@ mod tests {
         let mut plan: FetchPlan<EdgeAddr> = FetchPlan::new(config, vec![1000; units]);
         assert!(plan.start_round(pool.now()));
         let mut workers: Vec<Worker> = Vec::new();
+        let mut inboxes = Vec::new();
         for (edge, requests) in [(quic, 4), (tcp, 2)] {
             assert_eq!(plan.add_edge(edge, requests), workers.len()..workers.len() + requests);
-            workers.extend((0..requests).map(|_| Worker { addr: edge, jobs: None, task: tokio::spawn(async {}) }));
+            for _ in 0..requests {
+                let (jobs, inbox) = mpsc::channel::<Job>(1);
+                inboxes.push(inbox);
+                workers.push(Worker { addr: edge, jobs: Some(jobs), task: tokio::spawn(async {}) });
+            }
         }
         let now = pool.now();
         let mut asked: HashMap<usize, Vec<u32>> = HashMap::new();
@@ -674,10 +689,25 @@ mod tests {
         };
         assert_eq!(stats[&quic].throughput, rate(4));
         assert_eq!(stats[&tcp].throughput, rate(2));
-        // A new round (a new set of edges already failed) counts a failure again.
-        plan.handle_failed(5);
+        // The dead streams no longer count as sharing: the QUIC edge's next batch is scaled by
+        // its one open worker.
+        while let Some(transmit) = plan.poll_transmit(now) {
+            asked.insert(transmit.conn, transmit.units);
+        }
+        plan.handle_done(now, 0, &asked[&0], 0, 128_000, took);
+        apply_events(&mut plan, &mut pool, &mut workers, &mut last_error, "", &mut failed);
+        let mut expected = EdgeRecord::default();
+        expected.record_batch(128_000 * 4, took);
+        expected.record_batch(128_000, took);
+        assert_eq!(pool.stats().find(|(a, _)| **a == quic).map(|(_, r)| r.throughput), Some(expected.throughput));
+        // A new round (a new set of edges already failed) counts the edge's failure again.
+        while let Some(transmit) = plan.poll_transmit(now) {
+            asked.insert(transmit.conn, transmit.units);
+        }
+        plan.handle_failed(0);
         apply_events(&mut plan, &mut pool, &mut workers, &mut last_error, "", &mut HashSet::new());
-        assert_eq!(pool.stats().find(|(a, _)| **a == tcp).map(|(_, r)| r.failures), Some(1));
+        assert_eq!(pool.stats().find(|(a, _)| **a == quic).map(|(_, r)| r.failures), Some(2));
+        drop(inboxes);
     }
 
     /// Chunks committed out of order: the hash stops at the first chunk not yet durable, then
