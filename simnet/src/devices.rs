@@ -141,6 +141,73 @@ impl DeviceFetch {
     }
 }
 
+/// [`Device::fetch`] of a device with no download state.
+pub const NO_FETCH: u32 = u32::MAX;
+
+/// The download state of the devices downloading now, in slots: a device takes one when its
+/// download starts and gives it back when the download ends, and the next download resets it
+/// and keeps its buffers. A million downloads then cost as many allocations as the most at
+/// once (a few hundred thousand in fleet-1m), and a device's state is one index away from
+/// its `Device` instead of behind a pointer per device.
+#[derive(Debug, Default)]
+pub struct Downloads {
+    slots: Vec<DeviceFetch>,
+    /// Slots given back, reused last first (so runs stay deterministic).
+    free: Vec<u32>,
+}
+
+impl Downloads {
+    /// The download in `slot`, if it names one.
+    pub fn get(&self, slot: u32) -> Option<&DeviceFetch> {
+        self.slots.get(slot as usize)
+    }
+
+    /// The download in `slot`, if it names one.
+    pub fn get_mut(&mut self, slot: u32) -> Option<&mut DeviceFetch> {
+        self.slots.get_mut(slot as usize)
+    }
+
+    /// A slot for a download starting at `started`: one given back, reset, or a new one
+    /// `make` builds (it is then reset too, so both start alike).
+    pub fn take_slot(&mut self, started: Micros, make: impl FnOnce() -> DeviceFetch) -> u32 {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(make());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.slots[slot as usize].reset(started);
+        slot
+    }
+
+    /// Gives `slot` back (nothing for [`NO_FETCH`]); returns when its download started. The
+    /// caller has already cleared the device's `fetch`.
+    pub fn give_back(&mut self, slot: u32) -> Option<Micros> {
+        let started = self.slots.get(slot as usize)?.started;
+        self.free.push(slot);
+        Some(started)
+    }
+}
+
+impl DeviceFetch {
+    /// Back to what [`DeviceFetch::new`] builds for a download starting at `started` (the
+    /// same release and site), keeping the buffers.
+    pub fn reset(&mut self, started: Micros) {
+        // Every field named: a field added later must be reset here too, or this fails to build.
+        let DeviceFetch { plan, edges, spares, conn, queued, current, current_bytes, sent, started: at } = self;
+        plan.reset();
+        edges.fill(EdgeRecord::default());
+        spares.clear();
+        *conn = 0;
+        *queued = false;
+        current.clear();
+        *current_bytes = 0;
+        *sent = 0;
+        *at = started;
+    }
+}
+
 /// The offer every device's metadata check returns: the scenario's release.
 pub fn offer(release: &release::Release) -> Offer {
     Offer {
@@ -232,6 +299,8 @@ pub struct Device {
     pub wave: u8,
     /// Rollout flags (`crate::rollout::flags`).
     pub rollout: u8,
+    /// Its download's slot in [`Downloads`] ([`NO_FETCH`]: not downloading).
+    pub fetch: u32,
 }
 
 impl Device {
@@ -253,6 +322,7 @@ impl Device {
             timer_at: Micros::MAX,
             wave: u8::MAX,
             rollout: 0,
+            fetch: NO_FETCH,
         }
     }
 

@@ -11,7 +11,7 @@ use protocol::device::release::{choose_release, DeviceIdentity, ReleaseChoice};
 use protocol::device::{EdgeRecord, FetchPlan};
 
 use super::*;
-use crate::devices::DeviceFetch;
+use crate::devices::{DeviceFetch, NO_FETCH};
 
 impl World<'_> {
     pub(super) fn edge_of(&self, d: u32) -> u32 {
@@ -86,7 +86,10 @@ impl World<'_> {
             (secs(p.verify_s), secs(p.install_s), secs(p.reboot_s), secs(p.health_check_s));
         match action {
             Action::Persist => {
-                self.persisted[d as usize] = *self.engines[d as usize].record();
+                #[cfg(debug_assertions)]
+                {
+                    self.persisted[d as usize] = *self.engines[d as usize].record();
+                }
                 self.out.counters.device_persists += 1;
             }
             Action::FetchMetadata => {
@@ -114,7 +117,8 @@ impl World<'_> {
                 let dev = &mut self.devices[d as usize];
                 dev.downloaded = false;
                 dev.image_bad = false;
-                self.fetches[d as usize] = None;
+                let slot = std::mem::replace(&mut dev.fetch, NO_FETCH);
+                self.downloads.give_back(slot);
             }
             Action::Download { .. } => self.download_start(d),
             Action::VerifyImage { .. } => self.start_op(d, Op::Verify, verify),
@@ -206,11 +210,13 @@ impl World<'_> {
                 self.engine(d).handle_slot_activated(now);
             }
             Op::Boot => {
-                // A new agent process: a fresh engine from the persisted record, told what the
-                // bootloader booted.
+                // A new agent process: a fresh engine from the persisted record (the old
+                // engine's: see `persisted`), told what the bootloader booted.
                 let boot = BootInfo { booted: dev.booted(), pending: dev.boot_pending };
-                let config = *self.engines[d as usize].config();
-                self.engines[d as usize] = Engine::new(config, self.persisted[d as usize]);
+                let (config, record) = (*self.engines[d as usize].config(), *self.engines[d as usize].record());
+                #[cfg(debug_assertions)]
+                assert_eq!(record, self.persisted[d as usize], "device {d} rebooted with a record it did not persist");
+                self.engines[d as usize] = Engine::new(config, record);
                 self.engine(d).handle_boot(now, boot);
             }
             Op::Health => {
@@ -230,12 +236,14 @@ impl World<'_> {
             self.download_done(d);
             return;
         }
-        match self.fetches[d as usize].as_mut() {
+        match self.downloads.get_mut(self.devices[d as usize].fetch) {
             Some(fetch) => fetch.plan.new_attempt(),
             None => {
-                let plan = FetchPlan::new(self.fetch_config, self.chunk_lens.clone());
-                let edges = vec![EdgeRecord::default(); self.per_site as usize];
-                self.fetches[d as usize] = Some(Box::new(DeviceFetch::new(plan, edges, self.now)));
+                let (config, lens, per_site) = (self.fetch_config, &self.chunk_lens, self.per_site as usize);
+                self.devices[d as usize].fetch = self.downloads.take_slot(self.now, || {
+                    let plan = FetchPlan::new(config, lens.clone());
+                    DeviceFetch::new(plan, vec![EdgeRecord::default(); per_site], 0)
+                });
             }
         }
         self.next_round(d);
@@ -249,7 +257,7 @@ impl World<'_> {
         let site = d / self.sc.sites.devices_per_site;
         let preferred = d % self.per_site;
         loop {
-            let Some(fetch) = self.fetches[d as usize].as_mut() else { return };
+            let Some(fetch) = self.downloads.get_mut(self.devices[d as usize].fetch) else { return };
             if !fetch.plan.start_round(now) {
                 self.fail_download(d);
                 return;
@@ -282,7 +290,7 @@ impl World<'_> {
     /// While the plan wants another edge, takes the best spare and asks it for a session.
     /// Returns whether one was added.
     fn add_spare(&mut self, d: u32) -> bool {
-        let Some(fetch) = self.fetches[d as usize].as_mut() else { return false };
+        let Some(fetch) = self.downloads.get_mut(self.devices[d as usize].fetch) else { return false };
         if !fetch.plan.wants_edge() {
             return false;
         }
@@ -307,7 +315,7 @@ impl World<'_> {
             self.pump_device(d);
         } else {
             edge.queue.push_back(d);
-            if let Some(fetch) = self.fetches[d as usize].as_mut() {
+            if let Some(fetch) = self.downloads.get_mut(self.devices[d as usize].fetch) {
                 fetch.queued = true;
             }
         }
@@ -325,7 +333,7 @@ impl World<'_> {
             return;
         }
         let in_session = self.devices[d as usize].in_session;
-        let Some(fetch) = self.fetches[d as usize].as_mut() else { return };
+        let Some(fetch) = self.downloads.get_mut(self.devices[d as usize].fetch) else { return };
         if in_session {
             fetch.queued = false;
             if let Some(transmit) = fetch.plan.poll_transmit(now) {
@@ -336,12 +344,12 @@ impl World<'_> {
             }
         }
         self.apply_fetch_events(d);
-        let Some(fetch) = self.fetches[d as usize].as_mut() else { return };
+        let Some(fetch) = self.downloads.get_mut(self.devices[d as usize].fetch) else { return };
         if fetch.plan.round_over() && !fetch.queued {
             fetch.plan.end_round();
             self.apply_fetch_events(d);
             self.drop_session(d);
-            if self.fetches[d as usize].as_ref().is_some_and(|f| f.plan.is_complete()) {
+            if self.downloads.get(self.devices[d as usize].fetch).is_some_and(|f| f.plan.is_complete()) {
                 self.download_done(d);
             } else {
                 self.next_round(d);
@@ -352,7 +360,7 @@ impl World<'_> {
     /// Carries out the plan's decisions about the device's edges.
     fn apply_fetch_events(&mut self, d: u32) {
         let now = Instant(self.now);
-        let Some(fetch) = self.fetches[d as usize].as_mut() else { return };
+        let Some(fetch) = self.downloads.get_mut(self.devices[d as usize].fetch) else { return };
         while let Some(event) = fetch.plan.poll_event() {
             match event {
                 FetchEvent::Batch { edge, bytes, took } => fetch.edges[edge as usize].record_batch(bytes, took),
@@ -375,7 +383,7 @@ impl World<'_> {
     /// release, as the device service reports it.
     pub(super) fn serve_batch(&mut self, d: u32, first: bool) {
         let e = self.edge_of(d);
-        let Some(fetch) = self.fetches[d as usize].as_ref() else { return };
+        let Some(fetch) = self.downloads.get(self.devices[d as usize].fetch) else { return };
         let edge = &self.edges[e as usize];
         if let Some(&missing) = fetch.current.iter().find(|&&u| !edge.stored[u as usize]) {
             self.devices[d as usize].awaiting = true;
@@ -398,7 +406,7 @@ impl World<'_> {
         let unverified = fetch.current.iter().filter(|u| edge.tainted.contains(u)).count();
         let bytes: u64 = fetch.current.iter().map(|&u| self.rel.spec.chunks[u as usize].stored_len as u64).sum();
         let (site, slot) = (edge.site, edge.slot);
-        if let Some(fetch) = self.fetches[d as usize].as_mut() {
+        if let Some(fetch) = self.downloads.get_mut(self.devices[d as usize].fetch) {
             fetch.current_bytes = bytes;
         }
         self.checkers.edge_serves(self.now, site, slot, unverified);
@@ -430,7 +438,7 @@ impl World<'_> {
             let _ = self.net.cancel(self.now, f);
         }
         self.devices[d as usize].awaiting = false;
-        if let Some(fetch) = self.fetches[d as usize].as_mut() {
+        if let Some(fetch) = self.downloads.get_mut(self.devices[d as usize].fetch) {
             // Its connection to that edge: a request out failed (the plan counts a failure),
             // or a queued session will never start.
             fetch.queued = false;
@@ -459,8 +467,9 @@ impl World<'_> {
     /// Every chunk is in the slot: `handle_download_done` (the caller drives the engine).
     pub(super) fn download_done(&mut self, d: u32) {
         self.drop_session(d);
-        if let Some(fetch) = self.fetches[d as usize].take() {
-            self.rollout_downloaded(d, fetch.started);
+        let slot = std::mem::replace(&mut self.devices[d as usize].fetch, NO_FETCH);
+        if let Some(started) = self.downloads.give_back(slot) {
+            self.rollout_downloaded(d, started);
         }
         let corrupt = self.sc.faults.device_image_corruption;
         let flipped = corrupt > 0.0 && self.rng.chance(corrupt);
@@ -504,7 +513,7 @@ impl World<'_> {
             return;
         }
         let e = self.edge_of(d);
-        let Some(fetch) = self.fetches[d as usize].as_mut() else { return };
+        let Some(fetch) = self.downloads.get_mut(self.devices[d as usize].fetch) else { return };
         let units = std::mem::take(&mut fetch.current);
         let from_edge = units.iter().any(|u| self.edges[e as usize].tainted.contains(u));
         let on_the_way = self.rng.chance(self.sc.faults.device_batch_corruption);

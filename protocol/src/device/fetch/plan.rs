@@ -159,6 +159,42 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
         }
     }
 
+    /// Back to the plan [`FetchPlan::new`] builds for the same chunks and configuration,
+    /// keeping this one's buffers: simnet starts a million downloads and hands each the plan
+    /// of one that finished, instead of allocating it again.
+    pub fn reset(&mut self) {
+        // Every field named: a field added later must be reset here too, or this fails to build.
+        let FetchPlan {
+            config: _,
+            stored_lens,
+            units,
+            fresh,
+            requeued,
+            remaining,
+            rounds_started,
+            conns,
+            idle,
+            dispatching,
+            slowest_batch,
+            busy_answers,
+            last_delivery,
+            events,
+        } = self;
+        units.clear();
+        units.resize(stored_lens.as_ref().len(), 0);
+        *remaining = units.len();
+        *fresh = 0;
+        requeued.clear();
+        *rounds_started = 0;
+        conns.clear();
+        idle.clear();
+        *dispatching = false;
+        *slowest_batch = None;
+        *busy_answers = 0;
+        *last_delivery = Instant(0);
+        events.clear();
+    }
+
     /// The configuration.
     pub fn config(&self) -> &FetchConfig {
         &self.config
@@ -561,6 +597,30 @@ mod tests {
 
     fn transmits(p: &mut FetchPlan<char>, now: Instant) -> Vec<Transmit> {
         core::iter::from_fn(|| p.poll_transmit(now)).collect()
+    }
+
+    /// A plan used mid-download (batches out, some delivered, a failure, a hedge due) and then
+    /// reset is the plan `new` builds, and runs the same afterwards.
+    #[test]
+    fn a_reset_plan_is_a_new_plan() {
+        let mut used = plan(7, 2);
+        used.start_round(at(0));
+        used.add_edge('a', 2);
+        used.add_edge('b', 1);
+        let sent = transmits(&mut used, at(0));
+        used.handle_done(at(5), sent[0].conn, &sent[0].units, 0, 2000, Duration::from_millis(5));
+        used.handle_failed(sent[1].conn);
+        let _ = transmits(&mut used, at(6));
+        let _ = events(&mut used);
+        used.handle_done(at(7), sent[2].conn, &[], 1, 0, Duration::from_millis(1));
+        used.reset();
+        let fresh = plan(7, 2);
+        assert_eq!(format!("{used:?}"), format!("{fresh:?}"));
+        for p in [&mut used, &mut fresh.clone()] {
+            assert!(p.start_round(at(100)));
+            p.add_edge('a', 1);
+            assert_eq!(transmits(p, at(100)).into_iter().map(|t| t.units).collect::<Vec<_>>(), vec![vec![0, 1]]);
+        }
     }
 
     #[test]
