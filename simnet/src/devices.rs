@@ -24,12 +24,14 @@
 //! - `VerifyImage`, `ActivateSlot`, `Reboot`, `RunHealthChecks`: timed steps (`verify_s`,
 //!   `install_s`, `reboot_s`, `health_check_s`); a reboot builds a new engine from the
 //!   persisted record and calls `handle_boot` with what the bootloader booted, exactly as the
-//!   agent starts after a real reboot.
+//!   agent starts after a real reboot. (The engine persists before every reboot it asks for,
+//!   so that record is the old engine's; only debug builds keep a copy, to check it.)
 //! - `Commit`, `RollBack`: the bootloader's slots; `Report`: counted, and with a rollout
 //!   sent to the edge as a rollout outcome when it is one (`crate::rollout::outcome`).
 //!
-//! Memory: a device is its engine (fixed size, no heap), its persisted record and a few
-//! dozen bytes of driver state; a million of them are about 1.1 GB.
+//! Memory: a device is its engine (fixed size, no heap) and a few dozen bytes of driver
+//! state. A download's state (fetch plan, edge records, the request out) lives in a slot of
+//! [`Downloads`] while it runs, and the slot goes to the next download when it ends.
 
 use std::sync::Arc;
 
