@@ -2,7 +2,7 @@
 //! same state machine the Linux agent (device-client/src/agent.rs) drives, and simnet is only
 //! its driver (in `mesh`): it carries out the engine's actions in simulated time and feeds
 //! back what happened. This module holds the per-device state the driver keeps around the
-//! engine — the persisted record, a two-slot bootloader, the download's progress — and the
+//! engine — a two-slot bootloader, the download's progress — and the
 //! fixed facts every device is offered (the release, the metadata's size).
 //!
 //! What the driver models and what the engine decides:
@@ -24,8 +24,9 @@
 //! - `VerifyImage`, `ActivateSlot`, `Reboot`, `RunHealthChecks`: timed steps (`verify_s`,
 //!   `install_s`, `reboot_s`, `health_check_s`); a reboot builds a new engine from the
 //!   persisted record and calls `handle_boot` with what the bootloader booted, exactly as the
-//!   agent starts after a real reboot. (The engine persists before every reboot it asks for,
-//!   so that record is the old engine's; only debug builds keep a copy, to check it.)
+//!   agent starts after a real reboot. (Nothing changes the record between the engine's last
+//!   `Persist` and its `Reboot`, so that record is the old engine's; only debug builds keep a
+//!   copy, to check it.)
 //! - `Commit`, `RollBack`: the bootloader's slots; `Report`: counted, and with a rollout
 //!   sent to the edge as a rollout outcome when it is one (`crate::rollout::outcome`).
 //!
@@ -147,15 +148,20 @@ impl DeviceFetch {
 pub const NO_FETCH: u32 = u32::MAX;
 
 /// The download state of the devices downloading now, in slots: a device takes one when its
-/// download starts and gives it back when the download ends, and the next download resets it
-/// and keeps its buffers. A million downloads then cost as many allocations as the most at
+/// download starts and gives it back when the download completes or its progress is reset (a
+/// failed attempt keeps it for the retry), and the next download resets it and keeps its
+/// buffers. A million downloads then cost as many allocations as the most at
 /// once (a few hundred thousand in fleet-1m), and a device's state is one index away from
 /// its `Device` instead of behind a pointer per device.
 #[derive(Debug, Default)]
 pub struct Downloads {
     slots: Vec<DeviceFetch>,
-    /// Slots given back, reused last first (so runs stay deterministic).
+    /// Slots given back, reused last first (a reset slot is a new one, so the order changes
+    /// no outcome).
     free: Vec<u32>,
+    /// Which slots are free, to catch a slot given back twice (two devices would share it).
+    #[cfg(debug_assertions)]
+    is_free: Vec<bool>,
 }
 
 impl Downloads {
@@ -176,9 +182,15 @@ impl Downloads {
             Some(slot) => slot,
             None => {
                 self.slots.push(make());
+                #[cfg(debug_assertions)]
+                self.is_free.push(false);
                 (self.slots.len() - 1) as u32
             }
         };
+        #[cfg(debug_assertions)]
+        {
+            self.is_free[slot as usize] = false;
+        }
         self.slots[slot as usize].reset(started);
         slot
     }
@@ -187,6 +199,11 @@ impl Downloads {
     /// caller has already cleared the device's `fetch`.
     pub fn give_back(&mut self, slot: u32) -> Option<Micros> {
         let started = self.slots.get(slot as usize)?.started;
+        #[cfg(debug_assertions)]
+        {
+            assert!(!self.is_free[slot as usize], "download slot {slot} given back twice");
+            self.is_free[slot as usize] = true;
+        }
         self.free.push(slot);
         Some(started)
     }
@@ -266,8 +283,8 @@ pub enum Op {
     Health,
 }
 
-/// What a device's driver keeps around its install engine (the engine and its persisted
-/// record live in arrays of their own, so this stays a few bytes).
+/// What a device's driver keeps around its install engine (the engine lives in an array of
+/// its own, so this stays a few bytes).
 #[derive(Debug, Clone)]
 pub struct Device {
     /// The bootloader's committed slot.
@@ -301,7 +318,8 @@ pub struct Device {
     pub wave: u8,
     /// Rollout flags (`crate::rollout::flags`).
     pub rollout: u8,
-    /// Its download's slot in [`Downloads`] ([`NO_FETCH`]: not downloading).
+    /// Its download's slot in [`Downloads`] ([`NO_FETCH`]: no download state: none started,
+    /// or it finished or its progress was reset; a failed attempt keeps its slot for the retry).
     pub fetch: u32,
 }
 
@@ -400,7 +418,7 @@ mod tests {
     #[test]
     fn a_device_stays_small() {
         let engine = std::mem::size_of::<Engine>();
-        let device = std::mem::size_of::<Device>() + engine + std::mem::size_of::<Record>();
+        let device = std::mem::size_of::<Device>() + engine;
         use protocol::install::{Action, Record};
         eprintln!(
             "size_of Engine = {engine}, Record = {}, Device = {device}, Action = {}, Offer = {}, EngineConfig = {}",
@@ -415,5 +433,30 @@ mod tests {
         let fetch = std::mem::size_of::<DeviceFetch>();
         eprintln!("size_of DeviceFetch = {fetch}");
         assert!(fetch <= 512, "{fetch} bytes per downloading device, before its vectors");
+    }
+
+    fn used_download(started: Micros) -> DeviceFetch {
+        let config = FetchConfig { batch_chunks: 2, ..FetchConfig::new(1, Duration::from_secs(10)) };
+        let lens: Arc<[u32]> = vec![100; 5].into();
+        DeviceFetch::new(FetchPlan::new(config, lens), vec![EdgeRecord::default(); 2], started)
+    }
+
+    /// A slot handed to the next download is what a new one would be: plan, edge records,
+    /// the request out and the start time.
+    #[test]
+    fn a_reused_download_slot_starts_like_a_new_one() {
+        let mut downloads = Downloads::default();
+        let slot = downloads.take_slot(10, || used_download(0));
+        let fetch = downloads.get_mut(slot).unwrap();
+        assert!(fetch.plan.start_round(protocol::time::Instant(20)));
+        fetch.plan.add_edge(0, 1);
+        fetch.current = fetch.plan.poll_transmit(protocol::time::Instant(20)).unwrap().units;
+        fetch.edges[1].record_failure();
+        fetch.spares.push(1);
+        (fetch.conn, fetch.queued, fetch.current_bytes, fetch.sent) = (3, true, 200, 20);
+        assert_eq!(downloads.give_back(slot), Some(10));
+        assert_eq!(downloads.take_slot(30, || unreachable!("a slot was free")), slot);
+        assert_eq!(format!("{:?}", downloads.get(slot).unwrap()), format!("{:?}", used_download(30)));
+        assert!(downloads.get(NO_FETCH).is_none());
     }
 }

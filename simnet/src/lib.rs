@@ -7,8 +7,8 @@
 //! every run shares), `release` (chunks, and the batches the baselines use), `mesh` (the
 //! drivers: the edge schedulers, and each device's install engine and download driven as the
 //! Linux agent drives them, through `protocol::device`),
-//! `devices` (per-device state around the engine — persisted record, bootloader slots,
-//! download progress — and how engines' end states are judged), `baselines`, `bound`,
+//! `devices` (per-device state around the engine — bootloader slots, download slots reused
+//! from download to download — and how engines' end states are judged), `baselines`, `bound`,
 //! `rollout` (a scenario's staged rollout: the origin's controller, the sites' guards and
 //! the devices' gates, all `protocol::rollout`'s, driven by `mesh`), `checkers`, `report`,
 //! `plots`, `progress`.

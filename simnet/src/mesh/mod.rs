@@ -225,15 +225,15 @@ struct World<'a> {
     pending: Vec<Option<Pending>>,
     pending_free: Vec<u32>,
     chunk_index: HashMap<ChunkId, u32>,
-    /// The driver's per-device state, the install engines and their persisted records, in
-    /// separate arrays so the driver's hot bookkeeping stays in few cache lines.
+    /// The driver's per-device state and the install engines, in separate arrays so the
+    /// driver's hot bookkeeping stays in few cache lines.
     devices: Vec<Device>,
     engines: Vec<Engine>,
     /// What each device last persisted, kept only in debug builds: a reboot builds the new
-    /// engine from the old one's record, which is what was persisted because the engine
-    /// persists before it asks for every reboot. Debug builds (the tests) check that on
-    /// every boot; a release run skips the copy, 256 bytes into cold memory on each of
-    /// fleet-1m's 11 million persists.
+    /// engine from the old one's record, which is what was persisted because nothing changes
+    /// the record between the engine's last `Persist` and its `Reboot`. Debug builds (the
+    /// tests) check that on every boot; a release run skips the copy, 256 bytes into cold
+    /// memory on each of fleet-1m's 11 million persists.
     #[cfg(debug_assertions)]
     persisted: Vec<Record>,
     /// Each downloading device's fetch plan and edge records, in the slot its `Device::fetch`
