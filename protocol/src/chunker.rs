@@ -224,11 +224,11 @@ pub fn spans_with(
         Chunking::Fixed { size_bytes } => FixedSpans::new(data.len() as u64, size_bytes).collect(),
         Chunking::FastCdc { min_bytes, avg_bytes, max_bytes } => {
             let cdc = fast_cdc::Cdc::new(min_bytes, avg_bytes, max_bytes);
-            fast_cdc::spans(data, cdc, fast_cdc::scan_all(data, 0..data.len(), cdc, pieces, &mut run))
+            fast_cdc::spans(data, cdc, fast_cdc::scan_all(data, 0..data.len(), cdc, pieces, true, &mut run))
         }
         Chunking::SboxCdc { min_bytes, avg_bytes, max_bytes } => {
             let cdc = fast_cdc::Cdc::sbox(min_bytes, avg_bytes, max_bytes);
-            fast_cdc::spans(data, cdc, fast_cdc::scan_all(data, 0..data.len(), cdc, pieces, &mut run))
+            fast_cdc::spans(data, cdc, fast_cdc::scan_all(data, 0..data.len(), cdc, pieces, true, &mut run))
         }
     })
 }
