@@ -22,7 +22,7 @@
 //!    the crate does, so it skips each chunk's first `min` bytes (a quarter of the image at
 //!    16/64/256 KiB) and four independent hash chains share the core (instruction-level
 //!    parallelism in place of one serial chain). It keeps the chunks it cut, the rare
-//!    positions whose hash clears the bits both masks share ([`CutCandidates`]), and which
+//!    positions whose hash might pass a cut test ([`Filter`], [`CutCandidates`]), and which
 //!    positions it tested. An S-box piece scans every position instead;
 //! 2. a **walk** from chunk to chunk. A chunk's cut depends only on its start and the data,
 //!    so once the walk reaches a start some piece cut from, it takes that chunk as it is.
@@ -130,6 +130,16 @@ impl Cdc {
         self.mask_s & self.mask_l
     }
 
+    /// Which gear hashes are candidates (see [`Filter`]).
+    fn filter(&self) -> Filter {
+        let shared = self.shared_mask();
+        if shared.count_ones() >= Filter::SHARED_BITS {
+            Filter::Shared(shared)
+        } else {
+            Filter::EitherMask(self.mask_s, self.mask_l)
+        }
+    }
+
     /// Which positions the crate tests in a chunk with `remaining` bytes from its start to the
     /// data's end, relative to its start; `Err(remaining)` when all of them are one chunk.
     fn bounds(&self, remaining: usize) -> Result<ChunkBounds, usize> {
@@ -179,7 +189,32 @@ impl ChunkBounds {
     }
 }
 
-/// A position whose windowed hash clears the shared mask bits, with that hash.
+/// Which hashes may pass a cut test at some position: the scan and the lanes keep those
+/// positions and stop their tight loop at each, so they must be rare.
+#[derive(Debug, Clone, Copy)]
+enum Filter {
+    /// Clears the bits both masks share: one test a position. The crate's masks for averages
+    /// of 2 KiB and up share 10 to 21 bits.
+    Shared(u64),
+    /// Clears one of the two masks. For averages under 2 KiB the masks share two or three
+    /// bits, so one position in four to eight cleared them: every lane stopped every few
+    /// bytes, 30 times the crate's time at a 1 KiB average.
+    EitherMask(u64, u64),
+}
+
+impl Filter {
+    /// Fewer shared bits than this and [`Filter::EitherMask`] tests fewer positions.
+    const SHARED_BITS: u32 = 8;
+
+    fn passes(self, hash: u64) -> bool {
+        match self {
+            Filter::Shared(mask) => hash & mask == 0,
+            Filter::EitherMask(a, b) => hash & a == 0 || hash & b == 0,
+        }
+    }
+}
+
+/// A position whose windowed hash passes the [`Filter`], with that hash.
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
     at: usize,
@@ -194,7 +229,8 @@ struct KnownCut {
     length: usize,
 }
 
-/// What scanning a range of positions found; results of adjacent ranges concatenate.
+/// What scanning a range of positions found. What a piece tested and cut may reach past its
+/// range into the next piece's, so results overlap there; [`Walk::add`] sorts and merges them.
 #[derive(Debug, Clone)]
 pub struct CutCandidates {
     range: Range<usize>,
@@ -277,14 +313,16 @@ fn join(results: Vec<CutCandidates>, range: Range<usize>) -> Option<Vec<CutCandi
 /// or two on content-defined data, and [`Walk::cut`] takes known chunks from then on.
 /// Where they do not meet (long runs of one byte cut only at the maximum), the candidates
 /// each lane records over the positions it tested leave the walk only the skipped
-/// minimums to scan.
+/// minimums to scan. A lane that reaches a chunk that could run past data that is not the
+/// image's end (a stream block's last `max` bytes) scans the rest plainly instead, so the
+/// walk finds those positions tested when it cuts there with the next block in.
 ///
 /// Each lane rolls the crate's own hash from each chunk's restart; the lanes advance in step
 /// through [`roll_lanes_until_a_hit`], so four independent chains share the core as in
 /// [`scan`].
 fn walk_ahead(data: &[u8], range: Range<usize>, cdc: Cdc, complete: bool) -> CutCandidates {
     let gear = gear();
-    let shared = cdc.shared_mask();
+    let filter = cdc.filter();
     let per_lane = range.len().div_ceil(LANES);
     let mut lanes: [AheadLane; LANES] = core::array::from_fn(|i| {
         let from = (range.start + i * per_lane).min(range.end);
@@ -302,7 +340,7 @@ fn walk_ahead(data: &[u8], range: Range<usize>, cdc: Cdc, complete: bool) -> Cut
         });
         let shortest = slices.iter().map(|slice| slice.len()).min().unwrap_or(0);
         let mut hashes: [u64; LANES] = core::array::from_fn(|i| lanes[source(i)].hash);
-        let hit_at = roll_lanes_until_a_hit(slices, &mut hashes, 0, shared, gear);
+        let hit_at = roll_lanes_until_a_hit(slices, &mut hashes, 0, filter, gear);
         let rolled = if hit_at < shortest { hit_at + 1 } else { shortest };
         for (lane, hash) in lanes.iter_mut().zip(hashes) {
             if lane.bounds.is_some() {
@@ -313,6 +351,12 @@ fn walk_ahead(data: &[u8], range: Range<usize>, cdc: Cdc, complete: bool) -> Cut
         }
     }
     let mut out = CutCandidates { range, found: Vec::new(), covered: Vec::new(), known: Vec::new() };
+    for lane in &mut lanes {
+        if let Some(from) = lane.unfinished {
+            scan(data, from..data.len(), &cdc, &mut lane.found);
+            lane.covered.push(from..data.len());
+        }
+    }
     for lane in lanes {
         out.found.extend(lane.found);
         out.covered.extend(lane.covered);
@@ -333,6 +377,8 @@ struct AheadLane {
     test_end: usize,
     /// The crate's hash of the chunk's bytes from its restart up to `pos`.
     hash: u64,
+    /// Where the chunk starts that the lane left to the walk, the data not being complete.
+    unfinished: Option<usize>,
     found: Vec<Candidate>,
     covered: Vec<Range<usize>>,
     known: Vec<KnownCut>,
@@ -347,6 +393,7 @@ impl AheadLane {
             pos: from,
             test_end: from,
             hash: 0,
+            unfinished: None,
             found: Vec::new(),
             covered: Vec::new(),
             known: Vec::new(),
@@ -360,6 +407,7 @@ impl AheadLane {
         while start < self.until {
             let remaining = data.len() - start;
             if !complete && remaining < cdc.max {
+                self.unfinished = Some(start);
                 return;
             }
             match cdc.bounds(remaining) {
@@ -383,13 +431,13 @@ impl AheadLane {
         }
     }
 
-    /// Tests the position just rolled, if its hash clears the shared bits, and ends the
+    /// Tests the position just rolled, if its hash passes the filter, and ends the
     /// chunk at a cut or at its last tested position.
     fn after_roll(&mut self, data: &[u8], cdc: &Cdc, complete: bool) {
         let Some(bounds) = self.bounds else { return };
         let exact_end = self.chunk + bounds.exact_end;
         let at = self.pos - 1;
-        if self.hash & cdc.shared_mask() == 0 {
+        if cdc.filter().passes(self.hash) {
             if at >= exact_end {
                 self.found.push(Candidate { at, hash: self.hash });
             }
@@ -426,7 +474,7 @@ fn scan(data: &[u8], positions: Range<usize>, cdc: &Cdc, out: &mut Vec<Candidate
         return;
     }
     let gear = gear();
-    let mask = cdc.shared_mask();
+    let filter = cdc.filter();
     let lead = cdc.window() - 1;
     let lane_len = (positions.end - positions.start) / LANES;
     if lane_len > 0 {
@@ -436,9 +484,9 @@ fn scan(data: &[u8], positions: Range<usize>, cdc: &Cdc, out: &mut Vec<Candidate
         let lanes = starts.map(|start| &data[start..start + lane_len]);
         let mut step = 0;
         while step < lane_len {
-            step = roll_lanes_until_a_hit(lanes, &mut hash, step, mask, gear);
+            step = roll_lanes_until_a_hit(lanes, &mut hash, step, filter, gear);
             for ((&hash, &start), found) in hash.iter().zip(&starts).zip(&mut found) {
-                if step < lane_len && hash & mask == 0 {
+                if step < lane_len && filter.passes(hash) {
                     found.push(Candidate { at: start + step, hash });
                 }
             }
@@ -452,29 +500,42 @@ fn scan(data: &[u8], positions: Range<usize>, cdc: &Cdc, out: &mut Vec<Candidate
     let mut hash = warm_up(data, tail, lead, gear);
     for (at, &byte) in data.iter().enumerate().take(positions.end).skip(tail) {
         hash = roll(hash, byte, gear);
-        if hash & mask == 0 {
+        if filter.passes(hash) {
             out.push(Candidate { at, hash });
         }
     }
 }
 
 /// Rolls every lane from `step` on and returns the first step at which some lane's hash
-/// clears `mask` (its hashes left as of that step), or the lanes' length. A tight loop with
-/// nothing else live, so the hashes, lanes and mask stay in registers; a branch per lane,
-/// each one fused test-and-jump and rarely taken.
-#[inline(never)]
+/// passes `filter` (its hashes left as of that step), or the lanes' length.
 fn roll_lanes_until_a_hit(
     lanes: [&[u8]; LANES],
     hash: &mut [u64; LANES],
-    mut step: usize,
-    mask: u64,
+    step: usize,
+    filter: Filter,
     gear: &[u64; 256],
+) -> usize {
+    match filter {
+        Filter::Shared(mask) => roll_lanes_until(lanes, hash, step, gear, move |h| h & mask == 0),
+        Filter::EitherMask(a, b) => roll_lanes_until(lanes, hash, step, gear, move |h| h & a == 0 || h & b == 0),
+    }
+}
+
+/// [`roll_lanes_until_a_hit`] for one filter. A tight loop with nothing else live, so the
+/// hashes, lanes and masks stay in registers; a branch per lane and mask, each one fused
+/// test-and-jump and rarely taken.
+#[inline(never)]
+fn roll_lanes_until(
+    lanes: [&[u8]; LANES],
+    hash: &mut [u64; LANES],
+    mut step: usize,
+    gear: &[u64; 256],
+    clear: impl Fn(u64) -> bool + Copy,
 ) -> usize {
     let [a, b, c, d] = lanes;
     let len = a.len().min(b.len()).min(c.len()).min(d.len());
     let (a, b, c, d) = (&a[..len], &b[..len], &c[..len], &d[..len]);
     let [mut h0, mut h1, mut h2, mut h3] = *hash;
-    let clear = |h: u64| h & mask == 0;
     // Two steps per turn: half the loop overhead. A hit at the first of the two steps is
     // found by rolling back, never skipped.
     while len > 0 && step < len - 1 {
@@ -520,7 +581,7 @@ pub(super) struct Walk {
     cdc: Cdc,
     /// Candidates in position order, relative to the data the walk is given.
     candidates: Vec<Candidate>,
-    /// Where `candidates` is complete: in order, disjoint.
+    /// Where `candidates` is complete: in order, disjoint (adjacent ranges may stay apart).
     covered: Vec<Range<usize>>,
     /// Chunks the scan already cut, by start.
     known: Vec<KnownCut>,
@@ -590,10 +651,10 @@ impl Walk {
                 return p;
             }
         }
-        // Past them: the candidates where a piece tested, a scan here where none did.
+        // Past them: the candidates where a piece tested, a scan here where none did. What is
+        // scanned here is kept as if a piece had tested it, so no position is scanned twice.
         let passes = |c: &Candidate| c.hash & bounds.mask_at(&cdc, c.at - start) == 0;
         let (mut at, end) = (start + bounds.exact_end, start + bounds.end);
-        let mut scanned_here = Vec::new();
         while at < end {
             let next = self.covered.partition_point(|r| r.end <= at);
             match self.covered.get(next) {
@@ -607,10 +668,15 @@ impl Walk {
                 }
                 following => {
                     let until = following.map_or(end, |range| range.start.min(end));
-                    scanned_here.clear();
-                    scan(data, at..until, &cdc, &mut scanned_here);
-                    if let Some(c) = scanned_here.iter().find(|c| passes(c)) {
-                        return c.at - start;
+                    let mut scanned = Vec::new();
+                    scan(data, at..until, &cdc, &mut scanned);
+                    let cut = scanned.iter().find(|c| passes(c)).map(|c| c.at - start);
+                    // No candidate lies in an untested gap, so these go in one place.
+                    let from = self.candidates.partition_point(|c| c.at < at);
+                    self.candidates.splice(from..from, scanned);
+                    self.covered.insert(next, at..until);
+                    if let Some(cut) = cut {
+                        return cut;
                     }
                     at = until;
                 }
