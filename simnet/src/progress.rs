@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::engine::Micros;
 
@@ -18,10 +18,11 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// A reporter for `phase`; `quiet` prints nothing.
-    pub fn new(phase: &str, total: u64, quiet: bool) -> Self {
+    /// A reporter for `phase`, drawn among `bars` (phases that run at once share the
+    /// terminal through it); `quiet` prints nothing.
+    pub fn new(phase: &str, total: u64, quiet: bool, bars: &MultiProgress) -> Self {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let bar = ProgressBar::new(total);
+            let bar = bars.add(ProgressBar::new(total));
             let style = ProgressStyle::with_template("{prefix:>14} [{bar:40}] {pos}/{len} devices  {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ");
