@@ -98,17 +98,35 @@ pub fn cut_points(image: &[u8]) -> u64 {
 }
 
 /// Chunk with the scan on every core, then hash the chunks on every core, as `seeder release
-/// add` chunks and hands chunks to its sealing workers.
+/// add` chunks and hands chunks to its sealing workers. Like those workers, which take the
+/// next chunk from a channel, each thread takes the next group of spans when it is done
+/// with one: with halves fixed in advance, a core the host took away for a moment held the
+/// other one idle at the end (the ratio swung from 0.77 to 0.87 between invocations).
 pub fn chunk_and_hash_all_cores(image: &[u8], chunking: Chunking) -> u64 {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    /// Spans per grab: a few MiB of work, so the shared counter is touched rarely.
+    const GROUP: usize = 32;
     let spans = chunker::spans_with(image, chunking, threads(), scan_on_threads).expect("valid chunking");
-    let per_thread = spans.len().div_ceil(threads()).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = spans
-            .chunks(per_thread)
-            .map(|group| scope.spawn(move || group.iter().map(|s| ChunkId::of(piece(image, s))).collect::<Vec<_>>()))
+    let groups: Vec<&[ChunkSpan]> = spans.chunks(GROUP).collect();
+    let next = AtomicUsize::new(0);
+    let mut hashed: Vec<(usize, Vec<ChunkId>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads())
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let g = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(group) = groups.get(g) else { return done };
+                        done.push((g, group.iter().map(|s| ChunkId::of(piece(image, s))).collect()));
+                    }
+                })
+            })
             .collect();
-        handles.into_iter().flat_map(|handle| handle.join().expect("hash thread")).fold(0, |acc, id| fold(acc, &id))
-    })
+        handles.into_iter().flat_map(|handle| handle.join().expect("hash thread")).collect()
+    });
+    // The checksum folds the ids in image order, whichever thread hashed them.
+    hashed.sort_unstable_by_key(|(g, _)| *g);
+    hashed.iter().flat_map(|(_, ids)| ids).fold(0, fold)
 }
 
 fn piece<'a>(image: &'a [u8], span: &ChunkSpan) -> &'a [u8] {
