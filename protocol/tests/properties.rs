@@ -394,18 +394,7 @@ fn fastcdc_cuts_like_the_crate_over_whole_stream_blocks_with_far_apart_bounds() 
     data[(5 << 20)..(11 << 20)].fill(0xff);
     for (min, avg, max) in [(256, 1024, 4 << 20), (16 << 10, 64 << 10, 256 << 10), (64, 256, 4 << 20)] {
         let chunking = Chunking::FastCdc { min_bytes: min, avg_bytes: avg, max_bytes: max };
-        let t = std::time::Instant::now();
         let expected = crate_spans(&data, min, avg, max);
-        eprintln!("crate {:?}", t.elapsed());
-        let t = std::time::Instant::now();
-        let _ = chunker::spans(&data, chunking).unwrap();
-        eprintln!("here {:?}", t.elapsed());
-        let t = std::time::Instant::now();
-        let _ = chunker::spans_with(&data, chunking, 8, scan_on_threads).unwrap();
-        eprintln!("threads {:?}", t.elapsed());
-        let t = std::time::Instant::now();
-        chunker::stream_chunks_with::<_, std::io::Error>(&data[..], chunking, 8, scan_on_threads, |_| Ok(())).unwrap();
-        eprintln!("stream {:?}", t.elapsed());
         for (way, got) in ["in memory", "on threads", "streamed"].iter().zip(all_ways(&data, chunking, 8, 3 << 20)) {
             assert_eq!(got, expected, "{way} with {chunking:?}");
         }

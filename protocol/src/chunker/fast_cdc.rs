@@ -13,7 +13,7 @@
 //! which swaps the hash and drops the crate's quirks.
 //!
 //! How: the gear hash is `h = (h << 1) + GEAR[byte]` in 64 bits, and a cut test looks only
-//! at mask bits below bit [`Cdc::window`] (48 for every mask the crate has). Whether a
+//! at mask bits below bit [`Cdc::window`] (48 for averages from 1 KiB up). Whether a
 //! position passes therefore depends on the `window` bytes ending there, not on where its
 //! chunk began, except within `window - 1` positions of where the crate (re)starts hashing,
 //! at each chunk's minimum size. The work splits in two:
@@ -314,8 +314,9 @@ fn join(results: Vec<CutCandidates>, range: Range<usize>) -> Option<Vec<CutCandi
 /// Where they do not meet (long runs of one byte cut only at the maximum), the candidates
 /// each lane records over the positions it tested leave the walk only the skipped
 /// minimums to scan. A lane that reaches a chunk that could run past data that is not the
-/// image's end (a stream block's last `max` bytes) scans the rest plainly instead, so the
-/// walk finds those positions tested when it cuts there with the next block in.
+/// image's end (a stream block's last `max` bytes) scans the rest of its range plainly
+/// instead, so the walk finds those positions tested when it cuts there with the next block
+/// in.
 ///
 /// Each lane rolls the crate's own hash from each chunk's restart; the lanes advance in step
 /// through [`roll_lanes_until_a_hit`], so four independent chains share the core as in
@@ -352,9 +353,11 @@ fn walk_ahead(data: &[u8], range: Range<usize>, cdc: Cdc, complete: bool) -> Cut
     }
     let mut out = CutCandidates { range, found: Vec::new(), covered: Vec::new(), known: Vec::new() };
     for lane in &mut lanes {
+        // Every later lane, here and in later pieces, stops at its own start (less data is
+        // left there), so each scanning up to its `until` tiles the rest of the data once.
         if let Some(from) = lane.unfinished {
-            scan(data, from..data.len(), &cdc, &mut lane.found);
-            lane.covered.push(from..data.len());
+            scan(data, from..lane.until, &cdc, &mut lane.found);
+            lane.covered.push(from..lane.until);
         }
     }
     for lane in lanes {
@@ -581,15 +584,19 @@ pub(super) struct Walk {
     cdc: Cdc,
     /// Candidates in position order, relative to the data the walk is given.
     candidates: Vec<Candidate>,
-    /// Where `candidates` is complete: in order, disjoint (adjacent ranges may stay apart).
+    /// Where `candidates` is complete: in order, disjoint.
     covered: Vec<Range<usize>>,
     /// Chunks the scan already cut, by start.
     known: Vec<KnownCut>,
+    /// The last positions no piece tested that the walk scanned itself, with their
+    /// candidates. A chunk may start inside them and need the rest; the walk finds such gaps
+    /// in position order, so no earlier one is needed again.
+    scanned: Option<(Range<usize>, Vec<Candidate>)>,
 }
 
 impl Walk {
     pub(super) fn new(cdc: Cdc) -> Self {
-        Walk { cdc, candidates: Vec::new(), covered: Vec::new(), known: Vec::new() }
+        Walk { cdc, candidates: Vec::new(), covered: Vec::new(), known: Vec::new(), scanned: None }
     }
 
     /// Adds the results of scanning the positions that follow those added before. A piece's
@@ -626,6 +633,10 @@ impl Walk {
         self.covered.iter_mut().for_each(|r| *r = r.start.max(offset) - offset..r.end - offset);
         self.known.retain(|k| k.start >= offset);
         self.known.iter_mut().for_each(|k| k.start -= offset);
+        self.scanned = self.scanned.take().filter(|(range, _)| range.end > offset).map(|(range, found)| {
+            let found = found.into_iter().filter(|c| c.at >= offset).map(|c| Candidate { at: c.at - offset, ..c });
+            (range.start.max(offset) - offset..range.end - offset, found.collect())
+        });
     }
 
     /// The length of the chunk at `start`, where `data[start..]` is everything up to the end
@@ -651,8 +662,8 @@ impl Walk {
                 return p;
             }
         }
-        // Past them: the candidates where a piece tested, a scan here where none did. What is
-        // scanned here is kept as if a piece had tested it, so no position is scanned twice.
+        // Past them: the candidates where a piece tested, a scan here where none did (kept
+        // for the next chunk, which may start inside it).
         let passes = |c: &Candidate| c.hash & bounds.mask_at(&cdc, c.at - start) == 0;
         let (mut at, end) = (start + bounds.exact_end, start + bounds.end);
         while at < end {
@@ -667,16 +678,23 @@ impl Walk {
                     at = until;
                 }
                 following => {
-                    let until = following.map_or(end, |range| range.start.min(end));
-                    let mut scanned = Vec::new();
-                    scan(data, at..until, &cdc, &mut scanned);
-                    let cut = scanned.iter().find(|c| passes(c)).map(|c| c.at - start);
-                    // No candidate lies in an untested gap, so these go in one place.
-                    let from = self.candidates.partition_point(|c| c.at < at);
-                    self.candidates.splice(from..from, scanned);
-                    self.covered.insert(next, at..until);
-                    if let Some(cut) = cut {
-                        return cut;
+                    let gap_end = following.map_or(end, |range| range.start.min(end));
+                    let (range, found): &(Range<usize>, Vec<Candidate>) = match &mut self.scanned {
+                        Some(last) if last.0.contains(&at) => last,
+                        last => {
+                            let until = match last {
+                                Some((range, _)) if range.start > at => gap_end.min(range.start),
+                                _ => gap_end,
+                            };
+                            let mut found = Vec::new();
+                            scan(data, at..until, &cdc, &mut found);
+                            last.insert((at..until, found))
+                        }
+                    };
+                    let until = range.end.min(gap_end);
+                    let from = found.partition_point(|c| c.at < at);
+                    if let Some(c) = found[from..].iter().take_while(|c| c.at < until).find(|c| passes(c)) {
+                        return c.at - start;
                     }
                     at = until;
                 }
