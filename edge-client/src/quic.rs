@@ -20,6 +20,28 @@ use crate::{ClientError, SERVER_NAME};
 /// caps it at `net.core.rmem_max` / `wmem_max`.
 const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
 
+/// The largest QUIC datagram (UDP payload) on the device path: the edge node's MTU discovery
+/// probes up to it, and a device's endpoint says it takes that much.
+///
+/// Above quinn's 1,452 (one Ethernet frame) because both ends encrypt and packetize every
+/// datagram in user space: where the path carries larger ones (loopback, a LAN with jumbo
+/// frames), fewer datagrams cost less per byte. One device over loopback went from 0.70x to
+/// 0.85-0.94x of curl from nginx over HTTPS. On a 1,500-byte path the larger probes are lost
+/// (a few, again every ten minutes) and discovery settles at that path's limit; quinn
+/// documents any upper bound as safe.
+///
+/// Not larger, for two reasons:
+/// - quinn sizes an endpoint's receive buffers from it (64 coalesced datagrams in each of
+///   32 slots): about 13 MB of address space at 6,500, 33 MB at 16,000, touched only by
+///   large coalesced receives. The benchmark process holding 1,000 device endpoints peaked
+///   at 12-15 GB with 16,000. Over loopback, 8,952 and 16,000 measured no faster.
+/// - quinn sends up to ten datagrams in one GSO send, which may carry at most 65,507 bytes:
+///   ten of 6,550 at most. A larger batch fails with `EMSGSIZE`, which quinn-udp drops
+///   silently (it expects that only of probes); the losses trip black-hole detection, and
+///   the connection then runs at 1,200 bytes. 8,952 in batches of ten measured slower
+///   than 1,452 for that reason.
+pub const QUIC_MAX_DATAGRAM_BYTES: u16 = 6_500;
+
 /// The crypto provider, chosen explicitly (ring): a binary that also links aws-lc-rs (the
 /// edge node, through libp2p) would otherwise leave rustls unable to pick one.
 ///
@@ -112,10 +134,17 @@ pub(crate) async fn connect(addr: SocketAddr) -> Result<(Endpoint, quinn::Connec
     // A window that holds a whole 8 MiB batch lets one stream run at link speed on a LAN.
     transport.stream_receive_window(VarInt::from_u32(limits::MAX_RESPONSE_BYTES as u32 + 4096));
     transport.receive_window(VarInt::from_u32(4 * (limits::MAX_RESPONSE_BYTES as u32 + 4096)));
+    // The device's own MTU discovery stays at quinn's default: it sends requests and
+    // acknowledgements, which are small, and the edge node advertises quinn's 1,472 anyway.
+    // (Probing from here as well, with the edge node's endpoint also taking 6,500, left the
+    // node seeing each finished agent's connections close late in the benchmark, long
+    // enough to fill its per-address connection limit.)
     client.transport_config(Arc::new(transport));
     let runtime = quinn::default_runtime().ok_or_else(|| ClientError::Connect("no async runtime".into()))?;
     let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    let mut endpoint = Endpoint::new(quinn::EndpointConfig::default(), None, bulk_udp_socket(bind)?, runtime)?;
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    endpoint_config.max_udp_payload_size(QUIC_MAX_DATAGRAM_BYTES).map_err(|e| ClientError::Connect(e.to_string()))?;
+    let mut endpoint = Endpoint::new(endpoint_config, None, bulk_udp_socket(bind)?, runtime)?;
     endpoint.set_default_client_config(client);
     let connecting = endpoint.connect(addr, SERVER_NAME).map_err(|e| ClientError::Connect(e.to_string()))?;
     let connection = connecting.await.map_err(|e| ClientError::Connect(e.to_string()))?;

@@ -103,6 +103,10 @@ struct RunArgs {
     /// (the default); 0 disables it.
     #[arg(long)]
     device_hot_cache_bytes: Option<String>,
+    /// Largest QUIC datagram the device service probes for (default 6500, 1200 to 6500;
+    /// 1452 keeps every probe within one Ethernet frame).
+    #[arg(long)]
+    device_quic_max_datagram: Option<u16>,
     /// Peers' chunk requests read at once (default 8); 4x as many queue, the rest get Busy.
     #[arg(long)]
     mesh_max_concurrent_serves: Option<usize>,
@@ -179,6 +183,9 @@ impl RunArgs {
         if let Some(v) = self.device_hot_cache_bytes {
             c.device_hot_cache_bytes = v;
         }
+        if let Some(v) = self.device_quic_max_datagram {
+            c.device_quic_max_datagram = v;
+        }
         if let Some(v) = self.mesh_max_concurrent_serves {
             c.mesh_max_concurrent_serves = v;
         }
@@ -192,6 +199,7 @@ impl RunArgs {
         c.device_max_buffered_bytes().context("--device-max-buffered-bytes (device_max_buffered_bytes)")?;
         c.device_busy_wait().context("--device-busy-wait-ms (device_busy_wait_ms)")?;
         c.device_hot_cache_bytes().context("--device-hot-cache-bytes (device_hot_cache_bytes)")?;
+        c.device_quic_max_datagram().context("--device-quic-max-datagram (device_quic_max_datagram)")?;
         c.reverify_bytes_per_sec().context("--reverify-bytes-per-sec (reverify_bytes_per_sec)")?;
         c.report_queue_bytes().context("--report-queue-bytes (report_queue_bytes)")?;
         Ok(c)

@@ -224,6 +224,39 @@ mod fetch {
         assert_eq!(f.metrics.devices.load(Relaxed), 1);
     }
 
+    /// Fetches 16 MiB of chunk batches over `client` and returns the average size of the
+    /// datagrams it received.
+    async fn datagram_bytes_after_bulk(f: &Fixture, client: &mut DeviceClient) -> u64 {
+        let batch = vec![ChunkRange::whole(f.chunk_a); 64];
+        for _ in 0..4 {
+            let got = timeout(WAIT, client.get_chunks(&batch)).await.unwrap().unwrap();
+            assert_eq!(got.items().iter().count(), 64);
+        }
+        client.quic_received_datagram_bytes().expect("a QUIC client")
+    }
+
+    /// MTU discovery takes the device path past one Ethernet frame where the path allows
+    /// (loopback does): the device advertises QUIC_MAX_DATAGRAM_BYTES, the node probes up to
+    /// it, and nothing is lost on the way. Ten-datagram GSO batches of 8,952 bytes were
+    /// dropped silently, and the connection fell to 1,200.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quic_datagrams_grow_past_an_ethernet_frame() {
+        let f = start(localhost_config()).await;
+        let mut client = quic(&f).await;
+        let datagram = datagram_bytes_after_bulk(&f, &mut client).await;
+        let max = u64::from(edge_client::QUIC_MAX_DATAGRAM_BYTES);
+        assert!(datagram > max * 9 / 10 && datagram <= max, "datagrams of {datagram} bytes on average");
+    }
+
+    /// An operator's bound holds (and is not quinn's default by accident).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quic_datagrams_stay_within_the_configured_bound() {
+        let f = start(DeviceServiceConfig { quic_max_datagram_bytes: 3000, ..localhost_config() }).await;
+        let mut client = quic(&f).await;
+        let datagram = datagram_bytes_after_bulk(&f, &mut client).await;
+        assert!(datagram > 2700 && datagram <= 3000, "datagrams of {datagram} bytes on average");
+    }
+
     /// QUIC: each request has its own stream, so a refused request leaves the connection
     /// usable.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

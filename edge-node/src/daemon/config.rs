@@ -25,6 +25,8 @@
 //!                                      # memory before it is answered Busy; 0 to 10000
 //! device_hot_cache_bytes = "32MiB"     # chunks devices read recently, answered from memory;
 //!                                      # "0" disables it
+//! device_quic_max_datagram = 6500      # largest QUIC datagram probed for, 1200 to 6500;
+//!                                      # 1452 stays within one Ethernet frame
 //! mesh_max_concurrent_serves = 8       # peers' chunk requests read at once (4x as many queue)
 //! reverify_bytes_per_sec = "16MiB"     # background re-hashing of the store; "0" disables
 //! report_queue_bytes = "64MiB"         # device status reports kept on disk until the origin
@@ -102,6 +104,10 @@ pub struct EdgeConfig {
     /// Chunks devices read recently, kept in memory and answered without a disk read, e.g.
     /// `32MiB`; `0` disables it. Adds at most this to the node's RSS.
     pub device_hot_cache_bytes: String,
+    /// Largest QUIC datagram (UDP payload) the device service's MTU discovery probes for,
+    /// 1200 to 6500: larger datagrams cost less CPU per byte where the path carries them
+    /// (loopback, jumbo frames); elsewhere the probes are lost and discovery settles lower.
+    pub device_quic_max_datagram: u16,
     /// Peers' chunk requests read at once; four times as many wait, the rest are answered Busy.
     pub mesh_max_concurrent_serves: usize,
     /// Bytes per second the background re-verification hashes, e.g. `16MiB`; `0` disables it.
@@ -134,6 +140,7 @@ impl Default for EdgeConfig {
             device_max_buffered_bytes: "256MiB".into(),
             device_busy_wait_ms: 1000,
             device_hot_cache_bytes: "32MiB".into(),
+            device_quic_max_datagram: edge_client::QUIC_MAX_DATAGRAM_BYTES,
             mesh_max_concurrent_serves: mesh::chunk_server::DEFAULT_MAX_CONCURRENT_SERVES,
             reverify_bytes_per_sec: "16MiB".into(),
             report_queue_bytes: "64MiB".into(),
@@ -198,6 +205,18 @@ impl EdgeConfig {
             bail!("device_max_connections must be 1 to 65536, not {}", self.device_max_connections);
         }
         Ok(self.device_max_connections)
+    }
+
+    /// `device_quic_max_datagram`, checked.
+    pub fn device_quic_max_datagram(&self) -> Result<u16> {
+        let max = edge_client::QUIC_MAX_DATAGRAM_BYTES;
+        if !(1200..=max).contains(&self.device_quic_max_datagram) {
+            bail!(
+                "device_quic_max_datagram must be 1200 to {max}, not {}: QUIC needs 1200, and devices take at most {max}",
+                self.device_quic_max_datagram
+            );
+        }
+        Ok(self.device_quic_max_datagram)
     }
 
     /// `device_busy_wait_ms` as a duration.
@@ -269,6 +288,11 @@ mod tests {
         for bad in [0, 65_537] {
             let config = EdgeConfig { device_max_connections: bad, ..EdgeConfig::default() };
             assert!(config.device_max_connections().unwrap_err().to_string().contains("1 to 65536"));
+        }
+        assert_eq!(defaults.device_quic_max_datagram().unwrap(), 6500);
+        for bad in [1199, 6501, u16::MAX] {
+            let config = EdgeConfig { device_quic_max_datagram: bad, ..EdgeConfig::default() };
+            assert!(config.device_quic_max_datagram().unwrap_err().to_string().contains("1200 to 6500"));
         }
         assert_eq!(defaults.reverify_bytes_per_sec().unwrap(), 16 << 20);
         assert_eq!(defaults.report_queue_bytes().unwrap(), 64 << 20);

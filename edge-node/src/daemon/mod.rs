@@ -254,6 +254,7 @@ pub async fn run(config: EdgeConfig, on_ready: impl FnOnce(&Running)) -> Result<
         max_connections_per_client: config.max_connections_per_client,
         max_buffered_bytes: usize::try_from(config.device_max_buffered_bytes()?).unwrap_or(usize::MAX),
         busy_wait: config.device_busy_wait()?,
+        quic_max_datagram_bytes: config.device_quic_max_datagram()?,
         ..Default::default()
     };
     let (device_addrs, _device_task) =

@@ -38,6 +38,7 @@ mod batch;
 mod clients;
 pub mod mdns;
 pub mod quic;
+mod quic_socket;
 pub mod tcp;
 
 use std::future::Future;
@@ -178,6 +179,12 @@ pub struct DeviceServiceConfig {
     /// few KiB; answering `Busy` at once made a thousand devices re-ask in a loop and spend
     /// the node's CPU on refusals instead of chunks.
     pub busy_wait: Duration,
+    /// Largest QUIC datagram (UDP payload) MTU discovery probes for (default and maximum
+    /// [`edge_client::QUIC_MAX_DATAGRAM_BYTES`], 6,500; values outside 1,200 to 6,500 are
+    /// clamped). Where the path carries less, the larger probes are lost and discovery
+    /// settles below; 1,452 keeps every probe within one Ethernet frame, and keeps quinn's
+    /// full send batches however many devices connect (see `quic_socket`).
+    pub quic_max_datagram_bytes: u16,
 }
 
 impl Default for DeviceServiceConfig {
@@ -196,6 +203,7 @@ impl Default for DeviceServiceConfig {
             max_buffered_bytes: 256 * 1024 * 1024,
             max_concurrent_lookups: 8,
             busy_wait: Duration::from_secs(1),
+            quic_max_datagram_bytes: edge_client::QUIC_MAX_DATAGRAM_BYTES,
         }
     }
 }
@@ -226,7 +234,7 @@ impl DeviceService {
             clients::Admission::new(config.max_connections, config.max_connections_per_client, metrics.clone());
         let shared = Arc::new(Shared::new(config, backend, metrics));
         let quic = match shared.config.quic_addr {
-            Some(addr) => Some(quic::bind_server(&shared.config, addr)?),
+            Some(addr) => Some(quic::bind_server(&shared.config, addr, shared.metrics.clone())?),
             None => None,
         };
         let tcp = match shared.config.tcp_addr {
