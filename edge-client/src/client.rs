@@ -227,8 +227,8 @@ impl DeviceClient {
 
     /// The average size of the QUIC datagrams received so far (UDP payload bytes); `None`
     /// over TCP. The edge node's MTU discovery sets how large its datagrams are, and the
-    /// client cannot read that directly. For logs, and for the tests that bulk transfers run
-    /// at about [`crate::QUIC_MAX_DATAGRAM_BYTES`].
+    /// client cannot read that directly. The tests check with it that bulk transfers run at
+    /// about [`crate::QUIC_MAX_DATAGRAM_BYTES`].
     pub fn quic_received_datagram_bytes(&self) -> Option<u64> {
         match &self.transport {
             Transport::Quic { connection, .. } => {

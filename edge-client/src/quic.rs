@@ -26,7 +26,7 @@ const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
 /// Above quinn's 1,452 (one Ethernet frame) because both ends encrypt and packetize every
 /// datagram in user space: where the path carries larger ones (loopback, a LAN with jumbo
 /// frames), fewer datagrams cost less per byte. One device over loopback went from 0.70x to
-/// 0.85-0.94x of curl from nginx over HTTPS. On a 1,500-byte path the larger probes are lost
+/// 0.90x of curl from nginx over HTTPS (medians of three `scripts/bench-agent` runs). On a 1,500-byte path the larger probes are lost
 /// (a few, again every ten minutes) and discovery settles at that path's limit; quinn
 /// documents any upper bound as safe.
 ///

@@ -182,8 +182,7 @@ pub struct DeviceServiceConfig {
     /// Largest QUIC datagram (UDP payload) MTU discovery probes for (default and maximum
     /// [`edge_client::QUIC_MAX_DATAGRAM_BYTES`], 6,500; values outside 1,200 to 6,500 are
     /// clamped). Where the path carries less, the larger probes are lost and discovery
-    /// settles below; 1,452 keeps every probe within one Ethernet frame, and keeps quinn's
-    /// full send batches however many devices connect (see `quic_socket`).
+    /// settles below; 1,452 keeps every probe within one Ethernet frame.
     pub quic_max_datagram_bytes: u16,
 }
 

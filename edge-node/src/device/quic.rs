@@ -97,11 +97,7 @@ pub(crate) fn bind_server(
     transport.mtu_discovery_config(Some(mtu));
     server.transport_config(Arc::new(transport));
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime for the QUIC endpoint"))?;
-    let socket = ShortBatches::wrap(
-        runtime.wrap_udp_socket(std::net::UdpSocket::bind(addr)?)?,
-        metrics,
-        config.quic_max_datagram_bytes,
-    );
+    let socket = ShortBatches::wrap(runtime.wrap_udp_socket(std::net::UdpSocket::bind(addr)?)?, metrics);
     let endpoint = Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), Some(server), socket, runtime)?;
     enlarge_socket_buffers(&endpoint);
     Ok(endpoint)
