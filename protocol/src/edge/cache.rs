@@ -5,9 +5,10 @@
 //! previous release of every hardware class the node serves) are never evicted; everything
 //! else goes least-recently-used first, where "used" means stored or served.
 
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
+use super::chunk_map::ChunkMap;
 use crate::ChunkId;
 
 #[derive(Debug, Clone, Copy)]
@@ -32,11 +33,11 @@ pub struct ChunkCache {
     capacity_bytes: u64,
     used_bytes: u64,
     clock: u64,
-    entries: BTreeMap<ChunkId, Entry>,
-    /// Unpinned chunks by (last_used, id): the eviction order.
-    lru: BTreeSet<(u64, ChunkId)>,
+    entries: ChunkMap<Entry>,
+    /// Unpinned chunks by `last_used` (a tick no two uses share): the eviction order.
+    lru: BTreeMap<u64, ChunkId>,
     /// Pins requested for chunks not (yet) stored, applied on admission.
-    pending_pins: BTreeMap<ChunkId, u32>,
+    pending_pins: ChunkMap<u32>,
 }
 
 impl ChunkCache {
@@ -46,9 +47,9 @@ impl ChunkCache {
             capacity_bytes,
             used_bytes: 0,
             clock: 0,
-            entries: BTreeMap::new(),
-            lru: BTreeSet::new(),
-            pending_pins: BTreeMap::new(),
+            entries: ChunkMap::default(),
+            lru: BTreeMap::new(),
+            pending_pins: ChunkMap::default(),
         }
     }
 
@@ -93,7 +94,7 @@ impl ChunkCache {
         let mut victims = Vec::new();
         let mut freed = 0u64;
         let need = (self.used_bytes + bytes).saturating_sub(self.capacity_bytes);
-        for (_, victim) in self.lru.iter() {
+        for victim in self.lru.values() {
             if freed >= need {
                 break;
             }
@@ -109,7 +110,7 @@ impl ChunkCache {
         let last_used = self.tick();
         self.entries.insert(id, Entry { bytes, last_used, pins });
         if pins == 0 {
-            self.lru.insert((last_used, id));
+            self.lru.insert(last_used, id);
         }
         self.used_bytes += bytes;
         Ok(victims)
@@ -120,8 +121,8 @@ impl ChunkCache {
         let now = self.tick();
         if let Some(entry) = self.entries.get_mut(id) {
             if entry.pins == 0 {
-                self.lru.remove(&(entry.last_used, *id));
-                self.lru.insert((now, *id));
+                self.lru.remove(&entry.last_used);
+                self.lru.insert(now, *id);
             }
             entry.last_used = now;
         }
@@ -131,7 +132,7 @@ impl ChunkCache {
     pub fn remove(&mut self, id: &ChunkId) -> bool {
         match self.entries.remove(id) {
             Some(entry) => {
-                self.lru.remove(&(entry.last_used, *id));
+                self.lru.remove(&entry.last_used);
                 self.used_bytes -= entry.bytes;
                 true
             }
@@ -146,7 +147,7 @@ impl ChunkCache {
             *self.pending_pins.entry(id).or_insert(0) += 1;
             if let Some(entry) = self.entries.get_mut(&id) {
                 if entry.pins == 0 {
-                    self.lru.remove(&(entry.last_used, id));
+                    self.lru.remove(&entry.last_used);
                 }
                 entry.pins += 1;
             }
@@ -165,7 +166,7 @@ impl ChunkCache {
             if let Some(entry) = self.entries.get_mut(&id) {
                 entry.pins = entry.pins.saturating_sub(1);
                 if entry.pins == 0 {
-                    self.lru.insert((entry.last_used, id));
+                    self.lru.insert(entry.last_used, id);
                 }
             }
         }
@@ -176,7 +177,7 @@ impl ChunkCache {
         self.capacity_bytes = capacity_bytes;
         let mut victims = Vec::new();
         while self.used_bytes > self.capacity_bytes {
-            let Some(&(_, victim)) = self.lru.iter().next() else { break };
+            let Some((_, &victim)) = self.lru.first_key_value() else { break };
             self.remove(&victim);
             victims.push(victim);
         }

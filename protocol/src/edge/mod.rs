@@ -21,6 +21,7 @@
 
 mod bitfield;
 pub mod cache;
+mod chunk_map;
 pub mod origin_handout;
 pub mod rendezvous;
 mod scheduler;

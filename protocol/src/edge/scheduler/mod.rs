@@ -8,6 +8,7 @@ use alloc::vec::Vec;
 mod planner;
 
 use super::cache::{AdmitError, ChunkCache};
+use super::chunk_map::ChunkMap;
 use super::{Bitfield, NodeId, PeerRole, SiteId, SourceClass};
 use crate::time::{Duration, Instant};
 use crate::ChunkId;
@@ -287,7 +288,7 @@ pub struct FetchScheduler {
     peers: BTreeMap<NodeId, Peer>,
     releases: BTreeMap<ReleaseId, Release>,
     /// Where each chunk id appears: a chunk shared by releases is stored once.
-    locations: BTreeMap<ChunkId, Vec<(ReleaseId, u32)>>,
+    locations: ChunkMap<Vec<(ReleaseId, u32)>>,
     inflight: BTreeMap<RequestId, Inflight>,
     next_request: u64,
     next_seq: u64,
@@ -321,7 +322,7 @@ impl FetchScheduler {
             now: Instant(0),
             peers: BTreeMap::new(),
             releases: BTreeMap::new(),
-            locations: BTreeMap::new(),
+            locations: ChunkMap::default(),
             inflight: BTreeMap::new(),
             next_request: 0,
             next_seq: 0,
@@ -681,9 +682,10 @@ impl FetchScheduler {
             // finds the next retry, the next duplicate and whether any chunk is idle.
             let mut idle_left = false;
             let mut next_duplicate: Option<Instant> = None;
-            for (i, state) in release.state.iter().enumerate() {
-                match *state {
-                    ChunkState::Idle { retry_at, .. } if !release.have.get(i as u32) => {
+            // Only chunks not held: a held chunk is neither retried nor duplicated.
+            for index in release.have.missing(0..release.have.len()) {
+                match release.state[index as usize] {
+                    ChunkState::Idle { retry_at, .. } => {
                         idle_left = true;
                         if retry_at > self.now {
                             consider(retry_at);
@@ -823,18 +825,19 @@ impl FetchScheduler {
     }
 
     fn mark_have(&mut self, chunk: ChunkId) {
+        // Borrowed field by field, not cloned: this runs for every chunk stored.
         let Some(places) = self.locations.get(&chunk) else { return };
-        for (rid, index) in places.clone() {
+        for &(rid, index) in places {
             if let Some(r) = self.releases.get_mut(&rid) {
                 r.have.set(index);
+                Self::note_if_complete(r, rid, &self.pinned, &mut self.events);
             }
-            self.check_complete(rid);
         }
     }
 
     fn mark_gone(&mut self, chunk: ChunkId) {
         let Some(places) = self.locations.get(&chunk) else { return };
-        for (rid, index) in places.clone() {
+        for &(rid, index) in places {
             if let Some(r) = self.releases.get_mut(&rid) {
                 r.have.clear(index);
                 r.completed = false;
@@ -845,15 +848,26 @@ impl FetchScheduler {
 
     fn check_complete(&mut self, rid: ReleaseId) {
         if let Some(r) = self.releases.get_mut(&rid) {
-            if r.have.is_full() && !r.completed {
-                r.completed = true;
-                if r.wanted {
-                    self.events.push_back(EdgeEvent::ReleaseComplete { release: rid });
-                }
-                if r.demanded {
-                    r.demanded = false;
-                    r.wanted = self.pinned.contains(&rid);
-                }
+            Self::note_if_complete(r, rid, &self.pinned, &mut self.events);
+        }
+    }
+
+    /// Marks `r` complete once it holds every chunk, telling the driver if it was wanted;
+    /// a release fetched on demand is wanted no longer unless pinned.
+    fn note_if_complete(
+        r: &mut Release,
+        rid: ReleaseId,
+        pinned: &BTreeSet<ReleaseId>,
+        events: &mut VecDeque<EdgeEvent>,
+    ) {
+        if r.have.is_full() && !r.completed {
+            r.completed = true;
+            if r.wanted {
+                events.push_back(EdgeEvent::ReleaseComplete { release: rid });
+            }
+            if r.demanded {
+                r.demanded = false;
+                r.wanted = pinned.contains(&rid);
             }
         }
     }

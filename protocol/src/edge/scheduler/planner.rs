@@ -278,10 +278,7 @@ impl FetchScheduler {
         let start = if n == 0 { 0 } else { (self.site.0 % u64::from(n)) as u32 };
         let mut due = Vec::new();
         let mut idle_left = false;
-        for index in (start..n).chain(0..start) {
-            if r.have.get(index) {
-                continue;
-            }
+        for index in r.have.missing(start..n).chain(r.have.missing(0..start)) {
             let i = index as usize;
             let (duplicate, attempts) = match r.state[i] {
                 ChunkState::Idle { attempts, retry_at } => {
