@@ -2,7 +2,6 @@
 //! for the rules it follows.
 
 use alloc::collections::VecDeque;
-use alloc::vec;
 use alloc::vec::Vec;
 use core::ops::Range;
 
@@ -119,6 +118,9 @@ struct Conn<E> {
 pub struct FetchPlan<E, L = Vec<u32>> {
     config: FetchConfig,
     stored_lens: L,
+    /// One [`Unit`] per chunk, allocated when the first batch goes out (empty: every unit
+    /// 0). A download queued for a session holds no kilobyte per chunk list: in fleet-1m
+    /// most of the fleet starts its download in the first minute and waits its turn.
     units: Vec<Unit>,
     /// Units never handed out are `fresh..`, in order; they come before `requeued`.
     fresh: u32,
@@ -140,11 +142,10 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
     /// A plan for the unique chunks whose stored lengths `stored_lens` gives, in manifest
     /// order; unit `i` is the `i`-th of them.
     pub fn new(config: FetchConfig, stored_lens: L) -> FetchPlan<E, L> {
-        let units = vec![0; stored_lens.as_ref().len()];
         FetchPlan {
             config,
-            remaining: units.len(),
-            units,
+            remaining: stored_lens.as_ref().len(),
+            units: Vec::new(),
             stored_lens,
             fresh: 0,
             requeued: VecDeque::new(),
@@ -180,9 +181,9 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
             last_delivery,
             events,
         } = self;
-        units.clear();
-        units.resize(stored_lens.as_ref().len(), 0);
-        *remaining = units.len();
+        // Given back, not kept: the next download may wait long before its first batch.
+        *units = Vec::new();
+        *remaining = stored_lens.as_ref().len();
         *fresh = 0;
         requeued.clear();
         *rounds_started = 0;
@@ -212,7 +213,23 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
 
     /// Whether `unit` arrived.
     pub fn is_delivered(&self, unit: u32) -> bool {
-        self.units.get(unit as usize).is_some_and(|u| u & DELIVERED != 0)
+        self.unit(unit) & DELIVERED != 0
+    }
+
+    fn chunk_count(&self) -> usize {
+        self.stored_lens.as_ref().len()
+    }
+
+    /// `unit`'s state (0 before the list is allocated, and past its end).
+    fn unit(&self, unit: u32) -> Unit {
+        self.units.get(unit as usize).copied().unwrap_or(0)
+    }
+
+    /// Allocates the per-chunk list before its first change.
+    fn allocate_units(&mut self) {
+        if self.units.is_empty() {
+            self.units.resize(self.chunk_count(), 0);
+        }
     }
 
     /// Starts a round at `now` with no connections; `false` if the download is complete or
@@ -277,8 +294,12 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
             let flight = self.conns[slow].flight.as_mut()?;
             flight.hedged = true;
             let waited = now.saturating_since(flight.sent);
-            let units: Vec<u32> =
-                flight.units.iter().copied().filter(|u| self.units[*u as usize] & DELIVERED == 0).collect();
+            let units: Vec<u32> = flight
+                .units
+                .iter()
+                .copied()
+                .filter(|u| self.units.get(*u as usize).is_none_or(|unit| unit & DELIVERED == 0))
+                .collect();
             self.idle.retain(|&i| i != to);
             if units.is_empty() {
                 self.idle.push(to);
@@ -312,12 +333,12 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
     }
 
     fn queue_is_empty(&self) -> bool {
-        self.fresh as usize >= self.units.len() && self.requeued.is_empty()
+        self.fresh as usize >= self.chunk_count() && self.requeued.is_empty()
     }
 
     /// The unit at the front of the queue.
     fn queue_front(&self) -> Option<u32> {
-        if (self.fresh as usize) < self.units.len() {
+        if (self.fresh as usize) < self.chunk_count() {
             Some(self.fresh)
         } else {
             self.requeued.front().copied()
@@ -325,7 +346,7 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
     }
 
     fn queue_pop(&mut self) {
-        if (self.fresh as usize) < self.units.len() {
+        if (self.fresh as usize) < self.chunk_count() {
             self.fresh += 1;
         } else {
             self.requeued.pop_front();
@@ -334,10 +355,10 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
 
     /// The next batch from the queue, skipping chunks delivered meanwhile (by a hedge).
     fn take_batch(&mut self) -> Vec<u32> {
-        let mut batch = Vec::with_capacity(self.config.batch_chunks.min(self.units.len()));
+        let mut batch = Vec::with_capacity(self.config.batch_chunks.min(self.chunk_count()));
         let mut bytes = 0u64;
         while let Some(next) = self.queue_front() {
-            if self.units[next as usize] & DELIVERED != 0 {
+            if self.unit(next) & DELIVERED != 0 {
                 self.queue_pop();
                 continue;
             }
@@ -353,6 +374,7 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
     }
 
     fn hold(&mut self, units: &[u32]) {
+        self.allocate_units();
         for u in units {
             if let Some(unit) = self.units.get_mut(*u as usize) {
                 *unit = (*unit & DELIVERED) | ((*unit & HOLDERS) + 1).min(HOLDERS);
@@ -532,13 +554,14 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
     /// edge (a hedge).
     fn requeue(&mut self, units: &[u32]) {
         for u in units {
-            if self.units.get(*u as usize).is_some_and(|unit| *unit == 0) {
+            if (*u as usize) < self.chunk_count() && self.unit(*u) == 0 {
                 self.requeued.push_back(*u);
             }
         }
     }
 
     fn deliver(&mut self, delivered: &[u32]) {
+        self.allocate_units();
         for u in delivered {
             if let Some(unit) = self.units.get_mut(*u as usize) {
                 if *unit & DELIVERED == 0 {
