@@ -282,8 +282,10 @@ impl FetchScheduler {
     /// Left out before their state is read: chunks another site member is responsible for,
     /// that no site-mate holds yet, while that member makes progress. [`Self::choose_source`]
     /// would only wait for them (the member brings them in), and they were most of what a
-    /// pass looked at (59 % in fleet-1m, where every site has two edge nodes).
-    fn due_chunks(&self, rid: &ReleaseId, views: &ReleaseViews) -> Vec<Due> {
+    /// pass looked at (59 % in fleet-1m, where every site has two edge nodes). Likewise,
+    /// while `origin_closed`, chunks no peer holds: the origin is their only source (most of
+    /// the rest while the origin hands chunks out to other sites).
+    fn due_chunks(&self, rid: &ReleaseId, views: &ReleaseViews, origin_closed: bool) -> Vec<Due> {
         let Some(r) = self.releases.get(rid) else { return Vec::new() };
         let n = r.have.len();
         let start = if n == 0 { 0 } else { (self.site.0 % u64::from(n)) as u32 };
@@ -300,6 +302,9 @@ impl FetchScheduler {
             if left_to.get(usize::from(responsible)).copied().unwrap_or(false)
                 && !mates_holding.iter().any(|bits| bits.get(index))
             {
+                continue;
+            }
+            if origin_closed && !views.holders.iter().any(|(_, _, bits)| bits.get(index)) {
                 continue;
             }
             let (duplicate, attempts) = match r.state[i] {
@@ -354,8 +359,16 @@ impl FetchScheduler {
             self.refresh_responsible(&pass.members, &rid);
             pass.views = self.release_views(&pass.members, &rid);
             pass.origin_room = None;
+            // The origin can take none of this release's chunks in this pass: no free slot
+            // now, and slots only fill as a pass goes on (a request to it is only started in
+            // a free slot).
+            let origin_closed = !pass
+                .views
+                .origins
+                .iter()
+                .any(|o| self.usable(o) && self.has_free_slot(o, pass.planned.get(o).copied().unwrap_or(0)));
             let mut current = pass.current.remove(&rid).unwrap_or_default();
-            for due in self.due_chunks(&rid, &pass.views) {
+            for due in self.due_chunks(&rid, &pass.views, origin_closed) {
                 let Due { index, attempts, duplicate, origin_after, responsible } = due;
                 let responsible = self.responsible_members.get(usize::from(responsible)).copied().unwrap_or(self.me);
                 // Other sites' edge nodes are tried a few times per chunk: their batches cross
