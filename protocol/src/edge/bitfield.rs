@@ -146,17 +146,22 @@ mod tests {
         assert_eq!(Bitfield::from_bytes(3, &[0xff, 0xff]).count(), 3);
     }
 
+    /// A small deterministic source of test patterns (xorshift32).
+    fn xorshift(mut state: u32) -> impl FnMut() -> u32 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        }
+    }
+
     /// The word-at-a-time parse holds exactly the bits a bit-by-bit reading finds, for
     /// lengths around word edges and messages that are short, exact or too long.
     #[test]
     fn parsing_the_wire_form_matches_reading_it_bit_by_bit() {
-        let mut state = 0x2545_f491u32;
-        let mut byte = || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state as u8
-        };
+        let mut random = xorshift(0x2545_f491);
+        let mut byte = || random() as u8;
         for len in [0u32, 1, 7, 8, 9, 63, 64, 65, 127, 128, 129, 1000, 1021] {
             for bytes_len in [0, len as usize / 8, (len as usize).div_ceil(8), len as usize / 8 + 9] {
                 let bytes: Vec<u8> = (0..bytes_len).map(|_| byte()).collect();
@@ -177,17 +182,11 @@ mod tests {
     /// finds, for ranges that start, end and wrap anywhere around word edges.
     #[test]
     fn missing_chunks_match_testing_each_index() {
-        let mut state = 0x9e37_79b9u32;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state
-        };
+        let mut next = xorshift(0x9e37_79b9);
         for len in [0u32, 1, 63, 64, 65, 130, 1021] {
             let mut b = Bitfield::new(len);
             for i in 0..len {
-                if next() % 3 != 0 {
+                if !next().is_multiple_of(3) {
                     b.set(i);
                 }
             }
