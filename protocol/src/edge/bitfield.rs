@@ -112,7 +112,9 @@ impl Iterator for Missing<'_> {
             // length are never set, so they read as missing; `end` bounds them).
             let free = !word >> (self.next % 64);
             if free == 0 {
-                self.next = (self.next / 64 + 1) * 64;
+                // The next word (none past the last one a `u32` index reaches).
+                let Some(next_word) = (self.next / 64 + 1).checked_mul(64) else { break };
+                self.next = next_word;
                 continue;
             }
             let index = self.next + free.trailing_zeros();

@@ -1,5 +1,5 @@
 //! A map keyed by [`ChunkId`], for the edge node's per-chunk bookkeeping (the cache's
-//! entries and pins, where each chunk of a release sits).
+//! entries, stored or pinned, and where each chunk of a release sits).
 //!
 //! Why a hash map where std is there: an edge node looks a chunk up several times for every
 //! chunk it stores (admission, pins, which releases hold it). In `simnet run fleet-1m` those

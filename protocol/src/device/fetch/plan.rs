@@ -112,8 +112,8 @@ struct Conn<E> {
 
 /// One download's plan (see the module doc of `protocol::device::fetch`). `E` names an edge
 /// the way the driver does (an address, an index); `L` holds the units' stored lengths (a
-/// `Vec`, or an `Arc<[u32]>` many plans share). Per chunk the plan keeps one byte, plus four
-/// for each chunk asked again.
+/// `Vec`, or an `Arc<[u32]>` many plans share). Per chunk the plan keeps one byte once its
+/// first batch went out, plus four for each chunk asked again.
 #[derive(Debug, Clone)]
 pub struct FetchPlan<E, L = Vec<u32>> {
     config: FetchConfig,
@@ -161,8 +161,8 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
     }
 
     /// Back to the plan [`FetchPlan::new`] builds for the same chunks and configuration,
-    /// keeping this one's buffers: simnet starts a million downloads and hands each the plan
-    /// of one that finished, instead of allocating it again.
+    /// keeping this one's small buffers (the per-chunk list is given back): simnet starts a
+    /// million downloads and hands each the plan of one that finished.
     pub fn reset(&mut self) {
         // Every field named: a field added later must be reset here too, or this fails to build.
         let FetchPlan {

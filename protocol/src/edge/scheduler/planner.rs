@@ -34,11 +34,11 @@ struct Pass {
     /// The release being planned, as the peers last said (built once per release and pass:
     /// looking each peer's view up per chunk was most of a busy node's CPU).
     views: ReleaseViews,
-    /// `Some(false)` once the origin was found to have no room for another chunk of the
-    /// release being planned; forgotten whenever a chunk is given a source (which changes
-    /// slots and open requests). Without it, each chunk of our share left waiting for the
-    /// origin asked again: a third of the chunks a pass looks at in fleet-1m.
-    origin_room: Option<bool>,
+    /// Set once the origin was found to have no room for another chunk of the release being
+    /// planned; cleared whenever a chunk is given a source (which changes slots and open
+    /// requests). Without it, each chunk of our share left waiting for the origin asked
+    /// again: a third of the chunks a pass looked at in fleet-1m.
+    origin_full: bool,
 }
 
 /// A release's chunks in flight and the peer each is fetched from, sorted by index. A pass
@@ -107,7 +107,7 @@ impl Pass {
             planned: BTreeMap::new(),
             have_polls: BTreeSet::new(),
             views: ReleaseViews::default(),
-            origin_room: None,
+            origin_full: false,
         }
     }
 }
@@ -358,7 +358,7 @@ impl FetchScheduler {
             }
             self.refresh_responsible(&pass.members, &rid);
             pass.views = self.release_views(&pass.members, &rid);
-            pass.origin_room = None;
+            pass.origin_full = false;
             // The origin can take none of this release's chunks in this pass: no free slot
             // now, and slots only fill as a pass goes on (a request to it is only started in
             // a free slot).
@@ -387,7 +387,7 @@ impl FetchScheduler {
                 let Some((peer, class)) = self.choose_source(&mut pass, &ask) else {
                     continue;
                 };
-                pass.origin_room = None;
+                pass.origin_full = false;
                 let entry = pass.building.entry((peer, rid)).or_insert(Building {
                     class,
                     indices: Vec::new(),
@@ -431,7 +431,7 @@ impl FetchScheduler {
     fn choose_source(&self, pass: &mut Pass, ask: &Ask) -> Option<(NodeId, SourceClass)> {
         let Ask { rid, index, responsible, current, duplicate, wan_unheard, wan_ok, origin_after } = *ask;
         let rid = &rid;
-        let origin_full = pass.origin_room == Some(false) && current.is_none();
+        let origin_full = pass.origin_full && current.is_none();
         let planned = &pass.planned;
         let building = &pass.building;
         let extra = |p: &NodeId| planned.get(p).copied().unwrap_or(0);
@@ -501,7 +501,7 @@ impl FetchScheduler {
         let mut origin = views.origins.iter();
         let chosen = best(&mut origin).0;
         if chosen.is_none() && current.is_none() {
-            pass.origin_room = Some(false);
+            pass.origin_full = true;
         }
         chosen.map(|peer| (peer, SourceClass::Origin))
     }
