@@ -439,7 +439,10 @@ impl FetchScheduler {
         let n = spec.chunks.len() as u32;
         let mut have = Bitfield::new(n);
         for (i, chunk) in spec.chunks.iter().enumerate() {
-            self.locations.entry(chunk.id).or_default().push((release, i as u32));
+            // Most chunks sit in one place: a list of exactly one, not the four a first push
+            // reserves (that was 147 KB per edge node of a 1,021-chunk release in fleet-1m).
+            let places = self.locations.entry(chunk.id).or_insert_with(|| Vec::with_capacity(1));
+            places.push((release, i as u32));
             if self.cache.contains(&chunk.id) {
                 have.set(i as u32);
             }
