@@ -381,6 +381,31 @@ fn when_a_site_member_dies_its_share_moves_to_the_survivor() {
     assert!(survivor.stats().backhaul_bytes() <= net.release_bytes());
 }
 
+/// A site-mate that stays connected and answers but never brings in its share (here it does
+/// not serve the release's hardware class) is waited for until `site_stall_timeout`, then taken
+/// to have stalled: the node fetches that share itself, and each chunk crosses the backhaul once.
+#[test]
+fn a_site_mate_that_makes_no_progress_has_its_share_taken_over() {
+    let mut net = Net::new(1, 2, 200, None);
+    let (id, site, origin) = (net.ids[1], net.sites[1], net.origin);
+    let config = SchedulerConfig { served_hw_classes: vec!["sensor".into()], ..SchedulerConfig::default() };
+    let mut idle = FetchScheduler::new(id, site, config);
+    idle.handle_peer_up(Instant(0), net.ids[0], site, PeerRole::Edge);
+    idle.handle_peer_up(Instant(0), origin, SiteId(u64::MAX - 1), PeerRole::Origin);
+    idle.handle_release(Instant(0), net.release, net.spec.clone());
+    net.nodes[1] = Some(idle);
+    let stall = SchedulerConfig::default().site_stall_timeout;
+    net.run(Instant(stall.0 / 2));
+    let release = net.release;
+    let waiting = net.node(0).have(&release).unwrap().count();
+    assert!(waiting > 0 && waiting < 200, "its own share only while the mate may still come: {waiting}");
+    net.run(Instant(stall.0 * 6));
+    let release_bytes = net.release_bytes();
+    assert!(net.node(0).is_complete(&release));
+    assert_eq!(net.node(0).stats().backhaul_bytes(), release_bytes);
+    assert_eq!(net.node(1).stats().backhaul_bytes(), 0);
+}
+
 #[test]
 fn pre_staging_follows_served_hardware_classes() {
     let me = node_id(1);

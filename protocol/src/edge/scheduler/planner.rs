@@ -358,7 +358,6 @@ impl FetchScheduler {
             }
             self.refresh_responsible(&pass.members, &rid);
             pass.views = self.release_views(&pass.members, &rid);
-            pass.origin_full = false;
             // The origin can take none of this release's chunks in this pass: no free slot
             // now, and slots only fill as a pass goes on (a request to it is only started in
             // a free slot).
@@ -367,6 +366,7 @@ impl FetchScheduler {
                 .origins
                 .iter()
                 .any(|o| self.usable(o) && self.has_free_slot(o, pass.planned.get(o).copied().unwrap_or(0)));
+            pass.origin_full = origin_closed;
             let mut current = pass.current.remove(&rid).unwrap_or_default();
             for due in self.due_chunks(&rid, &pass.views, origin_closed) {
                 let Due { index, attempts, duplicate, origin_after, responsible } = due;
