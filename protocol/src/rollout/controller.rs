@@ -211,15 +211,23 @@ impl Controller {
         if report.rollout_id != self.policy.id {
             return false;
         }
-        let Some(wave) = self.policy.wave_of(&report.device_id) else { return false };
         let (at, device) = (report.at.min(now_unix), Bytes32(report.device_id));
-        if let Some(previous) = self.devices.get(&device) {
-            if !report.supersedes_at(at, previous.outcome, previous.at) {
-                return false;
+        // A device's wave comes from a hash over its id, computed at its first report only:
+        // the waves, the canaries and the rollout id never change within one rollout.
+        let wave = match self.devices.get(&device) {
+            Some(previous) => {
+                if !report.supersedes_at(at, previous.outcome, previous.at) {
+                    return false;
+                }
+                let (wave, outcome) = (previous.wave, previous.outcome);
+                self.tallies[wave].count(outcome, false);
+                wave
             }
-            let (wave, outcome) = (previous.wave, previous.outcome);
-            self.tallies[wave].count(outcome, false);
-        }
+            None => match self.policy.wave_of(&report.device_id) {
+                Some(wave) => wave,
+                None => return false,
+            },
+        };
         self.tallies[wave].count(report.outcome, true);
         self.devices.insert(device, DeviceEntry { wave, outcome: report.outcome, at });
         true

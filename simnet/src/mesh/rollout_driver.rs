@@ -49,6 +49,12 @@ struct SiteRollout {
 /// The rollout's state in a run.
 pub(super) struct RolloutRun {
     gate: Gate,
+    /// Each device's id (see `rollout::device_id`), hashed once: every gate question and
+    /// every report names it, several times per device.
+    device_ids: Vec<[u8; 32]>,
+    /// The report the guards and the controller are handed, refilled for each one (no
+    /// rollout id copied per report).
+    report: RolloutReport,
     start_unix: i64,
     release: ReleaseId,
     controller: Controller,
@@ -89,8 +95,9 @@ impl RolloutRun {
         let policy = rollout::initial_policy(sc).ok()?;
         let bytes = policy.encode().ok()?;
         let view = PolicyView::parse(&bytes).ok()?;
-        for (d, dev) in devices.iter_mut().enumerate() {
-            let wave = protocol::rollout::wave_of(&view, &rollout::device_id(d as u32));
+        let device_ids: Vec<[u8; 32]> = (0..devices.len() as u32).map(rollout::device_id).collect();
+        for (dev, id) in devices.iter_mut().zip(&device_ids) {
+            let wave = protocol::rollout::wave_of(&view, id);
             dev.wave = wave.map_or(u8::MAX, |w| w as u8);
         }
         // Simulated devices choose no ids to collide: any seed keys the maps, this one keeps
@@ -124,6 +131,13 @@ impl RolloutRun {
         let controller = Controller::new(policy.clone(), map_seed).ok()?;
         Some(Box::new(RolloutRun {
             gate: Gate::default(),
+            device_ids,
+            report: RolloutReport {
+                device_id: [0; 32],
+                rollout_id: ROLLOUT_ID.into(),
+                outcome: Outcome::Installing,
+                at: 0,
+            },
             start_unix: params.start_unix,
             release,
             controller,
@@ -174,13 +188,11 @@ impl RolloutRun {
         s.guard.is_halted() || self.view(s.policy).is_none_or(|v| !v.phase().allows_installs())
     }
 
-    fn report(&self, rollout_id: &str, q: &QueuedReport) -> RolloutReport {
-        RolloutReport {
-            device_id: rollout::device_id(q.device),
-            rollout_id: rollout_id.into(),
-            outcome: q.outcome,
-            at: q.at,
-        }
+    /// `q` as the report its device signed.
+    fn fill_report(report: &mut RolloutReport, device_ids: &[[u8; 32]], q: &QueuedReport) {
+        report.device_id = device_ids[q.device as usize];
+        report.outcome = q.outcome;
+        report.at = q.at;
     }
 }
 
@@ -203,9 +215,9 @@ impl World<'_> {
         let ignore = self.sc.plant.devices_ignore_rollout;
         let Some(r) = self.rollout.as_deref_mut() else { return GateDecision::Proceed };
         let unix = r.unix(now);
-        let id = rollout::device_id(d);
         let verdict = {
-            let RolloutRun { gate, policies, sites, site_names, release: _, .. } = &mut *r;
+            let RolloutRun { gate, policies, sites, site_names, device_ids, release: _, .. } = &mut *r;
+            let id = device_ids[d as usize];
             let s = &mut sites[site];
             match PolicyView::parse(&policies[s.policy as usize]) {
                 Ok(view) if view.release().matches(devices::RELEASE_NAME, devices::RELEASE_VERSION, HW_CLASS) => {
@@ -321,10 +333,10 @@ impl World<'_> {
         let wan_down = self.backhaul_down[site] > 0;
         let Some(r) = self.rollout.as_deref_mut() else { return };
         let unix = r.unix(now);
-        let report = r.report(ROLLOUT_ID, &q);
+        RolloutRun::fill_report(&mut r.report, &r.device_ids, &q);
         let s = &mut r.sites[site];
         let was_halted = s.guard.is_halted();
-        s.guard.handle_report(&report, unix);
+        s.guard.handle_report(&r.report, unix);
         if !was_halted && s.guard.is_halted() {
             let version = s.policy;
             let seq = r.view(version).map_or(0, |v| v.seq());
@@ -366,8 +378,8 @@ impl World<'_> {
         let Some(r) = self.rollout.as_deref_mut() else { return };
         let unix = r.unix(now);
         for q in &batch {
-            let report = r.report(ROLLOUT_ID, q);
-            r.controller.handle_report(&report, unix);
+            RolloutRun::fill_report(&mut r.report, &r.device_ids, q);
+            r.controller.handle_report(&r.report, unix);
         }
         r.reports_at_origin += batch.len() as u64;
         self.rollout_poll();
