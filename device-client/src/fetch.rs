@@ -211,7 +211,7 @@ pub async fn download(
             let now = pool.now();
             while let Some(transmit) = plan.poll_transmit(now) {
                 let conn = transmit.conn;
-                let batch: Vec<Wanted> = transmit.units.iter().map(|u| wanted[*u as usize].clone()).collect();
+                let batch: Vec<Wanted> = transmit.units.iter().map(|u| wanted[u as usize].clone()).collect();
                 let Some(jobs) = workers[conn].jobs.clone() else {
                     plan.handle_closed(conn);
                     continue;
@@ -666,7 +666,7 @@ mod tests {
         let now = pool.now();
         let mut asked: HashMap<usize, Vec<u32>> = HashMap::new();
         while let Some(transmit) = plan.poll_transmit(now) {
-            asked.insert(transmit.conn, transmit.units);
+            asked.insert(transmit.conn, transmit.units.to_vec());
         }
         assert_eq!(asked.len(), 6, "every connection has a batch out");
 
@@ -692,7 +692,7 @@ mod tests {
         // The dead streams no longer count as sharing: the QUIC edge's next batch is scaled by
         // its one open worker.
         while let Some(transmit) = plan.poll_transmit(now) {
-            asked.insert(transmit.conn, transmit.units);
+            asked.insert(transmit.conn, transmit.units.to_vec());
         }
         plan.handle_done(now, 0, &asked[&0], 0, 128_000, took);
         apply_events(&mut plan, &mut pool, &mut workers, &mut last_error, "", &mut failed);
@@ -702,7 +702,7 @@ mod tests {
         assert_eq!(pool.stats().find(|(a, _)| **a == quic).map(|(_, r)| r.throughput), Some(expected.throughput));
         // A new round (a new set of edges already failed) counts the edge's failure again.
         while let Some(transmit) = plan.poll_transmit(now) {
-            asked.insert(transmit.conn, transmit.units);
+            asked.insert(transmit.conn, transmit.units.to_vec());
         }
         plan.handle_failed(0);
         apply_events(&mut plan, &mut pool, &mut workers, &mut last_error, "", &mut HashSet::new());

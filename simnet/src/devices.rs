@@ -36,8 +36,9 @@
 
 use std::sync::Arc;
 
-use protocol::device::fetch::FetchConfig;
+use protocol::device::fetch::{Batch, FetchConfig};
 use protocol::device::{EdgeRecord, FetchPlan, ReleaseCandidate};
+use protocol::edge::ChunkSpec;
 use protocol::install::{Engine, EngineConfig, ErrorCode, Label, Offer, Release, Slot, State};
 use protocol::time::Duration;
 use protocol::ReleaseId;
@@ -75,6 +76,19 @@ pub const MANIFEST_FIXED_BYTES: u64 = 256 + 64;
 pub fn metadata_bytes(chunks: u32) -> u64 {
     let entries = chunks as u64 * protocol::manifest::limits::ENTRY_BYTES as u64;
     METADATA_REQUEST_BYTES + TUF_METADATA_BYTES + MANIFEST_FIXED_BYTES + entries
+}
+
+/// Where each of `chunks` starts in the release's stored bytes, and their total last: the
+/// bytes of a run of chunks `a..b` are `offsets[b] - offsets[a]`.
+pub fn stored_offsets(chunks: &[ChunkSpec]) -> Vec<u64> {
+    let mut offsets = Vec::with_capacity(chunks.len() + 1);
+    let mut at = 0u64;
+    offsets.push(at);
+    for chunk in chunks {
+        at += chunk.stored_len as u64;
+        offsets.push(at);
+    }
+    offsets
 }
 
 /// The releases the simulated signed targets list: the scenario's one, as
@@ -117,7 +131,7 @@ pub struct DeviceFetch {
     /// Waiting in the edge node's session queue.
     pub queued: bool,
     /// The request out: its chunks and when it was sent.
-    pub current: Vec<u32>,
+    pub current: Batch,
     /// Their stored bytes, summed when the edge node served them (the batch's flow): the
     /// answer then counts them without walking the chunks again.
     pub current_bytes: u64,
@@ -136,7 +150,7 @@ impl DeviceFetch {
             spares: Vec::new(),
             conn: 0,
             queued: false,
-            current: Vec::new(),
+            current: Batch::new(),
             current_bytes: 0,
             sent: 0,
             started,

@@ -134,7 +134,11 @@ pub fn stalled_too_long(config: &FetchConfig, last_delivery: Instant, now: Insta
 }
 
 #[cfg(feature = "alloc")]
+mod batch;
+#[cfg(feature = "alloc")]
 mod plan;
+#[cfg(feature = "alloc")]
+pub use batch::Batch;
 #[cfg(feature = "alloc")]
 pub use plan::{ConnId, FetchEvent, FetchPlan, Transmit};
 

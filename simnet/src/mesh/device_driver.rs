@@ -385,7 +385,10 @@ impl World<'_> {
         let e = self.edge_of(d);
         let Some(fetch) = self.downloads.get(self.devices[d as usize].fetch) else { return };
         let edge = &self.edges[e as usize];
-        if let Some(&missing) = fetch.current.iter().find(|&&u| !edge.stored[u as usize]) {
+        // The run a word of bits at a time, then the rest: the first chunk the node lacks.
+        let (run, rest) = (fetch.current.run(), fetch.current.rest());
+        let missing = edge.stored.missing(run).next().or_else(|| rest.iter().copied().find(|&u| !edge.stored.get(u)));
+        if let Some(missing) = missing {
             self.devices[d as usize].awaiting = true;
             self.edges[e as usize].waiting.entry(missing).or_default().push(d);
             if !first {
@@ -403,8 +406,14 @@ impl World<'_> {
             return;
         }
         self.devices[d as usize].awaiting = false;
-        let unverified = fetch.current.iter().filter(|u| edge.tainted.contains(u)).count();
-        let bytes: u64 = fetch.current.iter().map(|&u| self.rel.spec.chunks[u as usize].stored_len as u64).sum();
+        let unverified = match edge.tainted.is_empty() {
+            true => 0,
+            false => fetch.current.iter().filter(|u| edge.tainted.contains(u)).count(),
+        };
+        let run = fetch.current.run();
+        let offsets = &self.stored_offsets;
+        let bytes = offsets[run.end as usize] - offsets[run.start as usize]
+            + fetch.current.rest().iter().map(|&u| self.chunk_lens[u as usize] as u64).sum::<u64>();
         let (site, slot) = (edge.site, edge.slot);
         if let Some(fetch) = self.downloads.get_mut(self.devices[d as usize].fetch) {
             fetch.current_bytes = bytes;
@@ -514,8 +523,9 @@ impl World<'_> {
         }
         let e = self.edge_of(d);
         let Some(fetch) = self.downloads.get_mut(self.devices[d as usize].fetch) else { return };
-        let units = std::mem::take(&mut fetch.current);
-        let from_edge = units.iter().any(|u| self.edges[e as usize].tainted.contains(u));
+        let tainted = &self.edges[e as usize].tainted;
+        let from_edge = !tainted.is_empty() && fetch.current.iter().any(|u| tainted.contains(&u));
+        fetch.current.clear();
         let on_the_way = self.rng.chance(self.sc.faults.device_batch_corruption);
         let now = Instant(self.now);
         let took = protocol::time::Duration(self.now.saturating_sub(fetch.sent));
@@ -530,7 +540,7 @@ impl World<'_> {
             if from_edge || on_the_way {
                 self.devices[d as usize].image_bad = true;
             }
-            fetch.plan.handle_done(now, fetch.conn, &units, 0, bytes, took);
+            fetch.plan.handle_done_in_full(now, fetch.conn, bytes, took);
             // Durable in the slot: progress (absolute figures).
             let done = self.rel.chunk_count() - fetch.plan.remaining() as u32;
             let fetched = self.engines[d as usize].record().bytes_fetched + bytes;

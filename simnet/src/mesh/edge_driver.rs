@@ -57,16 +57,14 @@ impl World<'_> {
                 if edge.incoming_tainted.contains(&i) {
                     edge.tainted.insert(i);
                 }
-                if !edge.stored[i as usize] {
-                    edge.stored[i as usize] = true;
+                if edge.stored.set(i) {
                     self.chunk_stored(e, i);
                 }
             }
             EdgeEvent::Evict { chunk } => {
                 let Some(&i) = self.chunk_index.get(&chunk) else { return };
                 let edge = &mut self.edges[e as usize];
-                if edge.stored[i as usize] {
-                    edge.stored[i as usize] = false;
+                if edge.stored.clear(i) {
                     edge.tainted.remove(&i);
                 }
             }
@@ -166,7 +164,7 @@ impl World<'_> {
                 NodeKind::Liar(_) => (true, true),
                 NodeKind::Edge(s) => {
                     let srv = &self.edges[s as usize];
-                    let held = srv.stored[i as usize];
+                    let held = srv.stored.get(i);
                     let bad = held && srv.tainted.contains(&i);
                     unverified_served += usize::from(bad);
                     (held, bad)

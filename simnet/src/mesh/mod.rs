@@ -22,7 +22,8 @@ use protocol::device::fetch::FetchConfig;
 use protocol::device::ReleaseCandidate;
 use protocol::edge::origin_handout::{HandoutConfig, OriginHandout};
 use protocol::edge::{
-    ChunkOutcome, EdgeEvent, EdgeStats, FetchScheduler, NodeId, PeerRole, Request, RequestId, SchedulerConfig, SiteId,
+    Bitfield, ChunkOutcome, EdgeEvent, EdgeStats, FetchScheduler, NodeId, PeerRole, Request, RequestId,
+    SchedulerConfig, SiteId,
 };
 use protocol::install::{Action, BootInfo, Engine, ErrorCode, GateDecision, HealthOutcome, Offer, Record, Slot};
 use protocol::time::Instant;
@@ -177,8 +178,9 @@ struct Edge {
     stats_before: EdgeStats,
     timer_gen: u32,
     timer_at: Micros,
-    /// The chunk store (survives crashes): which chunks, and which were never verified.
-    stored: Vec<bool>,
+    /// The chunk store (survives crashes): which chunks (a bit each: a device's request
+    /// checks a run of them a word at a time), and which were never verified.
+    stored: Bitfield,
     tainted: BTreeSet<u32>,
     incoming_tainted: Vec<u32>,
     sessions: u32,
@@ -202,7 +204,9 @@ pub fn run(scenario: &Scenario, seed: u64, release: &Release, progress: &mut dyn
     let mut world = World::new(scenario, seed, release);
     world.start();
     world.run(progress);
-    world.finish()
+    let out = world.finish();
+    world.free_in_background();
+    out
 }
 
 struct World<'a> {
@@ -242,6 +246,9 @@ struct World<'a> {
     fetch_config: FetchConfig,
     /// The release's stored chunk lengths, shared by every device's plan.
     chunk_lens: std::sync::Arc<[u32]>,
+    /// Where each chunk starts in the release's stored bytes, and their total last: a run
+    /// of chunks' bytes in two lookups.
+    stored_offsets: Vec<u64>,
     checkin: Vec<Micros>,
     out: MeshOutcome,
     flaps: Vec<Option<Rng>>,
@@ -282,7 +289,7 @@ impl<'a> World<'a> {
                 stats_before: EdgeStats::default(),
                 timer_gen: 0,
                 timer_at: Micros::MAX,
-                stored: vec![false; n_chunks],
+                stored: Bitfield::new(n_chunks as u32),
                 tainted: BTreeSet::new(),
                 incoming_tainted: Vec::new(),
                 sessions: 0,
@@ -381,6 +388,7 @@ impl<'a> World<'a> {
             downloads: devices::Downloads::default(),
             fetch_config: devices::fetch_config(&sc.devices),
             chunk_lens: rel.spec.chunks.iter().map(|c| c.stored_len).collect(),
+            stored_offsets: devices::stored_offsets(&rel.spec.chunks),
             checkin: topology::checkin_times(sc, seed),
             out,
             flaps: topology::flap_streams(sc, seed),
@@ -485,11 +493,9 @@ impl<'a> World<'a> {
         let edge = &self.edges[e as usize];
         let mut sched = FetchScheduler::new(edge.id, Self::site_id(edge.site), self.config());
         // The store survives a crash: report what is on disk, as the daemon does at start-up.
-        for (i, stored) in edge.stored.iter().enumerate() {
-            if *stored {
-                let c = self.rel.spec.chunks[i];
-                let _ = sched.handle_local_chunk(c.id, c.stored_len as u64);
-            }
+        for i in (0..edge.stored.len()).filter(|&i| edge.stored.get(i)) {
+            let c = self.rel.spec.chunks[i as usize];
+            let _ = sched.handle_local_chunk(c.id, c.stored_len as u64);
         }
         self.edges[e as usize].sched = Some(sched);
         self.out.counters.scheduler_inputs += 1;
@@ -574,7 +580,7 @@ impl<'a> World<'a> {
         progress(self.now, self.terminal);
     }
 
-    fn finish(mut self) -> MeshOutcome {
+    fn finish(&mut self) -> MeshOutcome {
         let now = self.now;
         // Final states come from the engines themselves.
         let mut stuck = Vec::new();
@@ -629,7 +635,18 @@ impl<'a> World<'a> {
         self.out.edge_complete_at = self.edges.iter().map(|e| e.complete_at).collect();
         self.out.end = now;
         self.out.violations = std::mem::take(&mut self.checkers.violations);
-        self.out
+        std::mem::take(&mut self.out)
+    }
+
+    /// Frees the run's tables on a thread of their own: at a million devices they are
+    /// millions of allocations (engines, downloads, the edge nodes' and the rollout's maps)
+    /// that take the better part of a second to give back, while the caller has a report to
+    /// write and plots to draw. A process that exits first simply never frees them.
+    fn free_in_background(self) {
+        let World { edges, devices, engines, downloads, rollout, net, q, pending, chunk_index, checkin, .. } = self;
+        let tables = (edges, devices, engines, downloads, rollout, net, q, pending, chunk_index, checkin);
+        // If no thread can be started, the closure and the tables are dropped here instead.
+        let _ = std::thread::Builder::new().name("simnet-free".into()).spawn(move || drop(tables));
     }
 
     fn handle(&mut self, ev: Ev) {

@@ -5,7 +5,7 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use super::{busy_backoff, fits_batch, hedge_after, stalled_too_long, FetchConfig};
+use super::{busy_backoff, fits_batch, hedge_after, stalled_too_long, Batch, FetchConfig};
 use crate::time::{Duration, Instant};
 
 /// A connection, as numbered by [`FetchPlan::add_edge`] within the current round.
@@ -18,7 +18,7 @@ pub struct Transmit {
     /// The connection to send it on.
     pub conn: ConnId,
     /// The chunks, as indices into the plan's chunk list.
-    pub units: Vec<u32>,
+    pub units: Batch,
     /// It is a second request for a batch still outstanding on another edge.
     pub hedge: bool,
 }
@@ -93,7 +93,7 @@ const HOLDERS: u8 = 0x7f;
 
 #[derive(Debug, Clone)]
 struct InFlight {
-    units: Vec<u32>,
+    units: Batch,
     sent: Instant,
     /// Its chunks were also asked of another edge.
     hedged: bool,
@@ -294,10 +294,9 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
             let flight = self.conns[slow].flight.as_mut()?;
             flight.hedged = true;
             let waited = now.saturating_since(flight.sent);
-            let units: Vec<u32> = flight
+            let units: Batch = flight
                 .units
                 .iter()
-                .copied()
                 .filter(|u| self.units.get(*u as usize).is_none_or(|unit| unit & DELIVERED == 0))
                 .collect();
             self.idle.retain(|&i| i != to);
@@ -354,9 +353,8 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
     }
 
     /// The next batch from the queue, skipping chunks delivered meanwhile (by a hedge).
-    fn take_batch(&mut self) -> Vec<u32> {
-        let mut batch = Vec::with_capacity(self.config.batch_chunks.min(self.chunk_count()));
-        let mut bytes = 0u64;
+    fn take_batch(&mut self) -> Batch {
+        let (mut batch, mut bytes) = self.take_fresh_run();
         while let Some(next) = self.queue_front() {
             if self.unit(next) & DELIVERED != 0 {
                 self.queue_pop();
@@ -373,11 +371,47 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
         batch
     }
 
-    fn hold(&mut self, units: &[u32]) {
+    /// The longest run at the front of the units never handed out that fits a batch, taken
+    /// from the queue, and its stored bytes. A batch is nearly always just that run, and
+    /// finding it walks the stored lengths alone instead of the queue unit by unit;
+    /// `take_batch` goes on from where it stops exactly as it would have.
+    fn take_fresh_run(&mut self) -> (Batch, u64) {
+        let start = self.fresh as usize;
+        let lens = self.stored_lens.as_ref().get(start..).unwrap_or(&[]);
+        let (mut n, mut bytes) = (0usize, 0u64);
+        for &len in lens {
+            if !fits_batch(&self.config, n, bytes, len) {
+                break;
+            }
+            bytes += len as u64;
+            n += 1;
+        }
+        // A unit never handed out has arrived only if a driver reported one it had not been
+        // asked for: the run stops before it, and `take_batch` skips it.
+        if let Some(first) = self.units.get(start..start + n).and_then(|s| s.iter().position(|u| u & DELIVERED != 0)) {
+            n = first;
+            bytes = lens[..n].iter().map(|&len| len as u64).sum();
+        }
+        self.fresh += n as u32;
+        (Batch::of_run(start as u32..self.fresh), bytes)
+    }
+
+    fn hold(&mut self, units: &Batch) {
         self.allocate_units();
-        for u in units {
+        self.each_unit(units, |unit| *unit = (*unit & DELIVERED) | ((*unit & HOLDERS) + 1).min(HOLDERS));
+    }
+
+    /// Applies `change` to the state of each of `units` the list has (one pass over the
+    /// run's bytes, then the rest one by one).
+    fn each_unit(&mut self, units: &Batch, mut change: impl FnMut(&mut Unit)) {
+        let run = units.run();
+        let (start, end) = (run.start as usize, (run.end as usize).min(self.units.len()));
+        if let Some(states) = self.units.get_mut(start..end.max(start)) {
+            states.iter_mut().for_each(&mut change);
+        }
+        for u in units.rest() {
             if let Some(unit) = self.units.get_mut(*u as usize) {
-                *unit = (*unit & DELIVERED) | ((*unit & HOLDERS) + 1).min(HOLDERS);
+                change(unit);
             }
         }
     }
@@ -458,21 +492,47 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
         bytes: u64,
         took: Duration,
     ) {
+        self.answered(now, conn, Some(delivered), missing, bytes, took);
+    }
+
+    /// `conn`'s batch was answered in full: every chunk asked for arrived verified (and is
+    /// written); `bytes` stored bytes in `took`. The same as [`Self::handle_done`] with the
+    /// batch's own units, without the driver keeping or the plan comparing a list.
+    pub fn handle_done_in_full(&mut self, now: Instant, conn: ConnId, bytes: u64, took: Duration) {
+        self.answered(now, conn, None, 0, bytes, took);
+    }
+
+    /// [`Self::handle_done`]; `delivered` is `None` when every unit asked for arrived.
+    fn answered(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        delivered: Option<&[u32]>,
+        missing: usize,
+        bytes: u64,
+        took: Duration,
+    ) {
         let Some(flight) = self.conns.get_mut(conn).and_then(|c| c.flight.take()) else { return };
         let edge = self.conns[conn].edge;
-        let stalled = delivered.is_empty() && !flight.units.is_empty();
-        if !delivered.is_empty() {
+        let in_full = delivered.is_none_or(|units| flight.units.equals(units));
+        let any_delivered = match delivered {
+            Some(units) => !units.is_empty(),
+            None => !flight.units.is_empty(),
+        };
+        let stalled = !any_delivered && !flight.units.is_empty();
+        if any_delivered {
             self.last_delivery = now;
             self.slowest_batch = Some(self.slowest_batch.map_or(took, |s| s.max(took)));
         }
-        if delivered == &flight.units[..] {
+        match delivered.filter(|_| !in_full) {
             // The usual answer, everything asked for: one pass instead of release, deliver
             // and requeue (nothing delivered goes back in the queue).
-            self.release_delivered(delivered);
-        } else {
-            self.release(&flight.units);
-            self.deliver(delivered);
-            self.requeue(&flight.units);
+            None => self.release_delivered(&flight.units),
+            Some(units) => {
+                self.release(&flight.units);
+                self.deliver(units);
+                self.requeue(&flight.units);
+            }
         }
         self.events.push_back(FetchEvent::Batch { edge, bytes, took });
         if missing > 0 {
@@ -530,32 +590,26 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
         Some(flight)
     }
 
-    fn release(&mut self, units: &[u32]) {
-        for u in units {
-            if let Some(unit) = self.units.get_mut(*u as usize) {
-                *unit = (*unit & DELIVERED) | (*unit & HOLDERS).saturating_sub(1);
-            }
-        }
+    fn release(&mut self, units: &Batch) {
+        self.each_unit(units, |unit| *unit = (*unit & DELIVERED) | (*unit & HOLDERS).saturating_sub(1));
     }
 
     /// [`Self::release`] then [`Self::deliver`] of the same units.
-    fn release_delivered(&mut self, units: &[u32]) {
-        for u in units {
-            if let Some(unit) = self.units.get_mut(*u as usize) {
-                if *unit & DELIVERED == 0 {
-                    self.remaining -= 1;
-                }
-                *unit = DELIVERED | (*unit & HOLDERS).saturating_sub(1);
-            }
-        }
+    fn release_delivered(&mut self, units: &Batch) {
+        let mut newly = 0;
+        self.each_unit(units, |unit| {
+            newly += usize::from(*unit & DELIVERED == 0);
+            *unit = DELIVERED | (*unit & HOLDERS).saturating_sub(1);
+        });
+        self.remaining -= newly;
     }
 
     /// Puts `units` back in the queue, except chunks delivered or still asked of another
     /// edge (a hedge).
-    fn requeue(&mut self, units: &[u32]) {
-        for u in units {
-            if (*u as usize) < self.chunk_count() && self.unit(*u) == 0 {
-                self.requeued.push_back(*u);
+    fn requeue(&mut self, units: &Batch) {
+        for u in units.iter() {
+            if (u as usize) < self.chunk_count() && self.unit(u) == 0 {
+                self.requeued.push_back(u);
             }
         }
     }
@@ -631,7 +685,7 @@ mod tests {
         used.add_edge('a', 2);
         used.add_edge('b', 1);
         let sent = transmits(&mut used, at(0));
-        used.handle_done(at(5), sent[0].conn, &sent[0].units, 0, 2000, Duration::from_millis(5));
+        used.handle_done(at(5), sent[0].conn, &sent[0].units.to_vec(), 0, 2000, Duration::from_millis(5));
         used.handle_failed(sent[1].conn);
         let _ = transmits(&mut used, at(6));
         let _ = events(&mut used);
@@ -642,7 +696,10 @@ mod tests {
         for p in [&mut used, &mut fresh.clone()] {
             assert!(p.start_round(at(100)));
             p.add_edge('a', 1);
-            assert_eq!(transmits(p, at(100)).into_iter().map(|t| t.units).collect::<Vec<_>>(), vec![vec![0, 1]]);
+            assert_eq!(
+                transmits(p, at(100)).into_iter().map(|t| t.units.to_vec()).collect::<Vec<_>>(),
+                vec![vec![0, 1]]
+            );
         }
     }
 
@@ -655,7 +712,7 @@ mod tests {
         assert_eq!(p.add_edge('b', 1), 2..3);
         assert!(!p.wants_edge());
         let t = transmits(&mut p, at(0));
-        let sent: Vec<(ConnId, Vec<u32>)> = t.into_iter().map(|t| (t.conn, t.units)).collect();
+        let sent: Vec<(ConnId, Vec<u32>)> = t.into_iter().map(|t| (t.conn, t.units.to_vec())).collect();
         assert_eq!(sent, vec![(0, vec![0, 1]), (1, vec![2, 3]), (2, vec![4])]);
         // A connection that answered is reused first.
         p.handle_done(at(10), 2, &[4], 0, 1000, Duration::from_millis(10));
@@ -679,7 +736,7 @@ mod tests {
         assert_eq!(p.poll_timeout(at(5)), Some(at(25)));
         assert_eq!(p.poll_transmit(at(24)), None);
         let again = p.poll_transmit(at(25)).expect("rested connection takes the batch");
-        assert_eq!(again.units, vec![0, 1]);
+        assert_eq!(again.units.to_vec(), vec![0, 1]);
         p.handle_done(at(30), 0, &[], 0, 0, Duration::from_millis(5));
         assert_eq!(p.poll_timeout(at(30)), Some(at(70)), "the second busy answer rests 40 ms");
         // Another edge's idle connection takes the batch meanwhile.
@@ -706,7 +763,7 @@ mod tests {
             assert!(events(&mut p).iter().all(|e| matches!(e, FetchEvent::Batch { .. })), "stopped at {now} ms");
             now = p.poll_timeout(at(now)).map(|t| t.0 / MS).expect("a resting connection wakes up");
             let again = p.poll_transmit(at(now)).expect("retried after resting");
-            assert_eq!((again.conn, again.units), (0, vec![0, 1]));
+            assert_eq!((again.conn, again.units.to_vec()), (0, vec![0, 1]));
             retries += 1;
             now += 1;
         }
@@ -737,7 +794,7 @@ mod tests {
         assert_eq!(p.poll_timeout(at(100)), Some(at(500)));
         assert_eq!(p.poll_transmit(at(499)), None, "hedged too early");
         let hedge = p.poll_transmit(at(500)).expect("hedge due");
-        assert_eq!(hedge, Transmit { conn: 1, units: vec![0, 1], hedge: true });
+        assert_eq!(hedge, Transmit { conn: 1, units: Batch::from_iter([0, 1]), hedge: true });
         assert!(events(&mut p).iter().any(|e| matches!(e, FetchEvent::Hedged { slow: 'a', to: 'b', chunks: 2, .. })));
         assert_eq!(p.poll_transmit(at(10_000)), None, "a batch is hedged once");
         // The copy wins; the round ends with the original out and its edge too slow.
@@ -749,6 +806,66 @@ mod tests {
         // A late answer from the slow edge changes nothing.
         p.handle_done(at(700), 0, &[0, 1], 0, 2000, Duration::from_millis(700));
         assert_eq!(p.remaining(), 0);
+    }
+
+    proptest::proptest! {
+        /// Answering a batch with `handle_done_in_full` is answering it with every unit it
+        /// asked for, whatever came before: partial answers, failures and "busy" leave units
+        /// asked again, so later batches mix a run with single units, and slow answers hedge.
+        #[test]
+        fn an_answer_in_full_is_the_same_as_naming_every_unit(
+            steps in proptest::collection::vec((0u8..4, 0usize..8, 0u64..900), 1..80),
+        ) {
+            let (mut listed, mut in_full) = (plan(9, 2), plan(9, 2));
+            for p in [&mut listed, &mut in_full] {
+                p.start_round(at(0));
+                p.add_edge('a', 2);
+                p.add_edge('b', 1);
+            }
+            let (mut out, mut now) = (Vec::<Transmit>::new(), 0);
+            for (action, pick, step) in steps {
+                now += step;
+                let sent = transmits(&mut listed, at(now));
+                proptest::prop_assert_eq!(&sent, &transmits(&mut in_full, at(now)));
+                out.extend(sent);
+                if out.is_empty() {
+                    continue;
+                }
+                let t = out.remove(pick % out.len());
+                let units = t.units.to_vec();
+                let (took, bytes) = (Duration::from_millis(step), 1000 * units.len() as u64);
+                let answered = |p: &mut FetchPlan<char>, delivered: &[u32]| {
+                    p.handle_done(at(now), t.conn, delivered, 0, 1000 * delivered.len() as u64, took)
+                };
+                match action {
+                    0 => {
+                        listed.handle_done(at(now), t.conn, &units, 0, bytes, took);
+                        in_full.handle_done_in_full(at(now), t.conn, bytes, took);
+                    }
+                    1 => [&mut listed, &mut in_full].into_iter().for_each(|p| answered(p, &units[..units.len() / 2])),
+                    2 => [&mut listed, &mut in_full].into_iter().for_each(|p| p.handle_failed(t.conn)),
+                    _ => [&mut listed, &mut in_full].into_iter().for_each(|p| answered(p, &[])),
+                }
+                proptest::prop_assert_eq!(events(&mut listed), events(&mut in_full));
+                proptest::prop_assert_eq!(listed.remaining(), in_full.remaining());
+                proptest::prop_assert_eq!(listed.poll_timeout(at(now)), in_full.poll_timeout(at(now)));
+            }
+        }
+    }
+
+    /// A driver that reports a chunk it was not asked for (it verified, so it is written):
+    /// the chunk is not asked for again, and the batch around it goes on in manifest order.
+    #[test]
+    fn a_chunk_that_arrived_unasked_is_left_out_of_later_batches() {
+        let mut p = plan(6, 1);
+        p.start_round(at(0));
+        p.add_edge('a', 1);
+        let first = p.poll_transmit(at(0)).expect("a batch");
+        assert_eq!(first.units.to_vec(), vec![0, 1]);
+        p.handle_done(at(1), first.conn, &[0, 1, 3], 0, 3000, Duration::from_millis(1));
+        let second = p.poll_transmit(at(1)).expect("another batch");
+        assert_eq!((second.units.run(), second.units.rest()), (2..3, &[4][..]));
+        assert_eq!(p.remaining(), 3);
     }
 
     #[test]
@@ -775,7 +892,7 @@ mod tests {
         assert!(ev.contains(&FetchEvent::Lied { edge: 'a' }) && ev.contains(&FetchEvent::Close { conn: 0 }));
         p.handle_done(at(5), 1, &[2, 3], 0, 2000, Duration::from_millis(5));
         let t = p.poll_transmit(at(5)).expect("the liar's chunk goes to b");
-        assert_eq!((t.conn, t.units), (1, vec![1]));
+        assert_eq!((t.conn, t.units.to_vec()), (1, vec![1]));
         p.handle_done(at(9), 1, &[1], 0, 1000, Duration::from_millis(4));
         assert!(p.is_complete());
     }
