@@ -29,8 +29,8 @@
 //! `handle_*`, `poll_transmit` (a hedge) or `end_round`.
 //!
 //! The rules in this file's free functions use no heap; [`FetchPlan`] needs `alloc` (its
-//! queue, batches and events are vectors; their sizes are bounded by the chunk count and the
-//! connection count).
+//! queue and events are vectors, its batches a run plus a vector ([`Batch`]); their sizes are
+//! bounded by the chunk count and the connection count).
 
 use crate::time::{Duration, Instant};
 

@@ -220,6 +220,7 @@ impl Controller {
                     return false;
                 }
                 let (wave, outcome) = (previous.wave, previous.outcome);
+                debug_assert_eq!(self.policy.wave_of(&report.device_id), Some(wave), "a device's wave changed");
                 self.tallies[wave].count(outcome, false);
                 wave
             }

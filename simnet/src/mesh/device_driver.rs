@@ -523,6 +523,9 @@ impl World<'_> {
         }
         let e = self.edge_of(d);
         let Some(fetch) = self.downloads.get_mut(self.devices[d as usize].fetch) else { return };
+        // The request this driver kept is the one the plan has out on the connection: an
+        // answer in full names no units.
+        debug_assert_eq!(fetch.plan.in_flight(fetch.conn), Some(&fetch.current), "device {d}'s request");
         let tainted = &self.edges[e as usize].tainted;
         let from_edge = !tainted.is_empty() && fetch.current.iter().any(|u| tainted.contains(&u));
         fetch.current.clear();

@@ -216,6 +216,12 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
         self.unit(unit) & DELIVERED != 0
     }
 
+    /// The batch outstanding on `conn`, if any: what an answer in full
+    /// ([`Self::handle_done_in_full`]) says arrived.
+    pub fn in_flight(&self, conn: ConnId) -> Option<&Batch> {
+        self.conns.get(conn)?.flight.as_ref().map(|f| &f.units)
+    }
+
     fn chunk_count(&self) -> usize {
         self.stored_lens.as_ref().len()
     }
@@ -352,7 +358,8 @@ impl<E: Copy + PartialEq, L: AsRef<[u32]>> FetchPlan<E, L> {
         }
     }
 
-    /// The next batch from the queue, skipping chunks delivered meanwhile (by a hedge).
+    /// The next batch from the queue, skipping chunks delivered meanwhile (by a hedge, or
+    /// reported by a driver unasked).
     fn take_batch(&mut self) -> Batch {
         let (mut batch, mut bytes) = self.take_fresh_run();
         while let Some(next) = self.queue_front() {
@@ -846,9 +853,80 @@ mod tests {
                     2 => [&mut listed, &mut in_full].into_iter().for_each(|p| p.handle_failed(t.conn)),
                     _ => [&mut listed, &mut in_full].into_iter().for_each(|p| answered(p, &[])),
                 }
+                proptest::prop_assert!(action != 0 || in_full.in_flight(t.conn).is_none());
                 proptest::prop_assert_eq!(events(&mut listed), events(&mut in_full));
                 proptest::prop_assert_eq!(listed.remaining(), in_full.remaining());
                 proptest::prop_assert_eq!(listed.poll_timeout(at(now)), in_full.poll_timeout(at(now)));
+            }
+        }
+    }
+
+    /// The unit-by-unit walk `take_batch` made before the fresh run was found from the
+    /// stored lengths alone: the model the plan's batches are checked against.
+    fn take_batch_unit_by_unit(p: &mut FetchPlan<char>) -> Vec<u32> {
+        let (mut batch, mut bytes) = (Vec::new(), 0u64);
+        while let Some(next) = p.queue_front() {
+            if p.unit(next) & DELIVERED != 0 {
+                p.queue_pop();
+                continue;
+            }
+            let stored_len = p.stored_lens.get(next as usize).copied().unwrap_or(0);
+            if !fits_batch(&p.config, batch.len(), bytes, stored_len) {
+                break;
+            }
+            bytes += stored_len as u64;
+            batch.push(next);
+            p.queue_pop();
+        }
+        batch
+    }
+
+    proptest::proptest! {
+        /// Every batch a plan hands out is the one the unit-by-unit walk takes from the same
+        /// state, and leaves the queue as it would: uneven chunk lengths, batches cut by bytes
+        /// or by count, partial answers and failures putting chunks back, and drivers reporting
+        /// chunks they were never asked for (at the queue's front or further on).
+        #[test]
+        fn batches_are_the_unit_by_unit_walks(
+            lens in proptest::collection::vec(1u32..3000, 1..40),
+            batch_chunks in 1usize..6,
+            batch_bytes in 1000u64..9000,
+            steps in proptest::collection::vec((0u8..4, 0usize..8, 0u32..48), 1..60),
+        ) {
+            let config = FetchConfig { batch_chunks, batch_bytes, ..FetchConfig::new(2, Duration::from_secs(10)) };
+            let count = lens.len() as u32;
+            let mut p: FetchPlan<char> = FetchPlan::new(config, lens);
+            p.start_round(at(0));
+            p.add_edge('a', 2);
+            p.add_edge('b', 1);
+            let mut out: Vec<Transmit> = Vec::new();
+            for (i, (action, pick, unasked)) in steps.into_iter().enumerate() {
+                let now = at(i as u64);
+                loop {
+                    let mut model = p.clone();
+                    let Some(t) = p.poll_transmit(now) else { break };
+                    if !t.hedge {
+                        proptest::prop_assert_eq!(t.units.to_vec(), take_batch_unit_by_unit(&mut model));
+                        proptest::prop_assert_eq!((p.fresh, &p.requeued), (model.fresh, &model.requeued));
+                    }
+                    out.push(t);
+                }
+                if out.is_empty() {
+                    continue;
+                }
+                let t = out.remove(pick % out.len());
+                let mut delivered = t.units.to_vec();
+                match action {
+                    0 => {}
+                    1 => delivered.truncate(delivered.len() / 2),
+                    2 => {
+                        p.handle_failed(t.conn);
+                        continue;
+                    }
+                    // A chunk it was not asked for, often one never handed out.
+                    _ => delivered.push(unasked % count),
+                }
+                p.handle_done(now, t.conn, &delivered, 0, 0, Duration::from_millis(1));
             }
         }
     }
