@@ -64,8 +64,27 @@ impl Bitfield {
     /// The chunks in `range` not held, in ascending order, a word at a time: the scheduler
     /// walks what is missing of a release after every input, and late in a fetch most of it
     /// is held.
-    pub fn missing(&self, range: core::ops::Range<u32>) -> Missing<'_> {
-        Missing { words: &self.words, next: range.start, end: range.end.min(self.len) }
+    pub fn missing(&self, range: core::ops::Range<u32>) -> Indices<'_> {
+        Indices { words: &self.words, flip: !0, next: range.start, end: range.end.min(self.len) }
+    }
+    /// The chunks in `range` held, in ascending order, a word at a time.
+    pub fn ones(&self, range: core::ops::Range<u32>) -> Indices<'_> {
+        Indices { words: &self.words, flip: 0, next: range.start, end: range.end.min(self.len) }
+    }
+    /// The set as 64-bit words, chunk i in bit i % 64 of word i / 64; bits past the length are
+    /// never set. For combining sets a word at a time (the scheduler's passes).
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+    /// The set of `len` chunks whose words are `words` (as [`Self::words`] gives them): words
+    /// past the length are dropped, missing ones read as empty, bits past the length cleared.
+    pub fn from_words(len: u32, mut words: Vec<u64>) -> Self {
+        words.resize((len as usize).div_ceil(64), 0);
+        if let (Some(last), tail @ 1..) = (words.last_mut(), len % 64) {
+            *last &= (1u64 << tail) - 1;
+        }
+        let ones = words.iter().map(|w| w.count_ones()).sum();
+        Bitfield { words, len, ones }
     }
     /// Little-endian bytes, bit i of byte i/8 = chunk i; the wire form of a Have message.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -95,22 +114,24 @@ impl Bitfield {
     }
 }
 
-/// The chunks of a range not held (see [`Bitfield::missing`]).
-pub struct Missing<'a> {
+/// The chunks of a range held or not held (see [`Bitfield::ones`] and [`Bitfield::missing`]).
+pub struct Indices<'a> {
     words: &'a [u64],
+    /// Xored into each word: all ones to walk the chunks not held.
+    flip: u64,
     next: u32,
     end: u32,
 }
 
-impl Iterator for Missing<'_> {
+impl Iterator for Indices<'_> {
     type Item = u32;
 
     fn next(&mut self) -> Option<u32> {
         while self.next < self.end {
-            let word = self.words[(self.next / 64) as usize];
-            // The chunks not held from `next` to the end of its word (bits past the set's
+            let word = self.words[(self.next / 64) as usize] ^ self.flip;
+            // The chunks walked from `next` to the end of its word (bits past the set's
             // length are never set, so they read as missing; `end` bounds them).
-            let free = !word >> (self.next % 64);
+            let free = word >> (self.next % 64);
             if free == 0 {
                 // The next word (none past the last one a `u32` index reaches).
                 let Some(next_word) = (self.next / 64 + 1).checked_mul(64) else { break };
@@ -180,8 +201,9 @@ mod tests {
         }
     }
 
-    /// The word-at-a-time walk finds exactly the chunks a bit-by-bit test of each index
-    /// finds, for ranges that start, end and wrap anywhere around word edges.
+    /// The word-at-a-time walks find exactly the chunks a bit-by-bit test of each index
+    /// finds, for ranges that start, end and wrap anywhere around word edges; a set rebuilt
+    /// from its words is the same set.
     #[test]
     fn missing_chunks_match_testing_each_index() {
         let mut next = xorshift(0x9e37_79b9);
@@ -197,9 +219,21 @@ mod tests {
                 let end = start + next() % (len + 70);
                 let want: Vec<u32> = (start..end).filter(|i| *i < len && !b.get(*i)).collect();
                 assert_eq!(b.missing(start..end).collect::<Vec<_>>(), want, "len {len} {start}..{end}");
+                let held: Vec<u32> = (start..end).filter(|i| b.get(*i)).collect();
+                assert_eq!(b.ones(start..end).collect::<Vec<_>>(), held, "len {len} {start}..{end}");
             }
             assert_eq!(Bitfield::full(len).missing(0..len).count(), 0);
             assert_eq!(Bitfield::new(len).missing(0..len).count() as u32, len);
+            // Rebuilt from its words, with words too many or too few, and the tail's stray bits.
+            assert_eq!(Bitfield::from_words(len, b.words().to_vec()), b);
+            let mut longer = b.words().to_vec();
+            longer.extend([!0, !0]);
+            if let Some(last) = longer.get_mut(b.words().len().saturating_sub(1)).filter(|_| len % 64 != 0) {
+                *last |= !0 << (len % 64);
+            }
+            assert_eq!(Bitfield::from_words(len, longer), b);
+            let shorter = Bitfield::from_words(len, b.words().iter().copied().take(1).collect());
+            assert_eq!(shorter.count(), b.ones(0..len.min(64)).count() as u32);
         }
     }
 }

@@ -5,6 +5,7 @@ use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 
+mod chunk_states;
 mod planner;
 
 use super::cache::{AdmitError, ChunkCache};
@@ -13,6 +14,7 @@ use super::{Bitfield, NodeId, PeerRole, SiteId, SourceClass};
 use crate::time::{Duration, Instant};
 use crate::ChunkId;
 use crate::ReleaseId;
+use chunk_states::{ChunkState, ChunkStates};
 
 /// Tunables. Defaults suit a factory gateway on a 100 Mbit/s–1 Gbit/s backhaul.
 #[derive(Debug, Clone)]
@@ -241,17 +243,11 @@ struct PeerHave {
     progress_at: Instant,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    Idle { attempts: u32, retry_at: Instant },
-    Inflight { attempts: u32, since: Instant, duplicated: bool },
-}
-
 #[derive(Debug, Clone)]
 struct Release {
     spec: ReleaseSpec,
     have: Bitfield,
-    state: Vec<ChunkState>,
+    state: ChunkStates,
     /// Being fetched: pinned (pre-staged) or demanded by a device and not yet complete.
     wanted: bool,
     /// A device asked for it; cleared once it is complete, so an old release that is later
@@ -265,6 +261,9 @@ struct Release {
     /// Per chunk, the index in `FetchScheduler::responsible_members` of the site member
     /// responsible for it; valid while `responsible_epoch` matches the scheduler's.
     responsible: Vec<u16>,
+    /// The same choice as sets, one per site member (by index): for combining with other
+    /// sets a word at a time.
+    responsible_sets: Vec<Bitfield>,
     responsible_epoch: u64,
 }
 
@@ -447,13 +446,12 @@ impl FetchScheduler {
                 have.set(i as u32);
             }
         }
-        let idle = ChunkState::Idle { attempts: 0, retry_at: now };
         let seq = self.next_seq;
         self.next_seq += 1;
         self.releases.insert(
             release,
             Release {
-                state: alloc::vec![idle; n as usize],
+                state: ChunkStates::new(n, now),
                 origin_after: alloc::vec![now; n as usize],
                 spec,
                 have,
@@ -462,6 +460,7 @@ impl FetchScheduler {
                 completed: false,
                 seq,
                 responsible: Vec::new(),
+                responsible_sets: Vec::new(),
                 responsible_epoch: 0,
             },
         );
@@ -681,30 +680,39 @@ impl FetchScheduler {
             waiting = true;
             // Tail duplicates are only sent once no chunk of the release is idle, and a due
             // duplicate that found no source waits for the next input; counting either as a
-            // deadline would wake the driver in a loop (`now + 1 µs`) for nothing. One walk
-            // finds the next retry, the next duplicate and whether any chunk is idle.
+            // deadline would wake the driver in a loop (`now + 1 µs`) for nothing.
+            // Only chunks not held: a held chunk is neither retried nor duplicated. States are
+            // read only for chunks backing off, and for those in flight once none is idle.
+            let (have, inflight, backing_off) =
+                (release.have.words(), release.state.inflight().words(), release.state.backing_off().words());
+            let missing = |w: usize| !have[w] & valid_bits(release.have.len(), w);
             let mut idle_left = false;
-            let mut next_duplicate: Option<Instant> = None;
-            // Only chunks not held: a held chunk is neither retried nor duplicated.
-            for index in release.have.missing(0..release.have.len()) {
-                match release.state[index as usize] {
-                    ChunkState::Idle { retry_at, .. } => {
-                        idle_left = true;
+            for (w, inflight) in inflight.iter().enumerate() {
+                let idle = missing(w) & !inflight;
+                idle_left |= idle != 0;
+                for index in ones_of_word(w, idle & backing_off[w]) {
+                    if let Some(ChunkState::Idle { retry_at, .. }) = release.state.get(index) {
                         if retry_at > self.now {
                             consider(retry_at);
                         }
                     }
-                    ChunkState::Inflight { since, duplicated: false, .. }
-                        if since + self.config.tail_duplicate_after > self.now =>
-                    {
-                        let at = since + self.config.tail_duplicate_after;
-                        next_duplicate = Some(next_duplicate.map_or(at, |n| n.min(at)));
-                    }
-                    _ => {}
                 }
             }
-            if let (false, Some(at)) = (idle_left, next_duplicate) {
-                consider(at);
+            if !idle_left {
+                let mut next_duplicate: Option<Instant> = None;
+                for (w, inflight) in inflight.iter().enumerate() {
+                    for index in ones_of_word(w, missing(w) & inflight) {
+                        if let Some(ChunkState::Inflight { since, duplicated: false, .. }) = release.state.get(index) {
+                            let at = since + self.config.tail_duplicate_after;
+                            if at > self.now {
+                                next_duplicate = Some(next_duplicate.map_or(at, |n| n.min(at)));
+                            }
+                        }
+                    }
+                }
+                if let Some(at) = next_duplicate {
+                    consider(at);
+                }
             }
         }
         if waiting {
@@ -783,11 +791,11 @@ impl FetchScheduler {
         let still_inflight = self.current_peer_of(&rid, index).is_some();
         let (min, max) = (self.config.retry_backoff_min, self.config.retry_backoff_max);
         let Some(release) = self.releases.get_mut(&rid) else { return };
-        let Some(state) = release.state.get_mut(index as usize) else { return };
+        let Some(state) = release.state.get(index) else { return };
         if still_inflight && !release.have.get(index) {
             return;
         }
-        let attempts = match *state {
+        let attempts = match state {
             ChunkState::Idle { attempts, .. } | ChunkState::Inflight { attempts, .. } => attempts,
         };
         let (attempts, retry_at) = if backoff {
@@ -796,7 +804,7 @@ impl FetchScheduler {
         } else {
             (attempts, now)
         };
-        *state = ChunkState::Idle { attempts, retry_at };
+        release.state.set(index, ChunkState::Idle { attempts, retry_at }, now);
     }
 
     fn penalize(&mut self, peer: NodeId, now: Instant) {
@@ -844,7 +852,7 @@ impl FetchScheduler {
             if let Some(r) = self.releases.get_mut(&rid) {
                 r.have.clear(index);
                 r.completed = false;
-                r.state[index as usize] = ChunkState::Idle { attempts: 0, retry_at: self.now };
+                r.state.set(index, ChunkState::Idle { attempts: 0, retry_at: self.now }, self.now);
             }
         }
     }
@@ -905,4 +913,23 @@ impl FetchScheduler {
         }
         self.pinned = want;
     }
+}
+
+/// The bits of word `w` that stand for chunks of a set of `len` (all but the last word's tail).
+fn valid_bits(len: u32, w: usize) -> u64 {
+    let past = (len as usize).saturating_sub(w * 64);
+    if past >= 64 {
+        !0
+    } else {
+        (1u64 << past) - 1
+    }
+}
+
+/// The chunk indices whose bits are set in `word`, word `w` of a set, in ascending order.
+fn ones_of_word(w: usize, mut word: u64) -> impl Iterator<Item = u32> {
+    core::iter::from_fn(move || {
+        let bit = (word != 0).then(|| word.trailing_zeros())?;
+        word &= word - 1;
+        Some(w as u32 * 64 + bit)
+    })
 }

@@ -10,7 +10,7 @@
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
-use super::{ChunkState, FetchScheduler, Inflight, RequestId};
+use super::{valid_bits, ChunkState, FetchScheduler, Inflight, Release, RequestId};
 use crate::edge::{rendezvous, Bitfield, NodeId, PeerRole, SourceClass};
 use crate::time::Instant;
 use crate::ChunkId;
@@ -268,6 +268,15 @@ impl FetchScheduler {
                 best.map_or(u16::MAX, |b| b.2 as u16)
             })
             .collect();
+        r.responsible_sets = (0..members.len())
+            .map(|m| {
+                let mut set = Bitfield::new(r.have.len());
+                for (index, _) in r.responsible.iter().enumerate().filter(|(_, who)| usize::from(**who) == m) {
+                    set.set(index as u32);
+                }
+                set
+            })
+            .collect();
         r.responsible_epoch = epoch;
     }
 
@@ -275,62 +284,81 @@ impl FetchScheduler {
     /// this site's starting point): not held, and idle past their retry time, or — once no
     /// chunk is idle — in flight for `tail_duplicate_after` and not duplicated yet.
     ///
-    /// One walk with one release lookup: a node scheduling after every input over a release
-    /// it mostly holds looked the release up per chunk and read each chunk's entries before
-    /// knowing it was held: the scheduling pass was a tenth of fleet-1m's samples.
-    ///
-    /// Left out before their state is read: chunks another site member is responsible for,
-    /// that no site-mate holds yet, while that member makes progress. [`Self::choose_source`]
-    /// would only wait for them (the member brings them in), and they were most of what a
-    /// pass looked at (59 % in fleet-1m, where every site has two edge nodes). Likewise,
-    /// while `origin_closed`, chunks no peer holds: the origin is their only source (most of
-    /// the rest while the origin hands chunks out to other sites).
+    /// A node schedules after every input, over a release it may mostly hold, so the walk
+    /// reads a chunk's state only once [`Self::candidates`] has left it in: a tenth of
+    /// fleet-1m's samples were this pass when it read every missing chunk's state.
     fn due_chunks(&self, rid: &ReleaseId, views: &ReleaseViews, origin_closed: bool) -> Vec<Due> {
         let Some(r) = self.releases.get(rid) else { return Vec::new() };
         let n = r.have.len();
         let start = if n == 0 { 0 } else { (self.site.0 % u64::from(n)) as u32 };
-        // Per site member (by its index in `responsible_members`): whether a chunk it is
-        // responsible for is left to it. Not us, and not a member that stalled.
-        let left_to: Vec<bool> =
-            self.responsible_members.iter().map(|m| *m != self.me && !views.stalled.contains(m)).collect();
-        let mates_holding: Vec<&Bitfield> =
-            views.holders.iter().filter(|(_, mate, _)| *mate).map(|(_, _, bits)| bits).collect();
+        let candidates = self.candidates(r, views, origin_closed);
         let mut due = Vec::new();
-        for index in r.have.missing(start..n).chain(r.have.missing(0..start)) {
-            let i = index as usize;
-            let responsible = r.responsible.get(i).copied().unwrap_or(u16::MAX);
-            if left_to.get(usize::from(responsible)).copied().unwrap_or(false)
-                && !mates_holding.iter().any(|bits| bits.get(index))
-            {
-                continue;
-            }
-            if origin_closed && !views.holders.iter().any(|(_, _, bits)| bits.get(index)) {
-                continue;
-            }
-            let (duplicate, attempts) = match r.state[i] {
-                ChunkState::Idle { attempts, retry_at } => {
+        for index in candidates.ones(start..n).chain(candidates.ones(0..start)) {
+            let (duplicate, attempts) = match r.state.get(index) {
+                Some(ChunkState::Idle { attempts, retry_at }) => {
                     if retry_at > self.now {
                         continue;
                     }
                     (false, attempts)
                 }
-                ChunkState::Inflight { attempts, since, duplicated: false }
+                Some(ChunkState::Inflight { attempts, since, duplicated: false })
                     if self.now.saturating_since(since) >= self.config.tail_duplicate_after =>
                 {
                     (true, attempts)
                 }
-                ChunkState::Inflight { .. } => continue,
+                Some(ChunkState::Inflight { .. }) | None => continue,
             };
+            let i = index as usize;
+            let responsible = r.responsible.get(i).copied().unwrap_or(u16::MAX);
             due.push(Due { index, attempts, duplicate, origin_after: r.origin_after[i], responsible });
         }
-        // Tail duplicates wait until every chunk has been asked for once: none may be idle
-        // (including those left out above, so this is a walk of its own, and rarely needed).
-        if due.iter().any(|d| d.duplicate)
-            && r.have.missing(0..n).any(|index| matches!(r.state[index as usize], ChunkState::Idle { .. }))
-        {
-            due.retain(|d| !d.duplicate);
-        }
         due
+    }
+
+    /// The chunks of `r` whose state [`Self::due_chunks`] reads, as a set built a word at a
+    /// time: not held, and then
+    /// - not left to another site member: one it is responsible for, that no site-mate holds
+    ///   yet, while that member makes progress. [`Self::choose_source`] would only wait for
+    ///   them (the member brings them in), and they were most of what a pass looked at (59 %
+    ///   in fleet-1m, where every site has two edge nodes);
+    /// - while `origin_closed`, held by some peer: the origin is the only source of the rest
+    ///   (most of what is left while the origin hands chunks out to other sites);
+    /// - idle, while any chunk not held is idle (counting those left out above): tail
+    ///   duplicates wait until every chunk has been asked for once.
+    fn candidates(&self, r: &Release, views: &ReleaseViews, origin_closed: bool) -> Bitfield {
+        let n = r.have.len();
+        let word = |set: &Bitfield, w: usize| set.words().get(w).copied().unwrap_or(0);
+        // The sets of the site members chunks are left to: not us, and not a member that
+        // stalled (`responsible_sets` is indexed like `responsible_members`).
+        let left: Vec<&Bitfield> = r
+            .responsible_sets
+            .iter()
+            .zip(&self.responsible_members)
+            .filter(|(_, m)| **m != self.me && !views.stalled.contains(m))
+            .map(|(set, _)| set)
+            .collect();
+        let mates_holding: Vec<&Bitfield> =
+            views.holders.iter().filter(|(_, mate, _)| *mate).map(|(_, _, bits)| bits).collect();
+        let mut idle_left = false;
+        let mut words: Vec<u64> = (0..r.have.words().len())
+            .map(|w| {
+                let missing = !word(&r.have, w) & valid_bits(n, w);
+                idle_left |= missing & !word(r.state.inflight(), w) != 0;
+                let left_to_others = left.iter().fold(0, |acc, set| acc | word(set, w));
+                let held_by_mates = mates_holding.iter().fold(0, |acc, set| acc | word(set, w));
+                let mut candidates = missing & !(left_to_others & !held_by_mates);
+                if origin_closed {
+                    candidates &= views.holders.iter().fold(0, |acc, (_, _, set)| acc | word(set, w));
+                }
+                candidates
+            })
+            .collect();
+        if idle_left {
+            for (w, candidates) in words.iter_mut().enumerate() {
+                *candidates &= !word(r.state.inflight(), w);
+            }
+        }
+        Bitfield::from_words(n, words)
     }
 
     pub(super) fn schedule(&mut self) {
@@ -414,7 +442,7 @@ impl FetchScheduler {
                     }
                 }
                 if let Some(r) = self.releases.get_mut(&rid) {
-                    r.state[index as usize] = ChunkState::Inflight { attempts, since: now, duplicated: duplicate };
+                    r.state.set(index, ChunkState::Inflight { attempts, since: now, duplicated: duplicate }, now);
                 }
             }
         }
@@ -510,6 +538,193 @@ impl FetchScheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::scheduler::{ChunkSpec, ReleaseSpec, SchedulerConfig};
+    use crate::edge::SiteId;
+    use crate::time::Duration;
+
+    /// A small deterministic source of test patterns (xorshift32).
+    fn xorshift(mut state: u32) -> impl FnMut() -> u32 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        }
+    }
+
+    /// The walk `due_chunks` replaced, kept as the model its answers are checked against:
+    /// every missing chunk's state read in pass order, then tail duplicates dropped while any
+    /// missing chunk is idle.
+    fn due_chunks_one_by_one(
+        s: &FetchScheduler,
+        rid: &ReleaseId,
+        views: &ReleaseViews,
+        origin_closed: bool,
+    ) -> Vec<(u32, u32, bool, Instant, u16)> {
+        let r = &s.releases[rid];
+        let n = r.have.len();
+        let start = if n == 0 { 0 } else { (s.site.0 % u64::from(n)) as u32 };
+        let left_to: Vec<bool> =
+            s.responsible_members.iter().map(|m| *m != s.me && !views.stalled.contains(m)).collect();
+        let mut due = Vec::new();
+        for index in (start..n).chain(0..start).filter(|i| !r.have.get(*i)) {
+            let i = index as usize;
+            let responsible = r.responsible.get(i).copied().unwrap_or(u16::MAX);
+            if left_to.get(usize::from(responsible)).copied().unwrap_or(false)
+                && !views.holders.iter().any(|(_, mate, bits)| *mate && bits.get(index))
+            {
+                continue;
+            }
+            if origin_closed && !views.holders.iter().any(|(_, _, bits)| bits.get(index)) {
+                continue;
+            }
+            let (duplicate, attempts) = match r.state.get(index).unwrap() {
+                ChunkState::Idle { attempts, retry_at } if retry_at <= s.now => (false, attempts),
+                ChunkState::Inflight { attempts, since, duplicated: false }
+                    if s.now.saturating_since(since) >= s.config.tail_duplicate_after =>
+                {
+                    (true, attempts)
+                }
+                _ => continue,
+            };
+            due.push((index, attempts, duplicate, r.origin_after[i], responsible));
+        }
+        let idle = (0..n).any(|i| !r.have.get(i) && matches!(r.state.get(i), Some(ChunkState::Idle { .. })));
+        if idle {
+            due.retain(|d| !d.2);
+        }
+        due
+    }
+
+    /// The release deadlines `poll_timeout` replaced, read chunk by chunk (the model): the
+    /// next retry of an idle chunk, and the next tail duplicate once no chunk is idle.
+    fn release_deadline_one_by_one(s: &FetchScheduler, rid: &ReleaseId) -> Option<Instant> {
+        let r = &s.releases[rid];
+        let mut next: Option<Instant> = None;
+        let mut idle_left = false;
+        let mut next_duplicate: Option<Instant> = None;
+        for index in (0..r.have.len()).filter(|i| !r.have.get(*i)) {
+            match r.state.get(index).unwrap() {
+                ChunkState::Idle { retry_at, .. } => {
+                    idle_left = true;
+                    if retry_at > s.now {
+                        next = Some(next.map_or(retry_at, |t| t.min(retry_at)));
+                    }
+                }
+                ChunkState::Inflight { since, duplicated: false, .. }
+                    if since + s.config.tail_duplicate_after > s.now =>
+                {
+                    let at = since + s.config.tail_duplicate_after;
+                    next_duplicate = Some(next_duplicate.map_or(at, |t| t.min(at)));
+                }
+                ChunkState::Inflight { .. } => {}
+            }
+        }
+        match (idle_left, next_duplicate) {
+            (false, Some(at)) => Some(next.map_or(at, |t| t.min(at))),
+            _ => next,
+        }
+    }
+
+    /// The chunks a pass reads, and the deadlines the scheduler asks to be woken for, are
+    /// the ones a chunk-by-chunk walk finds, for random holdings, states (idle, backing off,
+    /// in flight, duplicated), site-mates that stalled or were not heard, responsibility
+    /// split over two or three members, and the origin open or closed; over release lengths
+    /// around word edges.
+    #[test]
+    fn due_chunks_and_deadlines_are_the_chunk_by_chunk_walks() {
+        let mut next = xorshift(0x5eed_1234);
+        let node = |b: u8| NodeId([b; 32]);
+        let (me, mate, mate2, wan, wan2, origin) = (node(1), node(2), node(3), node(4), node(5), node(9));
+        let mut compared = (0usize, 0usize);
+        for case in 0..300u32 {
+            let n = [1u32, 2, 63, 64, 65, 127, 130, 300, 1021][case as usize % 9];
+            let mut s = FetchScheduler::new(me, SiteId(u64::from(next())), SchedulerConfig::default());
+            let t0 = Instant(10_000_000);
+            s.handle_peer_up(t0, mate, s.site, PeerRole::Edge);
+            if next().is_multiple_of(2) {
+                s.handle_peer_up(t0, mate2, s.site, PeerRole::Edge);
+            }
+            s.handle_peer_up(t0, wan, SiteId(s.site.0.wrapping_add(1)), PeerRole::Edge);
+            s.handle_peer_up(t0, wan2, SiteId(s.site.0.wrapping_add(2)), PeerRole::Edge);
+            s.handle_peer_up(t0, origin, SiteId(0), PeerRole::Origin);
+            let chunks = (0..n)
+                .map(|i| ChunkSpec {
+                    id: ChunkId::of(&[case.to_le_bytes(), i.to_le_bytes()].concat()),
+                    stored_len: 1000,
+                })
+                .collect();
+            let rid = ReleaseId([case as u8; 32]);
+            s.handle_release(t0, rid, ReleaseSpec { hw_class: "x".into(), chunks });
+            // Holdings: dense, sparse or none, for us and each peer (a peer may stay unheard).
+            let density = |random: u32| [0u32, 1, 2, 3][random as usize % 4];
+            let ours = density(next());
+            let r = s.releases.get_mut(&rid).unwrap();
+            for i in 0..n {
+                if ours > 0 && next() % 4 < ours {
+                    r.have.set(i);
+                }
+            }
+            for peer in [mate, mate2, wan, wan2] {
+                let d = density(next());
+                if d == 0 && next().is_multiple_of(2) {
+                    continue; // not heard
+                }
+                let mut bits = Bitfield::new(n);
+                for i in 0..n {
+                    if next() % 4 < d {
+                        bits.set(i);
+                    }
+                }
+                s.handle_have(t0, peer, rid, &bits.to_bytes());
+            }
+            let now = t0 + Duration(u64::from(next() % 30_000_000));
+            s.now = now;
+            // Chunk states at random, including none idle (the tail) in some cases.
+            let all_in_flight = next().is_multiple_of(4);
+            let r = s.releases.get_mut(&rid).unwrap();
+            for i in 0..n {
+                let since = Instant(now.0.saturating_sub(u64::from(next() % 4_000_000)));
+                let state = match next() % 5 {
+                    _ if all_in_flight => {
+                        ChunkState::Inflight { attempts: 1, since, duplicated: next().is_multiple_of(3) }
+                    }
+                    0 | 1 => ChunkState::Idle { attempts: next() % 3, retry_at: t0 },
+                    2 => ChunkState::Idle { attempts: 2, retry_at: now + Duration(u64::from(next() % 900_000)) },
+                    3 => ChunkState::Inflight { attempts: 0, since, duplicated: false },
+                    _ => ChunkState::Inflight { attempts: 1, since, duplicated: true },
+                };
+                // Set as of a time before now, so some chunks backing off are due by now.
+                r.state.set(i, state, Instant(since.0.min(t0.0)));
+                if next().is_multiple_of(3) {
+                    r.origin_after[i as usize] = now + Duration(u64::from(next() % 1000));
+                }
+            }
+            let members = s.site_members();
+            s.refresh_responsible(&members, &rid);
+            let views = s.release_views(&members, &rid);
+            for origin_closed in [false, true] {
+                let got: Vec<_> = s
+                    .due_chunks(&rid, &views, origin_closed)
+                    .iter()
+                    .map(|d| (d.index, d.attempts, d.duplicate, d.origin_after, d.responsible))
+                    .collect();
+                let want = due_chunks_one_by_one(&s, &rid, &views, origin_closed);
+                assert_eq!(got, want, "case {case}, {n} chunks, origin closed {origin_closed}");
+                compared.0 += want.len();
+            }
+            // The release's deadline, with nothing else to wake for (no requests, no bans):
+            // the soonest of it and the have-poll interval.
+            let poll = now + s.config.site_have_interval;
+            let want = release_deadline_one_by_one(&s, &rid).map_or(poll, |t| t.min(poll));
+            if !s.releases[&rid].have.is_full() {
+                assert_eq!(s.poll_timeout(), Some(want), "case {case}, {n} chunks");
+                compared.1 += usize::from(want < poll);
+            }
+        }
+        // The cases reached what they are for: many due chunks, and deadlines before the poll.
+        assert!(compared.0 > 5_000 && compared.1 > 50, "{compared:?}");
+    }
 
     /// The cursor answers like a search whatever order the questions come in: ascending from
     /// a starting point with one wrap (a pass), and scattered.
