@@ -213,22 +213,21 @@ impl Controller {
         }
         let (at, device) = (report.at.min(now_unix), Bytes32(report.device_id));
         // A device's wave comes from a hash over its id, computed at its first report only:
-        // the waves, the canaries and the rollout id never change within one rollout.
-        let wave = match self.devices.get(&device) {
-            Some(previous) => {
-                if !report.supersedes_at(at, previous.outcome, previous.at) {
-                    return false;
-                }
-                let (wave, outcome) = (previous.wave, previous.outcome);
-                debug_assert_eq!(self.policy.wave_of(&report.device_id), Some(wave), "a device's wave changed");
-                self.tallies[wave].count(outcome, false);
-                wave
+        // the waves, the canaries and the rollout id never change within one rollout. A
+        // device reporting again is updated in place: one probe of a map of the whole fleet,
+        // whose entries are cold by the time a device reports again.
+        if let Some(previous) = self.devices.get_mut(&device) {
+            if !report.supersedes_at(at, previous.outcome, previous.at) {
+                return false;
             }
-            None => match self.policy.wave_of(&report.device_id) {
-                Some(wave) => wave,
-                None => return false,
-            },
-        };
+            let wave = previous.wave;
+            debug_assert_eq!(self.policy.wave_of(&report.device_id), Some(wave), "a device's wave changed");
+            self.tallies[wave].count(previous.outcome, false);
+            self.tallies[wave].count(report.outcome, true);
+            *previous = DeviceEntry { wave, outcome: report.outcome, at };
+            return true;
+        }
+        let Some(wave) = self.policy.wave_of(&report.device_id) else { return false };
         self.tallies[wave].count(report.outcome, true);
         self.devices.insert(device, DeviceEntry { wave, outcome: report.outcome, at });
         true

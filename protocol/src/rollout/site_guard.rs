@@ -144,21 +144,29 @@ impl SiteGuard {
         }
         let at = report.at.min(now_unix);
         let device = Bytes32(report.device_id);
-        match self.devices.get(&device) {
-            Some(previous) if !report.supersedes_at(at, previous.outcome, previous.at) => return false,
+        let entry = DeviceEntry { outcome: report.outcome, at, seen: now_unix };
+        // A device reporting again is updated in place: one probe of the site's map.
+        match self.devices.get_mut(&device) {
             Some(previous) => {
-                let outcome = previous.outcome;
-                self.tally.count(outcome, false);
+                if !report.supersedes_at(at, previous.outcome, previous.at) {
+                    return false;
+                }
+                self.tally.count(previous.outcome, false);
+                self.tally.count(report.outcome, true);
+                *previous = entry;
             }
             None => {
                 if self.devices.len() >= MAX_DEVICES {
                     self.forget_oldest();
                 }
+                self.tally.count(report.outcome, true);
+                self.devices.insert(device, entry);
             }
         }
-        self.tally.count(report.outcome, true);
-        self.devices.insert(device, DeviceEntry { outcome: report.outcome, at, seen: now_unix });
-        self.reservations.remove(&device);
+        // (Most sites admit without a concurrency budget, and hold no reservations.)
+        if !self.reservations.is_empty() {
+            self.reservations.remove(&device);
+        }
         if self.halted_at_seq.is_none() && self.over_threshold() {
             self.halted_at_seq = Some(self.seq);
         }
