@@ -61,14 +61,13 @@ impl Bitfield {
         self.ones -= 1;
         true
     }
-    /// The chunks in `range` not held, in ascending order, a word at a time: the scheduler
-    /// walks what is missing of a release after every input, and late in a fetch most of it
-    /// is held.
+    /// The chunks in `range` not held, in ascending order, a word at a time (late in a fetch
+    /// most of a release is held).
     pub fn missing(&self, range: core::ops::Range<u32>) -> Indices<'_> {
         Indices { words: &self.words, flip: !0, next: range.start, end: range.end.min(self.len) }
     }
     /// The chunks in `range` held, in ascending order, a word at a time.
-    pub fn ones(&self, range: core::ops::Range<u32>) -> Indices<'_> {
+    pub fn held(&self, range: core::ops::Range<u32>) -> Indices<'_> {
         Indices { words: &self.words, flip: 0, next: range.start, end: range.end.min(self.len) }
     }
     /// The set as 64-bit words, chunk i in bit i % 64 of word i / 64; bits past the length are
@@ -79,9 +78,10 @@ impl Bitfield {
     /// The set of `len` chunks whose words are `words` (as [`Self::words`] gives them): words
     /// past the length are dropped, missing ones read as empty, bits past the length cleared.
     pub fn from_words(len: u32, mut words: Vec<u64>) -> Self {
-        words.resize((len as usize).div_ceil(64), 0);
-        if let (Some(last), tail @ 1..) = (words.last_mut(), len % 64) {
-            *last &= (1u64 << tail) - 1;
+        let count = (len as usize).div_ceil(64);
+        words.resize(count, 0);
+        if let Some(last) = words.last_mut() {
+            *last &= valid_bits(len, count - 1);
         }
         let ones = words.iter().map(|w| w.count_ones()).sum();
         Bitfield { words, len, ones }
@@ -103,15 +103,28 @@ impl Bitfield {
             le[..chunk.len()].copy_from_slice(chunk);
             *word = u64::from_le_bytes(le);
         }
-        if let Some(last) = words.last_mut() {
-            let tail = len % 64;
-            if tail != 0 {
-                *last &= (1u64 << tail) - 1;
-            }
-        }
-        let ones = words.iter().map(|w| w.count_ones()).sum();
-        Bitfield { words, len, ones }
+        Self::from_words(len, words)
     }
+}
+
+/// The bits of word `w` that stand for chunks of a set of `len` chunks: all of them but in
+/// the last word's tail (for combining sets' words where a word's complement is taken).
+pub(crate) fn valid_bits(len: u32, w: usize) -> u64 {
+    let in_word = (len as usize).saturating_sub(w * 64);
+    if in_word >= 64 {
+        !0
+    } else {
+        (1u64 << in_word) - 1
+    }
+}
+
+/// The chunks whose bits are set in `word`, word `w` of a set, in ascending order.
+pub(crate) fn held_in_word(w: usize, mut word: u64) -> impl Iterator<Item = u32> {
+    core::iter::from_fn(move || {
+        let bit = (word != 0).then(|| word.trailing_zeros())?;
+        word &= word - 1;
+        Some(w as u32 * 64 + bit)
+    })
 }
 
 /// The chunks of a range held or not held (see [`Bitfield::ones`] and [`Bitfield::missing`]).
@@ -130,7 +143,7 @@ impl Iterator for Indices<'_> {
         while self.next < self.end {
             let word = self.words[(self.next / 64) as usize] ^ self.flip;
             // The chunks walked from `next` to the end of its word (bits past the set's
-            // length are never set, so they read as missing; `end` bounds them).
+            // length are never set, and read as missing once flipped: `end` bounds both walks).
             let free = word >> (self.next % 64);
             if free == 0 {
                 // The next word (none past the last one a `u32` index reaches).
@@ -220,7 +233,15 @@ mod tests {
                 let want: Vec<u32> = (start..end).filter(|i| *i < len && !b.get(*i)).collect();
                 assert_eq!(b.missing(start..end).collect::<Vec<_>>(), want, "len {len} {start}..{end}");
                 let held: Vec<u32> = (start..end).filter(|i| b.get(*i)).collect();
-                assert_eq!(b.ones(start..end).collect::<Vec<_>>(), held, "len {len} {start}..{end}");
+                assert_eq!(b.held(start..end).collect::<Vec<_>>(), held, "len {len} {start}..{end}");
+                let by_words: Vec<u32> = b
+                    .words()
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(w, word)| held_in_word(w, *word))
+                    .filter(|i| (start..end).contains(i))
+                    .collect();
+                assert_eq!(by_words, held, "len {len} {start}..{end}");
             }
             assert_eq!(Bitfield::full(len).missing(0..len).count(), 0);
             assert_eq!(Bitfield::new(len).missing(0..len).count() as u32, len);
@@ -233,7 +254,11 @@ mod tests {
             }
             assert_eq!(Bitfield::from_words(len, longer), b);
             let shorter = Bitfield::from_words(len, b.words().iter().copied().take(1).collect());
-            assert_eq!(shorter.count(), b.ones(0..len.min(64)).count() as u32);
+            let mut first_word_only = Bitfield::new(len);
+            for i in b.held(0..len.min(64)) {
+                first_word_only.set(i);
+            }
+            assert_eq!(shorter, first_word_only);
         }
     }
 }

@@ -18,6 +18,8 @@
 //! Non-goals: moving bytes, verifying them (drivers call [`crate::codec::verify_stored`] and
 //! report the outcome), clocks. The daemon and simnet drive the same [`FetchScheduler`]:
 //! feed one input (`handle_*`), then drain `poll_request`, `poll_event` and `poll_timeout`.
+//! The `now` each input carries should never go back (a monotonic clock); a step back is
+//! taken as time standing still.
 
 mod bitfield;
 pub mod cache;

@@ -26,7 +26,8 @@ pub(super) struct ChunkStates {
     inflight: Bitfield,
     /// The idle chunks whose retry time was ahead when it was set: every idle chunk whose
     /// retry time is still ahead is in it (time only moves forward), and some that are due
-    /// by now. Readers check the state.
+    /// by now, until their next change of state (a due chunk left to a site-mate may stay
+    /// for a while; each costs a read of its state). Readers check the state.
     backing_off: Bitfield,
 }
 

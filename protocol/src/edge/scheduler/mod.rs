@@ -8,6 +8,7 @@ use alloc::vec::Vec;
 mod chunk_states;
 mod planner;
 
+use super::bitfield::{held_in_word, valid_bits};
 use super::cache::{AdmitError, ChunkCache};
 use super::chunk_map::ChunkMap;
 use super::{Bitfield, NodeId, PeerRole, SiteId, SourceClass};
@@ -379,7 +380,7 @@ impl FetchScheduler {
 
     /// A peer connected and told us its site and role.
     pub fn handle_peer_up(&mut self, now: Instant, peer: NodeId, site: SiteId, role: PeerRole) {
-        self.now = now;
+        self.advance_to(now);
         if peer == self.me {
             return;
         }
@@ -407,7 +408,7 @@ impl FetchScheduler {
 
     /// A peer disconnected: its requests fail and its share of the site moves.
     pub fn handle_peer_down(&mut self, now: Instant, peer: NodeId) {
-        self.now = now;
+        self.advance_to(now);
         self.peers_epoch += 1;
         let lost: Vec<RequestId> = self.inflight.iter().filter(|(_, r)| r.peer == peer).map(|(id, _)| *id).collect();
         for id in lost {
@@ -431,7 +432,7 @@ impl FetchScheduler {
     /// A verified release (TUF checked, manifest decoded). Pre-staged when its hardware
     /// class is served.
     pub fn handle_release(&mut self, now: Instant, release: ReleaseId, spec: ReleaseSpec) {
-        self.now = now;
+        self.advance_to(now);
         if self.releases.contains_key(&release) {
             return;
         }
@@ -472,7 +473,7 @@ impl FetchScheduler {
 
     /// A device asked for a release this node does not pre-stage: fetch it now.
     pub fn handle_demand(&mut self, now: Instant, release: &ReleaseId) {
-        self.now = now;
+        self.advance_to(now);
         if let Some(r) = self.releases.get_mut(release) {
             if !r.have.is_full() && !r.wanted {
                 r.wanted = true;
@@ -511,7 +512,7 @@ impl FetchScheduler {
 
     /// `peer` holds `bits` of `release` (the answer to [`Request::Have`], or unsolicited).
     pub fn handle_have(&mut self, now: Instant, peer: NodeId, release: ReleaseId, bits: &[u8]) {
-        self.now = now;
+        self.advance_to(now);
         let Some(n) = self.releases.get(&release).map(|r| r.have.len()) else { return };
         let Some(p) = self.peers.get_mut(&peer) else { return };
         let new = Bitfield::from_bytes(n, bits);
@@ -537,7 +538,7 @@ impl FetchScheduler {
 
     /// A Have request failed.
     pub fn handle_have_failed(&mut self, now: Instant, peer: NodeId, release: ReleaseId) {
-        self.now = now;
+        self.advance_to(now);
         let n = self.releases.get(&release).map_or(0, |r| r.have.len());
         if let Some(h) = self.peers.get_mut(&peer).and_then(|p| p.haves.get_mut(&release)) {
             h.query_inflight = false;
@@ -550,7 +551,7 @@ impl FetchScheduler {
     /// The answer to a chunk request: an outcome per index (indices left out count as
     /// missing).
     pub fn handle_response(&mut self, now: Instant, id: RequestId, outcomes: &[(u32, ChunkOutcome)]) {
-        self.now = now;
+        self.advance_to(now);
         let Some(req) = self.inflight.remove(&id) else { return };
         if let Some(p) = self.peers.get_mut(&req.peer) {
             p.inflight = p.inflight.saturating_sub(1);
@@ -627,14 +628,14 @@ impl FetchScheduler {
 
     /// A chunk request failed (timeout, stream error). Its chunks are retried with backoff.
     pub fn handle_request_failed(&mut self, now: Instant, id: RequestId) {
-        self.now = now;
+        self.advance_to(now);
         self.fail_request(id);
         self.dirty = true;
     }
 
     /// Time passed: requests past their deadline fail; retries and polls become due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.now = now;
+        self.advance_to(now);
         let expired: Vec<RequestId> = self
             .inflight
             .iter()
@@ -678,41 +679,8 @@ impl FetchScheduler {
         let mut waiting = false;
         for release in self.releases.values().filter(|r| r.wanted && !r.have.is_full()) {
             waiting = true;
-            // Tail duplicates are only sent once no chunk of the release is idle, and a due
-            // duplicate that found no source waits for the next input; counting either as a
-            // deadline would wake the driver in a loop (`now + 1 µs`) for nothing.
-            // Only chunks not held: a held chunk is neither retried nor duplicated. States are
-            // read only for chunks backing off, and for those in flight once none is idle.
-            let (have, inflight, backing_off) =
-                (release.have.words(), release.state.inflight().words(), release.state.backing_off().words());
-            let missing = |w: usize| !have[w] & valid_bits(release.have.len(), w);
-            let mut idle_left = false;
-            for (w, inflight) in inflight.iter().enumerate() {
-                let idle = missing(w) & !inflight;
-                idle_left |= idle != 0;
-                for index in ones_of_word(w, idle & backing_off[w]) {
-                    if let Some(ChunkState::Idle { retry_at, .. }) = release.state.get(index) {
-                        if retry_at > self.now {
-                            consider(retry_at);
-                        }
-                    }
-                }
-            }
-            if !idle_left {
-                let mut next_duplicate: Option<Instant> = None;
-                for (w, inflight) in inflight.iter().enumerate() {
-                    for index in ones_of_word(w, missing(w) & inflight) {
-                        if let Some(ChunkState::Inflight { since, duplicated: false, .. }) = release.state.get(index) {
-                            let at = since + self.config.tail_duplicate_after;
-                            if at > self.now {
-                                next_duplicate = Some(next_duplicate.map_or(at, |n| n.min(at)));
-                            }
-                        }
-                    }
-                }
-                if let Some(at) = next_duplicate {
-                    consider(at);
-                }
+            if let Some(t) = self.release_deadline(release) {
+                consider(t);
             }
         }
         if waiting {
@@ -727,6 +695,57 @@ impl FetchScheduler {
     }
 
     // ----- internals ----------------------------------------------------------------
+
+    /// Takes the driver's time from an input. A clock that steps back is taken as standing
+    /// still: what is due when is kept on the understanding that time only moves forward
+    /// (a chunk settled as due now is not in `ChunkStates`' backing-off set, so an earlier
+    /// `now` would hide its retry from `poll_timeout`).
+    fn advance_to(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    /// The next time a chunk of `release` becomes due: the soonest retry of an idle chunk
+    /// and, once no chunk is idle, the soonest tail duplicate.
+    ///
+    /// Tail duplicates are only sent once no chunk of the release is idle, and a due
+    /// duplicate that found no source waits for the next input; counting either as a
+    /// deadline would wake the driver in a loop (`now + 1 µs`) for nothing. Only chunks not
+    /// held count: a held chunk is neither retried nor duplicated. States are read only for
+    /// chunks backing off, and for missing chunks in flight once none is idle (the tail).
+    fn release_deadline(&self, release: &Release) -> Option<Instant> {
+        let (have, inflight, backing_off) =
+            (release.have.words(), release.state.inflight().words(), release.state.backing_off().words());
+        let missing = |w: usize| !have[w] & valid_bits(release.have.len(), w);
+        let mut next_retry: Option<Instant> = None;
+        let mut idle_left = false;
+        for (w, inflight) in inflight.iter().enumerate() {
+            let idle = missing(w) & !inflight;
+            idle_left |= idle != 0;
+            for index in held_in_word(w, idle & backing_off[w]) {
+                if let Some(ChunkState::Idle { retry_at, .. }) = release.state.get(index) {
+                    if retry_at > self.now {
+                        next_retry = Some(next_retry.map_or(retry_at, |n| n.min(retry_at)));
+                    }
+                }
+            }
+        }
+        if idle_left {
+            return next_retry;
+        }
+        let mut next_duplicate: Option<Instant> = None;
+        for (w, inflight) in inflight.iter().enumerate() {
+            for index in held_in_word(w, missing(w) & inflight) {
+                if let Some(ChunkState::Inflight { since, duplicated: false, .. }) = release.state.get(index) {
+                    let at = since + self.config.tail_duplicate_after;
+                    if at > self.now {
+                        next_duplicate = Some(next_duplicate.map_or(at, |n| n.min(at)));
+                    }
+                }
+            }
+        }
+        // No idle chunk: nothing backs off, so the duplicates' deadline is the release's.
+        next_duplicate
+    }
 
     fn current_peer_of(&self, rid: &ReleaseId, index: u32) -> Option<NodeId> {
         self.inflight.values().find(|r| r.release == *rid && r.indices.contains(&index)).map(|r| r.peer)
@@ -913,23 +932,4 @@ impl FetchScheduler {
         }
         self.pinned = want;
     }
-}
-
-/// The bits of word `w` that stand for chunks of a set of `len` (all but the last word's tail).
-fn valid_bits(len: u32, w: usize) -> u64 {
-    let past = (len as usize).saturating_sub(w * 64);
-    if past >= 64 {
-        !0
-    } else {
-        (1u64 << past) - 1
-    }
-}
-
-/// The chunk indices whose bits are set in `word`, word `w` of a set, in ascending order.
-fn ones_of_word(w: usize, mut word: u64) -> impl Iterator<Item = u32> {
-    core::iter::from_fn(move || {
-        let bit = (word != 0).then(|| word.trailing_zeros())?;
-        word &= word - 1;
-        Some(w as u32 * 64 + bit)
-    })
 }

@@ -10,7 +10,8 @@
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
-use super::{valid_bits, ChunkState, FetchScheduler, Inflight, Release, RequestId};
+use super::{ChunkState, FetchScheduler, Inflight, Release, RequestId};
+use crate::edge::bitfield::valid_bits;
 use crate::edge::{rendezvous, Bitfield, NodeId, PeerRole, SourceClass};
 use crate::time::Instant;
 use crate::ChunkId;
@@ -268,21 +269,18 @@ impl FetchScheduler {
                 best.map_or(u16::MAX, |b| b.2 as u16)
             })
             .collect();
-        r.responsible_sets = (0..members.len())
-            .map(|m| {
-                let mut set = Bitfield::new(r.have.len());
-                for (index, _) in r.responsible.iter().enumerate().filter(|(_, who)| usize::from(**who) == m) {
-                    set.set(index as u32);
-                }
-                set
-            })
-            .collect();
+        r.responsible_sets = alloc::vec![Bitfield::new(r.have.len()); members.len()];
+        for (index, who) in r.responsible.iter().enumerate() {
+            if let Some(set) = r.responsible_sets.get_mut(usize::from(*who)) {
+                set.set(index as u32);
+            }
+        }
         r.responsible_epoch = epoch;
     }
 
     /// The chunks of `rid` a pass may ask for now, in the order the pass walks them (from
     /// this site's starting point): not held, and idle past their retry time, or — once no
-    /// chunk is idle — in flight for `tail_duplicate_after` and not duplicated yet.
+    /// missing chunk is idle — in flight for `tail_duplicate_after` and not duplicated yet.
     ///
     /// A node schedules after every input, over a release it may mostly hold, so the walk
     /// reads a chunk's state only once [`Self::candidates`] has left it in: a tenth of
@@ -293,7 +291,7 @@ impl FetchScheduler {
         let start = if n == 0 { 0 } else { (self.site.0 % u64::from(n)) as u32 };
         let candidates = self.candidates(r, views, origin_closed);
         let mut due = Vec::new();
-        for index in candidates.ones(start..n).chain(candidates.ones(0..start)) {
+        for index in candidates.held(start..n).chain(candidates.held(0..start)) {
             let (duplicate, attempts) = match r.state.get(index) {
                 Some(ChunkState::Idle { attempts, retry_at }) => {
                     if retry_at > self.now {
@@ -538,7 +536,7 @@ impl FetchScheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edge::scheduler::{ChunkSpec, ReleaseSpec, SchedulerConfig};
+    use crate::edge::scheduler::{ChunkOutcome, ChunkSpec, ReleaseSpec, Request, SchedulerConfig};
     use crate::edge::SiteId;
     use crate::time::Duration;
 
@@ -626,23 +624,67 @@ mod tests {
         }
     }
 
+    /// What the model comparisons reached, so the test can tell its cases did their job.
+    #[derive(Debug, Default)]
+    struct Reached {
+        due: usize,
+        due_duplicates: usize,
+        some_mates_stalled: usize,
+        retry_deadlines: usize,
+        duplicate_deadlines: usize,
+        driven_requests: usize,
+    }
+
+    /// Compares `due_chunks` (origin open and closed) and the release's deadline with the
+    /// chunk-by-chunk models, from the scheduler's current state.
+    fn check_against_the_walks(s: &mut FetchScheduler, rid: &ReleaseId, what: &str, reached: &mut Reached) {
+        let members = s.site_members();
+        s.refresh_responsible(&members, rid);
+        let views = s.release_views(&members, rid);
+        if !views.stalled.is_empty() && views.stalled.len() + 1 < members.len() {
+            reached.some_mates_stalled += 1;
+        }
+        for origin_closed in [false, true] {
+            let got: Vec<_> = s
+                .due_chunks(rid, &views, origin_closed)
+                .iter()
+                .map(|d| (d.index, d.attempts, d.duplicate, d.origin_after, d.responsible))
+                .collect();
+            let want = due_chunks_one_by_one(s, rid, &views, origin_closed);
+            assert_eq!(got, want, "{what}, origin closed {origin_closed}");
+            reached.due += want.len();
+            reached.due_duplicates += want.iter().filter(|d| d.2).count();
+        }
+        let want = release_deadline_one_by_one(s, rid);
+        assert_eq!(s.release_deadline(&s.releases[rid]), want, "{what}: the release's deadline");
+        let idle = |r: &Release| (0..r.have.len()).any(|i| !r.have.get(i) && !r.state.inflight().get(i));
+        match want {
+            Some(_) if idle(&s.releases[rid]) => reached.retry_deadlines += 1,
+            Some(_) => reached.duplicate_deadlines += 1,
+            None => {}
+        }
+    }
+
     /// The chunks a pass reads, and the deadlines the scheduler asks to be woken for, are
-    /// the ones a chunk-by-chunk walk finds, for random holdings, states (idle, backing off,
-    /// in flight, duplicated), site-mates that stalled or were not heard, responsibility
-    /// split over two or three members, and the origin open or closed; over release lengths
-    /// around word edges.
+    /// the ones a chunk-by-chunk walk finds: for random holdings, states (idle, backing off,
+    /// in flight, duplicated; the tail, where every missing chunk is in flight), site-mates
+    /// that stalled, progress or were not heard, responsibility split over two or three
+    /// members, and the origin open or closed, over release lengths around word edges; then
+    /// again after the scheduler's own passes and answers (delivered, missing, failed) have
+    /// moved the states on.
     #[test]
     fn due_chunks_and_deadlines_are_the_chunk_by_chunk_walks() {
         let mut next = xorshift(0x5eed_1234);
         let node = |b: u8| NodeId([b; 32]);
         let (me, mate, mate2, wan, wan2, origin) = (node(1), node(2), node(3), node(4), node(5), node(9));
-        let mut compared = (0usize, 0usize);
+        let mut reached = Reached::default();
         for case in 0..300u32 {
             let n = [1u32, 2, 63, 64, 65, 127, 130, 300, 1021][case as usize % 9];
             let mut s = FetchScheduler::new(me, SiteId(u64::from(next())), SchedulerConfig::default());
             let t0 = Instant(10_000_000);
             s.handle_peer_up(t0, mate, s.site, PeerRole::Edge);
-            if next().is_multiple_of(2) {
+            let two_mates = next().is_multiple_of(2);
+            if two_mates {
                 s.handle_peer_up(t0, mate2, s.site, PeerRole::Edge);
             }
             s.handle_peer_up(t0, wan, SiteId(s.site.0.wrapping_add(1)), PeerRole::Edge);
@@ -679,16 +721,21 @@ mod tests {
                 s.handle_have(t0, peer, rid, &bits.to_bytes());
             }
             let now = t0 + Duration(u64::from(next() % 30_000_000));
+            // The second site-mate made progress at some point up to now: with the first
+            // stalled (20 s), the two differ.
+            if let Some(h) = s.peers.get_mut(&mate2).and_then(|p| p.haves.get_mut(&rid)) {
+                h.progress_at = Instant(t0.0 + (now.0 - t0.0) * u64::from(next() % 4) / 3);
+            }
             s.now = now;
-            // Chunk states at random, including none idle (the tail) in some cases.
-            let all_in_flight = next().is_multiple_of(4);
+            // Chunk states at random; in the tail cases every missing chunk is in flight and
+            // the held ones are idle, as the scheduler leaves them.
+            let tail = next().is_multiple_of(4);
             let r = s.releases.get_mut(&rid).unwrap();
             for i in 0..n {
                 let since = Instant(now.0.saturating_sub(u64::from(next() % 4_000_000)));
                 let state = match next() % 5 {
-                    _ if all_in_flight => {
-                        ChunkState::Inflight { attempts: 1, since, duplicated: next().is_multiple_of(3) }
-                    }
+                    _ if tail && r.have.get(i) => ChunkState::Idle { attempts: 0, retry_at: since },
+                    _ if tail => ChunkState::Inflight { attempts: 1, since, duplicated: next().is_multiple_of(3) },
                     0 | 1 => ChunkState::Idle { attempts: next() % 3, retry_at: t0 },
                     2 => ChunkState::Idle { attempts: 2, retry_at: now + Duration(u64::from(next() % 900_000)) },
                     3 => ChunkState::Inflight { attempts: 0, since, duplicated: false },
@@ -700,30 +747,54 @@ mod tests {
                     r.origin_after[i as usize] = now + Duration(u64::from(next() % 1000));
                 }
             }
-            let members = s.site_members();
-            s.refresh_responsible(&members, &rid);
-            let views = s.release_views(&members, &rid);
-            for origin_closed in [false, true] {
-                let got: Vec<_> = s
-                    .due_chunks(&rid, &views, origin_closed)
-                    .iter()
-                    .map(|d| (d.index, d.attempts, d.duplicate, d.origin_after, d.responsible))
-                    .collect();
-                let want = due_chunks_one_by_one(&s, &rid, &views, origin_closed);
-                assert_eq!(got, want, "case {case}, {n} chunks, origin closed {origin_closed}");
-                compared.0 += want.len();
-            }
-            // The release's deadline, with nothing else to wake for (no requests, no bans):
-            // the soonest of it and the have-poll interval.
+            let what = format!("case {case}, {n} chunks");
+            check_against_the_walks(&mut s, &rid, &what, &mut reached);
+            // The release's deadline also bounds the scheduler's, with nothing else to wake
+            // for (no requests, no bans) but the have-poll interval.
             let poll = now + s.config.site_have_interval;
-            let want = release_deadline_one_by_one(&s, &rid).map_or(poll, |t| t.min(poll));
             if !s.releases[&rid].have.is_full() {
-                assert_eq!(s.poll_timeout(), Some(want), "case {case}, {n} chunks");
-                compared.1 += usize::from(want < poll);
+                let want = release_deadline_one_by_one(&s, &rid).map_or(poll, |t| t.min(poll));
+                assert_eq!(s.poll_timeout(), Some(want), "{what}");
+            }
+            // Then the scheduler's own passes and answers change the states, at the times
+            // its handlers pass on.
+            for round in 0..3 {
+                let mut now = s.now;
+                while let Some(request) = s.poll_request() {
+                    let Request::Chunks { id, indices, .. } = request else { continue };
+                    reached.driven_requests += 1;
+                    now = now + Duration(u64::from(next() % 300_000));
+                    match next() % 4 {
+                        0 => s.handle_request_failed(now, id),
+                        1 => {} // still in flight
+                        _ => {
+                            let outcomes: Vec<(u32, ChunkOutcome)> = indices
+                                .iter()
+                                .filter_map(|i| match next() % 4 {
+                                    0 => None,
+                                    1 => Some((*i, ChunkOutcome::Missing)),
+                                    _ => Some((*i, ChunkOutcome::Verified)),
+                                })
+                                .collect();
+                            s.handle_response(now, id, &outcomes);
+                        }
+                    }
+                }
+                check_against_the_walks(&mut s, &rid, &format!("{what}, round {round} answered"), &mut reached);
+                s.handle_timeout(now + Duration(u64::from(next() % 3_000_000)));
+                check_against_the_walks(&mut s, &rid, &format!("{what}, round {round} later"), &mut reached);
             }
         }
-        // The cases reached what they are for: many due chunks, and deadlines before the poll.
-        assert!(compared.0 > 5_000 && compared.1 > 50, "{compared:?}");
+        // The cases reached what they are for.
+        assert!(
+            reached.due > 5_000
+                && reached.due_duplicates > 100
+                && reached.some_mates_stalled > 10
+                && reached.retry_deadlines > 50
+                && reached.duplicate_deadlines > 10
+                && reached.driven_requests > 300,
+            "{reached:?}"
+        );
     }
 
     /// The cursor answers like a search whatever order the questions come in: ascending from
