@@ -163,6 +163,18 @@ impl Iterator for Indices<'_> {
     }
 }
 
+/// A small deterministic source of test patterns (xorshift32), for the tests of sets and
+/// of the scheduler that combines them.
+#[cfg(test)]
+pub(crate) fn xorshift(mut state: u32) -> impl FnMut() -> u32 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,16 +192,6 @@ mod tests {
         assert!(Bitfield::full(70).is_full());
         // Bits beyond the length in a hostile message are ignored.
         assert_eq!(Bitfield::from_bytes(3, &[0xff, 0xff]).count(), 3);
-    }
-
-    /// A small deterministic source of test patterns (xorshift32).
-    fn xorshift(mut state: u32) -> impl FnMut() -> u32 {
-        move || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state
-        }
     }
 
     /// The word-at-a-time parse holds exactly the bits a bit-by-bit reading finds, for

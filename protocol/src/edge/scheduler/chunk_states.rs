@@ -80,6 +80,7 @@ impl ChunkStates {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::bitfield::xorshift;
     use crate::time::Duration;
 
     /// After any sequence of changes, the two sets say what the states say: in flight exactly
@@ -87,13 +88,7 @@ mod tests {
     /// is backing off.
     #[test]
     fn the_sets_follow_every_change_of_state() {
-        let mut state = 0x1234_5678u32;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state
-        };
+        let mut next = xorshift(0x1234_5678);
         let len = 130;
         let mut now = Instant(1_000);
         let mut chunks = ChunkStates::new(len, now);

@@ -536,19 +536,10 @@ impl FetchScheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::bitfield::xorshift;
     use crate::edge::scheduler::{ChunkOutcome, ChunkSpec, ReleaseSpec, Request, SchedulerConfig};
     use crate::edge::SiteId;
     use crate::time::Duration;
-
-    /// A small deterministic source of test patterns (xorshift32).
-    fn xorshift(mut state: u32) -> impl FnMut() -> u32 {
-        move || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state
-        }
-    }
 
     /// The walk `due_chunks` replaced, kept as the model its answers are checked against:
     /// every missing chunk's state read in pass order, then tail duplicates dropped while any
