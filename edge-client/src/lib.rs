@@ -18,7 +18,7 @@ mod quic;
 mod tcp;
 
 pub use client::{ChunkBatch, ClientError, DeviceClient, StoredAt, Timeouts};
-pub use quic::{bulk_udp_socket, crypto_provider, QUIC_MAX_DATAGRAM_BYTES};
+pub use quic::{bulk_udp_socket, crypto_provider, device_endpoint, QUIC_MAX_DATAGRAM_BYTES};
 
 /// The QUIC application protocol name of the device service, version 1.
 pub const ALPN: &[u8] = b"otamesh-device/1";

@@ -118,8 +118,11 @@ impl ServerCertVerifier for AnyServerCertificate {
     }
 }
 
-/// Client side: an endpoint and a connection to `addr`.
-pub(crate) async fn connect(addr: SocketAddr) -> Result<(Endpoint, quinn::Connection), ClientError> {
+/// A device's QUIC endpoint for talking to an edge node at `addr`: an unbound UDP socket of
+/// `addr`'s family with bulk buffers, and the device transport (TLS 1.3, ALPN [`crate::ALPN`],
+/// any server certificate, windows that hold a whole batch). Public so benchmarks measure the
+/// transport exactly as devices configure it.
+pub fn device_endpoint(addr: SocketAddr) -> Result<Endpoint, ClientError> {
     let provider = crypto_provider();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -146,6 +149,12 @@ pub(crate) async fn connect(addr: SocketAddr) -> Result<(Endpoint, quinn::Connec
     endpoint_config.max_udp_payload_size(QUIC_MAX_DATAGRAM_BYTES).map_err(|e| ClientError::Connect(e.to_string()))?;
     let mut endpoint = Endpoint::new(endpoint_config, None, bulk_udp_socket(bind)?, runtime)?;
     endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// Client side: an endpoint and a connection to `addr`.
+pub(crate) async fn connect(addr: SocketAddr) -> Result<(Endpoint, quinn::Connection), ClientError> {
+    let endpoint = device_endpoint(addr)?;
     let connecting = endpoint.connect(addr, SERVER_NAME).map_err(|e| ClientError::Connect(e.to_string()))?;
     let connection = connecting.await.map_err(|e| ClientError::Connect(e.to_string()))?;
     Ok((endpoint, connection))
@@ -159,8 +168,18 @@ pub(crate) async fn round_trip(connection: &quinn::Connection, frame: &[u8]) -> 
     let mut header = [0u8; FRAME_HEADER_BYTES];
     recv.read_exact(&mut header).await.map_err(read_error)?;
     let len = frame_body_len(header, limits::MAX_RESPONSE_BYTES).map_err(ClientError::Malformed)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(read_error)?;
+    // Copied once from quinn's received pieces into a buffer reserved, not zeroed, up front:
+    // zero-filling megabytes per batch only to overwrite them was a tenth of a loaded
+    // device process's CPU (`scripts/bench-device`).
+    let mut body = Vec::new();
+    body.try_reserve_exact(len).map_err(|_| ClientError::Io(std::io::ErrorKind::OutOfMemory.into()))?;
+    while body.len() < len {
+        match recv.read_chunk(len - body.len(), true).await {
+            Ok(Some(piece)) => body.extend_from_slice(&piece.bytes),
+            Ok(None) => return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            Err(e) => return Err(ClientError::Io(e.into())),
+        }
+    }
     Ok(body)
 }
 

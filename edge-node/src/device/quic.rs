@@ -68,12 +68,9 @@ fn certificate(dir: Option<&Path>) -> anyhow::Result<(CertificateDer<'static>, P
     Ok((cert, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der))))
 }
 
-/// Creates the server endpoint.
-pub(crate) fn bind_server(
-    config: &DeviceServiceConfig,
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<Endpoint> {
+/// The device service's QUIC endpoint on `addr`, configured from `config`: public so
+/// benchmarks can measure the transport as the service runs it (`examples/quic_ceiling.rs`).
+pub fn bind_server(config: &DeviceServiceConfig, addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<Endpoint> {
     let (cert, key) = certificate(config.cert_dir.as_deref())?;
     let mut tls = rustls::ServerConfig::builder_with_provider(edge_client::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
