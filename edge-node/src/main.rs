@@ -96,7 +96,7 @@ struct RunArgs {
     #[arg(long)]
     device_max_buffered_bytes: Option<String>,
     /// Milliseconds a chunk request waits in line for that memory before Busy (default
-    /// 1000, at most 10000).
+    /// 4000, at most 10000).
     #[arg(long)]
     device_busy_wait_ms: Option<u64>,
     /// Memory for chunks devices read recently, answered without a disk read, e.g. 32MiB

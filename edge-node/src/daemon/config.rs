@@ -21,7 +21,7 @@
 //! device_max_connections = 512         # device connections in all (QUIC and TCP), 1 to 65536
 //! max_connections_per_client = 8       # device connections from one IP address
 //! device_max_buffered_bytes = "256MiB" # device responses and their reads in memory, all clients
-//! device_busy_wait_ms = 1000           # a chunk request waits this long, in line, for that
+//! device_busy_wait_ms = 4000           # a chunk request waits this long, in line, for that
 //!                                      # memory before it is answered Busy; 0 to 10000
 //! device_hot_cache_bytes = "32MiB"     # chunks devices read recently, answered from memory;
 //!                                      # "0" disables it
@@ -138,7 +138,7 @@ impl Default for EdgeConfig {
             device_max_connections: 512,
             max_connections_per_client: 8,
             device_max_buffered_bytes: "256MiB".into(),
-            device_busy_wait_ms: 1000,
+            device_busy_wait_ms: 4000,
             device_hot_cache_bytes: "32MiB".into(),
             device_quic_max_datagram: edge_client::QUIC_MAX_DATAGRAM_BYTES,
             mesh_max_concurrent_serves: mesh::chunk_server::DEFAULT_MAX_CONCURRENT_SERVES,
@@ -282,7 +282,7 @@ mod tests {
         assert_eq!(defaults.device_max_buffered_bytes().unwrap(), 256 << 20);
         assert_eq!(defaults.device_hot_cache_bytes().unwrap(), 32 << 20);
         assert_eq!(defaults.device_max_connections().unwrap(), 512);
-        assert_eq!(defaults.device_busy_wait().unwrap(), std::time::Duration::from_secs(1));
+        assert_eq!(defaults.device_busy_wait().unwrap(), std::time::Duration::from_secs(4));
         let too_long = EdgeConfig { device_busy_wait_ms: 10_001, ..EdgeConfig::default() };
         assert!(too_long.device_busy_wait().unwrap_err().to_string().contains("0 to 10000"));
         for bad in [0, 65_537] {
