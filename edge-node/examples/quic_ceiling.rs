@@ -5,10 +5,11 @@
 //! `device_load` has them) reading the answers and dropping them: no chunk store, no framing,
 //! no verification. Answers in flight are bounded like the service's response budget
 //! (`--budget-mib`, waiting in line): unbounded, 1,000 devices asking at once put gigabytes
-//! in quinn's send buffers. What the device service does on top of this is what it can
-//! improve; what this leaves to nginx over plain TCP is what QUIC costs here.
+//! in quinn's send buffers. What this leaves to nginx over plain TCP is what QUIC costs here;
+//! the gap from here to the device service is the node's work (store, sizing, framing) and
+//! the devices' (copying each answer out and verifying every chunk, on the same cores).
 //!
-//! `quic_ceiling serve --mib N [--budget-mib 128]` prints `{"addr": ...}` and serves until killed;
+//! `quic_ceiling serve --mib N [--budget 128MiB]` prints `{"addr": ...}` and serves until killed;
 //! `quic_ceiling fetch --addr ADDR --clients N --mib-per-client M [--in-flight 2]` prints one
 //! line of JSON (the same shape of load as `device_load`: 4 MiB per request, client i
 //! starting at its own offset).
@@ -46,10 +47,12 @@ fn image(mib: u64) -> Bytes {
     Bytes::from(image)
 }
 
-async fn serve(mib: u64, budget_mib: u64) {
+async fn serve(mib: u64, budget: &str) {
     let image = image(mib);
     // Answers in flight, from written until acknowledged, as the service counts them.
-    let budget = Arc::new(tokio::sync::Semaphore::new((budget_mib << 20) as usize));
+    let budget_bytes = edge_node::daemon::config::parse_bytes(budget).expect("--budget, e.g. 128MiB");
+    let budget_bytes = u32::try_from(budget_bytes).unwrap_or(u32::MAX).max(1);
+    let budget = Arc::new(tokio::sync::Semaphore::new(budget_bytes as usize));
     let config = DeviceServiceConfig { max_connections: 4096, ..Default::default() };
     let endpoint = bind_server(&config, "127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::default())).unwrap();
     println!("{}", serde_json::json!({ "addr": endpoint.local_addr().unwrap().to_string() }));
@@ -69,8 +72,9 @@ async fn serve(mib: u64, budget_mib: u64) {
                     let offset = u64::from_le_bytes(request[..8].try_into().unwrap()) % image.len() as u64;
                     let len = u64::from_le_bytes(request[8..].try_into().unwrap());
                     let end = (offset + len).min(image.len() as u64);
-                    let Ok(_held) = budget.acquire_many_owned((end - offset).min(u64::from(u32::MAX)) as u32).await
-                    else {
+                    // At most the whole budget, as the service asks, so that it can be had.
+                    let permits = u32::try_from(end - offset).unwrap_or(u32::MAX).clamp(1, budget_bytes);
+                    let Ok(_held) = budget.acquire_many_owned(permits).await else {
                         return;
                     };
                     let _ = send.write_chunk(image.slice(offset as usize..end as usize)).await;
@@ -84,7 +88,8 @@ async fn serve(mib: u64, budget_mib: u64) {
 
 /// One device: `total` bytes from `start`, `in_flight` requests at once; returns bytes read.
 async fn fetch_one(connection: quinn::Connection, start: u64, total: u64, in_flight: usize) -> u64 {
-    let requests = (0..total.div_ceil(REQUEST_BYTES)).map(|i| (start + i * REQUEST_BYTES, REQUEST_BYTES));
+    let requests = (0..total.div_ceil(REQUEST_BYTES))
+        .map(|i| (start + i * REQUEST_BYTES, REQUEST_BYTES.min(total - i * REQUEST_BYTES)));
     stream::iter(requests)
         .map(|(offset, len)| {
             let connection = connection.clone();
@@ -102,7 +107,7 @@ async fn fetch_one(connection: quinn::Connection, start: u64, total: u64, in_fli
                 got
             }
         })
-        .buffer_unordered(in_flight)
+        .buffered(in_flight)
         .fold(0u64, |sum, got| async move { sum + got })
         .await
 }
@@ -153,7 +158,10 @@ async fn fetch(args: &[String]) {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("serve") => serve(flag(&args, "--mib", Some(1024)), flag(&args, "--budget-mib", Some(128))).await,
+        Some("serve") => {
+            serve(flag(&args, "--mib", Some(1024)), &flag::<String>(args.as_slice(), "--budget", Some("128MiB".into())))
+                .await
+        }
         Some("fetch") => fetch(&args).await,
         _ => panic!("usage: quic_ceiling serve --mib N | fetch --addr ADDR --clients N --mib-per-client M"),
     }

@@ -98,8 +98,9 @@ pub struct EdgeConfig {
     /// this plus a fixed overhead (see `device`).
     pub device_max_buffered_bytes: String,
     /// Milliseconds a device's chunk request waits, in arrival order, for response memory
-    /// when `device_max_buffered_bytes` is spent, before it is answered Busy (0 to 10000;
-    /// devices time a request out after 10 s or more).
+    /// when `device_max_buffered_bytes` is spent, before it is answered Busy (0 to 10000:
+    /// devices' request timeouts must cover this wait plus the transfer; the MCU agent's is
+    /// 10 s, the Linux agent's 30 s by default).
     pub device_busy_wait_ms: u64,
     /// Chunks devices read recently, kept in memory and answered without a disk read, e.g.
     /// `32MiB`; `0` disables it. Adds at most this to the node's RSS.
@@ -223,7 +224,7 @@ impl EdgeConfig {
     pub fn device_busy_wait(&self) -> Result<std::time::Duration> {
         if self.device_busy_wait_ms > 10_000 {
             bail!(
-                "device_busy_wait_ms must be 0 to 10000, not {}: devices time a request out after 10 s or more",
+                "device_busy_wait_ms must be 0 to 10000, not {}: MCU agents time a request out after 10 s",
                 self.device_busy_wait_ms
             );
         }
