@@ -63,6 +63,15 @@ impl From<std::io::Error> for ClientError {
     }
 }
 
+/// An empty buffer with room for a response body of `len` bytes (already checked against
+/// the wire limit), reserved but not zeroed: zero-filling megabytes per batch only to
+/// overwrite them was a tenth of a loaded device process's CPU (`scripts/bench-device`).
+pub(crate) fn body_buffer(len: usize) -> Result<Vec<u8>, ClientError> {
+    let mut body = Vec::new();
+    body.try_reserve_exact(len).map_err(|_| ClientError::Io(std::io::ErrorKind::OutOfMemory.into()))?;
+    Ok(body)
+}
+
 /// A parsed `Chunks` response that owns its bytes; items borrow from it without copying.
 #[derive(Debug)]
 pub struct ChunkBatch {

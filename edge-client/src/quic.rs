@@ -168,11 +168,8 @@ pub(crate) async fn round_trip(connection: &quinn::Connection, frame: &[u8]) -> 
     let mut header = [0u8; FRAME_HEADER_BYTES];
     recv.read_exact(&mut header).await.map_err(read_error)?;
     let len = frame_body_len(header, limits::MAX_RESPONSE_BYTES).map_err(ClientError::Malformed)?;
-    // Copied once from quinn's received pieces into a buffer reserved, not zeroed, up front:
-    // zero-filling megabytes per batch only to overwrite them was a tenth of a loaded
-    // device process's CPU (`scripts/bench-device`).
-    let mut body = Vec::new();
-    body.try_reserve_exact(len).map_err(|_| ClientError::Io(std::io::ErrorKind::OutOfMemory.into()))?;
+    // Copied once, from quinn's received pieces.
+    let mut body = crate::client::body_buffer(len)?;
     while body.len() < len {
         match recv.read_chunk(len - body.len(), true).await {
             Ok(Some(piece)) => body.extend_from_slice(&piece.bytes),

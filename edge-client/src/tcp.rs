@@ -18,9 +18,7 @@ pub(crate) async fn read_response(stream: &mut TcpStream) -> Result<Vec<u8>, Cli
     let mut header = [0u8; FRAME_HEADER_BYTES];
     stream.read_exact(&mut header).await?;
     let len = frame_body_len(header, limits::MAX_RESPONSE_BYTES).map_err(ClientError::Malformed)?;
-    // Read into reserved, not zeroed, capacity (see the QUIC transport's `round_trip`).
-    let mut body = Vec::new();
-    body.try_reserve_exact(len).map_err(|_| ClientError::Io(std::io::ErrorKind::OutOfMemory.into()))?;
+    let mut body = crate::client::body_buffer(len)?;
     let read = (&mut *stream).take(len as u64).read_to_end(&mut body).await?;
     if read < len {
         return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
